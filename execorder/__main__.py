@@ -1,0 +1,5 @@
+"""``python -m execorder``."""
+
+from execorder.cli import main
+
+main()

@@ -1,0 +1,250 @@
+"""The ``execorder`` command line: parse options, call the library, render, exit.
+
+torch is imported only inside commands, so ``execorder --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from execorder import __version__
+from execorder.errors import ExecOrderError, OutputError
+
+app = typer.Typer(
+    name="execorder",
+    help=(
+        "Execution-order profiler for PyTorch models: module order, parameter order "
+        "and unused parameters, found before you launch DDP or FSDP."
+    ),
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+T = TypeVar("T")
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class Device(str, Enum):
+    meta = "meta"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+TargetArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="TARGET",
+        help="The model: 'package.module:Attr' or 'path/to/file.py:Attr', where Attr is "
+        "an nn.Module subclass, a function returning one, or an nn.Module instance.",
+        show_default=False,
+    ),
+]
+ConcreteOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--concrete",
+        "-c",
+        metavar="NAME=VALUE",
+        help="A fixed value for a forward() argument, e.g. a flag that picks a branch "
+        "(repeatable). VALUE: true/false, none, numbers, JSON, Python literals or text.",
+        show_default=False,
+    ),
+]
+InitOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--init",
+        "-i",
+        metavar="NAME=VALUE",
+        help="A keyword argument for the model's constructor or factory (repeatable).",
+        show_default=False,
+    ),
+]
+DeviceOpt = Annotated[
+    Device | None,
+    typer.Option(
+        help="Where to build the model. Default: meta (no memory, no init), "
+        "falling back to cpu if the constructor needs real tensors.",
+        show_default=False,
+    ),
+]
+FormatOpt = Annotated[
+    OutputFormat, typer.Option("--format", "-f", help="Tables for people, JSON for CI.")
+]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output", "-o", help="Write the report to this file instead of stdout.",
+        dir_okay=False, show_default=False,
+    ),
+]
+DepthOpt = Annotated[
+    int | None,
+    typer.Option(min=0, help="Table: hide module calls nested deeper than this.", show_default=False),
+]
+MaxRowsOpt = Annotated[
+    int, typer.Option(min=0, help="Table: at most this many rows per table; 0 shows all.")
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"execorder {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = None,
+) -> None:
+    """Execution-order profiler for PyTorch models."""
+
+
+_stderr = Console(stderr=True, highlight=False)
+
+
+@contextmanager
+def _progress(message: str) -> Iterator[None]:
+    """A spinner on stderr while something slow runs, when stderr is a terminal."""
+    if _stderr.is_terminal:
+        with _stderr.status(message):
+            yield
+    else:
+        yield
+
+
+def _run(debug: bool, body: Callable[[], T]) -> T:
+    """Run a command body; turn errors into one line on stderr and an exit code."""
+    try:
+        return body()
+    except ExecOrderError as exc:
+        if debug:
+            traceback.print_exc()
+        _stderr.print(f"execorder: error: {exc}", markup=False)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        _stderr.print("execorder: interrupted", markup=False)
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        _stderr.print(
+            f"execorder: internal error: {type(exc).__name__}: {exc} "
+            "(rerun with --debug for the traceback)",
+            markup=False,
+        )
+        raise typer.Exit(2) from None
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before any work if the report could not be written to ``path``."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise OutputError(f"--output {path} is a directory")
+    if not parent.is_dir():
+        raise OutputError(f"--output {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OutputError(f"--output {path}: permission denied")
+
+
+def _write(path: Path, text: str) -> None:
+    """Write atomically, so a failure never leaves a half-written report."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"--output {path}: {exc.strerror or exc}") from None
+
+
+def _emit(report: Any, fmt: OutputFormat, output: Path | None, **table_opts: Any) -> None:
+    if fmt is OutputFormat.json:
+        text = json.dumps(report.to_dict(), indent=2) + "\n"
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            _write(output, text)
+        return
+    from execorder.render import render_report
+
+    renderable = render_report(report, **table_opts)
+    if output is None:
+        Console(highlight=False).print(renderable)
+    else:
+        console = Console(width=120, color_system=None, record=True, file=open(os.devnull, "w"))
+        console.print(renderable)
+        _write(output, console.export_text())
+
+
+@app.command()
+def trace(
+    target: TargetArg,
+    concrete: ConcreteOpt = None,
+    init: InitOpt = None,
+    device: DeviceOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
+    output: OutputOpt = None,
+    depth: DepthOpt = None,
+    max_rows: MaxRowsOpt = 200,
+    debug: DebugOpt = False,
+) -> None:
+    """Trace a model's forward with torch.fx and report its execution order.
+
+    Shows the module forward order (every call), the parameter forward order
+    (first use), which call used which parameters, and the unused parameters.
+
+    Exit codes: 0 done, 2 the trace could not be made (bad input, trace failure).
+    """
+
+    def body() -> None:
+        from execorder.values import parse_assignments
+
+        concrete_args = parse_assignments(concrete or [], option="--concrete")
+        init_kwargs = parse_assignments(init or [], option="--init")
+        if output is not None:
+            _check_writable(output)
+        with _progress("Loading torch…"), warnings.catch_warnings():
+            # torch warns on import when NumPy is absent; execorder never needs it.
+            warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+            from execorder.fx import trace as fx_trace
+            from execorder.loading import load_target
+        with _progress(f"Building {target}…"):
+            loaded = load_target(
+                target, init_kwargs=init_kwargs, device=device.value if device else None
+            )
+        for note in loaded.notes:
+            _stderr.print(f"execorder: note: {note}", markup=False)
+        with _progress(f"Tracing {target}…"):
+            report = fx_trace(loaded.model, concrete_args=concrete_args, target=target)
+        _emit(report, fmt, output, depth=depth, max_rows=max_rows)
+
+    _run(debug, body)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="execorder")

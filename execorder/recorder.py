@@ -1,0 +1,194 @@
+"""The recorder: backends tell it what runs, it builds the report.
+
+A backend (FX today) reports three kinds of event: a module call starts
+(:meth:`Recorder.enter`), it ends (:meth:`Recorder.exit`), and parameters are
+used (:meth:`Recorder.use`, :meth:`Recorder.use_module`). The recorder keeps
+live module and parameter objects; names are resolved once, in
+:meth:`Recorder.build_report`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from torch import nn
+
+from execorder.report import ModuleCall, ParamGroup, ParamInfo, Report, Summary
+
+
+class UsageGroup(NamedTuple):
+    """Parameters used together in one call.
+
+    ``whole_module`` is True when ``params`` are all of ``module``'s parameters
+    because ``module`` itself was called (a child call, or a leaf module whose
+    internals the backend cannot see); False for a direct use in an op.
+    """
+
+    module: nn.Module
+    params: tuple[nn.Parameter, ...]
+    whole_module: bool
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """One module call as recorded: live objects, not yet named."""
+
+    module: nn.Module
+    parent: int | None
+    depth: int
+    groups: list[UsageGroup] = field(default_factory=list)
+
+
+class Recorder:
+    """Collects module calls and parameter uses of one forward.
+
+    Args:
+        root: The module whose forward is recorded. Its call is the first one.
+    """
+
+    def __init__(self, root: nn.Module) -> None:
+        self.root = root
+        self.calls: list[CallRecord] = [CallRecord(root, None, 0)]
+        self.param_order: list[nn.Parameter] = []
+        self.visited: set[nn.Parameter] = set()
+        self._first_call: dict[nn.Parameter, int] = {}
+        self._stack: list[int] = [0]
+        self._module_params: dict[int, tuple[nn.Parameter, ...]] = {}
+
+    @property
+    def current(self) -> CallRecord:
+        """The call now running."""
+        return self.calls[self._stack[-1]]
+
+    def params_of(self, module: nn.Module) -> tuple[nn.Parameter, ...]:
+        """All parameters of ``module`` (deduplicated), cached per module."""
+        params = self._module_params.get(id(module))
+        if params is None:
+            params = tuple(module.parameters())
+            self._module_params[id(module)] = params
+        return params
+
+    def enter(self, module: nn.Module) -> None:
+        """A call of ``module`` starts inside the current call."""
+        params = self.params_of(module)
+        if params:
+            self.current.groups.append(UsageGroup(module, params, True))
+        self.calls.append(CallRecord(module, self._stack[-1], len(self._stack)))
+        self._stack.append(len(self.calls) - 1)
+
+    def exit(self, module: nn.Module) -> None:
+        """The current call, of ``module``, ends."""
+        if len(self._stack) == 1 or self.current.module is not module:
+            raise RuntimeError("execorder: module exit does not match the call being recorded")
+        self._stack.pop()
+
+    def use(self, params: Iterable[nn.Parameter], *, outer: int = 0) -> None:
+        """Parameters are used directly in an op.
+
+        Args:
+            params: The parameters the op reads, in argument order. Repeats
+                are kept once.
+            outer: 0 attributes the use to the current call; 1 to the call
+                that made it (for arguments the caller passes to a leaf module).
+        """
+        unique = tuple(dict.fromkeys(params))
+        if not unique:
+            return
+        index = self._stack[-1 - outer]
+        call = self.calls[index]
+        call.groups.append(UsageGroup(call.module, unique, False))
+        self._mark(unique, index)
+
+    def use_module(self) -> None:
+        """The current call's module uses all its parameters (a leaf module)."""
+        call = self.current
+        params = self.params_of(call.module)
+        if params:
+            call.groups.append(UsageGroup(call.module, params, True))
+            self._mark(params, self._stack[-1])
+
+    def _mark(self, params: Iterable[nn.Parameter], index: int) -> None:
+        for param in params:
+            if param not in self.visited:
+                self.visited.add(param)
+                self.param_order.append(param)
+                self._first_call[param] = index
+
+    def build_report(
+        self, *, target: str, mode: str, concrete_args: Mapping[str, Any] | None = None
+    ) -> Report:
+        """Name everything recorded and freeze it into a :class:`Report`."""
+        module_names = _qualnames(self.root.named_modules(remove_duplicate=False))
+        param_names = _qualnames(self.root.named_parameters(remove_duplicate=False))
+
+        def module_name(module: nn.Module) -> str:
+            return module_names[id(module)][0]
+
+        call_counts: dict[int, int] = {}
+        calls = []
+        for index, record in enumerate(self.calls):
+            names = module_names[id(record.module)]
+            seen = call_counts.get(id(record.module), 0)
+            call_counts[id(record.module)] = seen + 1
+            uses = tuple(
+                ParamGroup(
+                    module_name(group.module),
+                    tuple(param_names[id(p)][0] for p in group.params),
+                )
+                for group in record.groups
+            )
+            calls.append(
+                ModuleCall(
+                    index=index,
+                    name=names[0],
+                    type=type(record.module).__name__,
+                    depth=record.depth,
+                    parent=record.parent,
+                    call=seen,
+                    aliases=tuple(names[1:]),
+                    uses=uses,
+                )
+            )
+
+        def info(param: nn.Parameter, first_call: int | None) -> ParamInfo:
+            names = param_names[id(param)]
+            return ParamInfo(
+                name=names[0],
+                aliases=tuple(names[1:]),
+                shape=tuple(param.shape),
+                dtype=str(param.dtype).removeprefix("torch."),
+                numel=param.numel(),
+                first_module=None if first_call is None else calls[first_call].name,
+                first_call=first_call,
+            )
+
+        used = tuple(info(p, self._first_call[p]) for p in self.param_order)
+        unused = tuple(info(p, None) for p in self.root.parameters() if p not in self.visited)
+        summary = Summary(
+            calls=len(calls),
+            modules=len(call_counts),
+            params_total=len(used) + len(unused),
+            params_used=len(used),
+            numel_total=sum(p.numel for p in (*used, *unused)),
+            numel_used=sum(p.numel for p in used),
+        )
+        return Report(
+            target=target,
+            mode=mode,
+            concrete_args=dict(concrete_args or {}),
+            modules=tuple(calls),
+            params=used,
+            unused=unused,
+            summary=summary,
+        )
+
+
+def _qualnames(named: Iterable[tuple[str, Any]]) -> dict[int, list[str]]:
+    """Map each object's id to all its qualified names, the first one first."""
+    names: dict[int, list[str]] = {}
+    for name, obj in named:
+        names.setdefault(id(obj), []).append(name)
+    return names
+

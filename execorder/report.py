@@ -1,0 +1,290 @@
+"""Frozen report records: what a trace found, as immutable facts.
+
+No presentation lives here: names are qualified names (the root module is
+``""``), shapes are tuples, and rendering is the job of :mod:`execorder.render`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+class SchemaError(ValueError):
+    """A dict is not a report of the schema version this execorder reads."""
+
+
+def _owner(qualname: str) -> str:
+    return qualname.rpartition(".")[0]
+
+
+@dataclass(frozen=True, slots=True)
+class ParamGroup:
+    """Parameters used together inside one module call.
+
+    Either a child module was called (``module`` is the child, ``params`` all
+    of its parameters) or parameters were used directly in an op (``module``
+    is the calling module, ``params`` those the op read).
+    """
+
+    module: str
+    params: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"module": self.module, "params": list(self.params)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ParamGroup:
+        return cls(module=data["module"], params=tuple(data["params"]))
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleCall:
+    """One call of a module's forward, in execution order.
+
+    Attributes:
+        index: Position in the module forward order (the root is 0).
+        name: First qualified name of the module (``""`` for the root).
+        type: Class name of the module.
+        depth: Nesting depth of the call (the root is 0).
+        parent: Index of the enclosing call, None for the root.
+        call: How many earlier calls this module had (0 on its first call).
+        aliases: Other qualified names of the same module object.
+        uses: Parameter groups used during this call, in order.
+    """
+
+    index: int
+    name: str
+    type: str
+    depth: int
+    parent: int | None
+    call: int
+    aliases: tuple[str, ...]
+    uses: tuple[ParamGroup, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "name": self.name,
+            "type": self.type,
+            "depth": self.depth,
+            "parent": self.parent,
+            "call": self.call,
+            "aliases": list(self.aliases),
+            "uses": [group.to_dict() for group in self.uses],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModuleCall:
+        return cls(
+            index=data["index"],
+            name=data["name"],
+            type=data["type"],
+            depth=data["depth"],
+            parent=data["parent"],
+            call=data["call"],
+            aliases=tuple(data["aliases"]),
+            uses=tuple(ParamGroup.from_dict(g) for g in data["uses"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ParamInfo:
+    """A parameter, with where it was first used when it was used at all.
+
+    Attributes:
+        name: First qualified name from ``named_parameters()``.
+        aliases: Its other qualified names (tied parameters).
+        shape: Its shape.
+        dtype: Its dtype without the ``torch.`` prefix.
+        numel: Number of elements.
+        first_module: Module whose call first used it (None when unused).
+        first_call: Index of that call in the module order (None when unused).
+    """
+
+    name: str
+    aliases: tuple[str, ...]
+    shape: tuple[int, ...]
+    dtype: str
+    numel: int
+    first_module: str | None = None
+    first_call: int | None = None
+
+    @property
+    def owner(self) -> str:
+        """Qualified name of the module that owns the parameter."""
+        return _owner(self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": self.name,
+            "aliases": list(self.aliases),
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "numel": self.numel,
+        }
+        if self.first_call is None:
+            data["owner"] = self.owner
+        else:
+            data["first_module"] = self.first_module
+            data["first_call"] = self.first_call
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ParamInfo:
+        return cls(
+            name=data["name"],
+            aliases=tuple(data["aliases"]),
+            shape=tuple(data["shape"]),
+            dtype=data["dtype"],
+            numel=data["numel"],
+            first_module=data.get("first_module"),
+            first_call=data.get("first_call"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Counts over the whole report."""
+
+    calls: int
+    modules: int
+    params_total: int
+    params_used: int
+    numel_total: int
+    numel_used: int
+
+    @property
+    def params_unused(self) -> int:
+        return self.params_total - self.params_used
+
+    @property
+    def numel_unused(self) -> int:
+        return self.numel_total - self.numel_used
+
+    @property
+    def unused_fraction(self) -> float:
+        """Share of parameter elements never used (0.0 for a model without any)."""
+        return self.numel_unused / self.numel_total if self.numel_total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "modules": self.modules,
+            "params_total": self.params_total,
+            "params_used": self.params_used,
+            "params_unused": self.params_unused,
+            "numel_total": self.numel_total,
+            "numel_used": self.numel_used,
+            "numel_unused": self.numel_unused,
+            "unused_fraction": self.unused_fraction,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Summary:
+        return cls(
+            calls=data["calls"],
+            modules=data["modules"],
+            params_total=data["params_total"],
+            params_used=data["params_used"],
+            numel_total=data["numel_total"],
+            numel_used=data["numel_used"],
+        )
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-safe copy of a concrete argument value (``repr`` for anything exotic)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return repr(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Everything one trace of a model's forward found.
+
+    Attributes:
+        target: What was traced (the CLI's TARGET, or the model's class name).
+        mode: The backend that recorded it (``"fx"``).
+        concrete_args: The concrete arguments, JSON-safe.
+        modules: Every module call in forward order, the root first.
+        params: Used parameters in first-use order.
+        unused: Parameters never used, in ``named_parameters()`` order.
+        summary: Counts.
+    """
+
+    target: str
+    mode: str
+    concrete_args: Mapping[str, Any]
+    modules: tuple[ModuleCall, ...]
+    params: tuple[ParamInfo, ...]
+    unused: tuple[ParamInfo, ...]
+    summary: Summary
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        frozen_args = MappingProxyType({k: jsonable(v) for k, v in self.concrete_args.items()})
+        object.__setattr__(self, "concrete_args", frozen_args)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "target": self.target,
+            "mode": self.mode,
+            "concrete_args": dict(self.concrete_args),
+            "modules": [call.to_dict() for call in self.modules],
+            "params": [param.to_dict() for param in self.params],
+            "unused": [param.to_dict() for param in self.unused],
+            "summary": self.summary.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Report:
+        """Rebuild a report from :meth:`to_dict` output (e.g. loaded JSON).
+
+        Raises:
+            SchemaError: If the schema version differs or a field is missing.
+        """
+        version = data.get("schema_version") if isinstance(data, Mapping) else None
+        if version != SCHEMA_VERSION:
+            raise SchemaError(
+                f"report has schema_version {version!r}; this execorder reads {SCHEMA_VERSION}"
+            )
+        try:
+            return cls(
+                target=data["target"],
+                mode=data["mode"],
+                concrete_args=data["concrete_args"],
+                modules=tuple(ModuleCall.from_dict(c) for c in data["modules"]),
+                params=tuple(ParamInfo.from_dict(p) for p in data["params"]),
+                unused=tuple(ParamInfo.from_dict(p) for p in data["unused"]),
+                summary=Summary.from_dict(data["summary"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise SchemaError(f"report is missing or has a malformed field: {exc}") from None
+
+    def call(self, index: int) -> ModuleCall:
+        """The module call at ``index`` of the forward order."""
+        return self.modules[index]
+
+    def param(self, name: str) -> ParamInfo:
+        """Look a parameter up by any of its qualified names.
+
+        Raises:
+            KeyError: If no parameter has that name.
+        """
+        for info in (*self.params, *self.unused):
+            if info.name == name or name in info.aliases:
+                return info
+        raise KeyError(name)

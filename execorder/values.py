@@ -1,0 +1,72 @@
+"""Parsing of ``NAME=VALUE`` command-line arguments into Python values."""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from execorder.errors import ArgumentSyntaxError
+
+_WORDS: dict[str, Any] = {"true": True, "false": False, "none": None, "null": None}
+
+
+def parse_value(text: str) -> Any:
+    """Turn the VALUE of ``NAME=VALUE`` into a Python value.
+
+    ``true``/``false`` and ``none``/``null`` (any case) are booleans and None;
+    JSON (numbers, lists, objects, double-quoted strings) and Python literals
+    (tuples, single-quoted strings) are parsed as such; anything else is the
+    plain string, so ``head=cls`` gives ``"cls"``.
+
+    Args:
+        text: The text after the first ``=``.
+
+    Returns:
+        The parsed value.
+    """
+    stripped = text.strip()
+    if stripped.lower() in _WORDS:
+        return _WORDS[stripped.lower()]
+    try:
+        return json.loads(stripped)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(stripped)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+def parse_assignment(text: str, *, option: str) -> tuple[str, Any]:
+    """Split ``NAME=VALUE`` and parse the value.
+
+    Args:
+        text: One occurrence of the option, e.g. ``run_all_layers=true``.
+        option: The option's name, used in the error message (``--concrete``).
+
+    Returns:
+        The name and the parsed value.
+
+    Raises:
+        ArgumentSyntaxError: If there is no ``=`` or the name is not an identifier.
+    """
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    if not sep or not name.isidentifier():
+        raise ArgumentSyntaxError(
+            f"{option} expects NAME=VALUE with NAME a Python identifier, got {text!r}"
+        )
+    return name, parse_value(value)
+
+
+def parse_assignments(texts: Iterable[str], *, option: str) -> dict[str, Any]:
+    """Parse repeated ``NAME=VALUE`` options into a dict; a repeated name is an error."""
+    values: dict[str, Any] = {}
+    for text in texts:
+        name, value = parse_assignment(text, option=option)
+        if name in values:
+            raise ArgumentSyntaxError(f"{option} {name} is given more than once")
+        values[name] = value
+    return values
