@@ -8,6 +8,7 @@ output node, so a parameter returned as-is counts as used.
 
 from __future__ import annotations
 
+import gc
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -24,60 +25,19 @@ from execorder.report import Report
 _OP_KINDS = frozenset({"call_function", "call_method"})
 
 
-def _leaves(value: Any) -> Iterator[Any]:
-    """Every non-container value inside nested lists, tuples, dicts and slices."""
-    if isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _leaves(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _leaves(item)
-    elif isinstance(value, slice):
-        yield from _leaves((value.start, value.stop, value.step))
-    else:
-        yield value
-
-
-class _ParamFinder:
-    """Finds the parameters an op reads among its (nested) args and kwargs.
-
-    Only real attribute reads count: a proxy counts when its node is a
-    ``get_attr`` of a parameter, never a placeholder that shares the name.
-    """
-
-    def __init__(self, root: nn.Module) -> None:
-        self.by_name: dict[str, nn.Parameter] = dict(root.named_parameters())
-        self._ids = {id(p) for p in self.by_name.values()}
-
-    def node_param(self, node: torch.fx.Node) -> nn.Parameter | None:
-        if node.op == "get_attr" and isinstance(node.target, str):
-            return self.by_name.get(node.target)
-        return None
-
-    def find(self, *values: Any) -> list[nn.Parameter]:
-        found = []
-        for leaf in _leaves(values):
-            if isinstance(leaf, torch.fx.Proxy):
-                param = self.node_param(leaf.node)
-                if param is not None:
-                    found.append(param)
-            elif isinstance(leaf, torch.fx.Node):
-                param = self.node_param(leaf)
-                if param is not None:
-                    found.append(param)
-            elif isinstance(leaf, nn.Parameter) and id(leaf) in self._ids:
-                found.append(leaf)
-        return found
-
-
 @contextmanager
 def record_tracer(
     tracer: torch.fx.Tracer, root_module: nn.Module, recorder: Recorder
 ) -> Iterator[Recorder]:
     """Patch ``tracer`` so that tracing ``root_module`` reports to ``recorder``.
 
-    Works on any ``torch.fx.Tracer``, a user's subclass included. The patched
-    methods are restored on exit, also when tracing raises.
+    ``call_module`` (every submodule call) reports calls. ``create_node``
+    (under every op, every leaf-module call, and the output) reports the
+    parameters a node reads: torch.fx has already turned each argument,
+    keyword or nested in a list or dict, into an input node, and only
+    ``get_attr`` nodes of parameters count, never a forward input that shares
+    a parameter's name. Works on any ``torch.fx.Tracer``, a user's subclass
+    included; the patched methods are restored on exit, also when tracing raises.
 
     Args:
         tracer: The tracer instance to patch.
@@ -87,10 +47,16 @@ def record_tracer(
     Yields:
         The recorder.
     """
-    finder = _ParamFinder(root_module)
+    by_name = dict(root_module.named_parameters())
     orig_call_module = tracer.call_module
-    orig_create_proxy = tracer.create_proxy
     orig_create_node = tracer.create_node
+
+    def params_read(node: torch.fx.Node) -> list[nn.Parameter]:
+        return [
+            by_name[arg.target]  # type: ignore[index]
+            for arg in node.all_input_nodes
+            if arg.op == "get_attr" and arg.target in by_name
+        ]
 
     def call_module(
         module: nn.Module,
@@ -103,40 +69,23 @@ def record_tracer(
         recorder.exit(module)
         return output
 
-    # The signature names proxy_factory_fn on purpose: torch.fx inspects it to
-    # decide whether to pass one (for param_shapes_constant).
-    def create_proxy(
-        kind: str,
-        target: torch.fx.node.Target,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        name: str | None = None,
-        type_expr: Any | None = None,
-        proxy_factory_fn: Callable[[torch.fx.Node], torch.fx.Proxy] | None = None,
-    ) -> torch.fx.Proxy:
-        proxy = orig_create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
-        if kind in _OP_KINDS:
-            recorder.use(finder.find(args, kwargs))
+    def create_node(kind: str, *args: Any, **kwargs: Any) -> torch.fx.Node:
+        node = orig_create_node(kind, *args, **kwargs)
+        if kind in _OP_KINDS or kind == "output":
+            recorder.use(params_read(node))
         elif kind == "call_module":
             # The caller evaluated the arguments; the leaf uses all its own
             # parameters, which FX cannot see into.
-            recorder.use(finder.find(args, kwargs), outer=1)
+            recorder.use(params_read(node), outer=1)
             recorder.use_module()
-        return proxy
-
-    def create_node(kind: str, target: Any, args: Any, kwargs: Any, *rest: Any, **kw: Any) -> Any:
-        if kind == "output":
-            recorder.use(finder.find(args, kwargs))
-        return orig_create_node(kind, target, args, kwargs, *rest, **kw)
+        return node
 
     tracer.call_module = call_module  # type: ignore[method-assign]
-    tracer.create_proxy = create_proxy  # type: ignore[method-assign]
     tracer.create_node = create_node  # type: ignore[method-assign]
     try:
         yield recorder
     finally:
         tracer.call_module = orig_call_module  # type: ignore[method-assign]
-        tracer.create_proxy = orig_create_proxy  # type: ignore[method-assign]
         tracer.create_node = orig_create_node  # type: ignore[method-assign]
 
 
@@ -232,6 +181,23 @@ def _control_flow_message(exc: _ControlFlowError, owner: str) -> str:
     return f"{prefix} a traced value; pin the arguments it needs with --concrete NAME=VALUE"
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector.
+
+    A trace allocates tens of thousands of long-lived nodes and proxies; each
+    full collection rescans them all, which makes tracing super-linear in
+    model size. Nothing collectable is lost: the collector resumes afterwards.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def check_concrete_args(model: nn.Module, concrete_args: Mapping[str, Any]) -> None:
     """Check that every concrete argument names a parameter of ``model.forward``.
 
@@ -287,7 +253,7 @@ def trace(
     recorder = Recorder(model)
     tracer = _Tracer()
     try:
-        with record_tracer(tracer, model, recorder):
+        with _gc_paused(), record_tracer(tracer, model, recorder):
             tracer.trace(model, args or None)
     except _ControlFlowError as exc:
         raise TraceFailure(_control_flow_message(exc, owner)) from exc

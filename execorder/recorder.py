@@ -9,6 +9,7 @@ live module and parameter objects; names are resolved once, in
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -63,10 +64,17 @@ class Recorder:
         return self.calls[self._stack[-1]]
 
     def params_of(self, module: nn.Module) -> tuple[nn.Parameter, ...]:
-        """All parameters of ``module`` (deduplicated), cached per module."""
+        """``tuple(module.parameters())``, built from the children's cached tuples.
+
+        Built bottom-up so that recording every call of a deep model stays
+        linear in its size; the order and deduplication are those of
+        ``module.parameters()``.
+        """
         params = self._module_params.get(id(module))
         if params is None:
-            params = tuple(module.parameters())
+            own = (p for p in module._parameters.values() if p is not None)
+            nested = (p for child in module.children() for p in self.params_of(child))
+            params = tuple(dict.fromkeys(itertools.chain(own, nested)))
             self._module_params[id(module)] = params
         return params
 
