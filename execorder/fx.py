@@ -23,6 +23,7 @@ from execorder.recorder import Recorder
 from execorder.report import Report
 
 _OP_KINDS = frozenset({"call_function", "call_method"})
+_PATCHED = ("call_module", "create_node")
 
 
 @contextmanager
@@ -50,6 +51,9 @@ def record_tracer(
     by_name = dict(root_module.named_parameters())
     orig_call_module = tracer.call_module
     orig_create_node = tracer.create_node
+    # Restore exactly: methods patched on the instance before are put back,
+    # class methods are uncovered again by deleting the instance attribute.
+    saved = {name: vars(tracer)[name] for name in _PATCHED if name in vars(tracer)}
 
     def params_read(node: torch.fx.Node) -> list[nn.Parameter]:
         return [
@@ -85,8 +89,11 @@ def record_tracer(
     try:
         yield recorder
     finally:
-        tracer.call_module = orig_call_module  # type: ignore[method-assign]
-        tracer.create_node = orig_create_node  # type: ignore[method-assign]
+        for name in _PATCHED:
+            if name in saved:
+                setattr(tracer, name, saved[name])
+            else:
+                delattr(tracer, name)
 
 
 class _Tracer(torch.fx.Tracer):

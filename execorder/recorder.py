@@ -40,6 +40,8 @@ class CallRecord:
     parent: int | None
     depth: int
     groups: list[UsageGroup] = field(default_factory=list)
+    # Where this call's own group sits in the parent's groups, if it has one.
+    slot_in_parent: int | None = None
 
 
 class Recorder:
@@ -81,9 +83,12 @@ class Recorder:
     def enter(self, module: nn.Module) -> None:
         """A call of ``module`` starts inside the current call."""
         params = self.params_of(module)
+        parent = self.current
+        slot = None
         if params:
-            self.current.groups.append(UsageGroup(module, params, True))
-        self.calls.append(CallRecord(module, self._stack[-1], len(self._stack)))
+            slot = len(parent.groups)
+            parent.groups.append(UsageGroup(module, params, True))
+        self.calls.append(CallRecord(module, self._stack[-1], len(self._stack), [], slot))
         self._stack.append(len(self.calls) - 1)
 
     def exit(self, module: nn.Module) -> None:
@@ -99,14 +104,22 @@ class Recorder:
             params: The parameters the op reads, in argument order. Repeats
                 are kept once.
             outer: 0 attributes the use to the current call; 1 to the call
-                that made it (for arguments the caller passes to a leaf module).
+                that made it (for arguments the caller passes to a leaf
+                module), placed before the current call's own group there,
+                since arguments are evaluated before the call.
         """
         unique = tuple(dict.fromkeys(params))
         if not unique:
             return
         index = self._stack[-1 - outer]
         call = self.calls[index]
-        call.groups.append(UsageGroup(call.module, unique, False))
+        group = UsageGroup(call.module, unique, False)
+        slot = self.current.slot_in_parent if outer else None
+        if slot is None:
+            call.groups.append(group)
+        else:
+            call.groups.insert(slot, group)
+            self.current.slot_in_parent = slot + 1
         self._mark(unique, index)
 
     def use_module(self) -> None:

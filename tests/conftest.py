@@ -1,0 +1,44 @@
+"""Shared fixtures. ``pytest --update-golden`` rewrites the golden renderings."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_models"
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+for folder in (SAMPLES, Path(__file__).resolve().parent):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden", action="store_true", help="Rewrite tests/golden/* from current output."
+    )
+
+
+@pytest.fixture
+def golden(request: pytest.FixtureRequest) -> Callable[[str, str], None]:
+    """Compare text with a golden file, or rewrite it under --update-golden."""
+    update = request.config.getoption("--update-golden")
+
+    def check(name: str, text: str) -> None:
+        path = GOLDEN / name
+        if update:
+            path.write_text(text, encoding="utf-8")
+            return
+        assert path.exists(), f"missing golden file {name}; run pytest --update-golden"
+        assert text == path.read_text(encoding="utf-8"), (
+            f"{name} differs from the golden file; if the change is intended, "
+            "rerun with --update-golden and review the diff"
+        )
+
+    return check

@@ -1,0 +1,94 @@
+"""Report records: immutability, JSON round trip, schema checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from seed import Model
+from tied import TiedLM
+
+import execorder
+from execorder.report import SCHEMA_VERSION, Report, SchemaError
+
+
+def test_json_round_trip() -> None:
+    report = execorder.trace(Model(), concrete_args={"run_all_layers": True}, target="x.py:Model")
+    data = json.loads(json.dumps(report.to_dict()))
+    assert Report.from_dict(data) == report
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert data["target"] == "x.py:Model"
+    assert data["mode"] == "fx"
+    assert data["concrete_args"] == {"run_all_layers": True}
+
+
+def test_json_shape() -> None:
+    data = execorder.trace(TiedLM()).to_dict()
+    assert data["modules"][0]["name"] == ""
+    assert data["modules"][0]["depth"] == 0
+    assert {"name", "type", "depth", "uses"} <= set(data["modules"][1])
+    first = data["params"][0]
+    assert first == {
+        "name": "embed.weight",
+        "aliases": ["lm_head.weight"],
+        "shape": [32, 8],
+        "dtype": "float32",
+        "numel": 256,
+        "first_module": "embed",
+        "first_call": 1,
+    }
+    assert set(data["summary"]) >= {"params_total", "params_used", "numel_unused"}
+
+
+def test_unused_entries() -> None:
+    data = execorder.trace(Model(), concrete_args={"run_all_layers": True}).to_dict()
+    assert data["unused"] == [
+        {
+            "name": "weight_unused",
+            "aliases": [],
+            "shape": [2, 2],
+            "dtype": "float32",
+            "numel": 4,
+            "owner": "",
+        }
+    ]
+
+
+def test_records_are_frozen() -> None:
+    report = execorder.trace(Model(), concrete_args={"run_all_layers": True})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.target = "other"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        report.concrete_args["run_all_layers"] = False  # type: ignore[index]
+
+
+def test_wrong_schema_version_is_refused() -> None:
+    data = execorder.trace(Model(), concrete_args={"run_all_layers": True}).to_dict()
+    data["schema_version"] = 99
+    with pytest.raises(SchemaError, match="schema_version 99"):
+        Report.from_dict(data)
+    del data["schema_version"]
+    with pytest.raises(SchemaError):
+        Report.from_dict(data)
+
+
+def test_missing_field_is_a_schema_error() -> None:
+    data = execorder.trace(Model(), concrete_args={"run_all_layers": True}).to_dict()
+    del data["modules"]
+    with pytest.raises(SchemaError, match="modules"):
+        Report.from_dict(data)
+
+
+def test_unknown_param_lookup() -> None:
+    report = execorder.trace(TiedLM())
+    with pytest.raises(KeyError):
+        report.param("nope")
+
+
+def test_concrete_args_are_made_json_safe() -> None:
+    report = execorder.trace(Model(), concrete_args={"run_all_layers": True})
+    assert json.dumps(report.to_dict())
+    odd = dataclasses.replace(report, concrete_args={"x": object(), "y": float("inf")})
+    assert isinstance(odd.concrete_args["x"], str)
+    assert odd.concrete_args["y"] == "inf"
