@@ -93,16 +93,19 @@ FormatOpt = Annotated[
 OutputOpt = Annotated[
     Path | None,
     typer.Option(
-        "--output", "-o", help="Write the report to this file instead of stdout.",
+        "--output", "-o", metavar="FILE", help="Write the report to FILE instead of stdout.",
         dir_okay=False, show_default=False,
     ),
 ]
 DepthOpt = Annotated[
     int | None,
-    typer.Option(min=0, help="Table: hide module calls nested deeper than this.", show_default=False),
+    typer.Option(
+        min=0, metavar="N", help="Table: hide module calls nested deeper than N.",
+        show_default=False,
+    ),
 ]
 MaxRowsOpt = Annotated[
-    int, typer.Option(min=0, help="Table: at most this many rows per table; 0 shows all.")
+    int, typer.Option(min=0, metavar="N", help="Table: at most N rows per table; 0 shows all.")
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 
@@ -143,7 +146,7 @@ def _run(debug: bool, body: Callable[[], T]) -> T:
     except ExecOrderError as exc:
         if debug:
             traceback.print_exc()
-        _stderr.print(f"execorder: error: {exc}", markup=False)
+        typer.echo(f"execorder: error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         _stderr.print("execorder: interrupted", markup=False)

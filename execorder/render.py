@@ -29,8 +29,8 @@ def _table(title: str, *columns: str, right: Sequence[str] = ()) -> Table:
     return table
 
 
-def _hidden(count: int, what: str, how: str) -> Text:
-    return Text(f"… {count:,} more {what} not shown ({how}; --format json has all)", style="dim")
+def _hidden(text: str) -> Text:
+    return Text(f"… {text}; --format json has everything\n", style="dim")
 
 
 def render_summary(report: Report) -> Table:
@@ -70,14 +70,16 @@ def render_modules(
     rows = shown if not max_rows else shown[:max_rows]
     for call in rows:
         name = Text("  " * call.depth + _label(call.name))
+        if call.aliases:
+            name.append(" = " + ", ".join(call.aliases), style="dim")
         if call.call:
             name.append(f"  (call {call.call + 1})", style="cyan")
         table.add_row(str(call.index), name, call.type, _own_params(call))
     parts: list[RenderableType] = [table]
     if len(shown) < len(calls):
-        parts.append(_hidden(len(calls) - len(shown), "deeper calls", f"--depth {depth}"))
+        parts.append(_hidden(f"{len(calls) - len(shown):,} calls nested deeper than {depth} hidden"))
     if len(rows) < len(shown):
-        parts.append(_hidden(len(shown) - len(rows), "calls", "--max-rows 0 shows all"))
+        parts.append(_hidden(f"{len(shown) - len(rows):,} more calls (--max-rows 0 shows all)"))
     return Group(*parts)
 
 
@@ -109,7 +111,7 @@ def render_params(params: Sequence[ParamInfo], *, max_rows: int | None = None) -
             f"{_label(param.first_module or '')} (#{param.first_call})",
         )
     if len(rows) < len(params):
-        return Group(table, _hidden(len(params) - len(rows), "parameters", "--max-rows 0"))
+        return Group(table, _hidden(f"{len(params) - len(rows):,} more parameters (--max-rows 0)"))
     return table
 
 
@@ -126,7 +128,7 @@ def render_unused(unused: Sequence[ParamInfo], *, max_rows: int | None = None) -
             _param_name(param), _shape(param.shape), f"{param.numel:,}", _label(param.owner)
         )
     if len(rows) < len(unused):
-        return Group(table, _hidden(len(unused) - len(rows), "parameters", "--max-rows 0"))
+        return Group(table, _hidden(f"{len(unused) - len(rows):,} more unused (--max-rows 0)"))
     return table
 
 

@@ -1,0 +1,41 @@
+"""Golden renderings of the tables (``pytest --update-golden`` rewrites them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from io import StringIO
+
+from reuse import Reuse
+from rich.console import Console, RenderableType
+from seed import Model
+from tied import TiedLM
+from transformer import Transformer
+
+import execorder
+from execorder.render import render_report
+
+
+def _text(renderable: RenderableType) -> str:
+    console = Console(width=100, color_system=None, file=StringIO())
+    console.print(renderable)
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_seed_tables(golden: Callable[[str, str], None]) -> None:
+    report = execorder.trace(Model(), concrete_args={"run_all_layers": True}, target="seed:Model")
+    golden("seed.txt", _text(render_report(report)))
+
+
+def test_tied_and_shared_tables(golden: Callable[[str, str], None]) -> None:
+    text = _text(render_report(execorder.trace(TiedLM(), target="tied:TiedLM")))
+    assert "embed.weight = lm_head.weight" in text
+    golden("tied.txt", text)
+    golden("reuse.txt", _text(render_report(execorder.trace(Reuse(), target="reuse:Reuse"))))
+
+
+def test_large_model_is_cut_with_a_pointer(golden: Callable[[str, str], None]) -> None:
+    report = execorder.trace(Transformer(n_layers=6), target="transformer:Transformer")
+    text = _text(render_report(report, depth=2, max_rows=10))
+    assert "36 more calls (--max-rows 0 shows all)" in text
+    assert "12 calls nested deeper than 2 hidden" in text
+    golden("transformer_cut.txt", text)
