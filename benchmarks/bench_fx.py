@@ -88,8 +88,10 @@ def main() -> None:
     low, high = min(times), max(times)
     if high > low:
         print()
-        print(f"growth from {low} to {high} blocks ({high / low:.0f}x the model; linear is "
-              f"{high / low:.0f}x):")
+        print(
+            f"growth from {low} to {high} blocks ({high / low:.0f}x the model; linear is "
+            f"{high / low:.0f}x):"
+        )
         for name in CONTENDERS:
             print(f"  {name:18s} {times[high][name] / times[low][name]:6.1f}x")
 

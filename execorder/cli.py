@@ -5,6 +5,7 @@ torch is imported only inside commands, so ``execorder --help`` stays instant.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -93,14 +94,20 @@ FormatOpt = Annotated[
 OutputOpt = Annotated[
     Path | None,
     typer.Option(
-        "--output", "-o", metavar="FILE", help="Write the report to FILE instead of stdout.",
-        dir_okay=False, show_default=False,
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="Write the report to FILE instead of stdout.",
+        dir_okay=False,
+        show_default=False,
     ),
 ]
 DepthOpt = Annotated[
     int | None,
     typer.Option(
-        min=0, metavar="N", help="Table: hide module calls nested deeper than N.",
+        min=0,
+        metavar="N",
+        help="Table: hide module calls nested deeper than N.",
         show_default=False,
     ),
 ]
@@ -198,9 +205,9 @@ def _emit(report: Any, fmt: OutputFormat, output: Path | None, **table_opts: Any
     if output is None:
         Console(highlight=False).print(renderable)
     else:
-        console = Console(width=120, color_system=None, record=True, file=open(os.devnull, "w"))
-        console.print(renderable)
-        _write(output, console.export_text())
+        buffer = io.StringIO()
+        Console(width=120, color_system=None, file=buffer).print(renderable)
+        _write(output, buffer.getvalue())
 
 
 @app.command()

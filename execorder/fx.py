@@ -57,7 +57,7 @@ def record_tracer(
 
     def params_read(node: torch.fx.Node) -> list[nn.Parameter]:
         return [
-            by_name[arg.target]  # type: ignore[index]
+            by_name[arg.target]
             for arg in node.all_input_nodes
             if arg.op == "get_attr" and arg.target in by_name
         ]
@@ -84,7 +84,7 @@ def record_tracer(
             recorder.use_module()
         return node
 
-    tracer.call_module = call_module  # type: ignore[method-assign]
+    tracer.call_module = call_module  # type: ignore[method-assign, assignment]
     tracer.create_node = create_node  # type: ignore[method-assign]
     try:
         yield recorder

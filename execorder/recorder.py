@@ -212,4 +212,3 @@ def _qualnames(named: Iterable[tuple[str, Any]]) -> dict[int, list[str]]:
     for name, obj in named:
         names.setdefault(id(obj), []).append(name)
     return names
-

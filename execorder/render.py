@@ -65,7 +65,9 @@ def render_modules(
     calls: Sequence[ModuleCall], *, depth: int | None = None, max_rows: int | None = None
 ) -> RenderableType:
     """The module forward order, indented by nesting, repeated calls marked."""
-    table = _table("Module forward order", "#", "module", "type", "own parameters used", right=("#",))
+    table = _table(
+        "Module forward order", "#", "module", "type", "own parameters used", right=("#",)
+    )
     shown = [c for c in calls if depth is None or c.depth <= depth]
     rows = shown if not max_rows else shown[:max_rows]
     for call in rows:
@@ -77,7 +79,9 @@ def render_modules(
         table.add_row(str(call.index), name, call.type, _own_params(call))
     parts: list[RenderableType] = [table]
     if len(shown) < len(calls):
-        parts.append(_hidden(f"{len(calls) - len(shown):,} calls nested deeper than {depth} hidden"))
+        parts.append(
+            _hidden(f"{len(calls) - len(shown):,} calls nested deeper than {depth} hidden")
+        )
     if len(rows) < len(shown):
         parts.append(_hidden(f"{len(shown) - len(rows):,} more calls (--max-rows 0 shows all)"))
     return Group(*parts)
@@ -119,9 +123,7 @@ def render_unused(unused: Sequence[ParamInfo], *, max_rows: int | None = None) -
     """Parameters the forward never used."""
     if not unused:
         return Text("No unused parameters.", style="green")
-    table = _table(
-        "Unused parameters", "parameter", "shape", "numel", "owner", right=("numel",)
-    )
+    table = _table("Unused parameters", "parameter", "shape", "numel", "owner", right=("numel",))
     rows = unused if not max_rows else unused[:max_rows]
     for param in rows:
         table.add_row(

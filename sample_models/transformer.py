@@ -59,9 +59,7 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(
-        self, vocab: int = 64, dim: int = 16, n_heads: int = 2, n_layers: int = 2
-    ) -> None:
+    def __init__(self, vocab: int = 64, dim: int = 16, n_heads: int = 2, n_layers: int = 2) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
         self.pos = nn.Parameter(torch.zeros(1, 128, dim))

@@ -55,9 +55,7 @@ def test_report_matches_pytorch_orders(build: Any, concrete_args: dict[str, Any]
     report = execorder.trace(model, concrete_args=concrete_args)
     names = {id(p): n for n, p in model.named_parameters()}
     modules = {id(m): n for n, m in model.named_modules()}
-    assert [c.name for c in report.modules] == [
-        modules[id(m)] for m in theirs.module_forward_order
-    ]
+    assert [c.name for c in report.modules] == [modules[id(m)] for m in theirs.module_forward_order]
     assert [p.name for p in report.params] == [names[id(p)] for p in theirs.param_forward_order]
 
 

@@ -57,7 +57,14 @@ def test_trace_table_to_output_file(tmp_path: Path) -> None:
 
 def test_init_options_reach_the_constructor() -> None:
     result = invoke(
-        "trace", f"{SAMPLES}/reuse.py:Reuse", "--init", "repeats=4", "--init", "width=3", "-f", "json"
+        "trace",
+        f"{SAMPLES}/reuse.py:Reuse",
+        "--init",
+        "repeats=4",
+        "--init",
+        "width=3",
+        "-f",
+        "json",
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)

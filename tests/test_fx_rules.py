@@ -188,5 +188,5 @@ def test_data_dependent_control_flow_explains_fx_limit() -> None:
 
 
 def test_trace_rejects_non_modules() -> None:
-    with pytest.raises(TypeError, match="nn.Module"):
+    with pytest.raises(TypeError, match=r"nn\.Module"):
         execorder.trace(lambda x: x)  # type: ignore[arg-type]

@@ -58,7 +58,7 @@ def test_meta_failure_falls_back_to_cpu_with_a_note() -> None:
 
 
 def test_explicit_meta_failure_suggests_cpu() -> None:
-    with pytest.raises(TargetError, match="on meta failed.*try --device cpu"):
+    with pytest.raises(TargetError, match=r"on meta failed.*try --device cpu"):
         load_target("models:NeedsRealTensors", device="meta")
 
 
@@ -105,7 +105,7 @@ def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
 def test_import_error_inside_user_file(tmp_path: Path) -> None:
     bad = tmp_path / "needs_dep.py"
     bad.write_text("import not_installed_dependency_xyz\n")
-    with pytest.raises(TargetError, match="importing .*needs_dep.py failed: ModuleNotFound"):
+    with pytest.raises(TargetError, match=r"importing .*needs_dep\.py failed: ModuleNotFound"):
         load_target(f"{bad}:Net")
 
 

@@ -1,0 +1,37 @@
+# A fresh clone needs only: make demo, make test.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint format bench clean
+
+$(STAMP): pyproject.toml requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/execorder trace sample_models/seed.py:Model --concrete run_all_layers=true
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check execorder tests sample_models benchmarks
+	$(VENV)/bin/ruff format --check execorder tests sample_models benchmarks
+	$(VENV)/bin/mypy execorder
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format execorder tests sample_models benchmarks
+	$(VENV)/bin/ruff check --fix execorder tests sample_models benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_fx.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache
