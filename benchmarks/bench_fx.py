@@ -10,7 +10,9 @@ interleaving the three contenders and keeping each one's best of N runs.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gc
+import pstats
 import sys
 import time
 import warnings
@@ -48,6 +50,13 @@ CONTENDERS: dict[str, Callable[[torch.nn.Module], None]] = {
     "_ExecOrderTracer": pytorch_exec_order,
     "execorder": execorder_trace,
 }
+
+
+def python_calls(fn: Callable[[torch.nn.Module], None], model: torch.nn.Module) -> int:
+    """Python function calls made by ``fn(model)``: a noise-free measure of work."""
+    profile = cProfile.Profile()
+    profile.runcall(fn, model)
+    return pstats.Stats(profile).total_calls  # type: ignore[attr-defined, no-any-return]
 
 
 def best_of(fn: Callable[[torch.nn.Module], None], model: torch.nn.Module) -> float:
@@ -94,6 +103,15 @@ def main() -> None:
         )
         for name in CONTENDERS:
             print(f"  {name:18s} {times[high][name] / times[low][name]:6.1f}x")
+        work = {}
+        for blocks in (low, high):
+            with torch.device("meta"):
+                model = Transformer(n_layers=blocks)
+            work[blocks] = python_calls(execorder_trace, model)
+        print(
+            f"  execorder work (Python calls, noise-free): {work[low]:,} -> {work[high]:,} = "
+            f"{work[high] / work[low]:.1f}x"
+        )
 
 
 if __name__ == "__main__":

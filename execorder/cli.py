@@ -107,7 +107,7 @@ DepthOpt = Annotated[
     typer.Option(
         min=0,
         metavar="N",
-        help="Table: hide module calls nested deeper than N.",
+        help="Table: hide module calls nested deeper than N (JSON always has all).",
         show_default=False,
     ),
 ]

@@ -29,8 +29,12 @@ def _table(title: str, *columns: str, right: Sequence[str] = ()) -> Table:
     return table
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
 def _hidden(text: str) -> Text:
-    return Text(f"… {text}; --format json has everything\n", style="dim")
+    return Text(f"… {text}\n", style="dim")
 
 
 def render_summary(report: Report) -> Table:
@@ -80,10 +84,10 @@ def render_modules(
     parts: list[RenderableType] = [table]
     if len(shown) < len(calls):
         parts.append(
-            _hidden(f"{len(calls) - len(shown):,} calls nested deeper than {depth} hidden")
+            _hidden(f"{_count(len(calls) - len(shown), 'call')} nested deeper than {depth} hidden")
         )
     if len(rows) < len(shown):
-        parts.append(_hidden(f"{len(shown) - len(rows):,} more calls (--max-rows 0 shows all)"))
+        parts.append(_hidden(f"{_count(len(shown) - len(rows), 'more call')} (--max-rows 0 shows all)"))
     return Group(*parts)
 
 
@@ -115,7 +119,7 @@ def render_params(params: Sequence[ParamInfo], *, max_rows: int | None = None) -
             f"{_label(param.first_module or '')} (#{param.first_call})",
         )
     if len(rows) < len(params):
-        return Group(table, _hidden(f"{len(params) - len(rows):,} more parameters (--max-rows 0)"))
+        return Group(table, _hidden(f"{_count(len(params) - len(rows), 'more parameter')} (--max-rows 0)"))
     return table
 
 
@@ -130,7 +134,7 @@ def render_unused(unused: Sequence[ParamInfo], *, max_rows: int | None = None) -
             _param_name(param), _shape(param.shape), f"{param.numel:,}", _label(param.owner)
         )
     if len(rows) < len(unused):
-        return Group(table, _hidden(f"{len(unused) - len(rows):,} more unused (--max-rows 0)"))
+        return Group(table, _hidden(f"{_count(len(unused) - len(rows), 'more unused parameter')} (--max-rows 0)"))
     return table
 
 
