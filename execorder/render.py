@@ -119,7 +119,8 @@ def render_params(params: Sequence[ParamInfo], *, max_rows: int | None = None) -
             f"{_label(param.first_module or '')} (#{param.first_call})",
         )
     if len(rows) < len(params):
-        return Group(table, _hidden(f"{_count(len(params) - len(rows), 'more parameter')} (--max-rows 0)"))
+        more = _count(len(params) - len(rows), "more parameter")
+        return Group(table, _hidden(f"{more} (--max-rows 0)"))
     return table
 
 
@@ -134,7 +135,8 @@ def render_unused(unused: Sequence[ParamInfo], *, max_rows: int | None = None) -
             _param_name(param), _shape(param.shape), f"{param.numel:,}", _label(param.owner)
         )
     if len(rows) < len(unused):
-        return Group(table, _hidden(f"{_count(len(unused) - len(rows), 'more unused parameter')} (--max-rows 0)"))
+        more = _count(len(unused) - len(rows), "more unused parameter")
+        return Group(table, _hidden(f"{more} (--max-rows 0)"))
     return table
 
 
