@@ -87,7 +87,8 @@ def render_modules(
             _hidden(f"{_count(len(calls) - len(shown), 'call')} nested deeper than {depth} hidden")
         )
     if len(rows) < len(shown):
-        parts.append(_hidden(f"{_count(len(shown) - len(rows), 'more call')} (--max-rows 0 shows all)"))
+        more = _count(len(shown) - len(rows), "more call")
+        parts.append(_hidden(f"{more} (--max-rows 0 shows all)"))
     return Group(*parts)
 
 
