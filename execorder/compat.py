@@ -17,6 +17,7 @@ import torch.fx
 from torch import nn
 
 from execorder.fx import record_tracer
+from execorder.liveness import live_params
 from execorder.recorder import Recorder
 from execorder.report import Report
 
@@ -93,7 +94,7 @@ class ExecOrderTracer:
     def __init__(self) -> None:
         self.exec_info: ExecutionInfo | None = None
         self._recorder: Recorder | None = None
-        self._concrete_args: dict[str, Any] = {}
+        self._tracer: torch.fx.Tracer | None = None
 
     @contextmanager
     def patch_tracer(self, tracer: torch.fx.Tracer, root_module: nn.Module) -> Iterator[None]:
@@ -104,6 +105,7 @@ class ExecOrderTracer:
             root_module: The module about to be traced.
         """
         self._recorder = Recorder(root_module)
+        self._tracer = tracer
         self.exec_info = ExecutionInfo(self._recorder)
         with record_tracer(tracer, root_module, self._recorder):
             yield
@@ -117,6 +119,10 @@ class ExecOrderTracer:
         if self._recorder is None:
             raise RuntimeError("report() needs a trace run under patch_tracer() first")
         root = self._recorder.root
+        graph = getattr(self._tracer, "graph", None)
         return self._recorder.build_report(
-            target=target or type(root).__name__, mode="fx", concrete_args=concrete_args
+            target=target or type(root).__name__,
+            mode="fx",
+            concrete_args=concrete_args,
+            live=live_params(graph, root) if graph is not None else None,
         )

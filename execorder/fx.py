@@ -19,10 +19,27 @@ import torch.fx
 from torch import nn
 
 from execorder.errors import ConcreteArgError, TraceFailure
+from execorder.liveness import live_params
 from execorder.recorder import Recorder
 from execorder.report import Report
 
 _OP_KINDS = frozenset({"call_function", "call_method"})
+
+# torch.nn leaf modules known to read every parameter they have on every
+# call. Other leaf modules (nn.LSTM, nn.MultiheadAttention, nn.Transformer*,
+# a user's own leaves) are opaque to FX: their parameters are assumed used.
+_USES_ALL_PARAMS: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Bilinear, nn.Embedding, nn.EmbeddingBag,
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.PReLU,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+)  # fmt: skip
+
+
+def uses_all_params(module: nn.Module) -> bool:
+    """Whether a leaf module is known to read all its parameters when called."""
+    return type(module) in _USES_ALL_PARAMS
 _PATCHED = ("call_module", "create_node")
 
 
@@ -81,7 +98,7 @@ def record_tracer(
             # The caller evaluated the arguments; the leaf uses all its own
             # parameters, which FX cannot see into.
             recorder.use(params_read(node), outer=1)
-            recorder.use_module()
+            recorder.use_module(assumed=not uses_all_params(recorder.current.module))
         return node
 
     tracer.call_module = call_module  # type: ignore[method-assign, assignment]
@@ -144,7 +161,7 @@ class _Tracer(torch.fx.Tracer):
         raise _ControlFlowError(obj.node)
 
     def iter(self, obj: torch.fx.Proxy) -> Iterator[Any]:
-        raise _ControlFlowError(obj.node)
+        raise _IterationError(obj.node)
 
 
 class _ControlFlowError(torch.fx.proxy.TraceError):
@@ -152,6 +169,14 @@ class _ControlFlowError(torch.fx.proxy.TraceError):
 
     def __init__(self, node: torch.fx.Node) -> None:
         super().__init__("symbolically traced variables cannot be used as inputs to control flow")
+        self.node = node
+
+
+class _IterationError(torch.fx.proxy.TraceError):
+    """Forward iterates over a traced value; remembers which node."""
+
+    def __init__(self, node: torch.fx.Node) -> None:
+        super().__init__("a traced value cannot be iterated")
         self.node = node
 
 
@@ -264,8 +289,17 @@ def trace(
             tracer.trace(model, args or None)
     except _ControlFlowError as exc:
         raise TraceFailure(_control_flow_message(exc, owner)) from exc
+    except _IterationError as exc:
+        raise TraceFailure(
+            f"While tracing {owner}: forward iterates over a traced value ({exc.node.name}), "
+            "e.g. 'for t in x' or '*x.shape'; FX can only unpack a fixed number of items "
+            "('a, b = x.shape'). Pin the argument with --concrete if it is not a tensor"
+        ) from exc
     except Exception as exc:
         raise TraceFailure(f"While tracing {owner}: {type(exc).__name__}: {exc}") from exc
     return recorder.build_report(
-        target=target or type(model).__name__, mode="fx", concrete_args=args
+        target=target or type(model).__name__,
+        mode="fx",
+        concrete_args=args,
+        live=live_params(tracer.graph, model),
     )

@@ -10,13 +10,13 @@ live module and parameter objects; names are resolved once, in
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from torch import nn
 
-from execorder.report import ModuleCall, ParamGroup, ParamInfo, Report, Summary
+from execorder.report import ExternalUse, ModuleCall, ParamGroup, ParamInfo, Report, Summary
 
 
 class UsageGroup(NamedTuple):
@@ -56,6 +56,8 @@ class Recorder:
         self.calls: list[CallRecord] = [CallRecord(root, None, 0)]
         self.param_order: list[nn.Parameter] = []
         self.visited: set[nn.Parameter] = set()
+        # Parameters seen used for sure (not only assumed inside a leaf module).
+        self.observed: set[nn.Parameter] = set()
         self._first_call: dict[nn.Parameter, int] = {}
         self._stack: list[int] = [0]
         self._module_params: dict[int, tuple[nn.Parameter, ...]] = {}
@@ -121,14 +123,22 @@ class Recorder:
             call.groups.insert(slot, group)
             self.current.slot_in_parent = slot + 1
         self._mark(unique, index)
+        self.observed.update(unique)
 
-    def use_module(self) -> None:
-        """The current call's module uses all its parameters (a leaf module)."""
+    def use_module(self, *, assumed: bool = False) -> None:
+        """The current call's module uses all its parameters (a leaf module).
+
+        Args:
+            assumed: True when the backend cannot see inside the module and
+                only assumes that it uses all its parameters.
+        """
         call = self.current
         params = self.params_of(call.module)
         if params:
             call.groups.append(UsageGroup(call.module, params, True))
             self._mark(params, self._stack[-1])
+            if not assumed:
+                self.observed.update(params)
 
     def _mark(self, params: Iterable[nn.Parameter], index: int) -> None:
         for param in params:
@@ -137,12 +147,59 @@ class Recorder:
                 self.param_order.append(param)
                 self._first_call[param] = index
 
+    def _on_stack(self, index: int | None, modules: set[int]) -> bool:
+        """Whether any of ``modules`` (ids) runs call ``index`` or one enclosing it."""
+        while index is not None:
+            call = self.calls[index]
+            if id(call.module) in modules:
+                return True
+            index = call.parent
+        return False
+
+    def _external_uses(
+        self, owners: dict[int, set[int]]
+    ) -> list[tuple[nn.Parameter, int]]:
+        """Direct uses of a parameter while none of its owning modules is running."""
+        found: dict[tuple[int, int], tuple[nn.Parameter, int]] = {}
+        for index, call in enumerate(self.calls):
+            for group in call.groups:
+                if group.whole_module:
+                    continue
+                for param in group.params:
+                    key = (id(param), index)
+                    if key not in found and not self._on_stack(index, owners[id(param)]):
+                        found[key] = (param, index)
+        return list(found.values())
+
     def build_report(
-        self, *, target: str, mode: str, concrete_args: Mapping[str, Any] | None = None
+        self,
+        *,
+        target: str,
+        mode: str,
+        concrete_args: Mapping[str, Any] | None = None,
+        live: Collection[nn.Parameter] | None = None,
     ) -> Report:
-        """Name everything recorded and freeze it into a :class:`Report`."""
-        module_names = _qualnames(self.root.named_modules(remove_duplicate=False))
-        param_names = _qualnames(self.root.named_parameters(remove_duplicate=False))
+        """Name everything recorded and freeze it into a :class:`Report`.
+
+        Args:
+            target: What was traced.
+            mode: The backend.
+            concrete_args: The concrete arguments of the trace.
+            live: Parameters with a use that reaches an output, from the
+                backend's liveness analysis; the other used parameters are
+                dead. None when there was no such analysis.
+        """
+        named_modules = list(self.root.named_modules(remove_duplicate=False))
+        named_params = list(self.root.named_parameters(remove_duplicate=False))
+        module_names = _qualnames(named_modules)
+        param_names = _qualnames(named_params)
+        by_module_name = dict(named_modules)
+        owners: dict[int, set[int]] = {}
+        for name, param in named_params:
+            owner = by_module_name[name.rpartition(".")[0]]
+            owners.setdefault(id(param), set()).add(id(owner))
+        position = {id(p): i for i, p in enumerate(self.root.parameters())}
+        live_ids = None if live is None else {id(p) for p in live}
 
         def module_name(module: nn.Module) -> str:
             return module_names[id(module)][0]
@@ -175,25 +232,45 @@ class Recorder:
 
         def info(param: nn.Parameter, first_call: int | None) -> ParamInfo:
             names = param_names[id(param)]
+            used = first_call is not None
             return ParamInfo(
                 name=names[0],
                 aliases=tuple(names[1:]),
+                index=position[id(param)],
                 shape=tuple(param.shape),
                 dtype=str(param.dtype).removeprefix("torch."),
                 numel=param.numel(),
-                first_module=None if first_call is None else calls[first_call].name,
+                requires_grad=param.requires_grad,
+                first_module=calls[first_call].name if used else None,
                 first_call=first_call,
+                assumed=used and param not in self.observed,
+                dead=used and live_ids is not None and id(param) not in live_ids,
             )
 
         used = tuple(info(p, self._first_call[p]) for p in self.param_order)
         unused = tuple(info(p, None) for p in self.root.parameters() if p not in self.visited)
+        external = tuple(
+            ExternalUse(
+                param=param_names[id(param)][0],
+                owner=param_names[id(param)][0].rpartition(".")[0],
+                module=calls[index].name,
+                call=index,
+            )
+            for param, index in self._external_uses(owners)
+        )
+        every = (*used, *unused)
         summary = Summary(
             calls=len(calls),
             modules=len(call_counts),
-            params_total=len(used) + len(unused),
+            params_total=len(every),
             params_used=len(used),
-            numel_total=sum(p.numel for p in (*used, *unused)),
+            numel_total=sum(p.numel for p in every),
             numel_used=sum(p.numel for p in used),
+            params_dead=sum(p.dead for p in used),
+            params_frozen=sum(not p.requires_grad for p in every),
+            params_assumed=sum(p.assumed for p in used),
+            params_no_grad=sum(p.requires_grad and (p.dead or not p.used) for p in every),
+            external_uses=len(external),
         )
         return Report(
             target=target,
@@ -203,6 +280,7 @@ class Recorder:
             params=used,
             unused=unused,
             summary=summary,
+            external=external,
         )
 
 

@@ -100,39 +100,56 @@ class ParamInfo:
     Attributes:
         name: First qualified name from ``named_parameters()``.
         aliases: Its other qualified names (tied parameters).
+        index: Its position in ``named_parameters()``.
         shape: Its shape.
         dtype: Its dtype without the ``torch.`` prefix.
         numel: Number of elements.
+        requires_grad: False for a frozen parameter.
         first_module: Module whose call first used it (None when unused).
         first_call: Index of that call in the module order (None when unused).
+        assumed: Used only inside leaf modules whose internals the backend
+            cannot see, so its use is assumed rather than observed.
+        dead: Used in forward, but no use reaches an output, so it gets no
+            gradient.
     """
 
     name: str
     aliases: tuple[str, ...]
+    index: int
     shape: tuple[int, ...]
     dtype: str
     numel: int
+    requires_grad: bool = True
     first_module: str | None = None
     first_call: int | None = None
+    assumed: bool = False
+    dead: bool = False
 
     @property
     def owner(self) -> str:
         """Qualified name of the module that owns the parameter."""
         return _owner(self.name)
 
+    @property
+    def used(self) -> bool:
+        return self.first_call is not None
+
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "name": self.name,
             "aliases": list(self.aliases),
+            "index": self.index,
             "shape": list(self.shape),
             "dtype": self.dtype,
             "numel": self.numel,
+            "owner": self.owner,
+            "requires_grad": self.requires_grad,
         }
-        if self.first_call is None:
-            data["owner"] = self.owner
-        else:
+        if self.used:
             data["first_module"] = self.first_module
             data["first_call"] = self.first_call
+            data["assumed"] = self.assumed
+            data["dead"] = self.dead
         return data
 
     @classmethod
@@ -140,11 +157,39 @@ class ParamInfo:
         return cls(
             name=data["name"],
             aliases=tuple(data["aliases"]),
+            index=data["index"],
             shape=tuple(data["shape"]),
             dtype=data["dtype"],
             numel=data["numel"],
+            requires_grad=data["requires_grad"],
             first_module=data.get("first_module"),
             first_call=data.get("first_call"),
+            assumed=data.get("assumed", False),
+            dead=data.get("dead", False),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalUse:
+    """A parameter used in an op while no module that owns it is running.
+
+    FSDP gathers a wrapped module's parameters for that module's forward, so
+    such a use (e.g. the root doing ``F.linear(y, self.lin.weight)`` without
+    calling ``lin``) reads a parameter that may not be gathered.
+    """
+
+    param: str
+    owner: str
+    module: str
+    call: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.param, "owner": self.owner, "used_by": self.module, "call": self.call}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExternalUse:
+        return cls(
+            param=data["name"], owner=data["owner"], module=data["used_by"], call=data["call"]
         )
 
 
@@ -158,6 +203,11 @@ class Summary:
     params_used: int
     numel_total: int
     numel_used: int
+    params_dead: int = 0
+    params_frozen: int = 0
+    params_assumed: int = 0
+    params_no_grad: int = 0
+    external_uses: int = 0
 
     @property
     def params_unused(self) -> int:
@@ -179,6 +229,11 @@ class Summary:
             "params_total": self.params_total,
             "params_used": self.params_used,
             "params_unused": self.params_unused,
+            "params_dead": self.params_dead,
+            "params_frozen": self.params_frozen,
+            "params_assumed": self.params_assumed,
+            "params_no_grad": self.params_no_grad,
+            "external_uses": self.external_uses,
             "numel_total": self.numel_total,
             "numel_used": self.numel_used,
             "numel_unused": self.numel_unused,
@@ -194,6 +249,11 @@ class Summary:
             params_used=data["params_used"],
             numel_total=data["numel_total"],
             numel_used=data["numel_used"],
+            params_dead=data["params_dead"],
+            params_frozen=data["params_frozen"],
+            params_assumed=data["params_assumed"],
+            params_no_grad=data["params_no_grad"],
+            external_uses=data["external_uses"],
         )
 
 
@@ -219,9 +279,10 @@ class Report:
         mode: The backend that recorded it (``"fx"``).
         concrete_args: The concrete arguments, JSON-safe.
         modules: Every module call in forward order, the root first.
-        params: Used parameters in first-use order.
+        params: Used parameters in first-use order (dead ones included).
         unused: Parameters never used, in ``named_parameters()`` order.
         summary: Counts.
+        external: Uses of parameters while none of their owners was running.
     """
 
     target: str
@@ -231,7 +292,40 @@ class Report:
     params: tuple[ParamInfo, ...]
     unused: tuple[ParamInfo, ...]
     summary: Summary
+    external: tuple[ExternalUse, ...] = ()
     schema_version: int = SCHEMA_VERSION
+
+    @property
+    def dead(self) -> tuple[ParamInfo, ...]:
+        """Parameters used in forward whose uses never reach an output."""
+        return tuple(p for p in self.params if p.dead)
+
+    @property
+    def frozen(self) -> tuple[ParamInfo, ...]:
+        """Parameters with ``requires_grad=False``, in ``named_parameters()`` order."""
+        return tuple(p for p in self.all_params() if not p.requires_grad)
+
+    def all_params(self) -> tuple[ParamInfo, ...]:
+        """Every parameter, in ``named_parameters()`` order."""
+        return tuple(sorted((*self.params, *self.unused), key=lambda p: p.index))
+
+    def no_grad(self) -> tuple[ParamInfo, ...]:
+        """Trainable parameters that get no gradient: unused or dead.
+
+        These are the parameters DDP (``find_unused_parameters=False``) fails
+        on, in ``named_parameters()`` order.
+        """
+        return tuple(
+            p for p in self.all_params() if p.requires_grad and (p.dead or not p.used)
+        )
+
+    def ddp_order(self) -> tuple[ParamInfo, ...]:
+        """Parameters in the order DDP numbers them in its error message.
+
+        DDP registers the parameters that require grad, in ``parameters()``
+        order; index ``i`` of its message is element ``i`` of this tuple.
+        """
+        return tuple(p for p in self.all_params() if p.requires_grad)
 
     def __post_init__(self) -> None:
         frozen_args = MappingProxyType({k: jsonable(v) for k, v in self.concrete_args.items()})
@@ -246,6 +340,8 @@ class Report:
             "modules": [call.to_dict() for call in self.modules],
             "params": [param.to_dict() for param in self.params],
             "unused": [param.to_dict() for param in self.unused],
+            "dead": [param.to_dict() for param in self.dead],
+            "external": [use.to_dict() for use in self.external],
             "summary": self.summary.to_dict(),
         }
 
@@ -270,6 +366,7 @@ class Report:
                 params=tuple(ParamInfo.from_dict(p) for p in data["params"]),
                 unused=tuple(ParamInfo.from_dict(p) for p in data["unused"]),
                 summary=Summary.from_dict(data["summary"]),
+                external=tuple(ExternalUse.from_dict(u) for u in data["external"]),
             )
         except (KeyError, TypeError) as exc:
             raise SchemaError(f"report is missing or has a malformed field: {exc}") from None

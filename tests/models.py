@@ -97,6 +97,13 @@ class CalledTwice(nn.Module):
         return self.gate(self.gate(x, False), True)
 
 
+class StarUnpack(nn.Module):
+    """Unpacks a traced shape with ``*``, which FX cannot trace."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(*x.shape)
+
+
 class Raising(nn.Module):
     """Forward raises halfway through the trace."""
 
@@ -165,3 +172,92 @@ def make_needs_width(width: int = 4, depth: int = 2) -> nn.Module:
 
 not_a_module = 42
 instance = NeedsWidth(3)
+
+
+class ShapeOnly(nn.Module):
+    """``w`` is read for its shape only, ``v`` is detached: neither gets a gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(2, 8))
+        self.v = nn.Parameter(torch.randn(2, 8))
+        self.lin = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.lin(x).reshape(x.shape[0], self.w.shape[0], self.w.shape[1])
+        return y + self.v.detach()
+
+
+class ArgmaxRouting(nn.Module):
+    """The router picks an expert by argmax only, so it gets no gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.router = nn.Parameter(torch.randn(4, 3))
+        self.experts = nn.Parameter(torch.randn(3, 4))
+        self.cast = nn.Parameter(torch.randn(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        choice = (x @ self.router).argmax(-1)
+        return x * self.experts[choice] + self.cast.to(torch.long)
+
+
+class InPlace(nn.Module):
+    """Parameters that reach the output only through in-place writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.randn(4))
+        self.first = nn.Parameter(torch.randn(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        y.add_(self.bias)
+        view = y.view(-1, 4)
+        view[:, :2].copy_(self.first)
+        return y
+
+
+class Frozen(nn.Module):
+    """Frozen parameters among trainable ones, some used, some not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 4)
+        self.embed.weight.requires_grad_(False)
+        self.unused_frozen = nn.Parameter(torch.randn(3), requires_grad=False)
+        self.mid = nn.Linear(4, 4)
+        self.unused = nn.Parameter(torch.randn(3))
+        self.head = nn.Linear(4, 2)
+        self.head.bias.requires_grad_(False)
+        self.aux = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.mid(self.embed(x))
+        self.aux(h)  # computed and thrown away: aux is dead
+        return self.head(h)
+
+
+class ExternalUse(nn.Module):
+    """The root reads ``lin.weight`` itself, without calling ``lin``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(F.linear(x, self.lin.weight))
+
+
+class OpaqueLeaf(nn.Module):
+    """An LSTM is a leaf whose parameter use FX cannot see."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(4, 4, batch_first=True)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x)
+        return self.head(out)

@@ -187,6 +187,11 @@ def test_data_dependent_control_flow_explains_fx_limit() -> None:
         execorder.trace(models.DataDependent())
 
 
+def test_iterating_a_traced_value_is_explained() -> None:
+    with pytest.raises(TraceFailure, match=r"iterates over a traced value.*'\*x\.shape'"):
+        execorder.trace(models.StarUnpack())
+
+
 def test_trace_rejects_non_modules() -> None:
     with pytest.raises(TypeError, match=r"nn\.Module"):
         execorder.trace(lambda x: x)  # type: ignore[arg-type]

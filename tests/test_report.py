@@ -6,11 +6,22 @@ import dataclasses
 import json
 
 import pytest
+from models import ExternalUse, Frozen
 from seed import Model
 from tied import TiedLM
 
 import execorder
 from execorder.report import SCHEMA_VERSION, Report, SchemaError
+
+
+@pytest.mark.parametrize("build", [Model, ExternalUse, Frozen])
+def test_json_round_trip_keeps_every_category(build: type) -> None:
+    report = execorder.trace(build(), concrete_args=_concrete(build))
+    assert Report.from_dict(json.loads(json.dumps(report.to_dict()))) == report
+
+
+def _concrete(build: type) -> dict[str, bool]:
+    return {"run_all_layers": True} if build is Model else {}
 
 
 def test_json_round_trip() -> None:
@@ -32,13 +43,19 @@ def test_json_shape() -> None:
     assert first == {
         "name": "embed.weight",
         "aliases": ["lm_head.weight"],
+        "index": 0,
         "shape": [32, 8],
         "dtype": "float32",
         "numel": 256,
+        "owner": "embed",
+        "requires_grad": True,
         "first_module": "embed",
         "first_call": 1,
+        "assumed": False,
+        "dead": False,
     }
-    assert set(data["summary"]) >= {"params_total", "params_used", "numel_unused"}
+    assert set(data["summary"]) >= {"params_total", "params_used", "numel_unused", "params_dead"}
+    assert data["dead"] == [] and data["external"] == []
 
 
 def test_unused_entries() -> None:
@@ -47,12 +64,20 @@ def test_unused_entries() -> None:
         {
             "name": "weight_unused",
             "aliases": [],
+            "index": 2,
             "shape": [2, 2],
             "dtype": "float32",
             "numel": 4,
             "owner": "",
+            "requires_grad": True,
         }
     ]
+    dead = data["dead"][0]
+    assert (dead["name"], dead["first_module"], dead["dead"]) == (
+        "layer2.0.weight",
+        "layer2.0",
+        True,
+    )
 
 
 def test_records_are_frozen() -> None:

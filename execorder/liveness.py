@@ -1,0 +1,143 @@
+"""Gradient liveness of an FX graph: which parameters can get a gradient.
+
+A parameter gets a gradient only if one of its uses reaches an output along
+differentiable edges. The analysis walks the graph backwards from the output
+node. It stops at values that carry no gradient (shapes, comparisons,
+``argmax``, ``detach``, ``*_like`` factories, integer casts), treats an
+in-place op as part of the value it mutates, and takes a leaf module's call as
+using all the module's parameters.
+
+FX cannot see ``torch.no_grad()`` blocks or ``requires_grad_`` toggles inside
+forward; the eager backend observes those.
+"""
+
+from __future__ import annotations
+
+import builtins
+import operator
+from collections.abc import Iterable
+
+import torch
+import torch.fx
+from torch import nn
+
+# Attributes of a tensor that are not tensors, or carry no gradient.
+_NO_GRAD_ATTRS = frozenset(
+    {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout", "is_sparse"}
+)
+_NO_GRAD_METHODS = frozenset(
+    {
+        "size", "dim", "numel", "stride", "storage_offset", "element_size", "is_contiguous",
+        "detach", "detach_", "item", "tolist", "data_ptr",
+        "argmax", "argmin", "argsort", "nonzero",
+        "eq", "ne", "gt", "ge", "lt", "le", "isnan", "isinf", "isfinite", "logical_not",
+        "long", "int", "short", "bool", "byte", "char",
+        "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor",
+    }
+)  # fmt: skip
+_NO_GRAD_FUNCTIONS: frozenset[object] = frozenset(
+    {
+        builtins.len, builtins.isinstance,
+        operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge,
+        torch.argmax, torch.argmin, torch.argsort, torch.nonzero, torch.numel,
+        torch.eq, torch.ne, torch.gt, torch.ge, torch.lt, torch.le,
+        torch.isnan, torch.isinf, torch.isfinite, torch.logical_not,
+        torch.bucketize, torch.searchsorted, torch.detach,
+        torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like,
+        torch.rand_like, torch.randn_like, torch.randint_like,
+    }
+)  # fmt: skip
+# Ops whose result is a view of their first argument.
+_VIEW_OPS = frozenset(
+    {
+        "view", "reshape", "transpose", "permute", "t", "expand", "expand_as", "narrow",
+        "select", "squeeze", "unsqueeze", "flatten", "unflatten", "view_as", "unfold",
+        "diagonal", "movedim", "as_strided", "getitem", "real", "imag",
+    }
+)  # fmt: skip
+
+
+def _op_name(node: torch.fx.Node) -> str:
+    if node.op == "call_method":
+        return str(node.target)
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def _casts_to_non_float(node: torch.fx.Node) -> bool:
+    """``x.to(torch.long)``, ``x.type(torch.int32)`` and the like."""
+    if node.op != "call_method" or node.target not in ("to", "type"):
+        return False
+    values = (*node.args, *node.kwargs.values())
+    return any(
+        isinstance(v, torch.dtype) and not (v.is_floating_point or v.is_complex) for v in values
+    )
+
+
+def _carries_no_gradient(node: torch.fx.Node) -> bool:
+    if node.op == "call_method":
+        return node.target in _NO_GRAD_METHODS or _casts_to_non_float(node)
+    if node.op == "call_function":
+        if node.target is builtins.getattr:
+            return len(node.args) > 1 and node.args[1] in _NO_GRAD_ATTRS
+        return node.target in _NO_GRAD_FUNCTIONS
+    return False
+
+
+def _is_in_place(node: torch.fx.Node) -> bool:
+    if node.op == "call_function" and node.target is operator.setitem:
+        return True
+    name = _op_name(node)
+    return (
+        node.op in ("call_method", "call_function")
+        and name.endswith("_")
+        and not name.endswith("__")
+        and node.target not in _NO_GRAD_METHODS
+    )
+
+
+def _mutated(node: torch.fx.Node) -> Iterable[torch.fx.Node]:
+    """The node an in-place op writes to, and the bases it is a view of."""
+    target = node.args[0] if node.args else None
+    while isinstance(target, torch.fx.Node):
+        yield target
+        is_view = target.op in ("call_method", "call_function") and _op_name(target) in _VIEW_OPS
+        target = target.args[0] if is_view and target.args else None
+
+
+def live_nodes(graph: torch.fx.Graph) -> set[torch.fx.Node]:
+    """Nodes whose value can carry a gradient to the graph's output."""
+    # An in-place op changes the value it mutates: when that value is live,
+    # so is the op (and what the op reads).
+    writers: dict[torch.fx.Node, list[torch.fx.Node]] = {}
+    for node in graph.nodes:
+        if _is_in_place(node):
+            for target in _mutated(node):
+                writers.setdefault(target, []).append(node)
+    live: set[torch.fx.Node] = set()
+    stack = [node for node in graph.nodes if node.op == "output"]
+    while stack:
+        node = stack.pop()
+        if node in live:
+            continue
+        live.add(node)
+        stack.extend(writers.get(node, ()))
+        if not _carries_no_gradient(node):
+            stack.extend(node.all_input_nodes)
+    return live
+
+
+def live_params(graph: torch.fx.Graph, root: nn.Module) -> set[nn.Parameter]:
+    """Parameters of ``root`` with a use in ``graph`` that reaches the output.
+
+    Args:
+        graph: The traced graph of ``root``'s forward.
+        root: The traced module.
+    """
+    params = dict(root.named_parameters())
+    live: set[nn.Parameter] = set()
+    for node in live_nodes(graph):
+        if node.op == "get_attr" and node.target in params:
+            live.add(params[node.target])  # type: ignore[index]
+        elif node.op == "call_module" and isinstance(node.target, str):
+            live.update(root.get_submodule(node.target).parameters())
+    return live

@@ -1,0 +1,82 @@
+"""Gradient liveness: execorder's no-gradient prediction equals a real backward."""
+
+from __future__ import annotations
+
+import models
+import pytest
+from cases import CASES, Case, backward_no_grad
+from seed import Model
+
+import execorder
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_unused_plus_dead_is_exactly_no_grad_after_backward(case: Case) -> None:
+    report = execorder.trace(case.build(), concrete_args=case.concrete_args)
+    predicted = [p.name for p in report.no_grad()]
+    assert predicted == backward_no_grad(case)
+
+
+def test_seed_dead_parameters() -> None:
+    report = execorder.trace(Model(), concrete_args={"run_all_layers": True})
+    assert [p.name for p in report.dead] == [
+        "layer2.0.weight", "layer2.2.weight", "weight1", "layer1.weight", "weight2",
+    ]  # fmt: skip
+    assert [p.name for p in report.unused] == ["weight_unused"]
+    assert report.summary.params_no_grad == 6
+    # The indices DDP prints for this model: 0 1 2 5 6 7.
+    order = report.ddp_order()
+    assert [order.index(p) for p in report.no_grad()] == [0, 1, 2, 5, 6, 7]
+
+
+def test_dead_entries_keep_where_they_were_used() -> None:
+    dead = {p["name"]: p for p in execorder.trace(models.Frozen()).to_dict()["dead"]}
+    assert set(dead) == {"aux.weight", "aux.bias"}
+    assert dead["aux.weight"]["first_module"] == "aux"
+    assert dead["aux.weight"]["owner"] == "aux"
+
+
+def test_frozen_parameters_are_shown_but_not_predicted() -> None:
+    report = execorder.trace(models.Frozen())
+    # named_parameters() yields a module's own parameters before its children's.
+    assert [p.name for p in report.frozen] == ["unused_frozen", "embed.weight", "head.bias"]
+    assert "unused_frozen" in {p.name for p in report.unused}
+    assert "unused_frozen" not in {p.name for p in report.no_grad()}
+    assert report.summary.params_frozen == 3
+    assert [p.name for p in report.ddp_order()][:3] == ["unused", "embed.bias", "mid.weight"]
+
+
+def test_shape_reads_and_detach_do_not_keep_a_parameter_alive() -> None:
+    report = execorder.trace(models.ShapeOnly())
+    assert {p.name for p in report.dead} == {"w", "v"}
+
+
+def test_in_place_writes_keep_a_parameter_alive() -> None:
+    assert execorder.trace(models.InPlace()).dead == ()
+
+
+def test_leaf_modules_fx_cannot_see_into_are_assumed() -> None:
+    report = execorder.trace(models.OpaqueLeaf())
+    assumed = {p.name for p in report.params if p.assumed}
+    assert assumed == {n for n, _ in models.OpaqueLeaf().lstm.named_parameters(prefix="lstm")}
+    assert not report.param("head.weight").assumed
+    assert report.summary.params_assumed == 4
+
+
+def test_external_use_is_flagged() -> None:
+    report = execorder.trace(models.ExternalUse())
+    assert [(u.param, u.owner, u.module, u.call) for u in report.external] == [
+        ("lin.weight", "lin", "", 0)
+    ]
+    assert report.to_dict()["external"] == [
+        {"name": "lin.weight", "owner": "lin", "used_by": "", "call": 0}
+    ]
+
+
+def test_uses_inside_the_owner_or_passed_down_are_not_external() -> None:
+    for build in (Model, models.LeafArgParam, models.CalledTwice):
+        assert execorder.trace(build(), concrete_args=_concrete(build)).external == ()
+
+
+def _concrete(build: object) -> dict[str, object]:
+    return {"run_all_layers": True} if build is Model else {}
