@@ -40,6 +40,8 @@ _USES_ALL_PARAMS: tuple[type[nn.Module], ...] = (
 def uses_all_params(module: nn.Module) -> bool:
     """Whether a leaf module is known to read all its parameters when called."""
     return type(module) in _USES_ALL_PARAMS
+
+
 _PATCHED = ("call_module", "create_node")
 
 

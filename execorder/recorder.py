@@ -156,9 +156,7 @@ class Recorder:
             index = call.parent
         return False
 
-    def _external_uses(
-        self, owners: dict[int, set[int]]
-    ) -> list[tuple[nn.Parameter, int]]:
+    def _external_uses(self, owners: dict[int, set[int]]) -> list[tuple[nn.Parameter, int]]:
         """Direct uses of a parameter while none of its owning modules is running."""
         found: dict[tuple[int, int], tuple[nn.Parameter, int]] = {}
         for index, call in enumerate(self.calls):

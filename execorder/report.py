@@ -315,9 +315,7 @@ class Report:
         These are the parameters DDP (``find_unused_parameters=False``) fails
         on, in ``named_parameters()`` order.
         """
-        return tuple(
-            p for p in self.all_params() if p.requires_grad and (p.dead or not p.used)
-        )
+        return tuple(p for p in self.all_params() if p.requires_grad and (p.dead or not p.used))
 
     def ddp_order(self) -> tuple[ParamInfo, ...]:
         """Parameters in the order DDP numbers them in its error message.
