@@ -137,7 +137,7 @@ def live_params(graph: torch.fx.Graph, root: nn.Module) -> set[nn.Parameter]:
     live: set[nn.Parameter] = set()
     for node in live_nodes(graph):
         if node.op == "get_attr" and node.target in params:
-            live.add(params[node.target])  # type: ignore[index]
+            live.add(params[node.target])
         elif node.op == "call_module" and isinstance(node.target, str):
             live.update(root.get_submodule(node.target).parameters())
     return live

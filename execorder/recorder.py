@@ -239,7 +239,7 @@ class Recorder:
                 dtype=str(param.dtype).removeprefix("torch."),
                 numel=param.numel(),
                 requires_grad=param.requires_grad,
-                first_module=calls[first_call].name if used else None,
+                first_module=None if first_call is None else calls[first_call].name,
                 first_call=first_call,
                 assumed=used and param not in self.observed,
                 dead=used and live_ids is not None and id(param) not in live_ids,
