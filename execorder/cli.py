@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 
 from execorder import __version__
-from execorder.errors import ExecOrderError, OutputError
+from execorder.errors import ArgumentSyntaxError, ExecOrderError, OutputError
 
 app = typer.Typer(
     name="execorder",
@@ -115,6 +115,17 @@ MaxRowsOpt = Annotated[
     int, typer.Option(min=0, metavar="N", help="Table: at most N rows per table; 0 shows all.")
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+FailOnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--fail-on",
+        metavar="CATEGORIES",
+        help="CI gate: after the report, exit 1 if any listed category is non-empty. "
+        "Comma-separated: unused, dead, external. unused and dead count trainable "
+        "parameters only.",
+        show_default=False,
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -150,6 +161,8 @@ def _run(debug: bool, body: Callable[[], T]) -> T:
     """Run a command body; turn errors into one line on stderr and an exit code."""
     try:
         return body()
+    except typer.Exit:
+        raise
     except ExecOrderError as exc:
         if debug:
             traceback.print_exc()
@@ -210,6 +223,59 @@ def _emit(report: Any, fmt: OutputFormat, output: Path | None, **table_opts: Any
         _write(output, buffer.getvalue())
 
 
+def _load_and_trace(
+    target: str, concrete: list[str] | None, init: list[str] | None, device: Device | None
+) -> Any:
+    """Parse NAME=VALUE options, build the model, trace it; notes go to stderr."""
+    from execorder.values import parse_assignments
+
+    concrete_args = parse_assignments(concrete or [], option="--concrete")
+    init_kwargs = parse_assignments(init or [], option="--init")
+    with _progress("Loading torch…"), warnings.catch_warnings():
+        # torch warns on import when NumPy is absent; execorder never needs it.
+        warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+        from execorder.fx import trace as fx_trace
+        from execorder.loading import load_target
+    with _progress(f"Building {target}…"):
+        loaded = load_target(
+            target, init_kwargs=init_kwargs, device=device.value if device else None
+        )
+    for note in loaded.notes:
+        _stderr.print(f"execorder: note: {note}", markup=False)
+    with _progress(f"Tracing {target}…"):
+        return fx_trace(loaded.model, concrete_args=concrete_args, target=target)
+
+
+def _parse_categories(text: str | None) -> tuple[str, ...]:
+    from execorder.report import CATEGORIES
+
+    if text is None:
+        return ()
+    chosen = tuple(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
+    unknown = [c for c in chosen if c not in CATEGORIES]
+    if unknown or not chosen:
+        raise ArgumentSyntaxError(
+            f"--fail-on got {unknown[0] if unknown else text!r}; "
+            f"choose from: {', '.join(CATEGORIES)} (comma-separated)"
+        )
+    return chosen
+
+
+def _gate(report: Any, categories: tuple[str, ...]) -> None:
+    """Exit 1, with one line per category, if the report has any of the findings."""
+    failed = False
+    for category in categories:
+        found = report.findings(category)
+        if found:
+            failed = True
+            shown = ", ".join(found[:5]) + (
+                f", … ({len(found) - 5} more)" if len(found) > 5 else ""
+            )
+            typer.echo(f"execorder: check failed: {category}: {len(found)} ({shown})", err=True)
+    if failed:
+        raise typer.Exit(1)
+
+
 @app.command()
 def trace(
     target: TargetArg,
@@ -220,37 +286,72 @@ def trace(
     output: OutputOpt = None,
     depth: DepthOpt = None,
     max_rows: MaxRowsOpt = 200,
+    fail_on: FailOnOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Trace a model's forward with torch.fx and report its execution order.
 
     Shows the module forward order (every call), the parameter forward order
-    (first use), which call used which parameters, and the unused parameters.
+    (first use), which call used which parameters, and the parameters that
+    get no gradient: unused (never touched) and dead (touched, but nothing
+    they compute reaches an output).
 
-    Exit codes: 0 done, 2 the trace could not be made (bad input, trace failure).
+    Exit codes: 0 done; 1 a --fail-on check found something; 2 the trace could
+    not be made (bad input, trace failure).
     """
 
     def body() -> None:
-        from execorder.values import parse_assignments
-
-        concrete_args = parse_assignments(concrete or [], option="--concrete")
-        init_kwargs = parse_assignments(init or [], option="--init")
+        categories = _parse_categories(fail_on)
         if output is not None:
             _check_writable(output)
-        with _progress("Loading torch…"), warnings.catch_warnings():
-            # torch warns on import when NumPy is absent; execorder never needs it.
-            warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
-            from execorder.fx import trace as fx_trace
-            from execorder.loading import load_target
-        with _progress(f"Building {target}…"):
-            loaded = load_target(
-                target, init_kwargs=init_kwargs, device=device.value if device else None
-            )
-        for note in loaded.notes:
-            _stderr.print(f"execorder: note: {note}", markup=False)
-        with _progress(f"Tracing {target}…"):
-            report = fx_trace(loaded.model, concrete_args=concrete_args, target=target)
+        report = _load_and_trace(target, concrete, init, device)
         _emit(report, fmt, output, depth=depth, max_rows=max_rows)
+        _gate(report, categories)
+
+    _run(debug, body)
+
+
+IndicesArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="INDICES",
+        help="The indices from DDP's error, e.g. '0 1 2 5 6 7' (or paste the whole "
+        "'Parameter indices which did not receive grad for rank 0: ...' line).",
+        show_default=False,
+    ),
+]
+
+
+@app.command("ddp-indices")
+def ddp_indices(
+    target: TargetArg,
+    indices: IndicesArg,
+    concrete: ConcreteOpt = None,
+    init: InitOpt = None,
+    device: DeviceOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
+    debug: DebugOpt = False,
+) -> None:
+    """Name the parameters in DDP's "did not receive grad" error.
+
+    DDP numbers the parameters that require grad in model.parameters() order.
+    Each index is shown with its qualified name and whether execorder
+    predicted it as unused or dead. Use the same --init and --concrete values
+    as the run that failed.
+    """
+
+    def body() -> None:
+        from execorder.ddp import explain_indices, parse_indices
+
+        wanted = parse_indices(indices)
+        report = _load_and_trace(target, concrete, init, device)
+        explanation = explain_indices(report, wanted)
+        if fmt is OutputFormat.json:
+            sys.stdout.write(json.dumps(explanation.to_dict(), indent=2) + "\n")
+            return
+        from execorder.render import render_ddp
+
+        Console(highlight=False).print(render_ddp(explanation))
 
     _run(debug, body)
 

@@ -84,6 +84,11 @@ def _import_file(path: Path) -> Any:
 
 
 def _import_module(dotted: str) -> Any:
+    # As with ``python -m``, modules in the working directory are importable
+    # (a console script does not put it on sys.path by itself).
+    cwd = str(Path.cwd())
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         return importlib.import_module(dotted)
     except ModuleNotFoundError as exc:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from execorder.report import ModuleCall, ParamInfo, Report
+from execorder.ddp import DdpExplanation
+from execorder.report import ExternalUse, ModuleCall, ParamInfo, Report
 
 ROOT_LABEL = "(root)"
 
@@ -37,8 +38,14 @@ def _hidden(text: str) -> Text:
     return Text(f"… {text}\n", style="dim")
 
 
+def _cut(table: Table, rows: int, total: int, what: str) -> RenderableType:
+    if rows < total:
+        return Group(table, _hidden(f"{_count(total - rows, what)} more (--max-rows 0 shows all)"))
+    return table
+
+
 def render_summary(report: Report) -> Table:
-    """Key facts: what was traced and how much of the model forward used."""
+    """Key facts: what was traced, what forward used, and the DDP verdict."""
     s = report.summary
     table = _table("Summary", "", "")
     table.show_header = False
@@ -47,12 +54,29 @@ def render_summary(report: Report) -> Table:
         args = ", ".join(f"{k}={v!r}" for k, v in report.concrete_args.items())
         table.add_row("concrete args", args)
     table.add_row("module calls", f"{s.calls:,} ({s.modules:,} distinct modules)")
-    table.add_row("parameters used", f"{s.params_used:,} of {s.params_total:,}")
-    unused = Text(f"{s.params_unused:,} ({s.numel_unused:,} elements, {s.unused_fraction:.1%})")
-    if s.params_unused:
-        unused.stylize("bold yellow")
-    table.add_row("parameters unused", unused)
+    frozen = f" ({s.params_frozen:,} frozen)" if s.params_frozen else ""
+    table.add_row("parameters used", f"{s.params_used:,} of {s.params_total:,}{frozen}")
+    unused = f"{s.params_unused:,} ({s.numel_unused:,} elements, {s.unused_fraction:.1%})"
+    table.add_row("unused", Text(unused, _warn(s.params_unused)))
+    table.add_row("dead (used, no gradient)", Text(f"{s.params_dead:,}", _warn(s.params_dead)))
+    if s.params_assumed:
+        table.add_row("assumed used (opaque leaves)", f"{s.params_assumed:,}")
+    if s.external_uses:
+        table.add_row("external uses", Text(f"{s.external_uses:,}", _warn(s.external_uses)))
+    if s.params_no_grad:
+        verdict = Text(
+            f"fails: {_count(s.params_no_grad, 'trainable parameter')} "
+            f"{'gets' if s.params_no_grad == 1 else 'get'} no gradient",
+            "bold red",
+        )
+    else:
+        verdict = Text("ok: every trainable parameter gets a gradient", "green")
+    table.add_row("DDP check", verdict)
     return table
+
+
+def _warn(count: int) -> str:
+    return "bold yellow" if count else ""
 
 
 def _own_params(call: ModuleCall, limit: int = 48) -> str:
@@ -83,9 +107,8 @@ def render_modules(
         table.add_row(str(call.index), name, call.type, _own_params(call))
     parts: list[RenderableType] = [table]
     if len(shown) < len(calls):
-        parts.append(
-            _hidden(f"{_count(len(calls) - len(shown), 'call')} nested deeper than {depth} hidden")
-        )
+        deeper = _count(len(calls) - len(shown), "call")
+        parts.append(_hidden(f"{deeper} nested deeper than {depth} hidden"))
     if len(rows) < len(shown):
         more = _count(len(shown) - len(rows), "more call")
         parts.append(_hidden(f"{more} (--max-rows 0 shows all)"))
@@ -99,45 +122,89 @@ def _param_name(param: ParamInfo) -> Text:
     return text
 
 
-def render_params(params: Sequence[ParamInfo], *, max_rows: int | None = None) -> RenderableType:
-    """Used parameters in first-use order."""
-    table = _table(
-        "Parameter forward order (first use)",
-        "#",
-        "parameter",
-        "shape",
-        "numel",
-        "first used by",
-        right=("#", "numel"),
-    )
+def _status(param: ParamInfo) -> Text:
+    """What is special about a parameter: dead, frozen, assumed."""
+    text = Text()
+    for flag, word, style in (
+        (param.dead, "dead", "bold red"),
+        (not param.requires_grad, "frozen", "blue"),
+        (param.assumed, "assumed", "dim"),
+    ):
+        if flag:
+            text.append(("  " if text else "") + word, style)
+    return text
+
+
+def _first_use(param: ParamInfo) -> str:
+    return f"{_label(param.first_module or '')} (#{param.first_call})"
+
+
+def _param_table(
+    title: str,
+    params: Sequence[ParamInfo],
+    last: tuple[str, Callable[[ParamInfo], str | Text]],
+    *,
+    numbered: bool = False,
+    status: bool = True,
+    max_rows: int | None = None,
+) -> RenderableType:
+    heading, cell = last
+    columns = ["parameter", "shape", "numel", heading]
+    if numbered:
+        columns.insert(0, "#")
+    if status:
+        columns.append("status")
+    table = _table(title, *columns, right=("#", "numel"))
     rows = params if not max_rows else params[:max_rows]
     for i, param in enumerate(rows):
-        table.add_row(
-            str(i),
-            _param_name(param),
-            _shape(param.shape),
-            f"{param.numel:,}",
-            f"{_label(param.first_module or '')} (#{param.first_call})",
-        )
-    if len(rows) < len(params):
-        more = _count(len(params) - len(rows), "more parameter")
-        return Group(table, _hidden(f"{more} (--max-rows 0)"))
-    return table
+        cells: list[str | Text] = [
+            _param_name(param), _shape(param.shape), f"{param.numel:,}", cell(param)
+        ]  # fmt: skip
+        if numbered:
+            cells.insert(0, str(i))
+        if status:
+            cells.append(_status(param))
+        table.add_row(*cells)
+    return _cut(table, len(rows), len(params), "parameter")
+
+
+def render_params(params: Sequence[ParamInfo], *, max_rows: int | None = None) -> RenderableType:
+    """Used parameters in first-use order."""
+    return _param_table(
+        "Parameter forward order (first use)",
+        params,
+        ("first used by", _first_use),
+        numbered=True,
+        max_rows=max_rows,
+    )
 
 
 def render_unused(unused: Sequence[ParamInfo], *, max_rows: int | None = None) -> RenderableType:
     """Parameters the forward never used."""
     if not unused:
         return Text("No unused parameters.", style="green")
-    table = _table("Unused parameters", "parameter", "shape", "numel", "owner", right=("numel",))
-    rows = unused if not max_rows else unused[:max_rows]
-    for param in rows:
-        table.add_row(
-            _param_name(param), _shape(param.shape), f"{param.numel:,}", _label(param.owner)
-        )
-    if len(rows) < len(unused):
-        more = _count(len(unused) - len(rows), "more unused parameter")
-        return Group(table, _hidden(f"{more} (--max-rows 0)"))
+    owner = ("owner", lambda p: _label(p.owner))
+    return _param_table("Unused parameters", unused, owner, max_rows=max_rows)
+
+
+def render_dead(dead: Sequence[ParamInfo], *, max_rows: int | None = None) -> RenderableType:
+    """Parameters used in forward whose uses never reach an output."""
+    if not dead:
+        return Text("No dead parameters: every use reaches an output.", style="green")
+    return _param_table(
+        "Dead parameters (no gradient)",
+        dead,
+        ("first used by", _first_use),
+        status=False,
+        max_rows=max_rows,
+    )
+
+
+def render_external(external: Sequence[ExternalUse]) -> RenderableType:
+    """Parameters used while none of the modules that own them was running."""
+    table = _table("External uses (owner not running)", "parameter", "owner", "used by")
+    for use in external:
+        table.add_row(use.param, _label(use.owner), f"{_label(use.module)} (#{use.call})")
     return table
 
 
@@ -151,9 +218,49 @@ def render_report(
         depth: Hide module calls nested deeper than this.
         max_rows: Show at most this many rows per table (None or 0: all).
     """
-    return Group(
+    parts = [
         render_summary(report),
         render_modules(report.modules, depth=depth, max_rows=max_rows),
         render_params(report.params, max_rows=max_rows),
         render_unused(report.unused, max_rows=max_rows),
-    )
+        render_dead(report.dead, max_rows=max_rows),
+    ]
+    if report.external:
+        parts.append(render_external(report.external))
+    return Group(*parts)
+
+
+_VERDICTS = {
+    "dead": Text("dead (no use reaches an output)", "bold red"),
+    "unused": Text("unused (never touched)", "bold yellow"),
+    "used": Text("used: expected a gradient", "bold"),
+}
+
+
+def render_ddp(explanation: DdpExplanation) -> RenderableType:
+    """DDP's parameter indices, named, with execorder's verdict on each."""
+    table = _table(
+        f"DDP parameter indices for {explanation.target}",
+        "index", "parameter", "execorder says", "first used by",
+        right=("index",),
+    )  # fmt: skip
+    for entry in explanation.indices:
+        first = _first_use(entry.param) if entry.param.used else ""
+        table.add_row(str(entry.index), _param_name(entry.param), _VERDICTS[entry.status], first)
+    if explanation.agrees:
+        note = Text(
+            f"execorder predicted exactly these {_count(len(explanation.indices), 'parameter')}.",
+            "green",
+        )
+    else:
+        note = Text()
+        if explanation.not_named:
+            names = ", ".join(p.name for p in explanation.not_named)
+            note.append(f"execorder also predicts no gradient for: {names}\n", "yellow")
+        if any(e.status == "used" for e in explanation.indices):
+            note.append(
+                "Some named parameters were expected to get a gradient: was the run traced "
+                "with the same inputs, --concrete and --init values?",
+                "yellow",
+            )
+    return Group(table, note)

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 SCHEMA_VERSION = 1
+CATEGORIES = ("unused", "dead", "external")
 
 
 class SchemaError(ValueError):
@@ -316,6 +317,24 @@ class Report:
         on, in ``named_parameters()`` order.
         """
         return tuple(p for p in self.all_params() if p.requires_grad and (p.dead or not p.used))
+
+    def findings(self, category: str) -> tuple[str, ...]:
+        """Names of what a CI gate category found.
+
+        Args:
+            category: ``"unused"`` or ``"dead"`` (trainable parameters only:
+                frozen ones cannot break DDP), or ``"external"`` (uses).
+
+        Raises:
+            ValueError: For another category.
+        """
+        if category == "unused":
+            return tuple(p.name for p in self.unused if p.requires_grad)
+        if category == "dead":
+            return tuple(p.name for p in self.dead if p.requires_grad)
+        if category == "external":
+            return tuple(f"{u.param} used by {u.module or '(root)'}" for u in self.external)
+        raise ValueError(f"unknown category {category!r}; choose from: {', '.join(CATEGORIES)}")
 
     def ddp_order(self) -> tuple[ParamInfo, ...]:
         """Parameters in the order DDP numbers them in its error message.

@@ -72,6 +72,20 @@ def test_init_options_reach_the_constructor() -> None:
     assert data["params"][0]["shape"] == [3, 3]
 
 
+def test_dotted_target_in_the_working_directory(tmp_path: Path) -> None:
+    (tmp_path / "cwd_model_for_test.py").write_text(
+        "import torch\nclass Net(torch.nn.Linear):\n"
+        "    def __init__(self):\n        super().__init__(2, 2)\n"
+    )
+    code = "from execorder.cli import main; main()"
+    result = subprocess.run(
+        [sys.executable, "-c", code, "trace", "cwd_model_for_test:Net", "-f", "json"],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["summary"]["params_used"] == 2
+
+
 def test_meta_fallback_note_goes_to_stderr() -> None:
     result = invoke("trace", "models:NeedsRealTensors", "-f", "json")
     assert result.exit_code == 0, result.output

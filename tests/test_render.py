@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from io import StringIO
 
+import models
 from reuse import Reuse
 from rich.console import Console, RenderableType
 from seed import Model
@@ -12,7 +13,8 @@ from tied import TiedLM
 from transformer import Transformer
 
 import execorder
-from execorder.render import render_report
+from execorder.ddp import explain_indices
+from execorder.render import render_ddp, render_report
 
 
 def _text(renderable: RenderableType) -> str:
@@ -31,6 +33,19 @@ def test_tied_and_shared_tables(golden: Callable[[str, str], None]) -> None:
     assert "embed.weight = lm_head.weight" in text
     golden("tied.txt", text)
     golden("reuse.txt", _text(render_report(execorder.trace(Reuse(), target="reuse:Reuse"))))
+
+
+def test_liveness_categories(golden: Callable[[str, str], None]) -> None:
+    frozen = _text(render_report(execorder.trace(models.Frozen(), target="models:Frozen")))
+    assert "frozen" in frozen and "Dead parameters" in frozen
+    golden("frozen.txt", frozen)
+    external = execorder.trace(models.ExternalUse(), target="models:ExternalUse")
+    golden("external.txt", _text(render_report(external)))
+
+
+def test_ddp_explanation(golden: Callable[[str, str], None]) -> None:
+    report = execorder.trace(Model(), concrete_args={"run_all_layers": True}, target="seed:Model")
+    golden("ddp_seed.txt", _text(render_ddp(explain_indices(report, (0, 1, 2, 5, 6, 7)))))
 
 
 def test_large_model_is_cut_with_a_pointer(golden: Callable[[str, str], None]) -> None:
