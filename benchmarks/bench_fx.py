@@ -13,6 +13,7 @@ import argparse
 import cProfile
 import gc
 import pstats
+import subprocess
 import sys
 import time
 import warnings
@@ -66,11 +67,30 @@ def best_of(fn: Callable[[torch.nn.Module], None], model: torch.nn.Module) -> fl
     return time.perf_counter() - start
 
 
+def solo(blocks: int, repeats: int) -> float:
+    """Best execorder time in this process, with no other contender's heap around."""
+    with torch.device("meta"):
+        model = Transformer(n_layers=blocks)
+    return min(best_of(execorder_trace, model) for _ in range(repeats))
+
+
+def solo_in_fresh_process(blocks: int, repeats: int) -> float:
+    out = subprocess.run(
+        [sys.executable, __file__, "--solo", str(blocks), "--repeats", str(repeats)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return float(out.stdout)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, nargs="+", default=[64, 128, 256, 512])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--solo", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.solo:
+        print(solo(args.solo, args.repeats))
+        return
 
     times: dict[int, dict[str, float]] = {}
     for blocks in args.blocks:
@@ -103,6 +123,13 @@ def main() -> None:
         )
         for name in CONTENDERS:
             print(f"  {name:18s} {times[high][name] / times[low][name]:6.1f}x")
+        # The contenders share one heap above; bare torch.fx leaves a large one
+        # behind, which slows whoever runs next. Growth of execorder on its own:
+        alone = {b: solo_in_fresh_process(b, args.repeats) for b in (low, high)}
+        print(
+            f"  execorder alone (fresh process per size): {alone[low]:.3f}s -> "
+            f"{alone[high]:.3f}s = {alone[high] / alone[low]:.1f}x"
+        )
         work = {}
         for blocks in (low, high):
             with torch.device("meta"):

@@ -286,8 +286,22 @@ def trace(
     owner = f"{type(model).__name__}.forward"
     recorder = Recorder(model)
     tracer = _Tracer()
+    with _gc_paused():
+        _run_tracer(tracer, model, args, recorder, owner)
+        return recorder.build_report(
+            target=target or type(model).__name__,
+            mode="fx",
+            concrete_args=args,
+            live=live_params(tracer.graph, model),
+        )
+
+
+def _run_tracer(
+    tracer: _Tracer, model: nn.Module, args: dict[str, Any], recorder: Recorder, owner: str
+) -> None:
+    """Trace ``model`` into ``recorder``; FX's errors become :class:`TraceFailure`."""
     try:
-        with _gc_paused(), record_tracer(tracer, model, recorder):
+        with record_tracer(tracer, model, recorder):
             tracer.trace(model, args or None)
     except _ControlFlowError as exc:
         raise TraceFailure(_control_flow_message(exc, owner)) from exc
@@ -299,9 +313,3 @@ def trace(
         ) from exc
     except Exception as exc:
         raise TraceFailure(f"While tracing {owner}: {type(exc).__name__}: {exc}") from exc
-    return recorder.build_report(
-        target=target or type(model).__name__,
-        mode="fx",
-        concrete_args=args,
-        live=live_params(tracer.graph, model),
-    )
