@@ -35,12 +35,13 @@ def _count(n: int, word: str) -> str:
 
 
 def _hidden(text: str) -> Text:
-    return Text(f"… {text}\n", style="dim")
+    return Text(f"… {text}", style="dim")
 
 
 def _cut(table: Table, rows: int, total: int, what: str) -> RenderableType:
     if rows < total:
-        return Group(table, _hidden(f"{_count(total - rows, what)} more (--max-rows 0 shows all)"))
+        more = _count(total - rows, f"more {what}")
+        return Group(table, _hidden(f"{more} (--max-rows 0 shows all)"), Text())
     return table
 
 
@@ -112,6 +113,8 @@ def render_modules(
     if len(rows) < len(shown):
         more = _count(len(shown) - len(rows), "more call")
         parts.append(_hidden(f"{more} (--max-rows 0 shows all)"))
+    if len(parts) > 1:
+        parts.append(Text())
     return Group(*parts)
 
 
