@@ -42,6 +42,7 @@ T = TypeVar("T")
 class OutputFormat(str, Enum):
     table = "table"
     json = "json"
+    markdown = "markdown"
 
 
 class Device(str, Enum):
@@ -89,7 +90,10 @@ DeviceOpt = Annotated[
     ),
 ]
 FormatOpt = Annotated[
-    OutputFormat, typer.Option("--format", "-f", help="Tables for people, JSON for CI.")
+    OutputFormat,
+    typer.Option(
+        "--format", "-f", help="table for people, json for CI, markdown for pull requests."
+    ),
 ]
 OutputOpt = Annotated[
     Path | None,
@@ -204,46 +208,76 @@ def _write(path: Path, text: str) -> None:
         raise OutputError(f"--output {path}: {exc.strerror or exc}") from None
 
 
-def _emit(report: Any, fmt: OutputFormat, output: Path | None, **table_opts: Any) -> None:
-    if fmt is OutputFormat.json:
-        text = json.dumps(report.to_dict(), indent=2) + "\n"
+def _emit(
+    doc: Any,
+    fmt: OutputFormat,
+    output: Path | None,
+    table: Callable[[], Any],
+    markdown: Callable[[], str],
+) -> None:
+    """Write a report, diff or sweep to stdout or ``output`` in the chosen format."""
+    if fmt is OutputFormat.table:
         if output is None:
-            sys.stdout.write(text)
-        else:
-            _write(output, text)
-        return
+            Console(highlight=False).print(table())
+            return
+        buffer = io.StringIO()
+        Console(width=120, color_system=None, file=buffer).print(table())
+        text = buffer.getvalue()
+    elif fmt is OutputFormat.json:
+        text = json.dumps(doc.to_dict(), indent=2) + "\n"
+    else:
+        text = markdown()
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        _write(output, text)
+
+
+def _emit_report(report: Any, fmt: OutputFormat, output: Path | None, **opts: Any) -> None:
+    from execorder.markdown import report_markdown
     from execorder.render import render_report
 
-    renderable = render_report(report, **table_opts)
-    if output is None:
-        Console(highlight=False).print(renderable)
-    else:
-        buffer = io.StringIO()
-        Console(width=120, color_system=None, file=buffer).print(renderable)
-        _write(output, buffer.getvalue())
+    _emit(
+        report, fmt, output, lambda: render_report(report, **opts), lambda: report_markdown(report)
+    )
 
 
-def _load_and_trace(
-    target: str, concrete: list[str] | None, init: list[str] | None, device: Device | None
-) -> Any:
-    """Parse NAME=VALUE options, build the model, trace it; notes go to stderr."""
-    from execorder.values import parse_assignments
+def _emit_diff(diff: Any, fmt: OutputFormat, output: Path | None) -> None:
+    from execorder.markdown import diff_markdown
+    from execorder.render import render_diff
 
-    concrete_args = parse_assignments(concrete or [], option="--concrete")
-    init_kwargs = parse_assignments(init or [], option="--init")
+    _emit(diff, fmt, output, lambda: render_diff(diff), lambda: diff_markdown(diff))
+
+
+def _import_torch_side() -> None:
     with _progress("Loading torch…"), warnings.catch_warnings():
         # torch warns on import when NumPy is absent; execorder never needs it.
         warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
-        from execorder.fx import trace as fx_trace
-        from execorder.loading import load_target
+        import execorder.fx  # noqa: F401
+
+
+def _load(target: str, init: list[str] | None, device: Device | None) -> Any:
+    """Build the model from TARGET; notes go to stderr."""
+    from execorder.values import parse_assignments
+
+    init_kwargs = parse_assignments(init or [], option="--init")
+    _import_torch_side()
+    from execorder.loading import load_target
+
     with _progress(f"Building {target}…"):
         loaded = load_target(
             target, init_kwargs=init_kwargs, device=device.value if device else None
         )
     for note in loaded.notes:
         _stderr.print(f"execorder: note: {note}", markup=False)
+    return loaded.model
+
+
+def _trace(model: Any, target: str, concrete_args: dict[str, Any]) -> Any:
+    from execorder.fx import trace as fx_trace
+
     with _progress(f"Tracing {target}…"):
-        return fx_trace(loaded.model, concrete_args=concrete_args, target=target)
+        return fx_trace(model, concrete_args=concrete_args, target=target)
 
 
 def _parse_categories(text: str | None) -> tuple[str, ...]:
@@ -276,6 +310,34 @@ def _gate(report: Any, categories: tuple[str, ...]) -> None:
         raise typer.Exit(1)
 
 
+SweepOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--sweep",
+        metavar="NAME=V1,V2,...",
+        help="Trace every combination of these forward() argument values (repeatable: the "
+        "cross product) and show which parameters are used always, in some combinations "
+        "only (branch-dependent), or never.",
+        show_default=False,
+    ),
+]
+BaselineOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--baseline",
+        metavar="FILE",
+        help="Compare with this stored JSON report and print the differences instead of "
+        "the report; exit 1 if they differ.",
+        dir_okay=False,
+        show_default=False,
+    ),
+]
+UpdateBaselineOpt = Annotated[
+    bool,
+    typer.Option("--update-baseline", help="Write the new report to the --baseline FILE."),
+]
+
+
 @app.command()
 def trace(
     target: TargetArg,
@@ -287,6 +349,9 @@ def trace(
     depth: DepthOpt = None,
     max_rows: MaxRowsOpt = 200,
     fail_on: FailOnOpt = None,
+    sweep: SweepOpt = None,
+    baseline: BaselineOpt = None,
+    update_baseline: UpdateBaselineOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Trace a model's forward with torch.fx and report its execution order.
@@ -296,19 +361,118 @@ def trace(
     get no gradient: unused (never touched) and dead (touched, but nothing
     they compute reaches an output).
 
-    Exit codes: 0 done; 1 a --fail-on check found something; 2 the trace could
-    not be made (bad input, trace failure).
+    Exit codes: 0 done; 1 a --fail-on check found something, or the report
+    differs from --baseline; 2 the trace could not be made (bad input, trace
+    failure).
     """
 
     def body() -> None:
+        from execorder.values import parse_assignments, parse_sweep
+
         categories = _parse_categories(fail_on)
-        if output is not None:
-            _check_writable(output)
-        report = _load_and_trace(target, concrete, init, device)
-        _emit(report, fmt, output, depth=depth, max_rows=max_rows)
+        concrete_args = parse_assignments(concrete or [], option="--concrete")
+        axes = [parse_sweep(text) for text in sweep or []]
+        _check_trace_options(axes, categories, baseline, update_baseline)
+        for path in (output, baseline if update_baseline else None):
+            if path is not None:
+                _check_writable(path)
+        model = _load(target, init, device)
+        if axes:
+            _run_sweep(model, target, axes, concrete_args, fmt, output)
+            return
+        report = _trace(model, target, concrete_args)
+        if baseline is None:
+            _emit_report(report, fmt, output, depth=depth, max_rows=max_rows)
+        elif update_baseline:
+            _write(baseline, json.dumps(report.to_dict(), indent=2) + "\n")
+            _emit_report(report, fmt, output, depth=depth, max_rows=max_rows)
+            _stderr.print(f"execorder: baseline {baseline} written", markup=False)
+        else:
+            from execorder.diff import diff_reports, load_report
+
+            diff = diff_reports(load_report(baseline), report)
+            _emit_diff(diff, fmt, output)
         _gate(report, categories)
+        if baseline is not None and not update_baseline and not diff.equivalent:
+            raise typer.Exit(1)
 
     _run(debug, body)
+
+
+def _check_trace_options(
+    axes: list[Any], categories: tuple[str, ...], baseline: Path | None, update: bool
+) -> None:
+    if update and baseline is None:
+        raise ArgumentSyntaxError("--update-baseline needs --baseline FILE")
+    if axes and (baseline is not None or categories):
+        raise ArgumentSyntaxError("--sweep cannot be combined with --baseline or --fail-on")
+    if baseline is not None and not update and not baseline.exists():
+        raise ArgumentSyntaxError(
+            f"--baseline {baseline}: no such file; create it with --update-baseline"
+        )
+
+
+def _run_sweep(
+    model: Any,
+    target: str,
+    axes: list[tuple[str, list[Any]]],
+    fixed: dict[str, Any],
+    fmt: OutputFormat,
+    output: Path | None,
+) -> None:
+    from execorder.fx import trace as fx_trace
+    from execorder.markdown import sweep_markdown
+    from execorder.render import render_sweep
+    from execorder.sweep import sweep as run_sweep
+
+    def trace_one(args: Any) -> Any:
+        return fx_trace(model, concrete_args=args, target=target)
+
+    count = 1
+    for _, values in axes:
+        count *= len(values)
+    with _progress(f"Tracing {target} under {count} combinations…"):
+        result = run_sweep(trace_one, axes=axes, fixed=fixed, target=target)
+    _emit(result, fmt, output, lambda: render_sweep(result), lambda: sweep_markdown(result))
+
+
+@app.command()
+def diff(
+    old: Annotated[Path, typer.Argument(metavar="OLD", help="The baseline JSON report.")],
+    new: Annotated[Path, typer.Argument(metavar="NEW", help="The JSON report to check.")],
+    fmt: FormatOpt = OutputFormat.table,
+    output: OutputOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Show what changed between two JSON reports of execorder trace.
+
+    Module calls added, removed or moved (an aligned diff), parameters whose
+    first-use order, status (unused, dead, used) or shape changed, and
+    external uses added or removed.
+
+    Exit codes: 0 equivalent; 1 they differ; 2 bad input (missing file, not
+    JSON, another schema_version).
+    """
+
+    def body() -> None:
+        from execorder.diff import diff_reports, load_report
+
+        if output is not None:
+            _check_writable(output)
+        result = diff_reports(load_report(old), load_report(new))
+        _emit_diff(result, fmt, output)
+        if not result.equivalent:
+            raise typer.Exit(1)
+
+    _run(debug, body)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of everything execorder writes with --format json."""
+    from importlib.resources import files
+
+    sys.stdout.write(files("execorder").joinpath("schema.json").read_text(encoding="utf-8"))
 
 
 IndicesArg = Annotated[
@@ -342,16 +506,22 @@ def ddp_indices(
 
     def body() -> None:
         from execorder.ddp import explain_indices, parse_indices
+        from execorder.values import parse_assignments
 
         wanted = parse_indices(indices)
-        report = _load_and_trace(target, concrete, init, device)
+        concrete_args = parse_assignments(concrete or [], option="--concrete")
+        report = _trace(_load(target, init, device), target, concrete_args)
         explanation = explain_indices(report, wanted)
-        if fmt is OutputFormat.json:
-            sys.stdout.write(json.dumps(explanation.to_dict(), indent=2) + "\n")
-            return
+        from execorder.markdown import ddp_markdown
         from execorder.render import render_ddp
 
-        Console(highlight=False).print(render_ddp(explanation))
+        _emit(
+            explanation,
+            fmt,
+            None,
+            lambda: render_ddp(explanation),
+            lambda: ddp_markdown(explanation),
+        )
 
     _run(debug, body)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from execorder.errors import ArgumentSyntaxError
-from execorder.report import ParamInfo, Report
+from execorder.report import SCHEMA_VERSION, ParamInfo, Report
 
 _NUMBER = re.compile(r"\d+")
 
@@ -79,6 +79,8 @@ class DdpExplanation:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "kind": "ddp-indices",
+            "schema_version": SCHEMA_VERSION,
             "target": self.target,
             "indices": [e.to_dict() for e in self.indices],
             "predicted_not_named": [p.name for p in self.not_named],

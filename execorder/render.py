@@ -10,7 +10,9 @@ from rich.table import Table
 from rich.text import Text
 
 from execorder.ddp import DdpExplanation
+from execorder.diff import CallChange, Gap, ReportDiff
 from execorder.report import ExternalUse, ModuleCall, ParamInfo, Report
+from execorder.sweep import NEVER, SOME, SweepReport
 
 ROOT_LABEL = "(root)"
 
@@ -161,8 +163,11 @@ def _param_table(
     rows = params if not max_rows else params[:max_rows]
     for i, param in enumerate(rows):
         cells: list[str | Text] = [
-            _param_name(param), _shape(param.shape), f"{param.numel:,}", cell(param)
-        ]  # fmt: skip
+            _param_name(param),
+            _shape(param.shape),
+            f"{param.numel:,}",
+            cell(param),
+        ]
         if numbered:
             cells.insert(0, str(i))
         if status:
@@ -244,9 +249,12 @@ def render_ddp(explanation: DdpExplanation) -> RenderableType:
     """DDP's parameter indices, named, with execorder's verdict on each."""
     table = _table(
         f"DDP parameter indices for {explanation.target}",
-        "index", "parameter", "execorder says", "first used by",
+        "index",
+        "parameter",
+        "execorder says",
+        "first used by",
         right=("index",),
-    )  # fmt: skip
+    )
     for entry in explanation.indices:
         first = _first_use(entry.param) if entry.param.used else ""
         table.add_row(str(entry.index), _param_name(entry.param), _VERDICTS[entry.status], first)
@@ -267,3 +275,72 @@ def render_ddp(explanation: DdpExplanation) -> RenderableType:
                 "yellow",
             )
     return Group(table, note)
+
+
+def _diff_line(line: CallChange | Gap) -> Text:
+    if isinstance(line, Gap):
+        return Text(f"  … {_count(line.count, 'unchanged call')}", "dim")
+    sign, style = {"=": (" ", "dim"), "-": ("-", "red"), "+": ("+", "green")}[line.op]
+    text = Text(f"{sign} {'  ' * line.depth}{_label(line.name)}  [{line.type}]", style)
+    if line.moved:
+        text.append("  (moved)", "yellow")
+    return text
+
+
+def render_diff(diff: ReportDiff) -> RenderableType:
+    """Verdict, notes, the aligned module-order diff, and parameter changes."""
+    parts: list[RenderableType] = []
+    if diff.equivalent:
+        parts.append(Text(f"No change: {diff.new_target} runs as in the baseline.", "green"))
+    else:
+        counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in diff.counts().items() if v)
+        parts.append(Text(f"Changed: {counts}", "bold yellow"))
+    parts += [Text(f"note: {note}", "dim") for note in diff.notes]
+    if diff.calls_changed:
+        parts += [Text(), Text("Module forward order", "italic")]
+        parts += [_diff_line(line) for line in diff.calls]
+    if diff.params:
+        table = _table("Parameter changes", "parameter", "change", "old", "new")
+        for change in diff.params:
+            table.add_row(change.name, change.what, change.old or "", change.new or "")
+        parts += [Text(), table]
+    if diff.external_added or diff.external_removed:
+        table = _table("External uses", "", "use")
+        for use in diff.external_added:
+            table.add_row(Text("added", "red"), use)
+        for use in diff.external_removed:
+            table.add_row(Text("removed", "green"), use)
+        parts += [Text(), table]
+    return Group(*parts)
+
+
+def render_sweep(sweep: SweepReport) -> RenderableType:
+    """Combinations, then each parameter's status across them."""
+    combos = _table(
+        f"Sweep of {sweep.target}",
+        "#",
+        "combination",
+        "calls",
+        "params used",
+        "no gradient",
+        right=("#", "calls", "params used", "no gradient"),
+    )
+    for i, combo in enumerate(sweep.combinations):
+        args = ", ".join(f"{k}={v!r}" for k, v in combo.args.items())
+        combos.add_row(
+            str(i), args, str(combo.calls), str(combo.params_used), str(combo.params_no_grad)
+        )
+    params = _table(
+        "Parameters across combinations", "parameter", "status", "used in", "gets a gradient in"
+    )
+    order = {SOME: 0, NEVER: 1}
+    styles = {SOME: "bold yellow", NEVER: "red"}
+    words = {SOME: "branch-dependent", NEVER: "never used"}
+    for param in sorted(sweep.params, key=lambda p: order.get(p.status, 2)):
+        params.add_row(
+            param.name,
+            Text(words.get(param.status, "always used"), styles.get(param.status, "")),
+            ", ".join(f"#{i}" for i in param.used_in) or "none",
+            ", ".join(f"#{i}" for i in param.grad_in) or "none",
+        )
+    return Group(combos, params)

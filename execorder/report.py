@@ -350,6 +350,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "kind": "report",
             "schema_version": self.schema_version,
             "target": self.target,
             "mode": self.mode,

@@ -70,3 +70,33 @@ def parse_assignments(texts: Iterable[str], *, option: str) -> dict[str, Any]:
             raise ArgumentSyntaxError(f"{option} {name} is given more than once")
         values[name] = value
     return values
+
+
+def parse_sweep(text: str) -> tuple[str, list[Any]]:
+    """Parse ``NAME=V1,V2,...`` (or ``NAME=[json list]``) into a name and its values.
+
+    Each value follows :func:`parse_value`. Values that contain commas
+    themselves are given as a JSON list: ``--sweep 'shape=[[1, 2], [3, 4]]'``.
+
+    Raises:
+        ArgumentSyntaxError: If the name is not an identifier or no value is given.
+    """
+    name, sep, rest = text.partition("=")
+    name = name.strip()
+    if not sep or not name.isidentifier():
+        raise ArgumentSyntaxError(
+            f"--sweep expects NAME=V1,V2,... with NAME a Python identifier, got {text!r}"
+        )
+    stripped = rest.strip()
+    values: list[Any] | None = None
+    if stripped.startswith("["):
+        try:
+            parsed = json.loads(stripped)
+        except ValueError:
+            parsed = None
+        values = parsed if isinstance(parsed, list) else None
+    if values is None:
+        values = [parse_value(part) for part in rest.split(",") if part.strip()]
+    if not values:
+        raise ArgumentSyntaxError(f"--sweep {name} has no values; give NAME=V1,V2,...")
+    return name, values
