@@ -96,7 +96,7 @@ def parse_sweep(text: str) -> tuple[str, list[Any]]:
             parsed = None
         values = parsed if isinstance(parsed, list) else None
     if values is None:
-        values = [parse_value(part) for part in rest.split(",") if part.strip()]
+        values = [parse_value(part.strip()) for part in rest.split(",") if part.strip()]
     if not values:
         raise ArgumentSyntaxError(f"--sweep {name} has no values; give NAME=V1,V2,...")
     return name, values

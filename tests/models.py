@@ -261,3 +261,17 @@ class OpaqueLeaf(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.lstm(x)
         return self.head(out)
+
+
+class Ordered(nn.Module):
+    """Runs ``a`` and ``b`` in either order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+        self.c = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, swap: bool = False) -> torch.Tensor:
+        x = self.c(x)
+        return self.a(self.b(x)) if swap else self.b(self.a(x))

@@ -1,0 +1,195 @@
+"""The CI workflow on the command line: diff, baselines, sweeps, Markdown, schema."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from execorder.cli import app
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
+SEED = f"{SAMPLES}/seed.py:Model"
+runner = CliRunner()
+
+
+def invoke(*args: str):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, list(args))
+
+
+@pytest.fixture
+def reports(tmp_path: Path) -> dict[str, Path]:
+    """Seed reports with the branch taken and not, written by the CLI."""
+    paths = {}
+    for flag in ("true", "false"):
+        path = tmp_path / f"seed-{flag}.json"
+        result = invoke(
+            "trace", SEED, "-c", f"run_all_layers={flag}", "-f", "json", "-o", str(path)
+        )
+        assert result.exit_code == 0, result.output
+        paths[flag] = path
+    return paths
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "markdown"])
+def test_diff_of_equal_reports_exits_0(reports: dict[str, Path], fmt: str) -> None:
+    result = invoke("diff", str(reports["true"]), str(reports["true"]), "-f", fmt)
+    assert result.exit_code == 0, result.output
+    if fmt == "json":
+        assert json.loads(result.stdout)["equivalent"] is True
+    else:
+        assert "no change" in result.stdout.lower()
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "markdown"])
+def test_diff_of_different_reports_exits_1(reports: dict[str, Path], fmt: str) -> None:
+    result = invoke("diff", str(reports["true"]), str(reports["false"]), "-f", fmt)
+    assert result.exit_code == 1, result.output
+    if fmt == "json":
+        data = json.loads(result.stdout)
+        assert data["counts"]["calls_removed"] == 4
+        assert {p["name"] for p in data["params"] if p["what"] == "became unused"} == {
+            "weight2",
+            "layer1.weight",
+        }
+    else:
+        assert "layer1" in result.stdout and "became unused" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no such file"),
+        ("not json", "not JSON"),
+        ('{"kind": "report", "schema_version": 99}', "schema_version 99"),
+    ],
+)
+def test_diff_bad_input_exits_2(
+    reports: dict[str, Path], tmp_path: Path, content: str | None, message: str
+) -> None:
+    other = tmp_path / "other.json"
+    if content is not None:
+        other.write_text(content)
+    result = invoke("diff", str(reports["true"]), str(other))
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_diff_markdown_golden(reports: dict[str, Path], golden: Callable[[str, str], None]) -> None:
+    result = invoke("diff", str(reports["true"]), str(reports["false"]), "-f", "markdown")
+    text = result.stdout.replace(str(SAMPLES), "sample_models")
+    assert "```diff" in text and "\n-   layer1  [Linear]" in text
+    golden("diff_seed.md", text)
+
+
+def test_trace_markdown_golden(golden: Callable[[str, str], None]) -> None:
+    result = invoke("trace", SEED, "-c", "run_all_layers=true", "-f", "markdown")
+    assert result.exit_code == 0, result.output
+    assert "<details>" in result.stdout and "| `weight_unused` |" in result.stdout
+    golden("seed.md", result.stdout.replace(str(SAMPLES), "sample_models"))
+
+
+def test_baseline_flow(tmp_path: Path) -> None:
+    base = tmp_path / "order.json"
+    missing = invoke("trace", SEED, "-c", "run_all_layers=true", "--baseline", str(base))
+    assert missing.exit_code == 2
+    assert "create it with --update-baseline" in missing.stderr
+
+    created = invoke("trace", SEED, "-c", "run_all_layers=true", "--baseline", str(base),
+                     "--update-baseline", "-f", "json")  # fmt: skip
+    assert created.exit_code == 0, created.output
+    assert json.loads(base.read_text()) == json.loads(created.stdout)
+
+    same = invoke("trace", SEED, "-c", "run_all_layers=true", "--baseline", str(base))
+    assert same.exit_code == 0, same.output
+    assert "No change" in same.stdout
+
+    changed = invoke("trace", SEED, "-c", "run_all_layers=false", "--baseline", str(base),
+                     "-f", "json")  # fmt: skip
+    assert changed.exit_code == 1
+    assert json.loads(changed.stdout)["kind"] == "diff"
+
+    updated = invoke("trace", SEED, "-c", "run_all_layers=false", "--baseline", str(base),
+                     "--update-baseline")  # fmt: skip
+    assert updated.exit_code == 0
+    assert json.loads(base.read_text())["concrete_args"] == {"run_all_layers": False}
+
+
+def test_update_baseline_needs_baseline() -> None:
+    result = invoke("trace", SEED, "-c", "run_all_layers=1", "--update-baseline")
+    assert result.exit_code == 2
+    assert "--update-baseline needs --baseline FILE" in result.stderr
+
+
+def test_seed_sweep_json() -> None:
+    result = invoke("trace", SEED, "--sweep", "run_all_layers=true,false", "-f", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    status = {p["name"]: p["status"] for p in data["params"]}
+    assert {n for n, s in status.items() if s == "some"} == {"layer1.weight", "weight2"}
+    assert {n for n, s in status.items() if s == "never"} == {"weight_unused"}
+    assert [c["args"] for c in data["combinations"]] == [
+        {"run_all_layers": True},
+        {"run_all_layers": False},
+    ]
+    assert data["summary"] == {"always": 5, "some": 2, "never": 1}
+
+
+def test_sweep_cross_product_with_a_fixed_argument() -> None:
+    result = invoke("trace", "models:Branchy", "--sweep", "flag=true,false",
+                    "--sweep", "mode=plain,double", "-f", "json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert len(data["combinations"]) == 4
+    assert data["combinations"][1]["args"] == {"flag": True, "mode": "double"}
+    assert {p["name"]: p["used_in"] for p in data["params"]} == {
+        "lin.weight": [0, 1],
+        "lin.bias": [0, 1],
+    }
+    fixed = invoke("trace", "models:Branchy", "--sweep", "flag=true,false", "-c", "mode=plain",
+                   "-f", "json")  # fmt: skip
+    assert json.loads(fixed.stdout)["fixed"] == {"mode": "plain"}
+
+
+def test_sweep_table_and_markdown(golden: Callable[[str, str], None]) -> None:
+    table = invoke("trace", SEED, "--sweep", "run_all_layers=true,false")
+    assert table.exit_code == 0
+    assert "branch-dependent" in table.stdout and "never used" in table.stdout
+    md = invoke("trace", SEED, "--sweep", "run_all_layers=true,false", "-f", "markdown")
+    assert "Branch-dependent parameters" in md.stdout
+    golden("sweep_seed.md", md.stdout.replace(str(SAMPLES), "sample_models"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sweep", "run_all_layers"], "--sweep expects NAME=V1,V2"),
+        (["--sweep", "run_all_layers="], "has no values"),
+        (["--sweep", "run_all_layers=1", "-c", "run_all_layers=1"], "both swept"),
+        (["--sweep", "run_all_layers=1", "--sweep", "run_all_layers=0"], "more than once"),
+        (["--sweep", "nope=1,2"], "has no argument 'nope'"),
+        (["--sweep", "run_all_layers=1", "--fail-on", "dead"], "cannot be combined"),
+    ],
+)
+def test_sweep_errors(args: list[str], message: str) -> None:
+    result = invoke("trace", SEED, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+
+
+def test_sweep_names_the_combination_that_fails() -> None:
+    result = invoke("trace", "models:Branchy", "--sweep", "flag=true,false")
+    assert result.exit_code == 2
+    assert "with flag=True: While tracing Branchy.forward" in result.stderr
+
+
+def test_sweep_json_list_values() -> None:
+    from execorder.values import parse_sweep
+
+    assert parse_sweep("shape=[[1, 2], [3]]") == ("shape", [[1, 2], [3]])
+    assert parse_sweep("mode=a, b ,c") == ("mode", ["a", "b", "c"])
+    assert parse_sweep("n=1,2.5,none") == ("n", [1, 2.5, None])

@@ -1,0 +1,116 @@
+"""Comparing reports: the diff library and reading report files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import models
+import pytest
+from seed import Model
+
+import execorder
+from execorder.diff import CallChange, Gap, ReportFileError, diff_reports, load_report
+
+
+def _seed(run_all_layers: bool) -> execorder.Report:
+    return execorder.trace(Model(), concrete_args={"run_all_layers": run_all_layers})
+
+
+def test_same_report_is_equivalent() -> None:
+    diff = diff_reports(_seed(True), _seed(True))
+    assert diff.equivalent
+    assert diff.calls == (Gap(12),)
+    assert diff.params == () and diff.notes == ()
+
+
+def test_removed_calls_and_status_changes() -> None:
+    diff = diff_reports(_seed(True), _seed(False))
+    assert not diff.equivalent
+    removed = [c.name for c in diff.calls if isinstance(c, CallChange) and c.op == "-"]
+    assert removed == ["layer1", "relu", "layer0", "relu"]
+    changes = {(p.name, p.what) for p in diff.params}
+    assert changes == {
+        ("weight1", "became live"),
+        ("weight2", "became unused"),
+        ("layer1.weight", "became unused"),
+        ("layer2.0.weight", "became live"),
+        ("layer2.2.weight", "became live"),
+    }
+    assert diff.notes == ("concrete args differ: run_all_layers=True -> run_all_layers=False",)
+    assert diff.counts()["calls_removed"] == 4
+
+
+def test_reverse_direction_reports_additions() -> None:
+    diff = diff_reports(_seed(False), _seed(True))
+    added = [c.name for c in diff.calls if isinstance(c, CallChange) and c.op == "+"]
+    assert added == ["layer1", "relu", "layer0", "relu"]
+    assert ("weight2", "became dead") in {(p.name, p.what) for p in diff.params}
+
+
+def test_reordered_calls_are_marked_moved() -> None:
+    old = execorder.trace(models.Ordered(), concrete_args={"swap": False})
+    new = execorder.trace(models.Ordered(), concrete_args={"swap": True})
+    diff = diff_reports(old, new)
+    moved = [(c.op, c.name) for c in diff.calls if isinstance(c, CallChange) and c.moved]
+    assert sorted(moved) == [("+", "a"), ("-", "a")] or sorted(moved) == [("+", "b"), ("-", "b")]
+    assert diff.counts()["calls_moved"] == 1
+    order = [p for p in diff.params if p.what == "moved"]
+    assert order and all(p.old != p.new for p in order)
+
+
+def test_shape_changes() -> None:
+    old = execorder.trace(models.NeedsWidth(4))
+    new = execorder.trace(models.NeedsWidth(5))
+    diff = diff_reports(old, new)
+    assert ("layers.0.weight", "shape", "[4, 4]", "[5, 5]") in {
+        (p.name, p.what, p.old, p.new) for p in diff.params
+    }
+    assert not diff.calls_changed
+
+
+def test_added_and_removed_parameters_and_external_uses() -> None:
+    old = execorder.trace(models.ExternalUse())
+    new = execorder.trace(models.KeywordParam())
+    diff = diff_reports(old, new)
+    whats = {(p.name, p.what) for p in diff.params}
+    assert ("lin.weight", "removed") in whats and ("weight", "added") in whats
+    assert diff.external_removed == ("lin.weight used by (root)",)
+
+
+def test_context_around_changes_is_bounded() -> None:
+    diff = diff_reports(_seed(True), _seed(False), context=1)
+    assert diff.calls[0] == Gap(7)
+    assert [c.op for c in diff.calls[1:] if isinstance(c, CallChange)] == ["=", "-", "-", "-", "-"]
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_load_report_round_trip(tmp_path: Path) -> None:
+    report = _seed(True)
+    path = _write(tmp_path, "r.json", json.dumps(report.to_dict()))
+    assert load_report(path) == report
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{", "not JSON"),
+        ("[1, 2]", "not a trace report"),
+        ('{"kind": "diff"}', "not a trace report (kind 'diff')"),
+        ('{"kind": "report", "schema_version": 2}', "schema_version 2, this execorder reads 1"),
+        ('{"kind": "report", "schema_version": 1}', "missing or has a malformed field"),
+    ],
+)
+def test_load_report_errors(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ReportFileError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_report(_write(tmp_path, "bad.json", text))
+
+
+def test_load_report_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ReportFileError, match="no such file"):
+        load_report(tmp_path / "nope.json")

@@ -1,0 +1,77 @@
+"""Every JSON document execorder emits validates against its shipped JSON Schema."""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+from typing import Any
+
+import jsonschema
+import models
+import pytest
+from cases import CASES
+from seed import Model
+from typer.testing import CliRunner
+
+import execorder
+from execorder.cli import app
+from execorder.ddp import explain_indices
+from execorder.diff import diff_reports
+from execorder.sweep import sweep
+
+SCHEMA = json.loads(files("execorder").joinpath("schema.json").read_text())
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+
+
+def _validate(data: dict[str, Any], kind: str) -> None:
+    VALIDATOR.validate(data)
+    sub = {"$defs": SCHEMA["$defs"], "$ref": f"#/$defs/{kind}"}
+    jsonschema.Draft202012Validator(sub).validate(data)
+
+
+def test_the_schema_is_a_valid_json_schema() -> None:
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_every_report_validates(case: Any) -> None:
+    report = execorder.trace(case.build(), concrete_args=case.concrete_args)
+    _validate(json.loads(json.dumps(report.to_dict())), "report")
+
+
+def test_diffs_sweeps_and_ddp_explanations_validate() -> None:
+    a = execorder.trace(Model(), concrete_args={"run_all_layers": True})
+    b = execorder.trace(Model(), concrete_args={"run_all_layers": False})
+    for old, new in ((a, b), (b, a), (a, a)):
+        _validate(json.loads(json.dumps(diff_reports(old, new).to_dict())), "diff")
+    moved = diff_reports(
+        execorder.trace(models.Ordered(), concrete_args={"swap": False}),
+        execorder.trace(models.Ordered(), concrete_args={"swap": True}),
+    )
+    _validate(json.loads(json.dumps(moved.to_dict())), "diff")
+    model = Model()
+    result = sweep(
+        lambda args: execorder.trace(model, concrete_args=args),
+        axes=[("run_all_layers", [True, False])],
+        target="seed",
+    )
+    _validate(json.loads(json.dumps(result.to_dict())), "sweep")
+    _validate(json.loads(json.dumps(explain_indices(a, (0, 1, 3)).to_dict())), "ddp_indices")
+
+
+def test_the_schema_rejects_what_it_should() -> None:
+    report = execorder.trace(Model(), concrete_args={"run_all_layers": True}).to_dict()
+    for broken in (
+        {**report, "schema_version": 2},
+        {**report, "surprise": 1},
+        {k: v for k, v in report.items() if k != "dead"},
+        {**report, "unused": [{**report["unused"][0], "dead": True}]},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            VALIDATOR.validate(broken)
+
+
+def test_schema_command_prints_the_shipped_schema() -> None:
+    result = CliRunner().invoke(app, ["schema"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == SCHEMA
