@@ -12,7 +12,7 @@ import sys
 import tempfile
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -119,6 +119,49 @@ MaxRowsOpt = Annotated[
     int, typer.Option(min=0, metavar="N", help="Table: at most N rows per table; 0 shows all.")
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+
+
+class Mode(str, Enum):
+    auto = "auto"
+    fx = "fx"
+    eager = "eager"
+
+
+ModeOpt = Annotated[
+    Mode,
+    typer.Option(
+        help="fx traces symbolically (no inputs needed); eager runs forward for real "
+        "(needs --input or --inputs; any model); auto tries fx, then eager if inputs are given."
+    ),
+]
+InputOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--input",
+        metavar="NAME=DTYPE[D0,...]",
+        help="Eager mode: a tensor argument of forward (repeatable), e.g. x=float32[2,6] or "
+        "input_ids=int64[1,32]@0:32000 (integers are zeros unless a @LOW:HIGH range is given).",
+        show_default=False,
+    ),
+]
+InputsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--inputs",
+        metavar="MODULE:FUNCTION",
+        help="Eager mode: a function returning forward's arguments: a tuple, a dict of "
+        "keyword arguments, or (tuple, dict). It may take a 'device' keyword.",
+        show_default=False,
+    ),
+]
+BackwardOpt = Annotated[
+    bool,
+    typer.Option(
+        "--backward",
+        help="Eager mode: also run backward and show the order in which gradients are "
+        "accumulated (the order DDP's reducer and FSDP's prefetching see).",
+    ),
+]
 FailOnOpt = Annotated[
     str | None,
     typer.Option(
@@ -256,7 +299,7 @@ def _import_torch_side() -> None:
         import execorder.fx  # noqa: F401
 
 
-def _load(target: str, init: list[str] | None, device: Device | None) -> Any:
+def _load(target: str, init: list[str] | None, device: str | None) -> Any:
     """Build the model from TARGET; notes go to stderr."""
     from execorder.values import parse_assignments
 
@@ -265,12 +308,111 @@ def _load(target: str, init: list[str] | None, device: Device | None) -> Any:
     from execorder.loading import load_target
 
     with _progress(f"Building {target}…"):
-        loaded = load_target(
-            target, init_kwargs=init_kwargs, device=device.value if device else None
-        )
+        loaded = load_target(target, init_kwargs=init_kwargs, device=device)
     for note in loaded.notes:
-        _stderr.print(f"execorder: note: {note}", markup=False)
+        _note(note)
     return loaded.model
+
+
+def _note(text: str) -> None:
+    _stderr.print(f"execorder: note: {text}", markup=False)
+
+
+class _Tracer:
+    """Traces one target under any concrete arguments, in the chosen mode.
+
+    Holds what the CLI options say and the model, which is rebuilt on CPU
+    once if an eager run on the meta device needs real values.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        init: list[str] | None,
+        device: Device | None,
+        mode: Mode,
+        inputs: list[str] | None,
+        inputs_factory: str | None,
+        backward: bool,
+    ) -> None:
+        from execorder.inputs import parse_input
+
+        self.target = target
+        self.init = init
+        self.chosen_device = device.value if device else None
+        self.specs = [parse_input(text) for text in inputs or []]
+        self.factory = inputs_factory
+        self.backward = backward
+        self.has_inputs = bool(self.specs or inputs_factory)
+        if backward and mode is Mode.fx:
+            raise ArgumentSyntaxError("--backward needs --mode eager (or auto)")
+        if mode is Mode.fx and self.has_inputs:
+            raise ArgumentSyntaxError("--input and --inputs apply to --mode eager (or auto)")
+        self.mode = Mode.eager if backward else mode
+        if self.mode is Mode.eager and not self.has_inputs:
+            raise ArgumentSyntaxError(
+                "eager mode runs forward for real: give its inputs with --input "
+                "NAME=DTYPE[D0,...] (repeatable) or --inputs MODULE:FUNCTION"
+            )
+        self.device = self.chosen_device or "meta"
+        self.model = _load(target, init, self.chosen_device)
+
+    def __call__(self, concrete_args: Mapping[str, Any]) -> Any:
+        from execorder.errors import TraceFailure
+
+        if self.mode is Mode.eager:
+            return self._eager(concrete_args)
+        try:
+            return _trace(self.model, self.target, dict(concrete_args))
+        except TraceFailure as exc:
+            if self.mode is Mode.fx:
+                raise
+            if not self.has_inputs:
+                raise TraceFailure(
+                    f"{exc}. Or run forward for real: --mode eager --input NAME=DTYPE[D0,...]"
+                ) from exc
+            _note(f"torch.fx could not trace it ({exc}); ran forward eagerly instead")
+            self.mode = Mode.eager
+            return self._eager(concrete_args)
+
+    def _inputs(self) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, str]]:
+        from execorder.inputs import call_inputs_factory, describe, make_input
+        from execorder.loading import resolve_target
+
+        args: tuple[Any, ...] = ()
+        kwargs: dict[str, Any] = {}
+        if self.factory:
+            factory = resolve_target(self.factory)
+            args, kwargs = call_inputs_factory(factory, self.factory, self.device)
+        for spec in self.specs:
+            kwargs[spec.name] = make_input(spec, self.device)
+        described = {f"arg{i}": describe(a) for i, a in enumerate(args) if hasattr(a, "dtype")}
+        described |= {k: describe(v) for k, v in kwargs.items() if hasattr(v, "dtype")}
+        return args, kwargs, described
+
+    def _eager(self, concrete_args: Mapping[str, Any]) -> Any:
+        from execorder.eager import MetaDeviceError
+        from execorder.eager import trace as eager_trace
+
+        args, kwargs, described = self._inputs()
+        try:
+            with _progress(f"Running {self.target} on {self.device}…"):
+                return eager_trace(
+                    self.model,
+                    args=args,
+                    kwargs={**kwargs, **concrete_args},
+                    backward=self.backward,
+                    target=self.target,
+                    inputs=described,
+                )
+        except MetaDeviceError as exc:
+            if self.chosen_device is not None:
+                raise
+            _note(f"{str(exc).split('. Its forward')[0]}; reran it on CPU")
+            self.device = "cpu"
+            self.model = _load(self.target, self.init, "cpu")
+            return self._eager(concrete_args)
 
 
 def _trace(model: Any, target: str, concrete_args: dict[str, Any]) -> Any:
@@ -352,14 +494,19 @@ def trace(
     sweep: SweepOpt = None,
     baseline: BaselineOpt = None,
     update_baseline: UpdateBaselineOpt = False,
+    mode: ModeOpt = Mode.auto,
+    input: InputOpt = None,
+    inputs: InputsOpt = None,
+    backward: BackwardOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Trace a model's forward with torch.fx and report its execution order.
+    """Trace a model's forward and report its execution order.
 
     Shows the module forward order (every call), the parameter forward order
     (first use), which call used which parameters, and the parameters that
     get no gradient: unused (never touched) and dead (touched, but nothing
-    they compute reaches an output).
+    they compute reaches an output). torch.fx traces it symbolically; eager
+    mode runs it for real (on the meta device by default: shapes only).
 
     Exit codes: 0 done; 1 a --fail-on check found something, or the report
     differs from --baseline; 2 the trace could not be made (bad input, trace
@@ -376,11 +523,19 @@ def trace(
         for path in (output, baseline if update_baseline else None):
             if path is not None:
                 _check_writable(path)
-        model = _load(target, init, device)
+        tracer = _Tracer(
+            target,
+            init=init,
+            device=device,
+            mode=mode,
+            inputs=input,
+            inputs_factory=inputs,
+            backward=backward,
+        )
         if axes:
-            _run_sweep(model, target, axes, concrete_args, fmt, output)
+            _run_sweep(tracer, axes, concrete_args, fmt, output)
             return
-        report = _trace(model, target, concrete_args)
+        report = tracer(concrete_args)
         if baseline is None:
             _emit_report(report, fmt, output, depth=depth, max_rows=max_rows)
         elif update_baseline:
@@ -413,26 +568,17 @@ def _check_trace_options(
 
 
 def _run_sweep(
-    model: Any,
-    target: str,
+    tracer: _Tracer,
     axes: list[tuple[str, list[Any]]],
     fixed: dict[str, Any],
     fmt: OutputFormat,
     output: Path | None,
 ) -> None:
-    from execorder.fx import trace as fx_trace
     from execorder.markdown import sweep_markdown
     from execorder.render import render_sweep
     from execorder.sweep import sweep as run_sweep
 
-    def trace_one(args: Any) -> Any:
-        return fx_trace(model, concrete_args=args, target=target)
-
-    count = 1
-    for _, values in axes:
-        count *= len(values)
-    with _progress(f"Tracing {target} under {count} combinations…"):
-        result = run_sweep(trace_one, axes=axes, fixed=fixed, target=target)
+    result = run_sweep(tracer, axes=axes, fixed=fixed, target=tracer.target)
     _emit(result, fmt, output, lambda: render_sweep(result), lambda: sweep_markdown(result))
 
 
@@ -494,6 +640,9 @@ def ddp_indices(
     init: InitOpt = None,
     device: DeviceOpt = None,
     fmt: FormatOpt = OutputFormat.table,
+    mode: ModeOpt = Mode.auto,
+    input: InputOpt = None,
+    inputs: InputsOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Name the parameters in DDP's "did not receive grad" error.
@@ -510,7 +659,16 @@ def ddp_indices(
 
         wanted = parse_indices(indices)
         concrete_args = parse_assignments(concrete or [], option="--concrete")
-        report = _trace(_load(target, init, device), target, concrete_args)
+        tracer = _Tracer(
+            target,
+            init=init,
+            device=device,
+            mode=mode,
+            inputs=input,
+            inputs_factory=inputs,
+            backward=False,
+        )
+        report = tracer(concrete_args)
         explanation = explain_indices(report, wanted)
         from execorder.markdown import ddp_markdown
         from execorder.render import render_ddp

@@ -10,7 +10,7 @@ live module and parameter objects; names are resolved once, in
 from __future__ import annotations
 
 import itertools
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -176,6 +176,8 @@ class Recorder:
         mode: str,
         concrete_args: Mapping[str, Any] | None = None,
         live: Collection[nn.Parameter] | None = None,
+        backward: Sequence[nn.Parameter] | None = None,
+        inputs: Mapping[str, str] | None = None,
     ) -> Report:
         """Name everything recorded and freeze it into a :class:`Report`.
 
@@ -184,8 +186,11 @@ class Recorder:
             mode: The backend.
             concrete_args: The concrete arguments of the trace.
             live: Parameters with a use that reaches an output, from the
-                backend's liveness analysis; the other used parameters are
-                dead. None when there was no such analysis.
+                backend's liveness analysis; the other used trainable
+                parameters are dead. None when there was no such analysis.
+            backward: Parameters in the order their gradients were
+                accumulated, when a backward was run.
+            inputs: Descriptions of the input tensors, by argument name.
         """
         named_modules = list(self.root.named_modules(remove_duplicate=False))
         named_params = list(self.root.named_parameters(remove_duplicate=False))
@@ -242,7 +247,10 @@ class Recorder:
                 first_module=None if first_call is None else calls[first_call].name,
                 first_call=first_call,
                 assumed=used and param not in self.observed,
-                dead=used and live_ids is not None and id(param) not in live_ids,
+                dead=used
+                and param.requires_grad
+                and live_ids is not None
+                and id(param) not in live_ids,
             )
 
         used = tuple(info(p, self._first_call[p]) for p in self.param_order)
@@ -279,6 +287,8 @@ class Recorder:
             unused=unused,
             summary=summary,
             external=external,
+            backward=None if backward is None else tuple(param_names[id(p)][0] for p in backward),
+            inputs=dict(inputs or {}),
         )
 
 

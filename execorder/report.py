@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -110,8 +110,8 @@ class ParamInfo:
         first_call: Index of that call in the module order (None when unused).
         assumed: Used only inside leaf modules whose internals the backend
             cannot see, so its use is assumed rather than observed.
-        dead: Used in forward, but no use reaches an output, so it gets no
-            gradient.
+        dead: A trainable parameter used in forward, but no use reaches an
+            output, so it gets no gradient.
     """
 
     name: str
@@ -284,6 +284,9 @@ class Report:
         unused: Parameters never used, in ``named_parameters()`` order.
         summary: Counts.
         external: Uses of parameters while none of their owners was running.
+        backward: Parameters in the order their gradients were accumulated
+            (eager mode with a backward run), else None.
+        inputs: The input tensors of an eager run, as ``dtype[shape]`` by name.
     """
 
     target: str
@@ -294,6 +297,8 @@ class Report:
     unused: tuple[ParamInfo, ...]
     summary: Summary
     external: tuple[ExternalUse, ...] = ()
+    backward: tuple[str, ...] | None = None
+    inputs: Mapping[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -347,6 +352,7 @@ class Report:
     def __post_init__(self) -> None:
         frozen_args = MappingProxyType({k: jsonable(v) for k, v in self.concrete_args.items()})
         object.__setattr__(self, "concrete_args", frozen_args)
+        object.__setattr__(self, "inputs", MappingProxyType(dict(self.inputs)))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -355,11 +361,13 @@ class Report:
             "target": self.target,
             "mode": self.mode,
             "concrete_args": dict(self.concrete_args),
+            "inputs": dict(self.inputs),
             "modules": [call.to_dict() for call in self.modules],
             "params": [param.to_dict() for param in self.params],
             "unused": [param.to_dict() for param in self.unused],
             "dead": [param.to_dict() for param in self.dead],
             "external": [use.to_dict() for use in self.external],
+            "backward": None if self.backward is None else list(self.backward),
             "summary": self.summary.to_dict(),
         }
 
@@ -385,6 +393,8 @@ class Report:
                 unused=tuple(ParamInfo.from_dict(p) for p in data["unused"]),
                 summary=Summary.from_dict(data["summary"]),
                 external=tuple(ExternalUse.from_dict(u) for u in data["external"]),
+                backward=None if data["backward"] is None else tuple(data["backward"]),
+                inputs=data["inputs"],
             )
         except (KeyError, TypeError) as exc:
             raise SchemaError(f"report is missing or has a malformed field: {exc}") from None

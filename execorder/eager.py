@@ -1,0 +1,258 @@
+"""The eager backend: run forward for real and record what runs.
+
+Module calls come from global forward pre/post hooks. Parameter uses come
+from the parameters themselves: for the duration of the run each parameter of
+the model is re-classed to a private subclass of ``nn.Parameter`` with a
+``__torch_function__`` that reports to the recorder. torch only calls into
+Python for ops that actually receive one of these parameters (as an argument,
+keyword or inside a list), so ops on activations cost nothing extra. The
+parameter objects stay the same, so identity, tying and autograd are
+unaffected; their class is restored afterwards, also when forward raises.
+
+Both backends feed the same :class:`~execorder.recorder.Recorder`, so an
+eager report has the same shape as an FX one (``mode`` is ``"eager"``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from execorder.errors import ConcreteArgError, TraceFailure
+from execorder.recorder import Recorder
+from execorder.report import Report
+
+
+class MetaDeviceError(TraceFailure):
+    """Forward failed on the meta device (it needs real tensor values)."""
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor inside nested tuples, lists, dicts (a ModelOutput too)."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _tensors(item)
+
+
+@contextmanager
+def _recording_params(root: nn.Module, recorder: Recorder) -> Iterator[None]:
+    """Re-class ``root``'s parameters so that every op reading one reports it."""
+    params = list(root.parameters())
+    own = frozenset(id(p) for p in params)
+
+    def found_in(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[nn.Parameter]:
+        found = []
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, (list, tuple)):
+                found += [v for v in value if id(v) in own]
+            elif id(value) in own:
+                found.append(value)
+        return found
+
+    def torch_function(
+        cls: type, func: Callable[..., Any], types: Any, args: Any = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        recorder.use(found_in(args, kwargs))
+        # As nn.Parameter itself does: results are plain tensors.
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+    recording = type(
+        "RecordingParameter", (nn.Parameter,), {"__torch_function__": classmethod(torch_function)}
+    )
+    originals = [type(p) for p in params]
+    try:
+        for param in params:
+            param.__class__ = recording
+        yield
+    finally:
+        for param, cls in zip(params, originals, strict=True):
+            param.__class__ = cls
+
+
+@contextmanager
+def _recording_calls(root: nn.Module, recorder: Recorder) -> Iterator[None]:
+    """Global forward hooks that report calls of ``root``'s modules."""
+    known = frozenset(id(m) for m in root.modules())
+    inside_root = [False]
+
+    def pre(module: nn.Module, args: Any) -> None:
+        if module is root and not inside_root[0]:
+            inside_root[0] = True  # the root's call is the recorder's first
+        elif id(module) in known:
+            recorder.enter(module)
+
+    def post(module: nn.Module, args: Any, output: Any) -> None:
+        if module is root and recorder.current.module is root:
+            inside_root[0] = False
+        elif id(module) in known:
+            recorder.exit(module)
+
+    handles: list[RemovableHandle] = [
+        nn.modules.module.register_module_forward_pre_hook(pre),
+        nn.modules.module.register_module_forward_hook(post),
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def live_params(outputs: Any, root: nn.Module) -> set[nn.Parameter]:
+    """Parameters whose gradient accumulators the outputs' autograd graph reaches.
+
+    Nothing is computed: the graph is walked, not run.
+    """
+    own = {id(p): p for p in root.parameters()}
+    live: set[nn.Parameter] = set()
+    seen: set[Any] = set()
+    stack: list[Any] = []
+    for tensor in _tensors(outputs):
+        if tensor.grad_fn is not None:
+            stack.append(tensor.grad_fn)
+        elif id(tensor) in own and tensor.requires_grad:
+            live.add(own[id(tensor)])  # a parameter returned as it is
+    while stack:
+        fn = stack.pop()
+        if fn in seen:
+            continue
+        seen.add(fn)
+        variable = getattr(fn, "variable", None)
+        if variable is not None and id(variable) in own:
+            live.add(own[id(variable)])
+        stack.extend(next_fn for next_fn, _ in fn.next_functions if next_fn is not None)
+    return live
+
+
+def backward_order(outputs: Any, root: nn.Module) -> list[nn.Parameter]:
+    """Run backward on the sum of the outputs; the order gradients are accumulated.
+
+    That is the order DDP's reducer and FSDP's backward prefetching see.
+    """
+    losses = [t.float().sum() for t in _tensors(outputs) if t.requires_grad]
+    order: list[nn.Parameter] = []
+    if not losses:
+        return order
+    handles = [
+        p.register_post_accumulate_grad_hook(order.append)
+        for p in root.parameters()
+        if p.requires_grad
+    ]
+    try:
+        torch.stack(losses).sum().backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order
+
+
+def check_forward_args(model: nn.Module, names: Sequence[str]) -> None:
+    """Check that inputs and concrete arguments name parameters of ``forward``.
+
+    Raises:
+        ConcreteArgError: Naming the unknown argument and the valid names.
+    """
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    valid = [p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    for name in names:
+        if name not in valid:
+            raise ConcreteArgError(
+                f"{type(model).__name__}.forward has no argument {name!r}; "
+                f"its arguments are: {', '.join(valid) or '(none)'}"
+            )
+
+
+def _on_meta(model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
+    tensors = [*model.parameters(), *model.buffers(), *_tensors(list(args)), *_tensors(kwargs)]
+    return any(t.is_meta for t in tensors)
+
+
+def trace(
+    model: nn.Module,
+    *,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    backward: bool = False,
+    target: str | None = None,
+    inputs: Mapping[str, str] | None = None,
+) -> Report:
+    """Run ``model(*args, **kwargs)`` for real and report its execution order.
+
+    Pure: nothing is printed. On the meta device nothing is computed either,
+    only shapes.
+
+    Args:
+        model: The module to run.
+        args: Positional arguments of forward.
+        kwargs: Keyword arguments of forward (inputs and concrete values).
+        backward: Also run backward on the sum of the outputs and record the
+            order in which parameters' gradients are accumulated.
+        target: What to call the model in the report; its class name by default.
+        inputs: Descriptions of the input tensors for the report; by default
+            those of the tensor arguments.
+
+    Returns:
+        The report, with ``mode`` ``"eager"``.
+
+    Raises:
+        ConcreteArgError: If a keyword is not an argument of forward.
+        MetaDeviceError: If forward needs real values and the model or the
+            inputs are on the meta device.
+        TraceFailure: If forward raises otherwise.
+    """
+    kwargs = dict(kwargs or {})
+    check_forward_args(model, list(kwargs))
+    owner = f"{type(model).__name__}.forward"
+    recorder = Recorder(model)
+    try:
+        with ExitStack() as stack, torch.enable_grad():
+            stack.enter_context(_recording_calls(model, recorder))
+            stack.enter_context(_recording_params(model, recorder))
+            outputs = model(*args, **kwargs)
+            # A parameter returned as it is counts as used by the root.
+            own = {id(p) for p in model.parameters()}
+            recorder.use([t for t in _tensors(outputs) if id(t) in own])  # type: ignore[misc]
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+        if _on_meta(model, args, kwargs):
+            raise MetaDeviceError(
+                f"While running {owner} on the meta device: {reason}. Its forward needs "
+                "real tensor values (data-dependent control flow or indexing); use --device cpu"
+            ) from exc
+        raise TraceFailure(f"While running {owner}: {reason}") from exc
+    live = live_params(outputs, model)
+    order = backward_order(outputs, model) if backward else None
+    return recorder.build_report(
+        target=target or type(model).__name__,
+        mode="eager",
+        concrete_args={k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)},
+        live=live,
+        backward=order,
+        inputs=inputs if inputs is not None else _describe(args, kwargs),
+    )
+
+
+def _describe(args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, str]:
+    from execorder.inputs import describe
+
+    described = {f"arg{i}": describe(a) for i, a in enumerate(args) if isinstance(a, torch.Tensor)}
+    described |= {k: describe(v) for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+    return described
