@@ -315,7 +315,7 @@ def _load(target: str, init: list[str] | None, device: str | None) -> Any:
 
 
 def _note(text: str) -> None:
-    _stderr.print(f"execorder: note: {text}", markup=False)
+    typer.echo(f"execorder: note: {text}", err=True)
 
 
 class _Tracer:
@@ -372,7 +372,8 @@ class _Tracer:
                 raise TraceFailure(
                     f"{exc}. Or run forward for real: --mode eager --input NAME=DTYPE[D0,...]"
                 ) from exc
-            _note(f"torch.fx could not trace it ({exc}); ran forward eagerly instead")
+            reason = str(exc).split(": ", 1)[-1].split(". ")[0]
+            _note(f"torch.fx could not trace it ({reason}); ran forward eagerly instead")
             self.mode = Mode.eager
             return self._eager(concrete_args)
 
@@ -409,7 +410,8 @@ class _Tracer:
         except MetaDeviceError as exc:
             if self.chosen_device is not None:
                 raise
-            _note(f"{str(exc).split('. Its forward')[0]}; reran it on CPU")
+            reason = str(exc).split(": ", 1)[-1].split(". Its forward")[0]
+            _note(f"forward needs real values on the meta device ({reason}); reran it on CPU")
             self.device = "cpu"
             self.model = _load(self.target, self.init, "cpu")
             return self._eager(concrete_args)

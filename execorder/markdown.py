@@ -79,6 +79,7 @@ def report_markdown(report: Report) -> str:
     )
     facts = [
         ("concrete args", ", ".join(f"`{k}={v!r}`" for k, v in report.concrete_args.items())),
+        ("inputs", ", ".join(f"`{k}={v}`" for k, v in report.inputs.items())),
         ("module calls", f"{s.calls:,} ({s.modules:,} distinct modules)"),
         ("parameters used", f"{s.params_used:,} of {s.params_total:,}"),
         ("unused", f"{s.params_unused:,} ({s.numel_unused:,} elements, {s.unused_fraction:.1%})"),
@@ -158,6 +159,17 @@ def report_markdown(report: Report) -> str:
             fold=True,
         )
     )
+    if report.backward is not None:
+        forward = {p.name: i for i, p in enumerate(report.params)}
+        rows = [(i, _code(n), forward.get(n, "")) for i, n in enumerate(report.backward)]
+        parts.append(
+            _section(
+                f"Backward order ({len(rows)} gradients)",
+                _table(["#", "parameter", "forward #"], rows, right=(0, 2)),
+                rows=len(rows),
+                fold=True,
+            )
+        )
     return "\n\n".join(parts) + "\n"
 
 

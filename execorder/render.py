@@ -52,10 +52,13 @@ def render_summary(report: Report) -> Table:
     s = report.summary
     table = _table("Summary", "", "")
     table.show_header = False
-    table.add_row("target", f"{report.target} ({report.mode} trace)")
+    table.add_row("target", report.target)
+    table.add_row("mode", report.mode)
     if report.concrete_args:
         args = ", ".join(f"{k}={v!r}" for k, v in report.concrete_args.items())
         table.add_row("concrete args", args)
+    if report.inputs:
+        table.add_row("inputs", ", ".join(f"{k}={v}" for k, v in report.inputs.items()))
     table.add_row("module calls", f"{s.calls:,} ({s.modules:,} distinct modules)")
     frozen = f" ({s.params_frozen:,} frozen)" if s.params_frozen else ""
     table.add_row("parameters used", f"{s.params_used:,} of {s.params_total:,}{frozen}")
@@ -216,6 +219,23 @@ def render_external(external: Sequence[ExternalUse]) -> RenderableType:
     return table
 
 
+def render_backward(report: Report, *, max_rows: int | None = None) -> RenderableType:
+    """Parameters in the order backward accumulated their gradients."""
+    order = report.backward or ()
+    table = _table(
+        "Backward order (gradient accumulation)",
+        "#",
+        "parameter",
+        "forward #",
+        right=("#", "forward #"),
+    )
+    forward = {p.name: i for i, p in enumerate(report.params)}
+    rows = order if not max_rows else order[:max_rows]
+    for i, name in enumerate(rows):
+        table.add_row(str(i), name, str(forward.get(name, "")))
+    return _cut(table, len(rows), len(order), "parameter")
+
+
 def render_report(
     report: Report, *, depth: int | None = None, max_rows: int | None = None
 ) -> RenderableType:
@@ -235,6 +255,8 @@ def render_report(
     ]
     if report.external:
         parts.append(render_external(report.external))
+    if report.backward is not None:
+        parts.append(render_backward(report, max_rows=max_rows))
     return Group(*parts)
 
 

@@ -55,6 +55,7 @@ CASES: dict[str, Case] = {
     "frozen": Case(models.Frozen, _x(2, 4)),
     "external": Case(models.ExternalUse, _x(2, 4)),
     "opaque-leaf": Case(models.OpaqueLeaf, _x(2, 3, 4)),
+    "attention": Case(models.WithAttention, _x(2, 3, 8)),
 }
 
 

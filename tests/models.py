@@ -275,3 +275,16 @@ class Ordered(nn.Module):
     def forward(self, x: torch.Tensor, swap: bool = False) -> torch.Tensor:
         x = self.c(x)
         return self.a(self.b(x)) if swap else self.b(self.a(x))
+
+
+class WithAttention(nn.Module):
+    """nn.MultiheadAttention reads its ``out_proj`` weights without calling ``out_proj``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.attn(x, x, x, need_weights=False)
+        return self.head(out)

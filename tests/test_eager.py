@@ -1,0 +1,136 @@
+"""The eager backend: same report as FX where both can see, ground truth, safety."""
+
+from __future__ import annotations
+
+import models
+import pytest
+import torch
+from cases import CASES, Case, backward_no_grad
+from seed import Model
+from torch import nn
+from transformer import Transformer
+
+import execorder
+from execorder import eager
+from execorder.errors import ConcreteArgError, TraceFailure
+
+
+def _eager(case: Case, device: str, **options: object) -> execorder.Report:
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = case.build()
+    args = tuple(a.to(device) for a in case.inputs())
+    return eager.trace(model, args=args, kwargs=case.concrete_args, **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_eager_agrees_with_fx(case: Case, device: str) -> None:
+    fx = execorder.trace(case.build(), concrete_args=case.concrete_args)
+    ours = _eager(case, device)
+    assert ours.mode == "eager"
+    assert [c.name for c in ours.modules] == [c.name for c in fx.modules]
+    # Inside a leaf FX cannot see into, it assumes named_parameters() order;
+    # eager observes the real one. Everything FX observed has the same order.
+    assumed = {p.name for p in fx.params if p.assumed}
+    assert [p.name for p in ours.params if p.name not in assumed] == [
+        p.name for p in fx.params if p.name not in assumed
+    ]
+    assert {p.name for p in ours.params} == {p.name for p in fx.params}
+    assert [p.name for p in ours.unused] == [p.name for p in fx.unused]
+    assert [p.name for p in ours.dead] == [p.name for p in fx.dead]
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_eager_no_grad_prediction_equals_a_real_backward(case: Case, device: str) -> None:
+    assert [p.name for p in _eager(case, device).no_grad()] == backward_no_grad(case)
+
+
+def test_eager_observes_what_fx_assumes() -> None:
+    """FX treats torch.nn modules as leaves and assumes their parameters; eager sees them."""
+    fx = execorder.trace(models.OpaqueLeaf())
+    ours = _eager(CASES["opaque-leaf"], "meta")
+    assert {p.name for p in fx.params if p.assumed} == {
+        p.name for p in fx.params if "lstm" in p.name
+    }
+    assert not any(p.assumed for p in ours.params)
+
+
+def test_eager_attributes_uses_to_the_module_that_runs_the_op() -> None:
+    """FX attributes a parameter passed into a leaf to the caller; eager sees the leaf use it."""
+    fx = execorder.trace(models.LeafArgParam())
+    ours = _eager(CASES["leaf-arg"], "meta")
+    assert fx.param("w").first_module == ""
+    assert ours.param("w").first_module == "lin"
+
+
+def test_eager_sees_uses_inside_leaves_that_break_fsdp_wrapping() -> None:
+    """MultiheadAttention reads out_proj's weights without calling out_proj."""
+    fx = execorder.trace(models.WithAttention())
+    ours = _eager(CASES["attention"], "meta")
+    assert fx.external == ()
+    assert {(u.param, u.module) for u in ours.external} == {
+        ("attn.out_proj.weight", "attn"),
+        ("attn.out_proj.bias", "attn"),
+    }
+
+
+def test_backward_order_covers_exactly_the_parameters_with_gradients() -> None:
+    report = _eager(CASES["transformer"], "meta", backward=True)
+    assert report.backward is not None
+    assert sorted(report.backward) == sorted(p.name for p in report.params if not p.dead)
+    assert report.backward[0] == "head.weight"
+    assert report.backward[-1] in {"embed.weight", "pos"}
+
+
+def test_backward_order_on_cpu_matches_meta() -> None:
+    on_meta = _eager(CASES["seed-all-layers"], "meta", backward=True)
+    on_cpu = _eager(CASES["seed-all-layers"], "cpu", backward=True)
+    assert on_meta.backward == on_cpu.backward
+    assert set(on_cpu.backward or ()) == {"layer0.weight", "layer0.bias"}
+
+
+def test_no_backward_means_no_order() -> None:
+    assert _eager(CASES["seed-all-layers"], "meta").backward is None
+
+
+def _global_hooks() -> tuple[int, int]:
+    module = nn.modules.module
+    return len(module._global_forward_pre_hooks), len(module._global_forward_hooks)
+
+
+def test_hooks_and_parameter_classes_are_restored_when_forward_raises() -> None:
+    model = models.Raising()
+    before = _global_hooks()
+    with pytest.raises(TraceFailure, match="boom in forward"):
+        eager.trace(model, args=(torch.randn(2, 4),))
+    assert _global_hooks() == before
+    assert all(type(p) is nn.Parameter for p in model.parameters())
+
+
+def test_parameter_classes_are_restored_after_a_run() -> None:
+    model = Transformer(n_layers=1)
+    eager.trace(model, args=(torch.zeros(1, 4, dtype=torch.long),), backward=True)
+    assert all(type(p) is nn.Parameter for p in model.parameters())
+    assert _global_hooks() == (0, 0)
+
+
+def test_value_dependent_forward_on_meta_raises_meta_device_error() -> None:
+    with torch.device("meta"):
+        model = models.DataDependent()
+    with pytest.raises(eager.MetaDeviceError, match=r"meta device.*\.item\(\)"):
+        eager.trace(model, args=(torch.randn(2, 4, device="meta"),))
+    report = eager.trace(models.DataDependent(), args=(torch.ones(2, 4),))
+    assert [c.name for c in report.modules] == ["", "lin"]
+
+
+def test_unknown_keyword_is_a_concrete_arg_error() -> None:
+    with pytest.raises(ConcreteArgError, match="no argument 'y'; its arguments are: x"):
+        eager.trace(models.DataDependent(), kwargs={"y": torch.ones(1)})
+
+
+def test_inputs_are_described_in_the_report() -> None:
+    report = eager.trace(Model(), args=(torch.randn(2, 6),), kwargs={"run_all_layers": True})
+    assert dict(report.inputs) == {"arg0": "float32[2, 6]"}
+    assert dict(report.concrete_args) == {"run_all_layers": True}
