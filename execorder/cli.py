@@ -314,6 +314,10 @@ def _load(target: str, init: list[str] | None, device: str | None) -> Any:
     return loaded.model
 
 
+def _short(text: str, limit: int = 100) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _note(text: str) -> None:
     typer.echo(f"execorder: note: {text}", err=True)
 
@@ -372,7 +376,7 @@ class _Tracer:
                 raise TraceFailure(
                     f"{exc}. Or run forward for real: --mode eager --input NAME=DTYPE[D0,...]"
                 ) from exc
-            reason = str(exc).split(": ", 1)[-1].split(". ")[0]
+            reason = _short(str(exc).split(": ", 1)[-1].split(". ")[0])
             _note(f"torch.fx could not trace it ({reason}); ran forward eagerly instead")
             self.mode = Mode.eager
             return self._eager(concrete_args)
@@ -410,7 +414,7 @@ class _Tracer:
         except MetaDeviceError as exc:
             if self.chosen_device is not None:
                 raise
-            reason = str(exc).split(": ", 1)[-1].split(". Its forward")[0]
+            reason = _short(str(exc).split(": ", 1)[-1].split(". Its forward")[0])
             _note(f"forward needs real values on the meta device ({reason}); reran it on CPU")
             self.device = "cpu"
             self.model = _load(self.target, self.init, "cpu")

@@ -1,0 +1,110 @@
+"""Real third-party models: tiny transformers models, built from configs, traced eagerly."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+transformers = pytest.importorskip(
+    "transformers", reason="transformers is not installed (pip install execorder[hf])"
+)
+
+import hf  # noqa: E402
+from moe import MoE  # noqa: E402
+
+import execorder  # noqa: E402
+from execorder import eager  # noqa: E402
+from execorder.errors import TraceFailure  # noqa: E402
+
+
+def _ids(device: str) -> torch.Tensor:
+    if device == "meta":
+        return torch.empty(1, 8, dtype=torch.long, device="meta")
+    return torch.randint(0, hf.VOCAB, (1, 8), generator=torch.Generator().manual_seed(0))
+
+
+def _run(build, device: str) -> execorder.Report:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = build()
+    return eager.trace(model, kwargs={"input_ids": _ids(device)})
+
+
+@pytest.mark.parametrize("build", [hf.tiny_llama, hf.tiny_gpt2, hf.tiny_bert, hf.tiny_mixtral])
+def test_torch_fx_cannot_trace_them(build) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(TraceFailure):
+        execorder.trace(build())
+
+
+def test_llama_calls_and_tied_head() -> None:
+    report = _run(hf.tiny_llama, "meta")
+    calls = Counter(c.type for c in report.modules)
+    assert calls["LlamaDecoderLayer"] == 2
+    assert calls["LlamaAttention"] == 2
+    assert calls["LlamaMLP"] == 2
+    assert calls["LlamaRMSNorm"] == 5  # two a layer and the final norm
+    assert calls["Linear"] == 2 * (4 + 3) + 1  # q, k, v, o; gate, up, down; lm_head
+    head = report.param("lm_head.weight")
+    assert head.name == "model.embed_tokens.weight"
+    assert head.aliases == ("lm_head.weight",)
+    assert report.unused == () and report.dead == ()
+
+
+def test_llama_reports_agree_on_meta_and_cpu() -> None:
+    on_meta = _run(hf.tiny_llama, "meta").to_dict()
+    on_cpu = _run(hf.tiny_llama, "cpu").to_dict()
+    assert on_meta["modules"] == on_cpu["modules"]
+    assert on_meta["params"] == on_cpu["params"]
+
+
+def test_untied_llama_has_its_own_head() -> None:
+    report = _run(lambda: hf.tiny_llama(tie=False), "meta")
+    assert report.param("lm_head.weight").aliases == ()
+    assert report.summary.params_total == 1 + 2 * 9 + 1 + 1
+
+
+def test_gpt2_ties_lm_head_to_wte() -> None:
+    report = _run(hf.tiny_gpt2, "meta")
+    assert report.param("lm_head.weight").name == "transformer.wte.weight"
+    calls = Counter(c.type for c in report.modules)
+    assert calls["GPT2Block"] == 2 and calls["Embedding"] == 2
+    assert report.no_grad() == ()
+
+
+def test_bert_uses_every_parameter_including_the_pooler() -> None:
+    report = _run(hf.tiny_bert, "meta")
+    assert Counter(c.type for c in report.modules)["BertLayer"] == 2
+    assert report.param("pooler.dense.weight").used
+    assert report.no_grad() == ()
+
+
+def test_mixtral_routing_needs_real_values() -> None:
+    with pytest.raises(eager.MetaDeviceError, match="meta device"):
+        _run(hf.tiny_mixtral, "meta")
+    report = _run(hf.tiny_mixtral, "cpu")
+    assert Counter(c.type for c in report.modules)["MixtralDecoderLayer"] == 2
+    # transformers 5 fuses the experts of a layer into 3-D parameters, so every
+    # one of them gets a gradient whatever the routing; so does the router.
+    assert report.param("model.layers.0.mlp.experts.gate_up_proj").shape[0] == 8
+    assert report.no_grad() == ()
+    assert not report.param("model.layers.0.mlp.gate.weight").dead
+
+
+def test_experts_no_token_was_routed_to_are_unused_on_cpu() -> None:
+    torch.manual_seed(0)
+    model = MoE(dim=16, n_experts=8)
+    x = torch.randn(4, 16)
+    chosen = set(model.router(x).argmax(-1).tolist())
+    report = eager.trace(model, args=(x,))
+    idle = {i for i in range(8) if i not in chosen}
+    assert idle, "with 4 tokens and 8 experts some expert must be idle"
+    assert {p.name for p in report.unused} == {
+        f"experts.{i}.{layer}.{kind}" for i in idle for layer in ("up", "down")
+        for kind in ("weight", "bias")
+    }  # fmt: skip
+    with torch.device("meta"):
+        on_meta = MoE(dim=16, n_experts=8)
+    with pytest.raises(eager.MetaDeviceError):
+        eager.trace(on_meta, args=(torch.empty(4, 16, device="meta"),))
