@@ -238,8 +238,9 @@ def trace(
                 "real tensor values (data-dependent control flow or indexing); use --device cpu"
             ) from exc
         raise TraceFailure(f"While running {owner}: {reason}") from exc
-    live = live_params(outputs, model)
     order = backward_order(outputs, model) if backward else None
+    # A backward already says which parameters got a gradient: no graph walk.
+    live = set(order) if order is not None else live_params(outputs, model)
     return recorder.build_report(
         target=target or type(model).__name__,
         mode="eager",

@@ -1,0 +1,26 @@
+"""Eager mode on a CUDA device (skipped where there is none)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from cases import CASES
+
+from execorder import eager
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("name", ["seed-all-layers", "transformer", "frozen", "argmax-routing"])
+def test_cuda_report_equals_cpu_report(name: str) -> None:
+    case = CASES[name]
+    reports = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = case.build()
+        args = tuple(a.to(device) for a in case.inputs())
+        reports[device] = eager.trace(model, args=args, kwargs=case.concrete_args, backward=True)
+    cpu, cuda = (reports[d].to_dict() for d in ("cpu", "cuda"))
+    for key in ("modules", "params", "unused", "dead", "backward"):
+        assert cuda[key] == cpu[key], key
