@@ -75,3 +75,17 @@ def test_schema_command_prints_the_shipped_schema() -> None:
     result = CliRunner().invoke(app, ["schema"])
     assert result.exit_code == 0
     assert json.loads(result.stdout) == SCHEMA
+
+
+@pytest.mark.parametrize("backward", [False, True])
+@pytest.mark.parametrize("name", ["seed-all-layers", "frozen", "attention", "returned"])
+def test_eager_reports_validate(name: str, backward: bool) -> None:
+    from execorder import eager
+
+    case = CASES[name]
+    report = eager.trace(
+        case.build(), args=case.inputs(), kwargs=case.concrete_args, backward=backward
+    )
+    data = json.loads(json.dumps(report.to_dict()))
+    _validate(data, "report")
+    assert (data["backward"] is None) is not backward
