@@ -68,8 +68,8 @@ def test_inputs_factory(tmp_path: Path) -> None:
         "def seed_inputs(device):\n"
         "    return (torch.randn(2, 6, device=device),), {'run_all_layers': False}\n"
     )
-    result = invoke("trace", SEED, "--mode", "eager",
-                    "--inputs", f"{tmp_path}/make_inputs_for_test.py:seed_inputs", "-f", "json")  # fmt: skip
+    factory = f"{tmp_path}/make_inputs_for_test.py:seed_inputs"
+    result = invoke("trace", SEED, "--mode", "eager", "--inputs", factory, "-f", "json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["inputs"] == {"arg0": "float32[2, 6]"}
