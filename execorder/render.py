@@ -22,7 +22,7 @@ def _label(name: str) -> str:
 
 
 def _shape(shape: Sequence[int]) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
+    return "×".join(str(d) for d in shape) or "scalar"
 
 
 def _table(title: str, *columns: str, right: Sequence[str] = ()) -> Table:
@@ -144,7 +144,10 @@ def _status(param: ParamInfo) -> Text:
 
 
 def _first_use(param: ParamInfo) -> str:
-    return f"{_label(param.first_module or '')} (#{param.first_call})"
+    """``#N`` when the owner itself first used it, else ``#N module``."""
+    if param.first_module == param.owner:
+        return f"#{param.first_call}"
+    return f"#{param.first_call} {_label(param.first_module or '')}"
 
 
 def _param_table(
@@ -157,12 +160,15 @@ def _param_table(
     max_rows: int | None = None,
 ) -> RenderableType:
     heading, cell = last
+    status = status and any(_status(p) for p in params)
     columns = ["parameter", "shape", "numel", heading]
     if numbered:
         columns.insert(0, "#")
     if status:
         columns.append("status")
     table = _table(title, *columns, right=("#", "numel"))
+    # Names are what people search for: never cut them, wrap the rest.
+    table.columns[columns.index("parameter")].no_wrap = True
     rows = params if not max_rows else params[:max_rows]
     for i, param in enumerate(rows):
         cells: list[str | Text] = [
@@ -184,7 +190,7 @@ def render_params(params: Sequence[ParamInfo], *, max_rows: int | None = None) -
     return _param_table(
         "Parameter forward order (first use)",
         params,
-        ("first used by", _first_use),
+        ("first use", _first_use),
         numbered=True,
         max_rows=max_rows,
     )
@@ -205,7 +211,7 @@ def render_dead(dead: Sequence[ParamInfo], *, max_rows: int | None = None) -> Re
     return _param_table(
         "Dead parameters (no gradient)",
         dead,
-        ("first used by", _first_use),
+        ("first use", _first_use),
         status=False,
         max_rows=max_rows,
     )
@@ -222,13 +228,7 @@ def render_external(external: Sequence[ExternalUse]) -> RenderableType:
 def render_backward(report: Report, *, max_rows: int | None = None) -> RenderableType:
     """Parameters in the order backward accumulated their gradients."""
     order = report.backward or ()
-    table = _table(
-        "Backward order (gradient accumulation)",
-        "#",
-        "parameter",
-        "forward #",
-        right=("#", "forward #"),
-    )
+    table = _table("Backward order", "#", "parameter", "forward #", right=("#", "forward #"))
     forward = {p.name: i for i, p in enumerate(report.params)}
     rows = order if not max_rows else order[:max_rows]
     for i, name in enumerate(rows):
@@ -274,7 +274,7 @@ def render_ddp(explanation: DdpExplanation) -> RenderableType:
         "index",
         "parameter",
         "execorder says",
-        "first used by",
+        "first use",
         right=("index",),
     )
     for entry in explanation.indices:
