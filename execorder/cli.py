@@ -27,8 +27,8 @@ from execorder.errors import ArgumentSyntaxError, ExecOrderError, OutputError
 app = typer.Typer(
     name="execorder",
     help=(
-        "Execution-order profiler for PyTorch models: module order, parameter order "
-        "and unused parameters, found before you launch DDP or FSDP."
+        "Execution-order profiler for PyTorch models: module order, parameter order, "
+        "and the parameters that will get no gradient, found before you launch DDP or FSDP."
     ),
     add_completion=False,
     no_args_is_help=True,
@@ -84,8 +84,8 @@ InitOpt = Annotated[
 DeviceOpt = Annotated[
     Device | None,
     typer.Option(
-        help="Where to build the model. Default: meta (no memory, no init), "
-        "falling back to cpu if the constructor needs real tensors.",
+        help="Where to build (and in eager mode run) the model. Default: meta (no "
+        "memory, no compute), falling back to cpu if real tensor values are needed.",
         show_default=False,
     ),
 ]
