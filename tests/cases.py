@@ -11,18 +11,40 @@ from typing import Any
 
 import models
 import torch
+from llama import Llama
+from moe import MoE
 from reuse import Reuse
 from seed import Model
 from tied import TiedLM
 from torch import nn
 from transformer import Transformer
 
+import execorder
+from execorder import eager
+from execorder.report import Report
+
 
 @dataclass(frozen=True)
 class Case:
+    """A model, its inputs, and its concrete arguments.
+
+    ``fx`` is False for models torch.fx cannot trace, ``meta`` False for
+    forwards that need real values (both then run eagerly on CPU).
+    """
+
     build: Callable[[], nn.Module]
     inputs: Callable[[], tuple[Any, ...]]
     concrete_args: dict[str, Any] = field(default_factory=dict)
+    fx: bool = True
+    meta: bool = True
+
+
+def predict(case: Case) -> Report:
+    """execorder's report for a case: FX where it can trace, else eager on CPU."""
+    torch.manual_seed(0)
+    if case.fx:
+        return execorder.trace(case.build(), concrete_args=case.concrete_args)
+    return eager.trace(case.build(), args=case.inputs(), kwargs=case.concrete_args)
 
 
 def _x(*shape: int) -> Callable[[], tuple[Any, ...]]:
@@ -56,11 +78,18 @@ CASES: dict[str, Case] = {
     "external": Case(models.ExternalUse, _x(2, 4)),
     "opaque-leaf": Case(models.OpaqueLeaf, _x(2, 3, 4)),
     "attention": Case(models.WithAttention, _x(2, 3, 8)),
+    "ordered": Case(models.Ordered, _x(2, 4), {"swap": False}),
+    "ordered-swapped": Case(models.Ordered, _x(2, 4), {"swap": True}),
+    "needs-width": Case(lambda: models.NeedsWidth(4, 2), _x(2, 4)),
+    "llama": Case(Llama, _ids(128, 2, 6)),
+    "moe": Case(MoE, _x(4, 16), fx=False, meta=False),
+    "data-dependent": Case(models.DataDependent, _x(2, 4), fx=False, meta=False),
 }
 
 
 def backward_no_grad(case: Case) -> list[str]:
     """Names of trainable parameters with no gradient after a real backward."""
+    torch.manual_seed(0)
     model = case.build()
     outputs = model(*case.inputs(), **case.concrete_args)
     flat = outputs if isinstance(outputs, tuple) else (outputs,)

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch.distributed as dist
-from cases import CASES
-
-import execorder
+from cases import CASES, predict
 
 PROBE = Path(__file__).resolve().parent / "ddp_probe.py"
 
@@ -48,8 +46,7 @@ def ddp_indices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[int]
 
 @pytest.mark.parametrize("name", CASES)
 def test_prediction_matches_ddp(name: str, ddp_indices: dict[str, list[int] | None]) -> None:
-    case = CASES[name]
-    report = execorder.trace(case.build(), concrete_args=case.concrete_args)
+    report = predict(CASES[name])
     order = report.ddp_order()
     predicted = [order.index(p) for p in report.no_grad()]
     if ddp_indices[name] is None:

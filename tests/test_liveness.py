@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import models
 import pytest
-from cases import CASES, Case, backward_no_grad
+from cases import CASES, Case, backward_no_grad, predict
 from seed import Model
 
 import execorder
@@ -12,8 +12,7 @@ import execorder
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_unused_plus_dead_is_exactly_no_grad_after_backward(case: Case) -> None:
-    report = execorder.trace(case.build(), concrete_args=case.concrete_args)
-    predicted = [p.name for p in report.no_grad()]
+    predicted = [p.name for p in predict(case).no_grad()]
     assert predicted == backward_no_grad(case)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import jsonschema
 import models
 import pytest
-from cases import CASES
+from cases import CASES, predict
 from seed import Model
 from typer.testing import CliRunner
 
@@ -35,7 +35,7 @@ def test_the_schema_is_a_valid_json_schema() -> None:
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_every_report_validates(case: Any) -> None:
-    report = execorder.trace(case.build(), concrete_args=case.concrete_args)
+    report = predict(case)
     _validate(json.loads(json.dumps(report.to_dict())), "report")
 
 
