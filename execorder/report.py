@@ -393,8 +393,9 @@ class Report:
                 unused=tuple(ParamInfo.from_dict(p) for p in data["unused"]),
                 summary=Summary.from_dict(data["summary"]),
                 external=tuple(ExternalUse.from_dict(u) for u in data["external"]),
-                backward=None if data["backward"] is None else tuple(data["backward"]),
-                inputs=data["inputs"],
+                # Optional, additive fields: absent means "not recorded".
+                backward=None if data.get("backward") is None else tuple(data["backward"]),
+                inputs=data.get("inputs", {}),
             )
         except (KeyError, TypeError) as exc:
             raise SchemaError(f"report is missing or has a malformed field: {exc}") from None

@@ -117,3 +117,10 @@ def test_concrete_args_are_made_json_safe() -> None:
     odd = dataclasses.replace(report, concrete_args={"x": object(), "y": float("inf")})
     assert isinstance(odd.concrete_args["x"], str)
     assert odd.concrete_args["y"] == "inf"
+
+
+def test_optional_fields_may_be_absent() -> None:
+    data = execorder.trace(Model(), concrete_args={"run_all_layers": True}).to_dict()
+    del data["backward"], data["inputs"]
+    report = Report.from_dict(data)
+    assert report.backward is None and dict(report.inputs) == {}
