@@ -15,7 +15,6 @@ eager report has the same shape as an FX one (``mode`` is ``"eager"``).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -24,8 +23,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from execorder.errors import ConcreteArgError, TraceFailure
-from execorder.recorder import Recorder
+from execorder.errors import TraceFailure
+from execorder.recorder import Recorder, check_forward_args
 from execorder.report import Report
 
 
@@ -157,27 +156,6 @@ def backward_order(outputs: Any, root: nn.Module) -> list[nn.Parameter]:
         for handle in handles:
             handle.remove()
     return order
-
-
-def check_forward_args(model: nn.Module, names: Sequence[str]) -> None:
-    """Check that inputs and concrete arguments name parameters of ``forward``.
-
-    Raises:
-        ConcreteArgError: Naming the unknown argument and the valid names.
-    """
-    try:
-        params = inspect.signature(model.forward).parameters.values()
-    except (TypeError, ValueError):
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return
-    valid = [p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL]
-    for name in names:
-        if name not in valid:
-            raise ConcreteArgError(
-                f"{type(model).__name__}.forward has no argument {name!r}; "
-                f"its arguments are: {', '.join(valid) or '(none)'}"
-            )
 
 
 def _on_meta(model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:

@@ -9,7 +9,6 @@ output node, so a parameter returned as-is counts as used.
 from __future__ import annotations
 
 import gc
-import inspect
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -18,9 +17,9 @@ import torch
 import torch.fx
 from torch import nn
 
-from execorder.errors import ConcreteArgError, TraceFailure
+from execorder.errors import TraceFailure
 from execorder.liveness import live_params
-from execorder.recorder import Recorder
+from execorder.recorder import Recorder, check_forward_args
 from execorder.report import Report
 
 _OP_KINDS = frozenset({"call_function", "call_method"})
@@ -232,29 +231,6 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def check_concrete_args(model: nn.Module, concrete_args: Mapping[str, Any]) -> None:
-    """Check that every concrete argument names a parameter of ``model.forward``.
-
-    Raises:
-        ConcreteArgError: Naming the unknown argument and the valid names.
-    """
-    try:
-        signature = inspect.signature(model.forward)
-    except (TypeError, ValueError):
-        return
-    params = signature.parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return
-    valid = [p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL]
-    for name in concrete_args:
-        if name not in valid:
-            listed = ", ".join(valid) if valid else "(none)"
-            raise ConcreteArgError(
-                f"{type(model).__name__}.forward has no argument {name!r}; "
-                f"its arguments are: {listed}"
-            )
-
-
 def trace(
     model: nn.Module,
     *,
@@ -282,7 +258,7 @@ def trace(
     if not isinstance(model, nn.Module):
         raise TypeError(f"trace() expects an nn.Module, got {type(model).__name__}")
     args = dict(concrete_args or {})
-    check_concrete_args(model, args)
+    check_forward_args(model, list(args))
     owner = f"{type(model).__name__}.forward"
     recorder = Recorder(model)
     tracer = _Tracer()

@@ -9,6 +9,7 @@ live module and parameter objects; names are resolved once, in
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
+from execorder.errors import ConcreteArgError
 from execorder.report import ExternalUse, ModuleCall, ParamGroup, ParamInfo, Report, Summary
 
 
@@ -298,3 +300,24 @@ def _qualnames(named: Iterable[tuple[str, Any]]) -> dict[int, list[str]]:
     for name, obj in named:
         names.setdefault(id(obj), []).append(name)
     return names
+
+
+def check_forward_args(model: nn.Module, names: Iterable[str]) -> None:
+    """Check that each name is an argument of ``model.forward`` (both backends use it).
+
+    Raises:
+        ConcreteArgError: Naming the unknown argument and the valid names.
+    """
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    valid = [p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    for name in names:
+        if name not in valid:
+            raise ConcreteArgError(
+                f"{type(model).__name__}.forward has no argument {name!r}; "
+                f"its arguments are: {', '.join(valid) or '(none)'}"
+            )
