@@ -400,10 +400,6 @@ class Report:
         except (KeyError, TypeError) as exc:
             raise SchemaError(f"report is missing or has a malformed field: {exc}") from None
 
-    def call(self, index: int) -> ModuleCall:
-        """The module call at ``index`` of the forward order."""
-        return self.modules[index]
-
     def param(self, name: str) -> ParamInfo:
         """Look a parameter up by any of its qualified names.
 
