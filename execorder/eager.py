@@ -45,9 +45,8 @@ def _tensors(value: Any) -> Iterator[torch.Tensor]:
 
 
 @contextmanager
-def _recording_params(root: nn.Module, recorder: Recorder) -> Iterator[None]:
-    """Re-class ``root``'s parameters so that every op reading one reports it."""
-    params = list(root.parameters())
+def _recording_params(params: Sequence[nn.Parameter], recorder: Recorder) -> Iterator[None]:
+    """Re-class ``params`` so that every op reading one reports it."""
     own = frozenset(id(p) for p in params)
 
     def found_in(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[nn.Parameter]:
@@ -110,12 +109,12 @@ def _recording_calls(root: nn.Module, recorder: Recorder) -> Iterator[None]:
             handle.remove()
 
 
-def live_params(outputs: Any, root: nn.Module) -> set[nn.Parameter]:
-    """Parameters whose gradient accumulators the outputs' autograd graph reaches.
+def live_params(outputs: Any, params: Sequence[nn.Parameter]) -> set[nn.Parameter]:
+    """Those of ``params`` whose gradient accumulators the outputs' autograd graph reaches.
 
     Nothing is computed: the graph is walked, not run.
     """
-    own = {id(p): p for p in root.parameters()}
+    own = {id(p): p for p in params}
     live: set[nn.Parameter] = set()
     seen: set[Any] = set()
     stack: list[Any] = []
@@ -136,8 +135,8 @@ def live_params(outputs: Any, root: nn.Module) -> set[nn.Parameter]:
     return live
 
 
-def backward_order(outputs: Any, root: nn.Module) -> list[nn.Parameter]:
-    """Run backward on the sum of the outputs; the order gradients are accumulated.
+def backward_order(outputs: Any, params: Sequence[nn.Parameter]) -> list[nn.Parameter]:
+    """Run backward on the sum of the outputs; the order ``params``' gradients are accumulated.
 
     That is the order DDP's reducer and FSDP's backward prefetching see.
     """
@@ -146,9 +145,7 @@ def backward_order(outputs: Any, root: nn.Module) -> list[nn.Parameter]:
     if not losses:
         return order
     handles = [
-        p.register_post_accumulate_grad_hook(order.append)
-        for p in root.parameters()
-        if p.requires_grad
+        p.register_post_accumulate_grad_hook(order.append) for p in params if p.requires_grad
     ]
     try:
         torch.stack(losses).sum().backward()
@@ -200,13 +197,14 @@ def trace(
     check_forward_args(model, list(kwargs))
     owner = f"{type(model).__name__}.forward"
     recorder = Recorder(model)
+    params = list(model.parameters())
     try:
         with ExitStack() as stack, torch.enable_grad():
             stack.enter_context(_recording_calls(model, recorder))
-            stack.enter_context(_recording_params(model, recorder))
+            stack.enter_context(_recording_params(params, recorder))
             outputs = model(*args, **kwargs)
             # A parameter returned as it is counts as used by the root.
-            own = {id(p) for p in model.parameters()}
+            own = {id(p) for p in params}
             recorder.use([t for t in _tensors(outputs) if id(t) in own])  # type: ignore[misc]
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
@@ -216,9 +214,9 @@ def trace(
                 "real tensor values (data-dependent control flow or indexing); use --device cpu"
             ) from exc
         raise TraceFailure(f"While running {owner}: {reason}") from exc
-    order = backward_order(outputs, model) if backward else None
+    order = backward_order(outputs, params) if backward else None
     # A backward already says which parameters got a gradient: no graph walk.
-    live = set(order) if order is not None else live_params(outputs, model)
+    live = set(order) if order is not None else live_params(outputs, params)
     return recorder.build_report(
         target=target or type(model).__name__,
         mode="eager",

@@ -203,7 +203,9 @@ class Recorder:
         for name, param in named_params:
             owner = by_module_name[name.rpartition(".")[0]]
             owners.setdefault(id(param), set()).add(id(owner))
-        position = {id(p): i for i, p in enumerate(self.root.parameters())}
+        # parameters() order: each parameter where it is first named.
+        every_param = list({id(p): p for _, p in named_params}.values())
+        position = {id(p): i for i, p in enumerate(every_param)}
         live_ids = None if live is None else {id(p) for p in live}
 
         def module_name(module: nn.Module) -> str:
@@ -256,7 +258,7 @@ class Recorder:
             )
 
         used = tuple(info(p, self._first_call[p]) for p in self.param_order)
-        unused = tuple(info(p, None) for p in self.root.parameters() if p not in self.visited)
+        unused = tuple(info(p, None) for p in every_param if p not in self.visited)
         external = tuple(
             ExternalUse(
                 param=param_names[id(param)][0],

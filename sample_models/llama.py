@@ -101,8 +101,8 @@ class Llama(nn.Module):
         positions = torch.arange(input_ids.shape[1], device=input_ids.device).float()
         angles = torch.outer(positions, self.inv_freq)
         angles = torch.cat((angles, angles), dim=-1)
-        cos, sin = angles.cos(), angles.sin()
         x = self.embed_tokens(input_ids)
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin)
         return self.lm_head(self.norm(x))

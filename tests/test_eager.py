@@ -99,6 +99,23 @@ def test_backward_order_on_cpu_matches_meta() -> None:
     assert set(on_cpu.backward or ()) == {"layer0.weight", "layer0.bias"}
 
 
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_bfloat16_report_equals_float32_report(device: str) -> None:
+    """The GPU benchmark runs the Llama sample in bfloat16: same facts, bf16 dtypes."""
+    case = CASES["llama"]
+    reports = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        with torch.device(device):
+            model = case.build().to(dtype)
+        args = tuple(a.to(device) for a in case.inputs())
+        reports[dtype] = eager.trace(model, args=args, backward=True).to_dict()
+    full, half = reports[torch.float32], reports[torch.bfloat16]
+    for key in ("modules", "unused", "dead", "backward"):
+        assert half[key] == full[key], key
+    assert [p["name"] for p in half["params"]] == [p["name"] for p in full["params"]]
+    assert {p["dtype"] for p in half["params"]} == {"bfloat16"}
+
+
 def test_no_backward_means_no_order() -> None:
     assert _eager(CASES["seed-all-layers"], "meta").backward is None
 
