@@ -67,9 +67,6 @@ def main() -> None:
         eager.trace(model, kwargs={"input_ids": ids}, backward=True)
         model.zero_grad(set_to_none=True)
 
-    def forward_with_graph() -> None:
-        model(ids)
-
     # Two rounds, interleaved, so the spread between them shows the noise.
     repeats = 20
     rows = [
@@ -81,7 +78,6 @@ def main() -> None:
         f"{params / 1e9:.2f} B parameters, bf16, batch 4 x 512, median of {repeats}"
     )
     for round_ in (1, 2):
-        graph, _ = timed(forward_with_graph, repeats)
         for label, plain, recorded in rows:
             (plain_s, plain_host), (recorded_s, recorded_host) = (
                 timed(plain, repeats),
@@ -92,8 +88,44 @@ def main() -> None:
                 f"   execorder {recorded_s * 1e3:7.2f} ms   ratio {recorded_s / plain_s:.3f}x"
                 f"   (host {plain_host * 1e3:.2f} / {recorded_host * 1e3:.2f} ms)"
             )
-        print(f"round {round_}  forward with autograd on, not recorded: {graph * 1e3:7.2f} ms")
     print("target: forward + backward at most 1.10x")
+    if "--breakdown" in sys.argv:
+        breakdown(model, ids, forward_backward, repeats)
+
+
+def breakdown(
+    model: torch.nn.Module, ids: torch.Tensor, plain: Callable[[], None], repeats: int
+) -> None:
+    """Forward + backward with each part of the recording added in turn."""
+    modules, params = eager._modules_and_params(model)
+
+    def recorded_calls() -> torch.Tensor:
+        with eager._recording(model, modules, params, []):
+            return model(ids)
+
+    def calls_and_plain_backward() -> None:
+        recorded_calls().float().sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    def calls_and_backward_order() -> None:
+        eager.backward_order(recorded_calls(), params)
+        model.zero_grad(set_to_none=True)
+
+    def everything() -> None:
+        eager.trace(model, kwargs={"input_ids": ids}, backward=True)
+        model.zero_grad(set_to_none=True)
+
+    steps = [
+        ("plain forward + backward", plain),
+        ("+ recording the forward", calls_and_plain_backward),
+        ("+ backward order hooks", calls_and_backward_order),
+        ("+ report (all of trace)", everything),
+    ]
+    base = None
+    for label, step in steps:
+        wall, host = timed(step, repeats)
+        base = base or wall
+        print(f"  {label:26s} {wall * 1e3:7.2f} ms  {wall / base:.3f}x   host {host * 1e3:6.2f} ms")
 
 
 if __name__ == "__main__":

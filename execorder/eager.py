@@ -1,7 +1,7 @@
 """The eager backend: run forward for real and record what runs.
 
-Module calls come from global forward pre/post hooks. Parameter uses come
-from the parameters themselves: for the duration of the run each parameter of
+Module calls are seen through a wrapped ``nn.Module.__call__``. Parameter
+uses come from the parameters themselves: for the duration of the run each parameter of
 the model is re-classed to a private subclass of ``nn.Parameter`` with a
 ``__torch_function__`` that reports to the recorder. torch only calls into
 Python for ops that actually receive one of these parameters (as an argument,
@@ -16,12 +16,11 @@ eager report has the same shape as an FX one (``mode`` is ``"eager"``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from execorder.errors import TraceFailure
 from execorder.recorder import Recorder, check_forward_args
@@ -44,69 +43,66 @@ def _tensors(value: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(item)
 
 
-@contextmanager
-def _recording_params(params: Sequence[nn.Parameter], recorder: Recorder) -> Iterator[None]:
-    """Re-class ``params`` so that every op reading one reports it."""
-    own = frozenset(id(p) for p in params)
+Event = nn.Module | list[nn.Parameter] | None
 
-    def found_in(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[nn.Parameter]:
-        found = []
-        for value in (*args, *kwargs.values()):
-            if isinstance(value, (list, tuple)):
-                found += [v for v in value if id(v) in own]
-            elif id(value) in own:
-                found.append(value)
-        return found
+
+@contextmanager
+def _recording(
+    root: nn.Module, modules: set[int], params: list[nn.Parameter], events: list[Event]
+) -> Iterator[None]:
+    """Log what runs inside ``root`` to ``events``, in the form :meth:`Recorder.replay` reads.
+
+    A call of one of ``modules`` (ids of ``root``'s modules) logs the module,
+    then ``None`` when it returns (or raises). An op that receives some of
+    ``params`` logs the list of them. The root's own call logs nothing: it is the recorder's first.
+
+    Module calls are seen by wrapping ``nn.Module.__call__``, which keeps
+    torch's no-hook fast path (global forward hooks would send every module
+    call through the slow one); hooks registered on a module still run inside
+    its call, as under FX. Parameters are re-classed for the duration. The
+    hot path only appends to a list: the recorder makes sense of it later.
+    """
+    append = events.append
+    known = modules - {id(root)}
+    module_call = nn.Module.__call__
+    run_disabled = torch._C._disabled_torch_function_impl
+
+    def call(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if id(module) not in known:
+            return module_call(module, *args, **kwargs)
+        append(module)
+        try:
+            return module_call(module, *args, **kwargs)
+        finally:
+            append(None)
 
     def torch_function(
         cls: type, func: Callable[..., Any], types: Any, args: Any = (), kwargs: Any = None
     ) -> Any:
-        kwargs = kwargs or {}
-        recorder.use(found_in(args, kwargs))
+        used = []
+        for value in (*args, *kwargs.values()) if kwargs else args:
+            kind = type(value)
+            if kind is cls:
+                used.append(value)
+            elif kind is list or kind is tuple:
+                used += [v for v in value if type(v) is cls]
+        append(used)
         # As nn.Parameter itself does: results are plain tensors.
-        with torch._C.DisableTorchFunctionSubclass():
-            return func(*args, **kwargs)
+        return run_disabled(func, types, args, kwargs or {})
 
     recording = type(
         "RecordingParameter", (nn.Parameter,), {"__torch_function__": classmethod(torch_function)}
     )
     originals = [type(p) for p in params]
+    nn.Module.__call__ = call  # type: ignore[method-assign]
     try:
         for param in params:
             param.__class__ = recording
         yield
     finally:
+        nn.Module.__call__ = module_call  # type: ignore[method-assign]
         for param, cls in zip(params, originals, strict=True):
             param.__class__ = cls
-
-
-@contextmanager
-def _recording_calls(root: nn.Module, recorder: Recorder) -> Iterator[None]:
-    """Global forward hooks that report calls of ``root``'s modules."""
-    known = frozenset(id(m) for m in root.modules())
-    inside_root = [False]
-
-    def pre(module: nn.Module, args: Any) -> None:
-        if module is root and not inside_root[0]:
-            inside_root[0] = True  # the root's call is the recorder's first
-        elif id(module) in known:
-            recorder.enter(module)
-
-    def post(module: nn.Module, args: Any, output: Any) -> None:
-        if module is root and recorder.current.module is root:
-            inside_root[0] = False
-        elif id(module) in known:
-            recorder.exit(module)
-
-    handles: list[RemovableHandle] = [
-        nn.modules.module.register_module_forward_pre_hook(pre),
-        nn.modules.module.register_module_forward_hook(post),
-    ]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def live_params(outputs: Any, params: Sequence[nn.Parameter]) -> set[nn.Parameter]:
@@ -194,19 +190,14 @@ def trace(
         TraceFailure: If forward raises otherwise.
     """
     kwargs = dict(kwargs or {})
-    check_forward_args(model, list(kwargs))
     owner = f"{type(model).__name__}.forward"
-    recorder = Recorder(model)
-    params = list(model.parameters())
+    modules, params = _modules_and_params(model)
+    events: list[Event] = []
     try:
-        with ExitStack() as stack, torch.enable_grad():
-            stack.enter_context(_recording_calls(model, recorder))
-            stack.enter_context(_recording_params(params, recorder))
+        with _recording(model, modules, params, events), torch.enable_grad():
             outputs = model(*args, **kwargs)
-            # A parameter returned as it is counts as used by the root.
-            own = {id(p) for p in params}
-            recorder.use([t for t in _tensors(outputs) if id(t) in own])  # type: ignore[misc]
     except Exception as exc:
+        check_forward_args(model, list(kwargs))  # a clearer error for a wrong keyword
         reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
         if _on_meta(model, args, kwargs):
             raise MetaDeviceError(
@@ -214,7 +205,14 @@ def trace(
                 "real tensor values (data-dependent control flow or indexing); use --device cpu"
             ) from exc
         raise TraceFailure(f"While running {owner}: {reason}") from exc
+    # Launch backward first: on a GPU the bookkeeping below then runs while
+    # the device works through the queued kernels.
     order = backward_order(outputs, params) if backward else None
+    recorder = Recorder(model)
+    recorder.replay(events)
+    # A parameter returned as it is counts as used by the root.
+    own = {id(p) for p in params}
+    recorder.use([t for t in _tensors(outputs) if id(t) in own])  # type: ignore[misc]
     # A backward already says which parameters got a gradient: no graph walk.
     live = set(order) if order is not None else live_params(outputs, params)
     return recorder.build_report(
@@ -225,6 +223,21 @@ def trace(
         backward=order,
         inputs=inputs if inputs is not None else _describe(args, kwargs),
     )
+
+
+def _modules_and_params(root: nn.Module) -> tuple[set[int], list[nn.Parameter]]:
+    """The ids of ``root``'s modules and its parameters; cheaper than a named walk."""
+    modules: dict[int, nn.Module] = {}
+    params: dict[int, nn.Parameter] = {}
+    stack = [root]
+    while stack:
+        module = stack.pop()
+        if id(module) in modules:
+            continue
+        modules[id(module)] = module
+        params.update((id(p), p) for p in module._parameters.values() if p is not None)
+        stack.extend(child for child in module._modules.values() if child is not None)
+    return set(modules), list(params.values())
 
 
 def _describe(args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, str]:

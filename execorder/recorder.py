@@ -57,10 +57,10 @@ class Recorder:
         self.root = root
         self.calls: list[CallRecord] = [CallRecord(root, None, 0)]
         self.param_order: list[nn.Parameter] = []
-        self.visited: set[nn.Parameter] = set()
-        # Parameters seen used for sure (not only assumed inside a leaf module).
-        self.observed: set[nn.Parameter] = set()
-        self._first_call: dict[nn.Parameter, int] = {}
+        # By id(parameter): the call of its first use; whether it was seen
+        # used for sure (not only assumed inside a leaf module).
+        self._first_call: dict[int, int] = {}
+        self._observed: set[int] = set()
         self._stack: list[int] = [0]
         self._module_params: dict[int, tuple[nn.Parameter, ...]] = {}
 
@@ -68,6 +68,11 @@ class Recorder:
     def current(self) -> CallRecord:
         """The call now running."""
         return self.calls[self._stack[-1]]
+
+    @property
+    def visited(self) -> set[nn.Parameter]:
+        """The parameters used so far."""
+        return set(self.param_order)
 
     def params_of(self, module: nn.Module) -> tuple[nn.Parameter, ...]:
         """``tuple(module.parameters())``, built from the children's cached tuples.
@@ -112,7 +117,7 @@ class Recorder:
                 module), placed before the current call's own group there,
                 since arguments are evaluated before the call.
         """
-        unique = tuple(dict.fromkeys(params))
+        unique = _unique(params)
         if not unique:
             return
         index = self._stack[-1 - outer]
@@ -125,7 +130,7 @@ class Recorder:
             call.groups.insert(slot, group)
             self.current.slot_in_parent = slot + 1
         self._mark(unique, index)
-        self.observed.update(unique)
+        self._observed.update(map(id, unique))
 
     def use_module(self, *, assumed: bool = False) -> None:
         """The current call's module uses all its parameters (a leaf module).
@@ -140,14 +145,49 @@ class Recorder:
             call.groups.append(UsageGroup(call.module, params, True))
             self._mark(params, self._stack[-1])
             if not assumed:
-                self.observed.update(params)
+                self._observed.update(map(id, params))
+
+    def replay(self, events: Iterable[nn.Module | list[nn.Parameter] | None]) -> None:
+        """Record a whole event log at once; the same as one call per event.
+
+        A module means its call starts (:meth:`enter`), ``None`` that the
+        current call ends (:meth:`exit`), a list of parameters that one op
+        used them (:meth:`use`). It is the eager backend's hot path, hence
+        inlined.
+        """
+        calls, stack, params_of = self.calls, self._stack, self.params_of
+        first_call, observed, order = self._first_call, self._observed, self.param_order
+        for event in events:
+            if event is None:
+                stack.pop()
+            elif isinstance(event, list):
+                unique = _unique(event)
+                index = stack[-1]
+                call = calls[index]
+                call.groups.append(UsageGroup(call.module, unique, False))
+                for param in unique:
+                    key = id(param)
+                    observed.add(key)
+                    if key not in first_call:
+                        first_call[key] = index
+                        order.append(param)
+            else:
+                params = params_of(event)
+                parent = calls[stack[-1]]
+                slot = None
+                if params:
+                    slot = len(parent.groups)
+                    parent.groups.append(UsageGroup(event, params, True))
+                calls.append(CallRecord(event, stack[-1], len(stack), [], slot))
+                stack.append(len(calls) - 1)
+        if len(stack) != 1:
+            raise RuntimeError("execorder: the event log leaves module calls open")
 
     def _mark(self, params: Iterable[nn.Parameter], index: int) -> None:
         for param in params:
-            if param not in self.visited:
-                self.visited.add(param)
+            if id(param) not in self._first_call:
+                self._first_call[id(param)] = index
                 self.param_order.append(param)
-                self._first_call[param] = index
 
     def _on_stack(self, index: int | None, modules: set[int]) -> bool:
         """Whether any of ``modules`` (ids) runs call ``index`` or one enclosing it."""
@@ -194,22 +234,25 @@ class Recorder:
                 accumulated, when a backward was run.
             inputs: Descriptions of the input tensors, by argument name.
         """
-        named_modules = list(self.root.named_modules(remove_duplicate=False))
-        named_params = list(self.root.named_parameters(remove_duplicate=False))
-        module_names = _qualnames(named_modules)
-        param_names = _qualnames(named_params)
-        by_module_name = dict(named_modules)
-        owners: dict[int, set[int]] = {}
-        for name, param in named_params:
-            owner = by_module_name[name.rpartition(".")[0]]
-            owners.setdefault(id(param), set()).add(id(owner))
-        # parameters() order: each parameter where it is first named.
-        every_param = list({id(p): p for _, p in named_params}.values())
-        position = {id(p): i for i, p in enumerate(every_param)}
+        tree = module_tree(self.root)
+        module_names, param_names, owners = tree.module_names, tree.param_names, tree.owners
+        position = {id(p): i for i, p in enumerate(tree.params)}
         live_ids = None if live is None else {id(p) for p in live}
+        observed, first_call = self._observed, self._first_call
 
-        def module_name(module: nn.Module) -> str:
-            return module_names[id(module)][0]
+        # A module's whole-module group is the same every time: named once.
+        whole_groups: dict[int, ParamGroup] = {}
+
+        def group_of(group: UsageGroup) -> ParamGroup:
+            if group.whole_module and id(group.module) in whole_groups:
+                return whole_groups[id(group.module)]
+            named = ParamGroup(
+                module_names[id(group.module)][0],
+                tuple(param_names[id(p)][0] for p in group.params),
+            )
+            if group.whole_module:
+                whole_groups[id(group.module)] = named
+            return named
 
         call_counts: dict[int, int] = {}
         calls = []
@@ -217,13 +260,6 @@ class Recorder:
             names = module_names[id(record.module)]
             seen = call_counts.get(id(record.module), 0)
             call_counts[id(record.module)] = seen + 1
-            uses = tuple(
-                ParamGroup(
-                    module_name(group.module),
-                    tuple(param_names[id(p)][0] for p in group.params),
-                )
-                for group in record.groups
-            )
             calls.append(
                 ModuleCall(
                     index=index,
@@ -233,7 +269,7 @@ class Recorder:
                     parent=record.parent,
                     call=seen,
                     aliases=tuple(names[1:]),
-                    uses=uses,
+                    uses=tuple(map(group_of, record.groups)),
                 )
             )
 
@@ -250,15 +286,15 @@ class Recorder:
                 requires_grad=param.requires_grad,
                 first_module=None if first_call is None else calls[first_call].name,
                 first_call=first_call,
-                assumed=used and param not in self.observed,
+                assumed=used and id(param) not in observed,
                 dead=used
                 and param.requires_grad
                 and live_ids is not None
                 and id(param) not in live_ids,
             )
 
-        used = tuple(info(p, self._first_call[p]) for p in self.param_order)
-        unused = tuple(info(p, None) for p in every_param if p not in self.visited)
+        used = tuple(info(p, first_call[id(p)]) for p in self.param_order)
+        unused = tuple(info(p, None) for p in tree.params if id(p) not in first_call)
         external = tuple(
             ExternalUse(
                 param=param_names[id(param)][0],
@@ -296,12 +332,47 @@ class Recorder:
         )
 
 
-def _qualnames(named: Iterable[tuple[str, Any]]) -> dict[int, list[str]]:
-    """Map each object's id to all its qualified names, the first one first."""
-    names: dict[int, list[str]] = {}
-    for name, obj in named:
-        names.setdefault(id(obj), []).append(name)
-    return names
+def _unique(params: Iterable[nn.Parameter]) -> tuple[nn.Parameter, ...]:
+    """Each parameter once, in order (by identity: no tensor hashing)."""
+    return tuple({id(p): p for p in params}.values())
+
+
+class ModuleTree(NamedTuple):
+    """Names and owners of a module tree, from one walk.
+
+    ``module_names`` and ``param_names`` map ids to every qualified name, in
+    ``named_modules``/``named_parameters(remove_duplicate=False)`` order, so
+    the first is the canonical one; ``params`` is ``parameters()`` order;
+    ``owners`` maps a parameter's id to the ids of the modules holding it.
+    """
+
+    module_names: dict[int, list[str]]
+    param_names: dict[int, list[str]]
+    params: list[nn.Parameter]
+    owners: dict[int, set[int]]
+
+
+def module_tree(root: nn.Module) -> ModuleTree:
+    """Walk ``root`` once, as ``named_modules(remove_duplicate=False)`` does."""
+    module_names: dict[int, list[str]] = {}
+    param_names: dict[int, list[str]] = {}
+    params: dict[int, nn.Parameter] = {}
+    owners: dict[int, set[int]] = {}
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        module_names.setdefault(id(module), []).append(prefix)
+        dot = f"{prefix}." if prefix else ""
+        for name, param in module._parameters.items():
+            if param is not None:
+                param_names.setdefault(id(param), []).append(dot + name)
+                params.setdefault(id(param), param)
+                owners.setdefault(id(param), set()).add(id(module))
+        for name, child in module._modules.items():
+            if child is not None:
+                visit(dot + name, child)
+
+    visit("", root)
+    return ModuleTree(module_names, param_names, list(params.values()), owners)
 
 
 def check_forward_args(model: nn.Module, names: Iterable[str]) -> None:

@@ -120,25 +120,26 @@ def test_no_backward_means_no_order() -> None:
     assert _eager(CASES["seed-all-layers"], "meta").backward is None
 
 
-def _global_hooks() -> tuple[int, int]:
+def _patch_points() -> tuple[object, int, int]:
     module = nn.modules.module
-    return len(module._global_forward_pre_hooks), len(module._global_forward_hooks)
+    return nn.Module.__call__, len(module._global_forward_pre_hooks), len(module._global_forward_hooks)
 
 
-def test_hooks_and_parameter_classes_are_restored_when_forward_raises() -> None:
+def test_module_call_and_parameter_classes_are_restored_when_forward_raises() -> None:
     model = models.Raising()
-    before = _global_hooks()
+    before = _patch_points()
     with pytest.raises(TraceFailure, match="boom in forward"):
         eager.trace(model, args=(torch.randn(2, 4),))
-    assert _global_hooks() == before
+    assert _patch_points() == before
     assert all(type(p) is nn.Parameter for p in model.parameters())
 
 
 def test_parameter_classes_are_restored_after_a_run() -> None:
     model = Transformer(n_layers=1)
+    before = _patch_points()
     eager.trace(model, args=(torch.zeros(1, 4, dtype=torch.long),), backward=True)
     assert all(type(p) is nn.Parameter for p in model.parameters())
-    assert _global_hooks() == (0, 0)
+    assert _patch_points() == before
 
 
 def test_value_dependent_forward_on_meta_raises_meta_device_error() -> None:
@@ -159,3 +160,45 @@ def test_inputs_are_described_in_the_report() -> None:
     report = eager.trace(Model(), args=(torch.randn(2, 6),), kwargs={"run_all_layers": True})
     assert dict(report.inputs) == {"arg0": "float32[2, 6]"}
     assert dict(report.concrete_args) == {"run_all_layers": True}
+
+
+class _Fallback(nn.Module):
+    """Calls a submodule that raises, catches it, then calls another."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = models.Raising()
+        self.backup = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            return self.broken(x)
+        except ValueError:
+            return self.backup(x)
+
+
+def test_a_submodule_that_raises_inside_a_caught_call_still_ends_its_call() -> None:
+    report = eager.trace(_Fallback(), args=(torch.randn(2, 4),))
+    assert [(c.name, c.parent) for c in report.modules] == [
+        ("", None),
+        ("broken", 0),
+        ("broken.lin", 1),
+        ("backup", 0),  # not nested inside the call that raised
+    ]
+    assert [p.name for p in report.params] == [
+        "broken.lin.weight",
+        "broken.lin.bias",
+        "backup.weight",
+        "backup.bias",
+    ]
+    assert [p.name for p in report.params if p.dead] == ["broken.lin.weight", "broken.lin.bias"]
+
+
+def test_forward_hooks_of_a_module_run_inside_its_call() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    scale = nn.Parameter(torch.ones(4))
+    model[1].register_parameter("scale", scale)
+    model[1].register_forward_pre_hook(lambda module, args: (args[0] * module.scale,))
+    report = eager.trace(model, args=(torch.randn(2, 4),))
+    assert report.param("1.scale").first_module == "1"
+    assert [p.name for p in report.params][2] == "1.scale"  # before the layer's own weight
