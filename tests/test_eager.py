@@ -121,8 +121,12 @@ def test_no_backward_means_no_order() -> None:
 
 
 def _patch_points() -> tuple[object, int, int]:
-    module = nn.modules.module
-    return nn.Module.__call__, len(module._global_forward_pre_hooks), len(module._global_forward_hooks)
+    hooks = nn.modules.module
+    return (
+        nn.Module.__call__,
+        len(hooks._global_forward_pre_hooks),
+        len(hooks._global_forward_hooks),
+    )
 
 
 def test_module_call_and_parameter_classes_are_restored_when_forward_raises() -> None:
