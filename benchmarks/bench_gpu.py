@@ -26,20 +26,28 @@ from llama import Llama
 from execorder import eager
 
 
-def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Median wall time (to the GPU's finish) and median host time (to return)."""
-    for _ in range(3):
-        fn()
+def timed(fns: list[Callable[[], object]], repeats: int) -> list[tuple[float, float]]:
+    """Run ``fns`` interleaved, ``repeats`` times each after warm-up.
+
+    Returns, for each, the median wall time (to the GPU's finish) and the
+    median host time (to return). Interleaving spreads any drift of the
+    machine's speed over all of them alike.
+    """
+    for fn in fns:
+        for _ in range(3):
+            fn()
     torch.cuda.synchronize()
-    wall, host = [], []
+    wall: list[list[float]] = [[] for _ in fns]
+    host: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        host.append(time.perf_counter() - start)
-        torch.cuda.synchronize()
-        wall.append(time.perf_counter() - start)
-    return statistics.median(wall), statistics.median(host)
+        for i, fn in enumerate(fns):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            host[i].append(time.perf_counter() - start)
+            torch.cuda.synchronize()
+            wall[i].append(time.perf_counter() - start)
+    return [(statistics.median(w), statistics.median(h)) for w, h in zip(wall, host, strict=True)]
 
 
 def main() -> None:
@@ -68,7 +76,7 @@ def main() -> None:
         model.zero_grad(set_to_none=True)
 
     # Two rounds, interleaved, so the spread between them shows the noise.
-    repeats = 20
+    repeats = 30
     rows = [
         ("forward", forward, recorded_forward),
         ("forward + backward", forward_backward, recorded_forward_backward),
@@ -79,10 +87,7 @@ def main() -> None:
     )
     for round_ in (1, 2):
         for label, plain, recorded in rows:
-            (plain_s, plain_host), (recorded_s, recorded_host) = (
-                timed(plain, repeats),
-                timed(recorded, repeats),
-            )
+            (plain_s, plain_host), (recorded_s, recorded_host) = timed([plain, recorded], repeats)
             print(
                 f"round {round_}  {label:18s} plain {plain_s * 1e3:7.2f} ms"
                 f"   execorder {recorded_s * 1e3:7.2f} ms   ratio {recorded_s / plain_s:.3f}x"
@@ -97,10 +102,10 @@ def breakdown(
     model: torch.nn.Module, ids: torch.Tensor, plain: Callable[[], None], repeats: int
 ) -> None:
     """Forward + backward with each part of the recording added in turn."""
-    modules, params = eager._modules_and_params(model)
+    tree = eager.module_tree(model)
 
     def recorded_calls() -> torch.Tensor:
-        with eager._recording(model, modules, params, []):
+        with eager._recording(model, tree, []):
             return model(ids)
 
     def calls_and_plain_backward() -> None:
@@ -108,7 +113,7 @@ def breakdown(
         model.zero_grad(set_to_none=True)
 
     def calls_and_backward_order() -> None:
-        eager.backward_order(recorded_calls(), params)
+        eager.backward_order(recorded_calls(), tree.params)
         model.zero_grad(set_to_none=True)
 
     def everything() -> None:
@@ -121,10 +126,9 @@ def breakdown(
         ("+ backward order hooks", calls_and_backward_order),
         ("+ report (all of trace)", everything),
     ]
-    base = None
-    for label, step in steps:
-        wall, host = timed(step, repeats)
-        base = base or wall
+    results = timed([step for _, step in steps], repeats)
+    base = results[0][0]
+    for (label, _), (wall, host) in zip(steps, results, strict=True):
         print(f"  {label:26s} {wall * 1e3:7.2f} ms  {wall / base:.3f}x   host {host * 1e3:6.2f} ms")
 
 

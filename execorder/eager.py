@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from execorder.errors import TraceFailure
-from execorder.recorder import Recorder, check_forward_args
+from execorder.recorder import ModuleTree, Recorder, check_forward_args, module_tree
 from execorder.report import Report
 
 
@@ -47,34 +47,22 @@ Event = nn.Module | list[nn.Parameter] | None
 
 
 @contextmanager
-def _recording(
-    root: nn.Module, modules: set[int], params: list[nn.Parameter], events: list[Event]
-) -> Iterator[None]:
+def _recording(root: nn.Module, tree: ModuleTree, events: list[Event]) -> Iterator[None]:
     """Log what runs inside ``root`` to ``events``, in the form :meth:`Recorder.replay` reads.
 
-    A call of one of ``modules`` (ids of ``root``'s modules) logs the module,
-    then ``None`` when it returns (or raises). An op that receives some of
-    ``params`` logs the list of them. The root's own call logs nothing: it is the recorder's first.
+    A call of one of ``root``'s modules logs the module, then ``None`` when it
+    returns (or raises). An op that receives some of ``root``'s parameters
+    logs the list of them. The root's own call logs nothing: it is the
+    recorder's first.
 
-    Module calls are seen by wrapping ``nn.Module.__call__``, which keeps
-    torch's no-hook fast path (global forward hooks would send every module
-    call through the slow one); hooks registered on a module still run inside
-    its call, as under FX. Parameters are re-classed for the duration. The
-    hot path only appends to a list: the recorder makes sense of it later.
+    Each module's ``_call_impl`` (what ``module(...)`` runs, hooks included) is
+    wrapped on the instance: no global hooks, which would send every call
+    through torch's slow path, and no patched class, which would invalidate
+    Python's type caches. Parameters are re-classed for the duration, so
+    torch calls back for ops that read them.
     """
     append = events.append
-    known = modules - {id(root)}
-    module_call = nn.Module.__call__
     run_disabled = torch._C._disabled_torch_function_impl
-
-    def call(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        if id(module) not in known:
-            return module_call(module, *args, **kwargs)
-        append(module)
-        try:
-            return module_call(module, *args, **kwargs)
-        finally:
-            append(None)
 
     def torch_function(
         cls: type, func: Callable[..., Any], types: Any, args: Any = (), kwargs: Any = None
@@ -93,16 +81,42 @@ def _recording(
     recording = type(
         "RecordingParameter", (nn.Parameter,), {"__torch_function__": classmethod(torch_function)}
     )
-    originals = [type(p) for p in params]
-    nn.Module.__call__ = call  # type: ignore[method-assign]
+    originals = {id(p): type(p) for p in tree.params}
+
+    def wrap(module: nn.Module, call: Callable[..., Any]) -> Callable[..., Any]:
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            append(module)
+            try:
+                return call(*args, **kwargs)
+            finally:
+                append(None)
+
+        return recorded
+
+    modules = [m for m in tree.modules if m is not root]
+    # Wrap what _wrapped_call_impl runs: the compiled call if there is one.
+    slots = [
+        "_call_impl" if getattr(m, "_compiled_call_impl", None) is None else "_compiled_call_impl"
+        for m in modules
+    ]
+    saved = [m.__dict__.get(slot, _ABSENT) for m, slot in zip(modules, slots, strict=True)]
     try:
-        for param in params:
+        for module, slot in zip(modules, slots, strict=True):
+            module.__dict__[slot] = wrap(module, getattr(module, slot))
+        for param in tree.params:
             param.__class__ = recording
         yield
     finally:
-        nn.Module.__call__ = module_call  # type: ignore[method-assign]
-        for param, cls in zip(params, originals, strict=True):
-            param.__class__ = cls
+        for module, slot, before in zip(modules, slots, saved, strict=True):
+            if before is _ABSENT:
+                module.__dict__.pop(slot, None)
+            else:
+                module.__dict__[slot] = before
+        for param in tree.params:
+            param.__class__ = originals[id(param)]
+
+
+_ABSENT = object()
 
 
 def live_params(outputs: Any, params: Sequence[nn.Parameter]) -> set[nn.Parameter]:
@@ -191,10 +205,11 @@ def trace(
     """
     kwargs = dict(kwargs or {})
     owner = f"{type(model).__name__}.forward"
-    modules, params = _modules_and_params(model)
+    tree = module_tree(model)
+    params = tree.params
     events: list[Event] = []
     try:
-        with _recording(model, modules, params, events), torch.enable_grad():
+        with _recording(model, tree, events), torch.enable_grad():
             outputs = model(*args, **kwargs)
     except Exception as exc:
         check_forward_args(model, list(kwargs))  # a clearer error for a wrong keyword
@@ -221,23 +236,9 @@ def trace(
         concrete_args={k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)},
         live=live,
         backward=order,
+        tree=tree,
         inputs=inputs if inputs is not None else _describe(args, kwargs),
     )
-
-
-def _modules_and_params(root: nn.Module) -> tuple[set[int], list[nn.Parameter]]:
-    """The ids of ``root``'s modules and its parameters; cheaper than a named walk."""
-    modules: dict[int, nn.Module] = {}
-    params: dict[int, nn.Parameter] = {}
-    stack = [root]
-    while stack:
-        module = stack.pop()
-        if id(module) in modules:
-            continue
-        modules[id(module)] = module
-        params.update((id(p), p) for p in module._parameters.values() if p is not None)
-        stack.extend(child for child in module._modules.values() if child is not None)
-    return set(modules), list(params.values())
 
 
 def _describe(args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, str]:

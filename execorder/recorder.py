@@ -10,7 +10,6 @@ live module and parameter objects; names are resolved once, in
 from __future__ import annotations
 
 import inspect
-import itertools
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -83,9 +82,12 @@ class Recorder:
         """
         params = self._module_params.get(id(module))
         if params is None:
-            own = (p for p in module._parameters.values() if p is not None)
-            nested = (p for child in module.children() for p in self.params_of(child))
-            params = tuple(dict.fromkeys(itertools.chain(own, nested)))
+            found = {id(p): p for p in module._parameters.values() if p is not None}
+            for child in module._modules.values():
+                if child is not None:
+                    for param in self.params_of(child):
+                        found.setdefault(id(param), param)
+            params = tuple(found.values())
             self._module_params[id(module)] = params
         return params
 
@@ -157,14 +159,15 @@ class Recorder:
         """
         calls, stack, params_of = self.calls, self._stack, self.params_of
         first_call, observed, order = self._first_call, self._observed, self.param_order
+        group = tuple.__new__  # UsageGroup(...) without its Python-level __new__
         for event in events:
             if event is None:
                 stack.pop()
             elif isinstance(event, list):
-                unique = _unique(event)
+                unique = (event[0],) if len(event) == 1 else _unique(event)
                 index = stack[-1]
                 call = calls[index]
-                call.groups.append(UsageGroup(call.module, unique, False))
+                call.groups.append(group(UsageGroup, (call.module, unique, False)))
                 for param in unique:
                     key = id(param)
                     observed.add(key)
@@ -177,7 +180,7 @@ class Recorder:
                 slot = None
                 if params:
                     slot = len(parent.groups)
-                    parent.groups.append(UsageGroup(event, params, True))
+                    parent.groups.append(group(UsageGroup, (event, params, True)))
                 calls.append(CallRecord(event, stack[-1], len(stack), [], slot))
                 stack.append(len(calls) - 1)
         if len(stack) != 1:
@@ -220,6 +223,7 @@ class Recorder:
         live: Collection[nn.Parameter] | None = None,
         backward: Sequence[nn.Parameter] | None = None,
         inputs: Mapping[str, str] | None = None,
+        tree: ModuleTree | None = None,
     ) -> Report:
         """Name everything recorded and freeze it into a :class:`Report`.
 
@@ -233,33 +237,37 @@ class Recorder:
             backward: Parameters in the order their gradients were
                 accumulated, when a backward was run.
             inputs: Descriptions of the input tensors, by argument name.
+            tree: ``module_tree(root)`` when the backend took it already (at
+                the start of the run); by default it is taken now.
         """
-        tree = module_tree(self.root)
+        tree = tree or module_tree(self.root)
         module_names, param_names, owners = tree.module_names, tree.param_names, tree.owners
         position = {id(p): i for i, p in enumerate(tree.params)}
         live_ids = None if live is None else {id(p) for p in live}
         observed, first_call = self._observed, self._first_call
+        param_name = {key: names[0] for key, names in param_names.items()}
 
-        # A module's whole-module group is the same every time: named once.
+        # Named once per module: the group a module's call adds to its parent.
         whole_groups: dict[int, ParamGroup] = {}
 
         def group_of(group: UsageGroup) -> ParamGroup:
-            if group.whole_module and id(group.module) in whole_groups:
-                return whole_groups[id(group.module)]
+            module, params, whole_module = group
+            if whole_module and id(module) in whole_groups:
+                return whole_groups[id(module)]
             named = ParamGroup(
-                module_names[id(group.module)][0],
-                tuple(param_names[id(p)][0] for p in group.params),
+                module_names[id(module)][0], tuple([param_name[id(p)] for p in params])
             )
-            if group.whole_module:
-                whole_groups[id(group.module)] = named
+            if whole_module:
+                whole_groups[id(module)] = named
             return named
 
         call_counts: dict[int, int] = {}
         calls = []
         for index, record in enumerate(self.calls):
-            names = module_names[id(record.module)]
-            seen = call_counts.get(id(record.module), 0)
-            call_counts[id(record.module)] = seen + 1
+            key = id(record.module)
+            names = module_names[key]
+            seen = call_counts.get(key, 0)
+            call_counts[key] = seen + 1
             calls.append(
                 ModuleCall(
                     index=index,
@@ -269,31 +277,30 @@ class Recorder:
                     parent=record.parent,
                     call=seen,
                     aliases=tuple(names[1:]),
-                    uses=tuple(map(group_of, record.groups)),
+                    uses=tuple([group_of(group) for group in record.groups]),
                 )
             )
 
         def info(param: nn.Parameter, first_call: int | None) -> ParamInfo:
-            names = param_names[id(param)]
+            key = id(param)
+            names = param_names[key]
             used = first_call is not None
+            requires_grad = param.requires_grad
             return ParamInfo(
                 name=names[0],
                 aliases=tuple(names[1:]),
-                index=position[id(param)],
+                index=position[key],
                 shape=tuple(param.shape),
                 dtype=str(param.dtype).removeprefix("torch."),
                 numel=param.numel(),
-                requires_grad=param.requires_grad,
+                requires_grad=requires_grad,
                 first_module=None if first_call is None else calls[first_call].name,
                 first_call=first_call,
-                assumed=used and id(param) not in observed,
-                dead=used
-                and param.requires_grad
-                and live_ids is not None
-                and id(param) not in live_ids,
+                assumed=used and key not in observed,
+                dead=used and requires_grad and live_ids is not None and key not in live_ids,
             )
 
-        used = tuple(info(p, first_call[id(p)]) for p in self.param_order)
+        used = tuple([info(p, first_call[id(p)]) for p in self.param_order])
         unused = tuple(info(p, None) for p in tree.params if id(p) not in first_call)
         external = tuple(
             ExternalUse(
@@ -342,12 +349,14 @@ class ModuleTree(NamedTuple):
 
     ``module_names`` and ``param_names`` map ids to every qualified name, in
     ``named_modules``/``named_parameters(remove_duplicate=False)`` order, so
-    the first is the canonical one; ``params`` is ``parameters()`` order;
+    the first is the canonical one; ``modules`` and ``params`` are in
+    ``modules()`` and ``parameters()`` order;
     ``owners`` maps a parameter's id to the ids of the modules holding it.
     """
 
     module_names: dict[int, list[str]]
     param_names: dict[int, list[str]]
+    modules: list[nn.Module]
     params: list[nn.Parameter]
     owners: dict[int, set[int]]
 
@@ -356,11 +365,13 @@ def module_tree(root: nn.Module) -> ModuleTree:
     """Walk ``root`` once, as ``named_modules(remove_duplicate=False)`` does."""
     module_names: dict[int, list[str]] = {}
     param_names: dict[int, list[str]] = {}
+    modules: dict[int, nn.Module] = {}
     params: dict[int, nn.Parameter] = {}
     owners: dict[int, set[int]] = {}
 
     def visit(prefix: str, module: nn.Module) -> None:
         module_names.setdefault(id(module), []).append(prefix)
+        modules.setdefault(id(module), module)
         dot = f"{prefix}." if prefix else ""
         for name, param in module._parameters.items():
             if param is not None:
@@ -372,7 +383,9 @@ def module_tree(root: nn.Module) -> ModuleTree:
                 visit(dot + name, child)
 
     visit("", root)
-    return ModuleTree(module_names, param_names, list(params.values()), owners)
+    return ModuleTree(
+        module_names, param_names, list(modules.values()), list(params.values()), owners
+    )
 
 
 def check_forward_args(model: nn.Module, names: Iterable[str]) -> None:

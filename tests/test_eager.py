@@ -136,6 +136,7 @@ def test_module_call_and_parameter_classes_are_restored_when_forward_raises() ->
         eager.trace(model, args=(torch.randn(2, 4),))
     assert _patch_points() == before
     assert all(type(p) is nn.Parameter for p in model.parameters())
+    assert not any("_call_impl" in vars(m) for m in model.modules())
 
 
 def test_parameter_classes_are_restored_after_a_run() -> None:
@@ -144,6 +145,7 @@ def test_parameter_classes_are_restored_after_a_run() -> None:
     eager.trace(model, args=(torch.zeros(1, 4, dtype=torch.long),), backward=True)
     assert all(type(p) is nn.Parameter for p in model.parameters())
     assert _patch_points() == before
+    assert not any("_call_impl" in vars(m) for m in model.modules())
 
 
 def test_value_dependent_forward_on_meta_raises_meta_device_error() -> None:
