@@ -2,12 +2,15 @@
 
 A 0.85 B-parameter Llama (sample_models/llama.py: hidden 2048, 14 layers,
 MLP 5632, vocabulary 32000) in bfloat16, batch 4 x 512 tokens, on CUDA.
-Measures, side by side in one process, the median of N timed runs after
-warm-up: plain forward, plain forward + backward, and execorder's recording
-of each (the whole ``eager.trace`` call: hooks, recording parameters, gradient
-hooks, liveness and the report). Target: at most 1.10x for forward + backward.
+Measures, side by side in one process and interleaved, the median of N timed
+runs after warm-up: the plain forward (under no_grad, and with autograd on,
+which the recorded forward needs for liveness), plain forward + backward, and
+execorder's recording of each: the whole ``eager.trace`` call (module-call
+wrappers, recording parameters, gradient hooks, liveness, the report).
+Target: at most 1.10x for forward + backward. ``--breakdown`` adds the cost
+of each part of the recording in turn.
 
-    python benchmarks/bench_gpu.py          # needs a CUDA device
+    python benchmarks/bench_gpu.py [--breakdown]     # needs a CUDA device
 """
 
 from __future__ import annotations
@@ -75,17 +78,21 @@ def main() -> None:
         eager.trace(model, kwargs={"input_ids": ids}, backward=True)
         model.zero_grad(set_to_none=True)
 
-    # Two rounds, interleaved, so the spread between them shows the noise.
+    def forward_with_autograd() -> None:
+        model(ids)
+
+    # Three rounds, each interleaved, so the spread between them shows the noise.
     repeats = 30
     rows = [
-        ("forward", forward, recorded_forward),
+        ("forward (no_grad)", forward, recorded_forward),
+        ("forward (autograd)", forward_with_autograd, recorded_forward),
         ("forward + backward", forward_backward, recorded_forward_backward),
     ]
     print(
         f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
         f"{params / 1e9:.2f} B parameters, bf16, batch 4 x 512, median of {repeats}"
     )
-    for round_ in (1, 2):
+    for round_ in (1, 2, 3):
         for label, plain, recorded in rows:
             (plain_s, plain_host), (recorded_s, recorded_host) = timed([plain, recorded], repeats)
             print(

@@ -158,7 +158,8 @@ def backward_order(outputs: Any, params: Sequence[nn.Parameter]) -> list[nn.Para
         p.register_post_accumulate_grad_hook(order.append) for p in params if p.requires_grad
     ]
     try:
-        torch.stack(losses).sum().backward()
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
+        loss.backward()
     finally:
         for handle in handles:
             handle.remove()
