@@ -208,3 +208,15 @@ def test_forward_hooks_of_a_module_run_inside_its_call() -> None:
     report = eager.trace(model, args=(torch.randn(2, 4),))
     assert report.param("1.scale").first_module == "1"
     assert [p.name for p in report.params][2] == "1.scale"  # before the layer's own weight
+
+
+def test_gradient_hooks_are_removed_and_the_users_own_stay() -> None:
+    model = Transformer(n_layers=1)
+    seen: list[nn.Parameter] = []
+    model.head.weight.register_post_accumulate_grad_hook(seen.append)
+    eager.trace(model, args=(torch.zeros(1, 4, dtype=torch.long),), backward=True)
+    assert seen == [model.head.weight]
+    hooks = [p._post_accumulate_grad_hooks for p in model.parameters()]
+    assert [len(h) for h in hooks if h] == [1]  # only the user's
+    model(torch.zeros(1, 4, dtype=torch.long)).sum().backward()
+    assert seen == [model.head.weight] * 2
