@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from execorder.errors import TraceFailure
-from execorder.recorder import ModuleTree, Recorder, check_forward_args, module_tree
+from execorder.recorder import ModuleTree, Recorder, check_forward_args, gc_paused, module_tree
 from execorder.report import Report
 
 
@@ -225,7 +225,19 @@ def trace(
             inputs are on the meta device.
         TraceFailure: If forward raises otherwise.
     """
-    kwargs = dict(kwargs or {})
+    with gc_paused():
+        return _run(model, args, dict(kwargs or {}), backward, target, inputs)
+
+
+def _run(
+    model: nn.Module,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    backward: bool,
+    target: str | None,
+    inputs: Mapping[str, str] | None,
+) -> Report:
+    """:func:`trace`, with the garbage collector paused by the caller."""
     owner = f"{type(model).__name__}.forward"
     tree = module_tree(model)
     params = tree.params

@@ -8,7 +8,6 @@ output node, so a parameter returned as-is counts as used.
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -19,7 +18,7 @@ from torch import nn
 
 from execorder.errors import TraceFailure
 from execorder.liveness import live_params
-from execorder.recorder import Recorder, check_forward_args
+from execorder.recorder import Recorder, check_forward_args, gc_paused
 from execorder.report import Report
 
 _OP_KINDS = frozenset({"call_function", "call_method"})
@@ -214,23 +213,6 @@ def _control_flow_message(exc: _ControlFlowError, owner: str) -> str:
     return f"{prefix} a traced value; pin the arguments it needs with --concrete NAME=VALUE"
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector.
-
-    A trace allocates tens of thousands of long-lived nodes and proxies; each
-    full collection rescans them all, which makes tracing super-linear in
-    model size. Nothing collectable is lost: the collector resumes afterwards.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def trace(
     model: nn.Module,
     *,
@@ -262,7 +244,7 @@ def trace(
     owner = f"{type(model).__name__}.forward"
     recorder = Recorder(model)
     tracer = _Tracer()
-    with _gc_paused():
+    with gc_paused():
         _run_tracer(tracer, model, args, recorder, owner)
         return recorder.build_report(
             target=target or type(model).__name__,
