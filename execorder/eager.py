@@ -257,7 +257,7 @@ def _run(
     # Launch backward first: on a GPU the bookkeeping below then runs while
     # the device works through the queued kernels.
     order = backward_order(outputs, params) if backward else None
-    recorder = Recorder(model)
+    recorder = Recorder(model, tree)
     recorder.replay(events)
     # A parameter returned as it is counts as used by the root.
     own = {id(p) for p in params}
@@ -270,7 +270,6 @@ def _run(
         concrete_args={k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)},
         live=live,
         backward=order,
-        tree=tree,
         inputs=inputs if inputs is not None else _describe(args, kwargs),
     )
 

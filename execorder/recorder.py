@@ -52,10 +52,13 @@ class Recorder:
 
     Args:
         root: The module whose forward is recorded. Its call is the first one.
+        tree: ``module_tree(root)`` if the backend has it already; taken now
+            otherwise. Names in the report are those of the tree at this point.
     """
 
-    def __init__(self, root: nn.Module) -> None:
+    def __init__(self, root: nn.Module, tree: ModuleTree | None = None) -> None:
         self.root = root
+        self.tree = tree or module_tree(root)
         self.calls: list[CallRecord] = [CallRecord(root, None, 0)]
         self.param_order: list[nn.Parameter] = []
         # By id(parameter): the call of its first use; whether it was seen
@@ -83,6 +86,9 @@ class Recorder:
         ``module.parameters()``.
         """
         params = self._module_params.get(id(module))
+        if params is None and id(module) in self.tree.spans:
+            start, end = self.tree.spans[id(module)]
+            params = self._module_params[id(module)] = tuple(self.tree.params[start:end])
         if params is None:
             found = {id(p): p for p in module._parameters.values() if p is not None}
             for child in module._modules.values():
@@ -225,7 +231,6 @@ class Recorder:
         live: Collection[nn.Parameter] | None = None,
         backward: Sequence[nn.Parameter] | None = None,
         inputs: Mapping[str, str] | None = None,
-        tree: ModuleTree | None = None,
     ) -> Report:
         """Name everything recorded and freeze it into a :class:`Report`.
 
@@ -239,10 +244,8 @@ class Recorder:
             backward: Parameters in the order their gradients were
                 accumulated, when a backward was run.
             inputs: Descriptions of the input tensors, by argument name.
-            tree: ``module_tree(root)`` when the backend took it already (at
-                the start of the run); by default it is taken now.
         """
-        tree = tree or module_tree(self.root)
+        tree = self.tree
         module_names, param_names, owners = tree.module_names, tree.param_names, tree.owners
         position = {id(p): i for i, p in enumerate(tree.params)}
         live_ids = None if live is None else {id(p) for p in live}
@@ -251,16 +254,22 @@ class Recorder:
 
         # Named once per module: the group a module's call adds to its parent.
         whole_groups: dict[int, ParamGroup] = {}
+        first_names = [param_name[id(p)] for p in tree.params]
 
         def group_of(group: UsageGroup) -> ParamGroup:
             module, params, whole_module = group
-            if whole_module and id(module) in whole_groups:
-                return whole_groups[id(module)]
-            named = ParamGroup(
-                module_names[id(module)][0], tuple([param_name[id(p)] for p in params])
-            )
-            if whole_module:
-                whole_groups[id(module)] = named
+            key = id(module)
+            if not whole_module:
+                names = tuple([param_name[id(p)] for p in params])
+                return ParamGroup(module_names[key][0], names)
+            named = whole_groups.get(key)
+            if named is None:
+                span = tree.spans.get(key)
+                if span is not None:
+                    names = tuple(first_names[span[0] : span[1]])
+                else:
+                    names = tuple([param_name[id(p)] for p in params])
+                named = whole_groups[key] = ParamGroup(module_names[key][0], names)
             return named
 
         call_counts: dict[int, int] = {}
@@ -354,6 +363,10 @@ class ModuleTree(NamedTuple):
     the first is the canonical one; ``modules`` and ``params`` are in
     ``modules()`` and ``parameters()`` order;
     ``owners`` maps a parameter's id to the ids of the modules holding it.
+    When no module or parameter is shared, each module's parameters are a
+    contiguous run of ``params``: ``spans`` maps a module's id to its
+    ``(start, end)`` there, so ``module.parameters()`` is a slice. With
+    sharing it is empty.
     """
 
     module_names: dict[int, list[str]]
@@ -361,6 +374,7 @@ class ModuleTree(NamedTuple):
     modules: list[nn.Module]
     params: list[nn.Parameter]
     owners: dict[int, set[int]]
+    spans: dict[int, tuple[int, int]]
 
 
 def module_tree(root: nn.Module) -> ModuleTree:
@@ -370,23 +384,31 @@ def module_tree(root: nn.Module) -> ModuleTree:
     modules: dict[int, nn.Module] = {}
     params: dict[int, nn.Parameter] = {}
     owners: dict[int, set[int]] = {}
+    spans: dict[int, tuple[int, int]] = {}
+    occurrences = [0, 0]  # of modules, of parameters: more than unique ones means sharing
 
     def visit(prefix: str, module: nn.Module) -> None:
+        start = len(params)
         module_names.setdefault(id(module), []).append(prefix)
         modules.setdefault(id(module), module)
         dot = f"{prefix}." if prefix else ""
         for name, param in module._parameters.items():
             if param is not None:
+                occurrences[1] += 1
                 param_names.setdefault(id(param), []).append(dot + name)
                 params.setdefault(id(param), param)
                 owners.setdefault(id(param), set()).add(id(module))
         for name, child in module._modules.items():
             if child is not None:
                 visit(dot + name, child)
+        occurrences[0] += 1
+        spans[id(module)] = (start, len(params))
 
     visit("", root)
+    if occurrences != [len(modules), len(params)]:
+        spans = {}
     return ModuleTree(
-        module_names, param_names, list(modules.values()), list(params.values()), owners
+        module_names, param_names, list(modules.values()), list(params.values()), owners, spans
     )
 
 

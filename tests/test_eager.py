@@ -13,6 +13,7 @@ from transformer import Transformer
 import execorder
 from execorder import eager
 from execorder.errors import ConcreteArgError, TraceFailure
+from execorder.recorder import module_tree
 
 
 def _eager(case: Case, device: str, **options: object) -> execorder.Report:
@@ -220,3 +221,18 @@ def test_gradient_hooks_are_removed_and_the_users_own_stay() -> None:
     assert [len(h) for h in hooks if h] == [1]  # only the user's
     model(torch.zeros(1, 4, dtype=torch.long)).sum().backward()
     assert seen == [model.head.weight] * 2
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_module_tree_spans_are_each_modules_parameters(case: Case) -> None:
+    model = case.build()
+    tree = module_tree(model)
+    assert tree.params == list(model.parameters())
+    shared = len(list(model.named_parameters(remove_duplicate=False))) > len(tree.params) or len(
+        list(model.named_modules(remove_duplicate=False))
+    ) > len(tree.modules)
+    assert (tree.spans == {}) == shared
+    for module in model.modules():
+        if tree.spans:
+            start, end = tree.spans[id(module)]
+            assert tree.params[start:end] == list(module.parameters())
