@@ -257,7 +257,13 @@ def render_report(
         parts.append(render_external(report.external))
     if report.backward is not None:
         parts.append(render_backward(report, max_rows=max_rows))
-    return Group(*parts)
+    # A table after a one-line message gets a blank line above its title.
+    spaced: list[RenderableType] = []
+    for part in parts:
+        if spaced and isinstance(spaced[-1], Text) and not isinstance(part, Text):
+            spaced.append(Text(""))
+        spaced.append(part)
+    return Group(*spaced)
 
 
 _VERDICTS = {
