@@ -242,6 +242,11 @@ def trace(
     args = dict(concrete_args or {})
     check_forward_args(model, list(args))
     owner = f"{type(model).__name__}.forward"
+    if any(nn.parameter.is_lazy(p) for p in model.parameters()):
+        raise TraceFailure(
+            f"While tracing {owner}: its lazy modules (nn.LazyLinear, ...) have no "
+            "parameters before a real forward"
+        )
     recorder = Recorder(model)
     tracer = _Tracer()
     with gc_paused():

@@ -288,3 +288,15 @@ class WithAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.attn(x, x, x, need_weights=False)
         return self.head(out)
+
+
+class Lazy(nn.Module):
+    """A lazy module: its parameters exist only after a first forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.LazyLinear(4)
+        self.b = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))

@@ -236,3 +236,11 @@ def test_module_tree_spans_are_each_modules_parameters(case: Case) -> None:
         if tree.spans:
             start, end = tree.spans[id(module)]
             assert tree.params[start:end] == list(module.parameters())
+
+
+def test_lazy_modules_are_initialized_then_recorded() -> None:
+    model = nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 2))
+    report = eager.trace(model, args=(torch.randn(2, 3),), backward=True)
+    assert [p.name for p in report.params] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert report.param("0.weight").shape == (4, 3)
+    assert type(model[0].weight) is nn.Parameter

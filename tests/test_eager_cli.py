@@ -55,6 +55,21 @@ def test_auto_uses_fx_when_it_can() -> None:
     assert json.loads(result.stdout)["mode"] == "fx"
 
 
+def test_lazy_modules_need_a_real_forward() -> None:
+    result = invoke("trace", "models:Lazy")
+    assert result.exit_code == 2
+    assert "lazy modules" in result.stderr and "--mode eager --input" in result.stderr
+    result = invoke("trace", "models:Lazy", "--input", "x=float32[2,3]", "-f", "json")
+    assert result.exit_code == 0, result.output
+    assert "lazy modules" in result.stderr  # the note on falling back
+    data = json.loads(result.stdout)
+    assert data["mode"] == "eager"
+    assert [(p["name"], p["shape"]) for p in data["params"]][:2] == [
+        ("a.weight", [4, 3]),
+        ("a.bias", [4]),
+    ]
+
+
 def test_explicit_meta_device_does_not_fall_back() -> None:
     result = invoke("trace", "models:DataDependent", "--mode", "eager", "--input",
                     "x=float32[2,4]", "--device", "meta")  # fmt: skip
