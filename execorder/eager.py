@@ -1,17 +1,16 @@
 """The eager backend: run forward for real and record what runs.
 
-Module calls are seen through a wrapped ``nn.Module.__call__``. Parameter
-uses come from the parameters themselves: for the duration of the run each parameter of
-the model is re-classed to a private subclass of ``nn.Parameter`` with a
-``__torch_function__`` that reports to the recorder. torch only calls into
-Python for ops that actually receive one of these parameters (as an argument,
-keyword or inside a list), so ops on activations cost nothing extra. The
-parameter objects stay the same, so identity, tying and autograd are
-unaffected; their class is restored afterwards, also when forward raises.
-
-Both backends feed the same :class:`~execorder.recorder.Recorder`, so an
-eager report has the same shape as an FX one (``mode`` is ``"eager"``).
-"""
+For the duration of the run each module of the model gets a wrapper around
+its ``_call_impl`` that logs the call, and each parameter is re-classed to a
+private subclass of ``nn.Parameter`` whose ``__torch_function__`` logs the
+op's parameters. torch only calls into Python for ops that actually receive
+one of them (as an argument, keyword or inside a list), so ops on activations
+cost nothing extra. The parameter objects stay the same, so identity, tying
+and autograd are unaffected; wrappers and classes are removed afterwards,
+also when forward raises. The hot path only appends to a list, which the
+:class:`~execorder.recorder.Recorder` replays afterwards: both backends feed
+it, so an eager report has the same shape as an FX one (``mode`` is
+``"eager"``)."""
 
 from __future__ import annotations
 

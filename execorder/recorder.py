@@ -1,10 +1,12 @@
 """The recorder: backends tell it what runs, it builds the report.
 
-A backend (FX today) reports three kinds of event: a module call starts
+A backend reports three kinds of event: a module call starts
 (:meth:`Recorder.enter`), it ends (:meth:`Recorder.exit`), and parameters are
-used (:meth:`Recorder.use`, :meth:`Recorder.use_module`). The recorder keeps
-live module and parameter objects; names are resolved once, in
-:meth:`Recorder.build_report`.
+used (:meth:`Recorder.use`, :meth:`Recorder.use_module`). FX reports them as
+it traces; eager logs them to a list on its hot path and hands the recorder
+the whole log (:meth:`Recorder.replay`). The recorder keeps live module and
+parameter objects; names come from one walk of the module tree
+(:func:`module_tree`) and are resolved once, in :meth:`Recorder.build_report`.
 """
 
 from __future__ import annotations
