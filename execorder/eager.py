@@ -238,7 +238,8 @@ def _run(
 ) -> Report:
     """:func:`trace`, with the garbage collector paused by the caller."""
     owner = f"{type(model).__name__}.forward"
-    if _has_lazy_params(model):
+    tree = module_tree(model)
+    if tree.has_lazy_params:
         # Lazy modules (nn.LazyLinear, ...) create their parameters in their
         # first forward: run it once unrecorded, then record a real one.
         try:
@@ -246,7 +247,7 @@ def _run(
                 model(*args, **kwargs)
         except Exception as exc:
             raise TraceFailure(f"While initializing the lazy modules of {owner}: {exc}") from exc
-    tree = module_tree(model)
+        tree = module_tree(model)
     params = tree.params
     events: list[Event] = []
     try:
@@ -279,10 +280,6 @@ def _run(
         backward=order,
         inputs=inputs if inputs is not None else _describe(args, kwargs),
     )
-
-
-def _has_lazy_params(model: nn.Module) -> bool:
-    return any(nn.parameter.is_lazy(p) for p in model.parameters())
 
 
 def _describe(args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, str]:

@@ -242,12 +242,12 @@ def trace(
     args = dict(concrete_args or {})
     check_forward_args(model, list(args))
     owner = f"{type(model).__name__}.forward"
-    if any(nn.parameter.is_lazy(p) for p in model.parameters()):
+    recorder = Recorder(model)
+    if recorder.tree.has_lazy_params:
         raise TraceFailure(
             f"While tracing {owner}: its lazy modules (nn.LazyLinear, ...) have no "
             "parameters before a real forward"
         )
-    recorder = Recorder(model)
     tracer = _Tracer()
     with gc_paused():
         _run_tracer(tracer, model, args, recorder, owner)

@@ -256,22 +256,15 @@ class Recorder:
 
         # Named once per module: the group a module's call adds to its parent.
         whole_groups: dict[int, ParamGroup] = {}
-        first_names = [param_name[id(p)] for p in tree.params]
 
         def group_of(group: UsageGroup) -> ParamGroup:
             module, params, whole_module = group
-            key = id(module)
-            if not whole_module:
-                names = tuple([param_name[id(p)] for p in params])
-                return ParamGroup(module_names[key][0], names)
-            named = whole_groups.get(key)
+            named = whole_groups.get(id(module)) if whole_module else None
             if named is None:
-                span = tree.spans.get(key)
-                if span is not None:
-                    names = tuple(first_names[span[0] : span[1]])
-                else:
-                    names = tuple([param_name[id(p)] for p in params])
-                named = whole_groups[key] = ParamGroup(module_names[key][0], names)
+                names = tuple([param_name[id(p)] for p in params])
+                named = ParamGroup(module_names[id(module)][0], names)
+                if whole_module:
+                    whole_groups[id(module)] = named
             return named
 
         call_counts: dict[int, int] = {}
@@ -377,6 +370,11 @@ class ModuleTree(NamedTuple):
     params: list[nn.Parameter]
     owners: dict[int, set[int]]
     spans: dict[int, tuple[int, int]]
+
+    @property
+    def has_lazy_params(self) -> bool:
+        """Whether a lazy module (``nn.LazyLinear``, ...) awaits its first forward."""
+        return any(nn.parameter.is_lazy(p) for p in self.params)
 
 
 def module_tree(root: nn.Module) -> ModuleTree:
