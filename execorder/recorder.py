@@ -168,6 +168,7 @@ class Recorder:
         inlined.
         """
         calls, stack, params_of = self.calls, self._stack, self.params_of
+        cached = self._module_params
         first_call, observed, order = self._first_call, self._observed, self.param_order
         group = tuple.__new__  # UsageGroup(...) without its Python-level __new__
         for event in events:
@@ -185,7 +186,7 @@ class Recorder:
                         first_call[key] = index
                         order.append(param)
             else:
-                params = params_of(event)
+                params = cached.get(id(event)) or params_of(event)
                 parent = calls[stack[-1]]
                 slot = None
                 if params:
@@ -248,87 +249,101 @@ class Recorder:
             inputs: Descriptions of the input tensors, by argument name.
         """
         tree = self.tree
-        module_names, param_names, owners = tree.module_names, tree.param_names, tree.owners
-        position = {id(p): i for i, p in enumerate(tree.params)}
-        live_ids = None if live is None else {id(p) for p in live}
+        module_names, param_names = tree.module_names, tree.param_names
         observed, first_call = self._observed, self._first_call
+        live_ids = None if live is None else {id(p) for p in live}
         param_name = {key: names[0] for key, names in param_names.items()}
+        new_call, new_group = ModuleCall, ParamGroup
 
-        # Named once per module: the group a module's call adds to its parent.
+        # Per module, named once: its name, aliases, type, and the group its
+        # call adds to its parent.
+        named: dict[int, tuple[str, tuple[str, ...], str]] = {}
         whole_groups: dict[int, ParamGroup] = {}
-
-        def group_of(group: UsageGroup) -> ParamGroup:
-            module, params, whole_module = group
-            named = whole_groups.get(id(module)) if whole_module else None
-            if named is None:
-                names = tuple([param_name[id(p)] for p in params])
-                named = ParamGroup(module_names[id(module)][0], names)
-                if whole_module:
-                    whole_groups[id(module)] = named
-            return named
-
         call_counts: dict[int, int] = {}
-        calls = []
+        calls: list[ModuleCall] = []
         for index, record in enumerate(self.calls):
-            key = id(record.module)
-            names = module_names[key]
+            module = record.module
+            key = id(module)
+            about = named.get(key)
+            if about is None:
+                names = module_names[key]
+                about = named[key] = (names[0], tuple(names[1:]), type(module).__name__)
             seen = call_counts.get(key, 0)
             call_counts[key] = seen + 1
+            uses = []
+            for group_module, params, whole_module in record.groups:
+                if whole_module:
+                    group = whole_groups.get(id(group_module))
+                    if group is None:
+                        group = whole_groups[id(group_module)] = new_group(
+                            module_names[id(group_module)][0],
+                            tuple([param_name[id(p)] for p in params]),
+                        )
+                else:
+                    group = new_group(
+                        module_names[id(group_module)][0],
+                        tuple([param_name[id(p)] for p in params]),
+                    )
+                uses.append(group)
+            name, aliases, kind = about
             calls.append(
-                ModuleCall(
-                    index=index,
-                    name=names[0],
-                    type=type(record.module).__name__,
-                    depth=record.depth,
-                    parent=record.parent,
-                    call=seen,
-                    aliases=tuple(names[1:]),
-                    uses=tuple([group_of(group) for group in record.groups]),
-                )
+                new_call(index, name, kind, record.depth, record.parent, seen, aliases, tuple(uses))
             )
 
-        def info(param: nn.Parameter, first_call: int | None) -> ParamInfo:
+        new_info = ParamInfo
+        position = {id(p): i for i, p in enumerate(tree.params)}
+        counts = dict.fromkeys(("numel", "dead", "frozen", "assumed", "no_grad"), 0)
+
+        def info(param: nn.Parameter, first: int | None) -> ParamInfo:
             key = id(param)
             names = param_names[key]
-            used = first_call is not None
             requires_grad = param.requires_grad
-            return ParamInfo(
-                name=names[0],
-                aliases=tuple(names[1:]),
-                index=position[key],
-                shape=tuple(param.shape),
-                dtype=str(param.dtype).removeprefix("torch."),
-                numel=param.numel(),
-                requires_grad=requires_grad,
-                first_module=None if first_call is None else calls[first_call].name,
-                first_call=first_call,
-                assumed=used and key not in observed,
-                dead=used and requires_grad and live_ids is not None and key not in live_ids,
+            numel = param.numel()
+            used = first is not None
+            assumed = used and key not in observed
+            dead = used and requires_grad and live_ids is not None and key not in live_ids
+            counts["numel"] += numel
+            counts["dead"] += dead
+            counts["frozen"] += not requires_grad
+            counts["assumed"] += assumed
+            counts["no_grad"] += requires_grad and (dead or not used)
+            return new_info(
+                names[0],
+                tuple(names[1:]),
+                position[key],
+                tuple(param.shape),
+                str(param.dtype).removeprefix("torch."),
+                numel,
+                requires_grad,
+                None if first is None else calls[first].name,
+                first,
+                assumed,
+                dead,
             )
 
         used = tuple([info(p, first_call[id(p)]) for p in self.param_order])
-        unused = tuple(info(p, None) for p in tree.params if id(p) not in first_call)
+        numel_used = counts["numel"]
+        unused = tuple([info(p, None) for p in tree.params if id(p) not in first_call])
         external = tuple(
             ExternalUse(
-                param=param_names[id(param)][0],
-                owner=param_names[id(param)][0].rpartition(".")[0],
+                param=param_name[id(param)],
+                owner=param_name[id(param)].rpartition(".")[0],
                 module=calls[index].name,
                 call=index,
             )
-            for param, index in self._external_uses(owners)
+            for param, index in self._external_uses(tree.owners)
         )
-        every = (*used, *unused)
         summary = Summary(
             calls=len(calls),
             modules=len(call_counts),
-            params_total=len(every),
+            params_total=len(used) + len(unused),
             params_used=len(used),
-            numel_total=sum(p.numel for p in every),
-            numel_used=sum(p.numel for p in used),
-            params_dead=sum(p.dead for p in used),
-            params_frozen=sum(not p.requires_grad for p in every),
-            params_assumed=sum(p.assumed for p in used),
-            params_no_grad=sum(p.requires_grad and (p.dead or not p.used) for p in every),
+            numel_total=counts["numel"],
+            numel_used=numel_used,
+            params_dead=counts["dead"],
+            params_frozen=counts["frozen"],
+            params_assumed=counts["assumed"],
+            params_no_grad=counts["no_grad"],
             external_uses=len(external),
         )
         return Report(
@@ -340,7 +355,7 @@ class Recorder:
             unused=unused,
             summary=summary,
             external=external,
-            backward=None if backward is None else tuple(param_names[id(p)][0] for p in backward),
+            backward=None if backward is None else tuple([param_name[id(p)] for p in backward]),
             inputs=dict(inputs or {}),
         )
 
@@ -385,30 +400,45 @@ def module_tree(root: nn.Module) -> ModuleTree:
     params: dict[int, nn.Parameter] = {}
     owners: dict[int, set[int]] = {}
     spans: dict[int, tuple[int, int]] = {}
-    occurrences = [0, 0]  # of modules, of parameters: more than unique ones means sharing
+    shared = False
 
     def visit(prefix: str, module: nn.Module) -> None:
+        nonlocal shared
+        key = id(module)
         start = len(params)
-        module_names.setdefault(id(module), []).append(prefix)
-        modules.setdefault(id(module), module)
+        names = module_names.get(key)
+        if names is None:
+            module_names[key] = [prefix]
+            modules[key] = module
+        else:
+            names.append(prefix)
+            shared = True
         dot = f"{prefix}." if prefix else ""
         for name, param in module._parameters.items():
             if param is not None:
-                occurrences[1] += 1
-                param_names.setdefault(id(param), []).append(dot + name)
-                params.setdefault(id(param), param)
-                owners.setdefault(id(param), set()).add(id(module))
+                param_key = id(param)
+                names = param_names.get(param_key)
+                if names is None:
+                    param_names[param_key] = [dot + name]
+                    params[param_key] = param
+                    owners[param_key] = {key}
+                else:
+                    names.append(dot + name)
+                    owners[param_key].add(key)
+                    shared = True
         for name, child in module._modules.items():
             if child is not None:
                 visit(dot + name, child)
-        occurrences[0] += 1
-        spans[id(module)] = (start, len(params))
+        spans[key] = (start, len(params))
 
     visit("", root)
-    if occurrences != [len(modules), len(params)]:
-        spans = {}
     return ModuleTree(
-        module_names, param_names, list(modules.values()), list(params.values()), owners, spans
+        module_names,
+        param_names,
+        list(modules.values()),
+        list(params.values()),
+        owners,
+        {} if shared else spans,
     )
 
 
