@@ -23,7 +23,14 @@ import torch
 from torch import nn
 
 from execorder.errors import TraceFailure
-from execorder.recorder import ModuleTree, Recorder, check_forward_args, gc_paused, module_tree
+from execorder.recorder import (
+    ModuleTree,
+    Recorder,
+    _unique,
+    check_forward_args,
+    gc_paused,
+    module_tree,
+)
 from execorder.report import Report
 
 
@@ -145,21 +152,6 @@ def live_params(outputs: Any, params: Sequence[nn.Parameter]) -> set[nn.Paramete
     return live
 
 
-def backward_order(outputs: Any, params: Sequence[nn.Parameter]) -> list[nn.Parameter]:
-    """Run backward on the sum of the outputs; the order ``params``' gradients are accumulated.
-
-    That is the order DDP's reducer and FSDP's backward prefetching see.
-    """
-    losses = [t.float().sum() for t in _tensors(outputs) if t.requires_grad]
-    order: list[nn.Parameter] = []
-    if not losses:
-        return order
-    with _accumulation_hooks([p for p in params if p.requires_grad], order.append):
-        loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
-        loss.backward()
-    return order
-
-
 @contextmanager
 def _accumulation_hooks(
     params: Sequence[nn.Parameter], hook: Callable[[nn.Parameter], None]
@@ -191,6 +183,159 @@ def _on_meta(model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any]) -
     return any(t.is_meta for t in tensors)
 
 
+class Recording:
+    """One forward of a model, and the backward that followed, as :func:`record` saw them.
+
+    Cheap to hold: live module and parameter objects and a flat event log,
+    named and frozen into a report only by :meth:`report`.
+    """
+
+    def __init__(self, model: nn.Module, tree: ModuleTree) -> None:
+        self.model = model
+        self._tree = tree
+        self._events: list[Event] = []
+        self._order: list[nn.Parameter] = []  # gradient accumulations, by hook
+        self._calls = 0
+        self._failed = False
+        self._outputs: Any = None
+        self._returned: list[nn.Parameter] = []
+        self._live: set[nn.Parameter] | None = None
+        self._inputs: dict[str, str] = {}
+        self._concrete_args: dict[str, Any] = {}
+
+    def _call(self, call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The model's own call, with its modules and parameters recorded."""
+        if self._calls:
+            raise TraceFailure(
+                f"{type(self.model).__name__} was called a second time inside a record() "
+                "block; a recording covers one forward (and its backward)"
+            )
+        self._calls += 1
+        self._inputs = _describe(args, kwargs)
+        self._concrete_args = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
+        try:
+            with _recording(self.model, self._tree, self._events):
+                self._outputs = call(*args, **kwargs)
+        except BaseException:
+            self._failed = True
+            raise
+        return self._outputs
+
+    def _finish(self) -> None:
+        """The block has ended: take what needs the outputs, then let them go."""
+        outputs, self._outputs = self._outputs, None
+        if not self._calls or self._failed:
+            return
+        own = {id(p) for p in self._tree.params}
+        self._returned = [t for t in _tensors(outputs) if id(t) in own]  # type: ignore[misc]
+        if self._order:
+            # A backward ran: the parameters that got a gradient are the live
+            # ones. Several backwards: each parameter at its first accumulation.
+            self._order = list(_unique(self._order))
+            self._live = set(self._order)
+        else:
+            self._live = live_params(outputs, self._tree.params)
+
+    def report(
+        self, *, target: str | None = None, inputs: Mapping[str, str] | None = None
+    ) -> Report:
+        """Name and freeze what was recorded.
+
+        Args:
+            target: What to call the model; its class name by default.
+            inputs: Descriptions of the input tensors; by default
+                ``dtype[shape]`` of each tensor argument of the recorded call.
+
+        Raises:
+            TraceFailure: If the block has not ended, the model was not
+                called inside it, or its forward raised.
+        """
+        owner = type(self.model).__name__
+        if not self._calls:
+            raise TraceFailure(
+                f"{owner} was not called inside the record() block "
+                "(call the model itself, model(...), not model.forward(...))"
+            )
+        if self._failed:
+            raise TraceFailure(f"{owner}.forward raised inside the record() block")
+        if self._live is None:
+            raise TraceFailure("report() is available once the record() block has ended")
+        with gc_paused():
+            recorder = Recorder(self.model, self._tree)
+            recorder.replay(self._events)
+            # A parameter returned as it is counts as used by the root.
+            recorder.use(self._returned)
+            return recorder.build_report(
+                target=target or owner,
+                mode="eager",
+                concrete_args=self._concrete_args,
+                live=self._live,
+                backward=self._order or None,
+                inputs=self._inputs if inputs is None else inputs,
+            )
+
+
+@contextmanager
+def record(model: nn.Module) -> Iterator[Recording]:
+    """Record the forward of ``model`` run inside the block, and its backward.
+
+    For profiling a real training step: the block runs the model the way the
+    training loop does (its own inputs, loss, autocast, ...), and the report
+    is built afterwards, so the step itself pays only for the recording.
+
+    Example:
+        >>> with execorder.eager.record(model) as recording:
+        ...     loss = model(**batch).loss
+        ...     loss.backward()
+        >>> report = recording.report()
+
+    The first call of ``model`` inside the block is recorded; a second one is
+    an error. When a backward runs inside the block, the report has the order
+    in which gradients were first accumulated, and the used parameters that
+    got none are dead; otherwise liveness comes from the autograd graph of the
+    outputs. Wrappers, parameter classes and hooks are removed when the block
+    ends, also when it raises.
+
+    Raises:
+        TraceFailure: If ``model`` has lazy modules that have not run yet
+            (their parameters do not exist).
+    """
+    tree = module_tree(model)
+    if tree.has_lazy_params:
+        raise TraceFailure(
+            f"{type(model).__name__} has lazy modules that have not run yet; run one "
+            "forward before recording (eager.trace does that itself)"
+        )
+    recording = Recording(model, tree)
+    with _recorded(recording):
+        yield recording
+
+
+@contextmanager
+def _recorded(recording: Recording) -> Iterator[None]:
+    """Arm ``recording``: wrap its model's call, hook its parameters' gradients."""
+    model, tree = recording.model, recording._tree
+    compiled = getattr(model, "_compiled_call_impl", None) is not None
+    slot = "_compiled_call_impl" if compiled else "_call_impl"
+    before = model.__dict__.get(slot, _ABSENT)
+    call = getattr(model, slot)
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        return recording._call(call, args, kwargs)
+
+    trainable = [p for p in tree.params if p.requires_grad]
+    with gc_paused(), _accumulation_hooks(trainable, recording._order.append):
+        model.__dict__[slot] = recorded
+        try:
+            yield
+        finally:
+            if before is _ABSENT:
+                model.__dict__.pop(slot, None)
+            else:
+                model.__dict__[slot] = before
+            recording._finish()
+
+
 def trace(
     model: nn.Module,
     *,
@@ -203,7 +348,7 @@ def trace(
     """Run ``model(*args, **kwargs)`` for real and report its execution order.
 
     Pure: nothing is printed. On the meta device nothing is computed either,
-    only shapes.
+    only shapes. To record a training step of your own instead, see :func:`record`.
 
     Args:
         model: The module to run.
@@ -224,62 +369,48 @@ def trace(
             inputs are on the meta device.
         TraceFailure: If forward raises otherwise.
     """
-    with gc_paused():
-        return _run(model, args, dict(kwargs or {}), backward, target, inputs)
-
-
-def _run(
-    model: nn.Module,
-    args: Sequence[Any],
-    kwargs: dict[str, Any],
-    backward: bool,
-    target: str | None,
-    inputs: Mapping[str, str] | None,
-) -> Report:
-    """:func:`trace`, with the garbage collector paused by the caller."""
+    kwargs = dict(kwargs or {})
     owner = f"{type(model).__name__}.forward"
-    tree = module_tree(model)
-    if tree.has_lazy_params:
-        # Lazy modules (nn.LazyLinear, ...) create their parameters in their
-        # first forward: run it once unrecorded, then record a real one.
-        try:
-            with torch.no_grad():
-                model(*args, **kwargs)
-        except Exception as exc:
-            raise TraceFailure(f"While initializing the lazy modules of {owner}: {exc}") from exc
+    with gc_paused():
         tree = module_tree(model)
-    params = tree.params
-    events: list[Event] = []
-    try:
-        with _recording(model, tree, events), torch.enable_grad():
-            outputs = model(*args, **kwargs)
-    except Exception as exc:
-        check_forward_args(model, list(kwargs))  # a clearer error for a wrong keyword
-        reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
-        if _on_meta(model, args, kwargs):
-            raise MetaDeviceError(
-                f"While running {owner} on the meta device: {reason}. Its forward needs "
-                "real tensor values (data-dependent control flow or indexing); use --device cpu"
-            ) from exc
-        raise TraceFailure(f"While running {owner}: {reason}") from exc
-    # Launch backward first: on a GPU the bookkeeping below then runs while
-    # the device works through the queued kernels.
-    order = backward_order(outputs, params) if backward else None
-    recorder = Recorder(model, tree)
-    recorder.replay(events)
-    # A parameter returned as it is counts as used by the root.
-    own = {id(p) for p in params}
-    recorder.use([t for t in _tensors(outputs) if id(t) in own])  # type: ignore[misc]
-    # A backward already says which parameters got a gradient: no graph walk.
-    live = set(order) if order is not None else live_params(outputs, params)
-    return recorder.build_report(
-        target=target or type(model).__name__,
-        mode="eager",
-        concrete_args={k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)},
-        live=live,
-        backward=order,
-        inputs=inputs if inputs is not None else _describe(args, kwargs),
-    )
+        if tree.has_lazy_params:
+            # Lazy modules (nn.LazyLinear, ...) create their parameters in
+            # their first forward: run it once unrecorded, then record one.
+            try:
+                with torch.no_grad():
+                    model(*args, **kwargs)
+            except Exception as exc:
+                raise TraceFailure(
+                    f"While initializing the lazy modules of {owner}: {exc}"
+                ) from exc
+            tree = module_tree(model)
+        recording = Recording(model, tree)
+        with _recorded(recording):
+            try:
+                with torch.enable_grad():
+                    outputs = model(*args, **kwargs)
+            except Exception as exc:
+                check_forward_args(model, list(kwargs))  # a clearer error for a wrong keyword
+                reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+                if _on_meta(model, args, kwargs):
+                    raise MetaDeviceError(
+                        f"While running {owner} on the meta device: {reason}. Its forward "
+                        "needs real tensor values (data-dependent control flow or indexing); "
+                        "use --device cpu"
+                    ) from exc
+                raise TraceFailure(f"While running {owner}: {reason}") from exc
+            if backward:
+                _sum_backward(outputs)
+            del outputs
+        return recording.report(target=target, inputs=inputs)
+
+
+def _sum_backward(outputs: Any) -> None:
+    """Backward from the sum of every output that requires grad."""
+    losses = [t.float().sum() for t in _tensors(outputs) if t.requires_grad]
+    if losses:
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
+        loss.backward()
 
 
 def _describe(args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, str]:

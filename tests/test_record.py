@@ -1,0 +1,146 @@
+"""eager.record: a training step of the user's own, recorded, with the report built after."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import models
+import pytest
+import torch
+from cases import CASES, Case
+from seed import Model
+from torch import nn
+from transformer import Transformer
+
+from execorder import eager
+from execorder.errors import TraceFailure
+
+
+def _sum(outputs: Any) -> torch.Tensor:
+    """The loss eager.trace(backward=True) uses: the sum of every output that requires grad."""
+    tensors = [t for t in eager._tensors(outputs) if t.requires_grad]
+    return torch.stack([t.float().sum() for t in tensors]).sum()
+
+
+def _restored(model: nn.Module) -> bool:
+    return (
+        all(type(p) is nn.Parameter for p in model.parameters())
+        and not any("_call_impl" in vars(m) for m in model.modules())
+        and not any(p._post_accumulate_grad_hooks for p in model.parameters())
+    )
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_a_recorded_step_gives_the_report_of_trace_with_backward(case: Case) -> None:
+    torch.manual_seed(0)
+    model, args = case.build(), case.inputs()
+    traced = eager.trace(model, args=args, kwargs=case.concrete_args, backward=True)
+    model.zero_grad(set_to_none=True)
+    with eager.record(model) as recording:
+        outputs = model(*args, **case.concrete_args)
+        if any(t.requires_grad for t in eager._tensors(outputs)):
+            _sum(outputs).backward()
+    assert recording.report().to_dict() == traced.to_dict()
+    assert _restored(model)
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_without_a_backward_liveness_comes_from_the_graph(case: Case) -> None:
+    torch.manual_seed(0)
+    model, args = case.build(), case.inputs()
+    with eager.record(model) as recording:
+        model(*args, **case.concrete_args)
+    report = recording.report()
+    assert report.backward is None
+    assert report.to_dict() == eager.trace(model, args=args, kwargs=case.concrete_args).to_dict()
+
+
+class TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 4)
+        self.policy = nn.Linear(4, 2)
+        self.value = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(x)
+        return self.policy(h), self.value(h)
+
+
+def test_the_users_loss_decides_what_is_dead() -> None:
+    """A loss on one head: the other head gets no gradient, as DDP would see it."""
+    model = TwoHeads()
+    with eager.record(model) as recording:
+        policy, _ = model(torch.randn(3, 4))
+        policy.sum().backward()
+    report = recording.report()
+    no_grad = [name for name, p in model.named_parameters() if p.grad is None]
+    assert no_grad == ["value.weight", "value.bias"]
+    assert [p.name for p in report.dead] == no_grad
+    assert report.backward is not None
+    assert set(report.backward) == {"body.weight", "body.bias", "policy.weight", "policy.bias"}
+
+
+def test_the_calls_arguments_are_described() -> None:
+    model = Model()
+    with eager.record(model) as recording:
+        model(torch.randn(2, 6), run_all_layers=True)
+    report = recording.report(target="seed")
+    assert report.target == "seed"
+    assert dict(report.inputs) == {"arg0": "float32[2, 6]"}
+    assert dict(report.concrete_args) == {"run_all_layers": True}
+
+
+def test_a_second_call_inside_the_block_is_an_error() -> None:
+    model = Transformer(n_layers=1)
+    ids = torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(TraceFailure, match="called a second time"), eager.record(model):
+        model(ids)
+        model(ids)
+    assert _restored(model)
+
+
+def test_a_model_not_called_inside_the_block_has_no_report() -> None:
+    model = Transformer(n_layers=1)
+    with eager.record(model) as recording:
+        model.forward(torch.zeros(1, 4, dtype=torch.long))  # not model(...): not recorded
+    with pytest.raises(TraceFailure, match=r"not called inside.*model\(\.\.\.\)"):
+        recording.report()
+    assert _restored(model)
+
+
+def test_a_forward_that_raises_propagates_and_everything_is_restored() -> None:
+    model = models.Raising()
+    with pytest.raises(ValueError, match="boom in forward"), eager.record(model) as recording:
+        model(torch.randn(2, 4))
+    assert _restored(model)
+    with pytest.raises(TraceFailure, match="raised"):
+        recording.report()
+
+
+def test_the_report_waits_for_the_end_of_the_block() -> None:
+    model = Transformer(n_layers=1)
+    with eager.record(model) as recording:
+        model(torch.zeros(1, 4, dtype=torch.long))
+        with pytest.raises(TraceFailure, match="once the record"):
+            recording.report()
+    assert recording.report().summary.calls > 1
+
+
+def test_two_backwards_give_each_parameter_once_at_its_first_accumulation() -> None:
+    model = Transformer(n_layers=1)
+    with eager.record(model) as recording:
+        loss = model(torch.zeros(1, 4, dtype=torch.long)).sum()
+        loss.backward(retain_graph=True)
+        loss.backward()
+    report = recording.report()
+    assert report.backward is not None
+    assert len(report.backward) == len(set(report.backward))
+    assert report.backward[0] == "head.weight"
+
+
+def test_lazy_modules_must_have_run_before_recording() -> None:
+    model = nn.Sequential(nn.LazyLinear(4))
+    with pytest.raises(TraceFailure, match="lazy modules"), eager.record(model):
+        pass
+    assert not any("_call_impl" in vars(m) for m in model.modules())
