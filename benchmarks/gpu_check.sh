@@ -13,6 +13,6 @@ log=${OUT:-/tmp}/gpu_check.log
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     "$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
-    "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_eager.py
+    "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_eager.py tests/test_record.py
     "$PY" benchmarks/bench_gpu.py --breakdown
 } 2>&1 | tee "$log"
