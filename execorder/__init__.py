@@ -15,11 +15,13 @@ __all__ = [
     "Report",
     "__version__",
     "load_target",
+    "record",
     "trace",
 ]
 
 if TYPE_CHECKING:
     from execorder.compat import ExecOrderTracer
+    from execorder.eager import record
     from execorder.errors import ExecOrderError
     from execorder.fx import trace
     from execorder.loading import load_target
@@ -30,6 +32,7 @@ _LAZY = {
     "ExecOrderError": "execorder.errors",
     "Report": "execorder.report",
     "load_target": "execorder.loading",
+    "record": "execorder.eager",
     "trace": "execorder.fx",
 }
 

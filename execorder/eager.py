@@ -10,7 +10,11 @@ and autograd are unaffected; wrappers and classes are removed afterwards,
 also when forward raises. The hot path only appends to a list, which the
 :class:`~execorder.recorder.Recorder` replays afterwards: both backends feed
 it, so an eager report has the same shape as an FX one (``mode`` is
-``"eager"``)."""
+``"eager"``).
+
+:func:`record` arms all this around a block of the user's own (a training
+step), and :meth:`Recording.report` builds the report afterwards;
+:func:`trace` runs a forward (and a backward of the summed outputs) inside it."""
 
 from __future__ import annotations
 
@@ -197,6 +201,8 @@ class Recording:
         self._order: list[nn.Parameter] = []  # gradient accumulations, by hook
         self._calls = 0
         self._failed = False
+        self._ended = False
+        self._with_grad = True
         self._outputs: Any = None
         self._returned: list[nn.Parameter] = []
         self._live: set[nn.Parameter] | None = None
@@ -211,6 +217,7 @@ class Recording:
                 "block; a recording covers one forward (and its backward)"
             )
         self._calls += 1
+        self._with_grad = torch.is_grad_enabled()
         self._inputs = _describe(args, kwargs)
         self._concrete_args = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
         try:
@@ -224,6 +231,7 @@ class Recording:
     def _finish(self) -> None:
         """The block has ended: take what needs the outputs, then let them go."""
         outputs, self._outputs = self._outputs, None
+        self._ended = True
         if not self._calls or self._failed:
             return
         own = {id(p) for p in self._tree.params}
@@ -233,8 +241,9 @@ class Recording:
             # ones. Several backwards: each parameter at its first accumulation.
             self._order = list(_unique(self._order))
             self._live = set(self._order)
-        else:
+        elif self._with_grad:
             self._live = live_params(outputs, self._tree.params)
+        # else: a forward under no_grad has no graph, so no liveness to tell.
 
     def report(
         self, *, target: str | None = None, inputs: Mapping[str, str] | None = None
@@ -258,7 +267,7 @@ class Recording:
             )
         if self._failed:
             raise TraceFailure(f"{owner}.forward raised inside the record() block")
-        if self._live is None:
+        if not self._ended:
             raise TraceFailure("report() is available once the record() block has ended")
         with gc_paused():
             recorder = Recorder(self.model, self._tree)
@@ -293,8 +302,9 @@ def record(model: nn.Module) -> Iterator[Recording]:
     an error. When a backward runs inside the block, the report has the order
     in which gradients were first accumulated, and the used parameters that
     got none are dead; otherwise liveness comes from the autograd graph of the
-    outputs. Wrappers, parameter classes and hooks are removed when the block
-    ends, also when it raises.
+    outputs (none under ``no_grad``: then nothing is marked dead). Wrappers,
+    parameter classes and hooks are removed when the block ends, also when it
+    raises.
 
     Raises:
         TraceFailure: If ``model`` has lazy modules that have not run yet
@@ -318,10 +328,14 @@ def _recorded(recording: Recording) -> Iterator[None]:
     compiled = getattr(model, "_compiled_call_impl", None) is not None
     slot = "_compiled_call_impl" if compiled else "_call_impl"
     before = model.__dict__.get(slot, _ABSENT)
+    if getattr(before, "_execorder_recording", False):
+        raise TraceFailure(f"{type(model).__name__} is already being recorded (nested record())")
     call = getattr(model, slot)
 
     def recorded(*args: Any, **kwargs: Any) -> Any:
         return recording._call(call, args, kwargs)
+
+    recorded._execorder_recording = True  # type: ignore[attr-defined]
 
     trainable = [p for p in tree.params if p.requires_grad]
     with gc_paused(), _accumulation_hooks(trainable, recording._order.append):

@@ -144,3 +144,51 @@ def test_lazy_modules_must_have_run_before_recording() -> None:
     with pytest.raises(TraceFailure, match="lazy modules"), eager.record(model):
         pass
     assert not any("_call_impl" in vars(m) for m in model.modules())
+
+
+def test_recording_a_model_already_being_recorded_is_an_error() -> None:
+    model = Transformer(n_layers=1)
+    with eager.record(model) as outer:
+        with pytest.raises(TraceFailure, match="already being recorded"), eager.record(model):
+            pass
+        model(torch.zeros(1, 4, dtype=torch.long))
+    assert outer.report().summary.calls > 1
+    assert _restored(model)
+
+
+def test_record_is_part_of_the_top_level_api() -> None:
+    import execorder
+
+    assert execorder.record is eager.record
+
+
+def test_the_readme_example() -> None:
+    """README, "Recording your own training step": the step and what it shows."""
+    import torch.nn.functional as F
+
+    import execorder
+
+    model = Transformer(n_layers=2)
+    ids = torch.randint(0, 64, (2, 16))
+    with execorder.record(model) as recording:
+        logits = model(ids)
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+        loss.backward()
+    report = recording.report()
+    assert report.backward is not None
+    assert report.backward[:3] == ("head.weight", "norm.weight", "blocks.1.fc2.bias")
+    assert dict(report.inputs) == {"arg0": "int64[2, 16]"}
+
+
+def test_a_forward_under_no_grad_marks_nothing_dead() -> None:
+    """No graph, no liveness: an evaluation step says nothing about gradients."""
+    case = CASES["argmax-routing"]
+    model, args = case.build(), case.inputs()
+    traced = eager.trace(model, args=args, kwargs=case.concrete_args)
+    assert traced.dead  # with autograd on, the router is dead
+    with eager.record(model) as recording, torch.no_grad():
+        model(*args, **case.concrete_args)
+    report = recording.report()
+    assert report.dead == ()
+    assert report.backward is None
+    assert [p.name for p in report.params] == [p.name for p in traced.params]
