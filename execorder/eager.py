@@ -30,10 +30,10 @@ from execorder.errors import TraceFailure
 from execorder.recorder import (
     ModuleTree,
     Recorder,
-    _unique,
     check_forward_args,
     gc_paused,
     module_tree,
+    unique_params,
 )
 from execorder.report import Report
 
@@ -239,7 +239,7 @@ class Recording:
         if self._order:
             # A backward ran: the parameters that got a gradient are the live
             # ones. Several backwards: each parameter at its first accumulation.
-            self._order = list(_unique(self._order))
+            self._order = list(unique_params(self._order))
             self._live = set(self._order)
         elif self._with_grad:
             self._live = live_params(outputs, self._tree.params)

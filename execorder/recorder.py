@@ -129,7 +129,7 @@ class Recorder:
                 module), placed before the current call's own group there,
                 since arguments are evaluated before the call.
         """
-        unique = _unique(params)
+        unique = unique_params(params)
         if not unique:
             return
         index = self._stack[-1 - outer]
@@ -175,7 +175,7 @@ class Recorder:
             if event is None:
                 stack.pop()
             elif isinstance(event, list):
-                unique = (event[0],) if len(event) == 1 else _unique(event)
+                unique = (event[0],) if len(event) == 1 else unique_params(event)
                 index = stack[-1]
                 call = calls[index]
                 call.groups.append(group(UsageGroup, (call.module, unique, False)))
@@ -360,7 +360,7 @@ class Recorder:
         )
 
 
-def _unique(params: Iterable[nn.Parameter]) -> tuple[nn.Parameter, ...]:
+def unique_params(params: Iterable[nn.Parameter]) -> tuple[nn.Parameter, ...]:
     """Each parameter once, in order (by identity: no tensor hashing)."""
     return tuple({id(p): p for p in params}.values())
 
