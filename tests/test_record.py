@@ -192,3 +192,17 @@ def test_a_forward_under_no_grad_marks_nothing_dead() -> None:
     assert report.dead == ()
     assert report.backward is None
     assert [p.name for p in report.params] == [p.name for p in traced.params]
+
+
+def test_a_recorded_step_diffs_cleanly_against_an_fx_baseline() -> None:
+    """README: a report from record() goes through execorder diff like any other."""
+    import execorder
+    from execorder.diff import diff_reports
+    from execorder.report import Report
+
+    model = Transformer(n_layers=2)
+    baseline = execorder.trace(model)
+    with execorder.record(model) as recording:
+        model(torch.randint(0, 64, (2, 16))).sum().backward()
+    recorded = Report.from_dict(recording.report().to_dict())
+    assert diff_reports(baseline, recorded).equivalent
