@@ -272,18 +272,14 @@ class Recorder:
             call_counts[key] = seen + 1
             uses = []
             for group_module, params, whole_module in record.groups:
-                if whole_module:
-                    group = whole_groups.get(id(group_module))
-                    if group is None:
-                        group = whole_groups[id(group_module)] = new_group(
-                            module_names[id(group_module)][0],
-                            tuple([param_name[id(p)] for p in params]),
-                        )
-                else:
+                group = whole_groups.get(id(group_module)) if whole_module else None
+                if group is None:
                     group = new_group(
                         module_names[id(group_module)][0],
                         tuple([param_name[id(p)] for p in params]),
                     )
+                    if whole_module:
+                        whole_groups[id(group_module)] = group
                 uses.append(group)
             name, aliases, kind = about
             calls.append(
