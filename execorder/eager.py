@@ -105,11 +105,7 @@ def _recording(root: nn.Module, tree: ModuleTree, events: list[Event]) -> Iterat
         return recorded
 
     modules = [m for m in tree.modules if m is not root]
-    # Wrap what _wrapped_call_impl runs: the compiled call if there is one.
-    slots = [
-        "_call_impl" if getattr(m, "_compiled_call_impl", None) is None else "_compiled_call_impl"
-        for m in modules
-    ]
+    slots = [_call_slot(m) for m in modules]
     saved = [m.__dict__.get(slot, _ABSENT) for m, slot in zip(modules, slots, strict=True)]
     try:
         for module, slot in zip(modules, slots, strict=True):
@@ -119,15 +115,26 @@ def _recording(root: nn.Module, tree: ModuleTree, events: list[Event]) -> Iterat
         yield
     finally:
         for module, slot, before in zip(modules, slots, saved, strict=True):
-            if before is _ABSENT:
-                module.__dict__.pop(slot, None)
-            else:
-                module.__dict__[slot] = before
+            _restore(module, slot, before)
         for param in tree.params:
             param.__class__ = originals[id(param)]
 
 
 _ABSENT = object()
+
+
+def _call_slot(module: nn.Module) -> str:
+    """What ``module(...)`` runs (via ``_wrapped_call_impl``): the compiled call if any."""
+    compiled = getattr(module, "_compiled_call_impl", None) is not None
+    return "_compiled_call_impl" if compiled else "_call_impl"
+
+
+def _restore(module: nn.Module, slot: str, before: Any) -> None:
+    """Put back what ``module.__dict__`` held at ``slot`` (``_ABSENT``: nothing)."""
+    if before is _ABSENT:
+        module.__dict__.pop(slot, None)
+    else:
+        module.__dict__[slot] = before
 
 
 def live_params(outputs: Any, params: Sequence[nn.Parameter]) -> set[nn.Parameter]:
@@ -325,8 +332,7 @@ def record(model: nn.Module) -> Iterator[Recording]:
 def _recorded(recording: Recording) -> Iterator[None]:
     """Arm ``recording``: wrap its model's call, hook its parameters' gradients."""
     model, tree = recording.model, recording._tree
-    compiled = getattr(model, "_compiled_call_impl", None) is not None
-    slot = "_compiled_call_impl" if compiled else "_call_impl"
+    slot = _call_slot(model)
     before = model.__dict__.get(slot, _ABSENT)
     if getattr(before, "_execorder_recording", False):
         raise TraceFailure(f"{type(model).__name__} is already being recorded (nested record())")
@@ -343,10 +349,7 @@ def _recorded(recording: Recording) -> Iterator[None]:
         try:
             yield
         finally:
-            if before is _ABSENT:
-                model.__dict__.pop(slot, None)
-            else:
-                model.__dict__[slot] = before
+            _restore(model, slot, before)
             recording._finish()
 
 
