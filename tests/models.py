@@ -300,3 +300,17 @@ class Lazy(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.b(torch.relu(self.a(x)))
+
+
+class TwoHeads(nn.Module):
+    """Two outputs from one body: a loss on one head leaves the other without gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 4)
+        self.policy = nn.Linear(4, 2)
+        self.value = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(x)
+        return self.policy(h), self.value(h)

@@ -2,42 +2,57 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import torch
-from cases import CASES
+from cases import CASES, Case
+from torch import nn
 
 from execorder import eager
+from execorder.report import Report
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+KEYS = ("modules", "params", "unused", "dead", "backward")
+
+
+def _on_cpu_and_cuda(
+    case: Case, run: Callable[[nn.Module, tuple[Any, ...], str], Report]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``run(model, args, device)`` on each device, the same seed; the two reports as dicts."""
+    reports = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = case.build()
+        args = tuple(a.to(device) for a in case.inputs())
+        reports[device] = run(model, args, device).to_dict()
+    return reports["cpu"], reports["cuda"]
 
 
 @pytest.mark.parametrize("name", ["seed-all-layers", "transformer", "frozen", "argmax-routing"])
 def test_cuda_report_equals_cpu_report(name: str) -> None:
     case = CASES[name]
-    reports = {}
-    for device in ("cpu", "cuda"):
-        torch.manual_seed(0)
-        with torch.device(device):
-            model = case.build()
-        args = tuple(a.to(device) for a in case.inputs())
-        reports[device] = eager.trace(model, args=args, kwargs=case.concrete_args, backward=True)
-    cpu, cuda = (reports[d].to_dict() for d in ("cpu", "cuda"))
-    for key in ("modules", "params", "unused", "dead", "backward"):
+    cpu, cuda = _on_cpu_and_cuda(
+        case,
+        lambda model, args, _: eager.trace(
+            model, args=args, kwargs=case.concrete_args, backward=True
+        ),
+    )
+    for key in KEYS:
         assert cuda[key] == cpu[key], key
 
 
 def test_a_step_recorded_on_cuda_under_autocast_equals_cpu() -> None:
     """record() inside the user's own step: autocast, their loss, on the GPU."""
-    case = CASES["llama"]
-    reports = {}
-    for device in ("cpu", "cuda"):
-        torch.manual_seed(0)
-        with torch.device(device):
-            model = case.build()
-        args = tuple(a.to(device) for a in case.inputs())
+
+    def step(model: nn.Module, args: tuple[Any, ...], device: str) -> Report:
         with eager.record(model) as recording, torch.autocast(device, dtype=torch.bfloat16):
             model(*args).float().sum().backward()
-        reports[device] = recording.report().to_dict()
-    cpu, cuda = reports["cpu"], reports["cuda"]
-    for key in ("modules", "params", "unused", "dead", "backward"):
+        return recording.report()
+
+    cpu, cuda = _on_cpu_and_cuda(CASES["llama"], step)
+    for key in KEYS:
         assert cuda[key] == cpu[key], key

@@ -55,21 +55,9 @@ def test_without_a_backward_liveness_comes_from_the_graph(case: Case) -> None:
     assert report.to_dict() == eager.trace(model, args=args, kwargs=case.concrete_args).to_dict()
 
 
-class TwoHeads(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Linear(4, 4)
-        self.policy = nn.Linear(4, 2)
-        self.value = nn.Linear(4, 1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.body(x)
-        return self.policy(h), self.value(h)
-
-
 def test_the_users_loss_decides_what_is_dead() -> None:
     """A loss on one head: the other head gets no gradient, as DDP would see it."""
-    model = TwoHeads()
+    model = models.TwoHeads()
     with eager.record(model) as recording:
         policy, _ = model(torch.randn(3, 4))
         policy.sum().backward()
