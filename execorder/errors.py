@@ -1,33 +1,537 @@
-"""Domain errors. The CLI turns each into one line on stderr and an exit code."""
+"""Domain errors: what went wrong, as fields, and a message for whoever called.
+
+Every error keeps its facts as attributes (the argument to pin, the valid
+names, the failing call) and composes its message from them with a
+:class:`Words` vocabulary: ``str(error)`` speaks Python (``concrete_args=
+{'flag': ...}``); the command line passes its own vocabulary to
+:meth:`ExecOrderError.describe` and gets the same message in flags
+(``--concrete flag=VALUE``). Exit codes are the command line's business.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import Enum
+from typing import Protocol
+
+
+class Arg(Enum):
+    """The arguments an error may tell the caller to give or change."""
+
+    CONCRETE = "concrete"  # a value for a forward() argument
+    INIT = "init"  # a keyword argument of the model's constructor
+    DEVICE = "device"
+    MODE = "mode"
+    INPUT = "input"  # an input tensor described by its size
+    INPUTS = "inputs"  # real input values or a function making them
+    BACKWARD = "backward"
+    SWEEP = "sweep"
+    TARGET = "target"
+    UPDATE_BASELINE = "update-baseline"  # rewrite a stored report (the command line only)
+
+
+class Words(Protocol):
+    """How a caller names an argument.
+
+    ``names`` are the argument's keys when it has some (the forward
+    arguments to pin), ``value`` the value to show when it matters;
+    ``sep`` joins two arguments given together.
+    """
+
+    sep: str
+
+    def arg(self, arg: Arg, *names: str, value: str | None = None) -> str: ...
+
+
+class PythonWords:
+    """Arguments as keyword arguments of :func:`execorder.profile`."""
+
+    sep = ", "
+
+    def arg(self, arg: Arg, *names: str, value: str | None = None) -> str:
+        if arg in (Arg.CONCRETE, Arg.INIT):
+            keyword = "concrete_args" if arg is Arg.CONCRETE else "init_kwargs"
+            # A placeholder such as VALUE reads as ... in Python.
+            shown = "..." if value is None or value.isupper() else value
+            items = ", ".join(f"{n!r}: {shown}" for n in names)
+            return f"{keyword}={{{items}}}" if names else keyword
+        if arg in (Arg.DEVICE, Arg.MODE):
+            return f"{arg.value}={value!r}" if value else arg.value
+        if arg is Arg.INPUT:
+            return f"input_size={value!r}" if value and not value.isupper() else "input_size"
+        if arg is Arg.BACKWARD:
+            return "backward=True"
+        if arg is Arg.SWEEP:
+            return f"sweep axis {names[0]!r}" if names else "sweep axes"
+        if arg is Arg.UPDATE_BASELINE:
+            return ""
+        return arg.value
+
+
+PYTHON = PythonWords()
 
 
 class ExecOrderError(Exception):
     """Base class for every error execorder reports to a user.
 
-    The message is plain text (no markup) and names the problem; ``exit_code``
-    is what the CLI exits with.
+    ``str(error)`` is one line of plain text in Python's words; a subclass
+    keeps its facts as attributes and builds the line in :meth:`describe`.
     """
 
-    exit_code: int = 2
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self._message = message
+
+    def describe(self, words: Words = PYTHON) -> str:
+        """The message, naming arguments with ``words``."""
+        return self._message
+
+    def __str__(self) -> str:
+        return self.describe(PYTHON)
 
 
-class ArgumentSyntaxError(ExecOrderError):
-    """A ``NAME=VALUE`` option could not be parsed."""
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(names) or "(none)"
+
+
+# -- the target ---------------------------------------------------------------
 
 
 class TargetError(ExecOrderError):
-    """The ``TARGET`` could not be imported, found, or built into a module."""
+    """The target could not be imported, found, or built into a module."""
+
+
+class InitArgsError(TargetError):
+    """The class or factory does not take the keyword arguments given.
+
+    Attributes:
+        what: The call, e.g. ``"Net()"``.
+        missing: Required arguments without a value.
+        problem: Python's complaint about the others, when nothing is missing.
+        accepted: The arguments it accepts.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        missing: Sequence[str] = (),
+        problem: str = "",
+        accepted: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        self.what, self.missing = what, tuple(missing)
+        self.problem, self.accepted = problem, tuple(accepted)
+
+    def describe(self, words: Words = PYTHON) -> str:
+        if self.missing:
+            given = words.arg(Arg.INIT, *self.missing, value="VALUE")
+            return f"{self.what} needs {', '.join(self.missing)}: pass {given}"
+        return f"{self.what}: {self.problem}; it accepts: {_names(self.accepted)}"
+
+
+class InstanceInitError(TargetError):
+    """Init arguments were given for a target that is a module instance."""
+
+    def __init__(self, attr: str) -> None:
+        super().__init__()
+        self.attr = attr
+
+    def describe(self, words: Words = PYTHON) -> str:
+        return (
+            f"{self.attr} is a module instance, so {words.arg(Arg.INIT)} does not apply; "
+            f"point {words.arg(Arg.TARGET)} at its class or a factory function instead"
+        )
+
+
+class InstanceDeviceError(TargetError):
+    """A device asked for a module instance that lives on another one.
+
+    Attributes:
+        name: The instance.
+        where: The device it is on.
+        asked: The device asked for.
+    """
+
+    def __init__(self, name: str, where: str, asked: str) -> None:
+        super().__init__()
+        self.name, self.where, self.asked = name, where, asked
+
+    def describe(self, words: Words = PYTHON) -> str:
+        return (
+            f"{self.name} is a module instance on {self.where}, so "
+            f"{words.arg(Arg.DEVICE, value=self.asked)} does not apply: execorder moves "
+            "nothing; move it yourself or point the target at its class"
+        )
+
+
+class BuildError(TargetError):
+    """Building the model raised.
+
+    Attributes:
+        what: The call, e.g. ``"Net()"``.
+        device: Where it was built.
+        reason: The exception, one line.
+        where: ``file:line`` of the user's code that raised, when known.
+        chosen: Whether the caller chose ``device`` (else it was the fallback).
+    """
+
+    def __init__(self, what: str, device: str, reason: str, *, where: str, chosen: bool) -> None:
+        super().__init__()
+        self.what, self.device, self.reason = what, device, reason
+        self.where, self.chosen = where, chosen
+
+    def describe(self, words: Words = PYTHON) -> str:
+        where = f" ({self.where})" if self.where else ""
+        if not self.chosen:
+            return f"building {self.what} failed{where}: {self.reason}"
+        hint = f"; try {words.arg(Arg.DEVICE, value='cpu')}" if self.device == "meta" else ""
+        return f"building {self.what} on {self.device} failed{where}: {self.reason}{hint}"
+
+
+class DeviceError(ExecOrderError):
+    """A device that does not exist, or one that is not available here.
+
+    Attributes:
+        device: The device asked for.
+        choices: The devices execorder knows.
+        unavailable: True when it is known but not available (CUDA).
+    """
+
+    def __init__(self, device: str, choices: Sequence[str], *, unavailable: bool = False) -> None:
+        super().__init__()
+        self.device, self.choices, self.unavailable = device, tuple(choices), unavailable
+
+    def describe(self, words: Words = PYTHON) -> str:
+        if self.unavailable:
+            asked = words.arg(Arg.DEVICE, value=self.device)
+            return f"{asked} was asked for but {self.device.upper()} is not available here"
+        return f"unknown device {self.device!r}; choose one of: {', '.join(self.choices)}"
+
+
+# -- inputs and arguments -----------------------------------------------------
+
+
+class InputSpecError(ExecOrderError):
+    """An input size could not be read.
+
+    Attributes:
+        text: What was given.
+        problem: What is wrong with it.
+    """
+
+    def __init__(self, text: str, problem: str) -> None:
+        super().__init__()
+        self.text, self.problem = text, problem
+
+    def describe(self, words: Words = PYTHON) -> str:
+        return f"{words.arg(Arg.INPUT, value=self.text)}: {self.problem}"
+
+
+class InputsError(ExecOrderError):
+    """The inputs (or the function making them) cannot be used.
+
+    Attributes:
+        name: The function's name, or what the inputs were.
+        problem: What is wrong.
+    """
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__()
+        self.name, self.problem = name, problem
+
+    def describe(self, words: Words = PYTHON) -> str:
+        return f"{words.arg(Arg.INPUTS)} {self.name} {self.problem}"
 
 
 class ConcreteArgError(ExecOrderError):
-    """A concrete argument does not match the model's ``forward``."""
+    """An argument given for forward is not one of its arguments.
+
+    Attributes:
+        owner: ``Class.forward``.
+        name: The argument given.
+        valid: forward's argument names.
+    """
+
+    def __init__(self, owner: str, name: str, valid: Sequence[str]) -> None:
+        super().__init__()
+        self.owner, self.name, self.valid = owner, name, tuple(valid)
+
+    def describe(self, words: Words = PYTHON) -> str:
+        return (
+            f"{self.owner} has no argument {self.name!r}; its arguments are: {_names(self.valid)}"
+        )
+
+
+class ModeError(ExecOrderError):
+    """An argument that does not apply to the chosen mode.
+
+    Attributes:
+        arg: The argument (``Arg.BACKWARD``, ``Arg.INPUTS``), or None when the
+            mode needs inputs that were not given.
+        mode: The mode chosen.
+    """
+
+    def __init__(self, arg: Arg | None, mode: str) -> None:
+        super().__init__()
+        self.arg, self.mode = arg, mode
+
+    def describe(self, words: Words = PYTHON) -> str:
+        eager = words.arg(Arg.MODE, value="eager")
+        if self.arg is None:
+            size = words.arg(Arg.INPUT, value="NAME=DTYPE[D0,...]")
+            factory = words.arg(Arg.INPUTS, value="MODULE:FUNCTION")
+            return f"eager mode runs forward for real: give its inputs with {size} or {factory}"
+        if self.arg is Arg.BACKWARD:
+            return f"{words.arg(Arg.BACKWARD)} needs {eager} (or auto)"
+        return f"{words.arg(Arg.INPUT)} and {words.arg(Arg.INPUTS)} apply to {eager} (or auto)"
+
+
+# -- tracing and running ------------------------------------------------------
 
 
 class TraceFailure(ExecOrderError):
-    """Tracing the model's forward failed."""
+    """Tracing or running the model's forward failed.
+
+    Attributes:
+        owner: ``Class.forward``.
+        reason: What went wrong, one line, without advice.
+        running: True for a real (eager) run, False for an FX trace.
+    """
+
+    def __init__(self, owner: str, reason: str, *, running: bool = False) -> None:
+        super().__init__()
+        self.owner, self.reason, self.running = owner, reason, running
+
+    def hint(self, words: Words = PYTHON) -> str:
+        """What to do about it, or ``""``."""
+        return ""
+
+    def describe(self, words: Words = PYTHON) -> str:
+        hint = self.hint(words)
+        action = "running" if self.running else "tracing"
+        return f"While {action} {self.owner}: {self.reason}" + (f"; {hint}" if hint else "")
 
 
-class OutputError(ExecOrderError):
-    """The report could not be written where the user asked."""
+class ControlFlowError(TraceFailure):
+    """FX met a branch on a traced value.
+
+    Attributes:
+        arguments: The forward arguments the value is computed from.
+        direct: True when the branch tests an argument itself, not a value
+            computed from it.
+    """
+
+    def __init__(self, owner: str, args: Sequence[str], *, direct: bool) -> None:
+        self.arguments, self.direct = tuple(args), direct
+        if len(self.arguments) == 1:
+            subject = f"argument {self.arguments[0]!r}"
+            reason = (
+                f"control flow depends on {'' if direct else 'a value computed from '}{subject}"
+            )
+        elif self.arguments:
+            reason = f"control flow depends on arguments {', '.join(map(repr, self.arguments))}"
+        else:
+            reason = "control flow depends on a traced value"
+        super().__init__(owner, reason)
+
+    def hint(self, words: Words = PYTHON) -> str:
+        if len(self.arguments) == 1 and self.direct:
+            return f"pin it with {words.arg(Arg.CONCRETE, self.arguments[0], value='VALUE')}"
+        if len(self.arguments) == 1:
+            pin = words.arg(Arg.CONCRETE, self.arguments[0], value="VALUE")
+            return (
+                f"if it is a flag or option, pin it with {pin}; "
+                "FX cannot trace branches on tensor values"
+            )
+        if self.arguments:
+            return f"pin the flags among them with {words.arg(Arg.CONCRETE, 'NAME', value='VALUE')}"
+        return f"pin the arguments it needs with {words.arg(Arg.CONCRETE, 'NAME', value='VALUE')}"
+
+
+class IterationError(TraceFailure):
+    """FX met an iteration over a traced value (``for t in x``, ``*x.shape``).
+
+    Attributes:
+        node: The FX node iterated over.
+    """
+
+    def __init__(self, owner: str, node: str) -> None:
+        self.node = node
+        super().__init__(
+            owner,
+            f"forward iterates over a traced value ({node}), e.g. 'for t in x' or '*x.shape'; "
+            "FX can only unpack a fixed number of items ('a, b = x.shape')",
+        )
+
+    def hint(self, words: Words = PYTHON) -> str:
+        return f"pin the argument with {words.arg(Arg.CONCRETE)} if it is not a tensor"
+
+
+class LazyModulesError(TraceFailure):
+    """FX cannot trace lazy modules: their parameters appear in the first forward."""
+
+    def __init__(self, owner: str) -> None:
+        super().__init__(
+            owner, "its lazy modules (nn.LazyLinear, ...) have no parameters before a real forward"
+        )
+
+
+class ForwardError(TraceFailure):
+    """The model's forward raised in a real (eager) run.
+
+    Attributes:
+        where: ``file:line`` of the user's code that raised, when known.
+    """
+
+    def __init__(self, owner: str, reason: str, *, where: str = "") -> None:
+        super().__init__(owner, reason, running=True)
+        self.where = where
+
+
+class MetaDeviceError(ForwardError):
+    """Forward failed on the meta device: it needs real tensor values."""
+
+    def describe(self, words: Words = PYTHON) -> str:
+        where = f" ({self.where})" if self.where else ""
+        return (
+            f"While running {self.owner} on the meta device{where}: {self.reason}. Its forward "
+            "needs real tensor values (data-dependent control flow or indexing); "
+            f"use {words.arg(Arg.DEVICE, value='cpu')}"
+        )
+
+
+class NeedsInputsError(TraceFailure):
+    """FX failed in auto mode, and no inputs were given to run forward for real.
+
+    Attributes:
+        cause: The FX failure.
+    """
+
+    def __init__(self, cause: TraceFailure) -> None:
+        super().__init__(cause.owner, cause.reason)
+        self.cause = cause
+
+    def describe(self, words: Words = PYTHON) -> str:
+        eager = words.arg(Arg.MODE, value="eager")
+        inputs = words.arg(Arg.INPUT, value="NAME=DTYPE[D0,...]")
+        return f"{self.cause.describe(words)}. Or run forward for real: {eager}{words.sep}{inputs}"
+
+
+class RecordingError(ExecOrderError):
+    """``record()`` was used in a way that cannot give a report."""
+
+
+# -- sweeps, reports, DDP -----------------------------------------------------
+
+
+class SweepAxisError(ExecOrderError):
+    """A swept argument given twice, or both swept and fixed.
+
+    Attributes:
+        name: The argument.
+        fixed: True when it is also fixed; False when it is swept twice.
+    """
+
+    def __init__(self, name: str, *, fixed: bool) -> None:
+        super().__init__()
+        self.name, self.fixed = name, fixed
+
+    def describe(self, words: Words = PYTHON) -> str:
+        if self.fixed:
+            return (
+                f"{self.name} is both swept ({words.arg(Arg.SWEEP)}) and fixed "
+                f"({words.arg(Arg.CONCRETE)})"
+            )
+        return f"{words.arg(Arg.SWEEP, self.name)} is given more than once"
+
+
+class SweepFailure(ExecOrderError):
+    """One combination of a sweep could not be traced.
+
+    Attributes:
+        combination: Its arguments.
+        cause: Why.
+    """
+
+    def __init__(self, combination: dict[str, object], cause: ExecOrderError) -> None:
+        super().__init__()
+        self.combination, self.cause = combination, cause
+
+    def describe(self, words: Words = PYTHON) -> str:
+        where = ", ".join(f"{k}={v!r}" for k, v in self.combination.items())
+        return f"with {where}: {self.cause.describe(words)}"
+
+
+class ReportFileError(ExecOrderError):
+    """A report file is missing, not JSON, or not a report this execorder reads."""
+
+
+class ReportVersionError(ReportFileError):
+    """A report file of another ``schema_version``.
+
+    Attributes:
+        path: The file.
+        found: Its ``schema_version``.
+        expected: The version this execorder reads.
+    """
+
+    def __init__(self, path: str, found: object, expected: int) -> None:
+        super().__init__()
+        self.path, self.found, self.expected = path, found, expected
+
+    def describe(self, words: Words = PYTHON) -> str:
+        how = words.arg(Arg.UPDATE_BASELINE)
+        return (
+            f"{self.path}: report has schema_version {self.found!r}, this execorder reads "
+            f"{self.expected}; regenerate it with this version" + (f" (e.g. {how})" if how else "")
+        )
+
+
+class SchemaError(ExecOrderError, ValueError):
+    """A dict is not a report of a schema version this execorder reads."""
+
+
+class IndicesError(ExecOrderError):
+    """DDP's parameter indices could not be read, or do not fit the model.
+
+    Attributes:
+        index: The index beyond the model's trainable parameters, if that is
+            the problem.
+        count: How many trainable parameters the model has.
+    """
+
+    def __init__(self, message: str = "", *, index: int | None = None, count: int = 0) -> None:
+        super().__init__(message)
+        self.index, self.count = index, count
+
+    def describe(self, words: Words = PYTHON) -> str:
+        if self.index is None:
+            return self._message
+        return (
+            f"index {self.index} is out of range: the model has {self.count} trainable "
+            f"parameters (0 to {self.count - 1}); were the same {words.arg(Arg.INIT)} and "
+            f"{words.arg(Arg.CONCRETE)} values used as in the failing run?"
+        )
+
+
+def user_frame(exc: BaseException) -> str:
+    """``file.py:line`` of the innermost frame of the user's code in a traceback, or ``""``.
+
+    Frames of torch and of execorder itself are not the user's.
+    """
+    import traceback
+    from pathlib import Path
+
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if "/torch/" not in f.filename and "/execorder/" not in f.filename
+    ]
+    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: message``, its first line only."""
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -158,7 +158,7 @@ def test_sweep_cross_product_with_a_fixed_argument() -> None:
 def test_sweep_table_and_markdown(golden: Callable[[str, str], None]) -> None:
     table = invoke("trace", SEED, "--sweep", "run_all_layers=true,false")
     assert table.exit_code == 0
-    assert "branch-dependent" in table.stdout and "never used" in table.stdout
+    assert "Branch-dependent parameters" in table.stdout and "Never used (1)" in table.stdout
     md = invoke("trace", SEED, "--sweep", "run_all_layers=true,false", "-f", "markdown")
     assert "Branch-dependent parameters" in md.stdout
     golden("sweep_seed.md", md.stdout.replace(str(SAMPLES), "sample_models"))
@@ -188,7 +188,7 @@ def test_sweep_names_the_combination_that_fails() -> None:
 
 
 def test_sweep_json_list_values() -> None:
-    from execorder.values import parse_sweep
+    from execorder.cli.values import parse_sweep
 
     assert parse_sweep("shape=[[1, 2], [3]]") == ("shape", [[1, 2], [3]])
     assert parse_sweep("mode=a, b ,c") == ("mode", ["a", "b", "c"])

@@ -10,7 +10,9 @@ import pytest
 from seed import Model
 
 import execorder
-from execorder.diff import CallChange, Gap, ReportFileError, diff_reports, load_report
+from execorder.analysis import CallChange, Gap, diff_reports
+from execorder.errors import ReportFileError
+from execorder.report import load_report
 
 
 def _seed(run_all_layers: bool) -> execorder.Report:

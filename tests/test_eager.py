@@ -13,7 +13,7 @@ from transformer import Transformer
 import execorder
 from execorder import eager
 from execorder.errors import ConcreteArgError, TraceFailure
-from execorder.recorder import module_tree
+from execorder.recording import module_tree
 
 
 def _eager(case: Case, device: str, **options: object) -> execorder.Report:
@@ -79,7 +79,7 @@ def test_eager_sees_uses_inside_leaves_that_break_fsdp_wrapping() -> None:
     fx = execorder.trace(models.WithAttention())
     ours = _eager(CASES["attention"], "meta")
     assert fx.external == ()
-    assert {(u.param, u.module) for u in ours.external} == {
+    assert {(u.param, u.used_by) for u in ours.external} == {
         ("attn.out_proj.weight", "attn"),
         ("attn.out_proj.bias", "attn"),
     }

@@ -10,8 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 from execorder.cli import app
-from execorder.errors import ArgumentSyntaxError, TargetError
-from execorder.inputs import InputSpec, call_inputs_factory, make_input, parse_input
+from execorder.errors import InputsError, InputSpecError
+from execorder.loading.inputs import InputSpec, call_inputs_factory, make_input, parse_input
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 SEED = f"{SAMPLES}/seed.py:Model"
@@ -143,7 +143,7 @@ def test_parse_input(text: str, spec: InputSpec) -> None:
     "text", ["x", "x=float32", "x=float32(2)", "1x=float32[2]", "x=int64[2]@5:5"]
 )
 def test_parse_input_rejects(text: str) -> None:
-    with pytest.raises(ArgumentSyntaxError):
+    with pytest.raises(InputSpecError):
         parse_input(text)
 
 
@@ -163,7 +163,7 @@ def test_inputs_factory_shapes() -> None:
     assert call_inputs_factory(lambda: {"a": x}, "f", "cpu") == ((), {"a": x})
     args, kwargs = call_inputs_factory(lambda device: ((x,), {"flag": True}), "f", "meta")
     assert args[0].is_meta and kwargs == {"flag": True}
-    with pytest.raises(TargetError, match="returned a int"):
+    with pytest.raises(InputsError, match="gave a int"):
         call_inputs_factory(lambda: 3, "f", "cpu")
-    with pytest.raises(TargetError, match="failed: ValueError: nope"):
+    with pytest.raises(InputsError, match="failed: ValueError: nope"):
         call_inputs_factory(lambda: (_ for _ in ()).throw(ValueError("nope")), "f", "cpu")

@@ -21,8 +21,8 @@ def test_seed_module_order_and_calls() -> None:
         "", "layer0", "relu", "layer2", "layer2.0", "layer2.1", "layer2.2",
         "relu", "layer1", "relu", "layer0", "relu",
     ]  # fmt: skip
-    assert [c.call for c in report.modules if c.name == "relu"] == [0, 1, 2, 3]
-    assert [c.call for c in report.modules if c.name == "layer0"] == [0, 1]
+    assert [c.repeat for c in report.modules if c.name == "relu"] == [0, 1, 2, 3]
+    assert [c.repeat for c in report.modules if c.name == "layer0"] == [0, 1]
     assert [c.depth for c in report.modules[:5]] == [0, 1, 1, 1, 2]
     assert report.modules[4].parent == 3
     assert report.modules[0].type == "Model"
@@ -101,7 +101,7 @@ def test_forward_input_named_like_a_param_is_not_the_param() -> None:
 def test_each_call_keeps_its_own_usage() -> None:
     report = execorder.trace(models.CalledTwice())
     first, second = report.modules[1], report.modules[2]
-    assert (first.name, first.call, second.call) == ("gate", 0, 1)
+    assert (first.name, first.repeat, second.repeat) == ("gate", 0, 1)
     assert [g.params for g in first.uses] == [("gate.base",)]
     assert [g.params for g in second.uses] == [("gate.base",), ("gate.extra",)]
 
@@ -171,7 +171,9 @@ def test_unknown_concrete_arg_lists_valid_names() -> None:
 
 
 def test_control_flow_on_an_argument_names_it() -> None:
-    with pytest.raises(TraceFailure, match=r"argument 'flag'; pin it with --concrete flag="):
+    with pytest.raises(
+        TraceFailure, match=r"argument 'flag'; pin it with concrete_args=\{'flag': \.\.\.\}"
+    ):
         execorder.trace(models.Branchy())
 
 

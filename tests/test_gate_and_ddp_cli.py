@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from execorder.analysis import parse_indices
 from execorder.cli import app
-from execorder.ddp import parse_indices
-from execorder.errors import ArgumentSyntaxError
+from execorder.errors import IndicesError
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 SEED = f"{SAMPLES}/seed.py:Model"
@@ -61,7 +61,7 @@ def test_fail_on_unknown_category_is_exit_2(value: str) -> None:
 def test_fail_on_with_table_output_prints_tables_first() -> None:
     result = runner.invoke(app, ["trace", SEED, "-c", "run_all_layers=1", "--fail-on", "dead"])
     assert result.exit_code == 1
-    assert "Dead parameters (no gradient)" in result.stdout
+    assert "Dead parameters, with no gradient (5)" in result.stdout
     assert "fails: 6 trainable parameters get no gradient" in result.stdout
 
 
@@ -120,5 +120,5 @@ def test_parse_indices(text: str, expected: tuple[int, ...]) -> None:
 
 @pytest.mark.parametrize("text", ["", "rank 0:", "0 one 2", "-1"])
 def test_parse_indices_rejects(text: str) -> None:
-    with pytest.raises(ArgumentSyntaxError):
+    with pytest.raises(IndicesError):
         parse_indices(text)

@@ -64,7 +64,7 @@ def test_leaf_modules_fx_cannot_see_into_are_assumed() -> None:
 
 def test_external_use_is_flagged() -> None:
     report = execorder.trace(models.ExternalUse())
-    assert [(u.param, u.owner, u.module, u.call) for u in report.external] == [
+    assert [(u.param, u.owner, u.used_by, u.call) for u in report.external] == [
         ("lin.weight", "lin", "", 0)
     ]
     assert report.to_dict()["external"] == [

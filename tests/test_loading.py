@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from execorder.errors import TargetError
+from execorder.errors import DeviceError, TargetError
 from execorder.loading import load_target, split_target
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
@@ -46,7 +46,7 @@ def test_instance_target_is_used_as_is() -> None:
 
 
 def test_instance_target_rejects_init() -> None:
-    with pytest.raises(TargetError, match="module instance, so --init does not apply"):
+    with pytest.raises(TargetError, match="module instance, so init_kwargs does not apply"):
         load_target("models:instance", init_kwargs={"width": 2})
 
 
@@ -58,7 +58,7 @@ def test_meta_failure_falls_back_to_cpu_with_a_note() -> None:
 
 
 def test_explicit_meta_failure_suggests_cpu() -> None:
-    with pytest.raises(TargetError, match=r"on meta failed.*try --device cpu"):
+    with pytest.raises(TargetError, match=r"on meta failed.*try device='cpu'"):
         load_target("models:NeedsRealTensors", device="meta")
 
 
@@ -83,7 +83,11 @@ def test_sibling_imports_in_a_target_file(tmp_path: Path) -> None:
         ("missing/file.py:Net", {}, r"no such file: missing/file.py"),
         ("models:Nope", {}, r"has no attribute 'Nope'; it has: .*KeywordParam"),
         ("models:not_a_module", {}, r"not_a_module is a int, not an nn.Module"),
-        ("models:NeedsWidth", {}, r"NeedsWidth\(\) needs width: pass --init width=VALUE"),
+        (
+            "models:NeedsWidth",
+            {},
+            r"NeedsWidth\(\) needs width: pass init_kwargs=\{'width': \.\.\.\}",
+        ),
         ("models:NeedsWidth", {"width": 2, "colour": 1}, r"colour.*it accepts: width, depth"),
         ("models:NeedsWidth", {"width": -1}, r"failed \(models.py:\d+\): ValueError: width must"),
         ("models", {}, r"must be 'package.module:Attr'"),
@@ -110,13 +114,13 @@ def test_import_error_inside_user_file(tmp_path: Path) -> None:
 
 
 def test_unknown_device() -> None:
-    with pytest.raises(TargetError, match="unknown device 'tpu'"):
+    with pytest.raises(DeviceError, match="unknown device 'tpu'"):
         load_target("models:NeedsWidth", init_kwargs={"width": 2}, device="tpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error when CUDA is absent")
 def test_cuda_without_cuda_is_a_clear_error() -> None:
-    with pytest.raises(TargetError, match="CUDA is not available"):
+    with pytest.raises(DeviceError, match="CUDA is not available"):
         load_target("models:NeedsWidth", init_kwargs={"width": 2}, device="cuda")
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from transformer import Transformer
 
 from execorder import eager
-from execorder.errors import TraceFailure
+from execorder.errors import RecordingError
 
 
 def _sum(outputs: Any) -> torch.Tensor:
@@ -82,7 +82,7 @@ def test_the_calls_arguments_are_described() -> None:
 def test_a_second_call_inside_the_block_is_an_error() -> None:
     model = Transformer(n_layers=1)
     ids = torch.zeros(1, 4, dtype=torch.long)
-    with pytest.raises(TraceFailure, match="called a second time"), eager.record(model):
+    with pytest.raises(RecordingError, match="called a second time"), eager.record(model):
         model(ids)
         model(ids)
     assert _restored(model)
@@ -92,7 +92,7 @@ def test_a_model_not_called_inside_the_block_has_no_report() -> None:
     model = Transformer(n_layers=1)
     with eager.record(model) as recording:
         model.forward(torch.zeros(1, 4, dtype=torch.long))  # not model(...): not recorded
-    with pytest.raises(TraceFailure, match=r"not called inside.*model\(\.\.\.\)"):
+    with pytest.raises(RecordingError, match=r"not called inside.*model\(\.\.\.\)"):
         recording.report()
     assert _restored(model)
 
@@ -102,7 +102,7 @@ def test_a_forward_that_raises_propagates_and_everything_is_restored() -> None:
     with pytest.raises(ValueError, match="boom in forward"), eager.record(model) as recording:
         model(torch.randn(2, 4))
     assert _restored(model)
-    with pytest.raises(TraceFailure, match="raised"):
+    with pytest.raises(RecordingError, match="raised"):
         recording.report()
 
 
@@ -110,7 +110,7 @@ def test_the_report_waits_for_the_end_of_the_block() -> None:
     model = Transformer(n_layers=1)
     with eager.record(model) as recording:
         model(torch.zeros(1, 4, dtype=torch.long))
-        with pytest.raises(TraceFailure, match="once the record"):
+        with pytest.raises(RecordingError, match="once the record"):
             recording.report()
     assert recording.report().summary.calls > 1
 
@@ -129,7 +129,7 @@ def test_two_backwards_give_each_parameter_once_at_its_first_accumulation() -> N
 
 def test_lazy_modules_must_have_run_before_recording() -> None:
     model = nn.Sequential(nn.LazyLinear(4))
-    with pytest.raises(TraceFailure, match="lazy modules"), eager.record(model):
+    with pytest.raises(RecordingError, match="lazy modules"), eager.record(model):
         pass
     assert not any("_call_impl" in vars(m) for m in model.modules())
 
@@ -137,7 +137,7 @@ def test_lazy_modules_must_have_run_before_recording() -> None:
 def test_recording_a_model_already_being_recorded_is_an_error() -> None:
     model = Transformer(n_layers=1)
     with eager.record(model) as outer:
-        with pytest.raises(TraceFailure, match="already being recorded"), eager.record(model):
+        with pytest.raises(RecordingError, match="already being recorded"), eager.record(model):
             pass
         model(torch.zeros(1, 4, dtype=torch.long))
     assert outer.report().summary.calls > 1
@@ -185,7 +185,7 @@ def test_a_forward_under_no_grad_marks_nothing_dead() -> None:
 def test_a_recorded_step_diffs_cleanly_against_an_fx_baseline() -> None:
     """README: a report from record() goes through execorder diff like any other."""
     import execorder
-    from execorder.diff import diff_reports
+    from execorder.analysis import diff_reports
     from execorder.report import Report
 
     model = Transformer(n_layers=2)

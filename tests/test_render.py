@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from io import StringIO
 
 import models
 from reuse import Reuse
-from rich.console import Console, RenderableType
+from rich.console import RenderableType
 from seed import Model
 from tied import TiedLM
 from transformer import Transformer
 
 import execorder
-from execorder.ddp import explain_indices
-from execorder.render import render_ddp, render_report
+from execorder.analysis import explain_indices
+from execorder.output.terminal import draw, plain_text, render_report
+from execorder.output.views import ddp_view
 
 
 def _text(renderable: RenderableType) -> str:
-    console = Console(width=100, color_system=None, file=StringIO())
-    console.print(renderable)
-    return console.file.getvalue()  # type: ignore[attr-defined]
+    return plain_text(renderable, width=100)
 
 
 def test_seed_tables(golden: Callable[[str, str], None]) -> None:
@@ -45,7 +43,7 @@ def test_liveness_categories(golden: Callable[[str, str], None]) -> None:
 
 def test_ddp_explanation(golden: Callable[[str, str], None]) -> None:
     report = execorder.trace(Model(), concrete_args={"run_all_layers": True}, target="seed:Model")
-    golden("ddp_seed.txt", _text(render_ddp(explain_indices(report, (0, 1, 2, 5, 6, 7)))))
+    golden("ddp_seed.txt", _text(draw(ddp_view(explain_indices(report, (0, 1, 2, 5, 6, 7))))))
 
 
 def test_large_model_is_cut_with_a_pointer(golden: Callable[[str, str], None]) -> None:

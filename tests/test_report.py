@@ -11,7 +11,8 @@ from seed import Model
 from tied import TiedLM
 
 import execorder
-from execorder.report import SCHEMA_VERSION, Report, SchemaError
+from execorder.errors import SchemaError
+from execorder.report import SCHEMA_VERSION, Report
 
 
 @pytest.mark.parametrize("build", [Model, ExternalUse, Frozen])

@@ -14,12 +14,10 @@ from seed import Model
 from typer.testing import CliRunner
 
 import execorder
+from execorder.analysis import diff_reports, explain_indices, sweep
 from execorder.cli import app
-from execorder.ddp import explain_indices
-from execorder.diff import diff_reports
-from execorder.sweep import sweep
 
-SCHEMA = json.loads(files("execorder").joinpath("schema.json").read_text())
+SCHEMA = json.loads(files("execorder.report").joinpath("schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
 

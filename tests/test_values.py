@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from execorder.errors import ArgumentSyntaxError
-from execorder.values import parse_assignment, parse_assignments, parse_value
+from execorder.cli.values import parse_assignment, parse_assignments, parse_value
+from execorder.cli.words import UsageError
 
 
 @pytest.mark.parametrize(
@@ -34,10 +34,10 @@ def test_assignment_splits_on_first_equals() -> None:
 
 @pytest.mark.parametrize("text", ["noequals", "=3", "1x=3", "a b=1"])
 def test_malformed_assignment(text: str) -> None:
-    with pytest.raises(ArgumentSyntaxError, match="--init expects NAME=VALUE"):
+    with pytest.raises(UsageError, match="--init expects NAME=VALUE"):
         parse_assignment(text, option="--init")
 
 
 def test_repeated_name_is_an_error() -> None:
-    with pytest.raises(ArgumentSyntaxError, match="more than once"):
+    with pytest.raises(UsageError, match="more than once"):
         parse_assignments(["a=1", "a=2"], option="--concrete")

@@ -8,9 +8,10 @@ one of them (as an argument, keyword or inside a list), so ops on activations
 cost nothing extra. The parameter objects stay the same, so identity, tying
 and autograd are unaffected; wrappers and classes are removed afterwards,
 also when forward raises. The hot path only appends to a list, which the
-:class:`~execorder.recorder.Recorder` replays afterwards: both backends feed
+:class:`~execorder.recording.Recorder` replays afterwards: both backends feed
 it, so an eager report has the same shape as an FX one (``mode`` is
-``"eager"``).
+``"eager"``). Liveness is settled when the block ends: from the backward that
+ran inside it, else from the outputs' autograd graph.
 
 :func:`record` arms all this around a block of the user's own (a training
 step), and :meth:`Recording.report` builds the report afterwards;
@@ -26,20 +27,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from execorder.errors import TraceFailure
-from execorder.recorder import (
+from execorder.backends.common import check_forward_args, gc_paused, owner
+from execorder.errors import (
+    ForwardError,
+    MetaDeviceError,
+    RecordingError,
+    first_line,
+    user_frame,
+)
+from execorder.recording import (
+    Event,
     ModuleTree,
     Recorder,
-    check_forward_args,
-    gc_paused,
+    build_report,
     module_tree,
     unique_params,
 )
-from execorder.report import Report
+from execorder.report import Mode, Report
 
-
-class MetaDeviceError(TraceFailure):
-    """Forward failed on the meta device (it needs real tensor values)."""
+__all__ = ["MetaDeviceError", "Recording", "live_params", "record", "trace"]
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
@@ -52,9 +58,6 @@ def _tensors(value: Any) -> Iterator[torch.Tensor]:
     elif isinstance(value, Mapping):
         for item in value.values():
             yield from _tensors(item)
-
-
-Event = nn.Module | list[nn.Parameter] | None
 
 
 @contextmanager
@@ -219,7 +222,7 @@ class Recording:
     def _call(self, call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The model's own call, with its modules and parameters recorded."""
         if self._calls:
-            raise TraceFailure(
+            raise RecordingError(
                 f"{type(self.model).__name__} was called a second time inside a record() "
                 "block; a recording covers one forward (and its backward)"
             )
@@ -263,27 +266,28 @@ class Recording:
                 ``dtype[shape]`` of each tensor argument of the recorded call.
 
         Raises:
-            TraceFailure: If the block has not ended, the model was not
+            RecordingError: If the block has not ended, the model was not
                 called inside it, or its forward raised.
         """
-        owner = type(self.model).__name__
+        name = type(self.model).__name__
         if not self._calls:
-            raise TraceFailure(
-                f"{owner} was not called inside the record() block "
+            raise RecordingError(
+                f"{name} was not called inside the record() block "
                 "(call the model itself, model(...), not model.forward(...))"
             )
         if self._failed:
-            raise TraceFailure(f"{owner}.forward raised inside the record() block")
+            raise RecordingError(f"{name}.forward raised inside the record() block")
         if not self._ended:
-            raise TraceFailure("report() is available once the record() block has ended")
+            raise RecordingError("report() is available once the record() block has ended")
         with gc_paused():
             recorder = Recorder(self.model, self._tree)
             recorder.replay(self._events)
             # A parameter returned as it is counts as used by the root.
             recorder.use(self._returned)
-            return recorder.build_report(
-                target=target or owner,
-                mode="eager",
+            return build_report(
+                recorder,
+                target=target or name,
+                mode=Mode.EAGER,
                 concrete_args=self._concrete_args,
                 live=self._live,
                 backward=self._order or None,
@@ -314,12 +318,12 @@ def record(model: nn.Module) -> Iterator[Recording]:
     raises.
 
     Raises:
-        TraceFailure: If ``model`` has lazy modules that have not run yet
+        RecordingError: If ``model`` has lazy modules that have not run yet
             (their parameters do not exist).
     """
     tree = module_tree(model)
     if tree.has_lazy_params:
-        raise TraceFailure(
+        raise RecordingError(
             f"{type(model).__name__} has lazy modules that have not run yet; run one "
             "forward before recording (eager.trace does that itself)"
         )
@@ -335,7 +339,7 @@ def _recorded(recording: Recording) -> Iterator[None]:
     slot = _call_slot(model)
     before = model.__dict__.get(slot, _ABSENT)
     if getattr(before, "_execorder_recording", False):
-        raise TraceFailure(f"{type(model).__name__} is already being recorded (nested record())")
+        raise RecordingError(f"{type(model).__name__} is already being recorded (nested record())")
     call = getattr(model, slot)
 
     def recorded(*args: Any, **kwargs: Any) -> Any:
@@ -384,10 +388,9 @@ def trace(
         ConcreteArgError: If a keyword is not an argument of forward.
         MetaDeviceError: If forward needs real values and the model or the
             inputs are on the meta device.
-        TraceFailure: If forward raises otherwise.
+        ForwardError: If forward raises otherwise.
     """
     kwargs = dict(kwargs or {})
-    owner = f"{type(model).__name__}.forward"
     with gc_paused():
         tree = module_tree(model)
         if tree.has_lazy_params:
@@ -397,8 +400,10 @@ def trace(
                 with torch.no_grad():
                     model(*args, **kwargs)
             except Exception as exc:
-                raise TraceFailure(
-                    f"While initializing the lazy modules of {owner}: {exc}"
+                raise ForwardError(
+                    owner(model),
+                    f"initializing its lazy modules: {first_line(exc)}",
+                    where=user_frame(exc),
                 ) from exc
             tree = module_tree(model)
         recording = Recording(model, tree)
@@ -408,14 +413,8 @@ def trace(
                     outputs = model(*args, **kwargs)
             except Exception as exc:
                 check_forward_args(model, list(kwargs))  # a clearer error for a wrong keyword
-                reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
-                if _on_meta(model, args, kwargs):
-                    raise MetaDeviceError(
-                        f"While running {owner} on the meta device: {reason}. Its forward "
-                        "needs real tensor values (data-dependent control flow or indexing); "
-                        "use --device cpu"
-                    ) from exc
-                raise TraceFailure(f"While running {owner}: {reason}") from exc
+                error = MetaDeviceError if _on_meta(model, args, kwargs) else ForwardError
+                raise error(owner(model), first_line(exc), where=user_frame(exc)) from exc
             if backward:
                 _sum_backward(outputs)
             del outputs
@@ -430,9 +429,12 @@ def _sum_backward(outputs: Any) -> None:
         loss.backward()
 
 
-def _describe(args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, str]:
-    from execorder.inputs import describe
+def describe(tensor: torch.Tensor) -> str:
+    """``dtype[shape]`` of a tensor, as an input size is written."""
+    return f"{str(tensor.dtype).removeprefix('torch.')}[{', '.join(str(d) for d in tensor.shape)}]"
 
+
+def _describe(args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, str]:
     described = {f"arg{i}": describe(a) for i, a in enumerate(args) if isinstance(a, torch.Tensor)}
     described |= {k: describe(v) for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
     return described

@@ -16,10 +16,10 @@ from typing import Any, NamedTuple
 import torch.fx
 from torch import nn
 
-from execorder.fx import record_tracer
-from execorder.liveness import live_params
-from execorder.recorder import Recorder
-from execorder.report import Report
+from execorder.backends.fx import record_tracer
+from execorder.backends.fx_liveness import live_params
+from execorder.recording import Recorder, build_report
+from execorder.report import Mode, Report
 
 
 class ParamUsageInfo(NamedTuple):
@@ -120,9 +120,10 @@ class ExecOrderTracer:
             raise RuntimeError("report() needs a trace run under patch_tracer() first")
         root = self._recorder.root
         graph = getattr(self._tracer, "graph", None)
-        return self._recorder.build_report(
+        return build_report(
+            self._recorder,
             target=target or type(root).__name__,
-            mode="fx",
+            mode=Mode.FX,
             concrete_args=concrete_args,
             live=live_params(graph, root) if graph is not None else None,
         )

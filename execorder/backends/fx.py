@@ -1,9 +1,10 @@
 """The FX backend: record execution order while ``torch.fx`` traces a forward.
 
-The tracer's ``call_module`` (every submodule call) and ``create_proxy``
-(every op, and every leaf-module call) are patched to report to a
-:class:`~execorder.recorder.Recorder`; ``create_node`` is patched to see the
-output node, so a parameter returned as-is counts as used.
+The tracer's ``call_module`` (every submodule call) and ``create_node`` (every
+op, every leaf-module call, and the output, so a parameter returned as it is
+counts as used) are patched to report to a
+:class:`~execorder.recording.Recorder`. Liveness comes from the traced graph
+(:mod:`execorder.backends.fx_liveness`) before the report is built.
 """
 
 from __future__ import annotations
@@ -16,10 +17,17 @@ import torch
 import torch.fx
 from torch import nn
 
-from execorder.errors import TraceFailure
-from execorder.liveness import live_params
-from execorder.recorder import Recorder, check_forward_args, gc_paused
-from execorder.report import Report
+from execorder.backends.common import check_forward_args, gc_paused, owner
+from execorder.backends.fx_liveness import live_params
+from execorder.errors import (
+    ControlFlowError,
+    IterationError,
+    LazyModulesError,
+    TraceFailure,
+    first_line,
+)
+from execorder.recording import Recorder, build_report
+from execorder.report import Mode, Report
 
 _OP_KINDS = frozenset({"call_function", "call_method"})
 
@@ -196,23 +204,6 @@ def _upstream_placeholders(node: torch.fx.Node) -> list[str]:
     return sorted(names)
 
 
-def _control_flow_message(exc: _ControlFlowError, owner: str) -> str:
-    names = _upstream_placeholders(exc.node)
-    prefix = f"While tracing {owner}: control flow depends on"
-    if len(names) == 1 and exc.node.op == "placeholder":
-        return f"{prefix} argument '{names[0]}'; pin it with --concrete {names[0]}=VALUE"
-    if len(names) == 1:
-        return (
-            f"{prefix} a value computed from argument '{names[0]}'. If it is a flag or "
-            f"option, pin it with --concrete {names[0]}=VALUE; FX cannot trace branches "
-            "on tensor values"
-        )
-    if names:
-        listed = ", ".join(f"'{n}'" for n in names)
-        return f"{prefix} arguments {listed}; pin the flags among them with --concrete NAME=VALUE"
-    return f"{prefix} a traced value; pin the arguments it needs with --concrete NAME=VALUE"
-
-
 def trace(
     model: nn.Module,
     *,
@@ -235,44 +226,40 @@ def trace(
 
     Raises:
         ConcreteArgError: If a concrete argument is not an argument of forward.
-        TraceFailure: If torch.fx cannot trace the forward.
+        TraceFailure: If torch.fx cannot trace the forward; ``ControlFlowError``
+            names the arguments a branch depends on.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"trace() expects an nn.Module, got {type(model).__name__}")
     args = dict(concrete_args or {})
     check_forward_args(model, list(args))
-    owner = f"{type(model).__name__}.forward"
     recorder = Recorder(model)
     if recorder.tree.has_lazy_params:
-        raise TraceFailure(
-            f"While tracing {owner}: its lazy modules (nn.LazyLinear, ...) have no "
-            "parameters before a real forward"
-        )
+        raise LazyModulesError(owner(model))
     tracer = _Tracer()
     with gc_paused():
-        _run_tracer(tracer, model, args, recorder, owner)
-        return recorder.build_report(
+        _run_tracer(tracer, model, args, recorder)
+        return build_report(
+            recorder,
             target=target or type(model).__name__,
-            mode="fx",
+            mode=Mode.FX,
             concrete_args=args,
             live=live_params(tracer.graph, model),
         )
 
 
 def _run_tracer(
-    tracer: _Tracer, model: nn.Module, args: dict[str, Any], recorder: Recorder, owner: str
+    tracer: _Tracer, model: nn.Module, args: dict[str, Any], recorder: Recorder
 ) -> None:
     """Trace ``model`` into ``recorder``; FX's errors become :class:`TraceFailure`."""
     try:
         with record_tracer(tracer, model, recorder):
             tracer.trace(model, args or None)
     except _ControlFlowError as exc:
-        raise TraceFailure(_control_flow_message(exc, owner)) from exc
+        names = _upstream_placeholders(exc.node)
+        direct = len(names) == 1 and exc.node.op == "placeholder"
+        raise ControlFlowError(owner(model), names, direct=direct) from exc
     except _IterationError as exc:
-        raise TraceFailure(
-            f"While tracing {owner}: forward iterates over a traced value ({exc.node.name}), "
-            "e.g. 'for t in x' or '*x.shape'; FX can only unpack a fixed number of items "
-            "('a, b = x.shape'). Pin the argument with --concrete if it is not a tensor"
-        ) from exc
+        raise IterationError(owner(model), exc.node.name) from exc
     except Exception as exc:
-        raise TraceFailure(f"While tracing {owner}: {type(exc).__name__}: {exc}") from exc
+        raise TraceFailure(owner(model), first_line(exc)) from exc

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from execorder.errors import ArgumentSyntaxError
-from execorder.report import SCHEMA_VERSION, ParamInfo, Report
+from execorder.errors import IndicesError
+from execorder.report import SCHEMA_VERSION, ParamInfo, ParamStatus, Report
 
 _NUMBER = re.compile(r"\d+")
 
@@ -21,15 +21,15 @@ def parse_indices(text: str) -> tuple[int, ...]:
     works as it is.
 
     Raises:
-        ArgumentSyntaxError: If there are no indices, or something else than numbers.
+        IndicesError: If there are no indices, or something else than numbers.
     """
     tail = text.rpartition(":")[2]
     tokens = tail.replace(",", " ").split()
     if not tokens:
-        raise ArgumentSyntaxError(f"no parameter indices in {text!r}; expected e.g. '0 1 2 5'")
+        raise IndicesError(f"no parameter indices in {text!r}; expected e.g. '0 1 2 5'")
     bad = [t for t in tokens if not _NUMBER.fullmatch(t)]
     if bad:
-        raise ArgumentSyntaxError(
+        raise IndicesError(
             f"parameter indices must be numbers separated by spaces or commas, got {bad[0]!r}"
         )
     return tuple(int(t) for t in tokens)
@@ -39,20 +39,23 @@ def parse_indices(text: str) -> tuple[int, ...]:
 class IndexExplanation:
     """One of DDP's indices, named, with what execorder predicted for it.
 
-    ``status`` is ``"unused"``, ``"dead"`` or ``"used"`` (execorder expected
-    this parameter to get a gradient).
+    ``status`` is the parameter's status in the report: ``USED`` means
+    execorder expected it to get a gradient.
     """
 
     index: int
     param: ParamInfo
-    status: str
+
+    @property
+    def status(self) -> ParamStatus:
+        return self.param.status
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "index": self.index,
             "name": self.param.name,
             "aliases": list(self.param.aliases),
-            "status": self.status,
+            "status": self.status.value,
             "first_module": self.param.first_module,
         }
 
@@ -75,7 +78,7 @@ class DdpExplanation:
     @property
     def agrees(self) -> bool:
         """Whether DDP named exactly the parameters execorder predicted."""
-        return not self.not_named and all(e.status != "used" for e in self.indices)
+        return not self.not_named and all(e.status is not ParamStatus.USED for e in self.indices)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -95,21 +98,13 @@ def explain_indices(report: Report, indices: Sequence[int]) -> DdpExplanation:
     (:meth:`Report.ddp_order`).
 
     Raises:
-        ArgumentSyntaxError: If an index is beyond the model's trainable parameters.
+        IndicesError: If an index is beyond the model's trainable parameters.
     """
     order = report.ddp_order()
     out_of_range = [i for i in indices if i >= len(order)]
     if out_of_range:
-        raise ArgumentSyntaxError(
-            f"index {out_of_range[0]} is out of range: the model has {len(order)} "
-            f"trainable parameters (0 to {len(order) - 1}); were the same --init and "
-            "--concrete values used as in the failing run?"
-        )
-    explained = []
-    for index in indices:
-        param = order[index]
-        status = "dead" if param.dead else "used" if param.used else "unused"
-        explained.append(IndexExplanation(index, param, status))
+        raise IndicesError(index=out_of_range[0], count=len(order))
+    explained = [IndexExplanation(index, order[index]) for index in indices]
     named = {order[i].name for i in indices}
     not_named = tuple(p for p in report.no_grad() if p.name not in named)
     return DdpExplanation(report.target, tuple(explained), not_named)

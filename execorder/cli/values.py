@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from execorder.errors import ArgumentSyntaxError
+from execorder.cli.words import UsageError
 
 _WORDS: dict[str, Any] = {"true": True, "false": False, "none": None, "null": None}
 
@@ -50,14 +50,12 @@ def parse_assignment(text: str, *, option: str) -> tuple[str, Any]:
         The name and the parsed value.
 
     Raises:
-        ArgumentSyntaxError: If there is no ``=`` or the name is not an identifier.
+        UsageError: If there is no ``=`` or the name is not an identifier.
     """
     name, sep, value = text.partition("=")
     name = name.strip()
     if not sep or not name.isidentifier():
-        raise ArgumentSyntaxError(
-            f"{option} expects NAME=VALUE with NAME a Python identifier, got {text!r}"
-        )
+        raise UsageError(f"{option} expects NAME=VALUE with NAME a Python identifier, got {text!r}")
     return name, parse_value(value)
 
 
@@ -67,7 +65,7 @@ def parse_assignments(texts: Iterable[str], *, option: str) -> dict[str, Any]:
     for text in texts:
         name, value = parse_assignment(text, option=option)
         if name in values:
-            raise ArgumentSyntaxError(f"{option} {name} is given more than once")
+            raise UsageError(f"{option} {name} is given more than once")
         values[name] = value
     return values
 
@@ -79,12 +77,12 @@ def parse_sweep(text: str) -> tuple[str, list[Any]]:
     themselves are given as a JSON list: ``--sweep 'shape=[[1, 2], [3, 4]]'``.
 
     Raises:
-        ArgumentSyntaxError: If the name is not an identifier or no value is given.
+        UsageError: If the name is not an identifier or no value is given.
     """
     name, sep, rest = text.partition("=")
     name = name.strip()
     if not sep or not name.isidentifier():
-        raise ArgumentSyntaxError(
+        raise UsageError(
             f"--sweep expects NAME=V1,V2,... with NAME a Python identifier, got {text!r}"
         )
     stripped = rest.strip()
@@ -98,5 +96,5 @@ def parse_sweep(text: str) -> tuple[str, list[Any]]:
     if values is None:
         values = [parse_value(part.strip()) for part in rest.split(",") if part.strip()]
     if not values:
-        raise ArgumentSyntaxError(f"--sweep {name} has no values; give NAME=V1,V2,...")
+        raise UsageError(f"--sweep {name} has no values; give NAME=V1,V2,...")
     return name, values

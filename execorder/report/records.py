@@ -1,7 +1,8 @@
 """Frozen report records: what a trace found, as immutable facts.
 
 No presentation lives here: names are qualified names (the root module is
-``""``), shapes are tuples, and rendering is the job of :mod:`execorder.render`.
+``""``), shapes are tuples, and drawing them is the job of
+:mod:`execorder.output`.
 """
 
 from __future__ import annotations
@@ -12,16 +13,19 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from execorder.errors import SchemaError
+from execorder.report.kinds import Category, Mode, ParamStatus
+
 SCHEMA_VERSION = 1
-CATEGORIES = ("unused", "dead", "external")
-
-
-class SchemaError(ValueError):
-    """A dict is not a report of the schema version this execorder reads."""
 
 
 def _owner(qualname: str) -> str:
     return qualname.rpartition(".")[0]
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    """A shape as the reports write it everywhere: ``[6, 6]`` (``[]`` for a scalar)."""
+    return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +58,8 @@ class ModuleCall:
         type: Class name of the module.
         depth: Nesting depth of the call (the root is 0).
         parent: Index of the enclosing call, None for the root.
-        call: How many earlier calls this module had (0 on its first call).
+        repeat: How many earlier calls this module had (0 on its first
+            call). JSON calls it ``"call"``.
         aliases: Other qualified names of the same module object.
         uses: Parameter groups used during this call, in order.
     """
@@ -64,7 +69,7 @@ class ModuleCall:
     type: str
     depth: int
     parent: int | None
-    call: int
+    repeat: int
     aliases: tuple[str, ...]
     uses: tuple[ParamGroup, ...]
 
@@ -75,7 +80,7 @@ class ModuleCall:
             "type": self.type,
             "depth": self.depth,
             "parent": self.parent,
-            "call": self.call,
+            "call": self.repeat,
             "aliases": list(self.aliases),
             "uses": [group.to_dict() for group in self.uses],
         }
@@ -88,7 +93,7 @@ class ModuleCall:
             type=data["type"],
             depth=data["depth"],
             parent=data["parent"],
-            call=data["call"],
+            repeat=data["call"],
             aliases=tuple(data["aliases"]),
             uses=tuple(ParamGroup.from_dict(g) for g in data["uses"]),
         )
@@ -133,7 +138,20 @@ class ParamInfo:
 
     @property
     def used(self) -> bool:
+        """Whether forward read it (a dead parameter is used, too)."""
         return self.first_call is not None
+
+    @property
+    def status(self) -> ParamStatus:
+        """Used (with a gradient), unused, or dead."""
+        if not self.used:
+            return ParamStatus.UNUSED
+        return ParamStatus.DEAD if self.dead else ParamStatus.USED
+
+    @property
+    def gets_gradient(self) -> bool:
+        """Whether a backward gives it a gradient: trainable, used and not dead."""
+        return self.requires_grad and self.status is ParamStatus.USED
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -177,20 +195,26 @@ class ExternalUse:
     FSDP gathers a wrapped module's parameters for that module's forward, so
     such a use (e.g. the root doing ``F.linear(y, self.lin.weight)`` without
     calling ``lin``) reads a parameter that may not be gathered.
+
+    Attributes:
+        param: The parameter's qualified name.
+        owner: The module holding it.
+        used_by: The module whose call used it.
+        call: The index of that call in the module order.
     """
 
     param: str
     owner: str
-    module: str
+    used_by: str
     call: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.param, "owner": self.owner, "used_by": self.module, "call": self.call}
+        return {"name": self.param, "owner": self.owner, "used_by": self.used_by, "call": self.call}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExternalUse:
         return cls(
-            param=data["name"], owner=data["owner"], module=data["used_by"], call=data["call"]
+            param=data["name"], owner=data["owner"], used_by=data["used_by"], call=data["call"]
         )
 
 
@@ -277,7 +301,7 @@ class Report:
 
     Attributes:
         target: What was traced (the CLI's TARGET, or the model's class name).
-        mode: The backend that recorded it (``"fx"``).
+        mode: The backend that recorded it (``Mode.FX`` or ``Mode.EAGER``).
         concrete_args: The concrete arguments, JSON-safe.
         modules: Every module call in forward order, the root first.
         params: Used parameters in first-use order (dead ones included).
@@ -290,7 +314,7 @@ class Report:
     """
 
     target: str
-    mode: str
+    mode: Mode
     concrete_args: Mapping[str, Any]
     modules: tuple[ModuleCall, ...]
     params: tuple[ParamInfo, ...]
@@ -321,25 +345,24 @@ class Report:
         These are the parameters DDP (``find_unused_parameters=False``) fails
         on, in ``named_parameters()`` order.
         """
-        return tuple(p for p in self.all_params() if p.requires_grad and (p.dead or not p.used))
+        return tuple(p for p in self.all_params() if p.requires_grad and not p.gets_gradient)
 
-    def findings(self, category: str) -> tuple[str, ...]:
+    def findings(self, category: Category | str) -> tuple[str, ...]:
         """Names of what a CI gate category found.
 
         Args:
-            category: ``"unused"`` or ``"dead"`` (trainable parameters only:
-                frozen ones cannot break DDP), or ``"external"`` (uses).
+            category: ``UNUSED`` or ``DEAD`` (trainable parameters only:
+                frozen ones cannot break DDP), or ``EXTERNAL`` (uses).
 
         Raises:
             ValueError: For another category.
         """
-        if category == "unused":
+        kind = Category(category)
+        if kind is Category.UNUSED:
             return tuple(p.name for p in self.unused if p.requires_grad)
-        if category == "dead":
+        if kind is Category.DEAD:
             return tuple(p.name for p in self.dead if p.requires_grad)
-        if category == "external":
-            return tuple(f"{u.param} used by {u.module or '(root)'}" for u in self.external)
-        raise ValueError(f"unknown category {category!r}; choose from: {', '.join(CATEGORIES)}")
+        return tuple(f"{u.param} used by {u.used_by or '(root)'}" for u in self.external)
 
     def ddp_order(self) -> tuple[ParamInfo, ...]:
         """Parameters in the order DDP numbers them in its error message.
@@ -350,6 +373,7 @@ class Report:
         return tuple(p for p in self.all_params() if p.requires_grad)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", Mode(self.mode))
         frozen_args = MappingProxyType({k: jsonable(v) for k, v in self.concrete_args.items()})
         object.__setattr__(self, "concrete_args", frozen_args)
         object.__setattr__(self, "inputs", MappingProxyType(dict(self.inputs)))
@@ -359,7 +383,7 @@ class Report:
             "kind": "report",
             "schema_version": self.schema_version,
             "target": self.target,
-            "mode": self.mode,
+            "mode": self.mode.value,
             "concrete_args": dict(self.concrete_args),
             "inputs": dict(self.inputs),
             "modules": [call.to_dict() for call in self.modules],
@@ -397,7 +421,7 @@ class Report:
                 backward=None if data.get("backward") is None else tuple(data["backward"]),
                 inputs=data.get("inputs", {}),
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise SchemaError(f"report is missing or has a malformed field: {exc}") from None
 
     def param(self, name: str) -> ParamInfo:

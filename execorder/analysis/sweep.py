@@ -13,10 +13,16 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from execorder.errors import ConcreteArgError, ExecOrderError, TraceFailure
-from execorder.report import SCHEMA_VERSION, Report, jsonable
+from execorder.errors import ExecOrderError, SweepAxisError, SweepFailure
+from execorder.report import SCHEMA_VERSION, Report, Word, jsonable
 
-ALWAYS, SOME, NEVER = "always", "some", "never"
+
+class SweepClass(Word):
+    """Where a parameter is used across the combinations of a sweep."""
+
+    ALWAYS = "always"
+    SOME = "some"  # branch-dependent: a rank taking another branch diverges
+    NEVER = "never"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +50,8 @@ class SweepParam:
     Attributes:
         name: First qualified name.
         aliases: Other qualified names.
-        status: ``"always"`` used, used in ``"some"`` combinations only (branch-
-            dependent), or ``"never"`` used.
+        status: Used always, in some combinations only (branch-dependent),
+            or never.
         used_in: Indices of the combinations whose forward uses it.
         grad_in: Indices of the combinations in which it gets a gradient.
         requires_grad: False for a frozen parameter.
@@ -53,7 +59,7 @@ class SweepParam:
 
     name: str
     aliases: tuple[str, ...]
-    status: str
+    status: SweepClass
     used_in: tuple[int, ...]
     grad_in: tuple[int, ...]
     requires_grad: bool
@@ -62,7 +68,7 @@ class SweepParam:
         return {
             "name": self.name,
             "aliases": list(self.aliases),
-            "status": self.status,
+            "status": self.status.value,
             "used_in": list(self.used_in),
             "grad_in": list(self.grad_in),
             "requires_grad": self.requires_grad,
@@ -87,8 +93,10 @@ class SweepReport:
     combinations: tuple[Combination, ...]
     params: tuple[SweepParam, ...]
 
-    def by_status(self, status: str) -> tuple[SweepParam, ...]:
-        return tuple(p for p in self.params if p.status == status)
+    def by_status(self, status: SweepClass | str) -> tuple[SweepParam, ...]:
+        """The parameters of one class, in ``named_parameters()`` order."""
+        wanted = SweepClass(status)
+        return tuple(p for p in self.params if p.status is wanted)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,7 +107,7 @@ class SweepReport:
             "fixed": {k: jsonable(v) for k, v in self.fixed.items()},
             "combinations": [c.to_dict() for c in self.combinations],
             "params": [p.to_dict() for p in self.params],
-            "summary": {status: len(self.by_status(status)) for status in (ALWAYS, SOME, NEVER)},
+            "summary": {kind.value: len(self.by_status(kind)) for kind in SweepClass},
         }
 
 
@@ -127,24 +135,23 @@ def sweep(
         target: What is being traced, for the report.
 
     Raises:
-        ConcreteArgError: If an argument is both swept and fixed, or swept twice.
-        TraceFailure: If a combination cannot be traced, naming it.
+        SweepAxisError: If an argument is both swept and fixed, or swept twice.
+        SweepFailure: If a combination cannot be traced, naming it.
     """
     fixed = dict(fixed or {})
     names = [name for name, _ in axes]
     for name in names:
         if names.count(name) > 1:
-            raise ConcreteArgError(f"--sweep {name} is given more than once")
+            raise SweepAxisError(name, fixed=False)
         if name in fixed:
-            raise ConcreteArgError(f"{name} is both swept (--sweep) and fixed (--concrete)")
+            raise SweepAxisError(name, fixed=True)
     reports = []
     combos = combinations(axes)
     for combo in combos:
         try:
             reports.append(trace({**fixed, **combo}))
         except ExecOrderError as exc:
-            where = ", ".join(f"{k}={v!r}" for k, v in combo.items())
-            raise TraceFailure(f"with {where}: {exc}") from exc
+            raise SweepFailure(combo, exc) from exc
     params = []
     for info in reports[0].all_params():
         used_in = tuple(i for i, r in enumerate(reports) if r.param(info.name).used)
@@ -153,7 +160,10 @@ def sweep(
             for i, r in enumerate(reports)
             if info.requires_grad and not r.param(info.name).dead and r.param(info.name).used
         )
-        status = ALWAYS if len(used_in) == len(reports) else SOME if used_in else NEVER
+        if len(used_in) == len(reports):
+            status = SweepClass.ALWAYS
+        else:
+            status = SweepClass.SOME if used_in else SweepClass.NEVER
         params.append(
             SweepParam(info.name, info.aliases, status, used_in, grad_in, info.requires_grad)
         )

@@ -3,63 +3,53 @@
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from execorder.errors import ExecOrderError
-from execorder.report import SCHEMA_VERSION, ParamInfo, Report, SchemaError
+from execorder.report import (
+    SCHEMA_VERSION,
+    Category,
+    ParamInfo,
+    ParamStatus,
+    Report,
+    Word,
+    shape_text,
+)
 
 
-class ReportFileError(ExecOrderError):
-    """A report file is missing, not JSON, or not a report of this schema version."""
+class DiffOp(Word):
+    """A line of the aligned module-order diff: unchanged, removed or added."""
+
+    SAME = "="
+    REMOVED = "-"
+    ADDED = "+"
 
 
-def load_report(path: str | Path) -> Report:
-    """Read a report written by ``execorder trace --format json``.
+class ChangeKind(Word):
+    """How a parameter changed between two reports."""
 
-    Raises:
-        ReportFileError: If the file is missing, is not JSON, is not a report,
-            or has another ``schema_version``.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ReportFileError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReportFileError(f"{path}: cannot read it ({exc})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ReportFileError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(data, dict) or data.get("kind", "report") != "report":
-        kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
-        raise ReportFileError(f"{path}: not a trace report (kind {kind!r})")
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise ReportFileError(
-            f"{path}: report has schema_version {data.get('schema_version')!r}, this "
-            f"execorder reads {SCHEMA_VERSION}; regenerate it with this version "
-            "(e.g. --update-baseline)"
-        )
-    try:
-        return Report.from_dict(data)
-    except SchemaError as exc:
-        raise ReportFileError(f"{path}: {exc}") from None
+    ADDED = "added"
+    REMOVED = "removed"
+    BECAME_UNUSED = "became unused"
+    BECAME_DEAD = "became dead"
+    USED_AGAIN = "used again"  # was unused
+    BECAME_LIVE = "became live"  # was dead
+    SHAPE = "shape"
+    DTYPE = "dtype"
+    MOVED = "moved"  # its place in the first-use order
 
 
 @dataclass(frozen=True, slots=True)
 class CallChange:
     """One line of the aligned module-order diff.
 
-    ``op`` is ``"="`` (unchanged, shown as context), ``"-"`` (only in the old
-    report), ``"+"`` (only in the new one); ``old``/``new`` are call indices.
+    ``op`` says whether the call is unchanged (shown as context), only in
+    the old report, or only in the new one; ``old``/``new`` are call indices.
     ``moved`` marks a call removed here and added elsewhere (a reorder).
     """
 
-    op: str
+    op: DiffOp
     name: str
     type: str
     depth: int
@@ -69,7 +59,7 @@ class CallChange:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "op": self.op,
+            "op": self.op.value,
             "name": self.name,
             "type": self.type,
             "depth": self.depth,
@@ -93,18 +83,17 @@ class Gap:
 class ParamChange:
     """A parameter whose status, shape, dtype or first-use position changed.
 
-    ``what`` is one of ``added``, ``removed``, ``became unused``, ``became
-    dead``, ``used again`` (was unused), ``became live`` (was dead),
-    ``shape``, ``dtype``, ``moved`` (first-use order).
+    ``old`` and ``new`` are the values before and after, as text (a status,
+    a shape, a dtype, a ``#position``), None where there is none.
     """
 
     name: str
-    what: str
+    what: ChangeKind
     old: str | None
     new: str | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "what": self.what, "old": self.old, "new": self.new}
+        return {"name": self.name, "what": self.what.value, "old": self.old, "new": self.new}
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +121,7 @@ class ReportDiff:
 
     @property
     def calls_changed(self) -> bool:
-        return any(isinstance(c, CallChange) and c.op != "=" for c in self.calls)
+        return any(isinstance(c, CallChange) and c.op is not DiffOp.SAME for c in self.calls)
 
     @property
     def equivalent(self) -> bool:
@@ -143,9 +132,9 @@ class ReportDiff:
     def counts(self) -> dict[str, int]:
         calls = [c for c in self.calls if isinstance(c, CallChange)]
         return {
-            "calls_added": sum(c.op == "+" and not c.moved for c in calls),
-            "calls_removed": sum(c.op == "-" and not c.moved for c in calls),
-            "calls_moved": sum(c.op == "+" and c.moved for c in calls),
+            "calls_added": sum(c.op is DiffOp.ADDED and not c.moved for c in calls),
+            "calls_removed": sum(c.op is DiffOp.REMOVED and not c.moved for c in calls),
+            "calls_moved": sum(c.op is DiffOp.ADDED and c.moved for c in calls),
             "params_changed": len(self.params),
             "external_added": len(self.external_added),
             "external_removed": len(self.external_removed),
@@ -167,18 +156,10 @@ class ReportDiff:
         }
 
 
-def _status(param: ParamInfo) -> str:
-    return "dead" if param.dead else "used" if param.used else "unused"
-
-
-def _became(old: str, new: str) -> str:
-    if new == "used":
-        return "became live" if old == "dead" else "used again"
-    return f"became {new}"
-
-
-def _shape(param: ParamInfo) -> str:
-    return "[" + ", ".join(str(d) for d in param.shape) + "]"
+def _became(old: ParamStatus, new: ParamStatus) -> ChangeKind:
+    if new is ParamStatus.USED:
+        return ChangeKind.BECAME_LIVE if old is ParamStatus.DEAD else ChangeKind.USED_AGAIN
+    return ChangeKind.BECAME_DEAD if new is ParamStatus.DEAD else ChangeKind.BECAME_UNUSED
 
 
 def _align_calls(old: Report, new: Report, context: int) -> tuple[CallChange | Gap, ...]:
@@ -218,19 +199,23 @@ def _align_calls(old: Report, new: Report, context: int) -> tuple[CallChange | G
         for i in range(i1, i2):
             call = old.modules[i]
             lines.append(
-                CallChange("-", call.name, call.type, call.depth, i, None, old_keys[i] in moved)
+                CallChange(
+                    DiffOp.REMOVED, call.name, call.type, call.depth, i, None, old_keys[i] in moved
+                )
             )
         for j in range(j1, j2):
             call = new.modules[j]
             lines.append(
-                CallChange("+", call.name, call.type, call.depth, None, j, new_keys[j] in moved)
+                CallChange(
+                    DiffOp.ADDED, call.name, call.type, call.depth, None, j, new_keys[j] in moved
+                )
             )
     return tuple(lines)
 
 
 def _same(old: Report, new: Report, i: int, j: int) -> CallChange:
     call = new.modules[j]
-    return CallChange("=", call.name, call.type, call.depth, i, j)
+    return CallChange(DiffOp.SAME, call.name, call.type, call.depth, i, j)
 
 
 def _param_changes(old: Report, new: Report) -> list[ParamChange]:
@@ -239,22 +224,23 @@ def _param_changes(old: Report, new: Report) -> list[ParamChange]:
     changes: list[ParamChange] = []
     for name, param in olds.items():
         if name not in news:
-            changes.append(ParamChange(name, "removed", _status(param), None))
+            changes.append(ParamChange(name, ChangeKind.REMOVED, param.status.value, None))
     for name, param in news.items():
         before = olds.get(name)
         if before is None:
-            changes.append(ParamChange(name, "added", None, _status(param)))
+            changes.append(ParamChange(name, ChangeKind.ADDED, None, param.status.value))
             continue
-        if _status(before) != _status(param):
+        if before.status is not param.status:
+            what = _became(before.status, param.status)
+            changes.append(ParamChange(name, what, before.status.value, param.status.value))
+        if before.shape != param.shape:
             changes.append(
                 ParamChange(
-                    name, _became(_status(before), _status(param)), _status(before), _status(param)
+                    name, ChangeKind.SHAPE, shape_text(before.shape), shape_text(param.shape)
                 )
             )
-        if before.shape != param.shape:
-            changes.append(ParamChange(name, "shape", _shape(before), _shape(param)))
         if before.dtype != param.dtype:
-            changes.append(ParamChange(name, "dtype", before.dtype, param.dtype))
+            changes.append(ParamChange(name, ChangeKind.DTYPE, before.dtype, param.dtype))
     changes.extend(_order_changes(old.params, new.params))
     return changes
 
@@ -271,14 +257,14 @@ def _order_changes(old: Sequence[ParamInfo], new: Sequence[ParamInfo]) -> list[P
     old_pos = {n: i for i, n in enumerate(p.name for p in old)}
     new_pos = {n: i for i, n in enumerate(p.name for p in new)}
     return [
-        ParamChange(name, "moved", f"#{old_pos[name]}", f"#{new_pos[name]}")
+        ParamChange(name, ChangeKind.MOVED, f"#{old_pos[name]}", f"#{new_pos[name]}")
         for name in new_order
         if name not in kept
     ]
 
 
 def _external(report: Report) -> set[str]:
-    return {f"{u.param} used by {u.module or '(root)'}" for u in report.external}
+    return set(report.findings(Category.EXTERNAL))
 
 
 def diff_reports(old: Report, new: Report, *, context: int = 2) -> ReportDiff:

@@ -6,7 +6,6 @@ import importlib
 import importlib.util
 import inspect
 import sys
-import traceback
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -16,7 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from execorder.errors import TargetError
+from execorder.errors import (
+    BuildError,
+    DeviceError,
+    InitArgsError,
+    InstanceInitError,
+    TargetError,
+    first_line,
+    user_frame,
+)
 
 DEVICES = ("meta", "cpu", "cuda")
 
@@ -30,13 +37,26 @@ class LoadedTarget:
         target: The target text it was loaded from.
         device: Where it was built (``"meta"``, ``"cpu"``, ``"cuda"``), or
             None for a module instance taken as it was.
-        notes: One-line remarks for the user (e.g. a fallback to CPU).
+        what: The call that built it (``"Net()"``), or None for an instance.
+        meta_failure: Why building on the meta device failed, when it was
+            then built on CPU; else None.
     """
 
     model: nn.Module
     target: str
     device: str | None
-    notes: tuple[str, ...] = ()
+    what: str | None = None
+    meta_failure: str | None = None
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """One-line remarks for the user (a fallback to CPU)."""
+        if self.meta_failure is None:
+            return ()
+        return (
+            f"building {self.what} on the meta device failed ({self.meta_failure}); "
+            "built it on CPU",
+        )
 
 
 def split_target(target: str) -> tuple[str, str]:
@@ -159,10 +179,9 @@ def _check_arguments(factory: Callable[..., Any], kwargs: Mapping[str, Any], wha
             and p.name not in kwargs
         ]
         if missing:
-            flags = " ".join(f"--init {n}=VALUE" for n in missing)
-            raise TargetError(f"{what} needs {', '.join(missing)}: pass {flags}") from None
-        accepted = ", ".join(p.name for p in params) or "(none)"
-        raise TargetError(f"{what}: {exc}; it accepts: {accepted}") from None
+            raise InitArgsError(what, missing=missing) from None
+        accepted = [p.name for p in params]
+        raise InitArgsError(what, problem=str(exc), accepted=accepted) from None
 
 
 def _device_context(device: str) -> Any:
@@ -172,16 +191,6 @@ def _device_context(device: str) -> Any:
 def _build(factory: Callable[..., Any], kwargs: Mapping[str, Any], device: str) -> Any:
     with _device_context(device):
         return factory(**kwargs)
-
-
-def _user_frame(exc: BaseException) -> str:
-    """``file:line`` of the innermost frame of the user's code in a traceback."""
-    frames = [
-        f
-        for f in traceback.extract_tb(exc.__traceback__)
-        if "/torch/" not in f.filename and "/execorder/" not in f.filename
-    ]
-    return f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
 
 
 def load_target(
@@ -207,49 +216,81 @@ def load_target(
 
     Raises:
         TargetError: If the target cannot be loaded or built.
+        DeviceError: If the device is unknown or not available.
     """
-    kwargs = dict(init_kwargs or {})
-    if device is not None and device not in DEVICES:
-        raise TargetError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TargetError("--device cuda was asked for but CUDA is not available here")
+    check_device(device)
     obj = resolve_target(target)
     _, attr = split_target(target)
-
     if isinstance(obj, nn.Module):
-        if kwargs:
-            raise TargetError(
-                f"{attr} is a module instance, so --init does not apply; "
-                "point TARGET at its class or a factory function instead"
-            )
+        if init_kwargs:
+            raise InstanceInitError(attr)
         return LoadedTarget(obj, target, None)
-    if inspect.isclass(obj) and issubclass(obj, nn.Module):
-        what = f"{obj.__name__}()"
-    elif callable(obj) and not inspect.isclass(obj):
-        what = f"{attr}()"
+    return build(obj, init_kwargs=init_kwargs, device=device, name=attr, target=target)
+
+
+def check_device(device: str | None) -> None:
+    """Check that ``device`` (None: the default) is known and available.
+
+    Raises:
+        DeviceError: If it is not.
+    """
+    if device is not None and device not in DEVICES:
+        raise DeviceError(device, DEVICES)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(device, DEVICES, unavailable=True)
+
+
+def build(
+    factory: Any,
+    *,
+    init_kwargs: Mapping[str, Any] | None = None,
+    device: str | None = None,
+    name: str | None = None,
+    target: str | None = None,
+) -> LoadedTarget:
+    """Build a model from an ``nn.Module`` subclass or a function returning one.
+
+    Args:
+        factory: The class or function.
+        init_kwargs: Its keyword arguments.
+        device: ``"meta"``, ``"cpu"`` or ``"cuda"``. None builds on meta and
+            falls back to CPU, with a note, if that fails.
+        name: What to call it in messages; its ``__name__`` by default.
+        target: The target text it came from, for the result.
+
+    Raises:
+        TargetError: If it is not buildable, does not take the arguments, or raises.
+    """
+    kwargs = dict(init_kwargs or {})
+    name = name or str(getattr(factory, "__name__", type(factory).__name__))
+    if inspect.isclass(factory) and issubclass(factory, nn.Module):
+        what = f"{factory.__name__}()"
+    elif callable(factory) and not inspect.isclass(factory):
+        what = f"{name}()"
     else:
         raise TargetError(
-            f"{attr} is a {type(obj).__name__}, not an nn.Module, a subclass of it, "
+            f"{name} is a {type(factory).__name__}, not an nn.Module, a subclass of it, "
             "or a function returning one"
         )
-    _check_arguments(obj, kwargs, what)
+    _check_arguments(factory, kwargs, what)
 
-    notes: list[str] = []
+    meta_failure = None
     chosen = device or "meta"
     try:
-        model = _build(obj, kwargs, chosen)
+        model = _build(factory, kwargs, chosen)
     except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
         if device is not None:
-            hint = "; try --device cpu" if device == "meta" else ""
-            raise TargetError(f"building {what} on {device} failed: {reason}{hint}") from exc
-        notes.append(f"building {what} on the meta device failed ({reason}); built it on CPU")
+            raise BuildError(
+                what, device, first_line(exc), where=user_frame(exc), chosen=True
+            ) from exc
+        meta_failure = first_line(exc)
         chosen = "cpu"
         try:
-            model = _build(obj, kwargs, chosen)
+            model = _build(factory, kwargs, chosen)
         except Exception as exc2:
-            reason2 = f"{type(exc2).__name__}: {exc2}".splitlines()[0]
-            raise TargetError(f"building {what} failed{_user_frame(exc2)}: {reason2}") from exc2
+            raise BuildError(
+                what, chosen, first_line(exc2), where=user_frame(exc2), chosen=False
+            ) from exc2
     if not isinstance(model, nn.Module):
         raise TargetError(f"{what} returned a {type(model).__name__}, not an nn.Module")
-    return LoadedTarget(model, target, chosen, tuple(notes))
+    return LoadedTarget(model, target or name, chosen, what, meta_failure)

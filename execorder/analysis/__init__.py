@@ -1,0 +1,32 @@
+"""Analyses of finished reports: diffs, sweeps, DDP's indices. No torch needed."""
+
+from execorder.analysis.ddp import DdpExplanation, IndexExplanation, explain_indices, parse_indices
+from execorder.analysis.diff import (
+    CallChange,
+    ChangeKind,
+    DiffOp,
+    Gap,
+    ParamChange,
+    ReportDiff,
+    diff_reports,
+)
+from execorder.analysis.sweep import Combination, SweepClass, SweepParam, SweepReport, sweep
+
+__all__ = [
+    "CallChange",
+    "ChangeKind",
+    "Combination",
+    "DdpExplanation",
+    "DiffOp",
+    "Gap",
+    "IndexExplanation",
+    "ParamChange",
+    "ReportDiff",
+    "SweepClass",
+    "SweepParam",
+    "SweepReport",
+    "diff_reports",
+    "explain_indices",
+    "parse_indices",
+    "sweep",
+]

@@ -1,0 +1,53 @@
+"""What both backends share: the forward-argument check and a paused collector."""
+
+from __future__ import annotations
+
+import gc
+import inspect
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+from torch import nn
+
+from execorder.errors import ConcreteArgError
+
+
+def owner(model: nn.Module) -> str:
+    """``Class.forward``: how errors name the forward being traced."""
+    return f"{type(model).__name__}.forward"
+
+
+def check_forward_args(model: nn.Module, names: Iterable[str]) -> None:
+    """Check that each name is an argument of ``model.forward``.
+
+    Raises:
+        ConcreteArgError: Naming the unknown argument and the valid names.
+    """
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    valid = [p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    for name in names:
+        if name not in valid:
+            raise ConcreteArgError(owner(model), name, valid)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for a trace (both backends).
+
+    A trace allocates many long-lived objects (FX nodes and proxies, recorded
+    events, report records); each full collection rescans them all, which
+    makes tracing super-linear in model size and adds pauses to eager runs.
+    Nothing collectable is lost: the collector resumes afterwards.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

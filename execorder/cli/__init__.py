@@ -1,0 +1,5 @@
+"""The command line: a thin layer over the library (parse, call, render, exit code)."""
+
+from execorder.cli.app import app, main
+
+__all__ = ["app", "main"]

@@ -1,0 +1,498 @@
+"""The ``execorder`` command line: parse options, call the library, render, exit.
+
+torch is imported only inside commands, so ``execorder --help`` (and shell
+completion) stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
+
+from execorder import __version__
+from execorder.cli import files
+from execorder.cli.options import (
+    BackwardOpt,
+    BaselineOpt,
+    ConcreteOpt,
+    DebugOpt,
+    DepthOpt,
+    DeviceOpt,
+    FailOnOpt,
+    FormatOpt,
+    IndicesArg,
+    InitOpt,
+    InputOpt,
+    InputsOpt,
+    MaxRowsOpt,
+    ModeChoice,
+    ModeOpt,
+    OutputFormat,
+    OutputOpt,
+    SweepOpt,
+    TargetArg,
+    UpdateBaselineOpt,
+)
+from execorder.cli.values import parse_assignments, parse_sweep
+from execorder.cli.words import (
+    EXIT_ERROR,
+    EXIT_FOUND,
+    EXIT_INTERRUPTED,
+    UsageError,
+    message,
+)
+from execorder.errors import ExecOrderError
+from execorder.report.kinds import Category
+
+T = TypeVar("T")
+_stderr = Console(stderr=True, highlight=False)
+# click's UsageError and ClickException, whether Typer vendors click (0.29 and
+# later) or uses it: BadParameter derives from the one, which derives from the other.
+_UsageError: type[Any] = typer.BadParameter.__bases__[0]
+_ClickException: type[Any] = _UsageError.__bases__[0]
+
+
+class _Group(TyperGroup):
+    """Typer's group, with click's usage errors as one line like every other error."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        standalone = kwargs.pop("standalone_mode", True)
+        kwargs["standalone_mode"] = False  # errors come back here rather than print
+        if not standalone:
+            return super().main(*args, **kwargs)
+        try:
+            code = super().main(*args, **kwargs)
+        except _UsageError as exc:
+            _error(_usage_message(exc))
+            sys.exit(EXIT_ERROR)
+        except _ClickException as exc:
+            _error(exc.format_message())
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            _error("interrupted")
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+class _Command(TyperCommand):
+    """Typer's command; required arguments read ``TARGET`` in the usage line, not ``{TARGET}``."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = super().collect_usage_pieces(ctx)
+        return [piece.removeprefix("{").removesuffix("}") for piece in pieces]
+
+
+def _usage_message(exc: Any) -> str:
+    """click's usage error in one line, with where to find help."""
+    text = " ".join(exc.format_message().split()).rstrip(".")
+    text = text.replace("Value error, ", "")  # pydantic's prefix on choices (Typer 0.29)
+    command = exc.ctx.command_path if exc.ctx else "execorder"
+    return f"{text} (see '{command} -h')"
+
+
+app = typer.Typer(
+    name="execorder",
+    cls=_Group,
+    help=(
+        "Execution-order profiler for PyTorch models: module order, parameter order, "
+        "and the parameters that will get no gradient, found before you launch DDP or FSDP."
+    ),
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"execorder {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = None,
+) -> None:
+    """Execution-order profiler for PyTorch models."""
+
+
+def _error(text: str) -> None:
+    _stderr.print(f"execorder: error: {text}", markup=False, soft_wrap=True)
+
+
+def _note(text: str) -> None:
+    _stderr.print(f"execorder: note: {text}", markup=False, soft_wrap=True)
+
+
+@contextmanager
+def _spinner(first: str) -> Iterator[Callable[[str], None]]:
+    """A spinner on stderr, when it is a terminal; yields a function that changes its text."""
+    if not _stderr.is_terminal:
+        yield lambda _: None
+        return
+    with _stderr.status(f"{first}…") as status:
+        yield lambda text: status.update(f"{text}…")
+
+
+def _run(debug: bool, body: Callable[[], T]) -> T:
+    """Run a command body; turn errors into one line on stderr and an exit code."""
+    try:
+        return body()
+    except typer.Exit:
+        raise
+    except ExecOrderError as exc:
+        if debug:
+            traceback.print_exc()
+        _error(message(exc))
+        raise typer.Exit(EXIT_ERROR) from None
+    except KeyboardInterrupt:
+        _error("interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        _stderr.print(
+            f"execorder: internal error: {type(exc).__name__}: {exc} "
+            "(rerun with --debug for the traceback)",
+            markup=False,
+        )
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+# -- profiling ----------------------------------------------------------------
+
+
+class _Session:
+    """One model, profiled under the options; notes go to stderr as they are taken."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        init: list[str] | None,
+        device: Any,
+        mode: ModeChoice,
+        inputs: list[str] | None,
+        inputs_factory: str | None,
+        backward: bool,
+    ) -> None:
+        init_kwargs = parse_assignments(init or [], option="--init")
+        self._say: Callable[[str], None] = lambda _: None
+        self._shown = 0
+        with self._spinner("Loading torch"):
+            with warnings.catch_warnings():
+                # torch warns on import when NumPy is absent; execorder never needs it.
+                warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+                from execorder.errors import InputsError
+                from execorder.loading import Inputs, resolve_target
+                from execorder.profiling import Profiler
+
+            factory = resolve_target(inputs_factory) if inputs_factory else None
+            if inputs_factory and not callable(factory):
+                raise InputsError(inputs_factory, f"is a {type(factory).__name__}, not a function")
+            given = Inputs(factory, inputs or [], name=inputs_factory)
+            self.profiler = Profiler(
+                target,
+                init_kwargs=init_kwargs,
+                inputs=given,
+                mode=mode.value,
+                device=device.value if device else None,
+                backward=backward,
+                progress=lambda text: self._say(text),
+            )
+        self._flush()
+
+    @contextmanager
+    def _spinner(self, first: str) -> Iterator[None]:
+        with _spinner(first) as say:
+            self._say = say
+            try:
+                yield
+            finally:
+                self._say = lambda _: None
+
+    def _flush(self) -> None:
+        """Print the notes not printed yet."""
+        notes = self.profiler.notes
+        for note in notes[self._shown :]:
+            _note(note.message)
+        self._shown = len(notes)
+
+    def _noting(self, call: Callable[[], T]) -> T:
+        """Run ``call``; print the notes it added, also when it fails."""
+        try:
+            return call()
+        finally:
+            self._flush()
+
+    def run(self, concrete_args: dict[str, Any]) -> Any:
+        """The report of one forward."""
+        with self._spinner("Profiling"):
+            return self._noting(lambda: self.profiler.run(concrete_args)).report
+
+    def sweep(self, axes: list[tuple[str, list[Any]]], fixed: dict[str, Any]) -> Any:
+        """The sweep of every combination."""
+        with self._spinner("Profiling"):
+            return self._noting(lambda: self.profiler.sweep(axes, fixed=fixed))
+
+
+# -- writing ------------------------------------------------------------------
+
+
+def _emit(doc: Any, view: Callable[[], Any], fmt: OutputFormat, output: Path | None) -> None:
+    """Write a report, diff, sweep or DDP explanation in the chosen format."""
+    if fmt is OutputFormat.json:
+        text = json.dumps(doc.to_dict(), indent=2) + "\n"
+    elif fmt is OutputFormat.markdown:
+        from execorder.output import markdown
+
+        text = markdown.draw(view())
+    else:
+        from execorder.output import terminal
+
+        renderable = terminal.draw(view())
+        console = Console(highlight=False)
+        if output is None and console.is_terminal:
+            # Too narrow a terminal wraps a table's lines rather than cutting them.
+            console.print(renderable, crop=False)
+            return
+        text = terminal.plain_text(renderable, width=120 if output else console.width)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        files.write(output, text)
+
+
+def _report_view(report: Any, **opts: Any) -> Callable[[], Any]:
+    from execorder.output.views import report_view
+
+    return lambda: report_view(report, **opts)
+
+
+def _parse_categories(text: str | None) -> tuple[Category, ...]:
+    if text is None:
+        return ()
+    chosen = tuple(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
+    names = [c.value for c in Category]
+    unknown = [c for c in chosen if c not in names]
+    if unknown or not chosen:
+        raise UsageError(
+            f"--fail-on got {unknown[0] if unknown else text!r}; "
+            f"choose from: {', '.join(names)} (comma-separated)"
+        )
+    return tuple(Category(c) for c in chosen)
+
+
+def _gate(report: Any, categories: tuple[Category, ...]) -> bool:
+    """Print one line per category the report has findings in; whether there were any."""
+    failed = False
+    for category in categories:
+        found = report.findings(category)
+        if found:
+            failed = True
+            shown = ", ".join(found[:5]) + (
+                f", … ({len(found) - 5} more)" if len(found) > 5 else ""
+            )
+            _stderr.print(
+                f"execorder: check failed: {category}: {len(found)} ({shown})",
+                markup=False,
+                soft_wrap=True,
+            )
+    return failed
+
+
+def _check_trace_options(
+    axes: list[Any], categories: tuple[Category, ...], baseline: Path | None, update: bool
+) -> None:
+    if update and baseline is None:
+        raise UsageError("--update-baseline needs --baseline FILE")
+    if axes and (baseline is not None or categories):
+        raise UsageError("--sweep cannot be combined with --baseline or --fail-on")
+    if baseline is not None and not update and not baseline.exists():
+        raise UsageError(f"--baseline {baseline}: no such file; create it with --update-baseline")
+
+
+# -- commands -----------------------------------------------------------------
+
+
+@app.command(cls=_Command)
+def trace(
+    target: TargetArg,
+    concrete: ConcreteOpt = None,
+    init: InitOpt = None,
+    device: DeviceOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
+    output: OutputOpt = None,
+    depth: DepthOpt = None,
+    max_rows: MaxRowsOpt = 200,
+    fail_on: FailOnOpt = None,
+    sweep: SweepOpt = None,
+    baseline: BaselineOpt = None,
+    update_baseline: UpdateBaselineOpt = False,
+    mode: ModeOpt = ModeChoice.auto,
+    input: InputOpt = None,
+    inputs: InputsOpt = None,
+    backward: BackwardOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Trace a model's forward and report its execution order.
+
+    Shows the module forward order (every call), the parameter forward order
+    (first use), which call used which parameters, and the parameters that
+    get no gradient: unused (never touched) and dead (touched, but nothing
+    they compute reaches an output). torch.fx traces it symbolically; eager
+    mode runs it for real (on the meta device by default: shapes only).
+
+    Exit codes: 0 done; 1 a --fail-on check found something, or the report
+    differs from --baseline; 2 the trace could not be made (bad input, trace
+    failure).
+    """
+
+    def body() -> None:
+        categories = _parse_categories(fail_on)
+        concrete_args = parse_assignments(concrete or [], option="--concrete")
+        axes = [parse_sweep(text) for text in sweep or []]
+        _check_trace_options(axes, categories, baseline, update_baseline)
+        for path in (output, baseline if update_baseline else None):
+            if path is not None:
+                files.check_writable(path)
+        session = _Session(
+            target,
+            init=init,
+            device=device,
+            mode=mode,
+            inputs=input,
+            inputs_factory=inputs,
+            backward=backward,
+        )
+        if axes:
+            from execorder.output.views import sweep_view
+
+            result = session.sweep(axes, concrete_args)
+            _emit(result, lambda: sweep_view(result), fmt, output)
+            return
+        report = session.run(concrete_args)
+        differs = False
+        if baseline is None:
+            _emit(report, _report_view(report, depth=depth, max_rows=max_rows), fmt, output)
+        elif update_baseline:
+            files.write(
+                baseline, json.dumps(report.to_dict(), indent=2) + "\n", option="--baseline"
+            )
+            _emit(report, _report_view(report, depth=depth, max_rows=max_rows), fmt, output)
+            _stderr.print(f"execorder: baseline {baseline} written", markup=False, soft_wrap=True)
+        else:
+            from execorder.analysis import diff_reports
+            from execorder.output.views import diff_view
+            from execorder.report import load_report
+
+            result = diff_reports(load_report(baseline), report)
+            _emit(result, lambda: diff_view(result), fmt, output)
+            differs = not result.equivalent
+        if _gate(report, categories) or differs:
+            raise typer.Exit(EXIT_FOUND)
+
+    _run(debug, body)
+
+
+@app.command(cls=_Command)
+def diff(
+    old: Annotated[Path, typer.Argument(metavar="OLD", help="The baseline JSON report.")],
+    new: Annotated[Path, typer.Argument(metavar="NEW", help="The JSON report to check.")],
+    fmt: FormatOpt = OutputFormat.table,
+    output: OutputOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Show what changed between two JSON reports of execorder trace.
+
+    Module calls added, removed or moved (an aligned diff), parameters whose
+    first-use order, status (unused, dead, used) or shape changed, and
+    external uses added or removed.
+
+    Exit codes: 0 equivalent; 1 they differ; 2 bad input (missing file, not
+    JSON, another schema_version).
+    """
+
+    def body() -> None:
+        from execorder.analysis import diff_reports
+        from execorder.output.views import diff_view
+        from execorder.report import load_report
+
+        if output is not None:
+            files.check_writable(output)
+        result = diff_reports(load_report(old), load_report(new))
+        _emit(result, lambda: diff_view(result), fmt, output)
+        if not result.equivalent:
+            raise typer.Exit(EXIT_FOUND)
+
+    _run(debug, body)
+
+
+@app.command(cls=_Command)
+def schema() -> None:
+    """Print the JSON Schema of everything execorder writes with --format json."""
+    from importlib.resources import files as resources
+
+    text = resources("execorder.report").joinpath("schema.json").read_text(encoding="utf-8")
+    sys.stdout.write(text)
+
+
+@app.command("ddp-indices", cls=_Command)
+def ddp_indices(
+    target: TargetArg,
+    indices: IndicesArg,
+    concrete: ConcreteOpt = None,
+    init: InitOpt = None,
+    device: DeviceOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
+    mode: ModeOpt = ModeChoice.auto,
+    input: InputOpt = None,
+    inputs: InputsOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Name the parameters in DDP's "did not receive grad" error.
+
+    DDP numbers the parameters that require grad in model.parameters() order.
+    Each index is shown with its qualified name and whether execorder
+    predicted it as unused or dead. Use the same --init and --concrete values
+    as the run that failed.
+    """
+
+    def body() -> None:
+        from execorder.analysis import explain_indices, parse_indices
+        from execorder.output.views import ddp_view
+
+        wanted = parse_indices(indices)
+        concrete_args = parse_assignments(concrete or [], option="--concrete")
+        session = _Session(
+            target,
+            init=init,
+            device=device,
+            mode=mode,
+            inputs=input,
+            inputs_factory=inputs,
+            backward=False,
+        )
+        explanation = explain_indices(session.run(concrete_args), wanted)
+        _emit(explanation, lambda: ddp_view(explanation), fmt, None)
+
+    _run(debug, body)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="execorder")

@@ -1,0 +1,182 @@
+"""The command line's options, each defined once and shared by the commands that take it."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    markdown = "markdown"
+
+
+class Device(str, Enum):
+    meta = "meta"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class ModeChoice(str, Enum):
+    auto = "auto"
+    fx = "fx"
+    eager = "eager"
+
+
+TargetArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="TARGET",
+        help="The model: 'package.module:Attr' or 'path/to/file.py:Attr', where Attr is "
+        "an nn.Module subclass, a function returning one, or an nn.Module instance.",
+        show_default=False,
+    ),
+]
+ConcreteOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--concrete",
+        "-c",
+        metavar="NAME=VALUE",
+        help="A fixed value for a forward() argument, e.g. a flag that picks a branch "
+        "(repeatable). VALUE: true/false, none, numbers, JSON, Python literals or text.",
+        show_default=False,
+    ),
+]
+InitOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--init",
+        "-i",
+        metavar="NAME=VALUE",
+        help="A keyword argument for the model's constructor or factory (repeatable).",
+        show_default=False,
+    ),
+]
+DeviceOpt = Annotated[
+    Device | None,
+    typer.Option(
+        help="Where to build (and in eager mode run) the model. Default: meta (no "
+        "memory, no compute), falling back to cpu if real tensor values are needed.",
+        show_default=False,
+    ),
+]
+FormatOpt = Annotated[
+    OutputFormat,
+    typer.Option(
+        "--format", "-f", help="table for people, json for CI, markdown for pull requests."
+    ),
+]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="Write the report to FILE instead of stdout.",
+        dir_okay=False,
+        show_default=False,
+    ),
+]
+DepthOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        metavar="N",
+        help="Table: hide module calls nested deeper than N (JSON always has all).",
+        show_default=False,
+    ),
+]
+MaxRowsOpt = Annotated[
+    int, typer.Option(min=0, metavar="N", help="Table: at most N rows per table; 0 shows all.")
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+ModeOpt = Annotated[
+    ModeChoice,
+    typer.Option(
+        "--mode",
+        help="fx traces symbolically (no inputs needed); eager runs forward for real "
+        "(needs --input or --inputs; any model); auto tries fx, then eager if inputs are given.",
+    ),
+]
+InputOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--input",
+        metavar="[NAME=]DTYPE[D0,...]",
+        help="Eager mode: a tensor argument of forward (repeatable): named, a keyword "
+        "argument (x=float32[2,6]); unnamed, the next positional one ([2,6] is float32). "
+        "input_ids=int64[1,32]@0:32000 draws integers in [0, 32000); without a range "
+        "integers are zeros.",
+        show_default=False,
+    ),
+]
+InputsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--inputs",
+        metavar="MODULE:FUNCTION",
+        help="Eager mode: a function returning forward's arguments: a tuple, a dict of "
+        "keyword arguments, or (tuple, dict). It may take a 'device' keyword.",
+        show_default=False,
+    ),
+]
+BackwardOpt = Annotated[
+    bool,
+    typer.Option(
+        "--backward",
+        help="Eager mode: also run backward and show the order in which gradients are "
+        "accumulated (the order DDP's reducer and FSDP's prefetching see).",
+    ),
+]
+FailOnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--fail-on",
+        metavar="CATEGORIES",
+        help="CI gate: after the report, exit 1 if any listed category is non-empty. "
+        "Comma-separated: unused, dead, external. unused and dead count trainable "
+        "parameters only.",
+        show_default=False,
+    ),
+]
+SweepOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--sweep",
+        metavar="NAME=V1,V2,...",
+        help="Trace every combination of these forward() argument values (repeatable: the "
+        "cross product) and show which parameters are used always, in some combinations "
+        "only (branch-dependent), or never.",
+        show_default=False,
+    ),
+]
+BaselineOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--baseline",
+        metavar="FILE",
+        help="Compare with this stored JSON report and print the differences instead of "
+        "the report; exit 1 if they differ.",
+        dir_okay=False,
+        show_default=False,
+    ),
+]
+UpdateBaselineOpt = Annotated[
+    bool,
+    typer.Option("--update-baseline", help="Write the new report to the --baseline FILE."),
+]
+IndicesArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="INDICES",
+        help="The indices from DDP's error, e.g. '0 1 2 5 6 7' (or paste the whole "
+        "'Parameter indices which did not receive grad for rank 0: ...' line).",
+        show_default=False,
+    ),
+]
+ReportArg = Annotated[Path, typer.Argument(metavar="REPORT", show_default=False)]

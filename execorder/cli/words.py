@@ -1,0 +1,50 @@
+"""The command line's vocabulary: library errors, told in flags, with an exit code."""
+
+from __future__ import annotations
+
+from execorder.errors import Arg, ExecOrderError
+
+FLAGS = {
+    Arg.CONCRETE: "--concrete",
+    Arg.INIT: "--init",
+    Arg.DEVICE: "--device",
+    Arg.MODE: "--mode",
+    Arg.INPUT: "--input",
+    Arg.INPUTS: "--inputs",
+    Arg.BACKWARD: "--backward",
+    Arg.SWEEP: "--sweep",
+    Arg.UPDATE_BASELINE: "--update-baseline",
+}
+
+
+class CliWords:
+    """Arguments as the command line's options: ``--concrete flag=VALUE``."""
+
+    sep = " "
+
+    def arg(self, arg: Arg, *names: str, value: str | None = None) -> str:
+        if arg is Arg.TARGET:
+            return "TARGET"
+        flag = FLAGS[arg]
+        if arg in (Arg.CONCRETE, Arg.INIT) and names:
+            return " ".join(f"{flag} {name}={value or 'VALUE'}" for name in names)
+        if arg is Arg.SWEEP and names:
+            return f"{flag} {names[0]}"
+        return f"{flag} {value}" if value else flag
+
+
+CLI = CliWords()
+
+
+class UsageError(ExecOrderError):
+    """An option's value or a combination of options that cannot work."""
+
+
+def message(exc: ExecOrderError) -> str:
+    """The one line the command line prints for a library error."""
+    return exc.describe(CLI)
+
+
+EXIT_OK, EXIT_FOUND, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+"""Exit codes: done; a check found something or a baseline differs; the
+report could not be made; interrupted (Ctrl-C)."""

@@ -1,0 +1,449 @@
+"""Views of reports, diffs, sweeps and DDP explanations: the one place wording lives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from execorder.analysis import (
+    CallChange,
+    DdpExplanation,
+    DiffOp,
+    Gap,
+    ReportDiff,
+    SweepClass,
+    SweepReport,
+)
+from execorder.output.view import (
+    Block,
+    Cell,
+    Column,
+    ColumnKind,
+    Document,
+    Fold,
+    Listing,
+    Message,
+    Row,
+    Severity,
+    Span,
+    Table,
+    Tone,
+    cell,
+    code,
+    label,
+    plural,
+)
+from execorder.report import ModuleCall, ParamInfo, ParamStatus, Report, shape_text
+
+NUMBER, FIXED, NAME, TEXT = ColumnKind.NUMBER, ColumnKind.FIXED, ColumnKind.NAME, ColumnKind.TEXT
+SHOW_ALL = "--max-rows 0 shows all"
+OWN_PARAMS_SHOWN = 6  # local names listed in "own parameters used" before "+N more"
+
+
+def _args(args: Mapping[str, object]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in args.items())
+
+
+def _cut(
+    rows: Sequence[Row], max_rows: int | None, what: str
+) -> tuple[tuple[Row, ...], tuple[str, ...]]:
+    """At most ``max_rows`` rows (None or 0: all), and the line saying how many were left out."""
+    if not max_rows or len(rows) <= max_rows:
+        return tuple(rows), ()
+    return tuple(rows[:max_rows]), (f"{plural(len(rows) - max_rows, f'more {what}')} ({SHOW_ALL})",)
+
+
+# -- a report -----------------------------------------------------------------
+
+
+def report_view(
+    report: Report, *, depth: int | None = None, max_rows: int | None = None
+) -> Document:
+    """Everything a trace found: the summary first, then findings, then the orders.
+
+    Args:
+        report: The report.
+        depth: Leave out module calls nested deeper than this.
+        max_rows: At most this many rows per table (None or 0: all).
+    """
+    blocks: list[Block] = [
+        _summary(report),
+        _modules(report.modules, depth=depth, max_rows=max_rows),
+        _param_order(report.params, max_rows=max_rows),
+        _unused(report.unused, max_rows=max_rows),
+        _dead(report.dead, max_rows=max_rows),
+    ]
+    if report.external:
+        blocks.append(_external(report))
+    if report.backward is not None:
+        blocks.append(_backward(report, max_rows=max_rows))
+    title = cell("execorder: ", code(report.target), f" ({report.mode} trace)")
+    return Document(title, tuple(blocks))
+
+
+def _fact(name: str, value: str | Cell, severity: Severity = Severity.NONE) -> Row:
+    return Row((cell(name), value if isinstance(value, Cell) else cell(value)), severity)
+
+
+def _warn_if(count: int) -> Severity:
+    return Severity.WARN if count else Severity.NONE
+
+
+def ddp_verdict(report: Report) -> Row:
+    """Whether DDP (``find_unused_parameters=False``) gets a gradient for every parameter."""
+    missing = report.summary.params_no_grad
+    if missing:
+        verb = "gets" if missing == 1 else "get"
+        text = f"fails: {plural(missing, 'trainable parameter')} {verb} no gradient"
+        return _fact("DDP check", text, Severity.ERROR)
+    return _fact("DDP check", "ok: every trainable parameter gets a gradient", Severity.OK)
+
+
+def _summary(report: Report) -> Table:
+    s = report.summary
+    rows = [_fact("target", cell(code(report.target))), _fact("mode", str(report.mode))]
+    if report.concrete_args:
+        rows.append(_fact("concrete args", _args(report.concrete_args)))
+    if report.inputs:
+        rows.append(_fact("inputs", ", ".join(f"{k}={v}" for k, v in report.inputs.items())))
+    rows.append(_fact("module calls", f"{s.calls:,} ({plural(s.modules, 'distinct module')})"))
+    frozen = f" ({s.params_frozen:,} frozen)" if s.params_frozen else ""
+    rows.append(_fact("parameters used", f"{s.params_used:,} of {s.params_total:,}{frozen}"))
+    unused = f"{s.params_unused:,} ({plural(s.numel_unused, 'element')}, {s.unused_fraction:.1%})"
+    rows.append(_fact("unused", unused, _warn_if(s.params_unused)))
+    rows.append(_fact("dead (used, no gradient)", f"{s.params_dead:,}", _warn_if(s.params_dead)))
+    if s.params_assumed:
+        rows.append(_fact("assumed used (opaque leaves)", f"{s.params_assumed:,}"))
+    if s.external_uses:
+        rows.append(_fact("external uses", f"{s.external_uses:,}", Severity.WARN))
+    rows.append(ddp_verdict(report))
+    return Table("Summary", (Column(""), Column("", NAME)), tuple(rows), header=False)
+
+
+def _own_params(call: ModuleCall) -> str:
+    """Local names of the parameters a call used itself (not through a child)."""
+    prefix = f"{call.name}." if call.name else ""
+    names = list(
+        dict.fromkeys(
+            p.removeprefix(prefix) for g in call.uses if g.module == call.name for p in g.params
+        )
+    )
+    if len(names) > OWN_PARAMS_SHOWN:
+        more = len(names) - OWN_PARAMS_SHOWN + 1
+        names = [*names[: OWN_PARAMS_SHOWN - 1], f"+{more} more"]
+    return ", ".join(names)
+
+
+def module_cell(call: ModuleCall) -> Cell:
+    """A module call: its name, its other names, and which call of it this is."""
+    parts: list[str | Span] = [code(label(call.name))]
+    if call.aliases:
+        parts.append(Span(" = " + ", ".join(call.aliases), Tone.MUTED))
+    if call.repeat:
+        parts.append(Span(f"  (call {call.repeat + 1})", Tone.ACCENT))
+    return cell(*parts, indent=call.depth)
+
+
+def _modules(calls: Sequence[ModuleCall], *, depth: int | None, max_rows: int | None) -> Table:
+    shown = [c for c in calls if depth is None or c.depth <= depth]
+    rows = [
+        Row((cell(str(c.index)), module_cell(c), cell(c.type), cell(_own_params(c)))) for c in shown
+    ]
+    kept, left_out = _cut(rows, max_rows, "call")
+    if len(shown) < len(calls):
+        deeper = plural(len(calls) - len(shown), "call")
+        left_out = (f"{deeper} nested deeper than {depth} hidden", *left_out)
+    columns = (
+        Column("#", NUMBER),
+        Column("module", NAME),
+        Column("type", NAME),
+        Column("own parameters used", TEXT),
+    )
+    title = f"Module forward order ({plural(len(calls), 'call')})"
+    return Table(title, columns, kept, left_out, fold=Fold.ALWAYS)
+
+
+def param_cell(param: ParamInfo) -> Cell:
+    """A parameter's name and its other (tied) names."""
+    if param.aliases:
+        return cell(code(param.name), Span(" = " + ", ".join(param.aliases), Tone.MUTED))
+    return cell(code(param.name))
+
+
+def status_cell(param: ParamInfo) -> Cell:
+    """What is special about a parameter: dead, frozen, assumed."""
+    words = [
+        (word, tone)
+        for flag, word, tone in (
+            (param.dead, "dead", Tone.ERROR),
+            (not param.requires_grad, "frozen", Tone.INFO),
+            (param.assumed, "assumed", Tone.MUTED),
+        )
+        if flag
+    ]
+    spans: list[str | Span] = []
+    for i, (word, tone) in enumerate(words):
+        spans += [", " if i else "", Span(word, tone)]
+    return cell(*spans)
+
+
+def first_use(param: ParamInfo) -> str:
+    """``#N`` when the parameter's own module first used it, else ``#N module``."""
+    if param.first_module == param.owner:
+        return f"#{param.first_call}"
+    return f"#{param.first_call} {label(param.first_module or '')}"
+
+
+def _param_table(
+    title: str,
+    params: Sequence[ParamInfo],
+    last: tuple[str, Callable[[ParamInfo], str]],
+    *,
+    what: str = "parameter",
+    numbered: bool = False,
+    status: bool = True,
+    max_rows: int | None,
+    fold: Fold = Fold.LONG,
+) -> Table:
+    heading, value = last
+    status = status and any(status_cell(p).spans for p in params)
+    columns = [Column("parameter", NAME), Column("shape", FIXED), Column("numel", NUMBER)]
+    columns.append(Column(heading, TEXT))
+    if numbered:
+        columns.insert(0, Column("#", NUMBER))
+    if status:
+        columns.append(Column("status", FIXED))
+    rows = []
+    for i, param in enumerate(params):
+        cells = [param_cell(param), cell(shape_text(param.shape)), cell(f"{param.numel:,}")]
+        cells.append(cell(value(param)))
+        if numbered:
+            cells.insert(0, cell(str(i)))
+        if status:
+            cells.append(status_cell(param))
+        rows.append(Row(tuple(cells)))
+    kept, left_out = _cut(rows, max_rows, what)
+    return Table(title, tuple(columns), kept, left_out, fold=fold)
+
+
+def _param_order(params: Sequence[ParamInfo], *, max_rows: int | None) -> Table:
+    return _param_table(
+        f"Parameter forward order, by first use ({plural(len(params), 'parameter')})",
+        params,
+        ("first use", first_use),
+        numbered=True,
+        max_rows=max_rows,
+        fold=Fold.ALWAYS,
+    )
+
+
+def _unused(unused: Sequence[ParamInfo], *, max_rows: int | None) -> Block:
+    if not unused:
+        return Message(cell("No unused parameters."), Severity.OK)
+    owner = ("owner", lambda p: label(p.owner))
+    return _param_table(f"Unused parameters ({len(unused):,})", unused, owner, max_rows=max_rows)
+
+
+def _dead(dead: Sequence[ParamInfo], *, max_rows: int | None) -> Block:
+    if not dead:
+        return Message(cell("No dead parameters: every use reaches an output."), Severity.OK)
+    return _param_table(
+        f"Dead parameters, with no gradient ({len(dead):,})",
+        dead,
+        ("first use", first_use),
+        status=False,
+        max_rows=max_rows,
+    )
+
+
+def _external(report: Report) -> Table:
+    rows = tuple(
+        Row((cell(code(u.param)), cell(label(u.owner)), cell(f"#{u.call} {label(u.used_by)}")))
+        for u in report.external
+    )
+    columns = (Column("parameter", NAME), Column("owner", NAME), Column("used by", NAME))
+    title = f"External uses, owner not running ({len(rows):,})"
+    return Table(title, columns, rows)
+
+
+def _backward(report: Report, *, max_rows: int | None) -> Table:
+    order = report.backward or ()
+    forward = {p.name: i for i, p in enumerate(report.params)}
+    rows = [
+        Row((cell(str(i)), cell(code(name)), cell(str(forward.get(name, "")))))
+        for i, name in enumerate(order)
+    ]
+    kept, left_out = _cut(rows, max_rows, "parameter")
+    columns = (Column("#", NUMBER), Column("parameter", NAME), Column("forward #", NUMBER))
+    title = f"Backward order, by gradient accumulation ({plural(len(order), 'parameter')})"
+    return Table(title, columns, kept, left_out, fold=Fold.ALWAYS)
+
+
+# -- a diff -------------------------------------------------------------------
+
+_COUNT_WORDS = {
+    "calls_added": ("call added", "calls added"),
+    "calls_removed": ("call removed", "calls removed"),
+    "calls_moved": ("call moved", "calls moved"),
+    "params_changed": ("param changed", "params changed"),
+    "external_added": ("external use added", "external uses added"),
+    "external_removed": ("external use removed", "external uses removed"),
+}
+_OP_SIGNS = {
+    DiffOp.SAME: (" ", Tone.MUTED),
+    DiffOp.REMOVED: ("-", Tone.ERROR),
+    DiffOp.ADDED: ("+", Tone.OK),
+}
+
+
+def diff_line(line: CallChange | Gap) -> Cell:
+    """One line of the aligned module-order diff, its sign first."""
+    if isinstance(line, Gap):
+        return cell(Span(f"  … {plural(line.count, 'unchanged call')}", Tone.MUTED))
+    sign, tone = _OP_SIGNS[line.op]
+    text = f"{sign} {'  ' * line.depth}{label(line.name)}  [{line.type}]"
+    parts = [Span(text, tone)]
+    if line.moved:
+        parts.append(Span("  (moved)", Tone.ACCENT))
+    return Cell(tuple(parts))
+
+
+def diff_view(diff: ReportDiff) -> Document:
+    """Verdict, notes, the aligned module-order diff, then parameter and external changes."""
+    blocks: list[Block] = []
+    if diff.equivalent:
+        verdict = cell("No change: ", code(diff.new_target), " runs as in the baseline.")
+        blocks.append(Message(verdict, Severity.OK))
+    else:
+        counts = diff.counts()
+        changed = ", ".join(f"{n:,} {_COUNT_WORDS[key][n != 1]}" for key, n in counts.items() if n)
+        blocks.append(Message(cell(f"Changed: {changed}"), Severity.WARN))
+    blocks += [Message(cell(Span(f"note: {note}", Tone.MUTED))) for note in diff.notes]
+    if diff.calls_changed:
+        blocks.append(Listing("Module forward order", tuple(diff_line(c) for c in diff.calls)))
+    if diff.params:
+        rows = tuple(
+            Row((cell(code(p.name)), cell(str(p.what)), cell(p.old or ""), cell(p.new or "")))
+            for p in diff.params
+        )
+        columns = (
+            Column("parameter", NAME),
+            Column("change", FIXED),
+            Column("old", FIXED),
+            Column("new", FIXED),
+        )
+        blocks.append(Table(f"Parameter changes ({len(rows):,})", columns, rows))
+    if diff.external_added or diff.external_removed:
+        rows = tuple(
+            [Row((cell(Span("added", Tone.ERROR)), cell(u))) for u in diff.external_added]
+            + [Row((cell(Span("removed", Tone.OK)), cell(u))) for u in diff.external_removed]
+        )
+        blocks.append(Table("External uses", (Column("", FIXED), Column("use", NAME)), rows))
+    title = cell("execorder diff: ", code(diff.new_target))
+    return Document(title, tuple(blocks))
+
+
+# -- a sweep ------------------------------------------------------------------
+
+
+def _combinations(indices: Sequence[int]) -> str:
+    return ", ".join(f"#{i}" for i in indices) or "none"
+
+
+def sweep_view(sweep: SweepReport) -> Document:
+    """The combinations, then the parameters by where they are used: findings first."""
+    combos = tuple(
+        Row(
+            (
+                cell(str(i)),
+                cell(_args(c.args)),
+                cell(f"{c.calls:,}"),
+                cell(f"{c.params_used:,}"),
+                cell(f"{c.params_no_grad:,}"),
+            )
+        )
+        for i, c in enumerate(sweep.combinations)
+    )
+    columns: tuple[Column, ...] = (
+        Column("#", NUMBER),
+        Column("combination", TEXT),
+        Column("calls", NUMBER),
+        Column("params used", NUMBER),
+        Column("no gradient", NUMBER),
+    )
+    title = f"Sweep of {sweep.target} ({plural(len(combos), 'combination')})"
+    blocks: list[Block] = [Table(title, columns, combos)]
+    some = sweep.by_status(SweepClass.SOME)
+    if some:
+        rows = tuple(
+            Row(
+                (
+                    cell(code(p.name)),
+                    cell(_combinations(p.used_in)),
+                    cell(_combinations(p.grad_in)),
+                )
+            )
+            for p in some
+        )
+        columns = (
+            Column("parameter", NAME),
+            Column("used in", TEXT),
+            Column("gets a gradient in", TEXT),
+        )
+        title = f"Branch-dependent parameters: used in some combinations only ({len(rows):,})"
+        blocks.append(Table(title, columns, rows))
+    else:
+        line = cell("No branch-dependent parameters: every combination uses the same ones.")
+        blocks.append(Message(line, Severity.OK))
+    never = sweep.by_status(SweepClass.NEVER)
+    if never:
+        rows = tuple(Row((cell(code(p.name)),)) for p in never)
+        blocks.append(Table(f"Never used ({len(rows):,})", (Column("parameter", NAME),), rows))
+    always = sweep.by_status(SweepClass.ALWAYS)
+    rows = tuple(Row((cell(code(p.name)), cell(_combinations(p.grad_in)))) for p in always)
+    columns = (Column("parameter", NAME), Column("gets a gradient in", TEXT))
+    blocks.append(Table(f"Always used ({len(rows):,})", columns, rows, fold=Fold.ALWAYS))
+    return Document(cell("execorder sweep: ", code(sweep.target)), tuple(blocks))
+
+
+# -- DDP's indices ------------------------------------------------------------
+
+_VERDICTS = {
+    ParamStatus.DEAD: ("dead (no use reaches an output)", Severity.ERROR),
+    ParamStatus.UNUSED: ("unused (never touched)", Severity.ERROR),
+    ParamStatus.USED: ("used: expected a gradient", Severity.WARN),
+}
+
+
+def ddp_view(explanation: DdpExplanation) -> Document:
+    """DDP's parameter indices, named, each with execorder's verdict; then whether they agree."""
+    rows = []
+    for entry in explanation.indices:
+        words, severity = _VERDICTS[entry.status]
+        first = first_use(entry.param) if entry.param.used else ""
+        cells = (cell(str(entry.index)), param_cell(entry.param), cell(first), cell(words))
+        rows.append(Row(cells, severity))
+    columns = (
+        Column("index", NUMBER),
+        Column("parameter", NAME),
+        Column("first use", TEXT),
+        Column("execorder says", TEXT),
+    )
+    blocks: list[Block] = [
+        Table(f"DDP parameter indices for {explanation.target}", columns, tuple(rows))
+    ]
+    count = len(explanation.indices)
+    if explanation.agrees:
+        these = "this parameter" if count == 1 else f"these {count:,} parameters"
+        blocks.append(Message(cell(f"execorder predicted exactly {these}."), Severity.OK))
+    if explanation.not_named:
+        names = ", ".join(p.name for p in explanation.not_named)
+        line = cell("execorder also predicts no gradient for: ", code(names))
+        blocks.append(Message(line, Severity.WARN))
+    if any(e.status is ParamStatus.USED for e in explanation.indices):
+        line = cell(
+            "Some named parameters were expected to get a gradient: was the run traced with "
+            "the same inputs, concrete arguments and init arguments as the one that failed?"
+        )
+        blocks.append(Message(line, Severity.WARN))
+    title = cell("DDP parameter indices for ", code(explanation.target))
+    return Document(title, tuple(blocks))

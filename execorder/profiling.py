@@ -1,0 +1,314 @@
+"""The one entry point: profile a model, applying the mode and device policy.
+
+:func:`profile` (and :class:`Profiler`, for several runs of one model) take a
+model, a class or factory, or a ``TARGET`` text, and decide what the command
+line decides: trace with torch.fx or run forward eagerly (``auto`` tries FX
+and runs eagerly when FX cannot trace and inputs were given), build on the
+meta device and fall back to CPU when building or running needs real values.
+Every fallback taken is a :class:`Note` in the result, as data; nothing is
+printed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from execorder.analysis.sweep import SweepReport, sweep
+from execorder.backends import eager, fx
+from execorder.errors import (
+    Arg,
+    InstanceDeviceError,
+    InstanceInitError,
+    MetaDeviceError,
+    ModeError,
+    NeedsInputsError,
+    TraceFailure,
+)
+from execorder.loading import Inputs, build, check_device, resolve_target, split_target
+from execorder.report import Mode, Report, Word
+
+Progress = Callable[[str], None]
+"""Told what a slow step is about to do ("Tracing Net with torch.fx"), e.g. for a spinner."""
+
+
+class NoteKind(Word):
+    """A fallback the policy took."""
+
+    BUILT_ON_CPU = "built-on-cpu"  # building on the meta device failed
+    RAN_EAGERLY = "ran-eagerly"  # torch.fx could not trace it, inputs were given
+    RERAN_ON_CPU = "reran-on-cpu"  # forward needed real values on the meta device
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """One fallback taken, and why.
+
+    Attributes:
+        kind: Which fallback.
+        reason: The failure that led to it, one line.
+        subject: What it concerns: the constructor call for ``BUILT_ON_CPU``.
+    """
+
+    kind: NoteKind
+    reason: str
+    subject: str = ""
+
+    @property
+    def message(self) -> str:
+        """One line for a person."""
+        if self.kind is NoteKind.BUILT_ON_CPU:
+            failed = f"building {self.subject} on the meta device failed"
+            return f"{failed} ({self.reason}); built it on CPU"
+        if self.kind is NoteKind.RAN_EAGERLY:
+            return f"torch.fx could not trace it ({self.reason}); ran forward eagerly instead"
+        return f"forward needs real values on the meta device ({self.reason}); reran it on CPU"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A report and how it was made.
+
+    Attributes:
+        report: What forward did.
+        notes: The fallbacks taken to make it, in order.
+        device: Where the model was when it was traced or run.
+    """
+
+    report: Report
+    notes: tuple[Note, ...]
+    device: str
+
+
+class Profiler:
+    """Profiles one model under any concrete arguments, with the auto and fallback policy.
+
+    The model is built once; a fallback (to eager mode, to CPU) sticks for
+    later runs, as a sweep wants.
+
+    Args:
+        model: An ``nn.Module``; an ``nn.Module`` subclass or a function
+            returning one (built here, on meta by default); or a ``TARGET``
+            text, ``"package.module:Attr"`` or ``"path/to/file.py:Attr"``.
+        init_kwargs: Keyword arguments for the class or function.
+        inputs: Real arguments of forward (a tensor, a tuple, a dict, or
+            ``(tuple, dict)``), a function returning them (it may take a
+            ``device`` keyword), or an :class:`~execorder.loading.Inputs`.
+        input_size: Input sizes, as torchinfo takes them: a shape ``(2, 6)``,
+            a text ``"int64[1,32]@0:32000"``, a list of either (positional),
+            or a dict of them by argument name.
+        mode: ``"auto"`` (FX, then eager when FX fails and inputs are given),
+            ``"fx"`` or ``"eager"``.
+        device: ``"meta"``, ``"cpu"`` or ``"cuda"`` to build on. None: meta,
+            falling back to CPU when building or forward needs real values.
+            A module given as it is stays where it is.
+        backward: Run backward too (eager) and record the gradient order.
+        seed: Seed the model's build and the generated inputs with it (the
+            global random state is left as it was); None leaves them unseeded.
+        target: What to call the model in reports; by default the ``TARGET``
+            text or the class name.
+        progress: Told about each slow step, for a progress display.
+
+    Raises:
+        ModeError: If an argument does not fit the mode.
+        TargetError: If a target cannot be loaded or built.
+        DeviceError: If the device is unknown or not available.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | str | Callable[..., nn.Module],
+        *,
+        init_kwargs: Mapping[str, Any] | None = None,
+        inputs: Any = None,
+        input_size: Any = None,
+        mode: Mode | str = Mode.AUTO,
+        device: str | None = None,
+        backward: bool = False,
+        seed: int | None = None,
+        target: str | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        chosen = Mode(mode)
+        if isinstance(inputs, Inputs) and input_size is not None:
+            raise TypeError("give the input sizes to the Inputs object, not as input_size")
+        self.inputs = inputs if isinstance(inputs, Inputs) else Inputs(inputs, input_size)
+        if chosen is Mode.FX and backward:
+            raise ModeError(Arg.BACKWARD, chosen)
+        if chosen is Mode.FX and self.inputs:
+            raise ModeError(Arg.INPUTS, chosen)
+        self.mode = Mode.EAGER if backward else chosen
+        if self.mode is Mode.EAGER and not self.inputs:
+            raise ModeError(None, Mode.EAGER)
+        self.chosen_mode = chosen
+        self.backward = backward
+        self.seed = seed
+        self._progress = progress or (lambda _: None)
+        self._notes: list[Note] = []
+        self._init = dict(init_kwargs or {})
+        self._chosen_device = device
+        check_device(device)
+
+        name = None
+        if isinstance(model, str):
+            obj = resolve_target(model)
+            name = split_target(model)[1]
+            self.target = target or model
+        else:
+            obj = model
+            self.target = target or str(getattr(obj, "__name__", type(obj).__name__))
+        if isinstance(obj, nn.Module):
+            if self._init:
+                raise InstanceInitError(name or type(obj).__name__)
+            where = _device_of(obj)
+            if device is not None and device != where:
+                raise InstanceDeviceError(name or type(obj).__name__, where, device)
+            self._factory: Any = None
+            self.model, self.device = obj, where
+        else:
+            self._factory, self._name = obj, name
+            self._build(device)
+
+    @property
+    def notes(self) -> tuple[Note, ...]:
+        """The fallbacks taken so far, in order."""
+        return tuple(self._notes)
+
+    def run(self, concrete_args: Mapping[str, Any] | None = None) -> Profile:
+        """Profile one forward under ``concrete_args``.
+
+        Raises:
+            ConcreteArgError: If a concrete argument is not an argument of forward.
+            TraceFailure: If forward can be neither traced nor run;
+                ``NeedsInputsError`` when FX failed in auto mode without inputs.
+        """
+        concrete = dict(concrete_args or {})
+        eager_only = self.mode is Mode.EAGER
+        report = self._eager(concrete) if eager_only else self._fx_or_eager(concrete)
+        return Profile(report, self.notes, self.device)
+
+    def sweep(
+        self,
+        axes: Sequence[tuple[str, Sequence[Any]]],
+        *,
+        fixed: Mapping[str, Any] | None = None,
+    ) -> SweepReport:
+        """Profile every combination of the swept arguments; see :func:`~execorder.sweep`.
+
+        Raises:
+            SweepAxisError: If an argument is swept twice, or swept and fixed.
+            SweepFailure: If a combination cannot be profiled, naming it.
+        """
+        return sweep(lambda args: self.run(args).report, axes=axes, fixed=fixed, target=self.target)
+
+    def _fx_or_eager(self, concrete: dict[str, Any]) -> Report:
+        try:
+            self._progress(f"Tracing {self.target} with torch.fx")
+            return fx.trace(self.model, concrete_args=concrete, target=self.target)
+        except TraceFailure as exc:
+            if self.chosen_mode is Mode.FX:
+                raise
+            if not self.inputs:
+                raise NeedsInputsError(exc) from exc
+            self._notes.append(Note(NoteKind.RAN_EAGERLY, exc.reason))
+            self.mode = Mode.EAGER
+        return self._eager(concrete)
+
+    def _eager(self, concrete: dict[str, Any]) -> Report:
+        with self._seeded():
+            args, kwargs = self.inputs.make(self.device)
+        try:
+            self._progress(f"Running {self.target} on {self.device}")
+            return eager.trace(
+                self.model,
+                args=args,
+                kwargs={**kwargs, **concrete},
+                backward=self.backward,
+                target=self.target,
+            )
+        except MetaDeviceError as exc:
+            if self._factory is None or self._chosen_device is not None:
+                raise
+            self._notes.append(Note(NoteKind.RERAN_ON_CPU, exc.reason))
+            self._build("cpu")
+            return self._eager(concrete)
+
+    def _build(self, device: str | None) -> None:
+        self._progress(f"Building {self.target} on {device or 'meta'}")
+        with self._seeded():
+            loaded = build(
+                self._factory,
+                init_kwargs=self._init,
+                device=device,
+                name=self._name,
+                target=self.target,
+            )
+        if loaded.meta_failure is not None:
+            self._notes.append(Note(NoteKind.BUILT_ON_CPU, loaded.meta_failure, loaded.what or ""))
+        self.model, self.device = loaded.model, loaded.device or "cpu"
+
+    def _seeded(self) -> Any:
+        return nullcontext() if self.seed is None else _seeded(self.seed)
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed torch's generators for the block; their state is restored afterwards."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
+
+
+def _device_of(model: nn.Module) -> str:
+    """Where a module's tensors are (its first parameter or buffer); CPU without any."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device.type
+    return "cpu"
+
+
+def profile(
+    model: nn.Module | str | Callable[..., nn.Module],
+    *,
+    concrete_args: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> Profile:
+    """Profile a model's forward: execution order, parameter use, gradients.
+
+    The library's front door, with the command line's policy: in ``auto``
+    mode torch.fx traces forward symbolically, and when it cannot, forward
+    runs for real on the inputs given; a model built here starts on the meta
+    device (no memory) and moves to CPU only when it must. Nothing is printed:
+    what the policy did is in ``notes``.
+
+    Example:
+        >>> result = execorder.profile(Model, concrete_args={"run_all_layers": True})
+        >>> [p.name for p in result.report.unused]
+        ['weight_unused']
+        >>> execorder.profile("pkg.models:Net", input_size="int64[1,32]").report.mode
+        <Mode.EAGER: 'eager'>
+
+    Args:
+        model: A module, a class or function building one, or a ``TARGET``.
+        concrete_args: Fixed values for forward's arguments (flags choosing
+            a branch); in eager mode they are passed as keyword arguments.
+        **options: The options of :class:`Profiler`: ``init_kwargs``,
+            ``inputs``, ``input_size``, ``mode``, ``device``, ``backward``,
+            ``seed``, ``target``, ``progress``.
+
+    Returns:
+        The report, the notes, and where the model ran.
+
+    Raises:
+        ModeError, TargetError, DeviceError: For arguments that cannot work.
+        ConcreteArgError: If a concrete argument is not an argument of forward.
+        TraceFailure: If forward can be neither traced nor run.
+    """
+    return Profiler(model, **options).run(concrete_args)

@@ -1,0 +1,16 @@
+"""Recording: the event sink backends feed, and the builder that names and freezes it."""
+
+from execorder.recording.build import build_report
+from execorder.recording.events import CallRecord, Event, Recorder, UsageGroup, unique_params
+from execorder.recording.tree import ModuleTree, module_tree
+
+__all__ = [
+    "CallRecord",
+    "Event",
+    "ModuleTree",
+    "Recorder",
+    "UsageGroup",
+    "build_report",
+    "module_tree",
+    "unique_params",
+]

@@ -1,0 +1,190 @@
+"""The report builder: names what a :class:`Recorder` collected and freezes it.
+
+Liveness is not computed here: each backend finds which parameters reach an
+output while it records (FX from its graph, eager from the autograd graph or
+the backward that ran) and hands the builder the live set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from execorder.recording.events import CallRecord, Recorder
+from execorder.report import (
+    ExternalUse,
+    Mode,
+    ModuleCall,
+    ParamGroup,
+    ParamInfo,
+    Report,
+    Summary,
+)
+
+
+def build_report(
+    recorder: Recorder,
+    *,
+    target: str,
+    mode: Mode,
+    concrete_args: Mapping[str, Any] | None = None,
+    live: Collection[nn.Parameter] | None = None,
+    backward: Sequence[nn.Parameter] | None = None,
+    inputs: Mapping[str, str] | None = None,
+) -> Report:
+    """Name everything ``recorder`` collected and freeze it into a :class:`Report`.
+
+    Args:
+        recorder: The events of one forward.
+        target: What was traced.
+        mode: The backend.
+        concrete_args: The concrete arguments of the trace.
+        live: Parameters with a use that reaches an output, from the
+            backend's liveness analysis; the other used trainable
+            parameters are dead. None when there was no such analysis.
+        backward: Parameters in the order their gradients were accumulated,
+            when a backward was run.
+        inputs: Descriptions of the input tensors, by argument name.
+    """
+    tree = recorder.tree
+    module_names, param_names = tree.module_names, tree.param_names
+    observed, first_call = recorder.observed, recorder.first_call
+    live_ids = None if live is None else {id(p) for p in live}
+    param_name = {key: names[0] for key, names in param_names.items()}
+    new_call, new_group = ModuleCall, ParamGroup
+
+    # Per module, named once: its name, aliases, type, and the group its
+    # call adds to its parent.
+    named: dict[int, tuple[str, tuple[str, ...], str]] = {}
+    whole_groups: dict[int, ParamGroup] = {}
+    call_counts: dict[int, int] = {}
+    calls: list[ModuleCall] = []
+    for index, record in enumerate(recorder.calls):
+        module = record.module
+        key = id(module)
+        about = named.get(key)
+        if about is None:
+            names = module_names[key]
+            about = named[key] = (names[0], tuple(names[1:]), type(module).__name__)
+        repeat = call_counts.get(key, 0)
+        call_counts[key] = repeat + 1
+        uses = []
+        for group_module, params, whole_module in record.groups:
+            group = whole_groups.get(id(group_module)) if whole_module else None
+            if group is None:
+                group = new_group(
+                    module_names[id(group_module)][0],
+                    tuple([param_name[id(p)] for p in params]),
+                )
+                if whole_module:
+                    whole_groups[id(group_module)] = group
+            uses.append(group)
+        name, aliases, kind = about
+        calls.append(
+            new_call(index, name, kind, record.depth, record.parent, repeat, aliases, tuple(uses))
+        )
+
+    new_info = ParamInfo
+    position = {id(p): i for i, p in enumerate(tree.params)}
+    counts = dict.fromkeys(("numel", "dead", "frozen", "assumed", "no_grad"), 0)
+
+    def info(param: nn.Parameter, first: int | None) -> ParamInfo:
+        key = id(param)
+        names = param_names[key]
+        requires_grad = param.requires_grad
+        numel = param.numel()
+        used = first is not None
+        assumed = used and key not in observed
+        dead = used and requires_grad and live_ids is not None and key not in live_ids
+        counts["numel"] += numel
+        counts["dead"] += dead
+        counts["frozen"] += not requires_grad
+        counts["assumed"] += assumed
+        counts["no_grad"] += requires_grad and (dead or not used)
+        return new_info(
+            names[0],
+            tuple(names[1:]),
+            position[key],
+            tuple(param.shape),
+            str(param.dtype).removeprefix("torch."),
+            numel,
+            requires_grad,
+            None if first is None else calls[first].name,
+            first,
+            assumed,
+            dead,
+        )
+
+    used = tuple([info(p, first_call[id(p)]) for p in recorder.param_order])
+    numel_used = counts["numel"]
+    unused = tuple([info(p, None) for p in tree.params if id(p) not in first_call])
+    external = tuple(
+        ExternalUse(
+            param=param_name[id(param)],
+            owner=param_name[id(param)].rpartition(".")[0],
+            used_by=calls[index].name,
+            call=index,
+        )
+        for param, index in external_uses(recorder.calls, tree.owners)
+    )
+    summary = Summary(
+        calls=len(calls),
+        modules=len(call_counts),
+        params_total=len(used) + len(unused),
+        params_used=len(used),
+        numel_total=counts["numel"],
+        numel_used=numel_used,
+        params_dead=counts["dead"],
+        params_frozen=counts["frozen"],
+        params_assumed=counts["assumed"],
+        params_no_grad=counts["no_grad"],
+        external_uses=len(external),
+    )
+    return Report(
+        target=target,
+        mode=mode,
+        concrete_args=dict(concrete_args or {}),
+        modules=tuple(calls),
+        params=used,
+        unused=unused,
+        summary=summary,
+        external=external,
+        backward=None if backward is None else tuple([param_name[id(p)] for p in backward]),
+        inputs=dict(inputs or {}),
+    )
+
+
+def external_uses(
+    calls: Sequence[CallRecord], owners: Mapping[int, set[int]]
+) -> list[tuple[nn.Parameter, int]]:
+    """Direct uses of a parameter while none of its owning modules is running.
+
+    Args:
+        calls: The recorded calls.
+        owners: By ``id(parameter)``, the ids of the modules that hold it.
+
+    Returns:
+        ``(parameter, call index)`` for each such use, once per call.
+    """
+    found: dict[tuple[int, int], tuple[nn.Parameter, int]] = {}
+    for index, call in enumerate(calls):
+        for group in call.groups:
+            if group.whole_module:
+                continue
+            for param in group.params:
+                key = (id(param), index)
+                if key not in found and not _on_stack(calls, index, owners[id(param)]):
+                    found[key] = (param, index)
+    return list(found.values())
+
+
+def _on_stack(calls: Sequence[CallRecord], index: int | None, modules: set[int]) -> bool:
+    """Whether any of ``modules`` (ids) runs call ``index`` or one enclosing it."""
+    while index is not None:
+        call = calls[index]
+        if id(call.module) in modules:
+            return True
+        index = call.parent
+    return False

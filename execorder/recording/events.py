@@ -1,0 +1,216 @@
+"""The event sink: backends tell a :class:`Recorder` what runs, one event at a time.
+
+A backend reports three kinds of event: a module call starts
+(:meth:`Recorder.enter`), it ends (:meth:`Recorder.exit`), and parameters are
+used (:meth:`Recorder.use`, :meth:`Recorder.use_module`). FX reports them as
+it traces; eager logs them to a flat list on its hot path and hands the
+recorder the whole log (:meth:`Recorder.replay`, the same events, inlined).
+The recorder keeps live module and parameter objects, never names: naming and
+freezing are the report builder's job (:mod:`execorder.recording.build`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from torch import nn
+
+from execorder.recording.tree import ModuleTree, module_tree
+
+Event = nn.Module | list[nn.Parameter] | None
+"""One entry of an event log: a module (its call starts), ``None`` (the
+current call ends), or a list of parameters (one op used them)."""
+
+
+class UsageGroup(NamedTuple):
+    """Parameters used together in one call.
+
+    ``whole_module`` is True when ``params`` are all of ``module``'s parameters
+    because ``module`` itself was called (a child call, or a leaf module whose
+    internals the backend cannot see); False for a direct use in an op.
+    """
+
+    module: nn.Module
+    params: tuple[nn.Parameter, ...]
+    whole_module: bool
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """One module call as recorded: live objects, not yet named."""
+
+    module: nn.Module
+    parent: int | None
+    depth: int
+    groups: list[UsageGroup] = field(default_factory=list)
+    # Where this call's own group sits in the parent's groups, if it has one.
+    slot_in_parent: int | None = None
+
+
+class Recorder:
+    """Collects the module calls and parameter uses of one forward.
+
+    Args:
+        root: The module whose forward is recorded. Its call is the first one.
+        tree: ``module_tree(root)`` if the backend has it already; taken now
+            otherwise. Names in the report are those of the tree at this point.
+
+    Attributes:
+        calls: Every call, in the order they started.
+        param_order: Parameters in first-use order.
+        first_call: By ``id(parameter)``, the index of the call that first used it.
+        observed: Ids of the parameters seen used for sure (not only assumed
+            inside a leaf module the backend cannot see into).
+    """
+
+    def __init__(self, root: nn.Module, tree: ModuleTree | None = None) -> None:
+        self.root = root
+        self.tree = tree or module_tree(root)
+        self.calls: list[CallRecord] = [CallRecord(root, None, 0)]
+        self.param_order: list[nn.Parameter] = []
+        self.first_call: dict[int, int] = {}
+        self.observed: set[int] = set()
+        self._stack: list[int] = [0]
+        self._module_params: dict[int, tuple[nn.Parameter, ...]] = {}
+
+    @property
+    def current(self) -> CallRecord:
+        """The call now running."""
+        return self.calls[self._stack[-1]]
+
+    @property
+    def visited(self) -> set[nn.Parameter]:
+        """The parameters used so far."""
+        return set(self.param_order)
+
+    def params_of(self, module: nn.Module) -> tuple[nn.Parameter, ...]:
+        """``tuple(module.parameters())``, built from the children's cached tuples.
+
+        Built bottom-up so that recording every call of a deep model stays
+        linear in its size; the order and deduplication are those of
+        ``module.parameters()``.
+        """
+        params = self._module_params.get(id(module))
+        if params is None and id(module) in self.tree.spans:
+            start, end = self.tree.spans[id(module)]
+            params = self._module_params[id(module)] = tuple(self.tree.params[start:end])
+        if params is None:
+            found = {id(p): p for p in module._parameters.values() if p is not None}
+            for child in module._modules.values():
+                if child is not None:
+                    for param in self.params_of(child):
+                        found.setdefault(id(param), param)
+            params = tuple(found.values())
+            self._module_params[id(module)] = params
+        return params
+
+    def enter(self, module: nn.Module) -> None:
+        """A call of ``module`` starts inside the current call."""
+        params = self.params_of(module)
+        parent = self.current
+        slot = None
+        if params:
+            slot = len(parent.groups)
+            parent.groups.append(UsageGroup(module, params, True))
+        self.calls.append(CallRecord(module, self._stack[-1], len(self._stack), [], slot))
+        self._stack.append(len(self.calls) - 1)
+
+    def exit(self, module: nn.Module) -> None:
+        """The current call, of ``module``, ends."""
+        if len(self._stack) == 1 or self.current.module is not module:
+            raise RuntimeError("execorder: module exit does not match the call being recorded")
+        self._stack.pop()
+
+    def use(self, params: Iterable[nn.Parameter], *, outer: int = 0) -> None:
+        """Parameters are used directly in an op.
+
+        Args:
+            params: The parameters the op reads, in argument order. Repeats
+                are kept once.
+            outer: 0 attributes the use to the current call; 1 to the call
+                that made it (for arguments the caller passes to a leaf
+                module), placed before the current call's own group there,
+                since arguments are evaluated before the call.
+        """
+        unique = unique_params(params)
+        if not unique:
+            return
+        index = self._stack[-1 - outer]
+        call = self.calls[index]
+        group = UsageGroup(call.module, unique, False)
+        slot = self.current.slot_in_parent if outer else None
+        if slot is None:
+            call.groups.append(group)
+        else:
+            call.groups.insert(slot, group)
+            self.current.slot_in_parent = slot + 1
+        self._mark(unique, index)
+        self.observed.update(map(id, unique))
+
+    def use_module(self, *, assumed: bool = False) -> None:
+        """The current call's module uses all its parameters (a leaf module).
+
+        Args:
+            assumed: True when the backend cannot see inside the module and
+                only assumes that it uses all its parameters.
+        """
+        call = self.current
+        params = self.params_of(call.module)
+        if params:
+            call.groups.append(UsageGroup(call.module, params, True))
+            self._mark(params, self._stack[-1])
+            if not assumed:
+                self.observed.update(map(id, params))
+
+    def replay(self, events: Iterable[Event]) -> None:
+        """Record a whole event log at once: the same as one call per event.
+
+        A module means its call starts (:meth:`enter`), ``None`` that the
+        current call ends (:meth:`exit`), a list of parameters that one op
+        used them (:meth:`use`). It is the eager backend's hot path, hence
+        inlined; ``tests/test_recording.py`` holds it to the one-by-one path.
+        """
+        calls, stack, params_of = self.calls, self._stack, self.params_of
+        cached = self._module_params
+        first_call, observed, order = self.first_call, self.observed, self.param_order
+        group = tuple.__new__  # UsageGroup(...) without its Python-level __new__
+        for event in events:
+            if event is None:
+                stack.pop()
+            elif isinstance(event, list):
+                unique = (event[0],) if len(event) == 1 else unique_params(event)
+                if not unique:
+                    continue
+                index = stack[-1]
+                call = calls[index]
+                call.groups.append(group(UsageGroup, (call.module, unique, False)))
+                for param in unique:
+                    key = id(param)
+                    observed.add(key)
+                    if key not in first_call:
+                        first_call[key] = index
+                        order.append(param)
+            else:
+                params = cached.get(id(event)) or params_of(event)
+                parent = calls[stack[-1]]
+                slot = None
+                if params:
+                    slot = len(parent.groups)
+                    parent.groups.append(group(UsageGroup, (event, params, True)))
+                calls.append(CallRecord(event, stack[-1], len(stack), [], slot))
+                stack.append(len(calls) - 1)
+        if len(stack) != 1:
+            raise RuntimeError("execorder: the event log leaves module calls open")
+
+    def _mark(self, params: Iterable[nn.Parameter], index: int) -> None:
+        for param in params:
+            if id(param) not in self.first_call:
+                self.first_call[id(param)] = index
+                self.param_order.append(param)
+
+
+def unique_params(params: Iterable[nn.Parameter]) -> tuple[nn.Parameter, ...]:
+    """Each parameter once, in order (by identity: no tensor hashing)."""
+    return tuple({id(p): p for p in params}.values())

@@ -1,0 +1,32 @@
+"""What a trace found, as frozen records: the bottom layer, no torch, no presentation."""
+
+from execorder.report.files import load_report
+from execorder.report.kinds import Category, Mode, ParamStatus, Word
+from execorder.report.records import (
+    SCHEMA_VERSION,
+    ExternalUse,
+    ModuleCall,
+    ParamGroup,
+    ParamInfo,
+    Report,
+    Summary,
+    jsonable,
+    shape_text,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Category",
+    "ExternalUse",
+    "Mode",
+    "ModuleCall",
+    "ParamGroup",
+    "ParamInfo",
+    "ParamStatus",
+    "Report",
+    "Summary",
+    "Word",
+    "jsonable",
+    "load_report",
+    "shape_text",
+]

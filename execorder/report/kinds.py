@@ -1,0 +1,46 @@
+"""The words a report uses, as enums: each means one thing, spelled in one place.
+
+They are ``str`` enums: a member equals its JSON spelling (``Mode.FX ==
+"fx"``), so reports written before them read the same.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Word(str, Enum):
+    """A ``str`` enum that prints as its value (``f"{Mode.FX}"`` is ``"fx"``)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Mode(Word):
+    """How forward was recorded: traced by torch.fx, or run for real (eager).
+
+    ``AUTO`` is a choice, never a report's mode: FX, falling back to eager.
+    """
+
+    AUTO = "auto"
+    FX = "fx"
+    EAGER = "eager"
+
+
+class ParamStatus(Word):
+    """What forward did with a parameter, as a backward will see it."""
+
+    USED = "used"  # read, and a use reaches an output: it gets a gradient
+    UNUSED = "unused"  # never read
+    DEAD = "dead"  # read, but no use reaches an output: no gradient
+
+
+class Category(Word):
+    """What a CI gate (``--fail-on``) can fail on."""
+
+    UNUSED = "unused"  # trainable parameters never read
+    DEAD = "dead"  # trainable parameters read, with no gradient
+    EXTERNAL = "external"  # parameters read while none of their modules runs
