@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check execorder tests sample_models benchmarks
 	$(VENV)/bin/ruff format --check execorder tests sample_models benchmarks
 	$(VENV)/bin/mypy execorder
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format execorder tests sample_models benchmarks

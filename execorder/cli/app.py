@@ -35,7 +35,6 @@ from execorder.cli.options import (
     InputOpt,
     InputsOpt,
     MaxRowsOpt,
-    ModeChoice,
     ModeOpt,
     OutputFormat,
     OutputOpt,
@@ -52,7 +51,7 @@ from execorder.cli.words import (
     message,
 )
 from execorder.errors import ExecOrderError
-from execorder.report.kinds import Category
+from execorder.report.kinds import Category, Mode
 
 T = TypeVar("T")
 _stderr = Console(stderr=True, highlight=False)
@@ -185,7 +184,7 @@ class _Session:
         *,
         init: list[str] | None,
         device: Any,
-        mode: ModeChoice,
+        mode: Mode,
         inputs: list[str] | None,
         inputs_factory: str | None,
         backward: bool,
@@ -209,7 +208,7 @@ class _Session:
                 target,
                 init_kwargs=init_kwargs,
                 inputs=given,
-                mode=mode.value,
+                mode=mode,
                 device=device.value if device else None,
                 backward=backward,
                 progress=lambda text: self._say(text),
@@ -343,7 +342,7 @@ def trace(
     sweep: SweepOpt = None,
     baseline: BaselineOpt = None,
     update_baseline: UpdateBaselineOpt = False,
-    mode: ModeOpt = ModeChoice.auto,
+    mode: ModeOpt = Mode.AUTO,
     input: InputOpt = None,
     inputs: InputsOpt = None,
     backward: BackwardOpt = False,
@@ -459,7 +458,7 @@ def ddp_indices(
     init: InitOpt = None,
     device: DeviceOpt = None,
     fmt: FormatOpt = OutputFormat.table,
-    mode: ModeOpt = ModeChoice.auto,
+    mode: ModeOpt = Mode.AUTO,
     input: InputOpt = None,
     inputs: InputsOpt = None,
     debug: DebugOpt = False,

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from execorder.report.kinds import Mode
+
 
 class OutputFormat(str, Enum):
     table = "table"
@@ -19,12 +21,6 @@ class Device(str, Enum):
     meta = "meta"
     cpu = "cpu"
     cuda = "cuda"
-
-
-class ModeChoice(str, Enum):
-    auto = "auto"
-    fx = "fx"
-    eager = "eager"
 
 
 TargetArg = Annotated[
@@ -96,7 +92,7 @@ MaxRowsOpt = Annotated[
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 ModeOpt = Annotated[
-    ModeChoice,
+    Mode,
     typer.Option(
         "--mode",
         help="fx traces symbolically (no inputs needed); eager runs forward for real "
