@@ -1,0 +1,185 @@
+"""execorder.profile: the command line's policy, for Python users, with notes as data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import models
+import pytest
+import torch
+from moe import MoE
+from seed import Model
+
+import execorder
+from execorder.errors import (
+    InstanceDeviceError,
+    MetaDeviceError,
+    ModeError,
+    NeedsInputsError,
+)
+from execorder.loading import InputSpec
+from execorder.profiling import NoteKind, Profiler
+
+SEED = str(Path(__file__).resolve().parent.parent / "sample_models" / "seed.py") + ":Model"
+
+
+def test_a_class_is_built_on_meta_and_traced_with_fx() -> None:
+    result = execorder.profile(Model, concrete_args={"run_all_layers": True})
+    assert result.device == "meta" and result.notes == ()
+    assert result.report.mode == "fx" and result.report.target == "Model"
+    expected = execorder.trace(Model(), concrete_args={"run_all_layers": True}, target="Model")
+    assert result.report == expected
+
+
+def test_a_target_text_works_as_on_the_command_line() -> None:
+    result = execorder.profile(SEED, concrete_args={"run_all_layers": False})
+    assert result.report.target == SEED
+    assert [p.name for p in result.report.unused] == ["weight2", "weight_unused", "layer1.weight"]
+
+
+def test_a_module_is_used_where_it_is() -> None:
+    model = Model()
+    result = execorder.profile(model, concrete_args={"run_all_layers": True})
+    assert result.device == "cpu" and result.report.target == "Model"
+    assert all(not p.is_meta for p in model.parameters())
+
+
+def test_auto_runs_eagerly_when_fx_cannot_and_says_why() -> None:
+    result = execorder.profile(models.Branchy, input_size=(2, 4))
+    assert result.report.mode == "eager"
+    (note,) = result.notes
+    assert note.kind is NoteKind.RAN_EAGERLY
+    # The whole reason, not a prefix of it.
+    assert note.reason == "control flow depends on argument 'flag'"
+    assert note.message == (
+        "torch.fx could not trace it (control flow depends on argument 'flag'); "
+        "ran forward eagerly instead"
+    )
+
+
+def test_auto_without_inputs_says_how_to_run_eagerly_in_python() -> None:
+    with pytest.raises(NeedsInputsError) as raised:
+        execorder.profile(Model)
+    text = str(raised.value)
+    assert "pin it with concrete_args={'run_all_layers': ...}" in text
+    assert "Or run forward for real: mode='eager', input_size" in text
+    assert "--" not in text
+
+
+def test_forward_that_needs_values_is_rerun_on_cpu_with_notes() -> None:
+    result = execorder.profile(models.DataDependent, input_size="float32[2,4]")
+    assert [n.kind for n in result.notes] == [NoteKind.RAN_EAGERLY, NoteKind.RERAN_ON_CPU]
+    assert result.device == "cpu" and result.report.mode == "eager"
+    assert "meta" in result.notes[1].reason or "Tensor" in result.notes[1].reason
+
+
+def test_a_module_on_meta_cannot_be_rebuilt() -> None:
+    with torch.device("meta"):
+        model = models.DataDependent()
+    with pytest.raises(MetaDeviceError, match=r"use device='cpu'"):
+        execorder.profile(model, input_size=(2, 4))
+
+
+def test_a_device_for_a_module_elsewhere_is_refused() -> None:
+    with pytest.raises(InstanceDeviceError, match=r"device='meta' does not apply"):
+        execorder.profile(Model(), device="meta")
+
+
+def test_a_constructor_that_needs_values_is_built_on_cpu_with_a_note() -> None:
+    result = execorder.profile(models.NeedsRealTensors)
+    (note,) = result.notes
+    assert note.kind is NoteKind.BUILT_ON_CPU and note.subject == "NeedsRealTensors()"
+    assert "built it on CPU" in note.message and result.device == "cpu"
+
+
+@pytest.mark.parametrize(
+    "size",
+    [
+        (2, 6),
+        [2, 6],
+        torch.Size([2, 6]),
+        "[2,6]",
+        "float32[2, 6]",
+        "x=float32[2,6]",
+        {"x": (2, 6)},
+        {"x": "float32[2,6]"},
+        [(2, 6)],
+        InputSpec(None, "float32", (2, 6)),
+    ],
+    ids=repr,
+)
+def test_input_sizes_as_torchinfo_takes_them(size: object) -> None:
+    report = execorder.profile(
+        Model, input_size=size, mode="eager", concrete_args={"run_all_layers": True}
+    ).report
+    assert list(report.inputs.values()) == ["float32[2, 6]"]
+    assert [p.name for p in report.unused] == ["weight_unused"]
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        torch.randn(2, 6),
+        (torch.randn(2, 6),),
+        {"x": torch.randn(2, 6)},
+        ((torch.randn(2, 6),), {"run_all_layers": True}),
+        lambda: torch.randn(2, 6),
+        lambda device: {"x": torch.randn(2, 6, device=device)},
+    ],
+    ids=["tensor", "tuple", "dict", "args-kwargs", "factory", "factory-device"],
+)
+def test_real_inputs_and_factories(inputs: object) -> None:
+    report = execorder.profile(
+        Model, inputs=inputs, mode="eager", concrete_args={"run_all_layers": True}
+    ).report
+    assert list(report.inputs.values()) == ["float32[2, 6]"]
+    assert [p.name for p in report.unused] == ["weight_unused"]
+
+
+def test_a_seed_makes_a_routing_model_deterministic_and_leaves_the_global_state() -> None:
+    state = torch.get_rng_state()
+    runs = [
+        execorder.profile(MoE, input_size="float32[4,16]", seed=7, device="cpu").report
+        for _ in range(2)
+    ]
+    assert runs[0] == runs[1]
+    assert torch.equal(torch.get_rng_state(), state)
+    seeds = {
+        tuple(
+            p.name for p in execorder.profile(MoE, input_size="float32[4,16]", seed=s).report.unused
+        )
+        for s in range(6)
+    }
+    assert len(seeds) > 1  # the seed is what decides the routing
+
+
+def test_a_profiler_keeps_its_fallbacks_for_a_sweep() -> None:
+    profiler = Profiler(models.DataDependent, input_size="float32[2,4]")
+    first = profiler.run()
+    assert [n.kind for n in first.notes] == [NoteKind.RAN_EAGERLY, NoteKind.RERAN_ON_CPU]
+    again = profiler.run()
+    assert again.notes == first.notes  # nothing new: it stays eager, on CPU
+    result = Profiler(Model).sweep([("run_all_layers", [True, False])])
+    assert [p.name for p in result.by_status("some")] == ["weight2", "layer1.weight"]
+
+
+def test_progress_is_told_each_slow_step() -> None:
+    steps: list[str] = []
+    execorder.profile(models.DataDependent, input_size=(2, 4), progress=steps.append)
+    assert steps[0] == "Building DataDependent on meta"
+    assert "Tracing DataDependent with torch.fx" in steps
+    assert steps[-2:] == ["Building DataDependent on cpu", "Running DataDependent on cpu"]
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"mode": "fx", "backward": True}, "backward=True needs mode='eager' (or auto)"),
+        ({"mode": "fx", "input_size": (2, 6)}, "input_size and inputs apply to mode='eager'"),
+        ({"mode": "eager"}, "give its inputs with input_size or inputs"),
+        ({"backward": True}, "give its inputs with input_size or inputs"),
+    ],
+)
+def test_options_that_do_not_fit_the_mode(options: dict[str, object], words: str) -> None:
+    with pytest.raises(ModeError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        execorder.profile(Model, **options)
