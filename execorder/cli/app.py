@@ -6,6 +6,7 @@ completion) stays instant.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import traceback
@@ -133,7 +134,14 @@ def _error(text: str) -> None:
     _stderr.print(f"execorder: error: {text}", markup=False, soft_wrap=True)
 
 
-def _note(text: str) -> None:
+NOTE_REASON = 120  # characters of a note's reason shown; --debug shows it whole
+
+
+def _note(note: Any, debug: bool) -> None:
+    reason = note.reason
+    if len(reason) > NOTE_REASON and not debug:
+        reason = reason[:NOTE_REASON].rsplit(" ", 1)[0] + " …"
+    text = dataclasses.replace(note, reason=reason).message
     _stderr.print(f"execorder: note: {text}", markup=False, soft_wrap=True)
 
 
@@ -188,7 +196,9 @@ class _Session:
         inputs: list[str] | None,
         inputs_factory: str | None,
         backward: bool,
+        debug: bool,
     ) -> None:
+        self.debug = debug
         init_kwargs = parse_assignments(init or [], option="--init")
         self._say: Callable[[str], None] = lambda _: None
         self._shown = 0
@@ -228,7 +238,7 @@ class _Session:
         """Print the notes not printed yet."""
         notes = self.profiler.notes
         for note in notes[self._shown :]:
-            _note(note.message)
+            _note(note, self.debug)
         self._shown = len(notes)
 
     def _noting(self, call: Callable[[], T]) -> T:
@@ -274,6 +284,7 @@ def _emit(doc: Any, view: Callable[[], Any], fmt: OutputFormat, output: Path | N
         sys.stdout.write(text)
     else:
         files.write(output, text)
+        _stderr.print(f"execorder: {doc.to_dict()['kind']} written to {output}", markup=False, soft_wrap=True)
 
 
 def _report_view(report: Any, **opts: Any) -> Callable[[], Any]:
@@ -377,6 +388,7 @@ def trace(
             inputs=input,
             inputs_factory=inputs,
             backward=backward,
+            debug=debug,
         )
         if axes:
             from execorder.output.views import sweep_view
@@ -485,6 +497,7 @@ def ddp_indices(
             inputs=input,
             inputs_factory=inputs,
             backward=False,
+            debug=debug,
         )
         explanation = explain_indices(session.run(concrete_args), wanted)
         _emit(explanation, lambda: ddp_view(explanation), fmt, None)

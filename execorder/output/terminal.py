@@ -57,8 +57,6 @@ def text(line: Cell, severity: Severity = Severity.NONE) -> Text:
 
 def _table(block: Table) -> RenderableType:
     table = RichTable(
-        title=block.title,
-        title_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         show_header=block.header,
@@ -89,10 +87,12 @@ def _table(block: Table) -> RenderableType:
             text(c, row.severity if i == last else Severity.NONE) for i, c in enumerate(row.cells)
         ]
         table.add_row(*cells)
+    # The title is a line of its own, so it never wraps to the table's width.
+    title = Text(block.title, style="table.title")
     if not block.left_out:
-        return _AtLeastMinimum(table)
+        return Group(title, _AtLeastMinimum(table))
     notes = [Text(f"… {line}", style="dim") for line in block.left_out]
-    return Group(_AtLeastMinimum(table), *notes, Text())
+    return Group(title, _AtLeastMinimum(table), *notes, Text())
 
 
 class _AtLeastMinimum:

@@ -1,0 +1,125 @@
+"""The README and docs/ are run: their examples cannot rot.
+
+- ```console blocks: each ``$ command`` runs (in a scratch folder holding a
+  copy of sample_models/, 100 columns wide) and must print the lines below
+  it; a line ``...`` stands for any lines. Plain ``execorder ...`` commands run in this process through
+  Typer's runner; anything else runs in bash.
+- ```python blocks run in order, one namespace per file, in a scratch folder
+  holding a copy of sample_models/; ```pycon blocks are doctests in the same
+  namespace.
+- Other blocks (```text, ```yaml) are shown, not run.
+"""
+
+from __future__ import annotations
+
+import doctest
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from execorder.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```\s*$", re.S | re.M)
+WIDTH = "100"
+
+
+def _blocks(path: Path) -> list[tuple[str, str, int]]:
+    text = path.read_text(encoding="utf-8")
+    return [
+        (m[1], m[2], text.count("\n", 0, m.start()) + 1) for m in FENCE.finditer(text)
+    ]
+
+
+def _examples() -> list[object]:
+    """Every ``$ command`` of every console block, with the output shown under it."""
+    found = []
+    for path in DOCS:
+        for lang, body, line in _blocks(path):
+            if lang != "console":
+                continue
+            parts = re.split(r"^\$ ", body, flags=re.M)
+            for part in parts[1:]:
+                command, _, shown = part.partition("\n")
+                found.append(
+                    pytest.param(command, shown, id=f"{path.name}:{line}:{command[:50]}")
+                )
+    return found
+
+
+def _matches(shown: str, printed: str) -> bool:
+    pattern = ""
+    for line in shown.rstrip("\n").splitlines():
+        pattern += r"(?:.*\n)*?" if line.strip() == "..." else re.escape(line.rstrip()) + r"\n"
+    return re.fullmatch(pattern + r"(?:\s*\n)*", printed) is not None
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding a copy of sample_models/, where the examples run and write."""
+    folder = tmp_path_factory.mktemp("docs")
+    shutil.copytree(ROOT / "sample_models", folder / "sample_models")
+    return folder
+
+
+def _run(command: str, cwd: Path) -> str:
+    words = shlex.split(command)
+    if words[0] == "execorder" and not re.search(r"[|;&<>]", command):
+        result = CliRunner().invoke(app, words[1:], env={"COLUMNS": WIDTH})
+        return result.output
+    env = {**os.environ, "COLUMNS": WIDTH}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    done = subprocess.run(
+        ["bash", "-c", command],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    return done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(("command", "shown"), _examples())
+def test_console_example(
+    command: str, shown: str, scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(scratch)
+    printed = "".join(line.rstrip() + "\n" for line in _run(command, scratch).splitlines())
+    assert _matches(shown, printed), f"$ {command}\n--- the docs show ---\n{shown}\n--- it printed ---\n{printed}"
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_python_examples(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shutil.copytree(ROOT / "sample_models", tmp_path / "sample_models")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path / "sample_models"))
+    namespace: dict[str, object] = {"__name__": f"docs_{path.stem}"}
+    parser, runner = doctest.DocTestParser(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for lang, body, line in _blocks(path):
+        where = f"{path.name}:{line}"
+        if lang == "python":
+            exec(compile(body, where, "exec"), namespace)  # noqa: S102
+        elif lang == "pycon":
+            test = parser.get_doctest(body, namespace, where, str(path), line)
+            runner.run(test, clear_globs=False)
+    assert runner.failures == 0, f"{runner.failures} doctest example(s) failed in {path.name}"
+
+
+def test_every_doc_is_linked_from_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for path in DOCS[1:]:
+        assert f"docs/{path.name}" in readme, f"README does not link docs/{path.name}"
+
+
+def test_the_readme_is_a_front_page() -> None:
+    assert len((ROOT / "README.md").read_bytes()) < 10_000
