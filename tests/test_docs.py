@@ -34,9 +34,7 @@ WIDTH = "100"
 
 def _blocks(path: Path) -> list[tuple[str, str, int]]:
     text = path.read_text(encoding="utf-8")
-    return [
-        (m[1], m[2], text.count("\n", 0, m.start()) + 1) for m in FENCE.finditer(text)
-    ]
+    return [(m[1], m[2], text.count("\n", 0, m.start()) + 1) for m in FENCE.finditer(text)]
 
 
 def _examples() -> list[object]:
@@ -49,9 +47,7 @@ def _examples() -> list[object]:
             parts = re.split(r"^\$ ", body, flags=re.M)
             for part in parts[1:]:
                 command, _, shown = part.partition("\n")
-                found.append(
-                    pytest.param(command, shown, id=f"{path.name}:{line}:{command[:50]}")
-                )
+                found.append(pytest.param(command, shown, id=f"{path.name}:{line}:{command[:50]}"))
     return found
 
 
@@ -95,7 +91,9 @@ def test_console_example(
 ) -> None:
     monkeypatch.chdir(scratch)
     printed = "".join(line.rstrip() + "\n" for line in _run(command, scratch).splitlines())
-    assert _matches(shown, printed), f"$ {command}\n--- the docs show ---\n{shown}\n--- it printed ---\n{printed}"
+    assert _matches(shown, printed), (
+        f"$ {command}\n--- the docs show ---\n{shown}\n--- it printed ---\n{printed}"
+    )
 
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)

@@ -39,6 +39,7 @@ from execorder.cli.options import (
     ModeOpt,
     OutputFormat,
     OutputOpt,
+    SeedOpt,
     SweepOpt,
     TargetArg,
     UpdateBaselineOpt,
@@ -196,6 +197,7 @@ class _Session:
         inputs: list[str] | None,
         inputs_factory: str | None,
         backward: bool,
+        seed: int | None,
         debug: bool,
     ) -> None:
         self.debug = debug
@@ -221,6 +223,7 @@ class _Session:
                 mode=mode,
                 device=device.value if device else None,
                 backward=backward,
+                seed=seed,
                 progress=lambda text: self._say(text),
             )
         self._flush()
@@ -284,7 +287,9 @@ def _emit(doc: Any, view: Callable[[], Any], fmt: OutputFormat, output: Path | N
         sys.stdout.write(text)
     else:
         files.write(output, text)
-        _stderr.print(f"execorder: {doc.to_dict()['kind']} written to {output}", markup=False, soft_wrap=True)
+        _stderr.print(
+            f"execorder: {doc.to_dict()['kind']} written to {output}", markup=False, soft_wrap=True
+        )
 
 
 def _report_view(report: Any, **opts: Any) -> Callable[[], Any]:
@@ -326,10 +331,26 @@ def _gate(report: Any, categories: tuple[Category, ...]) -> bool:
 
 
 def _check_trace_options(
-    axes: list[Any], categories: tuple[Category, ...], baseline: Path | None, update: bool
+    axes: list[Any],
+    categories: tuple[Category, ...],
+    baseline: Path | None,
+    update: bool,
+    output: Path | None,
+    fmt: OutputFormat,
 ) -> None:
     if update and baseline is None:
         raise UsageError("--update-baseline needs --baseline FILE")
+    if baseline is not None and output is not None and files.same_file(output, baseline):
+        if not update:
+            raise UsageError(
+                f"--output {output} is the --baseline it would be compared with; "
+                "write the report elsewhere, or rewrite the baseline with --update-baseline"
+            )
+        if fmt is not OutputFormat.json:
+            raise UsageError(
+                f"--output {output} is the --baseline, which gets the JSON report; "
+                "use --format json, or write the table elsewhere"
+            )
     if axes and (baseline is not None or categories):
         raise UsageError("--sweep cannot be combined with --baseline or --fail-on")
     if baseline is not None and not update and not baseline.exists():
@@ -357,6 +378,7 @@ def trace(
     input: InputOpt = None,
     inputs: InputsOpt = None,
     backward: BackwardOpt = False,
+    seed: SeedOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Trace a model's forward and report its execution order.
@@ -376,7 +398,7 @@ def trace(
         categories = _parse_categories(fail_on)
         concrete_args = parse_assignments(concrete or [], option="--concrete")
         axes = [parse_sweep(text) for text in sweep or []]
-        _check_trace_options(axes, categories, baseline, update_baseline)
+        _check_trace_options(axes, categories, baseline, update_baseline, output, fmt)
         for path in (output, baseline if update_baseline else None):
             if path is not None:
                 files.check_writable(path)
@@ -388,6 +410,7 @@ def trace(
             inputs=input,
             inputs_factory=inputs,
             backward=backward,
+            seed=seed,
             debug=debug,
         )
         if axes:
@@ -428,7 +451,7 @@ def diff(
     output: OutputOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Show what changed between two JSON reports of execorder trace.
+    """Show what changed between two JSON reports.
 
     Module calls added, removed or moved (an aligned diff), parameters whose
     first-use order, status (unused, dead, used) or shape changed, and
@@ -455,7 +478,7 @@ def diff(
 
 @app.command(cls=_Command)
 def schema() -> None:
-    """Print the JSON Schema of everything execorder writes with --format json."""
+    """Print the JSON Schema of everything --format json writes."""
     from importlib.resources import files as resources
 
     text = resources("execorder.report").joinpath("schema.json").read_text(encoding="utf-8")
@@ -473,6 +496,7 @@ def ddp_indices(
     mode: ModeOpt = Mode.AUTO,
     input: InputOpt = None,
     inputs: InputsOpt = None,
+    seed: SeedOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Name the parameters in DDP's "did not receive grad" error.
@@ -497,6 +521,7 @@ def ddp_indices(
             inputs=input,
             inputs_factory=inputs,
             backward=False,
+            seed=seed,
             debug=debug,
         )
         explanation = explain_indices(session.run(concrete_args), wanted)

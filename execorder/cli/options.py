@@ -90,6 +90,16 @@ DepthOpt = Annotated[
 MaxRowsOpt = Annotated[
     int, typer.Option(min=0, metavar="N", help="Table: at most N rows per table; 0 shows all.")
 ]
+SeedOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--seed",
+        metavar="N",
+        help="Seed the model's build and the generated inputs, so a model whose routing "
+        "depends on random values gives the same answer on every run.",
+        show_default=False,
+    ),
+]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 ModeOpt = Annotated[
     Mode,

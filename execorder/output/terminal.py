@@ -16,6 +16,7 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from execorder.output.view import (
+    Block,
     Cell,
     ColumnKind,
     Document,
@@ -115,7 +116,7 @@ class _AtLeastMinimum:
 
 
 def _listing(block: Listing) -> RenderableType:
-    return Group(Text(), Text(block.title, style="italic"), *(text(line) for line in block.lines))
+    return Group(Text(block.title, style="table.title"), *(text(line) for line in block.lines))
 
 
 def draw(document: Document) -> RenderableType:
@@ -125,14 +126,16 @@ def draw(document: Document) -> RenderableType:
     what the document is about; document formats (Markdown) show it as a heading.
     """
     parts: list[RenderableType] = []
-    previous = None
+    previous: Block | None = None
     for block in document.blocks:
+        # A table ends with a blank line; after anything else, a blank line
+        # separates the next block, except that messages stay together.
+        after_line = previous is not None and not isinstance(previous, Table)
+        if after_line and not (isinstance(previous, Message) and isinstance(block, Message)):
+            parts.append(Text(""))
         if isinstance(block, Message):
             parts.append(text(block.line, block.severity))
         else:
-            # A table after a one-line message gets a blank line above its title.
-            if isinstance(previous, Message):
-                parts.append(Text(""))
             parts.append(_table(block) if isinstance(block, Table) else _listing(block))
         previous = block
     return Group(*parts)
