@@ -2,8 +2,8 @@
 
 - ```console blocks: each ``$ command`` runs (in a scratch folder holding a
   copy of sample_models/, 100 columns wide) and must print the lines below
-  it; a line ``...`` stands for any lines. Plain ``execorder ...`` commands run in this process through
-  Typer's runner; anything else runs in bash.
+  it; a line ``...`` stands for any lines. Plain ``execorder ...`` commands
+  run in this process through Typer's runner; anything else runs in bash.
 - ```python blocks run in order, one namespace per file, in a scratch folder
   holding a copy of sample_models/; ```pycon blocks are doctests in the same
   namespace.
@@ -106,7 +106,7 @@ def test_python_examples(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
     for lang, body, line in _blocks(path):
         where = f"{path.name}:{line}"
         if lang == "python":
-            exec(compile(body, where, "exec"), namespace)  # noqa: S102
+            exec(compile(body, where, "exec"), namespace)
         elif lang == "pycon":
             test = parser.get_doctest(body, namespace, where, str(path), line)
             runner.run(test, clear_globs=False)
