@@ -193,3 +193,36 @@ def test_sweep_json_list_values() -> None:
     assert parse_sweep("shape=[[1, 2], [3]]") == ("shape", [[1, 2], [3]])
     assert parse_sweep("mode=a, b ,c") == ("mode", ["a", "b", "c"])
     assert parse_sweep("n=1,2.5,none") == ("n", [1, 2.5, None])
+
+
+def test_the_documented_workflow_check_step_runs_as_written(tmp_path: Path) -> None:
+    """docs/ci.md: the GitHub Actions step, run by bash with the seed model as MODEL."""
+    import os
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "ci.md").read_text()
+    workflow = re.search(r"```yaml\n(# \.github/workflows.*?)```", doc, re.S)
+    assert workflow is not None
+    step = re.search(r"id: check\n\s+run: \|\n((?:          .*\n)+)", workflow[1])
+    assert step is not None
+    script = "\n".join(line[10:] for line in step[1].splitlines())
+    shutil.copytree(SAMPLES, tmp_path / "sample_models")
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MODEL": "sample_models/seed.py:Model --concrete run_all_layers=true",
+        "GITHUB_OUTPUT": str(tmp_path / "github_output"),
+    }
+    base = invoke("trace", SEED, "-c", "run_all_layers=false", "-f", "json",
+                  "-o", str(tmp_path / "execorder-baseline.json"))  # fmt: skip
+    assert base.exit_code == 0, base.output
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "github_output").read_text() == "status=1\n"
+    comment = (tmp_path / "comment.md").read_text()
+    assert comment.startswith("### execorder diff: ")
+    assert "### execorder: `sample_models/seed.py:Model` (fx trace)" in comment

@@ -1,6 +1,6 @@
 """The README and docs/ are run: their examples cannot rot.
 
-- ```console blocks: each ``$ command`` runs (in a scratch folder holding a
+- ```console blocks: each ``$ command`` runs, in order (in a scratch folder holding a
   copy of sample_models/, 100 columns wide) and must print the lines below
   it; a line ``...`` stands for any lines. Plain ``execorder ...`` commands
   run in this process through Typer's runner; anything else runs in bash.
@@ -38,16 +38,15 @@ def _blocks(path: Path) -> list[tuple[str, str, int]]:
 
 
 def _examples() -> list[object]:
-    """Every ``$ command`` of every console block, with the output shown under it."""
+    """Every console block: its ``$ command`` lines, each with the output shown under it."""
     found = []
     for path in DOCS:
         for lang, body, line in _blocks(path):
             if lang != "console":
                 continue
-            parts = re.split(r"^\$ ", body, flags=re.M)
-            for part in parts[1:]:
-                command, _, shown = part.partition("\n")
-                found.append(pytest.param(command, shown, id=f"{path.name}:{line}:{command[:50]}"))
+            parts = re.split(r"^\$ ", body, flags=re.M)[1:]
+            commands = [tuple(part.partition("\n")[::2]) for part in parts]
+            found.append(pytest.param(commands, id=f"{path.name}:{line}"))
     return found
 
 
@@ -85,15 +84,16 @@ def _run(command: str, cwd: Path) -> str:
     return done.stdout + done.stderr
 
 
-@pytest.mark.parametrize(("command", "shown"), _examples())
+@pytest.mark.parametrize("commands", _examples())
 def test_console_example(
-    command: str, shown: str, scratch: Path, monkeypatch: pytest.MonkeyPatch
+    commands: list[tuple[str, str]], scratch: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(scratch)
-    printed = "".join(line.rstrip() + "\n" for line in _run(command, scratch).splitlines())
-    assert _matches(shown, printed), (
-        f"$ {command}\n--- the docs show ---\n{shown}\n--- it printed ---\n{printed}"
-    )
+    for command, shown in commands:
+        printed = "".join(line.rstrip() + "\n" for line in _run(command, scratch).splitlines())
+        assert _matches(shown, printed), (
+            f"$ {command}\n--- the docs show ---\n{shown}\n--- it printed ---\n{printed}"
+        )
 
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
@@ -110,6 +110,7 @@ def test_python_examples(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
         elif lang == "pycon":
             test = parser.get_doctest(body, namespace, where, str(path), line)
             runner.run(test, clear_globs=False)
+            namespace.update(test.globs)  # a doctest runs on a copy of the namespace
     assert runner.failures == 0, f"{runner.failures} doctest example(s) failed in {path.name}"
 
 

@@ -265,8 +265,10 @@ class _Session:
 # -- writing ------------------------------------------------------------------
 
 
-def _emit(doc: Any, view: Callable[[], Any], fmt: OutputFormat, output: Path | None) -> None:
-    """Write a report, diff, sweep or DDP explanation in the chosen format."""
+def _emit(
+    doc: Any, view: Callable[[], Any], fmt: OutputFormat, output: Path | None, *, kind: str
+) -> None:
+    """Write a report, diff, sweep or DDP explanation (``kind``) in the chosen format."""
     if fmt is OutputFormat.json:
         text = json.dumps(doc.to_dict(), indent=2) + "\n"
     elif fmt is OutputFormat.markdown:
@@ -417,17 +419,29 @@ def trace(
             from execorder.output.views import sweep_view
 
             result = session.sweep(axes, concrete_args)
-            _emit(result, lambda: sweep_view(result), fmt, output)
+            _emit(result, lambda: sweep_view(result), fmt, output, kind="sweep")
             return
         report = session.run(concrete_args)
         differs = False
         if baseline is None:
-            _emit(report, _report_view(report, depth=depth, max_rows=max_rows), fmt, output)
+            _emit(
+                report,
+                _report_view(report, depth=depth, max_rows=max_rows),
+                fmt,
+                output,
+                kind="report",
+            )
         elif update_baseline:
             files.write(
                 baseline, json.dumps(report.to_dict(), indent=2) + "\n", option="--baseline"
             )
-            _emit(report, _report_view(report, depth=depth, max_rows=max_rows), fmt, output)
+            _emit(
+                report,
+                _report_view(report, depth=depth, max_rows=max_rows),
+                fmt,
+                output,
+                kind="report",
+            )
             _stderr.print(f"execorder: baseline {baseline} written", markup=False, soft_wrap=True)
         else:
             from execorder.analysis import diff_reports
@@ -435,7 +449,7 @@ def trace(
             from execorder.report import load_report
 
             result = diff_reports(load_report(baseline), report)
-            _emit(result, lambda: diff_view(result), fmt, output)
+            _emit(result, lambda: diff_view(result), fmt, output, kind="diff")
             differs = not result.equivalent
         if _gate(report, categories) or differs:
             raise typer.Exit(EXIT_FOUND)
@@ -469,7 +483,7 @@ def diff(
         if output is not None:
             files.check_writable(output)
         result = diff_reports(load_report(old), load_report(new))
-        _emit(result, lambda: diff_view(result), fmt, output)
+        _emit(result, lambda: diff_view(result), fmt, output, kind="diff")
         if not result.equivalent:
             raise typer.Exit(EXIT_FOUND)
 
@@ -525,7 +539,7 @@ def ddp_indices(
             debug=debug,
         )
         explanation = explain_indices(session.run(concrete_args), wanted)
-        _emit(explanation, lambda: ddp_view(explanation), fmt, None)
+        _emit(explanation, lambda: ddp_view(explanation), fmt, None, kind="ddp-indices")
 
     _run(debug, body)
 
