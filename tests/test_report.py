@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 from models import ExternalUse, Frozen
@@ -11,8 +13,9 @@ from seed import Model
 from tied import TiedLM
 
 import execorder
+from execorder.analysis import diff_reports
 from execorder.errors import SchemaError
-from execorder.report import SCHEMA_VERSION, Report
+from execorder.report import SCHEMA_VERSION, Mode, Report, load_report
 
 
 @pytest.mark.parametrize("build", [Model, ExternalUse, Frozen])
@@ -125,3 +128,35 @@ def test_optional_fields_may_be_absent() -> None:
     del data["backward"], data["inputs"]
     report = Report.from_dict(data)
     assert report.backward is None and dict(report.inputs) == {}
+
+
+DATA = Path(__file__).resolve().parent / "data"
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
+
+
+@pytest.mark.parametrize(
+    ("name", "make"),
+    [
+        ("seed-v1.json", lambda: execorder.trace(Model(), concrete_args={"run_all_layers": True})),
+        ("external-v1.json", lambda: execorder.trace(ExternalUse())),
+        ("frozen-v1.json", lambda: execorder.trace(Frozen())),
+    ],
+)
+def test_reports_written_before_the_redesign_still_load(name: str, make: Any) -> None:
+    """tests/data/*-v1.json were written by execorder before its library-first redesign."""
+    old = load_report(DATA / name)
+    new = make()
+    assert old.schema_version == SCHEMA_VERSION == 1
+    assert {**old.to_dict(), "target": ""} == {**new.to_dict(), "target": ""}
+    assert diff_reports(old, new).equivalent
+    # JSON's "call" is the Python record's repeat count.
+    assert [c.repeat for c in old.modules] == [
+        c["call"] for c in json.loads((DATA / name).read_text())["modules"]
+    ]
+
+
+def test_an_old_eager_report_with_a_backward_order_loads() -> None:
+    old = load_report(DATA / "seed-eager-backward-v1.json")
+    assert old.mode is Mode.EAGER and dict(old.inputs) == {"x": "float32[2, 6]"}
+    assert old.backward is not None and sorted(old.backward) == ["layer0.bias", "layer0.weight"]
+    assert json.loads((DATA / "seed-eager-backward-v1.json").read_text()) == old.to_dict()
