@@ -6,13 +6,10 @@ completion) stays instant.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import traceback
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -44,6 +41,7 @@ from execorder.cli.options import (
     TargetArg,
     UpdateBaselineOpt,
 )
+from execorder.cli.session import Session, stderr
 from execorder.cli.values import parse_assignments, parse_sweep
 from execorder.cli.words import (
     EXIT_ERROR,
@@ -56,7 +54,6 @@ from execorder.errors import ExecOrderError
 from execorder.report.kinds import Category, Mode
 
 T = TypeVar("T")
-_stderr = Console(stderr=True, highlight=False)
 # click's UsageError and ClickException, whether Typer vendors click (0.29 and
 # later) or uses it: BadParameter derives from the one, which derives from the other.
 _UsageError: type[Any] = typer.BadParameter.__bases__[0]
@@ -132,28 +129,7 @@ def _main(
 
 
 def _error(text: str) -> None:
-    _stderr.print(f"execorder: error: {text}", markup=False, soft_wrap=True)
-
-
-NOTE_REASON = 120  # characters of a note's reason shown; --debug shows it whole
-
-
-def _note(note: Any, debug: bool) -> None:
-    reason = note.reason
-    if len(reason) > NOTE_REASON and not debug:
-        reason = reason[:NOTE_REASON].rsplit(" ", 1)[0] + " …"
-    text = dataclasses.replace(note, reason=reason).message
-    _stderr.print(f"execorder: note: {text}", markup=False, soft_wrap=True)
-
-
-@contextmanager
-def _spinner(first: str) -> Iterator[Callable[[str], None]]:
-    """A spinner on stderr, when it is a terminal; yields a function that changes its text."""
-    if not _stderr.is_terminal:
-        yield lambda _: None
-        return
-    with _stderr.status(f"{first}…") as status:
-        yield lambda text: status.update(f"{text}…")
+    stderr.print(f"execorder: error: {text}", markup=False, soft_wrap=True)
 
 
 def _run(debug: bool, body: Callable[[], T]) -> T:
@@ -173,93 +149,12 @@ def _run(debug: bool, body: Callable[[], T]) -> T:
     except Exception as exc:
         if debug:
             traceback.print_exc()
-        _stderr.print(
+        stderr.print(
             f"execorder: internal error: {type(exc).__name__}: {exc} "
             "(rerun with --debug for the traceback)",
             markup=False,
         )
         raise typer.Exit(EXIT_ERROR) from None
-
-
-# -- profiling ----------------------------------------------------------------
-
-
-class _Session:
-    """One model, profiled under the options; notes go to stderr as they are taken."""
-
-    def __init__(
-        self,
-        target: str,
-        *,
-        init: list[str] | None,
-        device: Any,
-        mode: Mode,
-        inputs: list[str] | None,
-        inputs_factory: str | None,
-        backward: bool,
-        seed: int | None,
-        debug: bool,
-    ) -> None:
-        self.debug = debug
-        init_kwargs = parse_assignments(init or [], option="--init")
-        self._say: Callable[[str], None] = lambda _: None
-        self._shown = 0
-        with self._spinner("Loading torch"):
-            with warnings.catch_warnings():
-                # torch warns on import when NumPy is absent; execorder never needs it.
-                warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
-                from execorder.errors import InputsError
-                from execorder.loading import Inputs, resolve_target
-                from execorder.profiling import Profiler
-
-            factory = resolve_target(inputs_factory) if inputs_factory else None
-            if inputs_factory and not callable(factory):
-                raise InputsError(inputs_factory, f"is a {type(factory).__name__}, not a function")
-            given = Inputs(factory, inputs or [], name=inputs_factory)
-            self.profiler = Profiler(
-                target,
-                init_kwargs=init_kwargs,
-                inputs=given,
-                mode=mode,
-                device=device.value if device else None,
-                backward=backward,
-                seed=seed,
-                progress=lambda text: self._say(text),
-            )
-        self._flush()
-
-    @contextmanager
-    def _spinner(self, first: str) -> Iterator[None]:
-        with _spinner(first) as say:
-            self._say = say
-            try:
-                yield
-            finally:
-                self._say = lambda _: None
-
-    def _flush(self) -> None:
-        """Print the notes not printed yet."""
-        notes = self.profiler.notes
-        for note in notes[self._shown :]:
-            _note(note, self.debug)
-        self._shown = len(notes)
-
-    def _noting(self, call: Callable[[], T]) -> T:
-        """Run ``call``; print the notes it added, also when it fails."""
-        try:
-            return call()
-        finally:
-            self._flush()
-
-    def run(self, concrete_args: dict[str, Any]) -> Any:
-        """The report of one forward."""
-        with self._spinner("Profiling"):
-            return self._noting(lambda: self.profiler.run(concrete_args)).report
-
-    def sweep(self, axes: list[tuple[str, list[Any]]], fixed: dict[str, Any]) -> Any:
-        """The sweep of every combination."""
-        with self._spinner("Profiling"):
-            return self._noting(lambda: self.profiler.sweep(axes, fixed=fixed))
 
 
 # -- writing ------------------------------------------------------------------
@@ -289,9 +184,7 @@ def _emit(
         sys.stdout.write(text)
     else:
         files.write(output, text)
-        _stderr.print(
-            f"execorder: {doc.to_dict()['kind']} written to {output}", markup=False, soft_wrap=True
-        )
+        stderr.print(f"execorder: {kind} written to {output}", markup=False, soft_wrap=True)
 
 
 def _report_view(report: Any, **opts: Any) -> Callable[[], Any]:
@@ -324,7 +217,7 @@ def _gate(report: Any, categories: tuple[Category, ...]) -> bool:
             shown = ", ".join(found[:5]) + (
                 f", … ({len(found) - 5} more)" if len(found) > 5 else ""
             )
-            _stderr.print(
+            stderr.print(
                 f"execorder: check failed: {category}: {len(found)} ({shown})",
                 markup=False,
                 soft_wrap=True,
@@ -404,7 +297,7 @@ def trace(
         for path in (output, baseline if update_baseline else None):
             if path is not None:
                 files.check_writable(path)
-        session = _Session(
+        session = Session(
             target,
             init=init,
             device=device,
@@ -442,7 +335,7 @@ def trace(
                 output,
                 kind="report",
             )
-            _stderr.print(f"execorder: baseline {baseline} written", markup=False, soft_wrap=True)
+            stderr.print(f"execorder: baseline {baseline} written", markup=False, soft_wrap=True)
         else:
             from execorder.analysis import diff_reports
             from execorder.output.views import diff_view
@@ -527,7 +420,7 @@ def ddp_indices(
 
         wanted = parse_indices(indices)
         concrete_args = parse_assignments(concrete or [], option="--concrete")
-        session = _Session(
+        session = Session(
             target,
             init=init,
             device=device,

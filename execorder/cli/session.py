@@ -1,0 +1,116 @@
+"""Profiling for the command line: one model, a spinner while it works, notes as they come."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from rich.console import Console
+
+from execorder.cli.values import parse_assignments
+from execorder.report.kinds import Mode
+
+T = TypeVar("T")
+stderr = Console(stderr=True, highlight=False)
+
+
+NOTE_REASON = 120  # characters of a note's reason shown; --debug shows it whole
+
+
+def _note(note: Any, debug: bool) -> None:
+    reason = note.reason
+    if len(reason) > NOTE_REASON and not debug:
+        reason = reason[:NOTE_REASON].rsplit(" ", 1)[0] + " …"
+    text = dataclasses.replace(note, reason=reason).message
+    stderr.print(f"execorder: note: {text}", markup=False, soft_wrap=True)
+
+
+@contextmanager
+def _spinner(first: str) -> Iterator[Callable[[str], None]]:
+    """A spinner on stderr, when it is a terminal; yields a function that changes its text."""
+    if not stderr.is_terminal:
+        yield lambda _: None
+        return
+    with stderr.status(f"{first}…") as status:
+        yield lambda text: status.update(f"{text}…")
+
+
+class Session:
+    """One model, profiled under the options; notes go to stderr as they are taken."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        init: list[str] | None,
+        device: Any,
+        mode: Mode,
+        inputs: list[str] | None,
+        inputs_factory: str | None,
+        backward: bool,
+        seed: int | None,
+        debug: bool,
+    ) -> None:
+        self.debug = debug
+        init_kwargs = parse_assignments(init or [], option="--init")
+        self._say: Callable[[str], None] = lambda _: None
+        self._shown = 0
+        with self._spinner("Loading torch"):
+            with warnings.catch_warnings():
+                # torch warns on import when NumPy is absent; execorder never needs it.
+                warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+                from execorder.errors import InputsError
+                from execorder.loading import Inputs, resolve_target
+                from execorder.profiling import Profiler
+
+            factory = resolve_target(inputs_factory) if inputs_factory else None
+            if inputs_factory and not callable(factory):
+                raise InputsError(inputs_factory, f"is a {type(factory).__name__}, not a function")
+            given = Inputs(factory, inputs or [], name=inputs_factory)
+            self.profiler = Profiler(
+                target,
+                init_kwargs=init_kwargs,
+                inputs=given,
+                mode=mode,
+                device=device.value if device else None,
+                backward=backward,
+                seed=seed,
+                progress=lambda text: self._say(text),
+            )
+        self._flush()
+
+    @contextmanager
+    def _spinner(self, first: str) -> Iterator[None]:
+        with _spinner(first) as say:
+            self._say = say
+            try:
+                yield
+            finally:
+                self._say = lambda _: None
+
+    def _flush(self) -> None:
+        """Print the notes not printed yet."""
+        notes = self.profiler.notes
+        for note in notes[self._shown :]:
+            _note(note, self.debug)
+        self._shown = len(notes)
+
+    def _noting(self, call: Callable[[], T]) -> T:
+        """Run ``call``; print the notes it added, also when it fails."""
+        try:
+            return call()
+        finally:
+            self._flush()
+
+    def run(self, concrete_args: dict[str, Any]) -> Any:
+        """The report of one forward."""
+        with self._spinner("Profiling"):
+            return self._noting(lambda: self.profiler.run(concrete_args)).report
+
+    def sweep(self, axes: list[tuple[str, list[Any]]], fixed: dict[str, Any]) -> Any:
+        """The sweep of every combination."""
+        with self._spinner("Profiling"):
+            return self._noting(lambda: self.profiler.sweep(axes, fixed=fixed))
