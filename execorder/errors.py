@@ -89,6 +89,17 @@ class ExecOrderError(Exception):
     def __str__(self) -> str:
         return self.describe(PYTHON)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Subclasses take their facts as keyword arguments, so pickle (which
+        # calls the class with ``args``) rebuilds them from their fields instead.
+        return (_rebuild, (type(self), self.__dict__))
+
+
+def _rebuild(cls: type[ExecOrderError], fields: dict[str, object]) -> ExecOrderError:
+    error = cls.__new__(cls)
+    error.__dict__.update(fields)
+    return error
+
 
 def _names(names: Sequence[str]) -> str:
     return ", ".join(names) or "(none)"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 from execorder.cli.words import CLI, message
@@ -156,6 +158,17 @@ def test_each_error_speaks_python_and_flags(error: ExecOrderError, python: str, 
     assert "--" not in str(error)
     assert cli in message(error)
     assert "\n" not in str(error) and "\n" not in message(error)
+
+
+@pytest.mark.parametrize(("error", "python", "cli"), SPOKEN)
+def test_errors_cross_process_boundaries(error: ExecOrderError, python: str, cli: str) -> None:
+    again = pickle.loads(pickle.dumps(error))
+
+    def fields(e: ExecOrderError) -> dict[str, object]:
+        return {k: str(v) if isinstance(v, Exception) else v for k, v in vars(e).items()}
+
+    assert type(again) is type(error) and fields(again) == fields(error)
+    assert str(again) == str(error) and message(again) == message(error)
 
 
 def test_the_facts_are_fields() -> None:
