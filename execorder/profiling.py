@@ -256,11 +256,11 @@ class Profiler:
         self.model, self.device = loaded.model, loaded.device or "cpu"
 
     def _seeded(self) -> Any:
-        return nullcontext() if self.seed is None else _seeded(self.seed)
+        return nullcontext() if self.seed is None else seeded_rng(self.seed)
 
 
 @contextmanager
-def _seeded(seed: int) -> Iterator[None]:
+def seeded_rng(seed: int) -> Iterator[None]:
     """Seed torch's generators for the block; their state is restored afterwards."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
