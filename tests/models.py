@@ -314,3 +314,20 @@ class TwoHeads(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.body(x)
         return self.policy(h), self.value(h)
+
+
+class LoraLinear(nn.Module):
+    """peft's LoRA layer, in short: it reads ``lora_A.weight.dtype`` before calling ``lora_A``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = nn.Linear(4, 4)
+        self.lora_A = nn.Linear(4, 2, bias=False)
+        self.lora_B = nn.Linear(2, 4, bias=False)
+        self.base.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base(x)
+        x = x.to(self.lora_A.weight.dtype)
+        scaling = 4.0 / self.lora_A.weight.shape[0]  # alpha / r
+        return result + self.lora_B(self.lora_A(x)) * scaling

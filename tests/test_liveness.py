@@ -47,7 +47,10 @@ def test_frozen_parameters_are_shown_but_not_predicted() -> None:
 
 def test_shape_reads_and_detach_do_not_keep_a_parameter_alive() -> None:
     report = execorder.trace(models.ShapeOnly())
-    assert {p.name for p in report.dead} == {"w", "v"}
+    # w is only read for its shape: not a use at all; v is used, but detached.
+    assert [p.name for p in report.unused] == ["w"]
+    assert [p.name for p in report.dead] == ["v"]
+    assert {p.name for p in report.no_grad()} == {"w", "v"}
 
 
 def test_in_place_writes_keep_a_parameter_alive() -> None:

@@ -7,9 +7,29 @@ import inspect
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import nn
 
 from execorder.errors import ConcreteArgError
+
+# Reads of a tensor's metadata: they move no data and give no gradient, so
+# reading them is not a use (peft's LoRA reads lora_A.weight.dtype before it
+# calls lora_A; FSDP needs no gather for it either).
+METADATA_ATTRS = frozenset(
+    {"shape", "dtype", "device", "requires_grad", "ndim", "is_cuda", "layout", "is_meta",
+     "is_sparse", "is_quantized"}
+)  # fmt: skip
+METADATA_METHODS = frozenset(
+    {"size", "dim", "ndimension", "numel", "nelement", "is_floating_point", "is_complex",
+     "element_size", "stride", "storage_offset", "is_contiguous", "get_device", "__len__"}
+)  # fmt: skip
+
+
+def metadata_functions() -> frozenset[object]:
+    """What ``__torch_function__`` receives for a metadata read: getters and methods."""
+    getters = [getattr(torch.Tensor, name).__get__ for name in METADATA_ATTRS]
+    methods = [getattr(torch.Tensor, name) for name in METADATA_METHODS]
+    return frozenset([*getters, *methods])
 
 
 def owner(model: nn.Module) -> str:

@@ -107,7 +107,8 @@ class ExecOrderTracer:
         self._recorder = Recorder(root_module)
         self._tracer = tracer
         self.exec_info = ExecutionInfo(self._recorder)
-        with record_tracer(tracer, root_module, self._recorder):
+        # The original counts metadata reads (w.shape) as uses: so does the drop-in.
+        with record_tracer(tracer, root_module, self._recorder, metadata_is_use=True):
             yield
 
     def report(self, *, target: str | None = None, concrete_args: Any = None) -> Report:

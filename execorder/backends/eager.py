@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from execorder.backends.common import check_forward_args, gc_paused, owner
+from execorder.backends.common import check_forward_args, gc_paused, metadata_functions, owner
 from execorder.errors import (
     ForwardError,
     MetaDeviceError,
@@ -77,10 +77,13 @@ def _recording(root: nn.Module, tree: ModuleTree, events: list[Event]) -> Iterat
     """
     append = events.append
     run_disabled = torch._C._disabled_torch_function_impl
+    metadata = metadata_functions()
 
     def torch_function(
         cls: type, func: Callable[..., Any], types: Any, args: Any = (), kwargs: Any = None
     ) -> Any:
+        if func in metadata:  # w.dtype, w.shape, w.size(): not a use
+            return run_disabled(func, types, args, kwargs or {})
         used = []
         for value in (*args, *kwargs.values()) if kwargs else args:
             kind = type(value)

@@ -9,6 +9,7 @@ counts as used) are patched to report to a
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -17,7 +18,13 @@ import torch
 import torch.fx
 from torch import nn
 
-from execorder.backends.common import check_forward_args, gc_paused, owner
+from execorder.backends.common import (
+    METADATA_ATTRS,
+    METADATA_METHODS,
+    check_forward_args,
+    gc_paused,
+    owner,
+)
 from execorder.backends.fx_liveness import live_params
 from execorder.errors import (
     ControlFlowError,
@@ -51,9 +58,20 @@ def uses_all_params(module: nn.Module) -> bool:
 _PATCHED = ("call_module", "create_node")
 
 
+def _reads_metadata(node: torch.fx.Node) -> bool:
+    """``w.shape``, ``w.dtype``, ``w.size()``, ...: no data moves, no gradient flows."""
+    if node.op == "call_method":
+        return node.target in METADATA_METHODS
+    return node.target is builtins.getattr and len(node.args) > 1 and node.args[1] in METADATA_ATTRS
+
+
 @contextmanager
 def record_tracer(
-    tracer: torch.fx.Tracer, root_module: nn.Module, recorder: Recorder
+    tracer: torch.fx.Tracer,
+    root_module: nn.Module,
+    recorder: Recorder,
+    *,
+    metadata_is_use: bool = False,
 ) -> Iterator[Recorder]:
     """Patch ``tracer`` so that tracing ``root_module`` reports to ``recorder``.
 
@@ -69,6 +87,8 @@ def record_tracer(
         tracer: The tracer instance to patch.
         root_module: The module that will be traced.
         recorder: Receives the events.
+        metadata_is_use: Count reads of a parameter's metadata (``.shape``,
+            ``.dtype``, ``.size()``) as uses, as PyTorch's own tracer does.
 
     Yields:
         The recorder.
@@ -100,7 +120,10 @@ def record_tracer(
 
     def create_node(kind: str, *args: Any, **kwargs: Any) -> torch.fx.Node:
         node = orig_create_node(kind, *args, **kwargs)
-        if kind in _OP_KINDS or kind == "output":
+        if kind in _OP_KINDS:
+            if metadata_is_use or not _reads_metadata(node):
+                recorder.use(params_read(node))
+        elif kind == "output":
             recorder.use(params_read(node))
         elif kind == "call_module":
             # The caller evaluated the arguments; the leaf uses all its own
