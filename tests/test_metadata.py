@@ -29,7 +29,7 @@ def test_a_parameter_read_only_for_its_shape_is_unused_in_both_modes() -> None:
         assert [p.name for p in report.unused] == ["w"], report.mode
 
 
-@pytest.mark.parametrize("read", sorted(METADATA_ATTRS - {"is_quantized"}) + ["size", "dim"])
+@pytest.mark.parametrize("read", [*sorted(METADATA_ATTRS - {"is_quantized"}), "size", "dim"])
 def test_each_metadata_read_alone_leaves_the_parameter_unused(read: str) -> None:
     class Reads(torch.nn.Module):
         def __init__(self) -> None:
