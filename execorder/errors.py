@@ -274,6 +274,47 @@ class ConcreteArgError(ExecOrderError):
         )
 
 
+class CallError(ExecOrderError):
+    """forward cannot be called with the arguments given (checked before it runs).
+
+    Attributes:
+        owner: ``Class.forward``.
+        missing: Required arguments that got no value.
+        twice: Arguments given both positionally and by name.
+        extra: How many positional arguments there are beyond what forward takes.
+        takes: How many positional arguments forward takes.
+    """
+
+    def __init__(
+        self,
+        owner: str,
+        *,
+        missing: Sequence[str] = (),
+        twice: Sequence[str] = (),
+        extra: int = 0,
+        takes: int = 0,
+    ) -> None:
+        super().__init__()
+        self.owner, self.missing, self.twice = owner, tuple(missing), tuple(twice)
+        self.extra, self.takes = extra, takes
+
+    def describe(self, words: Words = PYTHON) -> str:
+        if self.missing:
+            names = ", ".join(self.missing)
+            concrete = words.arg(Arg.CONCRETE, *self.missing, value="VALUE")
+            size = words.arg(Arg.INPUT, value="NAME=DTYPE[D0,...]")
+            return (
+                f"{self.owner} needs {names}: give a value with {concrete}, or a tensor with {size}"
+            )
+        if self.twice:
+            return f"{self.owner} got {', '.join(self.twice)} both by position and by name"
+        given = self.takes + self.extra
+        return (
+            f"{self.owner} takes {self.takes} positional argument"
+            f"{'' if self.takes == 1 else 's'}, but the inputs give {given}"
+        )
+
+
 class ModeError(ExecOrderError):
     """An argument that does not apply to the chosen mode.
 

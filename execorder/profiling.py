@@ -2,9 +2,9 @@
 
 :func:`profile` (and :class:`Profiler`, for several runs of one model) take a
 model, a class or factory, or a ``TARGET`` text, and decide what the command
-line decides: trace with torch.fx or run forward eagerly (``auto`` tries FX
-and runs eagerly when FX cannot trace and inputs were given), build on the
-meta device and fall back to CPU when building or running needs real values.
+line decides: run forward eagerly on the inputs given, or trace it with
+torch.fx when there are none (``auto``); build on the meta device and fall
+back to CPU when building or running needs real values.
 Every fallback taken is a :class:`Note` in the result, as data; nothing is
 printed.
 """
@@ -41,7 +41,6 @@ class NoteKind(Word):
     """A fallback the policy took."""
 
     BUILT_ON_CPU = "built-on-cpu"  # building on the meta device failed
-    RAN_EAGERLY = "ran-eagerly"  # torch.fx could not trace it, inputs were given
     RERAN_ON_CPU = "reran-on-cpu"  # forward needed real values on the meta device
 
 
@@ -65,8 +64,6 @@ class Note:
         if self.kind is NoteKind.BUILT_ON_CPU:
             failed = f"building {self.subject} on the meta device failed"
             return f"{failed} ({self.reason}); built it on CPU"
-        if self.kind is NoteKind.RAN_EAGERLY:
-            return f"torch.fx could not trace it ({self.reason}); ran forward eagerly instead"
         return f"forward needs real values on the meta device ({self.reason}); reran it on CPU"
 
     def __str__(self) -> str:
@@ -91,8 +88,11 @@ class Profile:
 class Profiler:
     """Profiles one model under any concrete arguments, with the auto and fallback policy.
 
-    The model is built once; a fallback (to eager mode, to CPU) sticks for
-    later runs, as a sweep wants.
+    Auto mode runs forward eagerly on the inputs when there are any, and
+    otherwise traces it with torch.fx.
+
+    The model is built once; a fallback to CPU sticks for later runs, as a
+    sweep wants.
 
     Args:
         model: An ``nn.Module``; an ``nn.Module`` subclass or a function
@@ -105,8 +105,8 @@ class Profiler:
         input_size: Input sizes, as torchinfo takes them: a shape ``(2, 6)``,
             a text ``"int64[1,32]@0:32000"``, a list of either (positional),
             or a dict of them by argument name.
-        mode: ``"auto"`` (FX, then eager when FX fails and inputs are given),
-            ``"fx"`` or ``"eager"``.
+        mode: ``"auto"`` (eager when inputs are given, else FX), ``"fx"``
+            or ``"eager"``.
         device: ``"meta"``, ``"cpu"`` or ``"cuda"`` to build on. None: meta,
             falling back to CPU when building or forward needs real values.
             A module given as it is stays where it is.
@@ -145,7 +145,8 @@ class Profiler:
             raise ModeError(Arg.BACKWARD, chosen)
         if chosen is Mode.FX and self.inputs:
             raise ModeError(Arg.INPUTS, chosen)
-        self.mode = Mode.EAGER if backward else chosen
+        # Inputs given are inputs used: auto mode runs forward on them.
+        self.mode = Mode.EAGER if backward or self.inputs else chosen
         if self.mode is Mode.EAGER and not self.inputs:
             raise ModeError(None, Mode.EAGER)
         self.chosen_mode = chosen
@@ -191,8 +192,7 @@ class Profiler:
                 ``NeedsInputsError`` when FX failed in auto mode without inputs.
         """
         concrete = dict(concrete_args or {})
-        eager_only = self.mode is Mode.EAGER
-        report = self._eager(concrete) if eager_only else self._fx_or_eager(concrete)
+        report = self._eager(concrete) if self.mode is Mode.EAGER else self._fx(concrete)
         return Profile(report, self.notes, self.device)
 
     def sweep(
@@ -209,18 +209,14 @@ class Profiler:
         """
         return sweep(lambda args: self.run(args).report, axes=axes, fixed=fixed, target=self.target)
 
-    def _fx_or_eager(self, concrete: dict[str, Any]) -> Report:
+    def _fx(self, concrete: dict[str, Any]) -> Report:
         try:
             self._progress(f"Tracing {self.target} with torch.fx")
             return fx.trace(self.model, concrete_args=concrete, target=self.target)
         except TraceFailure as exc:
             if self.chosen_mode is Mode.FX:
                 raise
-            if not self.inputs:
-                raise NeedsInputsError(exc) from exc
-            self._notes.append(Note(NoteKind.RAN_EAGERLY, exc.reason))
-            self.mode = Mode.EAGER
-        return self._eager(concrete)
+            raise NeedsInputsError(exc) from exc
 
     def _eager(self, concrete: dict[str, Any]) -> Report:
         with self._seeded():
@@ -283,8 +279,8 @@ def profile(
     """Profile a model's forward: execution order, parameter use, gradients.
 
     The library's front door, with the command line's policy: in ``auto``
-    mode torch.fx traces forward symbolically, and when it cannot, forward
-    runs for real on the inputs given; a model built here starts on the meta
+    mode forward runs for real on the inputs given, or torch.fx traces it
+    symbolically when there are none; a model built here starts on the meta
     device (no memory) and moves to CPU only when it must. Nothing is printed:
     what the policy did is in ``notes``.
 

@@ -331,3 +331,27 @@ class LoraLinear(nn.Module):
         x = x.to(self.lora_A.weight.dtype)
         scaling = 4.0 / self.lora_A.weight.shape[0]  # alpha / r
         return result + self.lora_B(self.lora_A(x)) * scaling
+
+
+class Distill(nn.Module):
+    """A trainable teacher run under ``torch.no_grad()``: it gets no gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.student = nn.Linear(16, 4)
+        self.teacher = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = self.teacher(x)
+        return (self.student(x) - target).pow(2).mean()
+
+
+def raising_inputs() -> object:
+    """An inputs factory that fails."""
+    raise KeyError("no batch")
+
+
+def text_inputs() -> object:
+    """An inputs factory that returns something that is not arguments."""
+    return "x"

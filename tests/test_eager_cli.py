@@ -35,11 +35,10 @@ def test_eager_seed_json_with_backward() -> None:
     assert data["summary"]["params_no_grad"] == 6
 
 
-def test_auto_falls_back_to_eager_with_a_note() -> None:
+def test_auto_runs_eagerly_on_the_inputs_and_notes_the_rerun_on_cpu() -> None:
     result = invoke("trace", "models:DataDependent", "--input", "x=float32[2,4]", "-f", "json")
     assert result.exit_code == 0, result.output
-    assert "torch.fx could not trace it" in result.stderr
-    assert "reran it on CPU" in result.stderr
+    assert result.stderr.count("\n") == 1 and "reran it on CPU" in result.stderr
     assert json.loads(result.stdout)["mode"] == "eager"
 
 
@@ -49,10 +48,32 @@ def test_auto_without_inputs_says_how_to_run_eagerly() -> None:
     assert "--mode eager --input NAME=DTYPE" in result.stderr
 
 
-def test_auto_uses_fx_when_it_can() -> None:
-    result = invoke("trace", SEED, "-c", "run_all_layers=1", "--input", "x=float32[2,6]",
-                    "-f", "json")  # fmt: skip
-    assert json.loads(result.stdout)["mode"] == "fx"
+def test_auto_uses_the_inputs_given_even_where_fx_could_trace() -> None:
+    """A trainable teacher run under no_grad: only a run on the inputs sees it dead."""
+    result = invoke("trace", "models:Distill", "--input", "x=float32[2,16]", "-f", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["mode"] == "eager" and data["inputs"] == {"x": "float32[2, 16]"}
+    assert {p["name"] for p in data["dead"]} == {"teacher.weight", "teacher.bias"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--input", "x=float32[2,6]", "--input", "nosuch=float32[2]", "-c", "run_all_layers=1"],
+         "Model.forward has no argument 'nosuch'"),
+        (["--input", "[2,6]", "--input", "[2]", "--input", "[1]"], "takes 2 positional"),
+        (["--input", "[2,6]", "--input", "x=float32[2,6]", "-c", "run_all_layers=1"],
+         "got x both by position and by name"),
+        (["--input", "x=float32[2,6]"],
+         "needs run_all_layers: give a value with --concrete run_all_layers=VALUE"),
+    ],
+)  # fmt: skip
+def test_inputs_are_checked_against_forward_before_it_runs(args: list[str], message: str) -> None:
+    result = invoke("trace", SEED, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and result.stderr.count("\n") == 1
+    assert "meta device" not in result.stderr  # a wrong call is not a need for values
 
 
 def test_lazy_modules_need_a_real_forward() -> None:
@@ -61,7 +82,6 @@ def test_lazy_modules_need_a_real_forward() -> None:
     assert "lazy modules" in result.stderr and "--mode eager --input" in result.stderr
     result = invoke("trace", "models:Lazy", "--input", "x=float32[2,3]", "-f", "json")
     assert result.exit_code == 0, result.output
-    assert "lazy modules" in result.stderr  # the note on falling back
     data = json.loads(result.stdout)
     assert data["mode"] == "eager"
     assert [(p["name"], p["shape"]) for p in data["params"]][:2] == [
@@ -101,6 +121,16 @@ def test_inputs_factory(tmp_path: Path) -> None:
         (["--mode", "eager", "--input", "x=complex[2]"], "unknown dtype 'complex'"),
         (["--mode", "eager", "--input", "y=float32[2,6]"], "has no argument 'y'"),
         (["--mode", "eager", "--inputs", "models:not_a_module"], "not a function"),
+        (
+            ["--inputs", "models:no_such_factory"],
+            "--inputs models:no_such_factory cannot be loaded",
+        ),
+        (["--inputs", "nowhere/f.py:make"], "--inputs nowhere/f.py:make cannot be loaded: no such"),
+        (["--inputs", "models:raising_inputs"], "--inputs models:raising_inputs failed: KeyError"),
+        (
+            ["--inputs", "models:text_inputs"],
+            "--inputs models:text_inputs gave a str; give a tuple",
+        ),
     ],
 )
 def test_eager_option_errors(args: list[str], message: str) -> None:

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from execorder.errors import ConcreteArgError
+from execorder.errors import CallError, ConcreteArgError
 
 # Reads of a tensor's metadata: they move no data and give no gradient, so
 # reading them is not a use (peft's LoRA reads lora_A.weight.dtype before it
@@ -53,6 +53,42 @@ def check_forward_args(model: nn.Module, names: Iterable[str]) -> None:
     for name in names:
         if name not in valid:
             raise ConcreteArgError(owner(model), name, valid)
+
+
+def check_call(model: nn.Module, args: tuple[object, ...], kwargs: Iterable[str]) -> None:
+    """Check that ``model(*args, **kwargs)`` binds to ``forward``, before it runs.
+
+    Raises:
+        ConcreteArgError: For a name that is not an argument of forward.
+        CallError: For too many positional arguments, an argument given twice,
+            or a required argument without a value.
+    """
+    names = list(kwargs)
+    check_forward_args(model, names)
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return
+    kinds = inspect.Parameter
+    positional = [
+        p for p in params if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(args) > len(positional) and not any(p.kind is kinds.VAR_POSITIONAL for p in params):
+        raise CallError(owner(model), extra=len(args) - len(positional), takes=len(positional))
+    by_position = {p.name for p in positional[: len(args)]}
+    twice = [n for n in names if n in by_position]
+    if twice:
+        raise CallError(owner(model), twice=twice)
+    given = by_position | set(names)
+    missing = [
+        p.name
+        for p in params
+        if p.default is kinds.empty
+        and p.kind not in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD)
+        and p.name not in given
+    ]
+    if missing:
+        raise CallError(owner(model), missing=missing)
 
 
 @contextmanager

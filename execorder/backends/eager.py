@@ -27,7 +27,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from execorder.backends.common import check_forward_args, gc_paused, metadata_functions, owner
+from execorder.backends.common import (
+    check_call,
+    gc_paused,
+    metadata_functions,
+    owner,
+)
 from execorder.errors import (
     ForwardError,
     MetaDeviceError,
@@ -389,11 +394,13 @@ def trace(
 
     Raises:
         ConcreteArgError: If a keyword is not an argument of forward.
+        CallError: If forward cannot take these arguments (checked before it runs).
         MetaDeviceError: If forward needs real values and the model or the
             inputs are on the meta device.
         ForwardError: If forward raises otherwise.
     """
     kwargs = dict(kwargs or {})
+    check_call(model, tuple(args), kwargs)
     with gc_paused():
         tree = module_tree(model)
         if tree.has_lazy_params:
@@ -415,7 +422,6 @@ def trace(
                 with torch.enable_grad():
                     outputs = model(*args, **kwargs)
             except Exception as exc:
-                check_forward_args(model, list(kwargs))  # a clearer error for a wrong keyword
                 error = MetaDeviceError if _on_meta(model, args, kwargs) else ForwardError
                 raise error(owner(model), first_line(exc), where=user_frame(exc)) from exc
             if backward:

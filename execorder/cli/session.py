@@ -62,13 +62,19 @@ class Session:
             with warnings.catch_warnings():
                 # torch warns on import when NumPy is absent; execorder never needs it.
                 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
-                from execorder.errors import InputsError
+                from execorder.errors import InputsError, TargetError
                 from execorder.loading import Inputs, resolve_target
                 from execorder.profiling import Profiler
 
-            factory = resolve_target(inputs_factory) if inputs_factory else None
-            if inputs_factory and not callable(factory):
-                raise InputsError(inputs_factory, f"is a {type(factory).__name__}, not a function")
+            factory = None
+            if inputs_factory:
+                try:
+                    factory = resolve_target(inputs_factory)
+                except TargetError as exc:
+                    raise InputsError(inputs_factory, f"cannot be loaded: {exc}") from exc
+                if not callable(factory):
+                    kind = type(factory).__name__
+                    raise InputsError(inputs_factory, f"is a {kind}, not a function")
             given = Inputs(factory, inputs or [], name=inputs_factory)
             self.profiler = Profiler(
                 target,
