@@ -11,6 +11,7 @@ printed.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -111,8 +112,10 @@ class Profiler:
             falling back to CPU when building or forward needs real values.
             A module given as it is stays where it is.
         backward: Run backward too (eager) and record the gradient order.
-        seed: Seed the model's build and the generated inputs with it (the
-            global random state is left as it was); None leaves them unseeded.
+        seed: Seed the model's build and the generated inputs with it, so a
+            model routing on random values gives the same answer every run
+            (the global random state is left as it was); None leaves them
+            unseeded. The report states it.
         target: What to call the model in reports; by default the ``TARGET``
             text or the class name.
         progress: Told about each slow step, for a progress display.
@@ -133,7 +136,7 @@ class Profiler:
         mode: Mode | str = Mode.AUTO,
         device: str | None = None,
         backward: bool = False,
-        seed: int | None = None,
+        seed: int | None = 0,
         target: str | None = None,
         progress: Progress | None = None,
     ) -> None:
@@ -193,7 +196,7 @@ class Profiler:
         """
         concrete = dict(concrete_args or {})
         report = self._eager(concrete) if self.mode is Mode.EAGER else self._fx(concrete)
-        return Profile(report, self.notes, self.device)
+        return Profile(dataclasses.replace(report, seed=self.seed), self.notes, self.device)
 
     def sweep(
         self,

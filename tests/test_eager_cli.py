@@ -197,3 +197,15 @@ def test_inputs_factory_shapes() -> None:
         call_inputs_factory(lambda: 3, "f", "cpu")
     with pytest.raises(InputsError, match="failed: ValueError: nope"):
         call_inputs_factory(lambda: (_ for _ in ()).throw(ValueError("nope")), "f", "cpu")
+
+
+def test_answers_are_the_same_on_every_run_and_state_their_seed() -> None:
+    """Top-1 routing on random weights and inputs: seeded by default, so CI can rely on it."""
+    args = ["trace", f"{SAMPLES}/moe.py:MoE", "--input", "x=float32[4,16]", "-f", "json"]
+    runs = [json.loads(invoke(*args).stdout) for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2] and runs[0]["seed"] == 0
+    others = {
+        tuple(p["name"] for p in json.loads(invoke(*args, "--seed", str(s)).stdout)["unused"])
+        for s in range(1, 6)
+    }
+    assert len(others) > 1  # the seed is what decides the routing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import models
@@ -28,7 +29,8 @@ def test_a_class_is_built_on_meta_and_traced_with_fx() -> None:
     assert result.device == "meta" and result.notes == ()
     assert result.report.mode == "fx" and result.report.target == "Model"
     expected = execorder.trace(Model(), concrete_args={"run_all_layers": True}, target="Model")
-    assert result.report == expected
+    assert result.report.seed == 0 and expected.seed is None  # profile() seeds; trace() has no say
+    assert dataclasses.replace(result.report, seed=None) == expected
 
 
 def test_a_target_text_works_as_on_the_command_line() -> None:

@@ -285,6 +285,8 @@ def diff_reports(old: Report, new: Report, *, context: int = 2) -> ReportDiff:
         )
     if old.mode != new.mode:
         notes.append(f"modes differ: {old.mode} -> {new.mode}")
+    if None not in (old.seed, new.seed) and old.seed != new.seed:
+        notes.append(f"seeds differ: {old.seed} -> {new.seed}")
     old_ext, new_ext = _external(old), _external(new)
     return ReportDiff(
         old_target=old.target,

@@ -273,7 +273,7 @@ def trace(
     input: InputOpt = None,
     inputs: InputsOpt = None,
     backward: BackwardOpt = False,
-    seed: SeedOpt = None,
+    seed: SeedOpt = 0,
     debug: DebugOpt = False,
 ) -> None:
     """Trace a model's forward and report its execution order.
@@ -403,7 +403,7 @@ def ddp_indices(
     mode: ModeOpt = Mode.AUTO,
     input: InputOpt = None,
     inputs: InputsOpt = None,
-    seed: SeedOpt = None,
+    seed: SeedOpt = 0,
     debug: DebugOpt = False,
 ) -> None:
     """Name the parameters in DDP's "did not receive grad" error.

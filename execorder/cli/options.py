@@ -91,13 +91,12 @@ MaxRowsOpt = Annotated[
     int, typer.Option(min=0, metavar="N", help="Table: at most N rows per table; 0 shows all.")
 ]
 SeedOpt = Annotated[
-    int | None,
+    int,
     typer.Option(
         "--seed",
         metavar="N",
-        help="Seed the model's build and the generated inputs, so a model whose routing "
+        help="The seed of the model's build and the generated inputs: a model whose routing "
         "depends on random values gives the same answer on every run.",
-        show_default=False,
     ),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]

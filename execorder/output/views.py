@@ -105,6 +105,8 @@ def _summary(report: Report) -> Table:
         rows.append(_fact("concrete args", _args(report.concrete_args)))
     if report.inputs:
         rows.append(_fact("inputs", ", ".join(f"{k}={v}" for k, v in report.inputs.items())))
+    if report.seed is not None:
+        rows.append(_fact("seed", str(report.seed)))
     rows.append(_fact("module calls", f"{s.calls:,} ({plural(s.modules, 'distinct module')})"))
     frozen = f" ({s.params_frozen:,} frozen)" if s.params_frozen else ""
     rows.append(_fact("parameters used", f"{s.params_used:,} of {s.params_total:,}{frozen}"))

@@ -311,6 +311,8 @@ class Report:
         backward: Parameters in the order their gradients were accumulated
             (eager mode with a backward run), else None.
         inputs: The input tensors of an eager run, as ``dtype[shape]`` by name.
+        seed: The seed the model's build and generated inputs used, or None
+            when nothing was seeded (a recorded step of the user's own).
     """
 
     target: str
@@ -323,6 +325,7 @@ class Report:
     external: tuple[ExternalUse, ...] = ()
     backward: tuple[str, ...] | None = None
     inputs: Mapping[str, str] = field(default_factory=dict)
+    seed: int | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -392,6 +395,7 @@ class Report:
             "dead": [param.to_dict() for param in self.dead],
             "external": [use.to_dict() for use in self.external],
             "backward": None if self.backward is None else list(self.backward),
+            "seed": self.seed,
             "summary": self.summary.to_dict(),
         }
 
@@ -420,6 +424,7 @@ class Report:
                 # Optional, additive fields: absent means "not recorded".
                 backward=None if data.get("backward") is None else tuple(data["backward"]),
                 inputs=data.get("inputs", {}),
+                seed=data.get("seed"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SchemaError(f"report is missing or has a malformed field: {exc}") from None
