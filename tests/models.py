@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -355,3 +358,33 @@ def raising_inputs() -> object:
 def text_inputs() -> object:
     """An inputs factory that returns something that is not arguments."""
     return "x"
+
+
+@dataclass
+class Outputs:
+    """A forward's result in a dataclass, as many training codebases return it."""
+
+    loss: torch.Tensor
+    extras: dict[str, list[torch.Tensor]]
+    note: str = "not a tensor"
+
+
+class Heads(NamedTuple):
+    main: torch.Tensor
+    aux: torch.Tensor
+
+
+class StructuredOutputs(nn.Module):
+    """Returns tensors inside a dataclass, a dict, a list and a named tuple."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 4)
+        self.main = nn.Linear(4, 2)
+        self.aux = nn.Linear(4, 2)
+        self.probe = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> Outputs:
+        h = self.body(x)
+        heads = Heads(self.main(h), self.aux(h))
+        return Outputs(heads.main.sum(), {"nested": [self.probe(h)], "heads": list(heads)})

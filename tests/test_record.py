@@ -13,13 +13,14 @@ from torch import nn
 from transformer import Transformer
 
 from execorder import eager
+from execorder.backends.common import tensors
 from execorder.errors import RecordingError
 
 
 def _sum(outputs: Any) -> torch.Tensor:
     """The loss eager.trace(backward=True) uses: the sum of every output that requires grad."""
-    tensors = [t for t in eager._tensors(outputs) if t.requires_grad]
-    return torch.stack([t.float().sum() for t in tensors]).sum()
+    outs = [t for t in tensors(outputs) if t.requires_grad]
+    return torch.stack([t.float().sum() for t in outs]).sum()
 
 
 def _restored(model: nn.Module) -> bool:
@@ -38,7 +39,7 @@ def test_a_recorded_step_gives_the_report_of_trace_with_backward(case: Case) -> 
     model.zero_grad(set_to_none=True)
     with eager.record(model) as recording:
         outputs = model(*args, **case.concrete_args)
-        if any(t.requires_grad for t in eager._tensors(outputs)):
+        if any(t.requires_grad for t in tensors(outputs)):
             _sum(outputs).backward()
     assert recording.report().to_dict() == traced.to_dict()
     assert _restored(model)

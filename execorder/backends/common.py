@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import inspect
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,6 +32,36 @@ def metadata_functions() -> frozenset[object]:
     getters = [getattr(torch.Tensor, name).__get__ for name in METADATA_ATTRS]
     methods = [getattr(torch.Tensor, name) for name in METADATA_METHODS]
     return frozenset([*getters, *methods])
+
+
+def tensors(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor inside ``value``, in order, each once.
+
+    Walks tuples (named ones too), lists, sets, mappings (a transformers
+    ``ModelOutput`` is one) and dataclasses, nested to any depth, without
+    recursion; anything else is not looked into.
+    """
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            if id(item) not in seen:
+                seen.add(id(item))
+                yield item
+            continue
+        if id(item) in seen:
+            continue
+        if isinstance(item, Mapping):
+            children: list[Any] = list(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            children = list(item)
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            children = [getattr(item, f.name, None) for f in dataclasses.fields(item)]
+        else:
+            continue
+        seen.add(id(item))
+        stack.extend(reversed(children))
 
 
 def owner(model: nn.Module) -> str:

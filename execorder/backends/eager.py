@@ -29,6 +29,7 @@ from torch import nn
 
 from execorder.backends.common import (
     check_call,
+    tensors,
     gc_paused,
     metadata_functions,
     owner,
@@ -51,18 +52,6 @@ from execorder.recording import (
 from execorder.report import Mode, Report
 
 __all__ = ["MetaDeviceError", "Recording", "live_params", "record", "trace"]
-
-
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    """Every tensor inside nested tuples, lists, dicts (a ModelOutput too)."""
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _tensors(item)
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from _tensors(item)
 
 
 @contextmanager
@@ -157,7 +146,7 @@ def live_params(outputs: Any, params: Sequence[nn.Parameter]) -> set[nn.Paramete
     live: set[nn.Parameter] = set()
     seen: set[Any] = set()
     stack: list[Any] = []
-    for tensor in _tensors(outputs):
+    for tensor in tensors(outputs):
         if tensor.grad_fn is not None:
             stack.append(tensor.grad_fn)
         elif id(tensor) in own and tensor.requires_grad:
@@ -201,8 +190,8 @@ def _accumulation_hooks(
 
 
 def _on_meta(model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
-    tensors = [*model.parameters(), *model.buffers(), *_tensors(list(args)), *_tensors(kwargs)]
-    return any(t.is_meta for t in tensors)
+    everything = [*model.parameters(), *model.buffers(), *tensors((args, kwargs))]
+    return any(t.is_meta for t in everything)
 
 
 class Recording:
@@ -253,7 +242,7 @@ class Recording:
         if not self._calls or self._failed:
             return
         own = {id(p) for p in self._tree.params}
-        self._returned = [t for t in _tensors(outputs) if id(t) in own]  # type: ignore[misc]
+        self._returned = [t for t in tensors(outputs) if id(t) in own]  # type: ignore[misc]
         if self._order:
             # A backward ran: the parameters that got a gradient are the live
             # ones. Several backwards: each parameter at its first accumulation.
@@ -432,7 +421,7 @@ def trace(
 
 def _sum_backward(outputs: Any) -> None:
     """Backward from the sum of every output that requires grad."""
-    losses = [t.float().sum() for t in _tensors(outputs) if t.requires_grad]
+    losses = [t.float().sum() for t in tensors(outputs) if t.requires_grad]
     if losses:
         loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
         loss.backward()
