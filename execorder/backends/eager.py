@@ -29,10 +29,10 @@ from torch import nn
 
 from execorder.backends.common import (
     check_call,
-    tensors,
     gc_paused,
     metadata_functions,
     owner,
+    tensors,
 )
 from execorder.errors import (
     ForwardError,
