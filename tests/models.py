@@ -388,3 +388,45 @@ class StructuredOutputs(nn.Module):
         h = self.body(x)
         heads = Heads(self.main(h), self.aux(h))
         return Outputs(heads.main.sum(), {"nested": [self.probe(h)], "heads": list(heads)})
+
+
+class TaggedParameter(nn.Parameter):
+    """A user's own parameter class, which forward checks for."""
+
+
+class SlottedParameter(nn.Parameter):
+    """A parameter class with __slots__: it cannot take another class's layout."""
+
+    __slots__ = ("tag",)
+
+
+class CountingParameter(nn.Parameter):
+    """A parameter class with its own __torch_function__ (it counts the ops it sees)."""
+
+    calls = 0
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        CountingParameter.calls += 1
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+class Marked(torch.Tensor):
+    """A tensor subclass used as a parameter's data (as DTensor is under FSDP2)."""
+
+
+class OwnParameterClasses(nn.Module):
+    """Each parameter of a user's class; forward branches on isinstance."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tagged = TaggedParameter(torch.ones(4))
+        self.slotted = SlottedParameter(torch.ones(4))
+        self.counting = CountingParameter(torch.ones(4))
+        self.marked = nn.Parameter(torch.ones(4).as_subclass(Marked))
+        self.spare = nn.Parameter(torch.ones(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * self.tagged if isinstance(self.tagged, TaggedParameter) else x * self.spare
+        y = y + self.slotted + self.counting
+        return y * self.marked

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -66,33 +66,67 @@ def _recording(root: nn.Module, tree: ModuleTree, events: list[Event]) -> Iterat
     Each module's ``_call_impl`` (what ``module(...)`` runs, hooks included) is
     wrapped on the instance: no global hooks, which would send every call
     through torch's slow path, and no patched class, which would invalidate
-    Python's type caches. Parameters are re-classed for the duration, so
-    torch calls back for ops that read them.
+    Python's type caches. Each parameter is re-classed for the duration to a
+    recording subclass of its own class (one per class: ``isinstance`` checks
+    in forward still hold, and the class's own ``__torch_function__`` still
+    decides every result), so torch calls back for ops that read it. A
+    parameter that cannot be re-classed is watched by identity through a
+    ``TorchFunctionMode`` instead, which sees every op, so it is slower.
     """
     append = events.append
     run_disabled = torch._C._disabled_torch_function_impl
     metadata = metadata_functions()
+    user_class: dict[type, type] = {}  # a recording class -> the class it records
+    handler: dict[type, Any] = {}  # a recording class -> its parent's __torch_function__
 
-    def torch_function(
-        cls: type, func: Callable[..., Any], types: Any, args: Any = (), kwargs: Any = None
-    ) -> Any:
-        if func in metadata:  # w.dtype, w.shape, w.size(): not a use
-            return run_disabled(func, types, args, kwargs or {})
+    def log(args: Any, kwargs: Any) -> None:
         used = []
         for value in (*args, *kwargs.values()) if kwargs else args:
             kind = type(value)
-            if kind is cls:
+            if kind in user_class:
                 used.append(value)
             elif kind is list or kind is tuple:
-                used += [v for v in value if type(v) is cls]
+                used += [v for v in value if type(v) in user_class]
         append(used)
+
+    def plain_function(
+        cls: type, func: Callable[..., Any], types: Any, args: Any = (), kwargs: Any = None
+    ) -> Any:
+        """For nn.Parameter itself (and classes keeping its __torch_function__): the hot path."""
+        if func not in metadata:  # w.dtype, w.shape, w.size(): not a use
+            log(args, kwargs)
         # As nn.Parameter itself does: results are plain tensors.
         return run_disabled(func, types, args, kwargs or {})
 
-    recording = type(
-        "RecordingParameter", (nn.Parameter,), {"__torch_function__": classmethod(torch_function)}
-    )
+    def chained_function(
+        cls: type, func: Callable[..., Any], types: Any, args: Any = (), kwargs: Any = None
+    ) -> Any:
+        """For a class with a __torch_function__ of its own, which then decides as usual."""
+        if func not in metadata:
+            log(args, kwargs)
+        types = tuple(user_class.get(t, t) for t in types)
+        return handler[cls](func, types, args, kwargs or {})
+
+    def recording_class(kind: type) -> type:
+        own = kind.__torch_function__
+        function = plain_function if own is run_disabled else chained_function
+        made = type(
+            kind.__name__,
+            (kind,),
+            {
+                "__torch_function__": classmethod(function),
+                "__slots__": (),  # the same layout as the class it records
+                "__module__": kind.__module__,
+                "__qualname__": kind.__qualname__,
+            },
+        )
+        user_class[made] = kind
+        handler[made] = own
+        return made
+
     originals = {id(p): type(p) for p in tree.params}
+    classes: dict[type, type] = {}
+    watched: dict[int, nn.Parameter] = {}
 
     def wrap(module: nn.Module, call: Callable[..., Any]) -> Callable[..., Any]:
         def recorded(*args: Any, **kwargs: Any) -> Any:
@@ -111,13 +145,46 @@ def _recording(root: nn.Module, tree: ModuleTree, events: list[Event]) -> Iterat
         for module, slot in zip(modules, slots, strict=True):
             module.__dict__[slot] = wrap(module, getattr(module, slot))
         for param in tree.params:
-            param.__class__ = recording
-        yield
+            kind = originals[id(param)]
+            if kind not in classes:
+                classes[kind] = recording_class(kind)
+            try:
+                param.__class__ = classes[kind]
+            except TypeError:
+                watched[id(param)] = param
+        with _Watching(watched, metadata, append) if watched else nullcontext():
+            yield
     finally:
         for module, slot, before in zip(modules, slots, saved, strict=True):
             _restore(module, slot, before)
         for param in tree.params:
-            param.__class__ = originals[id(param)]
+            if type(param) is not originals[id(param)]:
+                param.__class__ = originals[id(param)]
+
+
+class _Watching(torch.overrides.TorchFunctionMode):
+    """Logs the ops that read parameters that could not be re-classed, by identity."""
+
+    def __init__(
+        self, watched: dict[int, nn.Parameter], metadata: frozenset[object], append: Any
+    ) -> None:
+        super().__init__()
+        self.watched, self.metadata, self.append = watched, metadata, append
+
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: Any = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func not in self.metadata:
+            used = []
+            for value in (*args, *kwargs.values()):
+                if id(value) in self.watched and value is self.watched[id(value)]:
+                    used.append(value)
+                elif type(value) is list or type(value) is tuple:
+                    used += [v for v in value if self.watched.get(id(v)) is v]
+            if used:
+                self.append(used)
+        return func(*args, **kwargs)
 
 
 _ABSENT = object()
@@ -177,16 +244,22 @@ def _accumulation_hooks(
     key = object()
     hook_dicts = []
     try:
-        for param in params:
-            hooks = param._post_accumulate_grad_hooks
-            if hooks is None:
-                param._post_accumulate_grad_hooks = hooks = OrderedDict()
-            hooks[key] = hook
-            hook_dicts.append(hooks)
+        with _own_reads():
+            for param in params:
+                hooks = param._post_accumulate_grad_hooks
+                if hooks is None:
+                    param._post_accumulate_grad_hooks = hooks = OrderedDict()
+                hooks[key] = hook
+                hook_dicts.append(hooks)
         yield
     finally:
         for hooks in hook_dicts:
             hooks.pop(key, None)
+
+
+def _own_reads() -> Any:
+    """execorder's own reads of parameters: no parameter class's ``__torch_function__`` runs."""
+    return torch._C.DisableTorchFunctionSubclass()
 
 
 def _on_meta(model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
@@ -344,7 +417,8 @@ def _recorded(recording: Recording) -> Iterator[None]:
 
     recorded._execorder_recording = True  # type: ignore[attr-defined]
 
-    trainable = [p for p in tree.params if p.requires_grad]
+    with _own_reads():
+        trainable = [p for p in tree.params if p.requires_grad]
     with gc_paused(), _accumulation_hooks(trainable, recording._order.append):
         model.__dict__[slot] = recorded
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from execorder.recording.events import CallRecord, Recorder
@@ -48,6 +49,19 @@ def build_report(
             when a backward was run.
         inputs: Descriptions of the input tensors, by argument name.
     """
+    with torch._C.DisableTorchFunctionSubclass():  # reading parameters runs no user code
+        return _build(recorder, target, mode, concrete_args, live, backward, inputs)
+
+
+def _build(
+    recorder: Recorder,
+    target: str,
+    mode: Mode,
+    concrete_args: Mapping[str, Any] | None,
+    live: Collection[nn.Parameter] | None,
+    backward: Sequence[nn.Parameter] | None,
+    inputs: Mapping[str, str] | None,
+) -> Report:
     tree = recorder.tree
     module_names, param_names = tree.module_names, tree.param_names
     observed, first_call = recorder.observed, recorder.first_call
