@@ -108,7 +108,7 @@ def _recording(root: nn.Module, tree: ModuleTree, events: list[Event]) -> Iterat
         return handler[cls](func, types, args, kwargs or {})
 
     def recording_class(kind: type) -> type:
-        own = kind.__torch_function__
+        own = getattr(kind, "__torch_function__", run_disabled)
         function = plain_function if own is run_disabled else chained_function
         made = type(
             kind.__name__,
@@ -176,9 +176,9 @@ class _Watching(torch.overrides.TorchFunctionMode):
     ) -> Any:
         kwargs = kwargs or {}
         if func not in self.metadata:
-            used = []
+            used: list[Any] = []
             for value in (*args, *kwargs.values()):
-                if id(value) in self.watched and value is self.watched[id(value)]:
+                if self.watched.get(id(value)) is value:
                     used.append(value)
                 elif type(value) is list or type(value) is tuple:
                     used += [v for v in value if self.watched.get(id(v)) is v]
