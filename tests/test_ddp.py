@@ -48,7 +48,10 @@ def ddp_indices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[int]
 def test_prediction_matches_ddp(name: str, ddp_indices: dict[str, list[int] | None]) -> None:
     report = predict(CASES[name])
     order = report.ddp_order()
-    predicted = [order.index(p) for p in report.no_grad()]
+    # The report's own ddp_index is DDP's number: the JSON says what DDP will say.
+    predicted = [p.ddp_index for p in report.no_grad()]
+    assert predicted == [order.index(p) for p in report.no_grad()]
+    assert all(p.ddp_index is None for p in report.frozen)
     if ddp_indices[name] is None:
         # No output needs a gradient, so DDP never runs a backward: every
         # trainable parameter is, correctly, predicted to get none.

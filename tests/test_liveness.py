@@ -82,3 +82,19 @@ def test_uses_inside_the_owner_or_passed_down_are_not_external() -> None:
 
 def _concrete(build: object) -> dict[str, object]:
     return {"run_all_layers": True} if build is Model else {}
+
+
+def test_ddp_index_is_not_the_named_parameters_index_when_frozen_ones_come_first() -> None:
+    report = execorder.trace(models.Frozen())
+    unused = report.param("unused")
+    assert (unused.index, unused.ddp_index) == (
+        1,
+        0,
+    )  # unused_frozen comes first, not in DDP's count
+    assert report.param("unused_frozen").ddp_index is None
+    assert [p.ddp_index for p in report.ddp_order()] == list(range(len(report.ddp_order())))
+    data = report.to_dict()
+    assert {p["name"]: p["ddp_index"] for p in data["unused"]} == {
+        "unused_frozen": None,
+        "unused": 0,
+    }

@@ -102,6 +102,9 @@ def _build(
 
     new_info = ParamInfo
     position = {id(p): i for i, p in enumerate(tree.params)}
+    # DDP numbers the parameters that require grad, in parameters() order.
+    trainable = [p for p in tree.params if p.requires_grad]
+    ddp_position = {id(p): i for i, p in enumerate(trainable)}
     counts = dict.fromkeys(("numel", "dead", "frozen", "assumed", "no_grad"), 0)
 
     def info(param: nn.Parameter, first: int | None) -> ParamInfo:
@@ -129,6 +132,7 @@ def _build(
             first,
             assumed,
             dead,
+            ddp_position.get(key),
         )
 
     used = tuple([info(p, first_call[id(p)]) for p in recorder.param_order])

@@ -106,7 +106,8 @@ class ParamInfo:
     Attributes:
         name: First qualified name from ``named_parameters()``.
         aliases: Its other qualified names (tied parameters).
-        index: Its position in ``named_parameters()``.
+        index: Its position in ``named_parameters()``, frozen parameters
+            included.
         shape: Its shape.
         dtype: Its dtype without the ``torch.`` prefix.
         numel: Number of elements.
@@ -117,6 +118,10 @@ class ParamInfo:
             cannot see, so its use is assumed rather than observed.
         dead: A trainable parameter used in forward, but no use reaches an
             output, so it gets no gradient.
+        ddp_index: Its number in DDP's messages ("Parameter indices which did
+            not receive grad"): its position among the parameters that
+            require grad, in ``parameters()`` order; None for a frozen one
+            (and for reports written before it existed).
     """
 
     name: str
@@ -130,6 +135,7 @@ class ParamInfo:
     first_call: int | None = None
     assumed: bool = False
     dead: bool = False
+    ddp_index: int | None = None
 
     @property
     def owner(self) -> str:
@@ -158,6 +164,7 @@ class ParamInfo:
             "name": self.name,
             "aliases": list(self.aliases),
             "index": self.index,
+            "ddp_index": self.ddp_index,
             "shape": list(self.shape),
             "dtype": self.dtype,
             "numel": self.numel,
@@ -185,6 +192,7 @@ class ParamInfo:
             first_call=data.get("first_call"),
             assumed=data.get("assumed", False),
             dead=data.get("dead", False),
+            ddp_index=data.get("ddp_index"),
         )
 
 
