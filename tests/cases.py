@@ -84,16 +84,30 @@ CASES: dict[str, Case] = {
     "llama": Case(Llama, _ids(128, 2, 6)),
     "moe": Case(MoE, _x(4, 16), fx=False, meta=False),
     "data-dependent": Case(models.DataDependent, _x(2, 4), fx=False, meta=False),
+    "distill": Case(models.Distill, _x(2, 16)),
+    "grad-modes": Case(models.GradModes, _x(2, 4)),
+    "switches-off": Case(models.SwitchesOff, _x(2, 4)),
 }
 
 
 def backward_no_grad(case: Case) -> list[str]:
-    """Names of trainable parameters with no gradient after a real backward."""
+    """Names of trainable parameters no gradient reaches in a real backward, as DDP sees it.
+
+    Trainable as DDP registers them, before forward runs (forward may switch
+    some off); reached when autograd runs the parameter's gradient
+    accumulator, which is when DDP counts it ready (a parameter switched off
+    after a use is reached, though its ``.grad`` stays None).
+    """
     torch.manual_seed(0)
     model = case.build()
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    reached: set[str] = set()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            param.register_post_accumulate_grad_hook(lambda _, name=name: reached.add(name))
     outputs = model(*case.inputs(), **case.concrete_args)
     flat = outputs if isinstance(outputs, tuple) else (outputs,)
     loss = sum(o.float().sum() for o in flat if o.requires_grad)
     if isinstance(loss, torch.Tensor):
         loss.backward()
-    return [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    return [n for n in trainable if n not in reached]

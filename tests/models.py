@@ -430,3 +430,40 @@ class OwnParameterClasses(nn.Module):
         y = x * self.tagged if isinstance(self.tagged, TaggedParameter) else x * self.spare
         y = y + self.slotted + self.counting
         return y * self.marked
+
+
+class GradModes(nn.Module):
+    """Parameters used only with grad disabled: no_grad, inference_mode, set_grad_enabled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept = nn.Linear(4, 4)
+        self.in_no_grad = nn.Parameter(torch.ones(4))
+        self.in_inference = nn.Parameter(torch.ones(4))
+        self.in_disabled = nn.Parameter(torch.ones(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.kept(x)
+        with torch.no_grad():
+            a = x * self.in_no_grad
+        with torch.inference_mode():
+            b = x * self.in_inference
+        with torch.set_grad_enabled(False):
+            c = x * self.in_disabled
+        return y + a + b.clone() + c
+
+
+class SwitchesOff(nn.Module):
+    """forward switches gradients off: requires_grad_(False) after a use, detach_() before one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.ones(4))
+        self.b = nn.Parameter(torch.ones(4))
+        self.c = nn.Parameter(torch.ones(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * self.a * self.b
+        self.b.requires_grad_(False)
+        self.c.detach_()
+        return y * self.c

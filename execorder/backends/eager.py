@@ -287,6 +287,7 @@ class Recording:
         self._returned: list[nn.Parameter] = []
         self._live: set[nn.Parameter] | None = None
         self._inputs: dict[str, str] = {}
+        self._trainable: list[nn.Parameter] = []
         self._concrete_args: dict[str, Any] = {}
 
     def _call(self, call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -362,6 +363,7 @@ class Recording:
                 live=self._live,
                 backward=self._order or None,
                 inputs=self._inputs if inputs is None else inputs,
+                trainable=self._trainable,
             )
 
 
@@ -419,6 +421,7 @@ def _recorded(recording: Recording) -> Iterator[None]:
 
     with _own_reads():
         trainable = [p for p in tree.params if p.requires_grad]
+    recording._trainable = trainable  # before forward, which may switch some off
     with gc_paused(), _accumulation_hooks(trainable, recording._order.append):
         model.__dict__[slot] = recorded
         try:

@@ -25,7 +25,7 @@ from execorder.backends.common import (
     gc_paused,
     owner,
 )
-from execorder.backends.fx_liveness import live_params
+from execorder.backends.fx_liveness import GRAD_ENABLED, live_params
 from execorder.errors import (
     ControlFlowError,
     IterationError,
@@ -120,6 +120,8 @@ def record_tracer(
 
     def create_node(kind: str, *args: Any, **kwargs: Any) -> torch.fx.Node:
         node = orig_create_node(kind, *args, **kwargs)
+        # forward really runs while FX traces: a no_grad block is in effect now.
+        node.meta[GRAD_ENABLED] = torch.is_grad_enabled()
         if kind in _OP_KINDS:
             if metadata_is_use or not _reads_metadata(node):
                 recorder.use(params_read(node))

@@ -7,8 +7,14 @@ node. It stops at values that carry no gradient (shapes, comparisons,
 in-place op as part of the value it mutates, and takes a leaf module's call as
 using all the module's parameters.
 
-FX cannot see ``torch.no_grad()`` blocks or ``requires_grad_`` toggles inside
-forward; the eager backend observes those.
+FX records no node for ``torch.no_grad()``, ``torch.inference_mode()`` or
+``torch.set_grad_enabled(False)``, but forward's Python runs while it traces:
+the FX backend stamps each node with the grad mode it was created in
+(``GRAD_ENABLED`` in ``node.meta``), and a node made with grad disabled
+carries no gradient. After forward calls ``requires_grad_(False)`` or
+``detach_()`` on a parameter, its uses give it no gradient; a use before the
+call still reaches its gradient accumulator in a real backward (DDP counts it
+ready, though ``.grad`` stays None), so it still counts.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from collections.abc import Iterable
 import torch
 import torch.fx
 from torch import nn
+
+GRAD_ENABLED = "execorder_grad_enabled"
+"""``node.meta`` key: whether grad mode was on when the node was created."""
 
 # Attributes of a tensor that are not tensors, or carry no gradient.
 _NO_GRAD_ATTRS = frozenset(
@@ -73,6 +82,15 @@ def _casts_to_non_float(node: torch.fx.Node) -> bool:
     )
 
 
+def _made_without_grad(node: torch.fx.Node) -> bool:
+    """An op or module call made inside no_grad / inference_mode: its result has no history.
+
+    A parameter read (``get_attr``) is a source, not a result: it is read once
+    for the whole graph, wherever it first appears.
+    """
+    return node.op not in ("get_attr", "placeholder") and node.meta.get(GRAD_ENABLED) is False
+
+
 def _carries_no_gradient(node: torch.fx.Node) -> bool:
     if node.op == "call_method":
         return node.target in _NO_GRAD_METHODS or _casts_to_non_float(node)
@@ -117,7 +135,7 @@ def live_nodes(graph: torch.fx.Graph) -> set[torch.fx.Node]:
     stack = [node for node in graph.nodes if node.op == "output"]
     while stack:
         node = stack.pop()
-        if node in live:
+        if node in live or _made_without_grad(node):
             continue
         live.add(node)
         stack.extend(writers.get(node, ()))
@@ -134,10 +152,36 @@ def live_params(graph: torch.fx.Graph, root: nn.Module) -> set[nn.Parameter]:
         root: The traced module.
     """
     params = dict(root.named_parameters())
+    nodes = live_nodes(graph)
+    off = _switched_off(graph, params)
+    position = {node: i for i, node in enumerate(graph.nodes)} if off else {}
     live: set[nn.Parameter] = set()
-    for node in live_nodes(graph):
+    for node in nodes:
         if node.op == "get_attr" and node.target in params:
-            live.add(params[node.target])
+            switched = off.get(str(node.target))
+            # Only the uses before forward switches the parameter off count.
+            if switched is None or any(
+                user in nodes and position[user] < switched for user in node.users
+            ):
+                live.add(params[str(node.target)])
         elif node.op == "call_module" and isinstance(node.target, str):
             live.update(root.get_submodule(node.target).parameters())
     return live
+
+
+def _switched_off(graph: torch.fx.Graph, params: dict[str, nn.Parameter]) -> dict[str, int]:
+    """By name, where forward first calls ``requires_grad_(False)`` or ``detach_()`` on a parameter."""
+    off: dict[str, int] = {}
+    for index, node in enumerate(graph.nodes):
+        if node.op != "call_method" or node.target not in ("requires_grad_", "detach_"):
+            continue
+        param = node.args[0] if node.args else None
+        if not isinstance(param, torch.fx.Node) or param.op != "get_attr":
+            continue
+        if node.target == "requires_grad_":
+            flag = node.args[1] if len(node.args) > 1 else node.kwargs.get("requires_grad", True)
+            if flag is not False:
+                continue
+        if param.target in params:
+            off.setdefault(str(param.target), index)
+    return off

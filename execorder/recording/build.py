@@ -34,6 +34,7 @@ def build_report(
     live: Collection[nn.Parameter] | None = None,
     backward: Sequence[nn.Parameter] | None = None,
     inputs: Mapping[str, str] | None = None,
+    trainable: Collection[nn.Parameter] | None = None,
 ) -> Report:
     """Name everything ``recorder`` collected and freeze it into a :class:`Report`.
 
@@ -48,9 +49,11 @@ def build_report(
         backward: Parameters in the order their gradients were accumulated,
             when a backward was run.
         inputs: Descriptions of the input tensors, by argument name.
+        trainable: The parameters that required grad before forward ran (what
+            DDP registers); forward may switch one off. None: as they are now.
     """
     with torch._C.DisableTorchFunctionSubclass():  # reading parameters runs no user code
-        return _build(recorder, target, mode, concrete_args, live, backward, inputs)
+        return _build(recorder, target, mode, concrete_args, live, backward, inputs, trainable)
 
 
 def _build(
@@ -61,6 +64,7 @@ def _build(
     live: Collection[nn.Parameter] | None,
     backward: Sequence[nn.Parameter] | None,
     inputs: Mapping[str, str] | None,
+    trainable: Collection[nn.Parameter] | None,
 ) -> Report:
     tree = recorder.tree
     module_names, param_names = tree.module_names, tree.param_names
@@ -102,15 +106,19 @@ def _build(
 
     new_info = ParamInfo
     position = {id(p): i for i, p in enumerate(tree.params)}
+    trains = (
+        {id(p) for p in tree.params if p.requires_grad}
+        if trainable is None
+        else {id(p) for p in trainable}
+    )
     # DDP numbers the parameters that require grad, in parameters() order.
-    trainable = [p for p in tree.params if p.requires_grad]
-    ddp_position = {id(p): i for i, p in enumerate(trainable)}
+    ddp_position = {id(p): i for i, p in enumerate(p for p in tree.params if id(p) in trains)}
     counts = dict.fromkeys(("numel", "dead", "frozen", "assumed", "no_grad"), 0)
 
     def info(param: nn.Parameter, first: int | None) -> ParamInfo:
         key = id(param)
         names = param_names[key]
-        requires_grad = param.requires_grad
+        requires_grad = key in trains
         numel = param.numel()
         used = first is not None
         assumed = used and key not in observed
