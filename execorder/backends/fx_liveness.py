@@ -170,7 +170,7 @@ def live_params(graph: torch.fx.Graph, root: nn.Module) -> set[nn.Parameter]:
 
 
 def _switched_off(graph: torch.fx.Graph, params: dict[str, nn.Parameter]) -> dict[str, int]:
-    """By name, where forward first calls ``requires_grad_(False)`` or ``detach_()`` on a parameter."""
+    """By name: where forward first calls ``requires_grad_(False)`` or ``detach_()`` on it."""
     off: dict[str, int] = {}
     for index, node in enumerate(graph.nodes):
         if node.op != "call_method" or node.target not in ("requires_grad_", "detach_"):
