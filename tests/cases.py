@@ -87,6 +87,11 @@ CASES: dict[str, Case] = {
     "distill": Case(models.Distill, _x(2, 16)),
     "grad-modes": Case(models.GradModes, _x(2, 4)),
     "switches-off": Case(models.SwitchesOff, _x(2, 4)),
+    "checkpoint-reentrant": Case(models.Checkpointed, _ids(16, 2, 3)),
+    "checkpoint-reentrant-frozen-input": Case(
+        lambda: models.Checkpointed(frozen_embedding=True), _ids(16, 2, 3)
+    ),
+    "checkpoint-non-reentrant": Case(lambda: models.Checkpointed(reentrant=False), _ids(16, 2, 3)),
 }
 
 

@@ -467,3 +467,38 @@ class SwitchesOff(nn.Module):
         self.b.requires_grad_(False)
         self.c.detach_()
         return y * self.c
+
+
+class CheckpointedBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.Linear(4, 8)
+        self.down = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.relu(self.up(x)))
+
+
+class Checkpointed(nn.Module):
+    """Blocks run through torch.utils.checkpoint, reentrant or not.
+
+    With ``frozen_embedding`` and reentrant checkpointing, no input of the
+    blocks needs grad, so torch never recomputes them: they get no gradient
+    (PyTorch's well-known pitfall), and execorder must say so.
+    """
+
+    def __init__(self, reentrant: bool = True, frozen_embedding: bool = False) -> None:
+        super().__init__()
+        self.reentrant = reentrant
+        self.embed = nn.Embedding(16, 4)
+        self.embed.requires_grad_(not frozen_embedding)
+        self.blocks = nn.ModuleList(CheckpointedBlock() for _ in range(2))
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        x = self.embed(ids)
+        for block in self.blocks:
+            x = checkpoint(block, x, use_reentrant=self.reentrant)
+        return self.head(x)

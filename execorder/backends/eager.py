@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from execorder.backends.checkpointing import is_reentrant, recompute
 from execorder.backends.common import (
     check_call,
     gc_paused,
@@ -207,26 +208,64 @@ def _restore(module: nn.Module, slot: str, before: Any) -> None:
 def live_params(outputs: Any, params: Sequence[nn.Parameter]) -> set[nn.Parameter]:
     """Those of ``params`` whose gradient accumulators the outputs' autograd graph reaches.
 
-    Nothing is computed: the graph is walked, not run.
+    The graph is walked, not run; a reentrant checkpoint's block, which only
+    backward would record, is run again to walk its graph too, from the
+    outputs the walk reaches (:mod:`execorder.backends.checkpointing`).
     """
     own = {id(p): p for p in params}
     live: set[nn.Parameter] = set()
     seen: set[Any] = set()
-    stack: list[Any] = []
+    stack: list[tuple[Any, int]] = []  # (autograd node, which of its outputs)
     for tensor in tensors(outputs):
         if tensor.grad_fn is not None:
-            stack.append(tensor.grad_fn)
+            stack.append((tensor.grad_fn, tensor.output_nr))
         elif id(tensor) in own and tensor.requires_grad:
             live.add(own[id(tensor)])  # a parameter returned as it is
+    reached: dict[Any, set[int]] = {}  # a reentrant checkpoint's node -> outputs reached
+    expanded: dict[Any, set[int]] = {}
+    recomputed: dict[Any, tuple[Any, ...]] = {}
+    # A recomputed block's detached input, by id -> the edge into the forward graph.
+    inputs: dict[int, tuple[Any, int] | None] = {}
+    keep: list[Any] = []  # the recomputed tensors, alive while their ids are used
     while stack:
-        fn = stack.pop()
-        if fn in seen:
-            continue
-        seen.add(fn)
-        variable = getattr(fn, "variable", None)
-        if variable is not None and id(variable) in own:
-            live.add(own[id(variable)])
-        stack.extend(next_fn for next_fn, _ in fn.next_functions if next_fn is not None)
+        while stack:
+            fn, number = stack.pop()
+            if is_reentrant(fn):
+                reached.setdefault(fn, set()).add(number)
+                continue
+            if fn in seen:
+                continue
+            seen.add(fn)
+            variable = getattr(fn, "variable", None)
+            if variable is not None and id(variable) in own:
+                live.add(own[id(variable)])
+            elif variable is not None and id(variable) in inputs:
+                edge = inputs[id(variable)]
+                if edge is not None:
+                    stack.append(edge)
+            stack.extend((next_fn, nr) for next_fn, nr in fn.next_functions if next_fn is not None)
+        for fn, numbers in reached.items():
+            new = numbers - expanded.setdefault(fn, set())
+            if not new:
+                continue
+            expanded[fn] |= new
+            if fn not in recomputed:
+                block_outputs, detached = recompute(fn)
+                recomputed[fn] = block_outputs
+                keep += [*block_outputs, *detached]
+                edges = [e if e[0] is not None else None for e in fn.next_functions]
+                for k, index in enumerate(fn.tensor_indices):
+                    inputs[id(detached[index])] = edges[k] if k < len(edges) else None
+            for number in new:
+                out = recomputed[fn][number]
+                if not isinstance(out, torch.Tensor):
+                    continue
+                if out.grad_fn is not None:
+                    stack.append((out.grad_fn, out.output_nr))
+                elif id(out) in own:
+                    live.add(own[id(out)])  # the block returns a parameter as it is
+                elif (edge := inputs.get(id(out))) is not None:
+                    stack.append(edge)  # the block returns an input as it is
     return live
 
 

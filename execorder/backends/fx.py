@@ -18,6 +18,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from execorder.backends.checkpointing import REGION, Regions, regions_traced
 from execorder.backends.common import (
     METADATA_ATTRS,
     METADATA_METHODS,
@@ -72,6 +73,7 @@ def record_tracer(
     recorder: Recorder,
     *,
     metadata_is_use: bool = False,
+    regions: Regions | None = None,
 ) -> Iterator[Recorder]:
     """Patch ``tracer`` so that tracing ``root_module`` reports to ``recorder``.
 
@@ -89,6 +91,8 @@ def record_tracer(
         recorder: Receives the events.
         metadata_is_use: Count reads of a parameter's metadata (``.shape``,
             ``.dtype``, ``.size()``) as uses, as PyTorch's own tracer does.
+        regions: Where reentrant checkpoint regions are tracked, if they are:
+            each node is stamped with its innermost region.
 
     Yields:
         The recorder.
@@ -122,6 +126,8 @@ def record_tracer(
         node = orig_create_node(kind, *args, **kwargs)
         # forward really runs while FX traces: a no_grad block is in effect now.
         node.meta[GRAD_ENABLED] = torch.is_grad_enabled()
+        if regions is not None:
+            node.meta[REGION] = regions.current
         if kind in _OP_KINDS:
             if metadata_is_use or not _reads_metadata(node):
                 recorder.use(params_read(node))
@@ -278,7 +284,10 @@ def _run_tracer(
 ) -> None:
     """Trace ``model`` into ``recorder``; FX's errors become :class:`TraceFailure`."""
     try:
-        with record_tracer(tracer, model, recorder):
+        with (
+            regions_traced(Regions()) as regions,
+            record_tracer(tracer, model, recorder, regions=regions),
+        ):
             tracer.trace(model, args or None)
     except _ControlFlowError as exc:
         names = _upstream_placeholders(exc.node)

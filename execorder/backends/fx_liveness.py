@@ -15,6 +15,12 @@ carries no gradient. After forward calls ``requires_grad_(False)`` or
 ``detach_()`` on a parameter, its uses give it no gradient; a use before the
 call still reaches its gradient accumulator in a real backward (DDP counts it
 ready, though ``.grad`` stays None), so it still counts.
+
+A reentrant checkpoint's block is traced as backward recomputes it (with
+grad), in a region (:mod:`execorder.backends.checkpointing`); as for any
+autograd ``Function``, its outputs carry gradient only when grad was on where
+it was called and one of its inputs needs grad, which here means it depends
+on a trainable parameter (forward's own inputs are data).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from collections.abc import Iterable
 import torch
 import torch.fx
 from torch import nn
+
+from execorder.backends.checkpointing import REGION, Region
 
 GRAD_ENABLED = "execorder_grad_enabled"
 """``node.meta`` key: whether grad mode was on when the node was created."""
@@ -122,8 +130,70 @@ def _mutated(node: torch.fx.Node) -> Iterable[torch.fx.Node]:
         target = target.args[0] if is_view and target.args else None
 
 
-def live_nodes(graph: torch.fx.Graph) -> set[torch.fx.Node]:
-    """Nodes whose value can carry a gradient to the graph's output."""
+def _needs_grad(node: torch.fx.Node, params: dict[str, nn.Parameter], root: nn.Module) -> bool:
+    """Whether a node's value needs grad, given whether its inputs' do (``needs``)."""
+    if node.op == "get_attr":
+        return node.target in params and params[str(node.target)].requires_grad
+    if node.op == "call_module" and isinstance(node.target, str):
+        return any(p.requires_grad for p in root.get_submodule(node.target).parameters())
+    return False
+
+
+def dead_regions(graph: torch.fx.Graph, root: nn.Module) -> set[Region]:
+    """Reentrant checkpoint regions whose outputs carry no gradient.
+
+    A region is dead when grad was off where its block was called, or when
+    none of its inputs needs grad (nothing upstream depends on a trainable
+    parameter): torch then never recomputes it in backward.
+    """
+    params = dict(root.named_parameters())
+    needs: dict[torch.fx.Node, bool] = {}
+    decided: dict[Region, bool] = {}
+
+    def alive(region: Region | None) -> bool:
+        """Decide the regions on ``region``'s chain, outermost first; whether all are alive."""
+        chain = []
+        undecided = region
+        while undecided is not None and undecided not in decided:
+            chain.append(undecided)
+            undecided = undecided.parent
+        for r in reversed(chain):
+            decided[r] = r.outer_grad and any(needs.get(n, False) for n in r.inputs)
+        while region is not None:
+            if not decided[region]:
+                return False
+            region = region.parent
+        return True
+
+    for node in graph.nodes:
+        region = node.meta.get(REGION)
+        no_history = node.op == "placeholder" or _made_without_grad(node)
+        if no_history or _carries_no_gradient(node) or (region is not None and not alive(region)):
+            needs[node] = False
+        else:
+            inputs = any(needs.get(n, False) for n in node.all_input_nodes)
+            needs[node] = inputs or _needs_grad(node, params, root)
+    for node in graph.nodes:
+        alive(node.meta.get(REGION))
+    return {region for region, ok in decided.items() if not ok}
+
+
+def _in_dead_region(node: torch.fx.Node, dead: set[Region]) -> bool:
+    region = node.meta.get(REGION)
+    while region is not None:
+        if region in dead:
+            return True
+        region = region.parent
+    return False
+
+
+def live_nodes(graph: torch.fx.Graph, dead: set[Region] | None = None) -> set[torch.fx.Node]:
+    """Nodes whose value can carry a gradient to the graph's output.
+
+    Args:
+        graph: A traced graph.
+        dead: Checkpoint regions whose outputs carry no gradient (:func:`dead_regions`).
+    """
     # An in-place op changes the value it mutates: when that value is live,
     # so is the op (and what the op reads).
     writers: dict[torch.fx.Node, list[torch.fx.Node]] = {}
@@ -135,7 +205,7 @@ def live_nodes(graph: torch.fx.Graph) -> set[torch.fx.Node]:
     stack = [node for node in graph.nodes if node.op == "output"]
     while stack:
         node = stack.pop()
-        if node in live or _made_without_grad(node):
+        if node in live or _made_without_grad(node) or (dead and _in_dead_region(node, dead)):
             continue
         live.add(node)
         stack.extend(writers.get(node, ()))
@@ -152,7 +222,7 @@ def live_params(graph: torch.fx.Graph, root: nn.Module) -> set[nn.Parameter]:
         root: The traced module.
     """
     params = dict(root.named_parameters())
-    nodes = live_nodes(graph)
+    nodes = live_nodes(graph, dead_regions(graph, root))
     off = _switched_off(graph, params)
     position = {node: i for i, node in enumerate(graph.nodes)} if off else {}
     live: set[nn.Parameter] = set()

@@ -1,0 +1,146 @@
+"""Activation checkpointing: seeing into the blocks torch recomputes in backward.
+
+Reentrant checkpointing (``torch.utils.checkpoint(..., use_reentrant=True)``,
+transformers' and peft's usual recipe) runs its block under ``no_grad`` in
+forward and runs it again, with grad, in backward. Its autograd node stands
+for the whole block: a walk of the forward graph stops there, and the
+block's parameters look dead although backward gives them gradients.
+
+:func:`recompute` does what torch's backward does for such a node (the same
+saved inputs, random state and autocast), so a graph walk can go on inside;
+the buffers a recompute changes (a BatchNorm's running statistics) are put
+back, since no real backward ran. The non-reentrant flavour records the
+block's graph in forward, so it needs nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import CheckpointFunction, detach_variable, set_device_states
+
+
+def is_reentrant(fn: Any) -> bool:
+    """Whether an autograd node is a reentrant checkpoint's (``CheckpointFunctionBackward``)."""
+    return getattr(fn, "_forward_cls", None) is CheckpointFunction
+
+
+def _module_of(function: Any) -> nn.Module | None:
+    """The module a checkpointed function runs, when it is one (or its bound method)."""
+    while isinstance(function, functools.partial):
+        function = function.func
+    owner = function if isinstance(function, nn.Module) else getattr(function, "__self__", None)
+    return owner if isinstance(owner, nn.Module) else None
+
+
+@contextmanager
+def _buffers_kept(module: nn.Module | None) -> Iterator[None]:
+    """Put back the buffers of ``module`` after the block (nothing to do without one)."""
+    if module is None:
+        yield
+        return
+    saved = [(buffer, buffer.detach().clone()) for buffer in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+def recompute(fn: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """Run a reentrant checkpoint's block again, with grad, as its backward would.
+
+    Args:
+        fn: A node for which :func:`is_reentrant` holds.
+
+    Returns:
+        The block's outputs (a tuple) and its detached inputs (the leaves the
+        new graph ends at, in the order of the block's arguments).
+    """
+    inputs = list(fn.inputs)
+    for tensor, index in zip(fn.saved_tensors, fn.tensor_indices, strict=True):
+        inputs[index] = tensor
+    devices = fn.fwd_devices if fn.preserve_rng_state and fn.had_device_in_fwd else []
+    rng = torch.random.fork_rng(
+        devices=devices, enabled=fn.preserve_rng_state, device_type=fn.device_type
+    )
+    with rng, _buffers_kept(_module_of(fn.run_function)):
+        if fn.preserve_rng_state:
+            torch.set_rng_state(fn.fwd_cpu_state)
+            if fn.had_device_in_fwd:
+                set_device_states(fn.fwd_devices, fn.fwd_device_states, device_type=fn.device_type)
+        detached = detach_variable(tuple(inputs))
+        device_autocast = (
+            torch.amp.autocast(device_type=fn.device_type, **fn.device_autocast_kwargs)
+            if torch.amp.is_autocast_available(fn.device_type)
+            else nullcontext()
+        )
+        cpu_autocast = torch.amp.autocast("cpu", **fn.cpu_autocast_kwargs)
+        with torch.enable_grad(), device_autocast, cpu_autocast:
+            outputs = fn.run_function(*detached)
+    return (outputs if isinstance(outputs, tuple) else (outputs,)), detached
+
+
+# -- FX ---------------------------------------------------------------------
+
+REGION = "execorder_checkpoint"
+"""``node.meta`` key: the innermost reentrant checkpoint region a node was traced in."""
+
+
+class Region:
+    """One reentrant checkpoint call, as FX traced it.
+
+    Attributes:
+        inputs: The nodes of the block's tensor arguments.
+        outer_grad: Whether grad mode was on where the block was called.
+        parent: The region this one is nested in, if any.
+    """
+
+    def __init__(self, inputs: list[Any], outer_grad: bool, parent: Region | None) -> None:
+        self.inputs, self.outer_grad, self.parent = inputs, outer_grad, parent
+
+
+class Regions:
+    """The reentrant checkpoint regions of one FX trace; ``current`` is the innermost open one."""
+
+    def __init__(self) -> None:
+        self.current: Region | None = None
+
+
+@contextmanager
+def regions_traced(regions: Regions) -> Iterator[Regions]:
+    """Trace reentrant checkpoints as backward recomputes them, and mark their regions.
+
+    For the duration, ``CheckpointFunction.apply`` runs the block itself, with
+    grad on (as the recompute in backward does; FX computes nothing, so
+    nothing is saved), inside a :class:`Region` that ``create_node`` stamps on
+    each node. Restored exactly on exit, also when tracing raises.
+    """
+    import torch.fx
+
+    saved = CheckpointFunction.__dict__.get("apply")
+
+    def apply(cls: type, run_function: Any, preserve_rng_state: bool, *args: Any) -> Any:
+        nodes = [a.node for a in args if isinstance(a, torch.fx.Proxy)]
+        region = Region(nodes, torch.is_grad_enabled(), regions.current)
+        regions.current = region
+        try:
+            with torch.enable_grad():
+                return run_function(*args)
+        finally:
+            regions.current = region.parent
+
+    CheckpointFunction.apply = classmethod(apply)  # type: ignore[assignment, method-assign]
+    try:
+        yield regions
+    finally:
+        if saved is None:
+            del CheckpointFunction.apply
+        else:
+            CheckpointFunction.apply = saved  # type: ignore[method-assign]
