@@ -420,6 +420,22 @@ class IterationError(TraceFailure):
         return f"pin the argument with {words.arg(Arg.CONCRETE)} if it is not a tensor"
 
 
+class WrappedForwardError(TraceFailure):
+    """FX cannot trace a forward wrapped by a decorator (transformers wraps every forward).
+
+    Attributes:
+        wrapper: The decorator's function name.
+    """
+
+    def __init__(self, owner: str, wrapper: str) -> None:
+        self.wrapper = wrapper
+        super().__init__(
+            owner,
+            f"forward is wrapped by a decorator ({wrapper}), which torch.fx cannot trace "
+            "(transformers wraps its models' forwards; transformers 5 no longer supports FX)",
+        )
+
+
 class LazyModulesError(TraceFailure):
     """FX cannot trace lazy modules: their parameters appear in the first forward."""
 

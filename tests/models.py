@@ -502,3 +502,26 @@ class Checkpointed(nn.Module):
         for block in self.blocks:
             x = checkpoint(block, x, use_reentrant=self.reentrant)
         return self.head(x)
+
+
+def _logged(forward):  # type: ignore[no-untyped-def]
+    """A decorator as transformers puts on its forwards: a (*args, **kwargs) wrapper."""
+    import functools
+
+    @functools.wraps(forward)
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        return forward(*args, **kwargs)
+
+    return wrapper
+
+
+class Decorated(nn.Module):
+    """A forward taking **kwargs behind a functools.wraps decorator: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    @_logged
+    def forward(self, x: torch.Tensor, scale: float = 2.0, **kwargs: object) -> torch.Tensor:
+        return self.lin(x) * scale

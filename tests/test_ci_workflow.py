@@ -158,9 +158,10 @@ def test_sweep_cross_product_with_a_fixed_argument() -> None:
 def test_sweep_table_and_markdown(golden: Callable[[str, str], None]) -> None:
     table = invoke("trace", SEED, "--sweep", "run_all_layers=true,false")
     assert table.exit_code == 0
-    assert "Branch-dependent parameters" in table.stdout and "Never used (1)" in table.stdout
+    assert "Branch-dependent: used or given a gradient" in table.stdout
+    assert "Never used (1)" in table.stdout
     md = invoke("trace", SEED, "--sweep", "run_all_layers=true,false", "-f", "markdown")
-    assert "Branch-dependent parameters" in md.stdout
+    assert "Branch-dependent: used or given a gradient" in md.stdout
     golden("sweep_seed.md", md.stdout.replace(str(SAMPLES), "sample_models"))
 
 
@@ -172,7 +173,8 @@ def test_sweep_table_and_markdown(golden: Callable[[str, str], None]) -> None:
         (["--sweep", "run_all_layers=1", "-c", "run_all_layers=1"], "both swept"),
         (["--sweep", "run_all_layers=1", "--sweep", "run_all_layers=0"], "more than once"),
         (["--sweep", "nope=1,2"], "has no argument 'nope'"),
-        (["--sweep", "run_all_layers=1", "--fail-on", "dead"], "cannot be combined"),
+        (["--sweep", "run_all_layers=1", "--baseline", "x.json"], "cannot be combined"),
+        (["-c", "run_all_layers=1", "--fail-on", "branch"], "--fail-on branch needs --sweep"),
     ],
 )
 def test_sweep_errors(args: list[str], message: str) -> None:
@@ -226,3 +228,40 @@ def test_the_documented_workflow_check_step_runs_as_written(tmp_path: Path) -> N
     comment = (tmp_path / "comment.md").read_text()
     assert comment.startswith("### execorder diff: ")
     assert "### execorder: `sample_models/seed.py:Model` (fx trace)" in comment
+
+
+def test_a_sweep_can_be_gated_and_names_every_parameter_that_misses_a_gradient() -> None:
+    result = invoke("trace", SEED, "--sweep", "run_all_layers=true,false",
+                    "--fail-on", "branch,unused,dead,external", "-f", "json")  # fmt: skip
+    assert result.exit_code == 1, result.output
+    data = json.loads(result.stdout)
+    # weight1 is used in both runs but gets a gradient in one: branch-dependent.
+    assert data["findings"]["branch"] == [
+        "weight1", "weight2", "layer1.weight", "layer2.0.weight", "layer2.2.weight",
+    ]  # fmt: skip
+    assert data["findings"]["unused"] == ["weight_unused"] and data["findings"]["dead"] == []
+    status = {p["name"]: (p["status"], p["gradient"]) for p in data["params"]}
+    assert status["weight1"] == ("always", "some") and status["layer0.weight"] == (
+        "always",
+        "always",
+    )
+    assert "execorder: check failed: branch: 5 (weight1, " in result.stderr
+    assert "execorder: check failed: unused: 1 (weight_unused)" in result.stderr
+    steady = invoke("trace", SEED, "--sweep", "run_all_layers=true", "--fail-on", "branch")
+    assert steady.exit_code == 0, steady.output
+
+
+def test_frozen_parameters_are_marked_in_a_sweep() -> None:
+    import models
+
+    import execorder
+    from execorder.output.terminal import draw, plain_text
+    from execorder.output.views import sweep_view
+
+    result = execorder.sweep(
+        lambda args: execorder.trace(models.Frozen()), axes=[("run", [1, 2])], target="frozen"
+    )
+    text = plain_text(draw(sweep_view(result)))
+    never = text.split("Never used")[1].split("\n\n")[1]
+    assert "unused_frozen   frozen" in never and "unused          \n" not in never
+    assert result.findings("unused") == ("unused",)  # frozen ones are not findings

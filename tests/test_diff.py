@@ -116,3 +116,24 @@ def test_load_report_errors(tmp_path: Path, text: str, message: str) -> None:
 def test_load_report_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ReportFileError, match="no such file"):
         load_report(tmp_path / "nope.json")
+
+
+def test_a_diff_of_two_different_models_says_so() -> None:
+    from seed import Model
+    from tied import TiedLM
+    from transformer import Transformer
+
+    import execorder
+
+    seed = execorder.trace(Model(), concrete_args={"run_all_layers": True}, target="seed.py:Model")
+    tied = execorder.trace(TiedLM(), target="tied.py:TiedLM")
+    notes = diff_reports(seed, tied).notes
+    assert "targets differ: seed.py:Model -> tied.py:TiedLM" in notes
+    assert "the root modules differ (Model -> TiedLM): these look like different models" in notes
+    small = execorder.trace(Transformer(n_layers=1), target="a")
+    large = execorder.trace(Transformer(n_layers=8), target="a")
+    assert diff_reports(small, large).notes == (
+        "only 12 of 68 parameter names are in both reports: these look like different models",
+    )
+    same = execorder.trace(Model(), concrete_args={"run_all_layers": False}, target="seed.py:Model")
+    assert not any("different models" in n for n in diff_reports(seed, same).notes)

@@ -197,3 +197,23 @@ def test_iterating_a_traced_value_is_explained() -> None:
 def test_trace_rejects_non_modules() -> None:
     with pytest.raises(TypeError, match=r"nn\.Module"):
         execorder.trace(lambda x: x)  # type: ignore[arg-type]
+
+
+def test_a_decorated_forward_says_why_fx_cannot_trace_it() -> None:
+    from execorder.errors import WrappedForwardError
+
+    with pytest.raises(WrappedForwardError, match=r"wrapped by a decorator \(_logged\)"):
+        execorder.trace(models.Decorated())
+    report = execorder.profile(models.Decorated, input_size=(2, 4)).report
+    assert report.mode == "eager" and dict(report.defaults) == {"scale": 2.0}
+
+
+def test_forward_defaults_that_a_run_used_are_in_the_report() -> None:
+    report = execorder.profile(models.Branchy, input_size=(2, 4)).report
+    assert dict(report.defaults) == {"flag": True, "mode": "plain"}
+    pinned = execorder.profile(models.Branchy, input_size=(2, 4), concrete_args={"flag": False})
+    assert dict(pinned.report.defaults) == {"mode": "plain"}
+    assert pinned.report.to_dict()["defaults"] == {"mode": "plain"}
+    # FX leaves unpinned arguments symbolic: no default is used.
+    fx = execorder.trace(models.Branchy(), concrete_args={"flag": True, "mode": "plain"})
+    assert dict(fx.defaults) == {}

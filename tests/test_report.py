@@ -170,7 +170,7 @@ def test_an_old_eager_report_with_a_backward_order_loads() -> None:
 def _without_added(data: dict[str, Any]) -> dict[str, Any]:
     """A report's dict without the fields added since the test files were written."""
     params = ("params", "unused", "dead")
-    kept = {k: v for k, v in data.items() if k not in ("seed", "target", *params)}
+    kept = {k: v for k, v in data.items() if k not in ("seed", "defaults", "target", *params)}
     for key in params:
         kept[key] = [{k: v for k, v in p.items() if k != "ddp_index"} for p in data[key]]
     return kept

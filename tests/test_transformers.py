@@ -108,3 +108,15 @@ def test_experts_no_token_was_routed_to_are_unused_on_cpu() -> None:
         on_meta = MoE(dim=16, n_experts=8)
     with pytest.raises(eager.MetaDeviceError):
         eager.trace(on_meta, args=(torch.empty(4, 16, device="meta"),))
+
+
+def test_fx_on_a_transformers_model_says_what_it_cannot_trace() -> None:
+    from typer.testing import CliRunner
+
+    from execorder.cli import app
+
+    result = CliRunner().invoke(app, ["trace", "hf:tiny_llama"])
+    assert result.exit_code == 2
+    assert "forward is wrapped by a decorator" in result.stderr
+    assert "co_varnames" not in result.stderr
+    assert "Or run forward for real: --mode eager --input" in result.stderr

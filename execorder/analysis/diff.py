@@ -278,7 +278,7 @@ def diff_reports(old: Report, new: Report, *, context: int = 2) -> ReportDiff:
     Returns:
         The differences; ``equivalent`` is True when there are none.
     """
-    notes = []
+    notes = _model_notes(old, new)
     if dict(old.concrete_args) != dict(new.concrete_args):
         notes.append(
             f"concrete args differ: {_args(old.concrete_args)} -> {_args(new.concrete_args)}"
@@ -297,6 +297,28 @@ def diff_reports(old: Report, new: Report, *, context: int = 2) -> ReportDiff:
         external_added=tuple(sorted(new_ext - old_ext)),
         external_removed=tuple(sorted(old_ext - new_ext)),
     )
+
+
+def _model_notes(old: Report, new: Report) -> list[str]:
+    """Whether the reports are of different targets, or look like different models."""
+    notes = []
+    if old.target != new.target:
+        notes.append(f"targets differ: {old.target} -> {new.target}")
+    old_root, new_root = old.modules[0].type, new.modules[0].type
+    old_names = {p.name for p in old.all_params()}
+    new_names = {p.name for p in new.all_params()}
+    shared = len(old_names & new_names)
+    larger = max(len(old_names), len(new_names))
+    if old_root != new_root:
+        notes.append(
+            f"the root modules differ ({old_root} -> {new_root}): these look like different models"
+        )
+    elif larger and shared * 2 < larger:
+        notes.append(
+            f"only {shared:,} of {larger:,} parameter names are in both reports: these look "
+            "like different models"
+        )
+    return notes
 
 
 def _args(args: Mapping[str, Any]) -> str:

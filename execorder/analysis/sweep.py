@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from execorder.errors import ExecOrderError, SweepAxisError, SweepFailure
-from execorder.report import SCHEMA_VERSION, Report, Word, jsonable
+from execorder.report import SCHEMA_VERSION, Category, Report, Word, jsonable
 
 
 class SweepClass(Word):
@@ -52,6 +52,8 @@ class SweepParam:
         aliases: Other qualified names.
         status: Used always, in some combinations only (branch-dependent),
             or never.
+        gradient: Given a gradient always, in some combinations only, or
+            never; None for a frozen parameter.
         used_in: Indices of the combinations whose forward uses it.
         grad_in: Indices of the combinations in which it gets a gradient.
         requires_grad: False for a frozen parameter.
@@ -63,12 +65,20 @@ class SweepParam:
     used_in: tuple[int, ...]
     grad_in: tuple[int, ...]
     requires_grad: bool
+    gradient: SweepClass | None = None
+
+    @property
+    def branch_dependent(self) -> bool:
+        """Trainable, and used or given a gradient in some combinations only."""
+        some = SweepClass.SOME
+        return self.requires_grad and (self.status is some or self.gradient is some)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "aliases": list(self.aliases),
             "status": self.status.value,
+            "gradient": None if self.gradient is None else self.gradient.value,
             "used_in": list(self.used_in),
             "grad_in": list(self.grad_in),
             "requires_grad": self.requires_grad,
@@ -85,6 +95,8 @@ class SweepReport:
         fixed: Concrete arguments held fixed in every combination.
         combinations: The combinations, in cross-product order.
         params: Every parameter, in ``named_parameters()`` order.
+        external: External uses in any combination, as ``"param used by
+            module"``, each once.
     """
 
     target: str
@@ -92,11 +104,34 @@ class SweepReport:
     fixed: Mapping[str, Any]
     combinations: tuple[Combination, ...]
     params: tuple[SweepParam, ...]
+    external: tuple[str, ...] = ()
 
     def by_status(self, status: SweepClass | str) -> tuple[SweepParam, ...]:
         """The parameters of one class, in ``named_parameters()`` order."""
         wanted = SweepClass(status)
         return tuple(p for p in self.params if p.status is wanted)
+
+    def findings(self, category: Category | str) -> tuple[str, ...]:
+        """What a CI gate category found across the combinations.
+
+        The trainable parameters that miss a gradient in some combination
+        fall in exactly one of ``BRANCH`` (used or given a gradient in some
+        combinations only), ``UNUSED`` (used in none) and ``DEAD`` (used, but
+        given a gradient in none); ``EXTERNAL`` lists external uses in any.
+        """
+        kind = Category(category)
+        if kind is Category.EXTERNAL:
+            return self.external
+        trainable = [p for p in self.params if p.requires_grad]
+        if kind is Category.BRANCH:
+            return tuple(p.name for p in trainable if p.branch_dependent)
+        if kind is Category.UNUSED:
+            return tuple(p.name for p in trainable if p.status is SweepClass.NEVER)
+        return tuple(
+            p.name
+            for p in trainable
+            if p.status is SweepClass.ALWAYS and p.gradient is SweepClass.NEVER
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +143,7 @@ class SweepReport:
             "combinations": [c.to_dict() for c in self.combinations],
             "params": [p.to_dict() for p in self.params],
             "summary": {kind.value: len(self.by_status(kind)) for kind in SweepClass},
+            "findings": {kind.value: list(self.findings(kind)) for kind in Category},
         }
 
 
@@ -160,12 +196,12 @@ def sweep(
             for i, r in enumerate(reports)
             if info.requires_grad and not r.param(info.name).dead and r.param(info.name).used
         )
-        if len(used_in) == len(reports):
-            status = SweepClass.ALWAYS
-        else:
-            status = SweepClass.SOME if used_in else SweepClass.NEVER
+        status = _class(len(used_in), len(reports))
+        gradient = _class(len(grad_in), len(reports)) if info.requires_grad else None
         params.append(
-            SweepParam(info.name, info.aliases, status, used_in, grad_in, info.requires_grad)
+            SweepParam(
+                info.name, info.aliases, status, used_in, grad_in, info.requires_grad, gradient
+            )
         )
     return SweepReport(
         target=target,
@@ -181,4 +217,12 @@ def sweep(
             for combo, r in zip(combos, reports, strict=True)
         ),
         params=tuple(params),
+        external=tuple(dict.fromkeys(u for r in reports for u in r.findings(Category.EXTERNAL))),
     )
+
+
+def _class(count: int, total: int) -> SweepClass:
+    """Always, some or never: of ``total`` combinations, ``count`` had it."""
+    if count == total:
+        return SweepClass.ALWAYS
+    return SweepClass.SOME if count else SweepClass.NEVER

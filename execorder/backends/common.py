@@ -123,6 +123,24 @@ def check_call(model: nn.Module, args: tuple[object, ...], kwargs: Iterable[str]
         raise CallError(owner(model), missing=missing)
 
 
+def defaults_used(
+    model: nn.Module, args: tuple[object, ...], kwargs: Iterable[str]
+) -> dict[str, Any]:
+    """forward's arguments the call leaves to their defaults, with those values."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    kinds = inspect.Parameter
+    positional = [
+        p for p in params if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)
+    ]
+    given = {p.name for p in positional[: len(args)]} | set(kwargs)
+    return {
+        p.name: p.default for p in params if p.default is not kinds.empty and p.name not in given
+    }
+
+
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector for a trace (both backends).

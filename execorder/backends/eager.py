@@ -30,6 +30,7 @@ from torch import nn
 from execorder.backends.checkpointing import is_reentrant, recompute
 from execorder.backends.common import (
     check_call,
+    defaults_used,
     gc_paused,
     metadata_functions,
     owner,
@@ -328,6 +329,7 @@ class Recording:
         self._inputs: dict[str, str] = {}
         self._trainable: list[nn.Parameter] = []
         self._concrete_args: dict[str, Any] = {}
+        self._defaults: dict[str, Any] = {}
 
     def _call(self, call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The model's own call, with its modules and parameters recorded."""
@@ -340,6 +342,7 @@ class Recording:
         self._with_grad = torch.is_grad_enabled()
         self._inputs = _describe(args, kwargs)
         self._concrete_args = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
+        self._defaults = defaults_used(self.model, args, kwargs)
         try:
             with _recording(self.model, self._tree, self._events):
                 self._outputs = call(*args, **kwargs)
@@ -399,6 +402,7 @@ class Recording:
                 target=target or name,
                 mode=Mode.EAGER,
                 concrete_args=self._concrete_args,
+                defaults=self._defaults,
                 live=self._live,
                 backward=self._order or None,
                 inputs=self._inputs if inputs is None else inputs,

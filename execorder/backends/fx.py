@@ -32,6 +32,7 @@ from execorder.errors import (
     IterationError,
     LazyModulesError,
     TraceFailure,
+    WrappedForwardError,
     first_line,
 )
 from execorder.recording import Recorder, build_report
@@ -219,6 +220,14 @@ class _IterationError(torch.fx.proxy.TraceError):
         self.node = node
 
 
+def _decorator(function: Any) -> str:
+    """The decorator that made a wrapper: ``can_return_tuple`` for its ``<locals>.wrapper``."""
+    code = getattr(function, "__code__", None)
+    if code is None:
+        return type(function).__name__
+    return str(getattr(code, "co_qualname", code.co_name)).split(".<locals>")[0]
+
+
 def _upstream_placeholders(node: torch.fx.Node) -> list[str]:
     """Names of the forward arguments a node's value is computed from."""
     seen: set[torch.fx.Node] = set()
@@ -296,4 +305,8 @@ def _run_tracer(
     except _IterationError as exc:
         raise IterationError(owner(model), exc.node.name) from exc
     except Exception as exc:
+        forward = type(model).forward
+        if isinstance(exc, ValueError) and hasattr(forward, "__wrapped__"):
+            # FX patches the wrapper's code with the wrapped function's arguments.
+            raise WrappedForwardError(owner(model), _decorator(forward)) from exc
         raise TraceFailure(owner(model), first_line(exc)) from exc

@@ -246,8 +246,10 @@ def _check_trace_options(
                 f"--output {output} is the --baseline, which gets the JSON report; "
                 "use --format json, or write the table elsewhere"
             )
-    if axes and (baseline is not None or categories):
-        raise UsageError("--sweep cannot be combined with --baseline or --fail-on")
+    if axes and baseline is not None:
+        raise UsageError("--sweep cannot be combined with --baseline")
+    if Category.BRANCH in categories and not axes:
+        raise UsageError("--fail-on branch needs --sweep: it gates on what differs between runs")
     if baseline is not None and not update and not baseline.exists():
         raise UsageError(f"--baseline {baseline}: no such file; create it with --update-baseline")
 
@@ -313,6 +315,8 @@ def trace(
 
             result = session.sweep(axes, concrete_args)
             _emit(result, lambda: sweep_view(result), fmt, output, kind="sweep")
+            if _gate(result, categories):
+                raise typer.Exit(EXIT_FOUND)
             return
         report = session.run(concrete_args)
         differs = False

@@ -144,8 +144,9 @@ FailOnOpt = Annotated[
         "--fail-on",
         metavar="CATEGORIES",
         help="CI gate: after the report, exit 1 if any listed category is non-empty. "
-        "Comma-separated: unused, dead, external. unused and dead count trainable "
-        "parameters only.",
+        "Comma-separated: unused, dead, external; with --sweep also branch (trainable "
+        "parameters used or given a gradient in some combinations only). unused and "
+        "dead count trainable parameters only.",
         show_default=False,
     ),
 ]

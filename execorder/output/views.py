@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from execorder.analysis import (
     CallChange,
@@ -11,6 +12,7 @@ from execorder.analysis import (
     Gap,
     ReportDiff,
     SweepClass,
+    SweepParam,
     SweepReport,
 )
 from execorder.output.view import (
@@ -103,6 +105,8 @@ def _summary(report: Report) -> Table:
     rows = [_fact("target", cell(code(report.target))), _fact("mode", str(report.mode))]
     if report.concrete_args:
         rows.append(_fact("concrete args", _args(report.concrete_args)))
+    if report.defaults:
+        rows.append(_fact("defaults used", _args(report.defaults)))
     if report.inputs:
         rows.append(_fact("inputs", ", ".join(f"{k}={v}" for k, v in report.inputs.items())))
     if report.seed is not None:
@@ -351,8 +355,27 @@ def _combinations(indices: Sequence[int]) -> str:
     return ", ".join(f"#{i}" for i in indices) or "none"
 
 
+def _with_marks(
+    title: str, columns: tuple[Column, ...], params: Sequence[SweepParam], cells: Any, **opts: Any
+) -> Table:
+    """A table of a sweep's parameters, with a status column when one of them is frozen."""
+    marked = any(not p.requires_grad for p in params)
+    rows = []
+    for p in params:
+        mark = cell(Span("frozen", Tone.INFO)) if not p.requires_grad else cell()
+        rows.append(Row((*cells(p), mark) if marked else tuple(cells(p))))
+    if marked:
+        columns = (*columns, Column("status", FIXED))
+    return Table(title, columns, tuple(rows), **opts)
+
+
 def sweep_view(sweep: SweepReport) -> Document:
-    """The combinations, then the parameters by where they are used: findings first."""
+    """The combinations, then the parameters by where they are used and given gradients.
+
+    Findings come first: branch-dependent parameters (used or given a
+    gradient in some combinations only), never used, used but never given a
+    gradient; the parameters used and given a gradient everywhere are folded.
+    """
     combos = tuple(
         Row(
             (
@@ -374,8 +397,8 @@ def sweep_view(sweep: SweepReport) -> Document:
     )
     title = f"Sweep of {sweep.target} ({plural(len(combos), 'combination')})"
     blocks: list[Block] = [Table(title, columns, combos)]
-    some = sweep.by_status(SweepClass.SOME)
-    if some:
+    branch = [p for p in sweep.params if p.branch_dependent]
+    if branch:
         rows = tuple(
             Row(
                 (
@@ -384,26 +407,49 @@ def sweep_view(sweep: SweepReport) -> Document:
                     cell(_combinations(p.grad_in)),
                 )
             )
-            for p in some
+            for p in branch
         )
         columns = (
             Column("parameter", NAME),
             Column("used in", TEXT),
             Column("gets a gradient in", TEXT),
         )
-        title = f"Branch-dependent parameters: used in some combinations only ({len(rows):,})"
+        title = (
+            f"Branch-dependent: used or given a gradient in some combinations only ({len(rows):,})"
+        )
         blocks.append(Table(title, columns, rows))
     else:
-        line = cell("No branch-dependent parameters: every combination uses the same ones.")
+        line = cell(
+            "No branch-dependent parameters: every combination uses the same ones "
+            "and gives them the same gradients."
+        )
         blocks.append(Message(line, Severity.OK))
     never = sweep.by_status(SweepClass.NEVER)
     if never:
-        rows = tuple(Row((cell(code(p.name)),)) for p in never)
-        blocks.append(Table(f"Never used ({len(rows):,})", (Column("parameter", NAME),), rows))
-    always = sweep.by_status(SweepClass.ALWAYS)
-    rows = tuple(Row((cell(code(p.name)), cell(_combinations(p.grad_in)))) for p in always)
+        title = f"Never used ({len(never):,})"
+        columns = (Column("parameter", NAME),)
+        blocks.append(_with_marks(title, columns, never, lambda p: (cell(code(p.name)),)))
+    dead = [n for n in sweep.findings("dead")]
+    if dead:
+        rows = tuple(Row((cell(code(name)),)) for name in dead)
+        title = f"Used, but given no gradient in any combination ({len(rows):,})"
+        blocks.append(Table(title, (Column("parameter", NAME),), rows))
+    settled = set(dead) | {p.name for p in branch}
+    always = [p for p in sweep.by_status(SweepClass.ALWAYS) if p.name not in settled]
     columns = (Column("parameter", NAME), Column("gets a gradient in", TEXT))
-    blocks.append(Table(f"Always used ({len(rows):,})", columns, rows, fold=Fold.ALWAYS))
+    blocks.append(
+        _with_marks(
+            f"Always used ({len(always):,})",
+            columns,
+            always,
+            lambda p: (cell(code(p.name)), cell(_combinations(p.grad_in))),
+            fold=Fold.ALWAYS,
+        )
+    )
+    if sweep.external:
+        rows = tuple(Row((cell(use),)) for use in sweep.external)
+        title = f"External uses, in some combination ({len(rows):,})"
+        blocks.append(Table(title, (Column("use", NAME),), rows))
     return Document(cell("execorder sweep: ", code(sweep.target)), tuple(blocks))
 
 

@@ -7,6 +7,7 @@ the backward that ran) and hands the builder the live set.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -35,6 +36,7 @@ def build_report(
     backward: Sequence[nn.Parameter] | None = None,
     inputs: Mapping[str, str] | None = None,
     trainable: Collection[nn.Parameter] | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Report:
     """Name everything ``recorder`` collected and freeze it into a :class:`Report`.
 
@@ -51,9 +53,12 @@ def build_report(
         inputs: Descriptions of the input tensors, by argument name.
         trainable: The parameters that required grad before forward ran (what
             DDP registers); forward may switch one off. None: as they are now.
+        defaults: forward's arguments a real run left to their defaults, with
+            their values (they may choose a branch).
     """
     with torch._C.DisableTorchFunctionSubclass():  # reading parameters runs no user code
-        return _build(recorder, target, mode, concrete_args, live, backward, inputs, trainable)
+        report = _build(recorder, target, mode, concrete_args, live, backward, inputs, trainable)
+    return dataclasses.replace(report, defaults=dict(defaults or {})) if defaults else report
 
 
 def _build(

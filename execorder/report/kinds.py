@@ -44,3 +44,4 @@ class Category(Word):
     UNUSED = "unused"  # trainable parameters never read
     DEAD = "dead"  # trainable parameters read, with no gradient
     EXTERNAL = "external"  # parameters read while none of their modules runs
+    BRANCH = "branch"  # a sweep's: used or given a gradient in some combinations only

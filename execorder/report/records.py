@@ -321,6 +321,9 @@ class Report:
         inputs: The input tensors of an eager run, as ``dtype[shape]`` by name.
         seed: The seed the model's build and generated inputs used, or None
             when nothing was seeded (a recorded step of the user's own).
+        defaults: forward's arguments an eager run left to their default
+            values, with those values (JSON-safe): they may have chosen a
+            branch. Empty for FX, whose unpinned arguments stay symbolic.
     """
 
     target: str
@@ -334,6 +337,7 @@ class Report:
     backward: tuple[str, ...] | None = None
     inputs: Mapping[str, str] = field(default_factory=dict)
     seed: int | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -366,14 +370,16 @@ class Report:
                 frozen ones cannot break DDP), or ``EXTERNAL`` (uses).
 
         Raises:
-            ValueError: For another category.
+            ValueError: For another category (``BRANCH`` is a sweep's).
         """
         kind = Category(category)
         if kind is Category.UNUSED:
             return tuple(p.name for p in self.unused if p.requires_grad)
         if kind is Category.DEAD:
             return tuple(p.name for p in self.dead if p.requires_grad)
-        return tuple(f"{u.param} used by {u.used_by or '(root)'}" for u in self.external)
+        if kind is Category.EXTERNAL:
+            return tuple(f"{u.param} used by {u.used_by or '(root)'}" for u in self.external)
+        raise ValueError(f"{kind} is a finding of a sweep, not of one report")
 
     def ddp_order(self) -> tuple[ParamInfo, ...]:
         """Parameters in the order DDP numbers them in its error message.
@@ -388,6 +394,8 @@ class Report:
         frozen_args = MappingProxyType({k: jsonable(v) for k, v in self.concrete_args.items()})
         object.__setattr__(self, "concrete_args", frozen_args)
         object.__setattr__(self, "inputs", MappingProxyType(dict(self.inputs)))
+        frozen_defaults = MappingProxyType({k: jsonable(v) for k, v in self.defaults.items()})
+        object.__setattr__(self, "defaults", frozen_defaults)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -396,6 +404,7 @@ class Report:
             "target": self.target,
             "mode": self.mode.value,
             "concrete_args": dict(self.concrete_args),
+            "defaults": dict(self.defaults),
             "inputs": dict(self.inputs),
             "modules": [call.to_dict() for call in self.modules],
             "params": [param.to_dict() for param in self.params],
@@ -433,6 +442,7 @@ class Report:
                 backward=None if data.get("backward") is None else tuple(data["backward"]),
                 inputs=data.get("inputs", {}),
                 seed=data.get("seed"),
+                defaults=data.get("defaults", {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SchemaError(f"report is missing or has a malformed field: {exc}") from None
