@@ -450,15 +450,35 @@ class ForwardError(TraceFailure):
 
     Attributes:
         where: ``file:line`` of the user's code that raised, when known.
+        device: Where it ran.
+        inputs: The inputs it was given, as ``name=dtype[shape]``: a wrong
+            dtype or shape is often the cause.
     """
 
-    def __init__(self, owner: str, reason: str, *, where: str = "") -> None:
+    def __init__(
+        self,
+        owner: str,
+        reason: str,
+        *,
+        where: str = "",
+        device: str = "",
+        inputs: Sequence[str] = (),
+    ) -> None:
         super().__init__(owner, reason, running=True)
-        self.where = where
+        self.where, self.device, self.inputs = where, device, tuple(inputs)
+
+    def describe(self, words: Words = PYTHON) -> str:
+        on = {"meta": " on the meta device", "": ""}.get(self.device, f" on {self.device}")
+        where = f" ({self.where})" if self.where else ""
+        given = f" with {', '.join(self.inputs)}" if self.inputs else ""
+        return f"While running {self.owner}{on}{given}{where}: {self.reason}"
 
 
 class MetaDeviceError(ForwardError):
-    """Forward failed on the meta device: it needs real tensor values."""
+    """Forward failed on the meta device because it needs real tensor values."""
+
+    def __init__(self, owner: str, reason: str, *, where: str = "", **_: object) -> None:
+        super().__init__(owner, reason, where=where, device="meta")
 
     def describe(self, words: Words = PYTHON) -> str:
         where = f" ({self.where})" if self.where else ""
@@ -466,6 +486,45 @@ class MetaDeviceError(ForwardError):
             f"While running {self.owner} on the meta device{where}: {self.reason}. Its forward "
             "needs real tensor values (data-dependent control flow or indexing); "
             f"use {words.arg(Arg.DEVICE, value='cpu')}"
+        )
+
+
+def _size(count: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
+        count /= 1000
+    return f"{count:,.1f} TB"
+
+
+class MemoryGuardError(ExecOrderError):
+    """Building the model on a real device would not fit: execorder refuses to try.
+
+    Attributes:
+        what: The model (``"Llama()"``).
+        device: Where it would have been built.
+        needed: Bytes of its parameters and buffers.
+        available: Bytes available there.
+        why: Why it would have been built there (a fallback's reason), if it was not asked for.
+    """
+
+    def __init__(
+        self, what: str, device: str, needed: int, available: int, *, why: str = ""
+    ) -> None:
+        super().__init__()
+        self.what, self.device, self.needed, self.available = what, device, needed, available
+        self.why = why
+
+    def describe(self, words: Words = PYTHON) -> str:
+        because = (
+            f"forward needs real values on the meta device ({self.why}), but " if self.why else ""
+        )
+        cuda = words.arg(Arg.DEVICE, value="cuda")
+        return (
+            f"{because}building {self.what} on {self.device} needs about {_size(self.needed)} "
+            f"for its parameters and buffers alone, and about {_size(self.available)} is "
+            f"available: try a smaller configuration ({words.arg(Arg.INIT)}, fewer layers)"
+            + ("" if self.device == "cuda" else f", or {cuda}")
         )
 
 

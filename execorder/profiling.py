@@ -24,14 +24,17 @@ from execorder.analysis.sweep import SweepReport, sweep
 from execorder.backends import eager, fx
 from execorder.errors import (
     Arg,
+    ForwardError,
     InstanceDeviceError,
     InstanceInitError,
     MetaDeviceError,
     ModeError,
     NeedsInputsError,
+    TargetError,
     TraceFailure,
 )
 from execorder.loading import Inputs, build, check_device, resolve_target, split_target
+from execorder.loading.memory import check_fits, fits
 from execorder.report import Mode, Report, Word
 
 Progress = Callable[[str], None]
@@ -43,6 +46,7 @@ class NoteKind(Word):
 
     BUILT_ON_CPU = "built-on-cpu"  # building on the meta device failed
     RERAN_ON_CPU = "reran-on-cpu"  # forward needed real values on the meta device
+    RETRIED_ON_CPU = "retried-on-cpu"  # forward failed on meta otherwise, and the model fits
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,11 @@ class Note:
         if self.kind is NoteKind.BUILT_ON_CPU:
             failed = f"building {self.subject} on the meta device failed"
             return f"{failed} ({self.reason}); built it on CPU"
+        if self.kind is NoteKind.RETRIED_ON_CPU:
+            return (
+                f"forward failed on the meta device ({self.reason}); the model fits in memory, "
+                "so it ran again on CPU"
+            )
         return f"forward needs real values on the meta device ({self.reason}); reran it on CPU"
 
     def __str__(self) -> str:
@@ -233,14 +242,25 @@ class Profiler:
                 backward=self.backward,
                 target=self.target,
             )
-        except MetaDeviceError as exc:
-            if self._factory is None or self._chosen_device is not None:
+        except ForwardError as exc:
+            if self._factory is None or self._chosen_device is not None or exc.device != "meta":
                 raise
-            self._notes.append(Note(NoteKind.RERAN_ON_CPU, exc.reason))
+            what = getattr(self, "_what", None) or self.target
+            if isinstance(exc, MetaDeviceError):
+                check_fits(self.model, "cpu", what=what, why=exc.reason)
+                self._notes.append(Note(NoteKind.RERAN_ON_CPU, exc.reason))
+            elif fits(self.model, "cpu"):
+                # A meta kernel may refuse what CPU runs (a dtype only a GPU kernel
+                # needs): try it where it is cheap; a real mistake fails there too.
+                self._notes.append(Note(NoteKind.RETRIED_ON_CPU, exc.reason))
+            else:
+                raise
             self._build("cpu")
             return self._eager(concrete)
 
     def _build(self, device: str | None) -> None:
+        if device in ("cpu", "cuda") and self._chosen_device == device:
+            self._check_fits(device)  # asked for: measure it on meta first
         self._progress(f"Building {self.target} on {device or 'meta'}")
         with self._seeded():
             loaded = build(
@@ -253,6 +273,17 @@ class Profiler:
         if loaded.meta_failure is not None:
             self._notes.append(Note(NoteKind.BUILT_ON_CPU, loaded.meta_failure, loaded.what or ""))
         self.model, self.device = loaded.model, loaded.device or "cpu"
+        self._what = loaded.what
+
+    def _check_fits(self, device: str) -> None:
+        """Build on meta (no memory) to measure it; refuse it if it cannot fit on ``device``."""
+        with seeded_rng(self.seed or 0):
+            try:
+                measured = build(self._factory, init_kwargs=self._init, device="meta")
+            except TargetError:
+                return  # it cannot be built on meta: nothing to measure
+        if measured.device == "meta":
+            check_fits(measured.model, device, what=measured.what or self.target)
 
     def _seeded(self) -> Any:
         return nullcontext() if self.seed is None else seeded_rng(self.seed)

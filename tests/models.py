@@ -525,3 +525,15 @@ class Decorated(nn.Module):
     @_logged
     def forward(self, x: torch.Tensor, scale: float = 2.0, **kwargs: object) -> torch.Tensor:
         return self.lin(x) * scale
+
+
+class BigDataDependent(nn.Module):
+    """6.4 GB of float32 at its default width, with a branch on a value: meta cannot run it."""
+
+    def __init__(self, width: int = 40_000) -> None:
+        super().__init__()
+        self.lin = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.lin(x)
+        return y if y.sum() > 0 else -y

@@ -80,9 +80,17 @@ def test_bert_uses_every_parameter_including_the_pooler() -> None:
     assert report.no_grad() == ()
 
 
-def test_mixtral_routing_needs_real_values() -> None:
-    with pytest.raises(eager.MetaDeviceError, match="meta device"):
+def test_mixtral_fails_on_meta_and_runs_on_cpu_where_it_fits() -> None:
+    """Its experts' grouped_mm meta kernel wants bfloat16; CPU runs float32 fine."""
+    from execorder.errors import ForwardError
+    from execorder.profiling import NoteKind
+
+    with pytest.raises(ForwardError, match="on the meta device with input_ids=int64") as raised:
         _run(hf.tiny_mixtral, "meta")
+    assert not isinstance(raised.value, eager.MetaDeviceError)  # not a need for values
+    result = execorder.profile(hf.tiny_mixtral, inputs={"input_ids": _ids("cpu")})
+    assert [n.kind for n in result.notes] == [NoteKind.RETRIED_ON_CPU]
+    assert result.device == "cpu"
     report = _run(hf.tiny_mixtral, "cpu")
     assert Counter(c.type for c in report.modules)["MixtralDecoderLayer"] == 2
     # transformers 5 fuses the experts of a layer into 3-D parameters, so every

@@ -19,6 +19,7 @@ step), and :meth:`Recording.report` builds the report afterwards;
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
@@ -297,6 +298,25 @@ def _accumulation_hooks(
             hooks.pop(key, None)
 
 
+_META = re.compile(r"(?<![a-z])meta(?![a-z])", re.IGNORECASE)  # register_meta, Meta, meta!
+
+
+def needs_values(exc: BaseException) -> bool:
+    """Whether an exception from a forward on the meta device means it needs real values.
+
+    torch's meta-device failures all say so: ``Tensor.item() cannot be called
+    on meta tensors``, ``The register_meta function for torch.nonzero()``,
+    ``Cannot copy out of meta tensor``, ``attempted to run this operator with
+    Meta tensors``, ``not on the expected device meta`` (each one is tested).
+    Anything else (a wrong dtype, mismatched shapes, a bug) fails on CPU too.
+    """
+    while exc is not None:
+        if isinstance(exc, (RuntimeError, NotImplementedError)) and _META.search(str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
 def _own_reads() -> Any:
     """execorder's own reads of parameters: no parameter class's ``__torch_function__`` runs."""
     return torch._C.DisableTorchFunctionSubclass()
@@ -531,8 +551,18 @@ def trace(
                 with torch.enable_grad():
                     outputs = model(*args, **kwargs)
             except Exception as exc:
-                error = MetaDeviceError if _on_meta(model, args, kwargs) else ForwardError
-                raise error(owner(model), first_line(exc), where=user_frame(exc)) from exc
+                on_meta = _on_meta(model, args, kwargs)
+                if on_meta and needs_values(exc):
+                    raise MetaDeviceError(
+                        owner(model), first_line(exc), where=user_frame(exc)
+                    ) from exc
+                raise ForwardError(
+                    owner(model),
+                    first_line(exc),
+                    where=user_frame(exc),
+                    device="meta" if on_meta else "",
+                    inputs=[f"{k}={v}" for k, v in _describe(args, kwargs).items()],
+                ) from exc
             if backward:
                 _sum_backward(outputs)
             del outputs

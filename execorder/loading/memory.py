@@ -1,0 +1,112 @@
+"""Will a model fit? Its size, measured on the meta device, against the memory available.
+
+execorder never starts building a model that cannot fit: a 70B-parameter
+model is 276 GB in float32, and trying would take the machine down with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from types import ModuleType
+
+from torch import nn
+
+from execorder.errors import MemoryGuardError
+
+resource: ModuleType | None
+try:
+    import resource
+except ImportError:  # Windows: no address-space limits to read
+    resource = None
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of a model's parameters and buffers (a meta model knows them, holding none)."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in (*model.parameters(), *model.buffers()):
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _cgroup_available() -> int | None:
+    """What the cgroup (v2) this process runs in still allows, when it sets a limit."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if limit == "max" else max(int(limit) - used, 0)
+
+
+def _address_space_available() -> int | None:
+    """What ``ulimit -v`` (RLIMIT_AS) still allows this process, when it is set."""
+    if resource is None:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return max(soft - int(line.split()[1]) * 1024, 0)
+    except (OSError, ValueError, IndexError):
+        pass
+    return soft
+
+
+def available_bytes(device: str) -> int | None:
+    """Memory a new model could take on ``device`` (``"cpu"`` or ``"cuda"``); None if unknown."""
+    if device == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info()
+        return int(free)
+    known = [
+        found
+        for found in (_meminfo_available(), _cgroup_available(), _address_space_available())
+        if found is not None
+    ]
+    if not known and hasattr(os, "sysconf"):
+        with contextlib.suppress(ValueError, OSError):
+            known.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    return min(known) if known else None
+
+
+def fits(model: nn.Module, device: str) -> bool:
+    """Whether ``model`` (measured on meta) fits on ``device``, as :func:`check_fits` decides."""
+    available = available_bytes(device)
+    return available is None or model_bytes(model) * 1.1 <= available
+
+
+def check_fits(model: nn.Module, device: str, *, what: str, why: str = "") -> None:
+    """Refuse to build ``model`` (measured on meta) on ``device`` if it cannot fit.
+
+    Args:
+        model: The model, on the meta device.
+        device: Where it would be built.
+        what: The model, for the message (``"Llama()"``).
+        why: Why it would be built there (a fallback's reason), if not asked for.
+
+    Raises:
+        MemoryGuardError: Saying what it needs, what there is, and what to do.
+    """
+    needed = model_bytes(model)
+    available = available_bytes(device)
+    # The parameters and buffers alone, with a margin for forward's activations.
+    if available is not None and needed * 1.1 > available:
+        raise MemoryGuardError(what, device, needed, available, why=why)

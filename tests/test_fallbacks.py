@@ -1,0 +1,92 @@
+"""The meta-to-CPU fallback: only where values are needed, and never beyond the memory there is."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from execorder.backends.eager import needs_values
+
+TESTS = Path(__file__).resolve().parent
+SAMPLES = TESTS.parent / "sample_models"
+CAP = 3 * 1024**3  # bytes of address space for the capped runs: torch takes 0.7
+
+
+def _raised(run: Callable[[], object]) -> BaseException:
+    try:
+        run()
+    except Exception as exc:
+        return exc
+    raise AssertionError("it ran")
+
+
+_x = torch.empty(4, 3, device="meta")
+META_ONLY = {
+    "item": lambda: _x.sum().item(),
+    "branch": lambda: bool(_x.sum() > 0),
+    "nonzero": lambda: torch.nonzero(_x),
+    "mask": lambda: _x[_x > 0],
+    "tolist": lambda: _x.tolist(),
+    "no-meta-kernel": lambda: torch.unique_consecutive(_x),
+    "cpu-tensor": lambda: _x + torch.ones(4, 3),
+}
+EVERYWHERE = {
+    "float-indices": lambda: torch.nn.Embedding(10, 3, device="meta")(_x),
+    "shapes": lambda: _x @ torch.empty(5, 2, device="meta"),
+    "python": lambda: {}["key"],
+}
+
+
+@pytest.mark.parametrize("name", META_ONLY)
+def test_failures_that_need_values_are_told_apart(name: str) -> None:
+    assert needs_values(_raised(META_ONLY[name]))
+
+
+@pytest.mark.parametrize("name", EVERYWHERE)
+def test_mistakes_that_fail_everywhere_are_not(name: str) -> None:
+    assert not needs_values(_raised(EVERYWHERE[name]))
+
+
+def _capped(*args: str) -> subprocess.CompletedProcess[str]:
+    """``execorder ARGS`` in a child whose address space is capped (``ulimit -v``)."""
+    code = (
+        "import resource, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_AS, ({CAP}, {CAP}))\n"
+        f"sys.path.insert(0, {str(TESTS)!r})\n"
+        "from execorder.cli import main\n"
+        f"sys.argv = ['execorder', *{list(args)!r}]\n"
+        "main()\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_a_wrong_input_dtype_on_a_70b_model_is_reported_not_rebuilt() -> None:
+    done = _capped("trace", f"{SAMPLES}/llama.py:llama2_70b", "--input", "input_ids=float32[1,32]")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr  # one line: no note, no rebuild
+    assert "on the meta device with input_ids=float32[1, 32]" in done.stderr
+    assert "scalar types: Long, Int" in done.stderr
+
+
+def test_a_cpu_rerun_that_cannot_fit_is_refused_with_what_to_do() -> None:
+    done = _capped("trace", "models:BigDataDependent", "--input", "x=float32[2,40000]")
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip()
+    assert line.startswith("execorder: error: forward needs real values on the meta device")
+    assert "building BigDataDependent() on cpu needs about 6.4 GB" in line
+    assert "try a smaller configuration (--init, fewer layers), or --device cuda" in line
+    assert "MemoryError" not in line and "internal error" not in line
+
+
+def test_an_explicit_device_is_measured_on_meta_before_building() -> None:
+    done = _capped("trace", f"{SAMPLES}/llama.py:llama2_70b", "--device", "cpu",
+                   "--input", "input_ids=int64[1,32]")  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "building llama2_70b() on cpu needs about 275.9 GB" in done.stderr
