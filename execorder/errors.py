@@ -10,7 +10,8 @@ names, the failing call) and composes its message from them with a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from enum import Enum
 from typing import Protocol
 
@@ -543,6 +544,34 @@ class NeedsInputsError(TraceFailure):
         eager = words.arg(Arg.MODE, value="eager")
         inputs = words.arg(Arg.INPUT, value="NAME=DTYPE[D0,...]")
         return f"{self.cause.describe(words)}. Or run forward for real: {eager}{words.sep}{inputs}"
+
+
+class UserExitError(ExecOrderError):
+    """The model's own code called ``sys.exit()``: never a silent exit, nor a success.
+
+    Attributes:
+        code: What it passed to ``sys.exit``.
+        during: What execorder was doing (``"importing models.py"``).
+        where: ``file:line`` of the call, when known.
+    """
+
+    def __init__(self, code: object, during: str, where: str = "") -> None:
+        super().__init__()
+        self.code, self.during, self.where = code, during, where
+
+    def describe(self, words: Words = PYTHON) -> str:
+        where = f" ({self.where})" if self.where else ""
+        arg = "" if self.code is None else repr(self.code)
+        return f"the model's code called sys.exit({arg}) while {self.during}{where}"
+
+
+@contextmanager
+def user_code(during: str) -> Iterator[None]:
+    """Run the user's code: a ``sys.exit()`` in it becomes a :class:`UserExitError`."""
+    try:
+        yield
+    except SystemExit as exc:
+        raise UserExitError(exc.code, during, user_frame(exc)) from exc
 
 
 class RecordingError(ExecOrderError):

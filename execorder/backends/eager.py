@@ -41,7 +41,9 @@ from execorder.errors import (
     ForwardError,
     MetaDeviceError,
     RecordingError,
+    UserExitError,
     first_line,
+    user_code,
     user_frame,
 )
 from execorder.recording import (
@@ -536,8 +538,10 @@ def trace(
             # Lazy modules (nn.LazyLinear, ...) create their parameters in
             # their first forward: run it once unrecorded, then record one.
             try:
-                with torch.no_grad():
+                with torch.no_grad(), user_code(f"running {owner(model)}"):
                     model(*args, **kwargs)
+            except UserExitError:
+                raise
             except Exception as exc:
                 raise ForwardError(
                     owner(model),
@@ -548,8 +552,10 @@ def trace(
         recording = Recording(model, tree)
         with _recorded(recording):
             try:
-                with torch.enable_grad():
+                with torch.enable_grad(), user_code(f"running {owner(model)}"):
                     outputs = model(*args, **kwargs)
+            except UserExitError:
+                raise
             except Exception as exc:
                 on_meta = _on_meta(model, args, kwargs)
                 if on_meta and needs_values(exc):

@@ -32,8 +32,10 @@ from execorder.errors import (
     IterationError,
     LazyModulesError,
     TraceFailure,
+    UserExitError,
     WrappedForwardError,
     first_line,
+    user_code,
 )
 from execorder.recording import Recorder, build_report
 from execorder.report import Mode, Report
@@ -296,8 +298,11 @@ def _run_tracer(
         with (
             regions_traced(Regions()) as regions,
             record_tracer(tracer, model, recorder, regions=regions),
+            user_code(f"tracing {owner(model)}"),
         ):
             tracer.trace(model, args or None)
+    except UserExitError:
+        raise
     except _ControlFlowError as exc:
         names = _upstream_placeholders(exc.node)
         direct = len(names) == 1 and exc.node.op == "placeholder"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -90,7 +92,8 @@ class Session:
 
     @contextmanager
     def _spinner(self, first: str) -> Iterator[None]:
-        with _spinner(first) as say:
+        # The model's own prints go to stderr: stdout is the report's (--format json).
+        with _spinner(first) as say, contextlib.redirect_stdout(sys.stderr):
             self._say = say
             try:
                 yield

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from execorder.errors import InputsError, InputSpecError, first_line
+from execorder.errors import InputsError, InputSpecError, UserExitError, first_line, user_code
 
 _SPEC = re.compile(
     r"^(?:torch\.)?(?P<dtype>[a-z][a-z0-9]*)?\[(?P<shape>[\d,]*)\]"
@@ -218,7 +218,10 @@ def call_inputs_factory(factory: Any, name: str, device: Any) -> Arguments:
     except (TypeError, ValueError):
         accepts_device = False
     try:
-        value = factory(device=device) if accepts_device else factory()
+        with user_code(f"making the inputs with {name}"):
+            value = factory(device=device) if accepts_device else factory()
+    except UserExitError:
+        raise
     except Exception as exc:
         raise InputsError(name, f"failed: {first_line(exc)}") from exc
     args, kwargs = split_arguments(value, name)

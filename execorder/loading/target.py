@@ -21,7 +21,9 @@ from execorder.errors import (
     InitArgsError,
     InstanceInitError,
     TargetError,
+    UserExitError,
     first_line,
+    user_code,
     user_frame,
 )
 
@@ -93,7 +95,11 @@ def _import_file(path: Path) -> Any:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        with user_code(f"importing {path}"):
+            spec.loader.exec_module(module)
+    except UserExitError:
+        del sys.modules[name]
+        raise
     except SyntaxError as exc:
         del sys.modules[name]
         raise TargetError(_syntax_error_message(exc)) from exc
@@ -110,7 +116,10 @@ def _import_module(dotted: str) -> Any:
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
     try:
-        return importlib.import_module(dotted)
+        with user_code(f"importing {dotted}"):
+            return importlib.import_module(dotted)
+    except UserExitError:
+        raise
     except ModuleNotFoundError as exc:
         if exc.name and (dotted == exc.name or dotted.startswith(exc.name + ".")):
             raise TargetError(
@@ -189,7 +198,8 @@ def _device_context(device: str) -> Any:
 
 
 def _build(factory: Callable[..., Any], kwargs: Mapping[str, Any], device: str) -> Any:
-    with _device_context(device):
+    name = getattr(factory, "__name__", "the model")
+    with user_code(f"building {name}()"), _device_context(device):
         return factory(**kwargs)
 
 
@@ -278,6 +288,8 @@ def build(
     chosen = device or "meta"
     try:
         model = _build(factory, kwargs, chosen)
+    except UserExitError:
+        raise
     except Exception as exc:
         if device is not None:
             raise BuildError(
