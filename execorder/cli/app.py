@@ -7,6 +7,7 @@ completion) stays instant.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -41,9 +42,10 @@ from execorder.cli.options import (
     TargetArg,
     UpdateBaselineOpt,
 )
-from execorder.cli.session import Session, stderr
+from execorder.cli.session import Session, say
 from execorder.cli.values import parse_assignments, parse_sweep
 from execorder.cli.words import (
+    EXIT_BROKEN_PIPE,
     EXIT_ERROR,
     EXIT_FOUND,
     EXIT_INTERRUPTED,
@@ -112,6 +114,15 @@ app = typer.Typer(
 )
 
 
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so flushing it at exit cannot fail again."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"execorder {__version__}")
@@ -129,7 +140,7 @@ def _main(
 
 
 def _error(text: str) -> None:
-    stderr.print(f"execorder: error: {text}", markup=False, soft_wrap=True)
+    say(f"execorder: error: {text}")
 
 
 def _run(debug: bool, body: Callable[[], T]) -> T:
@@ -138,6 +149,10 @@ def _run(debug: bool, body: Callable[[], T]) -> T:
         return body()
     except typer.Exit:
         raise
+    except BrokenPipeError:
+        # The reader stopped (| head): exit quietly, as a Unix tool killed by SIGPIPE does.
+        _silence_stdout()
+        raise typer.Exit(EXIT_BROKEN_PIPE) from None
     except ExecOrderError as exc:
         if debug:
             traceback.print_exc()
@@ -149,10 +164,9 @@ def _run(debug: bool, body: Callable[[], T]) -> T:
     except Exception as exc:
         if debug:
             traceback.print_exc()
-        stderr.print(
+        say(
             f"execorder: internal error: {type(exc).__name__}: {exc} "
-            "(rerun with --debug for the traceback)",
-            markup=False,
+            "(rerun with --debug for the traceback)"
         )
         raise typer.Exit(EXIT_ERROR) from None
 
@@ -163,28 +177,33 @@ def _run(debug: bool, body: Callable[[], T]) -> T:
 def _emit(
     doc: Any, view: Callable[[], Any], fmt: OutputFormat, output: Path | None, *, kind: str
 ) -> None:
-    """Write a report, diff, sweep or DDP explanation (``kind``) in the chosen format."""
+    """Write a report, diff, sweep or DDP explanation (``kind``) in the chosen format.
+
+    Files are UTF-8; stdout gets what its encoding can write (ASCII stand-ins
+    on an ASCII or code-page console).
+    """
+    from execorder.output import markdown, terminal
+
+    encoding = "utf-8" if output else (getattr(sys.stdout, "encoding", None) or "utf-8")
     if fmt is OutputFormat.json:
         text = json.dumps(doc.to_dict(), indent=2) + "\n"
     elif fmt is OutputFormat.markdown:
-        from execorder.output import markdown
-
-        text = markdown.draw(view())
+        text = terminal.encodable(markdown.draw(view()), encoding)
     else:
-        from execorder.output import terminal
-
         renderable = terminal.draw(view())
         console = Console(highlight=False)
-        if output is None and console.is_terminal:
+        if output is None and console.is_terminal and console.encoding.startswith("utf"):
             # Too narrow a terminal wraps a table's lines rather than cutting them.
             console.print(renderable, crop=False)
             return
-        text = terminal.plain_text(renderable, width=120 if output else console.width)
+        width = 120 if output else console.width
+        text = terminal.plain_text(renderable, width=width, encoding=encoding)
     if output is None:
         sys.stdout.write(text)
+        sys.stdout.flush()
     else:
         files.write(output, text)
-        stderr.print(f"execorder: {kind} written to {output}", markup=False, soft_wrap=True)
+        say(f"execorder: {kind} written to {output}")
 
 
 def _report_view(report: Any, **opts: Any) -> Callable[[], Any]:
@@ -217,11 +236,7 @@ def _gate(report: Any, categories: tuple[Category, ...]) -> bool:
             shown = ", ".join(found[:5]) + (
                 f", … ({len(found) - 5} more)" if len(found) > 5 else ""
             )
-            stderr.print(
-                f"execorder: check failed: {category}: {len(found)} ({shown})",
-                markup=False,
-                soft_wrap=True,
-            )
+            say(f"execorder: check failed: {category}: {len(found)} ({shown})")
     return failed
 
 
@@ -339,7 +354,7 @@ def trace(
                 output,
                 kind="report",
             )
-            stderr.print(f"execorder: baseline {baseline} written", markup=False, soft_wrap=True)
+            say(f"execorder: baseline {baseline} written")
         else:
             from execorder.analysis import diff_reports
             from execorder.output.views import diff_view

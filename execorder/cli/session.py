@@ -19,6 +19,13 @@ T = TypeVar("T")
 stderr = Console(stderr=True, highlight=False)
 
 
+def say(text: str) -> None:
+    """One line on stderr, in what its encoding can write."""
+    from execorder.output.terminal import encodable
+
+    stderr.print(encodable(text, stderr.encoding), markup=False, soft_wrap=True)
+
+
 NOTE_REASON = 120  # characters of a note's reason shown; --debug shows it whole
 
 
@@ -27,7 +34,7 @@ def _note(note: Any, debug: bool) -> None:
     if len(reason) > NOTE_REASON and not debug:
         reason = reason[:NOTE_REASON].rsplit(" ", 1)[0] + " …"
     text = dataclasses.replace(note, reason=reason).message
-    stderr.print(f"execorder: note: {text}", markup=False, soft_wrap=True)
+    say(f"execorder: note: {text}")
 
 
 @contextmanager

@@ -45,6 +45,7 @@ def message(exc: ExecOrderError) -> str:
     return exc.describe(CLI)
 
 
-EXIT_OK, EXIT_FOUND, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FOUND, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 """Exit codes: done; a check found something or a baseline differs; the
-report could not be made; interrupted (Ctrl-C)."""
+report could not be made; interrupted (Ctrl-C); the reader of stdout closed
+it (| head), as SIGPIPE would end a Unix tool."""

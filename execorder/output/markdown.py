@@ -23,6 +23,7 @@ from execorder.report import Report
 
 FOLD_AFTER = 20
 EMOJI = {Severity.NONE: "", Severity.OK: "✅ ", Severity.WARN: "⚠️ ", Severity.ERROR: "❌ "}
+"""Each has an ASCII stand-in in :data:`execorder.output.terminal.ASCII`."""
 INDENT = "&nbsp;&nbsp;"
 
 

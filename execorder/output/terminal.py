@@ -141,12 +141,34 @@ def draw(document: Document) -> RenderableType:
     return Group(*parts)
 
 
-def plain_text(renderable: RenderableType, *, width: int = 100) -> str:
-    """What a terminal of ``width`` columns would show, without colour or trailing spaces."""
+def plain_text(renderable: RenderableType, *, width: int = 100, encoding: str = "utf-8") -> str:
+    """What a terminal of ``width`` columns would show, without colour or trailing spaces.
+
+    For an ``encoding`` that cannot write execorder's glyphs (ASCII, a Windows
+    code page), the same layout in ASCII stand-ins (:func:`encodable`).
+    """
     console = Console(width=width, color_system=None, file=StringIO(), legacy_windows=False)
     console.print(renderable, crop=False)
     lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
-    return "".join(line.rstrip() + "\n" for line in lines)
+    return encodable("".join(line.rstrip() + "\n" for line in lines), encoding)
+
+
+ASCII = {"…": "...", "─": "-", "━": "=", "│": "|", "×": "x", "✅": "[ok]", "⚠️": "[!]", "❌": "[x]"}
+
+
+def encodable(text: str, encoding: str) -> str:
+    """``text`` as ``encoding`` can write it: ASCII stand-ins for glyphs, ``?`` for the rest."""
+    try:
+        text.encode(encoding)
+        return text
+    except (UnicodeEncodeError, LookupError):
+        pass
+    for glyph, stand_in in ASCII.items():
+        text = text.replace(glyph, stand_in)
+    try:
+        return text.encode(encoding, errors="replace").decode(encoding)
+    except LookupError:
+        return text.encode("ascii", errors="replace").decode("ascii")
 
 
 def render_report(
