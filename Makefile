@@ -33,6 +33,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_fx.py
 	$(PY) benchmarks/bench_scale.py
+	$(PY) benchmarks/bench_diff.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from execorder.analysis.align import matches, opcodes
 from execorder.report import (
     SCHEMA_VERSION,
     Category,
@@ -166,8 +166,7 @@ def _align_calls(old: Report, new: Report, context: int) -> tuple[CallChange | G
     """An aligned diff of the module forward orders, with ``context`` calls around changes."""
     old_keys = [(c.name, c.type) for c in old.modules]
     new_keys = [(c.name, c.type) for c in new.modules]
-    matcher = difflib.SequenceMatcher(a=old_keys, b=new_keys, autojunk=False)
-    ops = matcher.get_opcodes()
+    ops = opcodes(old_keys, new_keys)
     removed = {
         old_keys[i]
         for tag, i1, i2, _, _ in ops
@@ -252,8 +251,7 @@ def _order_changes(old: Sequence[ParamInfo], new: Sequence[ParamInfo]) -> list[P
     new_order = [p.name for p in new if p.name in common]
     if old_order == new_order:
         return []
-    matcher = difflib.SequenceMatcher(a=old_order, b=new_order, autojunk=False)
-    kept = {old_order[b.a + k] for b in matcher.get_matching_blocks() for k in range(b.size)}
+    kept = {old_order[i] for i, _ in matches(old_order, new_order)}
     old_pos = {n: i for i, n in enumerate(p.name for p in old)}
     new_pos = {n: i for i, n in enumerate(p.name for p in new)}
     return [
