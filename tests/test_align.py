@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -39,15 +40,15 @@ def test_it_keeps_a_longest_common_subsequence(seed: int) -> None:
     b = [rng.randrange(alphabet) for _ in range(rng.randrange(0, 14))]
     pairs = matches(a, b)
     assert all(a[i] == b[j] for i, j in pairs)
-    assert all(p < q for (p, _), (q, _) in zip(pairs, pairs[1:], strict=False))
-    assert all(p < q for (_, p), (_, q) in zip(pairs, pairs[1:], strict=False))
+    assert all(p < q for (p, _), (q, _) in itertools.pairwise(pairs))
+    assert all(p < q for (_, p), (_, q) in itertools.pairwise(pairs))
     assert len(pairs) == _lcs_length(a, b)
     assert _replay(a, b) == b
 
 
 def test_a_cell_unrolled_many_times_aligns_in_near_linear_time() -> None:
     a = ["cell"] * 200_000
-    b = a[:100_000] + ["extra"] + a[100_000:]
+    b = [*a[:100_000], "extra", *a[100_000:]]
     del b[150_000]
     ops = [op for op in opcodes(a, b) if op[0] != "equal"]
     assert len(ops) <= 2  # one call added, one removed: nothing else

@@ -25,9 +25,9 @@ def matches(a: Sequence[Hashable], b: Sequence[Hashable]) -> list[tuple[int, int
     while work:
         item = work.pop()
         if len(item) == 2:
-            out.append(item)  # type: ignore[arg-type]
+            out.append(item)
             continue
-        a0, a1, b0, b1 = item  # type: ignore[misc]
+        a0, a1, b0, b1 = item
         while a0 < a1 and b0 < b1 and a[a0] == b[b0]:
             out.append((a0, b0))
             a0, b0 = a0 + 1, b0 + 1
@@ -69,9 +69,9 @@ def _middle_snake(
             while x < n and y < m and a[a0 + x] == b[b0 + y]:
                 x, y = x + 1, y + 1
             forward[k] = x
-            if odd and delta - (d - 1) <= k <= delta + (d - 1):
-                if x + backward.get(delta - k, -1) >= n:
-                    return start_x, start_y, x, y
+            overlaps = delta - (d - 1) <= k <= delta + (d - 1)
+            if odd and overlaps and x + backward.get(delta - k, -1) >= n:
+                return start_x, start_y, x, y
         for k in range(-d, d + 1, 2):
             if k == -d or (k != d and backward[k - 1] < backward[k + 1]):
                 x = backward[k + 1]
@@ -82,9 +82,9 @@ def _middle_snake(
             while x < n and y < m and a[a1 - 1 - x] == b[b1 - 1 - y]:
                 x, y = x + 1, y + 1
             backward[k] = x
-            if not odd and -d <= delta - k <= d:
-                if x + forward.get(delta - k, -1) >= n:
-                    return n - x, m - y, n - start_x, m - start_y
+            overlaps = -d <= delta - k <= d
+            if not odd and overlaps and x + forward.get(delta - k, -1) >= n:
+                return n - x, m - y, n - start_x, m - start_y
     raise AssertionError("no middle snake: the ranges cannot both be non-empty")
 
 
