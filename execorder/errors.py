@@ -437,6 +437,25 @@ class WrappedForwardError(TraceFailure):
         )
 
 
+class TooDeepError(TraceFailure):
+    """The model nests modules deeper than Python's recursion limit lets torch go.
+
+    Attributes:
+        depth: How deeply its modules nest.
+        limit: Python's recursion limit (``sys.getrecursionlimit()``).
+    """
+
+    def __init__(self, owner: str, depth: int, limit: int, *, running: bool) -> None:
+        self.depth, self.limit = depth, limit
+        who = "torch" if running else "torch.fx"
+        super().__init__(
+            owner,
+            f"its modules nest {depth:,} deep, deeper than Python's recursion limit "
+            f"({limit:,}) lets {who} go; {who} fails the same way without execorder",
+            running=running,
+        )
+
+
 class LazyModulesError(TraceFailure):
     """FX cannot trace lazy modules: their parameters appear in the first forward."""
 
@@ -490,7 +509,8 @@ class MetaDeviceError(ForwardError):
         )
 
 
-def _size(count: float) -> str:
+def size_text(count: float) -> str:
+    """A number of bytes as people read it: ``275.9 GB``."""
     for unit in ("bytes", "KB", "MB", "GB", "TB"):
         if count < 1000 or unit == "TB":
             return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
@@ -522,8 +542,8 @@ class MemoryGuardError(ExecOrderError):
         )
         cuda = words.arg(Arg.DEVICE, value="cuda")
         return (
-            f"{because}building {self.what} on {self.device} needs about {_size(self.needed)} "
-            f"for its parameters and buffers alone, and about {_size(self.available)} is "
+            f"{because}building {self.what} on {self.device} needs about {size_text(self.needed)} "
+            f"for its parameters and buffers alone, and about {size_text(self.available)} is "
             f"available: try a smaller configuration ({words.arg(Arg.INIT)}, fewer layers)"
             + ("" if self.device == "cuda" else f", or {cuda}")
         )

@@ -34,7 +34,7 @@ from execorder.errors import (
     TraceFailure,
 )
 from execorder.loading import Inputs, build, check_device, resolve_target, split_target
-from execorder.loading.memory import check_fits, fits
+from execorder.loading.memory import check_fits, fits, tensors_of
 from execorder.report import Mode, Report, Word
 
 Progress = Callable[[str], None]
@@ -249,7 +249,7 @@ class Profiler:
             if isinstance(exc, MetaDeviceError):
                 check_fits(self.model, "cpu", what=what, why=exc.reason)
                 self._notes.append(Note(NoteKind.RERAN_ON_CPU, exc.reason))
-            elif fits(self.model, "cpu"):
+            elif fits(self.model, "cpu", extra=self.inputs.bytes()):
                 # A meta kernel may refuse what CPU runs (a dtype only a GPU kernel
                 # needs): try it where it is cheap; a real mistake fails there too.
                 self._notes.append(Note(NoteKind.RETRIED_ON_CPU, exc.reason))
@@ -299,7 +299,7 @@ def seeded_rng(seed: int) -> Iterator[None]:
 
 def _device_of(model: nn.Module) -> str:
     """Where a module's tensors are (its first parameter or buffer); CPU without any."""
-    for tensor in (*model.parameters(), *model.buffers()):
+    for tensor in tensors_of(model):
         return tensor.device.type
     return "cpu"
 

@@ -537,3 +537,27 @@ class BigDataDependent(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.lin(x)
         return y if y.sum() > 0 else -y
+
+
+class Level(nn.Module):
+    """One level of a deeply nested model: a layer, then the next level inside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.inner: nn.Module | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.lin(x)
+        return self.inner(x) if self.inner is not None else x
+
+
+def nested(depth: int = 2000) -> nn.Module:
+    """Levels nested ``depth`` deep, built without recursion."""
+    top: nn.Module | None = None
+    for _ in range(depth):
+        level = Level()
+        level.inner = top
+        top = level
+    assert top is not None
+    return top

@@ -34,6 +34,10 @@ def metadata_functions() -> frozenset[object]:
     return frozenset([*getters, *methods])
 
 
+DEEP = 50
+"""Module depth from which a RecursionError is the model's depth, not a bug in forward."""
+
+
 def tensors(value: Any) -> Iterator[torch.Tensor]:
     """Every tensor inside ``value``, in order, each once.
 

@@ -20,6 +20,7 @@ step), and :meth:`Recording.report` builds the report afterwards;
 from __future__ import annotations
 
 import re
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
@@ -30,6 +31,7 @@ from torch import nn
 
 from execorder.backends.checkpointing import is_reentrant, recompute
 from execorder.backends.common import (
+    DEEP,
     check_call,
     defaults_used,
     gc_paused,
@@ -41,6 +43,7 @@ from execorder.errors import (
     ForwardError,
     MetaDeviceError,
     RecordingError,
+    TooDeepError,
     UserExitError,
     first_line,
     user_code,
@@ -319,14 +322,30 @@ def needs_values(exc: BaseException) -> bool:
     return False
 
 
+@contextmanager
+def _frames_for(tree: ModuleTree) -> Iterator[None]:
+    """Room for the one frame the recording adds to each module call.
+
+    A model that torch itself can run (within Python's recursion limit) is
+    recorded too, however deeply it nests; the frames are Python's own, not C's.
+    """
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + tree.depth + 50)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(limit)
+
+
 def _own_reads() -> Any:
     """execorder's own reads of parameters: no parameter class's ``__torch_function__`` runs."""
     return torch._C.DisableTorchFunctionSubclass()
 
 
-def _on_meta(model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
-    everything = [*model.parameters(), *model.buffers(), *tensors((args, kwargs))]
-    return any(t.is_meta for t in everything)
+def _on_meta(tree: ModuleTree, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
+    """Whether any parameter, buffer or input is on meta (walked without recursion)."""
+    buffers = [b for m in tree.modules for b in m._buffers.values() if b is not None]
+    return any(t.is_meta for t in (*tree.params, *buffers, *tensors((args, kwargs))))
 
 
 class Recording:
@@ -552,12 +571,23 @@ def trace(
         recording = Recording(model, tree)
         with _recorded(recording):
             try:
-                with torch.enable_grad(), user_code(f"running {owner(model)}"):
+                with (
+                    torch.enable_grad(),
+                    user_code(f"running {owner(model)}"),
+                    _frames_for(tree),
+                ):
                     outputs = model(*args, **kwargs)
             except UserExitError:
                 raise
+            except RecursionError as exc:
+                if tree.depth < DEEP:
+                    raise ForwardError(
+                        owner(model), first_line(exc), where=user_frame(exc)
+                    ) from exc
+                limit = sys.getrecursionlimit()
+                raise TooDeepError(owner(model), tree.depth, limit, running=True) from exc
             except Exception as exc:
-                on_meta = _on_meta(model, args, kwargs)
+                on_meta = _on_meta(tree, args, kwargs)
                 if on_meta and needs_values(exc):
                     raise MetaDeviceError(
                         owner(model), first_line(exc), where=user_frame(exc)

@@ -10,6 +10,7 @@ counts as used) are patched to report to a
 from __future__ import annotations
 
 import builtins
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -20,6 +21,7 @@ from torch import nn
 
 from execorder.backends.checkpointing import REGION, Regions, regions_traced
 from execorder.backends.common import (
+    DEEP,
     METADATA_ATTRS,
     METADATA_METHODS,
     check_forward_args,
@@ -31,6 +33,7 @@ from execorder.errors import (
     ControlFlowError,
     IterationError,
     LazyModulesError,
+    TooDeepError,
     TraceFailure,
     UserExitError,
     WrappedForwardError,
@@ -303,6 +306,11 @@ def _run_tracer(
             tracer.trace(model, args or None)
     except UserExitError:
         raise
+    except RecursionError as exc:
+        depth = recorder.tree.depth
+        if depth < DEEP:
+            raise TraceFailure(owner(model), first_line(exc)) from exc
+        raise TooDeepError(owner(model), depth, sys.getrecursionlimit(), running=False) from exc
     except _ControlFlowError as exc:
         names = _upstream_placeholders(exc.node)
         direct = len(names) == 1 and exc.node.op == "placeholder"

@@ -33,6 +33,10 @@ def parse_value(text: str) -> Any:
         return json.loads(stripped)
     except ValueError:
         pass
+    except RecursionError:
+        raise UsageError(
+            "a value nests too deeply to read (more than Python's recursion limit)"
+        ) from None
     try:
         return ast.literal_eval(stripped)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
@@ -56,7 +60,10 @@ def parse_assignment(text: str, *, option: str) -> tuple[str, Any]:
     name = name.strip()
     if not sep or not name.isidentifier():
         raise UsageError(f"{option} expects NAME=VALUE with NAME a Python identifier, got {text!r}")
-    return name, parse_value(value)
+    try:
+        return name, parse_value(value)
+    except UsageError as exc:
+        raise UsageError(f"{option} {name}: {exc}") from None
 
 
 def parse_assignments(texts: Iterable[str], *, option: str) -> dict[str, Any]:

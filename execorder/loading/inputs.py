@@ -12,12 +12,20 @@ integers in ``[LOW, HIGH)``. On the meta device only the shape and dtype exist.
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from execorder.errors import InputsError, InputSpecError, UserExitError, first_line, user_code
+from execorder.errors import (
+    InputsError,
+    InputSpecError,
+    UserExitError,
+    first_line,
+    size_text,
+    user_code,
+)
 
 _SPEC = re.compile(
     r"^(?:torch\.)?(?P<dtype>[a-z][a-z0-9]*)?\[(?P<shape>[\d,]*)\]"
@@ -142,12 +150,36 @@ def input_specs(input_size: Any) -> tuple[InputSpec, ...]:
 
 
 def make_input(spec: InputSpec, device: Any) -> Any:
-    """The tensor an :class:`InputSpec` describes, on ``device``."""
+    """The tensor an :class:`InputSpec` describes, on ``device``.
+
+    Raises:
+        InputSpecError: If it cannot fit in the memory there is (nothing is allocated).
+    """
     import torch
 
+    from execorder.loading.memory import available_bytes
+
     dtype = getattr(torch, spec.dtype)
-    if torch.device(device).type == "meta":
+    kind = torch.device(device).type
+    if kind == "meta":
         return torch.empty(spec.shape, dtype=dtype, device=device)
+    needed = math.prod(spec.shape) * torch.empty((), dtype=dtype).element_size()
+    available = available_bytes("cuda" if kind == "cuda" else "cpu")
+    if available is not None and needed > available:
+        raise InputSpecError(
+            str(spec),
+            f"needs {size_text(needed)} on {kind}, and about {size_text(available)} is "
+            "available; a smaller size, or the meta device, would do",
+        )
+    try:
+        return _filled(spec, dtype, device)
+    except (RuntimeError, MemoryError) as exc:
+        raise InputSpecError(str(spec), f"cannot be made on {kind}: {first_line(exc)}") from exc
+
+
+def _filled(spec: InputSpec, dtype: Any, device: Any) -> Any:
+    import torch
+
     if spec.low is None or spec.high is None:
         if dtype.is_floating_point:
             return torch.randn(spec.shape, dtype=dtype, device=device)
@@ -253,6 +285,15 @@ class Inputs:
 
     def __bool__(self) -> bool:
         return self._values is not None or bool(self.specs)
+
+    def bytes(self) -> int:
+        """Bytes the input sizes take once made (what a function would make is unknown)."""
+        import torch
+
+        return sum(
+            math.prod(s.shape) * torch.empty((), dtype=getattr(torch, s.dtype)).element_size()
+            for s in self.specs
+        )
 
     @property
     def names(self) -> tuple[str, ...]:

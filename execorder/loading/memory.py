@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import torch
 from torch import nn
 
 from execorder.errors import MemoryGuardError
@@ -22,15 +24,25 @@ except ImportError:  # Windows: no address-space limits to read
     resource = None
 
 
+def tensors_of(model: nn.Module) -> Iterator[torch.Tensor]:
+    """A model's parameters and buffers, each once, walked without recursion."""
+    seen: set[int] = set()
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        for tensor in (*module._parameters.values(), *module._buffers.values()):
+            if tensor is not None and id(tensor) not in seen:
+                seen.add(id(tensor))
+                yield tensor
+        stack.extend(reversed([c for c in module._modules.values() if c is not None]))
+
+
 def model_bytes(model: nn.Module) -> int:
     """Bytes of a model's parameters and buffers (a meta model knows them, holding none)."""
-    seen: set[int] = set()
-    total = 0
-    for tensor in (*model.parameters(), *model.buffers()):
-        if id(tensor) not in seen:
-            seen.add(id(tensor))
-            total += tensor.numel() * tensor.element_size()
-    return total
+    return sum(t.numel() * t.element_size() for t in tensors_of(model))
 
 
 def _meminfo_available() -> int | None:
@@ -87,10 +99,10 @@ def available_bytes(device: str) -> int | None:
     return min(known) if known else None
 
 
-def fits(model: nn.Module, device: str) -> bool:
-    """Whether ``model`` (measured on meta) fits on ``device``, as :func:`check_fits` decides."""
+def fits(model: nn.Module, device: str, *, extra: int = 0) -> bool:
+    """Whether ``model`` (measured on meta), and ``extra`` bytes more, fit on ``device``."""
     available = available_bytes(device)
-    return available is None or model_bytes(model) * 1.1 <= available
+    return available is None or model_bytes(model) * 1.1 + extra <= available
 
 
 def check_fits(model: nn.Module, device: str, *, what: str, why: str = "") -> None:

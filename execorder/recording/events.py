@@ -92,19 +92,32 @@ class Recorder:
         linear in its size; the order and deduplication are those of
         ``module.parameters()``.
         """
-        params = self._module_params.get(id(module))
-        if params is None and id(module) in self.tree.spans:
-            start, end = self.tree.spans[id(module)]
-            params = self._module_params[id(module)] = tuple(self.tree.params[start:end])
-        if params is None:
-            found = {id(p): p for p in module._parameters.values() if p is not None}
-            for child in module._modules.values():
-                if child is not None:
-                    for param in self.params_of(child):
-                        found.setdefault(id(param), param)
-            params = tuple(found.values())
-            self._module_params[id(module)] = params
-        return params
+        cache, spans = self._module_params, self.tree.spans
+        params = cache.get(id(module))
+        if params is not None:
+            return params
+        # Children before their parent, without recursion (a model may nest deeply).
+        stack: list[tuple[nn.Module, bool]] = [(module, False)]
+        while stack:
+            current, expanded = stack.pop()
+            key = id(current)
+            if key in cache:
+                continue
+            if key in spans:
+                start, end = spans[key]
+                cache[key] = tuple(self.tree.params[start:end])
+                continue
+            children = [c for c in current._modules.values() if c is not None]
+            if not expanded:
+                stack.append((current, True))
+                stack.extend((c, False) for c in reversed(children) if id(c) not in cache)
+                continue
+            found = {id(p): p for p in current._parameters.values() if p is not None}
+            for child in children:
+                for param in cache[id(child)]:
+                    found.setdefault(id(param), param)
+            cache[key] = tuple(found.values())
+        return cache[id(module)]
 
     def enter(self, module: nn.Module) -> None:
         """A call of ``module`` starts inside the current call."""

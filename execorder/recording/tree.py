@@ -27,6 +27,8 @@ class ModuleTree(NamedTuple):
     params: list[nn.Parameter]
     owners: dict[int, set[int]]
     spans: dict[int, tuple[int, int]]
+    depth: int = 0
+    """How deeply modules nest: 0 for a module without children."""
 
     @property
     def has_lazy_params(self) -> bool:
@@ -35,7 +37,11 @@ class ModuleTree(NamedTuple):
 
 
 def module_tree(root: nn.Module) -> ModuleTree:
-    """Walk ``root`` once, as ``named_modules(remove_duplicate=False)`` does."""
+    """Walk ``root`` once, as ``named_modules(remove_duplicate=False)`` does.
+
+    Without recursion: a model nested deeper than Python's recursion limit
+    is walked all the same.
+    """
     module_names: dict[int, list[str]] = {}
     param_names: dict[int, list[str]] = {}
     modules: dict[int, nn.Module] = {}
@@ -43,9 +49,17 @@ def module_tree(root: nn.Module) -> ModuleTree:
     owners: dict[int, set[int]] = {}
     spans: dict[int, tuple[int, int]] = {}
     shared = False
-
-    def visit(prefix: str, module: nn.Module) -> None:
-        nonlocal shared
+    deepest = 0
+    # (prefix, module, depth), or (module id, start) to close a module's span.
+    stack: list[tuple[str, nn.Module, int] | tuple[int, int]] = [("", root, 0)]
+    while stack:
+        item = stack.pop()
+        if len(item) == 2:
+            key, start = item
+            spans[key] = (start, len(params))
+            continue
+        prefix, module, depth = item
+        deepest = max(deepest, depth)
         key = id(module)
         start = len(params)
         names = module_names.get(key)
@@ -68,12 +82,9 @@ def module_tree(root: nn.Module) -> ModuleTree:
                     names.append(dot + name)
                     owners[param_key].add(key)
                     shared = True
-        for name, child in module._modules.items():
-            if child is not None:
-                visit(dot + name, child)
-        spans[key] = (start, len(params))
-
-    visit("", root)
+        stack.append((key, start))
+        children = [(dot + n, c, depth + 1) for n, c in module._modules.items() if c is not None]
+        stack.extend(reversed(children))
     return ModuleTree(
         module_names,
         param_names,
@@ -81,4 +92,5 @@ def module_tree(root: nn.Module) -> ModuleTree:
         list(params.values()),
         owners,
         {} if shared else spans,
+        deepest,
     )

@@ -27,6 +27,8 @@ def load_report(path: str | Path) -> Report:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ReportFileError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise ReportFileError(f"{path}: not a report (its JSON nests too deeply to read)") from None
     if not isinstance(data, dict) or data.get("kind", "report") != "report":
         kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
         raise ReportFileError(f"{path}: not a trace report (kind {kind!r})")

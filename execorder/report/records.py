@@ -292,14 +292,21 @@ class Summary:
 
 def jsonable(value: Any) -> Any:
     """A JSON-safe copy of a concrete argument value (``repr`` for anything exotic)."""
+    try:
+        return _jsonable(value)
+    except RecursionError:
+        return "<a value nested too deeply to show>"
+
+
+def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
+        return [_jsonable(v) for v in value]
     if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return {str(k): _jsonable(v) for k, v in value.items()}
     return repr(value)
 
 
