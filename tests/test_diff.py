@@ -105,7 +105,7 @@ def test_load_report_round_trip(tmp_path: Path) -> None:
         ("[1, 2]", "not a trace report"),
         ('{"kind": "diff"}', "not a trace report (kind 'diff')"),
         ('{"kind": "report", "schema_version": 2}', "schema_version 2, this execorder reads 1"),
-        ('{"kind": "report", "schema_version": 1}', "missing or has a malformed field"),
+        ('{"kind": "report", "schema_version": 1}', "mode is missing"),
     ],
 )
 def test_load_report_errors(tmp_path: Path, text: str, message: str) -> None:

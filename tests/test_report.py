@@ -174,3 +174,66 @@ def _without_added(data: dict[str, Any]) -> dict[str, Any]:
     for key in params:
         kept[key] = [{k: v for k, v in p.items() if k != "ddp_index"} for p in data[key]]
     return kept
+
+
+CORRUPTIONS = [
+    (
+        lambda d: d["modules"][3].update(index="4"),
+        "modules[3].index must be an integer, not a string",
+    ),
+    (
+        lambda d: d["modules"][1].update(call=True),
+        "modules[1].call must be an integer, not true or false",
+    ),
+    (
+        lambda d: d["modules"][0]["uses"][1].update(params="w"),
+        "modules[0].uses[1].params must be a list",
+    ),
+    (
+        lambda d: d["modules"][0]["uses"][0]["params"].append(3),
+        "modules[0].uses[0].params[2] must be a string",
+    ),
+    (lambda d: d.update(params={}), "params must be a list, not an object"),
+    (
+        lambda d: d["params"][0].update(shape=[6, 6.5]),
+        "params[0].shape[1] must be an integer, not a number",
+    ),
+    (
+        lambda d: d["params"][0].update(requires_grad="yes"),
+        "params[0].requires_grad must be true or false",
+    ),
+    (lambda d: d["unused"][0].pop("name"), "unused[0].name is missing"),
+    (lambda d: d["summary"].update(calls=None), "summary.calls must be an integer, not null"),
+    (lambda d: d.update(mode="jit"), "mode must be 'fx' or 'eager', not 'jit'"),
+    (lambda d: d.update(backward=[1]), "backward[0] must be a string"),
+    (lambda d: d.update(inputs={"x": 3}), "inputs.x must be a string"),
+    (lambda d: d.update(seed="0"), "seed must be an integer or null, not a string"),
+    (lambda d: d["external"].append([]), "external[0] must be an object, not a list"),
+]
+
+
+@pytest.mark.parametrize(("corrupt", "message"), CORRUPTIONS, ids=[m for _, m in CORRUPTIONS])
+def test_a_corrupted_report_is_refused_naming_the_field(corrupt: Any, message: str) -> None:
+    data = json.loads(
+        json.dumps(execorder.trace(Model(), concrete_args={"run_all_layers": True}).to_dict())
+    )
+    corrupt(data)
+    with pytest.raises(SchemaError) as raised:
+        Report.from_dict(data)
+    assert message in str(raised.value)
+
+
+def test_a_corrupted_file_is_one_line_on_the_command_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from execorder.cli import app
+
+    data = execorder.trace(Model(), concrete_args={"run_all_layers": True}).to_dict()
+    data["modules"][2]["depth"] = "deep"
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(data))
+    result = CliRunner().invoke(app, ["diff", str(broken), str(broken)])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"execorder: error: {broken}: modules[2].depth must be an integer, not a string\n"
+    )

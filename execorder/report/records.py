@@ -15,6 +15,7 @@ from typing import Any
 
 from execorder.errors import SchemaError
 from execorder.report.kinds import Category, Mode, ParamStatus
+from execorder.report.reading import Fields
 
 SCHEMA_VERSION = 1
 
@@ -44,8 +45,10 @@ class ParamGroup:
         return {"module": self.module, "params": list(self.params)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ParamGroup:
-        return cls(module=data["module"], params=tuple(data["params"]))
+    def from_dict(cls, data: Mapping[str, Any], where: str = "group") -> ParamGroup:
+        """Read one back from :meth:`to_dict` output; a wrong field is a ``SchemaError``."""
+        fields = Fields(data, where)
+        return cls(module=fields.get("module", str), params=tuple(fields.items("params", str)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,16 +89,18 @@ class ModuleCall:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ModuleCall:
+    def from_dict(cls, data: Mapping[str, Any], where: str = "module") -> ModuleCall:
+        """Read one back from :meth:`to_dict` output; a wrong field is a ``SchemaError``."""
+        fields = Fields(data, where)
         return cls(
-            index=data["index"],
-            name=data["name"],
-            type=data["type"],
-            depth=data["depth"],
-            parent=data["parent"],
-            repeat=data["call"],
-            aliases=tuple(data["aliases"]),
-            uses=tuple(ParamGroup.from_dict(g) for g in data["uses"]),
+            index=fields.get("index", int),
+            name=fields.get("name", str),
+            type=fields.get("type", str),
+            depth=fields.get("depth", int),
+            parent=fields.get("parent", int, type(None)),
+            repeat=fields.get("call", int),
+            aliases=tuple(fields.items("aliases", str)),
+            uses=tuple(ParamGroup.from_dict(g.data, g.where) for g in fields.objects("uses")),
         )
 
 
@@ -179,20 +184,23 @@ class ParamInfo:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ParamInfo:
+    def from_dict(cls, data: Mapping[str, Any], where: str = "param") -> ParamInfo:
+        """Read one back from :meth:`to_dict` output; a wrong field is a ``SchemaError``."""
+        fields = Fields(data, where)
+        nothing = type(None)
         return cls(
-            name=data["name"],
-            aliases=tuple(data["aliases"]),
-            index=data["index"],
-            shape=tuple(data["shape"]),
-            dtype=data["dtype"],
-            numel=data["numel"],
-            requires_grad=data["requires_grad"],
-            first_module=data.get("first_module"),
-            first_call=data.get("first_call"),
-            assumed=data.get("assumed", False),
-            dead=data.get("dead", False),
-            ddp_index=data.get("ddp_index"),
+            name=fields.get("name", str),
+            aliases=tuple(fields.items("aliases", str)),
+            index=fields.get("index", int),
+            shape=tuple(fields.items("shape", int)),
+            dtype=fields.get("dtype", str),
+            numel=fields.get("numel", int),
+            requires_grad=fields.get("requires_grad", bool),
+            first_module=fields.get("first_module", str, nothing, default=None),
+            first_call=fields.get("first_call", int, nothing, default=None),
+            assumed=fields.get("assumed", bool, default=False),
+            dead=fields.get("dead", bool, default=False),
+            ddp_index=fields.get("ddp_index", int, nothing, default=None),
         )
 
 
@@ -220,9 +228,14 @@ class ExternalUse:
         return {"name": self.param, "owner": self.owner, "used_by": self.used_by, "call": self.call}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ExternalUse:
+    def from_dict(cls, data: Mapping[str, Any], where: str = "external") -> ExternalUse:
+        """Read one back from :meth:`to_dict` output; a wrong field is a ``SchemaError``."""
+        fields = Fields(data, where)
         return cls(
-            param=data["name"], owner=data["owner"], used_by=data["used_by"], call=data["call"]
+            param=fields.get("name", str),
+            owner=fields.get("owner", str),
+            used_by=fields.get("used_by", str),
+            call=fields.get("call", int),
         )
 
 
@@ -274,20 +287,14 @@ class Summary:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Summary:
-        return cls(
-            calls=data["calls"],
-            modules=data["modules"],
-            params_total=data["params_total"],
-            params_used=data["params_used"],
-            numel_total=data["numel_total"],
-            numel_used=data["numel_used"],
-            params_dead=data["params_dead"],
-            params_frozen=data["params_frozen"],
-            params_assumed=data["params_assumed"],
-            params_no_grad=data["params_no_grad"],
-            external_uses=data["external_uses"],
-        )
+    def from_dict(cls, data: Mapping[str, Any], where: str = "summary") -> Summary:
+        """Read one back from :meth:`to_dict` output; a wrong field is a ``SchemaError``."""
+        fields = Fields(data, where)
+        names = (
+            "calls", "modules", "params_total", "params_used", "numel_total", "numel_used",
+            "params_dead", "params_frozen", "params_assumed", "params_no_grad", "external_uses",
+        )  # fmt: skip
+        return cls(**{name: fields.get(name, int) for name in names})
 
 
 def jsonable(value: Any) -> Any:
@@ -428,31 +435,40 @@ class Report:
         """Rebuild a report from :meth:`to_dict` output (e.g. loaded JSON).
 
         Raises:
-            SchemaError: If the schema version differs or a field is missing.
+            SchemaError: If the schema version differs, or a field is missing or
+                of the wrong type (named by its path: ``modules[3].index``).
         """
         version = data.get("schema_version") if isinstance(data, Mapping) else None
         if version != SCHEMA_VERSION:
             raise SchemaError(
                 f"report has schema_version {version!r}; this execorder reads {SCHEMA_VERSION}"
             )
-        try:
-            return cls(
-                target=data["target"],
-                mode=data["mode"],
-                concrete_args=data["concrete_args"],
-                modules=tuple(ModuleCall.from_dict(c) for c in data["modules"]),
-                params=tuple(ParamInfo.from_dict(p) for p in data["params"]),
-                unused=tuple(ParamInfo.from_dict(p) for p in data["unused"]),
-                summary=Summary.from_dict(data["summary"]),
-                external=tuple(ExternalUse.from_dict(u) for u in data["external"]),
-                # Optional, additive fields: absent means "not recorded".
-                backward=None if data.get("backward") is None else tuple(data["backward"]),
-                inputs=data.get("inputs", {}),
-                seed=data.get("seed"),
-                defaults=data.get("defaults", {}),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SchemaError(f"report is missing or has a malformed field: {exc}") from None
+        fields = Fields(data, "")
+        mode = fields.get("mode", str)
+        if mode not in (Mode.FX, Mode.EAGER):
+            raise SchemaError(f"mode must be 'fx' or 'eager', not {mode!r}")
+        inputs = fields.get("inputs", dict, default={})
+        for name, described in inputs.items():
+            if not isinstance(described, str):
+                raise SchemaError(f"inputs.{name} must be a string, not {type(described).__name__}")
+        backward = fields.get("backward", list, type(None), default=None)
+        return cls(
+            target=fields.get("target", str),
+            mode=Mode(mode),
+            concrete_args=fields.get("concrete_args", dict),
+            modules=tuple(ModuleCall.from_dict(c.data, c.where) for c in fields.objects("modules")),
+            params=tuple(ParamInfo.from_dict(p.data, p.where) for p in fields.objects("params")),
+            unused=tuple(ParamInfo.from_dict(p.data, p.where) for p in fields.objects("unused")),
+            summary=Summary.from_dict(fields.get("summary", dict)),
+            external=tuple(
+                ExternalUse.from_dict(u.data, u.where) for u in fields.objects("external")
+            ),
+            # Optional, additive fields: absent means "not recorded".
+            backward=None if backward is None else tuple(fields.items("backward", str)),
+            inputs=inputs,
+            seed=fields.get("seed", int, type(None), default=None),
+            defaults=fields.get("defaults", dict, default={}),
+        )
 
     def param(self, name: str) -> ParamInfo:
         """Look a parameter up by any of its qualified names.
