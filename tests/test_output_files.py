@@ -128,3 +128,22 @@ def test_the_baseline_being_compared_is_never_written_over(tmp_path: Path) -> No
 def test_a_missing_folder_is_refused_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="does not exist"):
         files.check_writable(tmp_path / "no" / "report.json")
+
+
+def test_a_full_disk_is_an_error_and_leaves_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    out = tmp_path / "report.json"
+    out.write_text("old")
+    real_replace = files.os.replace
+
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "replace", full)
+    with pytest.raises(UsageError, match="No space left on device"):
+        files.write(out, "new")
+    monkeypatch.setattr(files.os, "replace", real_replace)
+    assert out.read_text() == "old" and _leftovers(tmp_path) == []
