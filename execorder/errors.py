@@ -524,13 +524,14 @@ class MemoryGuardError(ExecOrderError):
     Attributes:
         what: The model (``"Llama()"``).
         device: Where it would have been built.
-        needed: Bytes of its parameters and buffers.
+        needed: Bytes of its parameters and buffers; None when it could not be
+            measured (its constructor needs real values) and ran out while built.
         available: Bytes available there.
         why: Why it would have been built there (a fallback's reason), if it was not asked for.
     """
 
     def __init__(
-        self, what: str, device: str, needed: int, available: int, *, why: str = ""
+        self, what: str, device: str, needed: int | None, available: int, *, why: str = ""
     ) -> None:
         super().__init__()
         self.what, self.device, self.needed, self.available = what, device, needed, available
@@ -541,11 +542,19 @@ class MemoryGuardError(ExecOrderError):
             f"forward needs real values on the meta device ({self.why}), but " if self.why else ""
         )
         cuda = words.arg(Arg.DEVICE, value="cuda")
+        advice = f"try a smaller configuration ({words.arg(Arg.INIT)}, fewer layers)" + (
+            "" if self.device == "cuda" else f", or {cuda}"
+        )
+        if self.needed is None:
+            return (
+                f"building {self.what} on {self.device} (it cannot be built on the meta device "
+                f"to be measured) ran out of the about {size_text(self.available)} available: "
+                f"{advice}"
+            )
         return (
             f"{because}building {self.what} on {self.device} needs about {size_text(self.needed)} "
             f"for its parameters and buffers alone, and about {size_text(self.available)} is "
-            f"available: try a smaller configuration ({words.arg(Arg.INIT)}, fewer layers)"
-            + ("" if self.device == "cuda" else f", or {cuda}")
+            f"available: {advice}"
         )
 
 

@@ -168,6 +168,7 @@ class Profiler:
         self._notes: list[Note] = []
         self._init = dict(init_kwargs or {})
         self._chosen_device = device
+        self._what: str | None = None  # the constructor call, once built here
         check_device(device)
 
         name = None
@@ -245,11 +246,11 @@ class Profiler:
         except ForwardError as exc:
             if self._factory is None or self._chosen_device is not None or exc.device != "meta":
                 raise
-            what = getattr(self, "_what", None) or self.target
+            what, extra = self._what or self.target, self.inputs.bytes()
             if isinstance(exc, MetaDeviceError):
-                check_fits(self.model, "cpu", what=what, why=exc.reason)
+                check_fits(self.model, "cpu", what=what, why=exc.reason, extra=extra)
                 self._notes.append(Note(NoteKind.RERAN_ON_CPU, exc.reason))
-            elif fits(self.model, "cpu", extra=self.inputs.bytes()):
+            elif fits(self.model, "cpu", extra=extra):
                 # A meta kernel may refuse what CPU runs (a dtype only a GPU kernel
                 # needs): try it where it is cheap; a real mistake fails there too.
                 self._notes.append(Note(NoteKind.RETRIED_ON_CPU, exc.reason))

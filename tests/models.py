@@ -561,3 +561,14 @@ def nested(depth: int = 2000) -> nn.Module:
         top = level
     assert top is not None
     return top
+
+
+class HugeUnmeasurable(nn.Module):
+    """Reads a value while built (so it cannot be built on meta) and asks for 200 GB."""
+
+    def __init__(self, gigabytes: int = 200) -> None:
+        super().__init__()
+        one = int(torch.ones(1).sum().item())  # fails on meta: no measuring it there
+        self.chunks = nn.ParameterList(
+            nn.Parameter(torch.empty(250_000_000 * one)) for _ in range(gigabytes)
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -90,3 +91,16 @@ def test_an_explicit_device_is_measured_on_meta_before_building() -> None:
                    "--input", "input_ids=int64[1,32]")  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert "building llama2_70b() on cpu needs about 275.9 GB" in done.stderr
+
+
+def test_a_model_that_cannot_be_measured_is_built_within_the_memory_there_is() -> None:
+    """Its CPU build is capped to the memory available: a clear error, not the OOM killer."""
+    done = subprocess.run(
+        [sys.executable, "-m", "execorder", "trace", "models:HugeUnmeasurable"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "PYTHONPATH": str(TESTS)},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("execorder: error: building HugeUnmeasurable() on cpu (it cannot be")
+    assert "ran out of the about" in line and "available" in line

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -105,7 +106,7 @@ def fits(model: nn.Module, device: str, *, extra: int = 0) -> bool:
     return available is None or model_bytes(model) * 1.1 + extra <= available
 
 
-def check_fits(model: nn.Module, device: str, *, what: str, why: str = "") -> None:
+def check_fits(model: nn.Module, device: str, *, what: str, why: str = "", extra: int = 0) -> None:
     """Refuse to build ``model`` (measured on meta) on ``device`` if it cannot fit.
 
     Args:
@@ -113,6 +114,7 @@ def check_fits(model: nn.Module, device: str, *, what: str, why: str = "") -> No
         device: Where it would be built.
         what: The model, for the message (``"Llama()"``).
         why: Why it would be built there (a fallback's reason), if not asked for.
+        extra: Bytes it needs besides (the inputs of its forward).
 
     Raises:
         MemoryGuardError: Saying what it needs, what there is, and what to do.
@@ -120,5 +122,50 @@ def check_fits(model: nn.Module, device: str, *, what: str, why: str = "") -> No
     needed = model_bytes(model)
     available = available_bytes(device)
     # The parameters and buffers alone, with a margin for forward's activations.
-    if available is not None and needed * 1.1 > available:
-        raise MemoryGuardError(what, device, needed, available, why=why)
+    if available is not None and needed * 1.1 + extra > available:
+        raise MemoryGuardError(what, device, needed + extra, available, why=why)
+
+
+@contextmanager
+def capped(what: str) -> Iterator[None]:
+    """Build ``what`` on CPU, unmeasured, with at most the memory available to grow into.
+
+    A model that could not be built on meta could not be measured either: the
+    address space (``ulimit -v``, Linux) is capped for the build, so a model
+    too big for the machine fails at once with a clear error instead of
+    meeting the kernel's out-of-memory killer.
+
+    Raises:
+        MemoryGuardError: If the build runs out of the memory available.
+    """
+    available = available_bytes("cpu")
+    if resource is None or available is None:
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = _vm_size() + available
+    if soft != resource.RLIM_INFINITY:
+        cap = min(cap, soft)
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    except MemoryError as exc:
+        raise MemoryGuardError(what, "cpu", None, available) from exc
+    except RuntimeError as exc:
+        if "alloc" not in str(exc):  # torch's "DefaultCPUAllocator: can't allocate memory"
+            raise
+        raise MemoryGuardError(what, "cpu", None, available) from exc
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _vm_size() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0

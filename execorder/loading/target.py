@@ -20,12 +20,14 @@ from execorder.errors import (
     DeviceError,
     InitArgsError,
     InstanceInitError,
+    MemoryGuardError,
     TargetError,
     UserExitError,
     first_line,
     user_code,
     user_frame,
 )
+from execorder.loading.memory import capped
 
 DEVICES = ("meta", "cpu", "cuda")
 
@@ -298,7 +300,10 @@ def build(
         meta_failure = first_line(exc)
         chosen = "cpu"
         try:
-            model = _build(factory, kwargs, chosen)
+            with capped(what):
+                model = _build(factory, kwargs, chosen)
+        except (UserExitError, MemoryGuardError):
+            raise
         except Exception as exc2:
             raise BuildError(
                 what, chosen, first_line(exc2), where=user_frame(exc2), chosen=False
