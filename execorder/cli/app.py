@@ -335,27 +335,7 @@ def trace(
             return
         report = session.run(concrete_args)
         differs = False
-        if baseline is None:
-            _emit(
-                report,
-                _report_view(report, depth=depth, max_rows=max_rows),
-                fmt,
-                output,
-                kind="report",
-            )
-        elif update_baseline:
-            files.write(
-                baseline, json.dumps(report.to_dict(), indent=2) + "\n", option="--baseline"
-            )
-            _emit(
-                report,
-                _report_view(report, depth=depth, max_rows=max_rows),
-                fmt,
-                output,
-                kind="report",
-            )
-            say(f"execorder: baseline {baseline} written")
-        else:
+        if baseline is not None and not update_baseline:
             from execorder.analysis import diff_reports
             from execorder.output.views import diff_view
             from execorder.report import load_report
@@ -363,6 +343,14 @@ def trace(
             result = diff_reports(load_report(baseline), report)
             _emit(result, lambda: diff_view(result), fmt, output, kind="diff")
             differs = not result.equivalent
+        else:
+            if baseline is not None:
+                text = json.dumps(report.to_dict(), indent=2) + "\n"
+                files.write(baseline, text, option="--baseline")
+            view = _report_view(report, depth=depth, max_rows=max_rows)
+            _emit(report, view, fmt, output, kind="report")
+            if baseline is not None:
+                say(f"execorder: baseline {baseline} written")
         if _gate(report, categories) or differs:
             raise typer.Exit(EXIT_FOUND)
 
