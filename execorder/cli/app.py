@@ -302,8 +302,8 @@ def trace(
     mode runs it for real (on the meta device by default: shapes only).
 
     Exit codes: 0 done; 1 a --fail-on check found something, or the report
-    differs from --baseline; 2 the trace could not be made (bad input, trace
-    failure).
+    differs from --baseline; 2 the report could not be made (one line on
+    stderr says why); 130 interrupted; 141 the reader of stdout stopped.
     """
 
     def body() -> None:

@@ -57,7 +57,8 @@ DeviceOpt = Annotated[
     Device | None,
     typer.Option(
         help="Where to build (and in eager mode run) the model. Default: meta (no "
-        "memory, no compute), falling back to cpu if real tensor values are needed.",
+        "memory, no compute), falling back to cpu when real tensor values are needed "
+        "and the model fits in memory.",
         show_default=False,
     ),
 ]
@@ -105,7 +106,8 @@ ModeOpt = Annotated[
     typer.Option(
         "--mode",
         help="fx traces symbolically (no inputs needed); eager runs forward for real "
-        "(needs --input or --inputs; any model); auto tries fx, then eager if inputs are given.",
+        "(needs --input or --inputs; any model); auto runs eagerly on the inputs given, "
+        "and traces with fx when there are none.",
     ),
 ]
 InputOpt = Annotated[
