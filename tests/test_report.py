@@ -54,6 +54,7 @@ def test_json_shape() -> None:
         "numel": 256,
         "owner": "embed",
         "requires_grad": True,
+        "rests_on_assumption": False,
         "first_module": "embed",
         "first_call": 1,
         "assumed": False,
@@ -76,6 +77,7 @@ def test_unused_entries() -> None:
             "numel": 4,
             "owner": "",
             "requires_grad": True,
+            "rests_on_assumption": False,
         }
     ]
     dead = data["dead"][0]
@@ -170,9 +172,14 @@ def test_an_old_eager_report_with_a_backward_order_loads() -> None:
 def _without_added(data: dict[str, Any]) -> dict[str, Any]:
     """A report's dict without the fields added since the test files were written."""
     params = ("params", "unused", "dead")
-    kept = {k: v for k, v in data.items() if k not in ("seed", "defaults", "target", *params)}
+    added = ("seed", "defaults", "target", "assumptions", *params)
+    kept = {k: v for k, v in data.items() if k not in added}
     for key in params:
-        kept[key] = [{k: v for k, v in p.items() if k != "ddp_index"} for p in data[key]]
+        kept[key] = [
+            {k: v for k, v in p.items() if k not in ("ddp_index", "rests_on_assumption")}
+            for p in data[key]
+        ]
+    kept["summary"] = {k: v for k, v in data["summary"].items() if k != "params_on_assumption"}
     return kept
 
 

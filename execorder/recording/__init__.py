@@ -1,10 +1,18 @@
 """Recording: the event sink backends feed, and the builder that names and freezes it."""
 
 from execorder.recording.build import build_report
-from execorder.recording.events import CallRecord, Event, Recorder, UsageGroup, unique_params
+from execorder.recording.events import (
+    Assumed,
+    CallRecord,
+    Event,
+    Recorder,
+    UsageGroup,
+    unique_params,
+)
 from execorder.recording.tree import ModuleTree, module_tree
 
 __all__ = [
+    "Assumed",
     "CallRecord",
     "Event",
     "ModuleTree",

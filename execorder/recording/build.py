@@ -16,6 +16,7 @@ from torch import nn
 
 from execorder.recording.events import CallRecord, Recorder
 from execorder.report import (
+    Assumption,
     ExternalUse,
     Mode,
     ModuleCall,
@@ -118,7 +119,8 @@ def _build(
     )
     # DDP numbers the parameters that require grad, in parameters() order.
     ddp_position = {id(p): i for i, p in enumerate(p for p in tree.params if id(p) in trains)}
-    counts = dict.fromkeys(("numel", "dead", "frozen", "assumed", "no_grad"), 0)
+    counts = dict.fromkeys(("numel", "dead", "frozen", "assumed", "no_grad", "resting"), 0)
+    assumptions, resting = _assumptions(recorder, calls)
 
     def info(param: nn.Parameter, first: int | None) -> ParamInfo:
         key = id(param)
@@ -133,6 +135,8 @@ def _build(
         counts["frozen"] += not requires_grad
         counts["assumed"] += assumed
         counts["no_grad"] += requires_grad and (dead or not used)
+        rests = key in resting
+        counts["resting"] += rests
         return new_info(
             names[0],
             tuple(names[1:]),
@@ -146,6 +150,7 @@ def _build(
             assumed,
             dead,
             ddp_position.get(key),
+            rests,
         )
 
     used = tuple([info(p, first_call[id(p)]) for p in recorder.param_order])
@@ -172,6 +177,7 @@ def _build(
         params_assumed=counts["assumed"],
         params_no_grad=counts["no_grad"],
         external_uses=len(external),
+        params_on_assumption=counts["resting"],
     )
     return Report(
         target=target,
@@ -184,7 +190,31 @@ def _build(
         external=external,
         backward=None if backward is None else tuple([param_name[id(p)] for p in backward]),
         inputs=dict(inputs or {}),
+        assumptions=assumptions,
     )
+
+
+def _assumptions(
+    recorder: Recorder, calls: Sequence[ModuleCall]
+) -> tuple[tuple[Assumption, ...], set[int]]:
+    """The assumptions, one per call, op and place; the ids of the parameters resting on them.
+
+    A parameter rests on an assumption when it belongs to the module whose
+    call made it (whether that call then used it or not), or was used inside
+    that call after it.
+    """
+    found: dict[tuple[int, str, str], int] = {}
+    resting = set(recorder.after_assumption)
+    for index, event in recorder.assumptions:
+        key = (index, event.op, event.where)
+        if key not in found:
+            resting.update(map(id, recorder.params_of(recorder.calls[index].module)))
+        found[key] = found.get(key, 0) + 1
+    made = tuple(
+        Assumption(op, calls[index].name, index, where, count)
+        for (index, op, where), count in found.items()
+    )
+    return made, resting
 
 
 def external_uses(

@@ -2,7 +2,9 @@
 
 A backend reports three kinds of event: a module call starts
 (:meth:`Recorder.enter`), it ends (:meth:`Recorder.exit`), and parameters are
-used (:meth:`Recorder.use`, :meth:`Recorder.use_module`). FX reports them as
+used (:meth:`Recorder.use`, :meth:`Recorder.use_module`); a run on the meta
+device may add a fourth, an assumption about values it could not know
+(:meth:`Recorder.assume`). FX reports them as
 it traces; eager logs them to a flat list on its hot path and hands the
 recorder the whole log (:meth:`Recorder.replay`, the same events, inlined).
 The recorder keeps live module and parameter objects, never names: naming and
@@ -19,9 +21,18 @@ from torch import nn
 
 from execorder.recording.tree import ModuleTree, module_tree
 
-Event = nn.Module | list[nn.Parameter] | None
+
+class Assumed(NamedTuple):
+    """An event: the run assumed a selection it could not compute keeps every element."""
+
+    op: str
+    where: str = ""
+
+
+Event = nn.Module | list[nn.Parameter] | Assumed | None
 """One entry of an event log: a module (its call starts), ``None`` (the
-current call ends), or a list of parameters (one op used them)."""
+current call ends), a list of parameters (one op used them), or an
+:class:`Assumed` (the current call assumed a value)."""
 
 
 class UsageGroup(NamedTuple):
@@ -63,6 +74,9 @@ class Recorder:
         first_call: By ``id(parameter)``, the index of the call that first used it.
         observed: Ids of the parameters seen used for sure (not only assumed
             inside a leaf module the backend cannot see into).
+        assumptions: ``(call index, event)`` for each assumption, in order.
+        after_assumption: Ids of the parameters used inside a call after it
+            made an assumption (its status may rest on it).
     """
 
     def __init__(self, root: nn.Module, tree: ModuleTree | None = None) -> None:
@@ -74,6 +88,10 @@ class Recorder:
         self.observed: set[int] = set()
         self._stack: list[int] = [0]
         self._module_params: dict[int, tuple[nn.Parameter, ...]] = {}
+        self.assumptions: list[tuple[int, Assumed]] = []
+        self.after_assumption: set[int] = set()
+        # The stack depth of the outermost running call that made an assumption.
+        self._assuming: int | None = None
 
     @property
     def current(self) -> CallRecord:
@@ -129,12 +147,22 @@ class Recorder:
             parent.groups.append(UsageGroup(module, params, True))
         self.calls.append(CallRecord(module, self._stack[-1], len(self._stack), [], slot))
         self._stack.append(len(self.calls) - 1)
+        if self._assuming is not None:
+            self.after_assumption.update(map(id, params))
 
     def exit(self, module: nn.Module) -> None:
         """The current call, of ``module``, ends."""
         if len(self._stack) == 1 or self.current.module is not module:
             raise RuntimeError("execorder: module exit does not match the call being recorded")
         self._stack.pop()
+        if self._assuming is not None and len(self._stack) < self._assuming:
+            self._assuming = None
+
+    def assume(self, event: Assumed) -> None:
+        """The current call assumed a value it could not compute (a meta run's selection)."""
+        self.assumptions.append((self._stack[-1], event))
+        if self._assuming is None or len(self._stack) < self._assuming:
+            self._assuming = len(self._stack)
 
     def use(self, params: Iterable[nn.Parameter], *, outer: int = 0) -> None:
         """Parameters are used directly in an op.
@@ -161,6 +189,8 @@ class Recorder:
             self.current.slot_in_parent = slot + 1
         self._mark(unique, index)
         self.observed.update(map(id, unique))
+        if self._assuming is not None:
+            self.after_assumption.update(map(id, unique))
 
     def use_module(self, *, assumed: bool = False) -> None:
         """The current call's module uses all its parameters (a leaf module).
@@ -176,14 +206,17 @@ class Recorder:
             self._mark(params, self._stack[-1])
             if not assumed:
                 self.observed.update(map(id, params))
+            if self._assuming is not None:
+                self.after_assumption.update(map(id, params))
 
     def replay(self, events: Iterable[Event]) -> None:
         """Record a whole event log at once: the same as one call per event.
 
         A module means its call starts (:meth:`enter`), ``None`` that the
         current call ends (:meth:`exit`), a list of parameters that one op
-        used them (:meth:`use`). It is the eager backend's hot path, hence
-        inlined; ``tests/test_recording.py`` holds it to the one-by-one path.
+        used them (:meth:`use`), an :class:`Assumed` an assumption
+        (:meth:`assume`). It is the eager backend's hot path, hence inlined;
+        ``tests/test_recording.py`` holds it to the one-by-one path.
         """
         calls, stack, params_of = self.calls, self._stack, self.params_of
         cached = self._module_params
@@ -192,6 +225,8 @@ class Recorder:
         for event in events:
             if event is None:
                 stack.pop()
+                if self._assuming is not None and len(stack) < self._assuming:
+                    self._assuming = None
             elif isinstance(event, list):
                 unique = (event[0],) if len(event) == 1 else unique_params(event)
                 if not unique:
@@ -205,6 +240,10 @@ class Recorder:
                     if key not in first_call:
                         first_call[key] = index
                         order.append(param)
+                if self._assuming is not None:
+                    self.after_assumption.update(map(id, unique))
+            elif isinstance(event, Assumed):
+                self.assume(event)
             else:
                 params = cached.get(id(event)) or params_of(event)
                 parent = calls[stack[-1]]
@@ -212,6 +251,8 @@ class Recorder:
                 if params:
                     slot = len(parent.groups)
                     parent.groups.append(group(UsageGroup, (event, params, True)))
+                    if self._assuming is not None:
+                        self.after_assumption.update(map(id, params))
                 calls.append(CallRecord(event, stack[-1], len(stack), [], slot))
                 stack.append(len(calls) - 1)
         if len(stack) != 1:

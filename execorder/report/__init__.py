@@ -4,6 +4,7 @@ from execorder.report.files import load_report
 from execorder.report.kinds import Category, Mode, ParamStatus, Word
 from execorder.report.records import (
     SCHEMA_VERSION,
+    Assumption,
     ExternalUse,
     ModuleCall,
     ParamGroup,
@@ -16,6 +17,7 @@ from execorder.report.records import (
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Assumption",
     "Category",
     "ExternalUse",
     "Mode",

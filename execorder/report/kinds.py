@@ -45,3 +45,4 @@ class Category(Word):
     DEAD = "dead"  # trainable parameters read, with no gradient
     EXTERNAL = "external"  # parameters read while none of their modules runs
     BRANCH = "branch"  # a sweep's: used or given a gradient in some combinations only
+    ASSUMPTION = "assumption"  # trainable parameters whose status rests on an assumption

@@ -127,6 +127,9 @@ class ParamInfo:
             not receive grad"): its position among the parameters that
             require grad, in ``parameters()`` order; None for a frozen one
             (and for reports written before it existed).
+        rests_on_assumption: Its status (used, unused or dead) rests on an
+            assumption the meta run made about values it could not know
+            (see :attr:`Report.assumptions`): a real run may differ.
     """
 
     name: str
@@ -141,6 +144,7 @@ class ParamInfo:
     assumed: bool = False
     dead: bool = False
     ddp_index: int | None = None
+    rests_on_assumption: bool = False
 
     @property
     def owner(self) -> str:
@@ -175,6 +179,7 @@ class ParamInfo:
             "numel": self.numel,
             "owner": self.owner,
             "requires_grad": self.requires_grad,
+            "rests_on_assumption": self.rests_on_assumption,
         }
         if self.used:
             data["first_module"] = self.first_module
@@ -201,6 +206,7 @@ class ParamInfo:
             assumed=fields.get("assumed", bool, default=False),
             dead=fields.get("dead", bool, default=False),
             ddp_index=fields.get("ddp_index", int, nothing, default=None),
+            rests_on_assumption=fields.get("rests_on_assumption", bool, default=False),
         )
 
 
@@ -240,6 +246,57 @@ class ExternalUse:
 
 
 @dataclass(frozen=True, slots=True)
+class Assumption:
+    """A value a meta run could not know, and what it assumed instead.
+
+    On the meta device parameters have no values, so a selection made from
+    values computed from them (which experts a router picks: ``nonzero``, a
+    boolean mask as an index) cannot be known. The run assumes the selection
+    keeps every element, as torch's own meta kernel for ``nonzero`` does, and
+    says so here. Every parameter whose status may rest on it is marked
+    (:attr:`ParamInfo.rests_on_assumption`): those of the module whose call
+    made it, and any used later inside that call.
+
+    Attributes:
+        op: The op that selected (``aten.nonzero``).
+        module: The module whose call made it (``""`` for the root).
+        call: The index of that call in the module order.
+        where: ``file.py:line`` of the model's code that made it, if known.
+        count: How many times that call made it there.
+    """
+
+    op: str
+    module: str
+    call: int
+    where: str = ""
+    count: int = 1
+
+    ASSUMED = "every element is kept"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "op": self.op,
+            "module": self.module,
+            "call": self.call,
+            "where": self.where,
+            "count": self.count,
+            "assumed": self.ASSUMED,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "assumption") -> Assumption:
+        """Read one back from :meth:`to_dict` output; a wrong field is a ``SchemaError``."""
+        fields = Fields(data, where)
+        return cls(
+            op=fields.get("op", str),
+            module=fields.get("module", str),
+            call=fields.get("call", int),
+            where=fields.get("where", str, default=""),
+            count=fields.get("count", int, default=1),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Summary:
     """Counts over the whole report."""
 
@@ -254,6 +311,7 @@ class Summary:
     params_assumed: int = 0
     params_no_grad: int = 0
     external_uses: int = 0
+    params_on_assumption: int = 0
 
     @property
     def params_unused(self) -> int:
@@ -280,6 +338,7 @@ class Summary:
             "params_assumed": self.params_assumed,
             "params_no_grad": self.params_no_grad,
             "external_uses": self.external_uses,
+            "params_on_assumption": self.params_on_assumption,
             "numel_total": self.numel_total,
             "numel_used": self.numel_used,
             "numel_unused": self.numel_unused,
@@ -294,7 +353,10 @@ class Summary:
             "calls", "modules", "params_total", "params_used", "numel_total", "numel_used",
             "params_dead", "params_frozen", "params_assumed", "params_no_grad", "external_uses",
         )  # fmt: skip
-        return cls(**{name: fields.get(name, int) for name in names})
+        counts = {name: fields.get(name, int) for name in names}
+        # Added later: absent in older reports, where no run assumed anything.
+        counts["params_on_assumption"] = fields.get("params_on_assumption", int, default=0)
+        return cls(**counts)
 
 
 def jsonable(value: Any) -> Any:
@@ -338,6 +400,9 @@ class Report:
         defaults: forward's arguments an eager run left to their default
             values, with those values (JSON-safe): they may have chosen a
             branch. Empty for FX, whose unpinned arguments stay symbolic.
+        assumptions: What a run on the meta device assumed about values it
+            could not know, in the order it assumed them; empty when the
+            report rests on nothing assumed.
     """
 
     target: str
@@ -352,12 +417,18 @@ class Report:
     inputs: Mapping[str, str] = field(default_factory=dict)
     seed: int | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    assumptions: tuple[Assumption, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     @property
     def dead(self) -> tuple[ParamInfo, ...]:
         """Parameters used in forward whose uses never reach an output."""
         return tuple(p for p in self.params if p.dead)
+
+    @property
+    def on_assumption(self) -> tuple[ParamInfo, ...]:
+        """Parameters whose status rests on an assumption, in ``named_parameters()`` order."""
+        return tuple(p for p in self.all_params() if p.rests_on_assumption)
 
     @property
     def frozen(self) -> tuple[ParamInfo, ...]:
@@ -380,8 +451,9 @@ class Report:
         """Names of what a CI gate category found.
 
         Args:
-            category: ``UNUSED`` or ``DEAD`` (trainable parameters only:
-                frozen ones cannot break DDP), or ``EXTERNAL`` (uses).
+            category: ``UNUSED``, ``DEAD`` or ``ASSUMPTION`` (trainable
+                parameters only: frozen ones cannot break DDP), or
+                ``EXTERNAL`` (uses).
 
         Raises:
             ValueError: For another category (``BRANCH`` is a sweep's).
@@ -391,6 +463,8 @@ class Report:
             return tuple(p.name for p in self.unused if p.requires_grad)
         if kind is Category.DEAD:
             return tuple(p.name for p in self.dead if p.requires_grad)
+        if kind is Category.ASSUMPTION:
+            return tuple(p.name for p in self.on_assumption if p.requires_grad)
         if kind is Category.EXTERNAL:
             return tuple(f"{u.param} used by {u.used_by or '(root)'}" for u in self.external)
         raise ValueError(f"{kind} is a finding of a sweep, not of one report")
@@ -427,6 +501,7 @@ class Report:
             "external": [use.to_dict() for use in self.external],
             "backward": None if self.backward is None else list(self.backward),
             "seed": self.seed,
+            "assumptions": [assumption.to_dict() for assumption in self.assumptions],
             "summary": self.summary.to_dict(),
         }
 
@@ -468,6 +543,10 @@ class Report:
             inputs=inputs,
             seed=fields.get("seed", int, type(None), default=None),
             defaults=fields.get("defaults", dict, default={}),
+            assumptions=tuple(
+                Assumption.from_dict(a.data, a.where)
+                for a in fields.objects("assumptions", default=())
+            ),
         )
 
     def param(self, name: str) -> ParamInfo:
