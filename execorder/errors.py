@@ -716,6 +716,20 @@ def user_frame(exc: BaseException) -> str:
     return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
 
 
+def user_site() -> str:
+    """``file.py:line`` of the innermost frame of the user's code running now, or ``""``."""
+    import sys
+    from pathlib import Path
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if "/torch/" not in name and "/execorder/" not in name:
+            return f"{Path(name).name}:{frame.f_lineno}"
+        frame = frame.f_back  # type: ignore[assignment]
+    return ""
+
+
 def first_line(exc: BaseException) -> str:
     """``Type: message``, its first line only."""
     text = f"{type(exc).__name__}: {exc}".strip()

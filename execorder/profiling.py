@@ -22,6 +22,7 @@ from torch import nn
 
 from execorder.analysis.sweep import SweepReport, sweep
 from execorder.backends import eager, fx
+from execorder.backends.meta import REAL_LIMIT
 from execorder.errors import (
     Arg,
     ForwardError,
@@ -121,6 +122,11 @@ class Profiler:
             falling back to CPU when building or forward needs real values.
             A module given as it is stays where it is.
         backward: Run backward too (eager) and record the gradient order.
+        assume: On the meta device, assume a selection made from values that
+            depend on parameters (a router's ``nonzero``) keeps every
+            element, and mark what rests on it; False treats it as needing
+            real values, like ``.item()``: forward then runs again on CPU
+            if the model fits, and is refused if not.
         seed: Seed the model's build and the generated inputs with it, so a
             model routing on random values gives the same answer every run
             (the global random state is left as it was); None leaves them
@@ -145,6 +151,7 @@ class Profiler:
         mode: Mode | str = Mode.AUTO,
         device: str | None = None,
         backward: bool = False,
+        assume: bool = True,
         seed: int | None = 0,
         target: str | None = None,
         progress: Progress | None = None,
@@ -163,6 +170,7 @@ class Profiler:
             raise ModeError(None, Mode.EAGER)
         self.chosen_mode = chosen
         self.backward = backward
+        self.assume = assume
         self.seed = seed
         self._progress = progress or (lambda _: None)
         self._notes: list[Note] = []
@@ -232,8 +240,13 @@ class Profiler:
             raise NeedsInputsError(exc) from exc
 
     def _eager(self, concrete: dict[str, Any]) -> Report:
+        # On meta, inputs are real (on CPU) so that what they alone decide is
+        # computed; only inputs too big to be worth it stay on meta too.
+        where = self.device
+        if where == "meta" and self.inputs.bytes() <= REAL_LIMIT:
+            where = "cpu"
         with self._seeded():
-            args, kwargs = self.inputs.make(self.device)
+            args, kwargs = self.inputs.make(where)
         try:
             self._progress(f"Running {self.target} on {self.device}")
             return eager.trace(
@@ -242,14 +255,16 @@ class Profiler:
                 kwargs={**kwargs, **concrete},
                 backward=self.backward,
                 target=self.target,
+                assume=self.assume,
             )
         except ForwardError as exc:
             if self._factory is None or self._chosen_device is not None or exc.device != "meta":
                 raise
             what, extra = self._what or self.target, self.inputs.bytes()
             if isinstance(exc, MetaDeviceError):
-                check_fits(self.model, "cpu", what=what, why=exc.reason, extra=extra)
-                self._notes.append(Note(NoteKind.RERAN_ON_CPU, exc.reason))
+                why = f"{exc.reason}, at {exc.where}" if exc.where else exc.reason
+                check_fits(self.model, "cpu", what=what, why=why, extra=extra)
+                self._notes.append(Note(NoteKind.RERAN_ON_CPU, why))
             elif fits(self.model, "cpu", extra=extra):
                 # A meta kernel may refuse what CPU runs (a dtype only a GPU kernel
                 # needs): try it where it is cheap; a real mistake fails there too.
@@ -332,7 +347,7 @@ def profile(
             a branch); in eager mode they are passed as keyword arguments.
         **options: The options of :class:`Profiler`: ``init_kwargs``,
             ``inputs``, ``input_size``, ``mode``, ``device``, ``backward``,
-            ``seed``, ``target``, ``progress``.
+            ``assume``, ``seed``, ``target``, ``progress``.
 
     Returns:
         The report, the notes, and where the model ran.

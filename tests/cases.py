@@ -29,7 +29,8 @@ class Case:
     """A model, its inputs, and its concrete arguments.
 
     ``fx`` is False for models torch.fx cannot trace, ``meta`` False for
-    forwards that need real values (both then run eagerly on CPU).
+    forwards that need values computed from parameters (both then run
+    eagerly on CPU; a meta run of them refuses, or assumes and says so).
     """
 
     build: Callable[[], nn.Module]
@@ -83,7 +84,8 @@ CASES: dict[str, Case] = {
     "needs-width": Case(lambda: models.NeedsWidth(4, 2), _x(2, 4)),
     "llama": Case(Llama, _ids(128, 2, 6)),
     "moe": Case(MoE, _x(4, 16), fx=False, meta=False),
-    "data-dependent": Case(models.DataDependent, _x(2, 4), fx=False, meta=False),
+    "data-dependent": Case(models.DataDependent, _x(2, 4), fx=False),
+    "param-dependent": Case(models.ParamDependent, _x(2, 4), fx=False, meta=False),
     "distill": Case(models.Distill, _x(2, 16)),
     "grad-modes": Case(models.GradModes, _x(2, 4)),
     "switches-off": Case(models.SwitchesOff, _x(2, 4)),

@@ -135,6 +135,8 @@ class Branchy(nn.Module):
 
 
 class DataDependent(nn.Module):
+    """Branches on a value of its input: known on meta too, where inputs keep their values."""
+
     def __init__(self) -> None:
         super().__init__()
         self.lin = nn.Linear(4, 4)
@@ -143,6 +145,21 @@ class DataDependent(nn.Module):
         if x.sum() > 0:
             return self.lin(x)
         return x
+
+
+class ParamDependent(nn.Module):
+    """Branches on a value computed from its parameters: unknowable on meta."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.lin(x)
+        if y.sum() > 0:
+            return self.out(y)
+        return y
 
 
 class NeedsRealTensors(nn.Module):

@@ -18,9 +18,10 @@ from execorder.recording import module_tree
 
 def _eager(case: Case, device: str, **options: object) -> execorder.Report:
     torch.manual_seed(0)
-    with torch.device(device):
+    with torch.device(device.removesuffix("-inputs")):
         model = case.build()
-    args = tuple(a.to(device) for a in case.inputs())
+    # On meta, inputs stay real, as the profiler makes them ("meta-inputs": not even those).
+    args = tuple(a.to("meta") if device == "meta-inputs" else a for a in case.inputs())
     return eager.trace(model, args=args, kwargs=case.concrete_args, **options)  # type: ignore[arg-type]
 
 
@@ -33,7 +34,7 @@ EAGER_RUNS = [
 ]
 
 
-@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("device", ["cpu", "meta", "meta-inputs"])
 @pytest.mark.parametrize("case", FX_CASES.values(), ids=FX_CASES.keys())
 def test_eager_agrees_with_fx(case: Case, device: str) -> None:
     fx = execorder.trace(case.build(), concrete_args=case.concrete_args)
@@ -149,13 +150,31 @@ def test_parameter_classes_are_restored_after_a_run() -> None:
     assert not any("_call_impl" in vars(m) for m in model.modules())
 
 
-def test_value_dependent_forward_on_meta_raises_meta_device_error() -> None:
+def test_a_value_of_real_inputs_is_known_on_meta() -> None:
+    """The branch on x.sum() is taken as on CPU: inputs keep their values on meta."""
+    for sign, expected in ((1, ["", "lin"]), (-1, [""])):
+        with torch.device("meta"):
+            model = models.DataDependent()
+        report = eager.trace(model, args=(sign * torch.ones(2, 4),))
+        assert [c.name for c in report.modules] == expected
+        assert report.assumptions == ()
+        on_cpu = eager.trace(models.DataDependent(), args=(sign * torch.ones(2, 4),))
+        assert [c.name for c in on_cpu.modules] == expected
+
+
+def test_a_value_computed_from_parameters_on_meta_raises_meta_device_error() -> None:
+    with torch.device("meta"):
+        model = models.ParamDependent()
+    with pytest.raises(eager.MetaDeviceError) as raised:
+        eager.trace(model, args=(torch.ones(2, 4),))
+    text = str(raised.value)
+    assert "reading a value computed from parameters (.item(), if tensor:" in text
+    assert "(models.py:" in text and "use device='cpu'" in text
+    # Inputs on meta hold no values either, and the message says so.
     with torch.device("meta"):
         model = models.DataDependent()
-    with pytest.raises(eager.MetaDeviceError, match=r"meta device.*\.item\(\)"):
+    with pytest.raises(eager.MetaDeviceError, match="computed from parameters and meta inputs"):
         eager.trace(model, args=(torch.randn(2, 4, device="meta"),))
-    report = eager.trace(models.DataDependent(), args=(torch.ones(2, 4),))
-    assert [c.name for c in report.modules] == ["", "lin"]
 
 
 def test_unknown_keyword_is_a_concrete_arg_error() -> None:

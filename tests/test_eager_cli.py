@@ -36,7 +36,7 @@ def test_eager_seed_json_with_backward() -> None:
 
 
 def test_auto_runs_eagerly_on_the_inputs_and_notes_the_rerun_on_cpu() -> None:
-    result = invoke("trace", "models:DataDependent", "--input", "x=float32[2,4]", "-f", "json")
+    result = invoke("trace", "models:ParamDependent", "--input", "x=float32[2,4]", "-f", "json")
     assert result.exit_code == 0, result.output
     assert result.stderr.count("\n") == 1 and "reran it on CPU" in result.stderr
     assert json.loads(result.stdout)["mode"] == "eager"
@@ -91,7 +91,7 @@ def test_lazy_modules_need_a_real_forward() -> None:
 
 
 def test_explicit_meta_device_does_not_fall_back() -> None:
-    result = invoke("trace", "models:DataDependent", "--mode", "eager", "--input",
+    result = invoke("trace", "models:ParamDependent", "--mode", "eager", "--input",
                     "x=float32[2,4]", "--device", "meta")  # fmt: skip
     assert result.exit_code == 2
     assert "use --device cpu" in result.stderr
@@ -201,7 +201,8 @@ def test_inputs_factory_shapes() -> None:
 
 def test_answers_are_the_same_on_every_run_and_state_their_seed() -> None:
     """Top-1 routing on random weights and inputs: seeded by default, so CI can rely on it."""
-    args = ["trace", f"{SAMPLES}/moe.py:MoE", "--input", "x=float32[4,16]", "-f", "json"]
+    args = ["trace", f"{SAMPLES}/moe.py:MoE", "--input", "x=float32[4,16]", "-f", "json",
+            "--device", "cpu"]  # fmt: skip
     runs = [json.loads(invoke(*args).stdout) for _ in range(3)]
     assert runs[0] == runs[1] == runs[2] and runs[0]["seed"] == 0
     others = {

@@ -64,18 +64,26 @@ def test_auto_without_inputs_says_how_to_run_eagerly_in_python() -> None:
     assert "--" not in text
 
 
-def test_forward_that_needs_values_is_rerun_on_cpu_with_notes() -> None:
+def test_forward_that_reads_its_inputs_stays_on_meta() -> None:
     result = execorder.profile(models.DataDependent, input_size="float32[2,4]")
+    assert result.notes == () and result.device == "meta"
+    on_cpu = execorder.profile(models.DataDependent, input_size="float32[2,4]", device="cpu")
+    assert result.report.to_dict() == on_cpu.report.to_dict()  # the same seeded input, branch
+
+
+def test_forward_that_needs_values_of_parameters_is_rerun_on_cpu_with_notes() -> None:
+    result = execorder.profile(models.ParamDependent, input_size="float32[2,4]")
     (note,) = result.notes
     assert note.kind is NoteKind.RERAN_ON_CPU
     assert result.device == "cpu" and result.report.mode == "eager"
-    # The whole reason, not a prefix of it.
-    assert note.reason == "RuntimeError: Tensor.item() cannot be called on meta tensors"
+    # The whole reason, not a prefix of it, with where the model read the value.
+    assert note.reason.startswith("reading a value computed from parameters (.item(), if tensor:")
+    assert note.reason.endswith(", at models.py:160")
 
 
 def test_a_module_on_meta_cannot_be_rebuilt() -> None:
     with torch.device("meta"):
-        model = models.DataDependent()
+        model = models.ParamDependent()
     with pytest.raises(MetaDeviceError, match=r"use device='cpu'"):
         execorder.profile(model, input_size=(2, 4))
 
@@ -146,15 +154,38 @@ def test_a_seed_makes_a_routing_model_deterministic_and_leaves_the_global_state(
     assert torch.equal(torch.get_rng_state(), state)
     seeds = {
         tuple(
-            p.name for p in execorder.profile(MoE, input_size="float32[4,16]", seed=s).report.unused
+            p.name
+            for p in execorder.profile(
+                MoE, input_size="float32[4,16]", seed=s, device="cpu"
+            ).report.unused
         )
         for s in range(6)
     }
     assert len(seeds) > 1  # the seed is what decides the routing
 
 
+def test_routing_on_meta_rests_on_an_assumption_that_covers_every_real_run() -> None:
+    """On meta the router's choice is unknown: every expert is assumed to get tokens, and said."""
+    on_meta = execorder.profile(MoE, input_size="float32[4,16]", backward=True)
+    report = on_meta.report
+    assert on_meta.device == "meta" and on_meta.notes == ()
+    (assumption,) = report.assumptions
+    assert (assumption.op, assumption.module, assumption.where) == ("aten.nonzero", "", "moe.py:35")
+    assert assumption.count == 8  # once an expert
+    assert report.unused == () and report.dead == ()
+    # The selection is made in the root's forward: every parameter may rest on it.
+    assert {p.name for p in report.on_assumption} == {p.name for p in report.all_params()}
+    for seed in range(4):
+        real = execorder.profile(
+            MoE, input_size="float32[4,16]", seed=seed, device="cpu", backward=True
+        ).report
+        assert real.assumptions == () and real.summary.params_on_assumption == 0
+        # What a real run leaves without a gradient is all marked as resting on it.
+        assert {p.name for p in real.no_grad()} <= {p.name for p in report.on_assumption}
+
+
 def test_a_profiler_keeps_its_fallbacks_for_a_sweep() -> None:
-    profiler = Profiler(models.DataDependent, input_size="float32[2,4]")
+    profiler = Profiler(models.ParamDependent, input_size="float32[2,4]")
     first = profiler.run()
     assert [n.kind for n in first.notes] == [NoteKind.RERAN_ON_CPU]
     again = profiler.run()
@@ -165,12 +196,12 @@ def test_a_profiler_keeps_its_fallbacks_for_a_sweep() -> None:
 
 def test_progress_is_told_each_slow_step() -> None:
     steps: list[str] = []
-    execorder.profile(models.DataDependent, input_size=(2, 4), progress=steps.append)
+    execorder.profile(models.ParamDependent, input_size=(2, 4), progress=steps.append)
     assert steps == [
-        "Building DataDependent on meta",
-        "Running DataDependent on meta",
-        "Building DataDependent on cpu",
-        "Running DataDependent on cpu",
+        "Building ParamDependent on meta",
+        "Running ParamDependent on meta",
+        "Building ParamDependent on cpu",
+        "Running ParamDependent on cpu",
     ]
     assert execorder.profile(Model, progress=steps.append, concrete_args={"run_all_layers": 1})
     assert steps[-1] == "Tracing Model with torch.fx"

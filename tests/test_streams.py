@@ -30,11 +30,13 @@ def test_a_console_that_cannot_write_utf8_gets_ascii(encoding: str, fmt: str) ->
 
 
 def test_errors_and_notes_on_an_ascii_console() -> None:
-    result = CliRunner(charset="ascii").invoke(
-        app, ["trace", f"{SAMPLES}/moe.py:MoE", "--input", "x=float32[4,16]", "-f", "json"]
-    )
-    assert result.exit_code == 0, result.output
-    assert "as a correct ...); reran it on CPU" in result.stderr_bytes.decode("ascii")
+    args = ["trace", f"{SAMPLES}/moe.py:MoE", "--input", "x=float32[4,16]", "-f", "json"]
+    gated = CliRunner(charset="ascii").invoke(app, [*args, "--fail-on", "dead"])
+    assert gated.exit_code == 1, gated.output
+    assert "experts.0.down.bias, ... (28 more))" in gated.stderr_bytes.decode("ascii")
+    noted = CliRunner(charset="ascii").invoke(app, [*args, "--no-assume"])
+    assert noted.exit_code == 0, noted.output
+    assert "(not assumed), at moe.py:35); reran it on CPU" in noted.stderr_bytes.decode("ascii")
 
 
 def test_a_reader_that_stops_ends_it_quietly() -> None:

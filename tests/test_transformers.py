@@ -80,27 +80,26 @@ def test_bert_uses_every_parameter_including_the_pooler() -> None:
     assert report.no_grad() == ()
 
 
-def test_mixtral_fails_on_meta_and_runs_on_cpu_where_it_fits() -> None:
-    """Its experts' grouped_mm meta kernel wants bfloat16; CPU runs float32 fine."""
-    from execorder.errors import ForwardError
-    from execorder.profiling import NoteKind
-
-    with pytest.raises(ForwardError, match="on the meta device with input_ids=int64") as raised:
-        _run(hf.tiny_mixtral, "meta")
-    assert not isinstance(raised.value, eager.MetaDeviceError)  # not a need for values
-    result = execorder.profile(hf.tiny_mixtral, inputs={"input_ids": _ids("cpu")})
-    assert [n.kind for n in result.notes] == [NoteKind.RETRIED_ON_CPU]
-    assert result.device == "cpu"
-    report = _run(hf.tiny_mixtral, "cpu")
+def test_mixtral_runs_on_meta_as_on_cpu() -> None:
+    """Its experts' grouped_mm meta kernel wants bfloat16: run in it on meta, reported as is."""
+    result = execorder.profile(hf.tiny_mixtral, inputs={"input_ids": _ids("cpu")}, backward=True)
+    assert result.notes == () and result.device == "meta"
+    report = result.report
+    assert report.assumptions == ()  # the router's choice decides no shape here
+    on_cpu = execorder.profile(
+        hf.tiny_mixtral, inputs={"input_ids": _ids("cpu")}, backward=True, device="cpu"
+    ).report
+    assert report.to_dict() == on_cpu.to_dict()
     assert Counter(c.type for c in report.modules)["MixtralDecoderLayer"] == 2
     # transformers 5 fuses the experts of a layer into 3-D parameters, so every
     # one of them gets a gradient whatever the routing; so does the router.
-    assert report.param("model.layers.0.mlp.experts.gate_up_proj").shape[0] == 8
+    experts = report.param("model.layers.0.mlp.experts.gate_up_proj")
+    assert experts.shape[0] == 8 and experts.dtype == "float32"  # the model's, not the run's
     assert report.no_grad() == ()
     assert not report.param("model.layers.0.mlp.gate.weight").dead
 
 
-def test_experts_no_token_was_routed_to_are_unused_on_cpu() -> None:
+def test_experts_no_token_was_routed_to_are_unused_on_cpu_and_assumed_on_meta() -> None:
     torch.manual_seed(0)
     model = MoE(dim=16, n_experts=8)
     x = torch.randn(4, 16)
@@ -114,8 +113,11 @@ def test_experts_no_token_was_routed_to_are_unused_on_cpu() -> None:
     }  # fmt: skip
     with torch.device("meta"):
         on_meta = MoE(dim=16, n_experts=8)
-    with pytest.raises(eager.MetaDeviceError):
-        eager.trace(on_meta, args=(torch.empty(4, 16, device="meta"),))
+    assumed = eager.trace(on_meta, args=(x,))
+    assert assumed.unused == () and len(assumed.assumptions) == 1
+    assert {p.name for p in report.unused} <= {p.name for p in assumed.on_assumption}
+    with pytest.raises(eager.MetaDeviceError, match=r"aten.nonzero selects by values"):
+        eager.trace(on_meta, args=(x,), assume=False)
 
 
 def test_fx_on_a_transformers_model_says_what_it_cannot_trace() -> None:

@@ -57,6 +57,8 @@ class SweepParam:
         used_in: Indices of the combinations whose forward uses it.
         grad_in: Indices of the combinations in which it gets a gradient.
         requires_grad: False for a frozen parameter.
+        assumed_in: Indices of the combinations in which its status rests on
+            an assumption (a meta run's routing; see ``Report.assumptions``).
     """
 
     name: str
@@ -66,6 +68,7 @@ class SweepParam:
     grad_in: tuple[int, ...]
     requires_grad: bool
     gradient: SweepClass | None = None
+    assumed_in: tuple[int, ...] = ()
 
     @property
     def branch_dependent(self) -> bool:
@@ -82,6 +85,7 @@ class SweepParam:
             "used_in": list(self.used_in),
             "grad_in": list(self.grad_in),
             "requires_grad": self.requires_grad,
+            "assumed_in": list(self.assumed_in),
         }
 
 
@@ -117,12 +121,16 @@ class SweepReport:
         The trainable parameters that miss a gradient in some combination
         fall in exactly one of ``BRANCH`` (used or given a gradient in some
         combinations only), ``UNUSED`` (used in none) and ``DEAD`` (used, but
-        given a gradient in none); ``EXTERNAL`` lists external uses in any.
+        given a gradient in none); ``EXTERNAL`` lists external uses in any;
+        ``ASSUMPTION`` the trainable parameters whose status rests on an
+        assumption in some combination.
         """
         kind = Category(category)
         if kind is Category.EXTERNAL:
             return self.external
         trainable = [p for p in self.params if p.requires_grad]
+        if kind is Category.ASSUMPTION:
+            return tuple(p.name for p in trainable if p.assumed_in)
         if kind is Category.BRANCH:
             return tuple(p.name for p in trainable if p.branch_dependent)
         if kind is Category.UNUSED:
@@ -196,11 +204,21 @@ def sweep(
             for i, r in enumerate(reports)
             if info.requires_grad and not r.param(info.name).dead and r.param(info.name).used
         )
+        assumed_in = tuple(
+            i for i, r in enumerate(reports) if r.param(info.name).rests_on_assumption
+        )
         status = _class(len(used_in), len(reports))
         gradient = _class(len(grad_in), len(reports)) if info.requires_grad else None
         params.append(
             SweepParam(
-                info.name, info.aliases, status, used_in, grad_in, info.requires_grad, gradient
+                info.name,
+                info.aliases,
+                status,
+                used_in,
+                grad_in,
+                info.requires_grad,
+                gradient,
+                assumed_in,
             )
         )
     return SweepReport(

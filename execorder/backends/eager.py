@@ -39,6 +39,7 @@ from execorder.backends.common import (
     owner,
     tensors,
 )
+from execorder.backends.meta import MetaRun, NeedsValues
 from execorder.errors import (
     ForwardError,
     MetaDeviceError,
@@ -48,8 +49,10 @@ from execorder.errors import (
     first_line,
     user_code,
     user_frame,
+    user_site,
 )
 from execorder.recording import (
+    Assumed,
     Event,
     ModuleTree,
     Recorder,
@@ -316,6 +319,8 @@ def needs_values(exc: BaseException) -> bool:
     Anything else (a wrong dtype, mismatched shapes, a bug) fails on CPU too.
     """
     while exc is not None:
+        if isinstance(exc, NeedsValues):
+            return True
         if isinstance(exc, (RuntimeError, NotImplementedError)) and _META.search(str(exc)):
             return True
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
@@ -342,10 +347,13 @@ def _own_reads() -> Any:
     return torch._C.DisableTorchFunctionSubclass()
 
 
-def _on_meta(tree: ModuleTree, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
+def _on_meta(
+    tree: ModuleTree, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None
+) -> bool:
     """Whether any parameter, buffer or input is on meta (walked without recursion)."""
     buffers = [b for m in tree.modules for b in m._buffers.values() if b is not None]
-    return any(t.is_meta for t in (*tree.params, *buffers, *tensors((args, kwargs))))
+    with _own_reads():
+        return any(t.is_meta for t in (*tree.params, *buffers, *tensors((args, kwargs or {}))))
 
 
 class Recording:
@@ -355,9 +363,14 @@ class Recording:
     named and frozen into a report only by :meth:`report`.
     """
 
-    def __init__(self, model: nn.Module, tree: ModuleTree) -> None:
+    def __init__(self, model: nn.Module, tree: ModuleTree, *, assume: bool = True) -> None:
         self.model = model
         self._tree = tree
+        self._assume = assume
+        self._running = False
+        self._meta_run: MetaRun | None = None
+        self._forward_assumed = False  # an assumption made while forward ran
+        self._backward_assumed = False  # ... and one made after it (by backward)
         self._events: list[Event] = []
         self._order: list[nn.Parameter] = []  # gradient accumulations, by hook
         self._calls = 0
@@ -384,13 +397,29 @@ class Recording:
         self._inputs = _describe(args, kwargs)
         self._concrete_args = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
         self._defaults = defaults_used(self.model, args, kwargs)
+        if self._meta_run is not None:
+            if any(t.is_meta for t in tensors((args, kwargs))):
+                self._meta_run.source = "parameters and meta inputs"
+            # On meta like the model, and their values known: see MetaRun.adopt.
+            args, kwargs = self._meta_run.adopt((args, kwargs))
         try:
+            self._running = True
             with _recording(self.model, self._tree, self._events):
                 self._outputs = call(*args, **kwargs)
         except BaseException:
             self._failed = True
             raise
+        finally:
+            self._running = False
         return self._outputs
+
+    def _assumed(self, op: str) -> None:
+        """A meta run assumed a selection: logged in forward, noted once after it."""
+        if self._running:
+            self._events.append(Assumed(op, user_site()))
+            self._forward_assumed = True
+        elif self._calls:
+            self._backward_assumed = True
 
     def _finish(self) -> None:
         """The block has ended: take what needs the outputs, then let them go."""
@@ -400,6 +429,9 @@ class Recording:
             return
         own = {id(p) for p in self._tree.params}
         self._returned = [t for t in tensors(outputs) if id(t) in own]  # type: ignore[misc]
+        if self._backward_assumed and not self._forward_assumed:
+            # Only backward selected from unknown values: everything may rest on it.
+            self._events.append(Assumed("backward"))
         if self._order:
             # A backward ran: the parameters that got a gradient are the live
             # ones. Several backwards: each parameter at its first accumulation.
@@ -452,7 +484,7 @@ class Recording:
 
 
 @contextmanager
-def record(model: nn.Module) -> Iterator[Recording]:
+def record(model: nn.Module, *, assume: bool = True) -> Iterator[Recording]:
     """Record the forward of ``model`` run inside the block, and its backward.
 
     For profiling a real training step: the block runs the model the way the
@@ -473,6 +505,12 @@ def record(model: nn.Module) -> Iterator[Recording]:
     parameter classes and hooks are removed when the block ends, also when it
     raises.
 
+    A model on the meta device runs with real inputs: values computed from
+    the inputs alone are real (:mod:`execorder.backends.meta`). A selection
+    from values computed from parameters (a router's ``nonzero``) is assumed
+    to keep every element, and the report says what rests on it; with
+    ``assume=False`` it is a value read instead, which raises.
+
     Raises:
         RecordingError: If ``model`` has lazy modules that have not run yet
             (their parameters do not exist).
@@ -483,7 +521,7 @@ def record(model: nn.Module) -> Iterator[Recording]:
             f"{type(model).__name__} has lazy modules that have not run yet; run one "
             "forward before recording (eager.trace does that itself)"
         )
-    recording = Recording(model, tree)
+    recording = Recording(model, tree, assume=assume)
     with _recorded(recording):
         yield recording
 
@@ -506,7 +544,13 @@ def _recorded(recording: Recording) -> Iterator[None]:
     with _own_reads():
         trainable = [p for p in tree.params if p.requires_grad]
     recording._trainable = trainable  # before forward, which may switch some off
-    with gc_paused(), _accumulation_hooks(trainable, recording._order.append):
+    on_meta = MetaRun(recording._assumed, assume=recording._assume) if _on_meta(tree) else None
+    recording._meta_run = on_meta
+    with (
+        gc_paused(),
+        _accumulation_hooks(trainable, recording._order.append),
+        on_meta or nullcontext(),
+    ):
         model.__dict__[slot] = recorded
         try:
             yield
@@ -523,11 +567,14 @@ def trace(
     backward: bool = False,
     target: str | None = None,
     inputs: Mapping[str, str] | None = None,
+    assume: bool = True,
 ) -> Report:
     """Run ``model(*args, **kwargs)`` for real and report its execution order.
 
-    Pure: nothing is printed. On the meta device nothing is computed either,
-    only shapes. To record a training step of your own instead, see :func:`record`.
+    Pure: nothing is printed. With the model on the meta device, only what
+    the inputs alone decide is computed (see :func:`record` for the policy
+    on values computed from parameters). To record a training step of your
+    own instead, see :func:`record`.
 
     Args:
         model: The module to run.
@@ -538,6 +585,9 @@ def trace(
         target: What to call the model in the report; its class name by default.
         inputs: Descriptions of the input tensors for the report; by default
             those of the tensor arguments.
+        assume: On meta, assume a selection from values computed from
+            parameters keeps every element (and say so in the report);
+            False makes it a value read, which raises ``MetaDeviceError``.
 
     Returns:
         The report, with ``mode`` ``"eager"``.
@@ -557,8 +607,13 @@ def trace(
             # Lazy modules (nn.LazyLinear, ...) create their parameters in
             # their first forward: run it once unrecorded, then record one.
             try:
-                with torch.no_grad(), user_code(f"running {owner(model)}"):
-                    model(*args, **kwargs)
+                with (
+                    torch.no_grad(),
+                    user_code(f"running {owner(model)}"),
+                    MetaRun(assume=assume) if _on_meta(tree) else nullcontext() as run,
+                ):
+                    first_args, first_kwargs = run.adopt((args, kwargs)) if run else (args, kwargs)
+                    model(*first_args, **first_kwargs)
             except UserExitError:
                 raise
             except Exception as exc:
@@ -568,7 +623,7 @@ def trace(
                     where=user_frame(exc),
                 ) from exc
             tree = module_tree(model)
-        recording = Recording(model, tree)
+        recording = Recording(model, tree, assume=assume)
         with _recorded(recording):
             try:
                 with (
@@ -587,22 +642,48 @@ def trace(
                 limit = sys.getrecursionlimit()
                 raise TooDeepError(owner(model), tree.depth, limit, running=True) from exc
             except Exception as exc:
-                on_meta = _on_meta(tree, args, kwargs)
-                if on_meta and needs_values(exc):
-                    raise MetaDeviceError(
-                        owner(model), first_line(exc), where=user_frame(exc)
-                    ) from exc
-                raise ForwardError(
-                    owner(model),
-                    first_line(exc),
-                    where=user_frame(exc),
-                    device="meta" if on_meta else "",
-                    inputs=[f"{k}={v}" for k, v in _describe(args, kwargs).items()],
-                ) from exc
+                raise _failure(model, tree, args, kwargs, exc) from exc
             if backward:
-                _sum_backward(outputs)
+                try:
+                    with user_code(f"running the backward of {owner(model)}"):
+                        _sum_backward(outputs)
+                except UserExitError:
+                    raise
+                except Exception as exc:
+                    raise _failure(model, tree, args, kwargs, exc, "in backward: ") from exc
             del outputs
         return recording.report(target=target, inputs=inputs)
+
+
+def _failure(
+    model: nn.Module,
+    tree: ModuleTree,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    exc: Exception,
+    prefix: str = "",
+) -> ForwardError:
+    """The error for a forward (or its backward) that raised ``exc``."""
+    on_meta = _on_meta(tree, args, kwargs)
+    if on_meta and needs_values(exc):
+        return MetaDeviceError(owner(model), prefix + _values_reason(exc), where=user_frame(exc))
+    return ForwardError(
+        owner(model),
+        prefix + first_line(exc),
+        where=user_frame(exc),
+        device="meta" if on_meta else "",
+        inputs=[f"{k}={v}" for k, v in _describe(args, kwargs).items()],
+    )
+
+
+def _values_reason(exc: BaseException) -> str:
+    """What needed values: the op a meta run names, else the error's first line."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, NeedsValues):
+            return str(cause)
+        cause = cause.__cause__ or cause.__context__
+    return first_line(exc)
 
 
 def _sum_backward(outputs: Any) -> None:

@@ -21,6 +21,7 @@ from typer.core import TyperCommand, TyperGroup
 from execorder import __version__
 from execorder.cli import files
 from execorder.cli.options import (
+    AssumeOpt,
     BackwardOpt,
     BaselineOpt,
     ConcreteOpt,
@@ -227,7 +228,13 @@ def _parse_categories(text: str | None) -> tuple[Category, ...]:
 
 
 def _gate(report: Any, categories: tuple[Category, ...]) -> bool:
-    """Print one line per category the report has findings in; whether there were any."""
+    """Print one line per category the report has findings in; whether there were any.
+
+    Gating on unused or dead gates on assumption too: whether a parameter
+    whose status rests on an assumption gets a gradient is not proven.
+    """
+    if {Category.UNUSED, Category.DEAD} & set(categories):
+        categories = tuple(dict.fromkeys((*categories, Category.ASSUMPTION)))
     failed = False
     for category in categories:
         found = report.findings(category)
@@ -236,7 +243,12 @@ def _gate(report: Any, categories: tuple[Category, ...]) -> bool:
             shown = ", ".join(found[:5]) + (
                 f", … ({len(found) - 5} more)" if len(found) > 5 else ""
             )
-            say(f"execorder: check failed: {category}: {len(found)} ({shown})")
+            why = (
+                " (they rest on an assumption: unused and dead cannot be proven for them)"
+                if category is Category.ASSUMPTION
+                else ""
+            )
+            say(f"execorder: check failed: {category}: {len(found)} ({shown}){why}")
     return failed
 
 
@@ -290,6 +302,7 @@ def trace(
     input: InputOpt = None,
     inputs: InputsOpt = None,
     backward: BackwardOpt = False,
+    assume: AssumeOpt = True,
     seed: SeedOpt = 0,
     debug: DebugOpt = False,
 ) -> None:
@@ -299,7 +312,8 @@ def trace(
     (first use), which call used which parameters, and the parameters that
     get no gradient: unused (never touched) and dead (touched, but nothing
     they compute reaches an output). torch.fx traces it symbolically; eager
-    mode runs it for real (on the meta device by default: shapes only).
+    mode runs it for real (on the meta device by default: no memory, and what
+    the inputs alone decide is computed).
 
     Exit codes: 0 done; 1 a --fail-on check found something, or the report
     differs from --baseline; 2 the report could not be made (one line on
@@ -322,6 +336,7 @@ def trace(
             inputs=input,
             inputs_factory=inputs,
             backward=backward,
+            assume=assume,
             seed=seed,
             debug=debug,
         )
@@ -410,6 +425,7 @@ def ddp_indices(
     mode: ModeOpt = Mode.AUTO,
     input: InputOpt = None,
     inputs: InputsOpt = None,
+    assume: AssumeOpt = True,
     seed: SeedOpt = 0,
     debug: DebugOpt = False,
 ) -> None:
@@ -435,6 +451,7 @@ def ddp_indices(
             inputs=input,
             inputs_factory=inputs,
             backward=False,
+            assume=assume,
             seed=seed,
             debug=debug,
         )

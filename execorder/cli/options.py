@@ -57,8 +57,8 @@ DeviceOpt = Annotated[
     Device | None,
     typer.Option(
         help="Where to build (and in eager mode run) the model. Default: meta (no "
-        "memory, no compute), falling back to cpu when real tensor values are needed "
-        "and the model fits in memory.",
+        "memory; what the inputs alone decide is computed), falling back to cpu when "
+        "values computed from parameters are needed and the model fits in memory.",
         show_default=False,
     ),
 ]
@@ -140,15 +140,25 @@ BackwardOpt = Annotated[
         "accumulated (the order DDP's reducer and FSDP's prefetching see).",
     ),
 ]
+AssumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--assume/--no-assume",
+        help="On meta: assume a selection made from values computed from parameters (a "
+        "router's nonzero or boolean mask) keeps every element, and mark what rests on it. "
+        "--no-assume needs real values for it instead: the model runs on cpu if it fits.",
+    ),
+]
 FailOnOpt = Annotated[
     str | None,
     typer.Option(
         "--fail-on",
         metavar="CATEGORIES",
         help="CI gate: after the report, exit 1 if any listed category is non-empty. "
-        "Comma-separated: unused, dead, external; with --sweep also branch (trainable "
-        "parameters used or given a gradient in some combinations only). unused and "
-        "dead count trainable parameters only.",
+        "Comma-separated: unused, dead, external, assumption; with --sweep also branch "
+        "(trainable parameters used or given a gradient in some combinations only). "
+        "unused, dead and assumption count trainable parameters only; unused and dead "
+        "also fail on assumption, since neither can be proven for those parameters.",
         show_default=False,
     ),
 ]

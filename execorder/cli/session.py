@@ -62,6 +62,7 @@ class Session:
         backward: bool,
         seed: int | None,
         debug: bool,
+        assume: bool = True,
     ) -> None:
         self.debug = debug
         init_kwargs = parse_assignments(init or [], option="--init")
@@ -92,6 +93,7 @@ class Session:
                 mode=mode,
                 device=device.value if device else None,
                 backward=backward,
+                assume=assume,
                 seed=seed,
                 progress=lambda text: self._say(text),
             )

@@ -310,4 +310,46 @@ def build(
             ) from exc2
     if not isinstance(model, nn.Module):
         raise TargetError(f"{what} returned a {type(model).__name__}, not an nn.Module")
+    if chosen == "meta":
+        onto_meta(model)
     return LoadedTarget(model, target or name, chosen, what, meta_failure)
+
+
+def onto_meta(model: nn.Module) -> int:
+    """Move to meta what a constructor made on a real device despite being asked for meta.
+
+    Legacy constructors (``nn.Parameter(torch.FloatTensor(n, m))``, as XLNet
+    uses) ignore the device context. Left on CPU, such a parameter would get
+    a meta gradient in backward. Parameters keep their identity (ties hold)
+    and class; buffers are replaced.
+
+    Returns:
+        How many tensors were moved.
+    """
+    moved = 0
+    seen: set[int] = set()
+    buffers: dict[int, torch.Tensor] = {}
+    stack = [model]
+    with torch.no_grad():
+        while stack:
+            module = stack.pop()
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            for param in module._parameters.values():
+                if param is None or param.is_meta or id(param) in seen:
+                    continue
+                seen.add(id(param))
+                kind = type(param)
+                new = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+                torch.utils.swap_tensors(param, new)
+                param.__class__ = kind
+                moved += 1
+            for key, buffer in module._buffers.items():
+                if buffer is not None and not buffer.is_meta:
+                    if id(buffer) not in buffers:
+                        buffers[id(buffer)] = buffer.to("meta")
+                        moved += 1
+                    module._buffers[key] = buffers[id(buffer)]
+            stack.extend(c for c in module._modules.values() if c is not None)
+    return moved

@@ -34,7 +34,7 @@ from execorder.output.view import (
     label,
     plural,
 )
-from execorder.report import ModuleCall, ParamInfo, ParamStatus, Report, shape_text
+from execorder.report import Category, ModuleCall, ParamInfo, ParamStatus, Report, shape_text
 
 NUMBER, FIXED, NAME, TEXT = ColumnKind.NUMBER, ColumnKind.FIXED, ColumnKind.NAME, ColumnKind.TEXT
 SHOW_ALL = "--max-rows 0 shows all"
@@ -74,6 +74,8 @@ def report_view(
         _unused(report.unused, max_rows=max_rows),
         _dead(report.dead, max_rows=max_rows),
     ]
+    if report.assumptions:
+        blocks += _assumptions(report, max_rows=max_rows)
     if report.external:
         blocks.append(_external(report))
     if report.backward is not None:
@@ -91,13 +93,42 @@ def _warn_if(count: int) -> Severity:
 
 
 def ddp_verdict(report: Report) -> Row:
-    """Whether DDP (``find_unused_parameters=False``) gets a gradient for every parameter."""
+    """Whether DDP (``find_unused_parameters=False``) gets a gradient for every parameter.
+
+    Never "ok" on an assumption: when the status of a trainable parameter
+    rests on one (a meta run's routing), a step that routes otherwise can
+    leave it without a gradient.
+    """
     missing = report.summary.params_no_grad
+    resting = len(report.findings(Category.ASSUMPTION))
     if missing:
         verb = "gets" if missing == 1 else "get"
         text = f"fails: {plural(missing, 'trainable parameter')} {verb} no gradient"
         return _fact("DDP check", text, Severity.ERROR)
+    if resting:
+        rest = "rests" if resting == 1 else "rest"
+        text = (
+            f"not proven: {plural(resting, 'trainable parameter')} {rest} on an assumption "
+            "(below); a step that selects otherwise (a router sending no token to an expert) "
+            "can leave one without a gradient"
+        )
+        return _fact("DDP check", text, Severity.WARN)
     return _fact("DDP check", "ok: every trainable parameter gets a gradient", Severity.OK)
+
+
+def assumptions_fact(report: Report) -> Row:
+    """What a meta run assumed, in one line: how many selections, where, and what rests on them."""
+    made = report.assumptions
+    count = sum(a.count for a in made)
+    places = list(dict.fromkeys(f"{a.op} at {a.where}" if a.where else a.op for a in made))
+    shown = ", ".join(places[:2]) + (f", +{len(places) - 2} more" if len(places) > 2 else "")
+    rest = "rests" if report.summary.params_on_assumption == 1 else "rest"
+    keep = "keeps" if count == 1 else "keep"
+    text = (
+        f"{plural(count, 'selection')} {keep} every element ({shown}); "
+        f"{plural(report.summary.params_on_assumption, 'parameter')} {rest} on this"
+    )
+    return _fact("assumed on meta", text, Severity.WARN)
 
 
 def _summary(report: Report) -> Table:
@@ -121,6 +152,8 @@ def _summary(report: Report) -> Table:
         rows.append(_fact("assumed used (opaque leaves)", f"{s.params_assumed:,}"))
     if s.external_uses:
         rows.append(_fact("external uses", f"{s.external_uses:,}", Severity.WARN))
+    if report.assumptions:
+        rows.append(assumptions_fact(report))
     rows.append(ddp_verdict(report))
     return Table("Summary", (Column(""), Column("", NAME)), tuple(rows), header=False)
 
@@ -176,13 +209,14 @@ def param_cell(param: ParamInfo) -> Cell:
 
 
 def status_cell(param: ParamInfo) -> Cell:
-    """What is special about a parameter: dead, frozen, assumed."""
+    """What is special about a parameter: dead, frozen, assumed, resting on an assumption."""
     words = [
         (word, tone)
         for flag, word, tone in (
             (param.dead, "dead", Tone.ERROR),
             (not param.requires_grad, "frozen", Tone.INFO),
             (param.assumed, "assumed", Tone.MUTED),
+            (param.rests_on_assumption, "on assumption", Tone.WARN),
         )
         if flag
     ]
@@ -259,6 +293,34 @@ def _dead(dead: Sequence[ParamInfo], *, max_rows: int | None) -> Block:
         status=False,
         max_rows=max_rows,
     )
+
+
+def _assumptions(report: Report, *, max_rows: int | None) -> tuple[Table, Message]:
+    rows = [
+        Row(
+            (
+                cell(f"#{a.call} ", code(label(a.module))),
+                cell(a.op),
+                cell(a.where),
+                cell(f"{a.count:,}"),
+            )
+        )
+        for a in report.assumptions
+    ]
+    kept, left_out = _cut(rows, max_rows, "assumption")
+    note = cell(
+        "On meta, a selection made from values computed from parameters (a router's choice) "
+        "cannot be known: each was assumed to keep every element. The parameters marked "
+        "'on assumption' may fare otherwise in a real step."
+    )
+    columns = (
+        Column("call", NAME),
+        Column("op", FIXED),
+        Column("where", FIXED),
+        Column("times", NUMBER),
+    )
+    title = f"Assumed on meta: every element kept ({len(rows):,})"
+    return Table(title, columns, kept, left_out), Message(note, Severity.WARN)
 
 
 def _external(report: Report) -> Table:
