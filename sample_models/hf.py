@@ -1,9 +1,13 @@
-"""Tiny Hugging Face transformers models, built from configs (no download).
+"""Hugging Face transformers models, built from configs (no download).
 
 torch.fx cannot trace any of them, so execorder runs them eagerly:
 
     execorder trace sample_models/hf.py:tiny_llama --input input_ids=int64[1,16]@0:128
     execorder trace sample_models/hf.py:tiny_mixtral --input input_ids=int64[1,16]@0:128
+
+and mixture-of-experts models at their real sizes, on the meta device:
+
+    execorder trace sample_models/hf.py:mixtral_8x7b --input input_ids=int64[1,32]@0:32000
 
 Needs ``pip install execorder[hf]``.
 """
@@ -13,10 +17,14 @@ from transformers import (
     BertModel,
     GPT2Config,
     GPT2LMHeadModel,
+    GptOssConfig,
+    GptOssForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
 )
 
 VOCAB = 128
@@ -66,3 +74,23 @@ def tiny_mixtral(layers: int = 2, experts: int = 8) -> MixtralForCausalLM:
         **_DECODER, num_hidden_layers=layers, num_local_experts=experts, num_experts_per_tok=2
     )
     return MixtralForCausalLM(config)
+
+
+def mixtral_8x7b(experts: str = "grouped_mm") -> MixtralForCausalLM:
+    """Mixtral-8x7B at its real size (46.7B parameters, ~190 GB in float32).
+
+    ``experts`` is transformers' experts implementation: ``"grouped_mm"`` (its
+    default: one fused kernel for all experts) or ``"eager"`` (a loop over
+    the experts tokens were routed to).
+    """
+    return MixtralForCausalLM(MixtralConfig(experts_implementation=experts))
+
+
+def qwen3_moe() -> Qwen3MoeForCausalLM:
+    """Qwen3-MoE at transformers' default config (15.4B parameters, 128 experts a layer)."""
+    return Qwen3MoeForCausalLM(Qwen3MoeConfig())
+
+
+def gpt_oss_120b() -> GptOssForCausalLM:
+    """gpt-oss-120b's shape, transformers' default config (117B parameters)."""
+    return GptOssForCausalLM(GptOssConfig())

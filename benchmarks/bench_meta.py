@@ -1,0 +1,362 @@
+"""Any model on meta: transformers' own architectures, traced on the meta device, checked.
+
+For every model type of transformers' auto mappings (causal LM, masked LM,
+seq2seq LM, sequence classification, image classification), at its default
+config with the layers cut to 2, and ``input_ids`` [1, 16] (or
+``pixel_values`` [1, C, H, W]):
+
+1. **before**: a plain forward of the model on meta with meta inputs (what
+   execorder did before it ran meta models on real inputs);
+2. **execorder**: ``execorder.profile(..., device="meta", backward=True)``,
+   which never rebuilds on CPU: it traces on meta, or fails and says why;
+3. **check**: the same at a small size (hidden sizes shrunk where the config
+   allows), against the truth: a plain forward and backward on CPU, whose
+   ``.grad is None`` parameters are the ones that get no gradient. The meta
+   report must name exactly those, or differ only on parameters it marks as
+   resting on an assumption. Where both run, execorder's meta and CPU reports
+   are compared too (same calls, same parameters).
+
+A model whose default config is broken (it fails on CPU too, or needs inputs
+other than these) is counted as such, not as a failure of the meta run.
+
+    make bench                      # runs it with the others
+    python benchmarks/bench_meta.py [--only TYPE,TYPE] [--jobs N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import resource
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+TASKS = {
+    "causal": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+    "masked": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
+    "seq2seq": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
+    "seqcls": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+    "image": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+}
+LAYER_KEYS = (
+    "num_hidden_layers", "num_layers", "n_layer", "n_layers", "encoder_layers",
+    "decoder_layers", "num_encoder_layers", "num_decoder_layers",
+)  # fmt: skip
+SMALL = {
+    "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 16, "moe_intermediate_size": 32,
+    "shared_expert_intermediate_size": 32, "d_model": 64, "d_ff": 128, "d_kv": 16,
+    "num_heads": 4, "n_embd": 64, "n_head": 4, "n_inner": 128, "encoder_ffn_dim": 128,
+    "decoder_ffn_dim": 128, "encoder_attention_heads": 4, "decoder_attention_heads": 4,
+    "embedding_size": 64,
+}  # fmt: skip
+MEMORY_CAP = 10 * 2**30  # per worker: a model too big for the check fails cleanly
+CPU_CHECK_BYTES = 3e8  # the default config is checked on CPU directly up to this size
+TIMEOUT_S = 240
+
+
+def cut(config: Any, layers: int = 2) -> Any:
+    """The config with its layer counts cut to ``layers`` (sub-configs too)."""
+    for key in LAYER_KEYS:
+        value = _attribute(config, key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > layers:
+            with contextlib.suppress(Exception):  # a validated config may refuse: keep it
+                setattr(config, key, layers)
+    for sub in ("text_config", "vision_config", "encoder", "decoder"):
+        child = getattr(config, sub, None)
+        if child is not None and hasattr(child, "to_dict"):
+            cut(child, layers)
+    return config
+
+
+def _attribute(config: Any, key: str) -> Any:
+    """``getattr(config, key, None)``, for configs whose getters raise other errors too."""
+    try:
+        return getattr(config, key, None)
+    except Exception:
+        return None
+
+
+def shrunk(config: Any) -> Any:
+    """The config with its widths made small, where it has them."""
+    for key, value in SMALL.items():
+        if isinstance(_attribute(config, key), int):
+            with contextlib.suppress(Exception):
+                setattr(config, key, value)
+    for sub in ("text_config", "vision_config"):
+        child = getattr(config, sub, None)
+        if child is not None and hasattr(child, "to_dict"):
+            shrunk(child)
+    return config
+
+
+def inputs(task: str, config: Any, seed: int = 0) -> dict[str, Any]:
+    """Forward's inputs, real, on CPU: ids in range (ending with EOS when there is one)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    if task == "image":
+        size = getattr(config, "image_size", 224)
+        size = size[0] if isinstance(size, (list, tuple)) else size
+        size = size.get("height", 224) if isinstance(size, dict) else size
+        channels = getattr(config, "num_channels", 3)
+        return {"pixel_values": torch.randn(1, channels, size, size, generator=generator)}
+    text = getattr(config, "text_config", None) or config
+    vocab = min(int(getattr(text, "vocab_size", None) or 1000), 1000)
+    ids = torch.randint(3, vocab, (1, 16), generator=generator)
+    eos = getattr(text, "eos_token_id", None)
+    eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+    if isinstance(eos, int) and 0 <= eos < int(getattr(text, "vocab_size", 0) or 0):
+        ids[:, -1] = eos  # a sequence classifier reads the last EOS
+    found = {"input_ids": ids}
+    if task == "seq2seq":
+        found["decoder_input_ids"] = ids.clone()
+    return found
+
+
+def _tensors(value: Any) -> list[Any]:
+    from execorder.backends.common import tensors
+
+    return list(tensors(value))
+
+
+def _build(task: str, model_type: str, class_name: str, small: bool) -> tuple[Any, Any]:
+    import transformers
+    from transformers import CONFIG_MAPPING
+
+    config = cut(CONFIG_MAPPING[model_type]())
+    if small:
+        config = shrunk(config)
+    return getattr(transformers, class_name), config
+
+
+def _reason(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+    return text[:240]
+
+
+def _truth(cls: Any, config: Any, task: str) -> set[str]:
+    """The trainable parameters a real CPU forward and backward give no gradient."""
+    import torch
+
+    torch.manual_seed(0)
+    model = cls(config)
+    output = model(**inputs(task, config))
+    losses = [t.float().sum() for t in _tensors(output) if t.requires_grad]
+    torch.stack(losses).sum().backward()
+    seen: dict[int, str] = {}
+    for name, param in model.named_parameters():
+        seen.setdefault(id(param), name)
+    by_id = {id(p): p for p in model.parameters()}
+    return {seen[k] for k, p in by_id.items() if p.requires_grad and p.grad is None}
+
+
+def _profile(cls: Any, config: Any, task: str, device: str, **options: Any) -> Any:
+    import execorder
+
+    return execorder.profile(
+        lambda: cls(config), inputs=inputs(task, config), backward=True, device=device, **options
+    )
+
+
+def survey(job: tuple[str, str, str]) -> dict[str, Any]:
+    """Every measurement of one model type; never raises."""
+    task, model_type, class_name = job
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, resource.RLIM_INFINITY))
+    import torch
+    import transformers
+
+    from execorder.errors import MetaDeviceError
+    from execorder.loading.memory import model_bytes
+
+    transformers.logging.set_verbosity_error()
+    found: dict[str, Any] = {"task": task, "type": model_type, "class": class_name}
+    try:
+        cls, config = _build(task, model_type, class_name, small=False)
+        with torch.device("meta"):
+            model = cls(config)
+        found["bytes"] = model_bytes(model)
+    except Exception as exc:
+        found["broken"] = f"builds on no device: {_reason(exc)}"
+        return found
+    # 1. before: a plain forward on meta, inputs on meta.
+    try:
+        meta_inputs = {k: v.to("meta") for k, v in inputs(task, config).items()}
+        model(**meta_inputs)
+        found["before"] = "ok"
+    except Exception as exc:
+        found["before"] = _reason(exc)
+    del model
+    # 2. execorder on meta, at the default config, never on CPU.
+    start = time.perf_counter()
+    try:
+        result = _profile(cls, config, task, "meta")
+        found["meta"] = "ok"
+        found["assumptions"] = sum(a.count for a in result.report.assumptions)
+    except MetaDeviceError as exc:
+        found["meta"] = "needs values"
+        found["meta_why"] = exc.reason[:240]
+    except Exception as exc:
+        found["meta"] = "failed"
+        found["meta_why"] = _reason(exc)
+    found["meta_s"] = round(time.perf_counter() - start, 2)
+    # 3. the check, against a real backward on CPU, at a size CPU can run.
+    found.update(_check(task, model_type, class_name, found["bytes"]))
+    return found
+
+
+def _check(task: str, model_type: str, class_name: str, size: int) -> dict[str, Any]:
+    from execorder.errors import MetaDeviceError
+
+    sizes = ["small", "default"] if size > CPU_CHECK_BYTES else ["default", "small"]
+    why = ""
+    for which in sizes:
+        try:
+            cls, config = _build(task, model_type, class_name, small=which == "small")
+            truth = _truth(cls, config, task)
+        except Exception as exc:
+            why = _reason(exc)
+            continue
+        checked: dict[str, Any] = {"checked_at": which}
+        try:
+            report = _profile(cls, config, task, "meta").report
+        except MetaDeviceError as exc:
+            checked["check"] = "needs values"
+            checked["check_why"] = exc.reason[:240]
+            return checked
+        except Exception as exc:
+            checked["check"] = "meta failed"
+            checked["check_why"] = _reason(exc)
+            return checked
+        said = {p.name for p in report.no_grad()}
+        resting = {p.name for p in report.on_assumption}
+        if said == truth:
+            checked["check"] = "exact"
+        elif (said ^ truth) <= resting:
+            checked["check"] = "on assumption"
+        else:
+            checked["check"] = "WRONG"
+            checked["check_why"] = (
+                f"meta says no gradient for {sorted(said - truth)[:5]}, "
+                f"CPU for {sorted(truth - said)[:5]}"
+            )
+        if not report.assumptions:
+            try:
+                on_cpu = _profile(cls, config, task, "cpu").report
+                same = (
+                    on_cpu.to_dict()["modules"] == report.to_dict()["modules"]
+                    and on_cpu.to_dict()["params"] == report.to_dict()["params"]
+                )
+                checked["same_as_cpu"] = same
+            except Exception as exc:
+                checked["same_as_cpu"] = _reason(exc)
+        return checked
+    return {"check": "broken", "check_why": f"fails on CPU too: {why}"}
+
+
+def jobs(only: set[str] | None) -> list[tuple[str, str, str]]:
+    from transformers.models.auto import modeling_auto
+
+    found = []
+    for task, mapping in TASKS.items():
+        for model_type, class_name in getattr(modeling_auto, mapping).items():
+            if only and model_type not in only:
+                continue
+            name = class_name[0] if isinstance(class_name, (list, tuple)) else class_name
+            found.append((task, model_type, name))
+    return found
+
+
+def run(todo: list[tuple[str, str, str]], workers: int) -> list[dict[str, Any]]:
+    """Survey each job in a worker process, with a time limit each."""
+    results: list[dict[str, Any]] = []
+    context = multiprocessing.get_context("spawn")
+    pending = list(todo)
+    while pending:
+        with context.Pool(workers, maxtasksperchild=8) as pool:
+            submitted = [(job, pool.apply_async(survey, (job,))) for job in pending]
+            pending = []
+            for index, (job, future) in enumerate(submitted):
+                try:
+                    results.append(future.get(timeout=TIMEOUT_S))
+                except multiprocessing.TimeoutError:
+                    results.append({"task": job[0], "type": job[1], "class": job[2],
+                                    "meta": "failed", "meta_why": "timed out"})  # fmt: skip
+                    pending = [j for j, _ in submitted[index + 1 :]]
+                    pool.terminate()
+                    break
+                except Exception as exc:  # a worker that died
+                    results.append({"task": job[0], "type": job[1], "class": job[2],
+                                    "meta": "failed", "meta_why": _reason(exc)})  # fmt: skip
+                print(_line(results[-1]), file=sys.stderr, flush=True)
+    return results
+
+
+def _line(found: dict[str, Any]) -> str:
+    return (
+        f"  {found['task']:8} {found['type']:28} before={str(found.get('before', '-'))[:20]:20} "
+        f"meta={found.get('meta', '-'):13} check={found.get('check', '-')}"
+    )
+
+
+def summarize(results: list[dict[str, Any]]) -> str:
+    """The counts, by outcome, and the failures by cause."""
+    usable = [r for r in results if "broken" not in r and r.get("check") != "broken"]
+    broken = len(results) - len(usable)
+    before = sum(r.get("before") == "ok" for r in usable)
+    meta = Counter(r.get("meta") for r in usable)
+    assumed = sum(1 for r in usable if r.get("meta") == "ok" and r.get("assumptions"))
+    checks = Counter(r.get("check") for r in usable)
+    same = Counter(r.get("same_as_cpu") for r in usable if "same_as_cpu" in r)
+    lines = [
+        f"transformers model types x tasks: {len(results)}; "
+        f"{broken} whose default config fails on CPU too (not counted)",
+        f"of the other {len(usable)}:",
+        f"  a plain forward on meta (before): {before} run",
+        f"  execorder on meta, no CPU rebuild: {meta['ok']} run "
+        f"({assumed} of them on a stated routing assumption), "
+        f"{meta['needs values']} need values computed from parameters, "
+        f"{meta['failed']} fail otherwise",
+        f"  checked against a real CPU backward: {checks['exact']} exact, "
+        f"{checks['on assumption']} differ only where marked, {checks['WRONG']} wrong, "
+        f"{checks['needs values']} need values, {checks['meta failed']} fail on meta",
+        f"  execorder's meta report equals its CPU report: {same[True]} of {sum(same.values())}",
+    ]
+    for label, key, why in (
+        ("needs values", "meta", "meta_why"),
+        ("failed", "meta", "meta_why"),
+        ("WRONG", "check", "check_why"),
+    ):
+        hit = [r for r in usable if r.get(key) == label]
+        for r in hit:
+            lines.append(f"    {label}: {r['task']} {r['type']}: {r.get(why, '')[:150]}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="comma-separated model types")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--json", type=Path, help="also write every result here")
+    args = parser.parse_args()
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise SystemExit("bench_meta needs transformers (pip install execorder[hf])") from None
+    todo = jobs(set(args.only.split(",")) if args.only else None)
+    start = time.perf_counter()
+    results = run(todo, args.jobs)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    print(summarize(results))
+    print(f"  ({time.perf_counter() - start:.0f} s, {args.jobs} workers)")
+
+
+if __name__ == "__main__":
+    main()
