@@ -81,6 +81,9 @@ def test_a_cpu_rerun_that_cannot_fit_is_refused_with_what_to_do() -> None:
     assert done.returncode == 2, done.stderr
     line = done.stderr.strip()
     assert line.startswith("execorder: error: forward needs real values on the meta device")
+    # Which op, and where in the model's code.
+    assert "(reading a value computed from parameters (.item(), if tensor:" in line
+    assert "at models.py:" in line
     assert "building BigDataDependent() on cpu needs about 6.4 GB" in line
     assert "try a smaller configuration (--init, fewer layers), or --device cuda" in line
     assert "MemoryError" not in line and "internal error" not in line

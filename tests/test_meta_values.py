@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 import execorder
 from execorder import eager
+from execorder.analysis import ChangeKind, diff_reports
 from execorder.backends.meta import MetaRun, NeedsValues
 from execorder.cli import app
 from execorder.errors import MetaDeviceError
@@ -202,7 +203,9 @@ class Routed(nn.Module):
         self.experts = Experts()
         self.norm = nn.LayerNorm(4)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, route: bool = True) -> torch.Tensor:
+        if not route:
+            return self.norm(x)
         choice, weight = self.router(x)
         return self.norm(self.experts(x, choice) * weight[:, None])
 
@@ -226,6 +229,23 @@ def test_a_routing_is_assumed_to_keep_everything_and_the_report_says_what_rests_
     # It survives JSON.
     again = Report.from_dict(json.loads(json.dumps(report.to_dict())))
     assert again == report and again.assumptions == report.assumptions
+
+
+def test_a_diff_and_a_sweep_say_what_rests_on_an_assumption() -> None:
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(1))
+    on_cpu = execorder.profile(Routed, inputs=(x,), device="cpu").report
+    on_meta = execorder.profile(Routed, inputs=(x,)).report
+    changes = {(c.name, c.what) for c in diff_reports(on_cpu, on_meta).params}
+    assert ("experts.each.expert_0.weight", ChangeKind.ON_ASSUMPTION) in changes
+    assert not {name for name, what in changes if what is ChangeKind.ON_ASSUMPTION} & {
+        "router.gate.weight",
+        "norm.weight",
+    }
+    swept = execorder.Profiler(Routed, inputs=(x,)).sweep([("route", [True, False])])
+    expert = next(p for p in swept.params if p.name == "experts.each.expert_0.weight")
+    assert expert.assumed_in == (0,) and expert.used_in == (0,)
+    assert "experts.each.expert_0.weight" in swept.findings("assumption")
+    assert swept.to_dict()["findings"]["assumption"] == list(swept.findings("assumption"))
 
 
 def test_without_assuming_a_routing_needs_values() -> None:

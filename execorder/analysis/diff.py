@@ -38,6 +38,8 @@ class ChangeKind(Word):
     SHAPE = "shape"
     DTYPE = "dtype"
     MOVED = "moved"  # its place in the first-use order
+    ON_ASSUMPTION = "now on assumption"  # its status rests on a meta run's assumption now
+    OFF_ASSUMPTION = "no longer on assumption"
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,8 +242,17 @@ def _param_changes(old: Report, new: Report) -> list[ParamChange]:
             )
         if before.dtype != param.dtype:
             changes.append(ParamChange(name, ChangeKind.DTYPE, before.dtype, param.dtype))
+        if before.rests_on_assumption != param.rests_on_assumption:
+            kind = (
+                ChangeKind.ON_ASSUMPTION if param.rests_on_assumption else ChangeKind.OFF_ASSUMPTION
+            )
+            changes.append(ParamChange(name, kind, _proof(before), _proof(param)))
     changes.extend(_order_changes(old.params, new.params))
     return changes
+
+
+def _proof(param: ParamInfo) -> str:
+    return "on assumption" if param.rests_on_assumption else "observed"
 
 
 def _order_changes(old: Sequence[ParamInfo], new: Sequence[ParamInfo]) -> list[ParamChange]:

@@ -186,18 +186,15 @@ class MetaRun(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         flat, spec = tree_flatten((args, kwargs))
-        on_meta = _device_is_meta(kwargs) or any(
-            isinstance(x, torch.Tensor) and x.is_meta for x in flat
-        )
-        if not on_meta:
+        tensors = [x for x in flat if isinstance(x, torch.Tensor)]
+        if not (_device_is_meta(kwargs) or any(x.is_meta for x in tensors)):
             return func(*args, **kwargs)
-        values = [self.value(x) if isinstance(x, torch.Tensor) else x for x in flat]
-        known = all(
-            v is not None for v, x in zip(values, flat, strict=True) if isinstance(x, torch.Tensor)
-        )
         written = _written(func, args, kwargs)
-        if known:
+        if all(self.value(x) is not None for x in tensors):
+            values = [self.value(x) if isinstance(x, torch.Tensor) else x for x in flat]
             return self._known(func, flat, spec, values, written)
+        if all(x.is_meta for x in tensors) and "device" not in kwargs:
+            return self._unknown(func, flat, spec, written, (args, kwargs))
         return self._unknown(func, flat, spec, written)
 
     def _known(
@@ -235,8 +232,19 @@ class MetaRun(TorchDispatchMode):
                 self._shadow[out] = shadow
         return result
 
-    def _unknown(self, func: Any, flat: list[Any], spec: Any, written: list[torch.Tensor]) -> Any:
-        """Some input's value is unknown: run on meta, under the policy for value reads."""
+    def _unknown(
+        self,
+        func: Any,
+        flat: list[Any],
+        spec: Any,
+        written: list[torch.Tensor],
+        on_meta: tuple[Any, dict[str, Any]] | None = None,
+    ) -> Any:
+        """Some input's value is unknown: run on meta, under the policy for value reads.
+
+        ``on_meta`` is ``(args, kwargs)`` when they are on meta already (the
+        usual case: an op on parameters), so nothing needs moving.
+        """
         if func in _VALUE_READS:
             raise NeedsValues(
                 _name(func),
@@ -254,18 +262,20 @@ class MetaRun(TorchDispatchMode):
                 self._stale[_storage(shadow)] = shadow.untyped_storage()
         if func in _INDEXING and _has_mask(flat, spec):
             flat, spec = self._known_masks(func, flat, spec)
+            on_meta = None
         elif func in (aten.masked_select.default, aten.masked_select.out):
             mask = self.value(flat[1]) if isinstance(flat[1], torch.Tensor) else None
             if mask is not None:  # the data is unknown, but which elements are kept is not
                 shape = torch.broadcast_shapes(flat[0].shape, mask.shape)
                 count = int(torch.broadcast_to(mask, shape).sum())
                 return aten.empty.memory_format((count,), dtype=flat[0].dtype, device=META)
-        moved = [_to_meta(x) if isinstance(x, torch.Tensor) else x for x in flat]
-        args, kwargs = tree_unflatten(moved, spec)
-        kwargs = _to_meta_args(kwargs)
-        if func in _SELECTIONS or (func in _INDEXING and _has_mask(moved, spec)):
-            return self._select(func, args, kwargs)
-        return self._run(func, args, kwargs)
+        if on_meta is None:
+            moved = [_to_meta(x) if isinstance(x, torch.Tensor) else x for x in flat]
+            args, kwargs = tree_unflatten(moved, spec)
+            on_meta = (args, _to_meta_args(kwargs))
+        if func in _SELECTIONS or (func in _INDEXING and _has_mask(*tree_flatten(on_meta))):
+            return self._select(func, *on_meta)
+        return self._run(func, *on_meta)
 
     def _known_masks(self, func: Any, flat: list[Any], spec: Any) -> tuple[list[Any], Any]:
         """Boolean mask indices whose values are known, as the integer indices they select."""
@@ -408,13 +418,21 @@ def _to_meta(tensor: torch.Tensor) -> torch.Tensor:
     return aten._to_copy.default(tensor, device=META)
 
 
+_WRITES: dict[Any, tuple[tuple[int, str], ...]] = {}
+
+
 def _written(func: Any, args: Any, kwargs: Any) -> list[torch.Tensor]:
     """The tensors ``func`` writes into (``self`` of an in-place op, ``out=``)."""
+    writes = _WRITES.get(func)
+    if writes is None:
+        writes = _WRITES[func] = tuple(
+            (position, argument.name)
+            for position, argument in enumerate(func._schema.arguments)
+            if argument.alias_info is not None and argument.alias_info.is_write
+        )
     found: list[torch.Tensor] = []
-    for position, argument in enumerate(func._schema.arguments):
-        if argument.alias_info is None or not argument.alias_info.is_write:
-            continue
-        value = args[position] if position < len(args) else kwargs.get(argument.name)
+    for position, name in writes:
+        value = args[position] if position < len(args) else kwargs.get(name)
         values = value if isinstance(value, (list, tuple)) else [value]
         found += [v for v in values if isinstance(v, torch.Tensor)]
     return found

@@ -210,19 +210,20 @@ def param_cell(param: ParamInfo) -> Cell:
 
 def status_cell(param: ParamInfo) -> Cell:
     """What is special about a parameter: dead, frozen, assumed, resting on an assumption."""
-    words = [
-        (word, tone)
-        for flag, word, tone in (
-            (param.dead, "dead", Tone.ERROR),
-            (not param.requires_grad, "frozen", Tone.INFO),
-            (param.assumed, "assumed", Tone.MUTED),
-            (param.rests_on_assumption, "on assumption", Tone.WARN),
-        )
-        if flag
-    ]
+    return _marks(
+        (param.dead, "dead", Tone.ERROR),
+        (not param.requires_grad, "frozen", Tone.INFO),
+        (param.assumed, "assumed", Tone.MUTED),
+        (param.rests_on_assumption, "on assumption", Tone.WARN),
+    )
+
+
+def _marks(*marks: tuple[bool, str, Tone]) -> Cell:
+    """The words whose flag is set, comma-separated, each in its tone."""
     spans: list[str | Span] = []
-    for i, (word, tone) in enumerate(words):
-        spans += [", " if i else "", Span(word, tone)]
+    for flag, word, tone in marks:
+        if flag:
+            spans += [", " if spans else "", Span(word, tone)]
     return cell(*spans)
 
 
@@ -420,11 +421,14 @@ def _combinations(indices: Sequence[int]) -> str:
 def _with_marks(
     title: str, columns: tuple[Column, ...], params: Sequence[SweepParam], cells: Any, **opts: Any
 ) -> Table:
-    """A table of a sweep's parameters, with a status column when one of them is frozen."""
-    marked = any(not p.requires_grad for p in params)
+    """A table of a sweep's parameters, with a status column when one is frozen or assumed."""
+    marked = any(not p.requires_grad or p.assumed_in for p in params)
     rows = []
     for p in params:
-        mark = cell(Span("frozen", Tone.INFO)) if not p.requires_grad else cell()
+        mark = _marks(
+            (not p.requires_grad, "frozen", Tone.INFO),
+            (bool(p.assumed_in), "on assumption", Tone.WARN),
+        )
         rows.append(Row((*cells(p), mark) if marked else tuple(cells(p))))
     if marked:
         columns = (*columns, Column("status", FIXED))
