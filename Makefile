@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_fx.py
 	$(PY) benchmarks/bench_scale.py
 	$(PY) benchmarks/bench_diff.py
+	$(PY) benchmarks/bench_meta.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -56,8 +56,13 @@ SMALL = {
     "decoder_ffn_dim": 128, "encoder_attention_heads": 4, "decoder_attention_heads": 4,
     "embedding_size": 64,
 }  # fmt: skip
+FEWER_EXPERTS = {
+    "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "moe_num_experts": 4,
+    "num_experts_per_tok": 2, "n_group": 1, "topk_group": 1,
+}  # fmt: skip
 MEMORY_CAP = 10 * 2**30  # per worker: a model too big for the check fails cleanly
 CPU_CHECK_BYTES = 3e8  # the default config is checked on CPU directly up to this size
+SMALL_CHECK_BYTES = 1.5e9  # a config made small is checked up to this size
 TIMEOUT_S = 240
 
 
@@ -83,16 +88,16 @@ def _attribute(config: Any, key: str) -> Any:
         return None
 
 
-def shrunk(config: Any) -> Any:
-    """The config with its widths made small, where it has them."""
-    for key, value in SMALL.items():
+def shrunk(config: Any, sizes: dict[str, int] = SMALL) -> Any:
+    """The config with its widths (or its experts) made small, where it has them."""
+    for key, value in sizes.items():
         if isinstance(_attribute(config, key), int):
             with contextlib.suppress(Exception):
                 setattr(config, key, value)
     for sub in ("text_config", "vision_config"):
         child = getattr(config, sub, None)
         if child is not None and hasattr(child, "to_dict"):
-            shrunk(child)
+            shrunk(child, sizes)
     return config
 
 
@@ -126,12 +131,23 @@ def _tensors(value: Any) -> list[Any]:
     return list(tensors(value))
 
 
-def _build(task: str, model_type: str, class_name: str, small: bool) -> tuple[Any, Any]:
+def _build(
+    task: str, model_type: str, class_name: str, small: bool | str, whole: bool = False
+) -> tuple[Any, Any]:
+    """The model class and its config: default, layers cut to 2 (unless ``whole``).
+
+    ``small`` makes its widths small (True), or only its number of experts
+    (``"experts"``: for configs whose widths depend on each other).
+    """
     import transformers
     from transformers import CONFIG_MAPPING
 
-    config = cut(CONFIG_MAPPING[model_type]())
-    if small:
+    config = CONFIG_MAPPING[model_type]()
+    if not whole:
+        config = cut(config)
+    if small == "experts":
+        config = shrunk(config, FEWER_EXPERTS)
+    elif small:
         config = shrunk(config)
     return getattr(transformers, class_name), config
 
@@ -141,11 +157,11 @@ def _reason(exc: BaseException) -> str:
     return text[:240]
 
 
-def _truth(cls: Any, config: Any, task: str) -> set[str]:
+def _truth(cls: Any, config: Any, task: str, seed: int = 0) -> set[str]:
     """The trainable parameters a real CPU forward and backward give no gradient."""
     import torch
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = cls(config)
     output = model(**inputs(task, config))
     losses = [t.float().sum() for t in _tensors(output) if t.requires_grad]
@@ -157,7 +173,19 @@ def _truth(cls: Any, config: Any, task: str) -> set[str]:
     return {seen[k] for k, p in by_id.items() if p.requires_grad and p.grad is None}
 
 
-def _profile(cls: Any, config: Any, task: str, device: str, **options: Any) -> Any:
+def _random_structure(cls: Any, config: Any, task: str, truth: set[str]) -> bool:
+    """Whether real backwards with other seeds give other parameters no gradient."""
+    import torch
+
+    for seed in range(1, 6):
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            if _truth(cls, config, task, seed=seed) != truth:
+                return True
+    return False
+
+
+def _profile(cls: Any, config: Any, task: str, device: str | None, **options: Any) -> Any:
     import execorder
 
     return execorder.profile(
@@ -172,7 +200,6 @@ def survey(job: tuple[str, str, str]) -> dict[str, Any]:
     import torch
     import transformers
 
-    from execorder.errors import MetaDeviceError
     from execorder.loading.memory import model_bytes
 
     transformers.logging.set_verbosity_error()
@@ -185,15 +212,38 @@ def survey(job: tuple[str, str, str]) -> dict[str, Any]:
     except Exception as exc:
         found["broken"] = f"builds on no device: {_reason(exc)}"
         return found
-    # 1. before: a plain forward on meta, inputs on meta.
+    del model
+    found.update(_on_meta(cls, config, task))
+    if found["meta"] == "failed":
+        # Cutting the layers can break a config (a hybrid whose first two layers
+        # hold no attention): then the whole default config, which meta holds too.
+        cls, config = _build(task, model_type, class_name, small=False, whole=True)
+        whole = _on_meta(cls, config, task)
+        if whole["meta"] != "failed":
+            found.pop("meta_why", None)
+            found.update(whole, whole_config=True)
+    # 3. the check, against a real backward on CPU, at a size CPU can run.
+    found.update(_check(task, model_type, class_name, found["bytes"], found.get("whole_config")))
+    if found["meta"] == "failed" and found["check"] in ("broken", "unchecked"):
+        # It fails on CPU as well: the default config itself is broken.
+        found["broken"] = f"fails on CPU too: {found.get('check_why', '')}"
+    return found
+
+
+def _on_meta(cls: Any, config: Any, task: str) -> dict[str, Any]:
+    """1. before: a plain forward on meta, inputs on meta; 2. execorder on meta, never on CPU."""
+    import torch
+
+    from execorder.errors import MetaDeviceError
+
+    found: dict[str, Any] = {}
     try:
-        meta_inputs = {k: v.to("meta") for k, v in inputs(task, config).items()}
-        model(**meta_inputs)
+        with torch.device("meta"):
+            model = cls(config)
+        model(**{k: v.to("meta") for k, v in inputs(task, config).items()})
         found["before"] = "ok"
     except Exception as exc:
         found["before"] = _reason(exc)
-    del model
-    # 2. execorder on meta, at the default config, never on CPU.
     start = time.perf_counter()
     try:
         result = _profile(cls, config, task, "meta")
@@ -206,26 +256,27 @@ def survey(job: tuple[str, str, str]) -> dict[str, Any]:
         found["meta"] = "failed"
         found["meta_why"] = _reason(exc)
     found["meta_s"] = round(time.perf_counter() - start, 2)
-    # 3. the check, against a real backward on CPU, at a size CPU can run.
-    found.update(_check(task, model_type, class_name, found["bytes"]))
     return found
 
 
-def _check(task: str, model_type: str, class_name: str, size: int) -> dict[str, Any]:
+def _check(
+    task: str, model_type: str, class_name: str, size: int, whole: bool | None = None
+) -> dict[str, Any]:
     import torch
 
     from execorder.errors import MetaDeviceError
     from execorder.loading.memory import model_bytes
 
     # A model too big to check on CPU at its default size is only checked small.
-    sizes = ["small"] if size > CPU_CHECK_BYTES else ["default", "small"]
+    sizes = ["small", "experts"] if size > CPU_CHECK_BYTES else ["default", "small"]
     why = ""
     for which in sizes:
         try:
-            cls, config = _build(task, model_type, class_name, small=which == "small")
+            small = {"default": False, "small": True, "experts": "experts"}[which]
+            cls, config = _build(task, model_type, class_name, small=small, whole=bool(whole))
             with torch.device("meta"):
                 measured = model_bytes(cls(config))
-            if measured > CPU_CHECK_BYTES:
+            if measured > (CPU_CHECK_BYTES if which == "default" else SMALL_CHECK_BYTES):
                 why = f"{measured / 1e9:.1f} GB even when made small"
                 continue
             truth = _truth(cls, config, task)
@@ -249,6 +300,9 @@ def _check(task: str, model_type: str, class_name: str, size: int) -> dict[str, 
             checked["check"] = "exact"
         elif (said ^ truth) <= resting:
             checked["check"] = "on assumption"
+        elif _random_structure(cls, config, task, truth):
+            # Which layers run is drawn at random (LayerDrop): no one run is the truth.
+            checked["check"] = "random"
         else:
             checked["check"] = "WRONG"
             checked["check_why"] = (
@@ -325,6 +379,7 @@ def summarize(results: list[dict[str, Any]]) -> str:
     assumed = sum(1 for r in usable if r.get("meta") == "ok" and r.get("assumptions"))
     checks = Counter(r.get("check") for r in usable)
     same = Counter(r.get("same_as_cpu") for r in usable if "same_as_cpu" in r)
+    whole = sum(1 for r in usable if r.get("whole_config"))
     lines = [
         f"transformers model types x tasks: {len(results)}; "
         f"{broken} whose default config fails on CPU too (not counted)",
@@ -333,10 +388,12 @@ def summarize(results: list[dict[str, Any]]) -> str:
         f"  execorder on meta, no CPU rebuild: {meta['ok']} run "
         f"({assumed} of them on a stated routing assumption), "
         f"{meta['needs values']} need values computed from parameters, "
-        f"{meta['failed']} fail otherwise",
+        f"{meta['failed']} fail otherwise ({whole} run with all their layers: cut to 2, "
+        "their config breaks)",
         f"  checked against a real CPU backward: {checks['exact']} exact, "
         f"{checks['on assumption']} differ only where marked, {checks['WRONG']} wrong, "
         f"{checks['needs values']} need values, {checks['meta failed']} fail on meta, "
+        f"{checks['random']} with a random structure (real runs differ from each other), "
         f"{checks['unchecked']} not checked (too big for CPU, and no small config)",
         f"  execorder's meta report equals its CPU report: {same[True]} of {sum(same.values())}",
     ]

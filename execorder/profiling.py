@@ -127,10 +127,10 @@ class Profiler:
             element, and mark what rests on it; False treats it as needing
             real values, like ``.item()``: forward then runs again on CPU
             if the model fits, and is refused if not.
-        seed: Seed the model's build and the generated inputs with it, so a
-            model routing on random values gives the same answer every run
-            (the global random state is left as it was); None leaves them
-            unseeded. The report states it.
+        seed: Seed the model's build, the generated inputs and the run with
+            it, so a model routing on random values (or dropping layers at
+            random) gives the same answer every run (the global random state
+            is left as it was); None leaves them unseeded. The report states it.
         target: What to call the model in reports; by default the ``TARGET``
             text or the class name.
         progress: Told about each slow step, for a progress display.
@@ -245,18 +245,21 @@ class Profiler:
         where = self.device
         if where == "meta" and self.inputs.bytes() <= REAL_LIMIT:
             where = "cpu"
-        with self._seeded():
-            args, kwargs = self.inputs.make(where)
         try:
-            self._progress(f"Running {self.target} on {self.device}")
-            return eager.trace(
-                self.model,
-                args=args,
-                kwargs={**kwargs, **concrete},
-                backward=self.backward,
-                target=self.target,
-                assume=self.assume,
-            )
+            # Seeded through forward too: a model that draws at random in forward
+            # (dropout deciding nothing, LayerDrop deciding which layers run)
+            # gives the same answer every run.
+            with self._seeded():
+                args, kwargs = self.inputs.make(where)
+                self._progress(f"Running {self.target} on {self.device}")
+                return eager.trace(
+                    self.model,
+                    args=args,
+                    kwargs={**kwargs, **concrete},
+                    backward=self.backward,
+                    target=self.target,
+                    assume=self.assume,
+                )
         except ForwardError as exc:
             if self._factory is None or self._chosen_device is not None or exc.device != "meta":
                 raise

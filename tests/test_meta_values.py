@@ -334,3 +334,42 @@ def test_the_cli_marks_an_assumption_and_never_says_ok_on_it() -> None:
     refused = runner.invoke(app, [*args, "-f", "json", "--no-assume", "--fail-on", "assumption"])
     assert refused.exit_code == 0, refused.output
     assert "reran it on CPU" in refused.stderr
+
+
+class LayerDrop(nn.Module):
+    """Skips each layer at random while training, as fairseq's LayerDrop does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            if self.training and torch.rand([]) < 0.5:
+                continue
+            x = layer(x)
+        return x
+
+
+@pytest.mark.parametrize("device", ["meta", "cpu"])
+def test_a_random_structure_gives_the_same_answer_every_run_under_a_seed(device: str) -> None:
+    def skipped(seed: int) -> tuple[str, ...]:
+        report = execorder.profile(LayerDrop, input_size=(2, 4), device=device, seed=seed).report
+        return tuple(p.name for p in report.unused)
+
+    assert skipped(0) == skipped(0) == skipped(0)
+    assert len({skipped(seed) for seed in range(6)}) > 1  # the seed is what decides
+
+
+def test_a_meta_kernel_that_wants_bfloat16_runs_in_it_and_keeps_the_dtype() -> None:
+    """transformers' fused experts call grouped_mm, whose meta kernel takes bfloat16 only."""
+    x, w = torch.randn(8, 16), torch.randn(2, 16, 8)
+    offsets = torch.tensor([3, 8], dtype=torch.int32)
+    on_cpu = torch.nn.functional.grouped_mm(x, w, offs=offsets)
+    meta = [t.to("meta") for t in (x, w, offsets)]
+    with pytest.raises(RuntimeError, match="BF16"):
+        torch.nn.functional.grouped_mm(meta[0], meta[1], offs=meta[2])
+    with MetaRun() as run:
+        out = torch.nn.functional.grouped_mm(meta[0], meta[1], offs=meta[2])
+    assert (out.shape, out.dtype, out.is_meta) == (on_cpu.shape, on_cpu.dtype, True)
+    assert run.lifted == {"aten._grouped_mm"}

@@ -111,8 +111,8 @@ class MetaRun(TorchDispatchMode):
         assume: False to treat selections as value reads (:class:`NeedsValues`).
         limit: Bytes of real values one op may produce for a shadow.
         source: What unknown values are computed from, for messages:
-            ``"parameters"``, or ``"parameters and inputs"`` when inputs
-            are on meta too.
+            ``"parameters"``, or ``"parameters and meta inputs"`` when
+            inputs came without their values.
 
     Attributes:
         assumptions: How many selections were assumed.

@@ -96,8 +96,9 @@ SeedOpt = Annotated[
     typer.Option(
         "--seed",
         metavar="N",
-        help="The seed of the model's build and the generated inputs: a model whose routing "
-        "depends on random values gives the same answer on every run.",
+        help="The seed of the model's build, the generated inputs and the run: a model whose "
+        "routing depends on random values, or that drops layers at random, gives the same "
+        "answer on every run.",
     ),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]

@@ -395,7 +395,7 @@ class Report:
         backward: Parameters in the order their gradients were accumulated
             (eager mode with a backward run), else None.
         inputs: The input tensors of an eager run, as ``dtype[shape]`` by name.
-        seed: The seed the model's build and generated inputs used, or None
+        seed: The seed the model's build, generated inputs and run used, or None
             when nothing was seeded (a recorded step of the user's own).
         defaults: forward's arguments an eager run left to their default
             values, with those values (JSON-safe): they may have chosen a
