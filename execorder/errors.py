@@ -29,6 +29,7 @@ class Arg(Enum):
     SWEEP = "sweep"
     TARGET = "target"
     UPDATE_BASELINE = "update-baseline"  # rewrite a stored report (the command line only)
+    UNIT = "unit"  # an FSDP unit, by class or qualified name
 
 
 class Words(Protocol):
@@ -66,6 +67,8 @@ class PythonWords:
             return f"sweep axis {names[0]!r}" if names else "sweep axes"
         if arg is Arg.UPDATE_BASELINE:
             return ""
+        if arg is Arg.UNIT:
+            return f"units=[{value!r}]" if value else "units"
         return arg.value
 
 
@@ -698,6 +701,48 @@ class IndicesError(ExecOrderError):
             f"parameters (0 to {self.count - 1}); were the same {words.arg(Arg.INIT)} and "
             f"{words.arg(Arg.CONCRETE)} values used as in the failing run?"
         )
+
+
+# -- FSDP plans ------------------------------------------------------------------
+
+
+class UnitError(ExecOrderError):
+    """A unit asked for matches no module of the model.
+
+    Attributes:
+        name: The class name or qualified name asked for.
+        classes: The block classes the model has (candidates to suggest).
+    """
+
+    def __init__(self, name: str, *, classes: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.name, self.classes = name, tuple(classes)
+
+    def describe(self, words: Words = PYTHON) -> str:
+        text = (
+            f"{words.arg(Arg.UNIT, value=self.name)}: no module of the model has that class "
+            "or qualified name"
+        )
+        if self.classes:
+            text += f"; its block classes: {', '.join(self.classes)}"
+        return text
+
+
+class PlanMismatchError(ExecOrderError):
+    """An FSDP plan does not fit the model it is applied to.
+
+    Attributes:
+        problems: What does not fit, one line each.
+    """
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__()
+        self.problems = tuple(problems)
+
+    def describe(self, words: Words = PYTHON) -> str:
+        shown = "; ".join(self.problems[:4])
+        more = f"; and {len(self.problems) - 4} more" if len(self.problems) > 4 else ""
+        return f"the FSDP plan does not fit this model: {shown}{more}"
 
 
 def user_frame(exc: BaseException) -> str:

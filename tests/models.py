@@ -589,3 +589,84 @@ class HugeUnmeasurable(nn.Module):
         self.chunks = nn.ParameterList(
             nn.Parameter(torch.empty(250_000_000 * one)) for _ in range(gigabytes)
         )
+
+
+# -- FSDP2 plans: units that run out of registration order, or break sharding --
+
+
+class Unit(nn.Module):
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.lin = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.lin(x))
+
+
+class Permuted(nn.Module):
+    """Four layers, run in the order 2, 0, 3, 1."""
+
+    ORDER = (2, 0, 3, 1)
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(Unit(width) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i in self.ORDER:
+            x = self.layers[i](x)
+        return x
+
+
+class UnitTwice(nn.Module):
+    """Layers a, b, then a again (a block shared across depth, as ALBERT does)."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(Unit(width) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.layers
+        return a(b(a(x)))
+
+
+class ReadsAnotherUnit(nn.Module):
+    """The root reads layer 0's weight after layer 1 ran, without calling layer 0."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(Unit(width) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return F.linear(x, self.layers[0].lin.weight)
+
+
+class SharedAcrossUnits(nn.Module):
+    """Two layers sharing one weight: each a unit, so the weight is in two."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(Unit(width) for _ in range(2))
+        self.layers[1].lin.weight = self.layers[0].lin.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class SkipsLayer(nn.Module):
+    """Three layers; the last runs only when ``deep`` (ranks that disagree hang in FSDP2)."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(Unit(width) for _ in range(3))
+
+    def forward(self, x: torch.Tensor, deep: bool = True) -> torch.Tensor:
+        for layer in self.layers[:2]:
+            x = layer(x)
+        if deep:
+            x = self.layers[2](x)
+        return x

@@ -163,6 +163,20 @@ def combinations(axes: Sequence[tuple[str, Sequence[Any]]]) -> list[dict[str, An
     ]
 
 
+def check_axes(axes: Sequence[tuple[str, Sequence[Any]]], fixed: Mapping[str, Any]) -> None:
+    """Refuse an argument swept twice, or both swept and fixed.
+
+    Raises:
+        SweepAxisError: Naming it.
+    """
+    names = [name for name, _ in axes]
+    for name in names:
+        if names.count(name) > 1:
+            raise SweepAxisError(name, fixed=False)
+        if name in fixed:
+            raise SweepAxisError(name, fixed=True)
+
+
 def sweep(
     trace: Callable[[Mapping[str, Any]], Report],
     *,
@@ -183,12 +197,7 @@ def sweep(
         SweepFailure: If a combination cannot be traced, naming it.
     """
     fixed = dict(fixed or {})
-    names = [name for name, _ in axes]
-    for name in names:
-        if names.count(name) > 1:
-            raise SweepAxisError(name, fixed=False)
-        if name in fixed:
-            raise SweepAxisError(name, fixed=True)
+    check_axes(axes, fixed)
     reports = []
     combos = combinations(axes)
     for combo in combos:

@@ -13,6 +13,7 @@ from execorder.report.records import (
     Summary,
     jsonable,
     shape_text,
+    size_text,
 )
 
 __all__ = [
@@ -31,4 +32,5 @@ __all__ = [
     "jsonable",
     "load_report",
     "shape_text",
+    "size_text",
 ]

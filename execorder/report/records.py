@@ -29,6 +29,14 @@ def shape_text(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
+def size_text(count: int) -> str:
+    """A byte count as reports write it: ``80 B``, ``1.5 KB``, ``12.3 MB`` (powers of 1000)."""
+    for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} B"
+
+
 @dataclass(frozen=True, slots=True)
 class ParamGroup:
     """Parameters used together inside one module call.
