@@ -87,3 +87,20 @@ def test_eager_reports_validate(name: str, backward: bool) -> None:
     data = json.loads(json.dumps(report.to_dict()))
     _validate(data, "report")
     assert (data["backward"] is None) is not backward
+
+
+def test_fsdp_plans_validate() -> None:
+    import execorder.fsdp
+
+    plans = [
+        execorder.fsdp.plan(models.SkipsLayer, input_size=(2, 4), sweep=[("deep", [True, False])]),
+        execorder.fsdp.plan(models.SkipsLayer, input_size=(2, 4), concrete_args={"deep": False}),
+        execorder.fsdp.plan(models.ReadsAnotherUnit, input_size=(2, 4), backward=True),
+        execorder.fsdp.plan(Model, concrete_args={"run_all_layers": True}),
+    ]
+    for plan in plans:
+        _validate(json.loads(json.dumps(plan.to_dict())), "fsdp_plan")
+    broken = plans[0].to_dict()
+    broken["checks"][0]["severity"] = "fatal"
+    with pytest.raises(jsonschema.ValidationError):
+        VALIDATOR.validate(broken)

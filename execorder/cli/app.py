@@ -30,6 +30,8 @@ from execorder.cli.options import (
     DeviceOpt,
     FailOnOpt,
     FormatOpt,
+    FsdpFailOnOpt,
+    FsdpSweepOpt,
     IndicesArg,
     InitOpt,
     InputOpt,
@@ -38,9 +40,11 @@ from execorder.cli.options import (
     ModeOpt,
     OutputFormat,
     OutputOpt,
+    PrefetchOpt,
     SeedOpt,
     SweepOpt,
     TargetArg,
+    UnitOpt,
     UpdateBaselineOpt,
 )
 from execorder.cli.session import Session, say
@@ -457,6 +461,96 @@ def ddp_indices(
         )
         explanation = explain_indices(session.run(concrete_args), wanted)
         _emit(explanation, lambda: ddp_view(explanation), fmt, None, kind="ddp-indices")
+
+    _run(debug, body)
+
+
+def _parse_gates(text: str | None) -> tuple[Any, ...]:
+    """An FSDP plan's --fail-on: severities (that and worse) or check kinds."""
+    from execorder.analysis.fsdp import CheckKind, Severity
+
+    if text is None:
+        return ()
+    chosen = tuple(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
+    known = {s.value: s for s in Severity} | {k.value: k for k in CheckKind}
+    unknown = [c for c in chosen if c not in known]
+    if unknown or not chosen:
+        raise UsageError(
+            f"--fail-on got {unknown[0] if unknown else text!r}; choose a severity "
+            f"({', '.join(s.value for s in Severity)}) or checks "
+            f"({', '.join(k.value for k in CheckKind)}), comma-separated"
+        )
+    return tuple(known[c] for c in chosen)
+
+
+@app.command(cls=_Command)
+def fsdp(
+    target: TargetArg,
+    unit: UnitOpt = None,
+    prefetch: PrefetchOpt = 1,
+    concrete: ConcreteOpt = None,
+    init: InitOpt = None,
+    device: DeviceOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
+    output: OutputOpt = None,
+    fail_on: FsdpFailOnOpt = None,
+    sweep: FsdpSweepOpt = None,
+    mode: ModeOpt = Mode.AUTO,
+    input: InputOpt = None,
+    inputs: InputsOpt = None,
+    backward: BackwardOpt = False,
+    assume: AssumeOpt = True,
+    seed: SeedOpt = 0,
+    debug: DebugOpt = False,
+) -> None:
+    """Plan FSDP2 (fully_shard) from the order forward really runs.
+
+    Picks the units, gives each unit's forward and backward prefetch lists
+    (for set_modules_to_forward_prefetch and set_modules_to_backward_prefetch)
+    from the recorded order, and checks what breaks FSDP2: a unit's parameters
+    read outside its forward, a parameter in two units, units that never run,
+    run twice, or (with --sweep) run for some values only, and where lists
+    built from registration order would prefetch the wrong unit. With
+    --backward the backward lists follow a real backward. Apply a JSON plan
+    with execorder.fsdp.apply (after your own fully_shard calls) or
+    execorder.fsdp.shard.
+
+    Exit codes: 0 done; 1 a --fail-on check was found; 2 the plan could not
+    be made (one line on stderr says why); 130 interrupted; 141 the reader of
+    stdout stopped.
+    """
+
+    def body() -> None:
+        from execorder.analysis.fsdp import label
+        from execorder.output.views import fsdp_view
+
+        gates = _parse_gates(fail_on)
+        concrete_args = parse_assignments(concrete or [], option="--concrete")
+        axes = [parse_sweep(text) for text in sweep or []]
+        if output is not None:
+            files.check_writable(output)
+        session = Session(
+            target,
+            init=init,
+            device=device,
+            mode=mode,
+            inputs=input,
+            inputs_factory=inputs,
+            backward=backward,
+            assume=assume,
+            seed=seed,
+            debug=debug,
+        )
+        plan = session.plan(
+            units=list(unit or []), prefetch=prefetch, concrete_args=concrete_args, axes=axes
+        )
+        _emit(plan, lambda: fsdp_view(plan), fmt, output, kind="FSDP plan")
+        failing = plan.failing(gates)
+        for check in failing:
+            units = ", ".join(label(u) for u in check.units)
+            say(f"execorder: check failed: {check.kind} ({check.severity}): {units}")
+        if failing:
+            raise typer.Exit(EXIT_FOUND)
 
     _run(debug, body)
 

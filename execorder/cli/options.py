@@ -199,3 +199,48 @@ IndicesArg = Annotated[
     ),
 ]
 ReportArg = Annotated[Path, typer.Argument(metavar="REPORT", show_default=False)]
+UnitOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--unit",
+        "-u",
+        metavar="CLASS_OR_NAME",
+        help="Shard every module of this class (LlamaDecoderLayer) or with this qualified "
+        "name (model.layers.0) as an FSDP2 unit (repeatable). Default: transformers' "
+        "_no_split_modules where the model has them, else the class of its repeated blocks "
+        "(the items of a ModuleList). The root is always a unit and holds the rest.",
+        show_default=False,
+    ),
+]
+PrefetchOpt = Annotated[
+    int,
+    typer.Option(
+        "--prefetch",
+        min=1,
+        metavar="N",
+        help="How many units each unit prefetches (FSDP2 gathers them early: more overlap, "
+        "more memory).",
+    ),
+]
+FsdpSweepOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--sweep",
+        metavar="NAME=V1,V2,...",
+        help="Also run every combination of these forward() argument values (repeatable) "
+        "and check that every unit runs, in the same order, for all of them: ranks that "
+        "disagree on a unit hang in its all-gather.",
+        show_default=False,
+    ),
+]
+FsdpFailOnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--fail-on",
+        metavar="SEVERITY|CHECKS",
+        help="CI gate: exit 1 if a check of this severity or worse is found (error, warning, "
+        "info), or one of these checks (comma-separated: external-use, shared-params, "
+        "varies, not-run, registration-order, order-varies, assumption, repeated, root-only).",
+        show_default=False,
+    ),
+]

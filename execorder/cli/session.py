@@ -132,3 +132,26 @@ class Session:
         """The sweep of every combination."""
         with self._spinner("Profiling"):
             return self._noting(lambda: self.profiler.sweep(axes, fixed=fixed))
+
+    def plan(
+        self,
+        *,
+        units: list[str],
+        prefetch: int,
+        concrete_args: dict[str, Any],
+        axes: list[tuple[str, list[Any]]],
+    ) -> Any:
+        """The FSDP2 plan, from one run or, with a sweep, every combination."""
+        from execorder.fsdp import plan_with
+
+        def make() -> Any:
+            return plan_with(
+                self.profiler,
+                units=units,
+                prefetch=prefetch,
+                concrete_args=concrete_args,
+                sweep=axes,
+            )
+
+        with self._spinner("Profiling"):
+            return self._noting(make)

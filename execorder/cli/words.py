@@ -14,6 +14,7 @@ FLAGS = {
     Arg.BACKWARD: "--backward",
     Arg.SWEEP: "--sweep",
     Arg.UPDATE_BASELINE: "--update-baseline",
+    Arg.UNIT: "--unit",
 }
 
 
