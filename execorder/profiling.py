@@ -204,8 +204,16 @@ class Profiler:
         """The fallbacks taken so far, in order."""
         return tuple(self._notes)
 
-    def run(self, concrete_args: Mapping[str, Any] | None = None) -> Profile:
+    def run(
+        self, concrete_args: Mapping[str, Any] | None = None, *, seed: int | bool | None = True
+    ) -> Profile:
         """Profile one forward under ``concrete_args``.
+
+        Args:
+            concrete_args: Fixed values for forward's arguments.
+            seed: The seed of this run's generated inputs and forward, when it
+                is not the model's (each rank of a job draws its own); True:
+                the profiler's seed.
 
         Raises:
             ConcreteArgError: If a concrete argument is not an argument of forward.
@@ -213,8 +221,10 @@ class Profiler:
                 ``NeedsInputsError`` when FX failed in auto mode without inputs.
         """
         concrete = dict(concrete_args or {})
-        report = self._eager(concrete) if self.mode is Mode.EAGER else self._fx(concrete)
-        return Profile(dataclasses.replace(report, seed=self.seed), self.notes, self.device)
+        run_seed = self.seed if seed is True else seed
+        eager = self.mode is Mode.EAGER
+        report = self._eager(concrete, run_seed) if eager else self._fx(concrete)
+        return Profile(dataclasses.replace(report, seed=run_seed), self.notes, self.device)
 
     def sweep(
         self,
@@ -239,7 +249,7 @@ class Profiler:
                 raise
             raise NeedsInputsError(exc) from exc
 
-    def _eager(self, concrete: dict[str, Any]) -> Report:
+    def _eager(self, concrete: dict[str, Any], seed: int | bool | None) -> Report:
         # On meta, inputs are real (on CPU) so that what they alone decide is
         # computed; only inputs too big to be worth it stay on meta too.
         where = self.device
@@ -249,7 +259,7 @@ class Profiler:
             # Seeded through forward too: a model that draws at random in forward
             # (dropout deciding nothing, LayerDrop deciding which layers run)
             # gives the same answer every run.
-            with self._seeded():
+            with nullcontext() if seed is None else seeded_rng(int(seed)):
                 args, kwargs = self.inputs.make(where)
                 self._progress(f"Running {self.target} on {self.device}")
                 return eager.trace(
@@ -275,7 +285,7 @@ class Profiler:
             else:
                 raise
             self._build("cpu")
-            return self._eager(concrete)
+            return self._eager(concrete, seed)
 
     def _build(self, device: str | None) -> None:
         if device in ("cpu", "cuda") and self._chosen_device == device:

@@ -670,3 +670,77 @@ class SkipsLayer(nn.Module):
         if deep:
             x = self.layers[2](x)
         return x
+
+
+# -- across ranks: forwards that part when ranks draw or see different data ------
+
+
+class LayerDrop(nn.Module):
+    """Four layers, each skipped at random in training, as LayerDrop does (per rank's generator)."""
+
+    def __init__(self, width: int = 4, p: float = 0.5) -> None:
+        super().__init__()
+        self.p = p
+        self.layers = nn.ModuleList(Unit(width) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            if torch.rand(()) >= self.p:
+                x = layer(x)
+        return x
+
+
+class WithDropout(nn.Module):
+    """Random dropout, which decides values but never which modules run."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(Unit(width) for _ in range(2))
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = self.drop(layer(x))
+        return x
+
+
+class OptionalImage(nn.Module):
+    """A text model with an image branch, taken only for a batch that has images."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.text = Unit(width)
+        self.vision = Unit(width)
+        self.head = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.text(x)
+        if pixels is not None:
+            x = x + self.vision(pixels)
+        return self.head(x)
+
+
+def image_on_rank_0(rank: int = 0, world_size: int = 1) -> object:
+    """Rank 0's batch has images; the others' have none."""
+    x = torch.randn(2, 4)
+    return {"x": x, "pixels": torch.randn(2, 4)} if rank == 0 else {"x": x}
+
+
+class EarlyExit(nn.Module):
+    """Four layers; a short sequence exits after two."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(Unit(width) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            if i == 2 and x.shape[1] < 8:
+                break
+            x = layer(x)
+        return x
+
+
+def lengths_by_rank(rank: int = 0, world_size: int = 1) -> object:
+    """Rank r's sequence has 4 + 4r tokens: rank 0's is short."""
+    return (torch.randn(1, 4 + 4 * rank, 4),)

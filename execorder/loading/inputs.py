@@ -234,24 +234,35 @@ def split_arguments(value: Any, name: str) -> Arguments:
     )
 
 
-def call_inputs_factory(factory: Any, name: str, device: Any) -> Arguments:
+def call_inputs_factory(
+    factory: Any, name: str, device: Any, keywords: Mapping[str, Any] | None = None
+) -> Arguments:
     """Call a function making forward's arguments; it may take a ``device`` keyword.
 
     It returns positional args (a tuple or a single tensor), keyword args (a
     dict), or both as ``(args, kwargs)``; tensors are moved to ``device``.
+
+    Args:
+        factory: The function.
+        name: What to call it in messages.
+        device: Where the inputs go.
+        keywords: More keywords it may take (``rank`` and ``world_size`` on
+            each rank of ``execorder ranks``); each is passed if it takes it.
 
     Raises:
         InputsError: If it is not callable, raises, or returns something else.
     """
     if not callable(factory):
         raise InputsError(name, f"is a {type(factory).__name__}, not a function")
+    offered = {"device": device, **(keywords or {})}
     try:
-        accepts_device = "device" in inspect.signature(factory).parameters
+        taken = inspect.signature(factory).parameters
     except (TypeError, ValueError):
-        accepts_device = False
+        taken = {}  # type: ignore[assignment]
+    given = {k: v for k, v in offered.items() if k in taken}
     try:
         with user_code(f"making the inputs with {name}"):
-            value = factory(device=device) if accepts_device else factory()
+            value = factory(**given)
     except UserExitError:
         raise
     except Exception as exc:
@@ -270,14 +281,24 @@ class Inputs:
         sizes: Input sizes (see :func:`input_specs`); positional ones follow
             the positional ``values``.
         name: What to call ``values`` in messages (the function's target).
+        keywords: More keywords the function may take, passed when it does
+            (``rank`` and ``world_size`` on each rank of a job).
 
     Raises:
         InputSpecError: If a size cannot be read.
         InputsError: If ``values`` is not one of the forms above.
     """
 
-    def __init__(self, values: Any = None, sizes: Any = None, *, name: str | None = None) -> None:
+    def __init__(
+        self,
+        values: Any = None,
+        sizes: Any = None,
+        *,
+        name: str | None = None,
+        keywords: Mapping[str, Any] | None = None,
+    ) -> None:
         self.specs = input_specs(sizes)
+        self.keywords = dict(keywords or {})
         self._values = values
         self._name = name or str(getattr(values, "__name__", "inputs"))
         if values is not None and not callable(values):
@@ -308,7 +329,7 @@ class Inputs:
         args: tuple[Any, ...] = ()
         kwargs: dict[str, Any] = {}
         if callable(self._values):
-            args, kwargs = call_inputs_factory(self._values, self._name, device)
+            args, kwargs = call_inputs_factory(self._values, self._name, device, self.keywords)
         elif self._values is not None:
             args, kwargs = split_arguments(self._values, self._name)
             args, kwargs = to_device(args, device), to_device(kwargs, device)

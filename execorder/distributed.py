@@ -1,0 +1,103 @@
+"""Across ranks, over torch.distributed: find where the ranks of a job part, before it hangs.
+
+Every rank reduces its report to a 48-byte digest (its module calls, its
+parameters' statuses, its gradient order) and all-gathers the digests over
+the process group: ranks with equal digests behaved alike, and when all are
+equal that is all that is sent. Otherwise one rank of each group broadcasts
+its record (module names in order, each parameter's status), and every rank
+computes the same :class:`~execorder.analysis.ranks.RankComparison`.
+
+    with execorder.record(model) as rec:          # on every rank, one step
+        loss = model(batch).sum(); loss.backward()
+    result = execorder.distributed.compare(rec.report())
+    if result.diverged and dist.get_rank() == 0:
+        print(result.first_divergence)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from execorder.analysis.ranks import (
+    DIGEST_BYTES,
+    RankComparison,
+    RankRecord,
+    compare_records,
+    group_ranks,
+    record_of,
+)
+from execorder.report import Report
+
+__all__ = ["RankComparison", "RankRecord", "compare", "record_of"]
+
+
+def _device(group: Any) -> torch.device:
+    """Where the group's collectives want tensors: the local GPU for NCCL, else CPU."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+MAX_GROUPS = 8
+
+
+def compare(
+    report: Report | RankRecord,
+    group: Any = None,
+    *,
+    target: str | None = None,
+    max_groups: int = MAX_GROUPS,
+) -> RankComparison:
+    """Compare this rank's report with every other rank's; call it on every rank.
+
+    Each rank sends 48 bytes (all-gathered); only when ranks differ does one
+    rank of each group of alike ranks broadcast its record. Every rank gets
+    the same result.
+
+    Args:
+        report: This rank's report (from ``execorder.record`` around a step,
+            or ``execorder.profile``), or a record (one with ``error`` set
+            when this rank could not make a report: the others then do not
+            wait for it in vain).
+        group: The process group; None for the default one.
+        target: What to call the model; by default the report's target.
+        max_groups: How many groups of alike ranks send a record, at most
+            (those of the lowest ranks); the others are listed, not
+            compared. It bounds the cost when every rank differs.
+
+    Returns:
+        Whether the ranks diverged, their groups, the first module call
+        where they part, and the parameters whose status differs.
+
+    Raises:
+        RuntimeError: If torch.distributed is not initialized.
+    """
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(
+            "execorder.distributed.compare needs an initialized process group "
+            "(torch.distributed.init_process_group), on every rank"
+        )
+    if isinstance(report, Report):
+        record, name = record_of(report), target or report.target
+    else:
+        record, name = report, target or ""
+    world = dist.get_world_size(group)
+    device = _device(group)
+    mine = torch.frombuffer(bytearray(record.digest()), dtype=torch.uint8).to(device)
+    gathered = [torch.empty(DIGEST_BYTES, dtype=torch.uint8, device=device) for _ in range(world)]
+    dist.all_gather(gathered, mine, group=group)
+    groups = group_ranks([bytes(t.cpu().tolist()) for t in gathered])
+    if len(groups) == 1:
+        return compare_records([(groups[0], record)], world_size=world, target=name)
+    me = dist.get_rank(group)
+    records: list[tuple[tuple[int, ...], RankRecord | None]] = []
+    for ranks in groups[:max_groups]:
+        payload: list[Any] = [record if me == ranks[0] else None]
+        source = ranks[0] if group is None else dist.get_global_rank(group, ranks[0])
+        dist.broadcast_object_list(payload, src=source, group=group, device=device)
+        records.append((ranks, payload[0]))
+    records += [(ranks, None) for ranks in groups[max_groups:]]
+    return compare_records(records, world_size=world, target=name)
