@@ -104,3 +104,17 @@ def test_fsdp_plans_validate() -> None:
     broken["checks"][0]["severity"] = "fatal"
     with pytest.raises(jsonschema.ValidationError):
         VALIDATOR.validate(broken)
+
+
+def test_rank_comparisons_validate() -> None:
+    from execorder.analysis.ranks import RankRecord, compare_records
+
+    a = RankRecord(("", "l0", "l1"), {"l1.w": "used"}, ("l1.w",))
+    b = RankRecord(("", "l0"), {"l1.w": "unused"}, ())
+    for groups in (
+        [((0, 1), a)],
+        [((0,), a), ((1,), b)],
+        [((0,), a), ((1,), RankRecord(error="failed"))],
+    ):
+        result = compare_records(groups, world_size=2, target="m")
+        _validate(json.loads(json.dumps(result.to_dict())), "ranks")

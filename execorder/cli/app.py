@@ -38,12 +38,16 @@ from execorder.cli.options import (
     InputsOpt,
     MaxRowsOpt,
     ModeOpt,
+    NprocOpt,
     OutputFormat,
     OutputOpt,
     PrefetchOpt,
+    RankSeedOpt,
+    RanksFailOnOpt,
     SeedOpt,
     SweepOpt,
     TargetArg,
+    TimeoutOpt,
     UnitOpt,
     UpdateBaselineOpt,
 )
@@ -553,6 +557,156 @@ def fsdp(
             raise typer.Exit(EXIT_FOUND)
 
     _run(debug, body)
+
+
+def _rank_args(target: str, options: dict[str, Any]) -> list[str]:
+    """The command line of one rank: the options given, without --nproc."""
+    args = [target]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "assume":
+            args.append("--assume" if value else "--no-assume")
+        elif value is None or value is False or value == []:
+            continue
+        elif value is True:
+            args.append(flag)
+        elif isinstance(value, list):
+            for item in value:
+                args += [flag, str(item)]
+        else:
+            args += [flag, str(getattr(value, "value", value))]
+    return args
+
+
+@app.command(cls=_Command)
+def ranks(
+    target: TargetArg,
+    nproc: NprocOpt = None,
+    concrete: ConcreteOpt = None,
+    init: InitOpt = None,
+    device: DeviceOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
+    output: OutputOpt = None,
+    fail_on: RanksFailOnOpt = None,
+    mode: ModeOpt = Mode.AUTO,
+    input: InputOpt = None,
+    inputs: InputsOpt = None,
+    backward: BackwardOpt = False,
+    assume: AssumeOpt = True,
+    seed: RankSeedOpt = None,
+    timeout: TimeoutOpt = 300,
+    debug: DebugOpt = False,
+) -> None:
+    """Find where the ranks of a job part, before it hangs: run one forward on every rank.
+
+    Run it under torchrun (one process a rank) or give --nproc N. Each rank
+    records its own forward (its own inputs: an --inputs function may take
+    rank and world_size keywords; its own seed); the ranks exchange 48-byte
+    digests over torch.distributed (gloo on CPU, NCCL on GPUs), and rank 0
+    shows whether they agree, the groups of ranks that behaved alike, the
+    first module call where they part, and the parameters whose status
+    (used, unused, dead) differs: what DDP and FSDP hang or fail on.
+
+    Exit codes: 0 done; 1 --fail-on divergence and the ranks diverged; 2 a
+    rank could not record its forward, or the job could not start; 130
+    interrupted.
+    """
+    if fail_on is not None and fail_on.strip() != "divergence":
+        _run(debug, lambda: _refuse(f"--fail-on got {fail_on!r}; the only check is: divergence"))
+    if nproc is not None and "RANK" not in os.environ:
+        from execorder.cli.launch import launch
+
+        options = {
+            "concrete": concrete,
+            "init": init,
+            "device": device,
+            "format": fmt,
+            "output": output,
+            "fail_on": fail_on,
+            "mode": mode if mode is not Mode.AUTO else None,
+            "input": input,
+            "inputs": inputs,
+            "backward": backward,
+            "assume": assume,
+            "seed": seed,
+            "timeout": timeout,
+            "debug": debug,
+        }
+        raise typer.Exit(launch(nproc, _rank_args(target, options), timeout))
+
+    def body() -> None:
+        import datetime
+
+        import torch.distributed as dist
+
+        from execorder.analysis.ranks import RankRecord, record_of
+        from execorder.distributed import compare
+        from execorder.output.views import ranks_view
+
+        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+            raise UsageError(
+                "execorder ranks runs as one process a rank: give --nproc N, or launch it "
+                "with torchrun --nproc-per-node N -m execorder ranks TARGET ..."
+            )
+        rank = int(os.environ["RANK"])
+        if output is not None and rank == 0:
+            files.check_writable(output)
+        concrete_args = parse_assignments(concrete or [], option="--concrete")
+        on_gpu = device is not None and device.value == "cuda"
+        if on_gpu:
+            import torch
+
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(
+            "nccl" if on_gpu else "gloo", timeout=datetime.timedelta(seconds=timeout)
+        )
+        try:
+            world = dist.get_world_size()
+            try:
+                session = Session(
+                    target,
+                    init=init,
+                    device=device,
+                    mode=mode,
+                    inputs=input,
+                    inputs_factory=inputs,
+                    backward=backward,
+                    assume=assume,
+                    seed=seed if seed is not None else 0,
+                    debug=debug,
+                    input_keywords={"rank": rank, "world_size": world},
+                    quiet=rank != 0,
+                )
+                run_seed = seed if seed is not None else rank
+                record = record_of(session.run(concrete_args, seed=run_seed))
+            except ExecOrderError as exc:
+                record = RankRecord(error=message(exc))
+            except Exception as exc:  # the other ranks must not wait for this one in vain
+                record = RankRecord(error=f"internal error: {type(exc).__name__}: {exc}")
+            result = compare(record, target=target)
+            # No rank leaves while another may still be sending to it: a peer
+            # gone mid-send aborts gloo's threads.
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+        if rank == 0:
+            _emit(result, lambda: ranks_view(result), fmt, output, kind="rank comparison")
+        if result.errors:
+            if rank == 0:
+                for failed in result.errors:
+                    ranks_text = ", ".join(map(str, failed.ranks))
+                    say(f"execorder: error: on rank {ranks_text}: {failed.error}")
+            raise typer.Exit(EXIT_ERROR)
+        if fail_on is not None and result.diverged:
+            if rank == 0:
+                say(f"execorder: check failed: divergence: {len(result.groups)} groups of ranks")
+            raise typer.Exit(EXIT_FOUND)
+
+    _run(debug, body)
+
+
+def _refuse(text: str) -> None:
+    raise UsageError(text)
 
 
 def main() -> None:

@@ -244,3 +244,43 @@ FsdpFailOnOpt = Annotated[
         show_default=False,
     ),
 ]
+NprocOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--nproc",
+        min=1,
+        metavar="N",
+        help="Start N ranks on this machine (one process each) and compare them; without it, "
+        "run each rank under torchrun (torchrun --nproc-per-node N -m execorder ranks ...).",
+        show_default=False,
+    ),
+]
+RankSeedOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--seed",
+        metavar="N",
+        help="The seed of every rank's generated inputs and run. Default: rank r draws with "
+        "seed r, as ranks of a job draw differently (the model is built with seed 0 on every "
+        "rank, as DDP starts every rank from the same weights).",
+        show_default=False,
+    ),
+]
+TimeoutOpt = Annotated[
+    int,
+    typer.Option(
+        "--timeout",
+        min=1,
+        metavar="SECONDS",
+        help="How long a rank waits for the others in the process group before giving up.",
+    ),
+]
+RanksFailOnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--fail-on",
+        metavar="divergence",
+        help="CI gate: exit 1 if the ranks diverged.",
+        show_default=False,
+    ),
+]

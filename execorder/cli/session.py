@@ -63,8 +63,10 @@ class Session:
         seed: int | None,
         debug: bool,
         assume: bool = True,
+        input_keywords: dict[str, Any] | None = None,
+        quiet: bool = False,
     ) -> None:
-        self.debug = debug
+        self.debug, self.quiet = debug, quiet
         init_kwargs = parse_assignments(init or [], option="--init")
         self._say: Callable[[str], None] = lambda _: None
         self._shown = 0
@@ -85,7 +87,7 @@ class Session:
                 if not callable(factory):
                     kind = type(factory).__name__
                     raise InputsError(inputs_factory, f"is a {kind}, not a function")
-            given = Inputs(factory, inputs or [], name=inputs_factory)
+            given = Inputs(factory, inputs or [], name=inputs_factory, keywords=input_keywords)
             self.profiler = Profiler(
                 target,
                 init_kwargs=init_kwargs,
@@ -102,7 +104,8 @@ class Session:
     @contextmanager
     def _spinner(self, first: str) -> Iterator[None]:
         # The model's own prints go to stderr: stdout is the report's (--format json).
-        with _spinner(first) as say, contextlib.redirect_stdout(sys.stderr):
+        spinning = _spinner(first) if not self.quiet else contextlib.nullcontext(lambda _: None)
+        with spinning as say, contextlib.redirect_stdout(sys.stderr):
             self._say = say
             try:
                 yield
@@ -112,7 +115,7 @@ class Session:
     def _flush(self) -> None:
         """Print the notes not printed yet."""
         notes = self.profiler.notes
-        for note in notes[self._shown :]:
+        for note in notes[self._shown :] if not self.quiet else ():
             _note(note, self.debug)
         self._shown = len(notes)
 
@@ -123,10 +126,10 @@ class Session:
         finally:
             self._flush()
 
-    def run(self, concrete_args: dict[str, Any]) -> Any:
-        """The report of one forward."""
+    def run(self, concrete_args: dict[str, Any], *, seed: int | bool | None = True) -> Any:
+        """The report of one forward (``seed``: the run's own, if not the model's)."""
         with self._spinner("Profiling"):
-            return self._noting(lambda: self.profiler.run(concrete_args)).report
+            return self._noting(lambda: self.profiler.run(concrete_args, seed=seed)).report
 
     def sweep(self, axes: list[tuple[str, list[Any]]], fixed: dict[str, Any]) -> Any:
         """The sweep of every combination."""
