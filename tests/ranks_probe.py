@@ -1,8 +1,9 @@
 """Run execorder's cross-rank comparison, and the real DDP it forestalls, on real ranks.
 
 Run by tests/test_ranks_real.py in a subprocess with a timeout: ``WORLD``
-ranks on CPU with the gloo backend and a file store, started by
-``torch.multiprocessing``. Rank 0 prints one JSON line per case.
+ranks on CPU with the gloo backend, started by torchrun, or by
+``torch.multiprocessing`` with a file store. Rank 0 prints one JSON line per
+case.
 
     python tests/ranks_probe.py STORE_FILE WORLD compare   # each case: profile, then compare
     python tests/ranks_probe.py STORE_FILE WORLD record    # record() around a step, then compare
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import sys
 import time
 import warnings
@@ -137,4 +139,12 @@ def worker(rank: int, store: str, world: int, what: str) -> None:
 
 if __name__ == "__main__":
     store, world, what = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    mp.spawn(worker, args=(store, world, what), nprocs=world, join=True)
+    if "RANK" in os.environ:  # started by torchrun: this process is one rank
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
+        try:
+            {"compare": compare_cases, "record": record_step}[what](dist.get_rank(), world)
+        finally:
+            dist.barrier()
+            dist.destroy_process_group()
+    else:
+        mp.spawn(worker, args=(store, world, what), nprocs=world, join=True)

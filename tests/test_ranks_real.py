@@ -1,4 +1,4 @@
-"""Across ranks, on real ranks: 2 and 4 gloo processes on CPU, torchrun and execorder's launcher.
+"""Across ranks, on real ranks: 4 and 2 gloo processes on CPU, under torchrun and --nproc.
 
 The oracle is independent of execorder: each rank's forward is replayed in
 this process with plain forward hooks (the same build seed, the rank's own
@@ -26,10 +26,18 @@ PROBE = HERE / "ranks_probe.py"
 WORLD = 4
 
 
-def probe(tmp_path: Path, world: int, what: str) -> list[dict[str, Any]]:
+def probe(tmp_path: Path, world: int, what: str, *, torchrun: bool = False) -> list[dict[str, Any]]:
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}"]
     try:
         done = subprocess.run(
-            [sys.executable, str(PROBE), str(tmp_path / f"store-{what}"), str(world), what],
+            [
+                sys.executable,
+                *(launcher if torchrun else []),
+                str(PROBE),
+                str(tmp_path / f"store-{what}"),
+                str(world),
+                what,
+            ],
             capture_output=True,
             text=True,
             timeout=120,
@@ -85,7 +93,8 @@ def expected(case: str, world: int) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    return {r["case"]: r for r in probe(tmp_path_factory.mktemp("ranks"), WORLD, "compare")}
+    found = probe(tmp_path_factory.mktemp("ranks"), WORLD, "compare", torchrun=True)
+    return {r["case"]: r for r in found}
 
 
 @pytest.mark.parametrize("case", list(CASES))
