@@ -597,15 +597,16 @@ def ranks(
     timeout: TimeoutOpt = 300,
     debug: DebugOpt = False,
 ) -> None:
-    """Find where the ranks of a job part, before it hangs: run one forward on every rank.
+    """Find where the ranks of a job part, before it hangs the job.
 
-    Run it under torchrun (one process a rank) or give --nproc N. Each rank
-    records its own forward (its own inputs: an --inputs function may take
-    rank and world_size keywords; its own seed); the ranks exchange 48-byte
-    digests over torch.distributed (gloo on CPU, NCCL on GPUs), and rank 0
-    shows whether they agree, the groups of ranks that behaved alike, the
-    first module call where they part, and the parameters whose status
-    (used, unused, dead) differs: what DDP and FSDP hang or fail on.
+    Runs one forward on every rank, under torchrun (one process a rank) or
+    started by --nproc N. Each rank records its own forward (its own inputs:
+    an --inputs function may take rank and world_size keywords; its own
+    seed); the ranks exchange 48-byte digests over torch.distributed (gloo on
+    CPU, NCCL on GPUs), and rank 0 shows whether they agree, the groups of
+    ranks that behaved alike, the first module call where they part, and the
+    parameters whose status (used, unused, dead) differs: what DDP and FSDP
+    hang or fail on.
 
     Exit codes: 0 done; 1 --fail-on divergence and the ranks diverged; 2 a
     rank could not record its forward, or the job could not start; 130
