@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_fx.py
 	$(PY) benchmarks/bench_scale.py
 	$(PY) benchmarks/bench_diff.py
+	$(PY) benchmarks/bench_timing.py
 	$(PY) benchmarks/bench_ranks.py
 	$(PY) benchmarks/bench_meta.py
 

@@ -30,6 +30,7 @@ class Arg(Enum):
     TARGET = "target"
     UPDATE_BASELINE = "update-baseline"  # rewrite a stored report (the command line only)
     UNIT = "unit"  # an FSDP unit, by class or qualified name
+    TIMING = "timing"  # measure each module call's time
 
 
 class Words(Protocol):
@@ -67,6 +68,8 @@ class PythonWords:
             return f"sweep axis {names[0]!r}" if names else "sweep axes"
         if arg is Arg.UPDATE_BASELINE:
             return ""
+        if arg is Arg.TIMING:
+            return "timing=True"
         if arg is Arg.UNIT:
             return f"units=[{value!r}]" if value else "units"
         return arg.value
@@ -338,8 +341,8 @@ class ModeError(ExecOrderError):
             size = words.arg(Arg.INPUT, value="NAME=DTYPE[D0,...]")
             factory = words.arg(Arg.INPUTS, value="MODULE:FUNCTION")
             return f"eager mode runs forward for real: give its inputs with {size} or {factory}"
-        if self.arg is Arg.BACKWARD:
-            return f"{words.arg(Arg.BACKWARD)} needs {eager} (or auto)"
+        if self.arg in (Arg.BACKWARD, Arg.TIMING):
+            return f"{words.arg(self.arg)} needs {eager} (or auto)"
         return f"{words.arg(Arg.INPUT)} and {words.arg(Arg.INPUTS)} apply to {eager} (or auto)"
 
 
@@ -700,6 +703,17 @@ class IndicesError(ExecOrderError):
             f"index {self.index} is out of range: the model has {self.count} trainable "
             f"parameters (0 to {self.count - 1}); were the same {words.arg(Arg.INIT)} and "
             f"{words.arg(Arg.CONCRETE)} values used as in the failing run?"
+        )
+
+
+class TimingDeviceError(ExecOrderError):
+    """Timing was asked for on the meta device, where nothing runs."""
+
+    def describe(self, words: Words = PYTHON) -> str:
+        return (
+            f"{words.arg(Arg.TIMING)} needs a device where forward really runs: "
+            f"{words.arg(Arg.DEVICE, value='cpu')} or {words.arg(Arg.DEVICE, value='cuda')}, "
+            "not meta"
         )
 
 

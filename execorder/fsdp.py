@@ -34,6 +34,7 @@ from execorder.analysis.fsdp import (
 from execorder.analysis.sweep import check_axes, combinations
 from execorder.errors import ExecOrderError, PlanMismatchError, SweepFailure
 from execorder.profiling import Profiler
+from execorder.report import Report
 
 __all__ = [
     "CheckKind",
@@ -43,6 +44,7 @@ __all__ = [
     "apply",
     "layout",
     "plan",
+    "plan_and_report",
     "plan_with",
     "shard",
 ]
@@ -139,6 +141,20 @@ def plan_with(
     sweep: Sequence[tuple[str, Sequence[Any]]] = (),
 ) -> FsdpPlan:
     """:func:`plan`, with a :class:`~execorder.Profiler` of the caller's (its notes stay there)."""
+    return plan_and_report(
+        profiler, units=units, prefetch=prefetch, concrete_args=concrete_args, sweep=sweep
+    )[0]
+
+
+def plan_and_report(
+    profiler: Profiler,
+    *,
+    units: Sequence[str] = (),
+    prefetch: int = 1,
+    concrete_args: Mapping[str, Any] | None = None,
+    sweep: Sequence[tuple[str, Sequence[Any]]] = (),
+) -> tuple[FsdpPlan, Report]:
+    """:func:`plan_with`, and the report of the run the plan follows (for its pictures)."""
     fixed = dict(concrete_args or {})
     check_axes(sweep, fixed)
     runs = []
@@ -149,9 +165,10 @@ def plan_with(
             if not sweep:
                 raise
             raise SweepFailure(combo, exc) from exc
-    return plan_fsdp(
+    made = plan_fsdp(
         runs[0][1], layout(profiler.model), units=units, prefetch=prefetch, others=runs[1:]
     )
+    return made, runs[0][1]
 
 
 def _modules(model: nn.Module, plan: FsdpPlan, problems: list[str]) -> dict[str, nn.Module]:

@@ -32,6 +32,7 @@ from execorder.errors import (
     ModeError,
     NeedsInputsError,
     TargetError,
+    TimingDeviceError,
     TraceFailure,
 )
 from execorder.loading import Inputs, build, check_device, resolve_target, split_target
@@ -134,6 +135,8 @@ class Profiler:
         target: What to call the model in reports; by default the ``TARGET``
             text or the class name.
         progress: Told about each slow step, for a progress display.
+        timing: Measure each module call's wall time (eager; on CPU unless
+            ``device`` says cuda): the report's ``timing``.
 
     Raises:
         ModeError: If an argument does not fit the mode.
@@ -155,6 +158,7 @@ class Profiler:
         seed: int | None = 0,
         target: str | None = None,
         progress: Progress | None = None,
+        timing: bool = False,
     ) -> None:
         chosen = Mode(mode)
         if isinstance(inputs, Inputs) and input_size is not None:
@@ -168,6 +172,15 @@ class Profiler:
         self.mode = Mode.EAGER if backward or self.inputs else chosen
         if self.mode is Mode.EAGER and not self.inputs:
             raise ModeError(None, Mode.EAGER)
+        if timing and chosen is Mode.FX:
+            raise ModeError(Arg.TIMING, chosen)
+        if timing and not self.inputs:
+            raise ModeError(None, Mode.EAGER)
+        if timing and device == "meta":
+            raise TimingDeviceError()
+        self.timing = timing
+        if timing and device is None and not isinstance(model, nn.Module):
+            device = "cpu"  # nothing runs on meta to be timed: a timed model is built on CPU
         self.chosen_mode = chosen
         self.backward = backward
         self.assume = assume
@@ -269,6 +282,7 @@ class Profiler:
                     backward=self.backward,
                     target=self.target,
                     assume=self.assume,
+                    timing=self.timing,
                 )
         except ForwardError as exc:
             if self._factory is None or self._chosen_device is not None or exc.device != "meta":
@@ -360,7 +374,7 @@ def profile(
             a branch); in eager mode they are passed as keyword arguments.
         **options: The options of :class:`Profiler`: ``init_kwargs``,
             ``inputs``, ``input_size``, ``mode``, ``device``, ``backward``,
-            ``assume``, ``seed``, ``target``, ``progress``.
+            ``assume``, ``seed``, ``target``, ``progress``, ``timing``.
 
     Returns:
         The report, the notes, and where the model ran.

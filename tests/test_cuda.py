@@ -56,3 +56,19 @@ def test_a_step_recorded_on_cuda_under_autocast_equals_cpu() -> None:
     cpu, cuda = _on_cpu_and_cuda(CASES["llama"], step)
     for key in KEYS:
         assert cuda[key] == cpu[key], key
+
+
+def test_timing_on_cuda_uses_events_and_nests() -> None:
+    case = CASES["transformer"]
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = case.build()
+    args = tuple(a.to("cuda") for a in case.inputs())
+    report = eager.trace(model, args=args, timing=True)
+    assert report.timing is not None and report.timing.clock == "cuda"
+    assert len(report.timing.calls) == len(report.modules)
+    for call, times in zip(report.modules, report.timing.calls, strict=True):
+        assert 0 <= times.self_us <= times.total_us + 1e-3
+        if call.parent is not None:
+            outer = report.timing.calls[call.parent]
+            assert times.start_us >= outer.start_us - 1.0  # event resolution: about 0.5 us

@@ -118,3 +118,12 @@ def test_rank_comparisons_validate() -> None:
     ):
         result = compare_records(groups, world_size=2, target="m")
         _validate(json.loads(json.dumps(result.to_dict())), "ranks")
+
+
+def test_timed_reports_validate() -> None:
+    import torch
+
+    model = models.Frozen()
+    report = execorder.profile(model, inputs=torch.randn(2, 4), timing=True).report
+    assert report.timing is not None
+    _validate(json.loads(json.dumps(report.to_dict())), "report")

@@ -19,6 +19,7 @@ step), and :meth:`Recording.report` builds the report afterwards;
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from collections import OrderedDict
@@ -40,6 +41,7 @@ from execorder.backends.common import (
     tensors,
 )
 from execorder.backends.meta import MetaRun, NeedsValues
+from execorder.backends.timing import Clock
 from execorder.errors import (
     ForwardError,
     MetaDeviceError,
@@ -66,7 +68,9 @@ __all__ = ["MetaDeviceError", "Recording", "live_params", "record", "trace"]
 
 
 @contextmanager
-def _recording(root: nn.Module, tree: ModuleTree, events: list[Event]) -> Iterator[None]:
+def _recording(
+    root: nn.Module, tree: ModuleTree, events: list[Event], clock: Clock | None = None
+) -> Iterator[None]:
     """Log what runs inside ``root`` to ``events``, in the form :meth:`Recorder.replay` reads.
 
     A call of one of ``root``'s modules logs the module, then ``None`` when it
@@ -149,12 +153,29 @@ def _recording(root: nn.Module, tree: ModuleTree, events: list[Event]) -> Iterat
 
         return recorded
 
+    def wrap_timed(module: nn.Module, call: Callable[..., Any]) -> Callable[..., Any]:
+        # A wrapper of its own, so that untimed recording pays nothing for timing.
+        enter, leave = clock.enter, clock.exit  # type: ignore[union-attr]
+
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            append(module)
+            enter()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                leave()
+                append(None)
+
+        return recorded
+
+    wrapper = wrap if clock is None else wrap_timed
+
     modules = [m for m in tree.modules if m is not root]
     slots = [_call_slot(m) for m in modules]
     saved = [m.__dict__.get(slot, _ABSENT) for m, slot in zip(modules, slots, strict=True)]
     try:
         for module, slot in zip(modules, slots, strict=True):
-            module.__dict__[slot] = wrap(module, getattr(module, slot))
+            module.__dict__[slot] = wrapper(module, getattr(module, slot))
         for param in tree.params:
             kind = originals[id(param)]
             if kind not in classes:
@@ -363,10 +384,13 @@ class Recording:
     named and frozen into a report only by :meth:`report`.
     """
 
-    def __init__(self, model: nn.Module, tree: ModuleTree, *, assume: bool = True) -> None:
+    def __init__(
+        self, model: nn.Module, tree: ModuleTree, *, assume: bool = True, timing: bool = False
+    ) -> None:
         self.model = model
         self._tree = tree
         self._assume = assume
+        self._clock = _clock_for(model, tree) if timing else None
         self._running = False
         self._meta_run: MetaRun | None = None
         self._forward_assumed = False  # an assumption made while forward ran
@@ -404,8 +428,16 @@ class Recording:
             args, kwargs = self._meta_run.adopt((args, kwargs))
         try:
             self._running = True
-            with _recording(self.model, self._tree, self._events):
-                self._outputs = call(*args, **kwargs)
+            clock = self._clock
+            with _recording(self.model, self._tree, self._events, clock):
+                if clock is None:
+                    self._outputs = call(*args, **kwargs)
+                else:
+                    clock.enter()
+                    try:
+                        self._outputs = call(*args, **kwargs)
+                    finally:
+                        clock.exit()
         except BaseException:
             self._failed = True
             raise
@@ -470,7 +502,7 @@ class Recording:
             recorder.replay(self._events)
             # A parameter returned as it is counts as used by the root.
             recorder.use(self._returned)
-            return build_report(
+            report = build_report(
                 recorder,
                 target=target or name,
                 mode=Mode.EAGER,
@@ -481,10 +513,31 @@ class Recording:
                 inputs=self._inputs if inputs is None else inputs,
                 trainable=self._trainable,
             )
+        if self._clock is None:
+            return report
+        timing = self._clock.timing([call.parent for call in report.modules])
+        if len(timing.calls) != len(report.modules):
+            raise RecordingError(
+                f"timed {len(timing.calls)} calls but recorded {len(report.modules)}: "
+                "calls made outside forward (activation checkpointing's recomputation) "
+                "cannot be timed"
+            )
+        return dataclasses.replace(report, timing=timing)
+
+
+def _clock_for(model: nn.Module, tree: ModuleTree) -> Clock:
+    """A clock for where the model's parameters are; nothing runs on meta to time."""
+    kinds = {p.device.type for p in tree.params} or {"cpu"}
+    if "meta" in kinds:
+        raise RecordingError(
+            f"{type(model).__name__} is on the meta device, where nothing runs to be timed: "
+            "time it on cpu or cuda"
+        )
+    return Clock("cuda" if "cuda" in kinds else "cpu")
 
 
 @contextmanager
-def record(model: nn.Module, *, assume: bool = True) -> Iterator[Recording]:
+def record(model: nn.Module, *, assume: bool = True, timing: bool = False) -> Iterator[Recording]:
     """Record the forward of ``model`` run inside the block, and its backward.
 
     For profiling a real training step: the block runs the model the way the
@@ -511,9 +564,13 @@ def record(model: nn.Module, *, assume: bool = True) -> Iterator[Recording]:
     to keep every element, and the report says what rests on it; with
     ``assume=False`` it is a value read instead, which raises.
 
+    With ``timing=True`` each module call's wall time is measured too
+    (``perf_counter`` on CPU; CUDA events on a GPU, read once after the
+    block) and the report has it as ``timing``.
+
     Raises:
         RecordingError: If ``model`` has lazy modules that have not run yet
-            (their parameters do not exist).
+            (their parameters do not exist), or is on meta with ``timing``.
     """
     tree = module_tree(model)
     if tree.has_lazy_params:
@@ -521,7 +578,7 @@ def record(model: nn.Module, *, assume: bool = True) -> Iterator[Recording]:
             f"{type(model).__name__} has lazy modules that have not run yet; run one "
             "forward before recording (eager.trace does that itself)"
         )
-    recording = Recording(model, tree, assume=assume)
+    recording = Recording(model, tree, assume=assume, timing=timing)
     with _recorded(recording):
         yield recording
 
@@ -568,6 +625,7 @@ def trace(
     target: str | None = None,
     inputs: Mapping[str, str] | None = None,
     assume: bool = True,
+    timing: bool = False,
 ) -> Report:
     """Run ``model(*args, **kwargs)`` for real and report its execution order.
 
@@ -588,6 +646,8 @@ def trace(
         assume: On meta, assume a selection from values computed from
             parameters keeps every element (and say so in the report);
             False makes it a value read, which raises ``MetaDeviceError``.
+        timing: Measure each module call's wall time (CPU or CUDA; not on
+            meta) into the report's ``timing``.
 
     Returns:
         The report, with ``mode`` ``"eager"``.
@@ -623,7 +683,7 @@ def trace(
                     where=user_frame(exc),
                 ) from exc
             tree = module_tree(model)
-        recording = Recording(model, tree, assume=assume)
+        recording = Recording(model, tree, assume=assume, timing=timing)
         with _recorded(recording):
             try:
                 with (

@@ -48,6 +48,7 @@ from execorder.cli.options import (
     SweepOpt,
     TargetArg,
     TimeoutOpt,
+    TimingOpt,
     UnitOpt,
     UpdateBaselineOpt,
 )
@@ -184,18 +185,34 @@ def _run(debug: bool, body: Callable[[], T]) -> T:
 
 
 def _emit(
-    doc: Any, view: Callable[[], Any], fmt: OutputFormat, output: Path | None, *, kind: str
+    doc: Any,
+    view: Callable[[], Any],
+    fmt: OutputFormat,
+    output: Path | None,
+    *,
+    kind: str,
+    tree: Callable[[], Any] | None = None,
+    timeline: Callable[[], Any] | None = None,
 ) -> None:
     """Write a report, diff, sweep or DDP explanation (``kind``) in the chosen format.
 
     Files are UTF-8; stdout gets what its encoding can write (ASCII stand-ins
-    on an ASCII or code-page console).
+    on an ASCII or code-page console). ``tree`` and ``timeline`` make the
+    tree view and the Trace Event JSON, for what has them.
     """
     from execorder.output import markdown, terminal
 
     encoding = "utf-8" if output else (getattr(sys.stdout, "encoding", None) or "utf-8")
+    if fmt is OutputFormat.tree:
+        if tree is None:
+            raise UsageError(f"--format tree applies to trace and fsdp, not to a {kind}")
+        view = tree
     if fmt is OutputFormat.json:
         text = json.dumps(doc.to_dict(), indent=2) + "\n"
+    elif fmt is OutputFormat.perfetto:
+        if timeline is None:
+            raise UsageError(f"--format perfetto applies to trace and fsdp, not to a {kind}")
+        text = json.dumps(timeline()) + "\n"
     elif fmt is OutputFormat.markdown:
         text = terminal.encodable(markdown.draw(view()), encoding)
     else:
@@ -213,12 +230,26 @@ def _emit(
     else:
         files.write(output, text)
         say(f"execorder: {kind} written to {output}")
+        if fmt is OutputFormat.perfetto:
+            say("execorder: open it at https://ui.perfetto.dev (or chrome://tracing)")
 
 
 def _report_view(report: Any, **opts: Any) -> Callable[[], Any]:
     from execorder.output.views import report_view
 
     return lambda: report_view(report, **opts)
+
+
+def _tree_view(report: Any, **opts: Any) -> Callable[[], Any]:
+    from execorder.output.views import tree_view
+
+    return lambda: tree_view(report, **opts)
+
+
+def _timeline(report: Any, plan: Any = None) -> Callable[[], Any]:
+    from execorder.output.perfetto import timeline
+
+    return lambda: timeline(report, plan=plan)
 
 
 def _parse_categories(text: str | None) -> tuple[Category, ...]:
@@ -312,6 +343,7 @@ def trace(
     backward: BackwardOpt = False,
     assume: AssumeOpt = True,
     seed: SeedOpt = 0,
+    timing: TimingOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Trace a model's forward and report its execution order.
@@ -333,6 +365,10 @@ def trace(
         concrete_args = parse_assignments(concrete or [], option="--concrete")
         axes = [parse_sweep(text) for text in sweep or []]
         _check_trace_options(axes, categories, baseline, update_baseline, output, fmt)
+        if fmt in (OutputFormat.tree, OutputFormat.perfetto) and (axes or baseline):
+            raise UsageError(
+                f"--format {fmt.value} draws one report: not with --sweep or --baseline"
+            )
         for path in (output, baseline if update_baseline else None):
             if path is not None:
                 files.check_writable(path)
@@ -347,6 +383,7 @@ def trace(
             assume=assume,
             seed=seed,
             debug=debug,
+            timing=timing,
         )
         if axes:
             from execorder.output.views import sweep_view
@@ -371,7 +408,15 @@ def trace(
                 text = json.dumps(report.to_dict(), indent=2) + "\n"
                 files.write(baseline, text, option="--baseline")
             view = _report_view(report, depth=depth, max_rows=max_rows)
-            _emit(report, view, fmt, output, kind="report")
+            _emit(
+                report,
+                view,
+                fmt,
+                output,
+                kind="report",
+                tree=_tree_view(report, depth=depth, max_rows=max_rows),
+                timeline=_timeline(report),
+            )
             if baseline is not None:
                 say(f"execorder: baseline {baseline} written")
         if _gate(report, categories) or differs:
@@ -545,10 +590,18 @@ def fsdp(
             seed=seed,
             debug=debug,
         )
-        plan = session.plan(
+        plan, report = session.plan(
             units=list(unit or []), prefetch=prefetch, concrete_args=concrete_args, axes=axes
         )
-        _emit(plan, lambda: fsdp_view(plan), fmt, output, kind="FSDP plan")
+        _emit(
+            plan,
+            lambda: fsdp_view(plan),
+            fmt,
+            output,
+            kind="FSDP plan",
+            tree=_tree_view(report, plan=plan),
+            timeline=_timeline(report, plan),
+        )
         failing = plan.failing(gates)
         for check in failing:
             units = ", ".join(label(u) for u in check.units)

@@ -15,6 +15,8 @@ class OutputFormat(str, Enum):
     table = "table"
     json = "json"
     markdown = "markdown"
+    tree = "tree"
+    perfetto = "perfetto"
 
 
 class Device(str, Enum):
@@ -65,7 +67,19 @@ DeviceOpt = Annotated[
 FormatOpt = Annotated[
     OutputFormat,
     typer.Option(
-        "--format", "-f", help="table for people, json for CI, markdown for pull requests."
+        "--format",
+        "-f",
+        help="table for people, json for CI, markdown for pull requests; for trace and fsdp "
+        "also tree (the calls as a tree, repeated blocks folded) and perfetto (a timeline "
+        "for ui.perfetto.dev or chrome://tracing).",
+    ),
+]
+TimingOpt = Annotated[
+    bool,
+    typer.Option(
+        "--timing",
+        help="Eager mode: measure each module call's wall time (on cpu unless --device cuda; "
+        "CUDA events on a GPU) and show the slowest modules; --format perfetto draws them.",
     ),
 ]
 OutputOpt = Annotated[

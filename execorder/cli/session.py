@@ -65,6 +65,7 @@ class Session:
         assume: bool = True,
         input_keywords: dict[str, Any] | None = None,
         quiet: bool = False,
+        timing: bool = False,
     ) -> None:
         self.debug, self.quiet = debug, quiet
         init_kwargs = parse_assignments(init or [], option="--init")
@@ -98,6 +99,7 @@ class Session:
                 assume=assume,
                 seed=seed,
                 progress=lambda text: self._say(text),
+                timing=timing,
             )
         self._flush()
 
@@ -144,11 +146,11 @@ class Session:
         concrete_args: dict[str, Any],
         axes: list[tuple[str, list[Any]]],
     ) -> Any:
-        """The FSDP2 plan, from one run or, with a sweep, every combination."""
-        from execorder.fsdp import plan_with
+        """The FSDP2 plan (from one run or, with a sweep, every combination) and its report."""
+        from execorder.fsdp import plan_and_report
 
         def make() -> Any:
-            return plan_with(
+            return plan_and_report(
                 self.profiler,
                 units=units,
                 prefetch=prefetch,

@@ -15,6 +15,7 @@ FLAGS = {
     Arg.SWEEP: "--sweep",
     Arg.UPDATE_BASELINE: "--update-baseline",
     Arg.UNIT: "--unit",
+    Arg.TIMING: "--timing",
 }
 
 

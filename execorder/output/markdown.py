@@ -17,6 +17,7 @@ from execorder.output.view import (
     Message,
     Severity,
     Table,
+    Tree,
 )
 from execorder.output.views import report_view
 from execorder.report import Report
@@ -67,9 +68,23 @@ def _listing(block: Listing) -> str:
     return _section(block.title, fenced, rows=len(block.lines), fold=block.fold)
 
 
+def _tree(block: Tree) -> str:
+    lines = []
+    stack = [(block.root, 0)]
+    while stack:
+        node, depth = stack.pop()
+        lines.append("  " * depth + node.line.text)
+        stack.extend((child, depth + 1) for child in reversed(node.children))
+    body = "```text\n" + "\n".join(lines) + "\n```"
+    body += "".join(f"\n\n_… {line}_" for line in block.left_out)
+    return _section(block.title, body, rows=len(lines), fold=Fold.LONG)
+
+
 def _block(block: Block) -> str:
     if isinstance(block, Message):
         return inline(block.line, block.severity)
+    if isinstance(block, Tree):
+        return _tree(block)
     return _table(block) if isinstance(block, Table) else _listing(block)
 
 

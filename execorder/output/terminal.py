@@ -14,6 +14,7 @@ from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderR
 from rich.measure import Measurement
 from rich.table import Table as RichTable
 from rich.text import Text
+from rich.tree import Tree as RichTree
 
 from execorder.output.view import (
     Block,
@@ -25,6 +26,7 @@ from execorder.output.view import (
     Severity,
     Table,
     Tone,
+    Tree,
 )
 from execorder.output.views import report_view
 from execorder.report import Report
@@ -115,6 +117,17 @@ class _AtLeastMinimum:
         return Measurement.get(console, options, self.table)
 
 
+def _tree(block: Tree) -> RenderableType:
+    top = RichTree(text(block.root.line), guide_style="dim")
+    stack = [(top, block.root)]
+    while stack:  # iterative: a tree may be deeper than Python's recursion limit
+        drawn, node = stack.pop()
+        for child in node.children:
+            stack.append((drawn.add(text(child.line)), child))
+    notes = [Text(f"… {line}", style="dim") for line in block.left_out]
+    return Group(Text(block.title, style="table.title"), top, *notes, Text())
+
+
 def _listing(block: Listing) -> RenderableType:
     return Group(Text(block.title, style="table.title"), *(text(line) for line in block.lines))
 
@@ -130,11 +143,13 @@ def draw(document: Document) -> RenderableType:
     for block in document.blocks:
         # A table ends with a blank line; after anything else, a blank line
         # separates the next block, except that messages stay together.
-        after_line = previous is not None and not isinstance(previous, Table)
+        after_line = previous is not None and not isinstance(previous, (Table, Tree))
         if after_line and not (isinstance(previous, Message) and isinstance(block, Message)):
             parts.append(Text(""))
         if isinstance(block, Message):
             parts.append(text(block.line, block.severity))
+        elif isinstance(block, Tree):
+            parts.append(_tree(block))
         else:
             parts.append(_table(block) if isinstance(block, Table) else _listing(block))
         previous = block
@@ -153,7 +168,19 @@ def plain_text(renderable: RenderableType, *, width: int = 100, encoding: str = 
     return encodable("".join(line.rstrip() + "\n" for line in lines), encoding)
 
 
-ASCII = {"…": "...", "─": "-", "━": "=", "│": "|", "×": "x", "✅": "[ok]", "⚠️": "[!]", "❌": "[x]"}
+ASCII = {
+    "…": "...",
+    "─": "-",
+    "━": "=",
+    "│": "|",
+    "├": "+",
+    "└": "`",
+    "×": "x",
+    "µ": "u",
+    "✅": "[ok]",
+    "⚠️": "[!]",
+    "❌": "[x]",
+}
 
 
 def encodable(text: str, encoding: str) -> str:

@@ -141,7 +141,30 @@ class Listing:
     fold: Fold = Fold.LONG
 
 
-Block = Table | Message | Listing
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One line of a tree, and the lines under it."""
+
+    line: Cell
+    children: tuple[Node, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Tree:
+    """Nested lines under a title (the module calls): drawn with guides in a terminal.
+
+    Attributes:
+        title: What the tree is.
+        root: Its top line.
+        left_out: What was left out of it, one line each.
+    """
+
+    title: str
+    root: Node
+    left_out: tuple[str, ...] = ()
+
+
+Block = Table | Message | Listing | Tree
 
 
 @dataclass(frozen=True, slots=True)

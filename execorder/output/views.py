@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -27,11 +28,13 @@ from execorder.output.view import (
     Fold,
     Listing,
     Message,
+    Node,
     Row,
     Severity,
     Span,
     Table,
     Tone,
+    Tree,
     cell,
     code,
     label,
@@ -91,8 +94,62 @@ def report_view(
         blocks.append(_external(report))
     if report.backward is not None:
         blocks.append(_backward(report, max_rows=max_rows))
+    if report.timing is not None:
+        blocks.append(slowest(report))
     title = cell("execorder: ", code(report.target), f" ({report.mode} trace)")
     return Document(title, tuple(blocks))
+
+
+SLOWEST = 10  # modules in the timing table
+
+
+def slowest(report: Report, count: int = SLOWEST) -> Table:
+    """The modules that took longest in forward, by self time (their calls summed)."""
+    assert report.timing is not None
+    totals: dict[str, list[Any]] = {}
+    for call, times in zip(report.modules, report.timing.calls, strict=True):
+        entry = totals.setdefault(call.name, [call.type, 0, 0.0, 0.0])
+        entry[1] += 1
+        entry[2] += times.self_us
+        # A module called inside itself is counted once in its total.
+        if not any(report.modules[a].name == call.name for a in _ancestors(report, call.index)):
+            entry[3] += times.total_us
+    ranked = sorted(totals.items(), key=lambda item: -item[1][2])[:count]
+    forward = report.timing.calls[0].total_us
+    rows = tuple(
+        Row(
+            (
+                cell(code(label(name))),
+                cell(kind),
+                cell(f"{calls:,}"),
+                cell(time_text(own)),
+                cell(f"{own / forward:.0%}" if forward else "-"),
+                cell(time_text(total)),
+            )
+        )
+        for name, (kind, calls, own, total) in ranked
+    )
+    columns = (
+        Column("module", NAME),
+        Column("type", FIXED),
+        Column("calls", NUMBER),
+        Column("self", NUMBER),
+        Column("of forward", NUMBER),
+        Column("total", NUMBER),
+    )
+    title = (
+        f"Slowest modules, by self time ({report.timing.clock} clock; forward took "
+        f"{time_text(forward)})"
+    )
+    return Table(title, columns, rows)
+
+
+def _ancestors(report: Report, index: int) -> list[int]:
+    found, parent = [], report.modules[index].parent
+    while parent is not None:
+        found.append(parent)
+        parent = report.modules[parent].parent
+    return found
 
 
 def _fact(name: str, value: str | Cell, severity: Severity = Severity.NONE) -> Row:
@@ -782,3 +839,168 @@ def ranks_view(result: RankComparison) -> Document:
             )
         blocks.append(Message(cell(*parts), Severity.WARN))
     return Document(cell("execorder ranks: ", code(result.target)), tuple(blocks))
+
+
+# -- the call tree ------------------------------------------------------------
+
+_INDEXED = re.compile(r"^(.*?)(\d+)$")
+
+
+def time_text(us: float) -> str:
+    """A duration in microseconds, as reports write it: ``85 µs``, ``1.2 ms``, ``3.40 s``."""
+    if us >= 1e6:
+        return f"{us / 1e6:.2f} s"
+    if us >= 1e3:
+        return f"{us / 1e3:.1f} ms"
+    return f"{us:.0f} µs"
+
+
+def _relative(name: str, parent: str) -> str:
+    return name[len(parent) + 1 :] if parent and name.startswith(parent + ".") else name
+
+
+def _runs(names: Sequence[str], keys: Sequence[object]) -> list[tuple[int, int]]:
+    """Runs of siblings to fold: equal keys, names ``prefix.N`` with consecutive N."""
+    runs, start = [], 0
+    while start < len(names):
+        end = start + 1
+        first = _INDEXED.match(names[start])
+        while first and end < len(names) and keys[end] == keys[start]:
+            match = _INDEXED.match(names[end])
+            if not match or match[1] != first[1] or int(match[2]) != int(first[2]) + end - start:
+                break
+            end += 1
+        runs.append((start, end))
+        start = end
+    return runs
+
+
+def tree_view(
+    report: Report,
+    *,
+    depth: int | None = None,
+    max_rows: int | None = None,
+    plan: FsdpPlan | None = None,
+) -> Document:
+    """The module calls as a tree: nesting, own parameters used, marks; repeated blocks folded.
+
+    Runs of sibling calls with identical subtrees (``layers.0`` to
+    ``layers.79``, the same calls and uses inside) fold into one line, with
+    the first one's subtree under it. Dead parameters are marked where they
+    are used, unused ones on their module's first call, FSDP units (with a
+    ``plan``) on their calls, and times (with ``timing``) on every call.
+    """
+    calls = report.modules
+    kids: list[list[int]] = [[] for _ in calls]
+    for call in calls:
+        if call.parent is not None:
+            kids[call.parent].append(call.index)
+    dead = {p.name for p in report.dead}
+    unused: dict[str, list[str]] = {}
+    for param in report.unused:
+        owner, _, local = param.name.rpartition(".")
+        unused.setdefault(owner, []).append(local)
+    units = {u.name: (i, u) for i, u in enumerate(plan.units)} if plan is not None else {}
+    timing = report.timing
+
+    def own(index: int) -> tuple[tuple[str, bool], ...]:
+        call = calls[index]
+        used = [
+            (_relative(p, call.name), p in dead)
+            for group in call.uses
+            if group.module == call.name
+            for p in group.params
+        ]
+        return tuple(dict.fromkeys(used))
+
+    # Each call's subtree, as a comparable key, children before parents.
+    keys: list[object] = [None] * len(calls)
+    for index in range(len(calls) - 1, -1, -1):
+        call = calls[index]
+        keys[index] = (
+            call.type,
+            own(index),
+            call.name in units,
+            tuple((_relative(calls[k].name, call.name), keys[k]) for k in kids[index]),
+        )
+
+    def line(index: int, name: str, count: int) -> Cell:
+        call = calls[index]
+        parts: list[str | Span] = [code(label(name)), Span(f"  {call.type}", Tone.MUTED)]
+        if count > 1:
+            parts.append(Span(f" ×{count}, same calls", Tone.ACCENT))
+        elif call.repeat:
+            parts.append(Span(f"  (call {call.repeat + 1})", Tone.ACCENT))
+        if call.name in units and call.repeat == 0:
+            number, unit = units[call.name]
+            parts.append(Span(f"  [unit {number}, gathers {size_text(unit.bytes)}]", Tone.INFO))
+        used = own(index)
+        if used:
+            parts.append("  ")
+            for i, (local, is_dead) in enumerate(used):
+                parts.append(", " if i else "")
+                parts.append(Span(f"{local} (dead)", Tone.WARN) if is_dead else local)
+        if call.repeat == 0 and count == 1 and unused.get(call.name):
+            parts.append(Span(f"  unused: {', '.join(unused[call.name])}", Tone.WARN))
+        if timing is not None and count == 1:
+            times = timing.calls[index]
+            parts.append(
+                Span(
+                    f"  {time_text(times.total_us)} (self {time_text(times.self_us)})",
+                    Tone.MUTED,
+                )
+            )
+        return cell(*parts)
+
+    # Pre-order, with folding; then nodes bottom-up (no recursion: trees can be deep).
+    items: list[tuple[int, str, int, int, int | None]] = []  # call, name, count, depth, parent
+    hidden = cut = 0
+    stack: list[tuple[int, str, int, int, int | None]] = [(0, calls[0].name, 1, 0, None)]
+    while stack:
+        index, name, count, level, parent = stack.pop()
+        if max_rows and len(items) >= max_rows:
+            cut += 1
+            continue
+        items.append((index, name, count, level, parent))
+        me = len(items) - 1
+        children = kids[index]
+        if depth is not None and level >= depth:
+            hidden += len(children)
+            continue
+        names = [calls[k].name for k in children]
+        groups = []
+        for start, end in _runs(names, [keys[k] for k in children]):
+            shown = names[start] if end - start == 1 else _span_name(names[start], names[end - 1])
+            groups.append((children[start], shown, end - start, level + 1, me))
+        stack.extend(reversed(groups))
+    below: list[list[Node]] = [[] for _ in items]
+    nodes: list[Node | None] = [None] * len(items)
+    for position in range(len(items) - 1, -1, -1):
+        index, name, count, _, parent = items[position]
+        nodes[position] = Node(line(index, name, count), tuple(reversed(below[position])))
+        if parent is not None:
+            below[parent].append(nodes[position])  # type: ignore[arg-type]
+    left_out = []
+    if hidden:
+        left_out.append(f"{plural(hidden, 'call')} nested deeper than --depth {depth} not shown")
+    if cut:
+        left_out.append(f"{plural(cut, 'more line')} ({SHOW_ALL})")
+    folded = len(calls) - sum(1 for _ in items)
+    title = f"Module calls ({len(calls):,}), as a tree"
+    blocks: list[Block] = [Tree(title, nodes[0], tuple(left_out))]  # type: ignore[arg-type]
+    called = {c.name for c in calls}
+    elsewhere = [p.name for p in report.unused if p.name.rpartition(".")[0] not in called]
+    if elsewhere:
+        shown = ", ".join(elsewhere[:5]) + (
+            f" and {len(elsewhere) - 5} more" if len(elsewhere) > 5 else ""
+        )
+        blocks.append(
+            Message(cell("Unused, in modules never called: ", code(shown)), Severity.WARN)
+        )
+    del folded
+    return Document(cell("execorder tree: ", code(report.target)), tuple(blocks))
+
+
+def _span_name(first: str, last: str) -> str:
+    """``layers.0`` and ``layers.79`` as ``layers.0-79``."""
+    return f"{first}-{_INDEXED.match(last)[2]}"  # type: ignore[index]

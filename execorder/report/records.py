@@ -305,6 +305,59 @@ class Assumption:
 
 
 @dataclass(frozen=True, slots=True)
+class CallTime:
+    """The wall time of one module call, in microseconds.
+
+    Attributes:
+        start_us: When it started, from the start of the first call.
+        total_us: How long it ran, calls inside it included.
+        self_us: How long it ran outside the calls inside it.
+    """
+
+    start_us: float
+    total_us: float
+    self_us: float
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Real times of a forward's module calls (``--timing``).
+
+    Attributes:
+        clock: ``"cpu"`` (``perf_counter``) or ``"cuda"`` (CUDA events).
+        calls: Each module call's times, by its index in the module order.
+    """
+
+    clock: str
+    calls: tuple[CallTime, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "clock": self.clock,
+            "unit": "us",
+            "calls": [
+                {
+                    "call": i,
+                    "start_us": round(c.start_us, 3),
+                    "total_us": round(c.total_us, 3),
+                    "self_us": round(c.self_us, 3),
+                }
+                for i, c in enumerate(self.calls)
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Timing:
+        """Read it back from :meth:`to_dict` output; a wrong field is a ``SchemaError``."""
+        fields = Fields(data, "timing")
+        calls = []
+        for call in fields.objects("calls"):
+            values = [call.get(k, int, float) for k in ("start_us", "total_us", "self_us")]
+            calls.append(CallTime(*(float(v) for v in values)))
+        return cls(clock=fields.get("clock", str), calls=tuple(calls))
+
+
+@dataclass(frozen=True, slots=True)
 class Summary:
     """Counts over the whole report."""
 
@@ -411,6 +464,8 @@ class Report:
         assumptions: What a run on the meta device assumed about values it
             could not know, in the order it assumed them; empty when the
             report rests on nothing assumed.
+        timing: Real times of the module calls, when forward was timed
+            (``--timing``); None otherwise (and absent from the JSON).
     """
 
     target: str
@@ -426,6 +481,7 @@ class Report:
     seed: int | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
     assumptions: tuple[Assumption, ...] = ()
+    timing: Timing | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -511,6 +567,7 @@ class Report:
             "seed": self.seed,
             "assumptions": [assumption.to_dict() for assumption in self.assumptions],
             "summary": self.summary.to_dict(),
+            **({"timing": self.timing.to_dict()} if self.timing is not None else {}),
         }
 
     @classmethod
@@ -555,6 +612,9 @@ class Report:
                 Assumption.from_dict(a.data, a.where)
                 for a in fields.objects("assumptions", default=())
             ),
+            timing=None
+            if fields.get("timing", dict, type(None), default=None) is None
+            else Timing.from_dict(data["timing"]),
         )
 
     def param(self, name: str) -> ParamInfo:
