@@ -274,5 +274,13 @@ def test_formats_that_do_not_apply_are_refused(tmp_path: Path) -> None:
     assert runner.invoke(app, [*made, "-o", str(report)]).exit_code == 0
     diff = runner.invoke(app, ["diff", str(report), str(report), "-f", "perfetto"])
     assert diff.exit_code == 2 and "--format perfetto applies to trace and fsdp" in diff.stderr
+    timeline_file = tmp_path / "t.json"
+    assert runner.invoke(app, [*made, "-f", "perfetto", "-o", str(timeline_file)]).exit_code == 0
+    mistaken = runner.invoke(app, ["diff", str(timeline_file), str(report)])
+    assert mistaken.exit_code == 2 and "not a trace report: a Perfetto timeline" in mistaken.stderr
+    ranks = runner.invoke(
+        app, ["ranks", "sample_models/seed.py:Model", "--nproc", "2", "-f", "tree"]
+    )
+    assert ranks.exit_code == 2 and "--format tree applies to trace and fsdp" in ranks.stderr
     fx = runner.invoke(app, ["trace", "sample_models/seed.py:Model", "--mode", "fx", "--timing"])
     assert fx.exit_code == 2 and "--timing needs --mode eager" in fx.stderr

@@ -667,6 +667,8 @@ def ranks(
     """
     if fail_on is not None and fail_on.strip() != "divergence":
         _run(debug, lambda: _refuse(f"--fail-on got {fail_on!r}; the only check is: divergence"))
+    if fmt in (OutputFormat.tree, OutputFormat.perfetto):
+        _run(debug, lambda: _refuse(f"--format {fmt.value} applies to trace and fsdp, not ranks"))
     if nproc is not None and "RANK" not in os.environ:
         from execorder.cli.launch import launch
 

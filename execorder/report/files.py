@@ -29,6 +29,11 @@ def load_report(path: str | Path) -> Report:
         raise ReportFileError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
     except RecursionError:
         raise ReportFileError(f"{path}: not a report (its JSON nests too deeply to read)") from None
+    if isinstance(data, dict) and "traceEvents" in data:
+        raise ReportFileError(
+            f"{path}: not a trace report: a Perfetto timeline (--format perfetto); "
+            "diff the --format json reports instead"
+        )
     if not isinstance(data, dict) or data.get("kind", "report") != "report":
         kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
         raise ReportFileError(f"{path}: not a trace report (kind {kind!r})")
