@@ -87,9 +87,12 @@ def compare(
     world = dist.get_world_size(group)
     device = _device(group)
     mine = torch.frombuffer(bytearray(record.digest()), dtype=torch.uint8).to(device)
-    gathered = [torch.empty(DIGEST_BYTES, dtype=torch.uint8, device=device) for _ in range(world)]
-    dist.all_gather(gathered, mine, group=group)
-    groups = group_ranks([bytes(t.cpu().tolist()) for t in gathered])
+    gathered = torch.empty(world * DIGEST_BYTES, dtype=torch.uint8, device=device)
+    # One flat tensor, not one per rank: at thousands of ranks that is one buffer.
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(gathered, mine, group=group)
+    flat = bytes(gathered.cpu().tolist())
+    groups = group_ranks([flat[r * DIGEST_BYTES : (r + 1) * DIGEST_BYTES] for r in range(world)])
     if len(groups) == 1:
         return compare_records([(groups[0], record)], world_size=world, target=name)
     me = dist.get_rank(group)

@@ -45,7 +45,6 @@ __all__ = [
     "layout",
     "plan",
     "plan_and_report",
-    "plan_with",
     "shard",
 ]
 
@@ -68,18 +67,15 @@ def layout(model: nn.Module) -> Layout:
 def _repeated_blocks(model: nn.Module) -> tuple[str, ...]:
     """Classes of the outermost repeated blocks (the items of a layer list), in order met."""
     found: list[str] = []
-    seen: set[int] = set()
-    stack = [model]
-    while stack:
-        module = stack.pop()
-        if id(module) in seen:
+    inside: list[str] = []  # prefixes of the blocks found: nothing under them counts
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix) for prefix in inside):
             continue
-        seen.add(id(module))
-        children = list(module.children())
-        if isinstance(module, _CONTAINERS):
-            counts = Counter(type(c).__name__ for c in children if _has_params(c))
+        if module is not model and type(module).__name__ in found:
+            inside.append(name + ".")  # a block: what is inside it is not a block
+        elif isinstance(module, _CONTAINERS):
+            counts = Counter(type(c).__name__ for c in module.children() if _has_params(c))
             found.extend(c for c, n in counts.items() if n >= 2 and c not in found)
-        stack.extend(c for c in reversed(children) if type(c).__name__ not in found)
     return tuple(found)
 
 
@@ -123,26 +119,12 @@ def plan(
         TraceFailure, TargetError, ModeError: As :func:`execorder.profile`.
         SweepFailure: If one combination of a sweep cannot be profiled.
     """
-    return plan_with(
+    return plan_and_report(
         Profiler(model, **options),
         units=units,
         prefetch=prefetch,
         concrete_args=concrete_args,
         sweep=sweep,
-    )
-
-
-def plan_with(
-    profiler: Profiler,
-    *,
-    units: Sequence[str] = (),
-    prefetch: int = 1,
-    concrete_args: Mapping[str, Any] | None = None,
-    sweep: Sequence[tuple[str, Sequence[Any]]] = (),
-) -> FsdpPlan:
-    """:func:`plan`, with a :class:`~execorder.Profiler` of the caller's (its notes stay there)."""
-    return plan_and_report(
-        profiler, units=units, prefetch=prefetch, concrete_args=concrete_args, sweep=sweep
     )[0]
 
 
@@ -154,7 +136,8 @@ def plan_and_report(
     concrete_args: Mapping[str, Any] | None = None,
     sweep: Sequence[tuple[str, Sequence[Any]]] = (),
 ) -> tuple[FsdpPlan, Report]:
-    """:func:`plan_with`, and the report of the run the plan follows (for its pictures)."""
+    """:func:`plan` with a :class:`~execorder.Profiler` of the caller's (its notes stay there),
+    and the report of the run the plan follows (for its pictures)."""
     fixed = dict(concrete_args or {})
     check_axes(sweep, fixed)
     runs = []

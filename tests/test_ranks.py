@@ -152,8 +152,11 @@ def test_each_rank_runs_the_options_given_without_nproc() -> None:
 
 def test_the_command_outside_a_job_says_how_to_start_one(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RANK", raising=False)
-    result = CliRunner().invoke(app, ["ranks", "tests/models.py:LayerDrop"])
+    result = CliRunner().invoke(app, ["ranks", "tests/models.py:LayerDrop", "--input", "[2,4]"])
     assert result.exit_code == 2
     assert "give --nproc N, or launch it with torchrun" in result.stderr
+    no_data = CliRunner().invoke(app, ["ranks", "tests/models.py:LayerDrop", "--nproc", "2"])
+    assert no_data.exit_code == 2
+    assert "ranks part on their data: give each rank its inputs" in no_data.stderr
     bad = CliRunner().invoke(app, ["ranks", "tests/models.py:LayerDrop", "--fail-on", "unused"])
     assert bad.exit_code == 2 and "the only check is: divergence" in bad.stderr

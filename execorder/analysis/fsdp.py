@@ -702,7 +702,7 @@ def _external_uses(model: _Model) -> list[Check]:
             if group.module not in (call.name, *call.aliases):
                 continue  # a child's call: its own uses are checked at that call
             for param in group.params:
-                holders = model.holders.get(param) or model.holders[model.report.param(param).name]
+                holders = model.holders[param]  # groups name parameters by their first name
                 if running.isdisjoint(holders):
                     params = found.setdefault((holders[0], call.name), [])
                     if param not in params:

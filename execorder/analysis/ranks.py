@@ -151,7 +151,7 @@ class RankComparison:
     @property
     def errors(self) -> tuple[RankGroup, ...]:
         """The groups of ranks that could not record a report."""
-        return tuple(g for g in self.groups if g.error)
+        return tuple(g for g in self.groups if g.error is not None)
 
     def to_dict(self) -> dict[str, Any]:
         first, back = self.first_divergence, self.backward_divergence
@@ -210,17 +210,15 @@ def compare_records(
         world_size: How many ranks took part.
         target: What was run.
     """
-    unknown = RankRecord(error="")  # left out of every comparison, like a failed rank
-    records = [unknown if record is None else record for _, record in groups]
-    ok = [r for r in records if r.error is None]
-    calls = [None if r.error is not None else r.calls for r in records]
+    # Groups without a report (not sent, or failed) are left out of every comparison.
+    usable = [r if r is not None and r.error is None else None for _, r in groups]
+    ok = [r for r in usable if r is not None]
     status_differs = []
-    names = list(dict.fromkeys(name for r in ok for name in r.status))
-    for name in names:
-        statuses = tuple(None if r.error is not None else r.status.get(name) for r in records)
-        if len({s for s, r in zip(statuses, records, strict=True) if r.error is None}) > 1:
+    for name in dict.fromkeys(name for r in ok for name in r.status):
+        statuses = tuple(None if r is None else r.status.get(name) for r in usable)
+        if len({r.status.get(name) for r in ok}) > 1:
             status_differs.append(StatusDifference(name, statuses))
-    backward = [None if r.error is not None else r.backward for r in records]
+    backward = [None if r is None else r.backward for r in usable]
     return RankComparison(
         target=target,
         world_size=world_size,
@@ -230,9 +228,9 @@ def compare_records(
             else RankGroup(ranks, len(record.calls), record.error)
             for ranks, record in groups
         ),
-        first_divergence=_first_difference(calls),
+        first_divergence=_first_difference([None if r is None else r.calls for r in usable]),
         status_differs=tuple(status_differs),
         backward_divergence=_first_difference(backward)
-        if all(b is not None for b, r in zip(backward, records, strict=True) if r.error is None)
+        if all(r.backward is not None for r in ok)
         else None,
     )

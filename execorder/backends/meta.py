@@ -190,8 +190,14 @@ class MetaRun(TorchDispatchMode):
         if not (_device_is_meta(kwargs) or any(x.is_meta for x in tensors)):
             return func(*args, **kwargs)
         written = _written(func, args, kwargs)
-        if all(self.value(x) is not None for x in tensors):
-            values = [self.value(x) if isinstance(x, torch.Tensor) else x for x in flat]
+        values = []
+        for x in flat:  # each value looked up once; the first unknown one stops the search
+            if isinstance(x, torch.Tensor):
+                x = self.value(x)
+                if x is None:
+                    break
+            values.append(x)
+        else:
             return self._known(func, flat, spec, values, written)
         if all(x.is_meta for x in tensors) and "device" not in kwargs:
             return self._unknown(func, flat, spec, written, (args, kwargs))

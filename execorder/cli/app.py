@@ -641,7 +641,7 @@ def ranks(
     fmt: FormatOpt = OutputFormat.table,
     output: OutputOpt = None,
     fail_on: RanksFailOnOpt = None,
-    mode: ModeOpt = Mode.AUTO,
+    mode: ModeOpt = Mode.EAGER,
     input: InputOpt = None,
     inputs: InputsOpt = None,
     backward: BackwardOpt = False,
@@ -652,23 +652,33 @@ def ranks(
 ) -> None:
     """Find where the ranks of a job part, before it hangs the job.
 
-    Runs one forward on every rank, under torchrun (one process a rank) or
-    started by --nproc N. Each rank records its own forward (its own inputs:
-    an --inputs function may take rank and world_size keywords; its own
-    seed); the ranks exchange 48-byte digests over torch.distributed (gloo on
-    CPU, NCCL on GPUs), and rank 0 shows whether they agree, the groups of
-    ranks that behaved alike, the first module call where they part, and the
-    parameters whose status (used, unused, dead) differs: what DDP and FSDP
-    hang or fail on.
+    Runs one forward on every rank (eagerly), under torchrun (one process a
+    rank) or started by --nproc N. Each rank records its own forward on its
+    own inputs (an --inputs function may take rank and world_size keywords)
+    with its own seed; the ranks exchange 48-byte digests over
+    torch.distributed (gloo on CPU, NCCL on GPUs), and rank 0 shows whether
+    they agree, the groups of ranks that behaved alike, the first module call
+    where they part, and the parameters whose status (used, unused, dead)
+    differs: what DDP and FSDP hang or fail on.
 
     Exit codes: 0 done; 1 --fail-on divergence and the ranks diverged; 2 a
     rank could not record its forward, or the job could not start; 130
     interrupted.
     """
-    if fail_on is not None and fail_on.strip() != "divergence":
-        _run(debug, lambda: _refuse(f"--fail-on got {fail_on!r}; the only check is: divergence"))
-    if fmt in (OutputFormat.tree, OutputFormat.perfetto):
-        _run(debug, lambda: _refuse(f"--format {fmt.value} applies to trace and fsdp, not ranks"))
+
+    def check() -> None:  # before any rank starts
+        if fail_on is not None and fail_on.strip() != "divergence":
+            raise UsageError(f"--fail-on got {fail_on!r}; the only check is: divergence")
+        if fmt in (OutputFormat.tree, OutputFormat.perfetto):
+            raise UsageError(f"--format {fmt.value} applies to trace and fsdp, not ranks")
+        if mode is not Mode.FX and not input and not inputs:
+            raise UsageError(
+                "ranks part on their data: give each rank its inputs with --input (drawn "
+                "with each rank's seed) or --inputs MODULE:FUNCTION (it may take rank and "
+                "world_size)"
+            )
+
+    _run(debug, check)
     if nproc is not None and "RANK" not in os.environ:
         from execorder.cli.launch import launch
 
@@ -679,7 +689,7 @@ def ranks(
             "format": fmt,
             "output": output,
             "fail_on": fail_on,
-            "mode": mode if mode is not Mode.AUTO else None,
+            "mode": mode if mode is not Mode.EAGER else None,
             "input": input,
             "inputs": inputs,
             "backward": backward,
@@ -759,10 +769,6 @@ def ranks(
             raise typer.Exit(EXIT_FOUND)
 
     _run(debug, body)
-
-
-def _refuse(text: str) -> None:
-    raise UsageError(text)
 
 
 def main() -> None:

@@ -903,15 +903,18 @@ def tree_view(
     units = {u.name: (i, u) for i, u in enumerate(plan.units)} if plan is not None else {}
     timing = report.timing
 
-    def own(index: int) -> tuple[tuple[str, bool], ...]:
-        call = calls[index]
-        used = [
-            (_relative(p, call.name), p in dead)
-            for group in call.uses
-            if group.module == call.name
-            for p in group.params
-        ]
-        return tuple(dict.fromkeys(used))
+    # Each call's own uses (local name, dead?): part of its subtree's key and of its line.
+    owns = [
+        tuple(
+            dict.fromkeys(
+                (_relative(p, call.name), p in dead)
+                for group in call.uses
+                if group.module == call.name
+                for p in group.params
+            )
+        )
+        for call in calls
+    ]
 
     # Each call's subtree, as a comparable key, children before parents.
     keys: list[object] = [None] * len(calls)
@@ -919,7 +922,7 @@ def tree_view(
         call = calls[index]
         keys[index] = (
             call.type,
-            own(index),
+            owns[index],
             call.name in units,
             tuple((_relative(calls[k].name, call.name), keys[k]) for k in kids[index]),
         )
@@ -934,7 +937,7 @@ def tree_view(
         if call.name in units and call.repeat == 0:
             number, unit = units[call.name]
             parts.append(Span(f"  [unit {number}, gathers {size_text(unit.bytes)}]", Tone.INFO))
-        used = own(index)
+        used = owns[index]
         if used:
             parts.append("  ")
             for i, (local, is_dead) in enumerate(used):
@@ -985,7 +988,6 @@ def tree_view(
         left_out.append(f"{plural(hidden, 'call')} nested deeper than --depth {depth} not shown")
     if cut:
         left_out.append(f"{plural(cut, 'more line')} ({SHOW_ALL})")
-    folded = len(calls) - sum(1 for _ in items)
     title = f"Module calls ({len(calls):,}), as a tree"
     blocks: list[Block] = [Tree(title, nodes[0], tuple(left_out))]  # type: ignore[arg-type]
     called = {c.name for c in calls}
@@ -997,7 +999,6 @@ def tree_view(
         blocks.append(
             Message(cell("Unused, in modules never called: ", code(shown)), Severity.WARN)
         )
-    del folded
     return Document(cell("execorder tree: ", code(report.target)), tuple(blocks))
 
 
