@@ -61,8 +61,17 @@ class RankRecord:
         return (RankRecord, (self.calls, dict(self.status), self.backward, self.error))
 
 
+NO_USE_SEEN = "no parameter was seen used while forward ran"
+
+
 def record_of(report: Report) -> RankRecord:
-    """The record of one rank's report."""
+    """The record of one rank's report.
+
+    A report in which no parameter was seen used (:attr:`Report.no_use_seen`)
+    is an error record: ranks that saw nothing are not alike for it.
+    """
+    if report.no_use_seen:
+        return RankRecord(error=NO_USE_SEEN)
     return RankRecord(
         calls=tuple(call.name for call in report.modules),
         status={p.name: str(p.status) for p in report.all_params()},
@@ -152,6 +161,15 @@ class RankComparison:
     def errors(self) -> tuple[RankGroup, ...]:
         """The groups of ranks that could not record a report."""
         return tuple(g for g in self.groups if g.error is not None)
+
+    @property
+    def agree(self) -> bool:
+        """Whether every rank made a report and all behaved alike.
+
+        Not :attr:`diverged` alone: ranks that all failed the same way (or
+        all saw no parameter used) form one group, and do not agree.
+        """
+        return not self.diverged and not self.errors
 
     def to_dict(self) -> dict[str, Any]:
         first, back = self.first_divergence, self.backward_divergence

@@ -128,11 +128,15 @@ def check_call(model: nn.Module, args: tuple[object, ...], kwargs: Iterable[str]
 
 
 def defaults_used(
-    model: nn.Module, args: tuple[object, ...], kwargs: Iterable[str]
+    model: nn.Module,
+    args: tuple[object, ...],
+    kwargs: Iterable[str],
+    *,
+    function: Any = None,
 ) -> dict[str, Any]:
-    """forward's arguments the call leaves to their defaults, with those values."""
+    """forward's (or ``function``'s) arguments the call leaves to their defaults, with values."""
     try:
-        params = inspect.signature(model.forward).parameters.values()
+        params = inspect.signature(function or model.forward).parameters.values()
     except (TypeError, ValueError):
         return {}
     kinds = inspect.Parameter

@@ -25,7 +25,7 @@ import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -59,17 +59,23 @@ from execorder.recording import (
     ModuleTree,
     Recorder,
     build_report,
+    class_name,
     module_tree,
     unique_params,
+    unwrap,
 )
 from execorder.report import Mode, Report
 
-__all__ = ["MetaDeviceError", "Recording", "live_params", "record", "trace"]
+__all__ = ["DdpSettings", "MetaDeviceError", "Recording", "live_params", "record", "trace"]
 
 
 @contextmanager
 def _recording(
-    root: nn.Module, tree: ModuleTree, events: list[Event], clock: Clock | None = None
+    root: nn.Module,
+    tree: ModuleTree,
+    events: list[Event],
+    clock: Clock | None = None,
+    swaps: Swaps | None = None,
 ) -> Iterator[None]:
     """Log what runs inside ``root`` to ``events``, in the form :meth:`Recorder.replay` reads.
 
@@ -87,6 +93,11 @@ def _recording(
     decides every result), so torch calls back for ops that read it. A
     parameter that cannot be re-classed is watched by identity through a
     ``TorchFunctionMode`` instead, which sees every op, so it is slower.
+
+    A parameter put into one of the model's slots while forward runs (FSDP2
+    puts the unsharded parameter in place of the sharded one around each
+    unit's forward) stands for the parameter the slot held at entry: it is
+    re-classed too, and ``swaps`` learns which parameter it stands for.
     """
     append = events.append
     run_disabled = torch._C._disabled_torch_function_impl
@@ -170,28 +181,121 @@ def _recording(
 
     wrapper = wrap if clock is None else wrap_timed
 
+    def reclass(param: nn.Parameter) -> bool:
+        """Re-class ``param`` for the run; False if its class cannot be changed."""
+        kind = type(param)
+        if kind not in classes:
+            classes[kind] = recording_class(kind)
+        try:
+            param.__class__ = classes[kind]
+        except TypeError:
+            return False
+        return True
+
+    adopted: dict[int, tuple[nn.Parameter, type]] = {}  # swapped in: id -> (it, its class)
+
+    def adopt(param: nn.Parameter, canonical: nn.Parameter) -> None:
+        if swaps is None or id(param) in adopted or type(param) in user_class:
+            return
+        kind = type(param)
+        if reclass(param):
+            adopted[id(param)] = (param, kind)
+            swaps.add(param, canonical)
+        else:
+            swaps.unseen.append(canonical)
+
     modules = [m for m in tree.modules if m is not root]
     slots = [_call_slot(m) for m in modules]
     saved = [m.__dict__.get(slot, _ABSENT) for m, slot in zip(modules, slots, strict=True)]
+    owning = [m for m in tree.modules if m._parameters] if swaps is not None else []
+    own_slots = [m.__dict__["_parameters"] for m in owning]
     try:
         for module, slot in zip(modules, slots, strict=True):
             module.__dict__[slot] = wrapper(module, getattr(module, slot))
         for param in tree.params:
-            kind = originals[id(param)]
-            if kind not in classes:
-                classes[kind] = recording_class(kind)
-            try:
-                param.__class__ = classes[kind]
-            except TypeError:
+            if not reclass(param):
                 watched[id(param)] = param
+        for module, held in zip(owning, own_slots, strict=True):
+            module.__dict__["_parameters"] = _Slots(held, adopt)
         with _Watching(watched, metadata, append) if watched else nullcontext():
             yield
     finally:
+        for module, held in zip(owning, own_slots, strict=True):
+            _put_back(module, held)
         for module, slot, before in zip(modules, slots, saved, strict=True):
             _restore(module, slot, before)
         for param in tree.params:
             if type(param) is not originals[id(param)]:
                 param.__class__ = originals[id(param)]
+        for param, kind in adopted.values():
+            param.__class__ = kind
+
+
+class _Slots(dict[str, Any]):
+    """A module's ``_parameters`` while recording: a parameter put in a slot is adopted.
+
+    FSDP2 swaps parameters with ``module._parameters[name] = param`` (and
+    ``setattr``, which comes here too); reads stay a plain dict's.
+    """
+
+    __slots__ = ("_adopt", "_held")
+
+    def __init__(self, held: dict[str, Any], adopt: Callable[[Any, Any], None]) -> None:
+        super().__init__(held)
+        self._held = {name: p for name, p in held.items() if p is not None}
+        self._adopt = adopt
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        dict.__setitem__(self, name, value)
+        canonical = self._held.get(name)
+        if canonical is not None and value is not canonical and isinstance(value, nn.Parameter):
+            self._adopt(value, canonical)
+
+
+def _put_back(module: nn.Module, held: dict[str, Any]) -> None:
+    """Give ``module`` its own ``_parameters`` dict again, holding what the slots hold now."""
+    slots = module.__dict__.get("_parameters")
+    if isinstance(slots, _Slots):
+        same = held.keys() == slots.keys() and all(held[k] is v for k, v in slots.items())
+        if not same:
+            held.clear()
+            held.update(slots)
+        module.__dict__["_parameters"] = held
+
+
+class Swaps:
+    """Parameters swapped into a model's slots during a recording, and what each stands for.
+
+    Each swapped-in parameter gets the recording's gradient hook, so that a
+    gradient accumulated into it (FSDP2 accumulates into the unsharded
+    parameter) counts for the parameter it stands for.
+    """
+
+    def __init__(self, hooks: _GradHooks, on_grad: Callable[[nn.Parameter], None]) -> None:
+        self.canonical: dict[int, nn.Parameter] = {}  # id(swapped in) -> what it stands for
+        self.kept: list[nn.Parameter] = []  # the swapped-in ones, alive while their ids are used
+        self.unseen: list[nn.Parameter] = []  # stood in for by one that could not be re-classed
+        self._hooks, self._on_grad = hooks, on_grad
+
+    def add(self, param: nn.Parameter, canonical: nn.Parameter) -> None:
+        self.canonical[id(param)] = canonical
+        self.kept.append(param)
+        if param.requires_grad:
+            on_grad = self._on_grad
+
+            def stands_for(_: Any) -> None:
+                on_grad(canonical)
+
+            self._hooks.add([param], stands_for)
+
+    def resolve(self, events: list[Event]) -> list[Event]:
+        """The event log with each swapped-in parameter replaced by the one it stands for."""
+        if not self.canonical:
+            return events
+        get = self.canonical.get
+        return [
+            [get(id(p), p) for p in event] if isinstance(event, list) else event for event in events
+        ]
 
 
 class _Watching(torch.overrides.TorchFunctionMode):
@@ -236,14 +340,20 @@ def _restore(module: nn.Module, slot: str, before: Any) -> None:
         module.__dict__[slot] = before
 
 
-def live_params(outputs: Any, params: Sequence[nn.Parameter]) -> set[nn.Parameter]:
+def live_params(
+    outputs: Any,
+    params: Sequence[nn.Parameter],
+    stand_ins: Mapping[int, nn.Parameter] | None = None,
+) -> set[nn.Parameter]:
     """Those of ``params`` whose gradient accumulators the outputs' autograd graph reaches.
 
     The graph is walked, not run; a reentrant checkpoint's block, which only
     backward would record, is run again to walk its graph too, from the
     outputs the walk reaches (:mod:`execorder.backends.checkpointing`).
+    ``stand_ins`` maps the ids of parameters swapped in during forward to
+    those of ``params`` they stand for.
     """
-    own = {id(p): p for p in params}
+    own = {id(p): p for p in params} | dict(stand_ins or {})
     live: set[nn.Parameter] = set()
     seen: set[Any] = set()
     stack: list[tuple[Any, int]] = []  # (autograd node, which of its outputs)
@@ -300,31 +410,32 @@ def live_params(outputs: Any, params: Sequence[nn.Parameter]) -> set[nn.Paramete
     return live
 
 
-@contextmanager
-def _accumulation_hooks(
-    params: Sequence[nn.Parameter], hook: Callable[[nn.Parameter], None]
-) -> Iterator[None]:
-    """``hook`` as a post-accumulate-grad hook of each of ``params``, for the context.
+class _GradHooks:
+    """Post-accumulate-grad hooks, written straight into each tensor's hook dict.
 
-    Written straight into each tensor's hook dict, as
-    ``Tensor.register_post_accumulate_grad_hook`` does, without its handle
+    As ``Tensor.register_post_accumulate_grad_hook`` does, without its handle
     objects: about 9x cheaper, and on a GPU this runs while the device waits.
-    Removed the way a handle removes it: the key leaves the dict.
+    :meth:`remove` takes them out the way a handle does: the key leaves the dict.
     """
-    key = object()
-    hook_dicts = []
-    try:
+
+    def __init__(self) -> None:
+        self._key = object()
+        self._dicts: list[dict[Any, Any]] = []
+
+    def add(self, params: Sequence[nn.Parameter], hook: Callable[[Any], None]) -> None:
+        key = self._key
         with _own_reads():
             for param in params:
                 hooks = param._post_accumulate_grad_hooks
                 if hooks is None:
                     param._post_accumulate_grad_hooks = hooks = OrderedDict()
                 hooks[key] = hook
-                hook_dicts.append(hooks)
-        yield
-    finally:
-        for hooks in hook_dicts:
-            hooks.pop(key, None)
+                self._dicts.append(hooks)
+
+    def remove(self) -> None:
+        for hooks in self._dicts:
+            hooks.pop(self._key, None)
+        self._dicts.clear()
 
 
 _META = re.compile(r"(?<![a-z])meta(?![a-z])", re.IGNORECASE)  # register_meta, Meta, meta!
@@ -408,19 +519,27 @@ class Recording:
         self._trainable: list[nn.Parameter] = []
         self._concrete_args: dict[str, Any] = {}
         self._defaults: dict[str, Any] = {}
+        self._hooks = _GradHooks()
+        self._swaps = Swaps(self._hooks, self._order.append)
+        self._method: str | None = None
+        self.ddp: DdpSettings | None = None
+        """DDP's settings, when the recorded call ran inside a ``DistributedDataParallel``."""
 
     def _call(self, call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The model's own call, with its modules and parameters recorded."""
         if self._calls:
             raise RecordingError(
-                f"{type(self.model).__name__} was called a second time inside a record() "
+                f"{class_name(self.model)} was called a second time inside a record() "
                 "block; a recording covers one forward (and its backward)"
             )
         self._calls += 1
         self._with_grad = torch.is_grad_enabled()
         self._inputs = _describe(args, kwargs)
         self._concrete_args = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
-        self._defaults = defaults_used(self.model, args, kwargs)
+        self._defaults = defaults_used(
+            self.model, args, kwargs, function=call if self._method else None
+        )
+        self.ddp = _ddp_around(self.model)
         if self._meta_run is not None:
             if any(t.is_meta for t in tensors((args, kwargs))):
                 self._meta_run.source = "parameters and meta inputs"
@@ -429,7 +548,7 @@ class Recording:
         try:
             self._running = True
             clock = self._clock
-            with _recording(self.model, self._tree, self._events, clock):
+            with _recording(self.model, self._tree, self._events, clock, self._swaps):
                 if clock is None:
                     self._outputs = call(*args, **kwargs)
                 else:
@@ -459,8 +578,8 @@ class Recording:
         self._ended = True
         if not self._calls or self._failed:
             return
-        own = {id(p) for p in self._tree.params}
-        self._returned = [t for t in tensors(outputs) if id(t) in own]  # type: ignore[misc]
+        own = {id(p): p for p in self._tree.params} | self._swaps.canonical
+        self._returned = [own[id(t)] for t in tensors(outputs) if id(t) in own]
         if self._backward_assumed and not self._forward_assumed:
             # Only backward selected from unknown values: everything may rest on it.
             self._events.append(Assumed("backward"))
@@ -470,7 +589,7 @@ class Recording:
             self._order = list(unique_params(self._order))
             self._live = set(self._order)
         elif self._with_grad:
-            self._live = live_params(outputs, self._tree.params)
+            self._live = live_params(outputs, self._tree.params, self._swaps.canonical)
         # else: a forward under no_grad has no graph, so no liveness to tell.
 
     def report(
@@ -487,19 +606,27 @@ class Recording:
             RecordingError: If the block has not ended, the model was not
                 called inside it, or its forward raised.
         """
-        name = type(self.model).__name__
+        name = class_name(self.model)
         if not self._calls:
-            raise RecordingError(
-                f"{name} was not called inside the record() block "
-                "(call the model itself, model(...), not model.forward(...))"
+            how = (
+                f"call model.{self._method}(...)"
+                if self._method
+                else "call the model itself, model(...), not model.forward(...)"
             )
+            raise RecordingError(f"{name} was not called inside the record() block ({how})")
         if self._failed:
             raise RecordingError(f"{name}.forward raised inside the record() block")
         if not self._ended:
             raise RecordingError("report() is available once the record() block has ended")
+        if self._swaps.unseen:
+            names = sorted({self._tree.param_names[id(p)][0] for p in self._swaps.unseen})
+            raise RecordingError(
+                f"{name}: the parameters put in place of {', '.join(names)} while forward ran "
+                "could not be recorded (their class cannot be changed)"
+            )
         with gc_paused():
             recorder = Recorder(self.model, self._tree)
-            recorder.replay(self._events)
+            recorder.replay(self._swaps.resolve(self._events))
             # A parameter returned as it is counts as used by the root.
             recorder.use(self._returned)
             report = build_report(
@@ -530,14 +657,20 @@ def _clock_for(model: nn.Module, tree: ModuleTree) -> Clock:
     kinds = {p.device.type for p in tree.params} or {"cpu"}
     if "meta" in kinds:
         raise RecordingError(
-            f"{type(model).__name__} is on the meta device, where nothing runs to be timed: "
+            f"{class_name(model)} is on the meta device, where nothing runs to be timed: "
             "time it on cpu or cuda"
         )
     return Clock("cuda" if "cuda" in kinds else "cpu")
 
 
 @contextmanager
-def record(model: nn.Module, *, assume: bool = True, timing: bool = False) -> Iterator[Recording]:
+def record(
+    model: nn.Module,
+    *,
+    method: str | None = None,
+    assume: bool = True,
+    timing: bool = False,
+) -> Iterator[Recording]:
     """Record the forward of ``model`` run inside the block, and its backward.
 
     For profiling a real training step: the block runs the model the way the
@@ -558,6 +691,17 @@ def record(model: nn.Module, *, assume: bool = True, timing: bool = False) -> It
     parameter classes and hooks are removed when the block ends, also when it
     raises.
 
+    Inside a job the report is the plain model's, under its own names:
+    ``model`` may be wrapped in ``DistributedDataParallel``, ``torch.compile``
+    or ``checkpoint_wrapper`` (or be the model inside them, called through
+    them), sharded with FSDP2's ``fully_shard`` (the unsharded parameters
+    forward reads count for the model's own), or have tensor-parallel
+    (DTensor) parameters. Anything ``torch.compile`` compiled runs eagerly
+    inside the block (``torch.compiler.set_stance("force_eager")``): nothing
+    is compiled or recompiled for it, and the steps after it run the graphs
+    compiled before. FSDP1 (``FullyShardedDataParallel``), which flattens
+    parameters, is refused.
+
     A model on the meta device runs with real inputs: values computed from
     the inputs alone are real (:mod:`execorder.backends.meta`). A selection
     from values computed from parameters (a router's ``nonzero``) is assumed
@@ -568,30 +712,133 @@ def record(model: nn.Module, *, assume: bool = True, timing: bool = False) -> It
     (``perf_counter`` on CPU; CUDA events on a GPU, read once after the
     block) and the report has it as ``timing``.
 
+    Args:
+        model: The model, or a wrapper of it (DDP, ``torch.compile``, ...).
+        method: The method that runs the step, when the training loop calls
+            one instead of the model itself (Lightning's ``"training_step"``);
+            the root call is then that method's.
+        assume: See above: on meta, assume a selection keeps every element.
+        timing: Measure each module call's wall time.
+
     Raises:
         RecordingError: If ``model`` has lazy modules that have not run yet
-            (their parameters do not exist), or is on meta with ``timing``.
+            (their parameters do not exist), is on meta with ``timing``, is
+            sharded with FSDP1, or is compiled on a torch without
+            ``torch.compiler.set_stance`` (before 2.6).
     """
-    tree = module_tree(model)
-    if tree.has_lazy_params:
-        raise RecordingError(
-            f"{type(model).__name__} has lazy modules that have not run yet; run one "
-            "forward before recording (eager.trace does that itself)"
-        )
-    recording = Recording(model, tree, assume=assume, timing=timing)
+    root = unwrap(model)
+    tree = module_tree(root)
+    _check_recordable(model, root, tree)
+    recording = Recording(root, tree, assume=assume, timing=timing)
+    recording._method = method
     with _recorded(recording):
         yield recording
 
 
+def _check_recordable(model: nn.Module, root: nn.Module, tree: ModuleTree) -> None:
+    """Refuse what a recording cannot see as the plain model (see :func:`record`)."""
+    name = class_name(root)
+    if tree.has_lazy_params:
+        raise RecordingError(
+            f"{name} has lazy modules that have not run yet; run one "
+            "forward before recording (eager.trace does that itself)"
+        )
+    fsdp1 = getattr(
+        sys.modules.get("torch.distributed.fsdp.fully_sharded_data_parallel"),
+        "FullyShardedDataParallel",
+        None,
+    )
+    if fsdp1 is not None and any(isinstance(m, fsdp1) for m in (model, *tree.modules)):
+        inner = root.module if isinstance(root, fsdp1) else root
+        raise RecordingError(
+            f"{class_name(inner)} is sharded with FSDP1 (FullyShardedDataParallel), which "
+            "flattens its parameters into one; record it under FSDP2 (fully_shard), or "
+            "before wrapping"
+        )
+    parallel = getattr(sys.modules.get("torch.nn.parallel.data_parallel"), "DataParallel", None)
+    if parallel is not None and isinstance(model, parallel) and len(model.device_ids) > 1:
+        raise RecordingError(
+            f"DataParallel runs copies of {name} on {len(model.device_ids)} GPUs, which the "
+            "recording does not see; record the model itself, or under DDP"
+        )
+    if getattr(torch.compiler, "set_stance", None) is None and _compiled(model):
+        raise RecordingError(
+            f"{name} is compiled (torch.compile), and this torch cannot run it eagerly for "
+            "the recording (torch.compiler.set_stance needs torch 2.6 or newer); "
+            "record the model uncompiled"
+        )
+
+
+def _compiled(model: nn.Module) -> bool:
+    """Whether any module of ``model`` runs compiled code (``torch.compile``, ``.compile()``)."""
+    optimized = getattr(sys.modules.get("torch._dynamo.eval_frame"), "OptimizedModule", None)
+    return any(
+        getattr(m, "_compiled_call_impl", None) is not None
+        or (optimized is not None and isinstance(m, optimized))
+        for m in model.modules()
+    )
+
+
+def _uncompiled() -> Any:
+    """Compiled code runs eagerly inside, and nothing compiles: the hooks run as written.
+
+    ``force_eager`` leaves dynamo's caches as they are, so the steps after
+    the recording run the graphs compiled before it. Nothing to do while
+    dynamo has not been imported: then nothing is compiled.
+    """
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    if "torch._dynamo" not in sys.modules or set_stance is None:
+        return nullcontext()
+    return set_stance("force_eager")
+
+
+class DdpSettings(NamedTuple):
+    """What decides how ``DistributedDataParallel`` takes a parameter that gets no gradient.
+
+    With ``find_unused_parameters=False`` and no ``static_graph``, a trainable
+    parameter that gets no gradient fails the next step ("Expected to have
+    finished reduction in the prior iteration ...").
+    """
+
+    find_unused_parameters: bool
+    static_graph: bool
+
+    @property
+    def fails_without_gradient(self) -> bool:
+        """Whether a trainable parameter without a gradient fails the next step."""
+        return not self.find_unused_parameters and not self.static_graph
+
+
+def _ddp_around(model: nn.Module) -> DdpSettings | None:
+    """The settings of the DDP whose forward runs ``model`` now, if any (read off the stack)."""
+    ddp = getattr(sys.modules.get("torch.nn.parallel.distributed"), "DistributedDataParallel", None)
+    if ddp is None:
+        return None
+    codes = {f.__code__ for f in (ddp.forward, ddp._run_ddp_forward) if hasattr(f, "__code__")}
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code in codes:
+            wrapper = frame.f_locals.get("self")
+            if isinstance(wrapper, ddp) and unwrap(wrapper) is model:
+                return DdpSettings(
+                    bool(wrapper.find_unused_parameters),
+                    bool(getattr(wrapper, "static_graph", False)),
+                )
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
 @contextmanager
 def _recorded(recording: Recording) -> Iterator[None]:
-    """Arm ``recording``: wrap its model's call, hook its parameters' gradients."""
+    """Arm ``recording``: wrap its model's call (or method), hook its parameters' gradients."""
     model, tree = recording.model, recording._tree
-    slot = _call_slot(model)
+    slot = recording._method or _call_slot(model)
     before = model.__dict__.get(slot, _ABSENT)
     if getattr(before, "_execorder_recording", False):
-        raise RecordingError(f"{type(model).__name__} is already being recorded (nested record())")
+        raise RecordingError(f"{class_name(model)} is already being recorded (nested record())")
     call = getattr(model, slot)
+    if not callable(call):
+        raise RecordingError(f"{class_name(model)}.{slot} is not a method")
 
     def recorded(*args: Any, **kwargs: Any) -> Any:
         return recording._call(call, args, kwargs)
@@ -603,16 +850,14 @@ def _recorded(recording: Recording) -> Iterator[None]:
     recording._trainable = trainable  # before forward, which may switch some off
     on_meta = MetaRun(recording._assumed, assume=recording._assume) if _on_meta(tree) else None
     recording._meta_run = on_meta
-    with (
-        gc_paused(),
-        _accumulation_hooks(trainable, recording._order.append),
-        on_meta or nullcontext(),
-    ):
+    with gc_paused(), _uncompiled(), on_meta or nullcontext():
+        recording._hooks.add(trainable, recording._order.append)
         model.__dict__[slot] = recorded
         try:
             yield
         finally:
             _restore(model, slot, before)
+            recording._hooks.remove()
             recording._finish()
 
 

@@ -169,6 +169,13 @@ def ddp_verdict(report: Report) -> Row:
     """
     missing = report.summary.params_no_grad
     resting = len(report.findings(Category.ASSUMPTION))
+    if report.no_use_seen:
+        text = (
+            "not proven: no parameter was seen used while forward ran; either forward reads "
+            f"none of its {plural(report.summary.params_total, 'parameter')} (then DDP fails), "
+            "or it reads copies of them that execorder does not see"
+        )
+        return _fact("DDP check", text, Severity.ERROR)
     if missing:
         verb = "gets" if missing == 1 else "get"
         text = f"fails: {plural(missing, 'trainable parameter')} {verb} no gradient"

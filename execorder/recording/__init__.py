@@ -9,7 +9,7 @@ from execorder.recording.events import (
     UsageGroup,
     unique_params,
 )
-from execorder.recording.tree import ModuleTree, module_tree
+from execorder.recording.tree import ModuleTree, class_name, module_tree, unwrap
 
 __all__ = [
     "Assumed",
@@ -19,6 +19,8 @@ __all__ = [
     "Recorder",
     "UsageGroup",
     "build_report",
+    "class_name",
     "module_tree",
     "unique_params",
+    "unwrap",
 ]

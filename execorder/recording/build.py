@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from execorder.recording.events import CallRecord, Recorder
+from execorder.recording.tree import class_name
 from execorder.report import (
     Assumption,
     ExternalUse,
@@ -91,7 +92,7 @@ def _build(
         about = named.get(key)
         if about is None:
             names = module_names[key]
-            about = named[key] = (names[0], tuple(names[1:]), type(module).__name__)
+            about = named[key] = (names[0], tuple(names[1:]), class_name(module))
         repeat = call_counts.get(key, 0)
         call_counts[key] = repeat + 1
         uses = []

@@ -1,10 +1,78 @@
-"""One walk of a module tree: every name, owner and parameter slice of a model."""
+"""One walk of a module tree: every name, owner and parameter slice of a model.
+
+The walk sees a model as its author wrote it, inside the wrappers a training
+job adds: a wrapper that only runs one module (DDP's and DataParallel's ``module``,
+``torch.compile``'s ``_orig_mod``, ``checkpoint_wrapper``'s
+``_checkpoint_wrapped_module``) is not a module of its own, and the module it
+runs takes its name; a class that ``fully_shard`` or ``replicate`` made for a
+module (``FSDPLinear``) is named as the module's own (``Linear``).
+"""
 
 from __future__ import annotations
 
+import sys
 from typing import NamedTuple
 
 from torch import nn
+
+# Wrappers that run exactly one module: where torch keeps the class, its name,
+# and the attribute holding the module it runs.
+_WRAPPERS = (
+    ("torch.nn.parallel.distributed", "DistributedDataParallel", "module"),
+    ("torch.nn.parallel.data_parallel", "DataParallel", "module"),
+    ("torch._dynamo.eval_frame", "OptimizedModule", "_orig_mod"),
+    (
+        "torch.distributed.algorithms._checkpoint.checkpoint_wrapper",
+        "ActivationWrapper",
+        "_checkpoint_wrapped_module",
+    ),
+)
+
+
+def _wrapper_classes() -> dict[type, str]:
+    """The wrapper classes loaded so far (none is imported here), with their module's attribute."""
+    found = {}
+    for path, name, attribute in _WRAPPERS:
+        cls = getattr(sys.modules.get(path), name, None)
+        if isinstance(cls, type):
+            found[cls] = attribute
+    return found
+
+
+def _wrapped(module: nn.Module, wrappers: dict[type, str]) -> nn.Module | None:
+    """The module that ``module`` only runs, if it is such a wrapper (no parameters of its own)."""
+    for cls, attribute in wrappers.items():
+        if isinstance(module, cls):
+            inner = module._modules.get(attribute)
+            if inner is not None and len(module._modules) == 1 and not module._parameters:
+                return inner
+    return None
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside any wrappers that only run it: ``DDP(torch.compile(m))`` gives ``m``."""
+    wrappers = _wrapper_classes()
+    while (inner := _wrapped(module, wrappers)) is not None:
+        module = inner
+    return module
+
+
+def class_name(module: nn.Module) -> str:
+    """The name of the module's own class, also when ``fully_shard`` or ``replicate`` changed it.
+
+    Those make a class per module class, ``type("FSDP" + cls.__name__, (FSDPModule, cls), ...)``,
+    and set it on the module; the name to report is ``cls``'s.
+    """
+    kind = type(module)
+    bases = kind.__bases__
+    if (
+        len(bases) == 2
+        and bases[0].__module__.startswith("torch.distributed.")
+        and kind.__name__.endswith(bases[1].__name__)
+        and kind.__name__ != bases[1].__name__
+    ):
+        return bases[1].__name__
+    return kind.__name__
 
 
 class ModuleTree(NamedTuple):
@@ -40,8 +108,10 @@ def module_tree(root: nn.Module) -> ModuleTree:
     """Walk ``root`` once, as ``named_modules(remove_duplicate=False)`` does.
 
     Without recursion: a model nested deeper than Python's recursion limit
-    is walked all the same.
+    is walked all the same. A wrapper that only runs one module is walked
+    through (see the module's docstring), ``root`` included.
     """
+    wrappers = _wrapper_classes()
     module_names: dict[int, list[str]] = {}
     param_names: dict[int, list[str]] = {}
     modules: dict[int, nn.Module] = {}
@@ -59,6 +129,8 @@ def module_tree(root: nn.Module) -> ModuleTree:
             spans[key] = (start, len(params))
             continue
         prefix, module, depth = item
+        while wrappers and (inner := _wrapped(module, wrappers)) is not None:
+            module = inner
         deepest = max(deepest, depth)
         key = id(module)
         start = len(params)

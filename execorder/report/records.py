@@ -499,6 +499,18 @@ class Report:
         """Parameters with ``requires_grad=False``, in ``named_parameters()`` order."""
         return tuple(p for p in self.all_params() if not p.requires_grad)
 
+    @property
+    def no_use_seen(self) -> bool:
+        """Whether the model has parameters and no use of any was seen while forward ran.
+
+        Either forward reads none of them, or it reads them through something
+        that hides them from the recording (parameters swapped for copies,
+        as ``torch.func.functional_call`` or ``DataParallel``'s replicas do):
+        the report cannot tell which, so "every parameter unused" is not a
+        finding to trust.
+        """
+        return self.summary.params_total > 0 and self.summary.params_used == 0
+
     def all_params(self) -> tuple[ParamInfo, ...]:
         """Every parameter, in ``named_parameters()`` order."""
         return tuple(sorted((*self.params, *self.unused), key=lambda p: p.index))

@@ -1,0 +1,346 @@
+"""``record()`` of a model inside the wrappers a job adds, in one process.
+
+The report is the plain model's, and the wrappers are left as found;
+tests/test_inside_job.py has the cases that need ranks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import models
+import pytest
+import torch
+from hf import tiny_llama
+from seed import Model
+from torch import nn
+from torch._dynamo.testing import CompileCounterWithBackend
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    CheckpointImpl,
+    apply_activation_checkpointing,
+    checkpoint_wrapper,
+)
+from torch.nn.utils.parametrize import register_parametrization
+
+from execorder import eager
+from execorder.errors import NoGradientError, RecordingError
+from execorder.output.views import ddp_verdict
+from execorder.recording import class_name, module_tree, unwrap
+from execorder.training import StepWatch
+
+
+def seed_step(model: nn.Module, call: Any = None) -> dict[str, Any]:
+    call = call or model
+    with eager.record(model) as recording:
+        call(torch.ones(2, 6), run_all_layers=True).sum().backward()
+    return recording.report(target="seed").to_dict()
+
+
+def llama_step(model: nn.Module, call: Any = None) -> dict[str, Any]:
+    call = call or model
+    ids = torch.arange(12).reshape(2, 6)
+    with eager.record(model) as recording:
+        call(input_ids=ids).logits.sum().backward()
+    return recording.report(target="llama").to_dict()
+
+
+def built(make: Any) -> nn.Module:
+    torch.manual_seed(0)
+    return make()
+
+
+def _restored(model: nn.Module) -> bool:
+    return (
+        all(type(p) in (nn.Parameter,) for p in model.parameters())
+        and all(type(m._parameters) is dict for m in model.modules())
+        and not any("_call_impl" in vars(m) for m in model.modules())
+        and not any(p._post_accumulate_grad_hooks for p in model.parameters())
+    )
+
+
+# -- torch.compile --------------------------------------------------------------
+
+
+def _compiled(how: str, model: nn.Module, backend: Any) -> Any:
+    if how == "torch.compile":
+        return torch.compile(model, backend=backend)
+    if how == "model.compile":
+        model.compile(backend=backend)
+        return model
+    for block in model.model.layers:  # as torchtitan compiles: each block
+        block.compile(backend=backend)
+    return model
+
+
+@pytest.mark.parametrize("how", ["torch.compile", "model.compile", "per block"])
+def test_a_compiled_model_is_recorded_as_eager_and_compiles_nothing(how: str) -> None:
+    torch._dynamo.reset()
+    plain = llama_step(built(lambda: tiny_llama(layers=2)))
+    counter = CompileCounterWithBackend("aot_eager")
+    model = built(lambda: tiny_llama(layers=2))
+    compiled = _compiled(how, model, counter)
+    ids = torch.arange(12).reshape(2, 6)
+    for _ in range(2):
+        compiled(input_ids=ids).logits.sum().backward()
+    warm = counter.frame_count
+    assert warm > 0
+    # The compiled model itself is given: names without _orig_mod.
+    assert llama_step(compiled) == plain
+    assert counter.frame_count == warm  # nothing compiled for the recorded step
+    for _ in range(2):
+        compiled(input_ids=ids).logits.sum().backward()
+    assert counter.frame_count == warm  # nor recompiled after it
+    assert torch.compiler.is_compiling() is False
+    assert _restored(model)
+
+
+def test_the_compiled_wrapper_is_not_a_module_of_the_report() -> None:
+    model = built(Model)
+    compiled = torch.compile(model, backend="eager")
+    assert unwrap(compiled) is model
+    tree = module_tree(compiled)
+    assert tree.modules[0] is model
+    assert not any(
+        name.startswith("_orig_mod") for names in tree.module_names.values() for name in names
+    )
+    assert seed_step(compiled) == seed_step(built(Model))
+
+
+# -- activation checkpointing ----------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", [CheckpointImpl.NO_REENTRANT, CheckpointImpl.REENTRANT])
+def test_checkpoint_wrapped_blocks_are_the_blocks_and_recompute_is_not_a_call(
+    impl: CheckpointImpl,
+) -> None:
+    plain = llama_step(built(lambda: tiny_llama(layers=2)))
+    model = built(lambda: tiny_llama(layers=2))
+    apply_activation_checkpointing(
+        model,
+        checkpoint_wrapper_fn=lambda m: checkpoint_wrapper(m, checkpoint_impl=impl),
+        check_fn=lambda m: type(m).__name__ == "LlamaDecoderLayer",
+    )
+    assert "model.layers.0._checkpoint_wrapped_module" in dict(model.named_modules())
+    assert llama_step(model) == plain
+
+
+def test_data_parallel_on_cpu_is_walked_through() -> None:
+    model = built(Model)
+    parallel = nn.DataParallel(model)  # no GPU: it runs the module itself
+    assert seed_step(parallel) == seed_step(built(Model))
+
+
+# -- parameters swapped while forward runs ----------------------------------------
+
+
+class SwapsIn(nn.Module):
+    """Puts a copy of ``lin.weight`` in its slot around ``lin``'s forward, as FSDP2 swaps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+        self.unused = nn.Linear(2, 2)
+        # Held outside the module tree, as FSDP2 holds its unsharded parameters.
+        self.__dict__["stand_in"] = nn.Parameter(self.lin.weight.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        own = self.lin.weight
+        self.lin.weight = self.stand_in  # setattr: nn.Module.__setattr__ -> _parameters
+        try:
+            h = self.lin(x)
+        finally:
+            self.lin._parameters["weight"] = own  # FSDP2's own way back
+        return self.head(h)
+
+
+def test_a_parameter_swapped_in_counts_for_the_one_it_stands_for() -> None:
+    model = built(SwapsIn)
+    with eager.record(model) as recording:
+        model(torch.ones(3, 4)).sum().backward()
+    report = recording.report()
+    used = {p.name: p for p in report.params}
+    assert "lin.weight" in used and not used["lin.weight"].dead
+    assert [p.name for p in report.unused] == ["unused.weight", "unused.bias"]
+    assert report.backward is not None and "lin.weight" in report.backward
+    # The stand-in itself got the gradient, as FSDP2's unsharded parameter does.
+    assert model.stand_in.grad is not None and model.lin.weight.grad is None
+    assert _restored(model)
+
+
+def test_the_modules_own_parameter_dicts_come_back() -> None:
+    model = built(SwapsIn)
+    dicts = {id(m): m._parameters for m in model.modules()}
+    with eager.record(model):
+        model(torch.ones(3, 4))
+    assert {id(m): m._parameters for m in model.modules()} == dicts
+    assert all(m._parameters is dicts[id(m)] for m in model.modules())
+    assert _restored(model)
+
+
+def test_a_parametrized_module_is_recorded_as_before() -> None:
+    model = built(lambda: nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)))
+    register_parametrization(model[0], "weight", _Symmetric())
+    with eager.record(model) as recording:
+        model(torch.ones(2, 4)).sum().backward()
+    report = recording.report()
+    graded = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert {p.name for p in report.all_params() if p.gets_gradient} == graded
+    assert "0.parametrizations.weight.original" in graded and len(graded) == 4
+    assert _restored(model)
+
+
+class _Symmetric(nn.Module):
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w.triu() + w.triu(1).transpose(-1, -2)
+
+
+def test_a_forward_on_copies_says_it_saw_no_use() -> None:
+    model = built(Model)
+    copies = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+    with eager.record(model) as recording:
+        torch.func.functional_call(model, copies, (torch.ones(2, 6), True)).sum().backward()
+    report = recording.report()
+    assert report.no_use_seen
+    assert ddp_verdict(report).cells[1].text.startswith("not proven: no parameter was seen used")
+
+
+def test_a_model_that_reads_its_parameters_has_them_seen() -> None:
+    model = built(Model)
+    with eager.record(model) as recording:
+        model(torch.ones(2, 6), True)
+    assert not recording.report().no_use_seen
+
+
+# -- the recorded call ----------------------------------------------------------
+
+
+class Stepper(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 4)
+        self.aux = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int = 0) -> torch.Tensor:
+        return self(batch).sum()
+
+
+def test_a_method_can_be_the_recorded_call() -> None:
+    model = built(Stepper)
+    with eager.record(model, method="training_step") as recording:
+        model.training_step(torch.ones(2, 4)).backward()
+    report = recording.report()
+    assert [c.name for c in report.modules] == ["", "body"]
+    assert [p.name for p in report.unused] == ["aux.weight", "aux.bias"]
+    assert dict(report.defaults) == {"batch_idx": 0}
+    assert "training_step" not in vars(model)
+
+
+def test_a_method_not_called_says_which_call_was_awaited() -> None:
+    model = built(Stepper)
+    with eager.record(model, method="training_step") as recording:
+        model(torch.ones(2, 4))
+    with pytest.raises(RecordingError, match=r"call model\.training_step\(\.\.\.\)"):
+        recording.report()
+
+
+def test_class_names_are_the_models_own() -> None:
+    assert class_name(nn.Linear(2, 2)) == "Linear"
+    assert class_name(models.Frozen()) == "Frozen"
+
+
+# -- the training-loop callbacks in one process ------------------------------------
+
+
+def test_a_step_watch_takes_only_steps_from_1() -> None:
+    with pytest.raises(ValueError, match="counted from 1"):
+        StepWatch(steps=(0,))
+    with pytest.raises(ValueError, match="positive"):
+        StepWatch(compare_every=0)
+    watch = StepWatch(steps=(2,), compare_every=3)
+    assert [s for s in range(1, 7) if watch.wants(s)] == [2, 3, 6]
+
+
+def test_without_ddp_a_watch_records_and_stops_only_when_asked() -> None:
+    model = built(Stepper)
+    watch = StepWatch()
+    watch.begin(model, 1)
+    model(torch.ones(2, 4)).sum().backward()
+    report = watch.end()
+    assert report is not None and [p.name for p in report.no_grad()] == ["aux.weight", "aux.bias"]
+    assert watch.reports == {1: report} and not watch.wants(1)
+    strict = StepWatch(stop_on_no_grad=True)
+    strict.begin(model, 1)
+    model(torch.ones(2, 4)).sum().backward()
+    with pytest.raises(NoGradientError) as caught:
+        strict.end()
+    assert caught.value.params == ("aux.weight", "aux.bias") and not caught.value.under_ddp
+    assert _restored(model)
+
+
+def test_the_transformers_callback_in_a_real_trainer() -> None:
+    from transformers import Trainer, TrainingArguments
+
+    from execorder.training.transformers import ExecOrderCallback
+
+    class Net(Stepper):
+        def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"loss": ((self.body(x).sum(-1) - labels) ** 2).mean()}
+
+    data = [{"x": torch.ones(4) * i, "labels": torch.tensor(float(i))} for i in range(8)]
+    callback = ExecOrderCallback(steps=(1, 2), stop_on_no_grad=True)
+    args = TrainingArguments(
+        output_dir="unused",
+        use_cpu=True,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_steps=3,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+    )
+    trainer = Trainer(model=built(Net), args=args, train_dataset=data, callbacks=[callback])
+    with pytest.raises(NoGradientError, match=r"step 1: 2 trainable parameters .*aux\.weight"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+    assert _restored(trainer.model)
+
+
+def test_the_lightning_callback_records_training_step_without_ddp() -> None:
+    L = pytest.importorskip("lightning", reason="Lightning is an optional extra")
+    from execorder.training.lightning import ExecOrderCallback
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = Stepper()
+
+        def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+            return self.net(batch[0]).sum()
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    callback = ExecOrderCallback(steps=(1, 2))
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
+    data = torch.utils.data.TensorDataset(torch.ones(8, 4))
+    module = built(Module)
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=2))
+    assert trainer.global_step == 3  # no DDP: nothing fails on aux, so nothing stops
+    assert sorted(callback.reports) == [1, 2]
+    report = callback.reports[1]
+    assert [c.name for c in report.modules] == ["", "net", "net.body"]
+    assert [p.name for p in report.no_grad()] == ["net.aux.weight", "net.aux.bias"]
+    assert _restored(module)
