@@ -112,6 +112,11 @@ def _names(names: Sequence[str]) -> str:
     return ", ".join(names) or "(none)"
 
 
+def _ranks(ranks: Sequence[int]) -> str:
+    """``rank 3``, ``ranks 0, 1``."""
+    return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}"
+
+
 # -- the target ---------------------------------------------------------------
 
 
@@ -611,6 +616,100 @@ def user_code(during: str) -> Iterator[None]:
 
 class RecordingError(ExecOrderError):
     """``record()`` was used in a way that cannot give a report."""
+
+
+# -- inside a training job ----------------------------------------------------
+
+
+class NoGradientError(ExecOrderError):
+    """A recorded training step left trainable parameters without a gradient.
+
+    Raised by the training-loop callbacks where DDP fails on it: under
+    ``DistributedDataParallel`` with ``find_unused_parameters=False`` (and no
+    ``static_graph``) the next step raises "Expected to have finished
+    reduction in the prior iteration before starting a new one".
+
+    Attributes:
+        step: The training step recorded (1 for the first).
+        params: The parameters without a gradient, by qualified name.
+        ddp_indices: Their indices as DDP's errors number them, in the same order.
+        under_ddp: Whether the step ran under such a DDP (else the callback
+            was asked to stop on any parameter without a gradient).
+    """
+
+    def __init__(
+        self, step: int, params: Sequence[str], ddp_indices: Sequence[int], *, under_ddp: bool
+    ) -> None:
+        super().__init__()
+        self.step, self.params = step, tuple(params)
+        self.ddp_indices, self.under_ddp = tuple(ddp_indices), under_ddp
+
+    def describe(self, words: Words = PYTHON) -> str:
+        count = len(self.params)
+        listed = ", ".join(
+            f"{name} (DDP index {index})"
+            for name, index in zip(self.params[:8], self.ddp_indices, strict=False)
+        )
+        more = f", +{count - 8} more" if count > 8 else ""
+        noun = "parameter" if count == 1 else "parameters"
+        text = f"step {self.step}: {count} trainable {noun} got no gradient: {listed}{more}"
+        if self.under_ddp:
+            text += (
+                "; DDP (find_unused_parameters=False) fails on them at the next step "
+                '("Expected to have finished reduction in the prior iteration")'
+            )
+        return text + (
+            ". Use them in the loss, freeze them (requires_grad_(False)), "
+            "or wrap the model with find_unused_parameters=True"
+        )
+
+
+class RanksDivergedError(ExecOrderError):
+    """The ranks of a job ran different forwards at a recorded training step.
+
+    Attributes:
+        step: The training step recorded.
+        groups: The ranks of each group that behaved alike.
+        call: The index of the first module call where they part (None when
+            only the parameters' statuses differ).
+        by_group: What each group ran at that call (None where it had ended).
+        params: Parameters whose status differs across the groups.
+        errors: The ranks of each group that could not record, and why.
+    """
+
+    def __init__(
+        self,
+        step: int,
+        groups: Sequence[Sequence[int]],
+        *,
+        call: int | None,
+        by_group: Sequence[str | None],
+        params: Sequence[str],
+        errors: Sequence[tuple[Sequence[int], str]] = (),
+    ) -> None:
+        super().__init__()
+        self.step, self.groups = step, tuple(tuple(g) for g in groups)
+        self.call, self.by_group, self.params = call, tuple(by_group), tuple(params)
+        self.errors = tuple((tuple(ranks), why) for ranks, why in errors)
+
+    def describe(self, words: Words = PYTHON) -> str:
+        if self.errors:
+            failed = "; ".join(f"{_ranks(ranks)}: {why}" for ranks, why in self.errors)
+            return f"step {self.step}: the ranks cannot be compared ({failed})"
+        text = f"step {self.step}: the ranks diverged ({len(self.groups)} groups)"
+        if self.call is not None:
+            ran = "; ".join(
+                f"{_ranks(ranks)} "
+                + (f"ran {name or '(root)'}" if name is not None else "had ended")
+                for ranks, name in zip(self.groups, self.by_group, strict=True)
+            )
+            text += f", first at module call #{self.call}: {ran}"
+        if self.params:
+            shown = ", ".join(self.params[:8]) + (
+                f", +{len(self.params) - 8} more" if len(self.params) > 8 else ""
+            )
+            text += f"; parameters whose status differs: {shown}"
+        return text + "; DDP and FSDP hang or fail on this"
 
 
 # -- sweeps, reports, DDP -----------------------------------------------------

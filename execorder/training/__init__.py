@@ -1,0 +1,234 @@
+"""Inside a training loop: record chosen steps, stop before DDP's step-2 crash, compare ranks.
+
+:class:`StepWatch` is what the callbacks for the trainers people use share
+(:mod:`execorder.training.transformers` for transformers' ``Trainer``,
+:mod:`execorder.training.lightning` for Lightning): the trainer's hooks tell
+it where a step begins and where its backward has ended, and it records the
+step with :func:`execorder.record`, then checks it:
+
+- with ``compare_every=N``, every Nth step is compared across ranks
+  (:func:`execorder.distributed.compare`); ranks that do not agree stop the
+  run with :class:`~execorder.errors.RanksDivergedError`;
+- trainable parameters that got no gradient stop the run with
+  :class:`~execorder.errors.NoGradientError` where DDP would fail on them
+  (``find_unused_parameters=False``: the next step raises "Expected to have
+  finished reduction in the prior iteration"), before that step starts.
+
+Every rank takes the same decision: the checks that talk between ranks come
+first, and the decision to stop is agreed over the process group, so that no
+rank is left waiting for one that stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from execorder.analysis.ranks import RankComparison
+from execorder.backends.eager import Recording, record
+from execorder.distributed import compare
+from execorder.errors import (
+    ExecOrderError,
+    NoGradientError,
+    RanksDivergedError,
+    RecordingError,
+)
+from execorder.report import Report
+
+__all__ = ["StepWatch"]
+
+log = logging.getLogger("execorder")
+
+
+class StepWatch:
+    """Which training steps to record, and what to check after each.
+
+    Args:
+        steps: The steps to record, counted from 1 (the first optimizer step).
+        compare_every: Also record every Nth step and compare it across
+            ranks (under an initialized process group of more than one rank).
+        stop_on_no_grad: When trainable parameters get no gradient: None
+            (the default) stops only where DDP fails on it (the step ran
+            under ``DistributedDataParallel`` with
+            ``find_unused_parameters=False`` and no ``static_graph``); True
+            stops always; False never (the report still says so).
+        stop_on_divergence: Stop when compared ranks do not agree; else log it.
+        output: Write each recorded step's report as JSON to this path;
+            ``{step}`` and ``{rank}`` in it are filled in.
+        target: What to call the model in reports; its class name by default.
+
+    Attributes:
+        reports: The reports of the recorded steps, by step.
+        comparisons: The comparisons across ranks, by step.
+    """
+
+    def __init__(
+        self,
+        *,
+        steps: Iterable[int] = (1,),
+        compare_every: int | None = None,
+        stop_on_no_grad: bool | None = None,
+        stop_on_divergence: bool = True,
+        output: str | Path | None = None,
+        target: str | None = None,
+    ) -> None:
+        self.steps = frozenset(steps)
+        if any(step < 1 for step in self.steps):
+            raise ValueError("steps are counted from 1")
+        if compare_every is not None and compare_every < 1:
+            raise ValueError("compare_every must be a positive number of steps")
+        self.compare_every = compare_every
+        self.stop_on_no_grad = stop_on_no_grad
+        self.stop_on_divergence = stop_on_divergence
+        self.output = None if output is None else str(output)
+        self.target = target
+        self.reports: dict[int, Report] = {}
+        self.comparisons: dict[int, RankComparison] = {}
+        self._armed: AbstractContextManager[Recording] | None = None
+        self._recording: Recording | None = None
+        self._step = 0
+
+    def wants(self, step: int) -> bool:
+        """Whether ``step`` is to be recorded (and not recorded yet)."""
+        if step in self.reports or self._armed is not None:
+            return False
+        return step in self.steps or self._compares(step)
+
+    def _compares(self, step: int) -> bool:
+        return self.compare_every is not None and step % self.compare_every == 0
+
+    def begin(self, model: nn.Module, step: int, *, method: str | None = None) -> None:
+        """Start recording ``step``: the next call of ``model`` (or its ``method``) and backward."""
+        if self._armed is not None:
+            raise RecordingError(f"step {self._step} is still being recorded")
+        armed = record(model, method=method)
+        self._recording = armed.__enter__()
+        self._armed, self._step = armed, step
+
+    @property
+    def active(self) -> bool:
+        """Whether a step is being recorded."""
+        return self._armed is not None
+
+    def end(self) -> Report | None:
+        """The step's backward has ended: build its report and check it.
+
+        Returns:
+            The report, or None when no step was being recorded.
+
+        Raises:
+            RanksDivergedError: If the step was compared and the ranks do not
+                agree (with ``stop_on_divergence``).
+            NoGradientError: If trainable parameters got no gradient where
+                the policy stops on it.
+            RecordingError: If no parameter was seen used while forward ran.
+        """
+        if self._armed is None or self._recording is None:
+            return None
+        armed, recording, step = self._armed, self._recording, self._step
+        self._armed = self._recording = None
+        armed.__exit__(None, None, None)
+        report = recording.report(target=self.target)
+        self.reports[step] = report
+        if self.output is not None:
+            _write(report, self.output.format(step=step, rank=_rank()))
+        log.info(
+            "execorder: step %d: %d module calls, %d of %d parameters used, "
+            "%d trainable get no gradient",
+            step,
+            report.summary.calls,
+            report.summary.params_used,
+            report.summary.params_total,
+            report.summary.params_no_grad,
+        )
+        # What talks between ranks first, on every rank alike, then what stops one.
+        diverged = None
+        if self._compares(step) and _world() > 1:
+            result = self.comparisons[step] = compare(report)
+            if not result.agree:
+                diverged = _diverged(step, result)
+                log.warning("execorder: %s", diverged)
+        stopping: ExecOrderError | None = None
+        if diverged is not None and self.stop_on_divergence:
+            stopping = diverged
+        elif report.no_use_seen:
+            stopping = RecordingError(
+                f"step {step}: no parameter of {report.target} was seen used while forward "
+                "ran: it reads none, or reads copies of them that the recording does not see"
+            )
+        else:
+            stopping = self._no_grad(step, report, recording)
+        if not _agreed(stopping is not None):
+            return report
+        raise stopping or RecordingError(f"step {step}: another rank stopped the run")
+
+    def abort(self) -> None:
+        """Stop recording without a report (the step raised, or training ended)."""
+        armed = self._armed
+        self._armed = self._recording = None
+        if armed is not None:
+            armed.__exit__(None, None, None)
+
+    def _no_grad(self, step: int, report: Report, recording: Recording) -> NoGradientError | None:
+        """The error to stop with for the parameters without a gradient, if the policy stops."""
+        missing = report.no_grad()
+        under_ddp = recording.ddp is not None and recording.ddp.fails_without_gradient
+        stops = under_ddp if self.stop_on_no_grad is None else self.stop_on_no_grad
+        if not missing or not stops:
+            return None
+        return NoGradientError(
+            step,
+            [p.name for p in missing],
+            [p.ddp_index for p in missing if p.ddp_index is not None],
+            under_ddp=under_ddp,
+        )
+
+
+def _diverged(step: int, result: RankComparison) -> RanksDivergedError:
+    first = result.first_divergence
+    return RanksDivergedError(
+        step,
+        [g.ranks for g in result.groups],
+        call=None if first is None else first.index,
+        by_group=() if first is None else first.by_group,
+        params=[d.param for d in result.status_differs],
+        errors=[(g.ranks, g.error) for g in result.errors if g.error is not None],
+    )
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _agreed(stop: bool) -> bool:
+    """Whether any rank stops: every rank learns it, so that all stop together."""
+    if _world() == 1:
+        return stop
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
+    flag = torch.tensor([int(stop)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _write(report: Report, path: str) -> None:
+    import json
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    partial.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    partial.replace(target)

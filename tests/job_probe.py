@@ -1,0 +1,511 @@
+"""``execorder.record()`` inside real jobs: FSDP2, DDP, torch.compile, checkpointing, TP, trainers.
+
+Run by tests/test_inside_job.py under torchrun, 2 gloo ranks on CPU. Every
+rank prints one JSON line per check (one write a line, so ranks' lines never
+run together):
+
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/job_probe.py wrappers
+    ... job_probe.py compare      # a per-rank branch, wrapped and plain
+    ... job_probe.py trainers     # transformers' Trainer and Lightning under DDP
+
+``wrappers``: for each model and wrapper, the report of a recorded step
+against the plain model's report, field by field (``equal``: the first
+difference, or null), and against the real thing (``truth``: the plain
+model's calls seen by forward pre-hooks and the parameters a real backward
+gave a gradient, against the wrapped report's; and under FSDP2 the
+parameters whose sharded gradient FSDP2 set, against the report's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+warnings.filterwarnings("ignore")
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent / "sample_models")]
+
+import models  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from seed import Model  # noqa: E402
+from tied import TiedLM  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (  # noqa: E402
+    checkpoint_wrapper,
+)
+from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
+from torch.distributed.fsdp import fully_shard  # noqa: E402
+from torch.distributed.tensor.parallel import (  # noqa: E402
+    ColwiseParallel,
+    RowwiseParallel,
+    parallelize_module,
+)
+from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
+
+import execorder  # noqa: E402
+import execorder.distributed  # noqa: E402
+from execorder.errors import RecordingError  # noqa: E402
+
+RANK = 0
+
+
+def emit(**line: Any) -> None:
+    os.write(1, (json.dumps({"rank": RANK, **line}) + "\n").encode())
+
+
+def first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    """Where two JSON values first differ, as a path; None when equal."""
+    if type(a) is not type(b):
+        return f"{path}: {a!r} != {b!r}"
+    if isinstance(a, dict):
+        for key in list(dict.fromkeys([*a, *b])):
+            found = first_difference(a.get(key), b.get(key), f"{path}.{key}")
+            if found:
+                return found
+        return None
+    if isinstance(a, list):
+        if len(a) != len(b):
+            return f"{path}: {len(a)} items != {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            found = first_difference(x, y, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    return None if a == b else f"{path}: {a!r} != {b!r}"
+
+
+# -- models -------------------------------------------------------------------
+
+
+def tiny_llama() -> nn.Module:
+    from hf import tiny_llama as build
+
+    return build(layers=2, tie=True)
+
+
+def lora() -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+
+
+def ids(vocab: int = 128) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(1)
+    return {"input_ids": torch.randint(0, vocab, (2, 6), generator=g)}
+
+
+def x(*shape: int) -> Callable[[], dict[str, Any]]:
+    return lambda: {"x": torch.randn(*shape, generator=torch.Generator().manual_seed(1))}
+
+
+def loss(out: Any) -> torch.Tensor:
+    return (out.logits if hasattr(out, "logits") else out).float().sum()
+
+
+def blocks_of(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks FSDP2 and checkpointing wrap, by model."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hasattr(inner, "model") and hasattr(inner.model, "layers"):
+        return list(inner.model.layers)
+    if isinstance(inner, Model):
+        return [inner.layer0, inner.layer2]
+    if isinstance(inner, TiedLM):
+        return [inner.body]
+    if isinstance(inner, models.Frozen):
+        return [inner.mid, inner.head, inner.aux]
+    return list(inner.layers)
+
+
+MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[], dict[str, Any]]]] = {
+    "seed": (Model, lambda: {**x(2, 6)(), "run_all_layers": True}),
+    "llama": (tiny_llama, ids),
+    "lora": (lora, ids),
+    "frozen": (models.Frozen, x(2, 4)),
+    "tied": (TiedLM, lambda: ids(32)),
+    "reads-another-unit": (models.ReadsAnotherUnit, x(2, 4)),
+}
+
+
+# -- wrappers: each takes the model and gives what the loop calls -------------
+
+
+def fsdp(reshard: bool = True, nested: bool = False) -> Callable[[nn.Module], nn.Module]:
+    def wrap(model: nn.Module) -> nn.Module:
+        for block in blocks_of(model):
+            if nested:
+                fully_shard(block.mlp, reshard_after_forward=reshard)
+            fully_shard(block, reshard_after_forward=reshard)
+        fully_shard(model, reshard_after_forward=reshard)
+        return model
+
+    return wrap
+
+
+def checkpointed_fsdp(model: nn.Module) -> nn.Module:
+    """As torchtitan does: checkpoint_wrapper each block, then fully_shard it, then the root."""
+    layers = model.model.layers
+    for i, block in enumerate(list(layers)):
+        wrapped = checkpoint_wrapper(block)
+        layers.register_module(str(i), wrapped)
+        fully_shard(wrapped)
+    fully_shard(model)
+    return model
+
+
+def compiled_blocks_fsdp(model: nn.Module) -> nn.Module:
+    """As torchtitan does: compile each block, then fully_shard it, then the root."""
+    for block in blocks_of(model):
+        block.compile(backend="aot_eager")
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def tensor_parallel(model: nn.Module) -> nn.Module:
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    plan = {
+        "self_attn.q_proj": ColwiseParallel(),
+        "self_attn.k_proj": ColwiseParallel(),
+        "self_attn.v_proj": ColwiseParallel(),
+        "self_attn.o_proj": RowwiseParallel(),
+        "mlp.gate_proj": ColwiseParallel(),
+        "mlp.up_proj": ColwiseParallel(),
+        "mlp.down_proj": RowwiseParallel(),
+    }
+    for block in blocks_of(model):
+        parallelize_module(block, mesh, plan)
+    return model
+
+
+WRAPPERS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "fsdp": fsdp(),
+    "fsdp-keep": fsdp(reshard=False),
+    "fsdp-nested": fsdp(nested=True),
+    "checkpoint-fsdp": checkpointed_fsdp,
+    "compile-blocks-fsdp": compiled_blocks_fsdp,
+    "tp": tensor_parallel,
+    "ddp": lambda m: DDP(m, find_unused_parameters=True),
+    "compile-ddp": lambda m: torch.compile(
+        DDP(m, find_unused_parameters=True), backend="aot_eager"
+    ),
+}
+
+# (model, wrapper, what record() is given: the wrapper or the model inside it, backward)
+MATRIX = [
+    ("seed", "fsdp", "wrapper", True),
+    ("seed", "fsdp-keep", "wrapper", True),
+    ("seed", "ddp", "wrapper", True),
+    ("seed", "ddp", "model", True),
+    ("seed", "compile-ddp", "wrapper", True),
+    ("llama", "fsdp", "wrapper", True),
+    ("llama", "fsdp", "wrapper", False),
+    ("llama", "fsdp-keep", "wrapper", True),
+    ("llama", "fsdp-nested", "wrapper", True),
+    ("llama", "checkpoint-fsdp", "wrapper", True),
+    ("llama", "compile-blocks-fsdp", "wrapper", True),
+    ("llama", "tp", "wrapper", True),
+    ("llama", "ddp", "wrapper", True),
+    ("lora", "fsdp", "wrapper", True),
+    ("lora", "ddp", "model", True),
+    ("frozen", "fsdp", "wrapper", True),
+    ("frozen", "ddp", "wrapper", True),
+    ("tied", "fsdp", "wrapper", True),
+    ("reads-another-unit", "fsdp-keep", "wrapper", True),
+]
+
+
+def built(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return MODELS[name][0]()
+
+
+def recorded(model: nn.Module, call: nn.Module, inputs: dict[str, Any], backward: bool) -> Any:
+    with execorder.record(model) as recording:
+        out = call(**inputs)
+        if backward:
+            loss(out).backward()
+    return recording
+
+
+def truth(name: str, backward: bool) -> tuple[list[str], set[str]]:
+    """The plain model's calls (forward pre-hooks) and what a real backward gives a gradient."""
+    model = built(name)
+    names = {id(m): n for n, m in model.named_modules()}
+    calls: list[str] = []
+    for module in model.modules():
+        module.register_forward_pre_hook(lambda m, _: calls.append(names[id(m)]))
+    out = model(**MODELS[name][1]())
+    if backward:
+        loss(out).backward()
+    graded = {n for n, p in model.named_parameters() if p.grad is not None}
+    return calls, graded
+
+
+def wrappers_mode() -> None:
+    plain: dict[tuple[str, bool], dict[str, Any]] = {}
+    for model_name, wrapper, given, backward in MATRIX:
+        case = f"{model_name}/{wrapper}/{given}" + ("" if backward else "/forward-only")
+        make_inputs = MODELS[model_name][1]
+        if (model_name, backward) not in plain:
+            model = built(model_name)
+            rec = recorded(model, model, make_inputs(), backward)
+            plain[model_name, backward] = rec.report(target=model_name).to_dict()
+        model = built(model_name)
+        call = WRAPPERS[wrapper](model)
+        target = call if given == "wrapper" else model
+        try:
+            recording = recorded(target, call, make_inputs(), backward)
+            report = recording.report(target=model_name)
+        except Exception as exc:
+            emit(case=case, error=f"{type(exc).__name__}: {exc}"[:500])
+            continue
+        calls, graded = truth(model_name, backward)
+        mismatch = []
+        if [c.name for c in report.modules] != calls:
+            mismatch.append(f"calls {[c.name for c in report.modules]} != {calls}")
+        if backward:
+            gets = {p.name for p in report.all_params() if p.gets_gradient}
+            if gets != graded:
+                mismatch.append(f"gradients {sorted(gets)} != {sorted(graded)}")
+            if wrapper.endswith("fsdp") or wrapper.startswith("fsdp"):
+                # FSDP2's own sharded gradients, on the wrapped model itself.
+                sharded = {
+                    n.replace("_checkpoint_wrapped_module.", "")
+                    for n, p in model.named_parameters()
+                    if p.grad is not None
+                }
+                if sharded != gets:
+                    mismatch.append(f"FSDP2 gradients {sorted(sharded)} != {sorted(gets)}")
+        emit(
+            case=case,
+            equal=first_difference(plain[model_name, backward], report.to_dict()),
+            truth="; ".join(mismatch) or None,
+            used=report.summary.params_used,
+            external=[e.param for e in report.external],
+            ddp=None if recording.ddp is None else list(recording.ddp),
+        )
+    ddp_settings()
+    refusals()
+
+
+def ddp_settings() -> None:
+    """What record() reads off DDP: find_unused_parameters and static_graph."""
+    for find_unused, static in ((False, False), (True, False), (False, True)):
+        model = built("seed")
+        ddp = DDP(model, find_unused_parameters=find_unused, static_graph=static)
+        recording = recorded(ddp, ddp, MODELS["seed"][1](), True)
+        emit(case=f"ddp-settings/{find_unused}/{static}", ddp=list(recording.ddp or ()))
+
+
+def refusals() -> None:
+    """FSDP1 is refused; a forward that reads copies of the parameters says it saw nothing."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    model = built("seed")
+    try:
+        with execorder.record(FullyShardedDataParallel(model, device_id=torch.device("cpu"))):
+            pass
+        emit(case="fsdp1", error=None)
+    except RecordingError as exc:
+        emit(case="fsdp1", error=str(exc))
+
+    model = built("seed")
+    copies = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+    with execorder.record(model) as recording:
+        torch.func.functional_call(model, copies, (torch.randn(2, 6), True)).sum().backward()
+    report = recording.report(target="seed")
+    result = execorder.distributed.compare(report)
+    emit(case="copies", no_use_seen=report.no_use_seen, **result.to_dict())
+
+
+# -- compare: a per-rank branch, wrapped and plain ----------------------------
+
+
+def image_model() -> nn.Module:
+    torch.manual_seed(0)
+    return models.OptionalImage()
+
+
+def checkpoint_units(model: nn.Module) -> nn.Module:
+    for name in ("text", "vision"):
+        setattr(model, name, checkpoint_wrapper(getattr(model, name)))
+    return model
+
+
+def tp_head(model: nn.Module) -> nn.Module:
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    parallelize_module(model, mesh, {"head": ColwiseParallel()})
+    return model
+
+
+def root_fsdp(model: nn.Module) -> nn.Module:
+    fully_shard(model)
+    return model
+
+
+# FSDP2 takes no backward here: ranks whose gradients differ in a unit would
+# reduce-scatter different tensors (the hang this comparison forestalls).
+BRANCHES: dict[str, tuple[Callable[[nn.Module], nn.Module], bool]] = {
+    "plain": (lambda m: m, True),
+    "plain-forward-only": (lambda m: m, False),
+    "fsdp": (root_fsdp, False),
+    "ddp": (lambda m: DDP(m, find_unused_parameters=True), True),
+    "compile": (lambda m: torch.compile(m, backend="aot_eager"), True),
+    "checkpoint": (checkpoint_units, True),
+    "tp": (tp_head, True),
+}
+
+
+def compare_mode() -> None:
+    world = dist.get_world_size()
+    for name, (wrap, backward) in BRANCHES.items():
+        call = wrap(image_model())
+        inputs = models.image_on_rank_0(rank=RANK, world_size=world)
+        with execorder.record(call) as recording:
+            out = call(**inputs)
+            if backward:
+                out.float().sum().backward()
+        result = execorder.distributed.compare(recording.report(target="image"))
+        emit(case=name, backward=backward, **result.to_dict())
+
+
+# -- trainers -------------------------------------------------------------------
+
+
+class AuxHead(nn.Module):
+    """A regression net with an auxiliary head the loss never uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 1)
+        self.aux_head = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, Any]:
+        pred = self.head(torch.relu(self.body(x))).squeeze(-1)
+        return {"loss": F.mse_loss(pred, labels)}
+
+
+class AuxOnRank0(AuxHead):
+    """Rank 0 adds the auxiliary head to its loss; the other ranks do not."""
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, Any]:
+        h = torch.relu(self.body(x))
+        pred = self.head(h).squeeze(-1)
+        if RANK == 0:
+            pred = pred + self.aux_head(h).squeeze(-1)
+        return {"loss": F.mse_loss(pred, labels)}
+
+
+class Pairs(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(i)
+        return {"x": torch.randn(4, generator=g), "labels": torch.randn((), generator=g)}
+
+
+def outcome(run: Callable[[], Any], steps: Callable[[], int]) -> dict[str, Any]:
+    try:
+        run()
+    except Exception as exc:
+        return {"steps": steps(), "error": type(exc).__name__, "message": str(exc)[:600]}
+    return {"steps": steps(), "error": None}
+
+
+# (run, the model, find_unused_parameters, the callback's arguments or None)
+TRAINER_RUNS: list[tuple[str, type[nn.Module], bool, dict[str, Any] | None]] = [
+    ("plain", AuxHead, False, None),
+    ("callback", AuxHead, False, {}),
+    ("compare", AuxOnRank0, True, {"steps": (), "compare_every": 2}),
+]
+
+
+def transformers_trainer(model: nn.Module, find_unused: bool, callback: Any) -> dict[str, Any]:
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(),
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        max_steps=3,
+        ddp_backend="gloo",
+        ddp_find_unused_parameters=find_unused,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+    )
+    callbacks = [callback] if callback is not None else []
+    trainer = Trainer(model=model, args=args, train_dataset=Pairs(), callbacks=callbacks)
+    return outcome(trainer.train, lambda: trainer.state.global_step)
+
+
+def lightning_trainer(model: nn.Module, find_unused: bool, callback: Any) -> dict[str, Any]:
+    import lightning as L
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = model
+
+        def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            return self.net(**batch)["loss"]
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=dist.get_world_size(),
+        strategy="ddp_find_unused_parameters_true" if find_unused else "ddp",
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback] if callback is not None else [],
+    )
+    loader = torch.utils.data.DataLoader(Pairs(), batch_size=4)
+    return outcome(lambda: trainer.fit(Module(), loader), lambda: trainer.global_step)
+
+
+def trainers_mode(kind: str, out_dir: str) -> None:
+    if kind == "transformers":
+        from execorder.training.transformers import ExecOrderCallback
+    else:
+        from execorder.training.lightning import ExecOrderCallback  # type: ignore[assignment]
+    train = transformers_trainer if kind == "transformers" else lightning_trainer
+    for run, build, find_unused, arguments in TRAINER_RUNS:
+        output = str(Path(out_dir) / f"{kind}-{run}-step{{step}}-rank{{rank}}.json")
+        callback = None if arguments is None else ExecOrderCallback(output=output, **arguments)
+        torch.manual_seed(0)
+        emit(case=f"{kind}/{run}", **train(build(), find_unused, callback))
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.disable(logging.WARNING)
+    mode = sys.argv[1]
+    dist.init_process_group("gloo")
+    RANK = dist.get_rank()
+    try:
+        if mode == "wrappers":
+            wrappers_mode()
+        elif mode == "compare":
+            compare_mode()
+        else:
+            trainers_mode(mode, sys.argv[2])
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,186 @@
+"""``record()`` inside real jobs, on 2 gloo ranks under torchrun: the plain model's answer.
+
+For each wrapper (FSDP2 per block and root, with and without resharding
+after forward, nested units, checkpointing and per-block compile under
+FSDP2 as torchtitan applies them, tensor parallelism, DDP and compiled DDP)
+the recorded report equals the plain model's report field by field, and
+agrees with the real thing: the plain model's calls seen by forward
+pre-hooks, the parameters its real backward gave a gradient, and under
+FSDP2 the sharded gradients FSDP2 itself set. A per-rank branch gives the
+same comparison across ranks wrapped and plain. transformers' Trainer and
+Lightning, under DDP with ``find_unused_parameters=False``, fail at step 2
+without the callback and stop at step 1 with the parameter's name with it.
+The probe is tests/job_probe.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from execorder import load_report
+
+pytestmark = pytest.mark.processes
+
+HERE = Path(__file__).resolve().parent
+PROBE = HERE / "job_probe.py"
+WORLD = 2
+
+
+def probe(mode: str, *args: str) -> list[dict[str, Any]]:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={WORLD}",
+        str(PROBE),
+        mode,
+        *args,
+    ]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=HERE.parent)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the job probe ({mode}) did not finish in 240 s")
+    assert done.returncode == 0, done.stderr[-4000:]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def by_case(lines: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for line in sorted(lines, key=lambda line: line["rank"]):
+        found.setdefault(line["case"], []).append(line)
+    return found
+
+
+@pytest.fixture(scope="module")
+def wrapped() -> dict[str, list[dict[str, Any]]]:
+    return by_case(probe("wrappers"))
+
+
+MATRIX = [
+    "seed/fsdp/wrapper",
+    "seed/fsdp-keep/wrapper",
+    "seed/ddp/wrapper",
+    "seed/ddp/model",
+    "seed/compile-ddp/wrapper",
+    "llama/fsdp/wrapper",
+    "llama/fsdp/wrapper/forward-only",
+    "llama/fsdp-keep/wrapper",
+    "llama/fsdp-nested/wrapper",
+    "llama/checkpoint-fsdp/wrapper",
+    "llama/compile-blocks-fsdp/wrapper",
+    "llama/tp/wrapper",
+    "llama/ddp/wrapper",
+    "lora/fsdp/wrapper",
+    "lora/ddp/model",
+    "frozen/fsdp/wrapper",
+    "frozen/ddp/wrapper",
+    "tied/fsdp/wrapper",
+    "reads-another-unit/fsdp-keep/wrapper",
+]
+
+
+def test_every_wrapped_step_reports_what_the_plain_model_does(
+    wrapped: dict[str, list[dict[str, Any]]],
+) -> None:
+    wrong = []
+    for case in MATRIX:
+        lines = wrapped.get(case, [])
+        assert [line["rank"] for line in lines] == list(range(WORLD)), f"{case}: no result"
+        for line in lines:
+            assert "error" not in line, f"{case}, rank {line['rank']}: {line['error']}"
+            assert line["used"] > 0, f"{case}: nothing used"
+            if line["equal"] is not None:
+                wrong.append(f"{case}, rank {line['rank']}, against plain: {line['equal']}")
+            if line["truth"] is not None:
+                wrong.append(f"{case}, rank {line['rank']}, against the real run: {line['truth']}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_a_unit_read_outside_its_forward_is_an_external_use_under_fsdp2(
+    wrapped: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Unit layers.0 stays gathered (reshard_after_forward=False); the root reads its weight."""
+    for line in wrapped["reads-another-unit/fsdp-keep/wrapper"]:
+        assert line["external"] == ["layers.0.lin.weight"]
+
+
+def test_the_recording_reads_ddps_settings(wrapped: dict[str, list[dict[str, Any]]]) -> None:
+    for find_unused, static in ((False, False), (True, False), (False, True)):
+        for line in wrapped[f"ddp-settings/{find_unused}/{static}"]:
+            assert line["ddp"] == [find_unused, static]
+    for line in wrapped["seed/fsdp/wrapper"]:
+        assert line["ddp"] is None
+
+
+def test_fsdp1_is_refused(wrapped: dict[str, list[dict[str, Any]]]) -> None:
+    for line in wrapped["fsdp1"]:
+        assert "Model is sharded with FSDP1" in line["error"]
+
+
+def test_ranks_that_saw_no_use_do_not_agree(wrapped: dict[str, list[dict[str, Any]]]) -> None:
+    """functional_call runs forward on copies: the report says so, and compare does not agree."""
+    for line in wrapped["copies"]:
+        assert line["no_use_seen"] is True
+        assert [g["error"] for g in line["groups"]] == [
+            "no parameter was seen used while forward ran"
+        ]
+
+
+def test_a_per_rank_branch_is_found_alike_wrapped_and_plain() -> None:
+    cases = by_case(probe("compare"))
+    assert set(cases) == {
+        "plain",
+        "plain-forward-only",
+        "fsdp",
+        "ddp",
+        "compile",
+        "checkpoint",
+        "tp",
+    }
+    for name, lines in cases.items():
+        plain = cases["plain" if lines[0]["backward"] else "plain-forward-only"]
+        for line, reference in zip(lines, plain, strict=True):
+            assert {k: v for k, v in line.items() if k != "case"} == {
+                k: v for k, v in reference.items() if k != "case"
+            }, name
+    first = cases["plain"][0]
+    assert first["diverged"] and first["first_divergence"] == {
+        "call": 3,
+        "by_group": ["vision", "head"],
+    }
+
+
+@pytest.mark.parametrize("kind", ["transformers", "lightning"])
+def test_a_trainer_stops_at_the_recorded_step_where_ddp_fails_at_step_2(
+    kind: str, tmp_path: Path
+) -> None:
+    if kind == "lightning":
+        pytest.importorskip("lightning", reason="Lightning is an optional extra")
+    cases = by_case(probe(kind, str(tmp_path)))
+    prefix = "net." if kind == "lightning" else ""
+    for line in cases[f"{kind}/plain"]:
+        # Without the callback DDP fails at step 2 (Lightning rewords DDP's message).
+        assert line["steps"] == 1 and line["error"] == "RuntimeError"
+        assert "not used in producing" in line["message"]
+    for line in cases[f"{kind}/callback"]:
+        assert line["steps"] == 0 and line["error"] == "NoGradientError"
+        assert line["message"].startswith(
+            f"step 1: 2 trainable parameters got no gradient: {prefix}aux_head.weight"
+        )
+    for rank in range(WORLD):
+        report = load_report(tmp_path / f"{kind}-callback-step1-rank{rank}.json")
+        assert [p.name for p in report.no_grad()] == [
+            f"{prefix}aux_head.weight",
+            f"{prefix}aux_head.bias",
+        ]
+    for line in cases[f"{kind}/compare"]:
+        # Rank 0 alone uses aux_head: step 2, the first compared, stops the run on every rank.
+        assert line["steps"] == 1 and line["error"] == "RanksDivergedError"
+        assert f"rank 0 ran {prefix}aux_head; rank 1 had ended" in line["message"]
