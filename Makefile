@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_diff.py
 	$(PY) benchmarks/bench_timing.py
 	$(PY) benchmarks/bench_ranks.py
+	$(PY) benchmarks/bench_job.py
 	$(PY) benchmarks/bench_meta.py
 
 clean:

@@ -91,6 +91,19 @@ def tiny_llama() -> nn.Module:
     return build(layers=2, tie=True)
 
 
+def checkpointed_llama() -> nn.Module:
+    """transformers' own gradient checkpointing: torch.utils.checkpoint inside each block."""
+    model = tiny_llama()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def frozen_block_llama() -> nn.Module:
+    model = tiny_llama()
+    model.model.layers[0].requires_grad_(False)
+    return model
+
+
 def lora() -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
@@ -127,6 +140,8 @@ def blocks_of(model: nn.Module) -> list[nn.Module]:
 MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[], dict[str, Any]]]] = {
     "seed": (Model, lambda: {**x(2, 6)(), "run_all_layers": True}),
     "llama": (tiny_llama, ids),
+    "llama-checkpointed": (checkpointed_llama, ids),
+    "llama-frozen-block": (frozen_block_llama, ids),
     "lora": (lora, ids),
     "frozen": (models.Frozen, x(2, 4)),
     "tied": (TiedLM, lambda: ids(32)),
@@ -213,6 +228,9 @@ MATRIX = [
     ("llama", "compile-blocks-fsdp", "wrapper", True),
     ("llama", "tp", "wrapper", True),
     ("llama", "ddp", "wrapper", True),
+    ("llama-checkpointed", "fsdp", "wrapper", True),
+    ("llama-checkpointed", "ddp", "wrapper", True),
+    ("llama-frozen-block", "fsdp", "wrapper", True),
     ("lora", "fsdp", "wrapper", True),
     ("lora", "ddp", "model", True),
     ("frozen", "fsdp", "wrapper", True),
@@ -243,10 +261,11 @@ def truth(name: str, backward: bool) -> tuple[list[str], set[str]]:
     for module in model.modules():
         module.register_forward_pre_hook(lambda m, _: calls.append(names[id(m)]))
     out = model(**MODELS[name][1]())
+    forward = list(calls)  # checkpointing's recompute in backward calls the hooks again
     if backward:
         loss(out).backward()
     graded = {n for n, p in model.named_parameters() if p.grad is not None}
-    return calls, graded
+    return forward, graded
 
 
 def wrappers_mode() -> None:

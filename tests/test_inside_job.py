@@ -1,4 +1,4 @@
-"""``record()`` inside real jobs, on 2 gloo ranks under torchrun: the plain model's answer.
+"""``record()`` inside real jobs, on gloo ranks under torchrun: the plain model's answer.
 
 For each wrapper (FSDP2 per block and root, with and without resharding
 after forward, nested units, checkpointing and per-block compile under
@@ -7,7 +7,7 @@ the recorded report equals the plain model's report field by field, and
 agrees with the real thing: the plain model's calls seen by forward
 pre-hooks, the parameters its real backward gave a gradient, and under
 FSDP2 the sharded gradients FSDP2 itself set. A per-rank branch gives the
-same comparison across ranks wrapped and plain. transformers' Trainer and
+same comparison across 4 ranks wrapped and plain. transformers' Trainer and
 Lightning, under DDP with ``find_unused_parameters=False``, fail at step 2
 without the callback and stop at step 1 with the parameter's name with it.
 The probe is tests/job_probe.py.
@@ -32,13 +32,13 @@ PROBE = HERE / "job_probe.py"
 WORLD = 2
 
 
-def probe(mode: str, *args: str) -> list[dict[str, Any]]:
+def probe(mode: str, *args: str, world: int = WORLD) -> list[dict[str, Any]]:
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
-        f"--nproc-per-node={WORLD}",
+        f"--nproc-per-node={world}",
         str(PROBE),
         mode,
         *args,
@@ -77,6 +77,9 @@ MATRIX = [
     "llama/compile-blocks-fsdp/wrapper",
     "llama/tp/wrapper",
     "llama/ddp/wrapper",
+    "llama-checkpointed/fsdp/wrapper",
+    "llama-checkpointed/ddp/wrapper",
+    "llama-frozen-block/fsdp/wrapper",
     "lora/fsdp/wrapper",
     "lora/ddp/model",
     "frozen/fsdp/wrapper",
@@ -134,7 +137,8 @@ def test_ranks_that_saw_no_use_do_not_agree(wrapped: dict[str, list[dict[str, An
 
 
 def test_a_per_rank_branch_is_found_alike_wrapped_and_plain() -> None:
-    cases = by_case(probe("compare"))
+    """On 4 ranks: rank 0 alone takes the image branch; ranks 1 to 3 are one group."""
+    cases = by_case(probe("compare", world=4))
     assert set(cases) == {
         "plain",
         "plain-forward-only",
@@ -151,6 +155,7 @@ def test_a_per_rank_branch_is_found_alike_wrapped_and_plain() -> None:
                 k: v for k, v in reference.items() if k != "case"
             }, name
     first = cases["plain"][0]
+    assert [g["ranks"] for g in first["groups"]] == [[0], [1, 2, 3]]
     assert first["diverged"] and first["first_divergence"] == {
         "call": 3,
         "by_group": ["vision", "head"],
