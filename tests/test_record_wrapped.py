@@ -204,6 +204,27 @@ def test_a_forward_on_copies_says_it_saw_no_use() -> None:
     assert ddp_verdict(report).cells[1].text.startswith("not proven: no parameter was seen used")
 
 
+class Idle(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+
+def test_an_fx_trace_that_reads_no_parameter_is_a_finding_not_a_blind_spot() -> None:
+    """FX's graph holds every read: no read means unused, and DDP fails on it."""
+    import execorder
+
+    report = execorder.trace(Idle())
+    assert not report.no_use_seen and report.summary.params_used == 0
+    assert ddp_verdict(report).cells[1].text == "fails: 1 trainable parameter gets no gradient"
+    with eager.record(model := Idle()) as recording:
+        model(torch.ones(2))
+    assert recording.report().no_use_seen
+
+
 def test_a_model_that_reads_its_parameters_has_them_seen() -> None:
     model = built(Model)
     with eager.record(model) as recording:

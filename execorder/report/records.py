@@ -501,15 +501,17 @@ class Report:
 
     @property
     def no_use_seen(self) -> bool:
-        """Whether the model has parameters and no use of any was seen while forward ran.
+        """Whether forward ran for real, the model has parameters, and no use of any was seen.
 
         Either forward reads none of them, or it reads them through something
         that hides them from the recording (parameters swapped for copies,
         as ``torch.func.functional_call`` or ``DataParallel``'s replicas do):
         the report cannot tell which, so "every parameter unused" is not a
-        finding to trust.
+        finding to trust. Never true of an FX trace, whose graph holds every
+        read of a parameter.
         """
-        return self.summary.params_total > 0 and self.summary.params_used == 0
+        summary = self.summary
+        return self.mode is Mode.EAGER and summary.params_total > 0 and summary.params_used == 0
 
     def all_params(self) -> tuple[ParamInfo, ...]:
         """Every parameter, in ``named_parameters()`` order."""
