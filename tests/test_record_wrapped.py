@@ -123,6 +123,24 @@ def test_checkpoint_wrapped_blocks_are_the_blocks_and_recompute_is_not_a_call(
     assert llama_step(model) == plain
 
 
+class TwoLayers(nn.Module):
+    def __init__(self, wrap: bool = False) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = checkpoint_wrapper(nn.Linear(4, 4)) if wrap else nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x))
+
+
+def test_fx_walks_through_a_checkpoint_wrapper_too() -> None:
+    import execorder
+
+    wrapped = execorder.trace(built(lambda: TwoLayers(wrap=True)))
+    assert [c.name for c in wrapped.modules] == ["", "a", "b"]
+    assert wrapped.to_dict() == execorder.trace(built(TwoLayers)).to_dict()
+
+
 def test_data_parallel_on_cpu_is_walked_through() -> None:
     model = built(Model)
     parallel = nn.DataParallel(model)  # no GPU: it runs the module itself

@@ -75,7 +75,7 @@ def _recording(
     tree: ModuleTree,
     events: list[Event],
     clock: Clock | None = None,
-    swaps: Swaps | None = None,
+    swaps: _Swaps | None = None,
 ) -> Iterator[None]:
     """Log what runs inside ``root`` to ``events``, in the form :meth:`Recorder.replay` reads.
 
@@ -263,7 +263,7 @@ def _put_back(module: nn.Module, held: dict[str, Any]) -> None:
         module.__dict__["_parameters"] = held
 
 
-class Swaps:
+class _Swaps:
     """Parameters swapped into a model's slots during a recording, and what each stands for.
 
     Each swapped-in parameter gets the recording's gradient hook, so that a
@@ -520,7 +520,7 @@ class Recording:
         self._concrete_args: dict[str, Any] = {}
         self._defaults: dict[str, Any] = {}
         self._hooks = _GradHooks()
-        self._swaps = Swaps(self._hooks, self._order.append)
+        self._swaps = _Swaps(self._hooks, self._order.append)
         self._method: str | None = None
         self.ddp: DdpSettings | None = None
         """DDP's settings, when the recorded call ran inside a ``DistributedDataParallel``."""

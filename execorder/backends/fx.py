@@ -117,12 +117,16 @@ def record_tracer(
             if arg.op == "get_attr" and arg.target in by_name
         ]
 
+    named = recorder.tree.module_names
+
     def call_module(
         module: nn.Module,
         forward: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
+        if id(module) not in named:  # a wrapper the tree walks through: not a call of its own
+            return orig_call_module(module, forward, args, kwargs)
         recorder.enter(module)
         output = orig_call_module(module, forward, args, kwargs)
         recorder.exit(module)
