@@ -5,6 +5,7 @@ tests/test_inside_job.py has the cases that need ranks."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import models
@@ -319,7 +320,7 @@ def test_without_ddp_a_watch_records_and_stops_only_when_asked() -> None:
     assert _restored(model)
 
 
-def test_the_transformers_callback_in_a_real_trainer() -> None:
+def test_the_transformers_callback_in_a_real_trainer(tmp_path: Path) -> None:
     from transformers import Trainer, TrainingArguments
 
     from execorder.training.transformers import ExecOrderCallback
@@ -331,7 +332,7 @@ def test_the_transformers_callback_in_a_real_trainer() -> None:
     data = [{"x": torch.ones(4) * i, "labels": torch.tensor(float(i))} for i in range(8)]
     callback = ExecOrderCallback(steps=(1, 2), stop_on_no_grad=True)
     args = TrainingArguments(
-        output_dir="unused",
+        output_dir=str(tmp_path),
         use_cpu=True,
         per_device_train_batch_size=2,
         gradient_accumulation_steps=2,

@@ -41,7 +41,7 @@ from execorder.errors import (
 )
 from execorder.report import Report
 
-__all__ = ["StepWatch"]
+__all__ = ["StepWatch", "WatchingCallback"]
 
 log = logging.getLogger("execorder")
 
@@ -188,6 +188,49 @@ class StepWatch:
             [p.ddp_index for p in missing if p.ddp_index is not None],
             under_ddp=under_ddp,
         )
+
+
+class WatchingCallback:
+    """What the trainers' callbacks share: a :class:`StepWatch` of their options, and its results.
+
+    Args:
+        steps: The optimizer steps to record, counted from 1.
+        compare_every: Also record every Nth step and compare it across ranks.
+        stop_on_no_grad: None (the default): stop when DDP would fail on a
+            trainable parameter without a gradient (``find_unused_parameters=False``
+            and no ``static_graph``, read off the DDP that ran the model);
+            True: always; False: never.
+        stop_on_divergence: Stop when compared ranks do not agree; else log it.
+        output: Write each recorded step's report as JSON here (``{step}``
+            and ``{rank}`` are filled in).
+    """
+
+    def __init__(
+        self,
+        *,
+        steps: Iterable[int] = (1,),
+        compare_every: int | None = None,
+        stop_on_no_grad: bool | None = None,
+        stop_on_divergence: bool = True,
+        output: str | Path | None = None,
+    ) -> None:
+        self.watch = StepWatch(
+            steps=steps,
+            compare_every=compare_every,
+            stop_on_no_grad=stop_on_no_grad,
+            stop_on_divergence=stop_on_divergence,
+            output=output,
+        )
+
+    @property
+    def reports(self) -> dict[int, Report]:
+        """The recorded reports, by step."""
+        return self.watch.reports
+
+    @property
+    def comparisons(self) -> dict[int, RankComparison]:
+        """The comparisons across ranks, by step."""
+        return self.watch.comparisons
 
 
 def _diverged(step: int, result: RankComparison) -> RanksDivergedError:
