@@ -109,6 +109,20 @@ def worker(rank: int, store: str, world: int, what: str) -> None:
     finally:
         if what != "fsdp":
             dist.destroy_process_group()
+    leave()
+
+
+def leave() -> None:
+    """Exit now that every line is written, without the interpreter's teardown.
+
+    Tearing down gloo's threads at exit aborts now and then ("terminate called
+    without an active exception", pytorch#179291), above all after a
+    collective timed out (the fsdp case, by design): that says nothing about
+    what was measured.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
@@ -120,5 +134,6 @@ if __name__ == "__main__":
         finally:
             dist.barrier()
             dist.destroy_process_group()
+        leave()
     else:
         mp.spawn(worker, args=(store, world, what), nprocs=world, join=True)
