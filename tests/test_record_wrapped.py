@@ -320,6 +320,26 @@ def test_without_ddp_a_watch_records_and_stops_only_when_asked() -> None:
     assert _restored(model)
 
 
+def test_a_watch_that_sees_no_use_stops_unless_told_never_to() -> None:
+    model = built(Model)
+    copies = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+
+    def step() -> None:
+        torch.func.functional_call(model, copies, (torch.ones(2, 6), True)).sum().backward()
+
+    watch = StepWatch()
+    watch.begin(model, 1)
+    step()
+    with pytest.raises(RecordingError, match="step 1: no parameter of Model was seen used"):
+        watch.end()
+    lenient = StepWatch(stop_on_no_grad=False)
+    lenient.begin(model, 1)
+    step()
+    report = lenient.end()
+    assert report is not None and report.no_use_seen
+    assert _restored(model)
+
+
 def test_the_transformers_callback_in_a_real_trainer(tmp_path: Path) -> None:
     from transformers import Trainer, TrainingArguments
 

@@ -127,7 +127,8 @@ class StepWatch:
                 agree (with ``stop_on_divergence``).
             NoGradientError: If trainable parameters got no gradient where
                 the policy stops on it.
-            RecordingError: If no parameter was seen used while forward ran.
+            RecordingError: If no parameter was seen used while forward ran
+                (unless ``stop_on_no_grad`` is False: then it is logged).
         """
         if self._armed is None or self._recording is None:
             return None
@@ -158,10 +159,14 @@ class StepWatch:
         if diverged is not None and self.stop_on_divergence:
             stopping = diverged
         elif report.no_use_seen:
-            stopping = RecordingError(
+            unseen = RecordingError(
                 f"step {step}: no parameter of {report.target} was seen used while forward "
                 "ran: it reads none, or reads copies of them that the recording does not see"
             )
+            if self.stop_on_no_grad is False:  # asked never to stop: said, not raised
+                log.warning("execorder: %s", unseen)
+            else:
+                stopping = unseen
         else:
             stopping = self._no_grad(step, report, recording)
         if not _agreed(stopping is not None):
