@@ -16,6 +16,9 @@ computes the same :class:`~execorder.analysis.ranks.RankComparison`.
 
 from __future__ import annotations
 
+import datetime
+import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,7 +34,7 @@ from execorder.analysis.ranks import (
 )
 from execorder.report import Report
 
-__all__ = ["RankComparison", "RankRecord", "compare", "record_of"]
+__all__ = ["RankComparison", "RankRecord", "compare", "compare_job", "record_of"]
 
 
 def _device(group: Any) -> torch.device:
@@ -104,3 +107,66 @@ def compare(
         records.append((ranks, payload[0]))
     records += [(ranks, None) for ranks in groups[max_groups:]]
     return compare_records(records, world_size=world, target=name)
+
+
+def compare_job(
+    record: Callable[[int, int], Report],
+    *,
+    device: str | None = None,
+    timeout: float = 300,
+    target: str | None = None,
+    explain: Callable[[Exception], str] = str,
+) -> tuple[int, RankComparison]:
+    """One rank of a job that compares its ranks' forwards, from process group up to teardown.
+
+    Call it on every rank of a job torchrun started (``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set): it sets up the
+    default process group (NCCL on the ``LOCAL_RANK`` GPU when ``device`` is
+    ``"cuda"``, else gloo), makes this rank's report with ``record(rank,
+    world_size)``, compares it with every other rank's (:func:`compare`), and
+    tears the group down once every rank has its result. A rank whose
+    ``record`` raises sends its error in place of a record, so the others do
+    not wait for it in vain; the result lists it in ``errors``.
+
+    Args:
+        record: Makes this rank's report; given the rank and the world size.
+        device: ``"cuda"`` for NCCL on this rank's GPU; anything else, gloo.
+        timeout: Seconds a collective waits for the other ranks.
+        target: What to call the model in the result.
+        explain: The text of a rank's error, from the exception ``record``
+            raised (another exception than ``Exception``, such as
+            ``KeyboardInterrupt``, is not caught).
+
+    Returns:
+        This rank's number, and the comparison (the same on every rank).
+
+    Raises:
+        RuntimeError: If this process is not a rank of a job (``RANK`` or
+            ``WORLD_SIZE`` unset), or a process group is set up already.
+    """
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise RuntimeError(
+            "compare_job runs on every rank of a job: RANK and WORLD_SIZE are not set "
+            "(start it with torchrun)"
+        )
+    if dist.is_initialized():
+        raise RuntimeError("compare_job sets up the process group: one is set up already")
+    on_gpu = device == "cuda"
+    if on_gpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(
+        "nccl" if on_gpu else "gloo", timeout=datetime.timedelta(seconds=timeout)
+    )
+    try:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        try:
+            mine: Report | RankRecord = record(rank, world)
+        except Exception as exc:  # the others must not wait for this rank in vain
+            mine = RankRecord(error=explain(exc))
+        result = compare(mine, target=target)
+        # No rank leaves while another may still be sending to it: a peer
+        # gone mid-send aborts gloo's threads.
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return rank, result

@@ -5,9 +5,13 @@ The exchange over real ranks is tested in tests/test_ranks_real.py.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import models
 import pytest
 import torch
+import typer
 from typer.testing import CliRunner
 
 import execorder
@@ -19,8 +23,6 @@ from execorder.analysis.ranks import (
     record_of,
 )
 from execorder.cli import app
-from execorder.cli.app import _rank_args
-from execorder.cli.options import Device, OutputFormat
 from execorder.loading import Inputs
 from execorder.output.markdown import draw
 from execorder.output.views import ranks_view
@@ -124,30 +126,70 @@ def test_a_run_seed_draws_inputs_and_forward_but_not_the_build() -> None:
     assert profiler.run().report.seed == 0
 
 
-def test_each_rank_runs_the_options_given_without_nproc() -> None:
-    args = _rank_args(
-        "m.py:Net",
-        {
-            "concrete": ["flag=true"],
-            "device": Device.cpu,
-            "format": OutputFormat.json,
-            "backward": True,
-            "seed": None,
-            "assume": False,
-            "timeout": 30,
-            "debug": False,
-            "input": [],
-        },
+def _launched(monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[Any, list[str] | None]:
+    """Run ``execorder ranks ARGS`` outside a job; what --nproc would start each rank with."""
+    import execorder.cli.launch
+
+    started: list[list[str]] = []
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setattr(
+        execorder.cli.launch, "launch", lambda nproc, argv, timeout: started.append(argv) or 0
     )
-    assert args == [
-        "m.py:Net",
-        "--concrete", "flag=true",
-        "--device", "cpu",
-        "--format", "json",
-        "--backward",
-        "--no-assume",
-        "--timeout", "30",
+    result = CliRunner().invoke(app, ["ranks", *args])
+    return result, started[0] if started else None
+
+
+def test_each_rank_gets_every_option_given_but_nproc(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Every option of the command, each away from its default: a new option
+    # that --nproc would not forward fails here.
+    given = [
+        "tests/models.py:LayerDrop", "--nproc", "2",
+        "--concrete", "flag=true", "-c", "other=1", "--init", "width=4", "--device", "cpu",
+        "--format", "json", "--output", str(tmp_path / "out.json"), "--fail-on", "divergence",
+        "--mode", "fx", "--input", "x=[2,4]", "--inputs", "tests/models.py:LayerDrop",
+        "--backward", "--no-assume", "--seed", "7", "--timeout", "30", "--debug",
     ]  # fmt: skip
+    result, argv = _launched(monkeypatch, *given)
+    assert result.exit_code == 0, result.output
+    assert argv is not None and "--nproc" not in argv
+    command = typer.main.get_command(app).commands["ranks"]  # type: ignore[attr-defined]
+    parsed = command.make_context("ranks", list(argv)).params
+    original = command.make_context("ranks", list(given)).params
+    defaults = command.make_context("ranks", ["t.py:M"]).params
+    assert parsed.pop("nproc") is None and original.pop("nproc") == 2
+    assert original == parsed
+    untouched = [k for k in parsed if parsed[k] == defaults[k]]
+    assert untouched == [], "every option should be given away from its default here"
+
+
+def test_options_left_at_their_defaults_are_not_forwarded(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, argv = _launched(
+        monkeypatch, "tests/models.py:LayerDrop", "--nproc", "2", "--input", "[2,4]"
+    )
+    assert result.exit_code == 0, result.output
+    assert argv == ["tests/models.py:LayerDrop", "--input", "[2,4]"]
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["tests/no_such_file.py:Net"], "no_such_file.py"),
+        (["tests/models.py:NoSuchModel"], "NoSuchModel"),
+        (["tests/models.py:LayerDrop", "--inputs", "tests/models.py:nothing_here"], "nothing_here"),
+        (["tests/models.py:LayerDrop", "--concrete", "novalue"], "--concrete"),
+    ],
+)
+def test_what_cannot_load_is_one_error_before_any_rank_starts(
+    monkeypatch: pytest.MonkeyPatch, args: list[str], said: str
+) -> None:
+    extra = [] if "--inputs" in args else ["--input", "[2,4]"]
+    result, argv = _launched(monkeypatch, *args, "--nproc", "2", *extra)
+    assert argv is None, "no rank should start"
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("execorder: error: ") and said in lines[0]
 
 
 def test_the_command_outside_a_job_says_how_to_start_one(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,13 +8,13 @@ skips its all-gather (FSDP ranks diverge).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 from execorder.errors import ExecOrderError, SweepAxisError, SweepFailure
-from execorder.report import SCHEMA_VERSION, Category, Report, Word, jsonable
+from execorder.report import SCHEMA_VERSION, Category, Report, Word, gate_categories, jsonable
 
 
 class SweepClass(Word):
@@ -140,6 +140,11 @@ class SweepReport:
             for p in trainable
             if p.status is SweepClass.ALWAYS and p.gradient is SweepClass.NEVER
         )
+
+    def failing(self, categories: Iterable[Category | str]) -> Mapping[Category, tuple[str, ...]]:
+        """What a CI gate on ``categories`` fails on, as :meth:`Report.failing` (``BRANCH`` too)."""
+        found = {c: self.findings(c) for c in gate_categories(categories)}
+        return MappingProxyType({c: names for c, names in found.items() if names})
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -52,7 +52,7 @@ from execorder.cli.options import (
     UnitOpt,
     UpdateBaselineOpt,
 )
-from execorder.cli.session import Session, say
+from execorder.cli.session import ModelOptions, Session, load_factory, say
 from execorder.cli.values import parse_assignments, parse_sweep
 from execorder.cli.words import (
     EXIT_BROKEN_PIPE,
@@ -267,28 +267,17 @@ def _parse_categories(text: str | None) -> tuple[Category, ...]:
 
 
 def _gate(report: Any, categories: tuple[Category, ...]) -> bool:
-    """Print one line per category the report has findings in; whether there were any.
-
-    Gating on unused or dead gates on assumption too: whether a parameter
-    whose status rests on an assumption gets a gradient is not proven.
-    """
-    if {Category.UNUSED, Category.DEAD} & set(categories):
-        categories = tuple(dict.fromkeys((*categories, Category.ASSUMPTION)))
-    failed = False
-    for category in categories:
-        found = report.findings(category)
-        if found:
-            failed = True
-            shown = ", ".join(found[:5]) + (
-                f", … ({len(found) - 5} more)" if len(found) > 5 else ""
-            )
-            why = (
-                " (they rest on an assumption: unused and dead cannot be proven for them)"
-                if category is Category.ASSUMPTION
-                else ""
-            )
-            say(f"execorder: check failed: {category}: {len(found)} ({shown}){why}")
-    return failed
+    """Print one line per category the gate fails on (``report.failing``); whether it failed."""
+    failing = report.failing(categories)
+    for category, found in failing.items():
+        shown = ", ".join(found[:5]) + (f", … ({len(found) - 5} more)" if len(found) > 5 else "")
+        why = (
+            " (they rest on an assumption: unused and dead cannot be proven for them)"
+            if category is Category.ASSUMPTION
+            else ""
+        )
+        say(f"execorder: check failed: {category}: {len(found)} ({shown}){why}")
+    return bool(failing)
 
 
 def _check_trace_options(
@@ -373,17 +362,20 @@ def trace(
             if path is not None:
                 files.check_writable(path)
         session = Session(
-            target,
-            init=init,
-            device=device,
-            mode=mode,
-            inputs=input,
-            inputs_factory=inputs,
-            backward=backward,
-            assume=assume,
-            seed=seed,
-            debug=debug,
-            timing=timing,
+            ModelOptions(
+                target,
+                concrete,
+                init,
+                device,
+                mode,
+                input,
+                inputs,
+                backward,
+                assume,
+                seed,
+                timing,
+                debug,
+            )
         )
         if axes:
             from execorder.output.views import sweep_view
@@ -497,16 +489,19 @@ def ddp_indices(
         wanted = parse_indices(indices)
         concrete_args = parse_assignments(concrete or [], option="--concrete")
         session = Session(
-            target,
-            init=init,
-            device=device,
-            mode=mode,
-            inputs=input,
-            inputs_factory=inputs,
-            backward=False,
-            assume=assume,
-            seed=seed,
-            debug=debug,
+            ModelOptions(
+                target,
+                concrete,
+                init,
+                device,
+                mode,
+                input,
+                inputs,
+                False,
+                assume,
+                seed,
+                debug=debug,
+            )
         )
         explanation = explain_indices(session.run(concrete_args), wanted)
         _emit(explanation, lambda: ddp_view(explanation), fmt, None, kind="ddp-indices")
@@ -579,16 +574,19 @@ def fsdp(
         if output is not None:
             files.check_writable(output)
         session = Session(
-            target,
-            init=init,
-            device=device,
-            mode=mode,
-            inputs=input,
-            inputs_factory=inputs,
-            backward=backward,
-            assume=assume,
-            seed=seed,
-            debug=debug,
+            ModelOptions(
+                target,
+                concrete,
+                init,
+                device,
+                mode,
+                input,
+                inputs,
+                backward,
+                assume,
+                seed,
+                debug=debug,
+            )
         )
         plan, report = session.plan(
             units=list(unit or []), prefetch=prefetch, concrete_args=concrete_args, axes=axes
@@ -612,27 +610,44 @@ def fsdp(
     _run(debug, body)
 
 
-def _rank_args(target: str, options: dict[str, Any]) -> list[str]:
-    """The command line of one rank: the options given, without --nproc."""
-    args = [target]
-    for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        if name == "assume":
-            args.append("--assume" if value else "--no-assume")
-        elif value is None or value is False or value == []:
+def forwarded_args(ctx: Any, *, drop: tuple[str, ...] = ()) -> list[str]:
+    """The command line that gives a command every parameter ``ctx`` was given, but ``drop``.
+
+    Read from the command's own parameters, so an option added to it is
+    forwarded with no list to keep.
+    """
+    arguments: list[str] = []
+    options: list[str] = []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if param.name in drop or source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
             continue
-        elif value is True:
-            args.append(flag)
-        elif isinstance(value, list):
-            for item in value:
-                args += [flag, str(item)]
+        value = ctx.params[param.name]
+        if param.param_type_name == "argument":
+            arguments.append(str(value))
+        elif param.is_flag and param.secondary_opts:
+            options.append(param.opts[0] if value else param.secondary_opts[0])
+        elif param.is_flag:
+            options += [param.opts[0]] if value else []
         else:
-            args += [flag, str(getattr(value, "value", value))]
-    return args
+            for item in value if param.multiple else [value]:
+                options += [param.opts[0], str(getattr(item, "value", item))]
+    return [*arguments, *options]
+
+
+def _preflight(options: ModelOptions) -> None:
+    """Load what every rank loads, once, before any rank starts: a mistake is one error."""
+    from execorder.loading import resolve_target
+
+    parse_assignments(options.init or [], option="--init")
+    options.concrete_args()
+    load_factory(options.inputs)
+    resolve_target(options.target)
 
 
 @app.command(cls=_Command)
 def ranks(
+    ctx: typer.Context,
     target: TargetArg,
     nproc: NprocOpt = None,
     concrete: ConcreteOpt = None,
@@ -665,6 +680,11 @@ def ranks(
     rank could not record its forward, or the job could not start; 130
     interrupted.
     """
+    model = ModelOptions(
+        target, concrete, init, device, mode, input, inputs, backward, assume, seed, debug=debug
+    )
+    in_job = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank = int(os.environ["RANK"]) if in_job else 0
 
     def check() -> None:  # before any rank starts
         if fail_on is not None and fail_on.strip() != "divergence":
@@ -677,84 +697,49 @@ def ranks(
                 "with each rank's seed) or --inputs MODULE:FUNCTION (it may take rank and "
                 "world_size)"
             )
-
-    _run(debug, check)
-    if nproc is not None and "RANK" not in os.environ:
-        from execorder.cli.launch import launch
-
-        options = {
-            "concrete": concrete,
-            "init": init,
-            "device": device,
-            "format": fmt,
-            "output": output,
-            "fail_on": fail_on,
-            "mode": mode if mode is not Mode.EAGER else None,
-            "input": input,
-            "inputs": inputs,
-            "backward": backward,
-            "assume": assume,
-            "seed": seed,
-            "timeout": timeout,
-            "debug": debug,
-        }
-        raise typer.Exit(launch(nproc, _rank_args(target, options), timeout))
-
-    def body() -> None:
-        import datetime
-
-        import torch.distributed as dist
-
-        from execorder.analysis.ranks import RankRecord, record_of
-        from execorder.distributed import compare
-        from execorder.output.views import ranks_view
-
-        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        if nproc is None and not in_job:
             raise UsageError(
                 "execorder ranks runs as one process a rank: give --nproc N, or launch it "
                 "with torchrun --nproc-per-node N -m execorder ranks TARGET ..."
             )
-        rank = int(os.environ["RANK"])
         if output is not None and rank == 0:
             files.check_writable(output)
-        concrete_args = parse_assignments(concrete or [], option="--concrete")
-        on_gpu = device is not None and device.value == "cuda"
-        if on_gpu:
-            import torch
+        _preflight(model)
 
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(
-            "nccl" if on_gpu else "gloo", timeout=datetime.timedelta(seconds=timeout)
-        )
+    if rank == 0:
+        _run(debug, check)
+    else:  # rank 0 says what is wrong, once; the others only leave as it does
         try:
-            world = dist.get_world_size()
-            try:
-                session = Session(
-                    target,
-                    init=init,
-                    device=device,
-                    mode=mode,
-                    inputs=input,
-                    inputs_factory=inputs,
-                    backward=backward,
-                    assume=assume,
-                    seed=seed if seed is not None else 0,
-                    debug=debug,
-                    input_keywords={"rank": rank, "world_size": world},
-                    quiet=rank != 0,
-                )
-                run_seed = seed if seed is not None else rank
-                record = record_of(session.run(concrete_args, seed=run_seed))
-            except ExecOrderError as exc:
-                record = RankRecord(error=message(exc))
-            except Exception as exc:  # the other ranks must not wait for this one in vain
-                record = RankRecord(error=f"internal error: {type(exc).__name__}: {exc}")
-            result = compare(record, target=target)
-            # No rank leaves while another may still be sending to it: a peer
-            # gone mid-send aborts gloo's threads.
-            dist.barrier()
-        finally:
-            dist.destroy_process_group()
+            check()
+        except Exception:
+            raise typer.Exit(EXIT_ERROR) from None
+    if nproc is not None and not in_job:
+        from execorder.cli.launch import launch
+
+        raise typer.Exit(launch(nproc, forwarded_args(ctx, drop=("nproc",)), timeout))
+
+    def body() -> None:
+        from execorder.distributed import compare_job
+        from execorder.output.views import ranks_view
+
+        def record(rank: int, world: int) -> Any:
+            session = Session(
+                model, input_keywords={"rank": rank, "world_size": world}, quiet=rank != 0
+            )
+            return session.run(model.concrete_args(), seed=seed if seed is not None else rank)
+
+        def explain(exc: Exception) -> str:
+            if isinstance(exc, ExecOrderError):
+                return message(exc)
+            return f"internal error: {type(exc).__name__}: {exc}"
+
+        rank, result = compare_job(
+            record,
+            device=device.value if device else None,
+            timeout=timeout,
+            target=target,
+            explain=explain,
+        )
         if rank == 0:
             _emit(result, lambda: ranks_view(result), fmt, output, kind="rank comparison")
         if result.errors:

@@ -73,7 +73,10 @@ def launch(nproc: int, args: list[str], timeout: int) -> int:
     failed = [r for r, code in enumerate(codes) if r and code not in (0, 1)]
     for rank in failed:
         lines = [line for line in errors[rank].splitlines() if line.strip()]
-        say(f"execorder: rank {rank} failed (exit {codes[rank]}): {' | '.join(lines[-3:])}")
+        if not lines and codes[rank] == EXIT_ERROR == codes[0]:
+            continue  # a rank's error is in rank 0's result: it said it already
+        said = f": {' | '.join(lines[-3:])}" if lines else " (it wrote nothing)"
+        say(f"execorder: rank {rank} failed (exit {codes[rank]}){said}")
     if failed and codes[0] in (0, 1):
         return EXIT_ERROR
     return codes[0]

@@ -8,6 +8,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from rich.console import Console
@@ -37,6 +38,22 @@ def _note(note: Any, debug: bool) -> None:
     say(f"execorder: note: {text}")
 
 
+def load_factory(name: str | None) -> Callable[..., Any] | None:
+    """The function ``--inputs`` names (None for none), loaded; an ``InputsError`` if not."""
+    if not name:
+        return None
+    from execorder.errors import InputsError, TargetError
+    from execorder.loading import resolve_target
+
+    try:
+        factory = resolve_target(name)
+    except TargetError as exc:
+        raise InputsError(name, f"cannot be loaded: {exc}") from exc
+    if not callable(factory):
+        raise InputsError(name, f"is a {type(factory).__name__}, not a function")
+    return factory
+
+
 @contextmanager
 def _spinner(first: str) -> Iterator[Callable[[str], None]]:
     """A spinner on stderr, when it is a terminal; yields a function that changes its text."""
@@ -47,59 +64,64 @@ def _spinner(first: str) -> Iterator[Callable[[str], None]]:
         yield lambda text: status.update(f"{text}…")
 
 
+@dataclass(frozen=True, slots=True)
+class ModelOptions:
+    """The options that say which model runs and how: the ones every command shares."""
+
+    target: str
+    concrete: list[str] | None = None
+    init: list[str] | None = None
+    device: Any = None
+    mode: Mode = Mode.AUTO
+    input: list[str] | None = None
+    inputs: str | None = None
+    backward: bool = False
+    assume: bool = True
+    seed: int | None = 0
+    timing: bool = False
+    debug: bool = False
+
+    def concrete_args(self) -> dict[str, Any]:
+        """``--concrete``, read."""
+        return parse_assignments(self.concrete or [], option="--concrete")
+
+
 class Session:
     """One model, profiled under the options; notes go to stderr as they are taken."""
 
     def __init__(
         self,
-        target: str,
+        options: ModelOptions,
         *,
-        init: list[str] | None,
-        device: Any,
-        mode: Mode,
-        inputs: list[str] | None,
-        inputs_factory: str | None,
-        backward: bool,
-        seed: int | None,
-        debug: bool,
-        assume: bool = True,
         input_keywords: dict[str, Any] | None = None,
         quiet: bool = False,
-        timing: bool = False,
     ) -> None:
-        self.debug, self.quiet = debug, quiet
-        init_kwargs = parse_assignments(init or [], option="--init")
+        self.debug, self.quiet = options.debug, quiet
+        init_kwargs = parse_assignments(options.init or [], option="--init")
         self._say: Callable[[str], None] = lambda _: None
         self._shown = 0
         with self._spinner("Loading torch"):
             with warnings.catch_warnings():
                 # torch warns on import when NumPy is absent; execorder never needs it.
                 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
-                from execorder.errors import InputsError, TargetError
-                from execorder.loading import Inputs, resolve_target
+                factory = load_factory(options.inputs)
+                from execorder.loading import Inputs
                 from execorder.profiling import Profiler
 
-            factory = None
-            if inputs_factory:
-                try:
-                    factory = resolve_target(inputs_factory)
-                except TargetError as exc:
-                    raise InputsError(inputs_factory, f"cannot be loaded: {exc}") from exc
-                if not callable(factory):
-                    kind = type(factory).__name__
-                    raise InputsError(inputs_factory, f"is a {kind}, not a function")
-            given = Inputs(factory, inputs or [], name=inputs_factory, keywords=input_keywords)
+            given = Inputs(
+                factory, options.input or [], name=options.inputs, keywords=input_keywords
+            )
             self.profiler = Profiler(
-                target,
+                options.target,
                 init_kwargs=init_kwargs,
                 inputs=given,
-                mode=mode,
-                device=device.value if device else None,
-                backward=backward,
-                assume=assume,
-                seed=seed,
+                mode=options.mode,
+                device=options.device.value if options.device else None,
+                backward=options.backward,
+                assume=options.assume,
+                seed=options.seed,
                 progress=lambda text: self._say(text),
-                timing=timing,
+                timing=options.timing,
             )
         self._flush()
 

@@ -1,7 +1,7 @@
 """What a trace found, as frozen records: the bottom layer, no torch, no presentation."""
 
 from execorder.report.files import load_report
-from execorder.report.kinds import Category, Mode, ParamStatus, Word
+from execorder.report.kinds import Category, Mode, ParamStatus, Word, gate_categories
 from execorder.report.records import (
     SCHEMA_VERSION,
     Assumption,
@@ -33,6 +33,7 @@ __all__ = [
     "Summary",
     "Timing",
     "Word",
+    "gate_categories",
     "jsonable",
     "load_report",
     "shape_text",

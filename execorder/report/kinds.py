@@ -6,6 +6,7 @@ They are ``str`` enums: a member equals its JSON spelling (``Mode.FX ==
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import Enum
 
 
@@ -46,3 +47,15 @@ class Category(Word):
     EXTERNAL = "external"  # parameters read while none of their modules runs
     BRANCH = "branch"  # a sweep's: used or given a gradient in some combinations only
     ASSUMPTION = "assumption"  # trainable parameters whose status rests on an assumption
+
+
+def gate_categories(categories: Iterable[Category | str]) -> tuple[Category, ...]:
+    """The categories a gate on ``categories`` fails on, in order, each once.
+
+    Gating on unused or dead gates on assumption too: whether a parameter
+    whose status rests on an assumption gets a gradient is not proven.
+    """
+    chosen = tuple(dict.fromkeys(Category(c) for c in categories))
+    if {Category.UNUSED, Category.DEAD} & set(chosen):
+        chosen = tuple(dict.fromkeys((*chosen, Category.ASSUMPTION)))
+    return chosen

@@ -8,13 +8,13 @@ No presentation lives here: names are qualified names (the root module is
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from execorder.errors import SchemaError
-from execorder.report.kinds import Category, Mode, ParamStatus
+from execorder.report.kinds import Category, Mode, ParamStatus, gate_categories
 from execorder.report.reading import Fields
 
 SCHEMA_VERSION = 1
@@ -546,6 +546,19 @@ class Report:
         if kind is Category.EXTERNAL:
             return tuple(f"{u.param} used by {u.used_by or '(root)'}" for u in self.external)
         raise ValueError(f"{kind} is a finding of a sweep, not of one report")
+
+    def failing(self, categories: Iterable[Category | str]) -> Mapping[Category, tuple[str, ...]]:
+        """What a CI gate on ``categories`` fails on: each category with findings, and them.
+
+        The gate ``execorder trace --fail-on`` applies. Gating on unused or
+        dead gates on assumption too (see :func:`gate_categories`); empty
+        when the gate passes.
+
+        Raises:
+            ValueError: For a category that is not one of a report (``BRANCH``).
+        """
+        found = {c: self.findings(c) for c in gate_categories(categories)}
+        return MappingProxyType({c: names for c, names in found.items() if names})
 
     def ddp_order(self) -> tuple[ParamInfo, ...]:
         """Parameters in the order DDP numbers them in its error message.

@@ -1,0 +1,78 @@
+"""The gate is the library's: ``Report.failing`` and ``execorder trace --fail-on`` agree.
+
+Every sample model is profiled by the library and by the command line under
+each gate, and the categories the command line fails on are exactly those
+``failing`` returns, with the same counts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+import execorder
+from execorder.cli.app import app
+from execorder.report import Category, gate_categories
+
+runner = CliRunner()
+
+# A target, and the command line's options for it (the library's are derived).
+TARGETS = {
+    "seed-branch-off": ("sample_models/seed.py:Model", ["-c", "run_all_layers=false"]),
+    "seed-all-layers": ("sample_models/seed.py:Model", ["-c", "run_all_layers=true"]),
+    "tied": ("sample_models/tied.py:TiedLM", []),
+    "reuse": ("sample_models/reuse.py:Reuse", []),
+    "moe-on-meta": ("sample_models/moe.py:MoE", ["--input", "x=float32[4,16]"]),
+    "moe-proven": ("sample_models/moe.py:MoE", ["--input", "x=float32[4,16]", "--no-assume"]),
+}
+GATES = [
+    combo
+    for size in (1, 2)
+    for combo in itertools.combinations(
+        (Category.UNUSED, Category.DEAD, Category.EXTERNAL, Category.ASSUMPTION), size
+    )
+]
+LINE = re.compile(r"execorder: check failed: (\w+): (\d+) ")
+
+
+def _library(target: str, options: list[str]) -> execorder.Profile:
+    kwargs: dict = {}
+    for flag, value in zip(options[::2], options[1::2], strict=False):
+        if flag == "-c":
+            name, _, text = value.partition("=")
+            kwargs.setdefault("concrete_args", {})[name] = text == "true"
+        elif flag == "--input":
+            kwargs["input_size"] = value.partition("=")[2]
+    if "--no-assume" in options:
+        kwargs["assume"] = False
+    return execorder.profile(target, **kwargs)
+
+
+@pytest.mark.parametrize("case", TARGETS)
+def test_the_command_line_fails_on_what_the_library_says(case: str) -> None:
+    target, options = TARGETS[case]
+    report = _library(target, options).report
+    for gate in GATES:
+        expected = {str(c): len(found) for c, found in report.failing(gate).items()}
+        fail_on = ",".join(map(str, gate))
+        result = runner.invoke(app, ["trace", target, *options, "-f", "json", "--fail-on", fail_on])
+        assert result.exit_code == (1 if expected else 0), (gate, result.output)
+        printed = {m[1]: int(m[2]) for m in LINE.finditer(result.stderr)}
+        assert printed == expected, (case, gate)
+
+
+def test_gating_on_unused_or_dead_gates_on_assumption_too() -> None:
+    assert gate_categories(["unused"]) == (Category.UNUSED, Category.ASSUMPTION)
+    assert gate_categories(["external", "dead", "external"]) == (
+        Category.EXTERNAL,
+        Category.DEAD,
+        Category.ASSUMPTION,
+    )
+    assert gate_categories(["external"]) == (Category.EXTERNAL,)
+    meta = _library(*TARGETS["moe-on-meta"]).report
+    assert meta.on_assumption and Category.ASSUMPTION in meta.failing(["dead"])
+    with pytest.raises(ValueError):
+        meta.failing(["branch"])
