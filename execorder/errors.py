@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from enum import Enum
 from typing import Protocol
 
+from execorder.spelling import label, size_text
+
 
 class Arg(Enum):
     """The arguments an error may tell the caller to give or change."""
@@ -520,15 +522,6 @@ class MetaDeviceError(ForwardError):
         )
 
 
-def size_text(count: float) -> str:
-    """A number of bytes as people read it: ``275.9 GB``."""
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if count < 1000 or unit == "TB":
-            return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
-        count /= 1000
-    return f"{count:,.1f} TB"
-
-
 class MemoryGuardError(ExecOrderError):
     """Building the model on a real device would not fit: execorder refuses to try.
 
@@ -699,8 +692,7 @@ class RanksDivergedError(ExecOrderError):
         text = f"step {self.step}: the ranks diverged ({len(self.groups)} groups)"
         if self.call is not None:
             ran = "; ".join(
-                f"{_ranks(ranks)} "
-                + (f"ran {name or '(root)'}" if name is not None else "had ended")
+                f"{_ranks(ranks)} " + (f"ran {label(name)}" if name is not None else "had ended")
                 for ranks, name in zip(self.groups, self.by_group, strict=True)
             )
             text += f", first at module call #{self.call}: {ran}"

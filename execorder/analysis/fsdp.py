@@ -19,19 +19,17 @@ from types import MappingProxyType
 from typing import Any
 
 from execorder.errors import SchemaError, UnitError
-from execorder.report import SCHEMA_VERSION, Report, Word, jsonable, size_text
+from execorder.report import (
+    ROOT,
+    SCHEMA_VERSION,
+    Report,
+    Severity,
+    Word,
+    jsonable,
+    label,
+    size_text,
+)
 from execorder.report.reading import Fields
-
-ROOT = ""
-
-
-class Severity(Word):
-    """How bad a check's finding is."""
-
-    ERROR = "error"  # FSDP2 fails, hangs, or computes on a shard
-    WARNING = "warning"  # it runs, but gathers what it does not need, or holds it
-    INFO = "info"  # a cost worth knowing
-
 
 SEVERITY_RANK = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
 
@@ -334,7 +332,7 @@ class FsdpPlan:
                 "units": len(self.units),
                 "bytes": total,
                 "largest_unit_bytes": max((u.bytes for u in self.units), default=0),
-                **{severity.value: self.count(severity) for severity in Severity},
+                **{severity.value: self.count(severity) for severity in SEVERITY_RANK},
             },
         }
 
@@ -682,11 +680,6 @@ def _units(model: _Model) -> list[Unit]:
 
 def _check(kind: CheckKind, units: Sequence[str], params: Sequence[str], message: str) -> Check:
     return Check(kind, SEVERITY[kind], tuple(units), tuple(params), message)
-
-
-def label(unit: str) -> str:
-    """A unit's name for a person: the root is ``(root)``."""
-    return unit or "(root)"
 
 
 def _listed(names: Sequence[str], most: int = 3) -> str:

@@ -511,17 +511,17 @@ def ddp_indices(
 
 def _parse_gates(text: str | None) -> tuple[Any, ...]:
     """An FSDP plan's --fail-on: severities (that and worse) or check kinds."""
-    from execorder.analysis.fsdp import CheckKind, Severity
+    from execorder.analysis.fsdp import SEVERITY_RANK, CheckKind
 
     if text is None:
         return ()
     chosen = tuple(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
-    known = {s.value: s for s in Severity} | {k.value: k for k in CheckKind}
+    known = {s.value: s for s in SEVERITY_RANK} | {k.value: k for k in CheckKind}
     unknown = [c for c in chosen if c not in known]
     if unknown or not chosen:
         raise UsageError(
             f"--fail-on got {unknown[0] if unknown else text!r}; choose a severity "
-            f"({', '.join(s.value for s in Severity)}) or checks "
+            f"({', '.join(s.value for s in SEVERITY_RANK)}) or checks "
             f"({', '.join(k.value for k in CheckKind)}), comma-separated"
         )
     return tuple(known[c] for c in chosen)

@@ -23,9 +23,9 @@ from execorder.errors import (
     InputSpecError,
     UserExitError,
     first_line,
-    size_text,
     user_code,
 )
+from execorder.spelling import size_text
 
 _SPEC = re.compile(
     r"^(?:torch\.)?(?P<dtype>[a-z][a-z0-9]*)?\[(?P<shape>[\d,]*)\]"

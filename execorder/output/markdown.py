@@ -23,7 +23,13 @@ from execorder.output.views import report_view
 from execorder.report import Report
 
 FOLD_AFTER = 20
-EMOJI = {Severity.NONE: "", Severity.OK: "✅ ", Severity.WARN: "⚠️ ", Severity.ERROR: "❌ "}
+EMOJI = {
+    Severity.NONE: "",
+    Severity.INFO: "",
+    Severity.OK: "✅ ",
+    Severity.WARNING: "⚠️ ",
+    Severity.ERROR: "❌ ",
+}
 """Each has an ASCII stand-in in :data:`execorder.output.terminal.ASCII`."""
 INDENT = "&nbsp;&nbsp;"
 

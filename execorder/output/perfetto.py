@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from execorder.analysis.fsdp import FsdpPlan
-from execorder.report import Report
+from execorder.report import Report, label
 
 PID = 1
 FORWARD, FIRST_USE, BACKWARD, UNITS = 1, 2, 3, 4
@@ -71,7 +71,7 @@ def timeline(report: Report, *, plan: FsdpPlan | None = None) -> dict[str, Any]:
         own = [p for group in call.uses if group.module == call.name for p in group.params]
         events.append(
             {
-                "name": call.name or "(root)",
+                "name": label(call.name),
                 "cat": "module",
                 "ph": "X",
                 "ts": start,
@@ -130,7 +130,7 @@ def timeline(report: Report, *, plan: FsdpPlan | None = None) -> dict[str, Any]:
                 unit = plan.units[units[call.name]]
                 events.append(
                     {
-                        "name": f"unit {units[call.name]}: {call.name or '(root)'}",
+                        "name": f"unit {units[call.name]}: {label(call.name)}",
                         "cat": "fsdp unit",
                         "ph": "X",
                         "ts": start,

@@ -42,8 +42,9 @@ STYLES = {
 }
 SEVERITY_STYLES = {
     Severity.NONE: "",
+    Severity.INFO: "",
     Severity.OK: "green",
-    Severity.WARN: "bold yellow",
+    Severity.WARNING: "bold yellow",
     Severity.ERROR: "bold red",
 }
 INDENT = "  "

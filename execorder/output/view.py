@@ -14,6 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from execorder.report import Severity, label  # a row's severity marks its last cell
+
+__all__ = ["Severity", "label"]
+
 
 class Tone(Enum):
     """How a piece of text reads: a renderer gives each tone its own style."""
@@ -22,18 +26,6 @@ class Tone(Enum):
     MUTED = "muted"  # context: aliases, unchanged lines, what was left out
     ACCENT = "accent"  # a repeat mark: "(call 2)"
     INFO = "info"  # a neutral mark: "frozen"
-    OK = "ok"
-    WARN = "warn"
-    ERROR = "error"
-
-
-class Severity(Enum):
-    """How much a row or message weighs: a finding, a verdict, or neither.
-
-    A row's severity marks its last cell, the one that says the verdict.
-    """
-
-    NONE = "none"
     OK = "ok"
     WARN = "warn"
     ERROR = "error"
@@ -178,11 +170,3 @@ class Document:
 def plural(count: int, word: str, many: str | None = None) -> str:
     """``1 call``, ``2 calls``, ``1,024 calls``; ``many`` for an irregular plural."""
     return f"{count:,} {word if count == 1 else many or word + 's'}"
-
-
-ROOT = "(root)"
-
-
-def label(name: str) -> str:
-    """A module's qualified name, the root (``""``) as ``(root)``."""
-    return name or ROOT

@@ -17,7 +17,6 @@ from execorder.analysis import (
     SweepReport,
 )
 from execorder.analysis.fsdp import FsdpPlan
-from execorder.analysis.fsdp import Severity as CheckSeverity
 from execorder.analysis.ranks import RankComparison
 from execorder.output.view import (
     Block,
@@ -157,7 +156,7 @@ def _fact(name: str, value: str | Cell, severity: Severity = Severity.NONE) -> R
 
 
 def _warn_if(count: int) -> Severity:
-    return Severity.WARN if count else Severity.NONE
+    return Severity.WARNING if count else Severity.NONE
 
 
 def ddp_verdict(report: Report) -> Row:
@@ -187,7 +186,7 @@ def ddp_verdict(report: Report) -> Row:
             "(below); a step that selects otherwise (a router sending no token to an expert) "
             "can leave one without a gradient"
         )
-        return _fact("DDP check", text, Severity.WARN)
+        return _fact("DDP check", text, Severity.WARNING)
     return _fact("DDP check", "ok: every trainable parameter gets a gradient", Severity.OK)
 
 
@@ -203,7 +202,7 @@ def assumptions_fact(report: Report) -> Row:
         f"{plural(count, 'selection')} {keep} every element ({shown}); "
         f"{plural(report.summary.params_on_assumption, 'parameter')} {rest} on this"
     )
-    return _fact("assumed on meta", text, Severity.WARN)
+    return _fact("assumed on meta", text, Severity.WARNING)
 
 
 def _summary(report: Report) -> Table:
@@ -226,7 +225,7 @@ def _summary(report: Report) -> Table:
     if s.params_assumed:
         rows.append(_fact("assumed used (opaque leaves)", f"{s.params_assumed:,}"))
     if s.external_uses:
-        rows.append(_fact("external uses", f"{s.external_uses:,}", Severity.WARN))
+        rows.append(_fact("external uses", f"{s.external_uses:,}", Severity.WARNING))
     if report.assumptions:
         rows.append(assumptions_fact(report))
     rows.append(ddp_verdict(report))
@@ -396,7 +395,7 @@ def _assumptions(report: Report, *, max_rows: int | None) -> tuple[Table, Messag
         Column("times", NUMBER),
     )
     title = f"Assumed on meta: every element kept ({len(rows):,})"
-    return Table(title, columns, kept, left_out), Message(note, Severity.WARN)
+    return Table(title, columns, kept, left_out), Message(note, Severity.WARNING)
 
 
 def _external(report: Report) -> Table:
@@ -460,7 +459,7 @@ def diff_view(diff: ReportDiff) -> Document:
     else:
         counts = diff.counts()
         changed = ", ".join(f"{n:,} {_COUNT_WORDS[key][n != 1]}" for key, n in counts.items() if n)
-        blocks.append(Message(cell(f"Changed: {changed}"), Severity.WARN))
+        blocks.append(Message(cell(f"Changed: {changed}"), Severity.WARNING))
     blocks += [Message(cell(Span(f"note: {note}", Tone.MUTED))) for note in diff.notes]
     if diff.calls_changed:
         blocks.append(Listing("Module forward order", tuple(diff_line(c) for c in diff.calls)))
@@ -599,7 +598,7 @@ def sweep_view(sweep: SweepReport) -> Document:
 _VERDICTS = {
     ParamStatus.DEAD: ("dead (no use reaches an output)", Severity.ERROR),
     ParamStatus.UNUSED: ("unused (never touched)", Severity.ERROR),
-    ParamStatus.USED: ("used: expected a gradient", Severity.WARN),
+    ParamStatus.USED: ("used: expected a gradient", Severity.WARNING),
 }
 
 
@@ -627,24 +626,18 @@ def ddp_view(explanation: DdpExplanation) -> Document:
     if explanation.not_named:
         names = ", ".join(p.name for p in explanation.not_named)
         line = cell("execorder also predicts no gradient for: ", code(names))
-        blocks.append(Message(line, Severity.WARN))
+        blocks.append(Message(line, Severity.WARNING))
     if any(e.status is ParamStatus.USED for e in explanation.indices):
         line = cell(
             "Some named parameters were expected to get a gradient: was the run traced with "
             "the same inputs, concrete arguments and init arguments as the one that failed?"
         )
-        blocks.append(Message(line, Severity.WARN))
+        blocks.append(Message(line, Severity.WARNING))
     title = cell("DDP parameter indices for ", code(explanation.target))
     return Document(title, tuple(blocks))
 
 
 # -- FSDP2 plans --------------------------------------------------------------
-
-_CHECK_SEVERITY = {
-    CheckSeverity.ERROR: Severity.ERROR,
-    CheckSeverity.WARNING: Severity.WARN,
-    CheckSeverity.INFO: Severity.NONE,
-}
 
 
 def _names(names: Sequence[str]) -> Cell:
@@ -658,7 +651,7 @@ def _names(names: Sequence[str]) -> Cell:
 
 def fsdp_view(plan: FsdpPlan) -> Document:
     """An FSDP2 plan: what was traced, the units with their prefetch lists, then the checks."""
-    errors, warnings = plan.count(CheckSeverity.ERROR), plan.count(CheckSeverity.WARNING)
+    errors, warnings = plan.count(Severity.ERROR), plan.count(Severity.WARNING)
     facts = [_fact("target", cell(code(plan.target))), _fact("mode", plan.mode)]
     if plan.concrete_args:
         facts.append(_fact("concrete args", _args(plan.concrete_args)))
@@ -691,7 +684,9 @@ def fsdp_view(plan: FsdpPlan) -> Document:
         facts.append(_fact("FSDP2 check", verdict, Severity.ERROR))
     elif warnings:
         facts.append(
-            _fact("FSDP2 check", f"runs, with {plural(warnings, 'warning')} (below)", Severity.WARN)
+            _fact(
+                "FSDP2 check", f"runs, with {plural(warnings, 'warning')} (below)", Severity.WARNING
+            )
         )
     else:
         facts.append(
@@ -737,7 +732,7 @@ def fsdp_view(plan: FsdpPlan) -> Document:
         rows = [
             Row(
                 (cell(str(c.severity)), cell(str(c.kind)), cell(c.message)),
-                _CHECK_SEVERITY[c.severity],
+                c.severity,
             )
             for c in plan.checks
         ]
@@ -844,7 +839,7 @@ def ranks_view(result: RankComparison) -> Document:
             parts.append(
                 ("; " if index else "") + f"{_ranks(result.groups[index].ranks)}: {name or 'ended'}"
             )
-        blocks.append(Message(cell(*parts), Severity.WARN))
+        blocks.append(Message(cell(*parts), Severity.WARNING))
     return Document(cell("execorder ranks: ", code(result.target)), tuple(blocks))
 
 
@@ -1004,7 +999,7 @@ def tree_view(
             f" and {len(elsewhere) - 5} more" if len(elsewhere) > 5 else ""
         )
         blocks.append(
-            Message(cell("Unused, in modules never called: ", code(shown)), Severity.WARN)
+            Message(cell("Unused, in modules never called: ", code(shown)), Severity.WARNING)
         )
     return Document(cell("execorder tree: ", code(report.target)), tuple(blocks))
 

@@ -1,7 +1,7 @@
 """What a trace found, as frozen records: the bottom layer, no torch, no presentation."""
 
 from execorder.report.files import load_report
-from execorder.report.kinds import Category, Mode, ParamStatus, Word, gate_categories
+from execorder.report.kinds import Category, Mode, ParamStatus, Severity, Word, gate_categories
 from execorder.report.records import (
     SCHEMA_VERSION,
     Assumption,
@@ -15,10 +15,12 @@ from execorder.report.records import (
     Timing,
     jsonable,
     shape_text,
-    size_text,
 )
+from execorder.spelling import ROOT, ROOT_LABEL, label, size_text
 
 __all__ = [
+    "ROOT",
+    "ROOT_LABEL",
     "SCHEMA_VERSION",
     "Assumption",
     "CallTime",
@@ -30,11 +32,13 @@ __all__ = [
     "ParamInfo",
     "ParamStatus",
     "Report",
+    "Severity",
     "Summary",
     "Timing",
     "Word",
     "gate_categories",
     "jsonable",
+    "label",
     "load_report",
     "shape_text",
     "size_text",

@@ -39,6 +39,22 @@ class ParamStatus(Word):
     DEAD = "dead"  # read, but no use reaches an output: no gradient
 
 
+class Severity(Word):
+    """How much something weighs: a finding of a check, a verdict, or neither.
+
+    A check of a plan is an ``ERROR`` (FSDP2 fails, hangs, or computes on a
+    shard), a ``WARNING`` (it runs, but gathers what it does not need, or
+    holds it) or ``INFO`` (a cost worth knowing); a view's row or message may
+    also be ``OK`` (a verdict that all is well) or ``NONE`` (neither).
+    """
+
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+    OK = "ok"
+    NONE = "none"
+
+
 class Category(Word):
     """What a CI gate (``--fail-on``) can fail on."""
 

@@ -16,6 +16,7 @@ from typing import Any
 from execorder.errors import SchemaError
 from execorder.report.kinds import Category, Mode, ParamStatus, gate_categories
 from execorder.report.reading import Fields
+from execorder.spelling import label
 
 SCHEMA_VERSION = 1
 
@@ -27,14 +28,6 @@ def _owner(qualname: str) -> str:
 def shape_text(shape: tuple[int, ...]) -> str:
     """A shape as the reports write it everywhere: ``[6, 6]`` (``[]`` for a scalar)."""
     return "[" + ", ".join(str(d) for d in shape) + "]"
-
-
-def size_text(count: int) -> str:
-    """A byte count as reports write it: ``80 B``, ``1.5 KB``, ``12.3 MB`` (powers of 1000)."""
-    for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
-        if count >= size:
-            return f"{count / size:.1f} {unit}"
-    return f"{count} B"
 
 
 @dataclass(frozen=True, slots=True)
@@ -544,7 +537,7 @@ class Report:
         if kind is Category.ASSUMPTION:
             return tuple(p.name for p in self.on_assumption if p.requires_grad)
         if kind is Category.EXTERNAL:
-            return tuple(f"{u.param} used by {u.used_by or '(root)'}" for u in self.external)
+            return tuple(f"{u.param} used by {label(u.used_by)}" for u in self.external)
         raise ValueError(f"{kind} is a finding of a sweep, not of one report")
 
     def failing(self, categories: Iterable[Category | str]) -> Mapping[Category, tuple[str, ...]]:

@@ -1,0 +1,25 @@
+"""How execorder spells what every layer writes: the root module, a byte count.
+
+The bottom of the house: errors, records and views all import these, so the
+root reads ``(root)`` and a size ``1.5 KB`` in every message, table and file.
+"""
+
+from __future__ import annotations
+
+ROOT = ""
+"""The root module's qualified name."""
+ROOT_LABEL = "(root)"
+"""The root module's name for a person."""
+
+
+def label(qualname: str) -> str:
+    """A module's qualified name for a person: the root (``""``) as ``(root)``."""
+    return qualname or ROOT_LABEL
+
+
+def size_text(count: float) -> str:
+    """A byte count: ``80 B``, ``1.5 KB``, ``275.9 GB`` (powers of 1000, one decimal from KB)."""
+    for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count:.0f} B"
