@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test test-fast lint format bench clean
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,12 @@ demo: $(STAMP)
 	$(VENV)/bin/execorder trace sample_models/seed.py:Model --concrete run_all_layers=true
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
+
+# Everything but the tests that start processes (torchrun, ranks, the CLI in a
+# subprocess) or time themselves: under a minute, for the edit-test loop.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not processes and not timing" --durations=10
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check execorder tests sample_models benchmarks

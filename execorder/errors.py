@@ -33,6 +33,9 @@ class Arg(Enum):
     UPDATE_BASELINE = "update-baseline"  # rewrite a stored report (the command line only)
     UNIT = "unit"  # an FSDP unit, by class or qualified name
     TIMING = "timing"  # measure each module call's time
+    FORMAT = "format"  # what to write: a report's JSON, a timeline (the command line only)
+    MAX_ROWS = "max-rows"  # how many rows a table shows
+    DEPTH = "depth"  # how deep a call tree or table goes
 
 
 class Words(Protocol):
@@ -73,7 +76,16 @@ class PythonWords:
         if arg is Arg.TIMING:
             return "timing=True"
         if arg is Arg.UNIT:
+            if names:
+                return f"units={list(names)!r}"
             return f"units=[{value!r}]" if value else "units"
+        if arg in (Arg.MAX_ROWS, Arg.DEPTH):
+            keyword = arg.value.replace("-", "_")
+            return f"{keyword}={value}" if value else keyword
+        if arg is Arg.FORMAT:
+            return {"json": "Report.to_dict()", "perfetto": "output.perfetto.timeline()"}.get(
+                value or "", "the format"
+            )
         return arg.value
 
 
@@ -747,6 +759,25 @@ class SweepFailure(ExecOrderError):
 
 class ReportFileError(ExecOrderError):
     """A report file is missing, not JSON, or not a report this execorder reads."""
+
+
+class TimelineFileError(ReportFileError):
+    """A file given as a report is a Perfetto timeline (Trace Event JSON) instead.
+
+    Attributes:
+        path: The file.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def describe(self, words: Words = PYTHON) -> str:
+        return (
+            f"{self.path}: not a trace report: a Perfetto timeline "
+            f"({words.arg(Arg.FORMAT, value='perfetto')}); diff the "
+            f"{words.arg(Arg.FORMAT, value='json')} reports instead"
+        )
 
 
 class ReportVersionError(ReportFileError):

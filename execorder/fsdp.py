@@ -2,7 +2,7 @@
 
 :func:`plan` profiles a model (as :func:`execorder.profile` does, on the
 meta device by default) and returns an
-:class:`~execorder.analysis.fsdp.FsdpPlan`: the ``fully_shard`` units, each
+:class:`~execorder.analysis.sharding.FsdpPlan`: the ``fully_shard`` units, each
 unit's forward and backward prefetch lists from the recorded order, and the
 checks that would otherwise surface on a cluster as an error or a hang.
 :func:`apply` sets the lists on a model the user sharded; :func:`shard` does
@@ -21,20 +21,12 @@ from typing import Any
 
 from torch import nn
 
-from execorder.analysis.fsdp import (
-    ROOT,
-    CheckKind,
-    FsdpPlan,
-    Layout,
-    LayoutModule,
-    Severity,
-    label,
-    plan_fsdp,
-)
+from execorder.analysis.sharding import CheckKind, FsdpPlan, Layout, LayoutModule, plan_fsdp
 from execorder.analysis.sweep import check_axes, combinations
 from execorder.errors import ExecOrderError, PlanMismatchError, SweepFailure
 from execorder.profiling import Profiler
-from execorder.report import Report
+from execorder.report import Report, Severity
+from execorder.spelling import ROOT, label
 
 __all__ = [
     "CheckKind",

@@ -18,8 +18,11 @@ def label(qualname: str) -> str:
 
 
 def size_text(count: float) -> str:
-    """A byte count: ``80 B``, ``1.5 KB``, ``275.9 GB`` (powers of 1000, one decimal from KB)."""
+    """A byte count: ``80 B``, ``1.5 KB``, ``275.9 GB``, ``4,000.0 TB``.
+
+    Powers of 1000, with one decimal from a kilobyte on.
+    """
     for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
         if count >= size:
-            return f"{count / size:.1f} {unit}"
+            return f"{count / size:,.1f} {unit}"
     return f"{count:.0f} B"

@@ -46,6 +46,7 @@ def test_it_keeps_a_longest_common_subsequence(seed: int) -> None:
     assert _replay(a, b) == b
 
 
+@pytest.mark.timing
 def test_a_cell_unrolled_many_times_aligns_in_near_linear_time() -> None:
     a = ["cell"] * 200_000
     b = [*a[:100_000], "extra", *a[100_000:]]

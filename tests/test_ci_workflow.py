@@ -197,6 +197,7 @@ def test_sweep_json_list_values() -> None:
     assert parse_sweep("n=1,2.5,none") == ("n", [1, 2.5, None])
 
 
+@pytest.mark.processes
 def test_the_documented_workflow_check_step_runs_as_written(tmp_path: Path) -> None:
     """docs/ci.md: the GitHub Actions step, run by bash with the seed model as MODEL."""
     import os

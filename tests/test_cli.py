@@ -72,6 +72,7 @@ def test_init_options_reach_the_constructor() -> None:
     assert data["params"][0]["shape"] == [3, 3]
 
 
+@pytest.mark.processes
 def test_dotted_target_in_the_working_directory(tmp_path: Path) -> None:
     (tmp_path / "cwd_model_for_test.py").write_text(
         "import torch\nclass Net(torch.nn.Linear):\n"
@@ -193,6 +194,7 @@ def _python(*code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.processes
 def test_help_does_not_import_torch() -> None:
     code = (
         "import sys\n"
@@ -206,6 +208,7 @@ def test_help_does_not_import_torch() -> None:
     assert result.stdout.strip().endswith("torch not loaded"), result.stdout + result.stderr
 
 
+@pytest.mark.processes
 def test_python_dash_m() -> None:
     result = _python("-m", "execorder", "trace", SEED, "-c", "run_all_layers=true", "-f", "json")
     assert result.returncode == 0, result.stderr

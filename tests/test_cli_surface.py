@@ -70,6 +70,7 @@ def _python(*code: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+@pytest.mark.processes
 def test_shell_completion_works_without_importing_torch() -> None:
     code = (
         "import sys\n"

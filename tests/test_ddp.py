@@ -14,10 +14,13 @@ from cases import CASES, predict
 
 PROBE = Path(__file__).resolve().parent / "ddp_probe.py"
 
-pytestmark = pytest.mark.skipif(
-    not (dist.is_available() and dist.is_gloo_available()),
-    reason="torch.distributed with the gloo backend is not available in this torch build",
-)
+pytestmark = [
+    pytest.mark.processes,
+    pytest.mark.skipif(
+        not (dist.is_available() and dist.is_gloo_available()),
+        reason="torch.distributed with the gloo backend is not available in this torch build",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

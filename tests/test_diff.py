@@ -10,7 +10,7 @@ import pytest
 from seed import Model
 
 import execorder
-from execorder.analysis import CallChange, Gap, diff_reports
+from execorder.analysis import CallChange, DiffNote, DiffNoteKind, Gap, diff_reports
 from execorder.errors import ReportFileError
 from execorder.report import load_report
 
@@ -39,7 +39,9 @@ def test_removed_calls_and_status_changes() -> None:
         ("layer2.0.weight", "became live"),
         ("layer2.2.weight", "became live"),
     }
-    assert diff.notes == ("concrete args differ: run_all_layers=True -> run_all_layers=False",)
+    (note,) = diff.notes
+    assert note.kind is DiffNoteKind.CONCRETE_ARGS and note.new == {"run_all_layers": False}
+    assert note.message == "concrete args differ: run_all_layers=True -> run_all_layers=False"
     assert diff.counts()["calls_removed"] == 4
 
 
@@ -128,12 +130,15 @@ def test_a_diff_of_two_different_models_says_so() -> None:
     seed = execorder.trace(Model(), concrete_args={"run_all_layers": True}, target="seed.py:Model")
     tied = execorder.trace(TiedLM(), target="tied.py:TiedLM")
     notes = diff_reports(seed, tied).notes
-    assert "targets differ: seed.py:Model -> tied.py:TiedLM" in notes
-    assert "the root modules differ (Model -> TiedLM): these look like different models" in notes
+    assert [n.kind for n in notes][:2] == [DiffNoteKind.TARGETS, DiffNoteKind.ROOTS]
+    said = [n.message for n in notes]
+    assert "targets differ: seed.py:Model -> tied.py:TiedLM" in said
+    assert "the root modules differ (Model -> TiedLM): these look like different models" in said
     small = execorder.trace(Transformer(n_layers=1), target="a")
     large = execorder.trace(Transformer(n_layers=8), target="a")
-    assert diff_reports(small, large).notes == (
-        "only 12 of 68 parameter names are in both reports: these look like different models",
+    assert diff_reports(small, large).notes == (DiffNote(DiffNoteKind.NAMES, 12, 68),)
+    assert str(diff_reports(small, large).notes[0]) == (
+        "only 12 of 68 parameter names are in both reports: these look like different models"
     )
     same = execorder.trace(Model(), concrete_args={"run_all_layers": False}, target="seed.py:Model")
-    assert not any("different models" in n for n in diff_reports(seed, same).notes)
+    assert not any("different models" in n.message for n in diff_reports(seed, same).notes)

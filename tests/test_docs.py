@@ -46,7 +46,9 @@ def _examples() -> list[object]:
                 continue
             parts = re.split(r"^\$ ", body, flags=re.M)[1:]
             commands = [tuple(part.partition("\n")[::2]) for part in parts]
-            found.append(pytest.param(commands, id=f"{path.name}:{line}"))
+            spawns = any(_spawns(command) for command, _ in commands)
+            marks = [pytest.mark.processes] if spawns else []
+            found.append(pytest.param(commands, id=f"{path.name}:{line}", marks=marks))
     return found
 
 
@@ -65,9 +67,19 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def _in_process(command: str) -> bool:
+    """Whether a console command runs in this process (a plain ``execorder ...``), not in bash."""
+    return shlex.split(command)[0] == "execorder" and not re.search(r"[|;&<>]", command)
+
+
+def _spawns(command: str) -> bool:
+    """Whether a console command starts processes: run in bash, or starting ranks."""
+    return not _in_process(command) or "--nproc" in shlex.split(command)
+
+
 def _run(command: str, cwd: Path) -> str:
     words = shlex.split(command)
-    if words[0] == "execorder" and not re.search(r"[|;&<>]", command):
+    if _in_process(command):
         result = CliRunner().invoke(app, words[1:], env={"COLUMNS": WIDTH})
         return result.output
     env = {**os.environ, "COLUMNS": WIDTH}

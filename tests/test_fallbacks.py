@@ -68,6 +68,7 @@ def _capped(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.processes
 def test_a_wrong_input_dtype_on_a_70b_model_is_reported_not_rebuilt() -> None:
     done = _capped("trace", f"{SAMPLES}/llama.py:llama2_70b", "--input", "input_ids=float32[1,32]")
     assert done.returncode == 2, done.stderr
@@ -76,6 +77,7 @@ def test_a_wrong_input_dtype_on_a_70b_model_is_reported_not_rebuilt() -> None:
     assert "scalar types: Long, Int" in done.stderr
 
 
+@pytest.mark.processes
 def test_a_cpu_rerun_that_cannot_fit_is_refused_with_what_to_do() -> None:
     done = _capped("trace", "models:BigDataDependent", "--input", "x=float32[2,40000]")
     assert done.returncode == 2, done.stderr
@@ -89,6 +91,7 @@ def test_a_cpu_rerun_that_cannot_fit_is_refused_with_what_to_do() -> None:
     assert "MemoryError" not in line and "internal error" not in line
 
 
+@pytest.mark.processes
 def test_an_explicit_device_is_measured_on_meta_before_building() -> None:
     done = _capped("trace", f"{SAMPLES}/llama.py:llama2_70b", "--device", "cpu",
                    "--input", "input_ids=int64[1,32]")  # fmt: skip
@@ -96,6 +99,7 @@ def test_an_explicit_device_is_measured_on_meta_before_building() -> None:
     assert "building llama2_70b() on cpu needs about 275.9 GB" in done.stderr
 
 
+@pytest.mark.processes
 def test_a_model_that_cannot_be_measured_is_built_within_the_memory_there_is() -> None:
     """Its CPU build is capped to the memory available: a clear error, not the OOM killer."""
     done = subprocess.run(

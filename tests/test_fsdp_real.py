@@ -21,7 +21,9 @@ import pytest
 from encdec import EncoderDecoder
 
 import execorder.fsdp
-from execorder.analysis.fsdp import CheckKind
+from execorder.analysis.sharding import CheckKind
+
+pytestmark = [pytest.mark.processes, pytest.mark.transformers]
 
 pytest.importorskip("torch.distributed.fsdp")
 hf = pytest.importorskip("hf", reason="transformers is not installed (pip install execorder[hf])")
@@ -137,7 +139,7 @@ def test_registration_order_mistargets_exactly_where_the_plan_says(
             if target != following:
                 seen.add((phase, source, target))
     predicted = {
-        (c.message.split(":", 1)[0], *c.units)
+        (str(c.direction), *c.units)
         for c in record["plan"].checks
         if c.kind is CheckKind.REGISTRATION_ORDER
     }

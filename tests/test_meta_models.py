@@ -27,6 +27,8 @@ import bench_meta
 from execorder.errors import MetaDeviceError
 from execorder.profiling import NoteKind
 
+pytestmark = pytest.mark.transformers
+
 # (task, model type, class, what a plain forward on meta did before)
 CASES = [
     ("causal", "llama", "LlamaForCausalLM", "ran"),

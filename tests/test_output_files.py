@@ -92,6 +92,7 @@ def test_ctrl_c_while_writing_leaves_no_temporary_file(
     assert out.read_text() == "old" and _leftovers(tmp_path) == []
 
 
+@pytest.mark.processes
 def test_a_file_size_limit_is_an_error_and_leaves_nothing_behind(tmp_path: Path) -> None:
     out = tmp_path / "report.json"
     out.write_text("old")

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 
 import models
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -56,9 +57,8 @@ def test_fail_on_dead_passes_for_it_on_the_command_line() -> None:
     assert json.loads(result.stdout)["summary"]["params_dead"] == 0
 
 
+@pytest.mark.transformers
 def test_a_transformers_model_output_is_walked() -> None:
-    import pytest
-
     hf = pytest.importorskip("hf", reason="needs transformers (the [hf] extra)")
     model = hf.tiny_llama()
     report = eager.trace(model, kwargs={"input_ids": torch.randint(0, 128, (1, 8))})

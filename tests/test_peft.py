@@ -7,6 +7,8 @@ import torch
 
 import execorder
 
+pytestmark = pytest.mark.transformers
+
 peft = pytest.importorskip("peft", reason="peft is part of the dev install (requirements-dev.txt)")
 hf = pytest.importorskip("hf", reason="needs transformers (the [hf] extra)")
 

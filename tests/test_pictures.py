@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 import execorder
 import execorder.fsdp
 from execorder.cli import app
+from execorder.cli.words import CLI
 from execorder.errors import ModeError, RecordingError, TimingDeviceError
 from execorder.output.perfetto import FIRST_USE, FORWARD, UNITS, timeline
 from execorder.output.terminal import draw, plain_text
@@ -66,10 +67,13 @@ def test_only_runs_of_identical_subtrees_in_index_order_fold() -> None:
 def test_depth_and_max_rows_apply_to_the_tree() -> None:
     report = execorder.profile(Model, concrete_args={"run_all_layers": True}).report
     shallow = tree_text(report, depth=1)
-    assert "layer2.0" not in shallow and "3 calls nested deeper than --depth 1" in shallow
+    assert "layer2.0" not in shallow and "3 calls nested deeper than depth=1" in shallow
     short = tree_text(report, max_rows=4)
     assert len([line for line in short.splitlines() if "──" in line]) == 3
-    assert "8 more lines (--max-rows 0 shows all)" in short
+    assert "8 more lines (max_rows=0 shows all)" in short
+    # The command line names its flags.
+    assert "nested deeper than --depth 1" in tree_text(report, depth=1, words=CLI)
+    assert "(--max-rows 0 shows all)" in tree_text(report, max_rows=4, words=CLI)
 
 
 def test_fsdp_units_are_marked_on_the_tree() -> None:
@@ -162,6 +166,7 @@ class Uneven(nn.Module):
         return self.small(torch.relu(self.medium(torch.relu(self.big(x)))))
 
 
+@pytest.mark.timing
 def test_times_agree_with_torch_profiler() -> None:
     from torch.profiler import ProfilerActivity, profile
 

@@ -20,6 +20,8 @@ import pytest
 import torch
 from moe import MoE
 
+pytestmark = pytest.mark.processes
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PROBE = HERE / "ranks_probe.py"
@@ -127,6 +129,7 @@ def test_record_around_a_real_step_then_compare(tmp_path: Path) -> None:
     assert result["diverged"], "seeds 0 and 1 drop different layers"
 
 
+@pytest.mark.timing
 def test_the_divergence_hangs_real_fsdp2_until_the_collective_times_out(tmp_path: Path) -> None:
     outcomes = probe(tmp_path, 2, "fsdp")
     assert len(outcomes) == 2

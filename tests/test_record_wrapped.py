@@ -340,6 +340,7 @@ def test_a_watch_that_sees_no_use_stops_unless_told_never_to() -> None:
     assert _restored(model)
 
 
+@pytest.mark.transformers
 def test_the_transformers_callback_in_a_real_trainer(tmp_path: Path) -> None:
     from transformers import Trainer, TrainingArguments
 

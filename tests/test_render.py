@@ -13,8 +13,9 @@ from transformer import Transformer
 
 import execorder
 from execorder.analysis import explain_indices
+from execorder.cli.words import CLI
 from execorder.output.terminal import draw, plain_text, render_report
-from execorder.output.views import ddp_view
+from execorder.output.views import ddp_view, report_view
 
 
 def _text(renderable: RenderableType) -> str:
@@ -48,7 +49,10 @@ def test_ddp_explanation(golden: Callable[[str, str], None]) -> None:
 
 def test_large_model_is_cut_with_a_pointer(golden: Callable[[str, str], None]) -> None:
     report = execorder.trace(Transformer(n_layers=6), target="transformer:Transformer")
-    text = _text(render_report(report, depth=2, max_rows=10))
+    # What the command line prints names its flag; render_report, Python's keyword.
+    text = _text(draw(report_view(report, depth=2, max_rows=10, words=CLI)))
     assert "36 more calls (--max-rows 0 shows all)" in text
     assert "12 calls nested deeper than 2 hidden" in text
     golden("transformer_cut.txt", text)
+    python = _text(render_report(report, depth=2, max_rows=10))
+    assert python == text.replace("--max-rows 0", "max_rows=0")

@@ -39,6 +39,7 @@ def test_errors_and_notes_on_an_ascii_console() -> None:
     assert "(not assumed), at moe.py:35); reran it on CPU" in noted.stderr_bytes.decode("ascii")
 
 
+@pytest.mark.processes
 def test_a_reader_that_stops_ends_it_quietly() -> None:
     """A closed pipe: no traceback, no 'internal error', exit 141 as SIGPIPE gives."""
     code = (
@@ -58,6 +59,7 @@ def test_a_reader_that_stops_ends_it_quietly() -> None:
     assert done.stderr == b""
 
 
+@pytest.mark.processes
 def test_a_real_pipe_to_head_is_quiet() -> None:
     done = subprocess.run(
         ["bash", "-c", f"{sys.executable} -m execorder trace {SEED} -c run_all_layers=1 "

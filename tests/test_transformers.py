@@ -18,6 +18,8 @@ import execorder  # noqa: E402
 from execorder import eager  # noqa: E402
 from execorder.errors import TraceFailure  # noqa: E402
 
+pytestmark = pytest.mark.transformers
+
 
 def _ids(device: str) -> torch.Tensor:
     if device == "meta":

@@ -4,6 +4,8 @@ from execorder.analysis.ddp import DdpExplanation, IndexExplanation, explain_ind
 from execorder.analysis.diff import (
     CallChange,
     ChangeKind,
+    DiffNote,
+    DiffNoteKind,
     DiffOp,
     Gap,
     ParamChange,
@@ -17,6 +19,8 @@ __all__ = [
     "ChangeKind",
     "Combination",
     "DdpExplanation",
+    "DiffNote",
+    "DiffNoteKind",
     "DiffOp",
     "Gap",
     "IndexExplanation",

@@ -98,6 +98,51 @@ class ParamChange:
         return {"name": self.name, "what": self.what.value, "old": self.old, "new": self.new}
 
 
+class DiffNoteKind(Word):
+    """What differs between two reports besides what forward did."""
+
+    TARGETS = "targets"
+    ROOTS = "roots"  # the root modules' classes: different models
+    NAMES = "names"  # fewer than half the parameter names shared: different models
+    CONCRETE_ARGS = "concrete-args"
+    MODES = "modes"
+    SEEDS = "seeds"
+
+
+@dataclass(frozen=True, slots=True)
+class DiffNote:
+    """Context that makes a comparison questionable: what differs, from what to what.
+
+    Attributes:
+        kind: What differs.
+        old: The baseline's (its target, root class, concrete arguments,
+            mode or seed); for ``NAMES``, how many names both have.
+        new: The new report's; for ``NAMES``, how many the larger one has.
+    """
+
+    kind: DiffNoteKind
+    old: Any
+    new: Any
+
+    @property
+    def message(self) -> str:
+        """One line for a person."""
+        kind, old, new = self.kind, self.old, self.new
+        if kind is DiffNoteKind.ROOTS:
+            return f"the root modules differ ({old} -> {new}): these look like different models"
+        if kind is DiffNoteKind.NAMES:
+            return (
+                f"only {old:,} of {new:,} parameter names are in both reports: these look "
+                "like different models"
+            )
+        if kind is DiffNoteKind.CONCRETE_ARGS:
+            return f"concrete args differ: {_args(old)} -> {_args(new)}"
+        return f"{kind.value} differ: {old} -> {new}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
 @dataclass(frozen=True, slots=True)
 class ReportDiff:
     """What changed from one report to another.
@@ -115,7 +160,7 @@ class ReportDiff:
 
     old_target: str
     new_target: str
-    notes: tuple[str, ...]
+    notes: tuple[DiffNote, ...]
     calls: tuple[CallChange | Gap, ...]
     params: tuple[ParamChange, ...]
     external_added: tuple[str, ...]
@@ -149,7 +194,7 @@ class ReportDiff:
             "old_target": self.old_target,
             "new_target": self.new_target,
             "equivalent": self.equivalent,
-            "notes": list(self.notes),
+            "notes": [note.message for note in self.notes],
             "counts": self.counts(),
             "calls": [c.to_dict() for c in self.calls],
             "params": [p.to_dict() for p in self.params],
@@ -289,13 +334,11 @@ def diff_reports(old: Report, new: Report, *, context: int = 2) -> ReportDiff:
     """
     notes = _model_notes(old, new)
     if dict(old.concrete_args) != dict(new.concrete_args):
-        notes.append(
-            f"concrete args differ: {_args(old.concrete_args)} -> {_args(new.concrete_args)}"
-        )
+        notes.append(DiffNote(DiffNoteKind.CONCRETE_ARGS, old.concrete_args, new.concrete_args))
     if old.mode != new.mode:
-        notes.append(f"modes differ: {old.mode} -> {new.mode}")
+        notes.append(DiffNote(DiffNoteKind.MODES, old.mode, new.mode))
     if None not in (old.seed, new.seed) and old.seed != new.seed:
-        notes.append(f"seeds differ: {old.seed} -> {new.seed}")
+        notes.append(DiffNote(DiffNoteKind.SEEDS, old.seed, new.seed))
     old_ext, new_ext = _external(old), _external(new)
     return ReportDiff(
         old_target=old.target,
@@ -308,25 +351,20 @@ def diff_reports(old: Report, new: Report, *, context: int = 2) -> ReportDiff:
     )
 
 
-def _model_notes(old: Report, new: Report) -> list[str]:
+def _model_notes(old: Report, new: Report) -> list[DiffNote]:
     """Whether the reports are of different targets, or look like different models."""
     notes = []
     if old.target != new.target:
-        notes.append(f"targets differ: {old.target} -> {new.target}")
+        notes.append(DiffNote(DiffNoteKind.TARGETS, old.target, new.target))
     old_root, new_root = old.modules[0].type, new.modules[0].type
     old_names = {p.name for p in old.all_params()}
     new_names = {p.name for p in new.all_params()}
     shared = len(old_names & new_names)
     larger = max(len(old_names), len(new_names))
     if old_root != new_root:
-        notes.append(
-            f"the root modules differ ({old_root} -> {new_root}): these look like different models"
-        )
+        notes.append(DiffNote(DiffNoteKind.ROOTS, old_root, new_root))
     elif larger and shared * 2 < larger:
-        notes.append(
-            f"only {shared:,} of {larger:,} parameter names are in both reports: these look "
-            "like different models"
-        )
+        notes.append(DiffNote(DiffNoteKind.NAMES, shared, larger))
     return notes
 
 

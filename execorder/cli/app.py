@@ -55,6 +55,7 @@ from execorder.cli.options import (
 from execorder.cli.session import ModelOptions, Session, load_factory, say
 from execorder.cli.values import parse_assignments, parse_sweep
 from execorder.cli.words import (
+    CLI,
     EXIT_BROKEN_PIPE,
     EXIT_ERROR,
     EXIT_FOUND,
@@ -193,12 +194,14 @@ def _emit(
     kind: str,
     tree: Callable[[], Any] | None = None,
     timeline: Callable[[], Any] | None = None,
+    data: Callable[[], Any] | None = None,
 ) -> None:
     """Write a report, diff, sweep or DDP explanation (``kind``) in the chosen format.
 
     Files are UTF-8; stdout gets what its encoding can write (ASCII stand-ins
     on an ASCII or code-page console). ``tree`` and ``timeline`` make the
-    tree view and the Trace Event JSON, for what has them.
+    tree view and the Trace Event JSON, for what has them; ``data`` the
+    JSON data, when it is not ``doc.to_dict()``.
     """
     from execorder.output import markdown, terminal
 
@@ -208,7 +211,7 @@ def _emit(
             raise UsageError(f"--format tree applies to trace and fsdp, not to a {kind}")
         view = tree
     if fmt is OutputFormat.json:
-        text = json.dumps(doc.to_dict(), indent=2) + "\n"
+        text = json.dumps(data() if data else doc.to_dict(), indent=2) + "\n"
     elif fmt is OutputFormat.perfetto:
         if timeline is None:
             raise UsageError(f"--format perfetto applies to trace and fsdp, not to a {kind}")
@@ -237,19 +240,19 @@ def _emit(
 def _report_view(report: Any, **opts: Any) -> Callable[[], Any]:
     from execorder.output.views import report_view
 
-    return lambda: report_view(report, **opts)
+    return lambda: report_view(report, words=CLI, **opts)
 
 
 def _tree_view(report: Any, **opts: Any) -> Callable[[], Any]:
     from execorder.output.views import tree_view
 
-    return lambda: tree_view(report, **opts)
+    return lambda: tree_view(report, words=CLI, **opts)
 
 
 def _timeline(report: Any, plan: Any = None) -> Callable[[], Any]:
     from execorder.output.perfetto import timeline
 
-    return lambda: timeline(report, plan=plan)
+    return lambda: timeline(report, plan=plan, words=CLI)
 
 
 def _parse_categories(text: str | None) -> tuple[Category, ...]:
@@ -511,7 +514,7 @@ def ddp_indices(
 
 def _parse_gates(text: str | None) -> tuple[Any, ...]:
     """An FSDP plan's --fail-on: severities (that and worse) or check kinds."""
-    from execorder.analysis.fsdp import SEVERITY_RANK, CheckKind
+    from execorder.analysis.sharding import SEVERITY_RANK, CheckKind
 
     if text is None:
         return ()
@@ -565,8 +568,8 @@ def fsdp(
     """
 
     def body() -> None:
-        from execorder.analysis.fsdp import label
         from execorder.output.views import fsdp_view
+        from execorder.spelling import label
 
         gates = _parse_gates(fail_on)
         concrete_args = parse_assignments(concrete or [], option="--concrete")
@@ -593,10 +596,11 @@ def fsdp(
         )
         _emit(
             plan,
-            lambda: fsdp_view(plan),
+            lambda: fsdp_view(plan, words=CLI),
             fmt,
             output,
             kind="FSDP plan",
+            data=lambda: plan.to_dict(words=CLI),
             tree=_tree_view(report, plan=plan),
             timeline=_timeline(report, plan),
         )

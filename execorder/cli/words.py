@@ -16,6 +16,9 @@ FLAGS = {
     Arg.UPDATE_BASELINE: "--update-baseline",
     Arg.UNIT: "--unit",
     Arg.TIMING: "--timing",
+    Arg.FORMAT: "--format",
+    Arg.MAX_ROWS: "--max-rows",
+    Arg.DEPTH: "--depth",
 }
 
 
@@ -32,6 +35,8 @@ class CliWords:
             return " ".join(f"{flag} {name}={value or 'VALUE'}" for name in names)
         if arg is Arg.SWEEP and names:
             return f"{flag} {names[0]}"
+        if arg is Arg.UNIT and names:
+            return f"{flag} {', '.join(names)}"
         return f"{flag} {value}" if value else flag
 
 

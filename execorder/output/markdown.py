@@ -1,4 +1,4 @@
-"""The Markdown renderer: a view :class:`~execorder.output.view.Document` as GitHub Markdown.
+"""The Markdown renderer: a view :class:`~execorder.output.document.Document` as GitHub Markdown.
 
 Ready to paste into a pull-request comment: identifiers as code, severities
 as emoji, long reference sections folded into ``<details>``, listings in
@@ -7,7 +7,7 @@ fenced blocks GitHub colours. It decides nothing about wording.
 
 from __future__ import annotations
 
-from execorder.output.view import (
+from execorder.output.document import (
     Block,
     Cell,
     ColumnKind,

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from execorder.analysis.fsdp import FsdpPlan
+from execorder.analysis.sharding import FsdpPlan
+from execorder.errors import PYTHON, Arg, Words
 from execorder.report import Report, label
 
 PID = 1
@@ -60,8 +61,13 @@ def spans(report: Report) -> list[tuple[float, float]]:
     return [(s, e - s) for s, e in zip(starts, ends, strict=True)]
 
 
-def timeline(report: Report, *, plan: FsdpPlan | None = None) -> dict[str, Any]:
-    """The Trace Event JSON object of a report (and of an FSDP plan made from it)."""
+def timeline(
+    report: Report, *, plan: FsdpPlan | None = None, words: Words = PYTHON
+) -> dict[str, Any]:
+    """The Trace Event JSON object of a report (and of an FSDP plan made from it).
+
+    ``words`` names the caller's arguments where the timeline says how to time a run.
+    """
     found = spans(report)
     events: list[dict[str, Any]] = [
         {"ph": "M", "pid": PID, "name": "process_name", "args": {"name": report.target}}
@@ -167,7 +173,7 @@ def timeline(report: Report, *, plan: FsdpPlan | None = None) -> dict[str, Any]:
         f"real: {report.timing.clock} wall time of each module call, in microseconds"
         if report.timing is not None
         else "logical: one tick per module call start or end; nothing was timed (run eagerly "
-        "with --timing on cpu or cuda for real times)"
+        f"with {words.arg(Arg.TIMING)} on cpu or cuda for real times)"
     )
     return {
         "traceEvents": events,

@@ -1,4 +1,4 @@
-"""The terminal renderer: draws a view :class:`~execorder.output.view.Document` with Rich.
+"""The terminal renderer: draws a view :class:`~execorder.output.document.Document` with Rich.
 
 It decides nothing about wording; it maps tones and severities to styles and
 lays the blocks out. Numbers and shapes are never wrapped or cut; long names
@@ -16,7 +16,7 @@ from rich.table import Table as RichTable
 from rich.text import Text
 from rich.tree import Tree as RichTree
 
-from execorder.output.view import (
+from execorder.output.document import (
     Block,
     Cell,
     ColumnKind,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from execorder.errors import ReportFileError, ReportVersionError, SchemaError
+from execorder.errors import ReportFileError, ReportVersionError, SchemaError, TimelineFileError
 from execorder.report.records import SCHEMA_VERSION, Report
 
 
@@ -30,10 +30,7 @@ def load_report(path: str | Path) -> Report:
     except RecursionError:
         raise ReportFileError(f"{path}: not a report (its JSON nests too deeply to read)") from None
     if isinstance(data, dict) and "traceEvents" in data:
-        raise ReportFileError(
-            f"{path}: not a trace report: a Perfetto timeline (--format perfetto); "
-            "diff the --format json reports instead"
-        )
+        raise TimelineFileError(str(path))
     if not isinstance(data, dict) or data.get("kind", "report") != "report":
         kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
         raise ReportFileError(f"{path}: not a trace report (kind {kind!r})")

@@ -1,0 +1,128 @@
+"""FSDP2 plans from the recorded order: units, prefetch lists, and the checks that prevent hangs.
+
+FSDP2 (``fully_shard``) all-gathers a unit's parameters for that unit's
+forward and its backward, and nowhere else. Its explicit prefetching
+(``set_modules_to_forward_prefetch`` and ``set_modules_to_backward_prefetch``)
+takes static lists, which are right only when they follow the order the
+units really run: a listed unit that does not run next is gathered early and
+held. A plan is made from a report (what ran, in order, and which call used
+which parameters) and the model's :class:`Layout` (every module, called or
+not), so it needs no torch; :mod:`execorder.fsdp` makes both and applies the
+plan to a sharded model.
+
+- :mod:`.records`: the layout, units, checks and the plan, as frozen records;
+- :mod:`.units`: choosing the units, and a report seen through them;
+- :mod:`.prefetch`: the prefetch lists;
+- :mod:`.checks`: what breaks FSDP2 or costs it;
+- :mod:`.words`: the checks' sentences and the unit rule, in a vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from execorder.analysis.sharding import checks as found
+from execorder.analysis.sharding.kinds import (
+    SEVERITY,
+    SEVERITY_RANK,
+    BackwardSource,
+    CheckKind,
+    Direction,
+    Mistarget,
+    UnitChoice,
+)
+from execorder.analysis.sharding.prefetch import prefetch_lists
+from execorder.analysis.sharding.records import (
+    Check,
+    FsdpPlan,
+    Layout,
+    LayoutModule,
+    Unit,
+    UnitRule,
+)
+from execorder.analysis.sharding.units import DTYPE_BYTES, UnitModel, build_units, choose_units
+from execorder.report import Report
+
+__all__ = [
+    "DTYPE_BYTES",
+    "SEVERITY",
+    "SEVERITY_RANK",
+    "BackwardSource",
+    "Check",
+    "CheckKind",
+    "Direction",
+    "FsdpPlan",
+    "Layout",
+    "LayoutModule",
+    "Mistarget",
+    "Unit",
+    "UnitChoice",
+    "UnitRule",
+    "choose_units",
+    "plan_fsdp",
+    "prefetch_lists",
+]
+
+
+def plan_fsdp(
+    report: Report,
+    layout: Layout,
+    *,
+    units: Sequence[str] = (),
+    prefetch: int = 1,
+    others: Sequence[tuple[Mapping[str, Any], Report]] = (),
+) -> FsdpPlan:
+    """Plan FSDP2 for a model from the order its forward ran.
+
+    Args:
+        report: What forward did (eager with a backward gives the real
+            backward order; otherwise it is taken as reverse post-forward).
+        layout: The model's modules.
+        units: Class names or qualified names of the units; empty for the
+            default (see :func:`choose_units`).
+        prefetch: How many units each prefetch list names.
+        others: With a sweep, the other runs (their concrete arguments and
+            reports): units that run in some only, or in another order, are
+            checked.
+
+    Raises:
+        UnitError: If a unit name matches no module.
+        ValueError: If ``prefetch`` is below 1.
+    """
+    if prefetch < 1:
+        raise ValueError(f"prefetch must be 1 or more, not {prefetch}")
+    unit_names, rule = choose_units(layout, units)
+    model = UnitModel(report, layout, unit_names)
+    forward = prefetch_lists(model.forward_sequence(), prefetch)
+    backward_sequence, recorded = model.backward_sequence()
+    backward = prefetch_lists(backward_sequence, prefetch)
+    backward_order = list(dict.fromkeys(u for u, _ in backward_sequence))
+    built = build_units(model)
+    checks = [
+        *found.external_uses(model),
+        *found.shared(model),
+        *found.sweep_checks(model, report, layout, unit_names, others),
+        *found.not_run(built),
+        *found.registration_order(model, forward, backward, backward_order, prefetch),
+        *found.assumptions(model),
+        *found.repeated(built),
+        *found.root_only(unit_names),
+    ]
+    checks.sort(key=lambda c: SEVERITY_RANK[c.severity])
+    ran = [u for u in built if u.first_call is not None]
+    never = [u for u in built if u.first_call is None]
+    return FsdpPlan(
+        target=report.target,
+        units=(*sorted(ran, key=lambda u: u.first_call or 0), *never),
+        forward_prefetch=forward,
+        backward_prefetch={u: backward[u] for u in model.ran() if u in backward},
+        checks=tuple(checks),
+        prefetch=prefetch,
+        unit_rule=rule,
+        backward_from=BackwardSource.RECORDED if recorded else BackwardSource.REVERSE,
+        mode=str(report.mode),
+        concrete_args=report.concrete_args,
+        seed=report.seed,
+        combinations=(report.concrete_args, *(args for args, _ in others)) if others else (),
+    )

@@ -1,0 +1,368 @@
+"""A sharding plan's records: the model's layout, the units, the checks, the plan.
+
+Frozen facts, like a report's: a check holds what it found (the units, the
+parameters, the calls, the combinations), and its sentence is composed from
+them when it is shown or written (:mod:`execorder.analysis.sharding.words`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from execorder.analysis.sharding.kinds import (
+    SEVERITY_RANK,
+    BackwardSource,
+    CheckKind,
+    Direction,
+    Mistarget,
+    UnitChoice,
+)
+from execorder.analysis.sharding.words import check_message, rule_text
+from execorder.errors import PYTHON, SchemaError, Words
+from execorder.report import SCHEMA_VERSION, Severity, jsonable
+from execorder.report.reading import Fields
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutModule:
+    """One module of a model, called or not.
+
+    Attributes:
+        name: Its first qualified name (``""`` for the root).
+        type: Its class name.
+        aliases: Its other qualified names.
+    """
+
+    name: str
+    type: str
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """A model's modules as FSDP sees them, in registration (``named_modules()``) order.
+
+    Attributes:
+        modules: Every module, the root first.
+        repeated: Classes of the outermost repeated blocks: the items of a
+            ``ModuleList``, ``Sequential`` or ``ModuleDict`` holding two or more
+            modules of one class with parameters (Llama's decoder layers).
+        no_split: transformers' ``_no_split_modules`` of the model, when it
+            has them (the classes its own FSDP wrapping keeps whole).
+    """
+
+    modules: tuple[LayoutModule, ...]
+    repeated: tuple[str, ...] = ()
+    no_split: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One ``fully_shard`` unit: a module, and the parameters it gathers.
+
+    Attributes:
+        name: The module's qualified name (``""`` for the root).
+        type: Its class name.
+        params: How many parameters it gathers: those under it that no
+            unit nested inside it holds.
+        numel: Their elements.
+        bytes: Their bytes, all-gathered on every unshard.
+        bytes_by_dtype: The same, by dtype.
+        first_call: Index of its first call in the module order; None when
+            it never runs in forward.
+        calls: How many times forward calls it.
+        param_names: The parameters, in ``named_parameters()`` order.
+    """
+
+    name: str
+    type: str
+    params: int
+    numel: int
+    bytes: int
+    bytes_by_dtype: Mapping[str, int]
+    first_call: int | None
+    calls: int
+    param_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bytes_by_dtype", MappingProxyType(dict(self.bytes_by_dtype)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "params": self.params,
+            "numel": self.numel,
+            "bytes": self.bytes,
+            "bytes_by_dtype": dict(self.bytes_by_dtype),
+            "first_call": self.first_call,
+            "calls": self.calls,
+            "param_names": list(self.param_names),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "unit") -> Unit:
+        """Read one back from :meth:`to_dict` output; a wrong field is a ``SchemaError``."""
+        fields = Fields(data, where)
+        by_dtype = fields.get("bytes_by_dtype", dict, default={})
+        return cls(
+            name=fields.get("name", str),
+            type=fields.get("type", str),
+            params=fields.get("params", int),
+            numel=fields.get("numel", int, default=0),
+            bytes=fields.get("bytes", int),
+            bytes_by_dtype={str(k): int(v) for k, v in by_dtype.items()},
+            first_call=fields.get("first_call", int, type(None)),
+            calls=fields.get("calls", int, default=0),
+            param_names=tuple(fields.items("param_names", str, default=())),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UnitRule:
+    """How a plan's units were chosen.
+
+    Attributes:
+        choice: By the caller, by transformers' ``_no_split_modules``, by the
+            repeated block class, or the root alone; None for a rule read
+            from a file, which holds only its words.
+        names: The names or classes given, or the classes chosen.
+        written: The rule's words as read from a file.
+    """
+
+    choice: UnitChoice | None
+    names: tuple[str, ...] = ()
+    written: str = ""
+
+    def describe(self, words: Words = PYTHON) -> str:
+        """The rule for a person, naming arguments with ``words``."""
+        return rule_text(self, words)
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One thing a plan found that breaks FSDP2 or costs it.
+
+    Attributes:
+        kind: What was found.
+        severity: How bad it is.
+        units: The units involved (for a prefetch, the one that prefetches
+            first, then its target).
+        params: The parameters involved.
+        user: For an external use, the module that read the parameters.
+        calls: How many times the unit runs (a repeated unit, or one whose
+            registration-order prefetch mistargets because it repeats).
+        bytes: For a repeated unit, the bytes gathered on each call.
+        direction: For a registration-order prefetch, forward or backward.
+        mistarget: For a registration-order prefetch, why it is wrong.
+        listed: For a registration-order prefetch, the plan's own list.
+        combinations: The concrete arguments involved: those a unit does not
+            run with (``VARIES``), the one with another order (``ORDER_VARIES``).
+        assumed: For ``ASSUMPTION``, each assumed op and its module.
+        written: The sentence as read from a file (a check read back holds
+            only its words); empty for a check a plan found.
+    """
+
+    kind: CheckKind
+    severity: Severity
+    units: tuple[str, ...]
+    params: tuple[str, ...]
+    user: str = ""
+    calls: int = 0
+    bytes: int = 0
+    direction: Direction | None = None
+    mistarget: Mistarget | None = None
+    listed: tuple[str, ...] = ()
+    combinations: tuple[Mapping[str, Any], ...] = ()
+    assumed: tuple[tuple[str, str], ...] = ()
+    written: str = field(default="", compare=False)
+
+    def describe(self, words: Words = PYTHON) -> str:
+        """One or two sentences for a person, naming arguments with ``words``."""
+        return check_message(self, words)
+
+    @property
+    def message(self) -> str:
+        """The sentence, in Python's words."""
+        return self.describe()
+
+    def to_dict(self, words: Words = PYTHON) -> dict[str, Any]:
+        return {
+            "kind": self.kind.value,
+            "severity": self.severity.value,
+            "units": list(self.units),
+            "params": list(self.params),
+            "message": self.describe(words),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "check") -> Check:
+        """Read one back from :meth:`to_dict` output; a wrong field is a ``SchemaError``.
+
+        The JSON holds a check's words, not its facts: the check read back
+        keeps its sentence as written.
+        """
+        fields = Fields(data, where)
+        try:
+            kind, severity = (
+                CheckKind(fields.get("kind", str)),
+                Severity(fields.get("severity", str)),
+            )
+        except ValueError as exc:
+            raise SchemaError(f"{where}: {exc}") from None
+        if severity not in SEVERITY_RANK:
+            raise SchemaError(f"{where}: {severity!r} is not a check's severity")
+        return cls(
+            kind=kind,
+            severity=severity,
+            units=tuple(fields.items("units", str)),
+            params=tuple(fields.items("params", str)),
+            written=fields.get("message", str),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FsdpPlan:
+    """Units, prefetch lists and checks for FSDP2, from the order forward really ran.
+
+    Attributes:
+        target: What was traced.
+        units: The units in forward order (by first call), the root first;
+            units that never run come last, in registration order.
+        forward_prefetch: For each unit that runs, the units it prefetches in
+            forward: the next ``prefetch`` units to start after its first call
+            starts (for ``set_modules_to_forward_prefetch``).
+        backward_prefetch: For each unit that runs, the units it prefetches
+            in backward: the next ``prefetch`` in the order their gradients
+            are needed (for ``set_modules_to_backward_prefetch``).
+        checks: What breaks FSDP2 or costs it, most severe first.
+        prefetch: How many units each list names, at most.
+        unit_rule: How the units were chosen.
+        backward_from: ``RECORDED`` when a real backward gave the backward
+            order, else ``REVERSE`` (the reverse of forward's).
+        mode: The report's mode.
+        concrete_args: The concrete arguments of the run the plan follows.
+        seed: The run's seed.
+        combinations: With a sweep, the concrete arguments of every run checked,
+            the one the plan follows first.
+    """
+
+    target: str
+    units: tuple[Unit, ...]
+    forward_prefetch: Mapping[str, tuple[str, ...]]
+    backward_prefetch: Mapping[str, tuple[str, ...]]
+    checks: tuple[Check, ...]
+    prefetch: int = 1
+    unit_rule: UnitRule = UnitRule(UnitChoice.ROOT_ALONE)
+    backward_from: BackwardSource = BackwardSource.REVERSE
+    mode: str = "eager"
+    concrete_args: Mapping[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    combinations: tuple[Mapping[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("forward_prefetch", "backward_prefetch"):
+            lists = {k: tuple(v) for k, v in getattr(self, name).items()}
+            object.__setattr__(self, name, MappingProxyType(lists))
+        frozen_args = MappingProxyType({k: jsonable(v) for k, v in self.concrete_args.items()})
+        object.__setattr__(self, "concrete_args", frozen_args)
+
+    def unit(self, name: str) -> Unit:
+        """The unit of that qualified name.
+
+        Raises:
+            KeyError: If there is none.
+        """
+        for unit in self.units:
+            if unit.name == name:
+                return unit
+        raise KeyError(name)
+
+    def failing(self, gates: Iterable[Severity | CheckKind]) -> tuple[Check, ...]:
+        """The checks a gate fails on: a severity gates on it and worse, a kind on itself."""
+        chosen = tuple(gates)
+        worst = max((SEVERITY_RANK[g] for g in chosen if isinstance(g, Severity)), default=-1)
+        kinds = {g for g in chosen if isinstance(g, CheckKind)}
+        return tuple(
+            c for c in self.checks if c.kind in kinds or SEVERITY_RANK[c.severity] <= worst
+        )
+
+    def count(self, severity: Severity) -> int:
+        """How many checks have that severity."""
+        return sum(1 for c in self.checks if c.severity is severity)
+
+    def to_dict(self, words: Words = PYTHON) -> dict[str, Any]:
+        """The plan as JSON data; its sentences name arguments with ``words``."""
+        total = sum(u.bytes for u in self.units)
+        return {
+            "kind": "fsdp-plan",
+            "schema_version": SCHEMA_VERSION,
+            "target": self.target,
+            "mode": self.mode,
+            "concrete_args": dict(self.concrete_args),
+            "seed": self.seed,
+            "combinations": [{k: jsonable(v) for k, v in c.items()} for c in self.combinations],
+            "prefetch": self.prefetch,
+            "unit_rule": self.unit_rule.describe(words),
+            "backward_from": self.backward_from.value,
+            "units": [unit.to_dict() for unit in self.units],
+            "forward_prefetch": {k: list(v) for k, v in self.forward_prefetch.items()},
+            "backward_prefetch": {k: list(v) for k, v in self.backward_prefetch.items()},
+            "checks": [check.to_dict(words) for check in self.checks],
+            "summary": {
+                "units": len(self.units),
+                "bytes": total,
+                "largest_unit_bytes": max((u.bytes for u in self.units), default=0),
+                **{severity.value: self.count(severity) for severity in SEVERITY_RANK},
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FsdpPlan:
+        """Rebuild a plan from :meth:`to_dict` output (e.g. loaded JSON).
+
+        Raises:
+            SchemaError: If it is not a plan of this schema version, or a field
+                is missing or of the wrong type.
+        """
+        if not isinstance(data, Mapping) or data.get("kind") != "fsdp-plan":
+            raise SchemaError('not an FSDP plan (its "kind" is not "fsdp-plan")')
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise SchemaError(
+                f"plan has schema_version {version!r}; this execorder reads {SCHEMA_VERSION}"
+            )
+        fields = Fields(data, "")
+        lists = {}
+        for key in ("forward_prefetch", "backward_prefetch"):
+            raw = fields.get(key, dict)
+            for name, targets in raw.items():
+                if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+                    raise SchemaError(f"{key}.{name} must be a list of unit names")
+            lists[key] = raw
+        try:
+            backward_from = BackwardSource(
+                fields.get("backward_from", str, default=BackwardSource.REVERSE.value)
+            )
+        except ValueError as exc:
+            raise SchemaError(f"backward_from: {exc}") from None
+        return cls(
+            target=fields.get("target", str),
+            units=tuple(Unit.from_dict(u.data, u.where) for u in fields.objects("units")),
+            forward_prefetch=lists["forward_prefetch"],
+            backward_prefetch=lists["backward_prefetch"],
+            checks=tuple(Check.from_dict(c.data, c.where) for c in fields.objects("checks")),
+            prefetch=fields.get("prefetch", int, default=1),
+            unit_rule=UnitRule(None, written=fields.get("unit_rule", str, default="")),
+            backward_from=backward_from,
+            mode=fields.get("mode", str, default="eager"),
+            concrete_args=fields.get("concrete_args", dict, default={}),
+            seed=fields.get("seed", int, type(None), default=None),
+            combinations=tuple(fields.get("combinations", list, default=[])),
+        )

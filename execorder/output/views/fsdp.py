@@ -1,0 +1,141 @@
+"""The view of an FSDP2 plan: the units with their prefetch lists, then the checks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from execorder.analysis.sharding import BackwardSource, FsdpPlan
+from execorder.errors import PYTHON, Arg, Words
+from execorder.output.document import (
+    Block,
+    Cell,
+    Column,
+    Document,
+    Message,
+    Row,
+    Severity,
+    Span,
+    Table,
+    Tone,
+    cell,
+    code,
+    label,
+    plural,
+)
+from execorder.output.views.common import FIXED, NAME, NUMBER, TEXT, args_text, fact
+from execorder.report import (
+    size_text,
+)
+
+
+def _names(names: Sequence[str]) -> Cell:
+    if not names:
+        return cell(Span("(none)", Tone.MUTED))
+    parts: list[str | Span] = []
+    for i, name in enumerate(names):
+        parts.extend((", " if i else "", code(label(name))))
+    return cell(*parts)
+
+
+def fsdp_view(plan: FsdpPlan, *, words: Words = PYTHON) -> Document:
+    """An FSDP2 plan: what was traced, the units with their prefetch lists, then the checks."""
+    errors, warnings = plan.count(Severity.ERROR), plan.count(Severity.WARNING)
+    facts = [fact("target", cell(code(plan.target))), fact("mode", plan.mode)]
+    if plan.concrete_args:
+        facts.append(fact("concrete args", args_text(plan.concrete_args)))
+    if plan.combinations:
+        facts.append(fact("checked with", "; ".join(args_text(c) for c in plan.combinations)))
+    if plan.seed is not None:
+        facts.append(fact("seed", str(plan.seed)))
+    largest = max(plan.units, key=lambda u: u.bytes)
+    dtypes = ", ".join(dict.fromkeys(d for u in plan.units for d in u.bytes_by_dtype))
+    facts += [
+        fact("units", f"{len(plan.units):,}, chosen by {plan.unit_rule.describe(words)}"),
+        fact(
+            "parameters",
+            f"{size_text(sum(u.bytes for u in plan.units))} ({dtypes or 'none'}), all-gathered "
+            "unit by unit; the "
+            f"largest unit, {label(largest.name)}, {size_text(largest.bytes)}",
+        ),
+        fact(
+            "prefetch",
+            f"{plural(plan.prefetch, 'unit')} ahead; "
+            + (
+                "backward order from a real backward"
+                if plan.backward_from is BackwardSource.RECORDED
+                else "backward order taken as reverse post-forward "
+                f"({words.arg(Arg.BACKWARD)} records it)"
+            ),
+        ),
+    ]
+    if errors:
+        verdict = f"fails: {plural(errors, 'error')}, {plural(warnings, 'warning')} (below)"
+        facts.append(fact("FSDP2 check", verdict, Severity.ERROR))
+    elif warnings:
+        facts.append(
+            fact(
+                "FSDP2 check", f"runs, with {plural(warnings, 'warning')} (below)", Severity.WARNING
+            )
+        )
+    else:
+        facts.append(fact("FSDP2 check", "ok: nothing breaks sharding or prefetching", Severity.OK))
+    blocks: list[Block] = [
+        Table("Summary", (Column(""), Column("", NAME)), tuple(facts), header=False)
+    ]
+
+    rows = []
+    for index, unit in enumerate(plan.units):
+        ran = unit.first_call is not None
+        first = cell(
+            f"{unit.first_call:,}" if ran else Span("never", Tone.WARN),
+            Span(f" (x{unit.calls})", Tone.ACCENT) if unit.calls > 1 else "",
+        )
+        mixed = ", ".join(plan_dtypes(unit.bytes_by_dtype))
+        rows.append(
+            Row(
+                (
+                    cell(str(index)),
+                    cell(code(label(unit.name)), Span(f" {unit.type}", Tone.MUTED)),
+                    cell(f"{unit.params:,}"),
+                    cell(size_text(unit.bytes), Span(f" ({mixed})", Tone.MUTED) if mixed else ""),
+                    first,
+                    _names(plan.forward_prefetch.get(unit.name, ())) if ran else cell(""),
+                    _names(plan.backward_prefetch.get(unit.name, ())) if ran else cell(""),
+                )
+            )
+        )
+    columns = (
+        Column("#", NUMBER),
+        Column("unit", NAME),
+        Column("params", NUMBER),
+        Column("gathers", FIXED),
+        Column("first call", FIXED),
+        Column("forward prefetch", TEXT),
+        Column("backward prefetch", TEXT),
+    )
+    blocks.append(Table("Units, in forward order", columns, tuple(rows)))
+
+    if plan.checks:
+        rows = [
+            Row(
+                (cell(str(c.severity)), cell(str(c.kind)), cell(c.describe(words))),
+                c.severity,
+            )
+            for c in plan.checks
+        ]
+        found = (Column("severity", FIXED), Column("check", FIXED), Column("finding", TEXT))
+        blocks.append(Table(f"Checks ({len(rows):,})", found, tuple(rows)))
+    else:
+        line = cell(
+            "No problems found: every unit runs, reads only its own parameters, and "
+            "registration order is execution order."
+        )
+        blocks.append(Message(line, Severity.OK))
+    return Document(cell("execorder fsdp: ", code(plan.target)), tuple(blocks))
+
+
+def plan_dtypes(by_dtype: Mapping[str, int]) -> list[str]:
+    """A unit's bytes by dtype, when it has several (one dtype is in the summary)."""
+    if len(by_dtype) <= 1:
+        return []
+    return [f"{dtype} {size_text(size)}" for dtype, size in by_dtype.items()]

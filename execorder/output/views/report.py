@@ -1,0 +1,370 @@
+"""The view of one report: the summary, the orders, the findings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from execorder.errors import PYTHON, Words
+from execorder.output.document import (
+    Block,
+    Cell,
+    Column,
+    Document,
+    Fold,
+    Message,
+    Row,
+    Severity,
+    Span,
+    Table,
+    Tone,
+    cell,
+    code,
+    label,
+    plural,
+)
+from execorder.output.views.common import (
+    FIXED,
+    NAME,
+    NUMBER,
+    OWN_PARAMS_SHOWN,
+    TEXT,
+    args_text,
+    cut_rows,
+    fact,
+    first_use,
+    param_cell,
+    status_cell,
+    time_text,
+    warn_if,
+)
+from execorder.report import (
+    Category,
+    ModuleCall,
+    ParamInfo,
+    Report,
+    shape_text,
+)
+
+
+def report_view(
+    report: Report,
+    *,
+    depth: int | None = None,
+    max_rows: int | None = None,
+    words: Words = PYTHON,
+) -> Document:
+    """Everything a trace found: the summary first, then findings, then the orders.
+
+    Args:
+        report: The report.
+        depth: Leave out module calls nested deeper than this.
+        max_rows: At most this many rows per table (None or 0: all).
+        words: How to name the caller's arguments (Python's keywords by
+            default; the command line passes its flags).
+    """
+    blocks: list[Block] = [
+        _summary(report),
+        _modules(report.modules, depth=depth, max_rows=max_rows, words=words),
+        _param_order(report.params, max_rows=max_rows, words=words),
+        _unused(report.unused, max_rows=max_rows, words=words),
+        _dead(report.dead, max_rows=max_rows, words=words),
+    ]
+    if report.assumptions:
+        blocks += _assumptions(report, max_rows=max_rows, words=words)
+    if report.external:
+        blocks.append(_external(report))
+    if report.backward is not None:
+        blocks.append(_backward(report, max_rows=max_rows, words=words))
+    if report.timing is not None:
+        blocks.append(slowest(report))
+    title = cell("execorder: ", code(report.target), f" ({report.mode} trace)")
+    return Document(title, tuple(blocks))
+
+
+SLOWEST = 10  # modules in the timing table
+
+
+def slowest(report: Report, count: int = SLOWEST) -> Table:
+    """The modules that took longest in forward, by self time (their calls summed)."""
+    assert report.timing is not None
+    totals: dict[str, list[Any]] = {}
+    for call, times in zip(report.modules, report.timing.calls, strict=True):
+        entry = totals.setdefault(call.name, [call.type, 0, 0.0, 0.0])
+        entry[1] += 1
+        entry[2] += times.self_us
+        # A module called inside itself is counted once in its total.
+        if not any(report.modules[a].name == call.name for a in _ancestors(report, call.index)):
+            entry[3] += times.total_us
+    ranked = sorted(totals.items(), key=lambda item: -item[1][2])[:count]
+    forward = report.timing.calls[0].total_us
+    rows = tuple(
+        Row(
+            (
+                cell(code(label(name))),
+                cell(kind),
+                cell(f"{calls:,}"),
+                cell(time_text(own)),
+                cell(f"{own / forward:.0%}" if forward else "-"),
+                cell(time_text(total)),
+            )
+        )
+        for name, (kind, calls, own, total) in ranked
+    )
+    columns = (
+        Column("module", NAME),
+        Column("type", FIXED),
+        Column("calls", NUMBER),
+        Column("self", NUMBER),
+        Column("of forward", NUMBER),
+        Column("total", NUMBER),
+    )
+    title = (
+        f"Slowest modules, by self time ({report.timing.clock} clock; forward took "
+        f"{time_text(forward)})"
+    )
+    return Table(title, columns, rows)
+
+
+def _ancestors(report: Report, index: int) -> list[int]:
+    found, parent = [], report.modules[index].parent
+    while parent is not None:
+        found.append(parent)
+        parent = report.modules[parent].parent
+    return found
+
+
+def ddp_verdict(report: Report) -> Row:
+    """Whether DDP (``find_unused_parameters=False``) gets a gradient for every parameter.
+
+    Never "ok" on an assumption: when the status of a trainable parameter
+    rests on one (a meta run's routing), a step that routes otherwise can
+    leave it without a gradient.
+    """
+    missing = report.summary.params_no_grad
+    resting = len(report.findings(Category.ASSUMPTION))
+    if report.no_use_seen:
+        text = (
+            "not proven: no parameter was seen used while forward ran; either forward reads "
+            f"none of its {plural(report.summary.params_total, 'parameter')} (then DDP fails), "
+            "or it reads copies of them that execorder does not see"
+        )
+        return fact("DDP check", text, Severity.ERROR)
+    if missing:
+        verb = "gets" if missing == 1 else "get"
+        text = f"fails: {plural(missing, 'trainable parameter')} {verb} no gradient"
+        return fact("DDP check", text, Severity.ERROR)
+    if resting:
+        rest = "rests" if resting == 1 else "rest"
+        text = (
+            f"not proven: {plural(resting, 'trainable parameter')} {rest} on an assumption "
+            "(below); a step that selects otherwise (a router sending no token to an expert) "
+            "can leave one without a gradient"
+        )
+        return fact("DDP check", text, Severity.WARNING)
+    return fact("DDP check", "ok: every trainable parameter gets a gradient", Severity.OK)
+
+
+def assumptions_fact(report: Report) -> Row:
+    """What a meta run assumed, in one line: how many selections, where, and what rests on them."""
+    made = report.assumptions
+    count = sum(a.count for a in made)
+    places = list(dict.fromkeys(f"{a.op} at {a.where}" if a.where else a.op for a in made))
+    shown = ", ".join(places[:2]) + (f", +{len(places) - 2} more" if len(places) > 2 else "")
+    rest = "rests" if report.summary.params_on_assumption == 1 else "rest"
+    keep = "keeps" if count == 1 else "keep"
+    text = (
+        f"{plural(count, 'selection')} {keep} every element ({shown}); "
+        f"{plural(report.summary.params_on_assumption, 'parameter')} {rest} on this"
+    )
+    return fact("assumed on meta", text, Severity.WARNING)
+
+
+def _summary(report: Report) -> Table:
+    s = report.summary
+    rows = [fact("target", cell(code(report.target))), fact("mode", str(report.mode))]
+    if report.concrete_args:
+        rows.append(fact("concrete args", args_text(report.concrete_args)))
+    if report.defaults:
+        rows.append(fact("defaults used", args_text(report.defaults)))
+    if report.inputs:
+        rows.append(fact("inputs", ", ".join(f"{k}={v}" for k, v in report.inputs.items())))
+    if report.seed is not None:
+        rows.append(fact("seed", str(report.seed)))
+    rows.append(fact("module calls", f"{s.calls:,} ({plural(s.modules, 'distinct module')})"))
+    frozen = f" ({s.params_frozen:,} frozen)" if s.params_frozen else ""
+    rows.append(fact("parameters used", f"{s.params_used:,} of {s.params_total:,}{frozen}"))
+    unused = f"{s.params_unused:,} ({plural(s.numel_unused, 'element')}, {s.unused_fraction:.1%})"
+    rows.append(fact("unused", unused, warn_if(s.params_unused)))
+    rows.append(fact("dead (used, no gradient)", f"{s.params_dead:,}", warn_if(s.params_dead)))
+    if s.params_assumed:
+        rows.append(fact("assumed used (opaque leaves)", f"{s.params_assumed:,}"))
+    if s.external_uses:
+        rows.append(fact("external uses", f"{s.external_uses:,}", Severity.WARNING))
+    if report.assumptions:
+        rows.append(assumptions_fact(report))
+    rows.append(ddp_verdict(report))
+    return Table("Summary", (Column(""), Column("", NAME)), tuple(rows), header=False)
+
+
+def _own_params(call: ModuleCall) -> str:
+    """Local names of the parameters a call used itself (not through a child)."""
+    prefix = f"{call.name}." if call.name else ""
+    names = list(
+        dict.fromkeys(
+            p.removeprefix(prefix) for g in call.uses if g.module == call.name for p in g.params
+        )
+    )
+    if len(names) > OWN_PARAMS_SHOWN:
+        more = len(names) - OWN_PARAMS_SHOWN + 1
+        names = [*names[: OWN_PARAMS_SHOWN - 1], f"+{more} more"]
+    return ", ".join(names)
+
+
+def module_cell(call: ModuleCall) -> Cell:
+    """A module call: its name, its other names, and which call of it this is."""
+    parts: list[str | Span] = [code(label(call.name))]
+    if call.aliases:
+        parts.append(Span(" = " + ", ".join(call.aliases), Tone.MUTED))
+    if call.repeat:
+        parts.append(Span(f"  (call {call.repeat + 1})", Tone.ACCENT))
+    return cell(*parts, indent=call.depth)
+
+
+def _modules(
+    calls: Sequence[ModuleCall], *, depth: int | None, max_rows: int | None, words: Words
+) -> Table:
+    shown = [c for c in calls if depth is None or c.depth <= depth]
+    rows = [
+        Row((cell(str(c.index)), module_cell(c), cell(c.type), cell(_own_params(c)))) for c in shown
+    ]
+    kept, left_out = cut_rows(rows, max_rows, "call", words)
+    if len(shown) < len(calls):
+        deeper = plural(len(calls) - len(shown), "call")
+        left_out = (f"{deeper} nested deeper than {depth} hidden", *left_out)
+    columns = (
+        Column("#", NUMBER),
+        Column("module", NAME),
+        Column("type", NAME),
+        Column("own parameters used", TEXT),
+    )
+    title = f"Module forward order ({plural(len(calls), 'call')})"
+    return Table(title, columns, kept, left_out, fold=Fold.ALWAYS)
+
+
+def _param_table(
+    title: str,
+    params: Sequence[ParamInfo],
+    last: tuple[str, Callable[[ParamInfo], str]],
+    *,
+    what: str = "parameter",
+    numbered: bool = False,
+    status: bool = True,
+    max_rows: int | None,
+    words: Words,
+    fold: Fold = Fold.LONG,
+) -> Table:
+    heading, value = last
+    status = status and any(status_cell(p).spans for p in params)
+    columns = [Column("parameter", NAME), Column("shape", FIXED), Column("numel", NUMBER)]
+    columns.append(Column(heading, TEXT))
+    if numbered:
+        columns.insert(0, Column("#", NUMBER))
+    if status:
+        columns.append(Column("status", FIXED))
+    rows = []
+    for i, param in enumerate(params):
+        cells = [param_cell(param), cell(shape_text(param.shape)), cell(f"{param.numel:,}")]
+        cells.append(cell(value(param)))
+        if numbered:
+            cells.insert(0, cell(str(i)))
+        if status:
+            cells.append(status_cell(param))
+        rows.append(Row(tuple(cells)))
+    kept, left_out = cut_rows(rows, max_rows, what, words)
+    return Table(title, tuple(columns), kept, left_out, fold=fold)
+
+
+def _param_order(params: Sequence[ParamInfo], *, max_rows: int | None, words: Words) -> Table:
+    return _param_table(
+        f"Parameter forward order, by first use ({plural(len(params), 'parameter')})",
+        params,
+        ("first use", first_use),
+        numbered=True,
+        max_rows=max_rows,
+        words=words,
+        fold=Fold.ALWAYS,
+    )
+
+
+def _unused(unused: Sequence[ParamInfo], *, max_rows: int | None, words: Words) -> Block:
+    if not unused:
+        return Message(cell("No unused parameters."), Severity.OK)
+    owner = ("owner", lambda p: label(p.owner))
+    return _param_table(
+        f"Unused parameters ({len(unused):,})", unused, owner, max_rows=max_rows, words=words
+    )
+
+
+def _dead(dead: Sequence[ParamInfo], *, max_rows: int | None, words: Words) -> Block:
+    if not dead:
+        return Message(cell("No dead parameters: every use reaches an output."), Severity.OK)
+    return _param_table(
+        f"Dead parameters, with no gradient ({len(dead):,})",
+        dead,
+        ("first use", first_use),
+        status=False,
+        max_rows=max_rows,
+        words=words,
+    )
+
+
+def _assumptions(report: Report, *, max_rows: int | None, words: Words) -> tuple[Table, Message]:
+    rows = [
+        Row(
+            (
+                cell(f"#{a.call} ", code(label(a.module))),
+                cell(a.op),
+                cell(a.where),
+                cell(f"{a.count:,}"),
+            )
+        )
+        for a in report.assumptions
+    ]
+    kept, left_out = cut_rows(rows, max_rows, "assumption", words)
+    note = cell(
+        "On meta, a selection made from values computed from parameters (a router's choice) "
+        "cannot be known: each was assumed to keep every element. The parameters marked "
+        "'on assumption' may fare otherwise in a real step."
+    )
+    columns = (
+        Column("call", NAME),
+        Column("op", FIXED),
+        Column("where", FIXED),
+        Column("times", NUMBER),
+    )
+    title = f"Assumed on meta: every element kept ({len(rows):,})"
+    return Table(title, columns, kept, left_out), Message(note, Severity.WARNING)
+
+
+def _external(report: Report) -> Table:
+    rows = tuple(
+        Row((cell(code(u.param)), cell(label(u.owner)), cell(f"#{u.call} {label(u.used_by)}")))
+        for u in report.external
+    )
+    columns = (Column("parameter", NAME), Column("owner", NAME), Column("used by", NAME))
+    title = f"External uses, owner not running ({len(rows):,})"
+    return Table(title, columns, rows)
+
+
+def _backward(report: Report, *, max_rows: int | None, words: Words) -> Table:
+    order = report.backward or ()
+    forward = {p.name: i for i, p in enumerate(report.params)}
+    rows = [
+        Row((cell(str(i)), cell(code(name)), cell(str(forward.get(name, "")))))
+        for i, name in enumerate(order)
+    ]
+    kept, left_out = cut_rows(rows, max_rows, "parameter", words)
+    columns = (Column("#", NUMBER), Column("parameter", NAME), Column("forward #", NUMBER))
+    title = f"Backward order, by gradient accumulation ({plural(len(order), 'parameter')})"
+    return Table(title, columns, kept, left_out, fold=Fold.ALWAYS)

@@ -1,0 +1,70 @@
+"""Words live in views and vocabularies: no library string names a command-line flag.
+
+The library's messages name a caller's arguments through a vocabulary
+(``Words``): Python's keywords by default, the command line's flags when
+``execorder.cli`` passes its own. A flag written into a string under the
+library layers would reach Python users as advice they cannot follow.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+import execorder
+from execorder.cli.words import CLI
+from execorder.errors import PYTHON, Arg
+
+PACKAGE = Path(execorder.__file__).parent
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]+")
+LIBRARY = sorted(p for p in PACKAGE.rglob("*.py") if "cli" not in p.relative_to(PACKAGE).parts)
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                found.add(id(body[0].value))
+    return found
+
+
+def _flags(path: Path) -> list[str]:
+    """Each flag a string (not a docstring) of the file names, with where."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = _docstrings(tree)
+    return [
+        f"{path.name}:{node.lineno}: {match}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip
+        for match in FLAG.findall(node.value)
+    ]
+
+
+def test_the_library_is_scanned() -> None:
+    names = {str(p.relative_to(PACKAGE)) for p in LIBRARY}
+    assert {"errors.py", "analysis/sharding/words.py", "output/views/fsdp.py"} <= names
+    assert not any(n.startswith("cli/") for n in names)
+
+
+@pytest.mark.parametrize("path", LIBRARY, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_library_string_names_a_flag(path: Path) -> None:
+    assert _flags(path) == []
+
+
+def test_the_scan_would_find_one(tmp_path: Path) -> None:
+    planted = tmp_path / "planted.py"
+    planted.write_text('"""Docs may say --unit."""\nHINT = f"choose units with --unit {1}"\n')
+    assert _flags(planted) == ["planted.py:2: --unit"]
+
+
+@pytest.mark.parametrize("arg", list(Arg))
+def test_every_argument_has_words_in_both_vocabularies(arg: Arg) -> None:
+    cli = CLI.arg(arg, value="x")
+    assert cli == "TARGET" or cli.startswith("--"), cli
+    python = PYTHON.arg(arg, value="x")
+    assert not FLAG.search(python), python
