@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sample_models")
 from llama import Llama
 
 from execorder import eager
+from execorder.backends.eager_intercept import intercepting
 
 
 def timed(fns: list[Callable[[], object]], repeats: int) -> list[tuple[float, float]]:
@@ -143,7 +144,7 @@ def breakdown(
     tree = eager.module_tree(model)
 
     def recorded_calls() -> torch.Tensor:
-        with eager._recording(model, tree, []):
+        with intercepting(model, tree, []):
             return model(ids)
 
     def calls_and_plain_backward() -> None:

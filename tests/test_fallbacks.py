@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from execorder.backends.eager import needs_values
+from execorder.backends.eager_failures import needs_values
 
 TESTS = Path(__file__).resolve().parent
 SAMPLES = TESTS.parent / "sample_models"

@@ -9,7 +9,7 @@ import torch
 from cases import CASES, Case
 from torch import nn
 
-from execorder.backends import eager
+from execorder.backends.eager_intercept import intercepting
 from execorder.recording import Event, Recorder, build_report, module_tree
 from execorder.report import Mode
 
@@ -18,7 +18,7 @@ def _log(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> lis
     """The eager backend's event log of one forward."""
     tree = module_tree(model)
     events: list[Event] = []
-    with eager._recording(model, tree, events):
+    with intercepting(model, tree, events):
         model(*args, **kwargs)
     return events
 

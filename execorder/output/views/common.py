@@ -17,9 +17,7 @@ from execorder.output.document import (
     label,
     plural,
 )
-from execorder.report import (
-    ParamInfo,
-)
+from execorder.report import ParamInfo
 
 NUMBER, FIXED, NAME, TEXT = ColumnKind.NUMBER, ColumnKind.FIXED, ColumnKind.NAME, ColumnKind.TEXT
 

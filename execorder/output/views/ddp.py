@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from execorder.analysis import (
-    DdpExplanation,
-)
+from execorder.analysis import DdpExplanation
 from execorder.output.document import (
     Block,
     Column,
@@ -17,9 +15,7 @@ from execorder.output.document import (
     code,
 )
 from execorder.output.views.common import NAME, NUMBER, TEXT, first_use, param_cell
-from execorder.report import (
-    ParamStatus,
-)
+from execorder.report import ParamStatus
 
 _VERDICTS = {
     ParamStatus.DEAD: ("dead (no use reaches an output)", Severity.ERROR),

@@ -23,9 +23,7 @@ from execorder.output.document import (
     plural,
 )
 from execorder.output.views.common import FIXED, NAME, NUMBER, TEXT, args_text, fact
-from execorder.report import (
-    size_text,
-)
+from execorder.report import size_text
 
 
 def _names(names: Sequence[str]) -> Cell:

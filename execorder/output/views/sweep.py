@@ -5,11 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from execorder.analysis import (
-    SweepClass,
-    SweepParam,
-    SweepReport,
-)
+from execorder.analysis import SweepClass, SweepParam, SweepReport
 from execorder.output.document import (
     Block,
     Column,

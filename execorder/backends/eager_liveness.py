@@ -1,0 +1,128 @@
+"""Liveness for an eager run: which parameters a backward reached.
+
+The eager counterpart of :mod:`execorder.backends.fx_liveness`: from the
+backward that ran inside the recording (gradient hooks), else from the
+outputs' autograd graph, walked when the block ends."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from execorder.backends.checkpointing import is_reentrant, recompute
+from execorder.backends.common import tensors
+
+
+def live_params(
+    outputs: Any,
+    params: Sequence[nn.Parameter],
+    stand_ins: Mapping[int, nn.Parameter] | None = None,
+) -> set[nn.Parameter]:
+    """Those of ``params`` whose gradient accumulators the outputs' autograd graph reaches.
+
+    The graph is walked, not run; a reentrant checkpoint's block, which only
+    backward would record, is run again to walk its graph too, from the
+    outputs the walk reaches (:mod:`execorder.backends.checkpointing`).
+    ``stand_ins`` maps the ids of parameters swapped in during forward to
+    those of ``params`` they stand for.
+    """
+    own = {id(p): p for p in params} | dict(stand_ins or {})
+    live: set[nn.Parameter] = set()
+    seen: set[Any] = set()
+    stack: list[tuple[Any, int]] = []  # (autograd node, which of its outputs)
+    for tensor in tensors(outputs):
+        if tensor.grad_fn is not None:
+            stack.append((tensor.grad_fn, tensor.output_nr))
+        elif id(tensor) in own and tensor.requires_grad:
+            live.add(own[id(tensor)])  # a parameter returned as it is
+    reached: dict[Any, set[int]] = {}  # a reentrant checkpoint's node -> outputs reached
+    expanded: dict[Any, set[int]] = {}
+    recomputed: dict[Any, tuple[Any, ...]] = {}
+    # A recomputed block's detached input, by id -> the edge into the forward graph.
+    inputs: dict[int, tuple[Any, int] | None] = {}
+    keep: list[Any] = []  # the recomputed tensors, alive while their ids are used
+    while stack:
+        while stack:
+            fn, number = stack.pop()
+            if is_reentrant(fn):
+                reached.setdefault(fn, set()).add(number)
+                continue
+            if fn in seen:
+                continue
+            seen.add(fn)
+            variable = getattr(fn, "variable", None)
+            if variable is not None and id(variable) in own:
+                live.add(own[id(variable)])
+            elif variable is not None and id(variable) in inputs:
+                edge = inputs[id(variable)]
+                if edge is not None:
+                    stack.append(edge)
+            stack.extend((next_fn, nr) for next_fn, nr in fn.next_functions if next_fn is not None)
+        for fn, numbers in reached.items():
+            new = numbers - expanded.setdefault(fn, set())
+            if not new:
+                continue
+            expanded[fn] |= new
+            if fn not in recomputed:
+                block_outputs, detached = recompute(fn)
+                recomputed[fn] = block_outputs
+                keep += [*block_outputs, *detached]
+                edges = [e if e[0] is not None else None for e in fn.next_functions]
+                for k, index in enumerate(fn.tensor_indices):
+                    inputs[id(detached[index])] = edges[k] if k < len(edges) else None
+            for number in new:
+                out = recomputed[fn][number]
+                if not isinstance(out, torch.Tensor):
+                    continue
+                if out.grad_fn is not None:
+                    stack.append((out.grad_fn, out.output_nr))
+                elif id(out) in own:
+                    live.add(own[id(out)])  # the block returns a parameter as it is
+                elif (edge := inputs.get(id(out))) is not None:
+                    stack.append(edge)  # the block returns an input as it is
+    return live
+
+
+class GradHooks:
+    """Post-accumulate-grad hooks, written straight into each tensor's hook dict.
+
+    As ``Tensor.register_post_accumulate_grad_hook`` does, without its handle
+    objects: about 9x cheaper, and on a GPU this runs while the device waits.
+    :meth:`remove` takes them out the way a handle does: the key leaves the dict.
+    """
+
+    def __init__(self) -> None:
+        self._key = object()
+        self._dicts: list[dict[Any, Any]] = []
+
+    def add(self, params: Sequence[nn.Parameter], hook: Callable[[Any], None]) -> None:
+        key = self._key
+        with own_reads():
+            for param in params:
+                hooks = param._post_accumulate_grad_hooks
+                if hooks is None:
+                    param._post_accumulate_grad_hooks = hooks = OrderedDict()
+                hooks[key] = hook
+                self._dicts.append(hooks)
+
+    def remove(self) -> None:
+        for hooks in self._dicts:
+            hooks.pop(self._key, None)
+        self._dicts.clear()
+
+
+def own_reads() -> Any:
+    """execorder's own reads of parameters: no parameter class's ``__torch_function__`` runs."""
+    return torch._C.DisableTorchFunctionSubclass()
+
+
+def sum_backward(outputs: Any) -> None:
+    """Backward from the sum of every output that requires grad."""
+    losses = [t.float().sum() for t in tensors(outputs) if t.requires_grad]
+    if losses:
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
+        loss.backward()
