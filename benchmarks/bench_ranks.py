@@ -2,7 +2,7 @@
 
 Each rank holds the report of a Llama-2-70B-shaped model (964 module calls,
 723 parameters, recorded once on meta and loaded by every rank), then calls
-``execorder.distributed.compare`` over a real gloo process group on this
+``execorder.ranks.compare`` over a real gloo process group on this
 machine's CPU: once with every rank alike (only the 48-byte digests move),
 once with half the ranks running one module call fewer (two groups: one
 record from each is broadcast). World sizes 2, 4 and 8, median of 5 calls
@@ -32,7 +32,7 @@ REPEATS = 5
 
 
 def worker(rank: int, world: int, store: str, report_path: str, out: str) -> None:
-    import execorder.distributed
+    import execorder.ranks
     from execorder.analysis.ranks import RankRecord, record_of
     from execorder.report import load_report
 
@@ -45,7 +45,7 @@ def worker(rank: int, world: int, store: str, report_path: str, out: str) -> Non
         for _ in range(REPEATS + 1):
             dist.barrier()
             start = time.perf_counter()
-            result = execorder.distributed.compare(mine)
+            result = execorder.ranks.compare(mine)
             spent.append(time.perf_counter() - start)
         times[case] = statistics.median(spent[1:])
         assert result.diverged is (case == "two groups")
@@ -66,7 +66,7 @@ def main() -> None:
             check=True,
             capture_output=True,
         )  # fmt: skip
-        print("execorder.distributed.compare, Llama-2-70B-shaped report, gloo on CPU")
+        print("execorder.ranks.compare, Llama-2-70B-shaped report, gloo on CPU")
         print(f"{'world':>5}  {'alike':>10}  {'two groups':>10}  {'digests in':>10}  record")
         for world in WORLDS:
             out = Path(folder) / f"out-{world}.json"

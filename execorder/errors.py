@@ -36,6 +36,8 @@ class Arg(Enum):
     FORMAT = "format"  # what to write: a report's JSON, a timeline (the command line only)
     MAX_ROWS = "max-rows"  # how many rows a table shows
     DEPTH = "depth"  # how deep a call tree or table goes
+    OUTPUT = "output"  # the file a report, plan or timeline is written to
+    BASELINE = "baseline"  # the stored report a new one is compared with
 
 
 class Words(Protocol):
@@ -82,6 +84,8 @@ class PythonWords:
         if arg in (Arg.MAX_ROWS, Arg.DEPTH):
             keyword = arg.value.replace("-", "_")
             return f"{keyword}={value}" if value else keyword
+        if arg in (Arg.OUTPUT, Arg.BASELINE):
+            return ""  # a Python caller named the path itself
         if arg is Arg.FORMAT:
             return {"json": "Report.to_dict()", "perfetto": "output.perfetto.timeline()"}.get(
                 value or "", "the format"
@@ -759,6 +763,24 @@ class SweepFailure(ExecOrderError):
 
 class ReportFileError(ExecOrderError):
     """A report file is missing, not JSON, or not a report this execorder reads."""
+
+
+class OutputFileError(ExecOrderError):
+    """A file cannot be written where it was asked for.
+
+    Attributes:
+        path: The file.
+        problem: What is wrong, as it follows the path (``": permission denied"``).
+        arg: The argument that named the file.
+    """
+
+    def __init__(self, path: str, problem: str, *, arg: Arg = Arg.OUTPUT) -> None:
+        super().__init__()
+        self.path, self.problem, self.arg = path, problem, arg
+
+    def describe(self, words: Words = PYTHON) -> str:
+        named = words.arg(self.arg)
+        return f"{named} {self.path}{self.problem}" if named else f"{self.path}{self.problem}"
 
 
 class TimelineFileError(ReportFileError):

@@ -15,7 +15,7 @@ from torch.distributed.fsdp import fully_shard
 from transformer import Transformer
 
 import execorder
-import execorder.distributed
+import execorder.ranks
 
 
 def step(model: torch.nn.Module, ids: torch.Tensor) -> execorder.Report:
@@ -37,7 +37,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     unsharded = step(Transformer(n_layers=2), ids)
-    result = execorder.distributed.compare(report)
+    result = execorder.ranks.compare(report)
     if dist.get_rank() == 0:
         s = report.summary
         print(f"FSDP2 step: {s.calls} module calls, {s.params_used} of {s.params_total}", end=" ")

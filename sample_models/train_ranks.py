@@ -12,7 +12,7 @@ import torch.distributed as dist
 from multimodal import TinyVLM, batch
 
 import execorder
-import execorder.distributed
+import execorder.ranks
 
 CHECK_EVERY = 2
 
@@ -31,7 +31,7 @@ def main() -> None:
         else:
             with execorder.record(model) as recording:  # this step, recorded
                 model(**inputs).logsumexp(-1).mean().backward()
-            result = execorder.distributed.compare(recording.report())  # 48 bytes a rank
+            result = execorder.ranks.compare(recording.report())  # 48 bytes a rank
             if rank == 0:
                 print(f"step {step}: {describe(result)}", flush=True)
         optimizer.step()
@@ -40,7 +40,7 @@ def main() -> None:
     dist.destroy_process_group()
 
 
-def describe(result: execorder.distributed.RankComparison) -> str:
+def describe(result: execorder.ranks.RankComparison) -> str:
     if not result.diverged:
         return f"all {result.world_size} ranks ran the same forward"
     first = result.first_divergence

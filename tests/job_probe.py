@@ -51,7 +51,7 @@ from torch.distributed.tensor.parallel import (  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
 import execorder  # noqa: E402
-import execorder.distributed  # noqa: E402
+import execorder.ranks  # noqa: E402
 from execorder.errors import RecordingError  # noqa: E402
 
 RANK = 0
@@ -341,7 +341,7 @@ def refusals() -> None:
     with execorder.record(model) as recording:
         torch.func.functional_call(model, copies, (torch.randn(2, 6), True)).sum().backward()
     report = recording.report(target="seed")
-    result = execorder.distributed.compare(report)
+    result = execorder.ranks.compare(report)
     emit(case="copies", no_use_seen=report.no_use_seen, **result.to_dict())
 
 
@@ -392,7 +392,7 @@ def compare_mode() -> None:
             out = call(**inputs)
             if backward:
                 out.float().sum().backward()
-        result = execorder.distributed.compare(recording.report(target="image"))
+        result = execorder.ranks.compare(recording.report(target="image"))
         emit(case=name, backward=backward, **result.to_dict())
 
 

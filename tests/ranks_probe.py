@@ -30,7 +30,7 @@ import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
 import execorder  # noqa: E402
-import execorder.distributed  # noqa: E402
+import execorder.ranks  # noqa: E402
 from execorder.loading import Inputs  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def compare_cases(rank: int, world: int) -> None:
     for name, options in cases(rank, world).items():
         model = options.pop("model")
         report = execorder.Profiler(model, **options).run(seed=rank).report
-        result = execorder.distributed.compare(report)
+        result = execorder.ranks.compare(report)
         if rank == 0:
             print(json.dumps({"case": name, **result.to_dict()}), flush=True)
 
@@ -70,7 +70,7 @@ def record_step(rank: int, world: int) -> None:
     torch.manual_seed(rank)  # each rank draws its own layers, as in training
     with execorder.record(model) as recording:
         model(torch.randn(2, 4)).sum().backward()
-    result = execorder.distributed.compare(recording.report())
+    result = execorder.ranks.compare(recording.report())
     if rank == 0:
         print(json.dumps({"case": "record", **result.to_dict()}), flush=True)
 

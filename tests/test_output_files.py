@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from execorder.cli import app, files
-from execorder.cli.words import UsageError
+from execorder.cli import app
+from execorder.errors import OutputFileError
+from execorder.output import files
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 SEED = f"{SAMPLES}/seed.py:Model"
@@ -127,7 +128,7 @@ def test_the_baseline_being_compared_is_never_written_over(tmp_path: Path) -> No
 
 
 def test_a_missing_folder_is_refused_before_any_work(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="does not exist"):
+    with pytest.raises(OutputFileError, match="does not exist"):
         files.check_writable(tmp_path / "no" / "report.json")
 
 
@@ -144,7 +145,7 @@ def test_a_full_disk_is_an_error_and_leaves_the_old_file(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(files.os, "replace", full)
-    with pytest.raises(UsageError, match="No space left on device"):
+    with pytest.raises(OutputFileError, match="No space left on device"):
         files.write(out, "new")
     monkeypatch.setattr(files.os, "replace", real_replace)
     assert out.read_text() == "old" and _leftovers(tmp_path) == []

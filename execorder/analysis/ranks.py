@@ -7,7 +7,7 @@ gradient order) and that to a 48-byte digest; ranks with equal digests
 behaved alike. :func:`compare_records` takes one record per group of alike
 ranks and finds the first module call where the groups part, and the
 parameters whose status differs. The exchange itself (over
-torch.distributed) is :mod:`execorder.distributed`'s; nothing here needs
+torch.distributed) is :mod:`execorder.ranks`'s; nothing here needs
 torch.
 """
 

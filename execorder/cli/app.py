@@ -19,7 +19,6 @@ from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
 from execorder import __version__
-from execorder.cli import files
 from execorder.cli.options import (
     AssumeOpt,
     BackwardOpt,
@@ -63,7 +62,8 @@ from execorder.cli.words import (
     UsageError,
     message,
 )
-from execorder.errors import ExecOrderError
+from execorder.errors import Arg, ExecOrderError
+from execorder.output import files
 from execorder.report.kinds import Category, Mode
 
 T = TypeVar("T")
@@ -401,7 +401,7 @@ def trace(
         else:
             if baseline is not None:
                 text = json.dumps(report.to_dict(), indent=2) + "\n"
-                files.write(baseline, text, option="--baseline")
+                files.write(baseline, text, arg=Arg.BASELINE)
             view = _report_view(report, depth=depth, max_rows=max_rows)
             _emit(
                 report,
@@ -723,8 +723,8 @@ def ranks(
         raise typer.Exit(launch(nproc, forwarded_args(ctx, drop=("nproc",)), timeout))
 
     def body() -> None:
-        from execorder.distributed import compare_job
         from execorder.output.views import ranks_view
+        from execorder.ranks import compare_job
 
         def record(rank: int, world: int) -> Any:
             session = Session(

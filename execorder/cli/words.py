@@ -19,6 +19,8 @@ FLAGS = {
     Arg.FORMAT: "--format",
     Arg.MAX_ROWS: "--max-rows",
     Arg.DEPTH: "--depth",
+    Arg.OUTPUT: "--output",
+    Arg.BASELINE: "--baseline",
 }
 
 

@@ -7,7 +7,7 @@ it where a step begins and where its backward has ended, and it records the
 step with :func:`execorder.record`, then checks it:
 
 - with ``compare_every=N``, every Nth step is compared across ranks
-  (:func:`execorder.distributed.compare`); ranks that do not agree stop the
+  (:func:`execorder.ranks.compare`); ranks that do not agree stop the
   run with :class:`~execorder.errors.RanksDivergedError`;
 - trainable parameters that got no gradient stop the run with
   :class:`~execorder.errors.NoGradientError` where DDP would fail on them
@@ -32,13 +32,13 @@ from torch import nn
 
 from execorder.analysis.ranks import RankComparison
 from execorder.backends.eager import Recording, record
-from execorder.distributed import compare
 from execorder.errors import (
     ExecOrderError,
     NoGradientError,
     RanksDivergedError,
     RecordingError,
 )
+from execorder.ranks import compare
 from execorder.report import Report
 
 __all__ = ["StepWatch", "WatchingCallback"]

@@ -1,4 +1,4 @@
-"""Writing what the command line produces, as a careful Unix tool does.
+"""Writing a rendered report, plan or timeline to a file, as a careful Unix tool does.
 
 A regular file is replaced atomically (a temporary file beside it, renamed
 over it), so a failure never leaves half a report; the temporary file goes
@@ -15,7 +15,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from execorder.cli.words import UsageError
+from execorder.errors import Arg, OutputFileError
 
 
 def _is_regular_or_new(path: Path) -> bool:
@@ -25,24 +25,29 @@ def _is_regular_or_new(path: Path) -> bool:
         return True
 
 
-def check_writable(path: Path, *, option: str = "--output") -> None:
+def check_writable(path: Path, *, arg: Arg = Arg.OUTPUT) -> None:
     """Fail before any work if a file could not be written to ``path``.
 
+    Args:
+        path: Where the file would go.
+        arg: The argument that named it, for the message.
+
     Raises:
-        UsageError: If ``path`` is a folder, its folder is missing, or it is not writable.
+        OutputFileError: If ``path`` is a folder, its folder is missing, or it
+            is not writable.
     """
     if path.is_dir():
-        raise UsageError(f"{option} {path} is a directory")
+        raise OutputFileError(str(path), " is a directory", arg=arg)
     if not _is_regular_or_new(path):
         if not os.access(path, os.W_OK):
-            raise UsageError(f"{option} {path}: permission denied")
+            raise OutputFileError(str(path), ": permission denied", arg=arg)
         return
     target = Path(os.path.realpath(path))
     parent = target.parent
     if not parent.is_dir():
-        raise UsageError(f"{option} {path}: folder {path.parent} does not exist")
+        raise OutputFileError(str(path), f": folder {path.parent} does not exist", arg=arg)
     if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise UsageError(f"{option} {path}: permission denied")
+        raise OutputFileError(str(path), ": permission denied", arg=arg)
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -59,11 +64,16 @@ def _umask() -> int:
     return mask
 
 
-def write(path: Path, text: str, *, option: str = "--output") -> None:
+def write(path: Path, text: str, *, arg: Arg = Arg.OUTPUT) -> None:
     """Write ``text`` to ``path``: atomically for a regular file, straight into anything else.
 
+    Args:
+        path: The file.
+        text: What to write, as UTF-8.
+        arg: The argument that named the file, for the message.
+
     Raises:
-        UsageError: If it cannot be written (the message says why: disk full, ...).
+        OutputFileError: If it cannot be written (the message says why: disk full, ...).
     """
     try:
         if not _is_regular_or_new(path):
@@ -72,7 +82,7 @@ def write(path: Path, text: str, *, option: str = "--output") -> None:
             return
         _replace(Path(os.path.realpath(path)), text)
     except OSError as exc:
-        raise UsageError(f"{option} {path}: {exc.strerror or exc}") from None
+        raise OutputFileError(str(path), f": {exc.strerror or exc}", arg=arg) from None
 
 
 def _replace(target: Path, text: str) -> None:

@@ -1,0 +1,270 @@
+"""Across ranks, over torch.distributed: find where the ranks of a job part, before it hangs.
+
+Every rank reduces its report to a 48-byte digest (its module calls, its
+parameters' statuses, its gradient order) and all-gathers the digests over
+the process group: ranks with equal digests behaved alike, and when all are
+equal that is all that is sent. Otherwise one rank of each group broadcasts
+its record (module names in order, each parameter's status), and every rank
+computes the same :class:`~execorder.analysis.ranks.RankComparison`.
+
+    with execorder.record(model) as rec:          # on every rank, one step
+        loss = model(batch).sum(); loss.backward()
+    result = execorder.ranks.compare(rec.report())
+    if result.diverged and dist.get_rank() == 0:
+        print(result.first_divergence)
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from execorder.analysis.ranks import (
+    DIGEST_BYTES,
+    RankComparison,
+    RankRecord,
+    compare_records,
+    group_ranks,
+    record_of,
+)
+from execorder.report import Report
+
+__all__ = [
+    "RankComparison",
+    "RankExit",
+    "RankRecord",
+    "compare",
+    "compare_job",
+    "launch",
+    "record_of",
+]
+
+
+def _device(group: Any) -> torch.device:
+    """Where the group's collectives want tensors: the local GPU for NCCL, else CPU."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+MAX_GROUPS = 8
+
+
+def compare(
+    report: Report | RankRecord,
+    group: Any = None,
+    *,
+    target: str | None = None,
+    max_groups: int = MAX_GROUPS,
+) -> RankComparison:
+    """Compare this rank's report with every other rank's; call it on every rank.
+
+    Each rank sends 48 bytes (all-gathered); only when ranks differ does one
+    rank of each group of alike ranks broadcast its record. Every rank gets
+    the same result.
+
+    Args:
+        report: This rank's report (from ``execorder.record`` around a step,
+            or ``execorder.profile``), or a record (one with ``error`` set
+            when this rank could not make a report: the others then do not
+            wait for it in vain).
+        group: The process group; None for the default one.
+        target: What to call the model; by default the report's target.
+        max_groups: How many groups of alike ranks send a record, at most
+            (those of the lowest ranks); the others are listed, not
+            compared. It bounds the cost when every rank differs.
+
+    Returns:
+        Whether the ranks diverged, their groups, the first module call
+        where they part, and the parameters whose status differs.
+
+    Raises:
+        RuntimeError: If torch.distributed is not initialized.
+    """
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(
+            "execorder.ranks.compare needs an initialized process group "
+            "(torch.distributed.init_process_group), on every rank"
+        )
+    if isinstance(report, Report):
+        record, name = record_of(report), target or report.target
+    else:
+        record, name = report, target or ""
+    world = dist.get_world_size(group)
+    device = _device(group)
+    mine = torch.frombuffer(bytearray(record.digest()), dtype=torch.uint8).to(device)
+    gathered = torch.empty(world * DIGEST_BYTES, dtype=torch.uint8, device=device)
+    # One flat tensor, not one per rank: at thousands of ranks that is one buffer.
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(gathered, mine, group=group)
+    flat = bytes(gathered.cpu().tolist())
+    groups = group_ranks([flat[r * DIGEST_BYTES : (r + 1) * DIGEST_BYTES] for r in range(world)])
+    if len(groups) == 1:
+        return compare_records([(groups[0], record)], world_size=world, target=name)
+    me = dist.get_rank(group)
+    records: list[tuple[tuple[int, ...], RankRecord | None]] = []
+    for ranks in groups[:max_groups]:
+        payload: list[Any] = [record if me == ranks[0] else None]
+        source = ranks[0] if group is None else dist.get_global_rank(group, ranks[0])
+        dist.broadcast_object_list(payload, src=source, group=group, device=device)
+        records.append((ranks, payload[0]))
+    records += [(ranks, None) for ranks in groups[max_groups:]]
+    return compare_records(records, world_size=world, target=name)
+
+
+def compare_job(
+    record: Callable[[int, int], Report],
+    *,
+    device: str | None = None,
+    timeout: float = 300,
+    target: str | None = None,
+    explain: Callable[[Exception], str] = str,
+) -> tuple[int, RankComparison]:
+    """One rank of a job that compares its ranks' forwards, from process group up to teardown.
+
+    Call it on every rank of a job torchrun started (``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set): it sets up the
+    default process group (NCCL on the ``LOCAL_RANK`` GPU when ``device`` is
+    ``"cuda"``, else gloo), makes this rank's report with ``record(rank,
+    world_size)``, compares it with every other rank's (:func:`compare`), and
+    tears the group down once every rank has its result. A rank whose
+    ``record`` raises sends its error in place of a record, so the others do
+    not wait for it in vain; the result lists it in ``errors``.
+
+    Args:
+        record: Makes this rank's report; given the rank and the world size.
+        device: ``"cuda"`` for NCCL on this rank's GPU; anything else, gloo.
+        timeout: Seconds a collective waits for the other ranks.
+        target: What to call the model in the result.
+        explain: The text of a rank's error, from the exception ``record``
+            raised (another exception than ``Exception``, such as
+            ``KeyboardInterrupt``, is not caught).
+
+    Returns:
+        This rank's number, and the comparison (the same on every rank).
+
+    Raises:
+        RuntimeError: If this process is not a rank of a job (``RANK`` or
+            ``WORLD_SIZE`` unset), or a process group is set up already.
+    """
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise RuntimeError(
+            "compare_job runs on every rank of a job: RANK and WORLD_SIZE are not set "
+            "(start it with torchrun)"
+        )
+    if dist.is_initialized():
+        raise RuntimeError("compare_job sets up the process group: one is set up already")
+    on_gpu = device == "cuda"
+    if on_gpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(
+        "nccl" if on_gpu else "gloo", timeout=datetime.timedelta(seconds=timeout)
+    )
+    try:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        try:
+            mine: Report | RankRecord = record(rank, world)
+        except Exception as exc:  # the others must not wait for this rank in vain
+            mine = RankRecord(error=explain(exc))
+        result = compare(mine, target=target)
+        # No rank leaves while another may still be sending to it: a peer
+        # gone mid-send aborts gloo's threads.
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return rank, result
+
+
+WAIT_BEYOND_TIMEOUT = 120  # seconds for starting and profiling, beyond the collective timeout
+
+
+@dataclass(frozen=True, slots=True)
+class RankExit:
+    """How one rank started by :func:`launch` ended.
+
+    Attributes:
+        rank: Its rank.
+        code: Its exit status (negative: killed by that signal).
+        stderr: What it wrote on stderr (rank 0's goes to this process's
+            stderr as it comes, so it is empty here), or why it was stopped.
+    """
+
+    rank: int
+    code: int
+    stderr: str = ""
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def launch(command: Sequence[str], nproc: int, *, timeout: float = 300) -> tuple[RankExit, ...]:
+    """Run ``command`` as ``nproc`` ranks on this machine, one process each, as torchrun would.
+
+    Each process gets the environment torchrun gives its workers (``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``,
+    ``MASTER_PORT``). Rank 0's stdout comes back through this process's
+    stdout, and its stderr goes straight to this process's; the other ranks'
+    stdout is dropped and their stderr kept for :class:`RankExit`. A rank
+    still running ``timeout`` plus two minutes after the start is killed;
+    none is left running when this returns, also when it is interrupted.
+
+    Args:
+        command: The program and its arguments, the same for every rank.
+        nproc: How many ranks.
+        timeout: Seconds a collective of theirs may wait (the ranks' own).
+
+    Returns:
+        How each rank ended, by rank.
+    """
+    port = free_port()
+    children = []
+    for rank in range(nproc):
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(nproc),
+            "LOCAL_WORLD_SIZE": str(nproc),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        children.append(
+            subprocess.Popen(
+                list(command),
+                env=env,
+                stdout=subprocess.DEVNULL if rank else subprocess.PIPE,
+                stderr=subprocess.PIPE if rank else None,
+                text=True,
+            )
+        )
+    exits = []
+    try:
+        for rank, child in enumerate(children):
+            try:
+                out, err = child.communicate(timeout=timeout + WAIT_BEYOND_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                out, err = child.communicate()
+                err = f"did not finish within {timeout + WAIT_BEYOND_TIMEOUT} s"
+            if rank == 0 and out:
+                sys.stdout.write(out)
+                sys.stdout.flush()
+            exits.append(RankExit(rank, child.returncode, err or ""))
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+    return tuple(exits)
