@@ -1,5 +1,15 @@
 """End-to-end cost of tracing models at real sizes eagerly on the meta device.
 
+First, side by side in one run: the 70B-shaped model traced by the command
+line (process start to JSON written) against the bare work it stands on, a
+Python process that imports torch, builds the model on meta and runs its
+forward on meta inputs. Both load compiled bytecode (a cache in a temporary
+folder, filled by a first run), as an installed package does; runs
+alternate, and the medians are compared. Target: at most 1.05x. The bare
+process is measured twice, ending as Python ends (tearing down the model)
+and ending at once as the ``execorder`` program does (``os._exit``), so the
+ratio of the work alone is shown too.
+
 A Llama-2-70B-shaped model, and mixture-of-experts models at transformers'
 default configs: Mixtral-8x7B (with its fused experts kernel, and with the
 per-expert loop that routes on values), Qwen3-MoE and gpt-oss-120b. Runs the
@@ -16,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,7 +79,72 @@ def run(extra: list[str], target: list[str] | None = None) -> tuple[float, float
         return wall, peak_kb / 1024**2, json.loads(out.read_text())
 
 
+BARE = (
+    "import sys, torch\n"
+    f"sys.path.insert(0, {str(ROOT / 'sample_models')!r})\n"
+    "from llama import llama2_70b\n"
+    "with torch.device('meta'):\n"
+    "    model = llama2_70b()\n"
+    "model(torch.zeros(1, 32, dtype=torch.int64, device='meta'))\n"
+)
+SIDE_BY_SIDE_RUNS = 7
+BUDGET = 1.05
+
+
+def _timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of one child process."""
+    start = time.perf_counter()
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(
+            f"{command[:4]} failed: {child.stderr.read().decode() if child.stderr else ''}"
+        )
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def side_by_side(runs: int = SIDE_BY_SIDE_RUNS) -> None:
+    """The command line on the 70B shape against the bare import+build+forward, alternating."""
+    with tempfile.TemporaryDirectory() as folder:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env["PYTHONPYCACHEPREFIX"] = str(Path(folder) / "pycache")
+        out = str(Path(folder) / "report.json")
+        commands = {
+            "bare import+build+forward": [sys.executable, "-c", BARE],
+            "  the same, ending at once": [sys.executable, "-c", BARE + "import os; os._exit(0)\n"],
+            "execorder trace": [
+                sys.executable, "-m", "execorder", "trace", TARGET, "--mode", "eager",
+                "--input", "input_ids=int64[1,32]", "--format", "json", "--output", out,
+            ],
+        }  # fmt: skip
+        for command in commands.values():  # fills the bytecode cache
+            _timed(command, env)
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+        for _ in range(runs):
+            for name, command in commands.items():
+                times[name].append(_timed(command, env))
+    median = {
+        name: (statistics.median(w for w, _ in t), statistics.median(c for _, c in t))
+        for name, t in times.items()
+    }
+    bare, quick, ours = (median[name] for name in commands)
+    print(f"Llama-2-70B shape on meta, side by side ({runs} runs each, alternating; medians)")
+    for name, (wall, cpu) in median.items():
+        print(f"  {name:28s} {wall:5.2f} s wall  {cpu:5.2f} s CPU")
+    ratio = ours[0] / bare[0]
+    print(
+        f"  execorder / bare: {ratio:.2f}x wall, {ours[1] / bare[1]:.2f}x CPU"
+        f"  [{'within' if ratio <= BUDGET else 'OVER'} {BUDGET:g}x]"
+    )
+    print(
+        f"  execorder / bare ending at once (the work alone): {ours[0] / quick[0]:.2f}x wall, "
+        f"{ours[1] / quick[1]:.2f}x CPU"
+    )
+
+
 def main() -> None:
+    side_by_side()
     for label, extra in (("forward", []), ("forward + --backward", ["--backward"])):
         wall, peak, report = run(extra)
         summary = report["summary"]

@@ -1,5 +1,5 @@
 """``python -m execorder``."""
 
-from execorder.cli import main
+from execorder.cli import run
 
-main()
+run()

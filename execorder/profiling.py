@@ -15,12 +15,11 @@ import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from execorder.analysis.sweep import SweepReport, sweep
 from execorder.backends import eager, fx
 from execorder.backends.meta import REAL_LIMIT
 from execorder.errors import (
@@ -38,6 +37,9 @@ from execorder.errors import (
 from execorder.loading import Inputs, build, check_device, resolve_target, split_target
 from execorder.loading.memory import check_fits, fits, tensors_of
 from execorder.report import Mode, Report, Word
+
+if TYPE_CHECKING:
+    from execorder.analysis.sweep import SweepReport
 
 Progress = Callable[[str], None]
 """Told what a slow step is about to do ("Tracing Net with torch.fx"), e.g. for a spinner."""
@@ -251,6 +253,8 @@ class Profiler:
             SweepAxisError: If an argument is swept twice, or swept and fixed.
             SweepFailure: If a combination cannot be profiled, naming it.
         """
+        from execorder.analysis.sweep import sweep  # the analyses, only for a sweep
+
         return sweep(lambda args: self.run(args).report, axes=axes, fixed=fixed, target=self.target)
 
     def _fx(self, concrete: dict[str, Any]) -> Report:

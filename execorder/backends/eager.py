@@ -48,7 +48,7 @@ from execorder.backends.eager_intercept import (
 )
 from execorder.backends.eager_liveness import GradHooks, live_params, own_reads, sum_backward
 from execorder.backends.eager_wrapped import DdpSettings, check_recordable, ddp_around, uncompiled
-from execorder.backends.meta import MetaRun
+from execorder.backends.meta import MetaRun, WithoutValues, on_meta_without_values
 from execorder.backends.timing import Clock
 from execorder.errors import (
     ForwardError,
@@ -85,11 +85,18 @@ class Recording:
     """
 
     def __init__(
-        self, model: nn.Module, tree: ModuleTree, *, assume: bool = True, timing: bool = False
+        self,
+        model: nn.Module,
+        tree: ModuleTree,
+        *,
+        assume: bool = True,
+        timing: bool = False,
+        values: bool = True,
     ) -> None:
         self.model = model
         self._tree = tree
         self._assume = assume
+        self._values = values  # on meta: keep the values inputs decide (a MetaRun)
         self._clock = _clock_for(model, tree) if timing else None
         self._running = False
         self._meta_run: MetaRun | None = None
@@ -134,6 +141,8 @@ class Recording:
                 self._meta_run.source = "parameters and meta inputs"
             # On meta like the model, and their values known: see MetaRun.adopt.
             args, kwargs = self._meta_run.adopt((args, kwargs))
+        elif not self._values and any_on_meta(self._tree):
+            args, kwargs = on_meta_without_values((args, kwargs))
         try:
             self._running = True
             clock = self._clock
@@ -344,9 +353,14 @@ def _recorded(recording: Recording) -> Iterator[None]:
     with own_reads():
         trainable = [p for p in tree.params if p.requires_grad]
     recording._trainable = trainable  # before forward, which may switch some off
-    on_meta = MetaRun(recording._assumed, assume=recording._assume) if any_on_meta(tree) else None
+    on_meta = (
+        MetaRun(recording._assumed, assume=recording._assume)
+        if recording._values and any_on_meta(tree)
+        else None
+    )
     recording._meta_run = on_meta
-    with gc_paused(), uncompiled(), on_meta or nullcontext():
+    plain = not recording._values and any_on_meta(tree)
+    with gc_paused(), uncompiled(), on_meta or (WithoutValues() if plain else nullcontext()):
         recording._hooks.add(trainable, recording._order.append)
         model.__dict__[slot] = recorded
         try:
@@ -424,33 +438,59 @@ def trace(
                     where=user_frame(exc),
                 ) from exc
             tree = module_tree(model)
-        recording = Recording(model, tree, assume=assume, timing=timing)
-        with _recorded(recording):
+        if any_on_meta(tree):
+            # Values on meta cost a dispatch mode on every op: first run without
+            # them. A forward that reads a value fails on meta then (nothing on
+            # meta is read silently), and runs again keeping the values the
+            # inputs decide.
             try:
-                with (
-                    torch.enable_grad(),
-                    user_code(f"running {owner(model)}"),
-                    frames_for(tree),
-                ):
-                    outputs = model(*args, **kwargs)
+                recording = _run(model, tree, args, kwargs, backward, assume, timing, values=False)
+            except (UserExitError, TooDeepError):
+                raise
+            except Exception:
+                recording = _run(model, tree, args, kwargs, backward, assume, timing)
+        else:
+            recording = _run(model, tree, args, kwargs, backward, assume, timing)
+        return recording.report(target=target, inputs=inputs)
+
+
+def _run(
+    model: nn.Module,
+    tree: ModuleTree,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    backward: bool,
+    assume: bool,
+    timing: bool,
+    *,
+    values: bool = True,
+) -> Recording:
+    """One recorded forward (and backward); ``values``: keep values on meta (a MetaRun)."""
+    recording = Recording(model, tree, assume=assume, timing=timing, values=values)
+    with _recorded(recording):
+        try:
+            with (
+                torch.enable_grad(),
+                user_code(f"running {owner(model)}"),
+                frames_for(tree),
+            ):
+                outputs = model(*args, **kwargs)
+        except UserExitError:
+            raise
+        except RecursionError as exc:
+            if tree.depth < DEEP:
+                raise ForwardError(owner(model), first_line(exc), where=user_frame(exc)) from exc
+            limit = sys.getrecursionlimit()
+            raise TooDeepError(owner(model), tree.depth, limit, running=True) from exc
+        except Exception as exc:
+            raise forward_failure(model, tree, args, kwargs, exc) from exc
+        if backward:
+            try:
+                with user_code(f"running the backward of {owner(model)}"):
+                    sum_backward(outputs)
             except UserExitError:
                 raise
-            except RecursionError as exc:
-                if tree.depth < DEEP:
-                    raise ForwardError(
-                        owner(model), first_line(exc), where=user_frame(exc)
-                    ) from exc
-                limit = sys.getrecursionlimit()
-                raise TooDeepError(owner(model), tree.depth, limit, running=True) from exc
             except Exception as exc:
-                raise forward_failure(model, tree, args, kwargs, exc) from exc
-            if backward:
-                try:
-                    with user_code(f"running the backward of {owner(model)}"):
-                        sum_backward(outputs)
-                except UserExitError:
-                    raise
-                except Exception as exc:
-                    raise forward_failure(model, tree, args, kwargs, exc, "in backward: ") from exc
-            del outputs
-        return recording.report(target=target, inputs=inputs)
+                raise forward_failure(model, tree, args, kwargs, exc, "in backward: ") from exc
+        del outputs
+    return recording

@@ -102,6 +102,52 @@ class NeedsValues(RuntimeError):
         return type(self), (self.op, self.what)
 
 
+class WithoutValues(TorchFunctionMode):
+    """A meta run that keeps no values, made to fail where a :class:`MetaRun` would differ.
+
+    With no dispatch mode, ops on meta cost what they cost outside execorder.
+    Plain meta raises on almost every read of a value (``.item()``,
+    ``nonzero``, ``.tolist()``, a copy out of meta); the two things it does
+    silently instead are stopped here: an op mixing real tensors with tensors
+    on meta (``total += hidden`` into a CPU tensor the model made), and
+    formatting a 0-dim tensor on meta (``f"{t}"`` gives its repr, not its
+    value). Either raises :class:`NeedsValues`, and the run is made again as
+    a :class:`MetaRun`, which answers with known values or refuses.
+    """
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        meta = real = False
+        for item in (*args, *kwargs.values()):
+            for x in item if isinstance(item, (list, tuple)) else (item,):
+                if isinstance(x, torch.Tensor):
+                    if x.is_meta:
+                        meta = True
+                    else:
+                        real = True
+        if meta and real:
+            raise NeedsValues(_name(func), f"{_name(func)} mixes real tensors with tensors on meta")
+        if meta and func is torch.Tensor.__format__ and args[0].dim() == 0:
+            raise NeedsValues("Tensor.__format__", "formatting a value on meta")
+        return func(*args, **kwargs)
+
+
+def on_meta_without_values(value: Any) -> Any:
+    """``value`` with each real tensor in it replaced by one on meta that keeps no value.
+
+    What :meth:`MetaRun.adopt` does, without the values: for a forward that
+    reads none, run on meta with no dispatch mode at all.
+    """
+    flat, spec = tree_flatten(value)
+    moved = [
+        x.detach().to(META).requires_grad_(x.requires_grad)
+        if isinstance(x, torch.Tensor) and not x.is_meta
+        else x
+        for x in flat
+    ]
+    return tree_unflatten(moved, spec)
+
+
 class MetaRun(TorchDispatchMode):
     """Run forward (and backward) with parameters on meta and inputs real.
 

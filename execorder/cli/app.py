@@ -203,8 +203,6 @@ def _emit(
     tree view and the Trace Event JSON, for what has them; ``data`` the
     JSON data, when it is not ``doc.to_dict()``.
     """
-    from execorder.output import markdown, terminal
-
     encoding = "utf-8" if output else (getattr(sys.stdout, "encoding", None) or "utf-8")
     if fmt is OutputFormat.tree:
         if tree is None:
@@ -217,8 +215,12 @@ def _emit(
             raise UsageError(f"--format perfetto applies to trace and fsdp, not to a {kind}")
         text = json.dumps(timeline()) + "\n"
     elif fmt is OutputFormat.markdown:
+        from execorder.output import markdown, terminal
+
         text = terminal.encodable(markdown.draw(view()), encoding)
     else:
+        from execorder.output import terminal
+
         renderable = terminal.draw(view())
         console = Console(highlight=False)
         if output is None and console.is_terminal and console.encoding.startswith("utf"):
@@ -237,22 +239,34 @@ def _emit(
             say("execorder: open it at https://ui.perfetto.dev (or chrome://tracing)")
 
 
-def _report_view(report: Any, **opts: Any) -> Callable[[], Any]:
-    from execorder.output.views import report_view
+# Each imported when drawn: JSON needs none of them.
 
-    return lambda: report_view(report, words=CLI, **opts)
+
+def _report_view(report: Any, **opts: Any) -> Callable[[], Any]:
+    def view() -> Any:
+        from execorder.output.views import report_view
+
+        return report_view(report, words=CLI, **opts)
+
+    return view
 
 
 def _tree_view(report: Any, **opts: Any) -> Callable[[], Any]:
-    from execorder.output.views import tree_view
+    def view() -> Any:
+        from execorder.output.views import tree_view
 
-    return lambda: tree_view(report, words=CLI, **opts)
+        return tree_view(report, words=CLI, **opts)
+
+    return view
 
 
 def _timeline(report: Any, plan: Any = None) -> Callable[[], Any]:
-    from execorder.output.perfetto import timeline
+    def view() -> Any:
+        from execorder.output.perfetto import timeline
 
-    return lambda: timeline(report, plan=plan, words=CLI)
+        return timeline(report, plan=plan, words=CLI)
+
+    return view
 
 
 def _parse_categories(text: str | None) -> tuple[Category, ...]:
@@ -761,5 +775,31 @@ def ranks(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Run the command line in this process; it leaves with ``SystemExit``."""
     app(prog_name="execorder")
+
+
+def run() -> None:
+    """The ``execorder`` program: the command line, then out without the interpreter's teardown.
+
+    Everything is written and flushed by then. Tearing down the interpreter
+    would free a large model object by object (0.9 s of CPU for a
+    70B-shaped model on meta, as long as its forward) and join torch's
+    threads, which gloo's can abort on (pytorch#179291): a program that is
+    done has nothing left that the operating system does not do at once.
+    """
+    try:
+        main()
+        code: Any = 0
+    except SystemExit as leaving:
+        code = leaving.code
+    if code is not None and not isinstance(code, int):
+        say(str(code))
+        code = EXIT_ERROR
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            _silence_stdout()
+            code = code or EXIT_BROKEN_PIPE
+    os._exit(code or 0)

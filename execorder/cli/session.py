@@ -22,7 +22,7 @@ stderr = Console(stderr=True, highlight=False)
 
 def say(text: str) -> None:
     """One line on stderr, in what its encoding can write."""
-    from execorder.output.terminal import encodable
+    from execorder.output.encoding import encodable
 
     stderr.print(encodable(text, stderr.encoding), markup=False, soft_wrap=True)
 

@@ -19,7 +19,6 @@ from execorder.output.document import (
     Table,
     Tree,
 )
-from execorder.output.views import report_view
 from execorder.report import Report
 
 FOLD_AFTER = 20
@@ -102,4 +101,6 @@ def draw(document: Document) -> str:
 
 def report_markdown(report: Report) -> str:
     """A trace report: summary, findings open, orders folded."""
+    from execorder.output.views import report_view  # views import the analyses: when drawn
+
     return draw(report_view(report))

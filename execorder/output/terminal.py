@@ -28,7 +28,7 @@ from execorder.output.document import (
     Tone,
     Tree,
 )
-from execorder.output.views import report_view
+from execorder.output.encoding import encodable
 from execorder.report import Report
 
 STYLES = {
@@ -169,36 +169,6 @@ def plain_text(renderable: RenderableType, *, width: int = 100, encoding: str = 
     return encodable("".join(line.rstrip() + "\n" for line in lines), encoding)
 
 
-ASCII = {
-    "…": "...",
-    "─": "-",
-    "━": "=",
-    "│": "|",
-    "├": "+",
-    "└": "`",
-    "×": "x",
-    "µ": "u",
-    "✅": "[ok]",
-    "⚠️": "[!]",
-    "❌": "[x]",
-}
-
-
-def encodable(text: str, encoding: str) -> str:
-    """``text`` as ``encoding`` can write it: ASCII stand-ins for glyphs, ``?`` for the rest."""
-    try:
-        text.encode(encoding)
-        return text
-    except (UnicodeEncodeError, LookupError):
-        pass
-    for glyph, stand_in in ASCII.items():
-        text = text.replace(glyph, stand_in)
-    try:
-        return text.encode(encoding, errors="replace").decode(encoding)
-    except LookupError:
-        return text.encode("ascii", errors="replace").decode("ascii")
-
-
 def render_report(
     report: Report, *, depth: int | None = None, max_rows: int | None = None
 ) -> RenderableType:
@@ -209,4 +179,6 @@ def render_report(
         depth: Hide module calls nested deeper than this.
         max_rows: Show at most this many rows per table (None or 0: all).
     """
+    from execorder.output.views import report_view  # views import the analyses: when drawn
+
     return draw(report_view(report, depth=depth, max_rows=max_rows))
