@@ -202,3 +202,40 @@ def test_the_command_outside_a_job_says_how_to_start_one(monkeypatch: pytest.Mon
     assert "ranks part on their data: give each rank its inputs" in no_data.stderr
     bad = CliRunner().invoke(app, ["ranks", "tests/models.py:LayerDrop", "--fail-on", "unused"])
     assert bad.exit_code == 2 and "the only check is: divergence" in bad.stderr
+
+
+def test_every_rank_builds_with_seed_0_and_runs_with_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    import execorder.ranks
+
+    cli = sys.modules["execorder.cli.app"]  # the module: execorder.cli.app names the Typer app
+
+    built: list[Any] = []
+    ran: list[Any] = []
+
+    class Spy:
+        def __init__(self, options: Any, **_: Any) -> None:
+            built.append(options.seed)
+
+        def run(self, concrete_args: Any, *, seed: Any) -> Any:
+            ran.append(seed)
+            return execorder.trace(models.LayerDrop())
+
+    def job(record: Any, **_: Any) -> Any:
+        record(3, 4)
+        return 3, compare_records([((0,), RankRecord(calls=("",)))], world_size=4, target="t")
+
+    monkeypatch.setattr(cli, "Session", Spy)
+    monkeypatch.setattr(execorder.ranks, "compare_job", job)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    result = CliRunner().invoke(app, ["ranks", "tests/models.py:LayerDrop", "--input", "[2,4]"])
+    assert result.exit_code == 0, result.output
+    assert built == [0] and ran == [3]
+    CliRunner().invoke(
+        app, ["ranks", "tests/models.py:LayerDrop", "--input", "[2,4]", "--seed", "9"]
+    )
+    assert built == [0, 9] and ran == [3, 9]

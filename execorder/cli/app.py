@@ -6,6 +6,7 @@ completion) stays instant.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -269,6 +270,12 @@ def _timeline(report: Any, plan: Any = None) -> Callable[[], Any]:
     return view
 
 
+def _model(ctx: Any) -> ModelOptions:
+    """The model options the command was given; those it does not take keep their defaults."""
+    names = {f.name for f in dataclasses.fields(ModelOptions)}
+    return ModelOptions(**{k: v for k, v in ctx.params.items() if k in names})
+
+
 def _parse_categories(text: str | None) -> tuple[Category, ...]:
     if text is None:
         return ()
@@ -331,6 +338,7 @@ def _check_trace_options(
 
 @app.command(cls=_Command)
 def trace(
+    ctx: typer.Context,
     target: TargetArg,
     concrete: ConcreteOpt = None,
     init: InitOpt = None,
@@ -378,22 +386,7 @@ def trace(
         for path in (output, baseline if update_baseline else None):
             if path is not None:
                 files.check_writable(path)
-        session = Session(
-            ModelOptions(
-                target,
-                concrete,
-                init,
-                device,
-                mode,
-                input,
-                inputs,
-                backward,
-                assume,
-                seed,
-                timing,
-                debug,
-            )
-        )
+        session = Session(_model(ctx))
         if axes:
             from execorder.output.views import sweep_view
 
@@ -478,6 +471,7 @@ def schema() -> None:
 
 @app.command("ddp-indices", cls=_Command)
 def ddp_indices(
+    ctx: typer.Context,
     target: TargetArg,
     indices: IndicesArg,
     concrete: ConcreteOpt = None,
@@ -505,21 +499,7 @@ def ddp_indices(
 
         wanted = parse_indices(indices)
         concrete_args = parse_assignments(concrete or [], option="--concrete")
-        session = Session(
-            ModelOptions(
-                target,
-                concrete,
-                init,
-                device,
-                mode,
-                input,
-                inputs,
-                False,
-                assume,
-                seed,
-                debug=debug,
-            )
-        )
+        session = Session(_model(ctx))
         explanation = explain_indices(session.run(concrete_args), wanted)
         _emit(explanation, lambda: ddp_view(explanation), fmt, None, kind="ddp-indices")
 
@@ -546,6 +526,7 @@ def _parse_gates(text: str | None) -> tuple[Any, ...]:
 
 @app.command(cls=_Command)
 def fsdp(
+    ctx: typer.Context,
     target: TargetArg,
     unit: UnitOpt = None,
     prefetch: PrefetchOpt = 1,
@@ -590,21 +571,7 @@ def fsdp(
         axes = [parse_sweep(text) for text in sweep or []]
         if output is not None:
             files.check_writable(output)
-        session = Session(
-            ModelOptions(
-                target,
-                concrete,
-                init,
-                device,
-                mode,
-                input,
-                inputs,
-                backward,
-                assume,
-                seed,
-                debug=debug,
-            )
-        )
+        session = Session(_model(ctx))
         plan, report = session.plan(
             units=list(unit or []), prefetch=prefetch, concrete_args=concrete_args, axes=axes
         )
@@ -698,9 +665,9 @@ def ranks(
     rank could not record its forward, or the job could not start; 130
     interrupted.
     """
-    model = ModelOptions(
-        target, concrete, init, device, mode, input, inputs, backward, assume, seed, debug=debug
-    )
+    # Every rank builds with seed 0, as DDP starts every rank from the same
+    # weights; --seed (or the rank) seeds the inputs and the run.
+    model = dataclasses.replace(_model(ctx), seed=0 if seed is None else seed)
     in_job = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank = int(os.environ["RANK"]) if in_job else 0
 
