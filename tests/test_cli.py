@@ -214,3 +214,26 @@ def test_python_dash_m() -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["summary"]["params_unused"] == 1
     assert result.stderr == ""
+
+
+@pytest.mark.processes
+def test_the_program_leaves_with_the_commands_code_and_without_teardown() -> None:
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('teardown ran', file=sys.stderr))\n"
+        "from execorder.cli import run\n"
+        f"sys.argv = ['execorder', 'trace', {SEED!r}, '-c', 'run_all_layers=false', "
+        "'--fail-on', 'unused', '-f', 'json']\n"
+        "run()\n"
+    )
+    result = _python("-c", code)
+    assert result.returncode == 1, result.stderr  # the gate's code
+    assert json.loads(result.stdout)["kind"] == "report"  # flushed before leaving
+    assert "check failed: unused" in result.stderr and "teardown ran" not in result.stderr
+    in_python = _python(
+        "-c",
+        code.replace("from execorder.cli import run", "from execorder.cli import main").replace(
+            "run()", "main()"
+        ),
+    )
+    assert in_python.returncode == 1 and "teardown ran" in in_python.stderr
