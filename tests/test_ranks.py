@@ -128,12 +128,14 @@ def test_a_run_seed_draws_inputs_and_forward_but_not_the_build() -> None:
 
 def _launched(monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[Any, list[str] | None]:
     """Run ``execorder ranks ARGS`` outside a job; what --nproc would start each rank with."""
-    import execorder.cli.launch
+    import sys
 
     started: list[list[str]] = []
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.setattr(
-        execorder.cli.launch, "launch", lambda nproc, argv, timeout: started.append(argv) or 0
+        sys.modules["execorder.cli.ranks"],
+        "launch",
+        lambda nproc, argv, timeout: started.append(argv) or 0,
     )
     result = CliRunner().invoke(app, ["ranks", *args])
     return result, started[0] if started else None
@@ -211,7 +213,7 @@ def test_every_rank_builds_with_seed_0_and_runs_with_its_own(
 
     import execorder.ranks
 
-    cli = sys.modules["execorder.cli.app"]  # the module: execorder.cli.app names the Typer app
+    cli = sys.modules["execorder.cli.ranks"]  # the command's module
 
     built: list[Any] = []
     ran: list[Any] = []

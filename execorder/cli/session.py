@@ -86,6 +86,12 @@ class ModelOptions:
         return parse_assignments(self.concrete or [], option="--concrete")
 
 
+def model_options(ctx: Any) -> ModelOptions:
+    """The model options the command was given; those it does not take keep their defaults."""
+    names = {f.name for f in dataclasses.fields(ModelOptions)}
+    return ModelOptions(**{k: v for k, v in ctx.params.items() if k in names})
+
+
 class Session:
     """One model, profiled under the options; notes go to stderr as they are taken."""
 

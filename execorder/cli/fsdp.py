@@ -1,0 +1,128 @@
+"""The ``fsdp`` command: an FSDP2 plan, its checks, and its gate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from execorder.cli.app import Command, app, run_command
+from execorder.cli.options import (
+    AssumeOpt,
+    BackwardOpt,
+    ConcreteOpt,
+    DebugOpt,
+    DeviceOpt,
+    FormatOpt,
+    FsdpFailOnOpt,
+    FsdpSweepOpt,
+    InitOpt,
+    InputOpt,
+    InputsOpt,
+    ModeOpt,
+    OutputFormat,
+    OutputOpt,
+    PrefetchOpt,
+    SeedOpt,
+    TargetArg,
+    UnitOpt,
+)
+from execorder.cli.session import Session, model_options, say
+from execorder.cli.values import parse_assignments, parse_sweep
+from execorder.cli.words import (
+    CLI,
+    EXIT_FOUND,
+    UsageError,
+)
+from execorder.cli.writing import emit, timeline_of, tree_view_of
+from execorder.output import files
+from execorder.report.kinds import Mode
+
+
+def _parse_gates(text: str | None) -> tuple[Any, ...]:
+    """An FSDP plan's --fail-on: severities (that and worse) or check kinds."""
+    from execorder.analysis.sharding import SEVERITY_RANK, CheckKind
+
+    if text is None:
+        return ()
+    chosen = tuple(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
+    known = {s.value: s for s in SEVERITY_RANK} | {k.value: k for k in CheckKind}
+    unknown = [c for c in chosen if c not in known]
+    if unknown or not chosen:
+        raise UsageError(
+            f"--fail-on got {unknown[0] if unknown else text!r}; choose a severity "
+            f"({', '.join(s.value for s in SEVERITY_RANK)}) or checks "
+            f"({', '.join(k.value for k in CheckKind)}), comma-separated"
+        )
+    return tuple(known[c] for c in chosen)
+
+
+@app.command(cls=Command)
+def fsdp(
+    ctx: typer.Context,
+    target: TargetArg,
+    unit: UnitOpt = None,
+    prefetch: PrefetchOpt = 1,
+    concrete: ConcreteOpt = None,
+    init: InitOpt = None,
+    device: DeviceOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
+    output: OutputOpt = None,
+    fail_on: FsdpFailOnOpt = None,
+    sweep: FsdpSweepOpt = None,
+    mode: ModeOpt = Mode.AUTO,
+    input: InputOpt = None,
+    inputs: InputsOpt = None,
+    backward: BackwardOpt = False,
+    assume: AssumeOpt = True,
+    seed: SeedOpt = 0,
+    debug: DebugOpt = False,
+) -> None:
+    """Plan FSDP2 (fully_shard) from the order forward really runs.
+
+    Picks the units, gives each unit's forward and backward prefetch lists
+    (for set_modules_to_forward_prefetch and set_modules_to_backward_prefetch)
+    from the recorded order, and checks what breaks FSDP2: a unit's parameters
+    read outside its forward, a parameter in two units, units that never run,
+    run twice, or (with --sweep) run for some values only, and where lists
+    built from registration order would prefetch the wrong unit. With
+    --backward the backward lists follow a real backward. Apply a JSON plan
+    with execorder.fsdp.apply (after your own fully_shard calls) or
+    execorder.fsdp.shard.
+
+    Exit codes: 0 done; 1 a --fail-on check was found; 2 the plan could not
+    be made (one line on stderr says why); 130 interrupted; 141 the reader of
+    stdout stopped.
+    """
+
+    def body() -> None:
+        from execorder.output.views import fsdp_view
+        from execorder.spelling import label
+
+        gates = _parse_gates(fail_on)
+        concrete_args = parse_assignments(concrete or [], option="--concrete")
+        axes = [parse_sweep(text) for text in sweep or []]
+        if output is not None:
+            files.check_writable(output)
+        session = Session(model_options(ctx))
+        plan, report = session.plan(
+            units=list(unit or []), prefetch=prefetch, concrete_args=concrete_args, axes=axes
+        )
+        emit(
+            plan,
+            lambda: fsdp_view(plan, words=CLI),
+            fmt,
+            output,
+            kind="FSDP plan",
+            data=lambda: plan.to_dict(words=CLI),
+            tree=tree_view_of(report, plan=plan),
+            timeline=timeline_of(report, plan),
+        )
+        failing = plan.failing(gates)
+        for check in failing:
+            units = ", ".join(label(u) for u in check.units)
+            say(f"execorder: check failed: {check.kind} ({check.severity}): {units}")
+        if failing:
+            raise typer.Exit(EXIT_FOUND)
+
+    run_command(debug, body)

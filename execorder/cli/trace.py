@@ -1,0 +1,273 @@
+"""The report commands: `trace` (gates, sweeps, baselines), `diff`, `schema`, `ddp-indices`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from execorder.cli.app import Command, app, run_command
+from execorder.cli.options import (
+    AssumeOpt,
+    BackwardOpt,
+    BaselineOpt,
+    ConcreteOpt,
+    DebugOpt,
+    DepthOpt,
+    DeviceOpt,
+    FailOnOpt,
+    FormatOpt,
+    IndicesArg,
+    InitOpt,
+    InputOpt,
+    InputsOpt,
+    MaxRowsOpt,
+    ModeOpt,
+    OutputFormat,
+    OutputOpt,
+    SeedOpt,
+    SweepOpt,
+    TargetArg,
+    TimingOpt,
+    UpdateBaselineOpt,
+)
+from execorder.cli.session import Session, model_options, say
+from execorder.cli.values import parse_assignments, parse_sweep
+from execorder.cli.words import (
+    EXIT_FOUND,
+    UsageError,
+)
+from execorder.cli.writing import emit, report_view_of, timeline_of, tree_view_of
+from execorder.errors import Arg
+from execorder.output import files
+from execorder.report.kinds import Category, Mode
+
+
+def _parse_categories(text: str | None) -> tuple[Category, ...]:
+    if text is None:
+        return ()
+    chosen = tuple(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
+    names = [c.value for c in Category]
+    unknown = [c for c in chosen if c not in names]
+    if unknown or not chosen:
+        raise UsageError(
+            f"--fail-on got {unknown[0] if unknown else text!r}; "
+            f"choose from: {', '.join(names)} (comma-separated)"
+        )
+    return tuple(Category(c) for c in chosen)
+
+
+def gate(report: Any, categories: tuple[Category, ...]) -> bool:
+    """Print one line per category the gate fails on (``report.failing``); whether it failed."""
+    failing = report.failing(categories)
+    for category, found in failing.items():
+        shown = ", ".join(found[:5]) + (f", … ({len(found) - 5} more)" if len(found) > 5 else "")
+        why = (
+            " (they rest on an assumption: unused and dead cannot be proven for them)"
+            if category is Category.ASSUMPTION
+            else ""
+        )
+        say(f"execorder: check failed: {category}: {len(found)} ({shown}){why}")
+    return bool(failing)
+
+
+def _check_trace_options(
+    axes: list[Any],
+    categories: tuple[Category, ...],
+    baseline: Path | None,
+    update: bool,
+    output: Path | None,
+    fmt: OutputFormat,
+) -> None:
+    if update and baseline is None:
+        raise UsageError("--update-baseline needs --baseline FILE")
+    if baseline is not None and output is not None and files.same_file(output, baseline):
+        if not update:
+            raise UsageError(
+                f"--output {output} is the --baseline it would be compared with; "
+                "write the report elsewhere, or rewrite the baseline with --update-baseline"
+            )
+        if fmt is not OutputFormat.json:
+            raise UsageError(
+                f"--output {output} is the --baseline, which gets the JSON report; "
+                "use --format json, or write the table elsewhere"
+            )
+    if axes and baseline is not None:
+        raise UsageError("--sweep cannot be combined with --baseline")
+    if Category.BRANCH in categories and not axes:
+        raise UsageError("--fail-on branch needs --sweep: it gates on what differs between runs")
+    if baseline is not None and not update and not baseline.exists():
+        raise UsageError(f"--baseline {baseline}: no such file; create it with --update-baseline")
+
+
+@app.command(cls=Command)
+def trace(
+    ctx: typer.Context,
+    target: TargetArg,
+    concrete: ConcreteOpt = None,
+    init: InitOpt = None,
+    device: DeviceOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
+    output: OutputOpt = None,
+    depth: DepthOpt = None,
+    max_rows: MaxRowsOpt = 200,
+    fail_on: FailOnOpt = None,
+    sweep: SweepOpt = None,
+    baseline: BaselineOpt = None,
+    update_baseline: UpdateBaselineOpt = False,
+    mode: ModeOpt = Mode.AUTO,
+    input: InputOpt = None,
+    inputs: InputsOpt = None,
+    backward: BackwardOpt = False,
+    assume: AssumeOpt = True,
+    seed: SeedOpt = 0,
+    timing: TimingOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Trace a model's forward and report its execution order.
+
+    Shows the module forward order (every call), the parameter forward order
+    (first use), which call used which parameters, and the parameters that
+    get no gradient: unused (never touched) and dead (touched, but nothing
+    they compute reaches an output). torch.fx traces it symbolically; eager
+    mode runs it for real (on the meta device by default: no memory, and what
+    the inputs alone decide is computed).
+
+    Exit codes: 0 done; 1 a --fail-on check found something, or the report
+    differs from --baseline; 2 the report could not be made (one line on
+    stderr says why); 130 interrupted; 141 the reader of stdout stopped.
+    """
+
+    def body() -> None:
+        categories = _parse_categories(fail_on)
+        concrete_args = parse_assignments(concrete or [], option="--concrete")
+        axes = [parse_sweep(text) for text in sweep or []]
+        _check_trace_options(axes, categories, baseline, update_baseline, output, fmt)
+        if fmt in (OutputFormat.tree, OutputFormat.perfetto) and (axes or baseline):
+            raise UsageError(
+                f"--format {fmt.value} draws one report: not with --sweep or --baseline"
+            )
+        for path in (output, baseline if update_baseline else None):
+            if path is not None:
+                files.check_writable(path)
+        session = Session(model_options(ctx))
+        if axes:
+            from execorder.output.views import sweep_view
+
+            result = session.sweep(axes, concrete_args)
+            emit(result, lambda: sweep_view(result), fmt, output, kind="sweep")
+            if gate(result, categories):
+                raise typer.Exit(EXIT_FOUND)
+            return
+        report = session.run(concrete_args)
+        differs = False
+        if baseline is not None and not update_baseline:
+            from execorder.analysis import diff_reports
+            from execorder.output.views import diff_view
+            from execorder.report import load_report
+
+            result = diff_reports(load_report(baseline), report)
+            emit(result, lambda: diff_view(result), fmt, output, kind="diff")
+            differs = not result.equivalent
+        else:
+            if baseline is not None:
+                text = json.dumps(report.to_dict(), indent=2) + "\n"
+                files.write(baseline, text, arg=Arg.BASELINE)
+            view = report_view_of(report, depth=depth, max_rows=max_rows)
+            emit(
+                report,
+                view,
+                fmt,
+                output,
+                kind="report",
+                tree=tree_view_of(report, depth=depth, max_rows=max_rows),
+                timeline=timeline_of(report),
+            )
+            if baseline is not None:
+                say(f"execorder: baseline {baseline} written")
+        if gate(report, categories) or differs:
+            raise typer.Exit(EXIT_FOUND)
+
+    run_command(debug, body)
+
+
+@app.command(cls=Command)
+def diff(
+    old: Annotated[Path, typer.Argument(metavar="OLD", help="The baseline JSON report.")],
+    new: Annotated[Path, typer.Argument(metavar="NEW", help="The JSON report to check.")],
+    fmt: FormatOpt = OutputFormat.table,
+    output: OutputOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Show what changed between two JSON reports.
+
+    Module calls added, removed or moved (an aligned diff), parameters whose
+    first-use order, status (unused, dead, used) or shape changed, and
+    external uses added or removed.
+
+    Exit codes: 0 equivalent; 1 they differ; 2 bad input (missing file, not
+    JSON, another schema_version).
+    """
+
+    def body() -> None:
+        from execorder.analysis import diff_reports
+        from execorder.output.views import diff_view
+        from execorder.report import load_report
+
+        if output is not None:
+            files.check_writable(output)
+        result = diff_reports(load_report(old), load_report(new))
+        emit(result, lambda: diff_view(result), fmt, output, kind="diff")
+        if not result.equivalent:
+            raise typer.Exit(EXIT_FOUND)
+
+    run_command(debug, body)
+
+
+@app.command(cls=Command)
+def schema() -> None:
+    """Print the JSON Schema of everything --format json writes."""
+    from importlib.resources import files as resources
+
+    text = resources("execorder.report").joinpath("schema.json").read_text(encoding="utf-8")
+    sys.stdout.write(text)
+
+
+@app.command("ddp-indices", cls=Command)
+def ddp_indices(
+    ctx: typer.Context,
+    target: TargetArg,
+    indices: IndicesArg,
+    concrete: ConcreteOpt = None,
+    init: InitOpt = None,
+    device: DeviceOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
+    mode: ModeOpt = Mode.AUTO,
+    input: InputOpt = None,
+    inputs: InputsOpt = None,
+    assume: AssumeOpt = True,
+    seed: SeedOpt = 0,
+    debug: DebugOpt = False,
+) -> None:
+    """Name the parameters in DDP's "did not receive grad" error.
+
+    DDP numbers the parameters that require grad in model.parameters() order.
+    Each index is shown with its qualified name and whether execorder
+    predicted it as unused or dead. Use the same --init and --concrete values
+    as the run that failed.
+    """
+
+    def body() -> None:
+        from execorder.analysis import explain_indices, parse_indices
+        from execorder.output.views import ddp_view
+
+        wanted = parse_indices(indices)
+        concrete_args = parse_assignments(concrete or [], option="--concrete")
+        session = Session(model_options(ctx))
+        explanation = explain_indices(session.run(concrete_args), wanted)
+        emit(explanation, lambda: ddp_view(explanation), fmt, None, kind="ddp-indices")
+
+    run_command(debug, body)
