@@ -80,7 +80,7 @@ class PythonWords:
         if arg is Arg.UNIT:
             if names:
                 return f"units={list(names)!r}"
-            return f"units=[{value!r}]" if value else "units"
+            return f"units=[{value!r}]" if value else "units=[...]"
         if arg in (Arg.MAX_ROWS, Arg.DEPTH):
             keyword = arg.value.replace("-", "_")
             return f"{keyword}={value}" if value else keyword

@@ -68,3 +68,19 @@ def test_every_argument_has_words_in_both_vocabularies(arg: Arg) -> None:
     assert cli == "TARGET" or cli.startswith("--"), cli
     python = PYTHON.arg(arg, value="x")
     assert not FLAG.search(python), python
+
+
+def test_a_plan_says_what_to_pass_in_the_callers_words() -> None:
+    import execorder.fsdp
+
+    plan = execorder.fsdp.plan("tests/models.py:TwoHeads", input_size="[2,4]")
+    (check,) = plan.checks
+    assert check.message.endswith("choose units with units=['CLASS']")
+    assert check.describe(CLI).endswith("choose units with --unit CLASS")
+    assert plan.unit_rule.describe() == (
+        "the root alone: no repeated block found (choose units with units=[...])"
+    )
+    assert plan.to_dict(CLI)["unit_rule"].endswith("(choose units with --unit)")
+    given = execorder.fsdp.plan("tests/models.py:Permuted", input_size="[2,4]", units=["Unit"])
+    assert given.unit_rule.describe() == "units=['Unit']"
+    assert given.unit_rule.describe(CLI) == "--unit Unit"
