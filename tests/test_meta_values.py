@@ -373,3 +373,62 @@ def test_a_meta_kernel_that_wants_bfloat16_runs_in_it_and_keeps_the_dtype() -> N
         out = torch.nn.functional.grouped_mm(meta[0], meta[1], offs=meta[2])
     assert (out.shape, out.dtype, out.is_meta) == (on_cpu.shape, on_cpu.dtype, True)
     assert run.lifted == {"aten._grouped_mm"}
+
+
+# -- a run without values first: taken only when nothing tried to read one -----
+
+
+class SwallowsARead(nn.Module):
+    """Reads a value from its input, and takes another branch when the read fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.positive = nn.Linear(4, 4)
+        self.other = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            positive = bool((x > 0).all())
+        except (RuntimeError, NotImplementedError):
+            positive = False  # a model's own fallback: on meta this read fails
+        return self.positive(x) if positive else self.other(x)
+
+
+class FormatsAValue(nn.Module):
+    """Makes a key from a value its input decides (a repr on meta, silently)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads = nn.ModuleDict({"four": nn.Linear(4, 4), "other": nn.Linear(4, 4)})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key = {"4.0": "four"}.get(f"{x.sum()}", "other")
+        return self.heads[key](x)
+
+
+class AddsIntoItsOwnTensor(nn.Module):
+    """Adds an input-derived value into a CPU tensor it made (silent on plain meta)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.big = nn.Linear(4, 4)
+        self.small = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros(())
+        total += x.sum()
+        return self.big(x) if total > 2 else self.small(x)
+
+
+@pytest.mark.parametrize(
+    ("build", "used"),
+    [(SwallowsARead, "positive"), (FormatsAValue, "heads.four"), (AddsIntoItsOwnTensor, "big")],
+)
+def test_a_read_of_a_known_value_is_answered_even_when_plain_meta_would_miss_it(
+    build: type[nn.Module], used: str
+) -> None:
+    x = torch.ones(1, 4)
+    truth = eager.trace(build(), args=(x,))
+    report = eager.trace(_on_meta(build), args=(x,))
+    assert report.param(f"{used}.weight").used and truth.param(f"{used}.weight").used
+    assert [c.name for c in report.modules] == [c.name for c in truth.modules]

@@ -97,6 +97,7 @@ class Recording:
         self._tree = tree
         self._assume = assume
         self._values = values  # on meta: keep the values inputs decide (a MetaRun)
+        self._without_values: WithoutValues | None = None  # the run without them, if so
         self._clock = _clock_for(model, tree) if timing else None
         self._running = False
         self._meta_run: MetaRun | None = None
@@ -120,6 +121,12 @@ class Recording:
         self._method: str | None = None
         self.ddp: DdpSettings | None = None
         """DDP's settings, when the recorded call ran inside a ``DistributedDataParallel``."""
+
+    @property
+    def refused_on_meta(self) -> bool:
+        """Whether a run without values had an op on meta raise (caught by the model or not)."""
+        plain = self._without_values
+        return plain is not None and plain.refused is not None
 
     def _call(self, call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The model's own call, with its modules and parameters recorded."""
@@ -360,7 +367,8 @@ def _recorded(recording: Recording) -> Iterator[None]:
     )
     recording._meta_run = on_meta
     plain = not recording._values and any_on_meta(tree)
-    with gc_paused(), uncompiled(), on_meta or (WithoutValues() if plain else nullcontext()):
+    recording._without_values = WithoutValues() if plain else None
+    with gc_paused(), uncompiled(), on_meta or recording._without_values or nullcontext():
         recording._hooks.add(trainable, recording._order.append)
         model.__dict__[slot] = recorded
         try:
@@ -440,15 +448,22 @@ def trace(
             tree = module_tree(model)
         if any_on_meta(tree):
             # Values on meta cost a dispatch mode on every op: first run without
-            # them. A forward that reads a value fails on meta then (nothing on
-            # meta is read silently), and runs again keeping the values the
+            # them. An op on meta that needs a value raises there (WithoutValues
+            # stops the two that would not) and is noted even if the model
+            # catches it; such a forward runs again keeping the values the
             # inputs decide.
+            plain: Recording | None
             try:
-                recording = _run(model, tree, args, kwargs, backward, assume, timing, values=False)
+                plain = _run(model, tree, args, kwargs, backward, assume, timing, values=False)
             except (UserExitError, TooDeepError):
                 raise
             except Exception:
+                plain = None
+            # Refused anything (the model may have caught the error): not the real path.
+            if plain is None or plain.refused_on_meta:
                 recording = _run(model, tree, args, kwargs, backward, assume, timing)
+            else:
+                recording = plain
         else:
             recording = _run(model, tree, args, kwargs, backward, assume, timing)
         return recording.report(target=target, inputs=inputs)

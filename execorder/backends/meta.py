@@ -103,7 +103,7 @@ class NeedsValues(RuntimeError):
 
 
 class WithoutValues(TorchFunctionMode):
-    """A meta run that keeps no values, made to fail where a :class:`MetaRun` would differ.
+    """A meta run that keeps no values, and notes each place a :class:`MetaRun` would differ.
 
     With no dispatch mode, ops on meta cost what they cost outside execorder.
     Plain meta raises on almost every read of a value (``.item()``,
@@ -111,9 +111,18 @@ class WithoutValues(TorchFunctionMode):
     silently instead are stopped here: an op mixing real tensors with tensors
     on meta (``total += hidden`` into a CPU tensor the model made), and
     formatting a 0-dim tensor on meta (``f"{t}"`` gives its repr, not its
-    value). Either raises :class:`NeedsValues`, and the run is made again as
-    a :class:`MetaRun`, which answers with known values or refuses.
+    value). Each op on meta that raises is noted in :attr:`refused`, also
+    when the model catches the error and goes on: a run that refused
+    anything must be made again as a :class:`MetaRun`, which answers with
+    known values or refuses for good.
+
+    Attributes:
+        refused: The first op on meta that raised, or None.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused: str | None = None
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -125,11 +134,18 @@ class WithoutValues(TorchFunctionMode):
                         meta = True
                     else:
                         real = True
-        if meta and real:
-            raise NeedsValues(_name(func), f"{_name(func)} mixes real tensors with tensors on meta")
-        if meta and func is torch.Tensor.__format__ and args[0].dim() == 0:
-            raise NeedsValues("Tensor.__format__", "formatting a value on meta")
-        return func(*args, **kwargs)
+        if not meta:
+            return func(*args, **kwargs)
+        try:
+            if real:
+                raise NeedsValues(_name(func), f"{_name(func)} mixes real and meta tensors")
+            if func is torch.Tensor.__format__ and args[0].dim() == 0:
+                raise NeedsValues("Tensor.__format__", "formatting a value on meta")
+            return func(*args, **kwargs)
+        except Exception:
+            if self.refused is None:
+                self.refused = _name(func)
+            raise
 
 
 def on_meta_without_values(value: Any) -> Any:
