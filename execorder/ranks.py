@@ -20,7 +20,6 @@ import datetime
 import os
 import socket
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +41,7 @@ __all__ = [
     "RankComparison",
     "RankExit",
     "RankRecord",
+    "collective_device",
     "compare",
     "compare_job",
     "launch",
@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 
-def _device(group: Any) -> torch.device:
+def collective_device(group: Any = None) -> torch.device:
     """Where the group's collectives want tensors: the local GPU for NCCL, else CPU."""
     if dist.get_backend(group) == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
@@ -100,7 +100,7 @@ def compare(
     else:
         record, name = report, target or ""
     world = dist.get_world_size(group)
-    device = _device(group)
+    device = collective_device(group)
     mine = torch.frombuffer(bytearray(record.digest()), dtype=torch.uint8).to(device)
     gathered = torch.empty(world * DIGEST_BYTES, dtype=torch.uint8, device=device)
     # One flat tensor, not one per rank: at thousands of ranks that is one buffer.
@@ -194,12 +194,14 @@ class RankExit:
     Attributes:
         rank: Its rank.
         code: Its exit status (negative: killed by that signal).
+        stdout: What rank 0 wrote on stdout (the others' is dropped).
         stderr: What it wrote on stderr (rank 0's goes to this process's
             stderr as it comes, so it is empty here), or why it was stopped.
     """
 
     rank: int
     code: int
+    stdout: str = ""
     stderr: str = ""
 
 
@@ -215,9 +217,9 @@ def launch(command: Sequence[str], nproc: int, *, timeout: float = 300) -> tuple
 
     Each process gets the environment torchrun gives its workers (``RANK``,
     ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``,
-    ``MASTER_PORT``). Rank 0's stdout comes back through this process's
-    stdout, and its stderr goes straight to this process's; the other ranks'
-    stdout is dropped and their stderr kept for :class:`RankExit`. A rank
+    ``MASTER_PORT``). Rank 0's stdout is kept for its :class:`RankExit`, and
+    its stderr goes straight to this process's; the other ranks' stdout is
+    dropped and their stderr kept. A rank
     still running ``timeout`` plus two minutes after the start is killed;
     none is left running when this returns, also when it is interrupted.
 
@@ -259,10 +261,7 @@ def launch(command: Sequence[str], nproc: int, *, timeout: float = 300) -> tuple
                 child.kill()
                 out, err = child.communicate()
                 err = f"did not finish within {timeout + WAIT_BEYOND_TIMEOUT} s"
-            if rank == 0 and out:
-                sys.stdout.write(out)
-                sys.stdout.flush()
-            exits.append(RankExit(rank, child.returncode, err or ""))
+            exits.append(RankExit(rank, child.returncode, out or "", err or ""))
     finally:
         for child in children:
             if child.poll() is None:

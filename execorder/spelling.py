@@ -1,10 +1,13 @@
-"""How execorder spells what every layer writes: the root module, a byte count.
+"""How execorder spells what every layer writes: the root module, a byte count, arguments.
 
 The bottom of the house: errors, records and views all import these, so the
 root reads ``(root)`` and a size ``1.5 KB`` in every message, table and file.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 ROOT = ""
 """The root module's qualified name."""
@@ -26,3 +29,8 @@ def size_text(count: float) -> str:
         if count >= size:
             return f"{count / size:,.1f} {unit}"
     return f"{count:.0f} B"
+
+
+def args_text(args: Mapping[str, Any], *, none: str = "") -> str:
+    """Concrete arguments as ``flag=True, n=2``; ``none`` when there are none."""
+    return ", ".join(f"{k}={v!r}" for k, v in args.items()) or none

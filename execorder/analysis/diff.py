@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,7 @@ from execorder.report import (
     Word,
     shape_text,
 )
+from execorder.spelling import args_text
 
 
 class DiffOp(Word):
@@ -136,7 +137,8 @@ class DiffNote:
                 "like different models"
             )
         if kind is DiffNoteKind.CONCRETE_ARGS:
-            return f"concrete args differ: {_args(old)} -> {_args(new)}"
+            old_args, new_args = args_text(old, none="(none)"), args_text(new, none="(none)")
+            return f"concrete args differ: {old_args} -> {new_args}"
         return f"{kind.value} differ: {old} -> {new}"
 
     def __str__(self) -> str:
@@ -366,7 +368,3 @@ def _model_notes(old: Report, new: Report) -> list[DiffNote]:
     elif larger and shared * 2 < larger:
         notes.append(DiffNote(DiffNoteKind.NAMES, shared, larger))
     return notes
-
-
-def _args(args: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in args.items()) or "(none)"

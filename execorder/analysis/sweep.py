@@ -14,7 +14,8 @@ from types import MappingProxyType
 from typing import Any
 
 from execorder.errors import ExecOrderError, SweepAxisError, SweepFailure
-from execorder.report import SCHEMA_VERSION, Category, Report, Word, gate_categories, jsonable
+from execorder.report import SCHEMA_VERSION, Category, Report, Word, jsonable
+from execorder.report.kinds import gate
 
 
 class SweepClass(Word):
@@ -143,8 +144,7 @@ class SweepReport:
 
     def failing(self, categories: Iterable[Category | str]) -> Mapping[Category, tuple[str, ...]]:
         """What a CI gate on ``categories`` fails on, as :meth:`Report.failing` (``BRANCH`` too)."""
-        found = {c: self.findings(c) for c in gate_categories(categories)}
-        return MappingProxyType({c: names for c, names in found.items() if names})
+        return gate(self.findings, categories)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -148,7 +148,7 @@ class Recording:
                 self._meta_run.source = "parameters and meta inputs"
             # On meta like the model, and their values known: see MetaRun.adopt.
             args, kwargs = self._meta_run.adopt((args, kwargs))
-        elif not self._values and any_on_meta(self._tree):
+        elif self._without_values is not None:
             args, kwargs = on_meta_without_values((args, kwargs))
         try:
             self._running = True
@@ -360,15 +360,13 @@ def _recorded(recording: Recording) -> Iterator[None]:
     with own_reads():
         trainable = [p for p in tree.params if p.requires_grad]
     recording._trainable = trainable  # before forward, which may switch some off
-    on_meta = (
-        MetaRun(recording._assumed, assume=recording._assume)
-        if recording._values and any_on_meta(tree)
-        else None
-    )
-    recording._meta_run = on_meta
-    plain = not recording._values and any_on_meta(tree)
-    recording._without_values = WithoutValues() if plain else None
-    with gc_paused(), uncompiled(), on_meta or recording._without_values or nullcontext():
+    mode: MetaRun | WithoutValues | None = None
+    if any_on_meta(tree):
+        if recording._values:
+            mode = recording._meta_run = MetaRun(recording._assumed, assume=recording._assume)
+        else:
+            mode = recording._without_values = WithoutValues()
+    with gc_paused(), uncompiled(), mode or nullcontext():
         recording._hooks.add(trainable, recording._order.append)
         model.__dict__[slot] = recorded
         try:

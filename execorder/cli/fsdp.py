@@ -28,11 +28,10 @@ from execorder.cli.options import (
     UnitOpt,
 )
 from execorder.cli.session import Session, model_options, say
-from execorder.cli.values import parse_assignments, parse_sweep
+from execorder.cli.values import parse_choices, parse_sweep
 from execorder.cli.words import (
     CLI,
     EXIT_FOUND,
-    UsageError,
 )
 from execorder.cli.writing import emit, timeline_of, tree_view_of
 from execorder.output import files
@@ -43,18 +42,12 @@ def _parse_gates(text: str | None) -> tuple[Any, ...]:
     """An FSDP plan's --fail-on: severities (that and worse) or check kinds."""
     from execorder.analysis.sharding import SEVERITY_RANK, CheckKind
 
-    if text is None:
-        return ()
-    chosen = tuple(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
-    known = {s.value: s for s in SEVERITY_RANK} | {k.value: k for k in CheckKind}
-    unknown = [c for c in chosen if c not in known]
-    if unknown or not chosen:
-        raise UsageError(
-            f"--fail-on got {unknown[0] if unknown else text!r}; choose a severity "
-            f"({', '.join(s.value for s in SEVERITY_RANK)}) or checks "
-            f"({', '.join(k.value for k in CheckKind)}), comma-separated"
-        )
-    return tuple(known[c] for c in chosen)
+    known: dict[str, Any] = {s.value: s for s in SEVERITY_RANK} | {k.value: k for k in CheckKind}
+    hint = (
+        f"choose a severity ({', '.join(s.value for s in SEVERITY_RANK)}) or checks "
+        f"({', '.join(k.value for k in CheckKind)}), comma-separated"
+    )
+    return parse_choices(text, known, option="--fail-on", hint=hint)
 
 
 @app.command(cls=Command)
@@ -100,11 +93,12 @@ def fsdp(
         from execorder.spelling import label
 
         gates = _parse_gates(fail_on)
-        concrete_args = parse_assignments(concrete or [], option="--concrete")
+        options = model_options(ctx)
+        concrete_args = options.concrete_args()
         axes = [parse_sweep(text) for text in sweep or []]
         if output is not None:
             files.check_writable(output)
-        session = Session(model_options(ctx))
+        session = Session(options)
         plan, report = session.plan(
             units=list(unit or []), prefetch=prefetch, concrete_args=concrete_args, axes=axes
         )

@@ -30,7 +30,7 @@ from execorder.cli.options import (
     TimeoutOpt,
 )
 from execorder.cli.session import ModelOptions, Session, load_factory, model_options, say
-from execorder.cli.values import parse_assignments
+from execorder.cli.values import parse_choices
 from execorder.cli.words import (
     EXIT_ERROR,
     EXIT_FOUND,
@@ -72,7 +72,7 @@ def _preflight(options: ModelOptions) -> None:
     """Load what every rank loads, once, before any rank starts: a mistake is one error."""
     from execorder.loading import resolve_target
 
-    parse_assignments(options.init or [], option="--init")
+    options.init_kwargs()
     options.concrete_args()
     load_factory(options.inputs)
     resolve_target(options.target)
@@ -120,8 +120,9 @@ def ranks(
     rank = int(os.environ["RANK"]) if in_job else 0
 
     def check() -> None:  # before any rank starts
-        if fail_on is not None and fail_on.strip() != "divergence":
-            raise UsageError(f"--fail-on got {fail_on!r}; the only check is: divergence")
+        parse_choices(
+            fail_on, {"divergence": True}, option="--fail-on", hint="the only check is: divergence"
+        )
         if fmt in (OutputFormat.tree, OutputFormat.perfetto):
             raise UsageError(f"--format {fmt.value} applies to trace and fsdp, not ranks")
         if mode is not Mode.FX and not input and not inputs:
@@ -193,6 +194,9 @@ def launch(nproc: int, args: list[str], timeout: int) -> int:
 
     exits = start([sys.executable, "-m", "execorder", "ranks", *args], nproc, timeout=timeout)
     first, others = exits[0], exits[1:]
+    if first.stdout:  # rank 0's result
+        sys.stdout.write(first.stdout)
+        sys.stdout.flush()
     failed = [e for e in others if e.code not in (0, 1)]
     for rank in failed:
         lines = [line for line in rank.stderr.splitlines() if line.strip()]

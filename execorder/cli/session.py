@@ -85,6 +85,10 @@ class ModelOptions:
         """``--concrete``, read."""
         return parse_assignments(self.concrete or [], option="--concrete")
 
+    def init_kwargs(self) -> dict[str, Any]:
+        """``--init``, read."""
+        return parse_assignments(self.init or [], option="--init")
+
 
 def model_options(ctx: Any) -> ModelOptions:
     """The model options the command was given; those it does not take keep their defaults."""
@@ -103,7 +107,7 @@ class Session:
         quiet: bool = False,
     ) -> None:
         self.debug, self.quiet = options.debug, quiet
-        init_kwargs = parse_assignments(options.init or [], option="--init")
+        init_kwargs = options.init_kwargs()
         self._say: Callable[[str], None] = lambda _: None
         self._shown = 0
         with self._spinner("Loading torch"):

@@ -35,7 +35,7 @@ from execorder.cli.options import (
     UpdateBaselineOpt,
 )
 from execorder.cli.session import Session, model_options, say
-from execorder.cli.values import parse_assignments, parse_sweep
+from execorder.cli.values import parse_choices, parse_sweep
 from execorder.cli.words import (
     EXIT_FOUND,
     UsageError,
@@ -47,17 +47,10 @@ from execorder.report.kinds import Category, Mode
 
 
 def _parse_categories(text: str | None) -> tuple[Category, ...]:
-    if text is None:
-        return ()
-    chosen = tuple(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
-    names = [c.value for c in Category]
-    unknown = [c for c in chosen if c not in names]
-    if unknown or not chosen:
-        raise UsageError(
-            f"--fail-on got {unknown[0] if unknown else text!r}; "
-            f"choose from: {', '.join(names)} (comma-separated)"
-        )
-    return tuple(Category(c) for c in chosen)
+    names = ", ".join(c.value for c in Category)
+    known = {c.value: c for c in Category}
+    hint = f"choose from: {names} (comma-separated)"
+    return parse_choices(text, known, option="--fail-on", hint=hint)
 
 
 def gate(report: Any, categories: tuple[Category, ...]) -> bool:
@@ -143,7 +136,8 @@ def trace(
 
     def body() -> None:
         categories = _parse_categories(fail_on)
-        concrete_args = parse_assignments(concrete or [], option="--concrete")
+        options = model_options(ctx)
+        concrete_args = options.concrete_args()
         axes = [parse_sweep(text) for text in sweep or []]
         _check_trace_options(axes, categories, baseline, update_baseline, output, fmt)
         if fmt in (OutputFormat.tree, OutputFormat.perfetto) and (axes or baseline):
@@ -153,7 +147,7 @@ def trace(
         for path in (output, baseline if update_baseline else None):
             if path is not None:
                 files.check_writable(path)
-        session = Session(model_options(ctx))
+        session = Session(options)
         if axes:
             from execorder.output.views import sweep_view
 
@@ -265,8 +259,9 @@ def ddp_indices(
         from execorder.output.views import ddp_view
 
         wanted = parse_indices(indices)
-        concrete_args = parse_assignments(concrete or [], option="--concrete")
-        session = Session(model_options(ctx))
+        options = model_options(ctx)
+        concrete_args = options.concrete_args()
+        session = Session(options)
         explanation = explain_indices(session.run(concrete_args), wanted)
         emit(explanation, lambda: ddp_view(explanation), fmt, None, kind="ddp-indices")
 

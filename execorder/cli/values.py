@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
 
 from execorder.cli.words import UsageError
 
+T = TypeVar("T")
 _WORDS: dict[str, Any] = {"true": True, "false": False, "none": None, "null": None}
 
 
@@ -105,3 +106,20 @@ def parse_sweep(text: str) -> tuple[str, list[Any]]:
     if not values:
         raise UsageError(f"--sweep {name} has no values; give NAME=V1,V2,...")
     return name, values
+
+
+def parse_choices(
+    text: str | None, known: Mapping[str, T], *, option: str, hint: str
+) -> tuple[T, ...]:
+    """Comma-separated names, each of ``known``, as what they name (in order, each once).
+
+    Raises:
+        UsageError: For a name not in ``known``, or none at all; ``hint`` says what to choose.
+    """
+    if text is None:
+        return ()
+    chosen = tuple(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
+    unknown = [c for c in chosen if c not in known]
+    if unknown or not chosen:
+        raise UsageError(f"{option} got {unknown[0] if unknown else text!r}; {hint}")
+    return tuple(known[c] for c in chosen)

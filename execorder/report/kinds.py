@@ -6,8 +6,9 @@ They are ``str`` enums: a member equals its JSON spelling (``Mode.FX ==
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from enum import Enum
+from types import MappingProxyType
 
 
 class Word(str, Enum):
@@ -75,3 +76,14 @@ def gate_categories(categories: Iterable[Category | str]) -> tuple[Category, ...
     if {Category.UNUSED, Category.DEAD} & set(chosen):
         chosen = tuple(dict.fromkeys((*chosen, Category.ASSUMPTION)))
     return chosen
+
+
+def gate(
+    findings: Callable[[Category], tuple[str, ...]], categories: Iterable[Category | str]
+) -> Mapping[Category, tuple[str, ...]]:
+    """What a gate on ``categories`` fails on: each category with ``findings``, and them.
+
+    The rule of ``--fail-on``, shared by reports and sweeps; empty when the gate passes.
+    """
+    found = {c: findings(c) for c in gate_categories(categories)}
+    return MappingProxyType({c: names for c, names in found.items() if names})

@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from execorder.errors import SchemaError
-from execorder.report.kinds import Category, Mode, ParamStatus, gate_categories
+from execorder.report.kinds import Category, Mode, ParamStatus, gate
 from execorder.report.reading import Fields
 from execorder.spelling import label
 
@@ -550,8 +550,7 @@ class Report:
         Raises:
             ValueError: For a category that is not one of a report (``BRANCH``).
         """
-        found = {c: self.findings(c) for c in gate_categories(categories)}
-        return MappingProxyType({c: names for c, names in found.items() if names})
+        return gate(self.findings, categories)
 
     def ddp_order(self) -> tuple[ParamInfo, ...]:
         """Parameters in the order DDP numbers them in its error message.

@@ -38,7 +38,8 @@ from execorder.errors import (
     RanksDivergedError,
     RecordingError,
 )
-from execorder.ranks import compare
+from execorder.output import files
+from execorder.ranks import collective_device, compare
 from execorder.report import Report
 
 __all__ = ["StepWatch", "WatchingCallback"]
@@ -262,12 +263,7 @@ def _agreed(stop: bool) -> bool:
     """Whether any rank stops: every rank learns it, so that all stop together."""
     if _world() == 1:
         return stop
-    device = (
-        torch.device("cuda", torch.cuda.current_device())
-        if dist.get_backend() == "nccl"
-        else torch.device("cpu")
-    )
-    flag = torch.tensor([int(stop)], device=device)
+    flag = torch.tensor([int(stop)], device=collective_device())
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
 
@@ -277,6 +273,4 @@ def _write(report: Report, path: str) -> None:
 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    partial.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
-    partial.replace(target)
+    files.write(target, json.dumps(report.to_dict(), indent=2) + "\n")

@@ -7,12 +7,14 @@ keywords by default, the command line's flags from ``execorder.cli``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from execorder.analysis.sharding.kinds import CheckKind, Direction, Mistarget, UnitChoice
 from execorder.errors import PYTHON, Arg, Words
-from execorder.spelling import label, size_text
+from execorder.spelling import args_text, label, size_text
+
+NONE = "no arguments"  # a run with no concrete arguments, in a check's sentence
 
 if TYPE_CHECKING:
     from execorder.analysis.sharding.records import Check, UnitRule
@@ -22,11 +24,6 @@ def listed(names: Sequence[str], most: int = 3) -> str:
     """The first ``most`` names, and how many more."""
     shown = ", ".join(names[:most])
     return shown + (f" and {len(names) - most} more" if len(names) > most else "")
-
-
-def args_text(args: Mapping[str, Any]) -> str:
-    """Concrete arguments as ``flag=True, n=2``."""
-    return ", ".join(f"{k}={v!r}" for k, v in args.items()) or "no arguments"
 
 
 def rule_text(rule: UnitRule, words: Words = PYTHON) -> str:
@@ -73,7 +70,7 @@ def check_message(check: Check, words: Words = PYTHON) -> str:
             "the root)"
         )
     if kind is CheckKind.VARIES:
-        without = listed([args_text(a) for a in check.combinations], 2)
+        without = listed([args_text(a, none=NONE) for a in check.combinations], 2)
         return (
             f"unit {label(units[0])} runs for some values only (not with {without}): ranks "
             "that disagree wait in its all-gather forever (a hang)"
@@ -111,8 +108,9 @@ def check_message(check: Check, words: Words = PYTHON) -> str:
             "may route elsewhere and run units in another order"
         )
     if kind is CheckKind.ORDER_VARIES:
+        args = args_text(check.combinations[0], none=NONE)
         return (
-            f"with {args_text(check.combinations[0])} the units run in another order: explicit "
+            f"with {args} the units run in another order: explicit "
             "prefetch lists, being fixed, mistarget for some values"
         )
     return (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from execorder.errors import Arg, Words
 from execorder.output.document import (
@@ -23,10 +23,6 @@ NUMBER, FIXED, NAME, TEXT = ColumnKind.NUMBER, ColumnKind.FIXED, ColumnKind.NAME
 
 
 OWN_PARAMS_SHOWN = 6  # local names listed in "own parameters used" before "+N more"
-
-
-def args_text(args: Mapping[str, object]) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in args.items())
 
 
 def show_all(words: Words) -> str:

@@ -22,8 +22,9 @@ from execorder.output.document import (
     label,
     plural,
 )
-from execorder.output.views.common import FIXED, NAME, NUMBER, TEXT, args_text, fact
+from execorder.output.views.common import FIXED, NAME, NUMBER, TEXT, fact
 from execorder.report import size_text
+from execorder.spelling import args_text
 
 
 def _names(names: Sequence[str]) -> Cell:

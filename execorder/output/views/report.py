@@ -29,7 +29,6 @@ from execorder.output.views.common import (
     NUMBER,
     OWN_PARAMS_SHOWN,
     TEXT,
-    args_text,
     cut_rows,
     fact,
     first_use,
@@ -45,6 +44,7 @@ from execorder.report import (
     Report,
     shape_text,
 )
+from execorder.spelling import args_text
 
 
 def report_view(

@@ -20,7 +20,8 @@ from execorder.output.document import (
     code,
     plural,
 )
-from execorder.output.views.common import FIXED, NAME, NUMBER, TEXT, args_text, marks
+from execorder.output.views.common import FIXED, NAME, NUMBER, TEXT, marks
+from execorder.spelling import args_text
 
 
 def _combinations(indices: Sequence[int]) -> str:
