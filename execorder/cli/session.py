@@ -11,20 +11,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from rich.console import Console
-
 from execorder.cli.values import parse_assignments
 from execorder.report.kinds import Mode
 
 T = TypeVar("T")
-stderr = Console(stderr=True, highlight=False)
 
 
 def say(text: str) -> None:
     """One line on stderr, in what its encoding can write."""
     from execorder.output.encoding import encodable
 
-    stderr.print(encodable(text, stderr.encoding), markup=False, soft_wrap=True)
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    sys.stderr.write(encodable(text, encoding) + "\n")
+    sys.stderr.flush()
 
 
 NOTE_REASON = 120  # characters of a note's reason shown; --debug shows it whole
@@ -57,10 +56,12 @@ def load_factory(name: str | None) -> Callable[..., Any] | None:
 @contextmanager
 def _spinner(first: str) -> Iterator[Callable[[str], None]]:
     """A spinner on stderr, when it is a terminal; yields a function that changes its text."""
-    if not stderr.is_terminal:
+    if not sys.stderr.isatty():
         yield lambda _: None
         return
-    with stderr.status(f"{first}…") as status:
+    from rich.console import Console
+
+    with Console(stderr=True, highlight=False).status(f"{first}…") as status:
         yield lambda text: status.update(f"{text}…")
 
 

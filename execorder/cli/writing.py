@@ -8,8 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from execorder.cli.options import (
     OutputFormat,
 )
@@ -55,6 +53,8 @@ def emit(
 
         text = terminal.encodable(markdown.draw(view()), encoding)
     else:
+        from rich.console import Console
+
         from execorder.output import terminal
 
         renderable = terminal.draw(view())
