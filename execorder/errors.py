@@ -38,6 +38,7 @@ class Arg(Enum):
     DEPTH = "depth"  # how deep a call tree or table goes
     OUTPUT = "output"  # the file a report, plan or timeline is written to
     BASELINE = "baseline"  # the stored report a new one is compared with
+    LAYOUT = "layout"  # which layout of FSDP units a plan follows
 
 
 class Words(Protocol):
@@ -81,6 +82,8 @@ class PythonWords:
             if names:
                 return f"units={list(names)!r}"
             return f"units=[{value!r}]" if value else "units=[...]"
+        if arg is Arg.LAYOUT:
+            return f"layout={value!r}" if value else "layout"
         if arg in (Arg.MAX_ROWS, Arg.DEPTH):
             keyword = arg.value.replace("-", "_")
             return f"{keyword}={value}" if value else keyword
@@ -865,25 +868,48 @@ class TimingDeviceError(ExecOrderError):
 
 
 class UnitError(ExecOrderError):
-    """A unit asked for matches no module of the model.
+    """A unit asked for matches no module of the model, or cannot be a unit.
 
     Attributes:
-        name: The class name or qualified name asked for.
+        name: The class name or qualified name asked for (a group's, joined
+            by ``+``).
         classes: The block classes the model has (candidates to suggest).
+        problem: What is wrong with it; empty when it matches no module.
     """
 
-    def __init__(self, name: str, *, classes: Sequence[str] = ()) -> None:
+    def __init__(self, name: str, *, classes: Sequence[str] = (), problem: str = "") -> None:
         super().__init__()
-        self.name, self.classes = name, tuple(classes)
+        self.name, self.classes, self.problem = name, tuple(classes), problem
 
     def describe(self, words: Words = PYTHON) -> str:
-        text = (
-            f"{words.arg(Arg.UNIT, value=self.name)}: no module of the model has that class "
-            "or qualified name"
-        )
+        given = words.arg(Arg.UNIT, value=self.name)
+        if self.problem:
+            return f"{given}: {self.problem}"
+        text = f"{given}: no module of the model has that class or qualified name"
         if self.classes:
             text += f"; its block classes: {', '.join(self.classes)}"
         return text
+
+
+class LayoutError(ExecOrderError):
+    """A layout of units that the model does not have the parts for.
+
+    Attributes:
+        layout: The layout asked for.
+        missing: The parts it needs that the model lacks.
+    """
+
+    def __init__(self, layout: str, missing: Sequence[str]) -> None:
+        super().__init__()
+        self.layout, self.missing = layout, tuple(missing)
+
+    def describe(self, words: Words = PYTHON) -> str:
+        return (
+            f"{words.arg(Arg.LAYOUT, value=self.layout)} shards a decoder: its input "
+            f"embedding, its blocks, its final norm and output head; this model has no "
+            f"{' and no '.join(self.missing)} that execorder can find (name the units "
+            f"with {words.arg(Arg.UNIT)} instead)"
+        )
 
 
 class PlanMismatchError(ExecOrderError):

@@ -21,6 +21,7 @@ FLAGS = {
     Arg.DEPTH: "--depth",
     Arg.OUTPUT: "--output",
     Arg.BASELINE: "--baseline",
+    Arg.LAYOUT: "--layout",
 }
 
 

@@ -29,33 +29,50 @@ from execorder.analysis.sharding.kinds import (
     BackwardSource,
     CheckKind,
     Direction,
+    LayoutChoice,
     Mistarget,
+    ReshardPolicy,
     UnitChoice,
 )
 from execorder.analysis.sharding.prefetch import prefetch_lists
 from execorder.analysis.sharding.records import (
     Check,
+    DecoderParts,
     FsdpPlan,
+    Gathers,
     Layout,
     LayoutModule,
     Unit,
     UnitRule,
 )
-from execorder.analysis.sharding.units import DTYPE_BYTES, UnitModel, build_units, choose_units
+from execorder.analysis.sharding.units import (
+    DTYPE_BYTES,
+    GROUP,
+    UnitModel,
+    build_units,
+    choose_units,
+    reshard_flags,
+)
 from execorder.report import Report
+from execorder.spelling import ROOT
 
 __all__ = [
     "DTYPE_BYTES",
     "SEVERITY",
     "SEVERITY_RANK",
     "BackwardSource",
+    "GROUP",
     "Check",
     "CheckKind",
+    "DecoderParts",
     "Direction",
     "FsdpPlan",
+    "Gathers",
     "Layout",
+    "LayoutChoice",
     "LayoutModule",
     "Mistarget",
+    "ReshardPolicy",
     "Unit",
     "UnitChoice",
     "UnitRule",
@@ -72,6 +89,11 @@ def plan_fsdp(
     units: Sequence[str] = (),
     prefetch: int = 1,
     others: Sequence[tuple[Mapping[str, Any], Report]] = (),
+    layout_choice: LayoutChoice | str = LayoutChoice.BLOCKS,
+    reshard_after_forward: ReshardPolicy | str = ReshardPolicy.DEFAULT,
+    world_size: int = 1,
+    param_dtype: str | None = None,
+    reduce_dtype: str | None = None,
 ) -> FsdpPlan:
     """Plan FSDP2 for a model from the order its forward ran.
 
@@ -79,35 +101,52 @@ def plan_fsdp(
         report: What forward did (eager with a backward gives the real
             backward order; otherwise it is taken as reverse post-forward).
         layout: The model's modules.
-        units: Class names or qualified names of the units; empty for the
-            default (see :func:`choose_units`).
+        units: Class names or qualified names of the units (``a+b`` for a
+            group); empty for the layout's rule (see :func:`choose_units`).
         prefetch: How many units each prefetch list names.
         others: With a sweep, the other runs (their concrete arguments and
             reports): units that run in some only, or in another order, are
             checked.
+        layout_choice: The layout of units when ``units`` is empty.
+        reshard_after_forward: The policy each unit's flag follows.
+        world_size: The ranks the units are sharded over (for the bytes).
+        param_dtype: The dtype parameters are gathered in (None: their own).
+        reduce_dtype: The dtype gradients are reduced in (None: FSDP2's default).
 
     Raises:
-        UnitError: If a unit name matches no module.
-        ValueError: If ``prefetch`` is below 1.
+        UnitError: If a unit name matches no module, or cannot be a unit.
+        LayoutError: If the layout needs parts the model does not have.
+        ValueError: If ``prefetch`` or ``world_size`` is below 1, or a dtype
+            is unknown.
     """
     if prefetch < 1:
         raise ValueError(f"prefetch must be 1 or more, not {prefetch}")
-    unit_names, rule = choose_units(layout, units)
-    model = UnitModel(report, layout, unit_names)
+    if world_size < 1:
+        raise ValueError(f"world_size must be 1 or more, not {world_size}")
+    for dtype in (param_dtype, reduce_dtype):
+        if dtype is not None and dtype not in DTYPE_BYTES:
+            raise ValueError(f"unknown dtype {dtype!r}")
+    choice, policy = LayoutChoice(layout_choice), ReshardPolicy(reshard_after_forward)
+    specs, rule = choose_units(layout, units, choice)
+    model = UnitModel(report, layout, specs)
+    ended_last = next((u for u, _ in reversed(model.ended) if u != ROOT), None)
+    reshard = reshard_flags(policy, specs, ended_last, choice)
+    # Each list names the units that run next, also one still gathered (not resharded
+    # after forward): FSDP2's prefetch of it is a no-op, and the order stays the one run.
     forward = prefetch_lists(model.forward_sequence(), prefetch)
     backward_sequence, recorded = model.backward_sequence()
     backward = prefetch_lists(backward_sequence, prefetch)
     backward_order = list(dict.fromkeys(u for u, _ in backward_sequence))
-    built = build_units(model)
+    built = build_units(model, reshard, world_size=world_size, param_dtype=param_dtype)
     checks = [
         *found.external_uses(model),
         *found.shared(model),
-        *found.sweep_checks(model, report, layout, unit_names, others),
+        *found.sweep_checks(model, report, layout, specs, others),
         *found.not_run(built),
         *found.registration_order(model, forward, backward, backward_order, prefetch),
         *found.assumptions(model),
         *found.repeated(built),
-        *found.root_only(unit_names),
+        *found.root_only(model.units),
     ]
     checks.sort(key=lambda c: SEVERITY_RANK[c.severity])
     ran = [u for u in built if u.first_call is not None]
@@ -125,4 +164,9 @@ def plan_fsdp(
         concrete_args=report.concrete_args,
         seed=report.seed,
         combinations=(report.concrete_args, *(args for args, _ in others)) if others else (),
+        layout=choice,
+        reshard_after_forward=policy,
+        world_size=world_size,
+        param_dtype=param_dtype,
+        reduce_dtype=reduce_dtype,
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 from execorder.analysis.sharding.kinds import SEVERITY, CheckKind, Direction, Mistarget
 from execorder.analysis.sharding.records import Check, Layout, Unit
-from execorder.analysis.sharding.units import UnitModel
+from execorder.analysis.sharding.units import UnitModel, UnitSpec
 from execorder.report import Report
 from execorder.spelling import ROOT
 
@@ -65,7 +65,13 @@ def not_run(built: Sequence[Unit]) -> list[Check]:
 def repeated(built: Sequence[Unit]) -> list[Check]:
     """Units that run more than once: gathered on each call."""
     return [
-        _check(CheckKind.REPEATED, (unit.name,), calls=unit.calls, bytes=unit.bytes)
+        _check(
+            CheckKind.REPEATED,
+            (unit.name,),
+            calls=unit.calls,
+            bytes=unit.gather_bytes,
+            reshards=unit.reshard_after_forward,
+        )
         for unit in built
         if unit.calls > 1 and unit.name != ROOT
     ]
@@ -149,17 +155,17 @@ def sweep_checks(
     model: UnitModel,
     report: Report,
     layout: Layout,
-    unit_names: Sequence[str],
+    units: Sequence[UnitSpec],
     others: Sequence[tuple[Mapping[str, Any], Report]],
 ) -> list[Check]:
     """Across a sweep: units that run for some values only, units run in another order."""
     if not others:
         return []
     runs = [(report.concrete_args, model)] + [
-        (args, UnitModel(other, layout, unit_names)) for args, other in others
+        (args, UnitModel(other, layout, units)) for args, other in others
     ]
     checks = []
-    for unit in unit_names:
+    for unit in model.units:
         missing = [args for args, run in runs if unit not in run.first_call]
         if missing and len(missing) < len(runs):
             checks.append(_check(CheckKind.VARIES, (unit,), combinations=tuple(missing)))

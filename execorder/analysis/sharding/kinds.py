@@ -60,6 +60,22 @@ class UnitChoice(Word):
     NO_SPLIT = "no-split"  # transformers' _no_split_modules of the model
     REPEATED = "repeated"  # the outermost repeated block class
     ROOT_ALONE = "root-alone"  # nothing to choose: the root alone
+    TORCHTITAN = "torchtitan"  # torchtitan's decoder layout
+
+
+class LayoutChoice(Word):
+    """Which layout of units a plan follows."""
+
+    BLOCKS = "blocks"  # each block a unit, then the root (execorder's own rule)
+    TORCHTITAN = "torchtitan"  # embedding, blocks, [norm, head] grouped, root (apply_fsdp_to_decoder)
+
+
+class ReshardPolicy(Word):
+    """Which units free their parameters after forward (FSDP2's ``reshard_after_forward``)."""
+
+    ALWAYS = "always"  # every unit but the root
+    NEVER = "never"  # none: each stays gathered from its forward to its backward
+    DEFAULT = "default"  # torchtitan's: every unit but the root and the one forward ends in
 
 
 class BackwardSource(Word):

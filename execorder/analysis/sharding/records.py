@@ -17,7 +17,9 @@ from execorder.analysis.sharding.kinds import (
     BackwardSource,
     CheckKind,
     Direction,
+    LayoutChoice,
     Mistarget,
+    ReshardPolicy,
     UnitChoice,
 )
 from execorder.analysis.sharding.words import check_message, rule_text
@@ -57,24 +59,55 @@ class Layout:
     modules: tuple[LayoutModule, ...]
     repeated: tuple[str, ...] = ()
     no_split: tuple[str, ...] = ()
+    decoder: DecoderParts | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DecoderParts:
+    """The parts of a decoder a framework's layout shards apart from its blocks.
+
+    Attributes:
+        embedding: The input embedding's qualified name, if found.
+        norm: The final norm's (the one after the last block), if found.
+        head: The output head's, if found.
+        tied: The head's weight is the embedding's (weight tying).
+    """
+
+    embedding: str | None = None
+    norm: str | None = None
+    head: str | None = None
+    tied: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Unit:
-    """One ``fully_shard`` unit: a module, and the parameters it gathers.
+    """One ``fully_shard`` unit: a module or a group of modules, and the parameters it gathers.
 
     Attributes:
-        name: The module's qualified name (``""`` for the root).
-        type: Its class name.
+        name: The module's qualified name (``""`` for the root); for a group
+            (``fully_shard([norm, lm_head])``), its modules' names joined by
+            ``+``.
+        type: Its class name; for a group, its modules' joined by ``+``.
         params: How many parameters it gathers: those under it that no
             unit nested inside it holds.
         numel: Their elements.
-        bytes: Their bytes, all-gathered on every unshard.
+        bytes: Their bytes in their own dtypes, unsharded.
         bytes_by_dtype: The same, by dtype.
-        first_call: Index of its first call in the module order; None when
-            it never runs in forward.
-        calls: How many times forward calls it.
+        first_call: Index of the call that first starts it in the module
+            order (a group starts when the first of its modules runs); None
+            when it never runs in forward.
+        calls: How many times its forward starts.
         param_names: The parameters, in ``named_parameters()`` order.
+        modules: The modules it shards: one, or a group's.
+        reshard_after_forward: Whether it frees its gathered parameters
+            after forward (gathering them again for backward).
+        gather_bytes: What one all-gather of it produces on each rank: its
+            parameters in the plan's param dtype, each padded as FSDP2 pads
+            it (dim 0 to a multiple of the world size).
+        shard_bytes: What each rank holds of it between gathers: its
+            parameters' padded shards, in their own dtypes.
+        gathers: How many all-gathers of it one training step issues,
+            forward and backward.
     """
 
     name: str
@@ -86,9 +119,21 @@ class Unit:
     first_call: int | None
     calls: int
     param_names: tuple[str, ...]
+    modules: tuple[str, ...] = ()
+    reshard_after_forward: bool = True
+    gather_bytes: int = 0
+    shard_bytes: int = 0
+    gathers: Gathers = field(default_factory=lambda: Gathers(0, 0))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bytes_by_dtype", MappingProxyType(dict(self.bytes_by_dtype)))
+        if not self.modules:
+            object.__setattr__(self, "modules", (self.name,))
+
+    @property
+    def grouped(self) -> bool:
+        """Whether it shards more than one module (``fully_shard([a, b])``)."""
+        return len(self.modules) > 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,13 +146,23 @@ class Unit:
             "first_call": self.first_call,
             "calls": self.calls,
             "param_names": list(self.param_names),
+            "modules": list(self.modules),
+            "reshard_after_forward": self.reshard_after_forward,
+            "gather_bytes": self.gather_bytes,
+            "shard_bytes": self.shard_bytes,
+            "gathers": self.gathers.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "unit") -> Unit:
-        """Read one back from :meth:`to_dict` output; a wrong field is a ``SchemaError``."""
+        """Read one back from :meth:`to_dict` output; a wrong field is a ``SchemaError``.
+
+        A plan written before groups, reshard flags and sizes existed reads
+        as single-module units that reshard, with their sizes unknown (0).
+        """
         fields = Fields(data, where)
         by_dtype = fields.get("bytes_by_dtype", dict, default={})
+        gathers = fields.get("gathers", dict, default={})
         return cls(
             name=fields.get("name", str),
             type=fields.get("type", str),
@@ -118,7 +173,36 @@ class Unit:
             first_call=fields.get("first_call", int, type(None)),
             calls=fields.get("calls", int, default=0),
             param_names=tuple(fields.items("param_names", str, default=())),
+            modules=tuple(fields.items("modules", str, default=())),
+            reshard_after_forward=fields.get("reshard_after_forward", bool, default=True),
+            gather_bytes=fields.get("gather_bytes", int, default=0),
+            shard_bytes=fields.get("shard_bytes", int, default=0),
+            gathers=Gathers(
+                int(gathers.get("forward", 0)), int(gathers.get("backward", 0))
+            ),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Gathers:
+    """How many all-gathers of a unit one training step issues.
+
+    Attributes:
+        forward: In forward: once per start of its forward when it reshards
+            after forward, else once.
+        backward: In backward: once when it resharded after forward (it is
+            gathered again for its backward), else none.
+    """
+
+    forward: int
+    backward: int
+
+    @property
+    def total(self) -> int:
+        return self.forward + self.backward
+
+    def to_dict(self) -> dict[str, int]:
+        return {"forward": self.forward, "backward": self.backward}
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +249,8 @@ class Check:
         combinations: The concrete arguments involved: those a unit does not
             run with (``VARIES``), the one with another order (``ORDER_VARIES``).
         assumed: For ``ASSUMPTION``, each assumed op and its module.
+        reshards: For a repeated unit, whether it reshards after forward (and
+            so is gathered on every call).
         written: The sentence as read from a file (a check read back holds
             only its words); empty for a check a plan found.
     """
@@ -181,6 +267,7 @@ class Check:
     listed: tuple[str, ...] = ()
     combinations: tuple[Mapping[str, Any], ...] = ()
     assumed: tuple[tuple[str, str], ...] = ()
+    reshards: bool = True
     written: str = field(default="", compare=False)
 
     def describe(self, words: Words = PYTHON) -> str:
@@ -251,6 +338,13 @@ class FsdpPlan:
         seed: The run's seed.
         combinations: With a sweep, the concrete arguments of every run checked,
             the one the plan follows first.
+        layout: The layout of units asked for.
+        reshard_after_forward: The policy each unit's flag follows.
+        world_size: The ranks the units are sharded over.
+        param_dtype: The dtype parameters are gathered and computed in
+            (FSDP2's ``MixedPrecisionPolicy.param_dtype``); None: their own.
+        reduce_dtype: The dtype gradients are reduced in; None: FSDP2's
+            default (the param dtype).
     """
 
     target: str
@@ -265,6 +359,11 @@ class FsdpPlan:
     concrete_args: Mapping[str, Any] = field(default_factory=dict)
     seed: int | None = None
     combinations: tuple[Mapping[str, Any], ...] = ()
+    layout: LayoutChoice = LayoutChoice.BLOCKS
+    reshard_after_forward: ReshardPolicy = ReshardPolicy.DEFAULT
+    world_size: int = 1
+    param_dtype: str | None = None
+    reduce_dtype: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("forward_prefetch", "backward_prefetch"):
@@ -309,6 +408,11 @@ class FsdpPlan:
             "seed": self.seed,
             "combinations": [{k: jsonable(v) for k, v in c.items()} for c in self.combinations],
             "prefetch": self.prefetch,
+            "layout": self.layout.value,
+            "reshard_after_forward": self.reshard_after_forward.value,
+            "world_size": self.world_size,
+            "param_dtype": self.param_dtype,
+            "reduce_dtype": self.reduce_dtype,
             "unit_rule": self.unit_rule.describe(words),
             "backward_from": self.backward_from.value,
             "units": [unit.to_dict() for unit in self.units],
@@ -319,6 +423,8 @@ class FsdpPlan:
                 "units": len(self.units),
                 "bytes": total,
                 "largest_unit_bytes": max((u.bytes for u in self.units), default=0),
+                "gather_bytes": sum(u.gather_bytes for u in self.units),
+                "shard_bytes": sum(u.shard_bytes for u in self.units),
                 **{severity.value: self.count(severity) for severity in SEVERITY_RANK},
             },
         }
@@ -346,12 +452,10 @@ class FsdpPlan:
                 if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
                     raise SchemaError(f"{key}.{name} must be a list of unit names")
             lists[key] = raw
-        try:
-            backward_from = BackwardSource(
-                fields.get("backward_from", str, default=BackwardSource.REVERSE.value)
-            )
-        except ValueError as exc:
-            raise SchemaError(f"backward_from: {exc}") from None
+        backward_from = _word(fields, "backward_from", BackwardSource, BackwardSource.REVERSE)
+        layout = _word(fields, "layout", LayoutChoice, LayoutChoice.BLOCKS)
+        # A plan written before the policy existed was sharded with FSDP2's defaults.
+        policy = _word(fields, "reshard_after_forward", ReshardPolicy, ReshardPolicy.ALWAYS)
         return cls(
             target=fields.get("target", str),
             units=tuple(Unit.from_dict(u.data, u.where) for u in fields.objects("units")),
@@ -365,4 +469,17 @@ class FsdpPlan:
             concrete_args=fields.get("concrete_args", dict, default={}),
             seed=fields.get("seed", int, type(None), default=None),
             combinations=tuple(fields.get("combinations", list, default=[])),
+            layout=layout,
+            reshard_after_forward=policy,
+            world_size=fields.get("world_size", int, default=1),
+            param_dtype=fields.get("param_dtype", str, type(None), default=None),
+            reduce_dtype=fields.get("reduce_dtype", str, type(None), default=None),
         )
+
+
+def _word(fields: Fields, key: str, kind: type[Any], default: Any) -> Any:
+    """A field holding one of ``kind``'s values; a ``SchemaError`` for any other."""
+    try:
+        return kind(fields.get(key, str, default=default.value))
+    except ValueError as exc:
+        raise SchemaError(f"{key}: {exc}") from None

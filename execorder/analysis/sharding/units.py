@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from execorder.analysis.sharding.kinds import UnitChoice
-from execorder.analysis.sharding.records import Layout, Unit, UnitRule
-from execorder.errors import UnitError
+from execorder.analysis.sharding.kinds import LayoutChoice, ReshardPolicy, UnitChoice
+from execorder.analysis.sharding.records import DecoderParts, Gathers, Layout, Unit, UnitRule
+from execorder.errors import LayoutError, UnitError
 from execorder.report import Report
 from execorder.spelling import ROOT
 
@@ -50,63 +50,183 @@ DTYPE_BYTES = {
 }
 
 
-def choose_units(layout: Layout, wanted: Sequence[str] = ()) -> tuple[tuple[str, ...], UnitRule]:
-    """The units' qualified names in registration order (the root first), and the rule used.
+UnitSpec = tuple[str, ...]
+"""The modules one ``fully_shard`` call shards: one, or a group's (``fully_shard([a, b])``)."""
+
+GROUP = "+"  # joins a group's module names in a unit's name and in ``units``
+
+
+def choose_units(
+    layout: Layout, wanted: Sequence[str] = (), choice: LayoutChoice = LayoutChoice.BLOCKS
+) -> tuple[tuple[UnitSpec, ...], UnitRule]:
+    """The units in registration order (the root first), each its modules, and the rule used.
 
     Args:
         layout: The model's modules.
         wanted: Class names or qualified names; every module matching one is
-            a unit. Empty: transformers' ``_no_split_modules`` where the model
-            has them, else the outermost repeated block class.
+            a unit. Names joined by ``+`` (``norm+lm_head``) are one unit,
+            a group, each name matching exactly one module. Empty: the
+            layout's rule.
+        choice: The layout when ``wanted`` is empty: ``BLOCKS`` takes
+            transformers' ``_no_split_modules`` where the model has them,
+            else the outermost repeated block class; ``TORCHTITAN`` takes
+            torchtitan's decoder layout (the input embedding, each block,
+            the final norm and the output head as one group, or all three
+            as one group when the head's weight is tied to the embedding).
 
     Raises:
-        UnitError: If a wanted name matches no module.
+        UnitError: If a wanted name matches no module, a group's name does
+            not match exactly one, or a module would be in two units.
+        LayoutError: If the torchtitan layout is asked of a model that is
+            not a decoder.
     """
     modules = layout.modules[1:]  # the root is always a unit
+    specs: list[UnitSpec]
     if wanted:
-        chosen = []
-        for name in wanted:
-            found = [m.name for m in modules if name in (m.type, m.name, *m.aliases)]
-            if not found and name != ROOT:
-                raise UnitError(name, classes=_block_classes(layout))
-            chosen.extend(found)
-        names = set(chosen)
+        specs = [spec for text in wanted for spec in _given(layout, text)]
         rule = UnitRule(UnitChoice.GIVEN, tuple(wanted))
     else:
-        names, rule = set(), UnitRule(UnitChoice.ROOT_ALONE)
-        for classes, choice in (
-            (layout.no_split, UnitChoice.NO_SPLIT),
-            (layout.repeated, UnitChoice.REPEATED),
-        ):
-            names = {m.name for m in modules if m.type in classes}
-            if names:
-                used = [c for c in classes if any(m.type == c for m in modules)]
-                rule = UnitRule(choice, tuple(used))
-                break
-    return (ROOT, *(m.name for m in modules if m.name in names)), rule
+        blocks, rule = _blocks(layout)
+        specs = [(name,) for name in blocks]
+        if choice is LayoutChoice.TORCHTITAN:
+            specs = _torchtitan(layout, specs)
+            rule = UnitRule(UnitChoice.TORCHTITAN, rule.names)
+    owner: dict[str, str] = {}
+    for spec in specs:
+        for name in spec:
+            if owner.setdefault(name, GROUP.join(spec)) != GROUP.join(spec):
+                raise UnitError(
+                    GROUP.join(spec),
+                    problem=f"{name} is already in unit {owner[name]}: a module is in one unit",
+                )
+    position = {m.name: i for i, m in enumerate(modules)}
+    unique = list(dict.fromkeys(specs))
+    unique.sort(key=lambda spec: position[spec[0]])
+    return ((ROOT,), *unique), rule
+
+
+def _given(layout: Layout, text: str) -> list[UnitSpec]:
+    """The units one ``wanted`` name gives: every module it matches, or one group."""
+    modules = layout.modules[1:]
+    parts = [part.strip() for part in text.split(GROUP)]
+    found = [[m.name for m in modules if part in (m.type, m.name, *m.aliases)] for part in parts]
+    if len(parts) == 1:
+        if not found[0] and text != ROOT:
+            raise UnitError(text, classes=_block_classes(layout))
+        return [(name,) for name in found[0]]
+    for part, names in zip(parts, found, strict=True):
+        if not names:
+            raise UnitError(
+                text, problem=f"{part or 'an empty name'}: no module of the model has that "
+                "class or qualified name"
+            )
+        if len(names) > 1:
+            raise UnitError(
+                text,
+                problem=f"{part} matches {len(names)} modules ({', '.join(names[:3])}"
+                f"{', ...' if len(names) > 3 else ''}); a group names each of its modules once",
+            )
+    group = tuple(dict.fromkeys(names[0] for names in found))
+    return [group] if len(group) > 1 else [group]
+
+
+def _blocks(layout: Layout) -> tuple[list[str], UnitRule]:
+    """The block modules of the default rule, and the rule."""
+    modules = layout.modules[1:]
+    for classes, choice in (
+        (layout.no_split, UnitChoice.NO_SPLIT),
+        (layout.repeated, UnitChoice.REPEATED),
+    ):
+        names = [m.name for m in modules if m.type in classes]
+        if names:
+            used = [c for c in classes if any(m.type == c for m in modules)]
+            return names, UnitRule(choice, tuple(used))
+    return [], UnitRule(UnitChoice.ROOT_ALONE)
+
+
+def _torchtitan(layout: Layout, blocks: list[UnitSpec]) -> list[UnitSpec]:
+    """torchtitan's ``apply_fsdp_to_decoder`` units: embedding, blocks, [norm, head]."""
+    parts = layout.decoder or DecoderParts()
+    missing = [
+        what
+        for what, found in (
+            ("repeated blocks", blocks),
+            ("input embedding", parts.embedding),
+            ("output head", parts.head),
+        )
+        if not found
+    ]
+    if missing:
+        raise LayoutError(LayoutChoice.TORCHTITAN.value, missing)
+    if parts.tied:
+        edges = [tuple(n for n in (parts.embedding, parts.norm, parts.head) if n)]
+    else:
+        edges = [(parts.embedding,)] if parts.embedding else []
+        if parts.norm and parts.head:
+            edges.append((parts.norm, parts.head))
+    return [*edges, *blocks]  # type: ignore[list-item]
 
 
 def _block_classes(layout: Layout) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*layout.no_split, *layout.repeated)))
 
 
+def reshard_flags(
+    policy: ReshardPolicy, units: Sequence[UnitSpec], ended_last: str | None, choice: LayoutChoice
+) -> dict[str, bool]:
+    """Each unit's ``reshard_after_forward`` under a policy.
+
+    The root never reshards (FSDP2's own rule for the root: backward starts
+    with it). ``ALWAYS`` reshards every other unit, ``NEVER`` none.
+    ``DEFAULT`` is torchtitan's: under its layout, every unit but the
+    ``[norm, head]`` group (or the tied group); under the blocks layout,
+    every unit but the one whose forward ends last (``ended_last``), which
+    backward needs first and FSDP2 would gather again at once.
+    """
+    flags = {}
+    for spec in units:
+        name = GROUP.join(spec)
+        if name == ROOT or policy is ReshardPolicy.NEVER:
+            flags[name] = False
+        elif policy is ReshardPolicy.ALWAYS:
+            flags[name] = True
+        elif choice is LayoutChoice.TORCHTITAN:
+            flags[name] = len(spec) == 1
+        else:
+            flags[name] = name != ended_last
+    return flags
+
+
 # -- the plan -------------------------------------------------------------------
 
 
 class UnitModel:
-    """A report's calls and parameters, seen through a choice of units."""
+    """A report's calls and parameters, seen through a choice of units.
 
-    def __init__(self, report: Report, layout: Layout, unit_names: Sequence[str]) -> None:
+    A group (``fully_shard([norm, lm_head])``) starts, as FSDP2 runs it,
+    when the first of its modules runs, and ends when each of its modules
+    has run (or, if one never runs, when forward ends); in between it is
+    gathered, so it counts as running.
+    """
+
+    def __init__(self, report: Report, layout: Layout, units: Sequence[UnitSpec]) -> None:
         self.report = report
         by_name = {m.name: m for m in layout.modules}
-        self.units = tuple(unit_names)
-        self.types = {u: by_name[u].type if u in by_name else "" for u in self.units}
+        self.specs = {GROUP.join(spec): tuple(spec) for spec in units}
+        self.units = tuple(self.specs)
+        self.types = {
+            u: GROUP.join(by_name[m].type if m in by_name else "" for m in spec)
+            for u, spec in self.specs.items()
+        }
         self.registration = {u: i for i, u in enumerate(self.units)}
         self.unit_by_alias: dict[str, str] = {}
-        for unit in self.units:
-            module = by_name.get(unit)
-            for name in (unit, *(module.aliases if module else ())):
-                self.unit_by_alias[name] = unit
+        member_by_alias: dict[str, str] = {}
+        for unit, spec in self.specs.items():
+            for member in spec:
+                module = by_name.get(member)
+                for name in (member, *(module.aliases if module else ())):
+                    self.unit_by_alias[name] = unit
+                    member_by_alias[name] = member
 
         # Which units hold each parameter (one per name: tied names may differ).
         self.params = report.all_params()
@@ -117,22 +237,49 @@ class UnitModel:
                 dict.fromkeys(self.unit_of(n.rpartition(".")[0]) for n in names)
             )
 
-        # The units running at each call: the call's own unit and its enclosing ones.
+        # Each call: the unit it starts (if any) and the units running during it.
         calls = report.modules
-        self.unit_at: list[str | None] = []
+        self.unit_at: list[str | None] = []  # the unit whose forward the call starts
         self.active: list[frozenset[str]] = []
-        for call in calls:
-            own = next(
-                (
-                    self.unit_by_alias[n]
-                    for n in (call.name, *call.aliases)
-                    if n in self.unit_by_alias
-                ),
-                None,
-            )
+        self.ended: list[tuple[str, frozenset[str]]] = []  # units in the order forward ends them
+        pending: dict[str, set[str]] = {}  # a group in progress: its modules yet to run
+        started: dict[str, int] = {}  # a group in progress: the call that started it
+        stack: list[tuple[int, str | None, str | None]] = []  # open calls: index, unit, member
+
+        def close(index: int, unit: str | None, member: str | None) -> None:
+            if unit is None:
+                return
+            if len(self.specs[unit]) == 1:
+                self.ended.append((unit, self.active[index] - {unit}))
+                return
+            waiting = pending.get(unit)
+            if waiting is not None:
+                waiting.discard(member or "")
+                if not waiting:
+                    del pending[unit]
+                    self.ended.append((unit, self.active[started.pop(unit)] - {unit}))
+
+        for index, call in enumerate(calls):
+            while stack and calls[stack[-1][0]].depth >= call.depth:
+                close(*stack.pop())
+            matched = next((n for n in (call.name, *call.aliases) if n in self.unit_by_alias), None)
+            own = self.unit_by_alias[matched] if matched is not None else None
+            member = member_by_alias[matched] if matched is not None else None
+            starts = own is not None
+            if own is not None and len(self.specs[own]) > 1:
+                starts = own not in pending
+                if starts:
+                    pending[own], started[own] = set(self.specs[own]), index
             outer = self.active[call.parent] if call.parent is not None else frozenset()
-            self.unit_at.append(own)
-            self.active.append(outer | {own} if own is not None else outer)
+            running = outer | frozenset(pending) | ({own} if own is not None else set())
+            self.unit_at.append(own if starts else None)
+            self.active.append(frozenset(running))
+            stack.append((index, own, member))
+        while stack:
+            close(*stack.pop())
+        for unit in list(pending):  # a group one of whose modules never ran: ends with forward
+            self.ended.append((unit, self.active[started.pop(unit)] - {unit}))
+
         self.first_call: dict[str, int] = {}
         self.calls: dict[str, int] = dict.fromkeys(self.units, 0)
         for index, own in enumerate(self.unit_at):
@@ -172,15 +319,7 @@ class UnitModel:
         it; units without a recorded gradient (frozen ones still pass
         gradients on) keep their reverse post-forward place.
         """
-        ended: list[tuple[str, frozenset[str]]] = []
-        stack: list[int] = []
-        for index, call in enumerate(self.report.modules):
-            while stack and self.report.modules[stack[-1]].depth >= call.depth:
-                self._ended(stack.pop(), ended)
-            stack.append(index)
-        while stack:
-            self._ended(stack.pop(), ended)
-        reverse = ended[::-1]
+        reverse = self.ended[::-1]
         order = self.report.backward
         if not order or any(count > 1 for count in self.calls.values()):
             return reverse, False
@@ -201,11 +340,6 @@ class UnitModel:
         )
         return [next(graded) if u in first_grad else (u, r) for u, r in reverse], True
 
-    def _ended(self, index: int, ended: list[tuple[str, frozenset[str]]]) -> None:
-        unit = self.unit_at[index]
-        if unit is not None:
-            ended.append((unit, self.active[index] - {unit}))
-
     def _enclosing(self, module: str) -> list[str]:
         """Every unit holding the module, innermost first, the root last."""
         found = []
@@ -221,8 +355,14 @@ class UnitModel:
         return found
 
 
-def build_units(model: UnitModel) -> list[Unit]:
-    """Each unit's record: its parameters (those no nested unit holds), bytes and calls."""
+def build_units(
+    model: UnitModel,
+    reshard: Mapping[str, bool],
+    *,
+    world_size: int = 1,
+    param_dtype: str | None = None,
+) -> list[Unit]:
+    """Each unit's record: its parameters (those no nested unit holds), bytes, calls, gathers."""
     held: dict[str, list[Any]] = {u: [] for u in model.units}
     for info in model.params:
         held[model.holders[info.name][0]].append(info)
@@ -230,11 +370,17 @@ def build_units(model: UnitModel) -> list[Unit]:
     for name in model.units:
         infos = held[name]
         by_dtype: dict[str, int] = {}
+        gather = shard = 0
         for info in infos:
-            size = DTYPE_BYTES.get(info.dtype)
-            if size is None:
-                raise ValueError(f"unknown dtype {info.dtype!r} of parameter {info.name}")
+            size = _dtype_bytes(info.dtype, info.name)
             by_dtype[info.dtype] = by_dtype.get(info.dtype, 0) + info.numel * size
+            rows = padded_rows(info.shape, world_size)
+            per_row = info.numel // info.shape[0] if info.shape and info.shape[0] else 1
+            gathered = param_dtype if param_dtype and is_floating(info.dtype) else info.dtype
+            gather += rows * world_size * per_row * _dtype_bytes(gathered, info.name)
+            shard += rows * per_row * size
+        calls, reshards = model.calls[name], reshard.get(name, True)
+        ran = calls > 0
         built.append(
             Unit(
                 name=name,
@@ -244,8 +390,39 @@ def build_units(model: UnitModel) -> list[Unit]:
                 bytes=sum(by_dtype.values()),
                 bytes_by_dtype=by_dtype,
                 first_call=model.first_call.get(name),
-                calls=model.calls[name],
+                calls=calls,
                 param_names=tuple(i.name for i in infos),
+                modules=model.specs[name],
+                reshard_after_forward=reshards,
+                gather_bytes=gather,
+                shard_bytes=shard,
+                gathers=Gathers(
+                    forward=(calls if reshards else 1) if ran and infos else 0,
+                    backward=1 if ran and infos and reshards else 0,
+                ),
             )
         )
     return built
+
+
+def padded_rows(shape: Sequence[int], world_size: int) -> int:
+    """The rows of dim 0 each rank holds of a parameter: FSDP2 pads dim 0 to a multiple of them.
+
+    FSDP2 splits dim 0 as ``torch.chunk`` does (``ceil(rows / world_size)`` a
+    chunk) and pads every rank's shard to the first chunk's size; a 0-dim
+    parameter counts as one row.
+    """
+    rows = shape[0] if shape else 1
+    return -(-rows // world_size)
+
+
+def is_floating(dtype: str) -> bool:
+    """Whether FSDP2's ``param_dtype`` casts a parameter of this dtype (floating point only)."""
+    return dtype.startswith(("float", "bfloat"))
+
+
+def _dtype_bytes(dtype: str, name: str) -> int:
+    size = DTYPE_BYTES.get(dtype)
+    if size is None:
+        raise ValueError(f"unknown dtype {dtype!r} of parameter {name}")
+    return size

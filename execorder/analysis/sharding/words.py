@@ -37,6 +37,12 @@ def rule_text(rule: UnitRule, words: Words = PYTHON) -> str:
         return f"transformers' _no_split_modules ({names})"
     if rule.choice is UnitChoice.REPEATED:
         return f"the repeated block class ({names})"
+    if rule.choice is UnitChoice.TORCHTITAN:
+        blocks = f"each block ({names})" if names else "each block"
+        return (
+            f"torchtitan's decoder layout: the input embedding, {blocks}, the final norm "
+            "with the output head as one group (all three when tied), the root"
+        )
     return f"the root alone: no repeated block found (choose units with {words.arg(Arg.UNIT)})"
 
 
@@ -81,6 +87,12 @@ def check_message(check: Check, words: Words = PYTHON) -> str:
             "parameters get no gradient, and a prefetch naming it gathers them for nothing"
         )
     if kind is CheckKind.REPEATED:
+        if not check.reshards:
+            return (
+                f"unit {label(units[0])} runs {check.calls} times in forward: it stays "
+                "gathered (no reshard_after_forward), and FSDP2 prefetches its list on every "
+                "call, so its list keeps only units that run next after each of them"
+            )
         return (
             f"unit {label(units[0])} runs {check.calls} times in forward: with "
             f"reshard_after_forward it is gathered {check.calls} times "
