@@ -21,7 +21,17 @@ from typing import Any
 
 from torch import nn
 
-from execorder.analysis.sharding import CheckKind, FsdpPlan, Layout, LayoutModule, plan_fsdp
+from execorder.analysis.sharding import (
+    GROUP,
+    CheckKind,
+    DecoderParts,
+    FsdpPlan,
+    Layout,
+    LayoutChoice,
+    LayoutModule,
+    ReshardPolicy,
+    plan_fsdp,
+)
 from execorder.analysis.sweep import check_axes, combinations
 from execorder.errors import ExecOrderError, PlanMismatchError, SweepFailure
 from execorder.profiling import Profiler
@@ -44,7 +54,7 @@ _CONTAINERS = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
 
 
 def layout(model: nn.Module) -> Layout:
-    """The model's modules as FSDP sees them: names, classes, its repeated blocks."""
+    """The model's modules as FSDP sees them: names, classes, its repeated blocks, decoder parts."""
     names: dict[int, list[str]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         names.setdefault(id(module), []).append(name)
@@ -53,7 +63,68 @@ def layout(model: nn.Module) -> Layout:
         for name, module in model.named_modules()
     )
     no_split = getattr(model, "_no_split_modules", None) or ()
-    return Layout(modules, _repeated_blocks(model), tuple(str(c) for c in no_split))
+    repeated = _repeated_blocks(model)
+    return Layout(
+        modules, repeated, tuple(str(c) for c in no_split), _decoder(model, repeated, no_split)
+    )
+
+
+_NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "norm_f")
+
+
+def _decoder(model: nn.Module, repeated: Sequence[str], no_split: Sequence[str]) -> DecoderParts:
+    """The input embedding, final norm and output head of a decoder, where they can be found.
+
+    torchtitan's decoders name them ``tok_embeddings``, ``norm`` and
+    ``lm_head`` (and say ``enable_weight_tying``); transformers' models give
+    ``get_input_embeddings()`` and ``get_output_embeddings()``, and their
+    final norm is the norm beside the blocks' list, registered after it.
+    """
+    first = {id(m): name for name, m in model.named_modules()}
+
+    def name_of(module: Any) -> str | None:
+        return first.get(id(module)) if isinstance(module, nn.Module) else None
+
+    embedding = head = norm = None
+    if all(hasattr(model, a) for a in ("tok_embeddings", "layers", "lm_head")):  # torchtitan
+        embedding, head = name_of(model.tok_embeddings), name_of(model.lm_head)
+        norm = name_of(getattr(model, "norm", None))
+    else:
+        embedding = name_of(_call(model, "get_input_embeddings"))
+        head = name_of(_call(model, "get_output_embeddings"))
+        norm = _final_norm(model, {*repeated, *no_split})
+    weights = [
+        getattr(model.get_submodule(n), "weight", None) if n else None for n in (embedding, head)
+    ]
+    tied = weights[0] is not None and weights[0] is weights[1]
+    return DecoderParts(embedding, norm, head, tied)
+
+
+def _call(model: nn.Module, getter: str) -> Any:
+    """``model.getter()`` where the model has it and it answers, else None."""
+    try:
+        return getattr(model, getter)() if hasattr(model, getter) else None
+    except (AttributeError, NotImplementedError):
+        return None
+
+
+def _final_norm(model: nn.Module, blocks: set[str]) -> str | None:
+    """The norm after the blocks: a sibling of the blocks' list, registered after it."""
+    for name, module in model.named_modules():
+        children = list(module.named_children())
+        for index, (_, child) in enumerate(children):
+            if isinstance(child, _CONTAINERS) and any(
+                type(c).__name__ in blocks for c in child.children()
+            ):
+                after = [
+                    (n, c)
+                    for n, c in children[index + 1 :]
+                    if n in _NORM_NAMES or "norm" in type(c).__name__.lower()
+                ]
+                if after:
+                    return f"{name}.{after[0][0]}" if name else after[0][0]
+                return None
+    return None
 
 
 def _repeated_blocks(model: nn.Module) -> tuple[str, ...]:
@@ -82,6 +153,11 @@ def plan(
     prefetch: int = 1,
     concrete_args: Mapping[str, Any] | None = None,
     sweep: Sequence[tuple[str, Sequence[Any]]] = (),
+    layout: LayoutChoice | str = LayoutChoice.BLOCKS,
+    reshard_after_forward: ReshardPolicy | str = ReshardPolicy.DEFAULT,
+    world_size: int = 1,
+    param_dtype: Any = None,
+    reduce_dtype: Any = None,
     **options: Any,
 ) -> FsdpPlan:
     """Plan FSDP2 for a model from the order its forward runs.
@@ -96,12 +172,23 @@ def plan(
     Args:
         model: A module, a class or function building one, or a ``TARGET``.
         units: Class names or qualified names of the modules to shard as
-            units; empty: transformers' ``_no_split_modules`` where the model
-            has them, else the class of its repeated blocks.
+            units, ``"norm+lm_head"`` for a group sharded as one unit
+            (``fully_shard([norm, lm_head])``); empty: the layout's rule.
         prefetch: How many units each prefetch list names.
         concrete_args: Fixed values for forward's arguments.
         sweep: Arguments to sweep, each with its values: units that run for
             some values only (ranks that disagree hang) are checked.
+        layout: ``"blocks"``: transformers' ``_no_split_modules`` where the
+            model has them, else the class of its repeated blocks;
+            ``"torchtitan"``: torchtitan's decoder layout (the embedding,
+            each block, the final norm and output head as one group).
+        reshard_after_forward: ``"default"`` (torchtitan's rule), ``"always"``
+            or ``"never"``: each unit's ``reshard_after_forward``.
+        world_size: The ranks the units are sharded over: each unit's
+            ``shard_bytes`` and padded ``gather_bytes``.
+        param_dtype: The dtype parameters are gathered in, as FSDP2's
+            ``MixedPrecisionPolicy`` (a ``torch.dtype`` or its name).
+        reduce_dtype: The dtype gradients are reduced in.
         **options: The options of :class:`~execorder.Profiler` (``inputs``,
             ``input_size``, ``backward``, ``device``, ``seed``, ...). With
             ``backward=True`` the backward lists follow a real backward.
@@ -117,6 +204,11 @@ def plan(
         prefetch=prefetch,
         concrete_args=concrete_args,
         sweep=sweep,
+        layout=layout,
+        reshard_after_forward=reshard_after_forward,
+        world_size=world_size,
+        param_dtype=param_dtype,
+        reduce_dtype=reduce_dtype,
     )[0]
 
 
@@ -127,6 +219,11 @@ def plan_and_report(
     prefetch: int = 1,
     concrete_args: Mapping[str, Any] | None = None,
     sweep: Sequence[tuple[str, Sequence[Any]]] = (),
+    layout: LayoutChoice | str = LayoutChoice.BLOCKS,
+    reshard_after_forward: ReshardPolicy | str = ReshardPolicy.DEFAULT,
+    world_size: int = 1,
+    param_dtype: Any = None,
+    reduce_dtype: Any = None,
 ) -> tuple[FsdpPlan, Report]:
     """:func:`plan` with a :class:`~execorder.Profiler` of the caller's (its notes stay there),
     and the report of the run the plan follows (for its pictures)."""
@@ -141,27 +238,53 @@ def plan_and_report(
                 raise
             raise SweepFailure(combo, exc) from exc
     made = plan_fsdp(
-        runs[0][1], layout(profiler.model), units=units, prefetch=prefetch, others=runs[1:]
+        runs[0][1],
+        model_layout(profiler.model),
+        units=units,
+        prefetch=prefetch,
+        others=runs[1:],
+        layout_choice=layout,
+        reshard_after_forward=reshard_after_forward,
+        world_size=world_size,
+        param_dtype=dtype_name(param_dtype),
+        reduce_dtype=dtype_name(reduce_dtype),
     )
     return made, runs[0][1]
 
 
-def _modules(model: nn.Module, plan: FsdpPlan, problems: list[str]) -> dict[str, nn.Module]:
-    """The plan's units in ``model``, each checked to be there and of the plan's class."""
+def dtype_name(dtype: Any) -> str | None:
+    """A dtype's name as reports give it (``bfloat16``), from a ``torch.dtype`` or a name."""
+    if dtype is None:
+        return None
+    return str(dtype).removeprefix("torch.")
+
+
+model_layout = layout  # the function, where a parameter is called ``layout``
+
+
+def _modules(
+    model: nn.Module, plan: FsdpPlan, problems: list[str]
+) -> dict[str, tuple[nn.Module, ...]]:
+    """The plan's units in ``model`` (each its modules), checked to be there and of its classes."""
     found = {}
     for unit in plan.units:
-        try:
-            module = model.get_submodule(unit.name)
-        except AttributeError:
-            problems.append(f"it has no module {unit.name!r}")
-            continue
-        classes = {cls.__name__ for cls in type(module).__mro__}
-        if unit.type and unit.type not in classes:
-            problems.append(
-                f"{label(unit.name)} is a {type(module).__name__}, the plan's unit is a {unit.type}"
-            )
-            continue
-        found[unit.name] = module
+        types = unit.type.split(GROUP) if unit.type else [""] * len(unit.modules)
+        members = []
+        for name, wanted in zip(unit.modules, types, strict=False):
+            try:
+                module = model.get_submodule(name)
+            except AttributeError:
+                problems.append(f"it has no module {name!r}")
+                continue
+            classes = {cls.__name__ for cls in type(module).__mro__}
+            if wanted and wanted not in classes:
+                problems.append(
+                    f"{label(name)} is a {type(module).__name__}, the plan's unit is a {wanted}"
+                )
+                continue
+            members.append(module)
+        if len(members) == len(unit.modules):
+            found[unit.name] = tuple(members)
     for lists in (plan.forward_prefetch, plan.backward_prefetch):
         for name, targets in lists.items():
             for other in (name, *targets):
@@ -173,7 +296,8 @@ def _modules(model: nn.Module, plan: FsdpPlan, problems: list[str]) -> dict[str,
 def apply(model: nn.Module, plan: FsdpPlan | Mapping[str, Any]) -> None:
     """Set every unit's forward and backward prefetch lists from the plan.
 
-    Call it after ``fully_shard`` on each unit and then on the root, on every
+    Call it after ``fully_shard`` on each unit (a group's modules in one
+    call: ``fully_shard([norm, lm_head])``) and then on the root, on every
     rank. Nothing is set unless the whole plan fits.
 
     Args:
@@ -182,8 +306,8 @@ def apply(model: nn.Module, plan: FsdpPlan | Mapping[str, Any]) -> None:
 
     Raises:
         PlanMismatchError: If a unit is missing, of another class, not
-            sharded, or the model has a sharded module the plan does not
-            name.
+            sharded (a group: not sharded as one), or the model has a
+            sharded module the plan does not name.
         SchemaError: If ``plan`` is a dict that is not a plan.
     """
     from torch.distributed.fsdp import FSDPModule
@@ -191,24 +315,30 @@ def apply(model: nn.Module, plan: FsdpPlan | Mapping[str, Any]) -> None:
     if not isinstance(plan, FsdpPlan):
         plan = FsdpPlan.from_dict(plan)
     problems: list[str] = []
-    modules = _modules(model, plan, problems)
-    for name, module in modules.items():
-        if not isinstance(module, FSDPModule):
+    units = _modules(model, plan, problems)
+    for name, members in units.items():
+        if not all(isinstance(m, FSDPModule) for m in members):
             problems.append(
                 f"{label(name)} is not sharded: call fully_shard on it first "
                 "(or let execorder.fsdp.shard do it)"
             )
-    planned = {id(m) for m in modules.values()}
+        elif len({id(m._get_fsdp_state()) for m in members}) > 1:  # type: ignore[operator]
+            problems.append(
+                f"{label(name)} is sharded module by module, the plan's unit is one group: "
+                f"fully_shard([{', '.join(plan.unit(name).modules)}])"
+            )
+    planned = {id(m) for members in units.values() for m in members}
     for name, module in model.named_modules():
         if isinstance(module, FSDPModule) and id(module) not in planned:
             problems.append(f"{label(name)} is sharded, but the plan has no unit {label(name)}")
     if problems:
         raise PlanMismatchError(problems)
-    for name, module in modules.items():
-        forward = [modules[t] for t in plan.forward_prefetch.get(name, ())]
-        backward = [modules[t] for t in plan.backward_prefetch.get(name, ())]
-        module.set_modules_to_forward_prefetch(forward)  # type: ignore[operator]
-        module.set_modules_to_backward_prefetch(backward)  # type: ignore[operator]
+    for name, members in units.items():
+        # A group's modules share one FSDP state: its lists are set once, on the first.
+        forward = [units[t][0] for t in plan.forward_prefetch.get(name, ())]
+        backward = [units[t][0] for t in plan.backward_prefetch.get(name, ())]
+        members[0].set_modules_to_forward_prefetch(forward)  # type: ignore[operator]
+        members[0].set_modules_to_backward_prefetch(backward)  # type: ignore[operator]
 
 
 def shard(
@@ -216,14 +346,18 @@ def shard(
 ) -> nn.Module:
     """Shard ``model`` by the plan: ``fully_shard`` on each unit, innermost first, then the root.
 
-    Then :func:`apply` sets the prefetch lists. Run it on every rank, inside
-    an initialized process group.
+    A group is sharded as one (``fully_shard([norm, lm_head])``); each unit
+    gets the plan's ``reshard_after_forward`` and, when the plan has a param
+    or reduce dtype, its ``MixedPrecisionPolicy``. Then :func:`apply` sets
+    the prefetch lists. Run it on every rank, inside an initialized process
+    group.
 
     Args:
         model: The root module, not sharded yet.
         plan: A plan, or its JSON loaded.
         **fully_shard_kwargs: Passed to every ``fully_shard`` call (``mesh``,
-            ``reshard_after_forward``, ``mp_policy``, ...).
+            ``offload_policy``, ...); ``reshard_after_forward`` or
+            ``mp_policy`` given here replace the plan's for every unit.
 
     Returns:
         The model, sharded (``fully_shard`` changes it in place).
@@ -232,19 +366,31 @@ def shard(
         PlanMismatchError: If the plan does not fit the model; nothing is
             sharded then.
     """
-    from torch.distributed.fsdp import fully_shard
+    import torch
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if not isinstance(plan, FsdpPlan):
         plan = FsdpPlan.from_dict(plan)
     problems: list[str] = []
-    modules = _modules(model, plan, problems)
+    units = _modules(model, plan, problems)
     if problems:
         raise PlanMismatchError(problems)
+    kwargs = dict(fully_shard_kwargs)
+    if "mp_policy" not in kwargs and (plan.param_dtype or plan.reduce_dtype):
+        kwargs["mp_policy"] = MixedPrecisionPolicy(
+            param_dtype=getattr(torch, plan.param_dtype) if plan.param_dtype else None,
+            reduce_dtype=getattr(torch, plan.reduce_dtype) if plan.reduce_dtype else None,
+        )
     inner_first = sorted(
-        (u.name for u in plan.units if u.name != ROOT), key=lambda n: -n.count(".")
+        (u for u in plan.units if u.name != ROOT),
+        key=lambda u: -max(m.count(".") for m in u.modules),
     )
-    for name in inner_first:
-        fully_shard(modules[name], **fully_shard_kwargs)
-    fully_shard(model, **fully_shard_kwargs)
+    for unit in inner_first:
+        members = units[unit.name]
+        fully_shard(
+            list(members) if unit.grouped else members[0],
+            **{"reshard_after_forward": unit.reshard_after_forward, **kwargs},
+        )
+    fully_shard(model, **kwargs)
     apply(model, plan)
     return model

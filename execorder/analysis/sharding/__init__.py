@@ -58,10 +58,10 @@ from execorder.spelling import ROOT
 
 __all__ = [
     "DTYPE_BYTES",
+    "GROUP",
     "SEVERITY",
     "SEVERITY_RANK",
     "BackwardSource",
-    "GROUP",
     "Check",
     "CheckKind",
     "DecoderParts",

@@ -67,7 +67,7 @@ class LayoutChoice(Word):
     """Which layout of units a plan follows."""
 
     BLOCKS = "blocks"  # each block a unit, then the root (execorder's own rule)
-    TORCHTITAN = "torchtitan"  # embedding, blocks, [norm, head] grouped, root (apply_fsdp_to_decoder)
+    TORCHTITAN = "torchtitan"  # apply_fsdp_to_decoder: embedding, blocks, [norm, head], root
 
 
 class ReshardPolicy(Word):

@@ -177,9 +177,7 @@ class Unit:
             reshard_after_forward=fields.get("reshard_after_forward", bool, default=True),
             gather_bytes=fields.get("gather_bytes", int, default=0),
             shard_bytes=fields.get("shard_bytes", int, default=0),
-            gathers=Gathers(
-                int(gathers.get("forward", 0)), int(gathers.get("backward", 0))
-            ),
+            gathers=Gathers(int(gathers.get("forward", 0)), int(gathers.get("backward", 0))),
         )
 
 

@@ -117,8 +117,9 @@ def _given(layout: Layout, text: str) -> list[UnitSpec]:
     for part, names in zip(parts, found, strict=True):
         if not names:
             raise UnitError(
-                text, problem=f"{part or 'an empty name'}: no module of the model has that "
-                "class or qualified name"
+                text,
+                problem=f"{part or 'an empty name'}: no module of the model has that "
+                "class or qualified name",
             )
         if len(names) > 1:
             raise UnitError(
@@ -126,8 +127,7 @@ def _given(layout: Layout, text: str) -> list[UnitSpec]:
                 problem=f"{part} matches {len(names)} modules ({', '.join(names[:3])}"
                 f"{', ...' if len(names) > 3 else ''}); a group names each of its modules once",
             )
-    group = tuple(dict.fromkeys(names[0] for names in found))
-    return [group] if len(group) > 1 else [group]
+    return [tuple(dict.fromkeys(names[0] for names in found))]
 
 
 def _blocks(layout: Layout) -> tuple[list[str], UnitRule]:
@@ -158,13 +158,14 @@ def _torchtitan(layout: Layout, blocks: list[UnitSpec]) -> list[UnitSpec]:
     ]
     if missing:
         raise LayoutError(LayoutChoice.TORCHTITAN.value, missing)
+    edges: list[UnitSpec]
     if parts.tied:
         edges = [tuple(n for n in (parts.embedding, parts.norm, parts.head) if n)]
     else:
         edges = [(parts.embedding,)] if parts.embedding else []
         if parts.norm and parts.head:
             edges.append((parts.norm, parts.head))
-    return [*edges, *blocks]  # type: ignore[list-item]
+    return [*edges, *blocks]
 
 
 def _block_classes(layout: Layout) -> tuple[str, ...]:
@@ -263,8 +264,8 @@ class UnitModel:
             while stack and calls[stack[-1][0]].depth >= call.depth:
                 close(*stack.pop())
             matched = next((n for n in (call.name, *call.aliases) if n in self.unit_by_alias), None)
-            own = self.unit_by_alias[matched] if matched is not None else None
-            member = member_by_alias[matched] if matched is not None else None
+            own: str | None = self.unit_by_alias[matched] if matched is not None else None
+            which = member_by_alias[matched] if matched is not None else None
             starts = own is not None
             if own is not None and len(self.specs[own]) > 1:
                 starts = own not in pending
@@ -274,7 +275,7 @@ class UnitModel:
             running = outer | frozenset(pending) | ({own} if own is not None else set())
             self.unit_at.append(own if starts else None)
             self.active.append(frozenset(running))
-            stack.append((index, own, member))
+            stack.append((index, own, which))
         while stack:
             close(*stack.pop())
         for unit in list(pending):  # a group one of whose modules never ran: ends with forward
