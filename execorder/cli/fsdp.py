@@ -19,19 +19,27 @@ from execorder.cli.options import (
     InitOpt,
     InputOpt,
     InputsOpt,
+    LayoutName,
+    LayoutOpt,
     ModeOpt,
     OutputFormat,
     OutputOpt,
+    ParamDtypeOpt,
     PrefetchOpt,
+    ReduceDtypeOpt,
+    ReshardName,
+    ReshardOpt,
     SeedOpt,
     TargetArg,
     UnitOpt,
+    WorldSizeOpt,
 )
 from execorder.cli.session import Session, model_options, say
 from execorder.cli.values import parse_choices, parse_sweep
 from execorder.cli.words import (
     CLI,
     EXIT_FOUND,
+    UsageError,
 )
 from execorder.cli.writing import emit, timeline_of, tree_view_of
 from execorder.output import files
@@ -55,7 +63,12 @@ def fsdp(
     ctx: typer.Context,
     target: TargetArg,
     unit: UnitOpt = None,
+    layout: LayoutOpt = LayoutName.blocks,
     prefetch: PrefetchOpt = 1,
+    reshard_after_forward: ReshardOpt = ReshardName.default,
+    world_size: WorldSizeOpt = 1,
+    param_dtype: ParamDtypeOpt = None,
+    reduce_dtype: ReduceDtypeOpt = None,
     concrete: ConcreteOpt = None,
     init: InitOpt = None,
     device: DeviceOpt = None,
@@ -93,6 +106,8 @@ def fsdp(
         from execorder.spelling import label
 
         gates = _parse_gates(fail_on)
+        if unit and layout is not LayoutName.blocks:
+            raise UsageError(f"--layout {layout.value} chooses the units itself: not with --unit")
         options = model_options(ctx)
         concrete_args = options.concrete_args()
         axes = [parse_sweep(text) for text in sweep or []]
@@ -100,7 +115,15 @@ def fsdp(
             files.check_writable(output)
         session = Session(options)
         plan, report = session.plan(
-            units=list(unit or []), prefetch=prefetch, concrete_args=concrete_args, axes=axes
+            concrete_args=concrete_args,
+            axes=axes,
+            units=list(unit or []),
+            prefetch=prefetch,
+            layout=layout.value,
+            reshard_after_forward=reshard_after_forward.value,
+            world_size=world_size,
+            param_dtype=param_dtype.value if param_dtype else None,
+            reduce_dtype=reduce_dtype.value if reduce_dtype else None,
         )
         emit(
             plan,

@@ -220,9 +220,74 @@ UnitOpt = Annotated[
         "-u",
         metavar="CLASS_OR_NAME",
         help="Shard every module of this class (LlamaDecoderLayer) or with this qualified "
-        "name (model.layers.0) as an FSDP2 unit (repeatable). Default: transformers' "
-        "_no_split_modules where the model has them, else the class of its repeated blocks "
-        "(the items of a ModuleList). The root is always a unit and holds the rest.",
+        "name (model.layers.0) as an FSDP2 unit (repeatable); names joined by + "
+        "(model.norm+lm_head) are one unit, fully_shard([a, b]). Default: the --layout. "
+        "The root is always a unit and holds the rest.",
+        show_default=False,
+    ),
+]
+
+
+class LayoutName(str, Enum):
+    blocks = "blocks"
+    torchtitan = "torchtitan"
+
+
+class ReshardName(str, Enum):
+    default = "default"
+    always = "always"
+    never = "never"
+
+
+class DtypeName(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+LayoutOpt = Annotated[
+    LayoutName,
+    typer.Option(
+        "--layout",
+        help="The units when --unit is not given. blocks: transformers' _no_split_modules "
+        "where the model has them, else the class of its repeated blocks; torchtitan: "
+        "torchtitan's apply_fsdp_to_decoder (the input embedding, each block, the final "
+        "norm with the output head as one group, all three when tied; the root).",
+    ),
+]
+ReshardOpt = Annotated[
+    ReshardName,
+    typer.Option(
+        "--reshard-after-forward",
+        help="Which units free their parameters after forward. default: torchtitan's rule "
+        "(every unit but the root and the one forward ends in, which backward needs first); "
+        "always: every unit but the root; never: none.",
+    ),
+]
+WorldSizeOpt = Annotated[
+    int,
+    typer.Option(
+        "--world-size",
+        min=1,
+        metavar="N",
+        help="The ranks the units are sharded over: each unit's bytes per rank (FSDP2 pads "
+        "dim 0 to a multiple of N) and per all-gather.",
+    ),
+]
+ParamDtypeOpt = Annotated[
+    DtypeName | None,
+    typer.Option(
+        "--param-dtype",
+        help="The dtype parameters are gathered and computed in (MixedPrecisionPolicy"
+        ".param_dtype). Default: their own.",
+        show_default=False,
+    ),
+]
+ReduceDtypeOpt = Annotated[
+    DtypeName | None,
+    typer.Option(
+        "--reduce-dtype",
+        help="The dtype gradients are reduced in (MixedPrecisionPolicy.reduce_dtype).",
         show_default=False,
     ),
 ]

@@ -172,23 +172,17 @@ class Session:
             return self._noting(lambda: self.profiler.sweep(axes, fixed=fixed))
 
     def plan(
-        self,
-        *,
-        units: list[str],
-        prefetch: int,
-        concrete_args: dict[str, Any],
-        axes: list[tuple[str, list[Any]]],
+        self, *, concrete_args: dict[str, Any], axes: list[tuple[str, list[Any]]], **sharding: Any
     ) -> Any:
-        """The FSDP2 plan (from one run or, with a sweep, every combination) and its report."""
+        """The FSDP2 plan (from one run or, with a sweep, every combination) and its report.
+
+        ``sharding``: the options of :func:`execorder.fsdp.plan_and_report`.
+        """
         from execorder.fsdp import plan_and_report
 
         def make() -> Any:
             return plan_and_report(
-                self.profiler,
-                units=units,
-                prefetch=prefetch,
-                concrete_args=concrete_args,
-                sweep=axes,
+                self.profiler, concrete_args=concrete_args, sweep=axes, **sharding
             )
 
         with self._spinner("Profiling"):

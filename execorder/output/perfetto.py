@@ -130,26 +130,40 @@ def timeline(
             )
     if plan is not None:
         tracks.append(UNITS)
-        units = {u.name: i for i, u in enumerate(plan.units)}
+        index_of = {m: i for i, u in enumerate(plan.units) for m in u.modules}
+        # A group runs as one unit: from its first module's start to its last one's end.
+        group_end: dict[int, float] = {}
         for call, (start, length) in zip(report.modules, found, strict=True):
-            if call.name in units:
-                unit = plan.units[units[call.name]]
-                events.append(
-                    {
-                        "name": f"unit {units[call.name]}: {label(call.name)}",
-                        "cat": "fsdp unit",
-                        "ph": "X",
-                        "ts": start,
-                        "dur": length,
-                        "pid": PID,
-                        "tid": UNITS,
-                        "args": {
-                            "bytes": unit.bytes,
-                            "forward_prefetch": list(plan.forward_prefetch.get(unit.name, ())),
-                            "backward_prefetch": list(plan.backward_prefetch.get(unit.name, ())),
-                        },
-                    }
-                )
+            number = index_of.get(call.name)
+            if number is not None and plan.units[number].grouped:
+                group_end[number] = max(group_end.get(number, 0), start + length)
+        drawn: set[int] = set()
+        for call, (start, length) in zip(report.modules, found, strict=True):
+            number = index_of.get(call.name)
+            if number is None or number in drawn:
+                continue
+            unit = plan.units[number]
+            if unit.grouped:
+                drawn.add(number)
+                length = group_end[number] - start
+            events.append(
+                {
+                    "name": f"unit {number}: {label(unit.name)}",
+                    "cat": "fsdp unit",
+                    "ph": "X",
+                    "ts": start,
+                    "dur": length,
+                    "pid": PID,
+                    "tid": UNITS,
+                    "args": {
+                        "bytes": unit.bytes,
+                        "gather_bytes": unit.gather_bytes,
+                        "reshard_after_forward": unit.reshard_after_forward,
+                        "forward_prefetch": list(plan.forward_prefetch.get(unit.name, ())),
+                        "backward_prefetch": list(plan.backward_prefetch.get(unit.name, ())),
+                    },
+                }
+            )
     for tid in tracks:
         events.append(
             {

@@ -56,6 +56,7 @@ def fsdp_view(plan: FsdpPlan, *, words: Words = PYTHON) -> Document:
             "unit by unit; the "
             f"largest unit, {label(largest.name)}, {size_text(largest.bytes)}",
         ),
+        fact("sharding", _sharding(plan)),
         fact(
             "prefetch",
             f"{plural(plan.prefetch, 'unit')} ahead; "
@@ -83,6 +84,7 @@ def fsdp_view(plan: FsdpPlan, *, words: Words = PYTHON) -> Document:
     ]
 
     rows = []
+    sharded, cast = plan.world_size > 1, plan.param_dtype is not None
     for index, unit in enumerate(plan.units):
         ran = unit.first_call is not None
         first = cell(
@@ -90,13 +92,18 @@ def fsdp_view(plan: FsdpPlan, *, words: Words = PYTHON) -> Document:
             Span(f" (x{unit.calls})", Tone.ACCENT) if unit.calls > 1 else "",
         )
         mixed = ", ".join(plan_dtypes(unit.bytes_by_dtype))
+        sizes = (cell(size_text(unit.shard_bytes)),) if sharded else ()
         rows.append(
             Row(
                 (
                     cell(str(index)),
                     cell(code(label(unit.name)), Span(f" {unit.type}", Tone.MUTED)),
                     cell(f"{unit.params:,}"),
-                    cell(size_text(unit.bytes), Span(f" ({mixed})", Tone.MUTED) if mixed else ""),
+                    cell(
+                        size_text(unit.gather_bytes),
+                        Span(f" ({mixed})", Tone.MUTED) if mixed and not cast else "",
+                    ),
+                    *sizes,
                     first,
                     _names(plan.forward_prefetch.get(unit.name, ())) if ran else cell(""),
                     _names(plan.backward_prefetch.get(unit.name, ())) if ran else cell(""),
@@ -108,6 +115,7 @@ def fsdp_view(plan: FsdpPlan, *, words: Words = PYTHON) -> Document:
         Column("unit", NAME),
         Column("params", NUMBER),
         Column("gathers", FIXED),
+        *((Column("per rank", FIXED),) if sharded else ()),
         Column("first call", FIXED),
         Column("forward prefetch", TEXT),
         Column("backward prefetch", TEXT),
@@ -131,6 +139,25 @@ def fsdp_view(plan: FsdpPlan, *, words: Words = PYTHON) -> Document:
         )
         blocks.append(Message(line, Severity.OK))
     return Document(cell("execorder fsdp: ", code(plan.target)), tuple(blocks))
+
+
+def _sharding(plan: FsdpPlan) -> str:
+    """How the units are sharded: ranks, dtypes, the reshard policy."""
+    ranks = (
+        f"over {plan.world_size:,} ranks (gathers padded as FSDP2 pads dim 0)"
+        if plan.world_size > 1
+        else "1 rank, unsharded sizes"
+    )
+    dtypes = ""
+    if plan.param_dtype or plan.reduce_dtype:
+        parts = [f"gathered in {plan.param_dtype}" if plan.param_dtype else ""]
+        parts.append(f"reduced in {plan.reduce_dtype}" if plan.reduce_dtype else "")
+        dtypes = "; " + ", ".join(p for p in parts if p)
+    kept = [label(u.name) for u in plan.units if not u.reshard_after_forward and u.name]
+    policy = f"; reshard after forward: {plan.reshard_after_forward}"
+    if kept:
+        policy += f" (kept gathered: {', '.join(kept)}, and the root)"
+    return ranks + dtypes + policy
 
 
 def plan_dtypes(by_dtype: Mapping[str, int]) -> list[str]:

@@ -46,7 +46,9 @@ def tree_view(
     for param in report.unused:
         owner, _, local = param.name.rpartition(".")
         unused.setdefault(owner, []).append(local)
-    units = {u.name: (i, u) for i, u in enumerate(plan.units)} if plan is not None else {}
+    units = (
+        {m: (i, u) for i, u in enumerate(plan.units) for m in u.modules} if plan is not None else {}
+    )
     timing = report.timing
     owns = own_uses(report)
 
@@ -59,7 +61,9 @@ def tree_view(
             parts.append(Span(f"  (call {call.repeat + 1})", Tone.ACCENT))
         if call.name in units and call.repeat == 0:
             number, unit = units[call.name]
-            parts.append(Span(f"  [unit {number}, gathers {size_text(unit.bytes)}]", Tone.INFO))
+            group = f" ({label(unit.name)})" if unit.grouped else ""
+            gathers = f"gathers {size_text(unit.gather_bytes)}"
+            parts.append(Span(f"  [unit {number}{group}, {gathers}]", Tone.INFO))
         used = owns[index]
         if used:
             parts.append("  ")
