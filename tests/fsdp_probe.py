@@ -11,7 +11,12 @@ forward or backward starting (``run``), each prefetch a list asked for
 prefetch issued it: a unit still gathered needs none). FSDP2's own parameter
 groups are wrapped to see this; nothing of FSDP2 is changed.
 
-    python tests/fsdp_probe.py STORE_FILE PLANS_JSON
+    python tests/fsdp_probe.py STORE_FILE PLANS_JSON [WORLD_SIZE]
+
+It also prints, for each unit, the bytes each rank holds (``shard_bytes``:
+its padded sharded parameters), the bytes of each all-gather it issued
+(``gather_bytes``: FSDP2's all-gather output) and whether FSDP2 reshards it
+after forward (``reshard_after_forward``, read after the root's lazy init).
 
 PLANS_JSON maps a case to ``{"plan": <execorder fsdp JSON>, "lists": "plan" or
 "registration"}``: the plan's lists, or lists built from registration order
@@ -37,11 +42,13 @@ from torch.distributed.fsdp import FSDPModule, fully_shard  # noqa: E402
 from torch.distributed.fsdp._fully_shard._fsdp_common import TrainingState  # noqa: E402
 from torch.distributed.fsdp._fully_shard._fsdp_param_group import FSDPParamGroup  # noqa: E402
 
-WORLD = 2
+WORLD = int(sys.argv[3]) if len(sys.argv) > 3 else 2
 
 
 def build(case: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """The model of a case; ``NAME@variant`` builds NAME (the variant is the plan's)."""
     torch.manual_seed(0)
+    case = case.split("@")[0]
     if case == "encdec":
         from encdec import EncoderDecoder
 
@@ -50,6 +57,10 @@ def build(case: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
         from hf import tiny_llama
 
         return tiny_llama(layers=3), (torch.randint(0, 100, (1, 16)),)
+    if case.startswith("llama_titan"):  # llama_titan (untied), llama_titan_tied
+        from hf import tiny_llama
+
+        return tiny_llama(layers=3, tie=case.endswith("tied")), (torch.randint(0, 100, (1, 16)),)
     import models
 
     return getattr(models, case)(), (torch.randn(2, 4),)
@@ -63,6 +74,7 @@ class Log:
         self.names: dict[int, str] = {}
         self.phase = "forward"
         self.prefetching = False
+        self.gather_bytes: dict[str, int] = {}  # unit -> bytes of its all-gather output
 
     def install(self) -> None:
         log = self
@@ -81,7 +93,12 @@ class Log:
             )
             if issues:
                 log.add("gather", log.names[id(self)], log.prefetching)
-            return unshard(self, async_op)
+            done = unshard(self, async_op)
+            result = self._all_gather_result
+            if issues and result is not None:
+                output = result.all_gather_output
+                log.gather_bytes[log.names[id(self)]] = output.numel() * output.element_size()
+            return done
 
         def logged_pre_forward(self, module, args, kwargs):  # type: ignore[no-untyped-def]
             log.add("run", log.names[id(self)])
@@ -137,6 +154,25 @@ def run_case(case: str, spec: dict, log: Log) -> dict:
             for group in module._get_fsdp_state()._fsdp_param_groups:
                 log.names[id(group)] = name
     result: dict = {"case": case, "lists": spec["lists"]}
+    try:
+        # What the first forward does: the root is settled (and its flag) here.
+        model._get_fsdp_state()._lazy_init()
+    except Exception as exc:  # what FSDP2 raises is the finding
+        result["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return result
+    shards: dict[str, int] = {}
+    flags: dict[str, bool] = {}
+    for unit in plan["units"]:  # a group's modules share one state: name it as the plan does
+        module = model.get_submodule(unit.get("modules", [unit["name"]])[0])
+        for group in module._get_fsdp_state()._fsdp_param_groups:
+            log.names[id(group)] = unit["name"]
+            shards[unit["name"]] = sum(
+                p._sharded_param_data.numel() * p._sharded_param_data.element_size()
+                for p in group.fsdp_params
+            )
+            flags[unit["name"]] = group.post_forward_mesh_info is not None
+    result["shard_bytes"], result["reshard_after_forward"] = shards, flags
+    log.gather_bytes = {}
     for _ in range(2):  # the second step is the steady state logged
         log.events = []
         try:
@@ -150,6 +186,7 @@ def run_case(case: str, spec: dict, log: Log) -> dict:
             return result
         model.zero_grad()
     result["events"] = log.events
+    result["gather_bytes"] = log.gather_bytes
     return result
 
 

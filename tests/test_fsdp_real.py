@@ -34,7 +34,38 @@ CASES = {
     "encdec": (EncoderDecoder, {"input_size": "int64[2,16]@0:100", "backward": True}),
     "Permuted": (models.Permuted, {"input_size": (2, 4)}),
     "UnitTwice": (models.UnitTwice, {"input_size": (2, 4)}),
+    "UnitTwice@always": (
+        models.UnitTwice,
+        {"input_size": (2, 4), "reshard_after_forward": "always"},
+    ),
     "llama": (lambda: hf.tiny_llama(layers=3), {"input_size": "int64[1,16]@0:100"}),
+    # torchtitan's layout: the embedding, each block, [norm, lm_head] as one group; tied, the
+    # embedding joins the group.
+    "llama_titan": (
+        lambda: hf.tiny_llama(layers=3, tie=False),
+        {"input_size": "int64[1,16]@0:100", "layout": "torchtitan", "world_size": 2},
+    ),
+    "llama_titan_tied": (
+        lambda: hf.tiny_llama(layers=3),
+        {"input_size": "int64[1,16]@0:100", "layout": "torchtitan", "world_size": 2},
+    ),
+}
+# Sharded over 4 ranks with bf16 parameters: bytes and flags only.
+WIDE = {
+    "llama_titan": (
+        lambda: hf.tiny_llama(layers=3, tie=False),
+        {
+            "input_size": "int64[1,16]@0:100",
+            "layout": "torchtitan",
+            "world_size": 4,
+            "param_dtype": "bfloat16",
+            "reduce_dtype": "float32",
+        },
+    ),
+    "encdec": (
+        EncoderDecoder,
+        {"input_size": "int64[2,16]@0:100", "world_size": 4, "reshard_after_forward": "always"},
+    ),
 }
 # Registration-order lists mistarget only where execution order is not registration order.
 REGISTRATION = ("encdec", "Permuted", "UnitTwice", "llama")
@@ -57,11 +88,28 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         plan = execorder.fsdp.plan(getattr(models, case), input_size=(2, 4))
         plans[case] = plan
         specs[f"{case}/plan"] = {"case": case, "plan": plan.to_dict(), "lists": "plan"}
+    return _probe(tmp_path_factory, plans, specs, world=2)
+
+
+@pytest.fixture(scope="module")
+def observed_wide(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """What FSDP2 holds and gathers on 4 ranks, bf16 parameters, for the plans of ``WIDE``."""
+    plans = {case: execorder.fsdp.plan(build, **opts) for case, (build, opts) in WIDE.items()}
+    specs = {
+        f"{case}/plan": {"case": case, "plan": plan.to_dict(), "lists": "plan"}
+        for case, plan in plans.items()
+    }
+    return _probe(tmp_path_factory, plans, specs, world=4)
+
+
+def _probe(
+    tmp_path_factory: pytest.TempPathFactory, plans: dict, specs: dict, *, world: int
+) -> dict[str, dict]:
     tmp = tmp_path_factory.mktemp("fsdp")
     (tmp / "plans.json").write_text(json.dumps(specs))
     try:
         result = subprocess.run(
-            [sys.executable, str(PROBE), str(tmp / "store"), str(tmp / "plans.json")],
+            [sys.executable, str(PROBE), str(tmp / "store"), str(tmp / "plans.json"), str(world)],
             capture_output=True,
             text=True,
             timeout=240,
@@ -168,3 +216,74 @@ def test_a_parameter_flagged_as_shared_by_two_units_is_refused_by_fsdp2(observed
     record = observed["SharedAcrossUnits/plan"]
     assert [c.kind for c in record["plan"].checks] == [CheckKind.SHARED]
     assert "shared with a parameter already managed" in record.get("error", ""), record
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_unit_reshards_after_forward_as_the_plan_says(observed: dict, case: str) -> None:
+    record = observed[f"{case}/plan"]
+    plan = record["plan"]
+    with_params = {u.name: u.reshard_after_forward for u in plan.units if u.params}
+    assert record["reshard_after_forward"] == with_params
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_unit_is_gathered_as_often_as_the_plan_counts(observed: dict, case: str) -> None:
+    """Forward and backward all-gathers per unit in a step: a unit kept gathered is not
+    gathered again in backward; a group is gathered once, whichever module runs first."""
+    record = observed[f"{case}/plan"]
+    plan = record["plan"]
+    for phase in ("forward", "backward"):
+        counted = {u.name: getattr(u.gathers, phase) for u in plan.units if u.params}
+        seen = dict.fromkeys(counted, 0)
+        for event in record["events"]:
+            if event[0] == phase and event[1] == "gather":
+                seen[event[2]] += 1
+        assert seen == counted, phase
+
+
+def test_the_torchtitan_layout_groups_norm_and_head_and_keeps_them_gathered(
+    observed: dict,
+) -> None:
+    untied = observed["llama_titan/plan"]["plan"]
+    assert [u.modules for u in untied.units] == [
+        ("",),
+        ("model.embed_tokens",),
+        ("model.layers.0",),
+        ("model.layers.1",),
+        ("model.layers.2",),
+        ("model.norm", "lm_head"),
+    ]
+    tied = observed["llama_titan_tied/plan"]["plan"]
+    assert tied.units[1].modules == ("model.embed_tokens", "model.norm", "lm_head")
+    for plan in (untied, tied):
+        kept = [u.name for u in plan.units if not u.reshard_after_forward]
+        assert kept == ["", plan.units[-1 if plan is untied else 1].name]
+
+
+@pytest.mark.parametrize("world", ["observed", "observed_wide"])
+def test_gather_and_shard_bytes_are_what_fsdp2_holds_on_each_rank(
+    world: str, request: pytest.FixtureRequest
+) -> None:
+    found = request.getfixturevalue(world)
+    ranks = 4 if world == "observed_wide" else 2
+    compared = 0
+    for record in found.values():
+        plan = record["plan"]
+        if record["lists"] != "plan" or "error" in record or plan.world_size != ranks:
+            continue  # a plan sized for another world size holds other bytes
+        compared += 1
+        with_params = [u for u in plan.units if u.params]
+        assert record["shard_bytes"] == {u.name: u.shard_bytes for u in with_params}
+        assert record["gather_bytes"] == {u.name: u.gather_bytes for u in with_params}
+        assert record["reshard_after_forward"] == {
+            u.name: u.reshard_after_forward for u in with_params
+        }
+    assert compared >= 2
+    wide = found.get("llama_titan/plan")
+    if wide is not None and world == "observed_wide":
+        plan = wide["plan"]
+        assert plan.world_size == 4 and plan.param_dtype == "bfloat16"
+        # bf16 gathers: half the float32 bytes, give or take dim-0 padding
+        embedding = plan.unit("model.embed_tokens")
+        assert embedding.gather_bytes * 2 == embedding.bytes
+        assert embedding.shard_bytes * 4 == embedding.bytes

@@ -188,8 +188,11 @@ class Gathers:
     Attributes:
         forward: In forward: once per start of its forward when it reshards
             after forward, else once.
-        backward: In backward: once when it resharded after forward (it is
-            gathered again for its backward), else none.
+        backward: In backward: once per start of its forward, since FSDP2
+            reshards it after each of their backwards; one fewer when it
+            stays gathered after forward (the last start's backward finds it
+            gathered). A group counts as one start however many of its
+            modules run.
     """
 
     forward: int

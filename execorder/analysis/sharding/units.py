@@ -399,7 +399,7 @@ def build_units(
                 shard_bytes=shard,
                 gathers=Gathers(
                     forward=(calls if reshards else 1) if ran and infos else 0,
-                    backward=1 if ran and infos and reshards else 0,
+                    backward=(calls if reshards else calls - 1) if ran and infos else 0,
                 ),
             )
         )
