@@ -35,8 +35,9 @@ from execorder.errors import (
     TraceFailure,
 )
 from execorder.loading import Inputs, build, check_device, resolve_target, split_target
+from execorder.loading.frameworks import example_inputs, trainer_inputs
 from execorder.loading.memory import check_fits, fits, tensors_of
-from execorder.report import Mode, Report, Word
+from execorder.report import InputSource, Mode, Report, Word
 
 if TYPE_CHECKING:
     from execorder.analysis.sweep import SweepReport
@@ -172,12 +173,8 @@ class Profiler:
             raise ModeError(Arg.INPUTS, chosen)
         # Inputs given are inputs used: auto mode runs forward on them.
         self.mode = Mode.EAGER if backward or self.inputs else chosen
-        if self.mode is Mode.EAGER and not self.inputs:
-            raise ModeError(None, Mode.EAGER)
         if timing and chosen is Mode.FX:
             raise ModeError(Arg.TIMING, chosen)
-        if timing and not self.inputs:
-            raise ModeError(None, Mode.EAGER)
         if timing and device == "meta":
             raise TimingDeviceError()
         self.timing = timing
@@ -213,6 +210,15 @@ class Profiler:
         else:
             self._factory, self._name = obj, name
             self._build(device)
+        # A model given no inputs runs on its own example inputs, where it has them.
+        self.inputs_made: dict[str, InputSource] = {}
+        example = example_inputs(self.model) if not self.inputs and chosen is not Mode.FX else None
+        if example is not None:
+            self.inputs = Inputs(example, name="dummy_inputs")
+            self.inputs_made = dict.fromkeys(example, InputSource.EXAMPLE)
+            self.mode = Mode.EAGER
+        if (self.mode is Mode.EAGER or timing) and not self.inputs:
+            raise ModeError(None, Mode.EAGER)
 
     @property
     def notes(self) -> tuple[Note, ...]:
@@ -278,8 +284,9 @@ class Profiler:
             # gives the same answer every run.
             with nullcontext() if seed is None else seeded_rng(int(seed)):
                 args, kwargs = self.inputs.make(where)
+                args, kwargs, made = trainer_inputs(self.model, args, kwargs)
                 self._progress(f"Running {self.target} on {self.device}")
-                return eager.trace(
+                report = eager.trace(
                     self.model,
                     args=args,
                     kwargs={**kwargs, **concrete},
@@ -288,6 +295,8 @@ class Profiler:
                     assume=self.assume,
                     timing=self.timing,
                 )
+                made = {**self.inputs_made, **made}
+                return dataclasses.replace(report, inputs_made=made) if made else report
         except ForwardError as exc:
             if self._factory is None or self._chosen_device is not None or exc.device != "meta":
                 raise

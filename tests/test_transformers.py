@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -17,6 +18,7 @@ from moe import MoE  # noqa: E402
 import execorder  # noqa: E402
 from execorder import eager  # noqa: E402
 from execorder.errors import TraceFailure  # noqa: E402
+from execorder.report import Mode, Report  # noqa: E402
 
 pytestmark = pytest.mark.transformers
 
@@ -127,8 +129,35 @@ def test_fx_on_a_transformers_model_says_what_it_cannot_trace() -> None:
 
     from execorder.cli import app
 
-    result = CliRunner().invoke(app, ["trace", "hf:tiny_llama"])
+    result = CliRunner().invoke(app, ["trace", "hf:tiny_llama", "--mode", "fx"])
     assert result.exit_code == 2
     assert "forward is wrapped by a decorator" in result.stderr
     assert "co_varnames" not in result.stderr
-    assert "Or run forward for real: --mode eager --input" in result.stderr
+
+
+def test_a_model_given_no_inputs_runs_on_its_own_example_inputs() -> None:
+    """transformers' dummy_inputs, as if given: the same report, which says where they came from."""
+    from execorder.report import InputSource
+
+    model = hf.tiny_llama()
+    own = execorder.profile(hf.tiny_llama).report
+    given = execorder.profile(hf.tiny_llama, inputs=dict(model.dummy_inputs)).report
+    assert own.mode is Mode.EAGER
+    assert dict(own.inputs_made) == {"input_ids": InputSource.EXAMPLE}
+    assert not given.inputs_made
+    assert own.modules == given.modules and own.params == given.params
+    again = Report.from_dict(json.loads(json.dumps(own.to_dict())))
+    assert again.inputs_made == own.inputs_made
+
+
+def test_fsdp_and_trace_say_the_inputs_were_the_models_own() -> None:
+    from typer.testing import CliRunner
+
+    from execorder.cli import app
+
+    for command in ("trace", "fsdp"):
+        result = CliRunner().invoke(app, [command, "hf:tiny_bert", "-f", "json"])
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(result.stdout)["inputs_made"] == {"input_ids": "example-inputs"}
+        table = CliRunner().invoke(app, [command, "hf:tiny_bert"], env={"COLUMNS": "200"})
+        assert "input_ids: the model's own example inputs (its dummy_inputs)" in table.stdout

@@ -37,7 +37,12 @@ from execorder.backends.common import (
     owner,
     tensors,
 )
-from execorder.backends.eager_failures import any_on_meta, describe_inputs, forward_failure
+from execorder.backends.eager_failures import (
+    any_on_meta,
+    describe_inputs,
+    forward_failure,
+    is_input,
+)
 from execorder.backends.eager_intercept import (
     ABSENT,
     Swaps,
@@ -49,6 +54,7 @@ from execorder.backends.eager_intercept import (
 from execorder.backends.eager_liveness import GradHooks, live_params, own_reads, sum_backward
 from execorder.backends.eager_wrapped import DdpSettings, check_recordable, ddp_around, uncompiled
 from execorder.backends.meta import MetaRun, WithoutValues, on_meta_without_values
+from execorder.backends.stand_ins import meta_stand_ins
 from execorder.backends.timing import Clock
 from execorder.errors import (
     ForwardError,
@@ -138,7 +144,7 @@ class Recording:
         self._calls += 1
         self._with_grad = torch.is_grad_enabled()
         self._inputs = describe_inputs(args, kwargs)
-        self._concrete_args = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
+        self._concrete_args = {k: v for k, v in kwargs.items() if not is_input(v)}
         self._defaults = defaults_used(
             self.model, args, kwargs, function=call if self._method else None
         )
@@ -486,6 +492,7 @@ def _run(
                 torch.enable_grad(),
                 user_code(f"running {owner(model)}"),
                 frames_for(tree),
+                meta_stand_ins(model) if any_on_meta(tree) else nullcontext(),
             ):
                 outputs = model(*args, **kwargs)
         except UserExitError:

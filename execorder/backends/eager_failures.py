@@ -86,7 +86,28 @@ def describe(tensor: torch.Tensor) -> str:
     return f"{str(tensor.dtype).removeprefix('torch.')}[{', '.join(str(d) for d in tensor.shape)}]"
 
 
+def is_input(value: Any) -> bool:
+    """A tensor, or an object holding tensors (an attention mask's ``BlockMask``): an input.
+
+    Anything else forward takes is a concrete argument.
+    """
+    if isinstance(value, torch.Tensor):
+        return True
+    held = getattr(value, "__dict__", None)
+    return isinstance(held, dict) and any(isinstance(v, torch.Tensor) for v in held.values())
+
+
+def describe_input(value: Any) -> str:
+    """``dtype[shape]`` of a tensor; an object holding tensors by its class (and shape)."""
+    if isinstance(value, torch.Tensor):
+        return describe(value)
+    shape = getattr(value, "shape", None)
+    if isinstance(shape, tuple) and all(isinstance(d, int) for d in shape):
+        return f"{type(value).__name__}[{', '.join(str(d) for d in shape)}]"
+    return type(value).__name__
+
+
 def describe_inputs(args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, str]:
-    described = {f"arg{i}": describe(a) for i, a in enumerate(args) if isinstance(a, torch.Tensor)}
-    described |= {k: describe(v) for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+    described = {f"arg{i}": describe_input(a) for i, a in enumerate(args) if is_input(a)}
+    described |= {k: describe_input(v) for k, v in kwargs.items() if is_input(v)}
     return described

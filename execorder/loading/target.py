@@ -27,6 +27,7 @@ from execorder.errors import (
     user_code,
     user_frame,
 )
+from execorder.loading.frameworks import built_model
 from execorder.loading.memory import capped
 
 DEVICES = ("meta", "cpu", "cuda")
@@ -202,7 +203,7 @@ def _device_context(device: str) -> Any:
 def _build(factory: Callable[..., Any], kwargs: Mapping[str, Any], device: str) -> Any:
     name = getattr(factory, "__name__", "the model")
     with user_code(f"building {name}()"), _device_context(device):
-        return factory(**kwargs)
+        return built_model(factory(**kwargs))
 
 
 def load_target(

@@ -1,7 +1,15 @@
 """What a trace found, as frozen records: the bottom layer, no torch, no presentation."""
 
 from execorder.report.files import load_report
-from execorder.report.kinds import Category, Mode, ParamStatus, Severity, Word, gate_categories
+from execorder.report.kinds import (
+    Category,
+    InputSource,
+    Mode,
+    ParamStatus,
+    Severity,
+    Word,
+    gate_categories,
+)
 from execorder.report.records import (
     SCHEMA_VERSION,
     Assumption,
@@ -26,6 +34,7 @@ __all__ = [
     "CallTime",
     "Category",
     "ExternalUse",
+    "InputSource",
     "Mode",
     "ModuleCall",
     "ParamGroup",

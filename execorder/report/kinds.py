@@ -32,6 +32,13 @@ class Mode(Word):
     EAGER = "eager"
 
 
+class InputSource(Word):
+    """Where inputs execorder made itself, for a model given none, come from."""
+
+    EXAMPLE = "example-inputs"  # the model's own example inputs (transformers' dummy_inputs)
+    TRAINER = "trainer"  # made as the model's framework's trainer makes them (torchtitan)
+
+
 class ParamStatus(Word):
     """What forward did with a parameter, as a backward will see it."""
 

@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from execorder.errors import SchemaError
-from execorder.report.kinds import Category, Mode, ParamStatus, gate
+from execorder.report.kinds import Category, InputSource, Mode, ParamStatus, gate
 from execorder.report.reading import Fields
 from execorder.spelling import label
 
@@ -459,6 +459,11 @@ class Report:
             report rests on nothing assumed.
         timing: Real times of the module calls, when forward was timed
             (``--timing``); None otherwise (and absent from the JSON).
+        inputs_made: The inputs execorder made itself, and where from: a
+            transformers model's own example inputs (``dummy_inputs``) when
+            it was given none, torchtitan's positions and attention masks as
+            its trainer makes them. Empty (and absent from the JSON) when
+            the caller gave every input.
     """
 
     target: str
@@ -475,6 +480,7 @@ class Report:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     assumptions: tuple[Assumption, ...] = ()
     timing: Timing | None = None
+    inputs_made: Mapping[str, InputSource] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -565,6 +571,8 @@ class Report:
         frozen_args = MappingProxyType({k: jsonable(v) for k, v in self.concrete_args.items()})
         object.__setattr__(self, "concrete_args", frozen_args)
         object.__setattr__(self, "inputs", MappingProxyType(dict(self.inputs)))
+        made = {k: InputSource(v) for k, v in self.inputs_made.items()}
+        object.__setattr__(self, "inputs_made", MappingProxyType(made))
         frozen_defaults = MappingProxyType({k: jsonable(v) for k, v in self.defaults.items()})
         object.__setattr__(self, "defaults", frozen_defaults)
 
@@ -587,6 +595,11 @@ class Report:
             "assumptions": [assumption.to_dict() for assumption in self.assumptions],
             "summary": self.summary.to_dict(),
             **({"timing": self.timing.to_dict()} if self.timing is not None else {}),
+            **(
+                {"inputs_made": {k: v.value for k, v in self.inputs_made.items()}}
+                if self.inputs_made
+                else {}
+            ),
         }
 
     @classmethod
@@ -634,6 +647,7 @@ class Report:
             timing=None
             if fields.get("timing", dict, type(None), default=None) is None
             else Timing.from_dict(data["timing"]),
+            inputs_made=read_inputs_made(fields.get("inputs_made", dict, default={})),
         )
 
     def param(self, name: str) -> ParamInfo:
@@ -646,3 +660,11 @@ class Report:
             if info.name == name or name in info.aliases:
                 return info
         raise KeyError(name)
+
+
+def read_inputs_made(data: Mapping[str, Any]) -> dict[str, InputSource]:
+    """The JSON's ``inputs_made``, read; a source not known is a ``SchemaError``."""
+    try:
+        return {str(name): InputSource(source) for name, source in data.items()}
+    except ValueError as exc:
+        raise SchemaError(f"inputs_made: {exc}") from None

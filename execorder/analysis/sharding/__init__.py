@@ -169,4 +169,5 @@ def plan_fsdp(
         world_size=world_size,
         param_dtype=param_dtype,
         reduce_dtype=reduce_dtype,
+        inputs_made=report.inputs_made,
     )

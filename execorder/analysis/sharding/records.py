@@ -24,7 +24,7 @@ from execorder.analysis.sharding.kinds import (
 )
 from execorder.analysis.sharding.words import check_message, rule_text
 from execorder.errors import PYTHON, SchemaError, Words
-from execorder.report import SCHEMA_VERSION, Severity, jsonable
+from execorder.report import SCHEMA_VERSION, InputSource, Severity, jsonable
 from execorder.report.reading import Fields
 
 
@@ -346,6 +346,8 @@ class FsdpPlan:
             (FSDP2's ``MixedPrecisionPolicy.param_dtype``); None: their own.
         reduce_dtype: The dtype gradients are reduced in; None: FSDP2's
             default (the param dtype).
+        inputs_made: The inputs execorder made itself for the run the plan
+            follows, and where from (see ``Report.inputs_made``).
     """
 
     target: str
@@ -365,8 +367,11 @@ class FsdpPlan:
     world_size: int = 1
     param_dtype: str | None = None
     reduce_dtype: str | None = None
+    inputs_made: Mapping[str, InputSource] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        made = {k: InputSource(v) for k, v in self.inputs_made.items()}
+        object.__setattr__(self, "inputs_made", MappingProxyType(made))
         for name in ("forward_prefetch", "backward_prefetch"):
             lists = {k: tuple(v) for k, v in getattr(self, name).items()}
             object.__setattr__(self, name, MappingProxyType(lists))
@@ -420,6 +425,11 @@ class FsdpPlan:
             "forward_prefetch": {k: list(v) for k, v in self.forward_prefetch.items()},
             "backward_prefetch": {k: list(v) for k, v in self.backward_prefetch.items()},
             "checks": [check.to_dict(words) for check in self.checks],
+            **(
+                {"inputs_made": {k: v.value for k, v in self.inputs_made.items()}}
+                if self.inputs_made
+                else {}
+            ),
             "summary": {
                 "units": len(self.units),
                 "bytes": total,
@@ -475,6 +485,12 @@ class FsdpPlan:
             world_size=fields.get("world_size", int, default=1),
             param_dtype=fields.get("param_dtype", str, type(None), default=None),
             reduce_dtype=fields.get("reduce_dtype", str, type(None), default=None),
+            inputs_made={
+                k: _word(
+                    Fields({"v": v}, f"inputs_made.{k}"), "v", InputSource, InputSource.EXAMPLE
+                )
+                for k, v in fields.get("inputs_made", dict, default={}).items()
+            },
         )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from execorder.errors import Arg, Words
 from execorder.output.document import (
@@ -17,7 +17,7 @@ from execorder.output.document import (
     label,
     plural,
 )
-from execorder.report import ParamInfo
+from execorder.report import InputSource, ParamInfo
 
 NUMBER, FIXED, NAME, TEXT = ColumnKind.NUMBER, ColumnKind.FIXED, ColumnKind.NAME, ColumnKind.TEXT
 
@@ -87,3 +87,18 @@ def time_text(us: float) -> str:
     if us >= 1e3:
         return f"{us / 1e3:.1f} ms"
     return f"{us:.0f} µs"
+
+
+MADE = {
+    InputSource.EXAMPLE: "the model's own example inputs (its dummy_inputs), as it was given none",
+    InputSource.TRAINER: "made from the tokens as torchtitan's trainer makes them",
+}
+"""Where inputs execorder made came from, for a person."""
+
+
+def made_inputs(made: Mapping[str, InputSource]) -> dict[InputSource, list[str]]:
+    """The inputs execorder made, by where they came from."""
+    found: dict[InputSource, list[str]] = {}
+    for name, source in made.items():
+        found.setdefault(source, []).append(name)
+    return found

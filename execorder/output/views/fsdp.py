@@ -22,7 +22,7 @@ from execorder.output.document import (
     label,
     plural,
 )
-from execorder.output.views.common import FIXED, NAME, NUMBER, TEXT, fact
+from execorder.output.views.common import FIXED, MADE, NAME, NUMBER, TEXT, fact, made_inputs
 from execorder.report import size_text
 from execorder.spelling import args_text
 
@@ -44,6 +44,8 @@ def fsdp_view(plan: FsdpPlan, *, words: Words = PYTHON) -> Document:
         facts.append(fact("concrete args", args_text(plan.concrete_args)))
     if plan.combinations:
         facts.append(fact("checked with", "; ".join(args_text(c) for c in plan.combinations)))
+    for source, names in made_inputs(plan.inputs_made).items():
+        facts.append(fact("inputs made", f"{', '.join(names)}: {MADE[source]}"))
     if plan.seed is not None:
         facts.append(fact("seed", str(plan.seed)))
     largest = max(plan.units, key=lambda u: u.bytes)

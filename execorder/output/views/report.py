@@ -25,6 +25,7 @@ from execorder.output.document import (
 )
 from execorder.output.views.common import (
     FIXED,
+    MADE,
     NAME,
     NUMBER,
     OWN_PARAMS_SHOWN,
@@ -32,6 +33,7 @@ from execorder.output.views.common import (
     cut_rows,
     fact,
     first_use,
+    made_inputs,
     param_cell,
     status_cell,
     time_text,
@@ -189,6 +191,8 @@ def _summary(report: Report) -> Table:
         rows.append(fact("defaults used", args_text(report.defaults)))
     if report.inputs:
         rows.append(fact("inputs", ", ".join(f"{k}={v}" for k, v in report.inputs.items())))
+    for source, names in made_inputs(report.inputs_made).items():
+        rows.append(fact("inputs made", f"{', '.join(names)}: {MADE[source]}"))
     if report.seed is not None:
         rows.append(fact("seed", str(report.seed)))
     rows.append(fact("module calls", f"{s.calls:,} ({plural(s.modules, 'distinct module')})"))
