@@ -11,6 +11,12 @@ forward uses and which get gradients do not depend on attention's values, so
 the recording is the one a real run makes. A ``score_mod`` may read tensors
 of its own: with one, nothing is stood in for, and the meta run fails as
 flex attention does, to be run on CPU.
+
+``torch.autocast`` has no meta device type (DeepSeek-V3's router computes
+its gate under ``torch.autocast(device_type=x.device.type, ...)``): on meta
+it is entered disabled. Inside it, ops keep the dtypes of their inputs where
+a real device might compute in another; which modules run and which
+parameters they use do not change.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -50,8 +57,19 @@ def meta_stand_ins(model: nn.Module) -> Iterator[None]:
         if ours and isinstance(found, staticmethod):
             swapped.append((cls, found))
             cls.compiled_flex_attn = staticmethod(_flex_stand_in(found.__func__))
+    autocast: Any = torch.amp.autocast_mode.autocast
+    entered = autocast.__init__
+
+    def disabled_on_meta(self: Any, device_type: str, *args: Any, **kwargs: Any) -> None:
+        if device_type != "meta":
+            entered(self, device_type, *args, **kwargs)
+            return
+        entered(self, "cpu", enabled=False)
+
+    autocast.__init__ = disabled_on_meta
     try:
         yield
     finally:
+        autocast.__init__ = entered
         for cls, found in swapped:
             cls.compiled_flex_attn = found

@@ -1,0 +1,137 @@
+"""torchtitan's models under execorder: on meta at their real sizes, and its FSDP layout.
+
+The layout is checked against torchtitan itself: tests/titan_probe.py shards
+its Llama3 debug model with torchtitan's own ``apply_fsdp_to_decoder`` on
+two gloo ranks and reads the units FSDP2 holds; ``execorder.fsdp.plan(...,
+layout="torchtitan")``, made on meta, must name exactly those units with
+exactly those flags, dtypes and bytes. The meta run is checked against a
+real forward on CPU (torchtitan's flex attention run eagerly, without
+compiling): the same module calls in the same order.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("torchtitan", reason="torchtitan is not installed (requirements-dev.txt)")
+
+import execorder
+import execorder.fsdp
+from execorder.report import InputSource
+
+HERE = Path(__file__).resolve().parent
+TITAN = str(HERE.parent / "sample_models" / "titan.py")
+TOKENS = "tokens=int64[1,128]@0:2048"
+
+
+@pytest.fixture(scope="module")
+def sharded_by_torchtitan(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    tmp = tmp_path_factory.mktemp("titan")
+    try:
+        result = subprocess.run(
+            [sys.executable, str(HERE / "titan_probe.py"), str(tmp / "store")],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            cwd=HERE.parent,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the torchtitan probe did not finish in 240 s")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.processes
+def test_the_torchtitan_layout_is_what_apply_fsdp_to_decoder_shards(
+    sharded_by_torchtitan: list[dict],
+) -> None:
+    assert len(sharded_by_torchtitan) == 6
+    for record in sharded_by_torchtitan:
+        plan = execorder.fsdp.plan(
+            f"{TITAN}:llama3",
+            init_kwargs={"tied": record["tied"]},
+            input_size=TOKENS,
+            layout="torchtitan",
+            reshard_after_forward=record["policy"],
+            world_size=2,
+            param_dtype="bfloat16",
+            reduce_dtype="float32",
+        )
+        theirs = {tuple(u["modules"]): u for u in record["units"]}
+        ours = {u.modules: u for u in plan.units}
+        assert set(ours) == set(theirs), record["policy"]
+        for modules, unit in theirs.items():
+            if "reshard_after_forward" not in unit:
+                assert ours[modules].params == 0  # the root holds nothing: no group
+                continue
+            mine = ours[modules]
+            case = (record["tied"], record["policy"], modules)
+            assert mine.reshard_after_forward == unit["reshard_after_forward"], case
+            assert mine.shard_bytes == unit["shard_bytes"], case
+            assert (plan.param_dtype, plan.reduce_dtype) == (
+                unit["param_dtype"],
+                unit["reduce_dtype"],
+            )
+
+
+@pytest.mark.parametrize(
+    ("registry", "flavor", "blocks"),
+    [("llama3", "405B", 126), ("deepseek_v3", "671B", 61)],
+)
+def test_torchtitan_models_run_on_meta_at_their_real_sizes(
+    registry: str, flavor: str, blocks: int
+) -> None:
+    profile = execorder.profile(
+        f"torchtitan.models.{registry}:model_registry",
+        init_kwargs={"flavor": flavor},
+        input_size="tokens=int64[1,64]@0:1000",
+        backward=True,
+    )
+    report = profile.report
+    assert profile.device == "meta" and not profile.notes
+    assert (
+        sum(1 for c in report.modules if c.name.count(".") == 1 and "layers." in c.name) == blocks
+    )
+    assert report.summary.params_unused == report.summary.params_dead == 0
+    assert dict(report.inputs_made) == {
+        "positions": InputSource.TRAINER,
+        "attention_masks": InputSource.TRAINER,
+    }
+
+
+def test_on_meta_the_calls_are_those_of_a_real_forward() -> None:
+    """The debug model's calls on meta (flex attention stood in for) against a real forward
+    on CPU, where its flex attention runs for real (eagerly: the same function, not compiled)."""
+    from titan import llama3
+    from torch.nn.attention.flex_attention import flex_attention
+    from torchtitan.models.common.attention import FlexAttention
+
+    on_meta = execorder.profile(f"{TITAN}:llama3", input_size=TOKENS).report
+    torch.manual_seed(0)
+    model = llama3()
+    names = {id(m): n for n, m in model.named_modules()}
+    calls: list[str] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda m, _: calls.append(names[id(m)]))
+        for m in model.modules()
+    ]
+    tokens = torch.randint(0, 2048, (1, 128))
+    positions = torch.arange(128).expand(1, 128)
+    compiled = FlexAttention.__dict__["compiled_flex_attn"]
+    FlexAttention.compiled_flex_attn = staticmethod(  # type: ignore[method-assign]
+        lambda q, k, v, *, kernel_options, **rest: flex_attention(q, k, v, **rest)
+    )
+    try:
+        with torch.no_grad():
+            model(tokens, positions, model.get_attention_masks(positions=positions))
+    finally:
+        FlexAttention.compiled_flex_attn = compiled  # type: ignore[method-assign]
+        for hook in hooks:
+            hook.remove()
+    assert [c.name for c in on_meta.modules] == calls
