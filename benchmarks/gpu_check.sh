@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a CUDA device, as one run: the CUDA tests, the eager
-# tests on this machine's torch, and the recording-overhead benchmark.
+# tests on this machine's torch, the recording-overhead benchmark, and
+# torchtitan's models on meta against a real backward (benchmarks/gpu_titan.py).
 #
 #     bash benchmarks/gpu_check.sh        # in the repository root, with torch, typer,
 #                                         # rich and pytest importable by python3
@@ -15,4 +16,5 @@ log=${OUT:-/tmp}/gpu_check.log
     "$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
     "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_eager.py tests/test_record.py
     "$PY" benchmarks/bench_gpu.py --breakdown
+    "$PY" benchmarks/gpu_titan.py
 } 2>&1 | tee "$log"
