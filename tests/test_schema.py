@@ -97,6 +97,14 @@ def test_fsdp_plans_validate() -> None:
         execorder.fsdp.plan(models.SkipsLayer, input_size=(2, 4), concrete_args={"deep": False}),
         execorder.fsdp.plan(models.ReadsAnotherUnit, input_size=(2, 4), backward=True),
         execorder.fsdp.plan(Model, concrete_args={"run_all_layers": True}),
+        execorder.fsdp.plan(
+            models.UnitTwice,
+            input_size=(2, 4),
+            units=["layers.0+layers.1"],
+            world_size=4,
+            param_dtype="bfloat16",
+            reduce_dtype="float32",
+        ),
     ]
     for plan in plans:
         _validate(json.loads(json.dumps(plan.to_dict())), "fsdp_plan")
@@ -127,3 +135,19 @@ def test_timed_reports_validate() -> None:
     report = execorder.profile(model, inputs=torch.randn(2, 4), timing=True).report
     assert report.timing is not None
     _validate(json.loads(json.dumps(report.to_dict())), "report")
+
+
+@pytest.mark.transformers
+def test_reports_and_plans_with_inputs_made_validate() -> None:
+    import execorder.fsdp
+
+    hf = pytest.importorskip("hf")
+    report = execorder.profile(hf.tiny_bert).report
+    assert report.inputs_made
+    _validate(json.loads(json.dumps(report.to_dict())), "report")
+    plan = execorder.fsdp.plan(hf.tiny_bert)
+    _validate(json.loads(json.dumps(plan.to_dict())), "fsdp_plan")
+    broken = report.to_dict()
+    broken["inputs_made"] = {"input_ids": "guessed"}
+    with pytest.raises(jsonschema.ValidationError):
+        VALIDATOR.validate(broken)

@@ -65,8 +65,9 @@ def choose_units(
         layout: The model's modules.
         wanted: Class names or qualified names; every module matching one is
             a unit. Names joined by ``+`` (``norm+lm_head``) are one unit,
-            a group, each name matching exactly one module. Empty: the
-            layout's rule.
+            a group, each name matching exactly one module; a class named
+            alone leaves out the modules a group has. Empty: the layout's
+            rule.
         choice: The layout when ``wanted`` is empty: ``BLOCKS`` takes
             transformers' ``_no_split_modules`` where the model has them,
             else the outermost repeated block class; ``TORCHTITAN`` takes
@@ -83,7 +84,17 @@ def choose_units(
     modules = layout.modules[1:]  # the root is always a unit
     specs: list[UnitSpec]
     if wanted:
-        specs = [spec for text in wanted for spec in _given(layout, text)]
+        # Groups first: a class named alone leaves out the modules a group has.
+        groups = [spec for text in wanted if GROUP in text for spec in _given(layout, text)]
+        grouped = {name for spec in groups for name in spec}
+        by_class = {m.name for m in modules if any(m.type == text for text in wanted)}
+        specs = groups + [
+            spec
+            for text in wanted
+            if GROUP not in text
+            for spec in _given(layout, text)
+            if not (spec[0] in grouped and spec[0] in by_class)
+        ]
         rule = UnitRule(UnitChoice.GIVEN, tuple(wanted))
     else:
         blocks, rule = _blocks(layout)
