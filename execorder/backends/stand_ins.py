@@ -12,6 +12,13 @@ the recording is the one a real run makes. A ``score_mod`` may read tensors
 of its own: with one, nothing is stood in for, and the meta run fails as
 flex attention does, to be run on CPU.
 
+``scaled_dot_product_attention`` on meta takes its math path, which makes
+the full attention matrix and saves it for backward, where a real device
+runs a fused kernel that makes neither. Where CPU would choose its fused
+flash kernel for the same shapes and dtypes, it is run on meta too: the
+same outputs, the same tensors saved for backward, so a step's memory on
+meta is the memory of the step on CPU.
+
 ``torch.autocast`` has no meta device type (DeepSeek-V3's router computes
 its gate under ``torch.autocast(device_type=x.device.type, ...)``): on meta
 it is entered disabled. Inside it, ops keep the dtypes of their inputs where
@@ -28,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 
 def _flex_stand_in(original: Any) -> Any:
@@ -44,6 +52,51 @@ def _flex_stand_in(original: Any) -> Any:
         return out, AuxOutput(lse=lse)
 
     return compiled_flex_attn
+
+
+FLASH = 1  # torch._fused_sdp_choice's number for the flash attention kernel
+
+
+def _ghost(tensor: Any) -> Any:
+    """A CPU tensor of ``tensor``'s shape and dtype, last stride 1, and next to no memory."""
+    rows = torch.empty(tensor.shape[-1] if tensor.dim() else 1, dtype=tensor.dtype)
+    return rows.as_strided(tensor.shape, (0,) * (tensor.dim() - 1) + (1,) if tensor.dim() else ())
+
+
+class FusedAttention(TorchFunctionMode):
+    """``scaled_dot_product_attention`` on meta through the fused kernel CPU would choose."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention or len(args) < 3:
+            return func(*args, **kwargs)
+        q, k, v = args[:3]
+        if not (q.is_meta and k.is_meta and v.is_meta) or q.dim() != 4:
+            return func(*args, **kwargs)
+        names = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+        given = {**dict(zip(names, args[3:], strict=False)), **kwargs}
+        mask, dropout = given.get("attn_mask"), float(given.get("dropout_p", 0.0))
+        causal, scale = bool(given.get("is_causal", False)), given.get("scale")
+        gqa = bool(given.get("enable_gqa")) and k.shape[1] != q.shape[1]
+        if mask is not None and not mask.is_meta:
+            mask = mask.to("meta")
+        ghost_mask = _ghost(mask) if mask is not None else None
+        choice = torch._fused_sdp_choice(
+            _ghost(q),
+            _ghost(k),
+            _ghost(v),
+            ghost_mask,
+            dropout,
+            causal,
+            scale=scale,
+            enable_gqa=gqa,
+        )
+        if choice != FLASH:
+            return func(*args, **kwargs)
+        out, _ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, dropout, causal, attn_mask=mask, scale=scale
+        )
+        return out
 
 
 @contextmanager
@@ -68,7 +121,8 @@ def meta_stand_ins(model: nn.Module) -> Iterator[None]:
 
     autocast.__init__ = disabled_on_meta
     try:
-        yield
+        with FusedAttention():
+            yield
     finally:
         autocast.__init__ = entered
         for cls, found in swapped:

@@ -1,0 +1,293 @@
+"""What a training step holds in memory, measured from the step itself, on meta as on a device.
+
+:func:`measure` runs two training steps (forward, a backward of the summed
+outputs, the optimizer's step, its gradients set to None) under
+:class:`MemoryRun`, a dispatch mode that sees every tensor an op makes. Each
+new storage counts from the op that made it until the last reference to it
+goes (a weak reference's callback, as PyTorch's ``MemTracker`` does), so
+what is alive is what the real step holds: on meta the same references live
+as long as on a device, only without their values. Each storage is one kind
+(:class:`~execorder.report.memory.MemoryKind`): the model's parameters and
+buffers; the parameters' gradients (once accumulated); what the optimizer
+makes in its step; what autograd saves in forward for backward
+(``saved_tensors_hooks``); the rest is temporary.
+
+Bytes are storage bytes (``nbytes``): a device's allocator rounds each block
+up (512 bytes on CUDA) and may fragment, which this does not model.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from execorder.backends.meta import MetaRun
+from execorder.backends.stand_ins import meta_stand_ins
+from execorder.report.memory import Memory, MemoryKind, MemoryPoint, Phase
+
+OPTIMIZERS = ("adamw", "sgd", "none")
+
+
+class MemoryRun(TorchDispatchMode):
+    """Bytes alive, by kind, as ops make storages and references to them go.
+
+    Attributes:
+        phase: The phase running now (set by the step).
+        call: The module call running now (set by the step's hooks).
+        peak: The most bytes alive so far, and when, and by kind then.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.phase = Phase.FORWARD
+        self.call: int | None = None
+        self.alive: dict[MemoryKind, int] = dict.fromkeys(MemoryKind, 0)
+        self.total = 0
+        self._kinds: dict[int, tuple[MemoryKind, int]] = {}  # storage -> kind, bytes
+        self._refs: dict[int, Any] = {}
+        self.peak: tuple[int, MemoryPoint, dict[MemoryKind, int]] = (
+            0,
+            MemoryPoint(Phase.FORWARD, None, 0),
+            dict(self.alive),
+        )
+
+    # -- storages -------------------------------------------------------------
+
+    def track(self, tensor: torch.Tensor, kind: MemoryKind, *, retag: bool = False) -> None:
+        """Count ``tensor``'s storage as ``kind`` (``retag``: also if counted already)."""
+        try:
+            storage = tensor.untyped_storage()
+        except (RuntimeError, NotImplementedError):
+            return  # a tensor without a storage of its own (a subclass, a sparse one)
+        key = storage._cdata
+        known = self._kinds.get(key)
+        if known is not None:
+            if retag and known[0] is not kind:
+                self.alive[known[0]] -= known[1]
+                self.alive[kind] += known[1]
+                self._kinds[key] = (kind, known[1])
+            return
+        size = storage.nbytes()
+        self._kinds[key] = (kind, size)
+        self._refs[key] = weakref.ref(storage, functools.partial(self._freed, key))
+        self.alive[kind] += size
+        self.total += size
+        self._sample()
+
+    def _freed(self, key: int, _: Any = None) -> None:
+        kind, size = self._kinds.pop(key, (None, 0))
+        self._refs.pop(key, None)
+        if kind is not None:
+            self.alive[kind] -= size
+            self.total -= size
+
+    def _sample(self) -> None:
+        if self.total > self.peak[0]:
+            self.peak = (self.total, self.point(), dict(self.alive))
+
+    def point(self) -> MemoryPoint:
+        return MemoryPoint(self.phase, self.call, self.total)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        kind = MemoryKind.OPTIMIZER if self.phase is Phase.OPTIMIZER else MemoryKind.TEMPORARIES
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self.track(leaf, kind)
+        return out
+
+
+def make_optimizer(name: str, params: Sequence[nn.Parameter]) -> Any:
+    """The optimizer of that name over ``params``, with torch's defaults; None for ``none``."""
+    if name == "adamw":
+        return torch.optim.AdamW(params)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    if name == "none":
+        return None
+    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {name!r}")
+
+
+def measure(
+    model: nn.Module,
+    *,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    optimizer: str = "adamw",
+    assume: bool = True,
+) -> Memory:
+    """Run two training steps of ``model`` and say what they hold, when, and at the peak.
+
+    The model is trained: its parameters change (on meta, nothing does). On
+    meta the step runs as :func:`~execorder.backends.eager.trace` runs
+    forward there: inputs real, what they alone decide computed
+    (:class:`~execorder.backends.meta.MetaRun`), kernels meta lacks stood in
+    for; a selection whose size it cannot know is assumed to keep every
+    element (``assume``), and the result says so.
+
+    Raises:
+        ValueError: For an unknown optimizer.
+        NeedsValues: On meta, where forward needs values computed from parameters.
+    """
+    kwargs = dict(kwargs or {})
+    params = [p for p in model.parameters() if p.requires_grad]
+    stepper = make_optimizer(optimizer, params)
+    device = next((t.device.type for t in model.parameters()), "cpu")
+    on_meta = device == "meta"
+    meta_run = MetaRun(assume=assume) if on_meta else None
+    run = MemoryRun()
+    timeline: list[MemoryPoint] = []
+    peaks = []
+    with (
+        meta_run if meta_run is not None else nullcontext(),
+        meta_stand_ins(model) if on_meta else nullcontext(),
+        _calls(model, run, timeline),
+        _saved(run, timeline),
+        _grads(params, run),
+    ):
+        if meta_run is not None:
+            args, kwargs = meta_run.adopt((tuple(args), kwargs))
+        for param in model.parameters():
+            run.track(param, MemoryKind.PARAMETERS)
+        for buffer in model.buffers():
+            run.track(buffer, MemoryKind.BUFFERS)
+        for tensor in tree_leaves((args, kwargs)):
+            if isinstance(tensor, torch.Tensor):
+                run.track(tensor, MemoryKind.TEMPORARIES)
+        for _ in (1, 2):
+            run.peak = (0, run.point(), dict(run.alive))
+            timeline.clear()
+            _step(model, args, kwargs, stepper, run, timeline)
+            peaks.append(run.peak)
+    step = 1 if peaks[0][0] > peaks[1][0] else 2
+    size, at, by_kind = peaks[step - 1]
+    return Memory(
+        optimizer=optimizer,
+        peak_bytes=size,
+        peak_at=at,
+        peak_step=step,
+        at_peak=by_kind,
+        timeline=tuple(timeline),
+        device=device,
+        assumed=bool(meta_run is not None and meta_run.assumptions),
+    )
+
+
+def _step(
+    model: nn.Module,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    stepper: Any,
+    run: MemoryRun,
+    timeline: list[MemoryPoint],
+) -> None:
+    run.phase, run.call = Phase.FORWARD, None
+    with run:
+        outputs = model(*args, **kwargs)
+        losses = [
+            t.float().sum()
+            for t in tree_leaves(outputs)
+            if isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()
+        ]
+        timeline.append(run.point())
+        run.phase, run.call = Phase.BACKWARD, None
+        if losses:
+            torch.stack(losses).sum().backward()
+        del outputs, losses
+        run.call = None
+        timeline.append(run.point())
+        run.phase = Phase.OPTIMIZER
+        if stepper is not None:
+            stepper.step()
+            stepper.zero_grad(set_to_none=True)
+        else:
+            model.zero_grad(set_to_none=True)
+        timeline.append(run.point())
+
+
+@contextmanager
+def _calls(model: nn.Module, run: MemoryRun, timeline: list[MemoryPoint]) -> Iterator[None]:
+    """Number the module calls of forward as the module order does, and sample at each."""
+    ours = {id(m) for m in model.modules()}
+    count = [0]
+    stack: list[int | None] = []
+
+    def pre(module: nn.Module, _: Any) -> None:
+        if id(module) not in ours or run.phase is not Phase.FORWARD:
+            return
+        stack.append(run.call)
+        run.call = count[0]
+        count[0] += 1
+        timeline.append(run.point())
+
+    def post(module: nn.Module, _: Any, __: Any) -> None:
+        if id(module) not in ours or run.phase is not Phase.FORWARD or not stack:
+            return
+        timeline.append(run.point())
+        run.call = stack.pop()
+
+    def reset(*_: Any) -> None:
+        count[0] = 0
+
+    handles = [
+        nn.modules.module.register_module_forward_pre_hook(pre),
+        nn.modules.module.register_module_forward_hook(post),
+        model.register_forward_pre_hook(reset, prepend=True),
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def _saved(run: MemoryRun, timeline: list[MemoryPoint]) -> Iterator[None]:
+    """What autograd saves in forward is an activation; backward using it runs that call."""
+
+    def pack(tensor: torch.Tensor) -> Any:
+        if run.phase is Phase.FORWARD:
+            run.track(tensor, MemoryKind.ACTIVATIONS, retag=_is_temporary(run, tensor))
+        return tensor, run.call
+
+    def unpack(packed: Any) -> torch.Tensor:
+        tensor, call = packed
+        if run.phase is Phase.BACKWARD and call is not None and call != run.call:
+            timeline.append(run.point())
+            run.call = call
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        yield
+
+
+def _is_temporary(run: MemoryRun, tensor: torch.Tensor) -> bool:
+    try:
+        known = run._kinds.get(tensor.untyped_storage()._cdata)
+    except (RuntimeError, NotImplementedError):
+        return False
+    return known is not None and known[0] is MemoryKind.TEMPORARIES
+
+
+@contextmanager
+def _grads(params: Sequence[nn.Parameter], run: MemoryRun) -> Iterator[None]:
+    """A gradient, once accumulated into ``.grad``, is a gradient."""
+
+    def accumulated(param: torch.Tensor) -> None:
+        if param.grad is not None:
+            run.track(param.grad, MemoryKind.GRADIENTS, retag=True)
+
+    handles = [p.register_post_accumulate_grad_hook(accumulated) for p in params]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

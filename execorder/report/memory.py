@@ -1,0 +1,137 @@
+"""What a training step holds in memory, over the recorded order: frozen facts, no torch.
+
+Made by :mod:`execorder.backends.memory` from a step run for real (on meta as
+on a device): every storage an op makes, alive until the last reference to it
+goes, sorted by what it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from execorder.errors import SchemaError
+from execorder.report.kinds import Word
+from execorder.report.reading import Fields
+
+
+class MemoryKind(Word):
+    """What a byte alive in a training step is."""
+
+    PARAMETERS = "parameters"  # the model's parameters
+    BUFFERS = "buffers"  # the model's buffers
+    GRADIENTS = "gradients"  # the parameters' .grad
+    OPTIMIZER = "optimizer"  # the optimizer's states (and its step's temporaries)
+    ACTIVATIONS = "activations"  # tensors autograd saved in forward for backward
+    TEMPORARIES = "temporaries"  # everything else an op made and something still holds
+
+
+class Phase(Word):
+    """Where in a training step a moment is."""
+
+    FORWARD = "forward"
+    BACKWARD = "backward"
+    OPTIMIZER = "optimizer"  # the optimizer's step
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryPoint:
+    """Bytes alive at one moment of the step.
+
+    Attributes:
+        phase: Forward, backward or the optimizer's step.
+        call: The module call (its ``#`` in the module order) running then:
+            in forward, the innermost call; in backward, the call whose saved
+            tensors backward was last using; None outside any.
+        bytes: Bytes alive, of every kind.
+    """
+
+    phase: Phase
+    call: int | None
+    bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase.value, "call": self.call, "bytes": self.bytes}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "point") -> MemoryPoint:
+        fields = Fields(data, where)
+        try:
+            phase = Phase(fields.get("phase", str))
+        except ValueError as exc:
+            raise SchemaError(f"{where}.phase: {exc}") from None
+        return cls(phase, fields.get("call", int, type(None)), fields.get("bytes", int))
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """The memory of a training step on one device (what one DDP replica holds).
+
+    Attributes:
+        optimizer: The optimizer stepped (``adamw``, ``sgd``) or ``none``.
+        peak_bytes: The most bytes alive at once, over two steps (the second
+            has the optimizer's states).
+        peak_at: When the peak fell: phase, module call, and bytes.
+        peak_step: The step it fell in, 1 or 2.
+        at_peak: The bytes alive at the peak, by kind.
+        timeline: Bytes alive over the second step: at each module call's
+            start and end in forward, each change of call in backward, and
+            the end of each phase.
+        device: Where the step ran (``meta`` measures without memory).
+        assumed: On meta, a selection's size could not be known and was
+            assumed to keep every element (a router's): a real step may hold
+            less.
+    """
+
+    optimizer: str
+    peak_bytes: int
+    peak_at: MemoryPoint
+    peak_step: int
+    at_peak: Mapping[MemoryKind, int]
+    timeline: tuple[MemoryPoint, ...] = ()
+    device: str = "meta"
+    assumed: bool = False
+
+    def __post_init__(self) -> None:
+        kinds = {MemoryKind(k): int(v) for k, v in self.at_peak.items()}
+        object.__setattr__(self, "at_peak", MappingProxyType(kinds))
+
+    def largest(self, count: int = 3) -> list[tuple[MemoryKind, int]]:
+        """The kinds holding the most bytes at the peak, the largest first."""
+        found = sorted(self.at_peak.items(), key=lambda item: -item[1])
+        return [(kind, size) for kind, size in found[:count] if size]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer,
+            "device": self.device,
+            "assumed": self.assumed,
+            "peak_bytes": self.peak_bytes,
+            "peak_at": {**self.peak_at.to_dict(), "step": self.peak_step, "unit": None},
+            "at_peak": {kind.value: size for kind, size in self.at_peak.items()},
+            "timeline": [point.to_dict() for point in self.timeline],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Memory:
+        """Read one back from :meth:`to_dict` output; a wrong field is a ``SchemaError``."""
+        fields = Fields(data, "memory")
+        peak = fields.get("peak_at", dict)
+        try:
+            at_peak = {MemoryKind(k): int(v) for k, v in fields.get("at_peak", dict).items()}
+        except ValueError as exc:
+            raise SchemaError(f"memory.at_peak: {exc}") from None
+        return cls(
+            optimizer=fields.get("optimizer", str),
+            peak_bytes=fields.get("peak_bytes", int),
+            peak_at=MemoryPoint.from_dict(peak, "memory.peak_at"),
+            peak_step=int(peak.get("step", 2)),
+            at_peak=at_peak,
+            timeline=tuple(
+                MemoryPoint.from_dict(p.data, p.where) for p in fields.objects("timeline")
+            ),
+            device=fields.get("device", str, default="meta"),
+            assumed=fields.get("assumed", bool, default=False),
+        )
