@@ -39,6 +39,7 @@ class Arg(Enum):
     OUTPUT = "output"  # the file a report, plan or timeline is written to
     BASELINE = "baseline"  # the stored report a new one is compared with
     LAYOUT = "layout"  # which layout of FSDP units a plan follows
+    MEMORY = "memory"  # measure a training step's memory
 
 
 class Words(Protocol):
@@ -84,6 +85,8 @@ class PythonWords:
             return f"units=[{value!r}]" if value else "units=[...]"
         if arg is Arg.LAYOUT:
             return f"layout={value!r}" if value else "layout"
+        if arg is Arg.MEMORY:
+            return f"memory={value!r}" if value else "memory='adamw'"
         if arg in (Arg.MAX_ROWS, Arg.DEPTH):
             keyword = arg.value.replace("-", "_")
             return f"{keyword}={value}" if value else keyword
@@ -367,7 +370,7 @@ class ModeError(ExecOrderError):
             size = words.arg(Arg.INPUT, value="NAME=DTYPE[D0,...]")
             factory = words.arg(Arg.INPUTS, value="MODULE:FUNCTION")
             return f"eager mode runs forward for real: give its inputs with {size} or {factory}"
-        if self.arg in (Arg.BACKWARD, Arg.TIMING):
+        if self.arg in (Arg.BACKWARD, Arg.TIMING, Arg.MEMORY):
             return f"{words.arg(self.arg)} needs {eager} (or auto)"
         return f"{words.arg(Arg.INPUT)} and {words.arg(Arg.INPUTS)} apply to {eager} (or auto)"
 

@@ -11,6 +11,7 @@ printed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
@@ -20,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from execorder.backends import eager, fx
+from execorder.backends import eager, fx, memory
+from execorder.backends.common import owner
+from execorder.backends.memory import OPTIMIZERS
 from execorder.backends.meta import REAL_LIMIT
 from execorder.errors import (
     Arg,
@@ -33,11 +36,13 @@ from execorder.errors import (
     TargetError,
     TimingDeviceError,
     TraceFailure,
+    user_code,
 )
 from execorder.loading import Inputs, build, check_device, resolve_target, split_target
 from execorder.loading.frameworks import example_inputs, trainer_inputs
 from execorder.loading.memory import check_fits, fits, tensors_of
 from execorder.report import InputSource, Mode, Report, Word
+from execorder.report.memory import Memory
 
 if TYPE_CHECKING:
     from execorder.analysis.sweep import SweepReport
@@ -140,6 +145,13 @@ class Profiler:
         progress: Told about each slow step, for a progress display.
         timing: Measure each module call's wall time (eager; on CPU unless
             ``device`` says cuda): the report's ``timing``.
+        memory: Measure what a training step holds with this optimizer
+            (``"adamw"``, ``"sgd"`` or ``"none"``; eager): the report's
+            ``memory``. The step runs where the model is (on meta, without
+            memory); a model built here is trained by it, one given is copied
+            first unless on meta.
+        memory_budget: Bytes the step must fit in: the memory's
+            ``budget_bytes`` (``over_budget`` says whether the peak exceeds it).
 
     Raises:
         ModeError: If an argument does not fit the mode.
@@ -162,6 +174,8 @@ class Profiler:
         target: str | None = None,
         progress: Progress | None = None,
         timing: bool = False,
+        memory: str | None = None,
+        memory_budget: int | None = None,
     ) -> None:
         chosen = Mode(mode)
         if isinstance(inputs, Inputs) and input_size is not None:
@@ -169,10 +183,15 @@ class Profiler:
         self.inputs = inputs if isinstance(inputs, Inputs) else Inputs(inputs, input_size)
         if chosen is Mode.FX and backward:
             raise ModeError(Arg.BACKWARD, chosen)
+        if chosen is Mode.FX and memory:
+            raise ModeError(Arg.MEMORY, chosen)
+        if memory is not None and memory not in OPTIMIZERS:
+            raise ValueError(f"memory must be one of {', '.join(OPTIMIZERS)}, not {memory!r}")
+        self.memory, self.memory_budget = memory, memory_budget
         if chosen is Mode.FX and self.inputs:
             raise ModeError(Arg.INPUTS, chosen)
         # Inputs given are inputs used: auto mode runs forward on them.
-        self.mode = Mode.EAGER if backward or self.inputs else chosen
+        self.mode = Mode.EAGER if backward or memory or self.inputs else chosen
         if timing and chosen is Mode.FX:
             raise ModeError(Arg.TIMING, chosen)
         if timing and device == "meta":
@@ -296,7 +315,11 @@ class Profiler:
                     timing=self.timing,
                 )
                 made = {**self.inputs_made, **made}
-                return dataclasses.replace(report, inputs_made=made) if made else report
+                if made:
+                    report = dataclasses.replace(report, inputs_made=made)
+                if self.memory is not None:
+                    report = dataclasses.replace(report, memory=self._memory(where, concrete))
+                return report
         except ForwardError as exc:
             if self._factory is None or self._chosen_device is not None or exc.device != "meta":
                 raise
@@ -313,6 +336,24 @@ class Profiler:
                 raise
             self._build("cpu")
             return self._eager(concrete, seed)
+
+    def _memory(self, where: str, concrete: Mapping[str, Any]) -> Memory:
+        """Two training steps of the model, measured (see :mod:`execorder.backends.memory`)."""
+        self._progress(f"Measuring a training step of {self.target} on {self.device}")
+        args, kwargs = self.inputs.make(where)
+        args, kwargs, _ = trainer_inputs(self.model, args, kwargs)
+        model = self.model
+        if self._factory is None and self.device != "meta":
+            model = copy.deepcopy(model)  # the caller's model: trained on a copy
+        with user_code(f"running a training step of {owner(model)}"):
+            measured = memory.measure(
+                model,
+                args=args,
+                kwargs={**kwargs, **concrete},
+                optimizer=self.memory or "adamw",
+                assume=self.assume,
+            )
+        return dataclasses.replace(measured, budget_bytes=self.memory_budget)
 
     def _build(self, device: str | None) -> None:
         if device in ("cpu", "cuda") and self._chosen_device == device:

@@ -151,3 +151,14 @@ def test_reports_and_plans_with_inputs_made_validate() -> None:
     broken["inputs_made"] = {"input_ids": "guessed"}
     with pytest.raises(jsonschema.ValidationError):
         VALIDATOR.validate(broken)
+
+
+def test_reports_with_memory_validate() -> None:
+    from encdec import EncoderDecoder
+
+    report = execorder.profile(EncoderDecoder, input_size="int64[2,8]@0:100", memory="sgd").report
+    _validate(json.loads(json.dumps(report.to_dict())), "report")
+    broken = report.to_dict()
+    broken["memory"]["peak_at"]["phase"] = "warmup"
+    with pytest.raises(jsonschema.ValidationError):
+        VALIDATOR.validate(broken)

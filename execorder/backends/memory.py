@@ -49,6 +49,7 @@ class MemoryRun(TorchDispatchMode):
         super().__init__()
         self.phase = Phase.FORWARD
         self.call: int | None = None
+        self.calls = 0  # module calls started in this step's forward
         self.alive: dict[MemoryKind, int] = dict.fromkeys(MemoryKind, 0)
         self.total = 0
         self._kinds: dict[int, tuple[MemoryKind, int]] = {}  # storage -> kind, bytes
@@ -189,7 +190,7 @@ def _step(
     run: MemoryRun,
     timeline: list[MemoryPoint],
 ) -> None:
-    run.phase, run.call = Phase.FORWARD, None
+    run.phase, run.call, run.calls = Phase.FORWARD, None, 0
     with run:
         outputs = model(*args, **kwargs)
         losses = [
@@ -217,15 +218,14 @@ def _step(
 def _calls(model: nn.Module, run: MemoryRun, timeline: list[MemoryPoint]) -> Iterator[None]:
     """Number the module calls of forward as the module order does, and sample at each."""
     ours = {id(m) for m in model.modules()}
-    count = [0]
     stack: list[int | None] = []
 
     def pre(module: nn.Module, _: Any) -> None:
         if id(module) not in ours or run.phase is not Phase.FORWARD:
             return
         stack.append(run.call)
-        run.call = count[0]
-        count[0] += 1
+        run.call = run.calls
+        run.calls += 1
         timeline.append(run.point())
 
     def post(module: nn.Module, _: Any, __: Any) -> None:
@@ -234,13 +234,9 @@ def _calls(model: nn.Module, run: MemoryRun, timeline: list[MemoryPoint]) -> Ite
         timeline.append(run.point())
         run.call = stack.pop()
 
-    def reset(*_: Any) -> None:
-        count[0] = 0
-
     handles = [
         nn.modules.module.register_module_forward_pre_hook(pre),
         nn.modules.module.register_module_forward_hook(post),
-        model.register_forward_pre_hook(reset, prepend=True),
     ]
     try:
         yield

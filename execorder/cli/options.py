@@ -116,6 +116,37 @@ SeedOpt = Annotated[
     ),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+
+
+class OptimizerName(str, Enum):
+    adamw = "adamw"
+    sgd = "sgd"
+    none = "none"
+
+
+MemoryOpt = Annotated[
+    bool,
+    typer.Option(
+        "--memory",
+        help="Run two training steps (forward, backward, --optimizer's step) where the model "
+        "is (on meta: no memory) and show what they hold: the peak, when it falls (phase and "
+        "module call #), and what is alive then by kind.",
+    ),
+]
+OptimizerOpt = Annotated[
+    OptimizerName,
+    typer.Option("--optimizer", help="The optimizer --memory steps (its states count)."),
+]
+MemoryBudgetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--memory-budget",
+        metavar="SIZE",
+        help="With --memory: exit 1 when the peak exceeds SIZE (80GiB, 40GB, 512MiB, bytes). "
+        "Default with --device cuda: the device's memory.",
+        show_default=False,
+    ),
+]
 ModeOpt = Annotated[
     Mode,
     typer.Option(

@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from execorder.cli.values import parse_assignments
+from execorder.cli.values import parse_assignments, parse_size
+from execorder.cli.words import UsageError
 from execorder.report.kinds import Mode
 
 T = TypeVar("T")
@@ -80,6 +81,9 @@ class ModelOptions:
     assume: bool = True
     seed: int | None = 0
     timing: bool = False
+    memory: bool = False
+    optimizer: Any = None
+    memory_budget: str | None = None
     debug: bool = False
 
     def concrete_args(self) -> dict[str, Any]:
@@ -90,11 +94,30 @@ class ModelOptions:
         """``--init``, read."""
         return parse_assignments(self.init or [], option="--init")
 
+    def budget(self) -> int | None:
+        """``--memory-budget``, read (it needs ``--memory``)."""
+        if self.memory_budget is None:
+            return None
+        if not self.memory:
+            raise UsageError("--memory-budget needs --memory")
+        return parse_size(self.memory_budget, option="--memory-budget")
+
 
 def model_options(ctx: Any) -> ModelOptions:
     """The model options the command was given; those it does not take keep their defaults."""
     names = {f.name for f in dataclasses.fields(ModelOptions)}
     return ModelOptions(**{k: v for k, v in ctx.params.items() if k in names})
+
+
+def _device_memory(options: ModelOptions) -> int | None:
+    """With ``--memory`` on ``--device cuda`` and no budget: the device's memory."""
+    if not options.memory or options.device is None or options.device.value != "cuda":
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
 
 
 class Session:
@@ -109,6 +132,7 @@ class Session:
     ) -> None:
         self.debug, self.quiet = options.debug, quiet
         init_kwargs = options.init_kwargs()
+        budget = options.budget()
         self._say: Callable[[str], None] = lambda _: None
         self._shown = 0
         with self._spinner("Loading torch"):
@@ -133,6 +157,8 @@ class Session:
                 seed=options.seed,
                 progress=lambda text: self._say(text),
                 timing=options.timing,
+                memory=getattr(options.optimizer, "value", "adamw") if options.memory else None,
+                memory_budget=budget if budget is not None else _device_memory(options),
             )
         self._flush()
 

@@ -25,7 +25,11 @@ from execorder.cli.options import (
     InputOpt,
     InputsOpt,
     MaxRowsOpt,
+    MemoryBudgetOpt,
+    MemoryOpt,
     ModeOpt,
+    OptimizerName,
+    OptimizerOpt,
     OutputFormat,
     OutputOpt,
     SeedOpt,
@@ -65,6 +69,25 @@ def gate(report: Any, categories: tuple[Category, ...]) -> bool:
         )
         say(f"execorder: check failed: {category}: {len(found)} ({shown}){why}")
     return bool(failing)
+
+
+def over_budget(report: Any) -> bool:
+    """Print why the memory's peak exceeds its budget, if it does; whether it does."""
+    from execorder.spelling import label, size_text
+
+    memory = report.memory
+    if memory is None or not memory.over_budget:
+        return False
+    at = memory.peak_at
+    where = f"{at.phase}" + (
+        f", call #{at.call} {label(report.modules[at.call].name)}" if at.call is not None else ""
+    )
+    largest = ", ".join(f"{kind} {size_text(size)}" for kind, size in memory.largest())
+    say(
+        f"execorder: check failed: memory: the peak, {size_text(memory.peak_bytes)} ({where}), "
+        f"exceeds the budget of {size_text(memory.budget_bytes or 0)}; largest: {largest}"
+    )
+    return True
 
 
 def _check_trace_options(
@@ -118,6 +141,9 @@ def trace(
     assume: AssumeOpt = True,
     seed: SeedOpt = 0,
     timing: TimingOpt = False,
+    memory: MemoryOpt = False,
+    optimizer: OptimizerOpt = OptimizerName.adamw,
+    memory_budget: MemoryBudgetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Trace a model's forward and report its execution order.
@@ -129,9 +155,12 @@ def trace(
     mode runs it for real (on the meta device by default: no memory, and what
     the inputs alone decide is computed).
 
-    Exit codes: 0 done; 1 a --fail-on check found something, or the report
-    differs from --baseline; 2 the report could not be made (one line on
-    stderr says why); 130 interrupted; 141 the reader of stdout stopped.
+    With --memory, also what a training step holds, and when its peak falls.
+
+    Exit codes: 0 done; 1 a --fail-on check found something, the report
+    differs from --baseline, or the memory's peak exceeds --memory-budget; 2
+    the report could not be made (one line on stderr says why); 130
+    interrupted; 141 the reader of stdout stopped.
     """
 
     def body() -> None:
@@ -182,7 +211,8 @@ def trace(
             )
             if baseline is not None:
                 say(f"execorder: baseline {baseline} written")
-        if gate(report, categories) or differs:
+        over = over_budget(report)
+        if gate(report, categories) or differs or over:
             raise typer.Exit(EXIT_FOUND)
 
     run_command(debug, body)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -123,3 +124,24 @@ def parse_choices(
     if unknown or not chosen:
         raise UsageError(f"{option} got {unknown[0] if unknown else text!r}; {hint}")
     return tuple(known[c] for c in chosen)
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str, *, option: str) -> int:
+    """Bytes from ``80GiB``, ``40GB``, ``1.5TiB``, ``512MiB`` or a plain number of bytes.
+
+    Raises:
+        UsageError: For anything else.
+    """
+    found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
+    unit = found.group(2).lower() if found else ""
+    value = float(found.group(1)) if found else -1.0
+    if found is None or unit not in _UNITS or value <= 0:
+        raise UsageError(
+            f"{option} expects a size such as 80GiB, 40GB, 512MiB or a number of bytes, "
+            f"got {text!r}"
+        )
+    return int(value * _UNITS[unit])

@@ -22,6 +22,7 @@ FLAGS = {
     Arg.OUTPUT: "--output",
     Arg.BASELINE: "--baseline",
     Arg.LAYOUT: "--layout",
+    Arg.MEMORY: "--memory",
 }
 
 

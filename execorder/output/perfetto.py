@@ -61,6 +61,38 @@ def spans(report: Report) -> list[tuple[float, float]]:
     return [(s, e - s) for s, e in zip(starts, ends, strict=True)]
 
 
+def _memory_counter(
+    report: Report, found: list[tuple[float, float]], end: float
+) -> list[dict[str, Any]]:
+    """Bytes alive over the measured step, as a counter: forward at its calls' times, then
+    backward and the optimizer's step after forward's end, a point after another."""
+    memory = report.memory
+    assert memory is not None
+    step = max(end / max(len(memory.timeline), 1), 1.0)
+    events, after = [], end
+    last_start: dict[int, int] = {}
+    for point in memory.timeline:
+        if point.phase.value == "forward" and point.call is not None and point.call < len(found):
+            seen = last_start.get(point.call, 0)
+            start, length = found[point.call]
+            ts = start if not seen else start + length  # a call's start, then its end
+            last_start[point.call] = seen + 1
+        else:
+            after += step
+            ts = after
+        events.append(
+            {
+                "name": "memory",
+                "cat": "memory",
+                "ph": "C",
+                "ts": ts,
+                "pid": PID,
+                "args": {"bytes": point.bytes, "phase": point.phase.value},
+            }
+        )
+    return events
+
+
 def timeline(
     report: Report, *, plan: FsdpPlan | None = None, words: Words = PYTHON
 ) -> dict[str, Any]:
@@ -128,6 +160,8 @@ def timeline(
                     "args": {"order": order, "logical": True},
                 }
             )
+    if report.memory is not None:
+        events += _memory_counter(report, found, end)
     if plan is not None:
         tracks.append(UNITS)
         index_of = {m: i for i, u in enumerate(plan.units) for m in u.modules}

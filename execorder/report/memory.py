@@ -83,6 +83,7 @@ class Memory:
         assumed: On meta, a selection's size could not be known and was
             assumed to keep every element (a router's): a real step may hold
             less.
+        budget_bytes: The memory the step must fit in, when one was given.
     """
 
     optimizer: str
@@ -93,10 +94,16 @@ class Memory:
     timeline: tuple[MemoryPoint, ...] = ()
     device: str = "meta"
     assumed: bool = False
+    budget_bytes: int | None = None
 
     def __post_init__(self) -> None:
         kinds = {MemoryKind(k): int(v) for k, v in self.at_peak.items()}
         object.__setattr__(self, "at_peak", MappingProxyType(kinds))
+
+    @property
+    def over_budget(self) -> bool:
+        """Whether the peak exceeds the budget (False without one)."""
+        return self.budget_bytes is not None and self.peak_bytes > self.budget_bytes
 
     def largest(self, count: int = 3) -> list[tuple[MemoryKind, int]]:
         """The kinds holding the most bytes at the peak, the largest first."""
@@ -108,6 +115,7 @@ class Memory:
             "optimizer": self.optimizer,
             "device": self.device,
             "assumed": self.assumed,
+            "budget_bytes": self.budget_bytes,
             "peak_bytes": self.peak_bytes,
             "peak_at": {**self.peak_at.to_dict(), "step": self.peak_step, "unit": None},
             "at_peak": {kind.value: size for kind, size in self.at_peak.items()},
@@ -134,4 +142,5 @@ class Memory:
             ),
             device=fields.get("device", str, default="meta"),
             assumed=fields.get("assumed", bool, default=False),
+            budget_bytes=fields.get("budget_bytes", int, type(None), default=None),
         )

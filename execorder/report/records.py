@@ -15,6 +15,7 @@ from typing import Any
 
 from execorder.errors import SchemaError
 from execorder.report.kinds import Category, InputSource, Mode, ParamStatus, gate
+from execorder.report.memory import Memory
 from execorder.report.reading import Fields
 from execorder.spelling import label
 
@@ -459,6 +460,9 @@ class Report:
             report rests on nothing assumed.
         timing: Real times of the module calls, when forward was timed
             (``--timing``); None otherwise (and absent from the JSON).
+        memory: What a training step holds, when, and at its peak
+            (``memory=`` / ``--memory``); None when not measured (and absent
+            from the JSON).
         inputs_made: The inputs execorder made itself, and where from: a
             transformers model's own example inputs (``dummy_inputs``) when
             it was given none, torchtitan's positions and attention masks as
@@ -481,6 +485,7 @@ class Report:
     assumptions: tuple[Assumption, ...] = ()
     timing: Timing | None = None
     inputs_made: Mapping[str, InputSource] = field(default_factory=dict)
+    memory: Memory | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -600,6 +605,7 @@ class Report:
                 if self.inputs_made
                 else {}
             ),
+            **({"memory": self.memory.to_dict()} if self.memory is not None else {}),
         }
 
     @classmethod
@@ -648,6 +654,9 @@ class Report:
             if fields.get("timing", dict, type(None), default=None) is None
             else Timing.from_dict(data["timing"]),
             inputs_made=read_inputs_made(fields.get("inputs_made", dict, default={})),
+            memory=None
+            if fields.get("memory", dict, type(None), default=None) is None
+            else Memory.from_dict(data["memory"]),
         )
 
     def param(self, name: str) -> ParamInfo:

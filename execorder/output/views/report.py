@@ -46,7 +46,7 @@ from execorder.report import (
     Report,
     shape_text,
 )
-from execorder.spelling import args_text
+from execorder.spelling import args_text, size_text
 
 
 def report_view(
@@ -67,6 +67,7 @@ def report_view(
     """
     blocks: list[Block] = [
         _summary(report),
+        *([memory_table(report)] if report.memory is not None else []),
         _modules(report.modules, depth=depth, max_rows=max_rows, words=words),
         _param_order(report.params, max_rows=max_rows, words=words),
         _unused(report.unused, max_rows=max_rows, words=words),
@@ -82,6 +83,46 @@ def report_view(
         blocks.append(slowest(report))
     title = cell("execorder: ", code(report.target), f" ({report.mode} trace)")
     return Document(title, tuple(blocks))
+
+
+def memory_table(report: Report) -> Table:
+    """What a training step holds: the peak, where it falls, what is alive then, the budget."""
+    memory = report.memory
+    assert memory is not None
+    at = memory.peak_at
+    where = f"step {memory.peak_step}, {at.phase}"
+    if at.call is not None and at.call < len(report.modules):
+        call = report.modules[at.call]
+        where += f", at call #{at.call} {label(call.name)} ({call.type})"
+    ran = "meta (no memory used)" if memory.device == "meta" else memory.device
+    optimizer = "no optimizer" if memory.optimizer == "none" else f"{memory.optimizer}'s step"
+    rows = [
+        fact("peak", f"{size_text(memory.peak_bytes)}: {where}"),
+        fact(
+            "alive at the peak",
+            ", ".join(f"{kind} {size_text(size)}" for kind, size in memory.largest(6)) or "none",
+        ),
+        fact("measured", f"two steps of forward, backward and {optimizer}, on {ran}"),
+    ]
+    if memory.budget_bytes is not None:
+        budget = size_text(memory.budget_bytes)
+        if memory.over_budget:
+            over = size_text(memory.peak_bytes - memory.budget_bytes)
+            rows.append(fact("budget", f"{budget}: exceeded by {over}", Severity.ERROR))
+        else:
+            rows.append(fact("budget", f"{budget}: fits", Severity.OK))
+    if memory.assumed:
+        rows.append(
+            fact(
+                "assumed",
+                "a selection's size was unknown on meta and taken as keeping every element: "
+                "a real step may hold less",
+                Severity.WARNING,
+            )
+        )
+    return Table(
+        "Memory of a training step", (Column(""), Column("", NAME)), tuple(rows), header=False
+    )
 
 
 SLOWEST = 10  # modules in the timing table

@@ -1,0 +1,236 @@
+"""What a training step holds, measured by execorder, against PyTorch's own measurements.
+
+Each model takes two real training steps on CPU (forward, backward of the
+summed outputs, the optimizer's step; the second step has the optimizer's
+states), measured two ways that are not execorder's: PyTorch's
+``MemTracker`` (``torch.distributed._tools.mem_tracker``; it refuses models
+with frozen parameters), and the CPU allocator's own allocations and frees as
+``torch.profiler`` records them (``profile_memory=True``), on top of what was
+allocated before (parameters, buffers, the batch). Its peak is compared with
+execorder's, measured on CPU and on meta (where nothing is allocated). The
+tolerance is PyTorch's own tracker tests' against the CUDA allocator, 10%.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from encdec import EncoderDecoder
+from moe import MoE
+from torch import nn
+from torch.distributed._tools.mem_tracker import MemTracker
+from torch.utils._pytree import tree_leaves
+from torch.utils.checkpoint import checkpoint
+from typer.testing import CliRunner
+
+import execorder
+from execorder.backends.memory import measure
+from execorder.cli import app
+from execorder.report import Report
+from execorder.report.memory import MemoryKind, Phase
+
+hf = pytest.importorskip("hf", reason="transformers is not installed (pip install execorder[hf])")
+TOLERANCE = 0.10
+
+
+class Checkpointed(nn.Module):
+    """Blocks under activation checkpointing: their insides are recomputed in backward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64)) for _ in range(3)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = checkpoint(block, x, use_reentrant=False)
+        return x
+
+
+def _lora() -> nn.Module:
+    peft = pytest.importorskip("peft")
+    config = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    return peft.get_peft_model(hf.tiny_llama(tie=False), config)
+
+
+def _ids(shape: tuple[int, int]) -> torch.Tensor:
+    return torch.randint(0, 100, shape)
+
+
+CASES = {
+    "llama": (lambda: hf.tiny_llama(layers=2), lambda: (_ids((2, 64)),)),
+    "llama-bf16": (lambda: hf.tiny_llama(layers=2).to(torch.bfloat16), lambda: (_ids((2, 64)),)),
+    "encdec": (EncoderDecoder, lambda: (torch.randint(0, 100, (4, 32)),)),
+    "moe": (MoE, lambda: (torch.randn(16, 16),)),
+    "lora": (_lora, lambda: (_ids((2, 32)),)),
+    "checkpointed": (Checkpointed, lambda: (torch.randn(32, 64),)),
+}
+
+
+def _tracked(case: str, optimizer: str) -> int:
+    """MemTracker's peak over two real training steps on CPU."""
+    build, make = CASES[case]
+    torch.manual_seed(0)
+    model = build()
+    params = [p for p in model.parameters() if p.requires_grad]
+    step = (
+        torch.optim.AdamW(params)
+        if optimizer == "adamw"
+        else torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    )
+    tracker = MemTracker()
+    tracker.track_external(model, step)
+    with tracker:
+        torch.manual_seed(1)
+        args = make()
+        for _ in range(2):
+            out = model(*args)
+            grads = [
+                t.float().sum()
+                for t in tree_leaves(out)
+                if isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()
+            ]
+            torch.stack(grads).sum().backward()
+            del out, grads
+            step.step()
+            step.zero_grad(set_to_none=True)
+            tracker.reset_mod_stats()
+    return int(tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"])
+
+
+def _allocated(case: str, optimizer: str) -> int:
+    """The CPU allocator's peak over two real training steps, as the profiler records it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    build, make = CASES[case]
+    torch.manual_seed(0)
+    model = build()
+    params = [p for p in model.parameters() if p.requires_grad]
+    step = (
+        torch.optim.AdamW(params)
+        if optimizer == "adamw"
+        else torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    )
+    torch.manual_seed(1)
+    args = make()
+    held = sum(t.untyped_storage().nbytes() for t in (*model.parameters(), *model.buffers(), *args))
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiled:
+        for _ in range(2):
+            out = model(*args)
+            grads = [
+                t.float().sum()
+                for t in tree_leaves(out)
+                if isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()
+            ]
+            torch.stack(grads).sum().backward()
+            del out, grads
+            step.step()
+            step.zero_grad(set_to_none=True)
+    events = profiled.profiler.kineto_results.events()  # type: ignore[union-attr]
+    changes = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+    alive = peak = 0
+    for _, change in changes:
+        alive += change
+        peak = max(peak, alive)
+    return held + peak
+
+
+def _ours(case: str, optimizer: str, device: str) -> execorder.report.memory.Memory:
+    build, make = CASES[case]
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = build()
+    torch.manual_seed(1)
+    return measure(model, args=make(), optimizer=optimizer)
+
+
+@pytest.mark.transformers
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_peak_is_what_pytorch_measures_on_a_real_step(case: str, optimizer: str) -> None:
+    on_cpu = _ours(case, optimizer, "cpu")
+    allocated = _allocated(case, optimizer)
+    assert abs(on_cpu.peak_bytes - allocated) <= TOLERANCE * allocated
+    if case != "lora":  # MemTracker refuses frozen parameters
+        tracked = _tracked(case, optimizer)
+        assert on_cpu.peak_bytes == tracked  # the same storages, counted alike: to the byte
+    if case == "moe":
+        return  # routing on values: see the next test
+    on_meta = _ours(case, optimizer, "meta")
+    assert on_meta.peak_bytes == on_cpu.peak_bytes
+    assert on_meta.at_peak == on_cpu.at_peak and on_meta.peak_at == on_cpu.peak_at
+
+
+def test_a_router_on_meta_is_assumed_and_says_so() -> None:
+    on_meta = _ours("moe", "adamw", "meta")
+    on_cpu = _ours("moe", "adamw", "cpu")
+    assert on_meta.assumed and not on_cpu.assumed
+    assert on_meta.peak_bytes >= on_cpu.peak_bytes  # every token to every expert: an upper bound
+
+
+class Spike(nn.Module):
+    """One call makes a large temporary that it frees before returning."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        big = x.new_zeros(1 << 20)
+        return self.proj(x) + big[:1].sum()
+
+
+class WithSpike(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(8, 8)
+        self.spike = Spike()
+        self.last = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(self.spike(self.first(x)))
+
+
+def test_the_peak_falls_in_the_call_that_makes_it() -> None:
+    profile = execorder.profile(WithSpike, input_size=(2, 8), memory="sgd")
+    memory, report = profile.report.memory, profile.report
+    assert memory is not None and profile.device == "meta"
+    assert memory.peak_at.phase is Phase.FORWARD
+    assert report.modules[memory.peak_at.call].name == "spike"
+    assert memory.at_peak[MemoryKind.TEMPORARIES] >= 4 << 20
+    forward = [p.call for p in memory.timeline if p.phase is Phase.FORWARD and p.call is not None]
+    assert list(dict.fromkeys(forward)) == list(range(len(report.modules)))  # the module order
+
+
+def test_the_report_carries_it_and_reads_it_back() -> None:
+    report = execorder.profile(
+        EncoderDecoder, input_size="int64[2,16]@0:100", memory="adamw"
+    ).report
+    assert report.memory is not None and report.memory.optimizer == "adamw"
+    again = Report.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert again.memory == report.memory
+    with pytest.raises(ValueError, match="memory must be one of"):
+        execorder.profile(EncoderDecoder, input_size="int64[2,16]@0:100", memory="adam")
+
+
+def test_the_command_gates_on_a_budget() -> None:
+    runner = CliRunner()
+    target = ["trace", "sample_models/encdec.py:EncoderDecoder", "--input", "int64[2,16]@0:100"]
+    fits = runner.invoke(app, [*target, "--memory", "--memory-budget", "1GiB", "-f", "json"])
+    assert fits.exit_code == 0, fits.stderr
+    data = json.loads(fits.stdout)["memory"]
+    assert data["budget_bytes"] == 1 << 30 and data["peak_at"]["unit"] is None
+    over = runner.invoke(app, [*target, "--memory", "--memory-budget", "100KB"])
+    assert over.exit_code == 1
+    assert "execorder: check failed: memory: the peak" in over.stderr
+    assert "exceeds the budget of 100.0 KB; largest: " in over.stderr
+    assert "exceeded by" in over.stdout
+    alone = runner.invoke(app, [*target, "--memory-budget", "1GiB"])
+    assert alone.exit_code == 2 and "--memory-budget needs --memory" in alone.stderr
+    wrong = runner.invoke(app, [*target, "--memory", "--memory-budget", "lots"])
+    assert wrong.exit_code == 2 and "--memory-budget expects a size" in wrong.stderr
+    fx = runner.invoke(app, ["trace", "sample_models/seed.py:Model", "--mode", "fx", "--memory"])
+    assert fx.exit_code == 2 and "--memory needs --mode eager" in fx.stderr
