@@ -17,4 +17,5 @@ log=${OUT:-/tmp}/gpu_check.log
     "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_eager.py tests/test_record.py
     "$PY" benchmarks/bench_gpu.py --breakdown
     "$PY" benchmarks/gpu_titan.py
+    "$PY" benchmarks/gpu_memory.py
 } 2>&1 | tee "$log"

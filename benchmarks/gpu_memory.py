@@ -1,0 +1,83 @@
+"""execorder's memory of a training step against the CUDA allocator, on a lent GPU.
+
+For each model: two real training steps on CUDA (forward, backward of the
+summed outputs, AdamW's step; its foreach implementation, CUDA's default),
+``torch.cuda.max_memory_allocated`` over them (the model, its batch and
+everything the steps make; the allocator rounds each block up), against
+execorder's measure made on meta (``profile(..., memory="adamw")``) and on
+CUDA itself. Prints each error; skips without CUDA. What differs, and why, is
+in docs/memory.md.
+
+    python benchmarks/gpu_memory.py        # also run by benchmarks/gpu_check.sh
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent / "sample_models")]
+
+
+def allocated_peak(build: object, ids: torch.Tensor) -> int:
+    torch.manual_seed(0)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    with torch.device("cuda"):
+        model = build()  # type: ignore[operator]
+    batch = ids.cuda()
+    step = torch.optim.AdamW(model.parameters())
+    for _ in range(2):
+        out = model(batch)
+        (out.logits if hasattr(out, "logits") else out).float().sum().backward()
+        del out
+        step.step()
+        step.zero_grad(set_to_none=True)
+    peak = torch.cuda.max_memory_allocated() - before
+    del model, step, batch
+    return peak
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("gpu_memory: skipped (no CUDA device)")
+        return 0
+    import hf
+    from llama import Llama
+
+    import execorder
+
+    cases = {
+        "tiny Llama (transformers), 4 x 512 tokens": (
+            lambda: hf.tiny_llama(layers=4),
+            torch.randint(0, 100, (4, 512)),
+        ),
+        "Llama-shaped, 12 layers of 1024, 2 x 1024 tokens": (
+            lambda: Llama(
+                vocab=32000, dim=1024, n_layers=12, n_heads=16, n_kv_heads=4, hidden=2816
+            ),
+            torch.randint(0, 32000, (2, 1024)),
+        ),
+    }
+    worst = 0.0
+    for name, (build, ids) in cases.items():
+        real = allocated_peak(build, ids)
+        on_meta = execorder.profile(build, inputs=ids, memory="adamw").report.memory
+        on_cuda = execorder.profile(build, inputs=ids, memory="adamw", device="cuda").report.memory
+        assert on_meta is not None and on_cuda is not None
+        error = (on_meta.peak_bytes - real) / real
+        worst = max(worst, abs(error))
+        print(
+            f"{name}: CUDA allocator {real / 2**20:.1f} MiB, execorder on meta "
+            f"{on_meta.peak_bytes / 2**20:.1f} MiB ({error:+.1%}), on CUDA "
+            f"{on_cuda.peak_bytes / 2**20:.1f} MiB"
+        )
+    print(f"gpu_memory: worst error {worst:.1%} (PyTorch's tracker tests hold 10%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
