@@ -234,3 +234,18 @@ def test_the_command_gates_on_a_budget() -> None:
     assert wrong.exit_code == 2 and "--memory-budget expects a size" in wrong.stderr
     fx = runner.invoke(app, ["trace", "sample_models/seed.py:Model", "--mode", "fx", "--memory"])
     assert fx.exit_code == 2 and "--memory needs --mode eager" in fx.stderr
+
+
+def test_the_tree_and_the_timeline_show_it() -> None:
+    from execorder.output.perfetto import timeline
+    from execorder.output.terminal import draw, plain_text
+    from execorder.output.views import tree_view
+
+    report = execorder.profile(WithSpike, input_size=(2, 8), memory="sgd").report
+    tree = plain_text(draw(tree_view(report)), width=200)
+    assert "alive (the step's peak falls in its forward)" in tree
+    spike_line = next(line for line in tree.splitlines() if "spike  Spike" in line)
+    assert "the step's peak" in spike_line
+    counters = [e for e in timeline(report)["traceEvents"] if e.get("ph") == "C"]
+    assert counters and report.memory is not None
+    assert [e["args"]["bytes"] for e in counters] == [p.bytes for p in report.memory.timeline]

@@ -38,7 +38,8 @@ def tree_view(
     ``layers.79``, the same calls and uses inside) fold into one line, with
     the first one's subtree under it (:func:`~execorder.report.folding.fold_calls`).
     Dead parameters are marked where they are used, unused ones on their
-    module's first call, FSDP units (with a ``plan``) on their calls, and
+    module's first call, FSDP units (with a ``plan``) on their calls, the
+    bytes alive as each call starts (with a measured step: ``memory``), and
     times (with ``timing``) on every call.
     """
     calls = report.modules
@@ -51,6 +52,12 @@ def tree_view(
     )
     timing = report.timing
     owns = own_uses(report)
+    alive: dict[int, int] = {}  # bytes alive as each call starts, with a measured step
+    if report.memory is not None:
+        for point in report.memory.timeline:
+            if point.phase.value == "forward" and point.call is not None:
+                alive.setdefault(point.call, point.bytes)
+    peak = report.memory.peak_at if report.memory is not None else None
 
     def line(index: int, name: str, count: int) -> Cell:
         call = calls[index]
@@ -72,6 +79,12 @@ def tree_view(
                 parts.append(Span(f"{local} (dead)", Tone.WARN) if is_dead else local)
         if call.repeat == 0 and count == 1 and unused.get(call.name):
             parts.append(Span(f"  unused: {', '.join(unused[call.name])}", Tone.WARN))
+        if index in alive and count == 1:
+            at_peak = peak is not None and peak.call == index
+            memory = f"  {size_text(alive[index])} alive"
+            if peak is not None and at_peak:
+                memory += f" (the step's peak falls in its {peak.phase})"
+            parts.append(Span(memory, Tone.WARN if at_peak else Tone.MUTED))
         if timing is not None and count == 1:
             times = timing.calls[index]
             parts.append(
