@@ -232,6 +232,8 @@ def test_the_command_gates_on_a_budget() -> None:
     assert alone.exit_code == 2 and "--memory-budget needs --memory" in alone.stderr
     wrong = runner.invoke(app, [*target, "--memory", "--memory-budget", "lots"])
     assert wrong.exit_code == 2 and "--memory-budget expects a size" in wrong.stderr
+    swept = runner.invoke(app, [*target, "--memory", "--sweep", "x=1,2"])
+    assert swept.exit_code == 2 and "not with --sweep" in swept.stderr
     fx = runner.invoke(app, ["trace", "sample_models/seed.py:Model", "--mode", "fx", "--memory"])
     assert fx.exit_code == 2 and "--memory needs --mode eager" in fx.stderr
 
