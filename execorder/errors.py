@@ -915,6 +915,21 @@ class LayoutError(ExecOrderError):
         )
 
 
+class PlanMemoryError(ExecOrderError):
+    """What one rank of a plan holds cannot be measured.
+
+    Attributes:
+        reason: Why.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+    def describe(self, words: Words = PYTHON) -> str:
+        return f"cannot measure one rank's memory under the plan: {self.reason}"
+
+
 class PlanMismatchError(ExecOrderError):
     """An FSDP plan does not fit the model it is applied to.
 

@@ -394,3 +394,87 @@ def shard(
     fully_shard(model, **kwargs)
     apply(model, plan)
     return model
+
+
+def plan_memory(
+    profiler: Profiler,
+    plan: FsdpPlan,
+    report: Report,
+    *,
+    optimizer: str = "adamw",
+    budget: int | None = None,
+    concrete_args: Mapping[str, Any] | None = None,
+) -> FsdpPlan:
+    """The plan with what one rank holds in a training step under it (``plan.memory``).
+
+    FSDP2 itself runs the step: the model is built anew on fake tensors
+    (``FakeTensorMode``: shapes, no memory), sharded by the plan over a fake
+    process group of the plan's world size (collectives that move nothing),
+    and two training steps run under :func:`execorder.backends.memory.measure`,
+    which follows every storage FSDP2 and the model make, the gathered
+    parameters FSDP2 frees and refills in place included. With a budget the
+    peak exceeds, the plan gains a ``memory`` check.
+
+    Raises:
+        TargetError: For a model given as an instance (it is built anew).
+        PlanMemoryError: Inside a process group already, or when the step
+            needs values a fake tensor does not have (a router's choice).
+    """
+    import dataclasses
+
+    import torch.distributed as dist
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from execorder.analysis.sharding import Check
+    from execorder.analysis.sharding.kinds import SEVERITY
+    from execorder.backends.memory import measure
+    from execorder.errors import PlanMemoryError
+
+    if dist.is_initialized():
+        raise PlanMemoryError("this process is in a process group already; run it outside one")
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=plan.world_size)
+    try:
+        mesh = init_device_mesh("cpu", (plan.world_size,))
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            model = profiler.fresh_model()
+            shard(model, plan, mesh=mesh)
+            args, kwargs = profiler.step_arguments("cpu", dict(concrete_args or {}))
+            try:
+                memory = measure(model, args=args, kwargs=kwargs, optimizer=optimizer)
+            except Exception as exc:
+                raise PlanMemoryError(
+                    f"the step cannot run on fake tensors ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''})"
+                ) from exc
+    finally:
+        dist.destroy_process_group()
+    call = memory.peak_at.call
+    unit = _unit_at(plan, report.modules[call].name) if call is not None else None
+    memory = dataclasses.replace(
+        memory, budget_bytes=budget, peak_unit=unit, world_size=plan.world_size
+    )
+    checks = plan.checks
+    if memory.over_budget:
+        largest = tuple((kind.value, size) for kind, size in memory.largest())
+        found = Check(
+            CheckKind.MEMORY,
+            SEVERITY[CheckKind.MEMORY],
+            (unit,) if unit is not None else (),
+            (),
+            bytes=memory.peak_bytes,
+            budget=budget or 0,
+            largest=largest,
+        )
+        checks = (found, *checks)
+    return dataclasses.replace(plan, memory=memory, checks=checks)
+
+
+def _unit_at(plan: FsdpPlan, module: str) -> str:
+    """The innermost unit holding the module of that name."""
+    owner = {m: u.name for u in plan.units for m in u.modules}
+    name = module
+    while name not in owner and name:
+        name = name.rpartition(".")[0]
+    return owner.get(name, ROOT)

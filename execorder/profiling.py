@@ -337,11 +337,30 @@ class Profiler:
             self._build("cpu")
             return self._eager(concrete, seed)
 
+    def step_arguments(self, where: str, concrete: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """Forward's arguments for a run made on ``where``: the inputs, made as a run makes them."""
+        args, kwargs = self.inputs.make(where)
+        args, kwargs, _ = trainer_inputs(self.model, args, kwargs)
+        return args, {**kwargs, **concrete}
+
+    def fresh_model(self) -> nn.Module:
+        """The model built anew, seeded as first, on CPU (for a run under another mode).
+
+        Raises:
+            TargetError: For a model given as an instance: there is nothing to build it with.
+        """
+        if self._factory is None:
+            raise TargetError(
+                f"{self.target} was given as a module: measuring it sharded builds it anew, so "
+                "give its class, a function building it, or a TARGET"
+            )
+        with self._seeded():
+            return build(self._factory, init_kwargs=self._init, device="cpu", name=self._name).model
+
     def _memory(self, where: str, concrete: Mapping[str, Any]) -> Memory:
         """Two training steps of the model, measured (see :mod:`execorder.backends.memory`)."""
         self._progress(f"Measuring a training step of {self.target} on {self.device}")
-        args, kwargs = self.inputs.make(where)
-        args, kwargs, _ = trainer_inputs(self.model, args, kwargs)
+        args, kwargs = self.step_arguments(where, concrete)
         model = self.model
         if self._factory is None and self.device != "meta":
             model = copy.deepcopy(model)  # the caller's model: trained on a copy
@@ -349,7 +368,7 @@ class Profiler:
             measured = memory.measure(
                 model,
                 args=args,
-                kwargs={**kwargs, **concrete},
+                kwargs=kwargs,
                 optimizer=self.memory or "adamw",
                 assume=self.assume,
             )

@@ -744,3 +744,19 @@ class EarlyExit(nn.Module):
 def lengths_by_rank(rank: int = 0, world_size: int = 1) -> object:
     """Rank r's sequence has 4 + 4r tokens: rank 0's is short."""
     return (torch.randn(1, 4 + 4 * rank, 4),)
+
+
+class MlpBlocks(nn.Module):
+    """Three MLP blocks in a ModuleList: units of a plan, with activations worth measuring."""
+
+    def __init__(self, width: int = 256, hidden: int = 1024) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, width))
+            for _ in range(3)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x

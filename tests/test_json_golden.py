@@ -38,6 +38,11 @@ DOCUMENTS = {
     "plan-given-units": [
         "fsdp", "tests/models.py:ReadsAnotherUnit", "--input", "[2,4]", "--unit", "Unit",
     ],
+    "plan-memory": [
+        "fsdp", "tests/models.py:MlpBlocks", "--input", "[8,256]", "--world-size", "2",
+        "--memory", "--memory-budget", "1MB",
+    ],
+    "trace-memory": ["trace", ENCDEC, "--input", "int64[2,16]@0:100", "--memory"],
 }  # fmt: skip
 
 

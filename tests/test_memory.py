@@ -251,3 +251,91 @@ def test_the_tree_and_the_timeline_show_it() -> None:
     counters = [e for e in timeline(report)["traceEvents"] if e.get("ph") == "C"]
     assert counters and report.memory is not None
     assert [e["args"]["bytes"] for e in counters] == [p.bytes for p in report.memory.timeline]
+
+
+# -- one FSDP2 rank, against FSDPMemTracker on real ranks -------------------------------
+
+SHARDED = {
+    "blocks@always": ("blocks", {"reshard_after_forward": "always"}),
+    "blocks@default": ("blocks", {}),
+    "llama@titan-bf16": ("llama", {"layout": "torchtitan", "param_dtype": "bfloat16"}),
+    "encdec@prefetch2": ("encdec", {"prefetch": 2}),
+}
+
+
+def _sharded_build(name: str) -> tuple[object, dict[str, object]]:
+    import models
+
+    if name == "blocks":
+        return models.MlpBlocks, {"input_size": "float32[64,256]"}
+    if name == "llama":
+        return (lambda: hf.tiny_llama(layers=2, tie=False)), {"input_size": "int64[2,64]@0:100"}
+    return EncoderDecoder, {"input_size": "int64[4,32]@0:100"}
+
+
+@pytest.mark.processes
+@pytest.mark.transformers
+@pytest.mark.parametrize("world", [2, 4])
+def test_one_rank_under_a_plan_is_what_fsdpmemtracker_measures(
+    world: int, tmp_path: pytest.TempPathFactory
+) -> None:
+    """FSDP2 on fake tensors over a fake process group (execorder), against FSDP2 on real
+    gloo ranks measured by PyTorch's FSDPMemTracker: the same plans, shards and steps."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import execorder.fsdp
+
+    plans, ours = {}, {}
+    for case, (name, options) in SHARDED.items():
+        build, profile_options = _sharded_build(name)
+        profiler = execorder.Profiler(build, **profile_options)
+        plan, report = execorder.fsdp.plan_and_report(profiler, world_size=world, **options)
+        plan = execorder.fsdp.plan_memory(profiler, plan, report)
+        assert plan.memory is not None and plan.memory.world_size == world
+        plans[case], ours[case] = plan.to_dict(), plan.memory.peak_bytes
+    cases = Path(str(tmp_path)) / "cases.json"
+    cases.write_text(json.dumps(plans))
+    probe = Path(__file__).resolve().parent / "fsdp_memory_probe.py"
+    try:
+        done = subprocess.run(
+            [sys.executable, str(probe), str(cases.parent / "store"), str(cases), str(world)],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            cwd=probe.parent.parent,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the FSDPMemTracker probe did not finish in 240 s")
+    assert done.returncode == 0, done.stderr[-3000:]
+    measured = {
+        r["case"]: r["peak"]
+        for r in (json.loads(line) for line in done.stdout.splitlines() if line.startswith("{"))
+    }
+    assert set(measured) == set(SHARDED)
+    for case, peak in measured.items():
+        assert abs(ours[case] - peak) <= TOLERANCE * peak, (case, ours[case], peak)
+
+
+def test_a_budget_on_a_plan_is_a_memory_check() -> None:
+    import models
+
+    import execorder.fsdp
+    from execorder.analysis.sharding import CheckKind
+
+    profiler = execorder.Profiler(models.MlpBlocks, input_size="float32[8,256]")
+    plan, report = execorder.fsdp.plan_and_report(profiler, world_size=2)
+    over = execorder.fsdp.plan_memory(profiler, plan, report, budget=1 << 20)
+    assert over.memory is not None and over.memory.over_budget
+    assert over.memory.at_peak[MemoryKind.GATHERED] > 0  # FSDP2's gathered parameters
+    assert [c.kind for c in over.checks][:1] == [CheckKind.MEMORY]
+    assert "over the budget of 1.0 MB" in over.checks[0].describe()
+    fits = execorder.fsdp.plan_memory(profiler, plan, report, budget=1 << 30)
+    assert not any(c.kind is CheckKind.MEMORY for c in fits.checks)
+    again = execorder.fsdp.FsdpPlan.from_dict(json.loads(json.dumps(over.to_dict())))
+    assert again.memory == over.memory
+    with pytest.raises(execorder.errors.TargetError, match="given as a module"):
+        given = execorder.Profiler(models.MlpBlocks(), input_size="float32[8,256]")
+        plan, report = execorder.fsdp.plan_and_report(given, world_size=2)
+        execorder.fsdp.plan_memory(given, plan, report)

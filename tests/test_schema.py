@@ -162,3 +162,12 @@ def test_reports_with_memory_validate() -> None:
     broken["memory"]["peak_at"]["phase"] = "warmup"
     with pytest.raises(jsonschema.ValidationError):
         VALIDATOR.validate(broken)
+
+
+def test_plans_with_memory_validate() -> None:
+    import execorder.fsdp
+
+    profiler = execorder.Profiler(models.MlpBlocks, input_size="float32[8,256]")
+    plan, report = execorder.fsdp.plan_and_report(profiler, world_size=2)
+    plan = execorder.fsdp.plan_memory(profiler, plan, report, budget=1 << 20)
+    _validate(json.loads(json.dumps(plan.to_dict())), "fsdp_plan")

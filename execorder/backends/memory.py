@@ -64,6 +64,9 @@ class MemoryRun(TorchDispatchMode):
 
     def track(self, tensor: torch.Tensor, kind: MemoryKind, *, retag: bool = False) -> None:
         """Count ``tensor``'s storage as ``kind`` (``retag``: also if counted already)."""
+        local = getattr(tensor, "_local_tensor", None)  # a DTensor holds its shard
+        if isinstance(local, torch.Tensor):
+            tensor = local
         try:
             storage = tensor.untyped_storage()
         except (RuntimeError, NotImplementedError):
@@ -81,6 +84,23 @@ class MemoryRun(TorchDispatchMode):
         self._refs[key] = weakref.ref(storage, functools.partial(self._freed, key))
         self.alive[kind] += size
         self.total += size
+        self._sample()
+
+    def resized(self, storage: Any) -> None:
+        """A storage resized in place (FSDP2 frees and refills gathered parameters so)."""
+        key = storage._cdata
+        size = storage.nbytes()
+        known = self._kinds.get(key)
+        if known is None:
+            if not size:
+                return
+            self._refs[key] = weakref.ref(storage, functools.partial(self._freed, key))
+            known = (MemoryKind.GATHERED, 0)
+        kind = MemoryKind.GATHERED if known[1] == 0 and size else known[0]
+        self._kinds[key] = (kind, size)
+        self.alive[known[0]] -= known[1]
+        self.alive[kind] += size
+        self.total += size - known[1]
         self._sample()
 
     def _freed(self, key: int, _: Any = None) -> None:
@@ -150,6 +170,7 @@ def measure(
     with (
         meta_run if meta_run is not None else nullcontext(),
         meta_stand_ins(model) if on_meta else nullcontext(),
+        _resizes(run),
         _calls(model, run, timeline),
         _saved(run, timeline),
         _grads(params, run),
@@ -203,6 +224,9 @@ def _step(
         if losses:
             torch.stack(losses).sum().backward()
         del outputs, losses
+        for param in model.parameters():  # FSDP2 sets its sharded gradients, unaccumulated
+            if param.grad is not None:
+                run.track(param.grad, MemoryKind.GRADIENTS, retag=True)
         run.call = None
         timeline.append(run.point())
         run.phase = Phase.OPTIMIZER
@@ -243,6 +267,23 @@ def _calls(model: nn.Module, run: MemoryRun, timeline: list[MemoryPoint]) -> Ite
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def _resizes(run: MemoryRun) -> Iterator[None]:
+    """Storages resized in place, followed (no dispatch mode sees ``UntypedStorage.resize_``)."""
+    resize = torch.UntypedStorage.resize_
+
+    def followed(storage: Any, size: int) -> Any:
+        done = resize(storage, size)
+        run.resized(storage)
+        return done
+
+    torch.UntypedStorage.resize_ = followed  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        torch.UntypedStorage.resize_ = resize  # type: ignore[method-assign]
 
 
 @contextmanager

@@ -21,7 +21,11 @@ from execorder.cli.options import (
     InputsOpt,
     LayoutName,
     LayoutOpt,
+    MemoryBudgetOpt,
+    MemoryOpt,
     ModeOpt,
+    OptimizerName,
+    OptimizerOpt,
     OutputFormat,
     OutputOpt,
     ParamDtypeOpt,
@@ -69,6 +73,9 @@ def fsdp(
     world_size: WorldSizeOpt = 1,
     param_dtype: ParamDtypeOpt = None,
     reduce_dtype: ReduceDtypeOpt = None,
+    memory: MemoryOpt = False,
+    optimizer: OptimizerOpt = OptimizerName.adamw,
+    memory_budget: MemoryBudgetOpt = None,
     concrete: ConcreteOpt = None,
     init: InitOpt = None,
     device: DeviceOpt = None,
@@ -113,7 +120,7 @@ def fsdp(
         axes = [parse_sweep(text) for text in sweep or []]
         if output is not None:
             files.check_writable(output)
-        session = Session(options)
+        session = Session(options, one_device=False)
         plan, report = session.plan(
             concrete_args=concrete_args,
             axes=axes,
@@ -125,6 +132,8 @@ def fsdp(
             param_dtype=param_dtype.value if param_dtype else None,
             reduce_dtype=reduce_dtype.value if reduce_dtype else None,
         )
+        if memory:
+            plan = session.sharded_memory(plan, report, optimizer.value, concrete_args)
         emit(
             plan,
             lambda: fsdp_view(plan, words=CLI),
@@ -135,11 +144,14 @@ def fsdp(
             tree=tree_view_of(report, plan=plan),
             timeline=timeline_of(report, plan),
         )
-        failing = plan.failing(gates)
+        over = [c for c in plan.checks if c.kind.value == "memory"]
+        failing = [c for c in plan.failing(gates) if c not in over]
         for check in failing:
             units = ", ".join(label(u) for u in check.units)
             say(f"execorder: check failed: {check.kind} ({check.severity}): {units}")
-        if failing:
+        for check in over:  # a budget given is a gate of its own
+            say(f"execorder: check failed: memory: {check.describe(CLI)}")
+        if failing or over:
             raise typer.Exit(EXIT_FOUND)
 
     run_command(debug, body)

@@ -129,10 +129,12 @@ class Session:
         *,
         input_keywords: dict[str, Any] | None = None,
         quiet: bool = False,
+        one_device: bool = True,
     ) -> None:
         self.debug, self.quiet = options.debug, quiet
         init_kwargs = options.init_kwargs()
         budget = options.budget()
+        self.budget = budget
         self._say: Callable[[str], None] = lambda _: None
         self._shown = 0
         with self._spinner("Loading torch"):
@@ -157,7 +159,9 @@ class Session:
                 seed=options.seed,
                 progress=lambda text: self._say(text),
                 timing=options.timing,
-                memory=getattr(options.optimizer, "value", "adamw") if options.memory else None,
+                memory=getattr(options.optimizer, "value", "adamw")
+                if options.memory and one_device
+                else None,
                 memory_budget=budget if budget is not None else _device_memory(options),
             )
         self._flush()
@@ -213,3 +217,19 @@ class Session:
 
         with self._spinner("Profiling"):
             return self._noting(make)
+
+    def sharded_memory(
+        self, plan: Any, report: Any, optimizer: str, concrete_args: dict[str, Any]
+    ) -> Any:
+        """The plan with one rank's memory in a training step under it."""
+        from execorder.fsdp import plan_memory
+
+        with self._spinner(f"Measuring one of {plan.world_size} ranks' training step"):
+            return plan_memory(
+                self.profiler,
+                plan,
+                report,
+                optimizer=optimizer,
+                budget=self.budget,
+                concrete_args=concrete_args,
+            )

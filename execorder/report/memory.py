@@ -20,7 +20,8 @@ from execorder.report.reading import Fields
 class MemoryKind(Word):
     """What a byte alive in a training step is."""
 
-    PARAMETERS = "parameters"  # the model's parameters
+    PARAMETERS = "parameters"  # the model's parameters (under FSDP2: this rank's shards)
+    GATHERED = "gathered"  # parameters FSDP2 all-gathered for a unit, until it reshards
     BUFFERS = "buffers"  # the model's buffers
     GRADIENTS = "gradients"  # the parameters' .grad
     OPTIMIZER = "optimizer"  # the optimizer's states (and its step's temporaries)
@@ -84,6 +85,10 @@ class Memory:
             assumed to keep every element (a router's): a real step may hold
             less.
         budget_bytes: The memory the step must fit in, when one was given.
+        peak_unit: Under an FSDP2 plan, the unit running at the peak (its
+            name); None without a plan.
+        world_size: The ranks the step's model was sharded over (1: none):
+            the bytes are one rank's.
     """
 
     optimizer: str
@@ -95,6 +100,8 @@ class Memory:
     device: str = "meta"
     assumed: bool = False
     budget_bytes: int | None = None
+    peak_unit: str | None = None
+    world_size: int = 1
 
     def __post_init__(self) -> None:
         kinds = {MemoryKind(k): int(v) for k, v in self.at_peak.items()}
@@ -117,7 +124,8 @@ class Memory:
             "assumed": self.assumed,
             "budget_bytes": self.budget_bytes,
             "peak_bytes": self.peak_bytes,
-            "peak_at": {**self.peak_at.to_dict(), "step": self.peak_step, "unit": None},
+            "world_size": self.world_size,
+            "peak_at": {**self.peak_at.to_dict(), "step": self.peak_step, "unit": self.peak_unit},
             "at_peak": {kind.value: size for kind, size in self.at_peak.items()},
             "timeline": [point.to_dict() for point in self.timeline],
         }
@@ -143,4 +151,6 @@ class Memory:
             device=fields.get("device", str, default="meta"),
             assumed=fields.get("assumed", bool, default=False),
             budget_bytes=fields.get("budget_bytes", int, type(None), default=None),
+            peak_unit=peak.get("unit") if isinstance(peak.get("unit"), str) else None,
+            world_size=fields.get("world_size", int, default=1),
         )

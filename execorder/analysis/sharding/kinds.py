@@ -20,6 +20,7 @@ class CheckKind(Word):
     ASSUMPTION = "assumption"  # the order rests on what a meta run assumed
     REPEATED = "repeated"  # a unit runs more than once: re-gathered each time
     ROOT_ONLY = "root-only"  # no unit but the root: the whole model is gathered at once
+    MEMORY = "memory"  # one rank's training step exceeds its memory budget
 
 
 SEVERITY = {
@@ -32,6 +33,7 @@ SEVERITY = {
     CheckKind.ASSUMPTION: Severity.WARNING,
     CheckKind.REPEATED: Severity.INFO,
     CheckKind.ROOT_ONLY: Severity.INFO,
+    CheckKind.MEMORY: Severity.ERROR,
 }
 
 

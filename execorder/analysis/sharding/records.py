@@ -25,7 +25,9 @@ from execorder.analysis.sharding.kinds import (
 from execorder.analysis.sharding.words import check_message, rule_text
 from execorder.errors import PYTHON, SchemaError, Words
 from execorder.report import SCHEMA_VERSION, InputSource, Severity, jsonable
+from execorder.report.memory import Memory
 from execorder.report.reading import Fields
+from execorder.report.records import read_inputs_made
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +254,9 @@ class Check:
         assumed: For ``ASSUMPTION``, each assumed op and its module.
         reshards: For a repeated unit, whether it reshards after forward (and
             so is gathered on every call).
+        budget: For ``MEMORY``, the budget the peak (``bytes``) exceeds.
+        largest: For ``MEMORY``, the kinds holding the most at the peak, with
+            their bytes.
         written: The sentence as read from a file (a check read back holds
             only its words); empty for a check a plan found.
     """
@@ -269,6 +274,8 @@ class Check:
     combinations: tuple[Mapping[str, Any], ...] = ()
     assumed: tuple[tuple[str, str], ...] = ()
     reshards: bool = True
+    budget: int = 0
+    largest: tuple[tuple[str, int], ...] = ()
     written: str = field(default="", compare=False)
 
     def describe(self, words: Words = PYTHON) -> str:
@@ -348,6 +355,8 @@ class FsdpPlan:
             default (the param dtype).
         inputs_made: The inputs execorder made itself for the run the plan
             follows, and where from (see ``Report.inputs_made``).
+        memory: What one rank holds in a training step under the plan, when
+            measured (``execorder.fsdp.plan_memory``); None otherwise.
     """
 
     target: str
@@ -368,6 +377,7 @@ class FsdpPlan:
     param_dtype: str | None = None
     reduce_dtype: str | None = None
     inputs_made: Mapping[str, InputSource] = field(default_factory=dict)
+    memory: Memory | None = None
 
     def __post_init__(self) -> None:
         made = {k: InputSource(v) for k, v in self.inputs_made.items()}
@@ -430,6 +440,7 @@ class FsdpPlan:
                 if self.inputs_made
                 else {}
             ),
+            **({"memory": self.memory.to_dict()} if self.memory is not None else {}),
             "summary": {
                 "units": len(self.units),
                 "bytes": total,
@@ -485,12 +496,10 @@ class FsdpPlan:
             world_size=fields.get("world_size", int, default=1),
             param_dtype=fields.get("param_dtype", str, type(None), default=None),
             reduce_dtype=fields.get("reduce_dtype", str, type(None), default=None),
-            inputs_made={
-                k: _word(
-                    Fields({"v": v}, f"inputs_made.{k}"), "v", InputSource, InputSource.EXAMPLE
-                )
-                for k, v in fields.get("inputs_made", dict, default={}).items()
-            },
+            inputs_made=read_inputs_made(fields.get("inputs_made", dict, default={})),
+            memory=None
+            if fields.get("memory", dict, type(None), default=None) is None
+            else Memory.from_dict(data["memory"]),
         )
 
 

@@ -119,6 +119,13 @@ def check_message(check: Check, words: Words = PYTHON) -> str:
             f"the order rests on what the meta run assumed ({where}): a real run "
             "may route elsewhere and run units in another order"
         )
+    if kind is CheckKind.MEMORY:
+        largest = ", ".join(f"{what} {size_text(size)}" for what, size in check.largest)
+        where = f" (in unit {label(units[0])})" if units else ""
+        return (
+            f"one rank's training step peaks at {size_text(check.bytes)}{where}, over the "
+            f"budget of {size_text(check.budget)}; largest: {largest}"
+        )
     if kind is CheckKind.ORDER_VARIES:
         args = args_text(check.combinations[0], none=NONE)
         return (

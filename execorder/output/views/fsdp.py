@@ -84,6 +84,8 @@ def fsdp_view(plan: FsdpPlan, *, words: Words = PYTHON) -> Document:
     blocks: list[Block] = [
         Table("Summary", (Column(""), Column("", NAME)), tuple(facts), header=False)
     ]
+    if plan.memory is not None:
+        blocks.append(_memory(plan))
 
     rows = []
     sharded, cast = plan.world_size > 1, plan.param_dtype is not None
@@ -141,6 +143,40 @@ def fsdp_view(plan: FsdpPlan, *, words: Words = PYTHON) -> Document:
         )
         blocks.append(Message(line, Severity.OK))
     return Document(cell("execorder fsdp: ", code(plan.target)), tuple(blocks))
+
+
+def _memory(plan: FsdpPlan) -> Table:
+    """What one rank holds in a training step under the plan."""
+    memory = plan.memory
+    assert memory is not None
+    at = memory.peak_at
+    where = f"step {memory.peak_step}, {at.phase}"
+    if memory.peak_unit is not None:
+        where += f", in unit {label(memory.peak_unit)}"
+    if at.call is not None:
+        where += f" (call #{at.call})"
+    optimizer = "no optimizer" if memory.optimizer == "none" else f"{memory.optimizer}'s step"
+    rows = [
+        fact("peak", f"{size_text(memory.peak_bytes)}: {where}"),
+        fact(
+            "alive at the peak",
+            ", ".join(f"{kind} {size_text(size)}" for kind, size in memory.largest(7)) or "none",
+        ),
+        fact(
+            "measured",
+            f"FSDP2 itself sharding the plan over {memory.world_size:,} ranks, on fake tensors "
+            f"(no memory used): two steps of forward, backward and {optimizer}",
+        ),
+    ]
+    if memory.budget_bytes is not None:
+        budget = size_text(memory.budget_bytes)
+        if memory.over_budget:
+            over = size_text(memory.peak_bytes - memory.budget_bytes)
+            rows.append(fact("budget", f"{budget}: exceeded by {over}", Severity.ERROR))
+        else:
+            rows.append(fact("budget", f"{budget}: fits", Severity.OK))
+    columns = (Column(""), Column("", NAME))
+    return Table("Memory of one rank's training step", columns, tuple(rows), header=False)
 
 
 def _sharding(plan: FsdpPlan) -> str:

@@ -1,0 +1,94 @@
+"""What one FSDP2 rank holds in a real training step, measured by PyTorch's ``FSDPMemTracker``.
+
+Run by tests/test_memory.py in a subprocess with a timeout: WORLD ranks on CPU
+(gloo, a file store), started by ``torch.multiprocessing``. For each case,
+every rank builds the model (seeded), shards it by the case's execorder plan
+(``execorder.fsdp.shard``: its units, groups, reshard flags, prefetch lists
+and precision), and takes two training steps (forward, backward of the summed
+outputs, the optimizer's step) under
+``torch.distributed._tools.fsdp2_mem_tracker.FSDPMemTracker``; rank 0 prints
+one JSON line with the peak it measured.
+
+    python tests/fsdp_memory_probe.py STORE_FILE CASES_JSON WORLD
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore")
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent / "sample_models")]
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
+from torch.utils._pytree import tree_leaves  # noqa: E402
+
+
+def build(case: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    torch.manual_seed(0)
+    name = case.split("@")[0]
+    if name == "blocks":
+        import models
+
+        model: torch.nn.Module = models.MlpBlocks()
+        torch.manual_seed(1)
+        return model, (torch.randn(64, 256),)
+    if name == "llama":
+        from hf import tiny_llama
+
+        model = tiny_llama(layers=2, tie=False)
+        torch.manual_seed(1)
+        return model, (torch.randint(0, 100, (2, 64)),)
+    from encdec import EncoderDecoder
+
+    model = EncoderDecoder()
+    torch.manual_seed(1)
+    return model, (torch.randint(0, 100, (4, 32)),)
+
+
+def run(case: str, plan: dict) -> int:
+    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+
+    import execorder.fsdp
+
+    model, args = build(case)
+    execorder.fsdp.shard(model, plan)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    tracker = FSDPMemTracker(model, optimizer)
+    tracker.track_inputs(args)
+    with tracker:
+        for _ in range(2):
+            out = model(*args)
+            losses = [
+                t.float().sum()
+                for t in tree_leaves(out)
+                if isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()
+            ]
+            torch.stack(losses).sum().backward()
+            del out, losses
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            tracker.reset_mod_stats()
+    return int(tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"])
+
+
+def worker(rank: int, store: str, cases_path: str, world: int) -> None:
+    dist.init_process_group("gloo", store=dist.FileStore(store, world), rank=rank, world_size=world)
+    try:
+        for case, plan in json.loads(Path(cases_path).read_text()).items():
+            peak = run(case, plan)
+            dist.barrier()
+            if rank == 0:
+                print(json.dumps({"case": case, "peak": peak}), flush=True)
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    world = int(sys.argv[3])
+    mp.spawn(worker, args=(sys.argv[1], sys.argv[2], world), nprocs=world, join=True)
