@@ -430,6 +430,7 @@ def plan_memory(
     from execorder.analysis.sharding import Check
     from execorder.analysis.sharding.kinds import SEVERITY
     from execorder.backends.memory import measure
+    from execorder.backends.stand_ins import meta_stand_ins
     from execorder.errors import PlanMemoryError
 
     if dist.is_initialized():
@@ -442,7 +443,8 @@ def plan_memory(
             shard(model, plan, mesh=mesh)
             args, kwargs = profiler.step_arguments("cpu", dict(concrete_args or {}))
             try:
-                memory = measure(model, args=args, kwargs=kwargs, optimizer=optimizer)
+                with meta_stand_ins(model):
+                    memory = measure(model, args=args, kwargs=kwargs, optimizer=optimizer)
             except Exception as exc:
                 raise PlanMemoryError(
                     f"the step cannot run on fake tensors ({type(exc).__name__}: "

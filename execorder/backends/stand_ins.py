@@ -10,7 +10,9 @@ heads and length. Which modules run, in which order, which parameters
 forward uses and which get gradients do not depend on attention's values, so
 the recording is the one a real run makes. A ``score_mod`` may read tensors
 of its own: with one, nothing is stood in for, and the meta run fails as
-flex attention does, to be run on CPU.
+flex attention does, to be run on CPU. The same holds for fake tensors
+(``FakeTensorMode``, as one FSDP2 rank's memory is measured), whose flex
+attention has no backward on CPU.
 
 ``scaled_dot_product_attention`` on meta takes its math path, which makes
 the full attention matrix and saves it for backward, where a real device
@@ -38,9 +40,16 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 
+def _shapes_only(tensor: Any) -> bool:
+    """A tensor without values: on meta, or a fake tensor (``FakeTensorMode``)."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return bool(tensor.is_meta or is_fake(tensor))
+
+
 def _flex_stand_in(original: Any) -> Any:
     def compiled_flex_attn(q: Any, k: Any, v: Any, **options: Any) -> Any:
-        if not q.is_meta or options.get("score_mod") is not None:
+        if not _shapes_only(q) or options.get("score_mod") is not None:
             return original(q, k, v, **options)
         from torch.nn.attention.flex_attention import AuxOutput
 
