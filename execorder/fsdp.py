@@ -404,6 +404,8 @@ def plan_memory(
     optimizer: str = "adamw",
     budget: int | None = None,
     concrete_args: Mapping[str, Any] | None = None,
+    checkpointed: bool = False,
+    alternatives: bool = True,
 ) -> FsdpPlan:
     """The plan with what one rank holds in a training step under it (``plan.memory``).
 
@@ -413,7 +415,12 @@ def plan_memory(
     and two training steps run under :func:`execorder.backends.memory.measure`,
     which follows every storage FSDP2 and the model make, the gathered
     parameters FSDP2 frees and refills in place included. With a budget the
-    peak exceeds, the plan gains a ``memory`` check.
+    peak exceeds, the plan gains a ``memory`` check, and (``alternatives``)
+    each change that may bring it under is measured the same way: twice the
+    ranks, prefetch 1, every unit resharding after forward, each unit's
+    activations checkpointed (``checkpointed``: recomputed in backward,
+    ``torch.distributed._composable.checkpoint`` on each unit but the root
+    and groups).
 
     Raises:
         TargetError: For a model given as an instance (it is built anew).
@@ -440,6 +447,12 @@ def plan_memory(
         mesh = init_device_mesh("cpu", (plan.world_size,))
         with FakeTensorMode(allow_non_fake_inputs=True):
             model = profiler.fresh_model()
+            if checkpointed:
+                from torch.distributed._composable import checkpoint
+
+                for each in plan.units:
+                    if each.name != ROOT and not each.grouped:
+                        checkpoint(model.get_submodule(each.name))
             shard(model, plan, mesh=mesh)
             args, kwargs = profiler.step_arguments("cpu", dict(concrete_args or {}))
             try:
@@ -458,6 +471,13 @@ def plan_memory(
         memory, budget_bytes=budget, peak_unit=unit, world_size=plan.world_size
     )
     checks = plan.checks
+    if memory.over_budget and alternatives:
+        memory = dataclasses.replace(
+            memory,
+            alternatives=_alternatives(
+                profiler, plan, report, optimizer=optimizer, concrete_args=concrete_args
+            ),
+        )
     if memory.over_budget:
         largest = tuple((kind.value, size) for kind, size in memory.largest())
         found = Check(
@@ -471,6 +491,52 @@ def plan_memory(
         )
         checks = (found, *checks)
     return dataclasses.replace(plan, memory=memory, checks=checks)
+
+
+def _alternatives(
+    profiler: Profiler,
+    plan: FsdpPlan,
+    report: Report,
+    *,
+    optimizer: str,
+    concrete_args: Mapping[str, Any] | None,
+) -> tuple[Any, ...]:
+    """Each change that may bring one rank under budget, with the peak it gives, measured."""
+    import dataclasses
+
+    from execorder.report.memory import Alternative, Choice
+
+    changes: list[tuple[Choice, FsdpPlan, bool]] = [
+        (Choice.MORE_RANKS, dataclasses.replace(plan, world_size=plan.world_size * 2), False)
+    ]
+    if plan.prefetch > 1:
+        one = dataclasses.replace(
+            plan,
+            prefetch=1,
+            forward_prefetch={u: t[:1] for u, t in plan.forward_prefetch.items()},
+            backward_prefetch={u: t[:1] for u, t in plan.backward_prefetch.items()},
+        )
+        changes.append((Choice.PREFETCH_ONE, one, False))
+    if any(not u.reshard_after_forward for u in plan.units if u.name != ROOT):
+        units = tuple(
+            dataclasses.replace(u, reshard_after_forward=u.name != ROOT) for u in plan.units
+        )
+        changes.append((Choice.RESHARD, dataclasses.replace(plan, units=units), False))
+    changes.append((Choice.CHECKPOINT, plan, True))
+    found = []
+    for choice, changed, checkpointed in changes:
+        measured = plan_memory(
+            profiler,
+            changed,
+            report,
+            optimizer=optimizer,
+            concrete_args=concrete_args,
+            checkpointed=checkpointed,
+            alternatives=False,
+        ).memory
+        assert measured is not None
+        found.append(Alternative(choice, measured.peak_bytes, changed.world_size))
+    return tuple(found)
 
 
 def _unit_at(plan: FsdpPlan, module: str) -> str:

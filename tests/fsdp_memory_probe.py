@@ -4,7 +4,8 @@ Run by tests/test_memory.py in a subprocess with a timeout: WORLD ranks on CPU
 (gloo, a file store), started by ``torch.multiprocessing``. For each case,
 every rank builds the model (seeded), shards it by the case's execorder plan
 (``execorder.fsdp.shard``: its units, groups, reshard flags, prefetch lists
-and precision), and takes two training steps (forward, backward of the summed
+and precision; a case named ``...@checkpoint`` also checkpoints each unit's
+activations), and takes two training steps (forward, backward of the summed
 outputs, the optimizer's step) under
 ``torch.distributed._tools.fsdp2_mem_tracker.FSDPMemTracker``; rank 0 prints
 one JSON line with the peak it measured.
@@ -57,6 +58,12 @@ def run(case: str, plan: dict) -> int:
     import execorder.fsdp
 
     model, args = build(case)
+    if case.endswith("checkpoint"):  # each unit but the root and groups, as execorder does
+        from torch.distributed._composable import checkpoint
+
+        for unit in plan["units"]:
+            if unit["name"] and len(unit["modules"]) == 1:
+                checkpoint(model.get_submodule(unit["name"]))
     execorder.fsdp.shard(model, plan)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     tracker = FSDPMemTracker(model, optimizer)

@@ -260,6 +260,7 @@ SHARDED = {
     "blocks@default": ("blocks", {}),
     "llama@titan-bf16": ("llama", {"layout": "torchtitan", "param_dtype": "bfloat16"}),
     "encdec@prefetch2": ("encdec", {"prefetch": 2}),
+    "llama@checkpoint": ("llama", {}),
 }
 
 
@@ -292,7 +293,9 @@ def test_one_rank_under_a_plan_is_what_fsdpmemtracker_measures(
         build, profile_options = _sharded_build(name)
         profiler = execorder.Profiler(build, **profile_options)
         plan, report = execorder.fsdp.plan_and_report(profiler, world_size=world, **options)
-        plan = execorder.fsdp.plan_memory(profiler, plan, report)
+        plan = execorder.fsdp.plan_memory(
+            profiler, plan, report, checkpointed=case.endswith("checkpoint")
+        )
         assert plan.memory is not None and plan.memory.world_size == world
         plans[case], ours[case] = plan.to_dict(), plan.memory.peak_bytes
     cases = Path(str(tmp_path)) / "cases.json"
@@ -339,3 +342,29 @@ def test_a_budget_on_a_plan_is_a_memory_check() -> None:
         given = execorder.Profiler(models.MlpBlocks(), input_size="float32[8,256]")
         plan, report = execorder.fsdp.plan_and_report(given, world_size=2)
         execorder.fsdp.plan_memory(given, plan, report)
+
+
+def test_over_budget_each_change_is_measured_again() -> None:
+    import dataclasses
+
+    import models
+
+    import execorder.fsdp
+    from execorder.report.memory import Choice
+
+    profiler = execorder.Profiler(models.MlpBlocks, input_size="float32[64,256]")
+    plan, report = execorder.fsdp.plan_and_report(profiler, world_size=2, prefetch=2)
+    over = execorder.fsdp.plan_memory(profiler, plan, report, budget=16_000_000)
+    assert over.memory is not None
+    found = {a.choice: a for a in over.memory.alternatives}
+    assert set(found) == set(Choice)
+    wider = execorder.fsdp.plan_memory(profiler, dataclasses.replace(plan, world_size=4), report)
+    assert wider.memory is not None
+    assert found[Choice.MORE_RANKS].peak_bytes == wider.memory.peak_bytes < over.memory.peak_bytes
+    assert found[Choice.MORE_RANKS].world_size == 4
+    kept = execorder.fsdp.plan_memory(profiler, plan, report, checkpointed=True)
+    assert kept.memory is not None
+    assert found[Choice.CHECKPOINT].peak_bytes == kept.memory.peak_bytes
+    assert kept.memory.at_peak[MemoryKind.ACTIVATIONS] < over.memory.at_peak[MemoryKind.ACTIVATIONS]
+    fits = execorder.fsdp.plan_memory(profiler, plan, report, budget=1 << 30)
+    assert fits.memory is not None and not fits.memory.alternatives

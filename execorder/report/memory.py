@@ -66,6 +66,46 @@ class MemoryPoint:
         return cls(phase, fields.get("call", int, type(None)), fields.get("bytes", int))
 
 
+class Choice(Word):
+    """A change to an FSDP2 plan that may bring one rank's step under its budget."""
+
+    MORE_RANKS = "more-ranks"  # twice the world size: smaller shards
+    PREFETCH_ONE = "prefetch-1"  # one unit gathered ahead, not more
+    RESHARD = "reshard-after-forward"  # every unit frees its parameters after forward
+    CHECKPOINT = "checkpoint"  # each unit's activations recomputed in backward
+
+
+@dataclass(frozen=True, slots=True)
+class Alternative:
+    """One choice, with the peak one rank's step has under it, measured again.
+
+    Attributes:
+        choice: What changes.
+        peak_bytes: The peak with it.
+        world_size: The world size with it.
+    """
+
+    choice: Choice
+    peak_bytes: int
+    world_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "choice": self.choice.value,
+            "peak_bytes": self.peak_bytes,
+            "world_size": self.world_size,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "alternative") -> Alternative:
+        fields = Fields(data, where)
+        try:
+            choice = Choice(fields.get("choice", str))
+        except ValueError as exc:
+            raise SchemaError(f"{where}.choice: {exc}") from None
+        return cls(choice, fields.get("peak_bytes", int), fields.get("world_size", int))
+
+
 @dataclass(frozen=True, slots=True)
 class Memory:
     """The memory of a training step on one device (what one DDP replica holds).
@@ -89,6 +129,8 @@ class Memory:
             name); None without a plan.
         world_size: The ranks the step's model was sharded over (1: none):
             the bytes are one rank's.
+        alternatives: Over its budget under a plan, each change that may
+            bring it under, with the peak measured again with it.
     """
 
     optimizer: str
@@ -102,6 +144,7 @@ class Memory:
     budget_bytes: int | None = None
     peak_unit: str | None = None
     world_size: int = 1
+    alternatives: tuple[Alternative, ...] = ()
 
     def __post_init__(self) -> None:
         kinds = {MemoryKind(k): int(v) for k, v in self.at_peak.items()}
@@ -128,6 +171,7 @@ class Memory:
             "peak_at": {**self.peak_at.to_dict(), "step": self.peak_step, "unit": self.peak_unit},
             "at_peak": {kind.value: size for kind, size in self.at_peak.items()},
             "timeline": [point.to_dict() for point in self.timeline],
+            "alternatives": [a.to_dict() for a in self.alternatives],
         }
 
     @classmethod
@@ -153,4 +197,8 @@ class Memory:
             budget_bytes=fields.get("budget_bytes", int, type(None), default=None),
             peak_unit=peak.get("unit") if isinstance(peak.get("unit"), str) else None,
             world_size=fields.get("world_size", int, default=1),
+            alternatives=tuple(
+                Alternative.from_dict(a.data, a.where)
+                for a in fields.objects("alternatives", default=())
+            ),
         )

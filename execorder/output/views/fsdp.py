@@ -24,6 +24,7 @@ from execorder.output.document import (
 )
 from execorder.output.views.common import FIXED, MADE, NAME, NUMBER, TEXT, fact, made_inputs
 from execorder.report import size_text
+from execorder.report.memory import Choice
 from execorder.spelling import args_text
 
 
@@ -145,6 +146,15 @@ def fsdp_view(plan: FsdpPlan, *, words: Words = PYTHON) -> Document:
     return Document(cell("execorder fsdp: ", code(plan.target)), tuple(blocks))
 
 
+CHOICES = {
+    Choice.MORE_RANKS: "with {ranks} ranks",
+    Choice.PREFETCH_ONE: "with prefetch 1",
+    Choice.RESHARD: "resharding every unit",
+    Choice.CHECKPOINT: "checkpointing units",
+}
+"""Each change tried under a budget, as a row of the memory table."""
+
+
 def _memory(plan: FsdpPlan) -> Table:
     """What one rank holds in a training step under the plan."""
     memory = plan.memory
@@ -175,6 +185,15 @@ def _memory(plan: FsdpPlan) -> Table:
             rows.append(fact("budget", f"{budget}: exceeded by {over}", Severity.ERROR))
         else:
             rows.append(fact("budget", f"{budget}: fits", Severity.OK))
+    for alternative in memory.alternatives:
+        fits = memory.budget_bytes is not None and alternative.peak_bytes <= memory.budget_bytes
+        rows.append(
+            fact(
+                CHOICES[alternative.choice].format(ranks=f"{alternative.world_size:,}"),
+                f"{size_text(alternative.peak_bytes)}: {'fits' if fits else 'still over'}",
+                Severity.OK if fits else Severity.NONE,
+            )
+        )
     columns = (Column(""), Column("", NAME))
     return Table("Memory of one rank's training step", columns, tuple(rows), header=False)
 
