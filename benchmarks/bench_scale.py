@@ -157,6 +157,25 @@ def side_by_side(runs: int = SIDE_BY_SIDE_RUNS) -> None:
     )
 
 
+def at_size(label: str, target: list[str], what: str) -> None:
+    """One large model on meta, forward + --backward, against the time and memory targets.
+
+    ``what``: the report's summary count shown after the parameters and calls.
+    """
+    wall, peak, report = run(["--backward"], target)
+    summary = report["summary"]
+    ok = wall <= MOE_LIMIT_S and peak <= LIMIT_GB
+    shown = {
+        "assumed": f"{summary.get('params_on_assumption', 0)} parameters on a routing assumption",
+        "dead": f"{summary['params_dead']} dead",
+    }[what]
+    print(
+        f"{label}, forward + --backward: {wall:.1f} s, peak {peak:.2f} GB "
+        f"({summary['numel_total'] / 1e9:.1f}B parameters, {summary['calls']} module calls, "
+        f"{shown})  [{'within' if ok else 'OVER'} {MOE_LIMIT_S:g} s / {LIMIT_GB:g} GB]"
+    )
+
+
 def titans() -> None:
     """torchtitan's models on meta at their real sizes, with its trainer's attention masks."""
     try:
@@ -165,15 +184,7 @@ def titans() -> None:
         print("torchtitan models: skipped (needs torchtitan and triton)")
         return
     for label, target in TITANS:
-        wall, peak, report = run(["--backward"], target)
-        summary = report["summary"]
-        ok = wall <= MOE_LIMIT_S and peak <= LIMIT_GB
-        print(
-            f"{label}, on meta with 2048 tokens, forward + --backward: {wall:.1f} s, peak "
-            f"{peak:.2f} GB ({summary['numel_total'] / 1e9:.1f}B parameters, "
-            f"{summary['calls']} module calls, {summary['params_dead']} dead)"
-            f"  [{'within' if ok else 'OVER'} {MOE_LIMIT_S:g} s / {LIMIT_GB:g} GB]"
-        )
+        at_size(f"{label}, on meta with 2048 tokens", target, "dead")
 
 
 def main() -> None:
@@ -206,16 +217,7 @@ def main() -> None:
         print("mixture-of-experts models: skipped (needs transformers: pip install execorder[hf])")
         return
     for label, target in MOES:
-        wall, peak, report = run(["--backward"], target)
-        summary = report["summary"]
-        ok = wall <= MOE_LIMIT_S and peak <= LIMIT_GB
-        assumed = summary.get("params_on_assumption", 0)
-        print(
-            f"{label}, eager on meta, forward + --backward: {wall:.1f} s, peak {peak:.2f} GB "
-            f"({summary['numel_total'] / 1e9:.1f}B parameters, {summary['calls']} module calls, "
-            f"{assumed} parameters on a routing assumption)"
-            f"  [{'within' if ok else 'OVER'} {MOE_LIMIT_S:g} s / {LIMIT_GB:g} GB]"
-        )
+        at_size(f"{label}, eager on meta", target, "assumed")
     titans()
 
 

@@ -30,6 +30,7 @@ from execorder.analysis.sharding import (
     LayoutChoice,
     LayoutModule,
     ReshardPolicy,
+    UnitModel,
     plan_fsdp,
 )
 from execorder.analysis.sweep import check_axes, combinations
@@ -466,7 +467,10 @@ def plan_memory(
     finally:
         dist.destroy_process_group()
     call = memory.peak_at.call
-    unit = _unit_at(plan, report.modules[call].name) if call is not None else None
+    unit = None
+    if call is not None:
+        units = UnitModel(report, layout(profiler.model), [u.modules for u in plan.units])
+        unit = units.unit_of(report.modules[call].name)
     memory = dataclasses.replace(
         memory, budget_bytes=budget, peak_unit=unit, world_size=plan.world_size
     )
@@ -537,12 +541,3 @@ def _alternatives(
         assert measured is not None
         found.append(Alternative(choice, measured.peak_bytes, changed.world_size))
     return tuple(found)
-
-
-def _unit_at(plan: FsdpPlan, module: str) -> str:
-    """The innermost unit holding the module of that name."""
-    owner = {m: u.name for u in plan.units for m in u.modules}
-    name = module
-    while name not in owner and name:
-        name = name.rpartition(".")[0]
-    return owner.get(name, ROOT)

@@ -42,3 +42,29 @@ def golden(request: pytest.FixtureRequest) -> Callable[[str, str], None]:
         )
 
     return check
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def run_probe(script: str, *args: object, timeout: int = 240) -> list[dict]:
+    """Run ``tests/SCRIPT ARGS...`` (ranks of its own) bounded by ``timeout``; its JSON lines.
+
+    A probe that hangs (ranks waiting on each other) or fails fails the test, with
+    the end of what it wrote on stderr.
+    """
+    import json
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            [sys.executable, str(TESTS / script), *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=TESTS.parent,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{script} did not finish in {timeout} s (a hang across ranks?)")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]

@@ -12,12 +12,11 @@ FSDP2 really makes, and no other.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import models
 import pytest
+from conftest import run_probe
 from encdec import EncoderDecoder
 
 import execorder.fsdp
@@ -107,23 +106,10 @@ def _probe(
 ) -> dict[str, dict]:
     tmp = tmp_path_factory.mktemp("fsdp")
     (tmp / "plans.json").write_text(json.dumps(specs))
-    try:
-        result = subprocess.run(
-            [sys.executable, str(PROBE), str(tmp / "store"), str(tmp / "plans.json"), str(world)],
-            capture_output=True,
-            text=True,
-            timeout=240,
-            cwd=HERE.parent,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("the FSDP2 probe did not finish in 240 s (a hang across ranks?)")
-    assert result.returncode == 0, result.stderr[-3000:]
     found = {}
-    for line in result.stdout.splitlines():
-        if line.startswith("{"):
-            record = json.loads(line)
-            record["plan"] = plans[record["case"]]
-            found[record["key"]] = record
+    for record in run_probe(PROBE.name, tmp / "store", tmp / "plans.json", world):
+        record["plan"] = plans[record["case"]]
+        found[record["key"]] = record
     return found
 
 

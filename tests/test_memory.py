@@ -14,6 +14,7 @@ tolerance is PyTorch's own tracker tests' against the CUDA allocator, 10%.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import torch
@@ -70,8 +71,8 @@ CASES = {
 }
 
 
-def _tracked(case: str, optimizer: str) -> int:
-    """MemTracker's peak over two real training steps on CPU."""
+def _built(case: str, optimizer: str) -> tuple[nn.Module, torch.optim.Optimizer, Any]:
+    """The case's model, seeded, with torch's optimizer of that name, and its input maker."""
     build, make = CASES[case]
     torch.manual_seed(0)
     model = build()
@@ -81,23 +82,36 @@ def _tracked(case: str, optimizer: str) -> int:
         if optimizer == "adamw"
         else torch.optim.SGD(params, lr=0.01, momentum=0.9)
     )
+    return model, step, make
+
+
+def _train(
+    model: nn.Module, args: tuple[Any, ...], step: torch.optim.Optimizer, after: Any = None
+) -> None:
+    """Two real training steps: forward, backward of the summed outputs, the optimizer's step."""
+    for _ in range(2):
+        out = model(*args)
+        grads = [
+            t.float().sum()
+            for t in tree_leaves(out)
+            if isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()
+        ]
+        torch.stack(grads).sum().backward()
+        del out, grads
+        step.step()
+        step.zero_grad(set_to_none=True)
+        if after is not None:
+            after()
+
+
+def _tracked(case: str, optimizer: str) -> int:
+    """MemTracker's peak over two real training steps on CPU."""
+    model, step, make = _built(case, optimizer)
     tracker = MemTracker()
     tracker.track_external(model, step)
     with tracker:
         torch.manual_seed(1)
-        args = make()
-        for _ in range(2):
-            out = model(*args)
-            grads = [
-                t.float().sum()
-                for t in tree_leaves(out)
-                if isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()
-            ]
-            torch.stack(grads).sum().backward()
-            del out, grads
-            step.step()
-            step.zero_grad(set_to_none=True)
-            tracker.reset_mod_stats()
+        _train(model, make(), step, after=tracker.reset_mod_stats)
     return int(tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"])
 
 
@@ -105,30 +119,12 @@ def _allocated(case: str, optimizer: str) -> int:
     """The CPU allocator's peak over two real training steps, as the profiler records it."""
     from torch.profiler import ProfilerActivity, profile
 
-    build, make = CASES[case]
-    torch.manual_seed(0)
-    model = build()
-    params = [p for p in model.parameters() if p.requires_grad]
-    step = (
-        torch.optim.AdamW(params)
-        if optimizer == "adamw"
-        else torch.optim.SGD(params, lr=0.01, momentum=0.9)
-    )
+    model, step, make = _built(case, optimizer)
     torch.manual_seed(1)
     args = make()
     held = sum(t.untyped_storage().nbytes() for t in (*model.parameters(), *model.buffers(), *args))
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiled:
-        for _ in range(2):
-            out = model(*args)
-            grads = [
-                t.float().sum()
-                for t in tree_leaves(out)
-                if isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()
-            ]
-            torch.stack(grads).sum().backward()
-            del out, grads
-            step.step()
-            step.zero_grad(set_to_none=True)
+        _train(model, args, step)
     events = profiled.profiler.kineto_results.events()  # type: ignore[union-attr]
     changes = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
     alive = peak = 0
@@ -282,9 +278,9 @@ def test_one_rank_under_a_plan_is_what_fsdpmemtracker_measures(
 ) -> None:
     """FSDP2 on fake tensors over a fake process group (execorder), against FSDP2 on real
     gloo ranks measured by PyTorch's FSDPMemTracker: the same plans, shards and steps."""
-    import subprocess
-    import sys
     from pathlib import Path
+
+    from conftest import run_probe
 
     import execorder.fsdp
 
@@ -300,22 +296,8 @@ def test_one_rank_under_a_plan_is_what_fsdpmemtracker_measures(
         plans[case], ours[case] = plan.to_dict(), plan.memory.peak_bytes
     cases = Path(str(tmp_path)) / "cases.json"
     cases.write_text(json.dumps(plans))
-    probe = Path(__file__).resolve().parent / "fsdp_memory_probe.py"
-    try:
-        done = subprocess.run(
-            [sys.executable, str(probe), str(cases.parent / "store"), str(cases), str(world)],
-            capture_output=True,
-            text=True,
-            timeout=240,
-            cwd=probe.parent.parent,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("the FSDPMemTracker probe did not finish in 240 s")
-    assert done.returncode == 0, done.stderr[-3000:]
-    measured = {
-        r["case"]: r["peak"]
-        for r in (json.loads(line) for line in done.stdout.splitlines() if line.startswith("{"))
-    }
+    records = run_probe("fsdp_memory_probe.py", cases.parent / "store", cases, world)
+    measured = {r["case"]: r["peak"] for r in records}
     assert set(measured) == set(SHARDED)
     for case, peak in measured.items():
         assert abs(ours[case] - peak) <= TOLERANCE * peak, (case, ours[case], peak)

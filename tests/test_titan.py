@@ -11,13 +11,11 @@ compiling): the same module calls in the same order.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_probe
 
 pytest.importorskip("torchtitan", reason="torchtitan is not installed (requirements-dev.txt)")
 
@@ -33,18 +31,7 @@ TOKENS = "tokens=int64[1,128]@0:2048"
 @pytest.fixture(scope="module")
 def sharded_by_torchtitan(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     tmp = tmp_path_factory.mktemp("titan")
-    try:
-        result = subprocess.run(
-            [sys.executable, str(HERE / "titan_probe.py"), str(tmp / "store")],
-            capture_output=True,
-            text=True,
-            timeout=240,
-            cwd=HERE.parent,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("the torchtitan probe did not finish in 240 s")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return run_probe("titan_probe.py", tmp / "store")
 
 
 @pytest.mark.processes

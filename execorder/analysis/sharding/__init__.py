@@ -75,6 +75,7 @@ __all__ = [
     "ReshardPolicy",
     "Unit",
     "UnitChoice",
+    "UnitModel",
     "UnitRule",
     "choose_units",
     "plan_fsdp",

@@ -7,10 +7,12 @@ from collections.abc import Mapping, Sequence
 from execorder.errors import Arg, Words
 from execorder.output.document import (
     Cell,
+    Column,
     ColumnKind,
     Row,
     Severity,
     Span,
+    Table,
     Tone,
     cell,
     code,
@@ -18,6 +20,8 @@ from execorder.output.document import (
     plural,
 )
 from execorder.report import InputSource, ParamInfo
+from execorder.report.memory import Choice, Memory, MemoryKind
+from execorder.spelling import size_text
 
 NUMBER, FIXED, NAME, TEXT = ColumnKind.NUMBER, ColumnKind.FIXED, ColumnKind.NAME, ColumnKind.TEXT
 
@@ -102,3 +106,50 @@ def made_inputs(made: Mapping[str, InputSource]) -> dict[InputSource, list[str]]
     for name, source in made.items():
         found.setdefault(source, []).append(name)
     return found
+
+
+CHOICES = {
+    Choice.MORE_RANKS: "with {ranks} ranks",
+    Choice.PREFETCH_ONE: "with prefetch 1",
+    Choice.RESHARD: "resharding every unit",
+    Choice.CHECKPOINT: "checkpointing units",
+}
+"""Each change tried under a budget, as a row of the memory table."""
+
+
+def memory_table(memory: Memory, *, title: str, where: str, measured: str) -> Table:
+    """A measured training step: the peak and ``where`` it falls, what is alive then, how it
+    was ``measured``, the budget, what was assumed, and each change tried under the budget."""
+    optimizer = "no optimizer" if memory.optimizer == "none" else f"{memory.optimizer}'s step"
+    alive = ", ".join(f"{kind} {size_text(size)}" for kind, size in memory.largest(len(MemoryKind)))
+    rows = [
+        fact("peak", f"{size_text(memory.peak_bytes)}: step {memory.peak_step}, {where}"),
+        fact("alive at the peak", alive or "none"),
+        fact("measured", f"{measured}: two steps of forward, backward and {optimizer}"),
+    ]
+    budget = memory.budget_bytes
+    if budget is not None:
+        if memory.over_budget:
+            over = size_text(memory.peak_bytes - budget)
+            rows.append(fact("budget", f"{size_text(budget)}: exceeded by {over}", Severity.ERROR))
+        else:
+            rows.append(fact("budget", f"{size_text(budget)}: fits", Severity.OK))
+    if memory.assumed:
+        rows.append(
+            fact(
+                "assumed",
+                "a selection's size was unknown on meta and taken as keeping every element: "
+                "a real step may hold less",
+                Severity.WARNING,
+            )
+        )
+    for alternative in memory.alternatives:
+        fits = budget is not None and alternative.peak_bytes <= budget
+        rows.append(
+            fact(
+                CHOICES[alternative.choice].format(ranks=f"{alternative.world_size:,}"),
+                f"{size_text(alternative.peak_bytes)}: {'fits' if fits else 'still over'}",
+                Severity.OK if fits else Severity.NONE,
+            )
+        )
+    return Table(title, (Column(""), Column("", NAME)), tuple(rows), header=False)

@@ -22,9 +22,17 @@ from execorder.output.document import (
     label,
     plural,
 )
-from execorder.output.views.common import FIXED, MADE, NAME, NUMBER, TEXT, fact, made_inputs
+from execorder.output.views.common import (
+    FIXED,
+    MADE,
+    NAME,
+    NUMBER,
+    TEXT,
+    fact,
+    made_inputs,
+    memory_table,
+)
 from execorder.report import size_text
-from execorder.report.memory import Choice
 from execorder.spelling import args_text
 
 
@@ -146,56 +154,23 @@ def fsdp_view(plan: FsdpPlan, *, words: Words = PYTHON) -> Document:
     return Document(cell("execorder fsdp: ", code(plan.target)), tuple(blocks))
 
 
-CHOICES = {
-    Choice.MORE_RANKS: "with {ranks} ranks",
-    Choice.PREFETCH_ONE: "with prefetch 1",
-    Choice.RESHARD: "resharding every unit",
-    Choice.CHECKPOINT: "checkpointing units",
-}
-"""Each change tried under a budget, as a row of the memory table."""
-
-
 def _memory(plan: FsdpPlan) -> Table:
     """What one rank holds in a training step under the plan."""
     memory = plan.memory
     assert memory is not None
     at = memory.peak_at
-    where = f"step {memory.peak_step}, {at.phase}"
+    where = str(at.phase)
     if memory.peak_unit is not None:
         where += f", in unit {label(memory.peak_unit)}"
     if at.call is not None:
         where += f" (call #{at.call})"
-    optimizer = "no optimizer" if memory.optimizer == "none" else f"{memory.optimizer}'s step"
-    rows = [
-        fact("peak", f"{size_text(memory.peak_bytes)}: {where}"),
-        fact(
-            "alive at the peak",
-            ", ".join(f"{kind} {size_text(size)}" for kind, size in memory.largest(7)) or "none",
-        ),
-        fact(
-            "measured",
-            f"FSDP2 itself sharding the plan over {memory.world_size:,} ranks, on fake tensors "
-            f"(no memory used): two steps of forward, backward and {optimizer}",
-        ),
-    ]
-    if memory.budget_bytes is not None:
-        budget = size_text(memory.budget_bytes)
-        if memory.over_budget:
-            over = size_text(memory.peak_bytes - memory.budget_bytes)
-            rows.append(fact("budget", f"{budget}: exceeded by {over}", Severity.ERROR))
-        else:
-            rows.append(fact("budget", f"{budget}: fits", Severity.OK))
-    for alternative in memory.alternatives:
-        fits = memory.budget_bytes is not None and alternative.peak_bytes <= memory.budget_bytes
-        rows.append(
-            fact(
-                CHOICES[alternative.choice].format(ranks=f"{alternative.world_size:,}"),
-                f"{size_text(alternative.peak_bytes)}: {'fits' if fits else 'still over'}",
-                Severity.OK if fits else Severity.NONE,
-            )
-        )
-    columns = (Column(""), Column("", NAME))
-    return Table("Memory of one rank's training step", columns, tuple(rows), header=False)
+    measured = (
+        f"FSDP2 itself sharding the plan over {memory.world_size:,} ranks, on fake tensors "
+        "(no memory used)"
+    )
+    return memory_table(
+        memory, title="Memory of one rank's training step", where=where, measured=measured
+    )
 
 
 def _sharding(plan: FsdpPlan) -> str:

@@ -34,6 +34,7 @@ from execorder.output.views.common import (
     fact,
     first_use,
     made_inputs,
+    memory_table,
     param_cell,
     status_cell,
     time_text,
@@ -46,7 +47,7 @@ from execorder.report import (
     Report,
     shape_text,
 )
-from execorder.spelling import args_text, size_text
+from execorder.spelling import args_text
 
 
 def report_view(
@@ -67,7 +68,7 @@ def report_view(
     """
     blocks: list[Block] = [
         _summary(report),
-        *([memory_table(report)] if report.memory is not None else []),
+        *([_memory(report)] if report.memory is not None else []),
         _modules(report.modules, depth=depth, max_rows=max_rows, words=words),
         _param_order(report.params, max_rows=max_rows, words=words),
         _unused(report.unused, max_rows=max_rows, words=words),
@@ -85,43 +86,18 @@ def report_view(
     return Document(title, tuple(blocks))
 
 
-def memory_table(report: Report) -> Table:
-    """What a training step holds: the peak, where it falls, what is alive then, the budget."""
+def _memory(report: Report) -> Table:
+    """What a training step on one device holds."""
     memory = report.memory
     assert memory is not None
     at = memory.peak_at
-    where = f"step {memory.peak_step}, {at.phase}"
+    where = str(at.phase)
     if at.call is not None and at.call < len(report.modules):
         call = report.modules[at.call]
         where += f", at call #{at.call} {label(call.name)} ({call.type})"
     ran = "meta (no memory used)" if memory.device == "meta" else memory.device
-    optimizer = "no optimizer" if memory.optimizer == "none" else f"{memory.optimizer}'s step"
-    rows = [
-        fact("peak", f"{size_text(memory.peak_bytes)}: {where}"),
-        fact(
-            "alive at the peak",
-            ", ".join(f"{kind} {size_text(size)}" for kind, size in memory.largest(6)) or "none",
-        ),
-        fact("measured", f"two steps of forward, backward and {optimizer}, on {ran}"),
-    ]
-    if memory.budget_bytes is not None:
-        budget = size_text(memory.budget_bytes)
-        if memory.over_budget:
-            over = size_text(memory.peak_bytes - memory.budget_bytes)
-            rows.append(fact("budget", f"{budget}: exceeded by {over}", Severity.ERROR))
-        else:
-            rows.append(fact("budget", f"{budget}: fits", Severity.OK))
-    if memory.assumed:
-        rows.append(
-            fact(
-                "assumed",
-                "a selection's size was unknown on meta and taken as keeping every element: "
-                "a real step may hold less",
-                Severity.WARNING,
-            )
-        )
-    return Table(
-        "Memory of a training step", (Column(""), Column("", NAME)), tuple(rows), header=False
+    return memory_table(
+        memory, title="Memory of a training step", where=where, measured=f"on {ran}"
     )
 
 
