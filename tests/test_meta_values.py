@@ -166,6 +166,45 @@ def test_a_meta_output_over_the_limit_keeps_no_values() -> None:
     assert run.value(small) is not None and run.value(big) is None
 
 
+def test_a_tensor_made_empty_has_no_values_until_it_is_filled_whole() -> None:
+    weight = nn.Parameter(torch.empty(4, device="meta"))
+    with MetaRun():
+        blank = torch.empty(4, device="meta")
+        with pytest.raises(NeedsValues):
+            blank.sum().item()  # uninitialized memory is no value to know
+        filled = torch.empty(4, device="meta").fill_(2)
+        assert filled.sum().item() == 8
+        copied = torch.empty(3, device="meta").copy_(torch.arange(3, device="meta"))
+        assert copied.tolist() == [0, 1, 2]
+        bigger = torch.empty(8, device="meta")
+        part = bigger[:4]
+        part.fill_(1)  # only part of its storage: the rest is unknown
+        with pytest.raises(NeedsValues):
+            part.sum().item()
+        early = torch.empty(4, device="meta")
+        view = early[:2]  # made before the fill, so without values of its own
+        early.fill_(1)
+        assert early.sum().item() == 4
+        view.copy_(weight[:2] * 2)  # written through it: the whole storage is unknown again
+        with pytest.raises(NeedsValues):
+            early.sum().item()
+
+
+def test_values_written_over_with_unknown_ones_are_freed() -> None:
+    """A known tensor that parameters' values overwrite (an optimizer's zeroed state, a
+    buffer filled then gathered into) holds no real memory after it: FSDP2 on meta makes
+    thousands of them."""
+    weight = nn.Parameter(torch.empty(1 << 20, device="meta"))
+    with MetaRun() as run:
+        state = torch.zeros(1 << 20, device="meta")
+        view = state[: 1 << 10]
+        shadow = run.value(state)
+        assert shadow is not None and shadow.untyped_storage().nbytes() == 4 << 20
+        state.copy_(weight)
+        assert run.value(state) is None and run.value(view) is None
+        assert shadow.untyped_storage().nbytes() == 0
+
+
 # -- selections from parameter values: assumed, and said ------------------------
 
 

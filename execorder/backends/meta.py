@@ -48,6 +48,7 @@ this changes no shape and no result.
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -82,6 +83,29 @@ _INDEXING = frozenset(
     }
 )
 _VALUE_READS = frozenset({aten._local_scalar_dense.default, aten.equal.default})
+# Ops that make a tensor without values (FSDP2's all-gather and reduce-scatter buffers):
+# there is nothing to know, so no shadow is made for them, until one of _OVERWRITES fills
+# the whole storage with known values.
+_UNINITIALIZED = frozenset(
+    {
+        aten.empty.memory_format,
+        aten.empty_strided.default,
+        aten.empty_like.default,
+        aten.new_empty.default,
+        aten.new_empty_strided.default,
+    }
+)
+# In-place ops that write every element of ``self``, whatever it held.
+_OVERWRITES = frozenset(
+    {
+        aten.fill_.Scalar,
+        aten.fill_.Tensor,
+        aten.zero_.default,
+        aten.copy_.default,
+        aten.uniform_.default,
+        aten.normal_.default,
+    }
+)
 _META_WORD = re.compile(r"(?<![a-z])meta(?![a-z])", re.IGNORECASE)
 
 
@@ -197,7 +221,11 @@ class MetaRun(TorchDispatchMode):
         self.assumptions = 0
         self.lifted: set[str] = set()
         self._shadow: Any = WeakTensorKeyDictionary()  # meta tensor -> its value, real
-        # Shadow storages written with unknown values (kept alive, so ids stay unique).
+        # Shadows made when a whole storage without one was overwritten, by that meta storage:
+        # a view of it made before has no shadow, and writing through it makes this one stale.
+        self._filled: dict[int, Any] = {}
+        # Shadow storages written with unknown values: freed (resized to nothing), and kept,
+        # so that their ids stay unique.
         self._stale: dict[int, Any] = {}
 
     def __enter__(self) -> MetaRun:
@@ -252,10 +280,11 @@ class MetaRun(TorchDispatchMode):
         if not (_device_is_meta(kwargs) or any(x.is_meta for x in tensors)):
             return func(*args, **kwargs)
         written = _written(func, args, kwargs)
+        filling = self._filling(func, written)
         values = []
         for x in flat:  # each value looked up once; the first unknown one stops the search
             if isinstance(x, torch.Tensor):
-                x = self.value(x)
+                x = filling if filling is not None and x is written[0] else self.value(x)
                 if x is None:
                     break
             values.append(x)
@@ -264,6 +293,26 @@ class MetaRun(TorchDispatchMode):
         if all(x.is_meta for x in tensors) and "device" not in kwargs:
             return self._unknown(func, flat, spec, written, (args, kwargs))
         return self._unknown(func, flat, spec, written)
+
+    def _filling(self, func: Any, written: list[torch.Tensor]) -> torch.Tensor | None:
+        """For an op overwriting all of a meta storage without values: a blank to write instead.
+
+        What it held does not matter, so the op's values are known when its
+        other inputs' are; the blank becomes the shadow.
+        """
+        if func not in _OVERWRITES or len(written) != 1 or not written[0].is_meta:
+            return None
+        tensor = written[0]
+        if self.value(tensor) is not None or _bytes(tensor) > self.limit:
+            return None
+        storage = tensor.untyped_storage()
+        whole = tensor.storage_offset() == 0 and tensor.is_contiguous()
+        if not whole or tensor.numel() * tensor.element_size() != storage.nbytes():
+            return None
+        key = storage._cdata
+        blank = torch.empty(tensor.shape, dtype=tensor.dtype)
+        self._filled[key] = (weakref.ref(storage, lambda _: self._filled.pop(key, None)), blank)
+        return blank
 
     def _known(
         self, func: Any, flat: list[Any], spec: Any, values: list[Any], written: list[torch.Tensor]
@@ -285,8 +334,8 @@ class MetaRun(TorchDispatchMode):
         except Exception:  # a value-dependent op (nonzero, unique): meta cannot tell its shape
             result = None
         else:
-            if not written and _bytes(result) > self.limit:
-                return result  # too big to shadow: its value stays unknown
+            if not written and (func in _UNINITIALIZED or _bytes(result) > self.limit):
+                return result  # nothing to know, or too big to shadow: its value stays unknown
         real = func(*real_args, **real_kwargs)
         if result is None:
             result = _map(real, _to_meta)
@@ -326,8 +375,12 @@ class MetaRun(TorchDispatchMode):
                     f"the model made on {tensor.device.type}",
                 )
             shadow = self._shadow.get(tensor)
-            if shadow is not None:
-                self._stale[_storage(shadow)] = shadow.untyped_storage()
+            if shadow is None:
+                shadow = self._filled.get(tensor.untyped_storage()._cdata, (None, None))[1]
+            if shadow is not None:  # its values, and its views', are stale: freed, not read again
+                storage = shadow.untyped_storage()
+                self._stale[_storage(shadow)] = storage
+                storage.resize_(0)
         if func in _INDEXING and _has_mask(flat, spec):
             flat, spec = self._known_masks(func, flat, spec)
             on_meta = None
@@ -465,7 +518,8 @@ def _name(func: Any) -> str:
 
 
 def _storage(tensor: torch.Tensor) -> int:
-    return int(tensor.untyped_storage().data_ptr())
+    """Which storage ``tensor`` views (unique while that storage lives)."""
+    return int(tensor.untyped_storage()._cdata)
 
 
 def _device_is_meta(kwargs: Any) -> bool:
