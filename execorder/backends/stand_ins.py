@@ -10,16 +10,15 @@ heads and length. Which modules run, in which order, which parameters
 forward uses and which get gradients do not depend on attention's values, so
 the recording is the one a real run makes. A ``score_mod`` may read tensors
 of its own: with one, nothing is stood in for, and the meta run fails as
-flex attention does, to be run on CPU. The same holds for fake tensors
-(``FakeTensorMode``, as one FSDP2 rank's memory is measured), whose flex
-attention has no backward on CPU.
+flex attention does, to be run on CPU.
 
 ``scaled_dot_product_attention`` on meta takes its math path, which makes
 the full attention matrix and saves it for backward, where a real device
 runs a fused kernel that makes neither. Where CPU would choose its fused
 flash kernel for the same shapes and dtypes, it is run on meta too: the
 same outputs, the same tensors saved for backward, so a step's memory on
-meta is the memory of the step on CPU.
+meta is the memory of the step on CPU. A recomputation in backward
+(activation checkpointing) takes the same kernel as its forward.
 
 ``torch.autocast`` has no meta device type (DeepSeek-V3's router computes
 its gate under ``torch.autocast(device_type=x.device.type, ...)``): on meta
@@ -40,16 +39,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 
-def _shapes_only(tensor: Any) -> bool:
-    """A tensor without values: on meta, or a fake tensor (``FakeTensorMode``)."""
-    from torch._subclasses.fake_tensor import is_fake
-
-    return bool(tensor.is_meta or is_fake(tensor))
-
-
 def _flex_stand_in(original: Any) -> Any:
     def compiled_flex_attn(q: Any, k: Any, v: Any, **options: Any) -> Any:
-        if not _shapes_only(q) or options.get("score_mod") is not None:
+        if not q.is_meta or options.get("score_mod") is not None:
             return original(q, k, v, **options)
         from torch.nn.attention.flex_attention import AuxOutput
 
@@ -72,40 +64,52 @@ def _ghost(tensor: Any) -> Any:
     return rows.as_strided(tensor.shape, (0,) * (tensor.dim() - 1) + (1,) if tensor.dim() else ())
 
 
-class FusedAttention(TorchFunctionMode):
+def _attention(original: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``scaled_dot_product_attention`` on meta through the fused kernel CPU would choose."""
+    if len(args) < 3:
+        return original(*args, **kwargs)
+    q, k, v = args[:3]
+    if not (q.is_meta and k.is_meta and v.is_meta) or q.dim() != 4:
+        return original(*args, **kwargs)
+    names = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+    given = {**dict(zip(names, args[3:], strict=False)), **kwargs}
+    mask, dropout = given.get("attn_mask"), float(given.get("dropout_p", 0.0))
+    causal, scale = bool(given.get("is_causal", False)), given.get("scale")
+    gqa = bool(given.get("enable_gqa")) and k.shape[1] != q.shape[1]
+    if mask is not None and not mask.is_meta:
+        mask = mask.to("meta")
+    ghost_mask = _ghost(mask) if mask is not None else None
+    choice = torch._fused_sdp_choice(
+        _ghost(q), _ghost(k), _ghost(v), ghost_mask, dropout, causal, scale=scale, enable_gqa=gqa
+    )
+    if choice != FLASH:
+        return original(*args, **kwargs)
+    out, _ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, dropout, causal, attn_mask=mask, scale=scale
+    )
+    return out
+
+
+class FusedAttention(TorchFunctionMode):
+    """Attention on meta as CPU runs it, however the model reached it.
+
+    Autograd runs backward without torch function modes, so a recomputation
+    in backward (activation checkpointing) would not pass through this mode:
+    :func:`meta_stand_ins` also swaps ``F.scaled_dot_product_attention``, so
+    that forward and its recomputation take the same kernel.
+    """
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
-        if func is not F.scaled_dot_product_attention or len(args) < 3:
-            return func(*args, **kwargs)
-        q, k, v = args[:3]
-        if not (q.is_meta and k.is_meta and v.is_meta) or q.dim() != 4:
-            return func(*args, **kwargs)
-        names = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-        given = {**dict(zip(names, args[3:], strict=False)), **kwargs}
-        mask, dropout = given.get("attn_mask"), float(given.get("dropout_p", 0.0))
-        causal, scale = bool(given.get("is_causal", False)), given.get("scale")
-        gqa = bool(given.get("enable_gqa")) and k.shape[1] != q.shape[1]
-        if mask is not None and not mask.is_meta:
-            mask = mask.to("meta")
-        ghost_mask = _ghost(mask) if mask is not None else None
-        choice = torch._fused_sdp_choice(
-            _ghost(q),
-            _ghost(k),
-            _ghost(v),
-            ghost_mask,
-            dropout,
-            causal,
-            scale=scale,
-            enable_gqa=gqa,
-        )
-        if choice != FLASH:
-            return func(*args, **kwargs)
-        out, _ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, dropout, causal, attn_mask=mask, scale=scale
-        )
-        return out
+        if func is not _SDPA:
+            return func(*args, **(kwargs or {}))
+        return _attention(func, args, kwargs or {})
+
+
+_SDPA = F.scaled_dot_product_attention
+
+
+def _swapped_attention(*args: Any, **kwargs: Any) -> Any:
+    return _attention(_SDPA, args, kwargs)
 
 
 @contextmanager
@@ -129,10 +133,12 @@ def meta_stand_ins(model: nn.Module) -> Iterator[None]:
         entered(self, "cpu", enabled=False)
 
     autocast.__init__ = disabled_on_meta
+    F.scaled_dot_product_attention = _swapped_attention
     try:
         with FusedAttention():
             yield
     finally:
+        F.scaled_dot_product_attention = _SDPA
         autocast.__init__ = entered
         for cls, found in swapped:
             cls.compiled_flex_attn = found
