@@ -18,7 +18,8 @@ reads the child's wall time and peak resident memory from the kernel
 (``os.wait4``, the figures GNU ``time -v`` prints). Targets: 12 s and 1.5 GB
 for the 70B model on a 2-core machine (building it on CPU would need about
 276 GB), and twice the time for its ``--memory`` (two training steps, with
-2048 tokens), 30 s and 1.5 GB for each mixture of experts, and the same for
+2048 tokens), 30 s and 1.5 GB for one FSDP2 rank's ``fsdp --memory`` of it
+over 64 ranks and for each mixture of experts, and the same for
 torchtitan's Llama3 8B, 70B and 405B and DeepSeek-V3 671B (built from its
 registry, with 2048 tokens and the attention masks its trainer makes;
 ``--torchtitan`` runs only these).
@@ -65,15 +66,17 @@ TITANS = tuple(
 )  # fmt: skip
 
 
-def run(extra: list[str], target: list[str] | None = None) -> tuple[float, float, dict[str, Any]]:
-    """Wall seconds, peak RSS in GB, and the report, of one execorder run."""
+def run(
+    extra: list[str], target: list[str] | None = None, command_name: str = "trace"
+) -> tuple[float, float, dict[str, Any]]:
+    """Wall seconds, peak RSS in GB, and the report (or plan), of one execorder run."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "llama70b.json"
         command = [
             sys.executable,
             "-m",
             "execorder",
-            "trace",
+            command_name,
             *(target or [TARGET, "--mode", "eager", "--input", "input_ids=int64[1,32]"]),
             "--format",
             "json",
@@ -210,6 +213,16 @@ def main() -> None:
         f"{wall:.1f} s, peak RSS {peak:.2f} GB; the step's peak {memory['peak_bytes'] / 2**40:.2f} "
         f"TiB at {memory['peak_at']['phase']}"
         f"  [{'within' if ok else 'OVER'} {LIMIT_S * 2:g} s / {LIMIT_GB:g} GB]"
+    )
+    sharded = ["--world-size", "64", "--param-dtype", "bfloat16", "--memory"]
+    wall, peak, plan = run(sharded, tokens, command_name="fsdp")
+    memory = plan["memory"]
+    ok = wall <= MOE_LIMIT_S and peak <= LIMIT_GB
+    print(
+        f"Llama-2-70B shape, fsdp --memory over 64 ranks in bf16 (FSDP2 itself on meta): "
+        f"{wall:.1f} s, peak RSS {peak:.2f} GB; one rank's peak "
+        f"{memory['peak_bytes'] / 2**30:.1f} GiB at {memory['peak_at']['phase']}"
+        f"  [{'within' if ok else 'OVER'} {MOE_LIMIT_S:g} s / {LIMIT_GB:g} GB]"
     )
     try:
         import transformers  # noqa: F401

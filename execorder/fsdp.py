@@ -410,44 +410,43 @@ def plan_memory(
 ) -> FsdpPlan:
     """The plan with what one rank holds in a training step under it (``plan.memory``).
 
-    FSDP2 itself runs the step: the model is built anew on fake tensors
-    (``FakeTensorMode``: shapes, no memory), sharded by the plan over a fake
-    process group of the plan's world size (collectives that move nothing),
-    and two training steps run under :func:`execorder.backends.memory.measure`,
-    which follows every storage FSDP2 and the model make, the gathered
-    parameters FSDP2 frees and refills in place included. With a budget the
-    peak exceeds, the plan gains a ``memory`` check, and (``alternatives``)
-    each change that may bring it under is measured the same way: twice the
-    ranks, prefetch 1, every unit resharding after forward, each unit's
-    activations checkpointed (``checkpointed``: recomputed in backward,
+    FSDP2 itself runs the step: the model is built anew on meta (shapes, no
+    memory), sharded by the plan over a fake process group of the plan's world
+    size (collectives that move nothing; see
+    :mod:`execorder.backends.fsdp_meta`), and two training steps run under
+    :func:`execorder.backends.memory.measure`, as a meta trace runs them
+    (inputs real, a selection made from parameters' values assumed to keep
+    every element, and the result saying so), following every storage FSDP2
+    and the model make, the gathered parameters FSDP2 frees and refills in
+    place included. With a budget the peak exceeds, the plan gains a
+    ``memory`` check, and (``alternatives``) each change that may bring it
+    under is measured the same way: twice the ranks, prefetch 1, every unit
+    resharding after forward, each unit's activations checkpointed
+    (``checkpointed``: recomputed in backward,
     ``torch.distributed._composable.checkpoint`` on each unit but the root
     and groups).
 
     Raises:
         TargetError: For a model given as an instance (it is built anew).
         PlanMemoryError: Inside a process group already, or when the step
-            needs values a fake tensor does not have (a router's choice).
+            cannot run on meta (a value read from parameters, such as
+            ``.item()`` of a router's output).
     """
     import dataclasses
 
     import torch.distributed as dist
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.testing._internal.distributed.fake_pg import FakeStore
 
     from execorder.analysis.sharding import Check
     from execorder.analysis.sharding.kinds import SEVERITY
+    from execorder.backends.fsdp_meta import FsdpOnMetaError, fake_process_group, fsdp_on_meta
     from execorder.backends.memory import measure
-    from execorder.backends.stand_ins import meta_stand_ins
     from execorder.errors import PlanMemoryError
 
     if dist.is_initialized():
         raise PlanMemoryError("this process is in a process group already; run it outside one")
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=plan.world_size)
     try:
-        mesh = init_device_mesh("cpu", (plan.world_size,))
-        with FakeTensorMode(allow_non_fake_inputs=True):
-            model = profiler.fresh_model()
+        with fsdp_on_meta(), fake_process_group(plan.world_size) as mesh:
+            model = profiler.fresh_model("meta")
             if checkpointed:
                 from torch.distributed._composable import checkpoint
 
@@ -455,17 +454,18 @@ def plan_memory(
                     if each.name != ROOT and not each.grouped:
                         checkpoint(model.get_submodule(each.name))
             shard(model, plan, mesh=mesh)
-            args, kwargs = profiler.step_arguments("cpu", dict(concrete_args or {}))
+            args, kwargs = profiler.step_arguments("meta", dict(concrete_args or {}))
             try:
-                with meta_stand_ins(model):
-                    memory = measure(model, args=args, kwargs=kwargs, optimizer=optimizer)
+                memory = measure(
+                    model, args=args, kwargs=kwargs, optimizer=optimizer, assume=profiler.assume
+                )
             except Exception as exc:
                 raise PlanMemoryError(
-                    f"the step cannot run on fake tensors ({type(exc).__name__}: "
+                    f"the step cannot run on meta ({type(exc).__name__}: "
                     f"{str(exc).splitlines()[0] if str(exc) else ''})"
                 ) from exc
-    finally:
-        dist.destroy_process_group()
+    except FsdpOnMetaError as exc:
+        raise PlanMemoryError(str(exc)) from exc
     call = memory.peak_at.call
     unit = None
     if call is not None:

@@ -343,8 +343,8 @@ class Profiler:
         args, kwargs, _ = trainer_inputs(self.model, args, kwargs)
         return args, {**kwargs, **concrete}
 
-    def fresh_model(self) -> nn.Module:
-        """The model built anew, seeded as first, on CPU (for a run under another mode).
+    def fresh_model(self, device: str = "cpu") -> nn.Module:
+        """The model built anew, seeded as first, on ``device`` (for a run of its own).
 
         Raises:
             TargetError: For a model given as an instance: there is nothing to build it with.
@@ -355,7 +355,8 @@ class Profiler:
                 "give its class, a function building it, or a TARGET"
             )
         with self._seeded():
-            return build(self._factory, init_kwargs=self._init, device="cpu", name=self._name).model
+            built = build(self._factory, init_kwargs=self._init, device=device, name=self._name)
+        return built.model
 
     def _memory(self, where: str, concrete: Mapping[str, Any]) -> Memory:
         """Two training steps of the model, measured (see :mod:`execorder.backends.memory`)."""

@@ -45,6 +45,26 @@ def build(case: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
         model = tiny_llama(layers=2, tie=False)
         torch.manual_seed(1)
         return model, (torch.randint(0, 100, (2, 64)),)
+    if name == "mixtral":
+        from hf import tiny_mixtral
+
+        model = tiny_mixtral(layers=2)
+        torch.manual_seed(1)
+        return model, (torch.randint(0, 100, (2, 32)),)
+    if name == "lora":
+        import peft
+        from hf import tiny_llama
+
+        config = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+        model = peft.get_peft_model(tiny_llama(tie=False), config)
+        torch.manual_seed(1)
+        return model, (torch.randint(0, 100, (2, 32)),)
+    if name == "moe":
+        from moe import MoE
+
+        model = MoE()
+        torch.manual_seed(1)
+        return model, (torch.randn(128, 16),)
     from encdec import EncoderDecoder
 
     model = EncoderDecoder()

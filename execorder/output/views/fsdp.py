@@ -165,8 +165,7 @@ def _memory(plan: FsdpPlan) -> Table:
     if at.call is not None:
         where += f" (call #{at.call})"
     measured = (
-        f"FSDP2 itself sharding the plan over {memory.world_size:,} ranks, on fake tensors "
-        "(no memory used)"
+        f"FSDP2 itself sharding the plan over {memory.world_size:,} ranks, on meta (no memory used)"
     )
     return memory_table(
         memory, title="Memory of one rank's training step", where=where, measured=measured
