@@ -479,7 +479,12 @@ def plan_memory(
         memory = dataclasses.replace(
             memory,
             alternatives=_alternatives(
-                profiler, plan, report, optimizer=optimizer, concrete_args=concrete_args
+                profiler,
+                plan,
+                report,
+                optimizer=optimizer,
+                budget=budget or 0,
+                concrete_args=concrete_args,
             ),
         )
     if memory.over_budget:
@@ -503,33 +508,41 @@ def _alternatives(
     report: Report,
     *,
     optimizer: str,
+    budget: int,
     concrete_args: Mapping[str, Any] | None,
 ) -> tuple[Any, ...]:
-    """Each change that may bring one rank under budget, with the peak it gives, measured."""
+    """Each change that may bring one rank under budget, with the peak it gives, measured;
+    and when none fits alone, all of them together."""
     import dataclasses
 
     from execorder.report.memory import Alternative, Choice
 
-    changes: list[tuple[Choice, FsdpPlan, bool]] = [
-        (Choice.MORE_RANKS, dataclasses.replace(plan, world_size=plan.world_size * 2), False)
-    ]
-    if plan.prefetch > 1:
-        one = dataclasses.replace(
+    def more_ranks(plan: FsdpPlan) -> FsdpPlan:
+        return dataclasses.replace(plan, world_size=plan.world_size * 2)
+
+    def prefetch_one(plan: FsdpPlan) -> FsdpPlan:
+        return dataclasses.replace(
             plan,
             prefetch=1,
             forward_prefetch={u: t[:1] for u, t in plan.forward_prefetch.items()},
             backward_prefetch={u: t[:1] for u, t in plan.backward_prefetch.items()},
         )
-        changes.append((Choice.PREFETCH_ONE, one, False))
-    if any(not u.reshard_after_forward for u in plan.units if u.name != ROOT):
+
+    def reshard(plan: FsdpPlan) -> FsdpPlan:
         units = tuple(
             dataclasses.replace(u, reshard_after_forward=u.name != ROOT) for u in plan.units
         )
-        changes.append((Choice.RESHARD, dataclasses.replace(plan, units=units), False))
-    changes.append((Choice.CHECKPOINT, plan, True))
-    found = []
-    for choice, changed, checkpointed in changes:
-        measured = plan_memory(
+        return dataclasses.replace(plan, units=units)
+
+    changes: list[tuple[Choice, Any]] = [(Choice.MORE_RANKS, more_ranks)]
+    if plan.prefetch > 1:
+        changes.append((Choice.PREFETCH_ONE, prefetch_one))
+    if any(not u.reshard_after_forward for u in plan.units if u.name != ROOT):
+        changes.append((Choice.RESHARD, reshard))
+    changes.append((Choice.CHECKPOINT, None))  # the same plan, each unit checkpointed
+
+    def measured(choice: Choice, changed: FsdpPlan, checkpointed: bool) -> Alternative:
+        memory = plan_memory(
             profiler,
             changed,
             report,
@@ -538,6 +551,16 @@ def _alternatives(
             checkpointed=checkpointed,
             alternatives=False,
         ).memory
-        assert measured is not None
-        found.append(Alternative(choice, measured.peak_bytes, changed.world_size))
+        assert memory is not None
+        return Alternative(choice, memory.peak_bytes, changed.world_size)
+
+    found = [
+        measured(choice, change(plan) if change else plan, change is None)
+        for choice, change in changes
+    ]
+    if all(each.peak_bytes > budget for each in found):
+        combined = plan
+        for _, change in changes:
+            combined = change(combined) if change else combined
+        found.append(measured(Choice.ALL, combined, True))
     return tuple(found)

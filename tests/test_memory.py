@@ -365,7 +365,8 @@ def test_over_budget_each_change_is_measured_again() -> None:
     over = execorder.fsdp.plan_memory(profiler, plan, report, budget=16_000_000)
     assert over.memory is not None
     found = {a.choice: a for a in over.memory.alternatives}
-    assert set(found) == set(Choice)
+    assert set(found) == set(Choice) - {Choice.ALL}  # twice the ranks fits: not all together
+    assert found[Choice.MORE_RANKS].peak_bytes <= 16_000_000
     wider = execorder.fsdp.plan_memory(profiler, dataclasses.replace(plan, world_size=4), report)
     assert wider.memory is not None
     assert found[Choice.MORE_RANKS].peak_bytes == wider.memory.peak_bytes < over.memory.peak_bytes
@@ -376,6 +377,39 @@ def test_over_budget_each_change_is_measured_again() -> None:
     assert kept.memory.at_peak[MemoryKind.ACTIVATIONS] < over.memory.at_peak[MemoryKind.ACTIVATIONS]
     fits = execorder.fsdp.plan_memory(profiler, plan, report, budget=1 << 30)
     assert fits.memory is not None and not fits.memory.alternatives
+
+
+def test_when_no_change_fits_alone_all_of_them_are_measured_together() -> None:
+    import dataclasses
+
+    import models
+
+    import execorder.fsdp
+    from execorder.report.memory import Choice
+
+    profiler = execorder.Profiler(models.MlpBlocks, input_size="float32[64,256]")
+    plan, report = execorder.fsdp.plan_and_report(
+        profiler, world_size=2, prefetch=2, reshard_after_forward="never"
+    )
+    over = execorder.fsdp.plan_memory(profiler, plan, report, budget=1 << 20)
+    assert over.memory is not None
+    found = {a.choice: a for a in over.memory.alternatives}
+    assert list(found) == list(Choice)
+    assert all(a.peak_bytes > 1 << 20 for a in found.values())
+    units = tuple(dataclasses.replace(u, reshard_after_forward=u.name != "") for u in plan.units)
+    combined = dataclasses.replace(
+        plan,
+        world_size=4,
+        prefetch=1,
+        forward_prefetch={u: t[:1] for u, t in plan.forward_prefetch.items()},
+        backward_prefetch={u: t[:1] for u, t in plan.backward_prefetch.items()},
+        units=units,
+    )
+    direct = execorder.fsdp.plan_memory(profiler, combined, report, checkpointed=True).memory
+    assert direct is not None
+    assert found[Choice.ALL].peak_bytes == direct.peak_bytes
+    assert found[Choice.ALL].world_size == 4
+    assert direct.peak_bytes < min(a.peak_bytes for c, a in found.items() if c is not Choice.ALL)
 
 
 def test_a_torch_whose_fsdp2_is_laid_out_otherwise_is_refused_with_the_reason(

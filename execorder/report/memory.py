@@ -73,6 +73,7 @@ class Choice(Word):
     PREFETCH_ONE = "prefetch-1"  # one unit gathered ahead, not more
     RESHARD = "reshard-after-forward"  # every unit frees its parameters after forward
     CHECKPOINT = "checkpoint"  # each unit's activations recomputed in backward
+    ALL = "all"  # every change above that applies, together (tried when none fits alone)
 
 
 @dataclass(frozen=True, slots=True)

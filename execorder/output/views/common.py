@@ -113,6 +113,7 @@ CHOICES = {
     Choice.PREFETCH_ONE: "with prefetch 1",
     Choice.RESHARD: "resharding every unit",
     Choice.CHECKPOINT: "checkpointing units",
+    Choice.ALL: "all of these together",
 }
 """Each change tried under a budget, as a row of the memory table."""
 
