@@ -263,6 +263,7 @@ def test_the_tree_and_the_timeline_show_it() -> None:
 SHARDED = {
     "blocks@always": ("blocks", {"reshard_after_forward": "always"}),
     "blocks@default": ("blocks", {}),
+    "blocks@never": ("blocks", {"reshard_after_forward": "never"}),
     "llama@titan-bf16": ("llama", {"layout": "torchtitan", "param_dtype": "bfloat16"}),
     "encdec@prefetch2": ("encdec", {"prefetch": 2}),
     "llama@checkpoint": ("llama", {}),
