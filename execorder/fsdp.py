@@ -424,7 +424,7 @@ def plan_memory(
     resharding after forward, each unit's activations checkpointed
     (``checkpointed``: recomputed in backward,
     ``torch.distributed._composable.checkpoint`` on each unit but the root
-    and groups).
+    and groups), and, when none fits alone, all of them together.
 
     Raises:
         TargetError: For a model given as an instance (it is built anew).

@@ -51,6 +51,20 @@ class Checkpointed(nn.Module):
         return x
 
 
+class BiasedAttention(nn.Module):
+    """Attention with a learned bias as its mask (as Swin's relative positions): the mask
+    needs a gradient, so CPU takes the math path, not its flash kernel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(32, 96)
+        self.bias = nn.Parameter(torch.zeros(1, 4, 49, 49))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).view(x.shape[0], 49, 3, 4, 8).permute(2, 0, 3, 1, 4)
+        return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self.bias)
+
+
 def _lora() -> nn.Module:
     peft = pytest.importorskip("peft")
     config = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
@@ -77,6 +91,7 @@ CASES = {
     "lora": (_lora, lambda: (_ids((2, 32)),)),
     "checkpointed": (Checkpointed, lambda: (torch.randn(32, 64),)),
     "llama-checkpointed": (_checkpointed_llama, lambda: (_ids((2, 64)),)),
+    "biased-attention": (BiasedAttention, lambda: (torch.randn(2, 49, 32),)),
 }
 
 

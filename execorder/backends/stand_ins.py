@@ -59,9 +59,13 @@ FLASH = 1  # torch._fused_sdp_choice's number for the flash attention kernel
 
 
 def _ghost(tensor: Any) -> Any:
-    """A CPU tensor of ``tensor``'s shape and dtype, last stride 1, and next to no memory."""
+    """A CPU tensor of ``tensor``'s shape, dtype and ``requires_grad`` (the kernel CPU chooses
+    depends on it: no flash kernel for a mask that needs a gradient), last stride 1, and next
+    to no memory."""
     rows = torch.empty(tensor.shape[-1] if tensor.dim() else 1, dtype=tensor.dtype)
-    return rows.as_strided(tensor.shape, (0,) * (tensor.dim() - 1) + (1,) if tensor.dim() else ())
+    strides = (0,) * (tensor.dim() - 1) + (1,) if tensor.dim() else ()
+    ghost = rows.as_strided(tensor.shape, strides)
+    return ghost.requires_grad_(tensor.requires_grad and torch.is_grad_enabled())
 
 
 def _attention(original: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
