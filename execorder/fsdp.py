@@ -403,6 +403,7 @@ def plan_memory(
     report: Report,
     *,
     optimizer: str = "adamw",
+    foreach: bool = True,
     budget: int | None = None,
     concrete_args: Mapping[str, Any] | None = None,
     checkpointed: bool = False,
@@ -410,7 +411,9 @@ def plan_memory(
 ) -> FsdpPlan:
     """The plan with what one rank holds in a training step under it (``plan.memory``).
 
-    FSDP2 itself runs the step: the model is built anew on meta (shapes, no
+    The optimizer steps as on CUDA (``foreach``), or one parameter at a time
+    (``foreach=False``, as on CPU). FSDP2 itself runs the step: the model is
+    built anew on meta (shapes, no
     memory), sharded by the plan over a fake process group of the plan's world
     size (collectives that move nothing; see
     :mod:`execorder.backends.fsdp_meta`), and two training steps run under
@@ -457,7 +460,12 @@ def plan_memory(
             args, kwargs = profiler.step_arguments("meta", dict(concrete_args or {}))
             try:
                 memory = measure(
-                    model, args=args, kwargs=kwargs, optimizer=optimizer, assume=profiler.assume
+                    model,
+                    args=args,
+                    kwargs=kwargs,
+                    optimizer=optimizer,
+                    foreach=foreach,
+                    assume=profiler.assume,
                 )
             except Exception as exc:
                 raise PlanMemoryError(
@@ -483,6 +491,7 @@ def plan_memory(
                 plan,
                 report,
                 optimizer=optimizer,
+                foreach=foreach,
                 budget=budget or 0,
                 concrete_args=concrete_args,
             ),
@@ -508,6 +517,7 @@ def _alternatives(
     report: Report,
     *,
     optimizer: str,
+    foreach: bool,
     budget: int,
     concrete_args: Mapping[str, Any] | None,
 ) -> tuple[Any, ...]:
@@ -547,6 +557,7 @@ def _alternatives(
             changed,
             report,
             optimizer=optimizer,
+            foreach=foreach,
             concrete_args=concrete_args,
             checkpointed=checkpointed,
             alternatives=False,

@@ -152,6 +152,9 @@ class Profiler:
             first unless on meta.
         memory_budget: Bytes the step must fit in: the memory's
             ``budget_bytes`` (``over_budget`` says whether the peak exceeds it).
+        memory_foreach: Step the optimizer as torch does on CUDA, each update
+            for all parameters at once (``foreach``); False: one parameter at
+            a time, as on CPU.
 
     Raises:
         ModeError: If an argument does not fit the mode.
@@ -176,6 +179,7 @@ class Profiler:
         timing: bool = False,
         memory: str | None = None,
         memory_budget: int | None = None,
+        memory_foreach: bool = True,
     ) -> None:
         chosen = Mode(mode)
         if isinstance(inputs, Inputs) and input_size is not None:
@@ -188,6 +192,7 @@ class Profiler:
         if memory is not None and memory not in OPTIMIZERS:
             raise ValueError(f"memory must be one of {', '.join(OPTIMIZERS)}, not {memory!r}")
         self.memory, self.memory_budget = memory, memory_budget
+        self.memory_foreach = memory_foreach
         if chosen is Mode.FX and self.inputs:
             raise ModeError(Arg.INPUTS, chosen)
         # Inputs given are inputs used: auto mode runs forward on them.
@@ -371,6 +376,7 @@ class Profiler:
                 args=args,
                 kwargs=kwargs,
                 optimizer=self.memory or "adamw",
+                foreach=self.memory_foreach,
                 assume=self.assume,
             )
         return dataclasses.replace(measured, budget_bytes=self.memory_budget)

@@ -85,7 +85,9 @@ def run(case: str, plan: dict) -> int:
             if unit["name"] and len(unit["modules"]) == 1:
                 checkpoint(model.get_submodule(unit["name"]))
     execorder.fsdp.shard(model, plan)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    optimizer = torch.optim.AdamW(  # as execorder stepped it: foreach, or a loop
+        [p for p in model.parameters() if p.requires_grad], foreach=plan["memory"]["foreach"]
+    )
     tracker = FSDPMemTracker(model, optimizer)
     tracker.track_inputs(args)
     with tracker:

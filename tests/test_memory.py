@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import models
 import pytest
 import torch
 from encdec import EncoderDecoder
@@ -92,19 +93,22 @@ CASES = {
     "checkpointed": (Checkpointed, lambda: (torch.randn(32, 64),)),
     "llama-checkpointed": (_checkpointed_llama, lambda: (_ids((2, 64)),)),
     "biased-attention": (BiasedAttention, lambda: (torch.randn(2, 49, 32),)),
+    "small-batch": (models.MlpBlocks, lambda: (torch.randn(2, 256),)),  # peaks in the step
 }
 
 
-def _built(case: str, optimizer: str) -> tuple[nn.Module, torch.optim.Optimizer, Any]:
+def _built(
+    case: str, optimizer: str, foreach: bool = False
+) -> tuple[nn.Module, torch.optim.Optimizer, Any]:
     """The case's model, seeded, with torch's optimizer of that name, and its input maker."""
     build, make = CASES[case]
     torch.manual_seed(0)
     model = build()
     params = [p for p in model.parameters() if p.requires_grad]
     step = (
-        torch.optim.AdamW(params)
+        torch.optim.AdamW(params, foreach=foreach)
         if optimizer == "adamw"
-        else torch.optim.SGD(params, lr=0.01, momentum=0.9)
+        else torch.optim.SGD(params, lr=0.01, momentum=0.9, foreach=foreach)
     )
     return model, step, make
 
@@ -128,9 +132,9 @@ def _train(
             after()
 
 
-def _tracked(case: str, optimizer: str) -> int:
+def _tracked(case: str, optimizer: str, foreach: bool = False) -> int:
     """MemTracker's peak over two real training steps on CPU."""
-    model, step, make = _built(case, optimizer)
+    model, step, make = _built(case, optimizer, foreach)
     tracker = MemTracker()
     tracker.track_external(model, step)
     with tracker:
@@ -139,11 +143,11 @@ def _tracked(case: str, optimizer: str) -> int:
     return int(tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"])
 
 
-def _allocated(case: str, optimizer: str) -> int:
+def _allocated(case: str, optimizer: str, foreach: bool = False) -> int:
     """The CPU allocator's peak over two real training steps, as the profiler records it."""
     from torch.profiler import ProfilerActivity, profile
 
-    model, step, make = _built(case, optimizer)
+    model, step, make = _built(case, optimizer, foreach)
     torch.manual_seed(1)
     args = make()
     held = sum(t.untyped_storage().nbytes() for t in (*model.parameters(), *model.buffers(), *args))
@@ -158,28 +162,41 @@ def _allocated(case: str, optimizer: str) -> int:
     return held + peak
 
 
-def _ours(case: str, optimizer: str, device: str) -> execorder.report.memory.Memory:
+def _ours(
+    case: str, optimizer: str, device: str, foreach: bool = False
+) -> execorder.report.memory.Memory:
     build, make = CASES[case]
     torch.manual_seed(0)
     with torch.device(device):
         model = build()
     torch.manual_seed(1)
-    return measure(model, args=make(), optimizer=optimizer)
+    return measure(model, args=make(), optimizer=optimizer, foreach=foreach)
+
+
+LOOPED = ("small-batch", "encdec", "lora")  # also stepped a parameter at a time
 
 
 @pytest.mark.transformers
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
-@pytest.mark.parametrize("case", list(CASES))
-def test_the_peak_is_what_pytorch_measures_on_a_real_step(case: str, optimizer: str) -> None:
-    on_cpu = _ours(case, optimizer, "cpu")
-    allocated = _allocated(case, optimizer)
+@pytest.mark.parametrize(
+    ("case", "foreach"),
+    [(case, True) for case in CASES] + [(case, False) for case in LOOPED],
+    ids=[*CASES, *(f"{case}-loop" for case in LOOPED)],
+)
+def test_the_peak_is_what_pytorch_measures_on_a_real_step(
+    case: str, optimizer: str, foreach: bool
+) -> None:
+    """Each optimizer as torch steps it on CUDA (foreach), and for some models as on CPU
+    (one parameter at a time), all run on CPU."""
+    on_cpu = _ours(case, optimizer, "cpu", foreach)
+    allocated = _allocated(case, optimizer, foreach)
     assert abs(on_cpu.peak_bytes - allocated) <= TOLERANCE * allocated
     if case != "lora":  # MemTracker refuses frozen parameters
-        tracked = _tracked(case, optimizer)
+        tracked = _tracked(case, optimizer, foreach)
         assert on_cpu.peak_bytes == tracked  # the same storages, counted alike: to the byte
     if case == "moe":
         return  # routing on values: see the next test
-    on_meta = _ours(case, optimizer, "meta")
+    on_meta = _ours(case, optimizer, "meta", foreach)
     assert on_meta.peak_bytes == on_cpu.peak_bytes
     assert on_meta.at_peak == on_cpu.at_peak and on_meta.peak_at == on_cpu.peak_at
 
@@ -256,6 +273,26 @@ def test_the_command_gates_on_a_budget() -> None:
     assert swept.exit_code == 2 and "not with --sweep" in swept.stderr
     fx = runner.invoke(app, ["trace", "sample_models/seed.py:Model", "--mode", "fx", "--memory"])
     assert fx.exit_code == 2 and "--memory needs --mode eager" in fx.stderr
+
+
+def test_the_step_is_foreach_as_on_cuda_unless_told_otherwise() -> None:
+    """--foreach (the default) and --no-foreach reach the step, and each is what PyTorch's
+    MemTracker measures of torch's own optimizer run that way."""
+    runner = CliRunner()
+    target = ["trace", "tests/models.py:MlpBlocks", "--input", "float32[2,256]", "--memory"]
+    peaks = {}
+    for flag, foreach in (("--foreach", True), ("--no-foreach", False)):
+        done = runner.invoke(app, [*target, flag, "-f", "json"])
+        assert done.exit_code == 0, done.stderr
+        memory = json.loads(done.stdout)["memory"]
+        assert memory["foreach"] is foreach and memory["peak_at"]["phase"] == "optimizer"
+        peaks[foreach] = memory["peak_bytes"]
+        assert peaks[foreach] == _tracked("small-batch", "adamw", foreach)
+    assert peaks[True] > peaks[False]  # a temporary as large as the parameters, at once
+    default = runner.invoke(app, [*target, "-f", "json"])
+    assert json.loads(default.stdout)["memory"]["peak_bytes"] == peaks[True]
+    table = runner.invoke(app, [*target, "--no-foreach"])
+    assert "adamw's step (a parameter at a time, as on CPU)" in table.stdout
 
 
 def test_the_tree_and_the_timeline_show_it() -> None:

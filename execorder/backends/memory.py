@@ -126,12 +126,14 @@ class MemoryRun(TorchDispatchMode):
         return out
 
 
-def make_optimizer(name: str, params: Sequence[nn.Parameter]) -> Any:
-    """The optimizer of that name over ``params``, with torch's defaults; None for ``none``."""
+def make_optimizer(name: str, params: Sequence[nn.Parameter], *, foreach: bool = True) -> Any:
+    """The optimizer of that name over ``params``, with torch's defaults but ``foreach``
+    (torch's own default on CUDA; on CPU and meta it would loop over the parameters);
+    None for ``none``."""
     if name == "adamw":
-        return torch.optim.AdamW(params)
+        return torch.optim.AdamW(params, foreach=foreach)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=0.01, momentum=0.9)
+        return torch.optim.SGD(params, lr=0.01, momentum=0.9, foreach=foreach)
     if name == "none":
         return None
     raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {name!r}")
@@ -143,11 +145,15 @@ def measure(
     args: Sequence[Any] = (),
     kwargs: Mapping[str, Any] | None = None,
     optimizer: str = "adamw",
+    foreach: bool = True,
     assume: bool = True,
 ) -> Memory:
     """Run two training steps of ``model`` and say what they hold, when, and at the peak.
 
-    The model is trained: its parameters change (on meta, nothing does). On
+    The optimizer steps as torch does on CUDA (``foreach``: each update for
+    all parameters at once), or with ``foreach=False`` as on CPU, one
+    parameter at a time. The model is trained: its parameters change (on
+    meta, nothing does). On
     meta the step runs as :func:`~execorder.backends.eager.trace` runs
     forward there: inputs real, what they alone decide computed
     (:class:`~execorder.backends.meta.MetaRun`), kernels meta lacks stood in
@@ -160,7 +166,7 @@ def measure(
     """
     kwargs = dict(kwargs or {})
     params = [p for p in model.parameters() if p.requires_grad]
-    stepper = make_optimizer(optimizer, params)
+    stepper = make_optimizer(optimizer, params, foreach=foreach)
     device = next((t.device.type for t in model.parameters()), "cpu")
     on_meta = device == "meta"
     meta_run = MetaRun(assume=assume) if on_meta else None
@@ -193,6 +199,7 @@ def measure(
     size, at, by_kind = peaks[step - 1]
     return Memory(
         optimizer=optimizer,
+        foreach=foreach and stepper is not None,
         peak_bytes=size,
         peak_at=at,
         peak_step=step,

@@ -137,6 +137,15 @@ OptimizerOpt = Annotated[
     OptimizerName,
     typer.Option("--optimizer", help="The optimizer --memory steps (its states count)."),
 ]
+ForeachOpt = Annotated[
+    bool,
+    typer.Option(
+        "--foreach/--no-foreach",
+        help="With --memory: step the optimizer as torch does on CUDA, each update for all "
+        "parameters at once (its temporaries as large as them); --no-foreach: one parameter "
+        "at a time, as on CPU.",
+    ),
+]
 MemoryBudgetOpt = Annotated[
     str | None,
     typer.Option(

@@ -83,6 +83,7 @@ class ModelOptions:
     timing: bool = False
     memory: bool = False
     optimizer: Any = None
+    foreach: bool = True
     memory_budget: str | None = None
     debug: bool = False
 
@@ -134,7 +135,7 @@ class Session:
         self.debug, self.quiet = options.debug, quiet
         init_kwargs = options.init_kwargs()
         budget = options.budget()
-        self.budget = budget
+        self.budget, self.foreach = budget, options.foreach
         self._say: Callable[[str], None] = lambda _: None
         self._shown = 0
         with self._spinner("Loading torch"):
@@ -163,6 +164,7 @@ class Session:
                 if options.memory and one_device
                 else None,
                 memory_budget=budget if budget is not None else _device_memory(options),
+                memory_foreach=options.foreach,
             )
         self._flush()
 
@@ -230,6 +232,7 @@ class Session:
                 plan,
                 report,
                 optimizer=optimizer,
+                foreach=self.foreach,
                 budget=self.budget,
                 concrete_args=concrete_args,
             )

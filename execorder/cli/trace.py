@@ -19,6 +19,7 @@ from execorder.cli.options import (
     DepthOpt,
     DeviceOpt,
     FailOnOpt,
+    ForeachOpt,
     FormatOpt,
     IndicesArg,
     InitOpt,
@@ -143,6 +144,7 @@ def trace(
     timing: TimingOpt = False,
     memory: MemoryOpt = False,
     optimizer: OptimizerOpt = OptimizerName.adamw,
+    foreach: ForeachOpt = True,
     memory_budget: MemoryBudgetOpt = None,
     debug: DebugOpt = False,
 ) -> None:

@@ -113,6 +113,11 @@ class Memory:
 
     Attributes:
         optimizer: The optimizer stepped (``adamw``, ``sgd``) or ``none``.
+        foreach: Its step ran torch's ``foreach`` implementation (its default
+            on CUDA: each update made for all parameters at once, so its
+            temporaries are as large as the parameters), not the loop over
+            parameters (its default on CPU, and what a report without the
+            field measured).
         peak_bytes: The most bytes alive at once, over two steps (the second
             has the optimizer's states).
         peak_at: When the peak fell: phase, module call, and bytes.
@@ -146,6 +151,7 @@ class Memory:
     peak_unit: str | None = None
     world_size: int = 1
     alternatives: tuple[Alternative, ...] = ()
+    foreach: bool = False
 
     def __post_init__(self) -> None:
         kinds = {MemoryKind(k): int(v) for k, v in self.at_peak.items()}
@@ -164,6 +170,7 @@ class Memory:
     def to_dict(self) -> dict[str, Any]:
         return {
             "optimizer": self.optimizer,
+            "foreach": self.foreach,
             "device": self.device,
             "assumed": self.assumed,
             "budget_bytes": self.budget_bytes,
@@ -186,6 +193,7 @@ class Memory:
             raise SchemaError(f"memory.at_peak: {exc}") from None
         return cls(
             optimizer=fields.get("optimizer", str),
+            foreach=fields.get("foreach", bool, default=False),
             peak_bytes=fields.get("peak_bytes", int),
             peak_at=MemoryPoint.from_dict(peak, "memory.peak_at"),
             peak_step=int(peak.get("step", 2)),

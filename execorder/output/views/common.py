@@ -122,6 +122,10 @@ def memory_table(memory: Memory, *, title: str, where: str, measured: str) -> Ta
     """A measured training step: the peak and ``where`` it falls, what is alive then, how it
     was ``measured``, the budget, what was assumed, and each change tried under the budget."""
     optimizer = "no optimizer" if memory.optimizer == "none" else f"{memory.optimizer}'s step"
+    if memory.optimizer != "none":
+        optimizer += (
+            " (foreach, as on CUDA)" if memory.foreach else " (a parameter at a time, as on CPU)"
+        )
     alive = ", ".join(f"{kind} {size_text(size)}" for kind, size in memory.largest(len(MemoryKind)))
     rows = [
         fact("peak", f"{size_text(memory.peak_bytes)}: step {memory.peak_step}, {where}"),
