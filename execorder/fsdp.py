@@ -423,7 +423,8 @@ def plan_memory(
     and the model make, the gathered parameters FSDP2 frees and refills in
     place included. With a budget the peak exceeds, the plan gains a
     ``memory`` check, and (``alternatives``) each change that may bring it
-    under is measured the same way: twice the ranks, prefetch 1, every unit
+    under is measured the same way: more ranks (doubled up to
+    :data:`RANK_DOUBLINGS` times, until one fits), prefetch 1, every unit
     resharding after forward, each unit's activations checkpointed
     (``checkpointed``: recomputed in backward,
     ``torch.distributed._composable.checkpoint`` on each unit but the root
@@ -511,6 +512,10 @@ def plan_memory(
     return dataclasses.replace(plan, memory=memory, checks=checks)
 
 
+RANK_DOUBLINGS = 3
+"""Over budget, the world size is doubled up to this many times (8x) to find one that fits."""
+
+
 def _alternatives(
     profiler: Profiler,
     plan: FsdpPlan,
@@ -522,13 +527,10 @@ def _alternatives(
     concrete_args: Mapping[str, Any] | None,
 ) -> tuple[Any, ...]:
     """Each change that may bring one rank under budget, with the peak it gives, measured;
-    and when none fits alone, all of them together."""
+    and when none fits alone, all of them together (with the most ranks tried)."""
     import dataclasses
 
     from execorder.report.memory import Alternative, Choice
-
-    def more_ranks(plan: FsdpPlan) -> FsdpPlan:
-        return dataclasses.replace(plan, world_size=plan.world_size * 2)
 
     def prefetch_one(plan: FsdpPlan) -> FsdpPlan:
         return dataclasses.replace(
@@ -544,7 +546,7 @@ def _alternatives(
         )
         return dataclasses.replace(plan, units=units)
 
-    changes: list[tuple[Choice, Any]] = [(Choice.MORE_RANKS, more_ranks)]
+    changes: list[tuple[Choice, Any]] = []
     if plan.prefetch > 1:
         changes.append((Choice.PREFETCH_ONE, prefetch_one))
     if any(not u.reshard_after_forward for u in plan.units if u.name != ROOT):
@@ -565,12 +567,25 @@ def _alternatives(
         assert memory is not None
         return Alternative(choice, memory.peak_bytes, changed.world_size)
 
-    found = [
+    # More ranks: twice as many, then four and eight times, until one fits or stops helping.
+    ranks = measured(
+        Choice.MORE_RANKS, dataclasses.replace(plan, world_size=plan.world_size * 2), False
+    )
+    for _ in range(RANK_DOUBLINGS - 1):
+        if ranks.peak_bytes <= budget:
+            break
+        wider = measured(
+            Choice.MORE_RANKS, dataclasses.replace(plan, world_size=ranks.world_size * 2), False
+        )
+        if wider.peak_bytes >= ranks.peak_bytes:
+            break
+        ranks = wider
+    found = [ranks] + [
         measured(choice, change(plan) if change else plan, change is None)
         for choice, change in changes
     ]
     if all(each.peak_bytes > budget for each in found):
-        combined = plan
+        combined = dataclasses.replace(plan, world_size=ranks.world_size)
         for _, change in changes:
             combined = change(combined) if change else combined
         found.append(measured(Choice.ALL, combined, True))

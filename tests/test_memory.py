@@ -449,10 +449,14 @@ def test_when_no_change_fits_alone_all_of_them_are_measured_together() -> None:
     found = {a.choice: a for a in over.memory.alternatives}
     assert list(found) == list(Choice)
     assert all(a.peak_bytes > 1 << 20 for a in found.values())
+    ranks = found[Choice.MORE_RANKS]
+    assert ranks.world_size == 16  # doubled three times, each lower, none fitting
+    wide = execorder.fsdp.plan_memory(profiler, dataclasses.replace(plan, world_size=16), report)
+    assert wide.memory is not None and wide.memory.peak_bytes == ranks.peak_bytes
     units = tuple(dataclasses.replace(u, reshard_after_forward=u.name != "") for u in plan.units)
     combined = dataclasses.replace(
         plan,
-        world_size=4,
+        world_size=16,
         prefetch=1,
         forward_prefetch={u: t[:1] for u, t in plan.forward_prefetch.items()},
         backward_prefetch={u: t[:1] for u, t in plan.backward_prefetch.items()},
@@ -461,7 +465,7 @@ def test_when_no_change_fits_alone_all_of_them_are_measured_together() -> None:
     direct = execorder.fsdp.plan_memory(profiler, combined, report, checkpointed=True).memory
     assert direct is not None
     assert found[Choice.ALL].peak_bytes == direct.peak_bytes
-    assert found[Choice.ALL].world_size == 4
+    assert found[Choice.ALL].world_size == 16
     assert direct.peak_bytes < min(a.peak_bytes for c, a in found.items() if c is not Choice.ALL)
 
 

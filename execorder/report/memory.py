@@ -69,7 +69,7 @@ class MemoryPoint:
 class Choice(Word):
     """A change to an FSDP2 plan that may bring one rank's step under its budget."""
 
-    MORE_RANKS = "more-ranks"  # twice the world size: smaller shards
+    MORE_RANKS = "more-ranks"  # a larger world size (doubled until it fits): smaller shards
     PREFETCH_ONE = "prefetch-1"  # one unit gathered ahead, not more
     RESHARD = "reshard-after-forward"  # every unit frees its parameters after forward
     CHECKPOINT = "checkpoint"  # each unit's activations recomputed in backward
