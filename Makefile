@@ -23,7 +23,7 @@ test: $(STAMP)
 # Everything but the tests that start processes (torchrun, ranks, the CLI in a
 # subprocess) or time themselves: under a minute, for the edit-test loop.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not processes and not timing" --durations=10
+	$(PY) -m pytest -m "not processes and not timing and not slow" --durations=10
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check execorder tests sample_models benchmarks

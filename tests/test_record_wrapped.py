@@ -72,6 +72,7 @@ def _compiled(how: str, model: nn.Module, backend: Any) -> Any:
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["torch.compile", "model.compile", "per block"])
 def test_a_compiled_model_is_recorded_as_eager_and_compiles_nothing(how: str) -> None:
     torch._dynamo.reset()

@@ -67,6 +67,7 @@ def test_the_torchtitan_layout_is_what_apply_fsdp_to_decoder_shards(
             )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("registry", "flavor", "blocks"),
     [("llama3", "405B", 126), ("deepseek_v3", "671B", 61)],
@@ -92,6 +93,7 @@ def test_torchtitan_models_run_on_meta_at_their_real_sizes(
     }
 
 
+@pytest.mark.slow
 def test_on_meta_the_calls_are_those_of_a_real_forward() -> None:
     """The debug model's calls on meta (flex attention stood in for) against a real forward
     on CPU, where its flex attention runs for real (eagerly: the same function, not compiled)."""
