@@ -15,6 +15,7 @@ one JSON line with the peak it measured.
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import warnings
@@ -110,6 +111,7 @@ def worker(rank: int, store: str, cases_path: str, world: int) -> None:
     dist.init_process_group("gloo", store=dist.FileStore(store, world), rank=rank, world_size=world)
     try:
         for case, plan in json.loads(Path(cases_path).read_text()).items():
+            gc.collect()  # nothing of the case before is left to be counted in this one
             peak = run(case, plan)
             dist.barrier()
             if rank == 0:
