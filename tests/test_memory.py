@@ -267,6 +267,10 @@ def test_the_command_gates_on_a_budget() -> None:
     assert "exceeded by" in over.stdout
     alone = runner.invoke(app, [*target, "--memory-budget", "1GiB"])
     assert alone.exit_code == 2 and "--memory-budget needs --memory" in alone.stderr
+    for flag, name in (("--optimizer=sgd", "--optimizer"), ("--no-foreach", "--foreach")):
+        unused = runner.invoke(app, [*target, flag])
+        assert unused.exit_code == 2 and f"{name}" in unused.stderr
+        assert "needs --memory" in unused.stderr
     wrong = runner.invoke(app, [*target, "--memory", "--memory-budget", "lots"])
     assert wrong.exit_code == 2 and "--memory-budget expects a size" in wrong.stderr
     swept = runner.invoke(app, [*target, "--memory", "--sweep", "x=1,2"])

@@ -104,8 +104,21 @@ class ModelOptions:
         return parse_size(self.memory_budget, option="--memory-budget")
 
 
+MEMORY_ONLY = {"optimizer": "--optimizer", "foreach": "--foreach/--no-foreach"}
+"""Options that say how --memory steps, and mean nothing without it."""
+
+
 def model_options(ctx: Any) -> ModelOptions:
-    """The model options the command was given; those it does not take keep their defaults."""
+    """The model options the command was given; those it does not take keep their defaults.
+
+    Raises:
+        UsageError: For an option of the memory's step given without ``--memory``.
+    """
+    if not ctx.params.get("memory"):
+        for name, flag in MEMORY_ONLY.items():
+            source = ctx.get_parameter_source(name)  # click's enum, as Typer bundles it
+            if getattr(source, "name", None) == "COMMANDLINE":
+                raise UsageError(f"{flag} needs --memory")
     names = {f.name for f in dataclasses.fields(ModelOptions)}
     return ModelOptions(**{k: v for k, v in ctx.params.items() if k in names})
 
