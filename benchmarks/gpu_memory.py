@@ -25,6 +25,16 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent / "sample_models")]
 
 
+def two_steps(model: torch.nn.Module, batch: torch.Tensor, step: torch.optim.Optimizer) -> None:
+    """Forward, a backward of the summed outputs, the optimizer's step; twice."""
+    for _ in range(2):
+        out = model(batch)
+        (out.logits if hasattr(out, "logits") else out).float().sum().backward()
+        del out
+        step.step()
+        step.zero_grad(set_to_none=True)
+
+
 def allocated_peak(build: object, ids: torch.Tensor) -> int:
     torch.manual_seed(0)
     torch.cuda.empty_cache()
@@ -34,12 +44,7 @@ def allocated_peak(build: object, ids: torch.Tensor) -> int:
         model = build()  # type: ignore[operator]
     batch = ids.cuda()
     step = torch.optim.AdamW(model.parameters())
-    for _ in range(2):
-        out = model(batch)
-        (out.logits if hasattr(out, "logits") else out).float().sum().backward()
-        del out
-        step.step()
-        step.zero_grad(set_to_none=True)
+    two_steps(model, batch, step)
     peak = torch.cuda.max_memory_allocated() - before
     del model, step, batch
     return peak
@@ -73,12 +78,7 @@ def sharded_peak(build: object, ids: torch.Tensor, plan: object, device: str = "
             torch.cuda.reset_peak_memory_stats()
         batch = ids.to(device)
         step = torch.optim.AdamW(model.parameters(), foreach=True)
-        for _ in range(2):
-            out = model(batch)
-            (out.logits if hasattr(out, "logits") else out).float().sum().backward()
-            del out
-            step.step()
-            step.zero_grad(set_to_none=True)
+        two_steps(model, batch, step)
         peak = torch.cuda.max_memory_allocated() - start if cuda else 0
         del model, step, batch
         return peak
