@@ -413,8 +413,9 @@ def plan_memory(
 
     The optimizer steps as on CUDA (``foreach``), or one parameter at a time
     (``foreach=False``, as on CPU). FSDP2 itself runs the step: the model is
-    built anew on meta (shapes, no
-    memory), sharded by the plan over a fake process group of the plan's world
+    built anew on meta (shapes, no memory; one given as a module is copied
+    there, its tensors made anew without values, the caller's untouched),
+    sharded by the plan over a fake process group of the plan's world
     size (collectives that move nothing; see
     :mod:`execorder.backends.fsdp_meta`), and two training steps run under
     :func:`execorder.backends.memory.measure`, as a meta trace runs them
@@ -431,7 +432,7 @@ def plan_memory(
     and groups), and, when none fits alone, all of them together.
 
     Raises:
-        TargetError: For a model given as an instance (it is built anew).
+        TargetError: For a model given as an instance that cannot be copied.
         PlanMemoryError: Inside a process group already, or when the step
             cannot run on meta (a value read from parameters, such as
             ``.item()`` of a router's output).

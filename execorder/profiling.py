@@ -41,6 +41,7 @@ from execorder.errors import (
 from execorder.loading import Inputs, build, check_device, resolve_target, split_target
 from execorder.loading.frameworks import example_inputs, trainer_inputs
 from execorder.loading.memory import check_fits, fits, tensors_of
+from execorder.loading.target import meta_copy
 from execorder.report import InputSource, Mode, Report, Word
 from execorder.report.memory import Memory
 
@@ -349,15 +350,18 @@ class Profiler:
         return args, {**kwargs, **concrete}
 
     def fresh_model(self, device: str = "cpu") -> nn.Module:
-        """The model built anew, seeded as first, on ``device`` (for a run of its own).
+        """The model built anew, seeded as first, on ``device`` (for a run of its own); a
+        model given as an instance is copied onto meta instead (:func:`meta_copy`).
 
         Raises:
-            TargetError: For a model given as an instance: there is nothing to build it with.
+            TargetError: For a model given as an instance, on another device than meta.
         """
         if self._factory is None:
+            if device == "meta":
+                return meta_copy(self.model)
             raise TargetError(
-                f"{self.target} was given as a module: measuring it sharded builds it anew, so "
-                "give its class, a function building it, or a TARGET"
+                f"{self.target} was given as a module: running it anew on {device} builds "
+                "it anew, so give its class, a function building it, or a TARGET"
             )
         with self._seeded():
             built = build(self._factory, init_kwargs=self._init, device=device, name=self._name)

@@ -408,10 +408,34 @@ def test_a_budget_on_a_plan_is_a_memory_check() -> None:
     assert not any(c.kind is CheckKind.MEMORY for c in fits.checks)
     again = execorder.fsdp.FsdpPlan.from_dict(json.loads(json.dumps(over.to_dict())))
     assert again.memory == over.memory
-    with pytest.raises(execorder.errors.TargetError, match="given as a module"):
-        given = execorder.Profiler(models.MlpBlocks(), input_size="float32[8,256]")
-        plan, report = execorder.fsdp.plan_and_report(given, world_size=2)
-        execorder.fsdp.plan_memory(given, plan, report)
+
+
+@pytest.mark.transformers
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_a_model_given_as_a_module_is_measured_on_a_meta_copy(device: str) -> None:
+    """As the built one measures, tied weights and all, and the caller's model untouched."""
+    import execorder.fsdp
+
+    def tied() -> nn.Module:
+        torch.manual_seed(0)
+        return hf.tiny_llama(layers=2, tie=True)
+
+    built = execorder.Profiler(tied, input_size="int64[2,32]@0:100")
+    plan, report = execorder.fsdp.plan_and_report(built, world_size=2)
+    expected = execorder.fsdp.plan_memory(built, plan, report).memory
+    with torch.device(device):
+        model = tied()
+    before = {name: (p.device, p.clone()) for name, p in model.named_parameters()}
+    given = execorder.Profiler(model, input_size="int64[2,32]@0:100")
+    plan, report = execorder.fsdp.plan_and_report(given, world_size=2)
+    measured = execorder.fsdp.plan_memory(given, plan, report).memory
+    assert measured is not None and expected is not None
+    assert measured.peak_bytes == expected.peak_bytes and measured.at_peak == expected.at_peak
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    for name, param in model.named_parameters():
+        assert param.device == before[name][0] and not hasattr(param, "_local_tensor")
+        if device == "cpu":
+            assert torch.equal(param, before[name][1])
 
 
 def test_over_budget_each_change_is_measured_again() -> None:
@@ -494,3 +518,18 @@ def test_a_torch_whose_fsdp2_is_laid_out_otherwise_is_refused_with_the_reason(
         execorder.fsdp.plan_memory(profiler, plan, report)
     monkeypatch.undo()
     assert execorder.fsdp.plan_memory(profiler, plan, report).memory is not None
+
+
+def test_a_module_that_cannot_be_copied_is_refused_with_the_reason() -> None:
+    import threading
+
+    import models
+
+    import execorder.fsdp
+
+    model = models.MlpBlocks()
+    model.lock = threading.Lock()  # type: ignore[assignment]  # what deepcopy cannot copy
+    given = execorder.Profiler(model, input_size="float32[8,256]")
+    plan, report = execorder.fsdp.plan_and_report(given, world_size=2)
+    with pytest.raises(execorder.errors.TargetError, match="MlpBlocks cannot be copied onto meta"):
+        execorder.fsdp.plan_memory(given, plan, report)

@@ -354,3 +354,32 @@ def onto_meta(model: nn.Module) -> int:
                     module._buffers[key] = buffers[id(buffer)]
             stack.extend(c for c in module._modules.values() if c is not None)
     return moved
+
+
+def meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` on meta: its modules copied, its tensors made anew without values.
+
+    Nothing of the model is changed, and none of its memory is copied: each
+    parameter and buffer is given (through ``copy.deepcopy``'s memo) a meta
+    tensor of its shape, dtype and ``requires_grad``, the same one wherever it
+    is shared (ties hold). Other attributes are deep-copied.
+
+    Raises:
+        TargetError: When the model cannot be copied.
+    """
+    import copy
+
+    memo: dict[int, Any] = {}
+    for tensor in (*model.parameters(), *model.buffers()):
+        if id(tensor) not in memo:
+            empty = torch.empty_like(tensor, device="meta")
+            if isinstance(tensor, nn.Parameter):
+                empty = nn.Parameter(empty, requires_grad=tensor.requires_grad)
+            memo[id(tensor)] = empty
+    try:
+        return copy.deepcopy(model, memo)
+    except Exception as exc:
+        raise TargetError(
+            f"{type(model).__name__} cannot be copied onto meta ({type(exc).__name__}: {exc}); "
+            "give its class, a function building it, or a TARGET"
+        ) from exc
