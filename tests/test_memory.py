@@ -249,6 +249,10 @@ def test_the_report_carries_it_and_reads_it_back() -> None:
     assert report.memory is not None and report.memory.optimizer == "adamw"
     again = Report.from_dict(json.loads(json.dumps(report.to_dict())))
     assert again.memory == report.memory
+    data = report.to_dict()
+    data["memory"]["timeline"][0]["phase"] = "warmup"
+    with pytest.raises(execorder.errors.SchemaError, match=r"memory.timeline\[0\].phase: "):
+        Report.from_dict(data)
     with pytest.raises(ValueError, match="memory must be one of"):
         execorder.profile(EncoderDecoder, input_size="int64[2,16]@0:100", memory="adam")
 

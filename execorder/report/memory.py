@@ -59,10 +59,7 @@ class MemoryPoint:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "point") -> MemoryPoint:
         fields = Fields(data, where)
-        try:
-            phase = Phase(fields.get("phase", str))
-        except ValueError as exc:
-            raise SchemaError(f"{where}.phase: {exc}") from None
+        phase = fields.word("phase", Phase)
         return cls(phase, fields.get("call", int, type(None)), fields.get("bytes", int))
 
 
@@ -100,10 +97,7 @@ class Alternative:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "alternative") -> Alternative:
         fields = Fields(data, where)
-        try:
-            choice = Choice(fields.get("choice", str))
-        except ValueError as exc:
-            raise SchemaError(f"{where}.choice: {exc}") from None
+        choice = fields.word("choice", Choice)
         return cls(choice, fields.get("peak_bytes", int), fields.get("world_size", int))
 
 

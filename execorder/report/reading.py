@@ -86,6 +86,15 @@ class Fields:
                 )
         return list(values)
 
+    def word(self, key: str, kind: type[Any], *, default: Any = _REQUIRED) -> Any:
+        """The field ``key``, one of the enum ``kind``'s values (optional with a ``default``,
+        a member of ``kind``)."""
+        value = self.get(key, str, default=default.value if default is not _REQUIRED else default)
+        try:
+            return kind(value)
+        except ValueError as exc:
+            raise SchemaError(f"{self._path(key)}: {exc}") from None
+
     def objects(self, key: str, *, default: Any = _REQUIRED) -> list[Fields]:
         """The list field ``key`` of objects, each ready to be read."""
         values = self.get(key, list, default=default)

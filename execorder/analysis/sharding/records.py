@@ -304,13 +304,7 @@ class Check:
         keeps its sentence as written.
         """
         fields = Fields(data, where)
-        try:
-            kind, severity = (
-                CheckKind(fields.get("kind", str)),
-                Severity(fields.get("severity", str)),
-            )
-        except ValueError as exc:
-            raise SchemaError(f"{where}: {exc}") from None
+        kind, severity = fields.word("kind", CheckKind), fields.word("severity", Severity)
         if severity not in SEVERITY_RANK:
             raise SchemaError(f"{where}: {severity!r} is not a check's severity")
         return cls(
@@ -474,10 +468,10 @@ class FsdpPlan:
                 if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
                     raise SchemaError(f"{key}.{name} must be a list of unit names")
             lists[key] = raw
-        backward_from = _word(fields, "backward_from", BackwardSource, BackwardSource.REVERSE)
-        layout = _word(fields, "layout", LayoutChoice, LayoutChoice.BLOCKS)
+        backward_from = fields.word("backward_from", BackwardSource, default=BackwardSource.REVERSE)
+        layout = fields.word("layout", LayoutChoice, default=LayoutChoice.BLOCKS)
         # A plan written before the policy existed was sharded with FSDP2's defaults.
-        policy = _word(fields, "reshard_after_forward", ReshardPolicy, ReshardPolicy.ALWAYS)
+        policy = fields.word("reshard_after_forward", ReshardPolicy, default=ReshardPolicy.ALWAYS)
         return cls(
             target=fields.get("target", str),
             units=tuple(Unit.from_dict(u.data, u.where) for u in fields.objects("units")),
@@ -501,11 +495,3 @@ class FsdpPlan:
             if fields.get("memory", dict, type(None), default=None) is None
             else Memory.from_dict(data["memory"]),
         )
-
-
-def _word(fields: Fields, key: str, kind: type[Any], default: Any) -> Any:
-    """A field holding one of ``kind``'s values; a ``SchemaError`` for any other."""
-    try:
-        return kind(fields.get(key, str, default=default.value))
-    except ValueError as exc:
-        raise SchemaError(f"{key}: {exc}") from None
