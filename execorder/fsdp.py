@@ -16,7 +16,7 @@ the sharding too.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -547,12 +547,16 @@ def _alternatives(
         )
         return dataclasses.replace(plan, units=units)
 
-    changes: list[tuple[Choice, Any]] = []
+    def same(plan: FsdpPlan) -> FsdpPlan:
+        return plan
+
+    # Each change: the plan it gives, and whether each unit's activations are checkpointed.
+    changes: list[tuple[Choice, Callable[[FsdpPlan], FsdpPlan], bool]] = []
     if plan.prefetch > 1:
-        changes.append((Choice.PREFETCH_ONE, prefetch_one))
+        changes.append((Choice.PREFETCH_ONE, prefetch_one, False))
     if any(not u.reshard_after_forward for u in plan.units if u.name != ROOT):
-        changes.append((Choice.RESHARD, reshard))
-    changes.append((Choice.CHECKPOINT, None))  # the same plan, each unit checkpointed
+        changes.append((Choice.RESHARD, reshard, False))
+    changes.append((Choice.CHECKPOINT, same, True))
 
     def measured(choice: Choice, changed: FsdpPlan, checkpointed: bool) -> Alternative:
         memory = plan_memory(
@@ -581,13 +585,10 @@ def _alternatives(
         if wider.peak_bytes >= ranks.peak_bytes:
             break
         ranks = wider
-    found = [ranks] + [
-        measured(choice, change(plan) if change else plan, change is None)
-        for choice, change in changes
-    ]
+    found = [ranks] + [measured(choice, change(plan), kept) for choice, change, kept in changes]
     if all(each.peak_bytes > budget for each in found):
         combined = dataclasses.replace(plan, world_size=ranks.world_size)
-        for _, change in changes:
-            combined = change(combined) if change else combined
-        found.append(measured(Choice.ALL, combined, True))
+        for _, change, _ in changes:
+            combined = change(combined)
+        found.append(measured(Choice.ALL, combined, any(kept for *_, kept in changes)))
     return tuple(found)
