@@ -360,8 +360,8 @@ class Profiler:
             if device == "meta":
                 return meta_copy(self.model)
             raise TargetError(
-                f"{self.target} was given as a module: running it anew on {device} builds "
-                "it anew, so give its class, a function building it, or a TARGET"
+                f"{self.target} was given as a module: it can be copied onto meta, not built "
+                f"anew on {device}; give its class, a function building it, or a TARGET"
             )
         with self._seeded():
             built = build(self._factory, init_kwargs=self._init, device=device, name=self._name)

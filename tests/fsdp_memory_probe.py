@@ -25,18 +25,16 @@ warnings.filterwarnings("ignore")
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent / "sample_models")]
 
+import models  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
-from torch.utils._pytree import tree_leaves  # noqa: E402
 
 
 def build(case: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     torch.manual_seed(0)
     name = case.split("@")[0]
     if name == "blocks":
-        import models
-
         model: torch.nn.Module = models.MlpBlocks()
         torch.manual_seed(1)
         return model, (torch.randn(64, 256),)
@@ -92,18 +90,7 @@ def run(case: str, plan: dict) -> int:
     tracker = FSDPMemTracker(model, optimizer)
     tracker.track_inputs(args)
     with tracker:
-        for _ in range(2):
-            out = model(*args)
-            losses = [
-                t.float().sum()
-                for t in tree_leaves(out)
-                if isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()
-            ]
-            torch.stack(losses).sum().backward()
-            del out, losses
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            tracker.reset_mod_stats()
+        models.train_two_steps(model, args, optimizer, after=tracker.reset_mod_stats)
     return int(tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"])
 
 

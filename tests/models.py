@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 
 class KeywordParam(nn.Module):
@@ -760,3 +762,26 @@ class MlpBlocks(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return x
+
+
+def train_two_steps(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    step: torch.optim.Optimizer,
+    after: Callable[[], None] | None = None,
+) -> None:
+    """Two real training steps: forward, backward of the summed outputs, the optimizer's step
+    (``after`` each: a tracker's reset). What execorder's memory measure runs, for real."""
+    for _ in range(2):
+        out = model(*args)
+        losses = [
+            t.float().sum()
+            for t in tree_leaves(out)
+            if isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()
+        ]
+        torch.stack(losses).sum().backward()
+        del out, losses
+        step.step()
+        step.zero_grad(set_to_none=True)
+        if after is not None:
+            after()

@@ -23,7 +23,6 @@ from encdec import EncoderDecoder
 from moe import MoE
 from torch import nn
 from torch.distributed._tools.mem_tracker import MemTracker
-from torch.utils._pytree import tree_leaves
 from torch.utils.checkpoint import checkpoint
 from typer.testing import CliRunner
 
@@ -113,25 +112,6 @@ def _built(
     return model, step, make
 
 
-def _train(
-    model: nn.Module, args: tuple[Any, ...], step: torch.optim.Optimizer, after: Any = None
-) -> None:
-    """Two real training steps: forward, backward of the summed outputs, the optimizer's step."""
-    for _ in range(2):
-        out = model(*args)
-        grads = [
-            t.float().sum()
-            for t in tree_leaves(out)
-            if isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()
-        ]
-        torch.stack(grads).sum().backward()
-        del out, grads
-        step.step()
-        step.zero_grad(set_to_none=True)
-        if after is not None:
-            after()
-
-
 def _tracked(case: str, optimizer: str, foreach: bool = False) -> int:
     """MemTracker's peak over two real training steps on CPU."""
     model, step, make = _built(case, optimizer, foreach)
@@ -139,7 +119,7 @@ def _tracked(case: str, optimizer: str, foreach: bool = False) -> int:
     tracker.track_external(model, step)
     with tracker:
         torch.manual_seed(1)
-        _train(model, make(), step, after=tracker.reset_mod_stats)
+        models.train_two_steps(model, make(), step, after=tracker.reset_mod_stats)
     return int(tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"])
 
 
@@ -152,7 +132,7 @@ def _allocated(case: str, optimizer: str, foreach: bool = False) -> int:
     args = make()
     held = sum(t.untyped_storage().nbytes() for t in (*model.parameters(), *model.buffers(), *args))
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiled:
-        _train(model, args, step)
+        models.train_two_steps(model, args, step)
     events = profiled.profiler.kineto_results.events()  # type: ignore[union-attr]
     changes = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
     alive = peak = 0
@@ -335,8 +315,6 @@ ASSUMED = {"moe@default"}  # routed on values: on meta every token goes to every
 
 
 def _sharded_build(name: str) -> tuple[object, dict[str, object]]:
-    import models
-
     if name == "blocks":
         return models.MlpBlocks, {"input_size": "float32[64,256]"}
     if name == "llama":
@@ -391,8 +369,6 @@ def test_one_rank_under_a_plan_is_what_fsdpmemtracker_measures(
 
 
 def test_a_budget_on_a_plan_is_a_memory_check() -> None:
-    import models
-
     import execorder.fsdp
     from execorder.analysis.sharding import CheckKind
 
@@ -440,8 +416,6 @@ def test_a_model_given_as_a_module_is_measured_on_a_meta_copy(device: str) -> No
 def test_over_budget_each_change_is_measured_again() -> None:
     import dataclasses
 
-    import models
-
     import execorder.fsdp
     from execorder.report.memory import Choice
 
@@ -466,8 +440,6 @@ def test_over_budget_each_change_is_measured_again() -> None:
 
 def test_when_no_change_fits_alone_all_of_them_are_measured_together() -> None:
     import dataclasses
-
-    import models
 
     import execorder.fsdp
     from execorder.report.memory import Choice
@@ -504,8 +476,6 @@ def test_when_no_change_fits_alone_all_of_them_are_measured_together() -> None:
 def test_a_torch_whose_fsdp2_is_laid_out_otherwise_is_refused_with_the_reason(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import models
-
     import execorder.fsdp
     from execorder.backends import fsdp_meta
     from execorder.errors import PlanMemoryError
@@ -521,8 +491,6 @@ def test_a_torch_whose_fsdp2_is_laid_out_otherwise_is_refused_with_the_reason(
 
 def test_a_module_that_cannot_be_copied_is_refused_with_the_reason() -> None:
     import threading
-
-    import models
 
     import execorder.fsdp
 

@@ -146,7 +146,9 @@ def fsdp(
             tree=tree_view_of(report, plan=plan),
             timeline=timeline_of(report, plan),
         )
-        over = [c for c in plan.checks if c.kind.value == "memory"]
+        from execorder.analysis.sharding import CheckKind
+
+        over = [c for c in plan.checks if c.kind is CheckKind.MEMORY]
         failing = [c for c in plan.failing(gates) if c not in over]
         for check in failing:
             units = ", ".join(label(u) for u in check.units)
