@@ -15,6 +15,7 @@ from typing import Any
 from execorder.analysis.sharding import FsdpPlan
 from execorder.errors import PYTHON, Arg, Words
 from execorder.report import Report, label
+from execorder.report.memory import Phase
 
 PID = 1
 FORWARD, FIRST_USE, BACKWARD, UNITS = 1, 2, 3, 4
@@ -72,7 +73,7 @@ def _memory_counter(
     events, after = [], end
     last_start: dict[int, int] = {}
     for point in memory.timeline:
-        if point.phase.value == "forward" and point.call is not None and point.call < len(found):
+        if point.phase is Phase.FORWARD and point.call is not None and point.call < len(found):
             seen = last_start.get(point.call, 0)
             start, length = found[point.call]
             ts = start if not seen else start + length  # a call's start, then its end

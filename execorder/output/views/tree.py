@@ -22,6 +22,7 @@ from execorder.output.document import (
 from execorder.output.views.common import show_all, time_text
 from execorder.report import Report, size_text
 from execorder.report.folding import fold_calls, own_uses
+from execorder.report.memory import Phase
 
 
 def tree_view(
@@ -55,7 +56,7 @@ def tree_view(
     alive: dict[int, int] = {}  # bytes alive as each call starts, with a measured step
     if report.memory is not None:
         for point in report.memory.timeline:
-            if point.phase.value == "forward" and point.call is not None:
+            if point.phase is Phase.FORWARD and point.call is not None:
                 alive.setdefault(point.call, point.bytes)
     peak = report.memory.peak_at if report.memory is not None else None
 
