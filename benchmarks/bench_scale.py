@@ -22,7 +22,8 @@ for the 70B model on a 2-core machine (building it on CPU would need about
 over 64 ranks and for each mixture of experts, and the same for
 torchtitan's Llama3 8B, 70B and 405B and DeepSeek-V3 671B (built from its
 registry, with 2048 tokens and the attention masks its trainer makes;
-``--torchtitan`` runs only these).
+``--torchtitan`` runs only these), DeepSeek-V3's ``--memory`` included (one
+FSDP2 rank of 256 within 60 s).
 
     make bench            # or: python benchmarks/bench_scale.py
 """
@@ -179,6 +180,21 @@ def at_size(label: str, target: list[str], what: str) -> None:
     )
 
 
+def memory_line(
+    label: str, target: list[str], extra: list[str], limit_s: float, command_name: str = "trace"
+) -> None:
+    """One ``--memory`` run at size, against its time target and the 1.5 GB memory target."""
+    wall, peak, document = run(extra, target, command_name=command_name)
+    memory = document["memory"]
+    ok = wall <= limit_s and peak <= LIMIT_GB
+    whose = "one rank's" if command_name == "fsdp" else "the step's"
+    print(
+        f"{label}: {wall:.1f} s, peak RSS {peak:.2f} GB; {whose} peak "
+        f"{memory['peak_bytes'] / 2**30:,.1f} GiB at {memory['peak_at']['phase']}"
+        f"  [{'within' if ok else 'OVER'} {limit_s:g} s / {LIMIT_GB:g} GB]"
+    )
+
+
 def titans() -> None:
     """torchtitan's models on meta at their real sizes, with its trainer's attention masks."""
     try:
@@ -188,6 +204,15 @@ def titans() -> None:
         return
     for label, target in TITANS:
         at_size(f"{label}, on meta with 2048 tokens", target, "dead")
+    deepseek = TITANS[-1][1]
+    memory_line("torchtitan deepseek_v3 671B, --memory on meta", deepseek, ["--memory"], 30.0)
+    memory_line(
+        "torchtitan deepseek_v3 671B, fsdp --memory, its layout over 256 ranks in bf16",
+        deepseek,
+        ["--layout", "torchtitan", "--world-size", "256", "--param-dtype", "bfloat16", "--memory"],
+        MOE_LIMIT_S * 2,
+        command_name="fsdp",
+    )
 
 
 def main() -> None:
@@ -205,24 +230,18 @@ def main() -> None:
             f"  [{'within' if ok else 'OVER'} {LIMIT_S:g} s / {LIMIT_GB:g} GB]"
         )
     tokens = [TARGET, "--input", "input_ids=int64[1,2048]@0:32000"]
-    wall, peak, report = run(["--memory"], tokens)
-    memory = report["memory"]
-    ok = wall <= LIMIT_S * 2 and peak <= LIMIT_GB
-    print(
-        f"Llama-2-70B shape, --memory on meta with 2048 tokens (two AdamW training steps): "
-        f"{wall:.1f} s, peak RSS {peak:.2f} GB; the step's peak {memory['peak_bytes'] / 2**40:.2f} "
-        f"TiB at {memory['peak_at']['phase']}"
-        f"  [{'within' if ok else 'OVER'} {LIMIT_S * 2:g} s / {LIMIT_GB:g} GB]"
+    memory_line(
+        "Llama-2-70B shape, --memory on meta with 2048 tokens (two AdamW training steps)",
+        tokens,
+        ["--memory"],
+        LIMIT_S * 2,
     )
-    sharded = ["--world-size", "64", "--param-dtype", "bfloat16", "--memory"]
-    wall, peak, plan = run(sharded, tokens, command_name="fsdp")
-    memory = plan["memory"]
-    ok = wall <= MOE_LIMIT_S and peak <= LIMIT_GB
-    print(
-        f"Llama-2-70B shape, fsdp --memory over 64 ranks in bf16 (FSDP2 itself on meta): "
-        f"{wall:.1f} s, peak RSS {peak:.2f} GB; one rank's peak "
-        f"{memory['peak_bytes'] / 2**30:.1f} GiB at {memory['peak_at']['phase']}"
-        f"  [{'within' if ok else 'OVER'} {MOE_LIMIT_S:g} s / {LIMIT_GB:g} GB]"
+    memory_line(
+        "Llama-2-70B shape, fsdp --memory over 64 ranks in bf16 (FSDP2 itself on meta)",
+        tokens,
+        ["--world-size", "64", "--param-dtype", "bfloat16", "--memory"],
+        MOE_LIMIT_S,
+        command_name="fsdp",
     )
     try:
         import transformers  # noqa: F401
