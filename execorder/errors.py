@@ -86,7 +86,7 @@ class PythonWords:
         if arg is Arg.LAYOUT:
             return f"layout={value!r}" if value else "layout"
         if arg is Arg.MEMORY:
-            return f"memory={value!r}" if value else "memory='adamw'"
+            return f"memory={value!r}" if value else "memory"
         if arg in (Arg.MAX_ROWS, Arg.DEPTH):
             keyword = arg.value.replace("-", "_")
             return f"{keyword}={value}" if value else keyword
@@ -358,18 +358,22 @@ class ModeError(ExecOrderError):
         arg: The argument (``Arg.BACKWARD``, ``Arg.INPUTS``), or None when the
             mode needs inputs that were not given.
         mode: The mode chosen.
+        needs: With no ``arg``: the argument that runs forward for real and so
+            needs the inputs (``Arg.MEMORY``, ``Arg.BACKWARD``, ``Arg.TIMING``),
+            None for eager mode itself.
     """
 
-    def __init__(self, arg: Arg | None, mode: str) -> None:
+    def __init__(self, arg: Arg | None, mode: str, *, needs: Arg | None = None) -> None:
         super().__init__()
-        self.arg, self.mode = arg, mode
+        self.arg, self.mode, self.needs = arg, mode, needs
 
     def describe(self, words: Words = PYTHON) -> str:
         eager = words.arg(Arg.MODE, value="eager")
         if self.arg is None:
             size = words.arg(Arg.INPUT, value="NAME=DTYPE[D0,...]")
             factory = words.arg(Arg.INPUTS, value="MODULE:FUNCTION")
-            return f"eager mode runs forward for real: give its inputs with {size} or {factory}"
+            runs = "eager mode runs" if self.needs is None else f"{words.arg(self.needs)} runs"
+            return f"{runs} forward for real: give its inputs with {size} or {factory}"
         if self.arg in (Arg.BACKWARD, Arg.TIMING, Arg.MEMORY):
             return f"{words.arg(self.arg)} needs {eager} (or auto)"
         return f"{words.arg(Arg.INPUT)} and {words.arg(Arg.INPUTS)} apply to {eager} (or auto)"

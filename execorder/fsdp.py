@@ -37,6 +37,7 @@ from execorder.analysis.sweep import check_axes, combinations
 from execorder.errors import ExecOrderError, PlanMismatchError, SweepFailure
 from execorder.profiling import Profiler
 from execorder.report import Report, Severity
+from execorder.report.kinds import Mode
 from execorder.spelling import ROOT, label
 
 __all__ = [
@@ -433,6 +434,7 @@ def plan_memory(
 
     Raises:
         TargetError: For a model given as an instance that cannot be copied.
+        ModeError: For a profiler given no inputs (the step runs forward).
         PlanMemoryError: Inside a process group already, or when the step
             cannot run on meta (a value read from parameters, such as
             ``.item()`` of a router's output).
@@ -445,10 +447,12 @@ def plan_memory(
     from execorder.analysis.sharding.kinds import SEVERITY
     from execorder.backends.fsdp_meta import FsdpOnMetaError, fake_process_group, fsdp_on_meta
     from execorder.backends.memory import measure
-    from execorder.errors import PlanMemoryError
+    from execorder.errors import Arg, ModeError, PlanMemoryError
 
     if dist.is_initialized():
         raise PlanMemoryError("this process is in a process group already; run it outside one")
+    if not profiler.inputs:  # a plan traced with fx: the step needs forward's inputs
+        raise ModeError(None, Mode.EAGER, needs=Arg.MEMORY)
     try:
         with fsdp_on_meta(), fake_process_group(plan.world_size) as mesh:
             model = profiler.fresh_model("meta")

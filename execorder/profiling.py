@@ -243,7 +243,8 @@ class Profiler:
             self.inputs_made = dict.fromkeys(example, InputSource.EXAMPLE)
             self.mode = Mode.EAGER
         if (self.mode is Mode.EAGER or timing) and not self.inputs:
-            raise ModeError(None, Mode.EAGER)
+            needs = Arg.MEMORY if memory else Arg.BACKWARD if backward else None
+            raise ModeError(None, Mode.EAGER, needs=Arg.TIMING if timing else needs)
 
     @property
     def notes(self) -> tuple[Note, ...]:

@@ -108,6 +108,13 @@ SPOKEN = [
         id="mode-inputs",
     ),
     pytest.param(
+        ModeError(None, "eager", needs=Arg.MEMORY),
+        "memory runs forward for real: give its inputs with input_size or inputs",
+        "--memory runs forward for real: give its inputs with --input NAME=DTYPE[D0,...] or "
+        "--inputs MODULE:FUNCTION",
+        id="mode-inputs-memory",
+    ),
+    pytest.param(
         InputSpecError("x=float32[2", "cannot read it"),
         "input_size='x=float32[2': cannot read it",
         "--input x=float32[2: cannot read it",

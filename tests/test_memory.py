@@ -261,6 +261,11 @@ def test_the_command_gates_on_a_budget() -> None:
     assert swept.exit_code == 2 and "not with --sweep" in swept.stderr
     fx = runner.invoke(app, ["trace", "sample_models/seed.py:Model", "--mode", "fx", "--memory"])
     assert fx.exit_code == 2 and "--memory needs --mode eager" in fx.stderr
+    # A model traced with fx needs no inputs for its plan; its step does, and says so.
+    for command in ("trace", "fsdp"):
+        bare = runner.invoke(app, [command, "sample_models/llama.py:Llama", "--memory"])
+        assert bare.exit_code == 2, bare.stderr
+        assert "--memory runs forward for real: give its inputs with --input" in bare.stderr
 
 
 def test_the_step_is_foreach_as_on_cuda_unless_told_otherwise() -> None:

@@ -215,8 +215,9 @@ def test_progress_is_told_each_slow_step() -> None:
     [
         ({"mode": "fx", "backward": True}, "backward=True needs mode='eager' (or auto)"),
         ({"mode": "fx", "input_size": (2, 6)}, "input_size and inputs apply to mode='eager'"),
-        ({"mode": "eager"}, "give its inputs with input_size or inputs"),
-        ({"backward": True}, "give its inputs with input_size or inputs"),
+        ({"mode": "eager"}, "eager mode runs forward for real: give its inputs with input_size"),
+        ({"backward": True}, "backward=True runs forward for real: give its inputs with"),
+        ({"memory": "sgd"}, "memory runs forward for real: give its inputs with"),
     ],
 )
 def test_options_that_do_not_fit_the_mode(options: dict[str, object], words: str) -> None:
