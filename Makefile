@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_ranks.py
 	$(PY) benchmarks/bench_job.py
 	$(PY) benchmarks/bench_meta.py
+	$(PY) benchmarks/bench_memory.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -13,6 +13,7 @@ tolerance is PyTorch's own tracker tests' against the CUDA allocator, 10%.
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any
 
@@ -220,6 +221,43 @@ def test_the_peak_falls_in_the_call_that_makes_it() -> None:
     assert memory.at_peak[MemoryKind.TEMPORARIES] >= 4 << 20
     forward = [p.call for p in memory.timeline if p.phase is Phase.FORWARD and p.call is not None]
     assert list(dict.fromkeys(forward)) == list(range(len(report.modules)))  # the module order
+
+
+class DeadWork(nn.Module):
+    """Forward computes a result it throws away, through an op that saves its output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(64, 64)
+        self.waste = nn.Linear(64, 4096)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch.exp(self.waste(x))  # exp saves its output for backward; nothing keeps it
+        return self.proj(x)
+
+
+def test_work_thrown_away_is_freed_at_once_as_in_a_real_step() -> None:
+    """Saved tensors are not held in a cycle by the measure itself: exp's output, saved by
+    a graph no backward reaches, goes when forward drops it (1 MB held to the end, before)."""
+    torch.manual_seed(0)
+    model = DeadWork()
+    step = torch.optim.AdamW(model.parameters(), foreach=True)
+    tracker = MemTracker()
+    tracker.track_external(model, step)
+    with tracker:
+        models.train_two_steps(model, (torch.randn(64, 64),), step, after=tracker.reset_mod_stats)
+    tracked = int(tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"])
+    gc_was = gc.isenabled()
+    gc.disable()  # as a collection may come at any moment, never during this measure
+    try:
+        for device in ("cpu", "meta"):
+            with torch.device(device):
+                built = DeadWork()
+            ours = measure(built, args=(torch.randn(64, 64),), optimizer="adamw")
+            assert ours.peak_bytes == tracked, device
+    finally:
+        if gc_was:
+            gc.enable()
 
 
 def test_the_report_carries_it_and_reads_it_back() -> None:

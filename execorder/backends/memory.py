@@ -300,7 +300,11 @@ def _saved(run: MemoryRun, timeline: list[MemoryPoint]) -> Iterator[None]:
     def pack(tensor: torch.Tensor) -> Any:
         if run.phase is Phase.FORWARD:
             run.track(tensor, MemoryKind.ACTIVATIONS, retag=_is_temporary(run, tensor))
-        return tensor, run.call
+        # Detached: an op's saved output held as itself would hold its own grad_fn, a
+        # cycle only the garbage collector frees. A graph backward never reaches (an
+        # output left out of the loss) would then outlive the step, where it is freed
+        # at once without this hook: RWKV's state counted 1.2 MB too many.
+        return tensor.detach(), run.call
 
     def unpack(packed: Any) -> torch.Tensor:
         tensor, call = packed

@@ -1,0 +1,230 @@
+"""The memory of a training step, on every transformers architecture, against PyTorch's own count.
+
+For every model type of transformers' causal-LM auto mapping (``--task`` picks
+others), built from its default config with 2 layers and small widths (as
+``bench_meta.py`` builds them), with ``input_ids`` [1, 16]:
+
+1. **truth**: two real training steps on CPU (forward, backward of the
+   summed floating outputs, AdamW's step, ``foreach``), measured by PyTorch's
+   ``MemTracker`` (``torch.distributed._tools.mem_tracker``): its peak;
+2. **cpu**: what ``trace --memory --device cpu`` measures of the same two
+   steps (``execorder.profile(..., memory="adamw")``: the model built by
+   execorder, seeded as the truth's, on the same inputs): equal to the byte,
+   within PyTorch's own 10%, or OFF;
+3. **meta**: the same on meta (``--device meta``: no memory, never rebuilt on
+   CPU): equal to the CPU measure, or above it where routing was assumed and
+   said (every token to every expert), or DIFFERS.
+
+A model whose small config fails on CPU (or that ``MemTracker`` cannot
+follow) is counted as such, not as execorder's failure.
+
+    python benchmarks/bench_memory.py [--task causal] [--only TYPE,TYPE] [--jobs N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_meta import MEMORY_CAP, TASKS, _build, _reason, inputs
+
+TIMEOUT_S = 240
+TOLERANCE = 0.10  # PyTorch's own tracker tests' tolerance against the CUDA allocator
+
+
+def _steps(model: Any, kwargs: dict[str, Any], stepper: Any, after: Any = None) -> None:
+    """Two real training steps, as execorder's measure runs them."""
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    for _ in range(2):
+        out = model(**kwargs)
+        losses = [
+            t.float().sum()
+            for t in tree_leaves(out)
+            if isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()
+        ]
+        torch.stack(losses).sum().backward()
+        del out, losses
+        stepper.step()
+        stepper.zero_grad(set_to_none=True)
+        if after is not None:
+            after()
+
+
+def _model(cls: Any, config: Any, device: str = "cpu") -> Any:
+    import torch
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        return cls(config)
+
+
+def survey(job: tuple[str, str, str]) -> dict[str, Any]:
+    """Every measurement of one model type; never raises."""
+    task, model_type, class_name = job
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, resource.RLIM_INFINITY))
+    import torch
+    import transformers
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    import execorder
+
+    transformers.logging.set_verbosity_error()
+    found: dict[str, Any] = {"task": task, "type": model_type, "class": class_name}
+    try:
+        cls, config = _build(task, model_type, class_name, small=True)
+        given = inputs(task, config)
+        model = _model(cls, config)
+        _steps(model, given, torch.optim.AdamW(model.parameters(), foreach=True))
+    except Exception as exc:
+        found["broken"] = f"fails on CPU: {_reason(exc)}"
+        return found
+    try:
+        model = _model(cls, config)
+        stepper = torch.optim.AdamW(model.parameters(), foreach=True)
+        tracker = MemTracker()
+        tracker.track_external(model, stepper)
+        with tracker:  # the inputs made inside, as execorder counts them
+            torch.manual_seed(1)
+            made = {k: v.clone() for k, v in given.items()}
+            _steps(model, made, stepper, after=tracker.reset_mod_stats)
+        found["truth"] = int(tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"])
+    except Exception as exc:
+        found["broken"] = f"MemTracker cannot follow it: {_reason(exc)}"
+        return found
+    for device in ("cpu", "meta"):  # as trace --memory runs: built by execorder, seeded 0
+        try:
+            made = execorder.profile(
+                lambda: cls(config), inputs=given, device=device, memory="adamw", seed=0
+            )
+            memory = made.report.memory
+            assert memory is not None
+            found[device] = memory.peak_bytes
+            found["assumed"] = found.get("assumed", False) or bool(memory.assumed)
+        except Exception as exc:
+            found[f"{device}_why"] = _reason(exc)
+    return found
+
+
+def verdicts(found: dict[str, Any]) -> tuple[str, str]:
+    """The CPU measure against the truth, and meta against the CPU measure."""
+    truth, cpu, meta = found.get("truth"), found.get("cpu"), found.get("meta")
+    if cpu is None:
+        on_cpu = "failed"
+    elif cpu == truth:
+        on_cpu = "exact"
+    else:
+        on_cpu = "close" if abs(cpu - truth) <= TOLERANCE * truth else "OFF"
+    if meta is None:
+        # Forward reads a value computed from parameters: meta says so (and runs on CPU).
+        needs = str(found.get("meta_why", "")).startswith("MetaDeviceError")
+        on_meta = "needs values" if needs else "failed"
+    elif cpu is None:
+        on_meta = "unchecked"
+    elif meta == cpu:
+        on_meta = "same"
+    else:
+        on_meta = "assumed" if found.get("assumed") and meta >= cpu else "DIFFERS"
+    return on_cpu, on_meta
+
+
+def run(todo: list[tuple[str, str, str]], workers: int) -> list[dict[str, Any]]:
+    """Survey each job in a worker process, with a time limit each."""
+    results: list[dict[str, Any]] = []
+    context = multiprocessing.get_context("spawn")
+    pending = list(todo)
+    while pending:
+        with context.Pool(workers, maxtasksperchild=8) as pool:
+            submitted = [(job, pool.apply_async(survey, (job,))) for job in pending]
+            pending = []
+            for index, (job, future) in enumerate(submitted):
+                try:
+                    results.append(future.get(timeout=TIMEOUT_S))
+                except multiprocessing.TimeoutError:
+                    results.append({"task": job[0], "type": job[1], "class": job[2],
+                                    "broken": "timed out"})  # fmt: skip
+                    pending = [j for j, _ in submitted[index + 1 :]]
+                    pool.terminate()
+                    break
+                except Exception as exc:  # a worker that died
+                    results.append({"task": job[0], "type": job[1], "class": job[2],
+                                    "broken": f"worker died: {_reason(exc)}"})  # fmt: skip
+                print(_line(results[-1]), file=sys.stderr, flush=True)
+    return results
+
+
+def _line(found: dict[str, Any]) -> str:
+    if "broken" in found:
+        return f"  {found['task']:8} {found['type']:28} {found['broken'][:90]}"
+    on_cpu, on_meta = verdicts(found)
+    gap = ""
+    if found.get("cpu") is not None:
+        gap = f"{found['cpu'] - found['truth']:+,} B"
+    return f"  {found['task']:8} {found['type']:28} cpu={on_cpu:6} {gap:>14}  meta={on_meta}"
+
+
+def summarize(results: list[dict[str, Any]]) -> str:
+    """The counts, by outcome, and every miss with its numbers."""
+    usable = [r for r in results if "broken" not in r]
+    judged = [(r, *verdicts(r)) for r in usable]
+    cpu = Counter(v for _, v, _ in judged)
+    meta = Counter(v for _, _, v in judged)
+    gaps = [abs(r["cpu"] - r["truth"]) / r["truth"] for r, v, _ in judged if v == "close"]
+    lines = [
+        f"transformers model types: {len(results)}; {len(results) - len(usable)} fail on CPU "
+        "at a small config, or MemTracker cannot follow them (not counted)",
+        f"of the other {len(usable)}, execorder's measure of two real CPU steps against "
+        f"MemTracker's: {cpu['exact']} equal to the byte, {cpu['close']} within 10% "
+        f"(at most {max(gaps, default=0):.2%}), {cpu['OFF']} OFF, {cpu['failed']} failed",
+        f"on meta, against the CPU measure: {meta['same']} equal, {meta['assumed']} above it "
+        f"on a stated routing assumption, {meta['DIFFERS']} DIFFER, {meta['needs values']} "
+        f"refused saying forward needs values computed from parameters, {meta['failed']} failed",
+    ]
+    for r, on_cpu, on_meta in judged:
+        if on_cpu != "exact" or on_meta not in ("same", "assumed"):
+            lines.append(
+                f"    {r['type']}: truth {r['truth']:,}, cpu {r.get('cpu', r.get('cpu_why'))}, "
+                f"meta {r.get('meta', r.get('meta_why'))}"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=sorted(TASKS), default="causal")
+    parser.add_argument("--only", help="comma-separated model types")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--json", type=Path, help="also write every result here")
+    args = parser.parse_args()
+    try:
+        from transformers.models.auto import modeling_auto
+    except ImportError:
+        raise SystemExit("bench_memory needs transformers (pip install execorder[hf])") from None
+    only = set(args.only.split(",")) if args.only else None
+    names = getattr(modeling_auto, TASKS[args.task])
+    todo = [
+        (args.task, kind, cls[0] if isinstance(cls, (list, tuple)) else cls)
+        for kind, cls in names.items()
+        if not only or kind in only
+    ]
+    start = time.perf_counter()
+    results = run(todo, args.jobs)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    print(summarize(results))
+    print(f"  ({time.perf_counter() - start:.0f} s, {args.jobs} workers)")
+
+
+if __name__ == "__main__":
+    main()
