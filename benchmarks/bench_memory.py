@@ -2,11 +2,16 @@
 
 For every model type of transformers' causal-LM auto mapping (``--task`` picks
 others), built from its default config with 2 layers and small widths (as
-``bench_meta.py`` builds them), with ``input_ids`` [1, 16]:
+``bench_meta.py`` builds them; where small widths break the config, fewer
+experts, then the default widths if they train on CPU), with ``input_ids``
+[1, 16]:
 
 1. **truth**: two real training steps on CPU (forward, backward of the
    summed floating outputs, AdamW's step, ``foreach``), measured by PyTorch's
-   ``MemTracker`` (``torch.distributed._tools.mem_tracker``): its peak;
+   ``MemTracker`` (``torch.distributed._tools.mem_tracker``): its peak; where
+   ``MemTracker`` cannot follow the model (it fails on some models' hooks),
+   the CPU allocator's own record (``torch.profiler``), which also counts
+   kernels' workspace;
 2. **cpu**: what ``trace --memory --device cpu`` measures of the same two
    steps (``execorder.profile(..., memory="adamw")``: the model built by
    execorder, seeded as the truth's, on the same inputs): equal to the byte,
@@ -15,8 +20,8 @@ others), built from its default config with 2 layers and small widths (as
    CPU): equal to the CPU measure, or above it where routing was assumed and
    said (every token to every expert), or DIFFERS.
 
-A model whose small config fails on CPU (or that ``MemTracker`` cannot
-follow) is counted as such, not as execorder's failure.
+A model that fails on CPU at every config tried is counted as such, not as
+execorder's failure.
 
     python benchmarks/bench_memory.py [--task causal] [--only TYPE,TYPE] [--jobs N] [--json FILE]
 """
@@ -39,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_meta import MEMORY_CAP, TASKS, _build, _reason, inputs
 
 TIMEOUT_S = 240
+CPU_BYTES = 3e8  # a config trained on CPU here: at most this many parameter bytes
 TOLERANCE = 0.10  # PyTorch's own tracker tests' tolerance against the CUDA allocator
 
 
@@ -70,6 +76,27 @@ def _model(cls: Any, config: Any, device: str = "cpu") -> Any:
         return cls(config)
 
 
+def _allocated(cls: Any, config: Any, given: dict[str, Any]) -> int:
+    """The CPU allocator's peak over the two steps, as ``torch.profiler`` records it."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    model = _model(cls, config)
+    stepper = torch.optim.AdamW(model.parameters(), foreach=True)
+    held = sum(t.untyped_storage().nbytes() for t in (*model.parameters(), *model.buffers()))
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiled:
+        torch.manual_seed(1)
+        made = {k: v.clone() for k, v in given.items()}
+        _steps(model, made, stepper)
+    events = profiled.profiler.kineto_results.events()  # type: ignore[union-attr]
+    changes = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+    alive = peak = 0
+    for _, change in changes:
+        alive += change
+        peak = max(peak, alive)
+    return held + peak
+
+
 def survey(job: tuple[str, str, str]) -> dict[str, Any]:
     """Every measurement of one model type; never raises."""
     task, model_type, class_name = job
@@ -79,17 +106,31 @@ def survey(job: tuple[str, str, str]) -> dict[str, Any]:
     from torch.distributed._tools.mem_tracker import MemTracker
 
     import execorder
+    from execorder.loading.memory import model_bytes
 
     transformers.logging.set_verbosity_error()
     found: dict[str, Any] = {"task": task, "type": model_type, "class": class_name}
-    try:
-        cls, config = _build(task, model_type, class_name, small=True)
-        given = inputs(task, config)
-        model = _model(cls, config)
-        _steps(model, given, torch.optim.AdamW(model.parameters(), foreach=True))
-    except Exception as exc:
-        found["broken"] = f"fails on CPU: {_reason(exc)}"
+    why = ""
+    # Small widths first; where they break the config, fewer experts, then the default
+    # widths (layers cut to 2) when those are small enough to train on CPU.
+    for small in (True, "experts", False):
+        try:
+            cls, config = _build(task, model_type, class_name, small=small)
+            with torch.device("meta"):
+                if model_bytes(cls(config)) > CPU_BYTES:
+                    why = why or "too big to train on CPU"
+                    continue
+            given = inputs(task, config)
+            model = _model(cls, config)
+            _steps(model, given, torch.optim.AdamW(model.parameters(), foreach=True))
+            found["config"] = {True: "small", "experts": "fewer experts", False: "default"}[small]
+            break
+        except Exception as exc:
+            why = why or _reason(exc)
+    else:
+        found["broken"] = f"fails on CPU: {why}"
         return found
+    del model
     try:
         model = _model(cls, config)
         stepper = torch.optim.AdamW(model.parameters(), foreach=True)
@@ -100,9 +141,14 @@ def survey(job: tuple[str, str, str]) -> dict[str, Any]:
             made = {k: v.clone() for k, v in given.items()}
             _steps(model, made, stepper, after=tracker.reset_mod_stats)
         found["truth"] = int(tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"])
+        found["oracle"] = "MemTracker"
     except Exception as exc:
-        found["broken"] = f"MemTracker cannot follow it: {_reason(exc)}"
-        return found
+        found["tracker_why"] = _reason(exc)
+        try:
+            found["truth"], found["oracle"] = _allocated(cls, config, given), "allocator"
+        except Exception as exc2:
+            found["broken"] = f"neither MemTracker nor the allocator's record: {_reason(exc2)}"
+            return found
     for device in ("cpu", "meta"):  # as trace --memory runs: built by execorder, seeded 0
         try:
             made = execorder.profile(
@@ -175,27 +221,41 @@ def _line(found: dict[str, Any]) -> str:
 
 
 def summarize(results: list[dict[str, Any]]) -> str:
-    """The counts, by outcome, and every miss with its numbers."""
+    """The counts, by outcome and oracle, and every miss with its numbers."""
     usable = [r for r in results if "broken" not in r]
     judged = [(r, *verdicts(r)) for r in usable]
-    cpu = Counter(v for _, v, _ in judged)
     meta = Counter(v for _, _, v in judged)
-    gaps = [abs(r["cpu"] - r["truth"]) / r["truth"] for r, v, _ in judged if v == "close"]
+    configs = Counter(r["config"] for r in usable)
     lines = [
         f"transformers model types: {len(results)}; {len(results) - len(usable)} fail on CPU "
-        "at a small config, or MemTracker cannot follow them (not counted)",
-        f"of the other {len(usable)}, execorder's measure of two real CPU steps against "
-        f"MemTracker's: {cpu['exact']} equal to the byte, {cpu['close']} within 10% "
-        f"(at most {max(gaps, default=0):.2%}), {cpu['OFF']} OFF, {cpu['failed']} failed",
+        "at every config tried, or are too big to train there (not counted)",
+        f"of the other {len(usable)} ({configs['small']} small, {configs['fewer experts']} "
+        f"with fewer experts, {configs['default']} at their default widths), execorder's "
+        "measure of two real CPU steps:",
+    ]
+    for oracle in ("MemTracker", "allocator"):
+        mine = [(r, v) for r, v, _ in judged if r["oracle"] == oracle]
+        cpu = Counter(v for _, v in mine)
+        gaps = [abs(r["cpu"] - r["truth"]) / r["truth"] for r, v in mine if v == "close"]
+        where = (
+            "against MemTracker's"
+            if oracle == "MemTracker"
+            else "against the CPU allocator's record, where MemTracker cannot follow the model"
+        )
+        lines.append(
+            f"  {where}: {cpu['exact']} equal to the byte, {cpu['close']} within 10% (at most "
+            f"{max(gaps, default=0):.2%}), {cpu['OFF']} OFF, {cpu['failed']} failed"
+        )
+    lines.append(
         f"on meta, against the CPU measure: {meta['same']} equal, {meta['assumed']} above it "
         f"on a stated routing assumption, {meta['DIFFERS']} DIFFER, {meta['needs values']} "
-        f"refused saying forward needs values computed from parameters, {meta['failed']} failed",
-    ]
+        f"refused saying forward needs values computed from parameters, {meta['failed']} failed"
+    )
     for r, on_cpu, on_meta in judged:
         if on_cpu != "exact" or on_meta not in ("same", "assumed"):
             lines.append(
-                f"    {r['type']}: truth {r['truth']:,}, cpu {r.get('cpu', r.get('cpu_why'))}, "
-                f"meta {r.get('meta', r.get('meta_why'))}"
+                f"    {r['type']} ({r['oracle']}): truth {r['truth']:,}, "
+                f"cpu {r.get('cpu', r.get('cpu_why'))}, meta {r.get('meta', r.get('meta_why'))}"
             )
     return "\n".join(lines)
 
