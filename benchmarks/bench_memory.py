@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import resource
 import sys
@@ -41,9 +40,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_meta import MEMORY_CAP, TASKS, _build, _reason, inputs
+from bench_meta import MEMORY_CAP, TASKS, _build, _reason, inputs, run
 
-TIMEOUT_S = 240
 CPU_BYTES = 3e8  # a config trained on CPU here: at most this many parameter bytes
 TOLERANCE = 0.10  # PyTorch's own tracker tests' tolerance against the CUDA allocator
 
@@ -185,31 +183,6 @@ def verdicts(found: dict[str, Any]) -> tuple[str, str]:
     return on_cpu, on_meta
 
 
-def run(todo: list[tuple[str, str, str]], workers: int) -> list[dict[str, Any]]:
-    """Survey each job in a worker process, with a time limit each."""
-    results: list[dict[str, Any]] = []
-    context = multiprocessing.get_context("spawn")
-    pending = list(todo)
-    while pending:
-        with context.Pool(workers, maxtasksperchild=8) as pool:
-            submitted = [(job, pool.apply_async(survey, (job,))) for job in pending]
-            pending = []
-            for index, (job, future) in enumerate(submitted):
-                try:
-                    results.append(future.get(timeout=TIMEOUT_S))
-                except multiprocessing.TimeoutError:
-                    results.append({"task": job[0], "type": job[1], "class": job[2],
-                                    "broken": "timed out"})  # fmt: skip
-                    pending = [j for j, _ in submitted[index + 1 :]]
-                    pool.terminate()
-                    break
-                except Exception as exc:  # a worker that died
-                    results.append({"task": job[0], "type": job[1], "class": job[2],
-                                    "broken": f"worker died: {_reason(exc)}"})  # fmt: skip
-                print(_line(results[-1]), file=sys.stderr, flush=True)
-    return results
-
-
 def _line(found: dict[str, Any]) -> str:
     if "broken" in found:
         return f"  {found['task']:8} {found['type']:28} {found['broken'][:90]}"
@@ -279,7 +252,7 @@ def main() -> None:
         if not only or kind in only
     ]
     start = time.perf_counter()
-    results = run(todo, args.jobs)
+    results = run(todo, args.jobs, survey=survey, failed=lambda why: {"broken": why}, line=_line)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     print(summarize(results))

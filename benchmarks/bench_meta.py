@@ -34,6 +34,7 @@ import resource
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -338,8 +339,23 @@ def jobs(only: set[str] | None) -> list[tuple[str, str, str]]:
     return found
 
 
-def run(todo: list[tuple[str, str, str]], workers: int) -> list[dict[str, Any]]:
-    """Survey each job in a worker process, with a time limit each."""
+def run(
+    todo: list[tuple[str, str, str]],
+    workers: int,
+    *,
+    survey: Callable[[tuple[str, str, str]], dict[str, Any]] | None = None,
+    failed: Callable[[str], dict[str, Any]] | None = None,
+    line: Callable[[dict[str, Any]], str] | None = None,
+) -> list[dict[str, Any]]:
+    """Survey each job in a worker process, with a time limit each.
+
+    ``survey``, ``failed`` (the result of a job that timed out or whose
+    worker died, from why) and ``line`` (its progress line) default to this
+    benchmark's own.
+    """
+    survey = survey or globals()["survey"]
+    failed = failed or (lambda why: {"meta": "failed", "meta_why": why})
+    line = line or _line
     results: list[dict[str, Any]] = []
     context = multiprocessing.get_context("spawn")
     pending = list(todo)
@@ -348,18 +364,17 @@ def run(todo: list[tuple[str, str, str]], workers: int) -> list[dict[str, Any]]:
             submitted = [(job, pool.apply_async(survey, (job,))) for job in pending]
             pending = []
             for index, (job, future) in enumerate(submitted):
+                named = {"task": job[0], "type": job[1], "class": job[2]}
                 try:
                     results.append(future.get(timeout=TIMEOUT_S))
                 except multiprocessing.TimeoutError:
-                    results.append({"task": job[0], "type": job[1], "class": job[2],
-                                    "meta": "failed", "meta_why": "timed out"})  # fmt: skip
+                    results.append({**named, **failed("timed out")})
                     pending = [j for j, _ in submitted[index + 1 :]]
                     pool.terminate()
                     break
                 except Exception as exc:  # a worker that died
-                    results.append({"task": job[0], "type": job[1], "class": job[2],
-                                    "meta": "failed", "meta_why": _reason(exc)})  # fmt: skip
-                print(_line(results[-1]), file=sys.stderr, flush=True)
+                    results.append({**named, **failed(_reason(exc))})
+                print(line(results[-1]), file=sys.stderr, flush=True)
     return results
 
 
