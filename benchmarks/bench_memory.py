@@ -38,32 +38,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]  # the tests' real training step
 
-from bench_meta import MEMORY_CAP, TASKS, _build, _reason, inputs, run
+import models  # noqa: E402
+from bench_meta import MEMORY_CAP, TASKS, _build, _reason, inputs, run  # noqa: E402
 
 CPU_BYTES = 3e8  # a config trained on CPU here: at most this many parameter bytes
 TOLERANCE = 0.10  # PyTorch's own tracker tests' tolerance against the CUDA allocator
-
-
-def _steps(model: Any, kwargs: dict[str, Any], stepper: Any, after: Any = None) -> None:
-    """Two real training steps, as execorder's measure runs them."""
-    import torch
-    from torch.utils._pytree import tree_leaves
-
-    for _ in range(2):
-        out = model(**kwargs)
-        losses = [
-            t.float().sum()
-            for t in tree_leaves(out)
-            if isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()
-        ]
-        torch.stack(losses).sum().backward()
-        del out, losses
-        stepper.step()
-        stepper.zero_grad(set_to_none=True)
-        if after is not None:
-            after()
 
 
 def _model(cls: Any, config: Any, device: str = "cpu") -> Any:
@@ -77,22 +59,16 @@ def _model(cls: Any, config: Any, device: str = "cpu") -> Any:
 def _allocated(cls: Any, config: Any, given: dict[str, Any]) -> int:
     """The CPU allocator's peak over the two steps, as ``torch.profiler`` records it."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
 
     model = _model(cls, config)
     stepper = torch.optim.AdamW(model.parameters(), foreach=True)
-    held = sum(t.untyped_storage().nbytes() for t in (*model.parameters(), *model.buffers()))
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiled:
+
+    def steps() -> None:
         torch.manual_seed(1)
         made = {k: v.clone() for k, v in given.items()}
-        _steps(model, made, stepper)
-    events = profiled.profiler.kineto_results.events()  # type: ignore[union-attr]
-    changes = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
-    alive = peak = 0
-    for _, change in changes:
-        alive += change
-        peak = max(peak, alive)
-    return held + peak
+        models.train_two_steps(model, (), stepper, kwargs=made)
+
+    return models.allocator_peak((*model.parameters(), *model.buffers()), steps)
 
 
 def survey(job: tuple[str, str, str]) -> dict[str, Any]:
@@ -120,7 +96,9 @@ def survey(job: tuple[str, str, str]) -> dict[str, Any]:
                     continue
             given = inputs(task, config)
             model = _model(cls, config)
-            _steps(model, given, torch.optim.AdamW(model.parameters(), foreach=True))
+            models.train_two_steps(
+                model, (), torch.optim.AdamW(model.parameters(), foreach=True), kwargs=given
+            )
             found["config"] = {True: "small", "experts": "fewer experts", False: "default"}[small]
             break
         except Exception as exc:
@@ -137,7 +115,7 @@ def survey(job: tuple[str, str, str]) -> dict[str, Any]:
         with tracker:  # the inputs made inside, as execorder counts them
             torch.manual_seed(1)
             made = {k: v.clone() for k, v in given.items()}
-            _steps(model, made, stepper, after=tracker.reset_mod_stats)
+            models.train_two_steps(model, (), stepper, tracker.reset_mod_stats, kwargs=made)
         found["truth"] = int(tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"])
         found["oracle"] = "MemTracker"
     except Exception as exc:
@@ -252,7 +230,7 @@ def main() -> None:
         if not only or kind in only
     ]
     start = time.perf_counter()
-    results = run(todo, args.jobs, survey=survey, failed=lambda why: {"broken": why}, line=_line)
+    results = run(todo, args.jobs, work=survey, failed=lambda why: {"broken": why}, line=_line)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     print(summarize(results))

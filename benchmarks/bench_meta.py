@@ -339,29 +339,36 @@ def jobs(only: set[str] | None) -> list[tuple[str, str, str]]:
     return found
 
 
+def _line(found: dict[str, Any]) -> str:
+    return (
+        f"  {found['task']:8} {found['type']:28} before={str(found.get('before', '-'))[:20]:20} "
+        f"meta={found.get('meta', '-'):13} check={found.get('check', '-')}"
+    )
+
+
+def _failed(why: str) -> dict[str, Any]:
+    return {"meta": "failed", "meta_why": why}
+
+
 def run(
     todo: list[tuple[str, str, str]],
     workers: int,
     *,
-    survey: Callable[[tuple[str, str, str]], dict[str, Any]] | None = None,
-    failed: Callable[[str], dict[str, Any]] | None = None,
-    line: Callable[[dict[str, Any]], str] | None = None,
+    work: Callable[[tuple[str, str, str]], dict[str, Any]] = survey,
+    failed: Callable[[str], dict[str, Any]] = _failed,
+    line: Callable[[dict[str, Any]], str] = _line,
 ) -> list[dict[str, Any]]:
-    """Survey each job in a worker process, with a time limit each.
+    """``work`` on each job in a worker process, with a time limit each.
 
-    ``survey``, ``failed`` (the result of a job that timed out or whose
-    worker died, from why) and ``line`` (its progress line) default to this
-    benchmark's own.
+    ``failed`` makes the result of a job that timed out or whose worker
+    died, from why; ``line`` its progress line.
     """
-    survey = survey or globals()["survey"]
-    failed = failed or (lambda why: {"meta": "failed", "meta_why": why})
-    line = line or _line
     results: list[dict[str, Any]] = []
     context = multiprocessing.get_context("spawn")
     pending = list(todo)
     while pending:
         with context.Pool(workers, maxtasksperchild=8) as pool:
-            submitted = [(job, pool.apply_async(survey, (job,))) for job in pending]
+            submitted = [(job, pool.apply_async(work, (job,))) for job in pending]
             pending = []
             for index, (job, future) in enumerate(submitted):
                 named = {"task": job[0], "type": job[1], "class": job[2]}
@@ -376,13 +383,6 @@ def run(
                     results.append({**named, **failed(_reason(exc))})
                 print(line(results[-1]), file=sys.stderr, flush=True)
     return results
-
-
-def _line(found: dict[str, Any]) -> str:
-    return (
-        f"  {found['task']:8} {found['type']:28} before={str(found.get('before', '-'))[:20]:20} "
-        f"meta={found.get('meta', '-'):13} check={found.get('check', '-')}"
-    )
 
 
 def summarize(results: list[dict[str, Any]]) -> str:

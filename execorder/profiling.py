@@ -243,8 +243,9 @@ class Profiler:
             self.inputs_made = dict.fromkeys(example, InputSource.EXAMPLE)
             self.mode = Mode.EAGER
         if (self.mode is Mode.EAGER or timing) and not self.inputs:
-            needs = Arg.MEMORY if memory else Arg.BACKWARD if backward else None
-            raise ModeError(None, Mode.EAGER, needs=Arg.TIMING if timing else needs)
+            asked = {Arg.TIMING: timing, Arg.MEMORY: memory, Arg.BACKWARD: backward}
+            needs = next((arg for arg, given in asked.items() if given), None)
+            raise ModeError(None, Mode.EAGER, needs=needs)
 
     @property
     def notes(self) -> tuple[Note, ...]:

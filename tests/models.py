@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -769,11 +769,13 @@ def train_two_steps(
     args: tuple[Any, ...],
     step: torch.optim.Optimizer,
     after: Callable[[], None] | None = None,
+    *,
+    kwargs: Mapping[str, Any] | None = None,
 ) -> None:
     """Two real training steps: forward, backward of the summed outputs, the optimizer's step
     (``after`` each: a tracker's reset). What execorder's memory measure runs, for real."""
     for _ in range(2):
-        out = model(*args)
+        out = model(*args, **(kwargs or {}))
         losses = [
             t.float().sum()
             for t in tree_leaves(out)
@@ -785,3 +787,20 @@ def train_two_steps(
         step.zero_grad(set_to_none=True)
         if after is not None:
             after()
+
+
+def allocator_peak(held: Iterable[torch.Tensor], run: Callable[[], None]) -> int:
+    """The CPU allocator's peak while ``run`` runs, as ``torch.profiler`` records it, with
+    the storages of ``held`` (made before it) counted throughout."""
+    from torch.profiler import ProfilerActivity, profile
+
+    before = sum(t.untyped_storage().nbytes() for t in held)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiled:
+        run()
+    events = profiled.profiler.kineto_results.events()  # type: ignore[union-attr]
+    changes = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+    alive = peak = 0
+    for _, change in changes:
+        alive += change
+        peak = max(peak, alive)
+    return before + peak

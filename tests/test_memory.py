@@ -126,21 +126,11 @@ def _tracked(case: str, optimizer: str, foreach: bool = False) -> int:
 
 def _allocated(case: str, optimizer: str, foreach: bool = False) -> int:
     """The CPU allocator's peak over two real training steps, as the profiler records it."""
-    from torch.profiler import ProfilerActivity, profile
-
     model, step, make = _built(case, optimizer, foreach)
     torch.manual_seed(1)
     args = make()
-    held = sum(t.untyped_storage().nbytes() for t in (*model.parameters(), *model.buffers(), *args))
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiled:
-        models.train_two_steps(model, args, step)
-    events = profiled.profiler.kineto_results.events()  # type: ignore[union-attr]
-    changes = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
-    alive = peak = 0
-    for _, change in changes:
-        alive += change
-        peak = max(peak, alive)
-    return held + peak
+    held = (*model.parameters(), *model.buffers(), *args)
+    return models.allocator_peak(held, lambda: models.train_two_steps(model, args, step))
 
 
 def _ours(

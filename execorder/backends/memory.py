@@ -301,9 +301,9 @@ def _saved(run: MemoryRun, timeline: list[MemoryPoint]) -> Iterator[None]:
         if run.phase is Phase.FORWARD:
             run.track(tensor, MemoryKind.ACTIVATIONS, retag=_is_temporary(run, tensor))
         # Detached: an op's saved output held as itself would hold its own grad_fn, a
-        # cycle only the garbage collector frees. A graph backward never reaches (an
-        # output left out of the loss) would then outlive the step, where it is freed
-        # at once without this hook: RWKV's state counted 1.2 MB too many.
+        # cycle only the garbage collector frees. Work forward throws away would then
+        # stay counted until a collection, where a real step frees it at once (RWKV
+        # came out 1.2 MB over).
         return tensor.detach(), run.call
 
     def unpack(packed: Any) -> torch.Tensor:
