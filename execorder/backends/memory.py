@@ -54,6 +54,8 @@ class MemoryRun(TorchDispatchMode):
         self.total = 0
         self._kinds: dict[int, tuple[MemoryKind, int]] = {}  # storage -> kind, bytes
         self._refs: dict[int, Any] = {}
+        self.between_nodes = False  # in backward, between two autograd nodes' work
+        self._replacing: int | None = None  # see _accumulated
         self.peak: tuple[int, MemoryPoint, dict[MemoryKind, int]] = (
             0,
             MemoryPoint(Phase.FORWARD, None, 0),
@@ -62,8 +64,13 @@ class MemoryRun(TorchDispatchMode):
 
     # -- storages -------------------------------------------------------------
 
-    def track(self, tensor: torch.Tensor, kind: MemoryKind, *, retag: bool = False) -> None:
-        """Count ``tensor``'s storage as ``kind`` (``retag``: also if counted already)."""
+    def track(
+        self, tensor: torch.Tensor, kind: MemoryKind, *, retag: bool = False, sample: bool = True
+    ) -> None:
+        """Count ``tensor``'s storage as ``kind`` (``retag``: also if counted already;
+        ``sample``: see if that makes a peak now)."""
+        if sample:
+            self.settle()
         local = getattr(tensor, "_local_tensor", None)  # a DTensor holds its shard
         if isinstance(local, torch.Tensor):
             tensor = local
@@ -84,10 +91,12 @@ class MemoryRun(TorchDispatchMode):
         self._refs[key] = weakref.ref(storage, functools.partial(self._freed, key))
         self.alive[kind] += size
         self.total += size
-        self._sample()
+        if sample:
+            self._sample()
 
     def resized(self, storage: Any) -> None:
         """A storage resized in place (FSDP2 frees and refills gathered parameters so)."""
+        self.settle()
         key = storage._cdata
         size = storage.nbytes()
         known = self._kinds.get(key)
@@ -104,6 +113,10 @@ class MemoryRun(TorchDispatchMode):
         self._sample()
 
     def _freed(self, key: int, _: Any = None) -> None:
+        if self._replacing == key:
+            self._replacing = None  # accumulated in place: never both alive
+        else:
+            self.settle()
         kind, size = self._kinds.pop(key, (None, 0))
         self._refs.pop(key, None)
         if kind is not None:
@@ -114,16 +127,71 @@ class MemoryRun(TorchDispatchMode):
         if self.total > self.peak[0]:
             self.peak = (self.total, self.point(), dict(self.alive))
 
+    def settle(self) -> None:
+        """A sum of gradients whose first operand outlived it was out of place: sample it."""
+        if self._replacing is not None:
+            self._replacing = None
+            self._sample()
+
     def point(self) -> MemoryPoint:
         return MemoryPoint(self.phase, self.call, self.total)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.settle()
         out = func(*args, **(kwargs or {}))
+        if self._accumulated(func, args, kwargs, out):
+            return out
         kind = MemoryKind.OPTIMIZER if self.phase is Phase.OPTIMIZER else MemoryKind.TEMPORARIES
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
                 self.track(leaf, kind)
         return out
+
+    def _accumulated(self, func: Any, args: Any, kwargs: Any, out: Any) -> bool:
+        """Whether ``func`` is backward summing two gradients of one input, which a device's
+        engine does in place when it holds the only reference to the first
+        (``InputBuffer::accumulate``); if so, ``out`` is counted as replacing it.
+
+        Under any dispatch mode (this one, ``MemTracker``'s), and on meta, the engine sums
+        out of place instead (every tensor is "subclass-like" there), so the step measured
+        would hold both for a moment where a device holds one: Marian's two gradients of
+        its shared embedding put its peak 406 KB over the allocator's. Here the sum is
+        counted without a sample; if the first operand's storage goes next (the engine
+        held the only reference), the two never count at once; if anything else comes
+        first, the sample is taken then, as the engine summed out of place.
+        """
+        if not self.between_nodes or func is not torch.ops.aten.add.Tensor or kwargs:
+            return False
+        if len(args) != 2 or torch.is_grad_enabled():
+            return False
+        first, second = args
+        if not all(type(t) is torch.Tensor for t in (first, second, out)):
+            return False  # a subclass: the engine sums out of place
+        if first.layout is not torch.strided or first.is_nested or not _dense(first):
+            return False
+        if first._is_view():  # its base holds the storage too: summed out of place
+            return False
+        if first.shape != out.shape or first.dtype != out.dtype:
+            return False
+        storage = first.untyped_storage()
+        if storage._cdata not in self._kinds or storage.nbytes() != out.untyped_storage().nbytes():
+            return False
+        self.track(out, MemoryKind.TEMPORARIES, sample=False)
+        self._replacing = storage._cdata
+        return True
+
+
+def _dense(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` covers its elements without gaps or overlaps, in some dim order."""
+    expected = 1
+    dims = sorted(zip(tensor.shape, tensor.stride(), strict=True), key=lambda d: d[1])
+    for size, stride in dims:
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 def make_optimizer(name: str, params: Sequence[nn.Parameter], *, foreach: bool = True) -> Any:
@@ -229,7 +297,10 @@ def _step(
         timeline.append(run.point())
         run.phase, run.call = Phase.BACKWARD, None
         if losses:
-            torch.stack(losses).sum().backward()
+            loss = torch.stack(losses).sum()
+            with _between_nodes(loss, run):
+                loss.backward()
+            del loss
         del outputs, losses
         for param in model.parameters():  # FSDP2 sets its sharded gradients, unaccumulated
             if param.grad is not None:
@@ -272,6 +343,41 @@ def _calls(model: nn.Module, run: MemoryRun, timeline: list[MemoryPoint]) -> Ite
     try:
         yield
     finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def _between_nodes(loss: torch.Tensor, run: MemoryRun) -> Iterator[None]:
+    """Keep ``run.between_nodes`` true while backward is between two nodes' work, where the
+    engine sums the gradients of one input: a hook before and after every node of
+    ``loss``'s graph but ``AccumulateGrad`` (which sums into ``.grad`` in place itself)."""
+
+    def pre(_: Any) -> None:
+        run.settle()
+        run.between_nodes = False
+
+    def post(_: Any, __: Any) -> None:
+        run.between_nodes = True
+
+    handles = []
+    nodes = {}  # held while walking, so that no node's id is reused
+    todo = [loss.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in nodes:
+            continue
+        nodes[id(node)] = node
+        todo.extend(next_node for next_node, _ in node.next_functions)
+        if node.name() != "torch::autograd::AccumulateGrad":
+            handles += [node.register_prehook(pre), node.register_hook(post)]
+    del nodes, todo
+    run.between_nodes = True
+    try:
+        yield
+    finally:
+        run.between_nodes = False
+        run.settle()
         for handle in handles:
             handle.remove()
 
