@@ -4,11 +4,14 @@ Each model takes two real training steps on CPU (forward, backward of the
 summed outputs, the optimizer's step; the second step has the optimizer's
 states), measured two ways that are not execorder's: PyTorch's
 ``MemTracker`` (``torch.distributed._tools.mem_tracker``; it refuses models
-with frozen parameters), and the CPU allocator's own allocations and frees as
-``torch.profiler`` records them (``profile_memory=True``), on top of what was
-allocated before (parameters, buffers, the batch). Its peak is compared with
-execorder's, measured on CPU and on meta (where nothing is allocated). The
-tolerance is PyTorch's own tracker tests' against the CUDA allocator, 10%.
+with frozen parameters, and sees the step through a dispatch mode, as
+execorder does, where backward sums gradients out of place), and the CPU
+allocator's own allocations and frees as ``torch.profiler`` records them
+(``profile_memory=True``: the step as it runs, nothing else watching), on top
+of what was allocated before (parameters, buffers, the batch). Its peak is
+compared with execorder's, measured on CPU and on meta (where nothing is
+allocated). The tolerance is PyTorch's own tracker tests' against the CUDA
+allocator, 10%; where kernels allocate no workspace, to the byte.
 """
 
 from __future__ import annotations
