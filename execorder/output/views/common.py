@@ -130,7 +130,11 @@ def memory_table(memory: Memory, *, title: str, where: str, measured: str) -> Ta
     rows = [
         fact("peak", f"{size_text(memory.peak_bytes)}: step {memory.peak_step}, {where}"),
         fact("alive at the peak", alive or "none"),
-        fact("measured", f"{measured}: two steps of forward, backward and {optimizer}"),
+        fact(
+            "measured",
+            f"{measured}: two steps of forward, backward and {optimizer}; the bytes of "
+            "tensors, not kernels' workspace",
+        ),
     ]
     budget = memory.budget_bytes
     if budget is not None:
