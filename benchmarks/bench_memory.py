@@ -33,9 +33,6 @@ execorder's failure.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import resource
 import sys
 import time
@@ -47,7 +44,17 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]  # the tests' real training step
 
 import models  # noqa: E402
-from bench_meta import MEMORY_CAP, TASKS, _build, _reason, inputs, run  # noqa: E402
+from bench_meta import (  # noqa: E402
+    MEMORY_CAP,
+    TASKS,
+    _build,
+    _reason,
+    finish,
+    inputs,
+    jobs,
+    options,
+    run,
+)
 
 CPU_BYTES = 3e8  # a config trained on CPU here: at most this many parameter bytes
 TOLERANCE = 0.10  # PyTorch's own tracker tests' tolerance against the CUDA allocator
@@ -240,29 +247,17 @@ def summarize(results: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = options(__doc__)
     parser.add_argument("--task", choices=sorted(TASKS), default="causal")
-    parser.add_argument("--only", help="comma-separated model types")
-    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--json", type=Path, help="also write every result here")
     args = parser.parse_args()
     try:
-        from transformers.models.auto import modeling_auto
+        import transformers  # noqa: F401
     except ImportError:
         raise SystemExit("bench_memory needs transformers (pip install execorder[hf])") from None
-    only = set(args.only.split(",")) if args.only else None
-    names = getattr(modeling_auto, TASKS[args.task])
-    todo = [
-        (args.task, kind, cls[0] if isinstance(cls, (list, tuple)) else cls)
-        for kind, cls in names.items()
-        if not only or kind in only
-    ]
+    todo = jobs(set(args.only.split(",")) if args.only else None, (args.task,))
     start = time.perf_counter()
     results = run(todo, args.jobs, work=survey, failed=lambda why: {"broken": why}, line=_line)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
-    print(summarize(results))
-    print(f"  ({time.perf_counter() - start:.0f} s, {args.jobs} workers)")
+    finish(args, results, summarize(results), start)
 
 
 if __name__ == "__main__":

@@ -326,12 +326,16 @@ def _check(
     return {"check": "broken", "check_why": f"fails on CPU too: {why}"}
 
 
-def jobs(only: set[str] | None) -> list[tuple[str, str, str]]:
+def jobs(
+    only: set[str] | None, tasks: tuple[str, ...] = tuple(TASKS)
+) -> list[tuple[str, str, str]]:
+    """(task, model type, class name) of every model of ``tasks``' auto mappings, or of
+    those in ``only``."""
     from transformers.models.auto import modeling_auto
 
     found = []
-    for task, mapping in TASKS.items():
-        for model_type, class_name in getattr(modeling_auto, mapping).items():
+    for task in tasks:
+        for model_type, class_name in getattr(modeling_auto, TASKS[task]).items():
             if only and model_type not in only:
                 continue
             name = class_name[0] if isinstance(class_name, (list, tuple)) else class_name
@@ -423,12 +427,27 @@ def summarize(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def options(doc: str) -> argparse.ArgumentParser:
+    """A survey's command line: ``--only``, ``--jobs``, ``--json``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--only", help="comma-separated model types")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--json", type=Path, help="also write every result here")
-    args = parser.parse_args()
+    return parser
+
+
+def finish(
+    args: argparse.Namespace, results: list[dict[str, Any]], summary: str, start: float
+) -> None:
+    """Write the results (``--json``), print the summary and the time taken."""
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    print(summary)
+    print(f"  ({time.perf_counter() - start:.0f} s, {args.jobs} workers)")
+
+
+def main() -> None:
+    args = options(__doc__).parse_args()
     try:
         import transformers  # noqa: F401
     except ImportError:
@@ -436,10 +455,7 @@ def main() -> None:
     todo = jobs(set(args.only.split(",")) if args.only else None)
     start = time.perf_counter()
     results = run(todo, args.jobs)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
-    print(summarize(results))
-    print(f"  ({time.perf_counter() - start:.0f} s, {args.jobs} workers)")
+    finish(args, results, summarize(results), start)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import json
+from collections.abc import Callable
 from typing import Any
 
 import models
@@ -293,6 +294,21 @@ class _NoStep:
         self.model.zero_grad(set_to_none=set_to_none)
 
 
+def _as_allocated(build: Callable[[], nn.Module], args: tuple[torch.Tensor, ...]) -> None:
+    """With no optimizer (backward is the peak): execorder's peak, on CPU and on meta, is the
+    allocator's record of the same two steps run with nothing but the profiler watching."""
+    torch.manual_seed(0)
+    model = build()
+    allocated = models.allocator_peak(
+        (*model.parameters(), *args),
+        lambda: models.train_two_steps(model, args, _NoStep(model)),
+    )
+    for device in ("cpu", "meta"):
+        with torch.device(device):
+            built = build()
+        assert measure(built, args=args, optimizer="none").peak_bytes == allocated, device
+
+
 @pytest.mark.parametrize(
     ("build", "inputs"), [(SharedEmbedding, 2), (TiedHead, 1)], ids=["shared", "tied"]
 )
@@ -303,17 +319,7 @@ def test_gradients_the_engine_sums_count_as_it_sums_them(
     to the first, out of place when that is a view (the tied head's). Under a dispatch mode
     (``MemTracker``'s too) and on meta the engine always sums out of place; counted so, the
     shared embedding's peak was 1 MB over the allocator's, on CPU and on meta."""
-    torch.manual_seed(0)
-    model = build()
-    args = tuple(torch.randint(0, 4096, (2, 8)) for _ in range(inputs))
-    held = (*model.parameters(), *args)
-    allocated = models.allocator_peak(
-        held, lambda: models.train_two_steps(model, args, _NoStep(model))
-    )
-    for device in ("cpu", "meta"):
-        with torch.device(device):
-            built = build()
-        assert measure(built, args=args, optimizer="none").peak_bytes == allocated, device
+    _as_allocated(build, tuple(torch.randint(0, 4096, (2, 8)) for _ in range(inputs)))
 
 
 class Residual(nn.Module):
@@ -334,17 +340,7 @@ def test_a_broadcast_gradient_is_copied_inside_the_matmul_as_in_a_real_step() ->
     """The summed output's gradient is one value broadcast (zero strides), which BLAS cannot
     read: the last Linear's backward copies it inside its kernel, as large as the output.
     Not counted, the peak was 3.9 MB (15%) under the allocator's, on CPU and on meta."""
-    torch.manual_seed(0)
-    model = Residual()
-    args = (torch.randn(4096, 256),)
-    allocated = models.allocator_peak(
-        (*model.parameters(), *args),
-        lambda: models.train_two_steps(model, args, _NoStep(model)),
-    )
-    for device in ("cpu", "meta"):
-        with torch.device(device):
-            built = Residual()
-        assert measure(built, args=args, optimizer="none").peak_bytes == allocated, device
+    _as_allocated(Residual, (torch.randn(4096, 256),))
 
 
 def test_the_report_carries_it_and_reads_it_back() -> None:

@@ -150,13 +150,18 @@ class MemoryRun(TorchDispatchMode):
             if isinstance(leaf, torch.Tensor):
                 self.track(leaf, kind)
         copied = _copied_inside(func, args)
-        if copied:  # alive with the output, until the kernel returns
-            self.alive[MemoryKind.TEMPORARIES] += copied
-            self.total += copied
-            self._sample()
-            self.alive[MemoryKind.TEMPORARIES] -= copied
-            self.total -= copied
+        if copied:
+            self._briefly(copied)
         return out
+
+    def _briefly(self, size: int) -> None:
+        """``size`` bytes a kernel held inside itself, alive with its output until it
+        returned: sampled with them, then gone."""
+        self.alive[MemoryKind.TEMPORARIES] += size
+        self.total += size
+        self._sample()
+        self.alive[MemoryKind.TEMPORARIES] -= size
+        self.total -= size
 
     def _accumulated(self, func: Any, args: Any, kwargs: Any, out: Any) -> bool:
         """Whether ``func`` is backward summing two gradients of one input, which a device's
