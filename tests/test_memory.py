@@ -343,6 +343,63 @@ def test_a_broadcast_gradient_is_copied_inside_the_matmul_as_in_a_real_step() ->
     _as_allocated(Residual, (torch.randn(4096, 256),))
 
 
+class MaxOwnBackward(torch.autograd.Function):
+    """``max(dim=1)`` with a backward of its own that writes a copy of its zeros, as a user's
+    may: both are alive at once in a real step too."""
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor) -> torch.Tensor:
+        values, indices = h.max(dim=1)
+        ctx.save_for_backward(indices)
+        ctx.shape = h.shape
+        return values
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (indices,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.shape).scatter(1, indices[:, None], grad[:, None])
+
+
+PICKS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "max": lambda h, idx, mask: h.max(dim=1).values,  # backward: scatter
+    "index": lambda h, idx, mask: h[idx[:8]],  # index_put
+    "gather": lambda h, idx, mask: h.gather(1, idx[:, None]),  # scatter_add
+    "index_select": lambda h, idx, mask: h.index_select(0, idx[:8]),  # index_add
+    "masked_select": lambda h, idx, mask: h.masked_select(mask),  # masked_scatter
+    "own-backward": lambda h, idx, mask: MaxOwnBackward.apply(h),  # out of place, for real
+}
+
+
+class Picking(nn.Module):
+    """A few elements picked from a large activation: backward's formula fills zeros as
+    large as it, while a larger gradient is held (``scale``'s, made first in backward), so
+    that the peak falls there rather than in ``masked_select``'s kernel in forward (its
+    workspace, 16 bytes an element of the mask, is not modelled)."""
+
+    def __init__(self, pick: str) -> None:
+        super().__init__()
+        self.up = nn.Linear(16, 256)
+        self.scale = nn.Parameter(torch.ones(1 << 21))
+        self.pick = PICKS[pick]
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        picked = self.pick(self.up(x), idx, mask)
+        return picked.square().sum() * self.scale.sum()  # a gradient of its own: dense
+
+
+@pytest.mark.parametrize("pick", PICKS)
+def test_formulas_that_fill_zeros_count_as_they_fill_them(pick: str) -> None:
+    """A backward formula writes into the zeros it made, in place, on a device; under a
+    dispatch mode (``MemTracker``'s too) and on meta it writes a copy, as for a tensor
+    subclass. Counted so, the peak was one activation (1 MB) over the allocator's. A
+    ``torch.autograd.Function``'s own backward runs as written, in place or not."""
+    rows = 1024
+    torch.manual_seed(2)
+    idx = torch.randint(0, 16, (rows,))
+    mask = torch.rand(rows, 256) < 0.01
+    _as_allocated(lambda: Picking(pick), (torch.randn(rows, 16), idx, mask))
+
+
 def test_the_report_carries_it_and_reads_it_back() -> None:
     report = execorder.profile(
         EncoderDecoder, input_size="int64[2,16]@0:100", memory="adamw"

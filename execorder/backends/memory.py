@@ -59,7 +59,9 @@ class MemoryRun(TorchDispatchMode):
         self._kinds: dict[int, tuple[MemoryKind, int]] = {}  # storage -> kind, bytes
         self._refs: dict[int, Any] = {}
         self.between_nodes = False  # in backward, between two autograd nodes' work
-        self._replacing: int | None = None  # see _accumulated
+        self.in_formula = False  # in backward, inside a built-in node's work
+        self._fresh: set[int] = set()  # storages the node running now made
+        self._replacing: int | None = None  # see _in_place
         self.peak: tuple[int, MemoryPoint, dict[MemoryKind, int]] = (
             0,
             MemoryPoint(Phase.FORWARD, None, 0),
@@ -95,6 +97,8 @@ class MemoryRun(TorchDispatchMode):
         self._refs[key] = weakref.ref(storage, functools.partial(self._freed, key))
         self.alive[kind] += size
         self.total += size
+        if self.in_formula:
+            self._fresh.add(key)
         if sample:
             self._sample()
 
@@ -123,6 +127,7 @@ class MemoryRun(TorchDispatchMode):
             self.settle()
         kind, size = self._kinds.pop(key, (None, 0))
         self._refs.pop(key, None)
+        self._fresh.discard(key)
         if kind is not None:
             self.alive[kind] -= size
             self.total -= size
@@ -132,7 +137,7 @@ class MemoryRun(TorchDispatchMode):
             self.peak = (self.total, self.point(), dict(self.alive))
 
     def settle(self) -> None:
-        """A sum of gradients whose first operand outlived it was out of place: sample it."""
+        """An op counted as in place whose first operand outlived it was not: sample it."""
         if self._replacing is not None:
             self._replacing = None
             self._sample()
@@ -143,7 +148,7 @@ class MemoryRun(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         self.settle()
         out = func(*args, **(kwargs or {}))
-        if self._accumulated(func, args, kwargs, out):
+        if self._in_place(func, args, kwargs, out):
             return out
         kind = MemoryKind.OPTIMIZER if self.phase is Phase.OPTIMIZER else MemoryKind.TEMPORARIES
         for leaf in tree_leaves(out):
@@ -163,39 +168,63 @@ class MemoryRun(TorchDispatchMode):
         self.alive[MemoryKind.TEMPORARIES] -= size
         self.total -= size
 
-    def _accumulated(self, func: Any, args: Any, kwargs: Any, out: Any) -> bool:
-        """Whether ``func`` is backward summing two gradients of one input, which a device's
-        engine does in place when it holds the only reference to the first
-        (``InputBuffer::accumulate``); if so, ``out`` is counted as replacing it.
+    def _in_place(self, func: Any, args: Any, kwargs: Any, out: Any) -> bool:
+        """Whether backward ran ``func`` out of place only because a dispatch mode watches it,
+        where a device writes into its first operand; if so, ``out`` is counted as
+        replacing that operand.
 
-        Under any dispatch mode (this one, ``MemTracker``'s), and on meta, the engine sums
-        out of place instead (every tensor is "subclass-like" there), so the step measured
-        would hold both for a moment where a device holds one: Marian's two gradients of
-        its shared embedding put its peak 406 KB over the allocator's. Here the sum is
-        counted without a sample; if the first operand's storage goes next (the engine
-        held the only reference), the two never count at once; if anything else comes
-        first, the sample is taken then, as the engine summed out of place.
+        Under any dispatch mode (this one, ``MemTracker``'s), and on meta, every tensor is
+        "subclass-like", and autograd then takes the out-of-place path a subclass needs:
+        the engine sums two gradients of one input out of place (``InputBuffer::accumulate``;
+        Marian's shared embedding came out 406 KB over the allocator's record), and
+        formulas that fill fresh zeros (``max(dim)``'s scatter, ``x[i]``'s ``index_put``,
+        ``gather``'s ``scatter_add``, ``index_select``'s ``index_add``) make a copy of them.
+        The step measured would hold both for a moment where a device holds one. Here the
+        output is counted without a sample; if the first operand's storage goes next, the
+        two never count at once; if anything else comes first, the sample is taken then.
         """
-        if not self.between_nodes or func is not torch.ops.aten.add.Tensor or kwargs:
+        if self.between_nodes:  # the engine's sum of two gradients of one input
+            if func is not torch.ops.aten.add.Tensor or kwargs or len(args) != 2:
+                return False
+        elif not self.in_formula or func.overloadpacket not in _FILLS_FRESH:
             return False
-        if len(args) != 2 or torch.is_grad_enabled():
+        if torch.is_grad_enabled() or not args:
             return False
-        first, second = args
-        if not all(type(t) is torch.Tensor for t in (first, second, out)):
-            return False  # a subclass: the engine sums out of place
+        first = args[0]
+        if not all(
+            type(t) is torch.Tensor
+            for t in tree_leaves((args, kwargs, out))
+            if isinstance(t, torch.Tensor)
+        ):
+            return False  # a subclass: autograd takes the out-of-place path on a device too
         if first.layout is not torch.strided or first.is_nested or not _dense(first):
             return False
-        if first._is_view():  # its base holds the storage too: summed out of place
+        if first._is_view():  # its base holds the storage too: out of place on a device
             return False
         if first.shape != out.shape or first.dtype != out.dtype:
             return False
         storage = first.untyped_storage()
-        if storage._cdata not in self._kinds or storage.nbytes() != out.untyped_storage().nbytes():
+        key = storage._cdata
+        if key not in self._kinds or storage.nbytes() != out.untyped_storage().nbytes():
             return False
+        if self.in_formula and key not in self._fresh:
+            return False  # a formula writes in place only into zeros it made itself
         self.track(out, MemoryKind.TEMPORARIES, sample=False)
-        self._replacing = storage._cdata
+        self._replacing = key
         return True
 
+
+_aten = torch.ops.aten
+_FILLS_FRESH = {
+    _aten.index_put,
+    _aten.scatter,
+    _aten.scatter_add,
+    _aten.index_add,
+    _aten.masked_scatter,
+}
+"""Ops backward formulas run in place into zeros they made, but out of place for a
+tensor subclass (``areAnyTensorSubclassLike`` in PyTorch's ``FunctionsManual.cpp`` and
+``TensorAdvancedIndexing.cpp``)."""
 
 _MATMULS = {torch.ops.aten.mm.default: slice(0, 2), torch.ops.aten.addmm.default: slice(1, 3)}
 
@@ -388,15 +417,19 @@ def _calls(model: nn.Module, run: MemoryRun, timeline: list[MemoryPoint]) -> Ite
 @contextmanager
 def _between_nodes(loss: torch.Tensor, run: MemoryRun) -> Iterator[None]:
     """Keep ``run.between_nodes`` true while backward is between two nodes' work, where the
-    engine sums the gradients of one input: a hook before and after every node of
-    ``loss``'s graph but ``AccumulateGrad`` (which sums into ``.grad`` in place itself)."""
+    engine sums the gradients of one input, and ``run.in_formula`` while a built-in node
+    works (not a ``torch.autograd.Function``'s own backward): a hook before and after every
+    node of ``loss``'s graph but ``AccumulateGrad`` (which sums into ``.grad`` in place
+    itself)."""
 
-    def pre(_: Any) -> None:
+    def pre(formula: bool, _: Any) -> None:
         run.settle()
-        run.between_nodes = False
+        run.between_nodes, run.in_formula = False, formula
+        run._fresh.clear()
 
     def post(_: Any, __: Any) -> None:
-        run.between_nodes = True
+        run.settle()
+        run.between_nodes, run.in_formula = True, False
 
     handles = []
     nodes = {}  # held while walking, so that no node's id is reused
@@ -408,13 +441,18 @@ def _between_nodes(loss: torch.Tensor, run: MemoryRun) -> Iterator[None]:
         nodes[id(node)] = node
         todo.extend(next_node for next_node, _ in node.next_functions)
         if node.name() != "torch::autograd::AccumulateGrad":
-            handles += [node.register_prehook(pre), node.register_hook(post)]
+            formula = not isinstance(node, torch.autograd.function.BackwardCFunction)
+            handles += [
+                node.register_prehook(functools.partial(pre, formula)),
+                node.register_hook(post),
+            ]
     del nodes, todo
     run.between_nodes = True
     try:
         yield
     finally:
-        run.between_nodes = False
+        run.between_nodes = run.in_formula = False
+        run._fresh.clear()
         run.settle()
         for handle in handles:
             handle.remove()
