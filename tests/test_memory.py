@@ -165,7 +165,8 @@ def test_the_peak_is_what_pytorch_measures_on_a_real_step(
     (one parameter at a time), all run on CPU. To the byte, one of PyTorch's two measures:
     ``MemTracker``'s count of the same storages, or the allocator's record where the step
     differs under ``MemTracker``'s dispatch mode at the peak (the Llama's: the broadcast
-    gradient of its summed logits, copied inside backward's first matmul)."""
+    gradient of its summed logits, copied inside backward's first matmul; the mixture of
+    experts' with SGD: ``max(dim)``'s backward, which scatters into its zeros in place)."""
     on_cpu = _ours(case, optimizer, "cpu", foreach)
     allocated = _allocated(case, optimizer, foreach)
     assert abs(on_cpu.peak_bytes - allocated) <= TOLERANCE * allocated
