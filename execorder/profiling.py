@@ -16,7 +16,7 @@ import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -152,7 +152,9 @@ class Profiler:
             memory); a model built here is trained by it, one given is copied
             first unless on meta.
         memory_budget: Bytes the step must fit in: the memory's
-            ``budget_bytes`` (``over_budget`` says whether the peak exceeds it).
+            ``budget_bytes`` (``over_budget`` says whether the peak exceeds it);
+            ``"device"``: the memory of the CUDA device the step runs on (none
+            on CPU or meta), the command line's default.
         memory_foreach: Step the optimizer as torch does on CUDA, each update
             for all parameters at once (``foreach``); False: one parameter at
             a time, as on CPU.
@@ -179,7 +181,7 @@ class Profiler:
         progress: Progress | None = None,
         timing: bool = False,
         memory: str | None = None,
-        memory_budget: int | None = None,
+        memory_budget: int | Literal["device"] | None = None,
         memory_foreach: bool = True,
     ) -> None:
         chosen = Mode(mode)
@@ -192,6 +194,8 @@ class Profiler:
             raise ModeError(Arg.MEMORY, chosen)
         if memory is not None and memory not in OPTIMIZERS:
             raise ValueError(f"memory must be one of {', '.join(OPTIMIZERS)}, not {memory!r}")
+        if isinstance(memory_budget, str) and memory_budget != "device":
+            raise ValueError(f"memory_budget must be bytes or 'device', not {memory_budget!r}")
         self.memory, self.memory_budget = memory, memory_budget
         self.memory_foreach = memory_foreach
         if chosen is Mode.FX and self.inputs:
@@ -385,7 +389,15 @@ class Profiler:
                 foreach=self.memory_foreach,
                 assume=self.assume,
             )
-        return dataclasses.replace(measured, budget_bytes=self.memory_budget)
+        return dataclasses.replace(measured, budget_bytes=self._budget())
+
+    def _budget(self) -> int | None:
+        """The step's budget in bytes, ``"device"`` read where the step runs."""
+        if self.memory_budget != "device":
+            return self.memory_budget
+        if self.device != "cuda" or not torch.cuda.is_available():
+            return None
+        return int(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
 
     def _build(self, device: str | None) -> None:
         if device in ("cpu", "cuda") and self._chosen_device == device:

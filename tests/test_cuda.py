@@ -72,3 +72,19 @@ def test_timing_on_cuda_uses_events_and_nests() -> None:
         if call.parent is not None:
             outer = report.timing.calls[call.parent]
             assert times.start_us >= outer.start_us - 1.0  # event resolution: about 0.5 us
+
+
+def test_the_device_budget_is_the_gpus_memory() -> None:
+    """``memory_budget="device"`` (the command line's default with ``--device cuda``)."""
+    import execorder
+
+    case = CASES["transformer"]
+    report = execorder.profile(
+        case.build,
+        inputs=lambda device: tuple(a.to(device) for a in case.inputs()),
+        device="cuda",
+        memory="sgd",
+        memory_budget="device",
+    ).report
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    assert report.memory is not None and report.memory.budget_bytes == total

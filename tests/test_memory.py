@@ -416,6 +416,22 @@ def test_the_report_carries_it_and_reads_it_back() -> None:
         execorder.profile(EncoderDecoder, input_size="int64[2,16]@0:100", memory="adam")
 
 
+def test_the_device_budget_is_none_off_cuda() -> None:
+    """``memory_budget="device"``, the command line's default, reads a CUDA device's memory
+    (``tests/test_cuda.py``); on CPU and meta there is none to read."""
+    for device in ("cpu", "meta"):
+        memory = execorder.profile(
+            EncoderDecoder,
+            input_size="int64[2,16]@0:100",
+            device=device,
+            memory="sgd",
+            memory_budget="device",
+        ).report.memory
+        assert memory is not None and memory.budget_bytes is None and not memory.over_budget
+    with pytest.raises(ValueError, match="bytes or 'device'"):
+        execorder.profile(EncoderDecoder, input_size="int64[2,16]@0:100", memory_budget="gpu")
+
+
 def test_the_command_gates_on_a_budget() -> None:
     runner = CliRunner()
     target = ["trace", "sample_models/encdec.py:EncoderDecoder", "--input", "int64[2,16]@0:100"]

@@ -123,17 +123,6 @@ def model_options(ctx: Any) -> ModelOptions:
     return ModelOptions(**{k: v for k, v in ctx.params.items() if k in names})
 
 
-def _device_memory(options: ModelOptions) -> int | None:
-    """With ``--memory`` on ``--device cuda`` and no budget: the device's memory."""
-    if not options.memory or options.device is None or options.device.value != "cuda":
-        return None
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    return int(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
-
-
 class Session:
     """One model, profiled under the options; notes go to stderr as they are taken."""
 
@@ -176,7 +165,7 @@ class Session:
                 memory=getattr(options.optimizer, "value", "adamw")
                 if options.memory and one_device
                 else None,
-                memory_budget=budget if budget is not None else _device_memory(options),
+                memory_budget=budget if budget is not None else "device",
                 memory_foreach=options.foreach,
             )
         self._flush()
