@@ -579,10 +579,25 @@ def test_a_budget_on_a_plan_is_a_memory_check() -> None:
     assert over.memory.at_peak[MemoryKind.GATHERED] > 0  # FSDP2's gathered parameters
     assert [c.kind for c in over.checks][:1] == [CheckKind.MEMORY]
     assert "over the budget of 1.0 MB" in over.checks[0].describe()
+    assert over.failing(()) == over.checks[:1]  # a budget given is a gate of its own
     fits = execorder.fsdp.plan_memory(profiler, plan, report, budget=1 << 30)
-    assert not any(c.kind is CheckKind.MEMORY for c in fits.checks)
+    assert not any(c.kind is CheckKind.MEMORY for c in fits.checks) and not fits.failing(())
     again = execorder.fsdp.FsdpPlan.from_dict(json.loads(json.dumps(over.to_dict())))
     assert again.memory == over.memory
+
+
+@pytest.mark.parametrize("gate", [[], ["--fail-on", "error"], ["--fail-on", "memory"]])
+def test_the_fsdp_command_fails_on_a_budget_as_the_plan_does(gate: list[str]) -> None:
+    """Whatever ``--fail-on`` says, an exceeded budget fails the command, once: the plan's
+    ``failing`` has it for any gate."""
+    target = ["fsdp", "tests/models.py:MlpBlocks", "--input", "float32[8,256]"]
+    budget = ["--world-size", "2", "--memory", "--memory-budget", "1MiB"]
+    result = CliRunner().invoke(app, [*target, *budget, "-f", "json", *gate])
+    assert result.exit_code == 1, result.stderr
+    failed = [line for line in result.stderr.splitlines() if "check failed" in line]
+    assert len(failed) == 1 and failed[0].startswith("execorder: check failed: memory: ")
+    roomy = CliRunner().invoke(app, [*target, *budget[:-1], "1GiB", "-f", "json", *gate])
+    assert roomy.exit_code == 0, roomy.stderr
 
 
 @pytest.mark.transformers

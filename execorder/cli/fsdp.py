@@ -148,14 +148,14 @@ def fsdp(
         )
         from execorder.analysis.sharding import CheckKind
 
-        over = [c for c in plan.checks if c.kind is CheckKind.MEMORY]
-        failing = [c for c in plan.failing(gates) if c not in over]
-        for check in failing:
-            units = ", ".join(label(u) for u in check.units)
-            say(f"execorder: check failed: {check.kind} ({check.severity}): {units}")
-        for check in over:  # a budget given is a gate of its own
-            say(f"execorder: check failed: memory: {check.describe(CLI)}")
-        if failing or over:
+        failing = plan.failing(gates)
+        for check in sorted(failing, key=lambda c: c.kind is CheckKind.MEMORY):
+            if check.kind is CheckKind.MEMORY:
+                say(f"execorder: check failed: memory: {check.describe(CLI)}")
+            else:
+                units = ", ".join(label(u) for u in check.units)
+                say(f"execorder: check failed: {check.kind} ({check.severity}): {units}")
+        if failing:
             raise typer.Exit(EXIT_FOUND)
 
     run_command(debug, body)

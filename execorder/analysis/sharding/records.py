@@ -394,10 +394,11 @@ class FsdpPlan:
         raise KeyError(name)
 
     def failing(self, gates: Iterable[Severity | CheckKind]) -> tuple[Check, ...]:
-        """The checks a gate fails on: a severity gates on it and worse, a kind on itself."""
+        """The checks a gate fails on: a severity gates on it and worse, a kind on itself,
+        and a memory check always (a budget given is a gate of its own)."""
         chosen = tuple(gates)
         worst = max((SEVERITY_RANK[g] for g in chosen if isinstance(g, Severity)), default=-1)
-        kinds = {g for g in chosen if isinstance(g, CheckKind)}
+        kinds = {g for g in chosen if isinstance(g, CheckKind)} | {CheckKind.MEMORY}
         return tuple(
             c for c in self.checks if c.kind in kinds or SEVERITY_RANK[c.severity] <= worst
         )
