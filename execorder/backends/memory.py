@@ -142,6 +142,13 @@ class MemoryRun(TorchDispatchMode):
             self._replacing = None
             self._sample()
 
+    def in_backward(self, *, between_nodes: bool, in_formula: bool = False) -> None:
+        """Backward is now between two nodes' work, or in a node's (``in_formula``: a
+        built-in one's), or done with both."""
+        self.settle()
+        self.between_nodes, self.in_formula = between_nodes, in_formula
+        self._fresh.clear()
+
     def point(self) -> MemoryPoint:
         return MemoryPoint(self.phase, self.call, self.total)
 
@@ -178,7 +185,8 @@ class MemoryRun(TorchDispatchMode):
         the engine sums two gradients of one input out of place (``InputBuffer::accumulate``;
         Marian's shared embedding came out 406 KB over the allocator's record), and
         formulas that fill fresh zeros (``max(dim)``'s scatter, ``x[i]``'s ``index_put``,
-        ``gather``'s ``scatter_add``, ``index_select``'s ``index_add``) make a copy of them.
+        ``gather``'s ``scatter_add``, ``index_select``'s ``index_add``, ``masked_select``'s
+        ``masked_scatter``) make a copy of them.
         The step measured would hold both for a moment where a device holds one. Here the
         output is counted without a sample; if the first operand's storage goes next, the
         two never count at once; if anything else comes first, the sample is taken then.
@@ -423,13 +431,10 @@ def _between_nodes(loss: torch.Tensor, run: MemoryRun) -> Iterator[None]:
     itself)."""
 
     def pre(formula: bool, _: Any) -> None:
-        run.settle()
-        run.between_nodes, run.in_formula = False, formula
-        run._fresh.clear()
+        run.in_backward(between_nodes=False, in_formula=formula)
 
     def post(_: Any, __: Any) -> None:
-        run.settle()
-        run.between_nodes, run.in_formula = True, False
+        run.in_backward(between_nodes=True)
 
     handles = []
     nodes = {}  # held while walking, so that no node's id is reused
@@ -447,13 +452,11 @@ def _between_nodes(loss: torch.Tensor, run: MemoryRun) -> Iterator[None]:
                 node.register_hook(post),
             ]
     del nodes, todo
-    run.between_nodes = True
+    run.in_backward(between_nodes=True)
     try:
         yield
     finally:
-        run.between_nodes = run.in_formula = False
-        run._fresh.clear()
-        run.settle()
+        run.in_backward(between_nodes=False)
         for handle in handles:
             handle.remove()
 
