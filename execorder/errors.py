@@ -754,6 +754,16 @@ class SweepAxisError(ExecOrderError):
         return f"{words.arg(Arg.SWEEP, self.name)} is given more than once"
 
 
+class SweepMemoryError(ExecOrderError):
+    """A sweep asked to measure a training step's memory, which is one run's."""
+
+    def describe(self, words: Words = PYTHON) -> str:
+        return (
+            f"{words.arg(Arg.MEMORY)} measures one run's training step: "
+            f"not with {words.arg(Arg.SWEEP)}"
+        )
+
+
 class SweepFailure(ExecOrderError):
     """One combination of a sweep could not be traced.
 

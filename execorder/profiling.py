@@ -33,6 +33,7 @@ from execorder.errors import (
     MetaDeviceError,
     ModeError,
     NeedsInputsError,
+    SweepMemoryError,
     TargetError,
     TimingDeviceError,
     TraceFailure,
@@ -288,10 +289,13 @@ class Profiler:
 
         Raises:
             SweepAxisError: If an argument is swept twice, or swept and fixed.
+            SweepMemoryError: If the profiler measures memory (one run's step).
             SweepFailure: If a combination cannot be profiled, naming it.
         """
         from execorder.analysis.sweep import sweep  # the analyses, only for a sweep
 
+        if self.memory is not None:
+            raise SweepMemoryError()
         return sweep(lambda args: self.run(args).report, axes=axes, fixed=fixed, target=self.target)
 
     def _fx(self, concrete: dict[str, Any]) -> Report:

@@ -417,6 +417,17 @@ def test_the_report_carries_it_and_reads_it_back() -> None:
         execorder.profile(EncoderDecoder, input_size="int64[2,16]@0:100", memory="adam")
 
 
+def test_a_sweep_does_not_measure_memory() -> None:
+    """The memory is one run's training step: a sweep with it is refused, in Python as on
+    the command line (``test_the_command_gates_on_a_budget``), before any combination runs."""
+    from execorder.errors import SweepMemoryError
+
+    profiler = execorder.Profiler(EncoderDecoder, input_size="int64[2,16]@0:100", memory="sgd")
+    with pytest.raises(SweepMemoryError) as refused:
+        profiler.sweep([("unused", [1, 2])])
+    assert str(refused.value) == "memory measures one run's training step: not with sweep axes"
+
+
 def test_the_device_budget_is_none_off_cuda() -> None:
     """``memory_budget="device"``, the command line's default, reads a CUDA device's memory
     (``tests/test_cuda.py``); on CPU and meta there is none to read."""

@@ -171,8 +171,6 @@ def trace(
         concrete_args = options.concrete_args()
         axes = [parse_sweep(text) for text in sweep or []]
         _check_trace_options(axes, categories, baseline, update_baseline, output, fmt)
-        if memory and axes:
-            raise UsageError("--memory measures one run's training step: not with --sweep")
         if fmt in (OutputFormat.tree, OutputFormat.perfetto) and (axes or baseline):
             raise UsageError(
                 f"--format {fmt.value} draws one report: not with --sweep or --baseline"
