@@ -929,6 +929,24 @@ class LayoutError(ExecOrderError):
         )
 
 
+class LayoutUnitsError(ExecOrderError):
+    """Units named beside a layout other than the default, which chooses the units itself.
+
+    Attributes:
+        layout: The layout asked for.
+    """
+
+    def __init__(self, layout: str) -> None:
+        super().__init__()
+        self.layout = layout
+
+    def describe(self, words: Words = PYTHON) -> str:
+        return (
+            f"{words.arg(Arg.LAYOUT, value=self.layout)} chooses the units itself: "
+            f"not with {words.arg(Arg.UNIT)}"
+        )
+
+
 class PlanMemoryError(ExecOrderError):
     """What one rank of a plan holds cannot be measured.
 

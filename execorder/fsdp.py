@@ -31,6 +31,7 @@ from execorder.analysis.sharding import (
     LayoutModule,
     ReshardPolicy,
     UnitModel,
+    check_choice,
     plan_fsdp,
 )
 from execorder.analysis.sweep import check_axes, combinations
@@ -197,6 +198,7 @@ def plan(
 
     Raises:
         UnitError: If a unit name matches no module.
+        LayoutUnitsError: If units are named beside a layout that chooses them.
         TraceFailure, TargetError, ModeError: As :func:`execorder.profile`.
         SweepFailure: If one combination of a sweep cannot be profiled.
     """
@@ -231,6 +233,7 @@ def plan_and_report(
     and the report of the run the plan follows (for its pictures)."""
     fixed = dict(concrete_args or {})
     check_axes(sweep, fixed)
+    check_choice(units, LayoutChoice(layout))  # before any forward runs
     runs = []
     for combo in combinations(sweep) if sweep else [{}]:
         try:

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 import execorder.fsdp
 from execorder.analysis.sharding import FsdpPlan, LayoutChoice, ReshardPolicy, UnitChoice
 from execorder.cli import app
-from execorder.errors import LayoutError, UnitError
+from execorder.errors import LayoutError, LayoutUnitsError, UnitError
 from execorder.output.perfetto import timeline
 from execorder.output.terminal import draw, plain_text
 from execorder.output.views import fsdp_view, tree_view
@@ -191,6 +191,11 @@ def test_the_command_takes_the_layout_options_and_refuses_a_layout_with_units() 
     )
     assert refused.exit_code == 2
     assert "--layout torchtitan chooses the units itself: not with --unit" in refused.stderr
+    with pytest.raises(LayoutUnitsError) as in_python:  # the library's rule, before a forward
+        execorder.fsdp.plan(EncoderDecoder, units=["Block"], layout="torchtitan")
+    assert str(in_python.value) == (
+        "layout='torchtitan' chooses the units itself: not with units=[...]"
+    )
     not_decoder = runner.invoke(
         app,
         ["fsdp", "sample_models/encdec.py:EncoderDecoder", "--input", "int64[2,16]@0:100",

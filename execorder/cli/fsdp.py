@@ -44,7 +44,6 @@ from execorder.cli.values import parse_choices, parse_sweep
 from execorder.cli.words import (
     CLI,
     EXIT_FOUND,
-    UsageError,
 )
 from execorder.cli.writing import emit, timeline_of, tree_view_of
 from execorder.output import files
@@ -115,8 +114,6 @@ def fsdp(
         from execorder.spelling import label
 
         gates = _parse_gates(fail_on)
-        if unit and layout is not LayoutName.blocks:
-            raise UsageError(f"--layout {layout.value} chooses the units itself: not with --unit")
         options = model_options(ctx)
         concrete_args = options.concrete_args()
         axes = [parse_sweep(text) for text in sweep or []]

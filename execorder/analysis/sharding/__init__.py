@@ -50,6 +50,7 @@ from execorder.analysis.sharding.units import (
     GROUP,
     UnitModel,
     build_units,
+    check_choice,
     choose_units,
     reshard_flags,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "UnitChoice",
     "UnitModel",
     "UnitRule",
+    "check_choice",
     "choose_units",
     "plan_fsdp",
     "prefetch_lists",
@@ -117,6 +119,7 @@ def plan_fsdp(
     Raises:
         UnitError: If a unit name matches no module, or cannot be a unit.
         LayoutError: If the layout needs parts the model does not have.
+        LayoutUnitsError: If units are named beside a layout that chooses them.
         ValueError: If ``prefetch`` or ``world_size`` is below 1, or a dtype
             is unknown.
     """

@@ -7,7 +7,7 @@ from typing import Any
 
 from execorder.analysis.sharding.kinds import LayoutChoice, ReshardPolicy, UnitChoice
 from execorder.analysis.sharding.records import DecoderParts, Gathers, Layout, Unit, UnitRule
-from execorder.errors import LayoutError, UnitError
+from execorder.errors import LayoutError, LayoutUnitsError, UnitError
 from execorder.report import Report
 from execorder.spelling import ROOT
 
@@ -56,6 +56,17 @@ UnitSpec = tuple[str, ...]
 GROUP = "+"  # joins a group's module names in a unit's name and in ``units``
 
 
+def check_choice(units: Sequence[str], choice: LayoutChoice) -> None:
+    """Units are named, or a layout chooses them: not both.
+
+    Raises:
+        LayoutUnitsError: For units named beside a layout other than ``BLOCKS``
+            (the default, which named units replace).
+    """
+    if units and choice is not LayoutChoice.BLOCKS:
+        raise LayoutUnitsError(choice.value)
+
+
 def choose_units(
     layout: Layout, wanted: Sequence[str] = (), choice: LayoutChoice = LayoutChoice.BLOCKS
 ) -> tuple[tuple[UnitSpec, ...], UnitRule]:
@@ -80,7 +91,9 @@ def choose_units(
             not match exactly one, or a module would be in two units.
         LayoutError: If the torchtitan layout is asked of a model that is
             not a decoder.
+        LayoutUnitsError: If units are named beside the torchtitan layout.
     """
+    check_choice(wanted, choice)
     modules = layout.modules[1:]  # the root is always a unit
     specs: list[UnitSpec]
     if wanted:
