@@ -40,6 +40,7 @@ class Arg(Enum):
     BASELINE = "baseline"  # the stored report a new one is compared with
     LAYOUT = "layout"  # which layout of FSDP units a plan follows
     MEMORY = "memory"  # measure a training step's memory
+    MEMORY_BUDGET = "memory-budget"  # the bytes a training step must fit in
 
 
 class Words(Protocol):
@@ -87,6 +88,8 @@ class PythonWords:
             return f"layout={value!r}" if value else "layout"
         if arg is Arg.MEMORY:
             return f"memory={value!r}" if value else "memory"
+        if arg is Arg.MEMORY_BUDGET:
+            return "memory_budget"
         if arg in (Arg.MAX_ROWS, Arg.DEPTH):
             keyword = arg.value.replace("-", "_")
             return f"{keyword}={value}" if value else keyword
@@ -349,6 +352,22 @@ class CallError(ExecOrderError):
             f"{self.owner} takes {self.takes} positional argument"
             f"{'' if self.takes == 1 else 's'}, but the inputs give {given}"
         )
+
+
+class NeedsArgError(ExecOrderError):
+    """An argument that means nothing without another.
+
+    Attributes:
+        arg: The argument given.
+        needs: The one it needs.
+    """
+
+    def __init__(self, arg: Arg, needs: Arg) -> None:
+        super().__init__()
+        self.arg, self.needs = arg, needs
+
+    def describe(self, words: Words = PYTHON) -> str:
+        return f"{words.arg(self.arg)} needs {words.arg(self.needs)}"
 
 
 class ModeError(ExecOrderError):

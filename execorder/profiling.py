@@ -32,6 +32,7 @@ from execorder.errors import (
     InstanceInitError,
     MetaDeviceError,
     ModeError,
+    NeedsArgError,
     NeedsInputsError,
     SweepMemoryError,
     TargetError,
@@ -162,6 +163,7 @@ class Profiler:
 
     Raises:
         ModeError: If an argument does not fit the mode.
+        NeedsArgError: For ``memory_budget`` without ``memory``.
         TargetError: If a target cannot be loaded or built.
         DeviceError: If the device is unknown or not available.
     """
@@ -197,6 +199,8 @@ class Profiler:
             raise ValueError(f"memory must be one of {', '.join(OPTIMIZERS)}, not {memory!r}")
         if isinstance(memory_budget, str) and memory_budget != "device":
             raise ValueError(f"memory_budget must be bytes or 'device', not {memory_budget!r}")
+        if memory_budget is not None and memory is None:
+            raise NeedsArgError(Arg.MEMORY_BUDGET, Arg.MEMORY)
         self.memory, self.memory_budget = memory, memory_budget
         self.memory_foreach = memory_foreach
         if chosen is Mode.FX and self.inputs:

@@ -34,6 +34,7 @@ from typer.testing import CliRunner
 import execorder
 from execorder.backends.memory import measure
 from execorder.cli import app
+from execorder.errors import NeedsArgError
 from execorder.report import Report
 from execorder.report.memory import MemoryKind, Phase
 
@@ -442,6 +443,8 @@ def test_the_device_budget_is_none_off_cuda() -> None:
         assert memory is not None and memory.budget_bytes is None and not memory.over_budget
     with pytest.raises(ValueError, match="bytes or 'device'"):
         execorder.profile(EncoderDecoder, input_size="int64[2,16]@0:100", memory_budget="gpu")
+    with pytest.raises(NeedsArgError, match=r"^memory_budget needs memory$"):  # as --memory-budget
+        execorder.profile(EncoderDecoder, input_size="int64[2,16]@0:100", memory_budget=1 << 30)
 
 
 def test_the_command_gates_on_a_budget() -> None:

@@ -96,11 +96,9 @@ class ModelOptions:
         return parse_assignments(self.init or [], option="--init")
 
     def budget(self) -> int | None:
-        """``--memory-budget``, read (it needs ``--memory``)."""
+        """``--memory-budget``, read."""
         if self.memory_budget is None:
             return None
-        if not self.memory:
-            raise UsageError("--memory-budget needs --memory")
         return parse_size(self.memory_budget, option="--memory-budget")
 
 
@@ -121,6 +119,18 @@ def model_options(ctx: Any) -> ModelOptions:
                 raise UsageError(f"{flag} needs --memory")
     names = {f.name for f in dataclasses.fields(ModelOptions)}
     return ModelOptions(**{k: v for k, v in ctx.params.items() if k in names})
+
+
+def _memory_arguments(options: ModelOptions, budget: int | None, one_device: bool) -> Any:
+    """What the profiler measures, and against what budget: one device's step (by default
+    against the device's own memory), nothing where the command measures one rank itself
+    (``fsdp``), and a budget without ``--memory`` passed on for the library to refuse."""
+    if not options.memory:
+        return {"memory": None, "memory_budget": budget}
+    if not one_device:
+        return {"memory": None, "memory_budget": None}
+    optimizer = getattr(options.optimizer, "value", "adamw")
+    return {"memory": optimizer, "memory_budget": "device" if budget is None else budget}
 
 
 class Session:
@@ -162,10 +172,7 @@ class Session:
                 seed=options.seed,
                 progress=lambda text: self._say(text),
                 timing=options.timing,
-                memory=getattr(options.optimizer, "value", "adamw")
-                if options.memory and one_device
-                else None,
-                memory_budget=budget if budget is not None else "device",
+                **_memory_arguments(options, budget, one_device),
                 memory_foreach=options.foreach,
             )
         self._flush()

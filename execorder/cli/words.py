@@ -23,6 +23,7 @@ FLAGS = {
     Arg.BASELINE: "--baseline",
     Arg.LAYOUT: "--layout",
     Arg.MEMORY: "--memory",
+    Arg.MEMORY_BUDGET: "--memory-budget",
 }
 
 
