@@ -601,6 +601,22 @@ def test_a_budget_on_a_plan_is_a_memory_check() -> None:
     assert again.memory == over.memory
 
 
+@pytest.mark.slow  # FSDP2 on meta over a fake process group: seconds
+def test_fsdp2s_advice_for_the_users_own_step_is_not_shown_for_the_simulated_rank() -> None:
+    """FSDP2 warns when a module returns a view (in-place ops on it would skip its hook);
+    the user's step gets that warning from FSDP2 itself, the rank execorder runs does not."""
+    import warnings
+
+    import execorder.fsdp
+
+    profiler = execorder.Profiler(EncoderDecoder, input_size="int64[2,16]@0:100")
+    plan, report = execorder.fsdp.plan_and_report(profiler, world_size=2)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        execorder.fsdp.plan_memory(profiler, plan, report)
+    assert not [w for w in shown if "FSDP2-wrapped module" in str(w.message)]
+
+
 def test_the_fsdp_command_fails_on_a_budget_as_the_plan_does() -> None:
     """Whatever ``--fail-on`` says, an exceeded budget fails the command, once: the plan's
     ``failing`` has it for any gate."""
