@@ -10,11 +10,12 @@ as long as on a device, only without their values. Each storage is one kind
 (:class:`~execorder.report.memory.MemoryKind`): the model's parameters and
 buffers; the parameters' gradients (once accumulated); what the optimizer
 makes in its step; what autograd saves in forward for backward
-(``saved_tensors_hooks``); the rest is temporary. Two things a dispatch mode
-would see otherwise than a device does are counted as on a device: backward's
-sum of two gradients of one input (in place on a device, out of place under
-any dispatch mode and on meta: :meth:`MemoryRun._accumulated`), and a matmul's
-copy of a broadcast operand, made inside its kernel (:func:`_copied_inside`).
+(``saved_tensors_hooks``); the rest is temporary. What a dispatch mode sees
+otherwise than a device does is counted as on a device: backward's sum of two
+gradients of one input and its formulas' writes into zeros they made (in place
+on a device, out of place under any dispatch mode and on meta:
+:meth:`MemoryRun._in_place`), and a matmul's copy of a broadcast operand, made
+inside its kernel (:func:`_copied_inside`).
 
 Bytes are storage bytes (``nbytes``): a device's allocator rounds each block
 up (512 bytes on CUDA) and may fragment, which this does not model.
