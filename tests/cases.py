@@ -93,6 +93,8 @@ CASES: dict[str, Case] = {
     "checkpoint-reentrant-frozen-input": Case(
         lambda: models.Checkpointed(frozen_embedding=True), _ids(16, 2, 3)
     ),
+    "custom-functions": Case(models.CustomFunctions, _x(2, 4)),
+    "data-attribute": Case(models.DataAttribute, _x(2, 4)),
     "checkpoint-non-reentrant": Case(lambda: models.Checkpointed(reentrant=False), _ids(16, 2, 3)),
 }
 

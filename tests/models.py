@@ -488,6 +488,81 @@ class SwitchesOff(nn.Module):
         return y * self.c
 
 
+class _ScaledMatmul(torch.autograd.Function):
+    """A custom op with its own backward, as fused kernels are written."""
+
+    @staticmethod
+    def forward(ctx, x, w, scale):  # type: ignore[no-untyped-def, override]
+        ctx.save_for_backward(x, w)
+        ctx.scale = scale
+        return (x @ w.t()) * scale
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def, override]
+        x, w = ctx.saved_tensors
+        return (grad @ w) * ctx.scale, (grad.t() @ x) * ctx.scale, None
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Rounds in forward; backward passes the gradient to ``x`` only (None for ``step``)."""
+
+    @staticmethod
+    def forward(ctx, x, step):  # type: ignore[no-untyped-def, override]
+        return torch.round(x / step) * step
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def, override]
+        return grad, None
+
+
+class CustomFunctions(nn.Module):
+    """Parameters that reach the output only through custom autograd Functions.
+
+    Their forward runs under no_grad, so the ops FX records there carry no
+    gradient; the Functions' own backward gives ``pre`` and ``w`` theirs, and
+    reaches ``step``'s accumulator with None (DDP counts it ready). ``closure``
+    is read inside a forward, not passed in: no gradient. ``late`` goes
+    through a Function called under no_grad: no gradient either.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre = nn.Linear(4, 4)
+        self.w = nn.Parameter(torch.randn(4, 4))
+        self.step = nn.Parameter(torch.tensor(0.5))
+        self.closure = nn.Parameter(torch.ones(4))
+        self.late = nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = _ScaledMatmul.apply(self.pre(x), self.w, 2.0)
+        q = _StraightThrough.apply(h, self.step)
+        with torch.no_grad():
+            skipped = _ScaledMatmul.apply(x, self.late, 1.0)
+        return q + _Closure.apply(x, self) + skipped
+
+
+class _Closure(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, module):  # type: ignore[no-untyped-def, override]
+        return x * module.closure
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def, override]
+        return grad, None
+
+
+class DataAttribute(nn.Module):
+    """``.data`` reads a parameter's values without its history: no gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept = nn.Linear(4, 4)
+        self.through_data = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.kept(x) + x @ self.through_data.weight.data + self.through_data.bias.data
+
+
 class CheckpointedBlock(nn.Module):
     def __init__(self) -> None:
         super().__init__()

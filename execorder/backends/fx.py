@@ -28,6 +28,7 @@ from execorder.backends.common import (
     gc_paused,
     owner,
 )
+from execorder.backends.fx_functions import functions_traced
 from execorder.backends.fx_liveness import GRAD_ENABLED, live_params
 from execorder.errors import (
     ControlFlowError,
@@ -303,6 +304,7 @@ def _run_tracer(
     """Trace ``model`` into ``recorder``; FX's errors become :class:`TraceFailure`."""
     try:
         with (
+            functions_traced(),
             regions_traced(Regions()) as regions,
             record_tracer(tracer, model, recorder, regions=regions),
             user_code(f"tracing {owner(model)}"),

@@ -3,7 +3,7 @@
 A parameter gets a gradient only if one of its uses reaches an output along
 differentiable edges. The analysis walks the graph backwards from the output
 node. It stops at values that carry no gradient (shapes, comparisons,
-``argmax``, ``detach``, ``*_like`` factories, integer casts), treats an
+``argmax``, ``detach``, ``.data``, ``*_like`` factories, integer casts), treats an
 in-place op as part of the value it mutates, and takes a leaf module's call as
 using all the module's parameters.
 
@@ -15,6 +15,10 @@ carries no gradient. After forward calls ``requires_grad_(False)`` or
 ``detach_()`` on a parameter, its uses give it no gradient; a use before the
 call still reaches its gradient accumulator in a real backward (DDP counts it
 ready, though ``.grad`` stays None), so it still counts.
+
+A custom autograd ``Function``'s outputs lead to its inputs, as its own
+backward does (:mod:`execorder.backends.fx_functions`): the ops its
+``forward`` ran under ``no_grad`` are not walked.
 
 A reentrant checkpoint's block is traced as backward recomputes it (with
 grad), in a region (:mod:`execorder.backends.checkpointing`); as for any
@@ -34,14 +38,18 @@ import torch.fx
 from torch import nn
 
 from execorder.backends.checkpointing import REGION, Region
+from execorder.backends.fx_functions import FUNCTION_CALL
 
 GRAD_ENABLED = "execorder_grad_enabled"
 """``node.meta`` key: whether grad mode was on when the node was created."""
 
 # Attributes of a tensor that are not tensors, or carry no gradient.
 _NO_GRAD_ATTRS = frozenset(
-    {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout", "is_sparse"}
-)
+    {
+        "shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout", "is_sparse",
+        "data", "grad",
+    }
+)  # fmt: skip
 _NO_GRAD_METHODS = frozenset(
     {
         "size", "dim", "numel", "stride", "storage_offset", "element_size", "is_contiguous",
@@ -167,8 +175,13 @@ def dead_regions(graph: torch.fx.Graph, root: nn.Module) -> set[Region]:
 
     for node in graph.nodes:
         region = node.meta.get(REGION)
+        call = node.meta.get(FUNCTION_CALL)
         no_history = node.op == "placeholder" or _made_without_grad(node)
-        if no_history or _carries_no_gradient(node) or (region is not None and not alive(region)):
+        if region is not None and not alive(region):
+            needs[node] = False
+        elif call is not None:
+            needs[node] = call.outer_grad and any(needs.get(n, False) for n in call.inputs)
+        elif no_history or _carries_no_gradient(node):
             needs[node] = False
         else:
             inputs = any(needs.get(n, False) for n in node.all_input_nodes)
@@ -205,7 +218,16 @@ def live_nodes(graph: torch.fx.Graph, dead: set[Region] | None = None) -> set[to
     stack = [node for node in graph.nodes if node.op == "output"]
     while stack:
         node = stack.pop()
-        if node in live or _made_without_grad(node) or (dead and _in_dead_region(node, dead)):
+        if node in live or (dead and _in_dead_region(node, dead)):
+            continue
+        call = node.meta.get(FUNCTION_CALL)
+        if call is not None:  # the Function's own backward leads to its inputs
+            if call.outer_grad:
+                live.add(node)
+                stack.extend(writers.get(node, ()))
+                stack.extend(call.inputs)
+            continue
+        if _made_without_grad(node):
             continue
         live.add(node)
         stack.extend(writers.get(node, ()))
