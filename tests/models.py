@@ -563,6 +563,32 @@ class DataAttribute(nn.Module):
         return self.kept(x) + x @ self.through_data.weight.data + self.through_data.bias.data
 
 
+class IndicesOnly(nn.Module):
+    """Parameters reaching the output only through the indices of topk, sort or max(dim).
+
+    Indices carry no gradient: ``router``, ``order`` and ``picker`` get none.
+    ``values`` reaches it through max's values, and ``pairwise`` through an
+    elementwise ``torch.max`` indexed as a pair would be (its row 1): both
+    get gradients.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.router = nn.Linear(4, 4)
+        self.order = nn.Parameter(torch.randn(4))
+        self.picker = nn.Parameter(torch.randn(4, 4))
+        self.experts = nn.Parameter(torch.randn(4, 4))
+        self.values = nn.Parameter(torch.randn(4, 4))
+        self.pairwise = nn.Parameter(torch.randn(2, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top = torch.topk(self.router(x), 2).indices
+        _, order = torch.sort(self.order)
+        picked = self.picker.max(dim=-1)[1]
+        y = self.experts[top].sum(1) + x[:, order] + x[:, picked]
+        return y + self.values.max(0).values + torch.max(self.pairwise, self.pairwise * 2)[1]
+
+
 class CheckpointedBlock(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -3,7 +3,8 @@
 A parameter gets a gradient only if one of its uses reaches an output along
 differentiable edges. The analysis walks the graph backwards from the output
 node. It stops at values that carry no gradient (shapes, comparisons,
-``argmax``, ``detach``, ``.data``, ``*_like`` factories, integer casts), treats an
+``argmax``, the indices of ``topk``/``sort``/``max(dim)``, ``detach``, ``.data``,
+``*_like`` factories, integer casts), treats an
 in-place op as part of the value it mutates, and takes a leaf module's call as
 using all the module's parameters.
 
@@ -82,6 +83,11 @@ _VIEW_OPS = frozenset(
 )  # fmt: skip
 
 
+# Ops that return (values, indices); those marked "along a dim" only when given one.
+_WITH_INDICES = frozenset({"topk", "sort", "kthvalue", "mode", "cummax", "cummin", "frexp"})
+_WITH_INDICES_ALONG_A_DIM = frozenset({"max", "min", "median", "nanmedian"})
+
+
 def _op_name(node: torch.fx.Node) -> str:
     if node.op == "call_method":
         return str(node.target)
@@ -98,6 +104,31 @@ def _casts_to_non_float(node: torch.fx.Node) -> bool:
     )
 
 
+def _returns_indices(node: torch.fx.Node) -> bool:
+    """``topk``, ``sort``, ``max(dim)`` and the like: a (values, indices) pair."""
+    if node.op not in ("call_method", "call_function"):
+        return False
+    name = _op_name(node)
+    if name in _WITH_INDICES:
+        return True
+    along_a_dim = "dim" in node.kwargs or (len(node.args) > 1 and isinstance(node.args[1], int))
+    return name in _WITH_INDICES_ALONG_A_DIM and along_a_dim
+
+
+def _is_indices(node: torch.fx.Node) -> bool:
+    """The integer half of such a pair (``.indices``, ``[1]``, unpacked): no gradient."""
+    if node.op != "call_function" or len(node.args) < 2:
+        return False
+    source, key = node.args[0], node.args[1]
+    if node.target is operator.getitem:
+        picked = key in (1, -1)
+    elif node.target is builtins.getattr:
+        picked = key in ("indices", "exponent")
+    else:
+        return False
+    return picked and isinstance(source, torch.fx.Node) and _returns_indices(source)
+
+
 def _made_without_grad(node: torch.fx.Node) -> bool:
     """An op or module call made inside no_grad / inference_mode: its result has no history.
 
@@ -111,6 +142,8 @@ def _carries_no_gradient(node: torch.fx.Node) -> bool:
     if node.op == "call_method":
         return node.target in _NO_GRAD_METHODS or _casts_to_non_float(node)
     if node.op == "call_function":
+        if _is_indices(node):
+            return True
         if node.target is builtins.getattr:
             return len(node.args) > 1 and node.args[1] in _NO_GRAD_ATTRS
         return node.target in _NO_GRAD_FUNCTIONS
