@@ -589,6 +589,24 @@ class IndicesOnly(nn.Module):
         return y + self.values.max(0).values + torch.max(self.pairwise, self.pairwise * 2)[1]
 
 
+class BooleanResults(nn.Module):
+    """Parameters used only for boolean or integer results (masks, counts): no gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept = nn.Linear(4, 4)
+        self.close = nn.Parameter(torch.zeros(4))
+        self.sign = nn.Parameter(torch.randn(4))
+        self.either = nn.Parameter(torch.randn(4))
+        self.counted = nn.Parameter(torch.randn(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.kept(x)
+        mask = torch.isclose(x, self.close) | self.sign.signbit()
+        mask = mask & torch.logical_or(self.either, x)
+        return torch.where(mask, y, x) * torch.count_nonzero(self.counted > 0)
+
+
 class CheckpointedBlock(nn.Module):
     def __init__(self) -> None:
         super().__init__()

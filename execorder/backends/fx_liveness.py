@@ -57,6 +57,8 @@ _NO_GRAD_METHODS = frozenset(
         "detach", "detach_", "item", "tolist", "data_ptr",
         "argmax", "argmin", "argsort", "nonzero",
         "eq", "ne", "gt", "ge", "lt", "le", "isnan", "isinf", "isfinite", "logical_not",
+        "isclose", "isneginf", "isposinf", "isreal", "signbit", "logical_and", "logical_or",
+        "logical_xor", "any", "all", "count_nonzero", "argwhere",
         "long", "int", "short", "bool", "byte", "char",
         "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor",
     }
@@ -68,6 +70,9 @@ _NO_GRAD_FUNCTIONS: frozenset[object] = frozenset(
         torch.argmax, torch.argmin, torch.argsort, torch.nonzero, torch.numel,
         torch.eq, torch.ne, torch.gt, torch.ge, torch.lt, torch.le,
         torch.isnan, torch.isinf, torch.isfinite, torch.logical_not,
+        torch.isclose, torch.isin, torch.isneginf, torch.isposinf, torch.isreal, torch.signbit,
+        torch.logical_and, torch.logical_or, torch.logical_xor, torch.any, torch.all,
+        torch.count_nonzero, torch.argwhere, torch.bincount,
         torch.bucketize, torch.searchsorted, torch.detach,
         torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like,
         torch.rand_like, torch.randn_like, torch.randint_like,
