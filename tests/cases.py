@@ -96,6 +96,7 @@ CASES: dict[str, Case] = {
     "custom-functions": Case(models.CustomFunctions, _x(2, 4)),
     "data-attribute": Case(models.DataAttribute, _x(2, 4)),
     "indices-only": Case(models.IndicesOnly, _x(2, 4)),
+    "sampled-and-grouped": Case(models.SampledAndGrouped, _x(2, 4), meta=False),
     "boolean-results": Case(models.BooleanResults, _x(2, 4)),
     "checkpoint-non-reentrant": Case(lambda: models.Checkpointed(reentrant=False), _ids(16, 2, 3)),
 }

@@ -589,6 +589,25 @@ class IndicesOnly(nn.Module):
         return y + self.values.max(0).values + torch.max(self.pairwise, self.pairwise * 2)[1]
 
 
+class SampledAndGrouped(nn.Module):
+    """Indices drawn (``multinomial``) or grouped (``unique``'s inverse and counts): no gradient.
+
+    ``sampler`` and ``grouped`` get none, ``kept`` one. Values decide the
+    indices, so meta cannot run it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sampler = nn.Parameter(torch.zeros(4))
+        self.grouped = nn.Parameter(torch.tensor([0.0, 1.0, 1.0, 2.0]))
+        self.kept = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        drawn = torch.multinomial(torch.softmax(self.sampler, 0), 4, replacement=True)
+        _, group, counts = torch.unique(self.grouped, return_inverse=True, return_counts=True)
+        return self.kept(x[:, drawn] + x[:, group]) * counts.sum()
+
+
 class BooleanResults(nn.Module):
     """Parameters used only for boolean or integer results (masks, counts): no gradient."""
 

@@ -58,7 +58,7 @@ _NO_GRAD_METHODS = frozenset(
         "argmax", "argmin", "argsort", "nonzero",
         "eq", "ne", "gt", "ge", "lt", "le", "isnan", "isinf", "isfinite", "logical_not",
         "isclose", "isneginf", "isposinf", "isreal", "signbit", "logical_and", "logical_or",
-        "logical_xor", "any", "all", "count_nonzero", "argwhere",
+        "logical_xor", "any", "all", "count_nonzero", "argwhere", "multinomial", "histc",
         "long", "int", "short", "bool", "byte", "char",
         "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor",
     }
@@ -72,7 +72,8 @@ _NO_GRAD_FUNCTIONS: frozenset[object] = frozenset(
         torch.isnan, torch.isinf, torch.isfinite, torch.logical_not,
         torch.isclose, torch.isin, torch.isneginf, torch.isposinf, torch.isreal, torch.signbit,
         torch.logical_and, torch.logical_or, torch.logical_xor, torch.any, torch.all,
-        torch.count_nonzero, torch.argwhere, torch.bincount,
+        torch.count_nonzero, torch.argwhere, torch.bincount, torch.multinomial, torch.histc,
+        torch.nonzero_static,
         torch.bucketize, torch.searchsorted, torch.detach,
         torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like,
         torch.rand_like, torch.randn_like, torch.randint_like,
@@ -109,29 +110,35 @@ def _casts_to_non_float(node: torch.fx.Node) -> bool:
     )
 
 
-def _returns_indices(node: torch.fx.Node) -> bool:
-    """``topk``, ``sort``, ``max(dim)`` and the like: a (values, indices) pair."""
+def _outputs_with_indices(node: torch.fx.Node) -> int:
+    """How many outputs a (values, indices...) op returns: ``topk``, ``sort``, ``max(dim)``,
+    ``unique(return_inverse=True)`` and the like; 0 for any other node."""
     if node.op not in ("call_method", "call_function"):
-        return False
+        return 0
     name = _op_name(node)
     if name in _WITH_INDICES:
-        return True
+        return 2
+    if name in ("unique", "unique_consecutive"):
+        flags = ("return_inverse", "return_counts")
+        count = 1 + sum(bool(node.kwargs.get(flag)) for flag in flags)
+        return count if count > 1 else 0
     along_a_dim = "dim" in node.kwargs or (len(node.args) > 1 and isinstance(node.args[1], int))
-    return name in _WITH_INDICES_ALONG_A_DIM and along_a_dim
+    return 2 if name in _WITH_INDICES_ALONG_A_DIM and along_a_dim else 0
 
 
 def _is_indices(node: torch.fx.Node) -> bool:
-    """The integer half of such a pair (``.indices``, ``[1]``, unpacked): no gradient."""
+    """An integer output of such an op (``.indices``, ``[1]``, unpacked): no gradient."""
     if node.op != "call_function" or len(node.args) < 2:
         return False
     source, key = node.args[0], node.args[1]
-    if node.target is operator.getitem:
-        picked = key in (1, -1)
-    elif node.target is builtins.getattr:
-        picked = key in ("indices", "exponent")
-    else:
+    count = _outputs_with_indices(source) if isinstance(source, torch.fx.Node) else 0
+    if not count:
         return False
-    return picked and isinstance(source, torch.fx.Node) and _returns_indices(source)
+    if node.target is operator.getitem:
+        return isinstance(key, int) and -count <= key < count and key % count != 0
+    if node.target is builtins.getattr:
+        return key in ("indices", "exponent")
+    return False
 
 
 def _made_without_grad(node: torch.fx.Node) -> bool:
