@@ -72,7 +72,7 @@ _NO_GRAD_FUNCTIONS: frozenset[object] = frozenset(
         torch.isnan, torch.isinf, torch.isfinite, torch.logical_not,
         torch.isclose, torch.isin, torch.isneginf, torch.isposinf, torch.isreal, torch.signbit,
         torch.logical_and, torch.logical_or, torch.logical_xor, torch.any, torch.all,
-        torch.count_nonzero, torch.argwhere, torch.bincount, torch.multinomial, torch.histc,
+        torch.count_nonzero, torch.argwhere, torch.multinomial, torch.histc,
         torch.nonzero_static,
         torch.bucketize, torch.searchsorted, torch.detach,
         torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like,
