@@ -21,6 +21,7 @@ from transformer import Transformer
 
 import execorder
 from execorder import eager
+from execorder.backends.common import named_leaves
 from execorder.report import Report
 
 
@@ -93,6 +94,8 @@ CASES: dict[str, Case] = {
     "checkpoint-reentrant-frozen-input": Case(
         lambda: models.Checkpointed(frozen_embedding=True), _ids(16, 2, 3)
     ),
+    "two-heads": Case(models.TwoHeads, _x(2, 4)),
+    "structured-outputs": Case(models.StructuredOutputs, _x(2, 4)),
     "custom-functions": Case(models.CustomFunctions, _x(2, 4)),
     "data-attribute": Case(models.DataAttribute, _x(2, 4)),
     "indices-only": Case(models.IndicesOnly, _x(2, 4)),
@@ -102,8 +105,10 @@ CASES: dict[str, Case] = {
 }
 
 
-def backward_no_grad(case: Case) -> list[str]:
+def backward_no_grad(case: Case, only: str | None = None) -> list[str]:
     """Names of trainable parameters no gradient reaches in a real backward, as DDP sees it.
+
+    The loss sums every output, or only the one at path ``only``.
 
     Trainable as DDP registers them, before forward runs (forward may switch
     some off); reached when autograd runs the parameter's gradient
@@ -118,8 +123,8 @@ def backward_no_grad(case: Case) -> list[str]:
         if param.requires_grad:
             param.register_post_accumulate_grad_hook(lambda _, name=name: reached.add(name))
     outputs = model(*case.inputs(), **case.concrete_args)
-    flat = outputs if isinstance(outputs, tuple) else (outputs,)
-    loss = sum(o.float().sum() for o in flat if o.requires_grad)
+    picked = [t for path, t in named_leaves(outputs, torch.Tensor) if only in (None, path)]
+    loss = sum(t.float().sum() for t in picked if t.requires_grad)
     if isinstance(loss, torch.Tensor):
         loss.backward()
     return [n for n in trainable if n not in reached]

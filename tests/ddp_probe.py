@@ -27,6 +27,8 @@ import torch.distributed as dist  # noqa: E402
 from cases import CASES  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
+from execorder.backends.common import tensors  # noqa: E402
+
 INDICES = re.compile(r"Parameter indices which did not receive grad for rank 0: ([\d ]+)")
 
 
@@ -42,8 +44,7 @@ def ddp_missing_indices(name: str) -> list[int] | None:
             if match is None:
                 raise
             return [int(i) for i in match.group(1).split()]
-        flat = outputs if isinstance(outputs, tuple) else (outputs,)
-        losses = [o.float().sum() for o in flat if o.requires_grad]
+        losses = [o.float().sum() for o in tensors(outputs) if o.requires_grad]
         if not losses:
             return None  # nothing to train: DDP never runs a backward
         sum(losses).backward()

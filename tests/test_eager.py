@@ -57,6 +57,7 @@ def test_eager_agrees_with_fx(case: Case, device: str) -> None:
     assert {p.name for p in ours.params} == {p.name for p in fx.params}
     assert [p.name for p in ours.unused] == [p.name for p in fx.unused]
     assert [p.name for p in ours.dead] == [p.name for p in fx.dead]
+    assert ours.output_reach == fx.output_reach
 
 
 @pytest.mark.parametrize(("case", "device"), EAGER_RUNS)

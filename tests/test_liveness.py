@@ -4,16 +4,41 @@ from __future__ import annotations
 
 import models
 import pytest
+import torch
 from cases import CASES, Case, backward_no_grad, predict
 from seed import Model
 
 import execorder
+from execorder import eager
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_unused_plus_dead_is_exactly_no_grad_after_backward(case: Case) -> None:
     predicted = [p.name for p in predict(case).no_grad()]
     assert predicted == backward_no_grad(case)
+
+
+def test_a_loss_on_the_main_output_alone_misses_exactly_the_parameters_reached_elsewhere() -> None:
+    checked = []
+    for name, case in CASES.items():
+        torch.manual_seed(0)
+        model = case.build()
+        eagerly = eager.trace(model, args=case.inputs(), kwargs=case.concrete_args)
+        for report in (predict(case), eagerly):
+            reach = report.output_reach
+            if reach is None:
+                continue
+            checked.append(name)
+            # A real backward of a loss on the main output alone misses just those.
+            missed = {p.name for p in report.no_grad()} | set(reach.elsewhere)
+            assert sorted(missed) == sorted(backward_no_grad(case, only=reach.main)), name
+            # And a loss on any one output reaches those of them it names.
+            for output in reach.outputs:
+                missed_there = backward_no_grad(case, only=output)
+                assert {n for n, found in reach.elsewhere.items() if output in found} == {
+                    n for n in reach.elsewhere if n not in missed_there
+                }, (name, output)
+    assert {"two-heads", "structured-outputs"} <= set(checked)
 
 
 def test_seed_dead_parameters() -> None:
@@ -98,3 +123,37 @@ def test_ddp_index_is_not_the_named_parameters_index_when_frozen_ones_come_first
         "unused_frozen": None,
         "unused": 0,
     }
+
+
+class _TwoViews(torch.nn.Module):
+    """Two outputs, each reached by every parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.lin(x)
+        return h, h * 2
+
+
+def test_the_ddp_check_is_not_ok_when_a_loss_on_the_main_output_alone_misses_parameters() -> None:
+    from execorder.output.document import Severity
+    from execorder.output.views import ddp_verdict
+
+    verdict = ddp_verdict(execorder.trace(models.TwoHeads()))
+    assert verdict.severity is Severity.WARNING
+    assert verdict.cells[1].text == (
+        "not proven: 2 trainable parameters get a gradient only through output 1, not 0 "
+        "(value.weight, value.bias); a loss that does not read it leaves them without one"
+    )
+    # Several outputs, either of them enough: ok, and it says which.
+    verdict = ddp_verdict(execorder.trace(_TwoViews()))
+    assert verdict.severity is Severity.OK
+    assert verdict.cells[1].text == (
+        "ok: every trainable parameter gets a gradient, through output 0 alone"
+    )
+    # One output: as before.
+    report = execorder.trace(models.KeywordParam())
+    assert report.output_reach is None
+    assert ddp_verdict(report).cells[1].text == "ok: every trainable parameter gets a gradient"

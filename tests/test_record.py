@@ -42,7 +42,11 @@ def test_a_recorded_step_gives_the_report_of_trace_with_backward(case: Case) -> 
         outputs = model(*args, **case.concrete_args)
         if any(t.requires_grad for t in tensors(outputs)):
             _sum(outputs).backward()
-    assert recording.report().to_dict() == traced.to_dict()
+    expected = traced.to_dict()
+    # trace's backward is of every output, which it says; a step's own loss decides for itself.
+    expected.pop("output_reach", None)
+    assert recording.report().to_dict() == expected
+    assert recording.report().output_reach is None
     assert _restored(model)
 
 

@@ -68,6 +68,38 @@ def tensors(value: Any) -> Iterator[torch.Tensor]:
         stack.extend(reversed(children))
 
 
+def named_leaves(value: Any, leaf: type | tuple[type, ...]) -> Iterator[tuple[str, Any]]:
+    """Every ``leaf`` inside ``value`` with its path, in order, each once.
+
+    A path joins keys, field names and indices with dots: ``logits``,
+    ``aux.0``, ``1``; ``""`` when ``value`` is itself a leaf. Walks what
+    :func:`tensors` walks but sets (a named tuple by its field names).
+    """
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, leaf):
+            if id(item) not in seen:
+                seen.add(id(item))
+                yield path, item
+            continue
+        if id(item) in seen:
+            continue
+        if isinstance(item, Mapping):
+            children: list[tuple[str, Any]] = [(str(k), v) for k, v in item.items()]
+        elif isinstance(item, tuple) and hasattr(item, "_fields"):
+            children = list(zip(item._fields, item, strict=True))
+        elif isinstance(item, (list, tuple)):
+            children = [(str(i), v) for i, v in enumerate(item)]
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            children = [(f.name, getattr(item, f.name, None)) for f in dataclasses.fields(item)]
+        else:
+            continue
+        seen.add(id(item))
+        stack.extend((f"{path}.{key}" if path else key, v) for key, v in reversed(children))
+
+
 def owner(model: nn.Module) -> str:
     """``Class.forward``: how errors name the forward being traced."""
     return f"{type(model).__name__}.forward"

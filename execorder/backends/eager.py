@@ -51,7 +51,13 @@ from execorder.backends.eager_intercept import (
     intercepting,
     restore,
 )
-from execorder.backends.eager_liveness import GradHooks, live_params, own_reads, sum_backward
+from execorder.backends.eager_liveness import (
+    GradHooks,
+    live_params,
+    output_reach,
+    own_reads,
+    sum_backward,
+)
 from execorder.backends.eager_wrapped import DdpSettings, check_recordable, ddp_around, uncompiled
 from execorder.backends.meta import MetaRun, WithoutValues, on_meta_without_values
 from execorder.backends.stand_ins import meta_stand_ins
@@ -118,6 +124,7 @@ class Recording:
         self._outputs: Any = None
         self._returned: list[nn.Parameter] = []
         self._live: set[nn.Parameter] | None = None
+        self._reach: list[tuple[str, set[nn.Parameter]]] | None = None
         self._inputs: dict[str, str] = {}
         self._trainable: list[nn.Parameter] = []
         self._concrete_args: dict[str, Any] = {}
@@ -183,6 +190,11 @@ class Recording:
         elif self._calls:
             self._backward_assumed = True
 
+    def walk_outputs(self, outputs: Any) -> None:
+        """Walk each output on its own (:attr:`Report.output_reach`): before a backward of
+        their sum (``backward=True``) frees the graph the walk needs."""
+        self._reach = output_reach(outputs, self._tree.params, self._swaps.canonical)
+
     def _finish(self) -> None:
         """The block has ended: take what needs the outputs, then let them go."""
         outputs, self._outputs = self._outputs, None
@@ -201,6 +213,7 @@ class Recording:
             self._live = set(self._order)
         elif self._with_grad:
             self._live = live_params(outputs, self._tree.params, self._swaps.canonical)
+            self._reach = output_reach(outputs, self._tree.params, self._swaps.canonical)
         # else: a forward under no_grad has no graph, so no liveness to tell.
 
     def report(
@@ -250,6 +263,7 @@ class Recording:
                 backward=self._order or None,
                 inputs=self._inputs if inputs is None else inputs,
                 trainable=self._trainable,
+                outputs=self._reach,
             )
         if self._clock is None:
             return report
@@ -505,6 +519,7 @@ def _run(
         except Exception as exc:
             raise forward_failure(model, tree, args, kwargs, exc) from exc
         if backward:
+            recording.walk_outputs(outputs)  # while the backward has not freed the graph
             try:
                 with user_code(f"running the backward of {owner(model)}"):
                     sum_backward(outputs)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from execorder.backends.checkpointing import is_reentrant, recompute
-from execorder.backends.common import tensors
+from execorder.backends.common import named_leaves, tensors
 
 
 def live_params(
@@ -85,6 +85,24 @@ def live_params(
                 elif (edge := inputs.get(id(out))) is not None:
                     stack.append(edge)  # the block returns an input as it is
     return live
+
+
+def output_reach(
+    outputs: Any,
+    params: Sequence[nn.Parameter],
+    stand_ins: Mapping[int, nn.Parameter] | None = None,
+) -> list[tuple[str, set[nn.Parameter]]] | None:
+    """For each of forward's outputs, by path, the parameters whose accumulators it reaches.
+
+    None when fewer than two outputs reach any: then the output is the whole
+    story. Each output is walked on its own (:func:`live_params`).
+    """
+    leaves = [(path, t) for path, t in named_leaves(outputs, torch.Tensor) if t.requires_grad]
+    if len(leaves) < 2:
+        return None
+    reach = [(path, live_params(tensor, params, stand_ins)) for path, tensor in leaves]
+    reach = [(path, found) for path, found in reach if found]
+    return reach if len(reach) > 1 else None
 
 
 class GradHooks:

@@ -29,7 +29,7 @@ from execorder.backends.common import (
     owner,
 )
 from execorder.backends.fx_functions import functions_traced
-from execorder.backends.fx_liveness import GRAD_ENABLED, live_params
+from execorder.backends.fx_liveness import GRAD_ENABLED, live_params, output_reach
 from execorder.errors import (
     ControlFlowError,
     IterationError,
@@ -295,6 +295,7 @@ def trace(
             mode=Mode.FX,
             concrete_args=args,
             live=live_params(tracer.graph, model),
+            outputs=output_reach(tracer.graph, model),
         )
 
 

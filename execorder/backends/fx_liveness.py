@@ -31,14 +31,16 @@ on a trainable parameter (forward's own inputs are data).
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.fx
 from torch import nn
 
 from execorder.backends.checkpointing import REGION, Region
+from execorder.backends.common import named_leaves
 from execorder.backends.fx_functions import FUNCTION_CALL
 
 GRAD_ENABLED = "execorder_grad_enabled"
@@ -245,12 +247,18 @@ def _in_dead_region(node: torch.fx.Node, dead: set[Region]) -> bool:
     return False
 
 
-def live_nodes(graph: torch.fx.Graph, dead: set[Region] | None = None) -> set[torch.fx.Node]:
+def live_nodes(
+    graph: torch.fx.Graph,
+    dead: set[Region] | None = None,
+    start: Iterable[torch.fx.Node] | None = None,
+) -> set[torch.fx.Node]:
     """Nodes whose value can carry a gradient to the graph's output.
 
     Args:
         graph: A traced graph.
         dead: Checkpoint regions whose outputs carry no gradient (:func:`dead_regions`).
+        start: Where the walk starts: the output node by default, one of
+            forward's outputs for :func:`output_reach`.
     """
     # An in-place op changes the value it mutates: when that value is live,
     # so is the op (and what the op reads).
@@ -260,7 +268,7 @@ def live_nodes(graph: torch.fx.Graph, dead: set[Region] | None = None) -> set[to
             for target in _mutated(node):
                 writers.setdefault(target, []).append(node)
     live: set[torch.fx.Node] = set()
-    stack = [node for node in graph.nodes if node.op == "output"]
+    stack = list(start) if start is not None else [n for n in graph.nodes if n.op == "output"]
     while stack:
         node = stack.pop()
         if node in live or (dead and _in_dead_region(node, dead)):
@@ -281,15 +289,23 @@ def live_nodes(graph: torch.fx.Graph, dead: set[Region] | None = None) -> set[to
     return live
 
 
-def live_params(graph: torch.fx.Graph, root: nn.Module) -> set[nn.Parameter]:
+def live_params(
+    graph: torch.fx.Graph,
+    root: nn.Module,
+    *,
+    start: Iterable[torch.fx.Node] | None = None,
+    dead: set[Region] | None = None,
+) -> set[nn.Parameter]:
     """Parameters of ``root`` with a use in ``graph`` that reaches the output.
 
     Args:
         graph: The traced graph of ``root``'s forward.
         root: The traced module.
+        start: The nodes to reach, if not the output (:func:`live_nodes`).
+        dead: The dead checkpoint regions, if already found (:func:`dead_regions`).
     """
     params = dict(root.named_parameters())
-    nodes = live_nodes(graph, dead_regions(graph, root))
+    nodes = live_nodes(graph, dead_regions(graph, root) if dead is None else dead, start)
     off = _switched_off(graph, params)
     position = {node: i for i, node in enumerate(graph.nodes)} if off else {}
     live: set[nn.Parameter] = set()
@@ -322,3 +338,36 @@ def _switched_off(graph: torch.fx.Graph, params: dict[str, nn.Parameter]) -> dic
         if param.target in params:
             off.setdefault(str(param.target), index)
     return off
+
+
+def output_reach(
+    graph: torch.fx.Graph, root: nn.Module
+) -> list[tuple[str, set[nn.Parameter]]] | None:
+    """For each of forward's outputs, by path, the parameters with a use that reaches it.
+
+    None when forward returns fewer than two values that can carry a
+    gradient: then the output is the whole story.
+    """
+    output = next(node for node in graph.nodes if node.op == "output")
+    leaves = list(_output_leaves(output.args[0] if output.args else None))
+    if len(leaves) < 2:
+        return None
+    dead = dead_regions(graph, root)
+    reach = [(path, live_params(graph, root, start=[node], dead=dead)) for path, node in leaves]
+    reach = [(path, params) for path, params in reach if params]
+    return reach if len(reach) > 1 else None
+
+
+def _output_leaves(value: object, prefix: str = "") -> Iterator[tuple[str, torch.fx.Node]]:
+    """The nodes forward returns, by path; a dataclass it builds (FX records the
+    constructor's call) is walked field by field, as the eager backend walks the instance."""
+    for path, node in named_leaves(value, torch.fx.Node):
+        path = f"{prefix}.{path}" if prefix and path else prefix or path
+        built = node.target if node.op == "call_function" else None
+        if isinstance(built, type) and dataclasses.is_dataclass(built):
+            names = [f.name for f in dataclasses.fields(built)]
+            fields = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
+            given = {name: fields[name] for name in names if name in fields}
+            yield from _output_leaves(given, path)
+        else:
+            yield path, node

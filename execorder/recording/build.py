@@ -21,6 +21,7 @@ from execorder.report import (
     ExternalUse,
     Mode,
     ModuleCall,
+    OutputReach,
     ParamGroup,
     ParamInfo,
     Report,
@@ -39,6 +40,7 @@ def build_report(
     inputs: Mapping[str, str] | None = None,
     trainable: Collection[nn.Parameter] | None = None,
     defaults: Mapping[str, Any] | None = None,
+    outputs: Sequence[tuple[str, Collection[nn.Parameter]]] | None = None,
 ) -> Report:
     """Name everything ``recorder`` collected and freeze it into a :class:`Report`.
 
@@ -57,10 +59,42 @@ def build_report(
             DDP registers); forward may switch one off. None: as they are now.
         defaults: forward's arguments a real run left to their defaults, with
             their values (they may choose a branch).
+        outputs: For each of forward's outputs, by path, the parameters with
+            a use that reaches it, when the backend walked them one by one
+            (several outputs carry a gradient, and no backward of the
+            caller's own decided liveness).
     """
     with torch._C.DisableTorchFunctionSubclass():  # reading parameters runs no user code
         report = _build(recorder, target, mode, concrete_args, live, backward, inputs, trainable)
+    if outputs is not None:
+        reach = _output_reach(recorder, outputs, trainable)
+        report = dataclasses.replace(report, output_reach=reach)
     return dataclasses.replace(report, defaults=dict(defaults or {})) if defaults else report
+
+
+def _output_reach(
+    recorder: Recorder,
+    outputs: Sequence[tuple[str, Collection[nn.Parameter]]],
+    trainable: Collection[nn.Parameter] | None,
+) -> OutputReach | None:
+    """Which outputs reach which trainable parameters, named; None below two such outputs."""
+    tree = recorder.tree
+    able = (
+        {id(p) for p in trainable}
+        if trainable is not None
+        else {id(p) for p in tree.params if p.requires_grad}
+    )
+    reached = [(path, {id(p) for p in params if id(p) in able}) for path, params in outputs]
+    reached = [(path, ids) for path, ids in reached if ids]
+    if len(reached) < 2:
+        return None
+    main, main_ids = max(reached, key=lambda item: len(item[1]))  # the first of those that tie
+    elsewhere = {
+        tree.param_names[id(p)][0]: tuple(path for path, ids in reached if id(p) in ids)
+        for p in tree.params
+        if id(p) not in main_ids and any(id(p) in ids for _, ids in reached)
+    }
+    return OutputReach(tuple(path for path, _ in reached), main, elsewhere)
 
 
 def _build(

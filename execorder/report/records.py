@@ -299,6 +299,51 @@ class Assumption:
 
 
 @dataclass(frozen=True, slots=True)
+class OutputReach:
+    """Which of forward's outputs a loss must read for every trainable parameter to get a gradient.
+
+    Liveness starts from every output, as a loss that reads them all would.
+    When forward returns several values that carry a gradient, a loss on
+    some of them (the logits, not an auxiliary head's) can leave parameters
+    without one: DDP then fails as it does on a dead parameter.
+
+    Attributes:
+        outputs: The outputs that carry a gradient to some trainable
+            parameter, by path (``logits``, ``aux.0``, ``1``), in order.
+        main: The one that reaches the most trainable parameters (the first
+            of those that tie).
+        elsewhere: The trainable parameters with a gradient that ``main``
+            does not reach, in ``named_parameters()`` order, each with the
+            outputs it reaches.
+    """
+
+    outputs: tuple[str, ...]
+    main: str
+    elsewhere: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "outputs": list(self.outputs),
+            "main": self.main,
+            "elsewhere": {name: list(paths) for name, paths in self.elsewhere.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "output_reach") -> OutputReach:
+        """Read one back from :meth:`to_dict` output; a wrong field is a ``SchemaError``."""
+        fields = Fields(data, where)
+        elsewhere = fields.get("elsewhere", dict)
+        for name, paths in elsewhere.items():
+            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+                raise SchemaError(f"{where}.elsewhere.{name} must be a list of strings")
+        return cls(
+            outputs=tuple(fields.items("outputs", str)),
+            main=fields.get("main", str),
+            elsewhere={str(name): tuple(paths) for name, paths in elsewhere.items()},
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class CallTime:
     """The wall time of one module call, in microseconds.
 
@@ -463,6 +508,11 @@ class Report:
         memory: What a training step holds, when, and at its peak
             (``memory=`` / ``--memory``); None when not measured (and absent
             from the JSON).
+        output_reach: Which outputs a loss must read for every trainable
+            parameter to get a gradient, when forward returns several that
+            carry one and liveness comes from all of them (no backward of
+            the caller's own ran in the recording); None otherwise (and
+            absent from the JSON).
         inputs_made: The inputs execorder made itself, and where from: a
             transformers model's own example inputs (``dummy_inputs``) when
             it was given none, torchtitan's positions and attention masks as
@@ -486,6 +536,7 @@ class Report:
     timing: Timing | None = None
     inputs_made: Mapping[str, InputSource] = field(default_factory=dict)
     memory: Memory | None = None
+    output_reach: OutputReach | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -606,6 +657,11 @@ class Report:
                 else {}
             ),
             **({"memory": self.memory.to_dict()} if self.memory is not None else {}),
+            **(
+                {"output_reach": self.output_reach.to_dict()}
+                if self.output_reach is not None
+                else {}
+            ),
         }
 
     @classmethod
@@ -657,6 +713,9 @@ class Report:
             memory=None
             if fields.get("memory", dict, type(None), default=None) is None
             else Memory.from_dict(data["memory"]),
+            output_reach=None
+            if fields.get("output_reach", dict, type(None), default=None) is None
+            else OutputReach.from_dict(data["output_reach"]),
         )
 
     def param(self, name: str) -> ParamInfo:

@@ -153,12 +153,17 @@ def _ancestors(report: Report, index: int) -> list[int]:
     return found
 
 
+NAMES_SHOWN = 3  # parameters named in a verdict before "and N more"
+
+
 def ddp_verdict(report: Report) -> Row:
     """Whether DDP (``find_unused_parameters=False``) gets a gradient for every parameter.
 
     Never "ok" on an assumption: when the status of a trainable parameter
     rests on one (a meta run's routing), a step that routes otherwise can
-    leave it without a gradient.
+    leave it without a gradient. Nor when forward returns several outputs and
+    some parameters get a gradient only through outputs other than the main
+    one: a loss that does not read those leaves them without.
     """
     missing = report.summary.params_no_grad
     resting = len(report.findings(Category.ASSUMPTION))
@@ -181,6 +186,24 @@ def ddp_verdict(report: Report) -> Row:
             "can leave one without a gradient"
         )
         return fact("DDP check", text, Severity.WARNING)
+    reach = report.output_reach
+    if reach is not None and reach.elsewhere:
+        names = list(reach.elsewhere)
+        others = [o for o in reach.outputs if any(o in p for p in reach.elsewhere.values())]
+        shown = ", ".join(names[:NAMES_SHOWN]) + (
+            f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else ""
+        )
+        get, them = ("gets", "it") if len(names) == 1 else ("get", "them")
+        text = (
+            f"not proven: {plural(len(names), 'trainable parameter')} {get} a gradient only "
+            f"through {'output' if len(others) == 1 else 'outputs'} {', '.join(others)}, "
+            f"not {reach.main} ({shown}); a loss that does not read "
+            f"{'it' if len(others) == 1 else 'them'} leaves {them} without one"
+        )
+        return fact("DDP check", text, Severity.WARNING)
+    if reach is not None:
+        text = f"ok: every trainable parameter gets a gradient, through output {reach.main} alone"
+        return fact("DDP check", text, Severity.OK)
     return fact("DDP check", "ok: every trainable parameter gets a gradient", Severity.OK)
 
 
