@@ -29,15 +29,14 @@ def test_a_loss_on_the_main_output_alone_misses_exactly_the_parameters_reached_e
             if reach is None:
                 continue
             checked.append(name)
-            # A real backward of a loss on the main output alone misses just those.
-            missed = {p.name for p in report.no_grad()} | set(reach.elsewhere)
-            assert sorted(missed) == sorted(backward_no_grad(case, only=reach.main)), name
-            # And a loss on any one output reaches those of them it names.
+            # A real backward of a loss on each output alone misses just those it names.
+            no_grad = {p.name for p in report.no_grad()}
             for output in reach.outputs:
-                missed_there = backward_no_grad(case, only=output)
-                assert {n for n, found in reach.elsewhere.items() if output in found} == {
-                    n for n in reach.elsewhere if n not in missed_there
-                }, (name, output)
+                missed = no_grad | set(reach.misses.get(output, ()))
+                assert sorted(missed) == sorted(backward_no_grad(case, only=output)), (name, output)
+            assert len(reach.misses.get(reach.main, ())) == min(
+                len(reach.misses.get(o, ())) for o in reach.outputs
+            )
     assert {"two-heads", "structured-outputs"} <= set(checked)
 
 
@@ -137,6 +136,19 @@ class _TwoViews(torch.nn.Module):
         return h, h * 2
 
 
+class _Pooled(torch.nn.Module):
+    """Hidden states and a pooler's output of them, as BERT returns them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+        self.pool = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.lin(x)
+        return {"hidden": h, "pooled": self.pool(h[0])}
+
+
 def test_the_ddp_check_is_not_ok_when_a_loss_on_the_main_output_alone_misses_parameters() -> None:
     from execorder.output.document import Severity
     from execorder.output.views import ddp_verdict
@@ -147,11 +159,19 @@ def test_the_ddp_check_is_not_ok_when_a_loss_on_the_main_output_alone_misses_par
         "not proven: 2 trainable parameters get a gradient only through output 1, not 0 "
         "(value.weight, value.bias); a loss that does not read it leaves them without one"
     )
-    # Several outputs, either of them enough: ok, and it says which.
+    # Several outputs, either of them enough: ok.
     verdict = ddp_verdict(execorder.trace(_TwoViews()))
     assert verdict.severity is Severity.OK
     assert verdict.cells[1].text == (
-        "ok: every trainable parameter gets a gradient, through output 0 alone"
+        "ok: every trainable parameter gets a gradient, through any one output alone"
+    )
+    # One of them enough, the other not (BERT's hidden states and pooler): ok through
+    # it, naming the other.
+    verdict = ddp_verdict(execorder.trace(_Pooled()))
+    assert verdict.severity is Severity.OK
+    assert verdict.cells[1].text == (
+        "ok through output pooled: a loss on hidden alone misses 2 trainable parameters "
+        "(pool.weight, pool.bias)"
     )
     # One output: as before.
     report = execorder.trace(models.KeywordParam())

@@ -88,13 +88,15 @@ def _output_reach(
     reached = [(path, ids) for path, ids in reached if ids]
     if len(reached) < 2:
         return None
-    main, main_ids = max(reached, key=lambda item: len(item[1]))  # the first of those that tie
-    elsewhere = {
-        tree.param_names[id(p)][0]: tuple(path for path, ids in reached if id(p) in ids)
-        for p in tree.params
-        if id(p) not in main_ids and any(id(p) in ids for _, ids in reached)
+    main = max(reached, key=lambda item: len(item[1]))[0]  # the first of those that tie
+    live = set().union(*(ids for _, ids in reached))
+    missed = [(path, live - ids) for path, ids in reached]
+    misses = {
+        path: tuple(tree.param_names[id(p)][0] for p in tree.params if id(p) in ids)
+        for path, ids in missed
+        if ids
     }
-    return OutputReach(tuple(path for path, _ in reached), main, elsewhere)
+    return OutputReach(tuple(path for path, _ in reached), main, misses)
 
 
 def _build(

@@ -304,42 +304,51 @@ class OutputReach:
 
     Liveness starts from every output, as a loss that reads them all would.
     When forward returns several values that carry a gradient, a loss on
-    some of them (the logits, not an auxiliary head's) can leave parameters
-    without one: DDP then fails as it does on a dead parameter.
+    some of them (the logits, not an auxiliary head's; BERT's hidden states,
+    not its pooler's output) can leave parameters without one: DDP then
+    fails as it does on a dead parameter.
 
     Attributes:
         outputs: The outputs that carry a gradient to some trainable
             parameter, by path (``logits``, ``aux.0``, ``1``), in order.
         main: The one that reaches the most trainable parameters (the first
             of those that tie).
-        elsewhere: The trainable parameters with a gradient that ``main``
-            does not reach, in ``named_parameters()`` order, each with the
-            outputs it reaches.
+        misses: For each output a loss on which alone would leave some
+            trainable parameters with a gradient without one, those
+            parameters, in ``named_parameters()`` order; the outputs that
+            miss none are left out.
     """
 
     outputs: tuple[str, ...]
     main: str
-    elsewhere: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    misses: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def only_elsewhere(self) -> dict[str, tuple[str, ...]]:
+        """The parameters :attr:`main` misses, each with the outputs that reach it."""
+        return {
+            name: tuple(o for o in self.outputs if name not in self.misses.get(o, ()))
+            for name in self.misses.get(self.main, ())
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "outputs": list(self.outputs),
             "main": self.main,
-            "elsewhere": {name: list(paths) for name, paths in self.elsewhere.items()},
+            "misses": {output: list(names) for output, names in self.misses.items()},
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "output_reach") -> OutputReach:
         """Read one back from :meth:`to_dict` output; a wrong field is a ``SchemaError``."""
         fields = Fields(data, where)
-        elsewhere = fields.get("elsewhere", dict)
-        for name, paths in elsewhere.items():
-            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-                raise SchemaError(f"{where}.elsewhere.{name} must be a list of strings")
+        misses = fields.get("misses", dict)
+        for output, names in misses.items():
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise SchemaError(f"{where}.misses.{output} must be a list of strings")
         return cls(
             outputs=tuple(fields.items("outputs", str)),
             main=fields.get("main", str),
-            elsewhere={str(name): tuple(paths) for name, paths in elsewhere.items()},
+            misses={str(output): tuple(names) for output, names in misses.items()},
         )
 
 

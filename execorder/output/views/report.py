@@ -156,6 +156,11 @@ def _ancestors(report: Report, index: int) -> list[int]:
 NAMES_SHOWN = 3  # parameters named in a verdict before "and N more"
 
 
+def _named(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:NAMES_SHOWN])
+    return shown + (f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else "")
+
+
 def ddp_verdict(report: Report) -> Row:
     """Whether DDP (``find_unused_parameters=False``) gets a gradient for every parameter.
 
@@ -163,7 +168,8 @@ def ddp_verdict(report: Report) -> Row:
     rests on one (a meta run's routing), a step that routes otherwise can
     leave it without a gradient. Nor when forward returns several outputs and
     some parameters get a gradient only through outputs other than the main
-    one: a loss that does not read those leaves them without.
+    one: a loss that does not read those leaves them without. When the main
+    one reaches them all, "ok" names it, and an output that would not do.
     """
     missing = report.summary.params_no_grad
     resting = len(report.findings(Category.ASSUMPTION))
@@ -187,22 +193,33 @@ def ddp_verdict(report: Report) -> Row:
         )
         return fact("DDP check", text, Severity.WARNING)
     reach = report.output_reach
-    if reach is not None and reach.elsewhere:
-        names = list(reach.elsewhere)
-        others = [o for o in reach.outputs if any(o in p for p in reach.elsewhere.values())]
-        shown = ", ".join(names[:NAMES_SHOWN]) + (
-            f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else ""
-        )
+    if reach is not None and reach.misses.get(reach.main):
+        elsewhere = reach.only_elsewhere()
+        names = list(elsewhere)
+        others = [o for o in reach.outputs if any(o in found for found in elsewhere.values())]
         get, them = ("gets", "it") if len(names) == 1 else ("get", "them")
         text = (
             f"not proven: {plural(len(names), 'trainable parameter')} {get} a gradient only "
             f"through {'output' if len(others) == 1 else 'outputs'} {', '.join(others)}, "
-            f"not {reach.main} ({shown}); a loss that does not read "
+            f"not {reach.main} ({_named(names)}); a loss that does not read "
             f"{'it' if len(others) == 1 else 'them'} leaves {them} without one"
         )
         return fact("DDP check", text, Severity.WARNING)
+    if reach is not None and reach.misses:
+        output, missed = next(iter(reach.misses.items()))
+        more = len(reach.misses) - 1
+        text = (
+            f"ok through output {reach.main}: a loss on {output} alone misses "
+            f"{plural(len(missed), 'trainable parameter')} ({_named(missed)})"
+            + (
+                f", and {plural(more, 'other output')} {'misses' if more == 1 else 'miss'} some"
+                if more
+                else ""
+            )
+        )
+        return fact("DDP check", text, Severity.OK)
     if reach is not None:
-        text = f"ok: every trainable parameter gets a gradient, through output {reach.main} alone"
+        text = "ok: every trainable parameter gets a gradient, through any one output alone"
         return fact("DDP check", text, Severity.OK)
     return fact("DDP check", "ok: every trainable parameter gets a gradient", Severity.OK)
 
