@@ -84,6 +84,21 @@ def test_bert_uses_every_parameter_including_the_pooler() -> None:
     assert report.no_grad() == ()
 
 
+def test_berts_hidden_states_alone_miss_its_pooler_as_a_real_backward_does() -> None:
+    """A token-level loss on last_hidden_state leaves the pooler without a gradient."""
+    reach = _run(hf.tiny_bert, "meta").output_reach
+    assert reach is not None
+    assert reach.outputs == ("last_hidden_state", "pooler_output")
+    assert reach.main == "pooler_output"
+    assert reach.misses == {"last_hidden_state": ("pooler.dense.weight", "pooler.dense.bias")}
+    for output in reach.outputs:
+        torch.manual_seed(0)
+        model = hf.tiny_bert()
+        getattr(model(input_ids=_ids("cpu")), output).sum().backward()
+        missed = tuple(n for n, p in model.named_parameters() if p.grad is None)
+        assert missed == reach.misses.get(output, ()), output
+
+
 def test_mixtral_runs_on_meta_as_on_cpu() -> None:
     """Its experts' grouped_mm meta kernel wants bfloat16: run in it on meta, reported as is."""
     result = execorder.profile(hf.tiny_mixtral, inputs={"input_ids": _ids("cpu")}, backward=True)
