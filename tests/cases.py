@@ -101,6 +101,7 @@ CASES: dict[str, Case] = {
     "indices-only": Case(models.IndicesOnly, _x(2, 4)),
     "sampled-and-grouped": Case(models.SampledAndGrouped, _x(2, 4), meta=False),
     "boolean-results": Case(models.BooleanResults, _x(2, 4)),
+    "written-into": Case(models.WrittenInto, _x(2, 4), meta=False),
     "checkpoint-non-reentrant": Case(lambda: models.Checkpointed(reentrant=False), _ids(16, 2, 3)),
 }
 

@@ -626,6 +626,29 @@ class BooleanResults(nn.Module):
         return torch.where(mask, y, x) * torch.count_nonzero(self.counted > 0)
 
 
+class WrittenInto(nn.Module):
+    """Parameters written into other tensors in place.
+
+    ``row`` is written into a tensor forward makes with constant sizes (for
+    FX a constant of its own, read again where it is added): it gets a
+    gradient. ``kept`` is copied into a buffer under no_grad: it does not.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.row = nn.Parameter(torch.randn(4))
+        self.kept = nn.Parameter(torch.randn(4))
+        self.register_buffer("copy", torch.zeros(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = torch.zeros(2, 4)
+        rows[0] = self.row
+        with torch.no_grad():
+            self.copy.copy_(self.kept)
+        return self.lin(x) + rows + self.copy
+
+
 class CheckpointedBlock(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -167,6 +167,8 @@ def _carries_no_gradient(node: torch.fx.Node) -> bool:
 def _is_in_place(node: torch.fx.Node) -> bool:
     if node.op == "call_function" and node.target is operator.setitem:
         return True
+    if node.op == "call_method" and node.target == "__setitem__":  # on a tensor made eagerly
+        return True
     name = _op_name(node)
     return (
         node.op in ("call_method", "call_function")
@@ -247,6 +249,11 @@ def _in_dead_region(node: torch.fx.Node, dead: set[Region]) -> bool:
     return False
 
 
+def _value_of(node: torch.fx.Node) -> object:
+    """What a node's value is: the attribute for a read of one, else the node itself."""
+    return ("get_attr", node.target) if node.op == "get_attr" else node
+
+
 def live_nodes(
     graph: torch.fx.Graph,
     dead: set[Region] | None = None,
@@ -262,11 +269,13 @@ def live_nodes(
     """
     # An in-place op changes the value it mutates: when that value is live,
     # so is the op (and what the op reads).
-    writers: dict[torch.fx.Node, list[torch.fx.Node]] = {}
+    # Each read of an attribute is a node of its own (a tensor constant's,
+    # a buffer passed in a list): writes to any of them write the one value.
+    writers: dict[object, list[torch.fx.Node]] = {}
     for node in graph.nodes:
         if _is_in_place(node):
             for target in _mutated(node):
-                writers.setdefault(target, []).append(node)
+                writers.setdefault(_value_of(target), []).append(node)
     live: set[torch.fx.Node] = set()
     stack = list(start) if start is not None else [n for n in graph.nodes if n.op == "output"]
     while stack:
@@ -277,13 +286,13 @@ def live_nodes(
         if call is not None:  # the Function's own backward leads to its inputs
             if call.outer_grad:
                 live.add(node)
-                stack.extend(writers.get(node, ()))
+                stack.extend(writers.get(_value_of(node), ()))
                 stack.extend(call.inputs)
             continue
         if _made_without_grad(node):
             continue
         live.add(node)
-        stack.extend(writers.get(node, ()))
+        stack.extend(writers.get(_value_of(node), ()))
         if not _carries_no_gradient(node):
             stack.extend(node.all_input_nodes)
     return live
