@@ -102,6 +102,7 @@ CASES: dict[str, Case] = {
     "sampled-and-grouped": Case(models.SampledAndGrouped, _x(2, 4), meta=False),
     "boolean-results": Case(models.BooleanResults, _x(2, 4)),
     "written-into": Case(models.WrittenInto, _x(2, 4), meta=False),
+    "written-after-read": Case(models.WrittenAfterRead, _x(2, 4)),
     "checkpoint-non-reentrant": Case(lambda: models.Checkpointed(reentrant=False), _ids(16, 2, 3)),
 }
 

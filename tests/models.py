@@ -649,6 +649,31 @@ class WrittenInto(nn.Module):
         return self.lin(x) + rows + self.copy
 
 
+class WrittenAfterRead(nn.Module):
+    """In-place writes after the last read of what they write: nothing that reaches the output.
+
+    ``late`` is added into an activation after the output was computed from
+    it, ``stored`` copied (with grad on) into a buffer after its last read:
+    neither gets a gradient. ``early`` is added before the read: it does.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.early = nn.Parameter(torch.randn(4))
+        self.late = nn.Parameter(torch.randn(4))
+        self.stored = nn.Parameter(torch.randn(4))
+        self.register_buffer("state", torch.ones(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.lin(x)
+        h.add_(self.early)
+        y = h * 2 + self.state
+        h.add_(self.late)
+        self.state.copy_(self.stored * 2)
+        return y
+
+
 class CheckpointedBlock(nn.Module):
     def __init__(self) -> None:
         super().__init__()

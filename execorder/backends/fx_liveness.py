@@ -3,10 +3,10 @@
 A parameter gets a gradient only if one of its uses reaches an output along
 differentiable edges. The analysis walks the graph backwards from the output
 node. It stops at values that carry no gradient (shapes, comparisons,
-``argmax``, the indices of ``topk``/``sort``/``max(dim)``, ``detach``, ``.data``,
-``*_like`` factories, integer casts), treats an
-in-place op as part of the value it mutates, and takes a leaf module's call as
-using all the module's parameters.
+``argmax``, the indices of ``topk``/``sort``/``max(dim)``, ``detach``,
+``.data``, ``*_like`` factories, integer casts), treats an in-place op as
+part of the value it mutates when that value is read after it, and takes a
+leaf module's call as using all the module's parameters.
 
 FX records no node for ``torch.no_grad()``, ``torch.inference_mode()`` or
 ``torch.set_grad_enabled(False)``, but forward's Python runs while it traces:
@@ -267,34 +267,42 @@ def live_nodes(
         start: Where the walk starts: the output node by default, one of
             forward's outputs for :func:`output_reach`.
     """
-    # An in-place op changes the value it mutates: when that value is live,
-    # so is the op (and what the op reads).
-    # Each read of an attribute is a node of its own (a tensor constant's,
-    # a buffer passed in a list): writes to any of them write the one value.
+    # An in-place op changes the value it mutates: when that value is read
+    # after the op, the op is live (and what the op reads); a write after
+    # the last read changes nothing that reached the output. Each read of an
+    # attribute is a node of its own (a tensor constant's, a buffer passed
+    # in a list): writes to any of them write the one value.
+    position = {node: i for i, node in enumerate(graph.nodes)}
     writers: dict[object, list[torch.fx.Node]] = {}
     for node in graph.nodes:
         if _is_in_place(node):
             for target in _mutated(node):
                 writers.setdefault(_value_of(target), []).append(node)
     live: set[torch.fx.Node] = set()
-    stack = list(start) if start is not None else [n for n in graph.nodes if n.op == "output"]
+    read: dict[torch.fx.Node, int] = {}  # the latest read of each node walked, by position
+    end = len(position)
+    first = list(start) if start is not None else [n for n in graph.nodes if n.op == "output"]
+    stack = [(node, end) for node in first]
     while stack:
-        node = stack.pop()
-        if node in live or (dead and _in_dead_region(node, dead)):
+        node, read_at = stack.pop()
+        if read.get(node, -1) >= read_at or (dead and _in_dead_region(node, dead)):
             continue
+        read[node] = read_at
+        earlier = [w for w in writers.get(_value_of(node), ()) if position[w] < read_at]
+        here = position[node]
         call = node.meta.get(FUNCTION_CALL)
         if call is not None:  # the Function's own backward leads to its inputs
             if call.outer_grad:
                 live.add(node)
-                stack.extend(writers.get(_value_of(node), ()))
-                stack.extend(call.inputs)
+                stack.extend((w, read_at) for w in earlier)
+                stack.extend((i, here) for i in call.inputs)
             continue
         if _made_without_grad(node):
             continue
         live.add(node)
-        stack.extend(writers.get(_value_of(node), ()))
+        stack.extend((w, read_at) for w in earlier)
         if not _carries_no_gradient(node):
-            stack.extend(node.all_input_nodes)
+            stack.extend((i, here) for i in node.all_input_nodes)
     return live
 
 
