@@ -130,6 +130,8 @@ def _outputs_with_indices(node: torch.fx.Node) -> int:
 
 def _is_indices(node: torch.fx.Node) -> bool:
     """An integer output of such an op (``.indices``, ``[1]``, unpacked): no gradient."""
+    if node.target is not operator.getitem and node.target is not builtins.getattr:
+        return False
     if node.op != "call_function" or len(node.args) < 2:
         return False
     source, key = node.args[0], node.args[1]
@@ -288,20 +290,23 @@ def live_nodes(
         if read.get(node, -1) >= read_at or (dead and _in_dead_region(node, dead)):
             continue
         read[node] = read_at
-        earlier = [w for w in writers.get(_value_of(node), ()) if position[w] < read_at]
-        here = position[node]
+        written = writers.get(_value_of(node)) if writers else None
         call = node.meta.get(FUNCTION_CALL)
         if call is not None:  # the Function's own backward leads to its inputs
             if call.outer_grad:
                 live.add(node)
-                stack.extend((w, read_at) for w in earlier)
+                if written:
+                    stack.extend((w, read_at) for w in written if position[w] < read_at)
+                here = position[node]
                 stack.extend((i, here) for i in call.inputs)
             continue
         if _made_without_grad(node):
             continue
         live.add(node)
-        stack.extend((w, read_at) for w in earlier)
+        if written:
+            stack.extend((w, read_at) for w in written if position[w] < read_at)
         if not _carries_no_gradient(node):
+            here = position[node]
             stack.extend((i, here) for i in node.all_input_nodes)
     return live
 
