@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 import execorder
 from execorder.cli.app import app
+from execorder.output.views import gate_lines
 from execorder.report import Category, gate_categories
 
 runner = CliRunner()
@@ -62,6 +63,10 @@ def test_the_command_line_fails_on_what_the_library_says(case: str) -> None:
         assert result.exit_code == (1 if expected else 0), (gate, result.output)
         printed = {m[1]: int(m[2]) for m in LINE.finditer(result.stderr)}
         assert printed == expected, (case, gate)
+        # The lines too: a Python script gets the command line's words.
+        lines = [f"execorder: {line}" for line in gate_lines(report.failing(gate))]
+        gate_said = [line for line in result.stderr.splitlines() if "check failed" in line]
+        assert gate_said == lines, (case, gate)
 
 
 def test_gating_on_unused_or_dead_gates_on_assumption_too() -> None:

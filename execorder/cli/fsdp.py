@@ -111,7 +111,6 @@ def fsdp(
 
     def body() -> None:
         from execorder.output.views import fsdp_view
-        from execorder.spelling import label
 
         gates = _parse_gates(fail_on)
         options = model_options(ctx)
@@ -143,15 +142,11 @@ def fsdp(
             tree=tree_view_of(report, plan=plan),
             timeline=timeline_of(report, plan),
         )
-        from execorder.analysis.sharding import CheckKind
+        from execorder.output.views.gates import plan_gate_lines
 
         failing = plan.failing(gates)
-        for check in sorted(failing, key=lambda c: c.kind is CheckKind.MEMORY):
-            if check.kind is CheckKind.MEMORY:
-                say(f"execorder: check failed: memory: {check.describe(CLI)}")
-            else:
-                units = ", ".join(label(u) for u in check.units)
-                say(f"execorder: check failed: {check.kind} ({check.severity}): {units}")
+        for line in plan_gate_lines(failing, CLI):
+            say(f"execorder: {line}")
         if failing:
             raise typer.Exit(EXIT_FOUND)
 

@@ -58,37 +58,24 @@ def _parse_categories(text: str | None) -> tuple[Category, ...]:
     return parse_choices(text, known, option="--fail-on", hint=hint)
 
 
-def gate(report: Any, categories: tuple[Category, ...]) -> bool:
-    """Print one line per category the gate fails on (``report.failing``); whether it failed."""
-    failing = report.failing(categories)
-    for category, found in failing.items():
-        shown = ", ".join(found[:5]) + (f", … ({len(found) - 5} more)" if len(found) > 5 else "")
-        why = (
-            " (they rest on an assumption: unused and dead cannot be proven for them)"
-            if category is Category.ASSUMPTION
-            else ""
-        )
-        say(f"execorder: check failed: {category}: {len(found)} ({shown}){why}")
-    return bool(failing)
+def gate(result: Any, categories: tuple[Category, ...]) -> bool:
+    """Print what a report's or a sweep's gate fails on (``result.failing``); whether it failed."""
+    from execorder.output.views.gates import gate_lines
+
+    lines = gate_lines(result.failing(categories))
+    for line in lines:
+        say(f"execorder: {line}")
+    return bool(lines)
 
 
 def over_budget(report: Any) -> bool:
     """Print why the memory's peak exceeds its budget, if it does; whether it does."""
-    from execorder.spelling import label, size_text
+    from execorder.output.views.gates import budget_line
 
-    memory = report.memory
-    if memory is None or not memory.over_budget:
-        return False
-    at = memory.peak_at
-    where = f"{at.phase}" + (
-        f", call #{at.call} {label(report.modules[at.call].name)}" if at.call is not None else ""
-    )
-    largest = ", ".join(f"{kind} {size_text(size)}" for kind, size in memory.largest())
-    say(
-        f"execorder: check failed: memory: the peak, {size_text(memory.peak_bytes)} ({where}), "
-        f"exceeds the budget of {size_text(memory.budget_bytes or 0)}; largest: {largest}"
-    )
-    return True
+    line = budget_line(report)
+    if line is not None:
+        say(f"execorder: {line}")
+    return line is not None
 
 
 def _check_trace_options(

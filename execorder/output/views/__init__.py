@@ -10,6 +10,7 @@ one module a document, each deciding its words, counts and verdicts once.
 from execorder.output.views.ddp import ddp_view
 from execorder.output.views.diff import diff_line, diff_view
 from execorder.output.views.fsdp import fsdp_view, plan_dtypes
+from execorder.output.views.gates import budget_line, gate_lines, plan_gate_lines
 from execorder.output.views.ranks import ranks_view
 from execorder.output.views.report import assumptions_fact, ddp_verdict, report_view, slowest
 from execorder.output.views.sweep import sweep_view
@@ -17,12 +18,15 @@ from execorder.output.views.tree import tree_view
 
 __all__ = [
     "assumptions_fact",
+    "budget_line",
     "ddp_verdict",
     "ddp_view",
     "diff_line",
     "diff_view",
     "fsdp_view",
+    "gate_lines",
     "plan_dtypes",
+    "plan_gate_lines",
     "ranks_view",
     "report_view",
     "slowest",
