@@ -81,3 +81,43 @@ def test_gating_on_unused_or_dead_gates_on_assumption_too() -> None:
     assert meta.on_assumption and Category.ASSUMPTION in meta.failing(["dead"])
     with pytest.raises(ValueError):
         meta.failing(["branch"])
+
+
+def test_gating_on_outputs_fails_where_a_loss_on_the_main_output_alone_misses_parameters() -> None:
+    import models
+
+    assert gate_categories(["unused", "dead"]) == (
+        Category.UNUSED,
+        Category.DEAD,
+        Category.ASSUMPTION,
+    )  # opt-in: a loss may read every output
+    report = execorder.trace(models.TwoHeads())
+    assert dict(report.failing(["outputs"])) == {Category.OUTPUTS: ("value.weight", "value.bias")}
+    assert report.failing(["unused", "dead"]) == {}
+    assert execorder.trace(models.KeywordParam()).failing(["outputs"]) == {}
+
+    two_heads = ["trace", "tests/models.py:TwoHeads", "-f", "json", "-o", "/dev/null"]
+    result = runner.invoke(app, [*two_heads, "--fail-on", "outputs"])
+    assert result.exit_code == 1, result.output
+    assert "execorder: check failed: outputs: 2 (value.weight, value.bias) (only outputs" in (
+        result.stderr
+    )
+    result = runner.invoke(app, [*two_heads, "--fail-on", "outputs", "--sweep", "x=1,2"])
+    assert result.exit_code == 2
+    assert "--fail-on outputs gates one run's outputs: not with --sweep" in result.stderr
+    seed = execorder.profile("sample_models/seed.py:Model", concrete_args={"run_all_layers": True})
+    assert seed.report.failing(["outputs"]) == {}
+
+
+def test_a_sweep_has_no_outputs_finding() -> None:
+    from seed import Model
+
+    from execorder.analysis import sweep
+
+    result = sweep(
+        lambda args: execorder.trace(Model(), concrete_args=dict(args)),
+        axes=[("run_all_layers", [True, False])],
+        target="seed",
+    )
+    with pytest.raises(ValueError, match="one report"):
+        result.findings("outputs")

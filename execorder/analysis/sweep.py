@@ -26,6 +26,10 @@ class SweepClass(Word):
     NEVER = "never"
 
 
+SWEEP_CATEGORIES = tuple(c for c in Category if c is not Category.OUTPUTS)
+"""What a sweep's gate can fail on: ``outputs`` is one run's (its outputs' reach)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Combination:
     """One traced combination and its headline numbers."""
@@ -127,6 +131,8 @@ class SweepReport:
         assumption in some combination.
         """
         kind = Category(category)
+        if kind is Category.OUTPUTS:
+            raise ValueError(f"{kind} is a finding of one report, not of a sweep")
         if kind is Category.EXTERNAL:
             return self.external
         trainable = [p for p in self.params if p.requires_grad]
@@ -156,7 +162,7 @@ class SweepReport:
             "combinations": [c.to_dict() for c in self.combinations],
             "params": [p.to_dict() for p in self.params],
             "summary": {kind.value: len(self.by_status(kind)) for kind in SweepClass},
-            "findings": {kind.value: list(self.findings(kind)) for kind in Category},
+            "findings": {kind.value: list(self.findings(kind)) for kind in SWEEP_CATEGORIES},
         }
 
 

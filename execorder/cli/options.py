@@ -210,8 +210,10 @@ FailOnOpt = Annotated[
         "--fail-on",
         metavar="CATEGORIES",
         help="CI gate: after the report, exit 1 if any listed category is non-empty. "
-        "Comma-separated: unused, dead, external, assumption; with --sweep also branch "
-        "(trainable parameters used or given a gradient in some combinations only). "
+        "Comma-separated: unused, dead, external, assumption, outputs (trainable parameters "
+        "that get a gradient only through outputs other than the main one); with --sweep "
+        "also branch (trainable parameters used or given a gradient in some combinations "
+        "only), not outputs. "
         "unused, dead and assumption count trainable parameters only; unused and dead "
         "also fail on assumption, since neither can be proven for those parameters.",
         show_default=False,

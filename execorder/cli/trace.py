@@ -103,6 +103,8 @@ def _check_trace_options(
         raise UsageError("--sweep cannot be combined with --baseline")
     if Category.BRANCH in categories and not axes:
         raise UsageError("--fail-on branch needs --sweep: it gates on what differs between runs")
+    if Category.OUTPUTS in categories and axes:
+        raise UsageError("--fail-on outputs gates one run's outputs: not with --sweep")
     if baseline is not None and not update and not baseline.exists():
         raise UsageError(f"--baseline {baseline}: no such file; create it with --update-baseline")
 

@@ -71,6 +71,7 @@ class Category(Word):
     EXTERNAL = "external"  # parameters read while none of their modules runs
     BRANCH = "branch"  # a sweep's: used or given a gradient in some combinations only
     ASSUMPTION = "assumption"  # trainable parameters whose status rests on an assumption
+    OUTPUTS = "outputs"  # trainable parameters a loss on the main output alone would miss
 
 
 def gate_categories(categories: Iterable[Category | str]) -> tuple[Category, ...]:
@@ -78,6 +79,7 @@ def gate_categories(categories: Iterable[Category | str]) -> tuple[Category, ...
 
     Gating on unused or dead gates on assumption too: whether a parameter
     whose status rests on an assumption gets a gradient is not proven.
+    Outputs is only gated on when asked: a loss may read every output.
     """
     chosen = tuple(dict.fromkeys(Category(c) for c in categories))
     if {Category.UNUSED, Category.DEAD} & set(chosen):

@@ -594,8 +594,9 @@ class Report:
 
         Args:
             category: ``UNUSED``, ``DEAD`` or ``ASSUMPTION`` (trainable
-                parameters only: frozen ones cannot break DDP), or
-                ``EXTERNAL`` (uses).
+                parameters only: frozen ones cannot break DDP), ``OUTPUTS``
+                (those that get a gradient only through outputs other than
+                :attr:`OutputReach.main`), or ``EXTERNAL`` (uses).
 
         Raises:
             ValueError: For another category (``BRANCH`` is a sweep's).
@@ -609,6 +610,9 @@ class Report:
             return tuple(p.name for p in self.on_assumption if p.requires_grad)
         if kind is Category.EXTERNAL:
             return tuple(f"{u.param} used by {label(u.used_by)}" for u in self.external)
+        if kind is Category.OUTPUTS:
+            reach = self.output_reach
+            return () if reach is None else tuple(reach.misses.get(reach.main, ()))
         raise ValueError(f"{kind} is a finding of a sweep, not of one report")
 
     def failing(self, categories: Iterable[Category | str]) -> Mapping[Category, tuple[str, ...]]:

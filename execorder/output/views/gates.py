@@ -24,11 +24,15 @@ def gate_lines(failing: Mapping[Category, Sequence[str]]) -> list[str]:
         shown = ", ".join(found[:NAMES_SHOWN])
         if len(found) > NAMES_SHOWN:
             shown += f", … ({len(found) - NAMES_SHOWN} more)"
-        why = (
-            " (they rest on an assumption: unused and dead cannot be proven for them)"
-            if category is Category.ASSUMPTION
-            else ""
-        )
+        why = {
+            Category.ASSUMPTION: (
+                " (they rest on an assumption: unused and dead cannot be proven for them)"
+            ),
+            Category.OUTPUTS: (
+                " (only outputs other than the main one reach them: a loss that skips those"
+                " leaves them without a gradient)"
+            ),
+        }.get(category, "")
         lines.append(f"check failed: {category}: {len(found)} ({shown}){why}")
     return lines
 
