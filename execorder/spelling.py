@@ -6,7 +6,7 @@ root reads ``(root)`` and a size ``1.5 KB`` in every message, table and file.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 ROOT = ""
@@ -29,6 +29,12 @@ def size_text(count: float) -> str:
         if count >= size:
             return f"{count / size:,.1f} {unit}"
     return f"{count:.0f} B"
+
+
+def listed(names: Sequence[str], most: int = 3) -> str:
+    """The first ``most`` names, and how many more: ``a, b, c and 2 more``."""
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def args_text(args: Mapping[str, Any], *, none: str = "") -> str:

@@ -212,8 +212,12 @@ class Recording:
             self._order = list(unique_params(self._order))
             self._live = set(self._order)
         elif self._with_grad:
-            self._live = live_params(outputs, self._tree.params, self._swaps.canonical)
             self._reach = output_reach(outputs, self._tree.params, self._swaps.canonical)
+            self._live = (
+                live_params(outputs, self._tree.params, self._swaps.canonical)
+                if self._reach is None
+                else set().union(*(found for _, found in self._reach))
+            )
         # else: a forward under no_grad has no graph, so no liveness to tell.
 
     def report(

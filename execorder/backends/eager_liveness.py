@@ -94,15 +94,14 @@ def output_reach(
 ) -> list[tuple[str, set[nn.Parameter]]] | None:
     """For each of forward's outputs, by path, the parameters whose accumulators it reaches.
 
-    None when fewer than two outputs reach any: then the output is the whole
-    story. Each output is walked on its own (:func:`live_params`).
+    None when fewer than two outputs carry a gradient: then the output is the
+    whole story. Each output is walked on its own (:func:`live_params`); what
+    they reach together is what :func:`live_params` finds from all of them.
     """
     leaves = [(path, t) for path, t in named_leaves(outputs, torch.Tensor) if t.requires_grad]
     if len(leaves) < 2:
         return None
-    reach = [(path, live_params(tensor, params, stand_ins)) for path, tensor in leaves]
-    reach = [(path, found) for path, found in reach if found]
-    return reach if len(reach) > 1 else None
+    return [(path, live_params(tensor, params, stand_ins)) for path, tensor in leaves]
 
 
 class GradHooks:

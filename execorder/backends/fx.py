@@ -289,13 +289,19 @@ def trace(
     tracer = _Tracer()
     with gc_paused():
         _run_tracer(tracer, model, args, recorder)
+        reach = output_reach(tracer.graph, model)
+        live = (
+            live_params(tracer.graph, model)
+            if reach is None
+            else set().union(*(found for _, found in reach))
+        )
         return build_report(
             recorder,
             target=target or type(model).__name__,
             mode=Mode.FX,
             concrete_args=args,
-            live=live_params(tracer.graph, model),
-            outputs=output_reach(tracer.graph, model),
+            live=live,
+            outputs=reach,
         )
 
 

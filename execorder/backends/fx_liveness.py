@@ -367,17 +367,16 @@ def output_reach(
 ) -> list[tuple[str, set[nn.Parameter]]] | None:
     """For each of forward's outputs, by path, the parameters with a use that reaches it.
 
-    None when forward returns fewer than two values that can carry a
-    gradient: then the output is the whole story.
+    None when forward returns fewer than two values: then the output is the
+    whole story. What they reach together is what :func:`live_params` finds
+    from the output node.
     """
     output = next(node for node in graph.nodes if node.op == "output")
     leaves = list(_output_leaves(output.args[0] if output.args else None))
     if len(leaves) < 2:
         return None
     dead = dead_regions(graph, root)
-    reach = [(path, live_params(graph, root, start=[node], dead=dead)) for path, node in leaves]
-    reach = [(path, params) for path, params in reach if params]
-    return reach if len(reach) > 1 else None
+    return [(path, live_params(graph, root, start=[node], dead=dead)) for path, node in leaves]
 
 
 def _output_leaves(value: object, prefix: str = "") -> Iterator[tuple[str, torch.fx.Node]]:

@@ -7,23 +7,16 @@ keywords by default, the command line's flags from ``execorder.cli``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from execorder.analysis.sharding.kinds import CheckKind, Direction, Mistarget, UnitChoice
 from execorder.errors import PYTHON, Arg, Words
-from execorder.spelling import args_text, label, size_text
+from execorder.spelling import args_text, label, listed, size_text
 
 NONE = "no arguments"  # a run with no concrete arguments, in a check's sentence
 
 if TYPE_CHECKING:
     from execorder.analysis.sharding.records import Check, UnitRule
-
-
-def listed(names: Sequence[str], most: int = 3) -> str:
-    """The first ``most`` names, and how many more."""
-    shown = ", ".join(names[:most])
-    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def rule_text(rule: UnitRule, words: Words = PYTHON) -> str:

@@ -47,7 +47,7 @@ from execorder.report import (
     Report,
     shape_text,
 )
-from execorder.spelling import args_text
+from execorder.spelling import args_text, listed
 
 
 def report_view(
@@ -153,14 +153,6 @@ def _ancestors(report: Report, index: int) -> list[int]:
     return found
 
 
-NAMES_SHOWN = 3  # parameters named in a verdict before "and N more"
-
-
-def _named(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:NAMES_SHOWN])
-    return shown + (f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else "")
-
-
 def ddp_verdict(report: Report) -> Row:
     """Whether DDP (``find_unused_parameters=False``) gets a gradient for every parameter.
 
@@ -201,7 +193,7 @@ def ddp_verdict(report: Report) -> Row:
         text = (
             f"not proven: {plural(len(names), 'trainable parameter')} {get} a gradient only "
             f"through {'output' if len(others) == 1 else 'outputs'} {', '.join(others)}, "
-            f"not {reach.main} ({_named(names)}); a loss that does not read "
+            f"not {reach.main} ({listed(names)}); a loss that does not read "
             f"{'it' if len(others) == 1 else 'them'} leaves {them} without one"
         )
         return fact("DDP check", text, Severity.WARNING)
@@ -210,7 +202,7 @@ def ddp_verdict(report: Report) -> Row:
         more = len(reach.misses) - 1
         text = (
             f"ok through output {reach.main}: a loss on {output} alone misses "
-            f"{plural(len(missed), 'trainable parameter')} ({_named(missed)})"
+            f"{plural(len(missed), 'trainable parameter')} ({listed(missed)})"
             + (
                 f", and {plural(more, 'other output')} {'misses' if more == 1 else 'miss'} some"
                 if more
