@@ -103,6 +103,8 @@ CASES: dict[str, Case] = {
     "boolean-results": Case(models.BooleanResults, _x(2, 4)),
     "written-into": Case(models.WrittenInto, _x(2, 4), meta=False),
     "written-after-read": Case(models.WrittenAfterRead, _x(2, 4)),
+    "non-differentiable-outputs": Case(models.NonDifferentiableOutputs, _x(2, 4)),
+    "written-by-function": Case(models.WrittenByFunction, _x(2, 4)),
     "checkpoint-non-reentrant": Case(lambda: models.Checkpointed(reentrant=False), _ids(16, 2, 3)),
 }
 

@@ -990,3 +990,88 @@ def allocator_peak(held: Iterable[torch.Tensor], run: Callable[[], None]) -> int
         alive += change
         peak = max(peak, alive)
     return before + peak
+
+
+class _SortedIndices(torch.autograd.Function):
+    """Sorts; the indices are marked non-differentiable, as ``torch.sort``'s are."""
+
+    @staticmethod
+    def forward(ctx, scores):  # type: ignore[no-untyped-def, override]
+        values, indices = scores.sort(dim=-1)
+        ctx.mark_non_differentiable(indices)
+        return values, indices
+
+    @staticmethod
+    def backward(ctx, grad, _):  # type: ignore[no-untyped-def, override]
+        return grad
+
+
+class _Positive(torch.autograd.Function):
+    """A float mask of the positive entries, marked non-differentiable."""
+
+    @staticmethod
+    def forward(ctx, scores):  # type: ignore[no-untyped-def, override]
+        mask = (scores > 0).to(scores.dtype)
+        ctx.mark_non_differentiable(mask)
+        return mask
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def, override]
+        return None
+
+
+class NonDifferentiableOutputs(nn.Module):
+    """Custom Functions whose forward marks outputs non-differentiable (``ctx``).
+
+    ``router`` and ``masker`` reach the output only through such outputs: no
+    gradient. ``scorer`` reaches it through the sorted values as well: a
+    gradient.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.router = nn.Linear(4, 4)
+        self.masker = nn.Linear(4, 4)
+        self.scorer = nn.Linear(4, 4)
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.proj(x)
+        _, order = _SortedIndices.apply(self.router(x))
+        values, _ = _SortedIndices.apply(self.scorer(x))
+        return h.gather(-1, order) * _Positive.apply(self.masker(x)) + values
+
+
+class _ScaleInPlace(torch.autograd.Function):
+    """Scales its input in place (``ctx.mark_dirty``), as fused in-place kernels do."""
+
+    @staticmethod
+    def forward(ctx, x, w):  # type: ignore[no-untyped-def, override]
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x.detach().clone(), w)
+        x.mul_(w)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def, override]
+        x, w = ctx.saved_tensors
+        return grad * w, (grad * x).sum(0)
+
+
+class WrittenByFunction(nn.Module):
+    """A custom Function writes its input in place; forward reads the input after it.
+
+    The Function's backward gives ``scale`` and ``proj`` gradients, though
+    forward never reads what it returns: the written input's history is the
+    Function's.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+        self.scale = nn.Parameter(torch.ones(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.proj(x)
+        _ScaleInPlace.apply(h, self.scale)
+        return h

@@ -13,8 +13,13 @@ from those straight to the call's inputs, as the autograd engine goes from
 the Function's node to its inputs' accumulators. That holds when grad was on
 where it was called; a ``backward`` returning None for an input still reaches
 that input's accumulator (DDP counts it ready, though ``.grad`` stays None).
-Not seen: outputs ``forward`` marks non-differentiable (``ctx``), which count
-as differentiable here.
+
+What ``forward`` tells its ``ctx`` about traced values is noted rather than
+passed on (autograd's checks take tensors only): an output it marks
+non-differentiable carries no gradient (it is not stamped, and was made
+under ``no_grad``); an input it marks dirty is written by the Function, so
+the in-place ops on it inside ``forward`` are stamped too, and a read of the
+input after the call leads to the call's inputs, as the rebased history does.
 """
 
 from __future__ import annotations
@@ -44,6 +49,35 @@ class FunctionCall:
         self.inputs, self.outer_grad = inputs, outer_grad
 
 
+class _Told:
+    """What one ``forward`` told its ``ctx`` about traced values."""
+
+    def __init__(self) -> None:
+        self.non_differentiable: set[torch.fx.Node] = set()
+        self.dirty: set[torch.fx.Node] = set()
+
+
+def _noting(told: list[_Told], field: str, original: Any) -> Any:
+    """A ``ctx`` method that notes its traced arguments in ``told`` and passes the rest on."""
+
+    def method(ctx: Any, *args: Any) -> None:
+        if told:
+            getattr(told[-1], field).update(a.node for a in args if isinstance(a, torch.fx.Proxy))
+        original(ctx, *(a for a in args if not isinstance(a, torch.fx.Proxy)))
+
+    return method
+
+
+def _made_since(graph: torch.fx.Graph, last: torch.fx.Node | None) -> list[torch.fx.Node]:
+    """The nodes added to ``graph`` after ``last`` (all of them for None)."""
+    made = []
+    for node in reversed(graph.nodes):
+        if node is last:
+            break
+        made.append(node)
+    return made
+
+
 @contextmanager
 def functions_traced() -> Iterator[None]:
     """Stamp the outputs of every traced ``Function.apply`` with its :class:`FunctionCall`.
@@ -52,23 +86,42 @@ def functions_traced() -> Iterator[None]:
     while :func:`execorder.backends.checkpointing.regions_traced` patches it)
     are left to their own. Restored exactly on exit, also when tracing raises.
     """
-    Function = torch.autograd.Function
+    Function, Ctx = torch.autograd.Function, torch.autograd.function.FunctionCtx
     saved = Function.__dict__["apply"]
     original = saved.__func__
+    saved_ctx = {name: Ctx.__dict__[name] for name in ("mark_non_differentiable", "mark_dirty")}
+    told: list[_Told] = []
 
     def apply(cls: type, *args: Any, **kwargs: Any) -> Any:
-        inputs = [a.node for a in tree_leaves((args, kwargs)) if isinstance(a, torch.fx.Proxy)]
+        proxies = [a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.fx.Proxy)]
+        if not proxies:
+            return original(cls, *args, **kwargs)
+        inputs = [p.node for p in proxies]
+        graph = proxies[0].tracer.graph
+        last = next(iter(reversed(graph.nodes)), None)
         outer_grad = torch.is_grad_enabled()
-        result = original(cls, *args, **kwargs)
-        if inputs:
-            call = FunctionCall(inputs, outer_grad)
-            for out in tree_leaves(result):
-                if isinstance(out, torch.fx.Proxy) and out.node not in inputs:
-                    out.node.meta[FUNCTION_CALL] = call
+        told.append(_Told())
+        try:
+            result = original(cls, *args, **kwargs)
+        finally:
+            this = told.pop()
+        call = FunctionCall(inputs, outer_grad)
+        for out in tree_leaves(result):
+            node = out.node if isinstance(out, torch.fx.Proxy) else None
+            if node is not None and node not in inputs and node not in this.non_differentiable:
+                node.meta[FUNCTION_CALL] = call
+        if this.dirty:
+            for node in _made_since(graph, last):
+                if node.args and node.args[0] in this.dirty:
+                    node.meta[FUNCTION_CALL] = call
         return result
 
     Function.apply = classmethod(apply)  # type: ignore[assignment, method-assign]
+    Ctx.mark_non_differentiable = _noting(told, "non_differentiable", saved_ctx["mark_non_differentiable"])  # type: ignore[method-assign]
+    Ctx.mark_dirty = _noting(told, "dirty", saved_ctx["mark_dirty"])  # type: ignore[method-assign]
     try:
         yield
     finally:
         Function.apply = saved  # type: ignore[method-assign]
+        for name, method in saved_ctx.items():
+            setattr(Ctx, name, method)
