@@ -1075,3 +1075,24 @@ class WrittenByFunction(nn.Module):
         h = self.proj(x)
         _ScaleInPlace.apply(h, self.scale)
         return h
+
+
+class ReadForShapeOnly(nn.Module):
+    """Parameters read only for their shape, dtype or device, or compared whole.
+
+    ``x.view_as(w)``, ``x.type_as(w)``, ``x.to(w)``, ``torch.result_type`` and
+    ``is_floating_point`` give ``w`` no gradient: ``shape``, ``cast``,
+    ``device`` and ``same`` get none; ``proj`` gets its own.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+        self.shape = nn.Parameter(torch.randn(2, 4))
+        self.cast = nn.Parameter(torch.randn(4))
+        self.device = nn.Parameter(torch.randn(4))
+        self.same = nn.Parameter(torch.randn(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.proj(x).view_as(self.shape).type_as(self.cast).to(self.device)
+        return h * (torch.result_type(self.same, x) == x.dtype) * self.same.is_floating_point()

@@ -117,8 +117,8 @@ def functions_traced() -> Iterator[None]:
         return result
 
     Function.apply = classmethod(apply)  # type: ignore[assignment, method-assign]
-    Ctx.mark_non_differentiable = _noting(told, "non_differentiable", saved_ctx["mark_non_differentiable"])  # type: ignore[method-assign]
-    Ctx.mark_dirty = _noting(told, "dirty", saved_ctx["mark_dirty"])  # type: ignore[method-assign]
+    for name, field in (("mark_non_differentiable", "non_differentiable"), ("mark_dirty", "dirty")):
+        setattr(Ctx, name, _noting(told, field, saved_ctx[name]))
     try:
         yield
     finally:

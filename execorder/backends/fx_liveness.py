@@ -40,23 +40,18 @@ import torch.fx
 from torch import nn
 
 from execorder.backends.checkpointing import REGION, Region
-from execorder.backends.common import named_leaves
+from execorder.backends.common import METADATA_ATTRS, METADATA_METHODS, named_leaves
 from execorder.backends.fx_functions import FUNCTION_CALL
 
 GRAD_ENABLED = "execorder_grad_enabled"
 """``node.meta`` key: whether grad mode was on when the node was created."""
 
 # Attributes of a tensor that are not tensors, or carry no gradient.
-_NO_GRAD_ATTRS = frozenset(
+_NO_GRAD_ATTRS = METADATA_ATTRS | {"data", "grad", "is_leaf", "nbytes", "itemsize"}
+_NO_GRAD_METHODS = METADATA_METHODS | frozenset(
     {
-        "shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout", "is_sparse",
-        "data", "grad",
-    }
-)  # fmt: skip
-_NO_GRAD_METHODS = frozenset(
-    {
-        "size", "dim", "numel", "stride", "storage_offset", "element_size", "is_contiguous",
         "detach", "detach_", "item", "tolist", "data_ptr",
+        "equal", "allclose", "is_nonzero", "is_same_size", "is_signed", "is_set_to",
         "argmax", "argmin", "argsort", "nonzero",
         "eq", "ne", "gt", "ge", "lt", "le", "isnan", "isinf", "isfinite", "logical_not",
         "isclose", "isneginf", "isposinf", "isreal", "signbit", "logical_and", "logical_or",
@@ -79,8 +74,13 @@ _NO_GRAD_FUNCTIONS: frozenset[object] = frozenset(
         torch.bucketize, torch.searchsorted, torch.detach,
         torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like,
         torch.rand_like, torch.randn_like, torch.randint_like,
+        torch.is_floating_point, torch.is_complex, torch.is_nonzero, torch.is_same_size,
+        torch.result_type, torch.equal, torch.allclose, torch.can_cast, torch.promote_types,
     }
 )  # fmt: skip
+# Methods that read only the shape, dtype or device of their tensor arguments
+# after the first (``x.view_as(w)``, ``x.to(w)``): no gradient goes to those.
+_FIRST_ARGUMENT_ONLY = frozenset({"view_as", "expand_as", "reshape_as", "type_as", "to"})
 # Ops whose result is a view of their first argument.
 _VIEW_OPS = frozenset(
     {
@@ -166,6 +166,14 @@ def _carries_no_gradient(node: torch.fx.Node) -> bool:
     return False
 
 
+def _gradient_inputs(node: torch.fx.Node) -> list[torch.fx.Node]:
+    """The input nodes a gradient goes to from ``node`` (when it carries one)."""
+    if node.op == "call_method" and node.target in _FIRST_ARGUMENT_ONLY:
+        first = node.args[0] if node.args else None
+        return [first] if isinstance(first, torch.fx.Node) else []
+    return node.all_input_nodes
+
+
 def _is_in_place(node: torch.fx.Node) -> bool:
     if node.op == "call_function" and node.target is operator.setitem:
         return True
@@ -235,7 +243,7 @@ def dead_regions(graph: torch.fx.Graph, root: nn.Module) -> set[Region]:
         elif no_history or _carries_no_gradient(node):
             needs[node] = False
         else:
-            inputs = any(needs.get(n, False) for n in node.all_input_nodes)
+            inputs = any(needs.get(n, False) for n in _gradient_inputs(node))
             needs[node] = inputs or _needs_grad(node, params, root)
     for node in graph.nodes:
         alive(node.meta.get(REGION))
@@ -307,7 +315,7 @@ def live_nodes(
             stack.extend((w, read_at) for w in written if position[w] < read_at)
         if not _carries_no_gradient(node):
             here = position[node]
-            stack.extend((i, here) for i in node.all_input_nodes)
+            stack.extend((i, here) for i in _gradient_inputs(node))
     return live
 
 
