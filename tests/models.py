@@ -1096,3 +1096,15 @@ class ReadForShapeOnly(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.proj(x).view_as(self.shape).type_as(self.cast).to(self.device)
         return h * (torch.result_type(self.same, x) == x.dtype) * self.same.is_floating_point()
+
+
+class AdaptiveHead(nn.Module):
+    """``nn.AdaptiveLogSoftmaxWithLoss`` runs a tail cluster only for the targets in it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(8, 8)
+        self.head = nn.AdaptiveLogSoftmaxWithLoss(8, 12, [4, 8], div_value=2.0)
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x), target).loss

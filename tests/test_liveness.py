@@ -10,6 +10,7 @@ from seed import Model
 
 import execorder
 from execorder import eager
+from execorder.errors import ControlFlowError
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
@@ -87,6 +88,24 @@ def test_leaf_modules_fx_cannot_see_into_are_assumed() -> None:
     assert assumed == {n for n, _ in models.OpaqueLeaf().lstm.named_parameters(prefix="lstm")}
     assert not report.param("head.weight").assumed
     assert report.summary.params_assumed == 4
+
+
+def test_a_torch_nn_module_using_parameters_by_value_is_traced_into_not_assumed() -> None:
+    """FX would make AdaptiveLogSoftmaxWithLoss a leaf and call every cluster used ("ok").
+
+    Traced into, its forward branches on the targets: FX says so, and eager
+    with targets in the head cluster only sees the tails get no gradient.
+    """
+    with pytest.raises(ControlFlowError, match="'target'"):
+        execorder.trace(models.AdaptiveHead())
+    torch.manual_seed(0)
+    model = models.AdaptiveHead()
+    args = (torch.randn(4, 8), torch.tensor([0, 1, 2, 3]))
+    report = eager.trace(model, args=args)
+    model(*args).backward()
+    real = [n for n, p in model.named_parameters() if p.grad is None]
+    assert real and all(name.startswith("head.tail.") for name in real)
+    assert [p.name for p in report.no_grad()] == real
 
 
 def test_external_use_is_flagged() -> None:

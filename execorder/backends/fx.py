@@ -47,20 +47,40 @@ from execorder.report import Mode, Report
 _OP_KINDS = frozenset({"call_function", "call_method"})
 
 # torch.nn leaf modules known to read every parameter they have on every
-# call. Other leaf modules (nn.LSTM, nn.MultiheadAttention, nn.Transformer*,
-# a user's own leaves) are opaque to FX: their parameters are assumed used.
+# call, one op each: their use is observed.
 _USES_ALL_PARAMS: tuple[type[nn.Module], ...] = (
     nn.Linear, nn.Bilinear, nn.Embedding, nn.EmbeddingBag,
     nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
     nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.PReLU,
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
     nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+)  # fmt: skip
+# torch.nn leaf modules that read every parameter on every call, in an order
+# FX cannot see (fused kernels, inner modules read directly): their use is
+# certain, its order within the call assumed (named_parameters() order).
+_READS_ALL_UNSEEN: tuple[type[nn.Module], ...] = (
+    nn.RNNBase, nn.RNNCellBase, nn.MultiheadAttention, nn.Transformer,
+    nn.TransformerEncoder, nn.TransformerDecoder,
+    nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
 )  # fmt: skip
 
 
 def uses_all_params(module: nn.Module) -> bool:
     """Whether a leaf module is known to read all its parameters when called."""
     return type(module) in _USES_ALL_PARAMS
+
+
+def _use_unknown(module: nn.Module) -> bool:
+    """A torch.nn module with parameters it may not read on every call.
+
+    FX would make it a leaf and take all its parameters as used: a confident
+    "every parameter gets a gradient" for ``nn.AdaptiveLogSoftmaxWithLoss``,
+    whose clusters run only for the targets in them. Traced into instead, its
+    forward shows what it reads, or FX says why it cannot trace it.
+    """
+    if uses_all_params(module) or isinstance(module, _READS_ALL_UNSEEN):
+        return False
+    return next(module.parameters(), None) is not None
 
 
 _PATCHED = ("call_module", "create_node")
@@ -177,6 +197,10 @@ class _Tracer(torch.fx.Tracer):
             self._param_names = {id(p): n for n, p in root.named_parameters()}
             self._buffer_names = {id(b): n for n, b in root.named_buffers()}
         return super().trace(root, concrete_args)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        """torch.nn's modules, as torch.fx has it, but those whose parameter use is unknown."""
+        return super().is_leaf_module(m, module_qualified_name) and not _use_unknown(m)
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
         if isinstance(attr_val, nn.Parameter):
