@@ -1108,3 +1108,21 @@ class AdaptiveHead(nn.Module):
 
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x), target).loss
+
+
+class ReadThroughParameters(nn.Module):
+    """Forward reads parameters from ``self.parameters()``, as DDP's well-known fix does.
+
+    ``head`` never runs, but ``0 * sum(p.sum() ...)`` over its parameters
+    gives each a gradient (of zeros): DDP is satisfied. FX never sees these
+    parameters as proxies: the sum runs for real while it traces.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        return out + 0 * sum(p.sum() for p in self.head.parameters())

@@ -108,6 +108,15 @@ def test_a_torch_nn_module_using_parameters_by_value_is_traced_into_not_assumed(
     assert [p.name for p in report.no_grad()] == real
 
 
+def test_tracing_leaves_the_model_as_it_was() -> None:
+    """FX sets what forward computed outside the trace on the root; it is taken back."""
+    model = models.ReadThroughParameters()
+    before = set(vars(model))
+    report = execorder.trace(model)
+    assert set(vars(model)) == before
+    assert report.param("head.weight").first_module == ""  # the root read it
+
+
 def test_external_use_is_flagged() -> None:
     report = execorder.trace(models.ExternalUse())
     assert [(u.param, u.owner, u.used_by, u.call) for u in report.external] == [

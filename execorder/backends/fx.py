@@ -29,7 +29,12 @@ from execorder.backends.common import (
     owner,
 )
 from execorder.backends.fx_functions import functions_traced
-from execorder.backends.fx_liveness import GRAD_ENABLED, live_params, output_reach
+from execorder.backends.fx_liveness import (
+    COMPUTED_FROM,
+    GRAD_ENABLED,
+    live_params,
+    output_reach,
+)
 from execorder.errors import (
     ControlFlowError,
     IterationError,
@@ -93,6 +98,40 @@ def _reads_metadata(node: torch.fx.Node) -> bool:
     return node.target is builtins.getattr and len(node.args) > 1 and node.args[1] in METADATA_ATTRS
 
 
+def _attribute(module: nn.Module, target: str) -> object:
+    """What a ``get_attr`` node's dotted target names on ``module`` (None if nothing)."""
+    value: object = module
+    for name in target.split("."):
+        value = getattr(value, name, None)
+    return value
+
+
+def _computed_from(value: object, trainable: Mapping[int, nn.Parameter]) -> list[nn.Parameter]:
+    """The parameters a tensor's autograd history leads to, in ``trainable``'s order.
+
+    Forward can compute on a parameter FX never proxied (one from
+    ``self.parameters()``: ``sum(p.pow(2).sum() for p in ...)``, DDP's
+    well-known fix for unused parameters). That runs for real while FX
+    traces, and the result enters the graph as a tensor constant; its
+    history says which parameters it was computed from.
+    """
+    fn = value.grad_fn if isinstance(value, torch.Tensor) else None
+    if fn is None:
+        return []
+    reached: set[int] = set()
+    seen, stack = {fn}, [fn]
+    while stack:
+        fn = stack.pop()
+        variable = getattr(fn, "variable", None)  # an AccumulateGrad: the leaf it feeds
+        if variable is not None:
+            reached.add(id(variable))
+        for following, _ in fn.next_functions:
+            if following is not None and following not in seen:
+                seen.add(following)
+                stack.append(following)
+    return [param for key, param in trainable.items() if key in reached]
+
+
 @contextmanager
 def record_tracer(
     tracer: torch.fx.Tracer,
@@ -125,6 +164,7 @@ def record_tracer(
         The recorder.
     """
     by_name = dict(root_module.named_parameters())
+    by_id = {id(p): p for p in by_name.values()}
     orig_call_module = tracer.call_module
     orig_create_node = tracer.create_node
     # Restore exactly: methods patched on the instance before are put back,
@@ -164,6 +204,12 @@ def record_tracer(
                 recorder.use(params_read(node))
         elif kind == "output":
             recorder.use(params_read(node))
+        elif kind == "get_attr" and node.target not in by_name:
+            # A tensor constant: computed from parameters outside the trace, it uses them here.
+            params = _computed_from(_attribute(root_module, str(node.target)), by_id)
+            if params:
+                node.meta[COMPUTED_FROM] = params
+                recorder.use(params)
         elif kind == "call_module":
             # The caller evaluated the arguments; the leaf uses all its own
             # parameters, which FX cannot see into.
@@ -329,12 +375,31 @@ def trace(
         )
 
 
+@contextmanager
+def _constants_taken_back(model: nn.Module) -> Iterator[None]:
+    """Take back the tensor constants torch.fx sets on ``model`` while it traces.
+
+    FX stores each tensor forward computed outside the trace as an attribute
+    of the root (``_tensor_constant0``, ...): left there, the user's model
+    would keep it, with the autograd history it holds.
+    """
+    before = set(vars(model))
+    try:
+        yield
+    finally:
+        for name in [
+            n for n in vars(model) if n not in before and n.startswith("_tensor_constant")
+        ]:
+            delattr(model, name)
+
+
 def _run_tracer(
     tracer: _Tracer, model: nn.Module, args: dict[str, Any], recorder: Recorder
 ) -> None:
     """Trace ``model`` into ``recorder``; FX's errors become :class:`TraceFailure`."""
     try:
         with (
+            _constants_taken_back(model),
             functions_traced(),
             regions_traced(Regions()) as regions,
             record_tracer(tracer, model, recorder, regions=regions),

@@ -45,6 +45,8 @@ from execorder.backends.fx_functions import FUNCTION_CALL
 
 GRAD_ENABLED = "execorder_grad_enabled"
 """``node.meta`` key: whether grad mode was on when the node was created."""
+COMPUTED_FROM = "execorder_computed_from"
+"""``node.meta`` key of a tensor constant: the parameters its autograd history leads to."""
 
 # Attributes of a tensor that are not tensors, or carry no gradient.
 _NO_GRAD_ATTRS = METADATA_ATTRS | {"data", "grad", "is_leaf", "nbytes", "itemsize"}
@@ -200,6 +202,8 @@ def _mutated(node: torch.fx.Node) -> Iterable[torch.fx.Node]:
 def _needs_grad(node: torch.fx.Node, params: dict[str, nn.Parameter], root: nn.Module) -> bool:
     """Whether a node's value needs grad, given whether its inputs' do (``needs``)."""
     if node.op == "get_attr":
+        if COMPUTED_FROM in node.meta:
+            return any(p.requires_grad for p in node.meta[COMPUTED_FROM])
         return node.target in params and params[str(node.target)].requires_grad
     if node.op == "call_module" and isinstance(node.target, str):
         return any(p.requires_grad for p in root.get_submodule(node.target).parameters())
@@ -347,6 +351,8 @@ def live_params(
                 user in nodes and position[user] < switched for user in node.users
             ):
                 live.add(params[str(node.target)])
+        elif node.op == "get_attr" and COMPUTED_FROM in node.meta:
+            live.update(node.meta[COMPUTED_FROM])
         elif node.op == "call_module" and isinstance(node.target, str):
             live.update(root.get_submodule(node.target).parameters())
     return live
