@@ -107,6 +107,7 @@ CASES: dict[str, Case] = {
     "written-by-function": Case(models.WrittenByFunction, _x(2, 4)),
     "read-for-shape-only": Case(models.ReadForShapeOnly, _x(2, 4)),
     "read-through-parameters": Case(models.ReadThroughParameters, _x(2, 4)),
+    "pooling-indices": Case(models.PoolingIndices, _x(2, 4)),
     "checkpoint-non-reentrant": Case(lambda: models.Checkpointed(reentrant=False), _ids(16, 2, 3)),
 }
 

@@ -1126,3 +1126,29 @@ class ReadThroughParameters(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.body(x)
         return out + 0 * sum(p.sum() for p in self.head.parameters())
+
+
+class PoolingIndices(nn.Module):
+    """Parameters that reach the output only through a pooling's indices or LU's pivots.
+
+    ``F.max_pool1d(..., return_indices=True)``, ``nn.MaxPool1d(return_indices=True)``
+    and ``torch.linalg.lu_factor`` return integer indices beside their values:
+    ``pooled``, ``pooled_by_module`` and ``pivoted`` get no gradient; ``kept``
+    reaches the output through the pooled values.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pooled = nn.Linear(4, 4)
+        self.pooled_by_module = nn.Linear(4, 4)
+        self.pool = nn.MaxPool1d(2, return_indices=True)
+        self.pivoted = nn.Parameter(torch.randn(4, 4) + 4 * torch.eye(4))
+        self.kept = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, where = F.max_pool1d(self.pooled(x).unsqueeze(1), 2, return_indices=True)
+        _, also = self.pool(self.pooled_by_module(x).unsqueeze(1))
+        _, pivots = torch.linalg.lu_factor(self.pivoted)
+        values, _ = F.max_pool1d(self.kept(x).unsqueeze(1), 2, return_indices=True)
+        indices = (where + also).squeeze(1).float() + pivots[:2].float()
+        return values.squeeze(1).repeat(1, 2) + indices.repeat(1, 2)

@@ -245,7 +245,10 @@ class _Tracer(torch.fx.Tracer):
         return super().trace(root, concrete_args)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        """torch.nn's modules, as torch.fx has it, but those whose parameter use is unknown."""
+        """torch.nn's modules, as torch.fx has it, but those whose parameter use is
+        unknown, and a pooling that returns its indices (which carry no gradient)."""
+        if getattr(m, "return_indices", False) is True:
+            return False
         return super().is_leaf_module(m, module_qualified_name) and not _use_unknown(m)
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:

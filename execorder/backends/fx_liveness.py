@@ -55,7 +55,8 @@ _NO_GRAD_METHODS = METADATA_METHODS | frozenset(
         "detach", "detach_", "item", "tolist", "data_ptr",
         "equal", "allclose", "is_nonzero", "is_same_size", "is_signed", "is_set_to",
         "argmax", "argmin", "argsort", "nonzero",
-        "eq", "ne", "gt", "ge", "lt", "le", "isnan", "isinf", "isfinite", "logical_not",
+        "eq", "ne", "gt", "ge", "lt", "le", "greater", "greater_equal", "less", "less_equal",
+        "not_equal", "isnan", "isinf", "isfinite", "logical_not",
         "isclose", "isneginf", "isposinf", "isreal", "signbit", "logical_and", "logical_or",
         "logical_xor", "any", "all", "count_nonzero", "argwhere", "multinomial", "histc",
         "long", "int", "short", "bool", "byte", "char",
@@ -67,7 +68,8 @@ _NO_GRAD_FUNCTIONS: frozenset[object] = frozenset(
         builtins.len, builtins.isinstance,
         operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge,
         torch.argmax, torch.argmin, torch.argsort, torch.nonzero, torch.numel,
-        torch.eq, torch.ne, torch.gt, torch.ge, torch.lt, torch.le,
+        torch.eq, torch.ne, torch.gt, torch.ge, torch.lt, torch.le, torch.greater,
+        torch.greater_equal, torch.less, torch.less_equal, torch.not_equal,
         torch.isnan, torch.isinf, torch.isfinite, torch.logical_not,
         torch.isclose, torch.isin, torch.isneginf, torch.isposinf, torch.isreal, torch.signbit,
         torch.logical_and, torch.logical_or, torch.logical_xor, torch.any, torch.all,
@@ -94,7 +96,9 @@ _VIEW_OPS = frozenset(
 
 
 # Ops that return (values, indices); those marked "along a dim" only when given one.
-_WITH_INDICES = frozenset({"topk", "sort", "kthvalue", "mode", "cummax", "cummin", "frexp"})
+_WITH_INDICES = frozenset(
+    {"topk", "sort", "kthvalue", "mode", "cummax", "cummin", "frexp", "lu", "linalg_lu_factor"}
+)  # fmt: skip
 _WITH_INDICES_ALONG_A_DIM = frozenset({"max", "min", "median", "nanmedian"})
 
 
@@ -120,8 +124,10 @@ def _outputs_with_indices(node: torch.fx.Node) -> int:
     if node.op not in ("call_method", "call_function"):
         return 0
     name = _op_name(node)
-    if name in _WITH_INDICES:
+    if name in _WITH_INDICES or name.endswith("_with_indices"):  # max_pool2d_with_indices
         return 2
+    if name == "linalg_lu_factor_ex":
+        return 3
     if name in ("unique", "unique_consecutive"):
         flags = ("return_inverse", "return_counts")
         count = 1 + sum(bool(node.kwargs.get(flag)) for flag in flags)
@@ -164,6 +170,8 @@ def _carries_no_gradient(node: torch.fx.Node) -> bool:
             return True
         if node.target is builtins.getattr:
             return len(node.args) > 1 and node.args[1] in _NO_GRAD_ATTRS
+        if node.target is torch.where and len(node.args) + len(node.kwargs) == 1:
+            return True  # torch.where(condition): the indices where it holds
         return node.target in _NO_GRAD_FUNCTIONS
     return False
 
