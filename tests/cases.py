@@ -15,6 +15,7 @@ from llama import Llama
 from moe import MoE
 from reuse import Reuse
 from seed import Model
+from shared import SharedLayers
 from tied import TiedLM
 from torch import nn
 from transformer import Transformer
@@ -61,6 +62,7 @@ CASES: dict[str, Case] = {
     "seed-all-layers": Case(Model, _x(2, 6), {"run_all_layers": True}),
     "seed-some-layers": Case(Model, _x(2, 6), {"run_all_layers": False}),
     "tied": Case(TiedLM, _ids(32, 2, 5)),
+    "shared": Case(SharedLayers, _ids(100, 2, 5)),
     "reuse": Case(Reuse, _x(2, 8)),
     "transformer": Case(lambda: Transformer(n_layers=2), _ids(64, 2, 5)),
     "keyword": Case(models.KeywordParam, _x(2, 4)),
@@ -108,6 +110,9 @@ CASES: dict[str, Case] = {
     "read-for-shape-only": Case(models.ReadForShapeOnly, _x(2, 4)),
     "read-through-parameters": Case(models.ReadThroughParameters, _x(2, 4)),
     "pooling-indices": Case(models.PoolingIndices, _x(2, 4)),
+    "checkpoint-reused-twice": Case(models.CheckpointReused, _x(2, 4)),
+    "checkpoint-reused-after": Case(lambda: models.CheckpointReused("after"), _x(2, 4)),
+    "checkpoint-reused-first": Case(models.CheckpointReusedFirst, _x(2, 4)),
     "checkpoint-non-reentrant": Case(lambda: models.Checkpointed(reentrant=False), _ids(16, 2, 3)),
 }
 

@@ -1152,3 +1152,54 @@ class PoolingIndices(nn.Module):
         values, _ = F.max_pool1d(self.kept(x).unsqueeze(1), 2, return_indices=True)
         indices = (where + also).squeeze(1).float() + pivots[:2].float()
         return values.squeeze(1).repeat(1, 2) + indices.repeat(1, 2)
+
+
+class CheckpointReused(nn.Module):
+    """One block's parameters in more than one reentrant checkpoint's backward.
+
+    ``twice``: the block runs in two checkpoints (a layer shared across depth,
+    as ALBERT's, under gradient checkpointing); ``after``: in one, and again
+    after it, outside. A reentrant checkpoint runs a backward of its own, so
+    the block's gradient arrives in two passes: DDP raises ("Expected to mark
+    a variable ready only once").
+    """
+
+    def __init__(self, where: str = "twice") -> None:
+        super().__init__()
+        self.where = where
+        self.embed = nn.Linear(4, 4)
+        self.block = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        h = checkpoint(self.block, self.embed(x), use_reentrant=True)
+        h = (
+            checkpoint(self.block, h, use_reentrant=True)
+            if self.where == "twice"
+            else self.block(h)
+        )
+        return self.head(h)
+
+
+class CheckpointReusedFirst(nn.Module):
+    """A block run outside, then inside a reentrant checkpoint with every other parameter.
+
+    The checkpoint's own backward gives every parameter its gradient, so DDP
+    all-reduces them all and ends the step there; the block's other part
+    arrives after, unreduced: its gradients differ across ranks, silently.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def _rest(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(h))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(self._rest, self.block(x), use_reentrant=True)

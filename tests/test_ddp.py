@@ -7,12 +7,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch.distributed as dist
 from cases import CASES, predict
 
 PROBE = Path(__file__).resolve().parent / "ddp_probe.py"
+PASSES_PROBE = Path(__file__).resolve().parent / "ddp_passes_probe.py"
+CONTROLS = ["checkpoint-reentrant", "checkpoint-non-reentrant", "tied"]
 
 pytestmark = [
     pytest.mark.processes,
@@ -29,11 +32,16 @@ def ddp_indices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[int]
 
     None for a case whose outputs need no gradient (DDP never runs a backward).
     """
-    store = tmp_path_factory.mktemp("ddp") / "store"
+    lines = _probe(PROBE, tmp_path_factory.mktemp("ddp") / "store", list(CASES))
+    return {line["case"]: line["indices"] for line in lines}
+
+
+def _probe(script: Path, store: Path, names: list[str]) -> list[dict[str, Any]]:
+    """The JSON lines a probe prints for the cases ``names``, run in one bounded subprocess."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TORCH_DISTRIBUTED")}
     try:
         result = subprocess.run(
-            [sys.executable, str(PROBE), str(store), *CASES],
+            [sys.executable, str(script), str(store), *names],
             capture_output=True,
             text=True,
             timeout=240,
@@ -41,10 +49,9 @@ def ddp_indices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[int]
             check=False,
         )
     except subprocess.TimeoutExpired:
-        pytest.fail("the DDP probe did not finish within 240 s")
+        pytest.fail(f"{script.name} did not finish within 240 s")
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = [json.loads(line) for line in result.stdout.splitlines()]
-    return {line["case"]: line["indices"] for line in lines}
+    return [json.loads(line) for line in result.stdout.splitlines()]
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -68,3 +75,24 @@ def test_ddp_fails_on_enough_models(ddp_indices: dict[str, list[int] | None]) ->
     failing = [name for name, indices in ddp_indices.items() if indices]
     assert len(failing) >= 3, failing
     assert ddp_indices["seed-all-layers"] == [0, 1, 2, 5, 6, 7]
+
+
+@pytest.fixture(scope="module")
+def split_cases() -> list[str]:
+    """The cases whose parameters execorder says get their gradient in several passes."""
+    return [name for name in CASES if predict(CASES[name]).split_gradients]
+
+
+def test_a_gradient_in_several_passes_is_what_ddp_fails_on(
+    split_cases: list[str], tmp_path: Path
+) -> None:
+    """Where execorder says a gradient arrives in parts, DDP on two ranks raises or drifts;
+    with static_graph=True, or where it says nothing, every step is the same on both ranks."""
+    assert len(split_cases) >= 3, split_cases
+    lines = _probe(PASSES_PROBE, tmp_path / "store", [*split_cases, *CONTROLS])
+    fared = {line["case"]: line for line in lines}
+    assert set(fared) == {*split_cases, *CONTROLS}
+    for name, line in fared.items():
+        assert (line["default"] != "ok") == (name in split_cases), line
+        assert line["static_graph"] == "ok", line
+    assert {fared[name]["default"] for name in split_cases} == {"raises", "drifts"}

@@ -58,6 +58,7 @@ def test_eager_agrees_with_fx(case: Case, device: str) -> None:
     assert [p.name for p in ours.unused] == [p.name for p in fx.unused]
     assert [p.name for p in ours.dead] == [p.name for p in fx.dead]
     assert ours.output_reach == fx.output_reach
+    assert ours.split_gradients == fx.split_gradients
 
 
 @pytest.mark.parametrize(("case", "device"), EAGER_RUNS)

@@ -26,7 +26,9 @@ class SweepClass(Word):
     NEVER = "never"
 
 
-SWEEP_CATEGORIES = tuple(c for c in Category if c is not Category.OUTPUTS)
+ONE_RUN = (Category.OUTPUTS, Category.REENTRANT)
+"""Categories of one run's report that a sweep does not gate on."""
+SWEEP_CATEGORIES = tuple(c for c in Category if c not in ONE_RUN)
 """What a sweep's gate can fail on: ``outputs`` is one run's (its outputs' reach)."""
 
 
@@ -131,7 +133,7 @@ class SweepReport:
         assumption in some combination.
         """
         kind = Category(category)
-        if kind is Category.OUTPUTS:
+        if kind in ONE_RUN:
             raise ValueError(f"{kind} is a finding of one report, not of a sweep")
         if kind is Category.EXTERNAL:
             return self.external

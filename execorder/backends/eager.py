@@ -117,6 +117,7 @@ class Recording:
         self._backward_assumed = False  # ... and one made after it (by backward)
         self._events: list[Event] = []
         self._order: list[nn.Parameter] = []  # gradient accumulations, by hook
+        self._tasks: list[int] = []  # the backward pass (graph task) of each
         self._calls = 0
         self._failed = False
         self._ended = False
@@ -125,12 +126,13 @@ class Recording:
         self._returned: list[nn.Parameter] = []
         self._live: set[nn.Parameter] | None = None
         self._reach: list[tuple[str, set[nn.Parameter]]] | None = None
+        self._passes: dict[nn.Parameter, set[Any]] = {}  # each live parameter's backward passes
         self._inputs: dict[str, str] = {}
         self._trainable: list[nn.Parameter] = []
         self._concrete_args: dict[str, Any] = {}
         self._defaults: dict[str, Any] = {}
         self._hooks = GradHooks()
-        self._swaps = Swaps(self._hooks, self._order.append)
+        self._swaps = Swaps(self._hooks, self._accumulated)
         self._method: str | None = None
         self.ddp: DdpSettings | None = None
         """DDP's settings, when the recorded call ran inside a ``DistributedDataParallel``."""
@@ -190,10 +192,20 @@ class Recording:
         elif self._calls:
             self._backward_assumed = True
 
+    def _accumulated(self, param: nn.Parameter) -> None:
+        """A gradient hook: ``param``'s gradient was accumulated, in the pass running now.
+
+        A reentrant checkpoint's block runs a backward pass (an autograd graph
+        task) of its own; a wrapper that swaps parameters may run two hooks
+        for one accumulation, in the same pass.
+        """
+        self._order.append(param)
+        self._tasks.append(_graph_task())
+
     def walk_outputs(self, outputs: Any) -> None:
         """Walk each output on its own (:attr:`Report.output_reach`): before a backward of
         their sum (``backward=True``) frees the graph the walk needs."""
-        self._reach = output_reach(outputs, self._tree.params, self._swaps.canonical)
+        self._reach = output_reach(outputs, self._tree.params, self._swaps.canonical, self._passes)
 
     def _finish(self) -> None:
         """The block has ended: take what needs the outputs, then let them go."""
@@ -208,13 +220,18 @@ class Recording:
             self._events.append(Assumed("backward"))
         if self._order:
             # A backward ran: the parameters that got a gradient are the live
-            # ones. Several backwards: each parameter at its first accumulation.
+            # ones, each accumulated once a backward pass (a reentrant
+            # checkpoint's block runs a pass of its own). Listed at the first.
+            self._passes = {}  # what walk_outputs found before it is the hooks' to say
+            for param, task in zip(self._order, self._tasks, strict=True):
+                self._passes.setdefault(param, set()).add(task)
             self._order = list(unique_params(self._order))
             self._live = set(self._order)
         elif self._with_grad:
-            self._reach = output_reach(outputs, self._tree.params, self._swaps.canonical)
+            params, canonical = self._tree.params, self._swaps.canonical
+            self._reach = output_reach(outputs, params, canonical, self._passes)
             self._live = (
-                live_params(outputs, self._tree.params, self._swaps.canonical)
+                live_params(outputs, params, canonical, self._passes)
                 if self._reach is None
                 else set().union(*(found for _, found in self._reach))
             )
@@ -268,6 +285,7 @@ class Recording:
                 inputs=self._inputs if inputs is None else inputs,
                 trainable=self._trainable,
                 outputs=self._reach,
+                passes={param: len(runs) for param, runs in self._passes.items()},
             )
         if self._clock is None:
             return report
@@ -279,6 +297,12 @@ class Recording:
                 "cannot be timed"
             )
         return dataclasses.replace(report, timing=timing)
+
+
+def _graph_task() -> int:
+    """The autograd graph task running now: one a backward pass (-1 outside one)."""
+    current = getattr(torch._C, "_current_graph_task_id", None)  # torch 2.1 and later
+    return -1 if current is None else int(current())
 
 
 def _clock_for(model: nn.Module, tree: ModuleTree) -> Clock:
@@ -391,7 +415,7 @@ def _recorded(recording: Recording) -> Iterator[None]:
         else:
             mode = recording._without_values = WithoutValues()
     with gc_paused(), uncompiled(), mode or nullcontext():
-        recording._hooks.add(trainable, recording._order.append)
+        recording._hooks.add(trainable, recording._accumulated)
         model.__dict__[slot] = recorded
         try:
             yield

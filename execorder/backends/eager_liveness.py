@@ -21,6 +21,7 @@ def live_params(
     outputs: Any,
     params: Sequence[nn.Parameter],
     stand_ins: Mapping[int, nn.Parameter] | None = None,
+    passes: dict[nn.Parameter, set[Any]] | None = None,
 ) -> set[nn.Parameter]:
     """Those of ``params`` whose gradient accumulators the outputs' autograd graph reaches.
 
@@ -28,40 +29,54 @@ def live_params(
     backward would record, is run again to walk its graph too, from the
     outputs the walk reaches (:mod:`execorder.backends.checkpointing`).
     ``stand_ins`` maps the ids of parameters swapped in during forward to
-    those of ``params`` they stand for.
+    those of ``params`` they stand for. ``passes``, when given, gets each
+    live parameter's backward passes: None for the backward itself, and the
+    node of each reentrant checkpoint whose own backward reaches it.
     """
     own = {id(p): p for p in params} | dict(stand_ins or {})
     live: set[nn.Parameter] = set()
     seen: set[Any] = set()
-    stack: list[tuple[Any, int]] = []  # (autograd node, which of its outputs)
+    # (autograd node, which of its outputs, the backward pass it runs in)
+    stack: list[tuple[Any, int, Any]] = []
+
+    def reaches(param: nn.Parameter, run: Any) -> None:
+        live.add(param)
+        if passes is not None:
+            passes.setdefault(param, set()).add(run)
+
     for tensor in tensors(outputs):
         if tensor.grad_fn is not None:
-            stack.append((tensor.grad_fn, tensor.output_nr))
+            stack.append((tensor.grad_fn, tensor.output_nr, None))
         elif id(tensor) in own and tensor.requires_grad:
-            live.add(own[id(tensor)])  # a parameter returned as it is
+            reaches(own[id(tensor)], None)  # a parameter returned as it is
     reached: dict[Any, set[int]] = {}  # a reentrant checkpoint's node -> outputs reached
+    runs_in: dict[Any, Any] = {}  # a reentrant checkpoint's node -> the pass that reached it
     expanded: dict[Any, set[int]] = {}
     recomputed: dict[Any, tuple[Any, ...]] = {}
-    # A recomputed block's detached input, by id -> the edge into the forward graph.
-    inputs: dict[int, tuple[Any, int] | None] = {}
+    # A recomputed block's detached input, by id -> the edge into the graph around it.
+    inputs: dict[int, tuple[Any, int, Any] | None] = {}
     keep: list[Any] = []  # the recomputed tensors, alive while their ids are used
     while stack:
         while stack:
-            fn, number = stack.pop()
+            fn, number, run = stack.pop()
             if is_reentrant(fn):
                 reached.setdefault(fn, set()).add(number)
+                runs_in.setdefault(fn, run)
+                continue
+            variable = getattr(fn, "variable", None)  # an accumulator: reached in each pass
+            if variable is not None and id(variable) in own:
+                reaches(own[id(variable)], run)
                 continue
             if fn in seen:
                 continue
             seen.add(fn)
-            variable = getattr(fn, "variable", None)
-            if variable is not None and id(variable) in own:
-                live.add(own[id(variable)])
-            elif variable is not None and id(variable) in inputs:
+            if variable is not None and id(variable) in inputs:
                 edge = inputs[id(variable)]
                 if edge is not None:
                     stack.append(edge)
-            stack.extend((next_fn, nr) for next_fn, nr in fn.next_functions if next_fn is not None)
+            stack.extend(
+                (next_fn, nr, run) for next_fn, nr in fn.next_functions if next_fn is not None
+            )
         for fn, numbers in reached.items():
             new = numbers - expanded.setdefault(fn, set())
             if not new:
@@ -71,7 +86,11 @@ def live_params(
                 block_outputs, detached = recompute(fn)
                 recomputed[fn] = block_outputs
                 keep += [*block_outputs, *detached]
-                edges = [e if e[0] is not None else None for e in fn.next_functions]
+                # Gradients the block returns for its inputs go on in the pass around it.
+                edges = [
+                    (e[0], e[1], runs_in[fn]) if e[0] is not None else None
+                    for e in fn.next_functions
+                ]
                 for k, index in enumerate(fn.tensor_indices):
                     inputs[id(detached[index])] = edges[k] if k < len(edges) else None
             for number in new:
@@ -79,9 +98,9 @@ def live_params(
                 if not isinstance(out, torch.Tensor):
                     continue
                 if out.grad_fn is not None:
-                    stack.append((out.grad_fn, out.output_nr))
+                    stack.append((out.grad_fn, out.output_nr, fn))  # the block's own backward
                 elif id(out) in own:
-                    live.add(own[id(out)])  # the block returns a parameter as it is
+                    reaches(own[id(out)], fn)  # the block returns a parameter as it is
                 elif (edge := inputs.get(id(out))) is not None:
                     stack.append(edge)  # the block returns an input as it is
     return live
@@ -91,6 +110,7 @@ def output_reach(
     outputs: Any,
     params: Sequence[nn.Parameter],
     stand_ins: Mapping[int, nn.Parameter] | None = None,
+    passes: dict[nn.Parameter, set[Any]] | None = None,
 ) -> list[tuple[str, set[nn.Parameter]]] | None:
     """For each of forward's outputs, by path, the parameters whose accumulators it reaches.
 
@@ -101,7 +121,7 @@ def output_reach(
     leaves = [(path, t) for path, t in named_leaves(outputs, torch.Tensor) if t.requires_grad]
     if len(leaves) < 2:
         return None
-    return [(path, live_params(tensor, params, stand_ins)) for path, tensor in leaves]
+    return [(path, live_params(tensor, params, stand_ins, passes)) for path, tensor in leaves]
 
 
 class GradHooks:

@@ -362,9 +362,10 @@ def trace(
     tracer = _Tracer()
     with gc_paused():
         _run_tracer(tracer, model, args, recorder)
-        reach = output_reach(tracer.graph, model)
+        passes: dict[nn.Parameter, set[Any]] = {}
+        reach = output_reach(tracer.graph, model, passes)
         live = (
-            live_params(tracer.graph, model)
+            live_params(tracer.graph, model, passes=passes)
             if reach is None
             else set().union(*(found for _, found in reach))
         )
@@ -375,6 +376,7 @@ def trace(
             concrete_args=args,
             live=live,
             outputs=reach,
+            passes={param: len(runs) for param, runs in passes.items()},
         )
 
 

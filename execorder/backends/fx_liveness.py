@@ -337,6 +337,7 @@ def live_params(
     *,
     start: Iterable[torch.fx.Node] | None = None,
     dead: set[Region] | None = None,
+    passes: dict[nn.Parameter, set[Region | None]] | None = None,
 ) -> set[nn.Parameter]:
     """Parameters of ``root`` with a use in ``graph`` that reaches the output.
 
@@ -345,6 +346,9 @@ def live_params(
         root: The traced module.
         start: The nodes to reach, if not the output (:func:`live_nodes`).
         dead: The dead checkpoint regions, if already found (:func:`dead_regions`).
+        passes: When given, gets each live parameter's backward passes: None
+            for the backward itself, and each reentrant checkpoint region whose
+            own backward (the recompute's) reaches it.
     """
     params = dict(root.named_parameters())
     nodes = live_nodes(graph, dead_regions(graph, root) if dead is None else dead, start)
@@ -363,7 +367,44 @@ def live_params(
             live.update(node.meta[COMPUTED_FROM])
         elif node.op == "call_module" and isinstance(node.target, str):
             live.update(root.get_submodule(node.target).parameters())
+    if passes is not None:
+        _add_passes(nodes, params, root, passes)
     return live
+
+
+def _add_passes(
+    nodes: set[torch.fx.Node],
+    params: dict[str, nn.Parameter],
+    root: nn.Module,
+    passes: dict[nn.Parameter, set[Region | None]],
+) -> None:
+    """Each live use's backward pass (:func:`live_params`), by the parameters it reads.
+
+    A use inside a reentrant checkpoint gets its gradient in that block's
+    own backward, but for a parameter passed in as one of the block's
+    arguments: its gradient is returned to the pass around the block.
+    """
+
+    def run(user: torch.fx.Node, source: torch.fx.Node) -> Region | None:
+        region = user.meta.get(REGION)
+        while region is not None and source in region.inputs:
+            region = region.parent
+        return region
+
+    for node in nodes:
+        if node.op == "get_attr":
+            read = (
+                [params[str(node.target)]]
+                if node.target in params
+                else list(node.meta.get(COMPUTED_FROM, ()))
+            )
+            if read:
+                runs = {run(user, node) for user in node.users if user in nodes}
+                for param in read:
+                    passes.setdefault(param, set()).update(runs)
+        elif node.op == "call_module" and isinstance(node.target, str):
+            for param in root.get_submodule(node.target).parameters():
+                passes.setdefault(param, set()).add(node.meta.get(REGION))
 
 
 def _switched_off(graph: torch.fx.Graph, params: dict[str, nn.Parameter]) -> dict[str, int]:
@@ -385,7 +426,9 @@ def _switched_off(graph: torch.fx.Graph, params: dict[str, nn.Parameter]) -> dic
 
 
 def output_reach(
-    graph: torch.fx.Graph, root: nn.Module
+    graph: torch.fx.Graph,
+    root: nn.Module,
+    passes: dict[nn.Parameter, set[Region | None]] | None = None,
 ) -> list[tuple[str, set[nn.Parameter]]] | None:
     """For each of forward's outputs, by path, the parameters with a use that reaches it.
 
@@ -398,7 +441,10 @@ def output_reach(
     if len(leaves) < 2:
         return None
     dead = dead_regions(graph, root)
-    return [(path, live_params(graph, root, start=[node], dead=dead)) for path, node in leaves]
+    return [
+        (path, live_params(graph, root, start=[node], dead=dead, passes=passes))
+        for path, node in leaves
+    ]
 
 
 def _output_leaves(value: object, prefix: str = "") -> Iterator[tuple[str, torch.fx.Node]]:

@@ -211,9 +211,10 @@ FailOnOpt = Annotated[
         metavar="CATEGORIES",
         help="CI gate: after the report, exit 1 if any listed category is non-empty. "
         "Comma-separated: unused, dead, external, assumption, outputs (trainable parameters "
-        "that get a gradient only through outputs other than the main one); with --sweep "
-        "also branch (trainable parameters used or given a gradient in some combinations "
-        "only), not outputs. "
+        "that get a gradient only through outputs other than the main one), reentrant "
+        "(trainable parameters given their gradient in several backward passes, by "
+        "reentrant checkpoints); with --sweep also branch (trainable parameters used or "
+        "given a gradient in some combinations only), not outputs or reentrant. "
         "unused, dead and assumption count trainable parameters only; unused and dead "
         "also fail on assumption, since neither can be proven for those parameters.",
         show_default=False,

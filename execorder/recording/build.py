@@ -41,6 +41,7 @@ def build_report(
     trainable: Collection[nn.Parameter] | None = None,
     defaults: Mapping[str, Any] | None = None,
     outputs: Sequence[tuple[str, Collection[nn.Parameter]]] | None = None,
+    passes: Mapping[nn.Parameter, int] | None = None,
 ) -> Report:
     """Name everything ``recorder`` collected and freeze it into a :class:`Report`.
 
@@ -63,13 +64,42 @@ def build_report(
             a use that reaches it, when the backend walked them one by one
             (several outputs carry a gradient, and no backward of the
             caller's own decided liveness).
+        passes: For each live parameter, how many backward passes its
+            gradient arrives in (a reentrant checkpoint's block runs one of
+            its own), when the backend counted them.
     """
     with torch._C.DisableTorchFunctionSubclass():  # reading parameters runs no user code
         report = _build(recorder, target, mode, concrete_args, live, backward, inputs, trainable)
     if outputs is not None:
         reach = _output_reach(recorder, outputs, trainable)
         report = dataclasses.replace(report, output_reach=reach)
+    split = _split(recorder, passes or {}, trainable)
+    if split:
+        report = dataclasses.replace(report, split_gradients=split)
     return dataclasses.replace(report, defaults=dict(defaults or {})) if defaults else report
+
+
+def _trainable_ids(recorder: Recorder, trainable: Collection[nn.Parameter] | None) -> set[int]:
+    """The ids of the parameters DDP registers: ``trainable``, or those requiring grad now."""
+    if trainable is not None:
+        return {id(p) for p in trainable}
+    return {id(p) for p in recorder.tree.params if p.requires_grad}
+
+
+def _split(
+    recorder: Recorder,
+    passes: Mapping[nn.Parameter, int],
+    trainable: Collection[nn.Parameter] | None,
+) -> dict[str, int]:
+    """Trainable parameters whose gradient arrives in several backward passes, named."""
+    tree = recorder.tree
+    able = _trainable_ids(recorder, trainable)
+    counts = {id(p): n for p, n in passes.items()}
+    return {
+        tree.param_names[id(p)][0]: counts[id(p)]
+        for p in tree.params
+        if id(p) in able and counts.get(id(p), 0) > 1
+    }
 
 
 def _output_reach(
@@ -79,11 +109,7 @@ def _output_reach(
 ) -> OutputReach | None:
     """Which outputs reach which trainable parameters, named; None below two such outputs."""
     tree = recorder.tree
-    able = (
-        {id(p) for p in trainable}
-        if trainable is not None
-        else {id(p) for p in tree.params if p.requires_grad}
-    )
+    able = _trainable_ids(recorder, trainable)
     reached = [(path, {id(p) for p in params if id(p) in able}) for path, params in outputs]
     reached = [(path, ids) for path, ids in reached if ids]
     if len(reached) < 2:

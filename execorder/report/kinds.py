@@ -72,6 +72,7 @@ class Category(Word):
     BRANCH = "branch"  # a sweep's: used or given a gradient in some combinations only
     ASSUMPTION = "assumption"  # trainable parameters whose status rests on an assumption
     OUTPUTS = "outputs"  # trainable parameters a loss on the main output alone would miss
+    REENTRANT = "reentrant"  # trainable parameters given their gradient in several backward passes
 
 
 def gate_categories(categories: Iterable[Category | str]) -> tuple[Category, ...]:

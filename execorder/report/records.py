@@ -522,6 +522,15 @@ class Report:
             carry one and liveness comes from all of them (no backward of
             the caller's own ran in the recording); None otherwise (and
             absent from the JSON).
+        split_gradients: Trainable parameters whose gradient arrives in more
+            than one backward pass, by name, with the number of passes: a
+            reentrant checkpoint's block (``use_reentrant=True``) runs a
+            backward of its own, so a parameter used inside one and elsewhere
+            (another such block, or outside) gets its gradient in parts.
+            DDP marks a parameter ready once a step: without
+            ``static_graph=True`` it fails, or all-reduces before the last
+            part arrives. Empty (and absent from the JSON) when there is none
+            or the backend did not count them.
         inputs_made: The inputs execorder made itself, and where from: a
             transformers model's own example inputs (``dummy_inputs``) when
             it was given none, torchtitan's positions and attention masks as
@@ -546,6 +555,7 @@ class Report:
     inputs_made: Mapping[str, InputSource] = field(default_factory=dict)
     memory: Memory | None = None
     output_reach: OutputReach | None = None
+    split_gradients: Mapping[str, int] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -596,7 +606,9 @@ class Report:
             category: ``UNUSED``, ``DEAD`` or ``ASSUMPTION`` (trainable
                 parameters only: frozen ones cannot break DDP), ``OUTPUTS``
                 (those that get a gradient only through outputs other than
-                :attr:`OutputReach.main`), or ``EXTERNAL`` (uses).
+                :attr:`OutputReach.main`), ``REENTRANT`` (those whose gradient
+                arrives in several backward passes: :attr:`split_gradients`), or
+                ``EXTERNAL`` (uses).
 
         Raises:
             ValueError: For another category (``BRANCH`` is a sweep's).
@@ -613,6 +625,8 @@ class Report:
         if kind is Category.OUTPUTS:
             reach = self.output_reach
             return () if reach is None else tuple(reach.misses.get(reach.main, ()))
+        if kind is Category.REENTRANT:
+            return tuple(self.split_gradients)
         raise ValueError(f"{kind} is a finding of a sweep, not of one report")
 
     def failing(self, categories: Iterable[Category | str]) -> Mapping[Category, tuple[str, ...]]:
@@ -644,6 +658,7 @@ class Report:
         object.__setattr__(self, "inputs_made", MappingProxyType(made))
         frozen_defaults = MappingProxyType({k: jsonable(v) for k, v in self.defaults.items()})
         object.__setattr__(self, "defaults", frozen_defaults)
+        object.__setattr__(self, "split_gradients", MappingProxyType(dict(self.split_gradients)))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -675,6 +690,7 @@ class Report:
                 if self.output_reach is not None
                 else {}
             ),
+            **({"split_gradients": dict(self.split_gradients)} if self.split_gradients else {}),
         }
 
     @classmethod
@@ -729,6 +745,7 @@ class Report:
             output_reach=None
             if fields.get("output_reach", dict, type(None), default=None) is None
             else OutputReach.from_dict(data["output_reach"]),
+            split_gradients=_counts(fields.get("split_gradients", dict, default={})),
         )
 
     def param(self, name: str) -> ParamInfo:
@@ -741,6 +758,14 @@ class Report:
             if info.name == name or name in info.aliases:
                 return info
         raise KeyError(name)
+
+
+def _counts(data: Mapping[str, Any]) -> dict[str, int]:
+    """The JSON's ``split_gradients``, read; a count that is not an integer is a ``SchemaError``."""
+    for name, count in data.items():
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise SchemaError(f"split_gradients.{name} must be an integer, not {count!r}")
+    return {str(name): count for name, count in data.items()}
 
 
 def read_inputs_made(data: Mapping[str, Any]) -> dict[str, InputSource]:

@@ -32,6 +32,10 @@ def gate_lines(failing: Mapping[Category, Sequence[str]]) -> list[str]:
                 " (only outputs other than the main one reach them: a loss that skips those"
                 " leaves them without a gradient)"
             ),
+            Category.REENTRANT: (
+                " (their gradient arrives in several backward passes, reentrant checkpoints'"
+                " own: DDP without static_graph=True fails on them)"
+            ),
         }.get(category, "")
         lines.append(f"check failed: {category}: {len(found)} ({shown}){why}")
     return lines

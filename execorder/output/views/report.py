@@ -156,6 +156,8 @@ def _ancestors(report: Report, index: int) -> list[int]:
 def ddp_verdict(report: Report) -> Row:
     """Whether DDP (``find_unused_parameters=False``) gets a gradient for every parameter.
 
+    "Fails" too when a parameter's gradient arrives in several backward passes
+    (reentrant checkpoints): DDP marks each parameter ready once a step.
     Never "ok" on an assumption: when the status of a trainable parameter
     rests on one (a meta run's routing), a step that routes otherwise can
     leave it without a gradient. Nor when forward returns several outputs and
@@ -175,6 +177,16 @@ def ddp_verdict(report: Report) -> Row:
     if missing:
         verb = "gets" if missing == 1 else "get"
         text = f"fails: {plural(missing, 'trainable parameter')} {verb} no gradient"
+        return fact("DDP check", text, Severity.ERROR)
+    split = list(report.split_gradients)
+    if split:
+        text = (
+            f"fails: {plural(len(split), 'trainable parameter')} "
+            f"{'gets its' if len(split) == 1 else 'get their'} gradient in several backward "
+            f"passes ({listed(split)}: reentrant checkpoints run their own); DDP raises, or "
+            "all-reduces before the last part arrives and ranks drift apart: use "
+            "use_reentrant=False, or DDP(static_graph=True)"
+        )
         return fact("DDP check", text, Severity.ERROR)
     if resting:
         rest = "rests" if resting == 1 else "rest"

@@ -1,0 +1,128 @@
+"""A gradient in several backward passes: reentrant checkpoints run backwards of their own.
+
+Every backend counts the passes alike; the JSON carries them; the DDP check
+fails on them and ``--fail-on reentrant`` gates on them, in Python as on the
+command line. That DDP really fails where they are found is
+``tests/test_ddp.py``'s to show (two ranks: it raises, or ranks drift apart).
+"""
+
+from __future__ import annotations
+
+import json
+
+import models
+import pytest
+import torch
+from cases import CASES, Case
+from typer.testing import CliRunner
+
+import execorder
+from execorder import eager
+from execorder.cli.app import app
+from execorder.errors import SchemaError
+from execorder.output.views import ddp_verdict
+from execorder.report import Category, Report
+
+runner = CliRunner()
+SPLIT = {"block.weight": 2, "block.bias": 2}
+REUSED = ["checkpoint-reused-twice", "checkpoint-reused-after", "checkpoint-reused-first"]
+
+
+def _runs(case: Case) -> dict[str, Report]:
+    torch.manual_seed(0)
+    args = case.inputs()
+    on_meta = tuple(a.to("meta") for a in args)
+    return {
+        "fx": execorder.trace(case.build()),
+        "eager": eager.trace(case.build(), args=args),
+        "backward": eager.trace(case.build(), args=args, backward=True),
+        "meta": eager.trace(case.build().to("meta"), args=on_meta),
+    }
+
+
+@pytest.mark.parametrize("name", REUSED)
+def test_every_backend_counts_the_passes_alike(name: str) -> None:
+    """FX by checkpoint region, eager by walking the recomputed blocks, a backward by hooks."""
+    for how, report in _runs(CASES[name]).items():
+        assert dict(report.split_gradients) == SPLIT, how
+
+
+@pytest.mark.parametrize("name", ["checkpoint-reentrant", "checkpoint-non-reentrant", "tied"])
+def test_one_pass_is_no_finding(name: str) -> None:
+    for how, report in _runs(CASES[name]).items():
+        assert report.split_gradients == {}, how
+        assert "split_gradients" not in report.to_dict(), how
+
+
+def test_a_parameter_passed_into_the_block_gets_its_gradient_around_it() -> None:
+    """An argument of the block is detached inside it: its gradient is returned to the pass
+    around, so a parameter passed in and also used outside is one pass."""
+
+    class PassedIn(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(4))
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            from torch.utils.checkpoint import checkpoint
+
+            h = checkpoint(lambda t, w: self.lin(t * w), x * self.w, self.w, use_reentrant=True)
+            return h
+
+    x = torch.randn(2, 4)
+    assert execorder.trace(PassedIn()).split_gradients == {}
+    assert eager.trace(PassedIn(), args=(x,)).split_gradients == {}
+    assert eager.trace(PassedIn(), args=(x,), backward=True).split_gradients == {}
+
+
+def test_the_json_carries_them_and_reads_them_back() -> None:
+    report = execorder.trace(models.CheckpointReused())
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["split_gradients"] == SPLIT
+    assert Report.from_dict(data) == report
+    data["split_gradients"] = {"block.weight": "2"}
+    with pytest.raises(SchemaError, match=r"split_gradients\.block\.weight"):
+        Report.from_dict(data)
+
+
+def test_the_ddp_check_fails_on_them_and_says_what_to_do() -> None:
+    verdict = ddp_verdict(execorder.trace(models.CheckpointReused("after")))
+    assert verdict.cells[1].text == (
+        "fails: 2 trainable parameters get their gradient in several backward passes "
+        "(block.weight, block.bias: reentrant checkpoints run their own); DDP raises, or "
+        "all-reduces before the last part arrives and ranks drift apart: use "
+        "use_reentrant=False, or DDP(static_graph=True)"
+    )
+    assert verdict.severity.value == "error"
+
+
+def test_the_gate_is_opt_in_and_the_same_in_python_and_on_the_command_line() -> None:
+    report = execorder.trace(models.CheckpointReused())
+    assert report.failing(["unused", "dead"]) == {}
+    assert dict(report.failing(["reentrant"])) == {Category.REENTRANT: tuple(SPLIT)}
+    command = ["trace", "tests/models.py:CheckpointReused", "-f", "json", "-o", "/dev/null"]
+    result = runner.invoke(app, [*command, "--fail-on", "reentrant"])
+    assert result.exit_code == 1, result.output
+    assert "execorder: check failed: reentrant: 2 (block.weight, block.bias) (their" in (
+        result.stderr
+    )
+    assert runner.invoke(app, [*command, "--fail-on", "unused,dead"]).exit_code == 0
+    result = runner.invoke(app, [*command, "--fail-on", "reentrant", "--sweep", "x=1,2"])
+    assert result.exit_code == 2
+    assert "--fail-on reentrant gates one run's backward passes: not with --sweep" in (
+        result.stderr
+    )
+
+
+def test_a_backward_of_several_outputs_counts_passes_by_its_hooks_alone() -> None:
+    """trace(backward=True) walks each output before the backward: the hooks still decide."""
+
+    class TwoOutputs(models.CheckpointReused):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+            out = super().forward(x)
+            return out, out * 2
+
+    x = torch.randn(2, 4)
+    assert dict(eager.trace(TwoOutputs(), args=(x,), backward=True).split_gradients) == SPLIT
+    assert dict(eager.trace(TwoOutputs(), args=(x,)).split_gradients) == SPLIT
