@@ -5,7 +5,8 @@ Used to check execorder's predictions against a real backward and against DDP.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,6 @@ from transformer import Transformer
 
 import execorder
 from execorder import eager
-from execorder.backends.common import named_leaves
 from execorder.report import Report
 
 
@@ -113,8 +113,41 @@ CASES: dict[str, Case] = {
     "checkpoint-reused-twice": Case(models.CheckpointReused, _x(2, 4)),
     "checkpoint-reused-after": Case(lambda: models.CheckpointReused("after"), _x(2, 4)),
     "checkpoint-reused-first": Case(models.CheckpointReusedFirst, _x(2, 4)),
+    "own-output-class": Case(models.OwnOutputClass, _x(2, 4), fx=False),
     "checkpoint-non-reentrant": Case(lambda: models.Checkpointed(reentrant=False), _ids(16, 2, 3)),
 }
+
+
+def output_tensors(value: Any, path: str = "") -> list[tuple[str, torch.Tensor]]:
+    """Every tensor a forward returned, by path (``logits``, ``aux.0``), as a loss may read it.
+
+    The test's own walk, written apart from execorder's: tuples (a named one
+    by field), lists, mappings, dataclasses and objects of the model's own
+    classes; a tensor reached twice once.
+    """
+    found: dict[int, tuple[str, torch.Tensor]] = {}
+
+    def walk(item: Any, at: str) -> None:
+        if isinstance(item, torch.Tensor):
+            found.setdefault(id(item), (at, item))
+            return
+        if isinstance(item, Mapping):
+            items = [(str(k), v) for k, v in item.items()]
+        elif isinstance(item, tuple) and hasattr(item, "_fields"):
+            items = list(zip(item._fields, item, strict=True))
+        elif isinstance(item, (list, tuple)):
+            items = [(str(i), v) for i, v in enumerate(item)]
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            items = [(f.name, getattr(item, f.name)) for f in dataclasses.fields(item)]
+        elif hasattr(item, "__dict__") and not isinstance(item, (type, nn.Module)):
+            items = list(vars(item).items())
+        else:
+            return
+        for key, child in items:
+            walk(child, f"{at}.{key}" if at else key)
+
+    walk(value, path)
+    return list(found.values())
 
 
 def backward_no_grad(case: Case, only: str | None = None) -> list[str]:
@@ -135,7 +168,7 @@ def backward_no_grad(case: Case, only: str | None = None) -> list[str]:
         if param.requires_grad:
             param.register_post_accumulate_grad_hook(lambda _, name=name: reached.add(name))
     outputs = model(*case.inputs(), **case.concrete_args)
-    picked = [t for path, t in named_leaves(outputs, torch.Tensor) if only in (None, path)]
+    picked = [t for path, t in output_tensors(outputs) if only in (None, path)]
     loss = sum(t.float().sum() for t in picked if t.requires_grad)
     if isinstance(loss, torch.Tensor):
         loss.backward()

@@ -29,10 +29,8 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "sample_models")]
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
-from cases import CASES  # noqa: E402
+from cases import CASES, output_tensors  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
-
-from execorder.backends.common import tensors  # noqa: E402
 
 WORLD = 2
 
@@ -47,7 +45,7 @@ def _fares(name: str, rank: int, static_graph: bool) -> str:
     for _ in range(2):
         outputs = model(*case.inputs(), **case.concrete_args)
         try:
-            sum(o.float().sum() for o in tensors(outputs) if o.requires_grad).backward()
+            sum(o.float().sum() for _, o in output_tensors(outputs) if o.requires_grad).backward()
         except RuntimeError as exc:
             if "mark a variable ready only once" not in str(exc):
                 raise

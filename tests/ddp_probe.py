@@ -25,10 +25,8 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "sample_models")]
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from cases import CASES  # noqa: E402
+from cases import CASES, output_tensors  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
-
-from execorder.backends.common import tensors  # noqa: E402
 
 INDICES = re.compile(r"Parameter indices which did not receive grad for rank 0: ([\d ]+)")
 
@@ -45,7 +43,7 @@ def ddp_missing_indices(name: str) -> list[int] | None:
             if match is None:
                 raise
             return [int(i) for i in match.group(1).split()]
-        losses = [o.float().sum() for o in tensors(outputs) if o.requires_grad]
+        losses = [o.float().sum() for _, o in output_tensors(outputs) if o.requires_grad]
         if not losses:
             return None  # nothing to train: DDP never runs a backward
         try:

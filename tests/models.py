@@ -1203,3 +1203,24 @@ class CheckpointReusedFirst(nn.Module):
         from torch.utils.checkpoint import checkpoint
 
         return checkpoint(self._rest, self.block(x), use_reentrant=True)
+
+
+class Prediction:
+    """A model's own output class: neither a tuple, a mapping nor a dataclass."""
+
+    def __init__(self, logits: torch.Tensor, confidence: torch.Tensor) -> None:
+        self.logits = logits
+        self.confidence = confidence
+
+
+class OwnOutputClass(nn.Module):
+    """Forward returns a ``Prediction``: both its tensors carry gradients."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 4)
+        self.confidence = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> Prediction:
+        h = self.body(x)
+        return Prediction(h, self.confidence(h))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import inspect
+import types
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -42,8 +43,10 @@ def tensors(value: Any) -> Iterator[torch.Tensor]:
     """Every tensor inside ``value``, in order, each once.
 
     Walks tuples (named ones too), lists, sets, mappings (a transformers
-    ``ModelOutput`` is one) and dataclasses, nested to any depth, without
-    recursion; anything else is not looked into.
+    ``ModelOutput`` is one), dataclasses and other objects' attributes (an
+    output class of the model's own), nested to any depth, without
+    recursion; modules, classes, functions and ``nn.Module``s are not
+    looked into.
     """
     seen: set[int] = set()
     stack = [value]
@@ -62,10 +65,19 @@ def tensors(value: Any) -> Iterator[torch.Tensor]:
             children = list(item)
         elif dataclasses.is_dataclass(item) and not isinstance(item, type):
             children = [getattr(item, f.name, None) for f in dataclasses.fields(item)]
+        elif _holds_values(item):
+            children = list(vars(item).values())
         else:
             continue
         seen.add(id(item))
         stack.extend(reversed(children))
+
+
+def _holds_values(item: Any) -> bool:
+    """An object of a class of its own whose attributes may hold tensors (not code, not a model)."""
+    return hasattr(item, "__dict__") and not isinstance(
+        item, (type, types.ModuleType, types.FunctionType, types.MethodType, nn.Module)
+    )
 
 
 def named_leaves(value: Any, leaf: type | tuple[type, ...]) -> Iterator[tuple[str, Any]]:
@@ -94,6 +106,8 @@ def named_leaves(value: Any, leaf: type | tuple[type, ...]) -> Iterator[tuple[st
             children = [(str(i), v) for i, v in enumerate(item)]
         elif dataclasses.is_dataclass(item) and not isinstance(item, type):
             children = [(f.name, getattr(item, f.name, None)) for f in dataclasses.fields(item)]
+        elif _holds_values(item):
+            children = list(vars(item).items())
         else:
             continue
         seen.add(id(item))
