@@ -1224,3 +1224,35 @@ class OwnOutputClass(nn.Module):
     def forward(self, x: torch.Tensor) -> Prediction:
         h = self.body(x)
         return Prediction(h, self.confidence(h))
+
+
+class HookedLeaf(nn.Module):
+    """Forward hooks on a leaf (``nn.Linear``) that use other modules' parameters.
+
+    A LoRA added by a forward hook (``lora_a``, ``lora_b``), an input scale
+    by a pre-hook with keyword arguments (``gate``), and a logging hook that
+    reads a value (it cannot run on traced values, and changes nothing).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = nn.Linear(4, 4)
+        self.lora_a = nn.Linear(4, 2, bias=False)
+        self.lora_b = nn.Linear(2, 4, bias=False)
+        self.gate = nn.Parameter(torch.ones(4))
+        self.norms: list[float] = []
+        self.base.register_forward_pre_hook(self._scale, with_kwargs=True)
+        self.base.register_forward_hook(self._lora)
+        self.base.register_forward_hook(self._log)
+
+    def _scale(self, module, args, kwargs):  # type: ignore[no-untyped-def]
+        return (args[0] * self.gate,), kwargs
+
+    def _lora(self, module, args, output):  # type: ignore[no-untyped-def]
+        return output + self.lora_b(self.lora_a(args[0]))
+
+    def _log(self, module, args, output):  # type: ignore[no-untyped-def]
+        self.norms.append(float(output.detach().norm()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x)

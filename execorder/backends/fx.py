@@ -229,6 +229,14 @@ def record_tracer(
                 delattr(tracer, name)
 
 
+def _hook_result(hook: Callable[..., Any], module: nn.Module, given: tuple[Any, ...]) -> Any:
+    """What a forward hook returns on traced values; None when it cannot run on them."""
+    try:
+        return hook(module, *given)
+    except (torch.fx.proxy.TraceError, TypeError, ValueError, RuntimeError, NotImplementedError):
+        return None
+
+
 class _Tracer(torch.fx.Tracer):
     """A ``torch.fx.Tracer`` with linear-time parameter and buffer lookup.
 
@@ -243,6 +251,41 @@ class _Tracer(torch.fx.Tracer):
             self._param_names = {id(p): n for n, p in root.named_parameters()}
             self._buffer_names = {id(b): n for n, b in root.named_buffers()}
         return super().trace(root, concrete_args)
+
+    def call_module(
+        self,
+        m: nn.Module,
+        forward: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """A leaf's call, with its own forward hooks run around it, as ``Module.__call__`` runs
+        them (torch.fx makes a leaf one node and runs none: a LoRA added by a hook on its
+        ``nn.Linear`` went unseen, its parameters called unused).
+
+        A hook that cannot run on traced values (a logging hook's ``.item()``) is left out,
+        as torch.fx leaves every leaf's hook out.
+        """
+        hooked = m._forward_pre_hooks or m._forward_hooks
+        if not hooked or not self.is_leaf_module(m, self.path_of_module(m)):
+            return super().call_module(m, forward, args, kwargs)
+        for key, hook in list(m._forward_pre_hooks.items()):
+            with_kwargs = key in m._forward_pre_hooks_with_kwargs
+            result = _hook_result(hook, m, (args, kwargs) if with_kwargs else (args,))
+            if result is None:
+                continue
+            if with_kwargs and isinstance(result, tuple) and len(result) == 2:
+                args, kwargs = result
+            elif not with_kwargs:
+                args = result if isinstance(result, tuple) else (result,)
+        output = super().call_module(m, forward, args, kwargs)
+        for key, hook in list(m._forward_hooks.items()):
+            with_kwargs = key in m._forward_hooks_with_kwargs
+            given = (args, kwargs, output) if with_kwargs else (args, output)
+            result = _hook_result(hook, m, given)
+            if result is not None:
+                output = result
+        return output
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         """torch.nn's modules, as torch.fx has it, but those whose parameter use is
