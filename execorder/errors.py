@@ -10,7 +10,7 @@ names, the failing call) and composes its message from them with a
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from enum import Enum
 from typing import Protocol
@@ -700,6 +700,44 @@ class NoGradientError(ExecOrderError):
             ". Use them in the loss, freeze them (requires_grad_(False)), "
             "or wrap the model with find_unused_parameters=True"
         )
+
+
+class SplitGradientError(ExecOrderError):
+    """A recorded training step gave trainable parameters their gradient in several passes.
+
+    A reentrant checkpoint's block runs a backward pass of its own: a
+    parameter used inside one and elsewhere gets its gradient in parts.
+    ``DistributedDataParallel`` without ``static_graph`` marks a parameter
+    ready once a step: it raises ("Expected to mark a variable ready only
+    once"), or, when the first pass completes every bucket, all-reduces then
+    and adds the rest unreduced, so the ranks' replicas drift apart silently.
+
+    Attributes:
+        step: The training step recorded (1 for the first).
+        params: The parameters, by qualified name, with their number of passes.
+        under_ddp: Whether the step ran under such a DDP (else the callback
+            was asked to stop on it always).
+    """
+
+    def __init__(self, step: int, params: Mapping[str, int], *, under_ddp: bool) -> None:
+        super().__init__()
+        self.step, self.params, self.under_ddp = step, dict(params), under_ddp
+
+    def describe(self, words: Words = PYTHON) -> str:
+        count = len(self.params)
+        listed = ", ".join(f"{name} ({n} passes)" for name, n in list(self.params.items())[:8])
+        more = f", +{count - 8} more" if count > 8 else ""
+        noun = "parameter" if count == 1 else "parameters"
+        text = (
+            f"step {self.step}: {count} trainable {noun} got their gradient in several "
+            f"backward passes (reentrant checkpoints run their own): {listed}{more}"
+        )
+        if self.under_ddp:
+            text += (
+                "; DDP all-reduced them before the last part arrived, so the ranks' "
+                "gradients differ"
+            )
+        return text + ". Use use_reentrant=False, or DDP(static_graph=True)"
 
 
 class RanksDivergedError(ExecOrderError):

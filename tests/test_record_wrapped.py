@@ -321,6 +321,51 @@ def test_without_ddp_a_watch_records_and_stops_only_when_asked() -> None:
     assert _restored(model)
 
 
+def test_a_watch_stops_on_a_gradient_in_several_passes_where_ddp_loses_part_of_it(
+    tmp_path: Path,
+) -> None:
+    """Under DDP without static_graph the replicas drift apart silently: the watch stops."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from execorder.errors import SplitGradientError
+
+    def step(watch: StepWatch, model: nn.Module, wrapped: nn.Module) -> Any:
+        watch.begin(model, 1)
+        wrapped(torch.ones(2, 4)).sum().backward()
+        return watch.end()
+
+    plain = built(models.CheckpointReusedFirst)
+    report = step(StepWatch(), plain, plain)  # no DDP: said, not stopped
+    assert report is not None and dict(report.split_gradients) == {
+        "block.weight": 2,
+        "block.bias": 2,
+    }
+    with pytest.raises(SplitGradientError) as caught:
+        step(StepWatch(stop_on_no_grad=True), plain, plain)
+    assert not caught.value.under_ddp
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        for static_graph in (False, True):
+            model = built(models.CheckpointReusedFirst)
+            ddp = DistributedDataParallel(model, static_graph=static_graph)
+            if static_graph:
+                assert step(StepWatch(), model, ddp) is not None
+                continue
+            with pytest.raises(SplitGradientError) as caught:
+                step(StepWatch(), model, ddp)
+            assert caught.value.under_ddp
+            assert str(caught.value) == (
+                "step 1: 2 trainable parameters got their gradient in several backward passes "
+                "(reentrant checkpoints run their own): block.weight (2 passes), block.bias "
+                "(2 passes); DDP all-reduced them before the last part arrived, so the ranks' "
+                "gradients differ. Use use_reentrant=False, or DDP(static_graph=True)"
+            )
+    finally:
+        dist.destroy_process_group()
+
+
 def test_a_watch_that_sees_no_use_stops_unless_told_never_to() -> None:
     model = built(Model)
     copies = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}

@@ -12,7 +12,11 @@ step with :func:`execorder.record`, then checks it:
 - trainable parameters that got no gradient stop the run with
   :class:`~execorder.errors.NoGradientError` where DDP would fail on them
   (``find_unused_parameters=False``: the next step raises "Expected to have
-  finished reduction in the prior iteration"), before that step starts.
+  finished reduction in the prior iteration"), before that step starts;
+- trainable parameters given their gradient in several backward passes
+  (reentrant checkpoints) stop it with
+  :class:`~execorder.errors.SplitGradientError` where DDP loses part of it
+  (no ``static_graph``: DDP raises, or its ranks drift apart silently).
 
 Every rank takes the same decision: the checks that talk between ranks come
 first, and the decision to stop is agreed over the process group, so that no
@@ -37,6 +41,7 @@ from execorder.errors import (
     NoGradientError,
     RanksDivergedError,
     RecordingError,
+    SplitGradientError,
 )
 from execorder.output import files
 from execorder.ranks import collective_device, compare
@@ -54,11 +59,13 @@ class StepWatch:
         steps: The steps to record, counted from 1 (the first optimizer step).
         compare_every: Also record every Nth step and compare it across
             ranks (under an initialized process group of more than one rank).
-        stop_on_no_grad: When trainable parameters get no gradient: None
-            (the default) stops only where DDP fails on it (the step ran
-            under ``DistributedDataParallel`` with
-            ``find_unused_parameters=False`` and no ``static_graph``); True
-            stops always; False never (the report still says so).
+        stop_on_no_grad: When trainable parameters get no gradient, or get
+            it in several backward passes: None (the default) stops only
+            where DDP fails on it (the step ran under
+            ``DistributedDataParallel`` with ``find_unused_parameters=False``
+            and no ``static_graph``; for several passes, no
+            ``static_graph``); True stops always; False never (the report
+            still says so).
         stop_on_divergence: Stop when compared ranks do not agree; else log it.
         output: Write each recorded step's report as JSON to this path;
             ``{step}`` and ``{rank}`` in it are filled in.
@@ -128,6 +135,8 @@ class StepWatch:
                 agree (with ``stop_on_divergence``).
             NoGradientError: If trainable parameters got no gradient where
                 the policy stops on it.
+            SplitGradientError: If trainable parameters got their gradient in
+                several backward passes where the policy stops on it.
             RecordingError: If no parameter was seen used while forward ran
                 (unless ``stop_on_no_grad`` is False: then it is logged).
         """
@@ -181,19 +190,24 @@ class StepWatch:
         if armed is not None:
             armed.__exit__(None, None, None)
 
-    def _no_grad(self, step: int, report: Report, recording: Recording) -> NoGradientError | None:
-        """The error to stop with for the parameters without a gradient, if the policy stops."""
+    def _no_grad(self, step: int, report: Report, recording: Recording) -> ExecOrderError | None:
+        """The error to stop with for gradients DDP loses, if the policy stops: parameters
+        without one, then parameters given theirs in several backward passes."""
         missing = report.no_grad()
-        under_ddp = recording.ddp is not None and recording.ddp.fails_without_gradient
-        stops = under_ddp if self.stop_on_no_grad is None else self.stop_on_no_grad
-        if not missing or not stops:
-            return None
-        return NoGradientError(
-            step,
-            [p.name for p in missing],
-            [p.ddp_index for p in missing if p.ddp_index is not None],
-            under_ddp=under_ddp,
-        )
+        ddp = recording.ddp
+        under_ddp = ddp is not None and ddp.fails_without_gradient
+        if missing and (under_ddp if self.stop_on_no_grad is None else self.stop_on_no_grad):
+            return NoGradientError(
+                step,
+                [p.name for p in missing],
+                [p.ddp_index for p in missing if p.ddp_index is not None],
+                under_ddp=under_ddp,
+            )
+        split = report.split_gradients
+        under_ddp = ddp is not None and not ddp.static_graph
+        if split and (under_ddp if self.stop_on_no_grad is None else self.stop_on_no_grad):
+            return SplitGradientError(step, split, under_ddp=under_ddp)
+        return None
 
 
 class WatchingCallback:
