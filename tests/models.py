@@ -1256,3 +1256,36 @@ class HookedLeaf(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x)
+
+
+class CheckpointingEncoder(nn.Module):
+    """Runs one layer twice, each time under a reentrant checkpoint."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(4, 4)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        for _ in range(2):
+            h = checkpoint(self.layer, h, use_reentrant=True)
+        return h
+
+
+class CheckpointLoop(nn.Module):
+    """A shared layer checkpointed twice inside an encoder module.
+
+    Sharded as its own FSDP2 unit, ``encoder.layer``'s last backward is a
+    recompute: FSDP2 leaves its gradient unreduced. Sharded as part of
+    ``encoder``, which runs once around both checkpoints, it is right.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 4)
+        self.encoder = CheckpointingEncoder()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(x)))

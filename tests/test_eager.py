@@ -59,6 +59,7 @@ def test_eager_agrees_with_fx(case: Case, device: str) -> None:
     assert [p.name for p in ours.dead] == [p.name for p in fx.dead]
     assert ours.output_reach == fx.output_reach
     assert ours.split_gradients == fx.split_gradients
+    assert ours.recomputed_calls == fx.recomputed_calls
 
 
 @pytest.mark.parametrize(("case", "device"), EAGER_RUNS)

@@ -17,6 +17,7 @@ from cases import CASES, Case
 from typer.testing import CliRunner
 
 import execorder
+import execorder.fsdp
 from execorder import eager
 from execorder.cli.app import app
 from execorder.errors import SchemaError
@@ -126,3 +127,30 @@ def test_a_backward_of_several_outputs_counts_passes_by_its_hooks_alone() -> Non
     x = torch.randn(2, 4)
     assert dict(eager.trace(TwoOutputs(), args=(x,), backward=True).split_gradients) == SPLIT
     assert dict(eager.trace(TwoOutputs(), args=(x,)).split_gradients) == SPLIT
+
+
+def test_the_calls_a_recompute_makes_again_are_known_alike_in_every_backend() -> None:
+    """FX by checkpoint region, eager by the checkpoint's forward: the calls inside a block."""
+    runs = _runs(CASES["checkpoint-loop"])
+    names = [c.name for c in runs["fx"].modules]
+    recomputed = [names[i] for i in runs["fx"].recomputed_calls]
+    assert recomputed == ["encoder.layer", "encoder.layer"]
+    for how, report in runs.items():
+        assert report.recomputed_calls == runs["fx"].recomputed_calls, how
+    data = json.loads(json.dumps(runs["fx"].to_dict()))
+    assert Report.from_dict(data).recomputed_calls == runs["fx"].recomputed_calls
+    assert "recomputed_calls" not in execorder.trace(models.ReadForShapeOnly()).to_dict()
+
+
+def test_a_plan_flags_a_unit_whose_last_backward_is_a_recompute() -> None:
+    from execorder.analysis.sharding import CheckKind
+
+    def flagged(units: list[str], **options: object) -> list[tuple[str, ...]]:
+        plan = execorder.fsdp.plan(models.CheckpointLoop(), units=units, **options)
+        return [c.units for c in plan.checks if c.kind is CheckKind.SPLIT_GRADIENT]
+
+    assert flagged(["encoder.layer"]) == [("encoder.layer",)]
+    assert flagged(["encoder.layer"], input_size=(2, 4)) == [("encoder.layer",)]  # eager
+    assert flagged(["encoder"]) == []
+    first = execorder.fsdp.plan(models.CheckpointReusedFirst(), units=["block"])
+    assert not [c for c in first.checks if c.kind is CheckKind.SPLIT_GRADIENT]

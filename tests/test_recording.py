@@ -10,7 +10,7 @@ from cases import CASES, Case
 from torch import nn
 
 from execorder.backends.eager_intercept import intercepting
-from execorder.recording import Event, Recorder, build_report, module_tree
+from execorder.recording import Checkpointed, Event, Recorder, build_report, module_tree
 from execorder.report import Mode
 
 
@@ -29,6 +29,8 @@ def _one_by_one(recorder: Recorder, events: list[Event]) -> None:
             recorder.exit(recorder.current.module)
         elif isinstance(event, list):
             recorder.use(event)
+        elif isinstance(event, Checkpointed):
+            recorder.checkpointed(event.start)
         else:
             recorder.enter(event)
 

@@ -16,7 +16,7 @@ block's graph in forward, so it needs nothing.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -85,6 +85,31 @@ def recompute(fn: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         with torch.enable_grad(), device_autocast, cpu_autocast:
             outputs = fn.run_function(*detached)
     return (outputs if isinstance(outputs, tuple) else (outputs,)), detached
+
+
+@contextmanager
+def blocks_logged(on_block: Callable[[bool], None]) -> Iterator[None]:
+    """Tell ``on_block(True)`` when a reentrant checkpoint's block starts running in forward,
+    ``on_block(False)`` when it ends: the calls between are made again in backward.
+
+    ``CheckpointFunction.forward`` is wrapped for the duration, and restored
+    exactly on exit, also when forward raises.
+    """
+    saved = CheckpointFunction.__dict__["forward"]
+    block = saved.__func__
+
+    def forward(ctx: Any, run_function: Any, preserve_rng_state: bool, *args: Any) -> Any:
+        on_block(True)
+        try:
+            return block(ctx, run_function, preserve_rng_state, *args)
+        finally:
+            on_block(False)
+
+    CheckpointFunction.forward = staticmethod(forward)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        CheckpointFunction.forward = saved  # type: ignore[method-assign]
 
 
 # -- FX ---------------------------------------------------------------------

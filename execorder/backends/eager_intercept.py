@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from execorder.backends.checkpointing import blocks_logged
 from execorder.backends.common import metadata_functions
 from execorder.backends.eager_liveness import GradHooks
 from execorder.backends.timing import Clock
-from execorder.recording import Event, ModuleTree
+from execorder.recording import Checkpointed, Event, ModuleTree
 
 
 @contextmanager
@@ -171,7 +172,10 @@ def intercepting(
                 watched[id(param)] = param
         for module, held in zip(owning, own_slots, strict=True):
             module.__dict__["_parameters"] = _Slots(held, adopt)
-        with _Watching(watched, metadata, append) if watched else nullcontext():
+        with (
+            _Watching(watched, metadata, append) if watched else nullcontext(),
+            blocks_logged(lambda start: append(Checkpointed(start))),
+        ):
             yield
     finally:
         for module, held in zip(owning, own_slots, strict=True):

@@ -188,7 +188,12 @@ def record_tracer(
     ) -> Any:
         if id(module) not in named:  # a wrapper the tree walks through: not a call of its own
             return orig_call_module(module, forward, args, kwargs)
+        inside = regions is not None and regions.current is not None
+        if inside:
+            recorder.checkpointed(True)  # a reentrant checkpoint's block: made again in backward
         recorder.enter(module)
+        if inside:
+            recorder.checkpointed(False)
         output = orig_call_module(module, forward, args, kwargs)
         recorder.exit(module)
         return output

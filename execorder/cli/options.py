@@ -362,7 +362,8 @@ FsdpFailOnOpt = Annotated[
         metavar="SEVERITY|CHECKS",
         help="CI gate: exit 1 if a check of this severity or worse is found (error, warning, "
         "info), or one of these checks (comma-separated: external-use, shared-params, "
-        "varies, not-run, registration-order, order-varies, assumption, repeated, root-only).",
+        "varies, not-run, registration-order, order-varies, assumption, repeated, root-only, "
+        "split-gradient).",
         show_default=False,
     ),
 ]

@@ -4,6 +4,7 @@ from execorder.recording.build import build_report
 from execorder.recording.events import (
     Assumed,
     CallRecord,
+    Checkpointed,
     Event,
     Recorder,
     UsageGroup,
@@ -14,6 +15,7 @@ from execorder.recording.tree import ModuleTree, class_name, module_tree, unwrap
 __all__ = [
     "Assumed",
     "CallRecord",
+    "Checkpointed",
     "Event",
     "ModuleTree",
     "Recorder",

@@ -76,6 +76,8 @@ def build_report(
     split = _split(recorder, passes or {}, trainable)
     if split:
         report = dataclasses.replace(report, split_gradients=split)
+    if recorder.recomputed:
+        report = dataclasses.replace(report, recomputed_calls=tuple(recorder.recomputed))
     return dataclasses.replace(report, defaults=dict(defaults or {})) if defaults else report
 
 

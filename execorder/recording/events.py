@@ -29,10 +29,20 @@ class Assumed(NamedTuple):
     where: str = ""
 
 
-Event = nn.Module | list[nn.Parameter] | Assumed | None
+class Checkpointed(NamedTuple):
+    """An event: a reentrant checkpoint's block starts (or ends) running in forward.
+
+    The calls made inside are made again in backward, by the recompute.
+    """
+
+    start: bool
+
+
+Event = nn.Module | list[nn.Parameter] | Assumed | Checkpointed | None
 """One entry of an event log: a module (its call starts), ``None`` (the
-current call ends), a list of parameters (one op used them), or an
-:class:`Assumed` (the current call assumed a value)."""
+current call ends), a list of parameters (one op used them), an
+:class:`Assumed` (the current call assumed a value), or a
+:class:`Checkpointed` (a reentrant checkpoint's block starts or ends)."""
 
 
 class UsageGroup(NamedTuple):
@@ -77,6 +87,8 @@ class Recorder:
         assumptions: ``(call index, event)`` for each assumption, in order.
         after_assumption: Ids of the parameters used inside a call after it
             made an assumption (its status may rest on it).
+        recomputed: Indices of the calls made inside a reentrant checkpoint's
+            block, which backward makes again (:meth:`checkpointed`).
     """
 
     def __init__(self, root: nn.Module, tree: ModuleTree | None = None) -> None:
@@ -92,6 +104,8 @@ class Recorder:
         self.after_assumption: set[int] = set()
         # The stack depth of the outermost running call that made an assumption.
         self._assuming: int | None = None
+        self.recomputed: list[int] = []
+        self._blocks = 0  # reentrant checkpoint blocks running now
 
     @property
     def current(self) -> CallRecord:
@@ -149,6 +163,12 @@ class Recorder:
         self._stack.append(len(self.calls) - 1)
         if self._assuming is not None:
             self.after_assumption.update(map(id, params))
+        if self._blocks:
+            self.recomputed.append(len(self.calls) - 1)
+
+    def checkpointed(self, start: bool) -> None:
+        """A reentrant checkpoint's block starts (or ends): the calls inside are recomputed."""
+        self._blocks += 1 if start else -1
 
     def exit(self, module: nn.Module) -> None:
         """The current call, of ``module``, ends."""
@@ -244,6 +264,8 @@ class Recorder:
                     self.after_assumption.update(map(id, unique))
             elif isinstance(event, Assumed):
                 self.assume(event)
+            elif isinstance(event, Checkpointed):
+                self.checkpointed(event.start)
             else:
                 params = cached.get(id(event)) or params_of(event)
                 parent = calls[stack[-1]]
@@ -255,6 +277,8 @@ class Recorder:
                         self.after_assumption.update(map(id, params))
                 calls.append(CallRecord(event, stack[-1], len(stack), [], slot))
                 stack.append(len(calls) - 1)
+                if self._blocks:
+                    self.recomputed.append(len(calls) - 1)
         if len(stack) != 1:
             raise RuntimeError("execorder: the event log leaves module calls open")
 

@@ -531,6 +531,10 @@ class Report:
             ``static_graph=True`` it fails, or all-reduces before the last
             part arrives. Empty (and absent from the JSON) when there is none
             or the backend did not count them.
+        recomputed_calls: The module calls made inside a reentrant checkpoint's
+            block (indices into ``modules``), which backward makes again, in
+            the backward pass of that block's own. Empty (and absent from the
+            JSON) when there are none.
         inputs_made: The inputs execorder made itself, and where from: a
             transformers model's own example inputs (``dummy_inputs``) when
             it was given none, torchtitan's positions and attention masks as
@@ -556,6 +560,7 @@ class Report:
     memory: Memory | None = None
     output_reach: OutputReach | None = None
     split_gradients: Mapping[str, int] = field(default_factory=dict)
+    recomputed_calls: tuple[int, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -691,6 +696,7 @@ class Report:
                 else {}
             ),
             **({"split_gradients": dict(self.split_gradients)} if self.split_gradients else {}),
+            **({"recomputed_calls": list(self.recomputed_calls)} if self.recomputed_calls else {}),
         }
 
     @classmethod
@@ -746,6 +752,7 @@ class Report:
             if fields.get("output_reach", dict, type(None), default=None) is None
             else OutputReach.from_dict(data["output_reach"]),
             split_gradients=_counts(fields.get("split_gradients", dict, default={})),
+            recomputed_calls=tuple(fields.items("recomputed_calls", int, default=())),
         )
 
     def param(self, name: str) -> ParamInfo:

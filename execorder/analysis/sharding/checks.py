@@ -7,7 +7,7 @@ composed where it is shown (:mod:`execorder.analysis.sharding.words`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from execorder.analysis.sharding.kinds import SEVERITY, CheckKind, Direction, Mistarget
@@ -59,6 +59,28 @@ def not_run(built: Sequence[Unit]) -> list[Check]:
         _check(CheckKind.NOT_RUN, (unit.name,), unit.param_names)
         for unit in built
         if unit.first_call is None and unit.name != ROOT
+    ]
+
+
+def split_gradients(
+    built: Sequence[Unit], split: Collection[str], recomputed: Collection[int]
+) -> list[Check]:
+    """Units whose gradient comes in several backward passes, the last a recompute's.
+
+    A reentrant checkpoint recomputes its block in a backward pass of its
+    own. When a unit's parameters get their gradient in several passes and
+    its first call in forward (so its last backward) is recomputed, FSDP2
+    leaves an unsharded, unreduced gradient on its sharded parameters
+    (``tests/test_fsdp_real.py``: a block checkpointed twice, or run again
+    after its checkpoint). A unit run outside first, or one that runs the
+    checkpoints inside it, is right.
+    """
+    return [
+        _check(CheckKind.SPLIT_GRADIENT, (unit.name,), found, calls=unit.calls)
+        for unit in built
+        if unit.name != ROOT
+        and unit.first_call in recomputed
+        and (found := tuple(p for p in unit.param_names if p in split))
     ]
 
 

@@ -21,6 +21,7 @@ class CheckKind(Word):
     REPEATED = "repeated"  # a unit runs more than once: re-gathered each time
     ROOT_ONLY = "root-only"  # no unit but the root: the whole model is gathered at once
     MEMORY = "memory"  # one rank's training step exceeds its memory budget
+    SPLIT_GRADIENT = "split-gradient"  # a repeated unit's gradient comes in several passes
 
 
 SEVERITY = {
@@ -34,6 +35,7 @@ SEVERITY = {
     CheckKind.REPEATED: Severity.INFO,
     CheckKind.ROOT_ONLY: Severity.INFO,
     CheckKind.MEMORY: Severity.ERROR,
+    CheckKind.SPLIT_GRADIENT: Severity.ERROR,
 }
 
 

@@ -119,6 +119,14 @@ def check_message(check: Check, words: Words = PYTHON) -> str:
             f"one rank's training step peaks at {size_text(check.bytes)}{where}, over the "
             f"budget of {size_text(check.budget)}; largest: {largest}"
         )
+    if kind is CheckKind.SPLIT_GRADIENT:
+        return (
+            f"unit {label(units[0])} gets its gradient in several backward passes "
+            f"({listed(check.params)}: reentrant checkpoints run their own), the last a "
+            "recompute's (its first call is checkpointed): FSDP2 leaves that gradient "
+            "unsharded and unreduced, and the optimizer steps on it; use use_reentrant=False, "
+            "or make the module that runs the checkpoints the unit"
+        )
     if kind is CheckKind.ORDER_VARIES:
         args = args_text(check.combinations[0], none=NONE)
         return (
