@@ -114,6 +114,7 @@ CASES: dict[str, Case] = {
     "checkpoint-reused-after": Case(lambda: models.CheckpointReused("after"), _x(2, 4)),
     "checkpoint-reused-first": Case(models.CheckpointReusedFirst, _x(2, 4)),
     "checkpoint-loop": Case(models.CheckpointLoop, _x(2, 4)),
+    "own-checkpointing": Case(models.OwnCheckpointing, _x(2, 4), fx=False),
     "own-output-class": Case(models.OwnOutputClass, _x(2, 4), fx=False),
     "hooked-leaf": Case(models.HookedLeaf, _x(2, 4), meta=False),
     "checkpoint-non-reentrant": Case(lambda: models.Checkpointed(reentrant=False), _ids(16, 2, 3)),

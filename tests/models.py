@@ -1289,3 +1289,53 @@ class CheckpointLoop(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(self.embed(x)))
+
+
+class _RecomputingCheckpoint(torch.autograd.Function):
+    """Activation checkpointing as Megatron-LM writes it: a Function of torch's shape.
+
+    Runs ``run_function`` under no_grad in forward, keeps it on ``ctx``, and runs
+    it again with grad in backward, then backward through the recomputed graph.
+    """
+
+    @staticmethod
+    def forward(ctx, run_function, *args):  # type: ignore[no-untyped-def, override]
+        ctx.run_function = run_function
+        with torch.no_grad():
+            outputs = run_function(*args)
+        ctx.save_for_backward(*args)
+        return outputs
+
+    @staticmethod
+    def backward(ctx, *grads):  # type: ignore[no-untyped-def, override]
+        inputs = [t.detach().requires_grad_(t.requires_grad) for t in ctx.saved_tensors]
+        with torch.enable_grad():
+            outputs = ctx.run_function(*inputs)
+        outputs = (outputs,) if isinstance(outputs, torch.Tensor) else outputs
+        torch.autograd.backward(outputs, grads)
+        return (None, *(t.grad for t in inputs))
+
+
+class OwnCheckpointing(nn.Module):
+    """Blocks checkpointed by a Function of the model's own, as Megatron-LM's are.
+
+    Every parameter gets a gradient, from the recompute; ``frozen_input``
+    feeds a block an input that needs no grad, so torch never runs that
+    Function's backward: ``cold`` gets none.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 4)
+        self.up = nn.Linear(4, 8)
+        self.down = nn.Linear(8, 4)
+        self.cold = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def _block(self, h: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.relu(self.up(h)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = _RecomputingCheckpoint.apply(self._block, self.embed(x))
+        cold = _RecomputingCheckpoint.apply(self.cold, x)
+        return self.head(h + cold)

@@ -25,9 +25,19 @@ from torch import nn
 from torch.utils.checkpoint import CheckpointFunction, detach_variable, set_device_states
 
 
-def is_reentrant(fn: Any) -> bool:
-    """Whether an autograd node is a reentrant checkpoint's (``CheckpointFunctionBackward``)."""
+def is_torch_checkpoint(fn: Any) -> bool:
+    """Whether an autograd node is torch's own reentrant checkpoint's."""
     return getattr(fn, "_forward_cls", None) is CheckpointFunction
+
+
+def is_reentrant(fn: Any) -> bool:
+    """Whether an autograd node is a reentrant checkpoint's: torch's
+    (``CheckpointFunctionBackward``), or a custom Function of its shape, whose
+    ``ctx`` keeps the ``run_function`` its backward runs again on the saved
+    inputs (Megatron-LM's and DeepSpeed's activation checkpointing)."""
+    if is_torch_checkpoint(fn):
+        return True
+    return hasattr(fn, "_forward_cls") and callable(getattr(fn, "run_function", None))
 
 
 def _module_of(function: Any) -> nn.Module | None:
@@ -53,16 +63,27 @@ def _buffers_kept(module: nn.Module | None) -> Iterator[None]:
                 buffer.copy_(value)
 
 
-def recompute(fn: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+def recompute(fn: Any) -> tuple[tuple[Any, ...], tuple[Any, ...], tuple[int, ...]]:
     """Run a reentrant checkpoint's block again, with grad, as its backward would.
+
+    A custom Function of torch's shape runs its ``run_function`` on its saved
+    tensors, as such a Function's backward does (random state kept).
 
     Args:
         fn: A node for which :func:`is_reentrant` holds.
 
     Returns:
-        The block's outputs (a tuple) and its detached inputs (the leaves the
-        new graph ends at, in the order of the block's arguments).
+        The block's outputs (a tuple), its detached inputs (the leaves the
+        new graph ends at, in the order of the block's arguments), and for
+        each tensor argument of the Function, in order, its detached input.
     """
+    if not is_torch_checkpoint(fn):
+        with torch.random.fork_rng(devices=[]), _buffers_kept(_module_of(fn.run_function)):
+            detached = detach_variable(tuple(fn.saved_tensors))
+            with torch.enable_grad():
+                outputs = fn.run_function(*detached)
+        block = outputs if isinstance(outputs, tuple) else (outputs,)
+        return block, detached, tuple(range(len(detached)))
     inputs = list(fn.inputs)
     for tensor, index in zip(fn.saved_tensors, fn.tensor_indices, strict=True):
         inputs[index] = tensor
@@ -84,7 +105,8 @@ def recompute(fn: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         cpu_autocast = torch.amp.autocast("cpu", **fn.cpu_autocast_kwargs)
         with torch.enable_grad(), device_autocast, cpu_autocast:
             outputs = fn.run_function(*detached)
-    return (outputs if isinstance(outputs, tuple) else (outputs,)), detached
+    block = outputs if isinstance(outputs, tuple) else (outputs,)
+    return block, detached, tuple(fn.tensor_indices)
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from execorder.backends.checkpointing import is_reentrant, recompute
+from execorder.backends.checkpointing import is_reentrant, is_torch_checkpoint, recompute
 from execorder.backends.common import named_leaves, tensors
 
 
@@ -83,7 +83,20 @@ def live_params(
                 continue
             expanded[fn] |= new
             if fn not in recomputed:
-                block_outputs, detached = recompute(fn)
+                try:
+                    block_outputs, detached, indices = recompute(fn)
+                except Exception:
+                    if is_torch_checkpoint(fn):
+                        raise
+                    # A Function of the model's own that cannot run again here: walked as
+                    # any node, to its inputs (what it reads inside stays unreached).
+                    recomputed[fn] = ()
+                    stack.extend(
+                        (next_fn, nr, runs_in[fn])
+                        for next_fn, nr in fn.next_functions
+                        if next_fn is not None
+                    )
+                    continue
                 recomputed[fn] = block_outputs
                 keep += [*block_outputs, *detached]
                 # Gradients the block returns for its inputs go on in the pass around it.
@@ -91,9 +104,11 @@ def live_params(
                     (e[0], e[1], runs_in[fn]) if e[0] is not None else None
                     for e in fn.next_functions
                 ]
-                for k, index in enumerate(fn.tensor_indices):
+                for k, index in enumerate(indices):
                     inputs[id(detached[index])] = edges[k] if k < len(edges) else None
             for number in new:
+                if number >= len(recomputed[fn]):
+                    continue
                 out = recomputed[fn][number]
                 if not isinstance(out, torch.Tensor):
                     continue
