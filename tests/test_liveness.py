@@ -205,3 +205,39 @@ def test_the_ddp_check_is_not_ok_when_a_loss_on_the_main_output_alone_misses_par
     report = execorder.trace(models.KeywordParam())
     assert report.output_reach is None
     assert ddp_verdict(report).cells[1].text == "ok: every trainable parameter gets a gradient"
+
+
+class _RunsItselfAgainOddly(torch.autograd.Function):
+    """Keeps a ``run_function`` it calls with a flag: its saved tensors alone cannot rerun it."""
+
+    @staticmethod
+    def forward(ctx, run_function, flag, x):  # type: ignore[no-untyped-def, override]
+        ctx.run_function = run_function
+        with torch.no_grad():
+            out = run_function(x, flag)
+        ctx.save_for_backward(x)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def, override]
+        return None, None, grad
+
+
+class _Odd(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = torch.nn.Linear(4, 4)
+        self.embed = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _RunsItselfAgainOddly.apply(lambda t, flag: self.inner(t), True, self.embed(x))
+
+
+def test_a_checkpoint_like_function_that_cannot_run_again_is_walked_as_any_function() -> None:
+    """Its backward passes the gradient to its input only: ``inner`` really gets none."""
+    x = torch.randn(2, 4)
+    model = _Odd()
+    model(x).sum().backward()
+    real = [n for n, p in model.named_parameters() if p.grad is None]
+    assert real == ["inner.weight", "inner.bias"]
+    assert [p.name for p in eager.trace(_Odd(), args=(x,)).no_grad()] == real
