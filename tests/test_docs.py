@@ -47,7 +47,8 @@ def _examples() -> list[object]:
             parts = re.split(r"^\$ ", body, flags=re.M)[1:]
             commands = [tuple(part.partition("\n")[::2]) for part in parts]
             spawns = any(_spawns(command) for command, _ in commands)
-            marks = [pytest.mark.processes] if spawns else []
+            slow = any(_slow(command) for command, _ in commands)
+            marks = [pytest.mark.processes] if spawns else [pytest.mark.slow] if slow else []
             found.append(pytest.param(commands, id=f"{path.name}:{line}", marks=marks))
     return found
 
@@ -75,6 +76,12 @@ def _in_process(command: str) -> bool:
 def _spawns(command: str) -> bool:
     """Whether a console command starts processes: run in bash, or starting ranks."""
     return not _in_process(command) or "--nproc" in shlex.split(command)
+
+
+def _slow(command: str) -> bool:
+    """Whether a console command takes seconds in process: it measures a training step's
+    memory, or runs a model at its real size (the 70B shape, torchtitan's)."""
+    return "--memory" in command or "llama2_70b" in command or "torchtitan" in command
 
 
 def _run(command: str, cwd: Path) -> str:
