@@ -51,11 +51,14 @@ def run_probe(script: str, *args: object, timeout: int = 240) -> list[dict]:
     """Run ``tests/SCRIPT ARGS...`` (ranks of its own) bounded by ``timeout``; its JSON lines.
 
     A probe that hangs (ranks waiting on each other) or fails fails the test, with
-    the end of what it wrote on stderr.
+    the end of what it wrote on stderr. It starts its own process group: a
+    ``TORCH_DISTRIBUTED_*`` setting of the test run's is not passed on.
     """
     import json
+    import os
     import subprocess
 
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCH_DISTRIBUTED")}
     try:
         done = subprocess.run(
             [sys.executable, str(TESTS / script), *map(str, args)],
@@ -63,6 +66,7 @@ def run_probe(script: str, *args: object, timeout: int = 240) -> list[dict]:
             text=True,
             timeout=timeout,
             cwd=TESTS.parent,
+            env=env,
         )
     except subprocess.TimeoutExpired:
         pytest.fail(f"{script} did not finish in {timeout} s (a hang across ranks?)")

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch.distributed as dist
 from cases import CASES, predict
+from conftest import run_probe
 
-PROBE = Path(__file__).resolve().parent / "ddp_probe.py"
-PASSES_PROBE = Path(__file__).resolve().parent / "ddp_passes_probe.py"
+PROBE = "ddp_probe.py"
+PASSES_PROBE = "ddp_passes_probe.py"
 CONTROLS = ["checkpoint-reentrant", "checkpoint-non-reentrant", "tied"]
 
 pytestmark = [
@@ -32,26 +28,8 @@ def ddp_indices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[int]
 
     None for a case whose outputs need no gradient (DDP never runs a backward).
     """
-    lines = _probe(PROBE, tmp_path_factory.mktemp("ddp") / "store", list(CASES))
+    lines = run_probe(PROBE, tmp_path_factory.mktemp("ddp") / "store", *CASES)
     return {line["case"]: line["indices"] for line in lines}
-
-
-def _probe(script: Path, store: Path, names: list[str]) -> list[dict[str, Any]]:
-    """The JSON lines a probe prints for the cases ``names``, run in one bounded subprocess."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCH_DISTRIBUTED")}
-    try:
-        result = subprocess.run(
-            [sys.executable, str(script), str(store), *names],
-            capture_output=True,
-            text=True,
-            timeout=240,
-            env=env,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{script.name} did not finish within 240 s")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return [json.loads(line) for line in result.stdout.splitlines()]
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -89,7 +67,7 @@ def test_a_gradient_in_several_passes_is_what_ddp_fails_on(
     """Where execorder says a gradient arrives in parts, DDP on two ranks raises or drifts;
     with static_graph=True, or where it says nothing, every step is the same on both ranks."""
     assert len(split_cases) >= 3, split_cases
-    lines = _probe(PASSES_PROBE, tmp_path / "store", [*split_cases, *CONTROLS])
+    lines = run_probe(PASSES_PROBE, tmp_path / "store", *split_cases, *CONTROLS)
     fared = {line["case"]: line for line in lines}
     assert set(fared) == {*split_cases, *CONTROLS}
     for name, line in fared.items():

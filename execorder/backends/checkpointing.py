@@ -154,10 +154,18 @@ class Region:
 
 
 class Regions:
-    """The reentrant checkpoint regions of one FX trace; ``current`` is the innermost open one."""
+    """The reentrant checkpoint regions of one FX trace; ``current`` is the innermost open one.
 
-    def __init__(self) -> None:
+    Attributes:
+        on_block: Told ``True`` when a block starts, ``False`` when it ends
+            (as :func:`blocks_logged` tells an eager recording).
+        opened: Whether any block was traced.
+    """
+
+    def __init__(self, on_block: Callable[[bool], None] | None = None) -> None:
         self.current: Region | None = None
+        self.on_block = on_block
+        self.opened = False
 
 
 @contextmanager
@@ -176,12 +184,16 @@ def regions_traced(regions: Regions) -> Iterator[Regions]:
     def apply(cls: type, run_function: Any, preserve_rng_state: bool, *args: Any) -> Any:
         nodes = [a.node for a in args if isinstance(a, torch.fx.Proxy)]
         region = Region(nodes, torch.is_grad_enabled(), regions.current)
-        regions.current = region
+        regions.current, regions.opened = region, True
+        if regions.on_block is not None:
+            regions.on_block(True)
         try:
             with torch.enable_grad():
                 return run_function(*args)
         finally:
             regions.current = region.parent
+            if regions.on_block is not None:
+                regions.on_block(False)
 
     CheckpointFunction.apply = classmethod(apply)  # type: ignore[assignment, method-assign]
     try:

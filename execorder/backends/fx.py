@@ -28,6 +28,7 @@ from execorder.backends.common import (
     gc_paused,
     owner,
 )
+from execorder.backends.eager_liveness import live_params as eager_live_params
 from execorder.backends.fx_functions import functions_traced
 from execorder.backends.fx_liveness import (
     COMPUTED_FROM,
@@ -106,30 +107,20 @@ def _attribute(module: nn.Module, target: str) -> object:
     return value
 
 
-def _computed_from(value: object, trainable: Mapping[int, nn.Parameter]) -> list[nn.Parameter]:
-    """The parameters a tensor's autograd history leads to, in ``trainable``'s order.
+def _computed_from(value: object, params: list[nn.Parameter]) -> list[nn.Parameter]:
+    """The parameters a tensor's autograd history leads to, in ``params``' order.
 
     Forward can compute on a parameter FX never proxied (one from
     ``self.parameters()``: ``sum(p.pow(2).sum() for p in ...)``, DDP's
     well-known fix for unused parameters). That runs for real while FX
     traces, and the result enters the graph as a tensor constant; its
-    history says which parameters it was computed from.
+    history, walked as the eager backend walks an output's, says which
+    parameters it was computed from.
     """
-    fn = value.grad_fn if isinstance(value, torch.Tensor) else None
-    if fn is None:
+    if not isinstance(value, torch.Tensor) or value.grad_fn is None:
         return []
-    reached: set[int] = set()
-    seen, stack = {fn}, [fn]
-    while stack:
-        fn = stack.pop()
-        variable = getattr(fn, "variable", None)  # an AccumulateGrad: the leaf it feeds
-        if variable is not None:
-            reached.add(id(variable))
-        for following, _ in fn.next_functions:
-            if following is not None and following not in seen:
-                seen.add(following)
-                stack.append(following)
-    return [param for key, param in trainable.items() if key in reached]
+    reached = eager_live_params(value, params)
+    return [param for param in params if param in reached]
 
 
 @contextmanager
@@ -164,7 +155,7 @@ def record_tracer(
         The recorder.
     """
     by_name = dict(root_module.named_parameters())
-    by_id = {id(p): p for p in by_name.values()}
+    own = list(by_name.values())
     orig_call_module = tracer.call_module
     orig_create_node = tracer.create_node
     # Restore exactly: methods patched on the instance before are put back,
@@ -188,12 +179,7 @@ def record_tracer(
     ) -> Any:
         if id(module) not in named:  # a wrapper the tree walks through: not a call of its own
             return orig_call_module(module, forward, args, kwargs)
-        inside = regions is not None and regions.current is not None
-        if inside:
-            recorder.checkpointed(True)  # a reentrant checkpoint's block: made again in backward
         recorder.enter(module)
-        if inside:
-            recorder.checkpointed(False)
         output = orig_call_module(module, forward, args, kwargs)
         recorder.exit(module)
         return output
@@ -211,7 +197,7 @@ def record_tracer(
             recorder.use(params_read(node))
         elif kind == "get_attr" and node.target not in by_name:
             # A tensor constant: computed from parameters outside the trace, it uses them here.
-            params = _computed_from(_attribute(root_module, str(node.target)), by_id)
+            params = _computed_from(_attribute(root_module, str(node.target)), own)
             if params:
                 node.meta[COMPUTED_FROM] = params
                 recorder.use(params)
@@ -409,8 +395,9 @@ def trace(
         raise LazyModulesError(owner(model))
     tracer = _Tracer()
     with gc_paused():
-        _run_tracer(tracer, model, args, recorder)
-        passes: dict[nn.Parameter, set[Any]] = {}
+        regions = _run_tracer(tracer, model, args, recorder)
+        # Without a reentrant checkpoint every gradient comes in the one pass: none to count.
+        passes: dict[nn.Parameter, set[Any]] | None = {} if regions.opened else None
         reach = output_reach(tracer.graph, model, passes)
         live = (
             live_params(tracer.graph, model, passes=passes)
@@ -424,7 +411,7 @@ def trace(
             concrete_args=args,
             live=live,
             outputs=reach,
-            passes={param: len(runs) for param, runs in passes.items()},
+            passes={param: len(runs) for param, runs in (passes or {}).items()},
         )
 
 
@@ -448,17 +435,22 @@ def _constants_taken_back(model: nn.Module) -> Iterator[None]:
 
 def _run_tracer(
     tracer: _Tracer, model: nn.Module, args: dict[str, Any], recorder: Recorder
-) -> None:
-    """Trace ``model`` into ``recorder``; FX's errors become :class:`TraceFailure`."""
+) -> Regions:
+    """Trace ``model`` into ``recorder``; FX's errors become :class:`TraceFailure`.
+
+    Returns:
+        The reentrant checkpoint regions the trace went through.
+    """
     try:
         with (
             _constants_taken_back(model),
             functions_traced(),
-            regions_traced(Regions()) as regions,
+            regions_traced(Regions(recorder.checkpointed)) as regions,
             record_tracer(tracer, model, recorder, regions=regions),
             user_code(f"tracing {owner(model)}"),
         ):
             tracer.trace(model, args or None)
+        return regions
     except UserExitError:
         raise
     except RecursionError as exc:

@@ -751,7 +751,9 @@ class Report:
             output_reach=None
             if fields.get("output_reach", dict, type(None), default=None) is None
             else OutputReach.from_dict(data["output_reach"]),
-            split_gradients=_counts(fields.get("split_gradients", dict, default={})),
+            split_gradients=_counts(
+                Fields(fields.get("split_gradients", dict, default={}), "split_gradients")
+            ),
             recomputed_calls=tuple(fields.items("recomputed_calls", int, default=())),
         )
 
@@ -767,12 +769,9 @@ class Report:
         raise KeyError(name)
 
 
-def _counts(data: Mapping[str, Any]) -> dict[str, int]:
-    """The JSON's ``split_gradients``, read; a count that is not an integer is a ``SchemaError``."""
-    for name, count in data.items():
-        if not isinstance(count, int) or isinstance(count, bool):
-            raise SchemaError(f"split_gradients.{name} must be an integer, not {count!r}")
-    return {str(name): count for name, count in data.items()}
+def _counts(counts: Fields) -> dict[str, int]:
+    """An object of integers by name (``split_gradients``), read with each checked."""
+    return {str(name): counts.get(name, int) for name in counts.data}
 
 
 def read_inputs_made(data: Mapping[str, Any]) -> dict[str, InputSource]:
