@@ -8,25 +8,12 @@ import typer
 
 from execorder.cli.app import Command, app, run_command
 from execorder.cli.options import (
-    AssumeOpt,
-    BackwardOpt,
-    ConcreteOpt,
-    DebugOpt,
-    DeviceOpt,
-    ForeachOpt,
     FormatOpt,
     FsdpFailOnOpt,
     FsdpSweepOpt,
-    InitOpt,
-    InputOpt,
-    InputsOpt,
     LayoutName,
     LayoutOpt,
-    MemoryBudgetOpt,
-    MemoryOpt,
-    ModeOpt,
-    OptimizerName,
-    OptimizerOpt,
+    ModelOptions,
     OutputFormat,
     OutputOpt,
     ParamDtypeOpt,
@@ -34,12 +21,11 @@ from execorder.cli.options import (
     ReduceDtypeOpt,
     ReshardName,
     ReshardOpt,
-    SeedOpt,
-    TargetArg,
     UnitOpt,
     WorldSizeOpt,
+    model_command,
 )
-from execorder.cli.session import Session, model_options, say
+from execorder.cli.session import Session, say
 from execorder.cli.values import parse_choices, parse_sweep
 from execorder.cli.words import (
     CLI,
@@ -47,7 +33,6 @@ from execorder.cli.words import (
 )
 from execorder.cli.writing import emit, timeline_of, tree_view_of
 from execorder.output import files
-from execorder.report.kinds import Mode
 
 
 def _parse_gates(text: str | None) -> tuple[Any, ...]:
@@ -63,9 +48,9 @@ def _parse_gates(text: str | None) -> tuple[Any, ...]:
 
 
 @app.command(cls=Command)
+@model_command(omit=("timing",))
 def fsdp(
-    ctx: typer.Context,
-    target: TargetArg,
+    *,
     unit: UnitOpt = None,
     layout: LayoutOpt = LayoutName.blocks,
     prefetch: PrefetchOpt = 1,
@@ -73,24 +58,11 @@ def fsdp(
     world_size: WorldSizeOpt = 1,
     param_dtype: ParamDtypeOpt = None,
     reduce_dtype: ReduceDtypeOpt = None,
-    memory: MemoryOpt = False,
-    optimizer: OptimizerOpt = OptimizerName.adamw,
-    foreach: ForeachOpt = True,
-    memory_budget: MemoryBudgetOpt = None,
-    concrete: ConcreteOpt = None,
-    init: InitOpt = None,
-    device: DeviceOpt = None,
+    options: ModelOptions,
     fmt: FormatOpt = OutputFormat.table,
     output: OutputOpt = None,
     fail_on: FsdpFailOnOpt = None,
     sweep: FsdpSweepOpt = None,
-    mode: ModeOpt = Mode.AUTO,
-    input: InputOpt = None,
-    inputs: InputsOpt = None,
-    backward: BackwardOpt = False,
-    assume: AssumeOpt = True,
-    seed: SeedOpt = 0,
-    debug: DebugOpt = False,
 ) -> None:
     """Plan FSDP2 (fully_shard) from the order forward really runs.
 
@@ -113,7 +85,6 @@ def fsdp(
         from execorder.output.views import fsdp_view
 
         gates = _parse_gates(fail_on)
-        options = model_options(ctx)
         concrete_args = options.concrete_args()
         axes = [parse_sweep(text) for text in sweep or []]
         if output is not None:
@@ -130,8 +101,8 @@ def fsdp(
             param_dtype=param_dtype.value if param_dtype else None,
             reduce_dtype=reduce_dtype.value if reduce_dtype else None,
         )
-        if memory:
-            plan = session.sharded_memory(plan, report, optimizer.value, concrete_args)
+        if options.memory:
+            plan = session.sharded_memory(plan, report, options.optimizer.value, concrete_args)
         emit(
             plan,
             lambda: fsdp_view(plan, words=CLI),
@@ -150,4 +121,4 @@ def fsdp(
         if failing:
             raise typer.Exit(EXIT_FOUND)
 
-    run_command(debug, body)
+    run_command(options.debug, body)

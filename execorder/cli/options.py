@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
+from execorder.cli.values import parse_assignments, parse_size
+from execorder.cli.words import UsageError
 from execorder.report.kinds import Mode
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class OutputFormat(str, Enum):
@@ -407,3 +416,115 @@ RanksFailOnOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelOptions:
+    """The options that say which model runs and how, defined once for every command.
+
+    :func:`model_command` gives a command these as its own options and hands
+    them to it as one value.
+    """
+
+    target: TargetArg
+    concrete: ConcreteOpt = None
+    init: InitOpt = None
+    device: DeviceOpt = None
+    mode: ModeOpt = Mode.AUTO
+    input: InputOpt = None
+    inputs: InputsOpt = None
+    backward: BackwardOpt = False
+    assume: AssumeOpt = True
+    seed: SeedOpt = 0
+    timing: TimingOpt = False
+    memory: MemoryOpt = False
+    optimizer: OptimizerOpt = OptimizerName.adamw
+    foreach: ForeachOpt = True
+    memory_budget: MemoryBudgetOpt = None
+    debug: DebugOpt = False
+    given: frozenset[str] = dataclasses.field(default=frozenset(), metadata={"option": False})
+    """The options given on the command line, not left at their defaults."""
+
+    def check(self) -> None:
+        """Refuse an option of the memory's step given without ``--memory``."""
+        for name, flag in MEMORY_ONLY.items():
+            if name in self.given and not self.memory:
+                raise UsageError(f"{flag} needs --memory")
+
+    def concrete_args(self) -> dict[str, Any]:
+        """``--concrete``, read."""
+        return parse_assignments(self.concrete or [], option="--concrete")
+
+    def init_kwargs(self) -> dict[str, Any]:
+        """``--init``, read."""
+        return parse_assignments(self.init or [], option="--init")
+
+    def budget(self) -> int | None:
+        """``--memory-budget``, read."""
+        if self.memory_budget is None:
+            return None
+        return parse_size(self.memory_budget, option="--memory-budget")
+
+
+MEMORY_ONLY = {"optimizer": "--optimizer", "foreach": "--foreach/--no-foreach"}
+"""Options that say how --memory steps, and mean nothing without it."""
+
+LAST = ("debug",)
+"""Model options listed after the command's own."""
+
+
+def model_command(*, omit: tuple[str, ...] = (), **replace: tuple[Any, Any]) -> Callable[[F], F]:
+    """Give a command the model options, where its ``options: ModelOptions`` parameter is.
+
+    The command lists only its own options; ``omit`` names the model options
+    it does not take (they keep their defaults), and ``replace`` gives one
+    another annotation and default (``seed=(RankSeedOpt, None)``).
+    """
+    hints = get_type_hints(ModelOptions, include_extras=True)
+    shared = [
+        inspect.Parameter(
+            field.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=replace.get(field.name, (hints[field.name],))[0],
+            default=replace[field.name][1] if field.name in replace else _default(field),
+        )
+        for field in dataclasses.fields(ModelOptions)
+        if field.name not in omit and field.metadata.get("option", True)
+    ]
+
+    def decorate(command: F) -> F:
+        own = inspect.signature(command, eval_str=True).parameters
+        takes_ctx = "ctx" in own
+        first = [] if takes_ctx else [_ctx_parameter()]
+        params = []
+        for param in own.values():
+            if param.name == "options":
+                params += [p for p in shared if p.name not in LAST]
+            else:
+                params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+        params += [p for p in shared if p.name in LAST]
+
+        @functools.wraps(command)
+        def run(**values: Any) -> Any:
+            ctx = values["ctx"] if takes_ctx else values.pop("_ctx")
+            given = frozenset(n for n in values if _given(ctx, n))
+            model = {p.name: values.pop(p.name) for p in shared}
+            return command(options=ModelOptions(**model, given=given), **values)
+
+        run.__signature__ = inspect.Signature(first + params)  # type: ignore[attr-defined]
+        return run  # type: ignore[return-value]
+
+    return decorate
+
+
+def _default(field: dataclasses.Field[Any]) -> Any:
+    return inspect.Parameter.empty if field.default is dataclasses.MISSING else field.default
+
+
+def _ctx_parameter() -> inspect.Parameter:
+    return inspect.Parameter("_ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+
+
+def _given(ctx: Any, name: str) -> bool:
+    """Whether option ``name`` was given on the command line (click's source, via Typer)."""
+    return getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"

@@ -11,25 +11,18 @@ import typer
 
 from execorder.cli.app import Command, app, run_command
 from execorder.cli.options import (
-    AssumeOpt,
-    BackwardOpt,
-    ConcreteOpt,
-    DebugOpt,
-    DeviceOpt,
     FormatOpt,
-    InitOpt,
-    InputOpt,
-    InputsOpt,
+    ModelOptions,
     ModeOpt,
     NprocOpt,
     OutputFormat,
     OutputOpt,
     RankSeedOpt,
     RanksFailOnOpt,
-    TargetArg,
     TimeoutOpt,
+    model_command,
 )
-from execorder.cli.session import ModelOptions, Session, load_factory, model_options, say
+from execorder.cli.session import Session, load_factory, say
 from execorder.cli.values import parse_choices
 from execorder.cli.words import (
     EXIT_ERROR,
@@ -79,24 +72,20 @@ def _preflight(options: ModelOptions) -> None:
 
 
 @app.command(cls=Command)
+@model_command(
+    omit=("timing", "memory", "optimizer", "foreach", "memory_budget"),
+    mode=(ModeOpt, Mode.EAGER),
+    seed=(RankSeedOpt, None),
+)
 def ranks(
     ctx: typer.Context,
-    target: TargetArg,
+    *,
     nproc: NprocOpt = None,
-    concrete: ConcreteOpt = None,
-    init: InitOpt = None,
-    device: DeviceOpt = None,
+    options: ModelOptions,
     fmt: FormatOpt = OutputFormat.table,
     output: OutputOpt = None,
     fail_on: RanksFailOnOpt = None,
-    mode: ModeOpt = Mode.EAGER,
-    input: InputOpt = None,
-    inputs: InputsOpt = None,
-    backward: BackwardOpt = False,
-    assume: AssumeOpt = True,
-    seed: RankSeedOpt = None,
     timeout: TimeoutOpt = 300,
-    debug: DebugOpt = False,
 ) -> None:
     """Find where the ranks of a job part, before it hangs the job.
 
@@ -115,7 +104,8 @@ def ranks(
     """
     # Every rank builds with seed 0, as DDP starts every rank from the same
     # weights; --seed (or the rank) seeds the inputs and the run.
-    model = dataclasses.replace(model_options(ctx), seed=0 if seed is None else seed)
+    seed = options.seed
+    model = dataclasses.replace(options, seed=0 if seed is None else seed)
     in_job = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank = int(os.environ["RANK"]) if in_job else 0
 
@@ -125,7 +115,7 @@ def ranks(
         )
         if fmt in (OutputFormat.tree, OutputFormat.perfetto):
             raise UsageError(f"--format {fmt.value} applies to trace and fsdp, not ranks")
-        if mode is not Mode.FX and not input and not inputs:
+        if model.mode is not Mode.FX and not model.input and not model.inputs:
             raise UsageError(
                 "ranks part on their data: give each rank its inputs with --input (drawn "
                 "with each rank's seed) or --inputs MODULE:FUNCTION (it may take rank and "
@@ -141,7 +131,7 @@ def ranks(
         _preflight(model)
 
     if rank == 0:
-        run_command(debug, check)
+        run_command(model.debug, check)
     else:  # rank 0 says what is wrong, once; the others only leave as it does
         try:
             check()
@@ -167,9 +157,9 @@ def ranks(
 
         rank, result = compare_job(
             record,
-            device=device.value if device else None,
+            device=model.device.value if model.device else None,
             timeout=timeout,
-            target=target,
+            target=model.target,
             explain=explain,
         )
         if rank == 0:
@@ -185,7 +175,7 @@ def ranks(
                 say(f"execorder: check failed: divergence: {len(result.groups)} groups of ranks")
             raise typer.Exit(EXIT_FOUND)
 
-    run_command(debug, body)
+    run_command(model.debug, body)
 
 
 def launch(nproc: int, args: list[str], timeout: int) -> int:

@@ -8,12 +8,9 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from execorder.cli.values import parse_assignments, parse_size
-from execorder.cli.words import UsageError
-from execorder.report.kinds import Mode
+from execorder.cli.options import ModelOptions
 
 T = TypeVar("T")
 
@@ -66,61 +63,6 @@ def _spinner(first: str) -> Iterator[Callable[[str], None]]:
         yield lambda text: status.update(f"{text}…")
 
 
-@dataclass(frozen=True, slots=True)
-class ModelOptions:
-    """The options that say which model runs and how: the ones every command shares."""
-
-    target: str
-    concrete: list[str] | None = None
-    init: list[str] | None = None
-    device: Any = None
-    mode: Mode = Mode.AUTO
-    input: list[str] | None = None
-    inputs: str | None = None
-    backward: bool = False
-    assume: bool = True
-    seed: int | None = 0
-    timing: bool = False
-    memory: bool = False
-    optimizer: Any = None
-    foreach: bool = True
-    memory_budget: str | None = None
-    debug: bool = False
-
-    def concrete_args(self) -> dict[str, Any]:
-        """``--concrete``, read."""
-        return parse_assignments(self.concrete or [], option="--concrete")
-
-    def init_kwargs(self) -> dict[str, Any]:
-        """``--init``, read."""
-        return parse_assignments(self.init or [], option="--init")
-
-    def budget(self) -> int | None:
-        """``--memory-budget``, read."""
-        if self.memory_budget is None:
-            return None
-        return parse_size(self.memory_budget, option="--memory-budget")
-
-
-MEMORY_ONLY = {"optimizer": "--optimizer", "foreach": "--foreach/--no-foreach"}
-"""Options that say how --memory steps, and mean nothing without it."""
-
-
-def model_options(ctx: Any) -> ModelOptions:
-    """The model options the command was given; those it does not take keep their defaults.
-
-    Raises:
-        UsageError: For an option of the memory's step given without ``--memory``.
-    """
-    if not ctx.params.get("memory"):
-        for name, flag in MEMORY_ONLY.items():
-            source = ctx.get_parameter_source(name)  # click's enum, as Typer bundles it
-            if getattr(source, "name", None) == "COMMANDLINE":
-                raise UsageError(f"{flag} needs --memory")
-    names = {f.name for f in dataclasses.fields(ModelOptions)}
-    return ModelOptions(**{k: v for k, v in ctx.params.items() if k in names})
-
-
 def _memory_arguments(options: ModelOptions, budget: int | None, one_device: bool) -> Any:
     """What the profiler measures, and against what budget: one device's step (by default
     against the device's own memory), nothing where the command measures one rank itself
@@ -144,6 +86,7 @@ class Session:
         quiet: bool = False,
         one_device: bool = True,
     ) -> None:
+        options.check()
         self.debug, self.quiet = options.debug, quiet
         init_kwargs = options.init_kwargs()
         budget = options.budget()

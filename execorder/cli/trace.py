@@ -11,35 +11,21 @@ import typer
 
 from execorder.cli.app import Command, app, run_command
 from execorder.cli.options import (
-    AssumeOpt,
-    BackwardOpt,
     BaselineOpt,
-    ConcreteOpt,
     DebugOpt,
     DepthOpt,
-    DeviceOpt,
     FailOnOpt,
-    ForeachOpt,
     FormatOpt,
     IndicesArg,
-    InitOpt,
-    InputOpt,
-    InputsOpt,
     MaxRowsOpt,
-    MemoryBudgetOpt,
-    MemoryOpt,
-    ModeOpt,
-    OptimizerName,
-    OptimizerOpt,
+    ModelOptions,
     OutputFormat,
     OutputOpt,
-    SeedOpt,
     SweepOpt,
-    TargetArg,
-    TimingOpt,
     UpdateBaselineOpt,
+    model_command,
 )
-from execorder.cli.session import Session, model_options, say
+from execorder.cli.session import Session, say
 from execorder.cli.values import parse_choices, parse_sweep
 from execorder.cli.words import (
     EXIT_FOUND,
@@ -48,7 +34,7 @@ from execorder.cli.words import (
 from execorder.cli.writing import emit, report_view_of, timeline_of, tree_view_of
 from execorder.errors import Arg
 from execorder.output import files
-from execorder.report.kinds import Category, Mode
+from execorder.report.kinds import Category
 
 
 def _parse_categories(text: str | None) -> tuple[Category, ...]:
@@ -112,12 +98,9 @@ def _check_trace_options(
 
 
 @app.command(cls=Command)
+@model_command()
 def trace(
-    ctx: typer.Context,
-    target: TargetArg,
-    concrete: ConcreteOpt = None,
-    init: InitOpt = None,
-    device: DeviceOpt = None,
+    options: ModelOptions,
     fmt: FormatOpt = OutputFormat.table,
     output: OutputOpt = None,
     depth: DepthOpt = None,
@@ -126,18 +109,6 @@ def trace(
     sweep: SweepOpt = None,
     baseline: BaselineOpt = None,
     update_baseline: UpdateBaselineOpt = False,
-    mode: ModeOpt = Mode.AUTO,
-    input: InputOpt = None,
-    inputs: InputsOpt = None,
-    backward: BackwardOpt = False,
-    assume: AssumeOpt = True,
-    seed: SeedOpt = 0,
-    timing: TimingOpt = False,
-    memory: MemoryOpt = False,
-    optimizer: OptimizerOpt = OptimizerName.adamw,
-    foreach: ForeachOpt = True,
-    memory_budget: MemoryBudgetOpt = None,
-    debug: DebugOpt = False,
 ) -> None:
     """Trace a model's forward and report its execution order.
 
@@ -158,7 +129,6 @@ def trace(
 
     def body() -> None:
         categories = _parse_categories(fail_on)
-        options = model_options(ctx)
         concrete_args = options.concrete_args()
         axes = [parse_sweep(text) for text in sweep or []]
         _check_trace_options(axes, categories, baseline, update_baseline, output, fmt)
@@ -208,7 +178,7 @@ def trace(
         if gate(report, categories) or differs or over:
             raise typer.Exit(EXIT_FOUND)
 
-    run_command(debug, body)
+    run_command(options.debug, body)
 
 
 @app.command(cls=Command)
@@ -254,20 +224,9 @@ def schema() -> None:
 
 
 @app.command("ddp-indices", cls=Command)
+@model_command(omit=("backward", "timing", "memory", "optimizer", "foreach", "memory_budget"))
 def ddp_indices(
-    ctx: typer.Context,
-    target: TargetArg,
-    indices: IndicesArg,
-    concrete: ConcreteOpt = None,
-    init: InitOpt = None,
-    device: DeviceOpt = None,
-    fmt: FormatOpt = OutputFormat.table,
-    mode: ModeOpt = Mode.AUTO,
-    input: InputOpt = None,
-    inputs: InputsOpt = None,
-    assume: AssumeOpt = True,
-    seed: SeedOpt = 0,
-    debug: DebugOpt = False,
+    options: ModelOptions, indices: IndicesArg, fmt: FormatOpt = OutputFormat.table
 ) -> None:
     """Name the parameters in DDP's "did not receive grad" error.
 
@@ -282,10 +241,9 @@ def ddp_indices(
         from execorder.output.views import ddp_view
 
         wanted = parse_indices(indices)
-        options = model_options(ctx)
         concrete_args = options.concrete_args()
         session = Session(options)
         explanation = explain_indices(session.run(concrete_args), wanted)
         emit(explanation, lambda: ddp_view(explanation), fmt, None, kind="ddp-indices")
 
-    run_command(debug, body)
+    run_command(options.debug, body)
