@@ -39,6 +39,44 @@ def test_the_usage_line_names_the_arguments_plainly() -> None:
     assert "{" not in invoke("ddp-indices", "-h").stdout.splitlines()[0]
 
 
+MODEL = {"--concrete", "--init", "--device", "--mode", "--input", "--inputs", "--assume", "--seed"}
+MEMORY = {"--memory", "--optimizer", "--foreach", "--memory-budget"}
+OUT = {"--format", "--output", "--fail-on", "--help", "--debug"}
+TAKES = {
+    "trace": MODEL
+    | MEMORY
+    | OUT
+    | {"--backward", "--timing", "--depth", "--max-rows"}
+    | {"--sweep", "--baseline", "--update-baseline"},
+    "fsdp": MODEL
+    | MEMORY
+    | OUT
+    | {"--backward", "--sweep", "--unit", "--layout", "--prefetch"}
+    | {"--reshard-after-forward", "--world-size", "--param-dtype", "--reduce-dtype"},
+    "ddp-indices": MODEL | {"--format", "--help", "--debug"},
+    "ranks": MODEL | OUT | {"--backward", "--nproc", "--timeout"},
+}
+
+
+@pytest.mark.parametrize("command", TAKES)
+def test_each_command_takes_the_model_options_it_can_use(command: str) -> None:
+    from typer.main import get_command
+
+    click = get_command(app).commands[command]  # type: ignore[attr-defined]
+    flags = {o for p in click.params for o in p.opts if o.startswith("--")} | {"--help"}
+    assert flags == TAKES[command]
+    assert next(p.name for p in click.params if p.param_type_name == "argument") == "target"
+    assert click.params[-1].name == "debug"
+
+
+def test_ranks_replaces_the_defaults_that_mean_otherwise_in_a_job() -> None:
+    from typer.main import get_command
+
+    params = {p.name: p for p in get_command(app).commands["ranks"].params}  # type: ignore[attr-defined]
+    assert params["mode"].default.value == "eager" and params["seed"].default is None
+    assert "rank r draws with seed r" in (params["seed"].help or "")
+
+
 BAD = [
     pytest.param(["trace", SEED, "--format", "xml"], "'xml' is not one of", id="choice"),
     pytest.param(["trace", SEED, "--depth", "-1"], "--depth", id="range"),
