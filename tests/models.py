@@ -1339,3 +1339,22 @@ class OwnCheckpointing(nn.Module):
         h = _RecomputingCheckpoint.apply(self._block, self.embed(x))
         cold = _RecomputingCheckpoint.apply(self.cold, x)
         return self.head(h + cold)
+
+
+class OwnCheckpointingNested(nn.Module):
+    """A Megatron-style checkpoint around torch's reentrant one, and a module read on
+    both sides of it: ``embed`` gets its gradient in two backward passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 4)
+        self.inner = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def _block(self, h: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        return self.embed(checkpoint(self.inner, h, use_reentrant=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(_RecomputingCheckpoint.apply(self._block, self.embed(x)))

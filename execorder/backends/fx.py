@@ -444,8 +444,8 @@ def _run_tracer(
     try:
         with (
             _constants_taken_back(model),
-            functions_traced(),
             regions_traced(Regions(recorder.checkpointed)) as regions,
+            functions_traced(regions),
             record_tracer(tracer, model, recorder, regions=regions),
             user_code(f"tracing {owner(model)}"),
         ):

@@ -32,8 +32,13 @@ import torch
 import torch.fx
 from torch.utils._pytree import tree_leaves
 
+from execorder.backends.checkpointing import REGION, Region, Regions
+
 FUNCTION_CALL = "execorder_function_call"
 """``node.meta`` key: the custom autograd Function call whose output the node is."""
+
+GRAD_ENABLED = "execorder_grad_enabled"
+"""``node.meta`` key: whether grad mode was on when the node was made."""
 
 
 class FunctionCall:
@@ -79,12 +84,62 @@ def _made_since(graph: torch.fx.Graph, last: torch.fx.Node | None) -> list[torch
 
 
 @contextmanager
-def functions_traced() -> Iterator[None]:
+def _contexts_seen(cls: type, seen: list[Any]) -> Iterator[None]:
+    """Note in ``seen`` the ``ctx`` each call of ``cls.forward`` gets (old-style Functions)."""
+    if not _takes_ctx(cls):
+        yield
+        return
+    own = cls.__dict__.get("forward")
+    forward = cls.forward  # type: ignore[attr-defined]
+
+    def spy(ctx: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(ctx)
+        return forward(ctx, *args, **kwargs)
+
+    cls.forward = staticmethod(spy)  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        if own is None:
+            del cls.forward  # type: ignore[attr-defined]
+        else:
+            cls.forward = own  # type: ignore[attr-defined]
+
+
+def _takes_ctx(cls: type) -> bool:
+    """Whether ``forward`` gets the ``ctx`` (no ``setup_context`` of the Function's own)."""
+    base = torch.autograd.function._SingleLevelFunction.setup_context
+    return getattr(cls, "setup_context", base) is base
+
+
+def _recomputed(
+    made: list[torch.fx.Node], inputs: list[torch.fx.Node], outer_grad: bool, regions: Regions
+) -> None:
+    """Take a recomputing Function's ops as made with grad, in a region of their own."""
+    outer = regions.current
+    region = Region(inputs, outer_grad, outer)
+    regions.opened = True
+    for node in made:
+        node.meta[GRAD_ENABLED] = True
+        inner = node.meta.get(REGION)
+        if inner is outer:
+            node.meta[REGION] = region
+            continue
+        while inner is not None and inner.parent is not outer and inner.parent is not region:
+            inner = inner.parent
+        if inner is not None and inner.parent is outer:  # a checkpoint called inside: with grad
+            inner.parent, inner.outer_grad = region, True
+
+
+@contextmanager
+def functions_traced(regions: Regions | None = None) -> Iterator[None]:
     """Stamp the outputs of every traced ``Function.apply`` with its :class:`FunctionCall`.
 
     Subclasses that define ``apply`` themselves (the reentrant checkpoint's,
     while :func:`execorder.backends.checkpointing.regions_traced` patches it)
-    are left to their own. Restored exactly on exit, also when tracing raises.
+    are left to their own. A Function that keeps a ``run_function`` on its
+    ``ctx`` is taken as recomputing its ops, in ``regions``. Restored exactly
+    on exit, also when tracing raises.
     """
     Function, Ctx = torch.autograd.Function, torch.autograd.function.FunctionCtx
     saved = Function.__dict__["apply"]
@@ -101,10 +156,16 @@ def functions_traced() -> Iterator[None]:
         last = next(iter(reversed(graph.nodes)), None)
         outer_grad = torch.is_grad_enabled()
         told.append(_Told())
+        seen: list[Any] = []
         try:
-            result = original(cls, *args, **kwargs)
+            with _contexts_seen(cls, seen):
+                result = original(cls, *args, **kwargs)
         finally:
             this = told.pop()
+        recomputes = callable(getattr(seen[0] if seen else None, "run_function", None))
+        if regions is not None and recomputes:
+            _recomputed(_made_since(graph, last), inputs, outer_grad, regions)
+            return result
         call = FunctionCall(inputs, outer_grad)
         for out in tree_leaves(result):
             node = out.node if isinstance(out, torch.fx.Proxy) else None
