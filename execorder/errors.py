@@ -71,6 +71,8 @@ class PythonWords:
         if arg in (Arg.DEVICE, Arg.MODE):
             return f"{arg.value}={value!r}" if value else arg.value
         if arg is Arg.INPUT:
+            if names:
+                return "input_size={" + ", ".join(f"{n!r}: ..." for n in names) + "}"
             return f"input_size={value!r}" if value and not value.isupper() else "input_size"
         if arg is Arg.BACKWARD:
             return "backward=True"
@@ -620,8 +622,12 @@ class NeedsInputsError(TraceFailure):
 
     def describe(self, words: Words = PYTHON) -> str:
         eager = words.arg(Arg.MODE, value="eager")
-        inputs = words.arg(Arg.INPUT, value="NAME=DTYPE[D0,...]")
-        return f"{self.cause.describe(words)}. Or run forward for real: {eager}{words.sep}{inputs}"
+        cause = self.cause
+        # A branch on a value computed from one argument: that argument is likely a tensor.
+        tensor = isinstance(cause, ControlFlowError) and len(cause.arguments) == 1
+        names = cause.arguments if tensor and not cause.direct else ()  # type: ignore[union-attr]
+        inputs = words.arg(Arg.INPUT, *names, value="NAME=DTYPE[D0,...]")
+        return f"{cause.describe(words)}. Or run forward for real: {eager}{words.sep}{inputs}"
 
 
 class UserExitError(ExecOrderError):

@@ -60,6 +60,12 @@ SPOKEN = [
         id="needs-inputs",
     ),
     pytest.param(
+        NeedsInputsError(ControlFlowError("Net.forward", ["x"], direct=False)),
+        "Or run forward for real: mode='eager', input_size={'x': ...}",
+        "Or run forward for real: --mode eager --input x=DTYPE[D0,...]",
+        id="needs-inputs-for-a-tensor",
+    ),
+    pytest.param(
         InitArgsError("Net()", missing=["width", "depth"]),
         "pass init_kwargs={'width': ..., 'depth': ...}",
         "pass --init width=VALUE --init depth=VALUE",

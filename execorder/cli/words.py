@@ -40,6 +40,8 @@ class CliWords:
             return " ".join(f"{flag} {name}={value or 'VALUE'}" for name in names)
         if arg is Arg.SWEEP and names:
             return f"{flag} {names[0]}"
+        if arg is Arg.INPUT and names:
+            return " ".join(f"{flag} {name}=DTYPE[D0,...]" for name in names)
         if arg is Arg.UNIT and names:
             return f"{flag} {', '.join(names)}"
         return f"{flag} {value}" if value else flag
