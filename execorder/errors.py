@@ -623,9 +623,9 @@ class NeedsInputsError(TraceFailure):
     def describe(self, words: Words = PYTHON) -> str:
         eager = words.arg(Arg.MODE, value="eager")
         cause = self.cause
-        # A branch on a value computed from one argument: that argument is likely a tensor.
-        tensor = isinstance(cause, ControlFlowError) and len(cause.arguments) == 1
-        names = cause.arguments if tensor and not cause.direct else ()  # type: ignore[union-attr]
+        names: tuple[str, ...] = ()
+        if isinstance(cause, ControlFlowError) and len(cause.arguments) == 1 and not cause.direct:
+            names = cause.arguments  # a value computed from it is branched on: a tensor, likely
         inputs = words.arg(Arg.INPUT, *names, value="NAME=DTYPE[D0,...]")
         return f"{cause.describe(words)}. Or run forward for real: {eager}{words.sep}{inputs}"
 
