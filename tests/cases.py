@@ -116,6 +116,7 @@ CASES: dict[str, Case] = {
     "checkpoint-loop": Case(models.CheckpointLoop, _x(2, 4)),
     "own-checkpointing": Case(models.OwnCheckpointing, _x(2, 4)),
     "own-checkpointing-nested": Case(models.OwnCheckpointingNested, _x(2, 4)),
+    "own-checkpoint-reused": Case(models.OwnCheckpointReused, _x(2, 4)),
     "own-output-class": Case(models.OwnOutputClass, _x(2, 4), fx=False),
     "hooked-leaf": Case(models.HookedLeaf, _x(2, 4), meta=False),
     "checkpoint-non-reentrant": Case(lambda: models.Checkpointed(reentrant=False), _ids(16, 2, 3)),

@@ -1341,6 +1341,21 @@ class OwnCheckpointing(nn.Module):
         return self.head(h + cold)
 
 
+class OwnCheckpointReused(nn.Module):
+    """One block checkpointed twice by a Function of the model's own: its gradient comes in
+    two backward passes, the last a recompute's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 4)
+        self.block = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = _RecomputingCheckpoint.apply(self.block, self.embed(x))
+        return self.head(_RecomputingCheckpoint.apply(self.block, h))
+
+
 class OwnCheckpointingNested(nn.Module):
     """A Megatron-style checkpoint around torch's reentrant one, and a module read on
     both sides of it: ``embed`` gets its gradient in two backward passes."""

@@ -27,6 +27,8 @@ COMBOS = [
     "checkpoint-loop=encoder",  # the module running the checkpoints as the unit: right
     "shared=Linear",  # the sample: each Linear of the shared layer
     "checkpoint-reentrant=CheckpointedBlock",  # each block checkpointed once: right
+    "own-checkpoint-reused=block",  # a Function of the model's own, twice: wrong
+    "own-checkpointing-nested=embed",  # run outside first, then in the model's own: right
 ]
 
 

@@ -134,6 +134,73 @@ def blocks_logged(on_block: Callable[[bool], None]) -> Iterator[None]:
         CheckpointFunction.forward = saved  # type: ignore[method-assign]
 
 
+@contextmanager
+def contexts_seen(cls: type, seen: list[Any]) -> Iterator[None]:
+    """Note in ``seen`` the ``ctx`` each call of ``cls.forward`` gets (old-style Functions)."""
+    if not _takes_ctx(cls):
+        yield
+        return
+    own = cls.__dict__.get("forward")
+    forward = cls.forward  # type: ignore[attr-defined]
+
+    def spy(ctx: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(ctx)
+        return forward(ctx, *args, **kwargs)
+
+    cls.forward = staticmethod(spy)  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        if own is None:
+            del cls.forward  # type: ignore[attr-defined]
+        else:
+            cls.forward = own  # type: ignore[attr-defined]
+
+
+def _takes_ctx(cls: type) -> bool:
+    """Whether ``forward`` gets the ``ctx`` (no ``setup_context`` of the Function's own)."""
+    base = torch.autograd.function._SingleLevelFunction.setup_context
+    return getattr(cls, "setup_context", base) is base
+
+
+def recomputes(seen: list[Any]) -> bool:
+    """Whether a Function call whose ``ctx`` was ``seen`` is a checkpoint of torch's shape:
+    its ``ctx`` keeps the ``run_function`` its backward runs again."""
+    return bool(seen) and callable(getattr(seen[0], "run_function", None))
+
+
+@contextmanager
+def own_blocks_logged(mark: Callable[[], int], recomputed: Callable[[int], None]) -> Iterator[None]:
+    """Tell ``recomputed(mark())`` after each call of a checkpoint Function of the model's
+    own (Megatron-LM's, DeepSpeed's: :func:`recomputes`), ``mark()`` taken before it ran.
+
+    What such a Function is shows only in its ``ctx`` once its ``forward`` ran,
+    so its block is told afterwards; torch's own (``CheckpointFunction``) is
+    :func:`blocks_logged`'s. ``Function.apply`` is wrapped for the duration,
+    and restored exactly on exit, also when forward raises.
+    """
+    Function = torch.autograd.Function
+    saved = Function.__dict__["apply"]
+    original = saved.__func__
+
+    def apply(cls: type, *args: Any, **kwargs: Any) -> Any:
+        if issubclass(cls, CheckpointFunction):
+            return original(cls, *args, **kwargs)
+        first = mark()
+        seen: list[Any] = []
+        with contexts_seen(cls, seen):
+            result = original(cls, *args, **kwargs)
+        if recomputes(seen):
+            recomputed(first)
+        return result
+
+    Function.apply = classmethod(apply)  # type: ignore[assignment, method-assign]
+    try:
+        yield
+    finally:
+        Function.apply = saved  # type: ignore[method-assign]
+
+
 # -- FX ---------------------------------------------------------------------
 
 REGION = "execorder_checkpoint"
@@ -159,12 +226,22 @@ class Regions:
     Attributes:
         on_block: Told ``True`` when a block starts, ``False`` when it ends
             (as :func:`blocks_logged` tells an eager recording).
+        count: How many module calls were recorded so far.
+        recomputed_since: Told, after a checkpoint Function of the model's
+            own ran, the ``count()`` from before it: those calls are recomputed
+            (as :func:`own_blocks_logged` tells an eager recording).
         opened: Whether any block was traced.
     """
 
-    def __init__(self, on_block: Callable[[bool], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_block: Callable[[bool], None] | None = None,
+        count: Callable[[], int] = lambda: 0,
+        recomputed_since: Callable[[int], None] = lambda first: None,
+    ) -> None:
         self.current: Region | None = None
         self.on_block = on_block
+        self.count, self.recomputed_since = count, recomputed_since
         self.opened = False
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from execorder.backends.checkpointing import blocks_logged
+from execorder.backends.checkpointing import blocks_logged, own_blocks_logged
 from execorder.backends.common import metadata_functions
 from execorder.backends.eager_liveness import GradHooks
 from execorder.backends.timing import Clock
@@ -175,6 +175,7 @@ def intercepting(
         with (
             _Watching(watched, metadata, append) if watched else nullcontext(),
             blocks_logged(lambda start: append(Checkpointed(start))),
+            own_blocks_logged(lambda: len(events), lambda at: _bracket(events, at)),
         ):
             yield
     finally:
@@ -187,6 +188,12 @@ def intercepting(
                 param.__class__ = originals[id(param)]
         for param, kind in adopted.values():
             param.__class__ = kind
+
+
+def _bracket(events: list[Event], at: int) -> None:
+    """Mark the events from ``at`` on as a checkpoint's block, once it is known to be one."""
+    events.insert(at, Checkpointed(True))
+    events.append(Checkpointed(False))
 
 
 class _Slots(dict[str, Any]):

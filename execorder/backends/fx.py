@@ -433,6 +433,11 @@ def _constants_taken_back(model: nn.Module) -> Iterator[None]:
             delattr(model, name)
 
 
+def _regions(recorder: Recorder) -> Regions:
+    """Checkpoint regions that tell ``recorder`` which of its calls are recomputed."""
+    return Regions(recorder.checkpointed, lambda: len(recorder.calls), recorder.recomputed_since)
+
+
 def _run_tracer(
     tracer: _Tracer, model: nn.Module, args: dict[str, Any], recorder: Recorder
 ) -> Regions:
@@ -444,7 +449,7 @@ def _run_tracer(
     try:
         with (
             _constants_taken_back(model),
-            regions_traced(Regions(recorder.checkpointed)) as regions,
+            regions_traced(_regions(recorder)) as regions,
             functions_traced(regions),
             record_tracer(tracer, model, recorder, regions=regions),
             user_code(f"tracing {owner(model)}"),

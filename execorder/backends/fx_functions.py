@@ -32,7 +32,7 @@ import torch
 import torch.fx
 from torch.utils._pytree import tree_leaves
 
-from execorder.backends.checkpointing import REGION, Region, Regions
+from execorder.backends.checkpointing import REGION, Region, Regions, contexts_seen, recomputes
 
 FUNCTION_CALL = "execorder_function_call"
 """``node.meta`` key: the custom autograd Function call whose output the node is."""
@@ -83,35 +83,6 @@ def _made_since(graph: torch.fx.Graph, last: torch.fx.Node | None) -> list[torch
     return made
 
 
-@contextmanager
-def _contexts_seen(cls: type, seen: list[Any]) -> Iterator[None]:
-    """Note in ``seen`` the ``ctx`` each call of ``cls.forward`` gets (old-style Functions)."""
-    if not _takes_ctx(cls):
-        yield
-        return
-    own = cls.__dict__.get("forward")
-    forward = cls.forward  # type: ignore[attr-defined]
-
-    def spy(ctx: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(ctx)
-        return forward(ctx, *args, **kwargs)
-
-    cls.forward = staticmethod(spy)  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        if own is None:
-            del cls.forward  # type: ignore[attr-defined]
-        else:
-            cls.forward = own  # type: ignore[attr-defined]
-
-
-def _takes_ctx(cls: type) -> bool:
-    """Whether ``forward`` gets the ``ctx`` (no ``setup_context`` of the Function's own)."""
-    base = torch.autograd.function._SingleLevelFunction.setup_context
-    return getattr(cls, "setup_context", base) is base
-
-
 def _recomputed(
     made: list[torch.fx.Node], inputs: list[torch.fx.Node], outer_grad: bool, regions: Regions
 ) -> None:
@@ -157,14 +128,15 @@ def functions_traced(regions: Regions | None = None) -> Iterator[None]:
         outer_grad = torch.is_grad_enabled()
         told.append(_Told())
         seen: list[Any] = []
+        first_call = regions.count() if regions is not None else 0
         try:
-            with _contexts_seen(cls, seen):
+            with contexts_seen(cls, seen):
                 result = original(cls, *args, **kwargs)
         finally:
             this = told.pop()
-        recomputes = callable(getattr(seen[0] if seen else None, "run_function", None))
-        if regions is not None and recomputes:
+        if regions is not None and recomputes(seen):
             _recomputed(_made_since(graph, last), inputs, outer_grad, regions)
+            regions.recomputed_since(first_call)
             return result
         call = FunctionCall(inputs, outer_grad)
         for out in tree_leaves(result):

@@ -170,6 +170,12 @@ class Recorder:
         """A reentrant checkpoint's block starts (or ends): the calls inside are recomputed."""
         self._blocks += 1 if start else -1
 
+    def recomputed_since(self, first: int) -> None:
+        """The calls from index ``first`` on ran in a checkpoint's block, told after it ran."""
+        while self.recomputed and self.recomputed[-1] >= first:
+            self.recomputed.pop()
+        self.recomputed.extend(range(first, len(self.calls)))
+
     def exit(self, module: nn.Module) -> None:
         """The current call, of ``module``, ends."""
         if len(self._stack) == 1 or self.current.module is not module:
