@@ -119,6 +119,7 @@ CASES: dict[str, Case] = {
     "own-checkpoint-reused": Case(models.OwnCheckpointReused, _x(2, 4)),
     "own-output-class": Case(models.OwnOutputClass, _x(2, 4), fx=False),
     "hooked-leaf": Case(models.HookedLeaf, _x(2, 4), meta=False),
+    "hooked-root": Case(models.HookedRoot, _x(2, 4)),
     "checkpoint-non-reentrant": Case(lambda: models.Checkpointed(reentrant=False), _ids(16, 2, 3)),
 }
 

@@ -1258,6 +1258,28 @@ class HookedLeaf(nn.Module):
         return self.base(x)
 
 
+class HookedRoot(nn.Module):
+    """The model's own forward hooks, registered on itself: a pre-hook scales the input
+    (``scale``), a hook adds a side branch (``side``); ``spare`` only a hook that is
+    removed again reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 4)
+        self.side = nn.Linear(4, 4)
+        self.spare = nn.Linear(4, 4)
+        self.scale = nn.Parameter(torch.ones(4))
+        self.register_forward_pre_hook(lambda module, args: (args[0] * self.scale,))
+        self.register_forward_hook(self._side, with_kwargs=True)
+        self.register_forward_hook(lambda module, args, output: self.spare(output)).remove()
+
+    def _side(self, module, args, kwargs, output):  # type: ignore[no-untyped-def]
+        return output + self.side(args[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
 class CheckpointingEncoder(nn.Module):
     """Runs one layer twice, each time under a reentrant checkpoint."""
 

@@ -10,6 +10,7 @@ counts as used) are patched to report to a
 from __future__ import annotations
 
 import builtins
+import functools
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -228,6 +229,31 @@ def _hook_result(hook: Callable[..., Any], module: nn.Module, given: tuple[Any, 
         return None
 
 
+def _hooked(
+    m: nn.Module, call: Callable[[Any, Any], Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``call(args, kwargs)`` with ``m``'s own forward hooks run around it, as
+    ``Module.__call__`` runs them; a hook that cannot run on traced values (a
+    logging hook's ``.item()``) is left out, as torch.fx leaves every hook out."""
+    for key, hook in list(m._forward_pre_hooks.items()):
+        with_kwargs = key in m._forward_pre_hooks_with_kwargs
+        result = _hook_result(hook, m, (args, kwargs) if with_kwargs else (args,))
+        if result is None:
+            continue
+        if with_kwargs and isinstance(result, tuple) and len(result) == 2:
+            args, kwargs = result
+        elif not with_kwargs:
+            args = result if isinstance(result, tuple) else (result,)
+    output = call(args, kwargs)
+    for key, hook in list(m._forward_hooks.items()):
+        with_kwargs = key in m._forward_hooks_with_kwargs
+        given = (args, kwargs, output) if with_kwargs else (args, output)
+        result = _hook_result(hook, m, given)
+        if result is not None:
+            output = result
+    return output
+
+
 class _Tracer(torch.fx.Tracer):
     """A ``torch.fx.Tracer`` with linear-time parameter and buffer lookup.
 
@@ -250,33 +276,31 @@ class _Tracer(torch.fx.Tracer):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        """A leaf's call, with its own forward hooks run around it, as ``Module.__call__`` runs
-        them (torch.fx makes a leaf one node and runs none: a LoRA added by a hook on its
-        ``nn.Linear`` went unseen, its parameters called unused).
-
-        A hook that cannot run on traced values (a logging hook's ``.item()``) is left out,
-        as torch.fx leaves every leaf's hook out.
-        """
+        """A leaf's call, with its own forward hooks run around it (torch.fx makes a leaf one
+        node and runs none: a LoRA added by a hook on its ``nn.Linear`` went unseen, its
+        parameters called unused)."""
         hooked = m._forward_pre_hooks or m._forward_hooks
         if not hooked or not self.is_leaf_module(m, self.path_of_module(m)):
             return super().call_module(m, forward, args, kwargs)
-        for key, hook in list(m._forward_pre_hooks.items()):
-            with_kwargs = key in m._forward_pre_hooks_with_kwargs
-            result = _hook_result(hook, m, (args, kwargs) if with_kwargs else (args,))
-            if result is None:
-                continue
-            if with_kwargs and isinstance(result, tuple) and len(result) == 2:
-                args, kwargs = result
-            elif not with_kwargs:
-                args = result if isinstance(result, tuple) else (result,)
-        output = super().call_module(m, forward, args, kwargs)
-        for key, hook in list(m._forward_hooks.items()):
-            with_kwargs = key in m._forward_hooks_with_kwargs
-            given = (args, kwargs, output) if with_kwargs else (args, output)
-            result = _hook_result(hook, m, given)
-            if result is not None:
-                output = result
-        return output
+        plain = super().call_module
+        return _hooked(m, lambda a, k: plain(m, forward, a, k), args, kwargs)
+
+    def create_args_for_root(
+        self, root_fn: Callable[..., Any], is_module: bool, concrete_args: Any = None
+    ) -> tuple[Any, list[Any]]:
+        """The root's forward, with the model's own forward hooks run around it, as
+        ``Module.__call__`` runs them (torch.fx traces ``forward`` alone)."""
+        fn, args = super().create_args_for_root(root_fn, is_module, concrete_args)
+        root = self.root
+        hooked = is_module and (root._forward_pre_hooks or root._forward_hooks)
+        if not hooked or fn is not root_fn:  # (a root whose arguments torch.fx flattened: as is)
+            return fn, args
+
+        @functools.wraps(fn)
+        def forward(module: nn.Module, *given: Any) -> Any:
+            return _hooked(module, lambda a, k: fn(module, *a, **k), given, {})
+
+        return forward, args
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         """torch.nn's modules, as torch.fx has it, but those whose parameter use is
