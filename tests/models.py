@@ -1363,6 +1363,51 @@ class OwnCheckpointing(nn.Module):
         return self.head(h + cold)
 
 
+class _RngCheckpoint(torch.autograd.Function):
+    """Megatron-LM's and DeepSpeed's checkpoint as they keep random state: forward saves
+    ``ctx.fwd_cpu_rng_state``, and backward recomputes under it (then restores its own)."""
+
+    @staticmethod
+    def forward(ctx, run_function, *args):  # type: ignore[no-untyped-def, override]
+        ctx.run_function = run_function
+        ctx.fwd_cpu_rng_state = torch.get_rng_state()
+        with torch.no_grad():
+            outputs = run_function(*args)
+        ctx.save_for_backward(*args)
+        return outputs
+
+    @staticmethod
+    def backward(ctx, *grads):  # type: ignore[no-untyped-def, override]
+        inputs = [t.detach().requires_grad_(t.requires_grad) for t in ctx.saved_tensors]
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(ctx.fwd_cpu_rng_state)
+            with torch.enable_grad():
+                outputs = ctx.run_function(*inputs)
+        outputs = (outputs,) if isinstance(outputs, torch.Tensor) else outputs
+        torch.autograd.backward(outputs, grads)
+        return (None, *(t.grad for t in inputs))
+
+
+class RandomRouteCheckpointed(nn.Module):
+    """A block that routes each call to one of eight experts at random, checkpointed by a
+    Function that replays forward's random state in its recompute: the experts the
+    forward picked, and only those, get gradients."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 4)
+        self.experts = nn.ModuleList(nn.Linear(4, 4) for _ in range(8))
+
+    def _route(self, h: torch.Tensor) -> torch.Tensor:
+        return self.experts[int(torch.randint(0, 8, ()))](h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        for _ in range(2):
+            h = _RngCheckpoint.apply(self._route, h)
+        return h
+
+
 class OwnCheckpointReused(nn.Module):
     """One block checkpointed twice by a Function of the model's own: its gradient comes in
     two backward passes, the last a recompute's."""

@@ -96,6 +96,22 @@ def test_eager_sees_uses_inside_leaves_that_break_fsdp_wrapping() -> None:
     }
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_a_checkpoint_of_the_models_own_is_recomputed_under_forwards_random_state(
+    seed: int,
+) -> None:
+    """Each block routes to a random expert; the real recompute replays forward's choice."""
+    torch.manual_seed(seed)
+    model, x = models.RandomRouteCheckpointed(), torch.randn(2, 4)
+    state = torch.get_rng_state()
+    model(x).sum().backward()
+    truth = [n for n, p in model.named_parameters() if p.grad is None]
+    torch.set_rng_state(state)
+    report = eager.trace(model, args=(x,))
+    assert [p.name for p in report.no_grad()] == truth
+    assert 2 <= len(report.params) - 2 <= 4  # one or two experts ran, as many as forward picked
+
+
 def test_backward_order_covers_exactly_the_parameters_with_gradients() -> None:
     report = _eager(CASES["transformer"], "meta", backward=True)
     assert report.backward is not None

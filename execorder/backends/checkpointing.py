@@ -67,7 +67,9 @@ def recompute(fn: Any) -> tuple[tuple[Any, ...], tuple[Any, ...], tuple[int, ...
     """Run a reentrant checkpoint's block again, with grad, as its backward would.
 
     A custom Function of torch's shape runs its ``run_function`` on its saved
-    tensors, as such a Function's backward does (random state kept).
+    tensors, as such a Function's backward does: under the CPU random state
+    its forward kept as ``ctx.fwd_cpu_rng_state`` (Megatron-LM's and
+    DeepSpeed's name for it), and the global one put back after.
 
     Args:
         fn: A node for which :func:`is_reentrant` holds.
@@ -78,7 +80,10 @@ def recompute(fn: Any) -> tuple[tuple[Any, ...], tuple[Any, ...], tuple[int, ...
         each tensor argument of the Function, in order, its detached input.
     """
     if not is_torch_checkpoint(fn):
+        state = getattr(fn, "fwd_cpu_rng_state", None)  # Megatron-LM's, DeepSpeed's name
         with torch.random.fork_rng(devices=[]), _buffers_kept(_module_of(fn.run_function)):
+            if isinstance(state, torch.Tensor):
+                torch.set_rng_state(state)
             detached = detach_variable(tuple(fn.saved_tensors))
             with torch.enable_grad():
                 outputs = fn.run_function(*detached)
