@@ -89,9 +89,11 @@ def _decoder(model: nn.Module, repeated: Sequence[str], no_split: Sequence[str])
         return first.get(id(module)) if isinstance(module, nn.Module) else None
 
     embedding = head = norm = None
+    experts: list[tuple[str, int]] = []
     if all(hasattr(model, a) for a in ("tok_embeddings", "layers", "lm_head")):  # torchtitan
         embedding, head = name_of(model.tok_embeddings), name_of(model.lm_head)
         norm = name_of(getattr(model, "norm", None))
+        experts = _torchtitan_experts(model, name_of)
     else:
         embedding = name_of(_call(model, "get_input_embeddings"))
         head = name_of(_call(model, "get_output_embeddings"))
@@ -100,7 +102,23 @@ def _decoder(model: nn.Module, repeated: Sequence[str], no_split: Sequence[str])
         getattr(model.get_submodule(n), "weight", None) if n else None for n in (embedding, head)
     ]
     tied = weights[0] is not None and weights[0] is weights[1]
-    return DecoderParts(embedding, norm, head, tied)
+    return DecoderParts(embedding, norm, head, tied, tuple(experts))
+
+
+def _torchtitan_experts(model: nn.Module, name_of: Any) -> list[tuple[str, int]]:
+    """Each mixture-of-experts block's grouped experts and their count, found as
+    torchtitan's ``apply_fsdp_to_decoder`` finds them."""
+    layers: Any = model.layers
+    found = []
+    for block in layers.values() if isinstance(layers, nn.ModuleDict) else layers:
+        if not getattr(block, "moe_enabled", False):
+            continue
+        routed = getattr(getattr(block, "moe", None), "routed_experts", None)
+        inner = getattr(routed, "inner_experts", None)
+        name, count = name_of(inner), getattr(inner, "num_experts", None)
+        if name and isinstance(count, int):
+            found.append((name, count))
+    return found
 
 
 def _call(model: nn.Module, getter: str) -> Any:
@@ -390,15 +408,31 @@ def shard(
         (u for u in plan.units if u.name != ROOT),
         key=lambda u: -max(m.count(".") for m in u.modules),
     )
+    placed = _placements(model, plan)
     for unit in inner_first:
         members = units[unit.name]
+        own = {**placed, **kwargs} if set(unit.param_names) & set(plan.shard_dims) else kwargs
         fully_shard(
             list(members) if unit.grouped else members[0],
-            **{"reshard_after_forward": unit.reshard_after_forward, **kwargs},
+            **{"reshard_after_forward": unit.reshard_after_forward, **own},
         )
-    fully_shard(model, **kwargs)
+    fully_shard(model, **({**placed, **kwargs} if plan.unit(ROOT).param_names else kwargs))
     apply(model, plan)
     return model
+
+
+def _placements(model: nn.Module, plan: FsdpPlan) -> dict[str, Any]:
+    """``fully_shard``'s ``shard_placement_fn`` for the plan's ``shard_dims``; none if empty."""
+    if not plan.shard_dims:
+        return {}
+    from torch.distributed.tensor import Shard
+
+    dims = {id(p): plan.shard_dims[n] for n, p in model.named_parameters() if n in plan.shard_dims}
+
+    def placement(param: nn.Parameter) -> Any:
+        return Shard(dims[id(param)]) if id(param) in dims else None
+
+    return {"shard_placement_fn": placement}
 
 
 def plan_memory(

@@ -171,3 +171,22 @@ def test_plans_with_memory_validate() -> None:
     plan, report = execorder.fsdp.plan_and_report(profiler, world_size=2)
     plan = execorder.fsdp.plan_memory(profiler, plan, report, budget=1 << 20)
     _validate(json.loads(json.dumps(plan.to_dict())), "fsdp_plan")
+
+
+def test_a_plan_with_parameters_sharded_on_dim_1_validates_and_reads_back() -> None:
+    """torchtitan's layout on more ranks than DeepSeek-V3's debug model has experts."""
+    pytest.importorskip("torchtitan", reason="torchtitan is not installed (requirements-dev.txt)")
+    import execorder.fsdp
+    from execorder.analysis.sharding import FsdpPlan
+
+    plan = execorder.fsdp.plan(
+        "torchtitan.models.deepseek_v3:model_registry",
+        init_kwargs={"flavor": "debugmodel"},
+        input_size="tokens=int64[1,64]@0:1000",
+        layout="torchtitan",
+        world_size=16,
+    )
+    data = json.loads(json.dumps(plan.to_dict()))
+    _validate(data, "fsdp_plan")
+    assert data["shard_dims"] and set(data["shard_dims"].values()) == {1}
+    assert FsdpPlan.from_dict(data).to_dict() == data

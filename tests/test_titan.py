@@ -67,6 +67,28 @@ def test_the_torchtitan_layout_is_what_apply_fsdp_to_decoder_shards(
             )
 
 
+@pytest.fixture(scope="module")
+def experts_sharded() -> list[dict]:
+    return run_probe("titan_experts_probe.py", 2, 16)
+
+
+@pytest.mark.processes
+def test_torchtitans_experts_are_sharded_as_apply_fsdp_to_decoder_shards_them(
+    experts_sharded: list[dict],
+) -> None:
+    """DeepSeek-V3's debug model has 8 experts a block: on 16 ranks torchtitan shards their
+    weights on dim 1 (on 2, on dim 0); the plan's bytes and ``shard``'s placements follow."""
+    by_world = {record["world"]: record for record in experts_sharded}
+    assert not by_world[2]["shard_dims"] and by_world[16]["shard_dims"]
+    assert set(by_world[16]["shard_dims"].values()) == {1}
+    for record in experts_sharded:
+        theirs = {modules: size for modules, size in record["their_units"].items() if size}
+        assert record["plan_units"] == theirs, record["world"]
+        assert record["our_params"] == record["their_params"], record["world"]
+    placements = {placement for _, placement in by_world[16]["their_params"].values()}
+    assert "(Shard(dim=1),)" in placements  # what the comparison is about is there
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("registry", "flavor", "blocks"),
@@ -124,3 +146,21 @@ def test_on_meta_the_calls_are_those_of_a_real_forward() -> None:
         for hook in hooks:
             hook.remove()
     assert [c.name for c in on_meta.modules] == calls
+
+
+def test_the_plan_says_how_many_parameters_are_sharded_on_dim_1() -> None:
+    from execorder.output.terminal import draw, plain_text
+    from execorder.output.views import fsdp_view
+
+    def sharding(world: int) -> str:
+        plan = execorder.fsdp.plan(
+            "torchtitan.models.deepseek_v3:model_registry",
+            init_kwargs={"flavor": "debugmodel"},
+            input_size="tokens=int64[1,64]@0:1000",
+            layout="torchtitan",
+            world_size=world,
+        )
+        return " ".join(plain_text(draw(fsdp_view(plan)), width=400).split())
+
+    assert "as FSDP2 pads dim 0, 15 parameters on dim 1)" in sharding(16)  # 5 blocks x 3
+    assert "as FSDP2 pads dim 0)" in sharding(8)  # as many ranks as experts

@@ -52,6 +52,7 @@ from execorder.analysis.sharding.units import (
     build_units,
     check_choice,
     choose_units,
+    expert_shard_dims,
     reshard_flags,
 )
 from execorder.report import Report
@@ -141,7 +142,11 @@ def plan_fsdp(
     backward_sequence, recorded = model.backward_sequence()
     backward = prefetch_lists(backward_sequence, prefetch)
     backward_order = list(dict.fromkeys(u for u, _ in backward_sequence))
-    built = build_units(model, reshard, world_size=world_size, param_dtype=param_dtype)
+    names = [p.name for p in report.all_params()]
+    dims = expert_shard_dims(layout, choice, names, world_size)
+    built = build_units(
+        model, reshard, world_size=world_size, param_dtype=param_dtype, shard_dims=dims
+    )
     checks = [
         *found.external_uses(model),
         *found.shared(model),
@@ -175,4 +180,5 @@ def plan_fsdp(
         param_dtype=param_dtype,
         reduce_dtype=reduce_dtype,
         inputs_made=report.inputs_made,
+        shard_dims=dims,
     )

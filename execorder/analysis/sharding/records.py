@@ -73,12 +73,15 @@ class DecoderParts:
         norm: The final norm's (the one after the last block), if found.
         head: The output head's, if found.
         tied: The head's weight is the embedding's (weight tying).
+        experts: torchtitan's mixture-of-experts blocks: each one's grouped
+            experts module and how many experts it holds.
     """
 
     embedding: str | None = None
     norm: str | None = None
     head: str | None = None
     tied: bool = False
+    experts: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +354,9 @@ class FsdpPlan:
             follows, and where from (see ``Report.inputs_made``).
         memory: What one rank holds in a training step under the plan, when
             measured (``execorder.fsdp.plan_memory``); None otherwise.
+        shard_dims: The parameters FSDP2 shards on another dim than 0, by
+            name (torchtitan's layout shards a mixture of experts' weights
+            on dim 1 when there are more ranks than experts); empty: all on 0.
     """
 
     target: str
@@ -372,10 +378,12 @@ class FsdpPlan:
     reduce_dtype: str | None = None
     inputs_made: Mapping[str, InputSource] = field(default_factory=dict)
     memory: Memory | None = None
+    shard_dims: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         made = {k: InputSource(v) for k, v in self.inputs_made.items()}
         object.__setattr__(self, "inputs_made", MappingProxyType(made))
+        object.__setattr__(self, "shard_dims", MappingProxyType(dict(self.shard_dims)))
         for name in ("forward_prefetch", "backward_prefetch"):
             lists = {k: tuple(v) for k, v in getattr(self, name).items()}
             object.__setattr__(self, name, MappingProxyType(lists))
@@ -436,6 +444,7 @@ class FsdpPlan:
                 else {}
             ),
             **({"memory": self.memory.to_dict()} if self.memory is not None else {}),
+            **({"shard_dims": dict(self.shard_dims)} if self.shard_dims else {}),
             "summary": {
                 "units": len(self.units),
                 "bytes": total,
@@ -495,4 +504,13 @@ class FsdpPlan:
             memory=None
             if fields.get("memory", dict, type(None), default=None) is None
             else Memory.from_dict(data["memory"]),
+            shard_dims=_shard_dims(fields.get("shard_dims", dict, default={})),
         )
+
+
+def _shard_dims(raw: Mapping[str, Any]) -> dict[str, int]:
+    """``shard_dims`` read back: parameter names to the dim FSDP2 shards them on."""
+    for name, dim in raw.items():
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
+            raise SchemaError(f"shard_dims.{name} must be a dimension (0 or more), not {dim!r}")
+    return dict(raw)

@@ -192,6 +192,18 @@ def _torchtitan(layout: Layout, blocks: list[UnitSpec]) -> list[UnitSpec]:
     return [*edges, *blocks]
 
 
+def expert_shard_dims(
+    layout: Layout, choice: LayoutChoice, params: Sequence[str], world_size: int
+) -> dict[str, int]:
+    """The parameters torchtitan's layout shards on dim 1: a mixture of experts' weights,
+    where there are more ranks than experts (``apply_fsdp_to_decoder``'s
+    ``Shard(1)``, which saves padding dim 0 up to the ranks)."""
+    if choice is not LayoutChoice.TORCHTITAN or layout.decoder is None:
+        return {}
+    wide = [module for module, count in layout.decoder.experts if world_size > count]
+    return {p: 1 for p in params if any(p.startswith(f"{module}.") for module in wide)}
+
+
 def _block_classes(layout: Layout) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*layout.no_split, *layout.repeated)))
 
@@ -386,8 +398,12 @@ def build_units(
     *,
     world_size: int = 1,
     param_dtype: str | None = None,
+    shard_dims: Mapping[str, int] | None = None,
 ) -> list[Unit]:
-    """Each unit's record: its parameters (those no nested unit holds), bytes, calls, gathers."""
+    """Each unit's record: its parameters (those no nested unit holds), bytes, calls, gathers.
+
+    A parameter is sharded on dim 0 but where ``shard_dims`` names another.
+    """
     held: dict[str, list[Any]] = {u: [] for u in model.units}
     for info in model.params:
         held[model.holders[info.name][0]].append(info)
@@ -399,8 +415,9 @@ def build_units(
         for info in infos:
             size = _dtype_bytes(info.dtype, info.name)
             by_dtype[info.dtype] = by_dtype.get(info.dtype, 0) + info.numel * size
-            rows = padded_rows(info.shape, world_size)
-            per_row = info.numel // info.shape[0] if info.shape and info.shape[0] else 1
+            dim = (shard_dims or {}).get(info.name, 0)
+            rows = padded_rows(info.shape[dim:], world_size)
+            per_row = info.numel // info.shape[dim] if info.shape and info.shape[dim] else 1
             gathered = param_dtype if param_dtype and is_floating(info.dtype) else info.dtype
             gather += rows * world_size * per_row * _dtype_bytes(gathered, info.name)
             shard += rows * per_row * size
@@ -435,7 +452,8 @@ def padded_rows(shape: Sequence[int], world_size: int) -> int:
 
     FSDP2 splits dim 0 as ``torch.chunk`` does (``ceil(rows / world_size)`` a
     chunk) and pads every rank's shard to the first chunk's size; a 0-dim
-    parameter counts as one row.
+    parameter counts as one row. (For a parameter sharded on dim ``d``, give
+    ``shape[d:]``: the same holds of that dim.)
     """
     rows = shape[0] if shape else 1
     return -(-rows // world_size)

@@ -174,8 +174,10 @@ def _memory(plan: FsdpPlan) -> Table:
 
 def _sharding(plan: FsdpPlan) -> str:
     """How the units are sharded: ranks, dtypes, the reshard policy."""
+    on_1 = plural(len(plan.shard_dims), "parameter")
+    padded = f"dim 0, {on_1} on dim 1" if plan.shard_dims else "dim 0"
     ranks = (
-        f"over {plan.world_size:,} ranks (gathers padded as FSDP2 pads dim 0)"
+        f"over {plan.world_size:,} ranks (gathers padded as FSDP2 pads {padded})"
         if plan.world_size > 1
         else "1 rank, unsharded sizes"
     )
