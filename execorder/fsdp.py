@@ -90,10 +90,12 @@ def _decoder(model: nn.Module, repeated: Sequence[str], no_split: Sequence[str])
 
     embedding = head = norm = None
     experts: list[tuple[str, int]] = []
+    vision = None
     if all(hasattr(model, a) for a in ("tok_embeddings", "layers", "lm_head")):  # torchtitan
         embedding, head = name_of(model.tok_embeddings), name_of(model.lm_head)
         norm = name_of(getattr(model, "norm", None))
         experts = _torchtitan_experts(model, name_of)
+        vision = name_of(getattr(model, "vision_encoder", None))
     else:
         embedding = name_of(_call(model, "get_input_embeddings"))
         head = name_of(_call(model, "get_output_embeddings"))
@@ -102,7 +104,7 @@ def _decoder(model: nn.Module, repeated: Sequence[str], no_split: Sequence[str])
         getattr(model.get_submodule(n), "weight", None) if n else None for n in (embedding, head)
     ]
     tied = weights[0] is not None and weights[0] is weights[1]
-    return DecoderParts(embedding, norm, head, tied, tuple(experts))
+    return DecoderParts(embedding, norm, head, tied, tuple(experts), vision)
 
 
 def _torchtitan_experts(model: nn.Module, name_of: Any) -> list[tuple[str, int]]:

@@ -67,26 +67,35 @@ def test_the_torchtitan_layout_is_what_apply_fsdp_to_decoder_shards(
             )
 
 
+SHARDED = ["deepseek_v3:debugmodel:2", "deepseek_v3:debugmodel:16", "kimi_k2_7:debugmodel:2"]
+
+
 @pytest.fixture(scope="module")
-def experts_sharded() -> list[dict]:
-    return run_probe("titan_experts_probe.py", 2, 16)
+def sharded_both_ways() -> dict[str, dict]:
+    return {line["case"]: line for line in run_probe("titan_experts_probe.py", *SHARDED)}
 
 
 @pytest.mark.processes
-def test_torchtitans_experts_are_sharded_as_apply_fsdp_to_decoder_shards_them(
-    experts_sharded: list[dict],
+@pytest.mark.parametrize("case", SHARDED)
+def test_the_torchtitan_layout_shards_as_torchtitan_does(
+    sharded_both_ways: dict[str, dict], case: str
 ) -> None:
+    """Each unit's bytes and flag, and each parameter's shard, as torchtitan's own
+    functions make them: a mixture of experts on more ranks than experts, a VLM."""
+    record = sharded_both_ways[case]
+    theirs = {modules: unit for modules, unit in record["their_units"].items() if unit[0]}
+    assert record["plan_units"] == theirs
+    assert record["our_params"] == record["their_params"]
+
+
+@pytest.mark.processes
+def test_what_the_comparisons_are_about_is_there(sharded_both_ways: dict[str, dict]) -> None:
     """DeepSeek-V3's debug model has 8 experts a block: on 16 ranks torchtitan shards their
-    weights on dim 1 (on 2, on dim 0); the plan's bytes and ``shard``'s placements follow."""
-    by_world = {record["world"]: record for record in experts_sharded}
-    assert not by_world[2]["shard_dims"] and by_world[16]["shard_dims"]
-    assert set(by_world[16]["shard_dims"].values()) == {1}
-    for record in experts_sharded:
-        theirs = {modules: size for modules, size in record["their_units"].items() if size}
-        assert record["plan_units"] == theirs, record["world"]
-        assert record["our_params"] == record["their_params"], record["world"]
-    placements = {placement for _, placement in by_world[16]["their_params"].values()}
-    assert "(Shard(dim=1),)" in placements  # what the comparison is about is there
+    weights on dim 1 (on 2, on dim 0); Kimi K2.7's vision encoder is one unit."""
+    wide, narrow = (sharded_both_ways[f"deepseek_v3:debugmodel:{w}"] for w in (16, 2))
+    assert set(wide["shard_dims"].values()) == {1} and not narrow["shard_dims"]
+    assert "(Shard(dim=1),)" in {placement for _, placement in wide["their_params"].values()}
+    assert "vision_encoder" in sharded_both_ways["kimi_k2_7:debugmodel:2"]["their_units"]
 
 
 @pytest.mark.slow

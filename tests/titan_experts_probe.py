@@ -1,18 +1,23 @@
-"""Shard torchtitan's DeepSeek-V3 debug model (8 experts a block) with torchtitan's own
-``apply_fsdp_to_decoder`` and with execorder's plan, over a fake process group.
+"""Shard torchtitan's models as its own parallelize functions do, and by execorder's plan,
+over a fake process group.
 
-Run by tests/test_titan.py in a subprocess (the fake process group is global
-state). For each world size it prints one JSON line: the bytes a rank holds
-of each unit as torchtitan shards it (read from FSDP2's own states), and each
-parameter's shard shape and placement under torchtitan's sharding and under
-``execorder.fsdp.shard`` of the plan. With more ranks than experts torchtitan
-shards the experts' weights on dim 1. No forward runs; everything is on meta.
+torchtitan shards a decoder with ``apply_fsdp_to_decoder`` and, first, a
+VLM's vision encoder with ``apply_fsdp_to_vision_encoder`` (as Kimi K2.7's
+``parallelize`` does). Run by tests/test_titan.py in a subprocess (the fake
+process group is global state). For each ``REGISTRY:FLAVOR:WORLD_SIZE`` it
+prints one JSON line: each unit as torchtitan shards it (read from FSDP2's
+own states: the bytes a rank holds, whether it reshards after forward), the
+plan's units, and each parameter's shard shape and placement under
+torchtitan's sharding and under ``execorder.fsdp.shard`` of the plan. With
+more ranks than experts torchtitan shards the experts' weights on dim 1
+(DeepSeek-V3's debug model has 8 a block). No forward runs; all is on meta.
 
-    python tests/titan_experts_probe.py WORLD_SIZE ...
+    python tests/titan_experts_probe.py REGISTRY:FLAVOR:WORLD_SIZE ...
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import warnings
@@ -24,16 +29,16 @@ import torch.distributed as dist  # noqa: E402
 from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
 from torch.distributed.fsdp import FSDPModule  # noqa: E402
 from torch.testing._internal.distributed.fake_pg import FakeStore  # noqa: E402
-from torchtitan.distributed.fsdp import apply_fsdp_to_decoder  # noqa: E402
-from torchtitan.models.deepseek_v3 import model_registry  # noqa: E402
+from torchtitan.distributed.fsdp import (  # noqa: E402
+    apply_fsdp_to_decoder,
+    apply_fsdp_to_vision_encoder,
+)
 
 import execorder.fsdp  # noqa: E402
 
-TARGET = "torchtitan.models.deepseek_v3:model_registry"
 
-
-def sharded(model: torch.nn.Module) -> tuple[dict[str, int], dict[str, list]]:
-    """Each unit's bytes a rank holds (by its modules), and each parameter's shard."""
+def sharded(model: torch.nn.Module) -> tuple[dict[str, list], dict[str, list]]:
+    """Each unit's bytes a rank holds and reshard flag (by its modules), each parameter's shard."""
     names = {id(m): n for n, m in model.named_modules()}
     units: dict[int, list] = {}
     params: dict[str, list] = {}
@@ -41,44 +46,50 @@ def sharded(model: torch.nn.Module) -> tuple[dict[str, int], dict[str, list]]:
         if not isinstance(module, FSDPModule):
             continue
         state = module._get_fsdp_state()
-        unit = units.setdefault(id(state), [[], 0])
+        unit = units.setdefault(id(state), [[], 0, None])
         unit[0].append(name)
         for group in state._fsdp_param_groups:
-            unit[1] = 0
+            unit[1], unit[2] = 0, group.post_forward_mesh_info is not None
             for param in group.fsdp_params:
                 data = param._sharded_param_data
                 unit[1] += data.numel() * data.element_size()
                 key = f"{names[id(param._module_info.module)]}.{param._module_info.param_name}"
                 params[key] = [list(data.shape), str(param.sharded_param.placements)]
-    return {"+".join(modules): size for modules, size in units.values()}, params
+    return {"+".join(modules): [size, flag] for modules, size, flag in units.values()}, params
 
 
-def main(world: int) -> None:
+def main(registry: str, flavor: str, world: int) -> None:
     plan = execorder.fsdp.plan(
-        TARGET,
-        init_kwargs={"flavor": "debugmodel"},
+        f"torchtitan.models.{registry}:model_registry",
+        init_kwargs={"flavor": flavor},
         input_size="tokens=int64[1,64]@0:1000",
         layout="torchtitan",
         world_size=world,
         param_dtype="bfloat16",
         reduce_dtype="float32",
     )
+    build = importlib.import_module(f"torchtitan.models.{registry}").model_registry
     dist.init_process_group("fake", rank=0, world_size=world, store=FakeStore())
     try:
         mesh = init_device_mesh("cpu", (world,))
         with torch.device("meta"):
-            theirs, ours = (model_registry("debugmodel").model.build() for _ in range(2))
-        apply_fsdp_to_decoder(
-            theirs, mesh, param_dtype=torch.bfloat16, reduce_dtype=torch.float32, pp_enabled=False
-        )
+            theirs, ours = (build(flavor).model.build() for _ in range(2))
+        dtypes = {"param_dtype": torch.bfloat16, "reduce_dtype": torch.float32}
+        if getattr(theirs, "vision_encoder", None) is not None:
+            apply_fsdp_to_vision_encoder(theirs.vision_encoder, mesh, **dtypes)
+        apply_fsdp_to_decoder(theirs, mesh, pp_enabled=False, **dtypes)
         execorder.fsdp.shard(ours, plan, mesh=mesh)
         their_units, their_params = sharded(theirs)
         _, our_params = sharded(ours)
     finally:
         dist.destroy_process_group()
     record = {
-        "world": world,
-        "plan_units": {"+".join(u.modules): u.shard_bytes for u in plan.units if u.params},
+        "case": f"{registry}:{flavor}:{world}",
+        "plan_units": {
+            "+".join(u.modules): [u.shard_bytes, u.reshard_after_forward]
+            for u in plan.units
+            if u.params
+        },
         "shard_dims": dict(plan.shard_dims),
         "their_units": their_units,
         "their_params": their_params,
@@ -89,4 +100,5 @@ def main(world: int) -> None:
 
 if __name__ == "__main__":
     for arg in sys.argv[1:]:
-        main(int(arg))
+        registry, flavor, world = arg.split(":")
+        main(registry, flavor, int(world))

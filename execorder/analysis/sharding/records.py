@@ -75,6 +75,7 @@ class DecoderParts:
         tied: The head's weight is the embedding's (weight tying).
         experts: torchtitan's mixture-of-experts blocks: each one's grouped
             experts module and how many experts it holds.
+        vision: torchtitan's vision encoder (a VLM's), sharded as one unit.
     """
 
     embedding: str | None = None
@@ -82,6 +83,7 @@ class DecoderParts:
     head: str | None = None
     tied: bool = False
     experts: tuple[tuple[str, int], ...] = ()
+    vision: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,11 +223,13 @@ class UnitRule:
             from a file, which holds only its words.
         names: The names or classes given, or the classes chosen.
         written: The rule's words as read from a file.
+        vision: Under the torchtitan layout, a VLM's vision encoder, one unit.
     """
 
     choice: UnitChoice | None
     names: tuple[str, ...] = ()
     written: str = ""
+    vision: str | None = None
 
     def describe(self, words: Words = PYTHON) -> str:
         """The rule for a person, naming arguments with ``words``."""

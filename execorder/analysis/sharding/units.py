@@ -114,7 +114,11 @@ def choose_units(
         specs = [(name,) for name in blocks]
         if choice is LayoutChoice.TORCHTITAN:
             specs = _torchtitan(layout, specs)
-            rule = UnitRule(UnitChoice.TORCHTITAN, rule.names)
+            kinds = {m.name: m.type for m in modules}
+            kept = {kinds[name] for spec in specs for name in spec}
+            vision = layout.decoder.vision if layout.decoder else None
+            names = tuple(c for c in rule.names if c in kept)
+            rule = UnitRule(UnitChoice.TORCHTITAN, names, vision=vision)
     owner: dict[str, str] = {}
     for spec in specs:
         for name in spec:
@@ -169,8 +173,14 @@ def _blocks(layout: Layout) -> tuple[list[str], UnitRule]:
 
 
 def _torchtitan(layout: Layout, blocks: list[UnitSpec]) -> list[UnitSpec]:
-    """torchtitan's ``apply_fsdp_to_decoder`` units: embedding, blocks, [norm, head]."""
+    """torchtitan's ``apply_fsdp_to_decoder`` units: embedding, blocks, [norm, head]; and a
+    VLM's vision encoder as one unit, as ``apply_fsdp_to_vision_encoder`` shards it."""
     parts = layout.decoder or DecoderParts()
+    vision: list[UnitSpec] = []
+    if parts.vision:
+        inside = f"{parts.vision}."
+        blocks = [spec for spec in blocks if not spec[0].startswith(inside)]
+        vision = [(parts.vision,)]
     missing = [
         what
         for what, found in (
@@ -189,7 +199,7 @@ def _torchtitan(layout: Layout, blocks: list[UnitSpec]) -> list[UnitSpec]:
         edges = [(parts.embedding,)] if parts.embedding else []
         if parts.norm and parts.head:
             edges.append((parts.norm, parts.head))
-    return [*edges, *blocks]
+    return [*edges, *blocks, *vision]
 
 
 def expert_shard_dims(

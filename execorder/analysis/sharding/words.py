@@ -32,9 +32,10 @@ def rule_text(rule: UnitRule, words: Words = PYTHON) -> str:
         return f"the repeated block class ({names})"
     if rule.choice is UnitChoice.TORCHTITAN:
         blocks = f"each block ({names})" if names else "each block"
+        vision = f", the vision encoder ({rule.vision}) as one unit" if rule.vision else ""
         return (
             f"torchtitan's decoder layout: the input embedding, {blocks}, the final norm "
-            "with the output head as one group (all three when tied), the root"
+            f"with the output head as one group (all three when tied){vision}, the root"
         )
     return f"the root alone: no repeated block found (choose units with {words.arg(Arg.UNIT)})"
 
