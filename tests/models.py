@@ -1363,6 +1363,40 @@ class OwnCheckpointing(nn.Module):
         return self.head(h + cold)
 
 
+class _PartlyFrozenBlock(nn.Module):
+    """``frozen`` runs under the block's own ``no_grad``; ``a`` reaches the output through a
+    custom Function."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.frozen = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            g = self.frozen(h)
+        return self.b(_StraightThrough.apply(self.a(h), 0.5) + g)
+
+
+class OwnCheckpointPartlyFrozen(nn.Module):
+    """Blocks checkpointed by a Function of the model's own, each running one layer under
+    its own ``no_grad`` and one through a custom Function: the recompute, with grad on,
+    gives ``a`` and ``b`` a gradient and ``frozen`` none. The first block is handed to the
+    Function as a module, the second as a function.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 4)
+        self.first = _PartlyFrozenBlock()
+        self.second = _PartlyFrozenBlock()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = _RecomputingCheckpoint.apply(self.first, self.embed(x))
+        return _RecomputingCheckpoint.apply(lambda y: self.second(y), h)
+
+
 class _RngCheckpoint(torch.autograd.Function):
     """Megatron-LM's and DeepSpeed's checkpoint as they keep random state: forward saves
     ``ctx.fwd_cpu_rng_state``, and backward recomputes under it (then restores its own)."""

@@ -20,16 +20,26 @@ non-differentiable carries no gradient (it is not stamped, and was made
 under ``no_grad``); an input it marks dirty is written by the Function, so
 the in-place ops on it inside ``forward`` are stamped too, and a read of the
 input after the call leads to the call's inputs, as the rebased history does.
+
+A Function that keeps a ``run_function`` on its ``ctx`` (Megatron-LM's and
+DeepSpeed's checkpoint) runs that function again in backward, with grad on:
+its ops are taken as that recompute makes them. When ``forward`` calls the
+function it kept, the call runs with grad on, as the recompute's does, so a
+``no_grad`` inside the block, or a custom Function called in it, is traced as
+backward meets it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import types
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.fx
+from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from execorder.backends.checkpointing import REGION, Region, Regions, contexts_seen, recomputes
@@ -83,15 +93,67 @@ def _made_since(graph: torch.fx.Graph, last: torch.fx.Node | None) -> list[torch
     return made
 
 
+class _KeptFunctions:
+    """The callables a Function's ``forward`` is given, each run with grad on when it is the
+    ``run_function`` the ``ctx`` keeps (``seen[0]``), as backward's recompute runs it.
+
+    Attributes:
+        recomputed: The nodes made while such a function ran: their grad mode
+            is the recompute's already.
+    """
+
+    def __init__(self, graph: torch.fx.Graph, seen: list[Any]) -> None:
+        self.graph, self.seen = graph, seen
+        self.recomputed: set[torch.fx.Node] = set()
+
+    def _run(self, function: Callable[..., Any], kept: object) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            ctx = self.seen[0] if self.seen else None
+            if getattr(ctx, "run_function", None) is not (kept if kept is not None else run):
+                return function(*args, **kwargs)
+            last = next(iter(reversed(self.graph.nodes)), None)
+            try:
+                with torch.enable_grad():
+                    return function(*args, **kwargs)
+            finally:
+                self.recomputed.update(_made_since(self.graph, last))
+
+        return run
+
+    @contextmanager
+    def given(self, args: tuple[Any, ...], wrap: bool = True) -> Iterator[tuple[Any, ...]]:
+        """``args`` with each function wrapped; a module's ``forward`` is, for the duration
+        (``args`` as they are when not to ``wrap``)."""
+        if not wrap:
+            yield args
+            return
+        modules = {id(a): a for a in args if isinstance(a, nn.Module) and "forward" not in vars(a)}
+        for module in modules.values():
+            module.forward = self._run(module.forward, module)
+        functions = (types.FunctionType, types.MethodType, functools.partial)
+        try:
+            yield tuple(self._run(a, None) if isinstance(a, functions) else a for a in args)
+        finally:
+            for module in modules.values():
+                del module.forward
+
+
 def _recomputed(
-    made: list[torch.fx.Node], inputs: list[torch.fx.Node], outer_grad: bool, regions: Regions
+    made: list[torch.fx.Node],
+    inputs: list[torch.fx.Node],
+    outer_grad: bool,
+    regions: Regions,
+    as_recomputed: set[torch.fx.Node],
 ) -> None:
-    """Take a recomputing Function's ops as made with grad, in a region of their own."""
+    """Take a recomputing Function's ops as made with grad (those of ``as_recomputed`` as
+    they were made), in a region of their own."""
     outer = regions.current
     region = Region(inputs, outer_grad, outer)
     regions.opened = True
     for node in made:
-        node.meta[GRAD_ENABLED] = True
+        if node not in as_recomputed:
+            node.meta[GRAD_ENABLED] = True
         inner = node.meta.get(REGION)
         if inner is outer:
             node.meta[REGION] = region
@@ -128,14 +190,15 @@ def functions_traced(regions: Regions | None = None) -> Iterator[None]:
         outer_grad = torch.is_grad_enabled()
         told.append(_Told())
         seen: list[Any] = []
+        kept = _KeptFunctions(graph, seen)
         first_call = regions.count() if regions is not None else 0
         try:
-            with contexts_seen(cls, seen):
-                result = original(cls, *args, **kwargs)
+            with contexts_seen(cls, seen), kept.given(args, regions is not None) as given:
+                result = original(cls, *given, **kwargs)
         finally:
             this = told.pop()
         if regions is not None and recomputes(seen):
-            _recomputed(_made_since(graph, last), inputs, outer_grad, regions)
+            _recomputed(_made_since(graph, last), inputs, outer_grad, regions, kept.recomputed)
             regions.recomputed_since(first_call)
             return result
         call = FunctionCall(inputs, outer_grad)
