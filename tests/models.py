@@ -1457,6 +1457,40 @@ class OwnCheckpointReused(nn.Module):
         return self.head(_RecomputingCheckpoint.apply(self.block, h))
 
 
+class _SetupContextCheckpoint(_RecomputingCheckpoint):
+    """The same checkpoint written the newer way: ``forward`` takes no ``ctx``, and
+    ``setup_context`` keeps the ``run_function``."""
+
+    @staticmethod
+    def forward(run_function, *args):  # type: ignore[no-untyped-def, override]
+        with torch.no_grad():
+            return run_function(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def, override]
+        ctx.run_function = inputs[0]
+        ctx.save_for_backward(*inputs[1:])
+
+
+class OwnCheckpointSetupContext(nn.Module):
+    """A checkpoint Function that keeps its ``run_function`` in ``setup_context``, run on
+    ``block`` twice (its gradient comes in two backward passes) and nested in itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 4)
+        self.block = nn.Linear(4, 4)
+        self.inner = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def _outer(self, h: torch.Tensor) -> torch.Tensor:
+        return _SetupContextCheckpoint.apply(self.inner, self.block(h))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = _SetupContextCheckpoint.apply(self.block, self.embed(x))
+        return self.head(_SetupContextCheckpoint.apply(self._outer, h))
+
+
 class OwnCheckpointingNested(nn.Module):
     """A Megatron-style checkpoint around torch's reentrant one, and a module read on
     both sides of it: ``embed`` gets its gradient in two backward passes."""

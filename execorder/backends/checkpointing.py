@@ -139,27 +139,32 @@ def blocks_logged(on_block: Callable[[bool], None]) -> Iterator[None]:
         CheckpointFunction.forward = saved  # type: ignore[method-assign]
 
 
+_SPIED = "_execorder_spied"
+"""The attribute of a :func:`contexts_seen` spy that holds the method it spies on."""
+
+
 @contextmanager
 def contexts_seen(cls: type, seen: list[Any]) -> Iterator[None]:
-    """Note in ``seen`` the ``ctx`` each call of ``cls.forward`` gets (old-style Functions)."""
-    if not _takes_ctx(cls):
-        yield
-        return
-    own = cls.__dict__.get("forward")
-    forward = cls.forward  # type: ignore[attr-defined]
+    """Note in ``seen`` the ``ctx`` each call of ``cls`` gets: in ``forward``, or in
+    ``setup_context`` for a Function that defines it (its ``forward`` takes no ``ctx``)."""
+    name = "forward" if _takes_ctx(cls) else "setup_context"
+    own = cls.__dict__.get(name)
+    method = getattr(cls, name)
+    method = getattr(method, _SPIED, method)  # a call nested in one of the same class
 
     def spy(ctx: Any, *args: Any, **kwargs: Any) -> Any:
         seen.append(ctx)
-        return forward(ctx, *args, **kwargs)
+        return method(ctx, *args, **kwargs)
 
-    cls.forward = staticmethod(spy)  # type: ignore[attr-defined]
+    setattr(spy, _SPIED, method)
+    setattr(cls, name, staticmethod(spy))
     try:
         yield
     finally:
         if own is None:
-            del cls.forward  # type: ignore[attr-defined]
+            delattr(cls, name)
         else:
-            cls.forward = own  # type: ignore[attr-defined]
+            setattr(cls, name, own)
 
 
 def _takes_ctx(cls: type) -> bool:
