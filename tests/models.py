@@ -1474,17 +1474,19 @@ class _SetupContextCheckpoint(_RecomputingCheckpoint):
 
 class OwnCheckpointSetupContext(nn.Module):
     """A checkpoint Function that keeps its ``run_function`` in ``setup_context``, run on
-    ``block`` twice (its gradient comes in two backward passes) and nested in itself."""
+    ``block`` twice (its gradient comes in two backward passes) and nested in itself;
+    ``up`` is read inside the outer block only, and gets its gradient from the recompute."""
 
     def __init__(self) -> None:
         super().__init__()
         self.embed = nn.Linear(4, 4)
         self.block = nn.Linear(4, 4)
+        self.up = nn.Linear(4, 4)
         self.inner = nn.Linear(4, 4)
         self.head = nn.Linear(4, 2)
 
     def _outer(self, h: torch.Tensor) -> torch.Tensor:
-        return _SetupContextCheckpoint.apply(self.inner, self.block(h))
+        return _SetupContextCheckpoint.apply(self.inner, self.block(torch.relu(self.up(h))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = _SetupContextCheckpoint.apply(self.block, self.embed(x))
