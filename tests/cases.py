@@ -23,7 +23,7 @@ from transformer import Transformer
 
 import execorder
 from execorder import eager
-from execorder.report import Report
+from execorder.report import AssumptionKind, Report
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,14 @@ def predict(case: Case) -> Report:
     if case.fx:
         return execorder.trace(case.build(), concrete_args=case.concrete_args)
     return eager.trace(case.build(), args=case.inputs(), kwargs=case.concrete_args)
+
+
+def unseen_backward_resting(report: Report) -> set[str]:
+    """The parameters whose status rests on a custom Function's unseen backward: taken as
+    dead, and said to rest on it (a real backward may give them a gradient)."""
+    if not any(a.assumed is AssumptionKind.BACKWARD for a in report.assumptions):
+        return set()  # a run that assumed selections only: every status is to be exact
+    return {p.name for p in report.on_assumption}
 
 
 def _x(*shape: int) -> Callable[[], tuple[Any, ...]]:
@@ -99,6 +107,7 @@ CASES: dict[str, Case] = {
     "two-heads": Case(models.TwoHeads, _x(2, 4)),
     "structured-outputs": Case(models.StructuredOutputs, _x(2, 4)),
     "custom-functions": Case(models.CustomFunctions, _x(2, 4)),
+    "unseen-backwards": Case(models.UnseenBackwards, _x(2, 4)),
     "data-attribute": Case(models.DataAttribute, _x(2, 4)),
     "indices-only": Case(models.IndicesOnly, _x(2, 4)),
     "sampled-and-grouped": Case(models.SampledAndGrouped, _x(2, 4), meta=False),

@@ -551,6 +551,46 @@ class _Closure(torch.autograd.Function):
         return grad, None
 
 
+class _Reversible(torch.autograd.Function):
+    """Reversible layers' shape (Reformer's, RevNet's): forward runs the blocks it is handed
+    and keeps no activations; backward runs them again, with grad, and backpropagates through
+    them itself, giving their parameters gradients they were never passed as arguments."""
+
+    @staticmethod
+    def forward(ctx, x, blocks):  # type: ignore[no-untyped-def, override]
+        ctx.blocks = blocks
+        ctx.save_for_backward(x)
+        for block in blocks:
+            x = x + block(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def, override]
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad():
+            h = out = x.detach().requires_grad_(True)
+            for block in ctx.blocks:
+                out = out + block(out)
+        torch.autograd.backward(out, grad)
+        return h.grad, None
+
+
+class UnseenBackwards(nn.Module):
+    """Custom Functions handed modules, not parameters, with inputs that need grad: ``blocks``
+    get gradients from the reversible Function's own backward, ``closure`` none from
+    ``_Closure``'s. Only a real backward tells them apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 4)
+        self.blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(2))
+        self.closure = nn.Parameter(torch.ones(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        return _Reversible.apply(h, self.blocks) + _Closure.apply(h, self)
+
+
 class DataAttribute(nn.Module):
     """``.data`` reads a parameter's values without its history: no gradient."""
 

@@ -2,21 +2,82 @@
 
 from __future__ import annotations
 
+import json
+
 import models
 import pytest
 import torch
-from cases import CASES, Case, backward_no_grad, predict
+import torch.nn as nn
+from cases import CASES, Case, backward_no_grad, predict, unseen_backward_resting
 from seed import Model
 
 import execorder
+import execorder.fsdp
 from execorder import eager
 from execorder.errors import ControlFlowError
+from execorder.report import AssumptionKind, Report
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_unused_plus_dead_is_exactly_no_grad_after_backward(case: Case) -> None:
-    predicted = [p.name for p in predict(case).no_grad()]
-    assert predicted == backward_no_grad(case)
+    """Exactly, for every parameter whose status rests on no assumption; those that do
+    (what a custom Function's unseen backward decides) are taken as dead, and say so."""
+    report = predict(case)
+    resting = unseen_backward_resting(report)
+    predicted = [p.name for p in report.no_grad() if p.name not in resting]
+    assert predicted == [name for name in backward_no_grad(case) if name not in resting]
+    assert resting <= {p.name for p in report.dead}
+
+
+def test_a_custom_functions_unseen_backward_decides_either_way() -> None:
+    """A reversible Function's backward gives the blocks it was handed a gradient, _Closure's
+    gives ``closure`` none: forward alone cannot tell them apart, so both rest on the
+    assumption, named; a recorded real backward decides each."""
+    case = CASES["unseen-backwards"]
+    blocks = [f"blocks.{i}.{kind}" for i in range(2) for kind in ("weight", "bias")]
+    assert backward_no_grad(case) == ["closure"]  # the two outcomes are both there
+    torch.manual_seed(0)
+    walked = [predict(case), eager.trace(case.build(), args=case.inputs())]
+    for report in walked:
+        assert sorted(p.name for p in report.on_assumption) == sorted(["closure", *blocks])
+        assert [a.op for a in report.assumptions] == ["_Reversible.backward", "_Closure.backward"]
+        assert {a.assumed for a in report.assumptions} == {AssumptionKind.BACKWARD}
+    ran = eager.trace(case.build(), args=case.inputs(), backward=True)
+    assert [p.name for p in ran.no_grad()] == ["closure"] and not ran.assumptions
+
+
+def test_what_an_unseen_backward_decides_is_said_and_kept() -> None:
+    """The DDP check says "not proven" when all it would fail on rests on an unseen backward,
+    counts it apart when something fails for sure; the JSON names what was assumed and reads
+    back; an FSDP plan's order does not rest on it."""
+    from execorder.analysis.sharding import CheckKind
+    from execorder.output.views import ddp_verdict
+
+    report = execorder.trace(models.UnseenBackwards())
+    verdict = ddp_verdict(report).cells[1].text
+    assert verdict.startswith("not proven: 5 trainable parameters (closure, blocks.0.weight")
+    assert "(_Reversible, _Closure)" in verdict and verdict.endswith("decides: backward=True")
+
+    class WithSpare(models.UnseenBackwards):
+        def __init__(self) -> None:
+            super().__init__()
+            self.spare = nn.Parameter(torch.ones(2))
+
+    verdict = ddp_verdict(execorder.trace(WithSpare())).cells[1].text
+    assert verdict == (
+        "fails: 1 trainable parameter gets no gradient (5 others may, from a custom autograd "
+        "Function's unseen backward)"
+    )
+    data = json.loads(json.dumps(report.to_dict()))
+    assert [a["assumed"] for a in data["assumptions"]] == [
+        "no gradient for what it was not passed"
+    ] * 2
+    assert Report.from_dict(data).to_dict() == data
+    with torch.device("meta"):
+        on_meta = eager.trace(models.UnseenBackwards(), args=(torch.randn(2, 4),))
+    assert on_meta.assumptions  # what the plan's run assumes too; its order rests on none:
+    plan = execorder.fsdp.plan(models.UnseenBackwards, input_size=(2, 4))
+    assert not [c for c in plan.checks if c.kind is CheckKind.ASSUMPTION]
 
 
 def test_a_loss_on_the_main_output_alone_misses_exactly_the_parameters_reached_elsewhere() -> None:

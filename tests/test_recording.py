@@ -10,7 +10,14 @@ from cases import CASES, Case
 from torch import nn
 
 from execorder.backends.eager_intercept import intercepting
-from execorder.recording import Checkpointed, Event, Recorder, build_report, module_tree
+from execorder.recording import (
+    Checkpointed,
+    Event,
+    Recorder,
+    UnseenBackward,
+    build_report,
+    module_tree,
+)
 from execorder.report import Mode
 
 
@@ -31,6 +38,8 @@ def _one_by_one(recorder: Recorder, events: list[Event]) -> None:
             recorder.use(event)
         elif isinstance(event, Checkpointed):
             recorder.checkpointed(event.start)
+        elif isinstance(event, UnseenBackward):
+            recorder.unseen_backward(event)
         else:
             recorder.enter(event)
 
@@ -48,7 +57,8 @@ def _state(recorder: Recorder) -> object:
         for c in recorder.calls
     ]
     order = [id(p) for p in recorder.param_order]
-    return calls, order, recorder.first_call, recorder.observed
+    unseen = [(i, e.function, [id(p) for p in e.params]) for i, e in recorder.unseen_backwards]
+    return calls, order, recorder.first_call, recorder.observed, unseen
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())

@@ -180,9 +180,15 @@ def recomputes(seen: list[Any]) -> bool:
 
 
 @contextmanager
-def own_blocks_logged(mark: Callable[[], int], recomputed: Callable[[int], None]) -> Iterator[None]:
+def own_blocks_logged(
+    mark: Callable[[], int],
+    recomputed: Callable[[int], None],
+    ran: Callable[[int, type, tuple[Any, ...]], None] = lambda first, cls, args: None,
+) -> Iterator[None]:
     """Tell ``recomputed(mark())`` after each call of a checkpoint Function of the model's
-    own (Megatron-LM's, DeepSpeed's: :func:`recomputes`), ``mark()`` taken before it ran.
+    own (Megatron-LM's, DeepSpeed's: :func:`recomputes`), ``mark()`` taken before it ran;
+    ``ran(mark(), cls, args)`` after any other Function called with grad on and an
+    argument that requires grad (its ``backward`` will run).
 
     What such a Function is shows only in its ``ctx`` once its ``forward`` ran,
     so its block is told afterwards; torch's own (``CheckpointFunction``) is
@@ -198,10 +204,15 @@ def own_blocks_logged(mark: Callable[[], int], recomputed: Callable[[int], None]
             return original(cls, *args, **kwargs)
         first = mark()
         seen: list[Any] = []
+        backward_runs = torch.is_grad_enabled() and any(
+            isinstance(a, torch.Tensor) and a.requires_grad for a in args
+        )
         with contexts_seen(cls, seen):
             result = original(cls, *args, **kwargs)
         if recomputes(seen):
             recomputed(first)
+        elif backward_runs:
+            ran(first, cls, args)
         return result
 
     Function.apply = classmethod(apply)  # type: ignore[assignment, method-assign]

@@ -21,7 +21,7 @@ from execorder.backends.checkpointing import blocks_logged, own_blocks_logged
 from execorder.backends.common import metadata_functions
 from execorder.backends.eager_liveness import GradHooks
 from execorder.backends.timing import Clock
-from execorder.recording import Checkpointed, Event, ModuleTree
+from execorder.recording import Checkpointed, Event, ModuleTree, UnseenBackward
 
 
 @contextmanager
@@ -175,7 +175,11 @@ def intercepting(
         with (
             _Watching(watched, metadata, append) if watched else nullcontext(),
             blocks_logged(lambda start: append(Checkpointed(start))),
-            own_blocks_logged(lambda: len(events), lambda at: _bracket(events, at)),
+            own_blocks_logged(
+                lambda: len(events),
+                lambda at: _bracket(events, at),
+                lambda at, cls, args: _unseen_backward(events, at, cls, args),
+            ),
         ):
             yield
     finally:
@@ -194,6 +198,16 @@ def _bracket(events: list[Event], at: int) -> None:
     """Mark the events from ``at`` on as a checkpoint's block, once it is known to be one."""
     events.insert(at, Checkpointed(True))
     events.append(Checkpointed(False))
+
+
+def _unseen_backward(events: list[Event], at: int, cls: type, args: tuple[Any, ...]) -> None:
+    """Log the parameters a custom Function's forward read (the events from ``at`` on)
+    that it was not passed: its backward, unseen, decides their gradient."""
+    passed = {id(a) for a in args if isinstance(a, torch.Tensor)}
+    read = {id(p): p for event in events[at:] if isinstance(event, list) for p in event}
+    hidden = tuple(p for key, p in read.items() if key not in passed)
+    if hidden:
+        events.append(UnseenBackward(cls.__name__, hidden))
 
 
 class _Slots(dict[str, Any]):

@@ -35,6 +35,7 @@ from execorder.backends.fx_liveness import (
     COMPUTED_FROM,
     GRAD_ENABLED,
     live_params,
+    needs_grad,
     output_reach,
 )
 from execorder.errors import (
@@ -474,11 +475,18 @@ def _run_tracer(
         with (
             _constants_taken_back(model),
             regions_traced(_regions(recorder)) as regions,
-            functions_traced(regions),
+            functions_traced(regions, recorder) as unseen,
             record_tracer(tracer, model, recorder, regions=regions),
             user_code(f"tracing {owner(model)}"),
         ):
             tracer.trace(model, args or None)
+        if unseen:  # a Function none of whose inputs needs grad: its backward never runs
+            needs = needs_grad(tracer.graph, model)
+            recorder.unseen_backwards = [
+                told
+                for told, call in zip(recorder.unseen_backwards, unseen, strict=True)
+                if any(needs.get(node, False) for node in call.inputs)
+            ]
         return regions
     except UserExitError:
         raise

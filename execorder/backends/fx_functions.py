@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 import types
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from execorder.backends.checkpointing import REGION, Region, Regions, contexts_seen, recomputes
+from execorder.recording import Recorder, UnseenBackward
 
 FUNCTION_CALL = "execorder_function_call"
 """``node.meta`` key: the custom autograd Function call whose output the node is."""
@@ -165,20 +166,27 @@ def _recomputed(
 
 
 @contextmanager
-def functions_traced(regions: Regions | None = None) -> Iterator[None]:
+def functions_traced(
+    regions: Regions | None = None, recorder: Recorder | None = None
+) -> Iterator[list[FunctionCall]]:
     """Stamp the outputs of every traced ``Function.apply`` with its :class:`FunctionCall`.
 
     Subclasses that define ``apply`` themselves (the reentrant checkpoint's,
     while :func:`execorder.backends.checkpointing.regions_traced` patches it)
     are left to their own. A Function that keeps a ``run_function`` on its
-    ``ctx`` is taken as recomputing its ops, in ``regions``. Restored exactly
-    on exit, also when tracing raises.
+    ``ctx`` is taken as recomputing its ops, in ``regions``. Any other,
+    called with grad on, tells ``recorder`` the parameters its ``forward``
+    read without being passed them (:class:`UnseenBackward`); what it yields
+    gets each such Function's call, in the order told (whether its backward
+    runs at all shows only once the graph is whole). Restored exactly on
+    exit, also when tracing raises.
     """
     Function, Ctx = torch.autograd.Function, torch.autograd.function.FunctionCtx
     saved = Function.__dict__["apply"]
     original = saved.__func__
     saved_ctx = {name: Ctx.__dict__[name] for name in ("mark_non_differentiable", "mark_dirty")}
     told: list[_Told] = []
+    unseen: list[FunctionCall] = []
 
     def apply(cls: type, *args: Any, **kwargs: Any) -> Any:
         proxies = [a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.fx.Proxy)]
@@ -192,8 +200,15 @@ def functions_traced(regions: Regions | None = None) -> Iterator[None]:
         seen: list[Any] = []
         kept = _KeptFunctions(graph, seen)
         first_call = regions.count() if regions is not None else 0
+        watch: AbstractContextManager[dict[int, nn.Parameter]] = (
+            recorder.reads() if recorder is not None and outer_grad else nullcontext({})
+        )
         try:
-            with contexts_seen(cls, seen), kept.given(args, regions is not None) as given:
+            with (
+                contexts_seen(cls, seen),
+                kept.given(args, regions is not None) as given,
+                watch as read,
+            ):
                 result = original(cls, *given, **kwargs)
         finally:
             this = told.pop()
@@ -202,6 +217,13 @@ def functions_traced(regions: Regions | None = None) -> Iterator[None]:
             regions.recomputed_since(first_call)
             return result
         call = FunctionCall(inputs, outer_grad)
+        if read and recorder is not None:
+            passed = {n.target for n in inputs if n.op == "get_attr"}
+            names = recorder.tree.param_names
+            hidden = tuple(p for key, p in read.items() if passed.isdisjoint(names[key]))
+            if hidden:
+                recorder.unseen_backward(UnseenBackward(cls.__name__, hidden))
+                unseen.append(call)
         for out in tree_leaves(result):
             node = out.node if isinstance(out, torch.fx.Proxy) else None
             if node is not None and node not in inputs and node not in this.non_differentiable:
@@ -216,7 +238,7 @@ def functions_traced(regions: Regions | None = None) -> Iterator[None]:
     for name, field in (("mark_non_differentiable", "non_differentiable"), ("mark_dirty", "dirty")):
         setattr(Ctx, name, _noting(told, field, saved_ctx[name]))
     try:
-        yield
+        yield unseen
     finally:
         Function.apply = saved  # type: ignore[method-assign]
         for name, method in saved_ctx.items():

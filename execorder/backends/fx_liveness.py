@@ -224,6 +224,18 @@ def dead_regions(graph: torch.fx.Graph, root: nn.Module) -> set[Region]:
     none of its inputs needs grad (nothing upstream depends on a trainable
     parameter): torch then never recomputes it in backward.
     """
+    return _needs_grad_and_dead_regions(graph, root)[1]
+
+
+def needs_grad(graph: torch.fx.Graph, root: nn.Module) -> dict[torch.fx.Node, bool]:
+    """Whether each node's value needs grad: it depends on a trainable parameter through ops
+    that carry a gradient (the inputs, as FX traces them, need none)."""
+    return _needs_grad_and_dead_regions(graph, root)[0]
+
+
+def _needs_grad_and_dead_regions(
+    graph: torch.fx.Graph, root: nn.Module
+) -> tuple[dict[torch.fx.Node, bool], set[Region]]:
     params = dict(root.named_parameters())
     needs: dict[torch.fx.Node, bool] = {}
     decided: dict[Region, bool] = {}
@@ -258,7 +270,7 @@ def dead_regions(graph: torch.fx.Graph, root: nn.Module) -> set[Region]:
             needs[node] = inputs or _needs_grad(node, params, root)
     for node in graph.nodes:
         alive(node.meta.get(REGION))
-    return {region for region, ok in decided.items() if not ok}
+    return needs, {region for region, ok in decided.items() if not ok}
 
 
 def _in_dead_region(node: torch.fx.Node, dead: set[Region]) -> bool:

@@ -7,6 +7,7 @@ from execorder.recording.events import (
     Checkpointed,
     Event,
     Recorder,
+    UnseenBackward,
     UsageGroup,
     unique_params,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "Event",
     "ModuleTree",
     "Recorder",
+    "UnseenBackward",
     "UsageGroup",
     "build_report",
     "class_name",

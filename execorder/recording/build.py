@@ -8,7 +8,7 @@ the backward that ran) and hands the builder the live set.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ from execorder.recording.events import CallRecord, Recorder
 from execorder.recording.tree import class_name
 from execorder.report import (
     Assumption,
+    AssumptionKind,
     ExternalUse,
     Mode,
     ModuleCall,
@@ -185,7 +186,12 @@ def _build(
     # DDP numbers the parameters that require grad, in parameters() order.
     ddp_position = {id(p): i for i, p in enumerate(p for p in tree.params if id(p) in trains)}
     counts = dict.fromkeys(("numel", "dead", "frozen", "assumed", "no_grad", "resting"), 0)
-    assumptions, resting = _assumptions(recorder, calls)
+    # Without a real backward, a custom Function's is not seen: what its forward read
+    # without being passed it, and no other use gives a gradient, rests on that.
+    reached = live_ids if live_ids is not None and backward is None else None
+    assumptions, resting = _assumptions(
+        recorder, calls, lambda p: reached is not None and id(p) in trains and id(p) not in reached
+    )
 
     def info(param: nn.Parameter, first: int | None) -> ParamInfo:
         key = id(param)
@@ -260,24 +266,32 @@ def _build(
 
 
 def _assumptions(
-    recorder: Recorder, calls: Sequence[ModuleCall]
+    recorder: Recorder, calls: Sequence[ModuleCall], unreached: Callable[[nn.Parameter], bool]
 ) -> tuple[tuple[Assumption, ...], set[int]]:
     """The assumptions, one per call, op and place; the ids of the parameters resting on them.
 
-    A parameter rests on an assumption when it belongs to the module whose
-    call made it (whether that call then used it or not), or was used inside
-    that call after it.
+    A parameter rests on a selection's assumption when it belongs to the
+    module whose call made it (whether that call then used it or not), or
+    was used inside that call after it; on a custom Function's unseen
+    backward when its forward read it unpassed and it is ``unreached``
+    (trainable, and given no gradient by the walk).
     """
-    found: dict[tuple[int, str, str], int] = {}
+    found: dict[tuple[int, str, str, AssumptionKind], int] = {}
     resting = set(recorder.after_assumption)
     for index, event in recorder.assumptions:
-        key = (index, event.op, event.where)
+        key = (index, event.op, event.where, AssumptionKind.SELECTION)
         if key not in found:
             resting.update(map(id, recorder.params_of(recorder.calls[index].module)))
         found[key] = found.get(key, 0) + 1
+    for index, unseen in recorder.unseen_backwards:
+        hidden = [id(p) for p in unseen.params if unreached(p)]
+        if hidden:
+            resting.update(hidden)
+            key = (index, f"{unseen.function}.backward", "", AssumptionKind.BACKWARD)
+            found[key] = found.get(key, 0) + 1
     made = tuple(
-        Assumption(op, calls[index].name, index, where, count)
-        for (index, op, where), count in found.items()
+        Assumption(op, calls[index].name, index, where, count, kind)
+        for (index, op, where, kind), count in found.items()
     )
     return made, resting
 

@@ -4,7 +4,8 @@ A backend reports three kinds of event: a module call starts
 (:meth:`Recorder.enter`), it ends (:meth:`Recorder.exit`), and parameters are
 used (:meth:`Recorder.use`, :meth:`Recorder.use_module`); a run on the meta
 device may add a fourth, an assumption about values it could not know
-(:meth:`Recorder.assume`). FX reports them as
+(:meth:`Recorder.assume`), and any run a custom autograd Function that read
+parameters it was not passed (:meth:`Recorder.unseen_backward`). FX reports them as
 it traces; eager logs them to a flat list on its hot path and hands the
 recorder the whole log (:meth:`Recorder.replay`, the same events, inlined).
 The recorder keeps live module and parameter objects, never names: naming and
@@ -13,7 +14,8 @@ freezing are the report builder's job (:mod:`execorder.recording.build`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -38,11 +40,21 @@ class Checkpointed(NamedTuple):
     start: bool
 
 
-Event = nn.Module | list[nn.Parameter] | Assumed | Checkpointed | None
+class UnseenBackward(NamedTuple):
+    """An event: a custom autograd Function's ``forward`` read ``params`` without being passed
+    them; its ``backward``, which only a real backward runs, decides whether they get a
+    gradient from it (usually not; reversible layers compute one themselves)."""
+
+    function: str
+    params: tuple[nn.Parameter, ...]
+
+
+Event = nn.Module | list[nn.Parameter] | Assumed | Checkpointed | UnseenBackward | None
 """One entry of an event log: a module (its call starts), ``None`` (the
 current call ends), a list of parameters (one op used them), an
-:class:`Assumed` (the current call assumed a value), or a
-:class:`Checkpointed` (a reentrant checkpoint's block starts or ends)."""
+:class:`Assumed` (the current call assumed a value), a
+:class:`Checkpointed` (a reentrant checkpoint's block starts or ends), or an
+:class:`UnseenBackward` (the current call ran a custom Function)."""
 
 
 class UsageGroup(NamedTuple):
@@ -89,6 +101,8 @@ class Recorder:
             made an assumption (its status may rest on it).
         recomputed: Indices of the calls made inside a reentrant checkpoint's
             block, which backward makes again (:meth:`checkpointed`).
+        unseen_backwards: ``(call index, event)`` for each custom Function
+            whose ``forward`` read parameters it was not passed.
     """
 
     def __init__(self, root: nn.Module, tree: ModuleTree | None = None) -> None:
@@ -106,6 +120,8 @@ class Recorder:
         self._assuming: int | None = None
         self.recomputed: list[int] = []
         self._blocks = 0  # reentrant checkpoint blocks running now
+        self.unseen_backwards: list[tuple[int, UnseenBackward]] = []
+        self._watches: list[dict[int, nn.Parameter]] = []
 
     @property
     def current(self) -> CallRecord:
@@ -190,6 +206,20 @@ class Recorder:
         if self._assuming is None or len(self._stack) < self._assuming:
             self._assuming = len(self._stack)
 
+    @contextmanager
+    def reads(self) -> Iterator[dict[int, nn.Parameter]]:
+        """The parameters :meth:`use` and :meth:`use_module` are told of while it is open."""
+        read: dict[int, nn.Parameter] = {}
+        self._watches.append(read)
+        try:
+            yield read
+        finally:
+            self._watches.remove(read)
+
+    def unseen_backward(self, event: UnseenBackward) -> None:
+        """The current call ran a custom Function that read parameters it was not passed."""
+        self.unseen_backwards.append((self._stack[-1], event))
+
     def use(self, params: Iterable[nn.Parameter], *, outer: int = 0) -> None:
         """Parameters are used directly in an op.
 
@@ -215,6 +245,8 @@ class Recorder:
             self.current.slot_in_parent = slot + 1
         self._mark(unique, index)
         self.observed.update(map(id, unique))
+        for read in self._watches:
+            read.update((id(p), p) for p in unique)
         if self._assuming is not None:
             self.after_assumption.update(map(id, unique))
 
@@ -232,6 +264,8 @@ class Recorder:
             self._mark(params, self._stack[-1])
             if not assumed:
                 self.observed.update(map(id, params))
+            for read in self._watches:
+                read.update((id(p), p) for p in params)
             if self._assuming is not None:
                 self.after_assumption.update(map(id, params))
 
@@ -272,6 +306,8 @@ class Recorder:
                 self.assume(event)
             elif isinstance(event, Checkpointed):
                 self.checkpointed(event.start)
+            elif isinstance(event, UnseenBackward):
+                self.unseen_backward(event)
             else:
                 params = cached.get(id(event)) or params_of(event)
                 parent = calls[stack[-1]]

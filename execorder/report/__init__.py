@@ -2,6 +2,7 @@
 
 from execorder.report.files import load_report
 from execorder.report.kinds import (
+    AssumptionKind,
     Category,
     InputSource,
     Mode,
@@ -32,6 +33,7 @@ __all__ = [
     "ROOT_LABEL",
     "SCHEMA_VERSION",
     "Assumption",
+    "AssumptionKind",
     "CallTime",
     "Category",
     "ExternalUse",

@@ -63,6 +63,13 @@ class Severity(Word):
     NONE = "none"
 
 
+class AssumptionKind(Word):
+    """What a run assumed where it could not know."""
+
+    SELECTION = "every element is kept"  # a meta run's selection from values it lacks
+    BACKWARD = "no gradient for what it was not passed"  # a custom Function's unseen backward
+
+
 class Category(Word):
     """What a CI gate (``--fail-on``) can fail on."""
 

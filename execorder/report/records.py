@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from execorder.errors import SchemaError
-from execorder.report.kinds import Category, InputSource, Mode, ParamStatus, gate
+from execorder.report.kinds import AssumptionKind, Category, InputSource, Mode, ParamStatus, gate
 from execorder.report.memory import Memory
 from execorder.report.reading import Fields
 from execorder.spelling import label
@@ -249,7 +249,7 @@ class ExternalUse:
 
 @dataclass(frozen=True, slots=True)
 class Assumption:
-    """A value a meta run could not know, and what it assumed instead.
+    """A value a run could not know, and what it assumed instead.
 
     On the meta device parameters have no values, so a selection made from
     values computed from them (which experts a router picks: ``nonzero``, a
@@ -259,12 +259,21 @@ class Assumption:
     (:attr:`ParamInfo.rests_on_assumption`): those of the module whose call
     made it, and any used later inside that call.
 
+    In any run, a custom autograd Function's ``backward`` is not seen (only a
+    real backward runs it): a parameter its ``forward`` reads without being
+    passed it is taken as getting no gradient from it (``assumed`` is
+    :attr:`AssumptionKind.BACKWARD`), as is usual, but a Function that computes
+    gradients itself (reversible layers) gives it one. Such parameters, when
+    no other use gives them a gradient, rest on it.
+
     Attributes:
-        op: The op that selected (``aten.nonzero``).
+        op: The op that selected (``aten.nonzero``), or the Function's
+            backward (``_ReversibleFunction.backward``).
         module: The module whose call made it (``""`` for the root).
         call: The index of that call in the module order.
         where: ``file.py:line`` of the model's code that made it, if known.
         count: How many times that call made it there.
+        assumed: What was assumed.
     """
 
     op: str
@@ -272,8 +281,9 @@ class Assumption:
     call: int
     where: str = ""
     count: int = 1
+    assumed: AssumptionKind = AssumptionKind.SELECTION
 
-    ASSUMED = "every element is kept"
+    ASSUMED = AssumptionKind.SELECTION.value
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -282,7 +292,7 @@ class Assumption:
             "call": self.call,
             "where": self.where,
             "count": self.count,
-            "assumed": self.ASSUMED,
+            "assumed": self.assumed.value,
         }
 
     @classmethod
@@ -295,6 +305,7 @@ class Assumption:
             call=fields.get("call", int),
             where=fields.get("where", str, default=""),
             count=fields.get("count", int, default=1),
+            assumed=fields.word("assumed", AssumptionKind, default=AssumptionKind.SELECTION),
         )
 
 

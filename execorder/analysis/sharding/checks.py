@@ -13,7 +13,7 @@ from typing import Any
 from execorder.analysis.sharding.kinds import SEVERITY, CheckKind, Direction, Mistarget
 from execorder.analysis.sharding.records import Check, Layout, Unit
 from execorder.analysis.sharding.units import UnitModel, UnitSpec
-from execorder.report import Report
+from execorder.report import AssumptionKind, Report
 from execorder.spelling import ROOT
 
 
@@ -161,14 +161,15 @@ def _mistarget(
 def assumptions(model: UnitModel) -> list[Check]:
     """The order rests on what a meta run assumed."""
     report = model.report
-    if not report.assumptions:
-        return []
+    made = [a for a in report.assumptions if a.assumed is AssumptionKind.SELECTION]
+    if not made:
+        return []  # a custom Function's unseen backward decides gradients, not the order
     return [
         _check(
             CheckKind.ASSUMPTION,
-            tuple(dict.fromkeys(model.unit_of(a.module) for a in report.assumptions)),
+            tuple(dict.fromkeys(model.unit_of(a.module) for a in made)),
             tuple(p.name for p in report.on_assumption),
-            assumed=tuple((a.op, a.module) for a in report.assumptions),
+            assumed=tuple((a.op, a.module) for a in made),
         )
     ]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from execorder.errors import PYTHON, Words
+from execorder.errors import PYTHON, Arg, Words
 from execorder.output.document import (
     Block,
     Cell,
@@ -41,6 +41,8 @@ from execorder.output.views.common import (
     warn_if,
 )
 from execorder.report import (
+    Assumption,
+    AssumptionKind,
     Category,
     ModuleCall,
     ParamInfo,
@@ -67,7 +69,7 @@ def report_view(
             default; the command line passes its flags).
     """
     blocks: list[Block] = [
-        _summary(report),
+        _summary(report, words),
         *([_memory(report)] if report.memory is not None else []),
         _modules(report.modules, depth=depth, max_rows=max_rows, words=words),
         _param_order(report.params, max_rows=max_rows, words=words),
@@ -153,7 +155,7 @@ def _ancestors(report: Report, index: int) -> list[int]:
     return found
 
 
-def ddp_verdict(report: Report) -> Row:
+def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
     """Whether DDP (``find_unused_parameters=False``) gets a gradient for every parameter.
 
     "Fails" too when a parameter's gradient arrives in several backward passes
@@ -164,6 +166,8 @@ def ddp_verdict(report: Report) -> Row:
     some parameters get a gradient only through outputs other than the main
     one: a loss that does not read those leaves them without. When the main
     one reaches them all, "ok" names it, and an output that would not do.
+    "Not proven" too when the parameters without a gradient are all read only
+    inside custom autograd Functions whose backward no walk sees.
     """
     missing = report.summary.params_no_grad
     resting = len(report.findings(Category.ASSUMPTION))
@@ -174,9 +178,26 @@ def ddp_verdict(report: Report) -> Row:
             "or it reads copies of them that execorder does not see"
         )
         return fact("DDP check", text, Severity.ERROR)
+    unseen = _unseen_missing(report)
+    if missing and len(unseen) == missing:
+        functions = listed(_function_names(report))
+        text = (
+            f"not proven: {plural(missing, 'trainable parameter')} ({listed(unseen)}) "
+            f"{'is' if missing == 1 else 'are'} read only inside the forward of custom "
+            f"autograd Functions ({functions}) without being passed: each gets a gradient only "
+            "if the Function's backward computes one itself (reversible layers do); a real "
+            f"backward decides: {words.arg(Arg.BACKWARD)}"
+        )
+        return fact("DDP check", text, Severity.WARNING)
     if missing:
-        verb = "gets" if missing == 1 else "get"
-        text = f"fails: {plural(missing, 'trainable parameter')} {verb} no gradient"
+        certain = missing - len(unseen)
+        verb = "gets" if certain == 1 else "get"
+        text = f"fails: {plural(certain, 'trainable parameter')} {verb} no gradient"
+        if unseen:
+            text += (
+                f" ({plural(len(unseen), 'other')} may, from a custom autograd Function's "
+                "unseen backward)"
+            )
         return fact("DDP check", text, Severity.ERROR)
     split = list(report.split_gradients)
     if split:
@@ -228,9 +249,42 @@ def ddp_verdict(report: Report) -> Row:
     return fact("DDP check", "ok: every trainable parameter gets a gradient", Severity.OK)
 
 
+def _selections(report: Report) -> tuple[Assumption, ...]:
+    return tuple(a for a in report.assumptions if a.assumed is AssumptionKind.SELECTION)
+
+
+def _unseen_backwards(report: Report) -> tuple[Assumption, ...]:
+    return tuple(a for a in report.assumptions if a.assumed is AssumptionKind.BACKWARD)
+
+
+def _unseen_missing(report: Report) -> list[str]:
+    """Trainable parameters without a gradient that rest on a custom Function's backward."""
+    if not _unseen_backwards(report):
+        return []
+    return [p.name for p in report.no_grad() if p.rests_on_assumption]
+
+
+def _function_names(report: Report) -> list[str]:
+    return list(dict.fromkeys(a.op.removesuffix(".backward") for a in _unseen_backwards(report)))
+
+
+def unseen_backward_fact(report: Report, words: Words = PYTHON) -> Row:
+    """Which custom Functions' backward was not seen, and what is taken to get no gradient."""
+    names = _function_names(report)
+    resting = len(_unseen_missing(report))
+    one = len(names) == 1
+    text = (
+        f"the backward of {listed(names)} runs only in a real backward: "
+        f"{plural(resting, 'parameter')} {'its' if one else 'their'} forward read without "
+        f"being passed {'is' if resting == 1 else 'are'} taken as getting no gradient from "
+        f"{'it' if one else 'them'}; a real backward decides: {words.arg(Arg.BACKWARD)}"
+    )
+    return fact("unseen backward", text, Severity.WARNING)
+
+
 def assumptions_fact(report: Report) -> Row:
     """What a meta run assumed, in one line: how many selections, where, and what rests on them."""
-    made = report.assumptions
+    made = _selections(report)
     count = sum(a.count for a in made)
     places = list(dict.fromkeys(f"{a.op} at {a.where}" if a.where else a.op for a in made))
     shown = ", ".join(places[:2]) + (f", +{len(places) - 2} more" if len(places) > 2 else "")
@@ -243,7 +297,7 @@ def assumptions_fact(report: Report) -> Row:
     return fact("assumed on meta", text, Severity.WARNING)
 
 
-def _summary(report: Report) -> Table:
+def _summary(report: Report, words: Words = PYTHON) -> Table:
     s = report.summary
     rows = [fact("target", cell(code(report.target))), fact("mode", str(report.mode))]
     if report.concrete_args:
@@ -266,9 +320,11 @@ def _summary(report: Report) -> Table:
         rows.append(fact("assumed used (opaque leaves)", f"{s.params_assumed:,}"))
     if s.external_uses:
         rows.append(fact("external uses", f"{s.external_uses:,}", Severity.WARNING))
-    if report.assumptions:
+    if _selections(report):
         rows.append(assumptions_fact(report))
-    rows.append(ddp_verdict(report))
+    if _unseen_backwards(report):
+        rows.append(unseen_backward_fact(report, words))
+    rows.append(ddp_verdict(report, words))
     return Table("Summary", (Column(""), Column("", NAME)), tuple(rows), header=False)
 
 
@@ -397,10 +453,20 @@ def _assumptions(report: Report, *, max_rows: int | None, words: Words) -> tuple
         for a in report.assumptions
     ]
     kept, left_out = cut_rows(rows, max_rows, "assumption", words)
+    said = []
+    if _selections(report):
+        said.append(
+            "On meta, a selection made from values computed from parameters (a router's "
+            "choice) cannot be known: each was assumed to keep every element."
+        )
+    if _unseen_backwards(report):
+        said.append(
+            "A custom autograd Function's backward runs only in a real backward: each was "
+            "assumed to give no gradient to the parameters its forward read without being "
+            f"passed them ({words.arg(Arg.BACKWARD)} runs one)."
+        )
     note = cell(
-        "On meta, a selection made from values computed from parameters (a router's choice) "
-        "cannot be known: each was assumed to keep every element. The parameters marked "
-        "'on assumption' may fare otherwise in a real step."
+        " ".join(said) + " The parameters marked 'on assumption' may fare otherwise in a real step."
     )
     columns = (
         Column("call", NAME),
@@ -408,7 +474,11 @@ def _assumptions(report: Report, *, max_rows: int | None, words: Words) -> tuple
         Column("where", FIXED),
         Column("times", NUMBER),
     )
-    title = f"Assumed on meta: every element kept ({len(rows):,})"
+    title = (
+        f"Assumed on meta: every element kept ({len(rows):,})"
+        if not _unseen_backwards(report)
+        else f"Assumed ({len(rows):,})"
+    )
     return Table(title, columns, kept, left_out), Message(note, Severity.WARNING)
 
 
