@@ -21,6 +21,7 @@ from execorder.backends.checkpointing import blocks_logged, own_blocks_logged
 from execorder.backends.common import metadata_functions
 from execorder.backends.eager_liveness import GradHooks
 from execorder.backends.timing import Clock
+from execorder.errors import user_site
 from execorder.recording import Checkpointed, Event, ModuleTree, UnseenBackward
 
 
@@ -207,7 +208,7 @@ def _unseen_backward(events: list[Event], at: int, cls: type, args: tuple[Any, .
     read = {id(p): p for event in events[at:] if isinstance(event, list) for p in event}
     hidden = tuple(p for key, p in read.items() if key not in passed)
     if hidden:
-        events.append(UnseenBackward(cls.__name__, hidden))
+        events.append(UnseenBackward(cls.__name__, hidden, user_site()))
 
 
 class _Slots(dict[str, Any]):

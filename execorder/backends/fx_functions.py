@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from execorder.backends.checkpointing import REGION, Region, Regions, contexts_seen, recomputes
+from execorder.errors import user_site
 from execorder.recording import Recorder, UnseenBackward
 
 FUNCTION_CALL = "execorder_function_call"
@@ -222,7 +223,7 @@ def functions_traced(
             names = recorder.tree.param_names
             hidden = tuple(p for key, p in read.items() if passed.isdisjoint(names[key]))
             if hidden:
-                recorder.unseen_backward(UnseenBackward(cls.__name__, hidden))
+                recorder.unseen_backward(UnseenBackward(cls.__name__, hidden, user_site()))
                 unseen.append(call)
         for out in tree_leaves(result):
             node = out.node if isinstance(out, torch.fx.Proxy) else None

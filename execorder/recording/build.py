@@ -287,7 +287,7 @@ def _assumptions(
         hidden = [id(p) for p in unseen.params if unreached(p)]
         if hidden:
             resting.update(hidden)
-            key = (index, f"{unseen.function}.backward", "", AssumptionKind.BACKWARD)
+            key = (index, f"{unseen.function}.backward", unseen.where, AssumptionKind.BACKWARD)
             found[key] = found.get(key, 0) + 1
     made = tuple(
         Assumption(op, calls[index].name, index, where, count, kind)

@@ -47,6 +47,7 @@ class UnseenBackward(NamedTuple):
 
     function: str
     params: tuple[nn.Parameter, ...]
+    where: str = ""
 
 
 Event = nn.Module | list[nn.Parameter] | Assumed | Checkpointed | UnseenBackward | None
