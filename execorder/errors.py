@@ -497,6 +497,25 @@ class WrappedForwardError(TraceFailure):
         )
 
 
+class ScriptedModuleError(TraceFailure):
+    """Forward calls a TorchScript module with parameters: its code runs in C++, so torch.fx
+    cannot see which of them it reads (a real run's gradient can).
+
+    Attributes:
+        module: The TorchScript module's qualified name.
+        params: How many parameters it holds.
+    """
+
+    def __init__(self, owner: str, module: str, params: int) -> None:
+        self.module, self.params = module, params
+        noun = "parameter" if params == 1 else "parameters"
+        super().__init__(
+            owner,
+            f"forward calls TorchScript module {module!r}, whose code runs in C++: torch.fx "
+            f"cannot see which of its {params:,} {noun} it reads",
+        )
+
+
 class TooDeepError(TraceFailure):
     """The model nests modules deeper than Python's recursion limit lets torch go.
 
@@ -627,7 +646,8 @@ class NeedsInputsError(TraceFailure):
         if isinstance(cause, ControlFlowError) and len(cause.arguments) == 1 and not cause.direct:
             names = cause.arguments  # a value computed from it is branched on: a tensor, likely
         inputs = words.arg(Arg.INPUT, *names, value="NAME=DTYPE[D0,...]")
-        return f"{cause.describe(words)}. Or run forward for real: {eager}{words.sep}{inputs}"
+        said = cause.describe(words).rstrip(".")
+        return f"{said}. Or run forward for real: {eager}{words.sep}{inputs}"
 
 
 class UserExitError(ExecOrderError):

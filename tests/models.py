@@ -591,6 +591,26 @@ class UnseenBackwards(nn.Module):
         return _Reversible.apply(h, self.blocks) + _Closure.apply(h, self)
 
 
+@torch.jit.script
+def _scripted_product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return torch.relu(x @ w)
+
+
+class TorchScripted(nn.Module):
+    """A TorchScript module and a TorchScript function, whose code reads parameters in C++:
+    every parameter gets a gradient, though no Python op shows ``inner``'s or ``w`` read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre = nn.Linear(4, 4)
+        self.inner = torch.jit.script(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4)))
+        self.w = nn.Parameter(torch.randn(4, 4))
+        self.post = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.post(_scripted_product(self.inner(self.pre(x)), self.w))
+
+
 class DataAttribute(nn.Module):
     """``.data`` reads a parameter's values without its history: no gradient."""
 

@@ -14,7 +14,7 @@ from seed import Model
 import execorder
 import execorder.fsdp
 from execorder import eager
-from execorder.errors import ControlFlowError
+from execorder.errors import ControlFlowError, ScriptedModuleError
 from execorder.report import AssumptionKind, Report
 
 
@@ -302,3 +302,18 @@ def test_a_checkpoint_like_function_that_cannot_run_again_is_walked_as_any_funct
     real = [n for n, p in model.named_parameters() if p.grad is None]
     assert real == ["inner.weight", "inner.bias"]
     assert [p.name for p in eager.trace(_Odd(), args=(x,)).no_grad()] == real
+
+
+def test_torchscript_is_seen_through_its_gradient_and_fx_says_why_it_cannot() -> None:
+    """A TorchScript module or function reads parameters in C++: eager mode sees no op read
+    them, but the gradient reaches them, so they are used (assumed, in the call that holds
+    them), not unused; FX cannot see them read at all, and says so rather than guess."""
+    case = CASES["torchscript"]
+    report = eager.trace(case.build(), args=case.inputs())
+    inner = ["inner.0.weight", "inner.0.bias", "inner.2.weight", "inner.2.bias"]
+    assert {p.name for p in report.params if p.assumed} == {*inner, "w"}
+    assert {report.param(n).first_module for n in inner} == {"inner"}
+    assert not report.unused and not report.dead
+    with pytest.raises(ScriptedModuleError) as caught:
+        execorder.trace(case.build())
+    assert (caught.value.module, caught.value.params) == ("inner", 4)

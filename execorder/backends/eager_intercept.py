@@ -163,7 +163,12 @@ def intercepting(
     modules = [m for m in tree.modules if m is not root]
     slots = [call_slot(m) for m in modules]
     saved = [m.__dict__.get(slot, ABSENT) for m, slot in zip(modules, slots, strict=True)]
-    owning = [m for m in tree.modules if m._parameters] if swaps is not None else []
+    # A TorchScript module's _parameters is a view of its C++ module's: left as it is.
+    owning = (
+        [m for m in tree.modules if m._parameters and not isinstance(m, torch.jit.ScriptModule)]
+        if swaps is not None
+        else []
+    )
     own_slots = [m.__dict__["_parameters"] for m in owning]
     try:
         for module, slot in zip(modules, slots, strict=True):

@@ -42,6 +42,7 @@ from execorder.errors import (
     ControlFlowError,
     IterationError,
     LazyModulesError,
+    ScriptedModuleError,
     TooDeepError,
     TraceFailure,
     UserExitError,
@@ -181,6 +182,8 @@ def record_tracer(
     ) -> Any:
         if id(module) not in named:  # a wrapper the tree walks through: not a call of its own
             return orig_call_module(module, forward, args, kwargs)
+        if isinstance(module, torch.jit.ScriptModule) and recorder.params_of(module):
+            raise _ScriptedModule(module, len(recorder.params_of(module)))
         recorder.enter(module)
         output = orig_call_module(module, forward, args, kwargs)
         recorder.exit(module)
@@ -354,6 +357,14 @@ class _ControlFlowError(torch.fx.proxy.TraceError):
         self.node = node
 
 
+class _ScriptedModule(Exception):
+    """Forward calls a TorchScript module with parameters, which FX cannot see read."""
+
+    def __init__(self, module: nn.Module, params: int) -> None:
+        super().__init__("a TorchScript module")
+        self.module, self.params = module, params
+
+
 class _IterationError(torch.fx.proxy.TraceError):
     """Forward iterates over a traced value; remembers which node."""
 
@@ -501,6 +512,9 @@ def _run_tracer(
         raise ControlFlowError(owner(model), names, direct=direct) from exc
     except _IterationError as exc:
         raise IterationError(owner(model), exc.node.name) from exc
+    except _ScriptedModule as exc:
+        name = recorder.tree.module_names[id(exc.module)][0]
+        raise ScriptedModuleError(owner(model), name, exc.params) from None
     except Exception as exc:
         forward = type(model).forward
         if isinstance(exc, ValueError) and hasattr(forward, "__wrapped__"):

@@ -140,8 +140,9 @@ def _build(
 ) -> Report:
     tree = recorder.tree
     module_names, param_names = tree.module_names, tree.param_names
-    observed, first_call = recorder.observed, recorder.first_call
     live_ids = None if live is None else {id(p) for p in live}
+    observed = recorder.observed
+    order, first_call = _uses_proven(recorder, live_ids or set())
     param_name = {key: names[0] for key, names in param_names.items()}
     new_call, new_group = ModuleCall, ParamGroup
 
@@ -224,7 +225,7 @@ def _build(
             rests,
         )
 
-    used = tuple([info(p, first_call[id(p)]) for p in recorder.param_order])
+    used = tuple([info(p, first_call[id(p)]) for p in order])
     numel_used = counts["numel"]
     unused = tuple([info(p, None) for p in tree.params if id(p) not in first_call])
     external = tuple(
@@ -263,6 +264,28 @@ def _build(
         inputs=dict(inputs or {}),
         assumptions=assumptions,
     )
+
+
+def _uses_proven(
+    recorder: Recorder, live_ids: Collection[int]
+) -> tuple[list[nn.Parameter], dict[int, int]]:
+    """The parameters in first-use order, and the call that first used each: those the
+    recorder saw, and those a gradient reaches that it did not see read (TorchScript reads
+    them in C++), each at the first of the innermost calls that hold it (their use, not its
+    place in that call, is known: they are marked assumed, never observed)."""
+    order, first_call = list(recorder.param_order), dict(recorder.first_call)
+    unseen = [p for p in recorder.tree.params if id(p) in live_ids and id(p) not in first_call]
+    for param in unseen:
+        holders = [
+            (-call.depth, index)
+            for index, call in enumerate(recorder.calls)
+            if any(p is param for p in recorder.params_of(call.module))
+        ]
+        index = min(holders)[1] if holders else 0
+        at = next((i for i, p in enumerate(order) if first_call[id(p)] > index), len(order))
+        order.insert(at, param)
+        first_call[id(param)] = index
+    return order, first_call
 
 
 def _assumptions(
