@@ -12,7 +12,7 @@ from transformer import Transformer
 
 import execorder
 from execorder import eager
-from execorder.errors import ConcreteArgError, TraceFailure
+from execorder.errors import ConcreteArgError, ForwardError, TraceFailure
 from execorder.recording import module_tree
 
 
@@ -293,3 +293,25 @@ def test_lazy_modules_are_initialized_then_recorded() -> None:
     assert [p.name for p in report.params] == ["0.weight", "0.bias", "2.weight", "2.bias"]
     assert report.param("0.weight").shape == (4, 3)
     assert type(model[0].weight) is nn.Parameter
+
+
+class _Branches(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cond(x.sum() > 0, lambda t: self.a(t), lambda t: self.b(t), (x,))
+
+
+def test_torch_cond_is_refused_not_answered_wrong() -> None:
+    """Eager torch.cond runs its branches through torch.compile, out of the recording's sight:
+    the output came back without history, and all four parameters were called dead (or
+    unused), where a real backward gives both branches' parameters a gradient."""
+    model, x = _Branches(), torch.ones(2, 4)
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())  # what a wrong answer missed
+    original = torch.cond
+    with pytest.raises(ForwardError, match=r"torch\.cond runs its body through torch\.compile"):
+        eager.trace(_Branches(), args=(x,))
+    assert torch.cond is original

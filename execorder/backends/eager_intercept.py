@@ -180,6 +180,7 @@ def intercepting(
             module.__dict__["_parameters"] = _Slots(held, adopt)
         with (
             _Watching(watched, metadata, append) if watched else nullcontext(),
+            _control_flow_refused(),
             blocks_logged(lambda start: append(Checkpointed(start))),
             own_blocks_logged(
                 lambda: len(events),
@@ -198,6 +199,50 @@ def intercepting(
                 param.__class__ = originals[id(param)]
         for param, kind in adopted.values():
             param.__class__ = kind
+
+
+class UnrecordableError(RuntimeError):
+    """Forward called an op whose work the recording cannot see."""
+
+
+_CONTROL_FLOW = ("cond", "while_loop")  # torch's control-flow operators (higher-order ops)
+
+
+@contextmanager
+def _control_flow_refused() -> Iterator[None]:
+    """``torch.cond`` and ``torch.while_loop`` raise :class:`UnrecordableError` for the duration.
+
+    In eager mode torch runs them through torch.compile, out of the recording's sight:
+    the output comes back without the history a real run gives it (``torch.cond``'s
+    backward gives every lifted parameter of both branches a gradient), so every parameter
+    would be called dead. Refused, rather than answered wrong.
+    """
+    import torch._higher_order_ops as ops
+
+    places = [
+        (owner, name)
+        for name in _CONTROL_FLOW
+        for owner in (torch, ops, sys.modules.get(f"torch._higher_order_ops.{name}"))
+        if owner is not None and hasattr(owner, name)
+    ]
+    saved = [(owner, name, getattr(owner, name)) for owner, name in places]
+
+    def refuse(name: str) -> Callable[..., Any]:
+        def refused(*args: Any, **kwargs: Any) -> Any:
+            raise UnrecordableError(
+                f"torch.{name} runs its body through torch.compile, out of execorder's "
+                "sight: the recording cannot tell which parameters get a gradient"
+            )
+
+        return refused
+
+    for owner, name, _ in saved:
+        setattr(owner, name, refuse(name))
+    try:
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
 
 
 def _bracket(events: list[Event], at: int) -> None:
