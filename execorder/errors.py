@@ -497,6 +497,19 @@ class WrappedForwardError(TraceFailure):
         )
 
 
+class DifferentiatesError(TraceFailure):
+    """Forward takes a derivative itself (``torch.autograd.grad``: a gradient penalty, a
+    physics-informed loss): which parameters it depends on shows only when it runs (an
+    additive bias drops out of a derivative), and torch.fx computes nothing."""
+
+    def __init__(self, owner: str) -> None:
+        super().__init__(
+            owner,
+            "forward takes a derivative (torch.autograd.grad); which parameters it depends "
+            "on shows only when it runs, and torch.fx runs nothing",
+        )
+
+
 class ScriptedModuleError(TraceFailure):
     """Forward calls a TorchScript module with parameters: its code runs in C++, so torch.fx
     cannot see which of them it reads (a real run's gradient can).

@@ -109,6 +109,7 @@ CASES: dict[str, Case] = {
     "custom-functions": Case(models.CustomFunctions, _x(2, 4)),
     "unseen-backwards": Case(models.UnseenBackwards, _x(2, 4)),
     "torchscript": Case(models.TorchScripted, _x(2, 4), fx=False),
+    "differentiates": Case(models.Differentiates, _x(5, 1), fx=False),
     "data-attribute": Case(models.DataAttribute, _x(2, 4)),
     "indices-only": Case(models.IndicesOnly, _x(2, 4)),
     "sampled-and-grouped": Case(models.SampledAndGrouped, _x(2, 4), meta=False),

@@ -611,6 +611,23 @@ class TorchScripted(nn.Module):
         return self.post(_scripted_product(self.inner(self.pre(x)), self.w))
 
 
+class Differentiates(nn.Module):
+    """A physics-informed net: forward returns du/dx, taken with ``create_graph``. A bias added
+    at the end drops out of the derivative: ``net.2.bias`` and ``shift`` get no gradient,
+    though forward reads them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1))
+        self.shift = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().requires_grad_(True)
+        u = self.net(x) + self.shift
+        (du,) = torch.autograd.grad(u.sum(), x, create_graph=True)
+        return du
+
+
 class DataAttribute(nn.Module):
     """``.data`` reads a parameter's values without its history: no gradient."""
 

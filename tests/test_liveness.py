@@ -14,7 +14,7 @@ from seed import Model
 import execorder
 import execorder.fsdp
 from execorder import eager
-from execorder.errors import ControlFlowError, ScriptedModuleError
+from execorder.errors import ControlFlowError, DifferentiatesError, ScriptedModuleError
 from execorder.report import AssumptionKind, Report
 
 
@@ -317,3 +317,12 @@ def test_torchscript_is_seen_through_its_gradient_and_fx_says_why_it_cannot() ->
     with pytest.raises(ScriptedModuleError) as caught:
         execorder.trace(case.build())
     assert (caught.value.module, caught.value.params) == ("inner", 4)
+
+
+def test_fx_says_why_it_cannot_tell_what_a_derivative_taken_in_forward_depends_on() -> None:
+    """``torch.autograd.grad`` in forward: FX recorded it as any op, and gave every parameter
+    upstream a gradient, where a real backward gives a bias that drops out of the derivative
+    none (eager mode, which runs it, is right: the case checks it)."""
+    assert backward_no_grad(CASES["differentiates"]) == ["shift", "net.2.bias"]
+    with pytest.raises(DifferentiatesError, match=r"takes a derivative \(torch\.autograd\.grad\)"):
+        execorder.trace(models.Differentiates())

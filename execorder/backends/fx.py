@@ -40,6 +40,7 @@ from execorder.backends.fx_liveness import (
 )
 from execorder.errors import (
     ControlFlowError,
+    DifferentiatesError,
     IterationError,
     LazyModulesError,
     ScriptedModuleError,
@@ -191,6 +192,8 @@ def record_tracer(
 
     def create_node(kind: str, *args: Any, **kwargs: Any) -> torch.fx.Node:
         node = orig_create_node(kind, *args, **kwargs)
+        if node.target in _DIFFERENTIATES and kind in ("call_function", "call_method"):
+            raise _Differentiates(str(node.target))
         # forward really runs while FX traces: a no_grad block is in effect now.
         node.meta[GRAD_ENABLED] = torch.is_grad_enabled()
         if regions is not None:
@@ -357,6 +360,13 @@ class _ControlFlowError(torch.fx.proxy.TraceError):
         self.node = node
 
 
+_DIFFERENTIATES: tuple[Any, ...] = (torch.autograd.grad, torch.autograd.backward, "backward")
+
+
+class _Differentiates(Exception):
+    """Forward takes a derivative (``torch.autograd.grad``), which FX cannot compute."""
+
+
 class _ScriptedModule(Exception):
     """Forward calls a TorchScript module with parameters, which FX cannot see read."""
 
@@ -512,6 +522,8 @@ def _run_tracer(
         raise ControlFlowError(owner(model), names, direct=direct) from exc
     except _IterationError as exc:
         raise IterationError(owner(model), exc.node.name) from exc
+    except _Differentiates as exc:
+        raise DifferentiatesError(owner(model)) from exc
     except _ScriptedModule as exc:
         name = recorder.tree.module_names[id(exc.module)][0]
         raise ScriptedModuleError(owner(model), name, exc.params) from None
