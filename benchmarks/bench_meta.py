@@ -14,7 +14,9 @@ config with the layers cut to 2, and ``input_ids`` [1, 16] (or
    ``.grad is None`` parameters are the ones that get no gradient. The meta
    report must name exactly those, or differ only on parameters it marks as
    resting on an assumption. Where both run, execorder's meta and CPU reports
-   are compared too (same calls, same parameters).
+   are compared too (same calls, same parameters);
+4. **walk**: ``execorder.profile(..., device="cpu")`` without a backward (the
+   graph walk a trace without ``--backward`` gives) against the same truth.
 
 A model whose default config is broken (it fails on CPU too, or needs inputs
 other than these) is counted as such, not as a failure of the meta run.
@@ -186,12 +188,34 @@ def _random_structure(cls: Any, config: Any, task: str, truth: set[str]) -> bool
     return False
 
 
-def _profile(cls: Any, config: Any, task: str, device: str | None, **options: Any) -> Any:
+def _profile(
+    cls: Any, config: Any, task: str, device: str | None, backward: bool = True, **options: Any
+) -> Any:
     import execorder
 
     return execorder.profile(
-        lambda: cls(config), inputs=inputs(task, config), backward=True, device=device, **options
+        lambda: cls(config),
+        inputs=inputs(task, config),
+        backward=backward,
+        device=device,
+        **options,
     )
+
+
+def _walk_check(cls: Any, config: Any, task: str, truth: set[str], check: str) -> str:
+    """4. the graph walk (a trace without a backward, on CPU) against the same truth."""
+    try:
+        report = _profile(cls, config, task, "cpu", backward=False).report
+    except Exception as exc:
+        return f"failed: {_reason(exc)}"
+    said = {p.name for p in report.no_grad()}
+    if said == truth:
+        return "exact"
+    if (said ^ truth) <= {p.name for p in report.on_assumption}:
+        return "on assumption"
+    if check == "random":
+        return "random"
+    return f"WRONG: says {sorted(said - truth)[:3]}, CPU says {sorted(truth - said)[:3]}"
 
 
 def survey(job: tuple[str, str, str]) -> dict[str, Any]:
@@ -310,6 +334,7 @@ def _check(
                 f"meta says no gradient for {sorted(said - truth)[:5]}, "
                 f"CPU for {sorted(truth - said)[:5]}"
             )
+        checked["walk"] = _walk_check(cls, config, task, truth, checked["check"])
         if not report.assumptions:
             try:
                 on_cpu = _profile(cls, config, task, "cpu").report
@@ -398,6 +423,7 @@ def summarize(results: list[dict[str, Any]]) -> str:
     assumed = sum(1 for r in usable if r.get("meta") == "ok" and r.get("assumptions"))
     checks = Counter(r.get("check") for r in usable)
     same = Counter(r.get("same_as_cpu") for r in usable if "same_as_cpu" in r)
+    walks = Counter(str(r["walk"]).split(":")[0] for r in usable if "walk" in r)
     whole = sum(1 for r in usable if r.get("whole_config"))
     lines = [
         f"transformers model types x tasks: {len(results)}; "
@@ -415,6 +441,9 @@ def summarize(results: list[dict[str, Any]]) -> str:
         f"{checks['random']} with a random structure (real runs differ from each other), "
         f"{checks['unchecked']} not checked (too big for CPU, and no small config)",
         f"  execorder's meta report equals its CPU report: {same[True]} of {sum(same.values())}",
+        f"  the graph walk on CPU (no backward run) against the same backward: "
+        f"{walks['exact']} exact, {walks['on assumption']} differ only where marked, "
+        f"{walks['WRONG']} wrong, {walks['random']} random, {walks['failed']} fail",
     ]
     for label, key, why in (
         ("needs values", "meta", "meta_why"),
@@ -424,6 +453,9 @@ def summarize(results: list[dict[str, Any]]) -> str:
         hit = [r for r in usable if r.get(key) == label]
         for r in hit:
             lines.append(f"    {label}: {r['task']} {r['type']}: {r.get(why, '')[:150]}")
+    for r in usable:
+        if str(r.get("walk", "")).startswith(("WRONG", "failed")):
+            lines.append(f"    walk: {r['task']} {r['type']}: {r['walk'][:150]}")
     return "\n".join(lines)
 
 

@@ -326,3 +326,32 @@ def test_fx_says_why_it_cannot_tell_what_a_derivative_taken_in_forward_depends_o
     assert backward_no_grad(CASES["differentiates"]) == ["shift", "net.2.bias"]
     with pytest.raises(DifferentiatesError, match=r"takes a derivative \(torch\.autograd\.grad\)"):
         execorder.trace(models.Differentiates())
+
+
+@pytest.mark.transformers
+def test_reformers_reversible_layers_rest_on_their_unseen_backward() -> None:
+    """transformers' Reformer runs its encoder in a reversible Function handed the layers:
+    a walk called its 24 parameters dead, where a real backward gives them gradients."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ReformerConfig(
+        vocab_size=64, hidden_size=16, num_attention_heads=2, attention_head_size=8,
+        feed_forward_size=32, axial_pos_embds=False, attn_layers=["local", "local"],
+        num_hashes=1, local_attn_chunk_length=4, is_decoder=True, max_position_embeddings=16,
+        num_buckets=2, pad_token_id=0, hidden_dropout_prob=0.0,
+    )  # fmt: skip
+
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return transformers.ReformerModelWithLMHead(config).train()
+
+    ids = {"input_ids": torch.randint(1, 64, (2, 8))}
+    model = build()
+    model(**ids).logits.sum().backward()
+    truth = {n for n, p in model.named_parameters() if p.grad is None}
+    walked = eager.trace(build(), kwargs=ids)
+    resting = {p.name for p in walked.on_assumption}
+    assert len(resting) == 24 and not resting & truth
+    assert [a.op for a in walked.assumptions] == ["_ReversibleFunction.backward"]
+    assert {p.name for p in walked.no_grad()} - resting == truth  # the rest, exactly
+    ran = eager.trace(build(), kwargs=ids, backward=True)
+    assert {p.name for p in ran.no_grad()} == truth and not ran.assumptions
