@@ -66,7 +66,7 @@ FEWER_EXPERTS = {
 MEMORY_CAP = 10 * 2**30  # per worker: a model too big for the check fails cleanly
 CPU_CHECK_BYTES = 3e8  # the default config is checked on CPU directly up to this size
 SMALL_CHECK_BYTES = 1.5e9  # a config made small is checked up to this size
-TIMEOUT_S = 240
+TIMEOUT_S = 400
 
 
 def cut(config: Any, layers: int = 2) -> Any:
@@ -213,8 +213,8 @@ def _walk_check(cls: Any, config: Any, task: str, truth: set[str], check: str) -
         return "exact"
     if (said ^ truth) <= {p.name for p in report.on_assumption}:
         return "on assumption"
-    if check == "random":
-        return "random"
+    if check == "random" or _random_structure(cls, config, task, truth):
+        return "random"  # real runs differ from each other (a router's jitter, LayerDrop)
     return f"WRONG: says {sorted(said - truth)[:3]}, CPU says {sorted(truth - said)[:3]}"
 
 
