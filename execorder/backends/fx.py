@@ -192,7 +192,7 @@ def record_tracer(
 
     def create_node(kind: str, *args: Any, **kwargs: Any) -> torch.fx.Node:
         node = orig_create_node(kind, *args, **kwargs)
-        if node.target in _DIFFERENTIATES and kind in ("call_function", "call_method"):
+        if kind in ("call_function", "call_method") and node.target in _DIFFERENTIATES:
             raise _Differentiates(str(node.target))
         # forward really runs while FX traces: a no_grad block is in effect now.
         node.meta[GRAD_ENABLED] = torch.is_grad_enabled()

@@ -43,7 +43,6 @@ from execorder.backends.checkpointing import REGION, Region
 from execorder.backends.common import METADATA_ATTRS, METADATA_METHODS, named_leaves
 from execorder.backends.fx_functions import FUNCTION_CALL, GRAD_ENABLED
 
-"""``node.meta`` key: whether grad mode was on when the node was created."""
 COMPUTED_FROM = "execorder_computed_from"
 """``node.meta`` key of a tensor constant: the parameters its autograd history leads to."""
 

@@ -271,21 +271,32 @@ def _uses_proven(
 ) -> tuple[list[nn.Parameter], dict[int, int]]:
     """The parameters in first-use order, and the call that first used each: those the
     recorder saw, and those a gradient reaches that it did not see read (TorchScript reads
-    them in C++), each at the first of the innermost calls that hold it (their use, not its
-    place in that call, is known: they are marked assumed, never observed)."""
+    them in C++), each at the first call of the innermost module holding it that ran (their
+    use, not its place in that call, is known: they are marked assumed, never observed)."""
     order, first_call = list(recorder.param_order), dict(recorder.first_call)
-    unseen = [p for p in recorder.tree.params if id(p) in live_ids and id(p) not in first_call]
+    tree = recorder.tree
+    unseen = [p for p in tree.params if id(p) in live_ids and id(p) not in first_call]
+    if not unseen:
+        return order, first_call
+    ran: dict[str, int] = {}  # module name -> its first call
+    for index, call in enumerate(recorder.calls):
+        for name in tree.module_names[id(call.module)]:
+            ran.setdefault(name, index)
     for param in unseen:
-        holders = [
-            (-call.depth, index)
-            for index, call in enumerate(recorder.calls)
-            if any(p is param for p in recorder.params_of(call.module))
-        ]
-        index = min(holders)[1] if holders else 0
+        index = min(_innermost_ran(name, ran) for name in tree.param_names[id(param)])[1]
         at = next((i for i, p in enumerate(order) if first_call[id(p)] > index), len(order))
         order.insert(at, param)
         first_call[id(param)] = index
     return order, first_call
+
+
+def _innermost_ran(name: str, ran: Mapping[str, int]) -> tuple[int, int]:
+    """Of the modules holding parameter ``name``, the innermost that ran: ``(-depth, its
+    first call)``; the root's call when none did."""
+    module = name.rpartition(".")[0]
+    while module and module not in ran:
+        module = module.rpartition(".")[0]
+    return (-(module.count(".") + 1) if module else 0), ran.get(module, 0)
 
 
 def _assumptions(

@@ -584,6 +584,12 @@ class Report:
         """Parameters whose status rests on an assumption, in ``named_parameters()`` order."""
         return tuple(p for p in self.all_params() if p.rests_on_assumption)
 
+    def assumed(self, kind: AssumptionKind | str) -> tuple[Assumption, ...]:
+        """The assumptions of one kind: a meta run's selections, or the custom Functions'
+        backwards no walk sees."""
+        chosen = AssumptionKind(kind)
+        return tuple(a for a in self.assumptions if a.assumed is chosen)
+
     @property
     def frozen(self) -> tuple[ParamInfo, ...]:
         """Parameters with ``requires_grad=False``, in ``named_parameters()`` order."""

@@ -161,7 +161,7 @@ def _mistarget(
 def assumptions(model: UnitModel) -> list[Check]:
     """The order rests on what a meta run assumed."""
     report = model.report
-    made = [a for a in report.assumptions if a.assumed is AssumptionKind.SELECTION]
+    made = report.assumed(AssumptionKind.SELECTION)
     if not made:
         return []  # a custom Function's unseen backward decides gradients, not the order
     return [

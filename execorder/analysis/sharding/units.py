@@ -414,6 +414,7 @@ def build_units(
 
     A parameter is sharded on dim 0 but where ``shard_dims`` names another.
     """
+    dims = shard_dims or {}
     held: dict[str, list[Any]] = {u: [] for u in model.units}
     for info in model.params:
         held[model.holders[info.name][0]].append(info)
@@ -425,7 +426,7 @@ def build_units(
         for info in infos:
             size = _dtype_bytes(info.dtype, info.name)
             by_dtype[info.dtype] = by_dtype.get(info.dtype, 0) + info.numel * size
-            dim = (shard_dims or {}).get(info.name, 0)
+            dim = dims.get(info.name, 0)
             rows = padded_rows(info.shape[dim:], world_size)
             per_row = info.numel // info.shape[dim] if info.shape and info.shape[dim] else 1
             gathered = param_dtype if param_dtype and is_floating(info.dtype) else info.dtype

@@ -41,7 +41,6 @@ from execorder.output.views.common import (
     warn_if,
 )
 from execorder.report import (
-    Assumption,
     AssumptionKind,
     Category,
     ModuleCall,
@@ -249,23 +248,19 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
     return fact("DDP check", "ok: every trainable parameter gets a gradient", Severity.OK)
 
 
-def _selections(report: Report) -> tuple[Assumption, ...]:
-    return tuple(a for a in report.assumptions if a.assumed is AssumptionKind.SELECTION)
-
-
-def _unseen_backwards(report: Report) -> tuple[Assumption, ...]:
-    return tuple(a for a in report.assumptions if a.assumed is AssumptionKind.BACKWARD)
-
-
 def _unseen_missing(report: Report) -> list[str]:
     """Trainable parameters without a gradient that rest on a custom Function's backward."""
-    if not _unseen_backwards(report):
+    if not report.assumed(AssumptionKind.BACKWARD):
         return []
     return [p.name for p in report.no_grad() if p.rests_on_assumption]
 
 
 def _function_names(report: Report) -> list[str]:
-    return list(dict.fromkeys(a.op.removesuffix(".backward") for a in _unseen_backwards(report)))
+    return list(
+        dict.fromkeys(
+            a.op.removesuffix(".backward") for a in report.assumed(AssumptionKind.BACKWARD)
+        )
+    )
 
 
 def unseen_backward_fact(report: Report, words: Words = PYTHON) -> Row:
@@ -284,7 +279,7 @@ def unseen_backward_fact(report: Report, words: Words = PYTHON) -> Row:
 
 def assumptions_fact(report: Report) -> Row:
     """What a meta run assumed, in one line: how many selections, where, and what rests on them."""
-    made = _selections(report)
+    made = report.assumed(AssumptionKind.SELECTION)
     count = sum(a.count for a in made)
     places = list(dict.fromkeys(f"{a.op} at {a.where}" if a.where else a.op for a in made))
     shown = ", ".join(places[:2]) + (f", +{len(places) - 2} more" if len(places) > 2 else "")
@@ -320,9 +315,9 @@ def _summary(report: Report, words: Words = PYTHON) -> Table:
         rows.append(fact("assumed used (opaque leaves)", f"{s.params_assumed:,}"))
     if s.external_uses:
         rows.append(fact("external uses", f"{s.external_uses:,}", Severity.WARNING))
-    if _selections(report):
+    if report.assumed(AssumptionKind.SELECTION):
         rows.append(assumptions_fact(report))
-    if _unseen_backwards(report):
+    if report.assumed(AssumptionKind.BACKWARD):
         rows.append(unseen_backward_fact(report, words))
     rows.append(ddp_verdict(report, words))
     return Table("Summary", (Column(""), Column("", NAME)), tuple(rows), header=False)
@@ -454,12 +449,12 @@ def _assumptions(report: Report, *, max_rows: int | None, words: Words) -> tuple
     ]
     kept, left_out = cut_rows(rows, max_rows, "assumption", words)
     said = []
-    if _selections(report):
+    if report.assumed(AssumptionKind.SELECTION):
         said.append(
             "On meta, a selection made from values computed from parameters (a router's "
             "choice) cannot be known: each was assumed to keep every element."
         )
-    if _unseen_backwards(report):
+    if report.assumed(AssumptionKind.BACKWARD):
         said.append(
             "A custom autograd Function's backward runs only in a real backward: each was "
             "assumed to give no gradient to the parameters its forward read without being "
@@ -476,7 +471,7 @@ def _assumptions(report: Report, *, max_rows: int | None, words: Words) -> tuple
     )
     title = (
         f"Assumed on meta: every element kept ({len(rows):,})"
-        if not _unseen_backwards(report)
+        if not report.assumed(AssumptionKind.BACKWARD)
         else f"Assumed ({len(rows):,})"
     )
     return Table(title, columns, kept, left_out), Message(note, Severity.WARNING)
