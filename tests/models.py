@@ -1474,29 +1474,20 @@ class OwnCheckpointPartlyFrozen(nn.Module):
         return _RecomputingCheckpoint.apply(lambda y: self.second(y), h)
 
 
-class _RngCheckpoint(torch.autograd.Function):
+class _RngCheckpoint(_RecomputingCheckpoint):
     """Megatron-LM's and DeepSpeed's checkpoint as they keep random state: forward saves
     ``ctx.fwd_cpu_rng_state``, and backward recomputes under it (then restores its own)."""
 
     @staticmethod
     def forward(ctx, run_function, *args):  # type: ignore[no-untyped-def, override]
-        ctx.run_function = run_function
         ctx.fwd_cpu_rng_state = torch.get_rng_state()
-        with torch.no_grad():
-            outputs = run_function(*args)
-        ctx.save_for_backward(*args)
-        return outputs
+        return _RecomputingCheckpoint.forward(ctx, run_function, *args)
 
     @staticmethod
     def backward(ctx, *grads):  # type: ignore[no-untyped-def, override]
-        inputs = [t.detach().requires_grad_(t.requires_grad) for t in ctx.saved_tensors]
         with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(ctx.fwd_cpu_rng_state)
-            with torch.enable_grad():
-                outputs = ctx.run_function(*inputs)
-        outputs = (outputs,) if isinstance(outputs, torch.Tensor) else outputs
-        torch.autograd.backward(outputs, grads)
-        return (None, *(t.grad for t in inputs))
+            return _RecomputingCheckpoint.backward(ctx, *grads)
 
 
 class RandomRouteCheckpointed(nn.Module):
