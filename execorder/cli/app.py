@@ -19,12 +19,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from execorder import __version__
 from execorder.cli.session import say
-from execorder.cli.words import (
-    EXIT_BROKEN_PIPE,
-    EXIT_ERROR,
-    EXIT_INTERRUPTED,
-    message,
-)
+from execorder.cli.words import EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERRUPTED, message
 from execorder.errors import ExecOrderError
 
 T = TypeVar("T")

@@ -27,10 +27,7 @@ from execorder.cli.options import (
 )
 from execorder.cli.session import Session, say
 from execorder.cli.values import parse_choices, parse_sweep
-from execorder.cli.words import (
-    CLI,
-    EXIT_FOUND,
-)
+from execorder.cli.words import CLI, EXIT_FOUND
 from execorder.cli.writing import emit, timeline_of, tree_view_of
 from execorder.output import files
 

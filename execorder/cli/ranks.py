@@ -24,12 +24,7 @@ from execorder.cli.options import (
 )
 from execorder.cli.session import Session, load_factory, say
 from execorder.cli.values import parse_choices
-from execorder.cli.words import (
-    EXIT_ERROR,
-    EXIT_FOUND,
-    UsageError,
-    message,
-)
+from execorder.cli.words import EXIT_ERROR, EXIT_FOUND, UsageError, message
 from execorder.cli.writing import emit
 from execorder.errors import ExecOrderError
 from execorder.output import files

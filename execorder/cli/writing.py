@@ -8,14 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from execorder.cli.options import (
-    OutputFormat,
-)
+from execorder.cli.options import OutputFormat
 from execorder.cli.session import say
-from execorder.cli.words import (
-    CLI,
-    UsageError,
-)
+from execorder.cli.words import CLI, UsageError
 from execorder.output import files
 
 
