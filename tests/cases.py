@@ -108,6 +108,7 @@ CASES: dict[str, Case] = {
     "structured-outputs": Case(models.StructuredOutputs, _x(2, 4)),
     "custom-functions": Case(models.CustomFunctions, _x(2, 4)),
     "unseen-backwards": Case(models.UnseenBackwards, _x(2, 4)),
+    "listed-to-function": Case(models.ListedToFunction, _x(2, 4)),
     "torchscript": Case(models.TorchScripted, _x(2, 4), fx=False),
     "differentiates": Case(models.Differentiates, _x(5, 1), fx=False),
     "data-attribute": Case(models.DataAttribute, _x(2, 4)),

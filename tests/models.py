@@ -591,6 +591,34 @@ class UnseenBackwards(nn.Module):
         return _Reversible.apply(h, self.blocks) + _Closure.apply(h, self)
 
 
+class _Listed(torch.autograd.Function):
+    """Scales by the first of a list of tensors and adds a keyword one: autograd takes ``bias``
+    (an argument) for an input, but not what the list holds."""
+
+    @staticmethod
+    def forward(ctx, x, scales, bias=None):  # type: ignore[no-untyped-def, override]
+        return x * scales[0] + bias
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def, override]
+        return grad, None, grad
+
+
+class ListedToFunction(nn.Module):
+    """Parameters handed to a custom Function inside a list, and as a keyword: ``scale`` gets
+    no gradient (autograd never sees it, and the backward returns None for the list), while
+    ``bias`` gets one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre = nn.Linear(4, 4)
+        self.scale = nn.Parameter(torch.ones(4))
+        self.bias = nn.Parameter(torch.zeros(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _Listed.apply(self.pre(x), [self.scale], bias=self.bias)
+
+
 @torch.jit.script
 def _scripted_product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.relu(x @ w)

@@ -140,37 +140,34 @@ def blocks_logged(on_block: Callable[[bool], None]) -> Iterator[None]:
 
 
 _SPIED = "_execorder_spied"
-"""The attribute of a :func:`contexts_seen` spy that holds the method it spies on."""
+"""The attribute of a :func:`contexts_seen` spy that holds the initializer it spies on."""
 
 
 @contextmanager
 def contexts_seen(cls: type, seen: list[Any]) -> Iterator[None]:
-    """Note in ``seen`` the ``ctx`` each call of ``cls`` gets: in ``forward``, or in
-    ``setup_context`` for a Function that defines it (its ``forward`` takes no ``ctx``)."""
-    name = "forward" if _takes_ctx(cls) else "setup_context"
-    own = cls.__dict__.get(name)
-    method = getattr(cls, name)
-    method = getattr(method, _SPIED, method)  # a call nested in one of the same class
+    """Note in ``seen`` the ``ctx`` each call of ``cls`` gets, as autograd makes it (before
+    ``forward``, whether ``forward`` or ``setup_context`` takes it).
 
-    def spy(ctx: Any, *args: Any, **kwargs: Any) -> Any:
+    The ``ctx`` class's initializer is spied on, not ``forward``: autograd binds the
+    keyword arguments of ``apply`` by ``forward``'s own signature.
+    """
+    made = cls._backward_cls  # type: ignore[attr-defined]
+    own = made.__dict__.get("__init__")
+    init = getattr(own, _SPIED, None) or made.__init__  # a call nested in one of the same class
+
+    def spy(ctx: Any, *args: Any, **kwargs: Any) -> None:
         seen.append(ctx)
-        return method(ctx, *args, **kwargs)
+        init(ctx, *args, **kwargs)
 
-    setattr(spy, _SPIED, method)
-    setattr(cls, name, staticmethod(spy))
+    setattr(spy, _SPIED, init)
+    made.__init__ = spy
     try:
         yield
     finally:
         if own is None:
-            delattr(cls, name)
+            del made.__init__
         else:
-            setattr(cls, name, own)
-
-
-def _takes_ctx(cls: type) -> bool:
-    """Whether ``forward`` gets the ``ctx`` (no ``setup_context`` of the Function's own)."""
-    base = torch.autograd.function._SingleLevelFunction.setup_context
-    return getattr(cls, "setup_context", base) is base
+            made.__init__ = own
 
 
 def recomputes(seen: list[Any]) -> bool:

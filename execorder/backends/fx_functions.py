@@ -10,7 +10,10 @@ gives them gradients.
 So while FX traces, each ``Function.apply`` that gets traced values notes its
 call (:class:`FunctionCall`) on the nodes it returns: the liveness walk goes
 from those straight to the call's inputs, as the autograd engine goes from
-the Function's node to its inputs' accumulators. That holds when grad was on
+the Function's node to its inputs' accumulators (the tensors passed as
+arguments: one inside a list is no input of autograd's, and gets a gradient
+only if ``backward`` sets it itself, an unseen backward as for a parameter
+``forward`` reads without being passed it). That holds when grad was on
 where it was called; a ``backward`` returning None for an input still reaches
 that input's accumulator (DDP counts it ready, though ``.grad`` stays None).
 
@@ -190,11 +193,13 @@ def functions_traced(
     unseen: list[FunctionCall] = []
 
     def apply(cls: type, *args: Any, **kwargs: Any) -> Any:
-        proxies = [a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.fx.Proxy)]
-        if not proxies:
+        traced = [a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.fx.Proxy)]
+        if not traced:
             return original(cls, *args, **kwargs)
-        inputs = [p.node for p in proxies]
-        graph = proxies[0].tracer.graph
+        # Autograd takes the tensors passed as arguments themselves for the
+        # Function's inputs; one inside a list it passes to forward unseen.
+        inputs = [a.node for a in (*args, *kwargs.values()) if isinstance(a, torch.fx.Proxy)]
+        graph = traced[0].tracer.graph
         last = next(iter(reversed(graph.nodes)), None)
         outer_grad = torch.is_grad_enabled()
         told.append(_Told())
