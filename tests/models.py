@@ -605,9 +605,9 @@ class _Listed(torch.autograd.Function):
 
 
 class ListedToFunction(nn.Module):
-    """Parameters handed to a custom Function inside a list, and as a keyword: ``scale`` gets
-    no gradient (autograd never sees it, and the backward returns None for the list), while
-    ``bias`` gets one."""
+    """Parameters handed to a custom Function inside a list, and as a keyword (its one argument
+    that needs grad): ``scale`` gets no gradient (autograd never sees it, and the backward
+    returns None for the list), while ``bias`` gets one."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -616,7 +616,7 @@ class ListedToFunction(nn.Module):
         self.bias = nn.Parameter(torch.zeros(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _Listed.apply(self.pre(x), [self.scale], bias=self.bias)
+        return self.pre(_Listed.apply(x, [self.scale], bias=self.bias))
 
 
 @torch.jit.script

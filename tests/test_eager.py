@@ -14,6 +14,7 @@ import execorder
 from execorder import eager
 from execorder.errors import ConcreteArgError, ForwardError, TraceFailure
 from execorder.recording import module_tree
+from execorder.report import AssumptionKind
 
 
 def _eager(case: Case, device: str, **options: object) -> execorder.Report:
@@ -60,6 +61,8 @@ def test_eager_agrees_with_fx(case: Case, device: str) -> None:
     assert ours.output_reach == fx.output_reach
     assert ours.split_gradients == fx.split_gradients
     assert ours.recomputed_calls == fx.recomputed_calls
+    unseen = AssumptionKind.BACKWARD  # what rests on a Function's backward, in both modes
+    assert [a.op for a in ours.assumed(unseen)] == [a.op for a in fx.assumed(unseen)]
 
 
 @pytest.mark.parametrize(("case", "device"), EAGER_RUNS)

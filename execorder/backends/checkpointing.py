@@ -184,8 +184,8 @@ def own_blocks_logged(
 ) -> Iterator[None]:
     """Tell ``recomputed(mark())`` after each call of a checkpoint Function of the model's
     own (Megatron-LM's, DeepSpeed's: :func:`recomputes`), ``mark()`` taken before it ran;
-    ``ran(mark(), cls, args)`` after any other Function called with grad on and an
-    argument that requires grad (its ``backward`` will run).
+    ``ran(mark(), cls, arguments)`` (positional, then keyword) after any other Function
+    called with grad on and an argument that requires grad (its ``backward`` will run).
 
     What such a Function is shows only in its ``ctx`` once its ``forward`` ran,
     so its block is told afterwards; torch's own (``CheckpointFunction``) is
@@ -201,15 +201,16 @@ def own_blocks_logged(
             return original(cls, *args, **kwargs)
         first = mark()
         seen: list[Any] = []
+        passed = (*args, *kwargs.values())  # autograd's inputs: the arguments themselves
         backward_runs = torch.is_grad_enabled() and any(
-            isinstance(a, torch.Tensor) and a.requires_grad for a in args
+            isinstance(a, torch.Tensor) and a.requires_grad for a in passed
         )
         with contexts_seen(cls, seen):
             result = original(cls, *args, **kwargs)
         if recomputes(seen):
             recomputed(first)
         elif backward_runs:
-            ran(first, cls, args)
+            ran(first, cls, passed)
         return result
 
     Function.apply = classmethod(apply)  # type: ignore[assignment, method-assign]
