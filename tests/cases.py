@@ -131,6 +131,9 @@ CASES: dict[str, Case] = {
     "own-checkpoint-reused": Case(models.OwnCheckpointReused, _x(2, 4)),
     "own-checkpoint-partly-frozen": Case(models.OwnCheckpointPartlyFrozen, _x(2, 4)),
     "own-checkpoint-setup-context": Case(models.OwnCheckpointSetupContext, _x(2, 4)),
+    "own-checkpoint-setup-context-partly-frozen": Case(
+        models.OwnCheckpointSetupContextPartlyFrozen, _x(2, 4)
+    ),
     "own-output-class": Case(models.OwnOutputClass, _x(2, 4), fx=False),
     "hooked-leaf": Case(models.HookedLeaf, _x(2, 4), meta=False),
     "hooked-root": Case(models.HookedRoot, _x(2, 4)),

@@ -1497,9 +1497,11 @@ class OwnCheckpointPartlyFrozen(nn.Module):
         self.first = _PartlyFrozenBlock()
         self.second = _PartlyFrozenBlock()
 
+    checkpoint: type[torch.autograd.Function] = _RecomputingCheckpoint
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = _RecomputingCheckpoint.apply(self.first, self.embed(x))
-        return _RecomputingCheckpoint.apply(lambda y: self.second(y), h)
+        h = self.checkpoint.apply(self.first, self.embed(x))
+        return self.checkpoint.apply(lambda y: self.second(y), h)
 
 
 class _RngCheckpoint(_RecomputingCheckpoint):
@@ -1566,6 +1568,13 @@ class _SetupContextCheckpoint(_RecomputingCheckpoint):
     def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def, override]
         ctx.run_function = inputs[0]
         ctx.save_for_backward(*inputs[1:])
+
+
+class OwnCheckpointSetupContextPartlyFrozen(OwnCheckpointPartlyFrozen):
+    """:class:`OwnCheckpointPartlyFrozen` with the checkpoint that keeps its ``run_function``
+    in ``setup_context``: ``forward`` has no ``ctx`` to tell which argument it keeps."""
+
+    checkpoint = _SetupContextCheckpoint
 
 
 class OwnCheckpointSetupContext(nn.Module):

@@ -217,3 +217,47 @@ def test_forward_defaults_that_a_run_used_are_in_the_report() -> None:
     # FX leaves unpinned arguments symbolic: no default is used.
     fx = execorder.trace(models.Branchy(), concrete_args={"flag": True, "mode": "plain"})
     assert dict(fx.defaults) == {}
+
+
+class _NeedsOutput(torch.autograd.Function):
+    """A checkpoint whose ``setup_context`` reads the output: FX's dry run of it fails."""
+
+    @staticmethod
+    def forward(run_function, x):  # type: ignore[no-untyped-def, override]
+        with torch.no_grad():
+            return run_function(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def, override]
+        ctx.run_function, ctx.shape = inputs[0], output.shape
+        ctx.save_for_backward(inputs[1])
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def, override]
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            out = ctx.run_function(x)
+        torch.autograd.backward(out, grad)
+        return None, x.grad
+
+
+class _NeedsOutputModel(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre, self.block = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _NeedsOutput.apply(self.block, self.pre(x))
+
+
+def test_a_setup_context_that_needs_the_output_leaves_the_block_taken_with_grad() -> None:
+    """Where the dry run of ``setup_context`` cannot run, the block's ops are taken as the
+    recompute makes them, with grad: every parameter here gets a gradient, as in a real
+    backward."""
+    torch.manual_seed(0)
+    model = _NeedsOutputModel()
+    model(torch.randn(2, 4)).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    report = execorder.trace(_NeedsOutputModel())
+    assert not report.no_grad() and [c.name for c in report.modules] == ["", "pre", "block"]

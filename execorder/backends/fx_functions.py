@@ -29,12 +29,15 @@ DeepSpeed's checkpoint) runs that function again in backward, with grad on:
 its ops are taken as that recompute makes them. When ``forward`` calls the
 function it kept, the call runs with grad on, as the recompute's does, so a
 ``no_grad`` inside the block, or a custom Function called in it, is traced as
-backward meets it.
+backward meets it. A Function whose ``forward`` takes no ``ctx`` keeps it in
+``setup_context``, which autograd runs after ``forward``: a dry run of it on a
+stand-in ``ctx``, before ``forward``, tells which function it keeps.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import types
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -110,12 +113,29 @@ class _KeptFunctions:
     def __init__(self, graph: torch.fx.Graph, seen: list[Any]) -> None:
         self.graph, self.seen = graph, seen
         self.recomputed: set[torch.fx.Node] = set()
+        self.planned: object = None
+        """What ``setup_context`` will keep, found by a dry run before ``forward``."""
+
+    def plan(self, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Find what a Function whose ``forward`` takes no ``ctx`` keeps: its
+        ``setup_context`` runs only after ``forward``, so it is run first on a stand-in."""
+        if not _sets_up_context(cls):
+            return
+        stand_in = _StandIn()
+        try:
+            bound = inspect.signature(cls.forward).bind(*args, **kwargs)  # type: ignore[attr-defined]
+            bound.apply_defaults()
+            cls.setup_context(stand_in, bound.args, None)  # type: ignore[attr-defined]
+        except Exception:  # it needs the output, or more than a stand-in gives
+            return
+        self.planned = vars(stand_in).get("run_function")
 
     def _run(self, function: Callable[..., Any], kept: object) -> Callable[..., Any]:
         @functools.wraps(function)
         def run(*args: Any, **kwargs: Any) -> Any:
             ctx = self.seen[0] if self.seen else None
-            if getattr(ctx, "run_function", None) is not (kept if kept is not None else run):
+            keeps = getattr(ctx, "run_function", None) or self.planned
+            if keeps is not (kept if kept is not None else run):
                 return function(*args, **kwargs)
             last = next(iter(reversed(self.graph.nodes)), None)
             try:
@@ -142,6 +162,20 @@ class _KeptFunctions:
         finally:
             for module in modules.values():
                 del module.forward
+
+
+class _StandIn:
+    """A ``ctx`` for a dry run of ``setup_context``: keeps what is set on it, and any method
+    (``save_for_backward``, ``mark_dirty``, ...) does nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+def _sets_up_context(cls: type) -> bool:
+    """Whether a Function defines ``setup_context`` (its ``forward`` takes no ``ctx``)."""
+    base = torch.autograd.function._SingleLevelFunction.setup_context
+    return getattr(cls, "setup_context", base) is not base
 
 
 def _recomputed(
@@ -215,6 +249,8 @@ def functions_traced(
                 kept.given(args, regions is not None) as given,
                 watch as read,
             ):
+                if regions is not None:
+                    kept.plan(cls, given, kwargs)
                 result = original(cls, *given, **kwargs)
         finally:
             this = told.pop()
