@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import models
+import torch
 from reuse import Reuse
 from rich.console import RenderableType
 from seed import Model
@@ -12,6 +13,7 @@ from tied import TiedLM
 from transformer import Transformer
 
 import execorder
+from execorder import eager
 from execorder.analysis import explain_indices
 from execorder.cli.words import CLI
 from execorder.output.terminal import draw, plain_text, render_report
@@ -56,3 +58,12 @@ def test_large_model_is_cut_with_a_pointer(golden: Callable[[str, str], None]) -
     golden("transformer_cut.txt", text)
     python = _text(render_report(report, depth=2, max_rows=10))
     assert python == text.replace("--max-rows 0", "max_rows=0")
+
+
+def test_the_summary_says_how_a_use_was_assumed() -> None:
+    """FX assumes what an opaque leaf reads; eager saw a gradient reach what no op read."""
+    fx = _text(render_report(execorder.trace(models.OpaqueLeaf())))
+    scripted = eager.trace(models.TorchScripted(), args=(torch.randn(2, 4),))
+    ran = _text(render_report(scripted))
+    assert "assumed used (opaque leaves)" in fx and "read unseen" not in fx
+    assert "used, read unseen" in ran and "opaque leaves" not in ran

@@ -43,6 +43,7 @@ from execorder.output.views.common import (
 from execorder.report import (
     AssumptionKind,
     Category,
+    Mode,
     ModuleCall,
     ParamInfo,
     Report,
@@ -311,8 +312,9 @@ def _summary(report: Report, words: Words = PYTHON) -> Table:
     unused = f"{s.params_unused:,} ({plural(s.numel_unused, 'element')}, {s.unused_fraction:.1%})"
     rows.append(fact("unused", unused, warn_if(s.params_unused)))
     rows.append(fact("dead (used, no gradient)", f"{s.params_dead:,}", warn_if(s.params_dead)))
-    if s.params_assumed:
-        rows.append(fact("assumed used (opaque leaves)", f"{s.params_assumed:,}"))
+    if s.params_assumed:  # FX cannot see into a leaf; eager saw a gradient reach, no read
+        label = "assumed used (opaque leaves)" if report.mode is Mode.FX else "used, read unseen"
+        rows.append(fact(label, f"{s.params_assumed:,}"))
     if s.external_uses:
         rows.append(fact("external uses", f"{s.external_uses:,}", Severity.WARNING))
     if report.assumed(AssumptionKind.SELECTION):
