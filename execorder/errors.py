@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from enum import Enum
 from typing import Protocol
 
-from execorder.spelling import label, size_text
+from execorder.spelling import label, non_reentrant, size_text
 
 
 class Arg(Enum):
@@ -756,11 +756,21 @@ class SplitGradientError(ExecOrderError):
         params: The parameters, by qualified name, with their number of passes.
         under_ddp: Whether the step ran under such a DDP (else the callback
             was asked to stop on it always).
+        checkpoints: The model's own checkpoint Functions that ran
+            (``use_reentrant`` is no option of theirs); empty for torch's.
     """
 
-    def __init__(self, step: int, params: Mapping[str, int], *, under_ddp: bool) -> None:
+    def __init__(
+        self,
+        step: int,
+        params: Mapping[str, int],
+        *,
+        under_ddp: bool,
+        checkpoints: Sequence[str] = (),
+    ) -> None:
         super().__init__()
         self.step, self.params, self.under_ddp = step, dict(params), under_ddp
+        self.checkpoints = tuple(checkpoints)
 
     def describe(self, words: Words = PYTHON) -> str:
         count = len(self.params)
@@ -776,7 +786,8 @@ class SplitGradientError(ExecOrderError):
                 "; DDP all-reduced them before the last part arrived, so the ranks' "
                 "gradients differ"
             )
-        return text + ". Use use_reentrant=False, or DDP(static_graph=True)"
+        advice = non_reentrant(self.checkpoints)
+        return f"{text}. {advice[0].upper()}{advice[1:]}, or DDP(static_graph=True)"
 
 
 class RanksDivergedError(ExecOrderError):

@@ -40,3 +40,12 @@ def listed(names: Sequence[str], most: int = 3) -> str:
 def args_text(args: Mapping[str, Any], *, none: str = "") -> str:
     """Concrete arguments as ``flag=True, n=2``; ``none`` when there are none."""
     return ", ".join(f"{k}={v!r}" for k, v in args.items()) or none
+
+
+def non_reentrant(own: Sequence[str]) -> str:
+    """What to checkpoint with instead, when reentrant checkpoints split a gradient: torch's
+    ``use_reentrant=False``, in place of the model's own checkpoint Functions ``own`` if any
+    (``use_reentrant`` is no option of theirs)."""
+    if not own:
+        return "use use_reentrant=False"
+    return f"checkpoint with torch.utils.checkpoint(use_reentrant=False) in place of {listed(own)}"

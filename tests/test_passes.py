@@ -154,3 +154,33 @@ def test_a_plan_flags_a_unit_whose_last_backward_is_a_recompute() -> None:
     assert flagged(["encoder"]) == []
     first = execorder.fsdp.plan(models.CheckpointReusedFirst(), units=["block"])
     assert not [c for c in first.checks if c.kind is CheckKind.SPLIT_GRADIENT]
+
+
+@pytest.mark.parametrize("mode", ["fx", "eager"])
+def test_advice_for_a_split_by_the_models_own_checkpoint_names_it(mode: str) -> None:
+    """``use_reentrant`` is torch's option: a split made by the model's own checkpoint
+    Function (Megatron-LM's shape) is told to use torch's checkpoint in its place."""
+    from execorder.errors import SplitGradientError
+    from execorder.training import StepWatch
+
+    x = torch.randn(2, 4)
+    own = models.OwnCheckpointReused()
+    report = execorder.trace(own) if mode == "fx" else eager.trace(own, args=(x,))
+    assert report.split_gradients and report.own_checkpoints == ("_RecomputingCheckpoint",)
+    instead = "torch.utils.checkpoint(use_reentrant=False) in place of _RecomputingCheckpoint"
+    assert ddp_verdict(report).cells[1].text.endswith(f"{instead}, or DDP(static_graph=True)")
+    plan = execorder.fsdp.plan(models.OwnCheckpointReused(), units=["block"])
+    (split,) = [c for c in plan.checks if c.kind == "split-gradient"]
+    assert f"checkpoint with {instead}, or make the module" in split.message
+    watch = StepWatch(stop_on_no_grad=True)
+    watch.begin(own, 1)
+    own(x).sum().backward()
+    with pytest.raises(SplitGradientError) as caught:
+        watch.end()
+    assert str(caught.value).endswith(f". Checkpoint with {instead}, or DDP(static_graph=True)")
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["own_checkpoints"] == ["_RecomputingCheckpoint"]
+    assert Report.from_dict(data) == report
+    torch_only = execorder.trace(models.CheckpointReused())
+    assert torch_only.own_checkpoints == () and "own_checkpoints" not in torch_only.to_dict()
+    assert "use use_reentrant=False, or DDP" in ddp_verdict(torch_only).cells[1].text

@@ -37,7 +37,7 @@ def _one_by_one(recorder: Recorder, events: list[Event]) -> None:
         elif isinstance(event, list):
             recorder.use(event)
         elif isinstance(event, Checkpointed):
-            recorder.checkpointed(event.start)
+            recorder.checkpointed(event.start, event.by)
         elif isinstance(event, UnseenBackward):
             recorder.unseen_backward(event)
         else:
@@ -58,7 +58,8 @@ def _state(recorder: Recorder) -> object:
     ]
     order = [id(p) for p in recorder.param_order]
     unseen = [(i, e.function, [id(p) for p in e.params]) for i, e in recorder.unseen_backwards]
-    return calls, order, recorder.first_call, recorder.observed, unseen
+    own = recorder.own_checkpoints
+    return calls, order, recorder.first_call, recorder.observed, unseen, recorder.recomputed, own
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())

@@ -179,10 +179,10 @@ def recomputes(seen: list[Any]) -> bool:
 @contextmanager
 def own_blocks_logged(
     mark: Callable[[], int],
-    recomputed: Callable[[int], None],
+    recomputed: Callable[[int, type], None],
     ran: Callable[[int, type, tuple[Any, ...]], None] = lambda first, cls, args: None,
 ) -> Iterator[None]:
-    """Tell ``recomputed(mark())`` after each call of a checkpoint Function of the model's
+    """Tell ``recomputed(mark(), cls)`` after each call of a checkpoint Function of the model's
     own (Megatron-LM's, DeepSpeed's: :func:`recomputes`), ``mark()`` taken before it ran;
     ``ran(mark(), cls, arguments)`` (positional, then keyword) after any other Function
     called with grad on and an argument that requires grad (its ``backward`` will run).
@@ -208,7 +208,7 @@ def own_blocks_logged(
         with contexts_seen(cls, seen):
             result = original(cls, *args, **kwargs)
         if recomputes(seen):
-            recomputed(first)
+            recomputed(first, cls)
         elif backward_runs:
             ran(first, cls, passed)
         return result
@@ -247,8 +247,9 @@ class Regions:
             (as :func:`blocks_logged` tells an eager recording).
         count: How many module calls were recorded so far.
         recomputed_since: Told, after a checkpoint Function of the model's
-            own ran, the ``count()`` from before it: those calls are recomputed
-            (as :func:`own_blocks_logged` tells an eager recording).
+            own ran, the ``count()`` from before it and the Function's name:
+            those calls are recomputed (as :func:`own_blocks_logged` tells an
+            eager recording).
         opened: Whether any block was traced.
     """
 
@@ -256,7 +257,7 @@ class Regions:
         self,
         on_block: Callable[[bool], None] | None = None,
         count: Callable[[], int] = lambda: 0,
-        recomputed_since: Callable[[int], None] = lambda first: None,
+        recomputed_since: Callable[[int, str], None] = lambda first, by: None,
     ) -> None:
         self.current: Region | None = None
         self.on_block = on_block

@@ -184,7 +184,7 @@ def intercepting(
             blocks_logged(lambda start: append(Checkpointed(start))),
             own_blocks_logged(
                 lambda: len(events),
-                lambda at: _bracket(events, at),
+                lambda at, cls: _bracket(events, at, cls.__name__),
                 lambda at, cls, args: _unseen_backward(events, at, cls, args),
             ),
         ):
@@ -245,10 +245,11 @@ def _control_flow_refused() -> Iterator[None]:
             setattr(owner, name, value)
 
 
-def _bracket(events: list[Event], at: int) -> None:
-    """Mark the events from ``at`` on as a checkpoint's block, once it is known to be one."""
+def _bracket(events: list[Event], at: int, by: str) -> None:
+    """Mark the events from ``at`` on as the block of checkpoint Function ``by``, once it is
+    known to be one."""
     events.insert(at, Checkpointed(True))
-    events.append(Checkpointed(False))
+    events.append(Checkpointed(False, by))
 
 
 def _unseen_backward(events: list[Event], at: int, cls: type, args: tuple[Any, ...]) -> None:

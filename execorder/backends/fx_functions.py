@@ -256,7 +256,7 @@ def functions_traced(
             this = told.pop()
         if regions is not None and recomputes(seen):
             _recomputed(_made_since(graph, last), inputs, outer_grad, regions, kept.recomputed)
-            regions.recomputed_since(first_call)
+            regions.recomputed_since(first_call, cls.__name__)
             return result
         call = FunctionCall(inputs, outer_grad)
         if read and recorder is not None:

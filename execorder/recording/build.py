@@ -79,6 +79,8 @@ def build_report(
         report = dataclasses.replace(report, split_gradients=split)
     if recorder.recomputed:
         report = dataclasses.replace(report, recomputed_calls=tuple(recorder.recomputed))
+    if recorder.own_checkpoints:
+        report = dataclasses.replace(report, own_checkpoints=tuple(recorder.own_checkpoints))
     return dataclasses.replace(report, defaults=dict(defaults or {})) if defaults else report
 
 

@@ -38,6 +38,9 @@ class Checkpointed(NamedTuple):
     """
 
     start: bool
+    by: str = ""
+    """The model's own checkpoint Function that runs the block (told as the block ends);
+    empty for torch's reentrant checkpoint."""
 
 
 class UnseenBackward(NamedTuple):
@@ -102,6 +105,8 @@ class Recorder:
             made an assumption (its status may rest on it).
         recomputed: Indices of the calls made inside a reentrant checkpoint's
             block, which backward makes again (:meth:`checkpointed`).
+        own_checkpoints: The model's own checkpoint Functions that ran such a
+            block (Megatron-LM's, DeepSpeed's), by class name, each once.
         unseen_backwards: ``(call index, event)`` for each custom Function
             whose ``forward`` read parameters it was not passed.
     """
@@ -120,6 +125,7 @@ class Recorder:
         # The stack depth of the outermost running call that made an assumption.
         self._assuming: int | None = None
         self.recomputed: list[int] = []
+        self.own_checkpoints: list[str] = []
         self._blocks = 0  # reentrant checkpoint blocks running now
         self.unseen_backwards: list[tuple[int, UnseenBackward]] = []
         self._watches: list[dict[int, nn.Parameter]] = []
@@ -183,12 +189,22 @@ class Recorder:
         if self._blocks:
             self.recomputed.append(len(self.calls) - 1)
 
-    def checkpointed(self, start: bool) -> None:
-        """A reentrant checkpoint's block starts (or ends): the calls inside are recomputed."""
-        self._blocks += 1 if start else -1
+    def checkpointed(self, start: bool, by: str = "") -> None:
+        """A reentrant checkpoint's block starts (or ends): the calls inside are recomputed.
 
-    def recomputed_since(self, first: int) -> None:
-        """The calls from index ``first`` on ran in a checkpoint's block, told after it ran."""
+        ``by``: the model's own checkpoint Function that ran it, if not torch's.
+        """
+        self._blocks += 1 if start else -1
+        self._checkpointed_by(by)
+
+    def _checkpointed_by(self, by: str) -> None:
+        if by and by not in self.own_checkpoints:
+            self.own_checkpoints.append(by)
+
+    def recomputed_since(self, first: int, by: str = "") -> None:
+        """The calls from index ``first`` on ran in a block of checkpoint Function ``by``,
+        told after it ran."""
+        self._checkpointed_by(by)
         while self.recomputed and self.recomputed[-1] >= first:
             self.recomputed.pop()
         self.recomputed.extend(range(first, len(self.calls)))
@@ -306,7 +322,7 @@ class Recorder:
             elif isinstance(event, Assumed):
                 self.assume(event)
             elif isinstance(event, Checkpointed):
-                self.checkpointed(event.start)
+                self.checkpointed(event.start, event.by)
             elif isinstance(event, UnseenBackward):
                 self.unseen_backward(event)
             else:

@@ -546,6 +546,11 @@ class Report:
             block (indices into ``modules``), which backward makes again, in
             the backward pass of that block's own. Empty (and absent from the
             JSON) when there are none.
+        own_checkpoints: The model's own checkpoint Functions (Megatron-LM's,
+            DeepSpeed's: their ``ctx`` keeps the ``run_function`` their
+            backward runs again) that ran such a block, by class name; empty
+            (and absent from the JSON) when only torch's ran one, or none did.
+            ``use_reentrant=False`` is no option of theirs.
         inputs_made: The inputs execorder made itself, and where from: a
             transformers model's own example inputs (``dummy_inputs``) when
             it was given none, torchtitan's positions and attention masks as
@@ -572,6 +577,7 @@ class Report:
     output_reach: OutputReach | None = None
     split_gradients: Mapping[str, int] = field(default_factory=dict)
     recomputed_calls: tuple[int, ...] = ()
+    own_checkpoints: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -714,6 +720,7 @@ class Report:
             ),
             **({"split_gradients": dict(self.split_gradients)} if self.split_gradients else {}),
             **({"recomputed_calls": list(self.recomputed_calls)} if self.recomputed_calls else {}),
+            **({"own_checkpoints": list(self.own_checkpoints)} if self.own_checkpoints else {}),
         }
 
     @classmethod
@@ -772,6 +779,7 @@ class Report:
                 Fields(fields.get("split_gradients", dict, default={}), "split_gradients")
             ),
             recomputed_calls=tuple(fields.items("recomputed_calls", int, default=())),
+            own_checkpoints=tuple(fields.items("own_checkpoints", str, default=())),
         )
 
     def param(self, name: str) -> ParamInfo:

@@ -206,7 +206,8 @@ class StepWatch:
         split = report.split_gradients
         under_ddp = ddp is not None and not ddp.static_graph
         if split and (under_ddp if self.stop_on_no_grad is None else self.stop_on_no_grad):
-            return SplitGradientError(step, split, under_ddp=under_ddp)
+            own = report.own_checkpoints
+            return SplitGradientError(step, split, under_ddp=under_ddp, checkpoints=own)
         return None
 
 

@@ -154,7 +154,9 @@ def plan_fsdp(
         *found.not_run(built),
         *found.registration_order(model, forward, backward, backward_order, prefetch),
         *found.assumptions(model),
-        *found.split_gradients(built, report.split_gradients, set(report.recomputed_calls)),
+        *found.split_gradients(
+            built, report.split_gradients, set(report.recomputed_calls), report.own_checkpoints
+        ),
         *found.repeated(built),
         *found.root_only(model.units),
     ]

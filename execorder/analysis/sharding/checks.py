@@ -63,7 +63,10 @@ def not_run(built: Sequence[Unit]) -> list[Check]:
 
 
 def split_gradients(
-    built: Sequence[Unit], split: Collection[str], recomputed: Collection[int]
+    built: Sequence[Unit],
+    split: Collection[str],
+    recomputed: Collection[int],
+    own: tuple[str, ...] = (),
 ) -> list[Check]:
     """Units whose gradient comes in several backward passes, the last a recompute's.
 
@@ -73,10 +76,11 @@ def split_gradients(
     leaves an unsharded, unreduced gradient on its sharded parameters
     (``tests/test_fsdp_real.py``: a block checkpointed twice, or run again
     after its checkpoint). A unit run outside first, or one that runs the
-    checkpoints inside it, is right.
+    checkpoints inside it, is right. ``own``: the model's own checkpoint
+    Functions that ran, if any (their advice is not torch's flag).
     """
     return [
-        _check(CheckKind.SPLIT_GRADIENT, (unit.name,), found, calls=unit.calls)
+        _check(CheckKind.SPLIT_GRADIENT, (unit.name,), found, calls=unit.calls, checkpoints=own)
         for unit in built
         if unit.name != ROOT
         and unit.first_call in recomputed

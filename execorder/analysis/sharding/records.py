@@ -264,6 +264,8 @@ class Check:
         budget: For ``MEMORY``, the budget the peak (``bytes``) exceeds.
         largest: For ``MEMORY``, the kinds holding the most at the peak, with
             their bytes.
+        checkpoints: For ``SPLIT_GRADIENT``, the model's own checkpoint
+            Functions that split it (none: torch's reentrant checkpoint).
         written: The sentence as read from a file (a check read back holds
             only its words); empty for a check a plan found.
     """
@@ -283,6 +285,7 @@ class Check:
     reshards: bool = True
     budget: int = 0
     largest: tuple[tuple[str, int], ...] = ()
+    checkpoints: tuple[str, ...] = ()
     written: str = field(default="", compare=False)
 
     def describe(self, words: Words = PYTHON) -> str:

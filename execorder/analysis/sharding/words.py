@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from execorder.analysis.sharding.kinds import CheckKind, Direction, Mistarget, UnitChoice
 from execorder.errors import PYTHON, Arg, Words
-from execorder.spelling import args_text, label, listed, size_text
+from execorder.spelling import args_text, label, listed, non_reentrant, size_text
 
 NONE = "no arguments"  # a run with no concrete arguments, in a check's sentence
 
@@ -125,8 +125,9 @@ def check_message(check: Check, words: Words = PYTHON) -> str:
             f"unit {label(units[0])} gets its gradient in several backward passes "
             f"({listed(check.params)}: reentrant checkpoints run their own), the last a "
             "recompute's (its first call is checkpointed): FSDP2 leaves that gradient "
-            "unsharded and unreduced, and the optimizer steps on it; use use_reentrant=False, "
-            "or make the module that runs the checkpoints the unit"
+            "unsharded and unreduced, and the optimizer steps on it; "
+            f"{non_reentrant(check.checkpoints)}, or make the module that runs the checkpoints "
+            "the unit"
         )
     if kind is CheckKind.ORDER_VARIES:
         args = args_text(check.combinations[0], none=NONE)

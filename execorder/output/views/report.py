@@ -49,7 +49,7 @@ from execorder.report import (
     Report,
     shape_text,
 )
-from execorder.spelling import args_text, listed
+from execorder.spelling import args_text, listed, non_reentrant
 
 
 def report_view(
@@ -205,8 +205,8 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
             f"fails: {plural(len(split), 'trainable parameter')} "
             f"{'gets its' if len(split) == 1 else 'get their'} gradient in several backward "
             f"passes ({listed(split)}: reentrant checkpoints run their own); DDP raises, or "
-            "all-reduces before the last part arrives and ranks drift apart: use "
-            "use_reentrant=False, or DDP(static_graph=True)"
+            "all-reduces before the last part arrives and ranks drift apart: "
+            f"{non_reentrant(report.own_checkpoints)}, or DDP(static_graph=True)"
         )
         return fact("DDP check", text, Severity.ERROR)
     if resting:
