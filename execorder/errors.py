@@ -712,14 +712,24 @@ class NoGradientError(ExecOrderError):
         ddp_indices: Their indices as DDP's errors number them, in the same order.
         under_ddp: Whether the step ran under such a DDP (else the callback
             was asked to stop on any parameter without a gradient).
+        recompute_only: Parameters whose gradient only reentrant checkpoints'
+            recomputes give (``Report.recompute_only``): with them,
+            ``find_unused_parameters=True`` fails too.
     """
 
     def __init__(
-        self, step: int, params: Sequence[str], ddp_indices: Sequence[int], *, under_ddp: bool
+        self,
+        step: int,
+        params: Sequence[str],
+        ddp_indices: Sequence[int],
+        *,
+        under_ddp: bool,
+        recompute_only: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.step, self.params = step, tuple(params)
         self.ddp_indices, self.under_ddp = tuple(ddp_indices), under_ddp
+        self.recompute_only = tuple(recompute_only)
 
     def describe(self, words: Words = PYTHON) -> str:
         count = len(self.params)
@@ -734,6 +744,14 @@ class NoGradientError(ExecOrderError):
             text += (
                 "; DDP (find_unused_parameters=False) fails on them at the next step "
                 '("Expected to have finished reduction in the prior iteration")'
+            )
+        if self.recompute_only:  # DDP's search for unused parameters misses those
+            count = len(self.recompute_only)
+            return text + (
+                ". Use them in the loss, freeze them (requires_grad_(False)), or wrap the model "
+                f"with static_graph=True (find_unused_parameters=True fails: {count} more "
+                f"{'parameter gets its' if count == 1 else 'parameters get their'} gradient only "
+                "from reentrant checkpoints' recomputes, which it takes for unused)"
             )
         return text + (
             ". Use them in the loss, freeze them (requires_grad_(False)), "

@@ -5,7 +5,8 @@ hangs can never hang the test run): two ranks on CPU with the gloo backend
 and a file store (no network port), started by ``torch.multiprocessing``.
 Both ranks build each case's model alike (seeded), feed it inputs of their
 own, and run two steps under DDP with ``find_unused_parameters=False``, then
-again with ``static_graph=True``. Rank 0 prints one JSON line a case:
+again with ``static_graph=True``, then with ``find_unused_parameters=True``.
+Rank 0 prints one JSON line a case, how each fared:
 
 - ``raises``: DDP raised (a parameter marked ready twice in one step);
 - ``drifts``: no error, but some gradient differs across ranks after a step
@@ -35,11 +36,11 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 WORLD = 2
 
 
-def _fares(name: str, rank: int, static_graph: bool) -> str:
+def _fares(name: str, rank: int, static_graph: bool, find_unused: bool = False) -> str:
     case = CASES[name]
     torch.manual_seed(0)
     model = DistributedDataParallel(
-        case.build(), find_unused_parameters=False, static_graph=static_graph
+        case.build(), find_unused_parameters=find_unused, static_graph=static_graph
     )
     torch.manual_seed(1 + rank)
     for _ in range(2):
@@ -65,7 +66,11 @@ def _rank(rank: int, store: str, names: list[str]) -> None:
     dist.init_process_group("gloo", store=dist.FileStore(store, WORLD), rank=rank, world_size=WORLD)
     try:
         for name in names:
-            fared = {"default": _fares(name, rank, False), "static_graph": _fares(name, rank, True)}
+            fared = {
+                "default": _fares(name, rank, False),
+                "static_graph": _fares(name, rank, True),
+                "find_unused": _fares(name, rank, False, find_unused=True),
+            }
             if rank == 0:
                 print(json.dumps({"case": name, **fared}), flush=True)
     finally:

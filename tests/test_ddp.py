@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch.distributed as dist
 from cases import CASES, predict, unseen_backward_resting
@@ -65,16 +63,43 @@ def split_cases() -> list[str]:
     return [name for name in CASES if predict(CASES[name]).split_gradients]
 
 
+@pytest.fixture(scope="module")
+def recomputing_fared(
+    split_cases: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, dict[str, str]]:
+    """How DDP on two ranks fared on every case with a reentrant checkpoint, and controls."""
+    recomputing = [name for name in CASES if predict(CASES[name]).recomputed_calls]
+    names = list(dict.fromkeys([*split_cases, *recomputing, *CONTROLS]))
+    lines = run_probe(PASSES_PROBE, tmp_path_factory.mktemp("passes") / "store", *names)
+    fared = {line["case"]: line for line in lines}
+    assert set(fared) == set(names)
+    return fared
+
+
 def test_a_gradient_in_several_passes_is_what_ddp_fails_on(
-    split_cases: list[str], tmp_path: Path
+    split_cases: list[str], recomputing_fared: dict[str, dict[str, str]]
 ) -> None:
     """Where execorder says a gradient arrives in parts, DDP on two ranks raises or drifts;
     with static_graph=True, or where it says nothing, every step is the same on both ranks."""
     assert len(split_cases) >= 3, split_cases
-    lines = run_probe(PASSES_PROBE, tmp_path / "store", *split_cases, *CONTROLS)
-    fared = {line["case"]: line for line in lines}
-    assert set(fared) == {*split_cases, *CONTROLS}
-    for name, line in fared.items():
+    for name in [*split_cases, *CONTROLS]:
+        line = recomputing_fared[name]
         assert (line["default"] != "ok") == (name in split_cases), line
         assert line["static_graph"] == "ok", line
-    assert {fared[name]["default"] for name in split_cases} == {"raises", "drifts"}
+    assert {recomputing_fared[name]["default"] for name in split_cases} == {"raises", "drifts"}
+
+
+def test_find_unused_parameters_fails_where_a_gradient_comes_from_a_recompute_alone(
+    recomputing_fared: dict[str, dict[str, str]],
+) -> None:
+    """DDP(find_unused_parameters=True) searches the graph forward leaves, which a reentrant
+    checkpoint's block is not in: it raises exactly where execorder names parameters whose
+    gradient only a recompute gives (or a gradient arrives in parts)."""
+    hidden = []
+    for name, line in recomputing_fared.items():
+        report = predict(CASES[name])
+        if report.recompute_only:
+            hidden.append(name)
+        expected = bool(report.recompute_only or report.split_gradients)
+        assert (line["find_unused"] == "raises") == expected, (name, line)
+    assert len(hidden) >= 3 and "checkpoint-reentrant" in hidden, hidden

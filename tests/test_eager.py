@@ -5,7 +5,7 @@ from __future__ import annotations
 import models
 import pytest
 import torch
-from cases import CASES, Case, backward_no_grad, unseen_backward_resting
+from cases import CASES, Case, backward_no_grad, output_tensors, predict, unseen_backward_resting
 from seed import Model
 from torch import nn
 from transformer import Transformer
@@ -61,6 +61,8 @@ def test_eager_agrees_with_fx(case: Case, device: str) -> None:
     assert ours.output_reach == fx.output_reach
     assert ours.split_gradients == fx.split_gradients
     assert ours.recomputed_calls == fx.recomputed_calls
+    assert ours.recompute_only == fx.recompute_only
+    assert ours.own_checkpoints == fx.own_checkpoints
     unseen = AssumptionKind.BACKWARD  # what rests on a Function's backward, in both modes
     assert [a.op for a in ours.assumed(unseen)] == [a.op for a in fx.assumed(unseen)]
 
@@ -318,3 +320,17 @@ def test_torch_cond_is_refused_not_answered_wrong() -> None:
     with pytest.raises(ForwardError, match=r"torch\.cond runs its body through torch\.compile"):
         eager.trace(_Branches(), args=(x,))
     assert torch.cond is original
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if "checkpoint" in n or n == "shared"])
+def test_a_real_backward_finds_the_gradients_only_a_recompute_gives(name: str) -> None:
+    """The caller's own backward, told apart from the recomputes' passes, gives what the walks
+    give: the parameters DDP's search for unused ones does not see."""
+    case = CASES[name]
+    walked = predict(case)
+    torch.manual_seed(0)
+    model = case.build()
+    with execorder.record(model) as recording:
+        outputs = model(*case.inputs(), **case.concrete_args)
+        sum(o.float().sum() for _, o in output_tensors(outputs) if o.requires_grad).backward()
+    assert recording.report().recompute_only == walked.recompute_only

@@ -184,3 +184,29 @@ def test_advice_for_a_split_by_the_models_own_checkpoint_names_it(mode: str) -> 
     torch_only = execorder.trace(models.CheckpointReused())
     assert torch_only.own_checkpoints == () and "own_checkpoints" not in torch_only.to_dict()
     assert "use use_reentrant=False, or DDP" in ddp_verdict(torch_only).cells[1].text
+
+
+def test_the_summary_says_find_unused_parameters_fails_on_a_gradient_only_a_recompute_gives() -> (
+    None
+):
+    """Said in its own row (DDP's default is fine), with the parameters and what trains."""
+    from execorder.errors import NoGradientError
+    from execorder.output.views.report import find_unused_fact
+
+    report = execorder.trace(models.Checkpointed())
+    assert report.recompute_only == tuple(
+        f"blocks.{i}.{layer}.{kind}"
+        for i in (0, 1)
+        for layer in ("up", "down")
+        for kind in ("weight", "bias")
+    )
+    assert ddp_verdict(report).cells[1].text.startswith("ok")
+    text = find_unused_fact(report).cells[1].text
+    assert text.startswith("with find_unused_parameters=True fails: 8 trainable parameters")
+    assert text.endswith("use use_reentrant=False, or DDP(static_graph=True)")
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["recompute_only"] == list(report.recompute_only)
+    assert Report.from_dict(data) == report
+    assert "recompute_only" not in execorder.trace(models.Checkpointed(False)).to_dict()
+    said = str(NoGradientError(1, ["aux.weight"], [4], under_ddp=True, recompute_only=["b.w"]))
+    assert "with static_graph=True (find_unused_parameters=True fails: 1 more" in said

@@ -123,12 +123,17 @@ def test_checkpoint_wrapped_blocks_are_the_blocks_and_recompute_is_not_a_call(
     )
     assert "model.layers.0._checkpoint_wrapped_module" in dict(model.named_modules())
     step = llama_step(model)
-    # Only that the reentrant flavour's backward makes each layer's calls again.
+    # Only that the reentrant flavour's backward makes each layer's calls again, and gives
+    # the layers' parameters their only gradient.
     recomputed = step.pop("recomputed_calls", [])
+    recompute_only = step.pop("recompute_only", [])
     assert step == plain
     names = [call["name"] for call in plain["modules"]]
     inside = [n for n in names if n.startswith("model.layers.")]
-    assert [names[i] for i in recomputed] == (inside if impl is CheckpointImpl.REENTRANT else [])
+    reentrant = impl is CheckpointImpl.REENTRANT
+    assert [names[i] for i in recomputed] == (inside if reentrant else [])
+    layers = [p["name"] for p in plain["params"] if p["name"].startswith("model.layers.")]
+    assert sorted(recompute_only) == (sorted(layers) if reentrant else [])
 
 
 class TwoLayers(nn.Module):

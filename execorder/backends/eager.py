@@ -127,6 +127,9 @@ class Recording:
         self._live: set[nn.Parameter] | None = None
         self._reach: list[tuple[str, set[nn.Parameter]]] | None = None
         self._passes: dict[nn.Parameter, set[Any]] = {}  # each live parameter's backward passes
+        self._main_pass: int | None = None  # the caller's backward among them, once it ran
+        self._pass_hooks: list[Any] = []
+        self._recompute_only: list[nn.Parameter] = []
         self._inputs: dict[str, str] = {}
         self._trainable: list[nn.Parameter] = []
         self._concrete_args: dict[str, Any] = {}
@@ -182,7 +185,20 @@ class Recording:
             raise
         finally:
             self._running = False
+        self._main_pass_watched(self._outputs)
         return self._outputs
+
+    def _main_pass_watched(self, outputs: Any) -> None:
+        """Note the backward pass (graph task) that reaches forward's outputs: the caller's
+        own backward, beside which reentrant checkpoints' recomputes run passes of their own."""
+
+        def seen(_: Any) -> None:
+            if self._main_pass is None:
+                self._main_pass = _graph_task()
+
+        for tensor in tensors(outputs):
+            if tensor.grad_fn is not None:
+                self._pass_hooks.append(tensor.grad_fn.register_prehook(seen))
 
     def _assumed(self, op: str) -> None:
         """A meta run assumed a selection: logged in forward, noted once after it."""
@@ -211,6 +227,9 @@ class Recording:
         """The block has ended: take what needs the outputs, then let them go."""
         outputs, self._outputs = self._outputs, None
         self._ended = True
+        for hook in self._pass_hooks:
+            hook.remove()
+        self._pass_hooks = []
         if not self._calls or self._failed:
             return
         own = {id(p): p for p in self._tree.params} | self._swaps.canonical
@@ -227,6 +246,8 @@ class Recording:
                 self._passes.setdefault(param, set()).add(task)
             self._order = list(unique_params(self._order))
             self._live = set(self._order)
+            if self._main_pass is not None:  # else no backward reached the outputs to tell
+                self._recompute_only = self._outside(self._main_pass)
         elif self._with_grad:
             params, canonical = self._tree.params, self._swaps.canonical
             self._reach = output_reach(outputs, params, canonical, self._passes)
@@ -235,7 +256,12 @@ class Recording:
                 if self._reach is None
                 else set().union(*(found for _, found in self._reach))
             )
+            self._recompute_only = self._outside(None)  # None: the walk's own pass
         # else: a forward under no_grad has no graph, so no liveness to tell.
+
+    def _outside(self, main: int | None) -> list[nn.Parameter]:
+        """The live parameters whose gradient comes in other passes than ``main`` only."""
+        return [param for param, runs in self._passes.items() if main not in runs]
 
     def report(
         self, *, target: str | None = None, inputs: Mapping[str, str] | None = None
@@ -286,6 +312,7 @@ class Recording:
                 trainable=self._trainable,
                 outputs=self._reach,
                 passes={param: len(runs) for param, runs in self._passes.items()},
+                recompute_only=self._recompute_only,
             )
         if self._clock is None:
             return report

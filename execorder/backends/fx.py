@@ -458,6 +458,7 @@ def trace(
             live=live,
             outputs=reach,
             passes={param: len(runs) for param, runs in (passes or {}).items()},
+            recompute_only=[param for param, runs in (passes or {}).items() if None not in runs],
         )
 
 

@@ -43,6 +43,7 @@ def build_report(
     defaults: Mapping[str, Any] | None = None,
     outputs: Sequence[tuple[str, Collection[nn.Parameter]]] | None = None,
     passes: Mapping[nn.Parameter, int] | None = None,
+    recompute_only: Collection[nn.Parameter] = (),
 ) -> Report:
     """Name everything ``recorder`` collected and freeze it into a :class:`Report`.
 
@@ -68,6 +69,10 @@ def build_report(
         passes: For each live parameter, how many backward passes its
             gradient arrives in (a reentrant checkpoint's block runs one of
             its own), when the backend counted them.
+        recompute_only: Live parameters whose gradient comes only in the
+            backward passes of reentrant checkpoints' recomputes, none in
+            the backward itself (DDP's search for unused parameters does
+            not see them).
     """
     with torch._C.DisableTorchFunctionSubclass():  # reading parameters runs no user code
         report = _build(recorder, target, mode, concrete_args, live, backward, inputs, trainable)
@@ -77,6 +82,9 @@ def build_report(
     split = _split(recorder, passes or {}, trainable)
     if split:
         report = dataclasses.replace(report, split_gradients=split)
+    hidden = _named(recorder, recompute_only, trainable)
+    if hidden:
+        report = dataclasses.replace(report, recompute_only=hidden)
     if recorder.recomputed:
         report = dataclasses.replace(report, recomputed_calls=tuple(recorder.recomputed))
     if recorder.own_checkpoints:
@@ -105,6 +113,17 @@ def _split(
         for p in tree.params
         if id(p) in able and counts.get(id(p), 0) > 1
     }
+
+
+def _named(
+    recorder: Recorder, params: Collection[nn.Parameter], trainable: Collection[nn.Parameter] | None
+) -> tuple[str, ...]:
+    """The trainable ones of ``params``, named, in ``parameters()`` order."""
+    able, given = _trainable_ids(recorder, trainable), {id(p) for p in params}
+    tree = recorder.tree
+    return tuple(
+        tree.param_names[id(p)][0] for p in tree.params if id(p) in given and id(p) in able
+    )
 
 
 def _output_reach(

@@ -546,6 +546,15 @@ class Report:
             block (indices into ``modules``), which backward makes again, in
             the backward pass of that block's own. Empty (and absent from the
             JSON) when there are none.
+        recompute_only: Trainable parameters whose gradient comes only from
+            reentrant checkpoints' recomputes, in their own backward passes:
+            forward ran their blocks without grad, so they are not in the
+            graph forward leaves. ``DistributedDataParallel`` with
+            ``find_unused_parameters=True`` searches that graph when forward
+            ends, takes them for unused and marks them ready; their gradient
+            then raises "Expected to mark a variable ready only once". In
+            ``parameters()`` order; empty (and absent from the JSON) when
+            there is none or the backend did not tell.
         own_checkpoints: The model's own checkpoint Functions (Megatron-LM's,
             DeepSpeed's: their ``ctx`` keeps the ``run_function`` their
             backward runs again) that ran such a block, by class name; empty
@@ -578,6 +587,7 @@ class Report:
     split_gradients: Mapping[str, int] = field(default_factory=dict)
     recomputed_calls: tuple[int, ...] = ()
     own_checkpoints: tuple[str, ...] = ()
+    recompute_only: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -721,6 +731,7 @@ class Report:
             **({"split_gradients": dict(self.split_gradients)} if self.split_gradients else {}),
             **({"recomputed_calls": list(self.recomputed_calls)} if self.recomputed_calls else {}),
             **({"own_checkpoints": list(self.own_checkpoints)} if self.own_checkpoints else {}),
+            **({"recompute_only": list(self.recompute_only)} if self.recompute_only else {}),
         }
 
     @classmethod
@@ -780,6 +791,7 @@ class Report:
             ),
             recomputed_calls=tuple(fields.items("recomputed_calls", int, default=())),
             own_checkpoints=tuple(fields.items("own_checkpoints", str, default=())),
+            recompute_only=tuple(fields.items("recompute_only", str, default=())),
         )
 
     def param(self, name: str) -> ParamInfo:

@@ -202,6 +202,7 @@ class StepWatch:
                 [p.name for p in missing],
                 [p.ddp_index for p in missing if p.ddp_index is not None],
                 under_ddp=under_ddp,
+                recompute_only=report.recompute_only,
             )
         split = report.split_gradients
         under_ddp = ddp is not None and not ddp.static_graph

@@ -249,6 +249,22 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
     return fact("DDP check", "ok: every trainable parameter gets a gradient", Severity.OK)
 
 
+def find_unused_fact(report: Report) -> Row:
+    """What ``find_unused_parameters=True`` does to a model whose reentrant checkpoints give some
+    parameters their only gradient: DDP's search for unused parameters misses them."""
+    hidden = report.recompute_only
+    get = "gets its" if len(hidden) == 1 else "get their"
+    text = (
+        f"with find_unused_parameters=True fails: {plural(len(hidden), 'trainable parameter')} "
+        f"({listed(hidden)}) {get} "
+        "gradient only from reentrant checkpoints' recomputes, which forward's graph does not "
+        "hold: DDP takes them for unused, then raises when their gradient arrives; keep "
+        f"find_unused_parameters=False, {non_reentrant(report.own_checkpoints)}, or "
+        "DDP(static_graph=True)"
+    )
+    return fact("DDP, find_unused", text, Severity.WARNING)
+
+
 def _unseen_missing(report: Report) -> list[str]:
     """Trainable parameters without a gradient that rest on a custom Function's backward."""
     if not report.assumed(AssumptionKind.BACKWARD):
@@ -322,6 +338,8 @@ def _summary(report: Report, words: Words = PYTHON) -> Table:
     if report.assumed(AssumptionKind.BACKWARD):
         rows.append(unseen_backward_fact(report, words))
     rows.append(ddp_verdict(report, words))
+    if report.recompute_only:
+        rows.append(find_unused_fact(report))
     return Table("Summary", (Column(""), Column("", NAME)), tuple(rows), header=False)
 
 
