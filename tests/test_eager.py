@@ -334,3 +334,15 @@ def test_a_real_backward_finds_the_gradients_only_a_recompute_gives(name: str) -
         outputs = model(*case.inputs(), **case.concrete_args)
         sum(o.float().sum() for _, o in output_tensors(outputs) if o.requires_grad).backward()
     assert recording.report().recompute_only == walked.recompute_only
+
+
+def test_two_backwards_of_the_caller_are_both_its_own_passes() -> None:
+    """A second loss's backward (retain_graph) is the caller's too, not a recompute's: what
+    only it reaches is not named as a recompute's alone."""
+    model = models.TwoHeads()
+    with execorder.record(model) as recording:
+        main, aux = model(torch.randn(2, 4))
+        main.sum().backward(retain_graph=True)
+        aux.sum().backward()
+    report = recording.report()
+    assert report.recompute_only == () and not report.no_grad()

@@ -127,7 +127,7 @@ class Recording:
         self._live: set[nn.Parameter] | None = None
         self._reach: list[tuple[str, set[nn.Parameter]]] | None = None
         self._passes: dict[nn.Parameter, set[Any]] = {}  # each live parameter's backward passes
-        self._main_pass: int | None = None  # the caller's backward among them, once it ran
+        self._main_passes: set[int] = set()  # the caller's own backwards among them
         self._pass_hooks: list[Any] = []
         self._recompute_only: list[nn.Parameter] = []
         self._inputs: dict[str, str] = {}
@@ -189,12 +189,11 @@ class Recording:
         return self._outputs
 
     def _main_pass_watched(self, outputs: Any) -> None:
-        """Note the backward pass (graph task) that reaches forward's outputs: the caller's
-        own backward, beside which reentrant checkpoints' recomputes run passes of their own."""
+        """Note each backward pass (graph task) that reaches forward's outputs: the caller's
+        own backwards, beside which reentrant checkpoints' recomputes run passes of their own."""
 
         def seen(_: Any) -> None:
-            if self._main_pass is None:
-                self._main_pass = _graph_task()
+            self._main_passes.add(_graph_task())
 
         for tensor in tensors(outputs):
             if tensor.grad_fn is not None:
@@ -246,8 +245,8 @@ class Recording:
                 self._passes.setdefault(param, set()).add(task)
             self._order = list(unique_params(self._order))
             self._live = set(self._order)
-            if self._main_pass is not None:  # else no backward reached the outputs to tell
-                self._recompute_only = self._outside(self._main_pass)
+            if self._main_passes:  # else no backward reached the outputs to tell
+                self._recompute_only = self._outside(self._main_passes)
         elif self._with_grad:
             params, canonical = self._tree.params, self._swaps.canonical
             self._reach = output_reach(outputs, params, canonical, self._passes)
@@ -256,12 +255,12 @@ class Recording:
                 if self._reach is None
                 else set().union(*(found for _, found in self._reach))
             )
-            self._recompute_only = self._outside(None)  # None: the walk's own pass
+            self._recompute_only = self._outside({None})  # None: the walk's own pass
         # else: a forward under no_grad has no graph, so no liveness to tell.
 
-    def _outside(self, main: int | None) -> list[nn.Parameter]:
+    def _outside(self, main: set[Any]) -> list[nn.Parameter]:
         """The live parameters whose gradient comes in other passes than ``main`` only."""
-        return [param for param, runs in self._passes.items() if main not in runs]
+        return [param for param, runs in self._passes.items() if main.isdisjoint(runs)]
 
     def report(
         self, *, target: str | None = None, inputs: Mapping[str, str] | None = None
