@@ -749,7 +749,7 @@ class NoGradientError(ExecOrderError):
             count = len(self.recompute_only)
             return text + (
                 ". Use them in the loss, freeze them (requires_grad_(False)), or wrap the model "
-                f"with static_graph=True (find_unused_parameters=True fails: {count} more "
+                f"with static_graph=True (find_unused_parameters=True fails here: {count} other "
                 f"{'parameter gets its' if count == 1 else 'parameters get their'} gradient only "
                 "from reentrant checkpoints' recomputes, which it takes for unused)"
             )

@@ -209,4 +209,4 @@ def test_the_summary_says_find_unused_parameters_fails_on_a_gradient_only_a_reco
     assert Report.from_dict(data) == report
     assert "recompute_only" not in execorder.trace(models.Checkpointed(False)).to_dict()
     said = str(NoGradientError(1, ["aux.weight"], [4], under_ddp=True, recompute_only=["b.w"]))
-    assert "with static_graph=True (find_unused_parameters=True fails: 1 more" in said
+    assert "with static_graph=True (find_unused_parameters=True fails here: 1 other" in said
