@@ -210,3 +210,18 @@ def test_the_summary_says_find_unused_parameters_fails_on_a_gradient_only_a_reco
     assert "recompute_only" not in execorder.trace(models.Checkpointed(False)).to_dict()
     said = str(NoGradientError(1, ["aux.weight"], [4], under_ddp=True, recompute_only=["b.w"]))
     assert "with static_graph=True (find_unused_parameters=True fails here: 1 other" in said
+
+
+def test_a_gate_fails_on_what_find_unused_parameters_would_fail_on() -> None:
+    """``--fail-on recompute-only``: the same in Python and on the command line; one run's."""
+    report = execorder.trace(models.Checkpointed())
+    found = report.failing(["recompute-only"])
+    assert dict(found) == {Category.RECOMPUTE_ONLY: report.recompute_only}
+    assert execorder.trace(models.Checkpointed(False)).failing(["recompute-only"]) == {}
+    command = ["trace", "tests/models.py:Checkpointed", "-f", "json", "-o", "/dev/null"]
+    result = runner.invoke(app, [*command, "--fail-on", "recompute-only"])
+    assert result.exit_code == 1, result.output
+    assert "execorder: check failed: recompute-only: 8 (blocks.0.up.weight," in result.stderr
+    assert "DDP with find_unused_parameters=True takes them for unused" in result.stderr
+    swept = runner.invoke(app, [*command, "--fail-on", "recompute-only", "--sweep", "x=1,2"])
+    assert swept.exit_code == 2 and "not with --sweep" in swept.stderr

@@ -26,7 +26,7 @@ class SweepClass(Word):
     NEVER = "never"
 
 
-ONE_RUN = (Category.OUTPUTS, Category.REENTRANT)
+ONE_RUN = (Category.OUTPUTS, Category.REENTRANT, Category.RECOMPUTE_ONLY)
 """Categories of one run's report that a sweep does not gate on."""
 SWEEP_CATEGORIES = tuple(c for c in Category if c not in ONE_RUN)
 """What a sweep's gate can fail on: ``outputs`` is one run's (its outputs' reach)."""

@@ -222,8 +222,10 @@ FailOnOpt = Annotated[
         "Comma-separated: unused, dead, external, assumption, outputs (trainable parameters "
         "that get a gradient only through outputs other than the main one), reentrant "
         "(trainable parameters given their gradient in several backward passes, by "
-        "reentrant checkpoints); with --sweep also branch (trainable parameters used or "
-        "given a gradient in some combinations only), not outputs or reentrant. "
+        "reentrant checkpoints), recompute-only (trainable parameters only reentrant "
+        "checkpoints' recomputes give a gradient: DDP with find_unused_parameters=True "
+        "fails on them); with --sweep also branch (trainable parameters used or given a "
+        "gradient in some combinations only), not outputs, reentrant or recompute-only. "
         "unused, dead and assumption count trainable parameters only; unused and dead "
         "also fail on assumption, since neither can be proven for those parameters.",
         show_default=False,

@@ -88,8 +88,11 @@ def _check_trace_options(
         raise UsageError("--fail-on branch needs --sweep: it gates on what differs between runs")
     if Category.OUTPUTS in categories and axes:
         raise UsageError("--fail-on outputs gates one run's outputs: not with --sweep")
-    if Category.REENTRANT in categories and axes:
-        raise UsageError("--fail-on reentrant gates one run's backward passes: not with --sweep")
+    for category in (Category.REENTRANT, Category.RECOMPUTE_ONLY):
+        if category in categories and axes:
+            raise UsageError(
+                f"--fail-on {category} gates one run's backward passes: not with --sweep"
+            )
     if baseline is not None and not update and not baseline.exists():
         raise UsageError(f"--baseline {baseline}: no such file; create it with --update-baseline")
 

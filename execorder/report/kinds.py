@@ -80,6 +80,7 @@ class Category(Word):
     ASSUMPTION = "assumption"  # trainable parameters whose status rests on an assumption
     OUTPUTS = "outputs"  # trainable parameters a loss on the main output alone would miss
     REENTRANT = "reentrant"  # trainable parameters given their gradient in several backward passes
+    RECOMPUTE_ONLY = "recompute-only"  # given theirs by reentrant checkpoints' recomputes alone
 
 
 def gate_categories(categories: Iterable[Category | str]) -> tuple[Category, ...]:

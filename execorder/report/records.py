@@ -645,8 +645,9 @@ class Report:
                 parameters only: frozen ones cannot break DDP), ``OUTPUTS``
                 (those that get a gradient only through outputs other than
                 :attr:`OutputReach.main`), ``REENTRANT`` (those whose gradient
-                arrives in several backward passes: :attr:`split_gradients`), or
-                ``EXTERNAL`` (uses).
+                arrives in several backward passes: :attr:`split_gradients`),
+                ``RECOMPUTE_ONLY`` (those only a recompute gives a gradient:
+                :attr:`recompute_only`), or ``EXTERNAL`` (uses).
 
         Raises:
             ValueError: For another category (``BRANCH`` is a sweep's).
@@ -665,6 +666,8 @@ class Report:
             return () if reach is None else tuple(reach.misses.get(reach.main, ()))
         if kind is Category.REENTRANT:
             return tuple(self.split_gradients)
+        if kind is Category.RECOMPUTE_ONLY:
+            return self.recompute_only
         raise ValueError(f"{kind} is a finding of a sweep, not of one report")
 
     def failing(self, categories: Iterable[Category | str]) -> Mapping[Category, tuple[str, ...]]:

@@ -36,6 +36,10 @@ def gate_lines(failing: Mapping[Category, Sequence[str]]) -> list[str]:
                 " (their gradient arrives in several backward passes, reentrant checkpoints'"
                 " own: DDP without static_graph=True fails on them)"
             ),
+            Category.RECOMPUTE_ONLY: (
+                " (only reentrant checkpoints' recomputes give them a gradient: DDP with"
+                " find_unused_parameters=True takes them for unused, then raises)"
+            ),
         }.get(category, "")
         lines.append(f"check failed: {category}: {len(found)} ({shown}){why}")
     return lines
