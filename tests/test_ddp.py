@@ -103,3 +103,33 @@ def test_find_unused_parameters_fails_where_a_gradient_comes_from_a_recompute_al
         expected = bool(report.recompute_only or report.split_gradients)
         assert (line["find_unused"] == "raises") == expected, (name, line)
     assert len(hidden) >= 3 and "checkpoint-reentrant" in hidden, hidden
+
+
+HF_TYPES = ["llama", "gpt2", "qwen3_moe", "opt"]
+
+
+@pytest.mark.transformers
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_find_unused_parameters_on_transformers_own_checkpointing(
+    reentrant: bool, tmp_path: Path
+) -> None:
+    """transformers' gradient checkpointing, reentrant or not: DDP with
+    find_unused_parameters=True raises exactly where execorder names what only a recompute
+    gives a gradient (every layer's parameters, with the reentrant flavour)."""
+    pytest.importorskip("transformers")
+    import warnings
+
+    from hf_small import checkpointed, ids
+
+    from execorder import eager
+
+    fared = run_probe("find_unused_probe.py", tmp_path / "store", str(reentrant).lower(), *HF_TYPES)
+    assert [line["model"] for line in fared] == HF_TYPES
+    for line in fared:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = checkpointed(line["model"], reentrant)
+            report = eager.trace(model, kwargs={"input_ids": ids(), "use_cache": False})
+        layers = {p.name for p in report.all_params() if ".layers." in p.name or ".h." in p.name}
+        assert (line["fares"] == "raises") == bool(report.recompute_only), line
+        assert set(report.recompute_only) == (layers if reentrant else set()), line
