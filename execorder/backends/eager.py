@@ -127,9 +127,8 @@ class Recording:
         self._live: set[nn.Parameter] | None = None
         self._reach: list[tuple[str, set[nn.Parameter]]] | None = None
         self._passes: dict[nn.Parameter, set[Any]] = {}  # each live parameter's backward passes
-        self._main_passes: set[int] = set()  # the caller's own backwards among them
+        self._main_passes: set[Any] = set()  # the caller's own backwards among them
         self._pass_hooks: list[Any] = []
-        self._recompute_only: list[nn.Parameter] = []
         self._inputs: dict[str, str] = {}
         self._trainable: list[nn.Parameter] = []
         self._concrete_args: dict[str, Any] = {}
@@ -195,9 +194,8 @@ class Recording:
         def seen(_: Any) -> None:
             self._main_passes.add(_graph_task())
 
-        for tensor in tensors(outputs):
-            if tensor.grad_fn is not None:
-                self._pass_hooks.append(tensor.grad_fn.register_prehook(seen))
+        nodes = {id(t.grad_fn): t.grad_fn for t in tensors(outputs) if t.grad_fn is not None}
+        self._pass_hooks += [node.register_prehook(seen) for node in nodes.values()]
 
     def _assumed(self, op: str) -> None:
         """A meta run assumed a selection: logged in forward, noted once after it."""
@@ -245,8 +243,6 @@ class Recording:
                 self._passes.setdefault(param, set()).add(task)
             self._order = list(unique_params(self._order))
             self._live = set(self._order)
-            if self._main_passes:  # else no backward reached the outputs to tell
-                self._recompute_only = self._outside(self._main_passes)
         elif self._with_grad:
             params, canonical = self._tree.params, self._swaps.canonical
             self._reach = output_reach(outputs, params, canonical, self._passes)
@@ -255,12 +251,8 @@ class Recording:
                 if self._reach is None
                 else set().union(*(found for _, found in self._reach))
             )
-            self._recompute_only = self._outside({None})  # None: the walk's own pass
+            self._main_passes = {None}  # the walk's own pass
         # else: a forward under no_grad has no graph, so no liveness to tell.
-
-    def _outside(self, main: set[Any]) -> list[nn.Parameter]:
-        """The live parameters whose gradient comes in other passes than ``main`` only."""
-        return [param for param, runs in self._passes.items() if main.isdisjoint(runs)]
 
     def report(
         self, *, target: str | None = None, inputs: Mapping[str, str] | None = None
@@ -310,8 +302,8 @@ class Recording:
                 inputs=self._inputs if inputs is None else inputs,
                 trainable=self._trainable,
                 outputs=self._reach,
-                passes={param: len(runs) for param, runs in self._passes.items()},
-                recompute_only=self._recompute_only,
+                passes=self._passes,
+                main_passes=self._main_passes or None,  # none: no backward reached the outputs
             )
         if self._clock is None:
             return report

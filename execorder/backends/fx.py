@@ -457,8 +457,7 @@ def trace(
             concrete_args=args,
             live=live,
             outputs=reach,
-            passes={param: len(runs) for param, runs in (passes or {}).items()},
-            recompute_only=[param for param, runs in (passes or {}).items() if None not in runs],
+            passes=passes,
         )
 
 

@@ -42,8 +42,8 @@ def build_report(
     trainable: Collection[nn.Parameter] | None = None,
     defaults: Mapping[str, Any] | None = None,
     outputs: Sequence[tuple[str, Collection[nn.Parameter]]] | None = None,
-    passes: Mapping[nn.Parameter, int] | None = None,
-    recompute_only: Collection[nn.Parameter] = (),
+    passes: Mapping[nn.Parameter, Collection[Any]] | None = None,
+    main_passes: Collection[Any] | None = (None,),
 ) -> Report:
     """Name everything ``recorder`` collected and freeze it into a :class:`Report`.
 
@@ -66,25 +66,29 @@ def build_report(
             a use that reaches it, when the backend walked them one by one
             (several outputs carry a gradient, and no backward of the
             caller's own decided liveness).
-        passes: For each live parameter, how many backward passes its
-            gradient arrives in (a reentrant checkpoint's block runs one of
-            its own), when the backend counted them.
-        recompute_only: Live parameters whose gradient comes only in the
-            backward passes of reentrant checkpoints' recomputes, none in
-            the backward itself (DDP's search for unused parameters does
-            not see them).
+        passes: For each live parameter, the backward passes its gradient
+            arrives in (a reentrant checkpoint's block runs one of its own),
+            when the backend told them apart.
+        main_passes: Which of those are the backward itself, not a
+            recompute's (None for a walk's; the caller's own graph tasks
+            after a real backward); None when that is not known. A
+            parameter in none of them is ``recompute_only`` (DDP's search
+            for unused parameters does not see it).
     """
     with torch._C.DisableTorchFunctionSubclass():  # reading parameters runs no user code
         report = _build(recorder, target, mode, concrete_args, live, backward, inputs, trainable)
     if outputs is not None:
         reach = _output_reach(recorder, outputs, trainable)
         report = dataclasses.replace(report, output_reach=reach)
-    split = _split(recorder, passes or {}, trainable)
+    passes = passes or {}
+    split = _split(recorder, {p: len(runs) for p, runs in passes.items()}, trainable)
     if split:
         report = dataclasses.replace(report, split_gradients=split)
-    hidden = _named(recorder, recompute_only, trainable)
-    if hidden:
-        report = dataclasses.replace(report, recompute_only=hidden)
+    if main_passes is not None:
+        only = [p for p, runs in passes.items() if set(main_passes).isdisjoint(runs)]
+        hidden = _named(recorder, only, trainable)
+        if hidden:
+            report = dataclasses.replace(report, recompute_only=hidden)
     if recorder.recomputed:
         report = dataclasses.replace(report, recomputed_calls=tuple(recorder.recomputed))
     if recorder.own_checkpoints:
