@@ -44,53 +44,15 @@ from execorder.loading import Inputs, build, check_device, resolve_target, split
 from execorder.loading.frameworks import example_inputs, trainer_inputs
 from execorder.loading.memory import check_fits, fits, tensors_of
 from execorder.loading.target import meta_copy
-from execorder.report import InputSource, Mode, Report, Word
+from execorder.report import InputSource, Mode, Report
 from execorder.report.memory import Memory
+from execorder.report.notes import Note, NoteKind
 
 if TYPE_CHECKING:
     from execorder.analysis.sweep import SweepReport
 
 Progress = Callable[[str], None]
 """Told what a slow step is about to do ("Tracing Net with torch.fx"), e.g. for a spinner."""
-
-
-class NoteKind(Word):
-    """A fallback the policy took."""
-
-    BUILT_ON_CPU = "built-on-cpu"  # building on the meta device failed
-    RERAN_ON_CPU = "reran-on-cpu"  # forward needed real values on the meta device
-    RETRIED_ON_CPU = "retried-on-cpu"  # forward failed on meta otherwise, and the model fits
-
-
-@dataclass(frozen=True, slots=True)
-class Note:
-    """One fallback taken, and why.
-
-    Attributes:
-        kind: Which fallback.
-        reason: The failure that led to it, one line.
-        subject: What it concerns: the constructor call for ``BUILT_ON_CPU``.
-    """
-
-    kind: NoteKind
-    reason: str
-    subject: str = ""
-
-    @property
-    def message(self) -> str:
-        """One line for a person."""
-        if self.kind is NoteKind.BUILT_ON_CPU:
-            failed = f"building {self.subject} on the meta device failed"
-            return f"{failed} ({self.reason}); built it on CPU"
-        if self.kind is NoteKind.RETRIED_ON_CPU:
-            return (
-                f"forward failed on the meta device ({self.reason}); the model fits in memory, "
-                "so it ran again on CPU"
-            )
-        return f"forward needs real values on the meta device ({self.reason}); reran it on CPU"
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass(frozen=True, slots=True)

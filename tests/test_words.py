@@ -47,7 +47,7 @@ def _flags(path: Path) -> list[str]:
 
 def test_the_library_is_scanned() -> None:
     names = {str(p.relative_to(PACKAGE)) for p in LIBRARY}
-    assert {"errors.py", "analysis/sharding/words.py", "output/views/fsdp.py"} <= names
+    assert {"errors.py", "output/views/fsdp.py", "output/views/diff.py"} <= names
     assert not any(n.startswith("cli/") for n in names)
 
 
@@ -84,3 +84,40 @@ def test_a_plan_says_what_to_pass_in_the_callers_words() -> None:
     given = execorder.fsdp.plan("tests/models.py:Permuted", input_size="[2,4]", units=["Unit"])
     assert given.unit_rule.describe() == "units=['Unit']"
     assert given.unit_rule.describe(CLI) == "--unit Unit"
+
+
+PLANNED = ["TwoHeads", "Permuted", "UnitTwice", "ReadsAnotherUnit", "SharedAcrossUnits"]
+
+
+@pytest.mark.parametrize("name", PLANNED)
+def test_a_plans_sentences_are_its_views_in_the_json_and_the_table(name: str) -> None:
+    import execorder.fsdp
+    from execorder.output.views import fsdp_view
+    from execorder.output.views.fsdp import check_message, rule_text
+
+    plan = execorder.fsdp.plan(f"tests/models.py:{name}", input_size="[2,4]")
+    assert plan.checks, "a model with nothing to say proves nothing"
+    data = plan.to_dict(CLI)
+    assert [c["message"] for c in data["checks"]] == [check_message(c, CLI) for c in plan.checks]
+    assert data["unit_rule"] == rule_text(plan.unit_rule, CLI)
+    assert [c.describe(CLI) for c in plan.checks] == [c["message"] for c in data["checks"]]
+    blocks = fsdp_view(plan, words=CLI).blocks
+    table = next(b for b in blocks if str(getattr(b, "title", "")).startswith("Checks"))
+    shown = [row.cells[2].text for row in table.rows]
+    assert shown == [c["message"] for c in data["checks"]]
+
+
+def test_a_diffs_notes_and_a_profiles_notes_are_their_views() -> None:
+    from execorder.analysis import DiffNote, DiffNoteKind, diff_reports
+    from execorder.output.views.diff import note_text
+    from execorder.output.views.notes import note_text as profile_note_text
+    from execorder.profiling import Note, NoteKind
+
+    old = execorder.profile("tests/models.py:Permuted", input_size=(2, 4)).report
+    new = execorder.profile("tests/models.py:UnitTwice", input_size=(2, 4)).report
+    diff = diff_reports(old, new)
+    assert diff.notes and diff.to_dict()["notes"] == [note_text(n) for n in diff.notes]
+    assert str(DiffNote(DiffNoteKind.SEEDS, 0, 1)) == "seeds differ: 0 -> 1"
+    note = Note(NoteKind.BUILT_ON_CPU, "meta has no kernel", "Net()")
+    assert str(note) == note.message == profile_note_text(note)
+    assert note.message.startswith("building Net() on the meta device failed")

@@ -16,7 +16,6 @@ from execorder.report import (
     Word,
     shape_text,
 )
-from execorder.spelling import args_text
 
 
 class DiffOp(Word):
@@ -127,19 +126,10 @@ class DiffNote:
 
     @property
     def message(self) -> str:
-        """One line for a person."""
-        kind, old, new = self.kind, self.old, self.new
-        if kind is DiffNoteKind.ROOTS:
-            return f"the root modules differ ({old} -> {new}): these look like different models"
-        if kind is DiffNoteKind.NAMES:
-            return (
-                f"only {old:,} of {new:,} parameter names are in both reports: these look "
-                "like different models"
-            )
-        if kind is DiffNoteKind.CONCRETE_ARGS:
-            old_args, new_args = args_text(old, none="(none)"), args_text(new, none="(none)")
-            return f"concrete args differ: {old_args} -> {new_args}"
-        return f"{kind.value} differ: {old} -> {new}"
+        """One line for a person, as the diff's view writes it."""
+        from execorder.output.views.diff import note_text
+
+        return note_text(self)
 
     def __str__(self) -> str:
         return self.message

@@ -31,8 +31,9 @@ def _note(note: Any, debug: bool) -> None:
     reason = note.reason
     if len(reason) > NOTE_REASON and not debug:
         reason = reason[:NOTE_REASON].rsplit(" ", 1)[0] + " …"
-    text = dataclasses.replace(note, reason=reason).message
-    say(f"execorder: note: {text}")
+    from execorder.output.views.notes import note_text
+
+    say(f"execorder: note: {note_text(dataclasses.replace(note, reason=reason))}")
 
 
 def load_factory(name: str | None) -> Callable[..., Any] | None:

@@ -2,7 +2,7 @@
 
 Each finds facts (units, parameters, calls, combinations) and makes a
 :class:`~execorder.analysis.sharding.records.Check` of them; its words are
-composed where it is shown (:mod:`execorder.analysis.sharding.words`).
+written in the plan's view (:mod:`execorder.output.views.fsdp`).
 """
 
 from __future__ import annotations

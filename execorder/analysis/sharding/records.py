@@ -1,8 +1,10 @@
 """A sharding plan's records: the model's layout, the units, the checks, the plan.
 
 Frozen facts, like a report's: a check holds what it found (the units, the
-parameters, the calls, the combinations), and its sentence is composed from
-them when it is shown or written (:mod:`execorder.analysis.sharding.words`).
+parameters, the calls, the combinations). Its sentence, and the unit rule's,
+are written in the plan's view (:mod:`execorder.output.views.fsdp`), which
+``describe`` and ``to_dict`` ask when they are shown or written: the one
+place the records reach up a layer, declared in import-linter's contract.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from execorder.analysis.sharding.kinds import (
     ReshardPolicy,
     UnitChoice,
 )
-from execorder.analysis.sharding.words import check_message, rule_text
 from execorder.errors import PYTHON, SchemaError, Words
 from execorder.report import SCHEMA_VERSION, InputSource, Severity, jsonable
 from execorder.report.memory import Memory
@@ -232,7 +233,9 @@ class UnitRule:
     vision: str | None = None
 
     def describe(self, words: Words = PYTHON) -> str:
-        """The rule for a person, naming arguments with ``words``."""
+        """The rule for a person, naming arguments with ``words`` (its view's words)."""
+        from execorder.output.views.fsdp import rule_text
+
         return rule_text(self, words)
 
     def __str__(self) -> str:
@@ -289,7 +292,9 @@ class Check:
     written: str = field(default="", compare=False)
 
     def describe(self, words: Words = PYTHON) -> str:
-        """One or two sentences for a person, naming arguments with ``words``."""
+        """One or two sentences for a person, naming arguments with ``words`` (its view's)."""
+        from execorder.output.views.fsdp import check_message
+
         return check_message(self, words)
 
     @property

@@ -1,9 +1,16 @@
-"""The view of a diff of two reports: the verdict, the aligned module order, the changes."""
+"""The view of a diff of two reports: the verdict, the aligned module order, the changes.
+
+A note's line is written here, once: the view shows it, and the JSON's
+``notes`` are these lines, composed when written (``DiffNote.message`` and
+``ReportDiff.to_dict`` ask this module).
+"""
 
 from __future__ import annotations
 
 from execorder.analysis import (
     CallChange,
+    DiffNote,
+    DiffNoteKind,
     DiffOp,
     Gap,
     ReportDiff,
@@ -26,6 +33,7 @@ from execorder.output.document import (
     plural,
 )
 from execorder.output.views.common import FIXED, NAME
+from execorder.spelling import args_text
 
 _COUNT_WORDS = {
     "calls_added": ("call added", "calls added"),
@@ -66,7 +74,7 @@ def diff_view(diff: ReportDiff) -> Document:
         counts = diff.counts()
         changed = ", ".join(f"{n:,} {_COUNT_WORDS[key][n != 1]}" for key, n in counts.items() if n)
         blocks.append(Message(cell(f"Changed: {changed}"), Severity.WARNING))
-    blocks += [Message(cell(Span(f"note: {note}", Tone.MUTED))) for note in diff.notes]
+    blocks += [Message(cell(Span(f"note: {note_text(note)}", Tone.MUTED))) for note in diff.notes]
     if diff.calls_changed:
         blocks.append(Listing("Module forward order", tuple(diff_line(c) for c in diff.calls)))
     if diff.params:
@@ -89,3 +97,19 @@ def diff_view(diff: ReportDiff) -> Document:
         blocks.append(Table("External uses", (Column("", FIXED), Column("use", NAME)), rows))
     title = cell("execorder diff: ", code(diff.new_target))
     return Document(title, tuple(blocks))
+
+
+def note_text(note: DiffNote) -> str:
+    """A note's one line: what differs between the reports, from what to what."""
+    kind, old, new = note.kind, note.old, note.new
+    if kind is DiffNoteKind.ROOTS:
+        return f"the root modules differ ({old} -> {new}): these look like different models"
+    if kind is DiffNoteKind.NAMES:
+        return (
+            f"only {old:,} of {new:,} parameter names are in both reports: these look "
+            "like different models"
+        )
+    if kind is DiffNoteKind.CONCRETE_ARGS:
+        old_args, new_args = args_text(old, none="(none)"), args_text(new, none="(none)")
+        return f"concrete args differ: {old_args} -> {new_args}"
+    return f"{kind.value} differ: {old} -> {new}"
