@@ -127,6 +127,56 @@ def test_the_baseline_being_compared_is_never_written_over(tmp_path: Path) -> No
     assert json.loads(base.read_text())["kind"] == "report"
 
 
+def _model_file(folder: Path, name: str = "net") -> Path:
+    source = folder / f"{name}.py"
+    source.write_text((SAMPLES / "seed.py").read_text())
+    return source
+
+
+def test_the_models_own_file_is_never_written_over(tmp_path: Path) -> None:
+    model = _model_file(tmp_path)
+    before = model.read_text()
+    target = f"{model}:Model"
+    for args in (
+        ("trace", target, "-o", str(model)),
+        ("trace", target, "--baseline", str(model), "--update-baseline"),
+        ("fsdp", target, "-o", str(model)),
+        ("trace", SEED, "--inputs", f"{model}:Model", "-o", str(model)),
+    ):
+        result = invoke(*args)
+        assert result.exit_code == 2, args
+        assert "which writing would replace; write elsewhere" in result.stderr, result.stderr
+        assert model.read_text() == before
+    named = invoke("trace", target, "--baseline", str(model), "--update-baseline")
+    assert f"--baseline {model} is the model's file (TARGET)" in named.stderr
+
+
+def test_a_module_the_run_imported_is_never_written_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A dotted target's file is known only once imported: the write refuses it.
+    model = _model_file(tmp_path, "dotted_net")
+    before = model.read_text()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "dotted_net", raising=False)
+    result = invoke("trace", "dotted_net:Model", "-c", "run_all_layers=true", "-o", "dotted_net.py")
+    assert result.exit_code == 2
+    assert "is Python source this run imported" in result.stderr
+    assert model.read_text() == before and _leftovers(tmp_path) == []
+    with pytest.raises(OutputFileError, match="Python source this run imported"):
+        files.write(Path(files.__file__), "not a module")
+
+
+def test_a_report_being_compared_is_never_written_over(tmp_path: Path) -> None:
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    assert invoke(*TRACE, "-o", str(old)).exit_code == 0
+    new.write_text(old.read_text())
+    for kept, what in ((old, "OLD"), (new, "NEW")):
+        result = invoke("diff", str(old), str(new), "-o", str(kept))
+        assert result.exit_code == 2 and f"is the {what} report" in result.stderr
+        assert json.loads(kept.read_text())["kind"] == "report"
+
+
 def test_a_missing_folder_is_refused_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(OutputFileError, match="does not exist"):
         files.check_writable(tmp_path / "no" / "report.json")

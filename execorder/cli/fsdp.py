@@ -85,7 +85,7 @@ def fsdp(
         concrete_args = options.concrete_args()
         axes = [parse_sweep(text) for text in sweep or []]
         if output is not None:
-            files.check_writable(output)
+            files.check_writable(output, reads=options.reads())
         session = Session(options, one_device=False)
         plan, report = session.plan(
             concrete_args=concrete_args,

@@ -461,6 +461,17 @@ class ModelOptions:
         """``--init``, read."""
         return parse_assignments(self.init or [], option="--init")
 
+    def reads(self) -> dict[Path, str]:
+        """The files the run reads, which a report must not be written over."""
+        from execorder.loading import target_file
+
+        files = {}
+        if (model := target_file(self.target)) is not None:
+            files[model] = "the model's file (TARGET)"
+        if self.inputs and (inputs := target_file(self.inputs)) is not None:
+            files[inputs] = "the --inputs file"
+        return files
+
     def budget(self) -> int | None:
         """``--memory-budget``, read."""
         if self.memory_budget is None:

@@ -122,7 +122,7 @@ def ranks(
                 "with torchrun --nproc-per-node N -m execorder ranks TARGET ..."
             )
         if output is not None and rank == 0:
-            files.check_writable(output)
+            files.check_writable(output, reads=model.reads())
         _preflight(model)
 
     if rank == 0:

@@ -136,9 +136,10 @@ def trace(
             raise UsageError(
                 f"--format {fmt.value} draws one report: not with --sweep or --baseline"
             )
-        for path in (output, baseline if update_baseline else None):
-            if path is not None:
-                files.check_writable(path)
+        if output is not None:
+            files.check_writable(output, reads=options.reads())
+        if baseline is not None and update_baseline:
+            files.check_writable(baseline, arg=Arg.BASELINE, reads=options.reads())
         session = Session(options)
         if axes:
             from execorder.output.views import sweep_view
@@ -205,7 +206,7 @@ def diff(
         from execorder.report import load_report
 
         if output is not None:
-            files.check_writable(output)
+            files.check_writable(output, reads={old: "the OLD report", new: "the NEW report"})
         result = diff_reports(load_report(old), load_report(new))
         emit(result, lambda: diff_view(result), fmt, output, kind="diff")
         if not result.equivalent:

@@ -9,6 +9,7 @@ from execorder.loading.target import (
     load_target,
     resolve_target,
     split_target,
+    target_file,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "parse_input",
     "resolve_target",
     "split_target",
+    "target_file",
 ]

@@ -136,6 +136,18 @@ def _import_module(dotted: str) -> Any:
         raise TargetError(f"importing {dotted} failed: {type(exc).__name__}: {exc}") from exc
 
 
+def target_file(target: str) -> Path | None:
+    """The file a ``path/to/file.py:Attr`` target names; None for a dotted module or no target."""
+    source, sep, attr = target.rpartition(":")
+    if not sep or not source or not attr or not _is_file(source):
+        return None
+    return Path(source)
+
+
+def _is_file(source: str) -> bool:
+    return source.endswith(".py") or "/" in source or "\\" in source
+
+
 def resolve_target(target: str) -> Any:
     """Import the module or file of ``target`` and return its attribute.
 
@@ -145,8 +157,7 @@ def resolve_target(target: str) -> Any:
         TargetError: If the module, file or attribute cannot be found.
     """
     source, attr = split_target(target)
-    is_file = source.endswith(".py") or "/" in source or "\\" in source
-    module = _import_file(Path(source)) if is_file else _import_module(source)
+    module = _import_file(Path(source)) if _is_file(source) else _import_module(source)
     obj = module
     for part in attr.split("."):
         try:
