@@ -115,6 +115,25 @@ def test_load_report_errors(tmp_path: Path, text: str, message: str) -> None:
         load_report(_write(tmp_path, "bad.json", text))
 
 
+def test_a_checkpoint_given_as_a_report_is_refused_unread(tmp_path: Path) -> None:
+    # torch.save writes a zip archive: binary data, refused from its first bytes.
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 64 + b"{" * 10_000)
+    with pytest.raises(ReportFileError, match=r"model.pt: not a report \(binary data"):
+        load_report(checkpoint)
+    # Larger than any report: refused from its size, without reading a byte.
+    huge = tmp_path / "huge.json"
+    with open(huge, "wb") as handle:
+        handle.truncate(3 * 10**9)  # sparse: no disk used
+    with pytest.raises(ReportFileError, match=r"not a report \(3.0 GB, larger than any report"):
+        load_report(huge)
+    # Text that is not UTF-8 past the first bytes is still told as before.
+    latin = _write(tmp_path, "latin.json", "")
+    latin.write_bytes(b'{"target": "' + b"x" * 5000 + b'\xe9"}')
+    with pytest.raises(ReportFileError, match="cannot read it"):
+        load_report(latin)
+
+
 def test_load_report_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ReportFileError, match="no such file"):
         load_report(tmp_path / "nope.json")

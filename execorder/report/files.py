@@ -3,10 +3,50 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 from execorder.errors import ReportFileError, ReportVersionError, SchemaError, TimelineFileError
 from execorder.report.records import SCHEMA_VERSION, Report
+from execorder.spelling import size_text
+
+LARGEST = 10**9
+"""Bytes of the largest file read as a report. The largest report execorder
+writes is a few megabytes (DeepSeek-V3's: 4.3 MB); reading a file holds
+several times its size in memory, so a checkpoint or a dataset given by
+mistake is refused rather than read."""
+
+_PEEK = 4096  # bytes read first, to tell binary data from JSON before reading the rest
+
+
+def _read(path: Path) -> str:
+    """The file's text, unless it cannot be a report: larger than any, or binary data."""
+    with open(path, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if stat.S_ISREG(info.st_mode) and info.st_size > LARGEST:
+            raise ReportFileError(
+                f"{path}: not a report ({size_text(info.st_size)}, larger than any report; "
+                f"at most {size_text(LARGEST)} is read)"
+            )
+        head = handle.read(_PEEK)
+        if not head.lstrip(b" \t\r\n\xef\xbb\xbf").startswith(b"{") and _binary(head):
+            raise ReportFileError(f"{path}: not a report (binary data, not JSON)")
+        data = head + handle.read(LARGEST + 1 - len(head))
+    if len(data) > LARGEST:  # a pipe or a device, whose size was not known
+        raise ReportFileError(f"{path}: not a report (more than {size_text(LARGEST)})")
+    return data.decode("utf-8")
+
+
+def _binary(head: bytes) -> bool:
+    """Whether the first bytes of a file are not text (a NUL, or not UTF-8)."""
+    if b"\0" in head:
+        return True
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start < len(head) - 3  # not just a character cut at the end
+    return False
 
 
 def load_report(path: str | Path) -> Report:
@@ -18,7 +58,7 @@ def load_report(path: str | Path) -> Report:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read(path)
     except FileNotFoundError:
         raise ReportFileError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
