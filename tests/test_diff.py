@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import models
 import pytest
+import torch
 from seed import Model
 
 import execorder
@@ -161,3 +163,95 @@ def test_a_diff_of_two_different_models_says_so() -> None:
     )
     same = execorder.trace(Model(), concrete_args={"run_all_layers": False}, target="seed.py:Model")
     assert not any("different models" in n.message for n in diff_reports(seed, same).notes)
+
+
+class _Reused(torch.nn.Module):
+    """A block run twice, the second time in a reentrant checkpoint when asked (DDP then
+    raises: its gradient arrives in two backward passes), or only in one."""
+
+    def __init__(self, how: str = "plain", two_outputs: bool = False) -> None:
+        super().__init__()
+        self.how, self.two_outputs = how, two_outputs
+        self.embed = torch.nn.Linear(4, 4)
+        self.block = torch.nn.Linear(4, 4)
+        self.head = torch.nn.Linear(4, 2)
+        self.probe = torch.nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        from torch.utils.checkpoint import checkpoint
+
+        h = self.embed(x)
+        if self.how == "only-recomputed":
+            h = checkpoint(self.block, h, use_reentrant=True)
+        else:
+            h = self.block(h)
+            reentrant = self.how == "reentrant"
+            h = checkpoint(self.block, h, use_reentrant=True) if reentrant else self.block(h)
+        if self.two_outputs:
+            return self.head(h), self.probe(h)
+        return self.head(h) + self.probe(h)
+
+
+def _profile(model: torch.nn.Module, **options: Any) -> execorder.Report:
+    return execorder.profile(model, inputs=torch.randn(2, 4), **options).report
+
+
+def _changes(old: execorder.Report, new: execorder.Report) -> set[tuple[str, str, Any, Any]]:
+    diff = diff_reports(old, new)
+    assert not diff.equivalent
+    return {(p.name, str(p.what), p.old, p.new) for p in diff.params}
+
+
+def test_a_parameter_given_its_gradient_in_two_passes_now_is_a_change() -> None:
+    plain, reentrant = _profile(_Reused()), _profile(_Reused("reentrant"))
+    assert reentrant.split_gradients  # DDP raises on this model: tests/test_ddp.py
+    assert _changes(plain, reentrant) == {
+        ("block.weight", "backward passes", "1", "2"),
+        ("block.bias", "backward passes", "1", "2"),
+    }
+
+
+def test_a_parameter_only_a_recompute_now_gives_a_gradient_is_a_change() -> None:
+    changes = _changes(_profile(_Reused()), _profile(_Reused("only-recomputed")))
+    assert ("block.weight", "now recompute only", "backward", "recompute only") in changes
+    assert {c[0] for c in changes} == {"block.weight", "block.bias"}
+
+
+def test_a_parameter_frozen_or_made_trainable_is_a_change() -> None:
+    frozen = _Reused()
+    frozen.probe.requires_grad_(False)
+    changes = _changes(_profile(_Reused()), _profile(frozen))
+    assert changes == {
+        ("probe.weight", "became frozen", "trainable", "frozen"),
+        ("probe.bias", "became frozen", "trainable", "frozen"),
+    }
+    again = diff_reports(_profile(frozen), _profile(_Reused()))
+    back = {(p.name, str(p.what)) for p in again.params}
+    assert back == {("probe.weight", "became trainable"), ("probe.bias", "became trainable")}
+
+
+def test_a_parameter_now_reached_only_through_another_output_is_a_change() -> None:
+    changes = _changes(_profile(_Reused()), _profile(_Reused(two_outputs=True)))
+    assert changes == {
+        ("probe.weight", "now other outputs only", "every output", "other outputs"),
+        ("probe.bias", "now other outputs only", "every output", "other outputs"),
+    }
+
+
+def test_a_changed_gradient_order_is_a_change_when_both_recorded_it() -> None:
+    class Two(torch.nn.Module):
+        def __init__(self, swap: bool) -> None:
+            super().__init__()
+            self.swap = swap
+            self.a, self.b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            # Both read x; the one applied last gets its gradient first.
+            first, second = (self.b, self.a) if self.swap else (self.a, self.b)
+            return second(first(x))
+
+    old, new = _profile(Two(False), backward=True), _profile(Two(True), backward=True)
+    moved = {p.name for p in diff_reports(old, new).params if str(p.what) == "moved in backward"}
+    assert moved and moved <= {"a.weight", "a.bias", "b.weight", "b.bias"}
+    unrecorded = _profile(Two(True))
+    assert not [p for p in diff_reports(old, unrecorded).params if "backward" in str(p.what)]

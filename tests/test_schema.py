@@ -57,6 +57,13 @@ def test_diffs_sweeps_and_ddp_explanations_validate() -> None:
     _validate(json.loads(json.dumps(explain_indices(a, (0, 1, 3)).to_dict())), "ddp_indices")
 
 
+def test_every_kind_of_parameter_change_is_in_the_schema() -> None:
+    from execorder.analysis import ChangeKind
+
+    listed = SCHEMA["$defs"]["param_change"]["properties"]["what"]["enum"]
+    assert listed == [kind.value for kind in ChangeKind]
+
+
 def test_the_schema_rejects_what_it_should() -> None:
     report = execorder.trace(Model(), concrete_args={"run_all_layers": True}).to_dict()
     for broken in (

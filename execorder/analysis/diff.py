@@ -40,6 +40,14 @@ class ChangeKind(Word):
     MOVED = "moved"  # its place in the first-use order
     ON_ASSUMPTION = "now on assumption"  # its status rests on a meta run's assumption now
     OFF_ASSUMPTION = "no longer on assumption"
+    BECAME_FROZEN = "became frozen"  # requires_grad turned off: DDP no longer waits for it
+    BECAME_TRAINABLE = "became trainable"  # requires_grad turned on
+    PASSES = "backward passes"  # how many backward passes give it its gradient (reentrant)
+    ON_RECOMPUTE_ONLY = "now recompute only"  # only a reentrant recompute gives it a gradient
+    OFF_RECOMPUTE_ONLY = "no longer recompute only"
+    ON_OTHER_OUTPUTS = "now other outputs only"  # the main output no longer reaches it
+    OFF_OTHER_OUTPUTS = "no longer other outputs only"
+    BACKWARD_MOVED = "moved in backward"  # its place in the recorded gradient order
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,26 +292,75 @@ def _param_changes(old: Report, new: Report) -> list[ParamChange]:
                 ChangeKind.ON_ASSUMPTION if param.rests_on_assumption else ChangeKind.OFF_ASSUMPTION
             )
             changes.append(ParamChange(name, kind, _proof(before), _proof(param)))
+        if before.requires_grad != param.requires_grad:
+            kind = ChangeKind.BECAME_TRAINABLE if param.requires_grad else ChangeKind.BECAME_FROZEN
+            changes.append(ParamChange(name, kind, _trainable(before), _trainable(param)))
+        elif before.gets_gradient and param.gets_gradient:
+            changes += _gradient_changes(name, old, new)
     changes.extend(_order_changes(old.params, new.params))
+    if old.backward is not None and new.backward is not None:
+        changes.extend(_order_changes(old.backward, new.backward, ChangeKind.BACKWARD_MOVED))
     return changes
+
+
+def _trainable(param: ParamInfo) -> str:
+    return "trainable" if param.requires_grad else "frozen"
+
+
+def _gradient_changes(name: str, old: Report, new: Report) -> list[ParamChange]:
+    """How a parameter that gets a gradient in both reports gets it, where that changed:
+    in how many backward passes, from the backward or only a recompute, from which outputs.
+    Each decides whether DDP (or FSDP2) runs, as its status does."""
+    changes = []
+    passes = (old.split_gradients.get(name, 1), new.split_gradients.get(name, 1))
+    if passes[0] != passes[1]:
+        changes.append(ParamChange(name, ChangeKind.PASSES, str(passes[0]), str(passes[1])))
+    was, now = name in old.recompute_only, name in new.recompute_only
+    if was != now:
+        kind = ChangeKind.ON_RECOMPUTE_ONLY if now else ChangeKind.OFF_RECOMPUTE_ONLY
+        changes.append(ParamChange(name, kind, _source(was), _source(now)))
+    was = name in old.findings(Category.OUTPUTS)
+    now = name in new.findings(Category.OUTPUTS)
+    if was != now:
+        kind = ChangeKind.ON_OTHER_OUTPUTS if now else ChangeKind.OFF_OTHER_OUTPUTS
+        changes.append(ParamChange(name, kind, _reach(old, was), _reach(new, now)))
+    return changes
+
+
+def _source(recompute_only: bool) -> str:
+    return "recompute only" if recompute_only else "backward"
+
+
+def _reach(report: Report, elsewhere: bool) -> str:
+    """Which outputs carry a parameter's gradient: the main one, or others only."""
+    reach = report.output_reach
+    if reach is None:
+        return "every output"
+    return "other outputs" if elsewhere else f"main output ({reach.main})"
 
 
 def _proof(param: ParamInfo) -> str:
     return "on assumption" if param.rests_on_assumption else "observed"
 
 
-def _order_changes(old: Sequence[ParamInfo], new: Sequence[ParamInfo]) -> list[ParamChange]:
-    """Parameters used in both whose place in the first-use order changed."""
-    common = {p.name for p in old} & {p.name for p in new}
-    old_order = [p.name for p in old if p.name in common]
-    new_order = [p.name for p in new if p.name in common]
+def _order_changes(
+    old: Sequence[ParamInfo | str],
+    new: Sequence[ParamInfo | str],
+    kind: ChangeKind = ChangeKind.MOVED,
+) -> list[ParamChange]:
+    """Parameters in both orders (first use, or the gradients') whose place changed."""
+    old_names = [p if isinstance(p, str) else p.name for p in old]
+    new_names = [p if isinstance(p, str) else p.name for p in new]
+    common = set(old_names) & set(new_names)
+    old_order = [n for n in old_names if n in common]
+    new_order = [n for n in new_names if n in common]
     if old_order == new_order:
         return []
     kept = {old_order[i] for i, _ in matches(old_order, new_order)}
-    old_pos = {n: i for i, n in enumerate(p.name for p in old)}
-    new_pos = {n: i for i, n in enumerate(p.name for p in new)}
+    old_pos = {n: i for i, n in enumerate(old_names)}
+    new_pos = {n: i for i, n in enumerate(new_names)}
     return [
-        ParamChange(name, ChangeKind.MOVED, f"#{old_pos[name]}", f"#{new_pos[name]}")
+        ParamChange(name, kind, f"#{old_pos[name]}", f"#{new_pos[name]}")
         for name in new_order
         if name not in kept
     ]
