@@ -255,3 +255,13 @@ def test_a_changed_gradient_order_is_a_change_when_both_recorded_it() -> None:
     assert moved and moved <= {"a.weight", "a.bias", "b.weight", "b.bias"}
     unrecorded = _profile(Two(True))
     assert not [p for p in diff_reports(old, unrecorded).params if "backward" in str(p.what)]
+
+
+def test_other_input_sizes_are_noted() -> None:
+    old = execorder.profile(_Reused(), inputs=torch.randn(2, 4)).report
+    new = execorder.profile(_Reused(), inputs=torch.randn(3, 4)).report
+    diff = diff_reports(old, new)
+    assert diff.equivalent  # the same execution, on other data
+    assert [str(n) for n in diff.notes] == ["inputs differ: arg0=float32[2, 4] -> arg0=float32[3, 4]"]
+    traced = execorder.trace(_Reused())  # fx: no inputs to compare
+    assert not [n for n in diff_reports(traced, traced).notes]

@@ -115,6 +115,7 @@ class DiffNoteKind(Word):
     CONCRETE_ARGS = "concrete-args"
     MODES = "modes"
     SEEDS = "seeds"
+    INPUTS = "inputs"  # the input tensors' sizes: what forward ran on
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +389,8 @@ def diff_reports(old: Report, new: Report, *, context: int = 2) -> ReportDiff:
         notes.append(DiffNote(DiffNoteKind.MODES, old.mode, new.mode))
     if None not in (old.seed, new.seed) and old.seed != new.seed:
         notes.append(DiffNote(DiffNoteKind.SEEDS, old.seed, new.seed))
+    if old.inputs and new.inputs and dict(old.inputs) != dict(new.inputs):
+        notes.append(DiffNote(DiffNoteKind.INPUTS, dict(old.inputs), dict(new.inputs)))
     old_ext, new_ext = _external(old), _external(new)
     return ReportDiff(
         old_target=old.target,

@@ -112,4 +112,7 @@ def note_text(note: DiffNote) -> str:
     if kind is DiffNoteKind.CONCRETE_ARGS:
         old_args, new_args = args_text(old, none="(none)"), args_text(new, none="(none)")
         return f"concrete args differ: {old_args} -> {new_args}"
+    if kind is DiffNoteKind.INPUTS:
+        sizes = [", ".join(f"{name}={size}" for name, size in side.items()) for side in (old, new)]
+        return f"inputs differ: {sizes[0]} -> {sizes[1]}"
     return f"{kind.value} differ: {old} -> {new}"
