@@ -167,6 +167,24 @@ def test_a_module_the_run_imported_is_never_written_over(
         files.write(Path(files.__file__), "not a module")
 
 
+def test_update_baseline_writes_over_baselines_only(tmp_path: Path) -> None:
+    config = tmp_path / "package.json"  # a file of another tool, named by mistake
+    config.write_text('{"name": "app", "version": "1.0.0"}\n')
+    result = invoke(*TRACE, "--baseline", str(config), "--update-baseline")
+    assert result.exit_code == 2 and "is not an execorder report" in result.stderr
+    assert config.read_text() == '{"name": "app", "version": "1.0.0"}\n'
+    # A baseline of another schema version is what --update-baseline is for; an
+    # empty file holds nothing to lose.
+    old, empty = tmp_path / "old.json", tmp_path / "empty.json"
+    assert invoke(*TRACE, "-o", str(old)).exit_code == 0
+    old.write_text(old.read_text().replace('"schema_version": 1', '"schema_version": 0'))
+    empty.touch()
+    for baseline in (old, empty):
+        written = invoke(*TRACE, "--baseline", str(baseline), "--update-baseline")
+        assert written.exit_code == 0, written.stderr
+        assert json.loads(baseline.read_text())["schema_version"] == 1
+
+
 def test_a_report_being_compared_is_never_written_over(tmp_path: Path) -> None:
     old, new = tmp_path / "old.json", tmp_path / "new.json"
     assert invoke(*TRACE, "-o", str(old)).exit_code == 0

@@ -97,6 +97,17 @@ def _check_trace_options(
         raise UsageError(f"--baseline {baseline}: no such file; create it with --update-baseline")
 
 
+def _check_replaceable(baseline: Path) -> None:
+    """Refuse to write a baseline over a file that holds something else (empty ones hold none)."""
+    from execorder.report import report_written
+
+    if baseline.is_file() and baseline.stat().st_size and not report_written(baseline):
+        raise UsageError(
+            f"--baseline {baseline} is not an execorder report, and --update-baseline "
+            "writes over baselines only: remove it first, or choose another file"
+        )
+
+
 @app.command(cls=Command)
 @model_command()
 def trace(
@@ -140,6 +151,7 @@ def trace(
             files.check_writable(output, reads=options.reads())
         if baseline is not None and update_baseline:
             files.check_writable(baseline, arg=Arg.BASELINE, reads=options.reads())
+            _check_replaceable(baseline)
         session = Session(options)
         if axes:
             from execorder.output.views import sweep_view

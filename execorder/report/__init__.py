@@ -1,6 +1,6 @@
 """What a trace found, as frozen records: the bottom layer, no torch, no presentation."""
 
-from execorder.report.files import load_report
+from execorder.report.files import load_report, report_written
 from execorder.report.kinds import (
     AssumptionKind,
     Category,
@@ -53,6 +53,7 @@ __all__ = [
     "jsonable",
     "label",
     "load_report",
+    "report_written",
     "shape_text",
     "size_text",
 ]

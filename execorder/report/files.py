@@ -49,6 +49,21 @@ def _binary(head: bytes) -> bool:
     return False
 
 
+def report_written(path: str | Path) -> bool:
+    """Whether ``path`` holds a report execorder wrote, of any schema version (a baseline
+    that may be written over), read as :func:`load_report` reads it."""
+    try:
+        data = json.loads(_read(Path(path)))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, ReportFileError):
+        return False
+    return (
+        isinstance(data, dict)
+        and data.get("kind", "report") == "report"
+        and "schema_version" in data
+        and "traceEvents" not in data
+    )
+
+
 def load_report(path: str | Path) -> Report:
     """Read a report saved as JSON (``execorder trace --format json``, ``Report.to_dict``).
 
