@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from torch import nn
@@ -255,9 +256,14 @@ def plan_and_report(
     check_axes(sweep, fixed)
     check_choice(units, LayoutChoice(layout))  # before any forward runs
     runs = []
-    for combo in combinations(sweep) if sweep else [{}]:
+    combos = combinations(sweep) if sweep else [{}]
+    for number, combo in enumerate(combos, 1):
+        told: AbstractContextManager[Any] = (
+            profiler.combination(number, len(combos)) if sweep else nullcontext()
+        )
         try:
-            runs.append(({**fixed, **combo}, profiler.run({**fixed, **combo}).report))
+            with told:
+                runs.append(({**fixed, **combo}, profiler.run({**fixed, **combo}).report))
         except ExecOrderError as exc:
             if not sweep:
                 raise

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -262,7 +263,24 @@ class Profiler:
 
         if self.memory is not None:
             raise SweepMemoryError()
-        return sweep(lambda args: self.run(args).report, axes=axes, fixed=fixed, target=self.target)
+        total = math.prod(len(values) for _, values in axes)
+        count = iter(range(1, total + 1))
+
+        def one(args: Mapping[str, Any]) -> Report:
+            with self.combination(next(count), total):
+                return self.run(args).report
+
+        return sweep(one, axes=axes, fixed=fixed, target=self.target)
+
+    @contextmanager
+    def combination(self, number: int, total: int) -> Iterator[None]:
+        """Within, each step told to ``progress`` says which combination of a sweep runs."""
+        told = self._progress
+        self._progress = lambda text: told(f"{text} (combination {number:,} of {total:,})")
+        try:
+            yield
+        finally:
+            self._progress = told
 
     def _fx(self, concrete: dict[str, Any]) -> Report:
         try:

@@ -210,6 +210,26 @@ def test_progress_is_told_each_slow_step() -> None:
     assert steps[-1] == "Tracing Model with torch.fx"
 
 
+def test_a_sweep_tells_which_combination_runs() -> None:
+    import execorder.fsdp
+
+    steps: list[str] = []
+    profiler = execorder.Profiler(Model, progress=steps.append)
+    profiler.sweep([("run_all_layers", [True, False])])
+    assert steps[-2:] == [
+        "Tracing Model with torch.fx (combination 1 of 2)",
+        "Tracing Model with torch.fx (combination 2 of 2)",
+    ]
+    steps.clear()
+    execorder.fsdp.plan_and_report(profiler, sweep=[("run_all_layers", [True, False])])
+    assert steps == [
+        "Tracing Model with torch.fx (combination 1 of 2)",
+        "Tracing Model with torch.fx (combination 2 of 2)",
+    ]
+    profiler.run({"run_all_layers": True})
+    assert steps[-1] == "Tracing Model with torch.fx"
+
+
 @pytest.mark.parametrize(
     ("options", "words"),
     [
