@@ -305,7 +305,7 @@ def wrappers_mode() -> None:
                     mismatch.append(f"FSDP2 gradients {sorted(sharded)} != {sorted(gets)}")
         emit(
             case=case,
-            equal=first_difference(plain[model_name, backward], report.to_dict()),
+            equal=first_difference(plain[model_name, backward], as_eager(report.to_dict())),
             truth="; ".join(mismatch) or None,
             used=report.summary.params_used,
             external=[e.param for e in report.external],
@@ -313,6 +313,100 @@ def wrappers_mode() -> None:
         )
     ddp_settings()
     refusals()
+    compiled_ddp_jobs()
+
+
+# (model, its inputs): parameters read with no gradient path, which a compiled graph holds
+COMPILED_JOBS = {
+    "distill": (models.Distill, x(2, 16)),  # a trainable teacher under no_grad
+    "detached": (lambda: Detached(), x(2, 4)),  # a side branch detached into the output
+    "seed": (Model, lambda: {**x(2, 6)(), "run_all_layers": True}),  # results discarded
+}
+
+
+def compiled_ddp_jobs() -> None:
+    """Four steps of a compiled job under DDP(find_unused_parameters=False), the second
+    recorded, against the same job unrecorded: where each fails (if it does) and the
+    gradients of the second step."""
+    for name, (make, inputs) in COMPILED_JOBS.items():
+        for how in ("ddp-compile", "compile-ddp"):
+            torch._dynamo.reset()
+            outcomes = {}
+            for recording in (False, True):
+                torch.manual_seed(0)
+                model = make()
+                if how == "ddp-compile":
+                    job = DDP(torch.compile(model, backend="aot_eager"))
+                else:
+                    job = torch.compile(DDP(model), backend="aot_eager")
+                failed, grads, report = None, None, None
+                for step in range(4):
+                    for param in model.parameters():
+                        param.grad = None
+                    try:
+                        if recording and step == 1:
+                            with execorder.record(job) as watched:
+                                job(**inputs()).float().sum().backward()
+                            report = watched.report()
+                        else:
+                            job(**inputs()).float().sum().backward()
+                    except RuntimeError:
+                        failed = step
+                        break
+                    if step == 1:
+                        grads = {
+                            n: None if p.grad is None else p.grad.tolist()
+                            for n, p in model.named_parameters()
+                        }
+                outcomes[recording] = (failed, grads, report)
+            plain_failed, plain_grads, _ = outcomes[False]
+            failed, grads, report = outcomes[True]
+            emit(
+                case=f"compiled-ddp/{name}/{how}",
+                plain_fails_at=plain_failed,
+                fails_at=failed,
+                same_grads=grads == plain_grads,
+                held=None
+                if report is None
+                else [p.name for p in report.dead if p.rests_on_assumption],
+            )
+
+
+def as_eager(report: dict[str, Any]) -> dict[str, Any]:
+    """A report of a step that ran compiled code (eagerly), as if none had run: nothing rests
+    on eager's graph for it (tests/test_record_wrapped.py checks what does)."""
+    compiled = "eager's graph for compiled code"
+    if not any(a["assumed"] == compiled for a in report["assumptions"]):
+        return report
+
+    def eager(params: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**p, "rests_on_assumption": False} if p.get("dead") else p for p in params]
+
+    params = eager(report["params"])
+    summary = {
+        **report["summary"],
+        "params_on_assumption": sum(p["rests_on_assumption"] for p in params),
+    }
+    return {
+        **report,
+        "params": params,
+        "dead": eager(report["dead"]),
+        "assumptions": [a for a in report["assumptions"] if a["assumed"] != compiled],
+        "summary": summary,
+    }
+
+
+class Detached(nn.Module):
+    """A trainable side branch detached into the output: dead in eager's graph, an input of
+    the compiled one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.main = nn.Linear(4, 4)
+        self.side = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x) + self.side(x).detach()
 
 
 def ddp_settings() -> None:

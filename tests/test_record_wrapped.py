@@ -104,7 +104,35 @@ def test_the_compiled_wrapper_is_not_a_module_of_the_report() -> None:
     assert not any(
         name.startswith("_orig_mod") for names in tree.module_names.values() for name in names
     )
-    assert seed_step(compiled) == seed_step(built(Model))
+    step, plain = seed_step(compiled), seed_step(built(Model))
+    # Compiled code ran eagerly: what is dead in eager's graph rests on that (the compiled
+    # graph may hold it as an input, which DDP counts ready); all else is the plain model's.
+    dead = [p["name"] for p in plain["params"] if p["dead"]]
+    assert dead and [p["name"] for p in step["params"] if p["rests_on_assumption"]] == dead
+    held = [a for a in step["assumptions"] if a["assumed"] == "eager's graph for compiled code"]
+    assert sum(a["count"] for a in held) == len(dead)
+    assert _without_compiled(step) == plain
+
+
+def _without_compiled(report: dict[str, Any]) -> dict[str, Any]:
+    """A report as if no compiled code had run: nothing rests on eager's graph for it."""
+    def eager(params: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**p, "rests_on_assumption": False} if p.get("dead") else p for p in params]
+
+    params = eager(report["params"])
+    assumptions = [
+        a for a in report["assumptions"] if a["assumed"] != "eager's graph for compiled code"
+    ]
+    resting = sum(p["rests_on_assumption"] for p in params)
+    summary = {**report["summary"], "params_on_assumption": resting}
+    lists = {key: eager(report[key]) for key in ("dead",) if key in report}
+    return {
+        **report,
+        **lists,
+        "params": params,
+        "assumptions": assumptions,
+        "summary": summary,
+    }
 
 
 # -- activation checkpointing ----------------------------------------------------
@@ -330,6 +358,28 @@ def test_without_ddp_a_watch_records_and_stops_only_when_asked() -> None:
         strict.end()
     assert caught.value.params == ("aux.weight", "aux.bias") and not caught.value.under_ddp
     assert _restored(model)
+
+
+def test_a_watch_does_not_stop_a_compiled_step_on_what_only_eager_leaves_dead() -> None:
+    # The teacher, trainable, runs under no_grad: dead in eager's graph, an input of the
+    # compiled one, which DDP counts ready (tests/test_inside_job.py runs that job).
+    model = built(models.Distill)
+    compiled = torch.compile(model, backend="aot_eager")
+    strict = StepWatch(stop_on_no_grad=True)
+    strict.begin(compiled, 1)
+    compiled(torch.ones(2, 16)).sum().backward()
+    report = strict.end()
+    assert report is not None
+    assert [p.name for p in report.dead if p.rests_on_assumption] == [
+        "teacher.weight",
+        "teacher.bias",
+    ]
+    assert ddp_verdict(report).cells[1].text.startswith("not proven: 2 trainable parameters")
+    plain = StepWatch(stop_on_no_grad=True)
+    plain.begin(model, 1)
+    model(torch.ones(2, 16)).sum().backward()
+    with pytest.raises(NoGradientError):  # uncompiled, DDP fails on them
+        plain.end()
 
 
 def test_a_watch_stops_on_a_gradient_in_several_passes_where_ddp_loses_part_of_it(

@@ -58,7 +58,15 @@ from execorder.backends.eager_liveness import (
     own_reads,
     sum_backward,
 )
-from execorder.backends.eager_wrapped import DdpSettings, check_recordable, ddp_around, uncompiled
+from execorder.backends.eager_wrapped import (
+    DdpSettings,
+    check_recordable,
+    compiled,
+    compiled_around,
+    ddp_around,
+    readied,
+    uncompiled,
+)
 from execorder.backends.meta import MetaRun, WithoutValues, on_meta_without_values
 from execorder.backends.stand_ins import meta_stand_ins
 from execorder.backends.timing import Clock
@@ -75,6 +83,7 @@ from execorder.errors import (
 )
 from execorder.recording import (
     Assumed,
+    Checkpointed,
     Event,
     ModuleTree,
     Recorder,
@@ -138,6 +147,8 @@ class Recording:
         self._method: str | None = None
         self.ddp: DdpSettings | None = None
         """DDP's settings, when the recorded call ran inside a ``DistributedDataParallel``."""
+        self._compiled = False  # forward ran compiled code (eagerly, to be recorded)
+        self._readied: set[nn.Parameter] = set()  # made ready for DDP only (see readied)
 
     @property
     def refused_on_meta(self) -> bool:
@@ -185,7 +196,34 @@ class Recording:
         finally:
             self._running = False
         self._main_pass_watched(self._outputs)
+        self._compiled = self._compiled or compiled_around()
+        ddp = self.ddp
+        waits = ddp is not None and not ddp.find_unused_parameters and self._with_grad
+        if waits and self._compiled:
+            return self._ready_for_ddp(self._outputs)
         return self._outputs
+
+    def _ready_for_ddp(self, outputs: Any) -> Any:
+        """The outputs, made to ready for DDP, in backward, each trainable parameter forward read
+        that this eager run's graph does not reach, as the compiled graph holding it would
+        (:func:`readied`); the recording goes on from the outputs as forward returned them."""
+        own = {id(p): p for p in self._tree.params} | self._swaps.canonical
+        reached = live_params(outputs, self._tree.params, self._swaps.canonical, into_blocks=False)
+        # A reentrant checkpoint's block reaches its parameters in a backward pass of its own.
+        reached |= {own.get(id(p), p) for p in _read_in_blocks(self._events)}
+        reached |= {own[id(t)] for t in tensors(outputs) if id(t) in own}
+        # What forward never read, compiled code does not hold either.
+        read = {id(own.get(id(p), p)) for e in self._events if isinstance(e, list) for p in e}
+        with own_reads():
+            waiting = [
+                p for p in self._trainable if p not in reached and id(p) in read and p.requires_grad
+            ]
+        if not waiting:
+            return outputs
+        wrapped, done = readied(outputs, waiting)
+        if done:
+            self._readied = set(waiting)
+        return wrapped
 
     def _main_pass_watched(self, outputs: Any) -> None:
         """Note each backward pass (graph task) that reaches forward's outputs: the caller's
@@ -234,7 +272,12 @@ class Recording:
         if self._backward_assumed and not self._forward_assumed:
             # Only backward selected from unknown values: everything may rest on it.
             self._events.append(Assumed("backward"))
-        if self._order:
+        ran = bool(self._order)
+        if self._readied:  # ready for DDP only: no gradient of eager's reached them
+            kept = [(p, t) for p, t in zip(self._order, self._tasks, strict=True)]
+            kept = [(p, t) for p, t in kept if p not in self._readied]
+            self._order, self._tasks = [p for p, _ in kept], [t for _, t in kept]
+        if ran:
             # A backward ran: the parameters that got a gradient are the live
             # ones, each accumulated once a backward pass (a reentrant
             # checkpoint's block runs a pass of its own). Listed at the first.
@@ -304,6 +347,7 @@ class Recording:
                 outputs=self._reach,
                 passes=self._passes,
                 main_passes=self._main_passes or None,  # none: no backward reached the outputs
+                compiled=self._compiled,
             )
         if self._clock is None:
             return report
@@ -315,6 +359,17 @@ class Recording:
                 "cannot be timed"
             )
         return dataclasses.replace(report, timing=timing)
+
+
+def _read_in_blocks(events: Sequence[Event]) -> list[nn.Parameter]:
+    """The parameters read inside reentrant checkpoints' blocks (a recompute reads them again)."""
+    depth, read = 0, []
+    for event in events:
+        if isinstance(event, Checkpointed):
+            depth += 1 if event.start else -1
+        elif depth > 0 and isinstance(event, list):
+            read += event
+    return read
 
 
 def _graph_task() -> int:
@@ -402,6 +457,7 @@ def record(
     check_recordable(model, root, tree)
     recording = Recording(root, tree, assume=assume, timing=timing)
     recording._method = method
+    recording._compiled = compiled(model)
     with _recorded(recording):
         yield recording
 

@@ -22,12 +22,15 @@ def live_params(
     params: Sequence[nn.Parameter],
     stand_ins: Mapping[int, nn.Parameter] | None = None,
     passes: dict[nn.Parameter, set[Any]] | None = None,
+    *,
+    into_blocks: bool = True,
 ) -> set[nn.Parameter]:
     """Those of ``params`` whose gradient accumulators the outputs' autograd graph reaches.
 
     The graph is walked, not run; a reentrant checkpoint's block, which only
     backward would record, is run again to walk its graph too, from the
-    outputs the walk reaches (:mod:`execorder.backends.checkpointing`).
+    outputs the walk reaches (:mod:`execorder.backends.checkpointing`);
+    with ``into_blocks=False`` the walk stops at such a block instead.
     ``stand_ins`` maps the ids of parameters swapped in during forward to
     those of ``params`` they stand for. ``passes``, when given, gets each
     live parameter's backward passes: None for the backward itself, and the
@@ -77,7 +80,7 @@ def live_params(
             stack.extend(
                 (next_fn, nr, run) for next_fn, nr in fn.next_functions if next_fn is not None
             )
-        for fn, numbers in reached.items():
+        for fn, numbers in reached.items() if into_blocks else ():
             new = numbers - expanded.setdefault(fn, set())
             if not new:
                 continue

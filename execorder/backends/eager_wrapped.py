@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any, NamedTuple
 
@@ -39,7 +41,7 @@ def check_recordable(model: nn.Module, root: nn.Module, tree: ModuleTree) -> Non
             f"DataParallel runs copies of {name} on {len(model.device_ids)} GPUs, which the "
             "recording does not see; record the model itself, or under DDP"
         )
-    if getattr(torch.compiler, "set_stance", None) is None and _compiled(model):
+    if getattr(torch.compiler, "set_stance", None) is None and compiled(model):
         raise RecordingError(
             f"{name} is compiled (torch.compile), and this torch cannot run it eagerly for "
             "the recording (torch.compiler.set_stance needs torch 2.6 or newer); "
@@ -47,7 +49,7 @@ def check_recordable(model: nn.Module, root: nn.Module, tree: ModuleTree) -> Non
         )
 
 
-def _compiled(model: nn.Module) -> bool:
+def compiled(model: nn.Module) -> bool:
     """Whether any module of ``model`` runs compiled code (``torch.compile``, ``.compile()``)."""
     optimized = getattr(sys.modules.get("torch._dynamo.eval_frame"), "OptimizedModule", None)
     return any(
@@ -55,6 +57,59 @@ def _compiled(model: nn.Module) -> bool:
         or (optimized is not None and isinstance(m, optimized))
         for m in model.modules()
     )
+
+
+def compiled_around() -> bool:
+    """Whether compiled code (a ``torch.compile``'d module or function) is running the caller
+    now, eagerly under :func:`uncompiled` (read off the stack)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_filename.endswith(_EVAL_FRAME):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+_EVAL_FRAME = "_dynamo/eval_frame.py".replace("/", os.sep)
+
+
+class _Ready(torch.autograd.Function):
+    """The identity on a tensor whose backward reaches the accumulators of ``params`` with no
+    gradient: DDP counts them ready, as it does when compiled code holds them."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, *params: nn.Parameter) -> torch.Tensor:
+        ctx.count = len(params)
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        return (grad, *(None,) * ctx.count)
+
+
+def readied(outputs: Any, params: Sequence[nn.Parameter]) -> tuple[Any, bool]:
+    """``outputs`` with each tensor that carries a gradient made to ready ``params`` for DDP
+    in backward (:class:`_Ready`); whether any did (their structure must be one pytree knows).
+
+    A step recorded eagerly inside a compiled job builds eager's autograd graph,
+    in which a parameter compiled code reads but gives no gradient (read under
+    ``no_grad``, detached) has no accumulator; the compiled graph holds it as an
+    input, and DDP with ``find_unused_parameters=False`` waits for it: without
+    this, the step after the recording fails ("Expected to have finished
+    reduction in the prior iteration").
+    """
+    from torch.utils._pytree import tree_map_only
+
+    done = False
+
+    def ready(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal done
+        if not tensor.requires_grad:
+            return tensor
+        done = True
+        return _Ready.apply(tensor, *params)
+
+    return tree_map_only(torch.Tensor, ready, outputs), done
 
 
 def uncompiled() -> Any:

@@ -8,6 +8,7 @@ the backward that ran) and hands the builder the live set.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -44,6 +45,7 @@ def build_report(
     outputs: Sequence[tuple[str, Collection[nn.Parameter]]] | None = None,
     passes: Mapping[nn.Parameter, Collection[Any]] | None = None,
     main_passes: Collection[Any] | None = (None,),
+    compiled: bool = False,
 ) -> Report:
     """Name everything ``recorder`` collected and freeze it into a :class:`Report`.
 
@@ -74,9 +76,15 @@ def build_report(
             after a real backward); None when that is not known. A
             parameter in none of them is ``recompute_only`` (DDP's search
             for unused parameters does not see it).
+        compiled: Whether forward ran compiled code (``torch.compile``),
+            eagerly to be recorded: a dead parameter is dead in eager's graph,
+            while the compiled graph holds what it reads as an input, which
+            DDP counts ready; so each rests on that (``COMPILED``).
     """
     with torch._C.DisableTorchFunctionSubclass():  # reading parameters runs no user code
         report = _build(recorder, target, mode, concrete_args, live, backward, inputs, trainable)
+    if compiled and report.dead:
+        report = _held_by_compiled_code(report)
     if outputs is not None:
         reach = _output_reach(recorder, outputs, trainable)
         report = dataclasses.replace(report, output_reach=reach)
@@ -94,6 +102,29 @@ def build_report(
     if recorder.own_checkpoints:
         report = dataclasses.replace(report, own_checkpoints=tuple(recorder.own_checkpoints))
     return dataclasses.replace(report, defaults=dict(defaults or {})) if defaults else report
+
+
+def _held_by_compiled_code(report: Report) -> Report:
+    """The report with its dead trainable parameters resting on eager's graph for compiled code:
+    one assumption per call that first read some, counting them."""
+    held = {p.name for p in report.params if p.dead and p.requires_grad}
+    if not held:
+        return report
+    at = Counter(p.first_call for p in report.params if p.name in held)
+    made = tuple(
+        Assumption("torch.compile", report.modules[i].name, i, "", n, AssumptionKind.COMPILED)
+        for i, n in sorted(at.items())
+        if i is not None
+    )
+    params = tuple(
+        dataclasses.replace(p, rests_on_assumption=True) if p.name in held else p
+        for p in report.params
+    )
+    resting = sum(p.rests_on_assumption for p in (*params, *report.unused))
+    summary = dataclasses.replace(report.summary, params_on_assumption=resting)
+    return dataclasses.replace(
+        report, params=params, assumptions=report.assumptions + made, summary=summary
+    )
 
 
 def _trainable_ids(recorder: Recorder, trainable: Collection[nn.Parameter] | None) -> set[int]:

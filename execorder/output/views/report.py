@@ -179,6 +179,20 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
         )
         return fact("DDP check", text, Severity.ERROR)
     unseen = _unseen_missing(report)
+    held = [name for name in _compiled_missing(report) if name not in unseen]
+    if missing and held and len(unseen) + len(held) == missing:
+        text = (
+            f"not proven: {plural(len(held), 'trainable parameter')} ({listed(held)}) "
+            f"{'is' if len(held) == 1 else 'are'} dead in eager's graph of the compiled code; "
+            "the compiled graph holds what it reads as an input, which DDP counts ready (its "
+            "gradient zeros), unless the compiler drops a read whose result goes unused"
+        )
+        if unseen:
+            text += (
+                f"; {plural(len(unseen), 'other')} may get one from a custom autograd "
+                "Function's unseen backward"
+            )
+        return fact("DDP check", text, Severity.WARNING)
     if missing and len(unseen) == missing:
         functions = listed(_function_names(report))
         text = (
@@ -190,13 +204,18 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
         )
         return fact("DDP check", text, Severity.WARNING)
     if missing:
-        certain = missing - len(unseen)
+        certain = missing - len(unseen) - len(held)
         verb = "gets" if certain == 1 else "get"
         text = f"fails: {plural(certain, 'trainable parameter')} {verb} no gradient"
         if unseen:
             text += (
                 f" ({plural(len(unseen), 'other')} may, from a custom autograd Function's "
                 "unseen backward)"
+            )
+        if held:
+            text += (
+                f" ({plural(len(held), 'other')} may be ready for DDP, as inputs of the "
+                "compiled code, which ran eagerly to be recorded)"
             )
         return fact("DDP check", text, Severity.ERROR)
     split = list(report.split_gradients)
@@ -272,6 +291,24 @@ def _unseen_missing(report: Report) -> list[str]:
     return [p.name for p in report.no_grad() if p.rests_on_assumption]
 
 
+def _compiled_missing(report: Report) -> list[str]:
+    """Trainable dead parameters resting on eager's graph for compiled code."""
+    if not report.assumed(AssumptionKind.COMPILED):
+        return []
+    return [p.name for p in report.dead if p.requires_grad and p.rests_on_assumption]
+
+
+def compiled_fact(report: Report) -> Row:
+    """That compiled code ran eagerly for the recording, and what rests on it."""
+    held = len(_compiled_missing(report))
+    text = (
+        "ran eagerly to be recorded (torch.compile's own graph is not seen): "
+        f"{plural(held, 'parameter')} it reads {'is' if held == 1 else 'are'} dead in "
+        "eager's graph, and may be inputs of the compiled one"
+    )
+    return fact("compiled code", text, Severity.WARNING)
+
+
 def _function_names(report: Report) -> list[str]:
     return list(
         dict.fromkeys(
@@ -337,6 +374,8 @@ def _summary(report: Report, words: Words = PYTHON) -> Table:
         rows.append(assumptions_fact(report))
     if report.assumed(AssumptionKind.BACKWARD):
         rows.append(unseen_backward_fact(report, words))
+    if report.assumed(AssumptionKind.COMPILED):
+        rows.append(compiled_fact(report))
     rows.append(ddp_verdict(report, words))
     if report.recompute_only:
         rows.append(find_unused_fact(report))
@@ -480,6 +519,12 @@ def _assumptions(report: Report, *, max_rows: int | None, words: Words) -> tuple
             "assumed to give no gradient to the parameters its forward read without being "
             f"passed them ({words.arg(Arg.BACKWARD)} runs one)."
         )
+    if report.assumed(AssumptionKind.COMPILED):
+        said.append(
+            "Compiled code ran eagerly to be recorded: a parameter it reads that is dead in "
+            "eager's graph is an input of the compiled graph, which DDP counts ready, unless "
+            "the compiler drops the read."
+        )
     note = cell(
         " ".join(said) + " The parameters marked 'on assumption' may fare otherwise in a real step."
     )
@@ -489,9 +534,10 @@ def _assumptions(report: Report, *, max_rows: int | None, words: Words) -> tuple
         Column("where", FIXED),
         Column("times", NUMBER),
     )
+    only_selections = all(a.assumed is AssumptionKind.SELECTION for a in report.assumptions)
     title = (
         f"Assumed on meta: every element kept ({len(rows):,})"
-        if not report.assumed(AssumptionKind.BACKWARD)
+        if only_selections
         else f"Assumed ({len(rows):,})"
     )
     return Table(title, columns, kept, left_out), Message(note, Severity.WARNING)
