@@ -116,6 +116,7 @@ def test_the_compiled_wrapper_is_not_a_module_of_the_report() -> None:
 
 def _without_compiled(report: dict[str, Any]) -> dict[str, Any]:
     """A report as if no compiled code had run: nothing rests on eager's graph for it."""
+
     def eager(params: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{**p, "rests_on_assumption": False} if p.get("dead") else p for p in params]
 
