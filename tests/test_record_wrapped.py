@@ -383,6 +383,19 @@ def test_a_watch_does_not_stop_a_compiled_step_on_what_only_eager_leaves_dead() 
         plain.end()
 
 
+def test_compiled_code_is_told_apart_when_the_model_inside_it_is_given() -> None:
+    model = built(models.Distill)
+    compiled = torch.compile(model, backend="aot_eager")
+    with eager.record(model) as recording:  # the model inside, called through the compiled one
+        compiled(torch.ones(2, 16)).sum().backward()
+    held = [a.op for a in recording.report().assumptions]
+    assert held == ["torch.compile"]
+    disabled = torch._dynamo.disable(model)  # the wrapper FSDP2 and DDP run hooks in
+    with eager.record(model) as recording:
+        disabled(torch.ones(2, 16)).sum().backward()
+    assert not recording.report().assumptions
+
+
 def test_a_watch_stops_on_a_gradient_in_several_passes_where_ddp_loses_part_of_it(
     tmp_path: Path,
 ) -> None:

@@ -64,7 +64,10 @@ def compiled_around() -> bool:
     now, eagerly under :func:`uncompiled` (read off the stack)."""
     frame = sys._getframe(1)
     while frame is not None:
-        if frame.f_code.co_filename.endswith(_EVAL_FRAME):
+        code = frame.f_code
+        # What torch.compile wraps a function or a module's call in (torch._dynamo.disable's
+        # wrapper, in the same file, is another, which FSDP2 and DDP run their hooks in).
+        if code.co_name == "compile_wrapper" and code.co_filename.endswith(_EVAL_FRAME):
             return True
         frame = frame.f_back  # type: ignore[assignment]
     return False
