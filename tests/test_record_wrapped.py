@@ -383,6 +383,24 @@ def test_a_watch_does_not_stop_a_compiled_step_on_what_only_eager_leaves_dead() 
         plain.end()
 
 
+def test_outputs_readied_for_ddp_are_the_outputs_for_the_caller() -> None:
+    from execorder.backends.eager_wrapped import readied
+
+    weight, held = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(3))
+    out = {"logits": weight * 2, "count": 3}
+    ready, done = readied(out, [held])
+    assert done and ready["count"] == 3 and torch.equal(ready["logits"], out["logits"])
+    ready["logits"].mul_(3)  # a loop's in-place op on what forward returned
+    ready["logits"].sum().backward()
+    assert torch.equal(weight.grad, torch.full((3,), 6.0)) and held.grad is None
+    nodes, stack = set(), [ready["logits"].grad_fn]
+    while stack:
+        node = stack.pop()
+        nodes.add(node)
+        stack += [n for n, _ in node.next_functions if n is not None and n not in nodes]
+    assert any(getattr(n, "variable", None) is held for n in nodes)  # DDP's hook runs
+
+
 def test_compiled_code_is_told_apart_when_the_model_inside_it_is_given() -> None:
     model = built(models.Distill)
     compiled = torch.compile(model, backend="aot_eager")

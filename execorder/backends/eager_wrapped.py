@@ -83,7 +83,9 @@ class _Ready(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, tensor: torch.Tensor, *params: nn.Parameter) -> torch.Tensor:
         ctx.count = len(params)
-        return tensor.view_as(tensor)
+        # Not a view (an in-place op on a custom Function's view output raises): the same
+        # storage and version counter, so the caller's in-place ops fare as without it.
+        return tensor.detach()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
