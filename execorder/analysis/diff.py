@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -268,6 +268,7 @@ def _same(old: Report, new: Report, i: int, j: int) -> CallChange:
 def _param_changes(old: Report, new: Report) -> list[ParamChange]:
     olds = {p.name: p for p in old.all_params()}
     news = {p.name: p for p in new.all_params()}
+    sources = (_Sources.of(old), _Sources.of(new))
     changes: list[ParamChange] = []
     for name, param in olds.items():
         if name not in news:
@@ -297,7 +298,7 @@ def _param_changes(old: Report, new: Report) -> list[ParamChange]:
             kind = ChangeKind.BECAME_TRAINABLE if param.requires_grad else ChangeKind.BECAME_FROZEN
             changes.append(ParamChange(name, kind, _trainable(before), _trainable(param)))
         elif before.gets_gradient and param.gets_gradient:
-            changes += _gradient_changes(name, old, new)
+            changes += _gradient_changes(name, *sources)
     changes.extend(_order_changes(old.params, new.params))
     if old.backward is not None and new.backward is not None:
         changes.extend(_order_changes(old.backward, new.backward, ChangeKind.BACKWARD_MOVED))
@@ -308,36 +309,49 @@ def _trainable(param: ParamInfo) -> str:
     return "trainable" if param.requires_grad else "frozen"
 
 
-def _gradient_changes(name: str, old: Report, new: Report) -> list[ParamChange]:
+@dataclass(frozen=True, slots=True)
+class _Sources:
+    """Where a report's parameters get their gradients from, by name, looked up once."""
+
+    passes: Mapping[str, int]
+    recompute_only: frozenset[str]
+    elsewhere: frozenset[str]  # only through outputs other than the main one
+    main: str | None  # the main output, when several carry a gradient
+
+    @classmethod
+    def of(cls, report: Report) -> _Sources:
+        reach = report.output_reach
+        return cls(
+            report.split_gradients,
+            frozenset(report.recompute_only),
+            frozenset(report.findings(Category.OUTPUTS)),
+            None if reach is None else reach.main,
+        )
+
+    def source(self, name: str) -> str:
+        return "recompute only" if name in self.recompute_only else "backward"
+
+    def reach(self, name: str) -> str:
+        if self.main is None:
+            return "every output"
+        return "other outputs" if name in self.elsewhere else f"main output ({self.main})"
+
+
+def _gradient_changes(name: str, old: _Sources, new: _Sources) -> list[ParamChange]:
     """How a parameter that gets a gradient in both reports gets it, where that changed:
     in how many backward passes, from the backward or only a recompute, from which outputs.
     Each decides whether DDP (or FSDP2) runs, as its status does."""
     changes = []
-    passes = (old.split_gradients.get(name, 1), new.split_gradients.get(name, 1))
+    passes = (old.passes.get(name, 1), new.passes.get(name, 1))
     if passes[0] != passes[1]:
         changes.append(ParamChange(name, ChangeKind.PASSES, str(passes[0]), str(passes[1])))
-    was, now = name in old.recompute_only, name in new.recompute_only
-    if was != now:
+    if (name in old.recompute_only) != (now := name in new.recompute_only):
         kind = ChangeKind.ON_RECOMPUTE_ONLY if now else ChangeKind.OFF_RECOMPUTE_ONLY
-        changes.append(ParamChange(name, kind, _source(was), _source(now)))
-    was = name in old.findings(Category.OUTPUTS)
-    now = name in new.findings(Category.OUTPUTS)
-    if was != now:
+        changes.append(ParamChange(name, kind, old.source(name), new.source(name)))
+    if (name in old.elsewhere) != (now := name in new.elsewhere):
         kind = ChangeKind.ON_OTHER_OUTPUTS if now else ChangeKind.OFF_OTHER_OUTPUTS
-        changes.append(ParamChange(name, kind, _reach(old, was), _reach(new, now)))
+        changes.append(ParamChange(name, kind, old.reach(name), new.reach(name)))
     return changes
-
-
-def _source(recompute_only: bool) -> str:
-    return "recompute only" if recompute_only else "backward"
-
-
-def _reach(report: Report, elsewhere: bool) -> str:
-    """Which outputs carry a parameter's gradient: the main one, or others only."""
-    reach = report.output_reach
-    if reach is None:
-        return "every output"
-    return "other outputs" if elsewhere else f"main output ({reach.main})"
 
 
 def _proof(param: ParamInfo) -> str:
