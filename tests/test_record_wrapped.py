@@ -408,6 +408,10 @@ def test_compiled_code_is_told_apart_when_the_model_inside_it_is_given() -> None
         compiled(torch.ones(2, 16)).sum().backward()
     held = [a.op for a in recording.report().assumptions]
     assert held == ["torch.compile"]
+    inner = built(models.Distill)
+    inner.teacher.compile(backend="aot_eager")  # a compiled block inside, traced from outside
+    traced = eager.trace(inner, args=(torch.ones(2, 16),), backward=True)
+    assert [a.module for a in traced.assumptions if a.op == "torch.compile"] == ["teacher"]
     disabled = torch._dynamo.disable(model)  # the wrapper FSDP2 and DDP run hooks in
     with eager.record(model) as recording:
         disabled(torch.ones(2, 16)).sum().backward()

@@ -466,6 +466,7 @@ def record(
 def _recorded(recording: Recording) -> Iterator[None]:
     """Arm ``recording``: wrap its model's call (or method), hook its parameters' gradients."""
     model, tree = recording.model, recording._tree
+    recording._compiled = recording._compiled or compiled(model)  # compiled blocks inside
     slot = recording._method or call_slot(model)
     before = model.__dict__.get(slot, ABSENT)
     if getattr(before, "_execorder_recording", False):
