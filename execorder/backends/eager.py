@@ -457,7 +457,7 @@ def record(
     check_recordable(model, root, tree)
     recording = Recording(root, tree, assume=assume, timing=timing)
     recording._method = method
-    recording._compiled = compiled(model)
+    recording._compiled = compiled(model, tree)
     with _recorded(recording):
         yield recording
 
@@ -466,7 +466,7 @@ def record(
 def _recorded(recording: Recording) -> Iterator[None]:
     """Arm ``recording``: wrap its model's call (or method), hook its parameters' gradients."""
     model, tree = recording.model, recording._tree
-    recording._compiled = recording._compiled or compiled(model)  # compiled blocks inside
+    recording._compiled = recording._compiled or compiled(model, tree)  # blocks inside
     slot = recording._method or call_slot(model)
     before = model.__dict__.get(slot, ABSENT)
     if getattr(before, "_execorder_recording", False):

@@ -41,7 +41,7 @@ def check_recordable(model: nn.Module, root: nn.Module, tree: ModuleTree) -> Non
             f"DataParallel runs copies of {name} on {len(model.device_ids)} GPUs, which the "
             "recording does not see; record the model itself, or under DDP"
         )
-    if getattr(torch.compiler, "set_stance", None) is None and compiled(model):
+    if getattr(torch.compiler, "set_stance", None) is None and compiled(model, tree):
         raise RecordingError(
             f"{name} is compiled (torch.compile), and this torch cannot run it eagerly for "
             "the recording (torch.compiler.set_stance needs torch 2.6 or newer); "
@@ -49,14 +49,26 @@ def check_recordable(model: nn.Module, root: nn.Module, tree: ModuleTree) -> Non
         )
 
 
-def compiled(model: nn.Module) -> bool:
-    """Whether any module of ``model`` runs compiled code (``torch.compile``, ``.compile()``)."""
+def compiled(model: nn.Module, tree: ModuleTree) -> bool:
+    """Whether ``model``, the wrappers it is made of around ``tree``'s root, or any module of
+    ``tree`` runs compiled code (``torch.compile``, ``.compile()``); no recursion, so a model
+    nested deeper than Python's limit is answered too."""
     optimized = getattr(sys.modules.get("torch._dynamo.eval_frame"), "OptimizedModule", None)
-    return any(
-        getattr(m, "_compiled_call_impl", None) is not None
-        or (optimized is not None and isinstance(m, optimized))
-        for m in model.modules()
-    )
+
+    def runs_compiled(module: nn.Module) -> bool:
+        return getattr(module, "_compiled_call_impl", None) is not None or (
+            optimized is not None and isinstance(module, optimized)
+        )
+
+    root, wrapper = tree.modules[0], model
+    while wrapper is not root:
+        if runs_compiled(wrapper):
+            return True
+        inner = [m for m in wrapper._modules.values() if m is not None]
+        if len(inner) != 1:
+            break
+        wrapper = inner[0]
+    return any(runs_compiled(module) for module in tree.modules)
 
 
 def compiled_around() -> bool:
