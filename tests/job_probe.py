@@ -35,6 +35,7 @@ import models  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from compiled_steps import as_eager  # noqa: E402
 from seed import Model  # noqa: E402
 from tied import TiedLM  # noqa: E402
 from torch import nn  # noqa: E402
@@ -370,30 +371,6 @@ def compiled_ddp_jobs() -> None:
                 if report is None
                 else [p.name for p in report.dead if p.rests_on_assumption],
             )
-
-
-def as_eager(report: dict[str, Any]) -> dict[str, Any]:
-    """A report of a step that ran compiled code (eagerly), as if none had run: nothing rests
-    on eager's graph for it (tests/test_record_wrapped.py checks what does)."""
-    compiled = "eager's graph for compiled code"
-    if not any(a["assumed"] == compiled for a in report["assumptions"]):
-        return report
-
-    def eager(params: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [{**p, "rests_on_assumption": False} if p.get("dead") else p for p in params]
-
-    params = eager(report["params"])
-    summary = {
-        **report["summary"],
-        "params_on_assumption": sum(p["rests_on_assumption"] for p in params),
-    }
-    return {
-        **report,
-        "params": params,
-        "dead": eager(report["dead"]),
-        "assumptions": [a for a in report["assumptions"] if a["assumed"] != compiled],
-        "summary": summary,
-    }
 
 
 class Detached(nn.Module):

@@ -299,7 +299,7 @@ def _param_changes(old: Report, new: Report) -> list[ParamChange]:
             changes.append(ParamChange(name, kind, _trainable(before), _trainable(param)))
         elif before.gets_gradient and param.gets_gradient:
             changes += _gradient_changes(name, *sources)
-    changes.extend(_order_changes(old.params, new.params))
+    changes.extend(_order_changes([p.name for p in old.params], [p.name for p in new.params]))
     if old.backward is not None and new.backward is not None:
         changes.extend(_order_changes(old.backward, new.backward, ChangeKind.BACKWARD_MOVED))
     return changes
@@ -359,13 +359,9 @@ def _proof(param: ParamInfo) -> str:
 
 
 def _order_changes(
-    old: Sequence[ParamInfo | str],
-    new: Sequence[ParamInfo | str],
-    kind: ChangeKind = ChangeKind.MOVED,
+    old_names: Sequence[str], new_names: Sequence[str], kind: ChangeKind = ChangeKind.MOVED
 ) -> list[ParamChange]:
-    """Parameters in both orders (first use, or the gradients') whose place changed."""
-    old_names = [p if isinstance(p, str) else p.name for p in old]
-    new_names = [p if isinstance(p, str) else p.name for p in new]
+    """Parameters in both orders (first use, or the gradients'), by name, whose place changed."""
     common = set(old_names) & set(new_names)
     old_order = [n for n in old_names if n in common]
     new_order = [n for n in new_names if n in common]

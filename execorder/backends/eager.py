@@ -208,12 +208,13 @@ class Recording:
         that this eager run's graph does not reach, as the compiled graph holding it would
         (:func:`readied`); the recording goes on from the outputs as forward returned them."""
         own = {id(p): p for p in self._tree.params} | self._swaps.canonical
+        reads, in_blocks = _reads(self._events)
         reached = live_params(outputs, self._tree.params, self._swaps.canonical, into_blocks=False)
         # A reentrant checkpoint's block reaches its parameters in a backward pass of its own.
-        reached |= {own.get(id(p), p) for p in _read_in_blocks(self._events)}
+        reached |= {own.get(id(p), p) for p in in_blocks}
         reached |= {own[id(t)] for t in tensors(outputs) if id(t) in own}
         # What forward never read, compiled code does not hold either.
-        read = {id(own.get(id(p), p)) for e in self._events if isinstance(e, list) for p in e}
+        read = {id(own.get(id(p), p)) for p in reads}
         with own_reads():
             waiting = [
                 p for p in self._trainable if p not in reached and id(p) in read and p.requires_grad
@@ -274,8 +275,8 @@ class Recording:
             self._events.append(Assumed("backward"))
         ran = bool(self._order)
         if self._readied:  # ready for DDP only: no gradient of eager's reached them
-            kept = [(p, t) for p, t in zip(self._order, self._tasks, strict=True)]
-            kept = [(p, t) for p, t in kept if p not in self._readied]
+            pairs = zip(self._order, self._tasks, strict=True)
+            kept = [(p, t) for p, t in pairs if p not in self._readied]
             self._order, self._tasks = [p for p, _ in kept], [t for _, t in kept]
         if ran:
             # A backward ran: the parameters that got a gradient are the live
@@ -361,15 +362,18 @@ class Recording:
         return dataclasses.replace(report, timing=timing)
 
 
-def _read_in_blocks(events: Sequence[Event]) -> list[nn.Parameter]:
-    """The parameters read inside reentrant checkpoints' blocks (a recompute reads them again)."""
-    depth, read = 0, []
+def _reads(events: Sequence[Event]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """The parameters forward read, and those it read inside reentrant checkpoints' blocks
+    (which a recompute reads again)."""
+    depth, read, in_blocks = 0, [], []
     for event in events:
         if isinstance(event, Checkpointed):
             depth += 1 if event.start else -1
-        elif depth > 0 and isinstance(event, list):
+        elif isinstance(event, list):
             read += event
-    return read
+            if depth > 0:
+                in_blocks += event
+    return read, in_blocks
 
 
 def _graph_task() -> int:
@@ -457,7 +461,6 @@ def record(
     check_recordable(model, root, tree)
     recording = Recording(root, tree, assume=assume, timing=timing)
     recording._method = method
-    recording._compiled = compiled(model, tree)
     with _recorded(recording):
         yield recording
 
@@ -466,7 +469,8 @@ def record(
 def _recorded(recording: Recording) -> Iterator[None]:
     """Arm ``recording``: wrap its model's call (or method), hook its parameters' gradients."""
     model, tree = recording.model, recording._tree
-    recording._compiled = recording._compiled or compiled(model, tree)  # blocks inside
+    # Compiled blocks inside; compiled code around the model shows as its call runs.
+    recording._compiled = compiled(model, tree)
     slot = recording._method or call_slot(model)
     before = model.__dict__.get(slot, ABSENT)
     if getattr(before, "_execorder_recording", False):

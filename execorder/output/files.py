@@ -42,13 +42,12 @@ def check_writable(
 
     Raises:
         OutputFileError: If ``path`` is a folder, its folder is missing, it
-            is not writable, or it is a file the run reads (one in ``reads``,
-            or the source of a module already imported).
+            is not writable, or it is one of ``reads``. (Python source the run
+            imports is refused by :func:`write`, once it is known.)
     """
     for read, what in (reads or {}).items():
         if same_file(path, read):
             raise OutputFileError(str(path), _kept(what), arg=arg)
-    _check_not_source(path, arg)
     if path.is_dir():
         raise OutputFileError(str(path), " is a directory", arg=arg)
     if not _is_regular_or_new(path):

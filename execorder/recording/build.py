@@ -82,9 +82,9 @@ def build_report(
             DDP counts ready; so each rests on that (``COMPILED``).
     """
     with torch._C.DisableTorchFunctionSubclass():  # reading parameters runs no user code
-        report = _build(recorder, target, mode, concrete_args, live, backward, inputs, trainable)
-    if compiled and report.dead:
-        report = _held_by_compiled_code(report)
+        report = _build(
+            recorder, target, mode, concrete_args, live, backward, inputs, trainable, compiled
+        )
     if outputs is not None:
         reach = _output_reach(recorder, outputs, trainable)
         report = dataclasses.replace(report, output_reach=reach)
@@ -102,29 +102,6 @@ def build_report(
     if recorder.own_checkpoints:
         report = dataclasses.replace(report, own_checkpoints=tuple(recorder.own_checkpoints))
     return dataclasses.replace(report, defaults=dict(defaults or {})) if defaults else report
-
-
-def _held_by_compiled_code(report: Report) -> Report:
-    """The report with its dead trainable parameters resting on eager's graph for compiled code:
-    one assumption per call that first read some, counting them."""
-    held = {p.name for p in report.params if p.dead and p.requires_grad}
-    if not held:
-        return report
-    at = Counter(p.first_call for p in report.params if p.name in held)
-    made = tuple(
-        Assumption("torch.compile", report.modules[i].name, i, "", n, AssumptionKind.COMPILED)
-        for i, n in sorted(at.items())
-        if i is not None
-    )
-    params = tuple(
-        dataclasses.replace(p, rests_on_assumption=True) if p.name in held else p
-        for p in report.params
-    )
-    resting = sum(p.rests_on_assumption for p in (*params, *report.unused))
-    summary = dataclasses.replace(report.summary, params_on_assumption=resting)
-    return dataclasses.replace(
-        report, params=params, assumptions=report.assumptions + made, summary=summary
-    )
 
 
 def _trainable_ids(recorder: Recorder, trainable: Collection[nn.Parameter] | None) -> set[int]:
@@ -193,6 +170,7 @@ def _build(
     backward: Sequence[nn.Parameter] | None,
     inputs: Mapping[str, str] | None,
     trainable: Collection[nn.Parameter] | None,
+    compiled: bool = False,
 ) -> Report:
     tree = recorder.tree
     module_names, param_names = tree.module_names, tree.param_names
@@ -249,6 +227,15 @@ def _build(
     assumptions, resting = _assumptions(
         recorder, calls, lambda p: reached is not None and id(p) in trains and id(p) not in reached
     )
+    if compiled and live_ids is not None:
+        # Dead in eager's graph of compiled code: the compiled graph may hold it as an input.
+        held = [p for p in order if id(p) in trains and id(p) not in live_ids]
+        resting.update(map(id, held))
+        at = Counter(first_call[id(p)] for p in held)
+        assumptions += tuple(
+            Assumption("torch.compile", calls[i].name, i, "", n, AssumptionKind.COMPILED)
+            for i, n in sorted(at.items())
+        )
 
     def info(param: nn.Parameter, first: int | None) -> ParamInfo:
         key = id(param)

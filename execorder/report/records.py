@@ -601,10 +601,17 @@ class Report:
         return tuple(p for p in self.all_params() if p.rests_on_assumption)
 
     def assumed(self, kind: AssumptionKind | str) -> tuple[Assumption, ...]:
-        """The assumptions of one kind: a meta run's selections, or the custom Functions'
-        backwards no walk sees."""
+        """The assumptions of one kind: a meta run's selections, the custom Functions'
+        backwards no walk sees, or eager's graph for compiled code."""
         chosen = AssumptionKind(kind)
         return tuple(a for a in self.assumptions if a.assumed is chosen)
+
+    def held_by_compiled_code(self) -> tuple[ParamInfo, ...]:
+        """Trainable parameters dead in eager's graph of compiled code, which ran eagerly to be
+        recorded: the compiled graph may hold each as an input, which DDP counts ready."""
+        if not self.assumed(AssumptionKind.COMPILED):
+            return ()
+        return tuple(p for p in self.dead if p.requires_grad and p.rests_on_assumption)
 
     @property
     def frozen(self) -> tuple[ParamInfo, ...]:

@@ -45,7 +45,7 @@ from execorder.errors import (
 )
 from execorder.output import files
 from execorder.ranks import collective_device, compare
-from execorder.report import AssumptionKind, Report
+from execorder.report import Report
 
 __all__ = ["StepWatch", "WatchingCallback"]
 
@@ -193,11 +193,10 @@ class StepWatch:
     def _no_grad(self, step: int, report: Report, recording: Recording) -> ExecOrderError | None:
         """The error to stop with for gradients DDP loses, if the policy stops: parameters
         without one, then parameters given theirs in several backward passes."""
-        missing = report.no_grad()
-        if report.assumed(AssumptionKind.COMPILED):
-            # Dead only in eager's graph of compiled code: the compiled graph may hold them
-            # (DDP then counts them ready), and DDP itself says so at the next step if not.
-            missing = tuple(p for p in missing if not (p.dead and p.rests_on_assumption))
+        # Dead only in eager's graph of compiled code, the compiled graph may hold them (DDP
+        # then counts them ready); if it does not, DDP itself says so at the next step.
+        held = {p.name for p in report.held_by_compiled_code()}
+        missing = tuple(p for p in report.no_grad() if p.name not in held)
         ddp = recording.ddp
         under_ddp = ddp is not None and ddp.fails_without_gradient
         if missing and (under_ddp if self.stop_on_no_grad is None else self.stop_on_no_grad):

@@ -179,7 +179,7 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
         )
         return fact("DDP check", text, Severity.ERROR)
     unseen = _unseen_missing(report)
-    held = [name for name in _compiled_missing(report) if name not in unseen]
+    held = [p.name for p in report.held_by_compiled_code() if p.name not in unseen]
     if missing and held and len(unseen) + len(held) == missing:
         text = (
             f"not proven: {plural(len(held), 'trainable parameter')} ({listed(held)}) "
@@ -291,16 +291,9 @@ def _unseen_missing(report: Report) -> list[str]:
     return [p.name for p in report.no_grad() if p.rests_on_assumption]
 
 
-def _compiled_missing(report: Report) -> list[str]:
-    """Trainable dead parameters resting on eager's graph for compiled code."""
-    if not report.assumed(AssumptionKind.COMPILED):
-        return []
-    return [p.name for p in report.dead if p.requires_grad and p.rests_on_assumption]
-
-
 def compiled_fact(report: Report) -> Row:
     """That compiled code ran eagerly for the recording, and what rests on it."""
-    held = len(_compiled_missing(report))
+    held = len(report.held_by_compiled_code())
     text = (
         "ran eagerly to be recorded (torch.compile's own graph is not seen): "
         f"{plural(held, 'parameter')} it reads {'is' if held == 1 else 'are'} dead in "
