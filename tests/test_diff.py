@@ -10,9 +10,11 @@ import models
 import pytest
 import torch
 from seed import Model
+from typer.testing import CliRunner
 
 import execorder
 from execorder.analysis import CallChange, DiffNote, DiffNoteKind, Gap, diff_reports
+from execorder.cli import app
 from execorder.errors import ReportFileError
 from execorder.report import load_report
 
@@ -266,3 +268,73 @@ def test_other_input_sizes_are_noted() -> None:
     assert str(note) == "inputs differ: arg0=float32[2, 4] -> arg0=float32[3, 4]"
     traced = execorder.trace(_Reused())  # fx: no inputs to compare
     assert not diff_reports(traced, traced).notes
+
+
+class _Squares(torch.nn.Module):
+    """The same calls and parameters either way; squaring saves its input for backward,
+    doubling saves nothing, so the step's peak differs."""
+
+    def __init__(self, square: bool) -> None:
+        super().__init__()
+        self.square = square
+        self.lin = torch.nn.Linear(64, 256)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.lin(x)
+        return h * h if self.square else h + h
+
+
+def _stepped(square: bool, device: str = "meta") -> tuple[execorder.Report, int]:
+    """The report of a measured step, and the CPU allocator's peak over two real ones."""
+    x = torch.randn(512, 64)
+    build = lambda: _Squares(square)  # noqa: E731
+    report = execorder.profile(build, inputs=x, device=device, memory="sgd").report
+    model = build()
+    step = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, foreach=True)
+    run = lambda: models.train_two_steps(model, (x,), step)  # noqa: E731
+    return report, models.allocator_peak((*model.parameters(), x), run)
+
+
+def test_a_changed_peak_of_the_training_step_is_a_change(tmp_path: Path) -> None:
+    (old, old_real), (new, new_real) = _stepped(False), _stepped(True)
+    assert new_real > old_real  # the real steps: squaring holds more
+    diff = diff_reports(old, new)
+    assert diff.params == () and not diff.calls_changed and diff.notes == ()
+    assert not diff.equivalent and diff.memory is not None
+    assert (diff.memory.old.peak_bytes, diff.memory.new.peak_bytes) == (old_real, new_real)
+    data = diff.to_dict()["memory"]
+    assert data["new"]["peak_bytes"] == new_real and data["new"]["peak_at"]["name"] is not None
+    assert data["new"]["at_peak"]["activations"] > data["old"]["at_peak"]["activations"]
+    for name, report in (("old", old), ("new", new)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(report.to_dict()))
+    files = [str(tmp_path / "old.json"), str(tmp_path / "new.json")]
+    result = CliRunner().invoke(app, ["diff", *files])
+    assert result.exit_code == 1
+    assert result.stdout.startswith("Changed: peak memory ")
+    assert "Memory of a training step" in result.stdout
+    assert "activations at the peak" in result.stdout
+
+
+def test_the_same_peak_measured_elsewhere_is_no_change() -> None:
+    (meta, _), (cpu, _) = _stepped(True), _stepped(True, device="cpu")
+    diff = diff_reports(meta, cpu)  # meta measures what CPU holds
+    assert diff.equivalent and diff.memory is None and diff.to_dict()["memory"] is None
+    assert diff.notes == ()
+
+
+def test_a_step_measured_in_one_report_only_or_otherwise_is_noted() -> None:
+    def squares(memory: str | None) -> execorder.Report:
+        build = lambda: _Squares(True)  # noqa: E731
+        return execorder.profile(build, inputs=torch.randn(512, 64), memory=memory).report
+
+    measured, plain = squares("sgd"), squares(None)
+    diff = diff_reports(plain, measured)
+    assert diff.equivalent and diff.memory is None
+    (note,) = diff.notes
+    assert str(note) == "memory measured in the new report only (sgd (foreach)): no peaks compared"
+    (note,) = diff_reports(measured, plain).notes
+    assert str(note).startswith("memory measured in the baseline only")
+    diff = diff_reports(measured, squares("adamw"))
+    assert not diff.equivalent  # AdamW's two states a parameter against SGD's one
+    (note,) = diff.notes
+    assert str(note) == "memory measured differently: sgd (foreach) -> adamw (foreach)"

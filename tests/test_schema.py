@@ -171,6 +171,21 @@ def test_reports_with_memory_validate() -> None:
         VALIDATOR.validate(broken)
 
 
+def test_diffs_of_measured_steps_validate() -> None:
+    from encdec import EncoderDecoder
+
+    def measured(size: str, memory: str = "sgd") -> execorder.Report:
+        return execorder.profile(EncoderDecoder, input_size=size, memory=memory).report
+
+    diff = diff_reports(measured("int64[2,8]@0:100"), measured("int64[4,8]@0:100", "adamw"))
+    assert diff.memory is not None and diff.notes
+    _validate(json.loads(json.dumps(diff.to_dict())), "diff")
+    broken = diff.to_dict()
+    broken["memory"]["new"]["peak_at"]["unit"] = None  # a plan's field, not a diff's
+    with pytest.raises(jsonschema.ValidationError):
+        VALIDATOR.validate(broken)
+
+
 def test_plans_with_memory_validate() -> None:
     import execorder.fsdp
 

@@ -9,6 +9,7 @@ from execorder.analysis.diff import (
     DiffOp,
     Gap,
     ParamChange,
+    PeakChange,
     ReportDiff,
     diff_reports,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "Gap",
     "IndexExplanation",
     "ParamChange",
+    "PeakChange",
     "ReportDiff",
     "SweepClass",
     "SweepParam",

@@ -16,6 +16,7 @@ from execorder.report import (
     Word,
     shape_text,
 )
+from execorder.report.memory import Memory
 
 
 class DiffOp(Word):
@@ -116,6 +117,7 @@ class DiffNoteKind(Word):
     MODES = "modes"
     SEEDS = "seeds"
     INPUTS = "inputs"  # the input tensors' sizes: what forward ran on
+    MEMORY = "memory"  # the training step measured: in one report only, or stepped otherwise
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +147,28 @@ class DiffNote:
 
 
 @dataclass(frozen=True, slots=True)
+class PeakChange:
+    """A training step's peak, where both reports measured one (``--memory``) and the peaks
+    differ: each report's measure, and the module call (by name) the peak fell in."""
+
+    old: Memory
+    new: Memory
+    old_call: str | None
+    new_call: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        def peak(memory: Memory, call: str | None) -> dict[str, Any]:
+            at = memory.peak_at
+            return {
+                "peak_bytes": memory.peak_bytes,
+                "peak_at": {**at.to_dict(), "step": memory.peak_step, "name": call},
+                "at_peak": {kind.value: size for kind, size in memory.at_peak.items()},
+            }
+
+        return {"old": peak(self.old, self.old_call), "new": peak(self.new, self.new_call)}
+
+
+@dataclass(frozen=True, slots=True)
 class ReportDiff:
     """What changed from one report to another.
 
@@ -157,6 +181,8 @@ class ReportDiff:
         params: Parameter changes.
         external_added: External uses new in the new report.
         external_removed: External uses gone from the new report.
+        memory: The training step's peak, where both reports measured one
+            and it changed; None otherwise.
     """
 
     old_target: str
@@ -166,6 +192,7 @@ class ReportDiff:
     params: tuple[ParamChange, ...]
     external_added: tuple[str, ...]
     external_removed: tuple[str, ...]
+    memory: PeakChange | None = None
 
     @property
     def calls_changed(self) -> bool:
@@ -174,7 +201,11 @@ class ReportDiff:
     @property
     def equivalent(self) -> bool:
         return not (
-            self.calls_changed or self.params or self.external_added or self.external_removed
+            self.calls_changed
+            or self.params
+            or self.external_added
+            or self.external_removed
+            or self.memory is not None
         )
 
     def counts(self) -> dict[str, int]:
@@ -201,6 +232,7 @@ class ReportDiff:
             "params": [p.to_dict() for p in self.params],
             "external_added": list(self.external_added),
             "external_removed": list(self.external_removed),
+            "memory": None if self.memory is None else self.memory.to_dict(),
         }
 
 
@@ -402,6 +434,9 @@ def diff_reports(old: Report, new: Report, *, context: int = 2) -> ReportDiff:
     if old.inputs and new.inputs and dict(old.inputs) != dict(new.inputs):
         notes.append(DiffNote(DiffNoteKind.INPUTS, dict(old.inputs), dict(new.inputs)))
     old_ext, new_ext = _external(old), _external(new)
+    setups = (_setup(old.memory), _setup(new.memory))
+    if setups[0] != setups[1]:
+        notes.append(DiffNote(DiffNoteKind.MEMORY, *setups))
     return ReportDiff(
         old_target=old.target,
         new_target=new.target,
@@ -410,7 +445,35 @@ def diff_reports(old: Report, new: Report, *, context: int = 2) -> ReportDiff:
         params=tuple(_param_changes(old, new)),
         external_added=tuple(sorted(new_ext - old_ext)),
         external_removed=tuple(sorted(old_ext - new_ext)),
+        memory=_peak_change(old, new),
     )
+
+
+def _setup(memory: Memory | None) -> dict[str, Any] | None:
+    """How a report's training step was measured, where that decides its peak (not the
+    device: meta measures what CPU does); None where it was not measured."""
+    if memory is None:
+        return None
+    return {
+        "optimizer": memory.optimizer,
+        "foreach": memory.foreach,
+        "world_size": memory.world_size,
+    }
+
+
+def _peak_change(old: Report, new: Report) -> PeakChange | None:
+    """The peaks of both reports' training steps, where both measured one and they differ."""
+    if old.memory is None or new.memory is None:
+        return None
+    if old.memory.peak_bytes == new.memory.peak_bytes:
+        return None
+    return PeakChange(old.memory, new.memory, _call_name(old), _call_name(new))
+
+
+def _call_name(report: Report) -> str | None:
+    assert report.memory is not None
+    call = report.memory.peak_at.call
+    return report.modules[call].name if call is not None and call < len(report.modules) else None
 
 
 def _model_notes(old: Report, new: Report) -> list[DiffNote]:

@@ -13,6 +13,7 @@ from execorder.analysis import (
     DiffNoteKind,
     DiffOp,
     Gap,
+    PeakChange,
     ReportDiff,
 )
 from execorder.output.document import (
@@ -32,8 +33,9 @@ from execorder.output.document import (
     label,
     plural,
 )
-from execorder.output.views.common import FIXED, NAME
-from execorder.spelling import args_text
+from execorder.output.views.common import FIXED, NAME, NUMBER
+from execorder.report.memory import Memory, MemoryKind
+from execorder.spelling import args_text, size_text
 
 _COUNT_WORDS = {
     "calls_added": ("call added", "calls added"),
@@ -72,7 +74,11 @@ def diff_view(diff: ReportDiff) -> Document:
         blocks.append(Message(verdict, Severity.OK))
     else:
         counts = diff.counts()
-        changed = ", ".join(f"{n:,} {_COUNT_WORDS[key][n != 1]}" for key, n in counts.items() if n)
+        parts = [f"{n:,} {_COUNT_WORDS[key][n != 1]}" for key, n in counts.items() if n]
+        if diff.memory is not None:
+            old, new = diff.memory.old.peak_bytes, diff.memory.new.peak_bytes
+            parts.append(f"peak memory {size_text(old)} -> {size_text(new)}")
+        changed = ", ".join(parts)
         blocks.append(Message(cell(f"Changed: {changed}"), Severity.WARNING))
     blocks += [Message(cell(Span(f"note: {note_text(note)}", Tone.MUTED))) for note in diff.notes]
     if diff.calls_changed:
@@ -95,8 +101,31 @@ def diff_view(diff: ReportDiff) -> Document:
             + [Row((cell(Span("removed", Tone.OK)), cell(u))) for u in diff.external_removed]
         )
         blocks.append(Table("External uses", (Column("", FIXED), Column("use", NAME)), rows))
+    if diff.memory is not None:
+        blocks.append(_peak_table(diff.memory))
     title = cell("execorder diff: ", code(diff.new_target))
     return Document(title, tuple(blocks))
+
+
+def _peak_table(change: PeakChange) -> Table:
+    """Each step's peak, where it fell, and what was alive then by kind, old beside new."""
+    old, new = change.old, change.new
+
+    def where(memory: Memory, call: str | None) -> str:
+        at = memory.peak_at
+        text = f"step {memory.peak_step}, {at.phase}"
+        return text + (f", call #{at.call} {label(call)}" if call is not None else "")
+
+    rows = [
+        Row((cell("peak"), cell(size_text(old.peak_bytes)), cell(size_text(new.peak_bytes)))),
+        Row((cell("when"), cell(where(old, change.old_call)), cell(where(new, change.new_call)))),
+    ]
+    for kind in MemoryKind:
+        sizes = (old.at_peak.get(kind, 0), new.at_peak.get(kind, 0))
+        if any(sizes):
+            rows.append(Row((cell(f"{kind} at the peak"), *(cell(size_text(n)) for n in sizes))))
+    columns = (Column("", FIXED), Column("old", NUMBER), Column("new", NUMBER))
+    return Table("Memory of a training step", columns, tuple(rows))
 
 
 def note_text(note: DiffNote) -> str:
@@ -115,4 +144,19 @@ def note_text(note: DiffNote) -> str:
     if kind is DiffNoteKind.INPUTS:
         sizes = [", ".join(f"{name}={size}" for name, size in side.items()) for side in (old, new)]
         return f"inputs differ: {sizes[0]} -> {sizes[1]}"
+    if kind is DiffNoteKind.MEMORY:
+        if old is None or new is None:
+            side, setup = ("the new report", new) if old is None else ("the baseline", old)
+            return f"memory measured in {side} only ({_setup_text(setup)}): no peaks compared"
+        return f"memory measured differently: {_setup_text(old)} -> {_setup_text(new)}"
     return f"{kind.value} differ: {old} -> {new}"
+
+
+def _setup_text(setup: dict[str, object]) -> str:
+    """How a training step was measured, in a few words: its optimizer and sharding."""
+    optimizer = setup["optimizer"]
+    text = "no optimizer" if optimizer == "none" else str(optimizer)
+    if optimizer != "none":
+        text += " (foreach)" if setup["foreach"] else " (a parameter at a time)"
+    ranks = setup["world_size"]
+    return text + (f", one of {ranks} ranks" if ranks != 1 else "")
