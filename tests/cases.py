@@ -88,6 +88,10 @@ CASES: dict[str, Case] = {
     "in-place": Case(models.InPlace, _x(2, 4)),
     "frozen": Case(models.Frozen, _x(2, 4)),
     "external": Case(models.ExternalUse, _x(2, 4)),
+    "ddp-ignores": Case(models.DdpIgnores, _x(2, 4)),
+    "ddp-ignores-all-unused": Case(
+        lambda: models.DdpIgnores(extra_ignored=True, root_ignored=True), _x(2, 4)
+    ),
     "opaque-leaf": Case(models.OpaqueLeaf, _x(2, 3, 4)),
     "attention": Case(models.WithAttention, _x(2, 3, 8)),
     "ordered": Case(models.Ordered, _x(2, 4), {"swap": False}),
@@ -173,6 +177,21 @@ def output_tensors(value: Any, path: str = "") -> list[tuple[str, torch.Tensor]]
     return list(found.values())
 
 
+def ddp_registered(model: nn.Module) -> set[int]:
+    """Ids of the parameters ``DistributedDataParallel(model)`` registers, by DDP's own code
+    (its ``_build_params_for_reducer``, which needs no process group)."""
+    from types import SimpleNamespace
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    ignored = getattr(model, "_ddp_params_and_buffers_to_ignore", ())
+    wrapper = SimpleNamespace(
+        module=model, parameters_to_ignore=set(ignored), _assign_modules_buffers=lambda: None
+    )
+    params, _ = DistributedDataParallel._build_params_for_reducer(wrapper)  # type: ignore[arg-type]
+    return {id(p) for p in params}
+
+
 def backward_no_grad(case: Case, only: str | None = None) -> list[str]:
     """Names of trainable parameters no gradient reaches in a real backward, as DDP sees it.
 
@@ -185,7 +204,8 @@ def backward_no_grad(case: Case, only: str | None = None) -> list[str]:
     """
     torch.manual_seed(0)
     model = case.build()
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    registered = ddp_registered(model)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad and id(p) in registered]
     reached: set[str] = set()
     for name, param in model.named_parameters():
         if param.requires_grad:

@@ -260,6 +260,38 @@ class Frozen(nn.Module):
         return self.head(h)
 
 
+class DdpIgnores(nn.Module):
+    """Parameters DDP is told to ignore (``_set_params_and_buffers_to_ignore_for_model``), as
+    DDP matches the names: ``f"{module_name}.{param_name}"``, a root parameter as ``.name``.
+
+    ``aux`` is unused and ignored; ``extra`` is unused and not ignored unless
+    ``extra_ignored``; the tied ``embed``/``head`` weight is ignored under its first name
+    only, so DDP registers it under the second, later; the root's own ``scale``
+    is unused and named ``scale``, which DDP does not match (``.scale`` would be).
+    """
+
+    def __init__(self, extra_ignored: bool = False, root_ignored: bool = False) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 4, bias=False)
+        self.aux = nn.Linear(4, 4)
+        self.mid = nn.Linear(4, 4)
+        self.extra = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 4, bias=False)
+        self.head.weight = self.embed.weight
+        self.scale = nn.Parameter(torch.ones(4))
+        ignored = ["aux.weight", "aux.bias", "embed.weight", "scale"]
+        if extra_ignored:
+            ignored += ["extra.weight", "extra.bias"]
+        if root_ignored:
+            ignored.append(".scale")
+        from torch.nn.parallel import DistributedDataParallel
+
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ignored)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mid(self.embed(x)))
+
+
 class ExternalUse(nn.Module):
     """The root reads ``lin.weight`` itself, without calling ``lin``."""
 

@@ -527,3 +527,81 @@ def test_the_lightning_callback_records_training_step_without_ddp() -> None:
     assert [c.name for c in report.modules] == ["", "net", "net.body"]
     assert [p.name for p in report.no_grad()] == ["net.aux.weight", "net.aux.bias"]
     assert _restored(module)
+
+
+def _ddp_fares(model: nn.Module, wrap: Any, watched: bool) -> tuple[list[int] | None, Any]:
+    """Two steps of ``wrap(model)`` (a DDP, find_unused_parameters=False): the indices DDP
+    names at the second when it fails (None when it runs), and, when the first is watched,
+    what the watch did (its report, or the error it stopped with)."""
+    import re
+
+    watch, outcome = StepWatch(), None
+    wrapped = wrap(model)
+    for step in (1, 2):
+        if watched and step == 1:
+            watch.begin(model, step)
+        try:
+            wrapped(torch.ones(2, 4)).sum().backward()
+        except RuntimeError as exc:
+            found = re.search(r"did not receive grad for rank 0: ([\d ]+)", str(exc))
+            assert found is not None, exc
+            return [int(i) for i in found.group(1).split()], outcome
+        if watched and step == 1:
+            try:
+                outcome = watch.end()
+            except NoGradientError as exc:
+                return None, exc  # stopped before DDP could fail
+    return None, outcome
+
+
+def test_parameters_ddp_ignores_are_neither_numbered_nor_waited_for(tmp_path: Path) -> None:
+    """As real DDP takes _ddp_params_and_buffers_to_ignore, names matched its way; under
+    DDP(torch.compile(model)) its names start with _orig_mod., so the model's list misses."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    def ddp(model: nn.Module) -> nn.Module:
+        return DistributedDataParallel(model, find_unused_parameters=False)
+
+    def compiled_ddp(model: nn.Module) -> nn.Module:
+        return ddp(torch.compile(model, backend="aot_eager"))
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        for build in (models.DdpIgnores, lambda: models.DdpIgnores(True, True)):
+            for wrap in (ddp, compiled_ddp):
+                torch.manual_seed(0)
+                real, _ = _ddp_fares(build(), wrap, watched=False)
+                torch.manual_seed(0)
+                model = build()
+                ran, outcome = _ddp_fares(model, wrap, watched=True)
+                assert ran is None  # a watched job never reaches DDP's failure
+                if real is None:
+                    report = outcome
+                    assert report is not None and not report.no_grad()
+                    assert set(report.ddp_ignored) == {
+                        "scale",
+                        "aux.weight",
+                        "aux.bias",
+                        "extra.weight",
+                        "extra.bias",
+                    }
+                    assert [p.ddp_index for p in report.ddp_order()] == [0, 1, 2]
+                else:
+                    assert isinstance(outcome, NoGradientError), (wrap, outcome)
+                    assert list(outcome.ddp_indices) == real  # DDP's own numbers
+        torch.manual_seed(0)
+        # The report of a trace says what DDP(model) takes, from the model's own list.
+        traced = eager.trace(models.DdpIgnores(), args=(torch.ones(2, 4),), backward=True)
+        assert [p.ddp_index for p in traced.no_grad()] == [0, 3, 4]
+        assert traced.ddp_ignored == ("aux.weight", "aux.bias")
+        assert ddp_verdict(traced).cells[1].text.startswith("fails: 3 trainable parameters")
+        quiet = eager.trace(models.DdpIgnores(True, True), args=(torch.ones(2, 4),))
+        assert ddp_verdict(quiet).cells[1].text == (
+            "ok: every trainable parameter DDP waits for gets a gradient"
+        )
+        read = type(quiet).from_dict(quiet.to_dict())
+        assert read.ddp_ignored == quiet.ddp_ignored and read.ddp_order() == quiet.ddp_order()
+    finally:
+        dist.destroy_process_group()

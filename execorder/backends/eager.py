@@ -148,6 +148,7 @@ class Recording:
         self.ddp: DdpSettings | None = None
         """DDP's settings, when the recorded call ran inside a ``DistributedDataParallel``."""
         self._compiled = False  # forward ran compiled code (eagerly, to be recorded)
+        self._ddp_registered: list[nn.Parameter] | None = None  # what DDP numbers, if not all
         self._readied: set[nn.Parameter] = set()  # made ready for DDP only (see readied)
 
     @property
@@ -170,7 +171,9 @@ class Recording:
         self._defaults = defaults_used(
             self.model, args, kwargs, function=call if self._method else None
         )
-        self.ddp = ddp_around(self.model)
+        around = ddp_around(self.model)
+        self.ddp = None if around is None else around.settings
+        self._ddp_registered = None if around is None else around.registered
         if self._meta_run is not None:
             if any(t.is_meta for t in tensors((args, kwargs))):
                 self._meta_run.source = "parameters and meta inputs"
@@ -349,6 +352,7 @@ class Recording:
                 passes=self._passes,
                 main_passes=self._main_passes or None,  # none: no backward reached the outputs
                 compiled=self._compiled,
+                ddp_params=self._ddp_registered,
             )
         if self._clock is None:
             return report

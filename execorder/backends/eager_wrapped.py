@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from execorder.errors import RecordingError
-from execorder.recording import ModuleTree, class_name, unwrap
+from execorder.recording import ModuleTree, class_name, ddp_registered, unwrap
 
 
 def check_recordable(model: nn.Module, root: nn.Module, tree: ModuleTree) -> None:
@@ -159,8 +159,16 @@ class DdpSettings(NamedTuple):
         return not self.find_unused_parameters and not self.static_graph
 
 
-def ddp_around(model: nn.Module) -> DdpSettings | None:
-    """The settings of the DDP whose forward runs ``model`` now, if any (read off the stack)."""
+class DdpAround(NamedTuple):
+    """The DDP whose forward runs the recorded model: its settings, and the parameters it
+    registers when it ignores some (None: every trainable one)."""
+
+    settings: DdpSettings
+    registered: list[nn.Parameter] | None
+
+
+def ddp_around(model: nn.Module) -> DdpAround | None:
+    """The DDP whose forward runs ``model`` now, if any (read off the stack)."""
     ddp = getattr(sys.modules.get("torch.nn.parallel.distributed"), "DistributedDataParallel", None)
     if ddp is None:
         return None
@@ -170,9 +178,14 @@ def ddp_around(model: nn.Module) -> DdpSettings | None:
         if frame.f_code in codes:
             wrapper = frame.f_locals.get("self")
             if isinstance(wrapper, ddp) and unwrap(wrapper) is model:
-                return DdpSettings(
+                settings = DdpSettings(
                     bool(wrapper.find_unused_parameters),
                     bool(getattr(wrapper, "static_graph", False)),
                 )
+                # Its own set: the model's _ddp_params_and_buffers_to_ignore, and any
+                # delay_all_reduce_named_params (all-reduced apart, after backward).
+                ignored = getattr(wrapper, "parameters_to_ignore", None)
+                registered = ddp_registered(wrapper.module, ignored) if ignored else None
+                return DdpAround(settings, registered)
         frame = frame.f_back  # type: ignore[assignment]
     return None

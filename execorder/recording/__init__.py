@@ -11,7 +11,7 @@ from execorder.recording.events import (
     UsageGroup,
     unique_params,
 )
-from execorder.recording.tree import ModuleTree, class_name, module_tree, unwrap
+from execorder.recording.tree import ModuleTree, class_name, ddp_registered, module_tree, unwrap
 
 __all__ = [
     "Assumed",
@@ -24,6 +24,7 @@ __all__ = [
     "UsageGroup",
     "build_report",
     "class_name",
+    "ddp_registered",
     "module_tree",
     "unique_params",
     "unwrap",

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from execorder.recording.events import CallRecord, Recorder
-from execorder.recording.tree import class_name
+from execorder.recording.tree import class_name, ddp_registered
 from execorder.report import (
     Assumption,
     AssumptionKind,
@@ -46,6 +46,7 @@ def build_report(
     passes: Mapping[nn.Parameter, Collection[Any]] | None = None,
     main_passes: Collection[Any] | None = (None,),
     compiled: bool = False,
+    ddp_params: Sequence[nn.Parameter] | None = None,
 ) -> Report:
     """Name everything ``recorder`` collected and freeze it into a :class:`Report`.
 
@@ -80,10 +81,27 @@ def build_report(
             eagerly to be recorded: a dead parameter is dead in eager's graph,
             while the compiled graph holds what it reads as an input, which
             DDP counts ready; so each rests on that (``COMPILED``).
+        ddp_params: The parameters a ``DistributedDataParallel`` that ignores
+            some registers, in its order (:func:`ddp_registered`). None: those
+            of the root that its ``_ddp_params_and_buffers_to_ignore`` does
+            not name, as DDP would register them.
     """
+    if ddp_params is None:
+        ignored = getattr(recorder.root, "_ddp_params_and_buffers_to_ignore", None)
+        if ignored and not isinstance(ignored, str):
+            ddp_params = ddp_registered(recorder.root, ignored)
     with torch._C.DisableTorchFunctionSubclass():  # reading parameters runs no user code
         report = _build(
-            recorder, target, mode, concrete_args, live, backward, inputs, trainable, compiled
+            recorder,
+            target,
+            mode,
+            concrete_args,
+            live,
+            backward,
+            inputs,
+            trainable,
+            compiled,
+            ddp_params,
         )
     if outputs is not None:
         reach = _output_reach(recorder, outputs, trainable)
@@ -171,6 +189,7 @@ def _build(
     inputs: Mapping[str, str] | None,
     trainable: Collection[nn.Parameter] | None,
     compiled: bool = False,
+    ddp_params: Sequence[nn.Parameter] | None = None,
 ) -> Report:
     tree = recorder.tree
     module_names, param_names = tree.module_names, tree.param_names
@@ -218,8 +237,12 @@ def _build(
         if trainable is None
         else {id(p) for p in trainable}
     )
-    # DDP numbers the parameters that require grad, in parameters() order.
-    ddp_position = {id(p): i for i, p in enumerate(p for p in tree.params if id(p) in trains)}
+    # DDP numbers the parameters that require grad, in parameters() order (but those it ignores).
+    registered = tree.params if ddp_params is None else ddp_params
+    ddp_position = {id(p): i for i, p in enumerate(p for p in registered if id(p) in trains)}
+    ddp_ignored = tuple(
+        param_name[id(p)] for p in tree.params if id(p) in trains and id(p) not in ddp_position
+    )
     counts = dict.fromkeys(("numel", "dead", "frozen", "assumed", "no_grad", "resting"), 0)
     # Without a real backward, a custom Function's is not seen: what its forward read
     # without being passed it, and no other use gives a gradient, rests on that.
@@ -306,6 +329,7 @@ def _build(
         backward=None if backward is None else tuple([param_name[id(p)] for p in backward]),
         inputs=dict(inputs or {}),
         assumptions=assumptions,
+        ddp_ignored=ddp_ignored,
     )
 
 

@@ -11,6 +11,7 @@ module (``FSDPLinear``) is named as the module's own (``Linear``).
 from __future__ import annotations
 
 import sys
+from collections.abc import Collection
 from typing import NamedTuple
 
 from torch import nn
@@ -166,3 +167,31 @@ def module_tree(root: nn.Module) -> ModuleTree:
         {} if shared else spans,
         deepest,
     )
+
+
+def ddp_registered(module: nn.Module, ignored: Collection[str]) -> list[nn.Parameter]:
+    """The parameters ``DistributedDataParallel(module)`` registers, in the order it numbers them.
+
+    As its ``_build_params_for_reducer`` lists them: each module once, in
+    ``named_modules()`` order, with its own parameters that require grad but
+    those named in ``ignored`` (``_ddp_params_and_buffers_to_ignore``), each
+    parameter once. DDP matches ``f"{module_name}.{param_name}"``, so a
+    parameter of the root itself is matched as ``.name`` (a plain ``name``
+    does not take it out). Without recursion.
+    """
+    ignored = set(ignored)
+    seen: set[int] = set()
+    registered: dict[int, nn.Parameter] = {}
+    stack: list[tuple[str, nn.Module]] = [("", module)]
+    while stack:
+        prefix, current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for name, param in current._parameters.items():
+            if param is not None and param.requires_grad and f"{prefix}.{name}" not in ignored:
+                registered.setdefault(id(param), param)
+        dot = f"{prefix}." if prefix else ""
+        children = [(dot + n, c) for n, c in current._modules.items() if c is not None]
+        stack.extend(reversed(children))
+    return list(registered.values())

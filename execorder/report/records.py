@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -127,7 +127,8 @@ class ParamInfo:
             output, so it gets no gradient.
         ddp_index: Its number in DDP's messages ("Parameter indices which did
             not receive grad"): its position among the parameters that
-            require grad, in ``parameters()`` order; None for a frozen one
+            require grad, in ``parameters()`` order, but those DDP ignores
+            (:attr:`Report.ddp_ignored`); None for a frozen or ignored one
             (and for reports written before it existed).
         rests_on_assumption: Its status (used, unused or dead) rests on an
             assumption the meta run made about values it could not know
@@ -565,6 +566,13 @@ class Report:
             it was given none, torchtitan's positions and attention masks as
             its trainer makes them. Empty (and absent from the JSON) when
             the caller gave every input.
+        ddp_ignored: Trainable parameters ``DistributedDataParallel`` leaves
+            out, by name, in ``parameters()`` order: those the model names in
+            ``_ddp_params_and_buffers_to_ignore``
+            (``DistributedDataParallel._set_params_and_buffers_to_ignore_for_model``),
+            matched as DDP matches them. DDP neither numbers nor waits for
+            them, so they have no :attr:`ParamInfo.ddp_index` and are not in
+            :meth:`no_grad`. Empty (and absent from the JSON) when there is none.
     """
 
     target: str
@@ -588,6 +596,7 @@ class Report:
     recomputed_calls: tuple[int, ...] = ()
     own_checkpoints: tuple[str, ...] = ()
     recompute_only: tuple[str, ...] = ()
+    ddp_ignored: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -637,12 +646,17 @@ class Report:
         return tuple(sorted((*self.params, *self.unused), key=lambda p: p.index))
 
     def no_grad(self) -> tuple[ParamInfo, ...]:
-        """Trainable parameters that get no gradient: unused or dead.
+        """Trainable parameters that get no gradient (unused or dead), but those DDP ignores.
 
         These are the parameters DDP (``find_unused_parameters=False``) fails
         on, in ``named_parameters()`` order.
         """
-        return tuple(p for p in self.all_params() if p.requires_grad and not p.gets_gradient)
+        ignored = set(self.ddp_ignored)
+        return tuple(
+            p
+            for p in self.all_params()
+            if p.requires_grad and not p.gets_gradient and p.name not in ignored
+        )
 
     def findings(self, category: Category | str) -> tuple[str, ...]:
         """Names of what a CI gate category found.
@@ -689,13 +703,51 @@ class Report:
         """
         return gate(self.findings, categories)
 
+    def as_ddp_sees_it(self) -> Report:
+        """This report as ``DistributedDataParallel`` sees the model: the parameters it ignores
+        (:attr:`ddp_ignored`) taken as frozen, since it neither numbers nor waits for them.
+        The report itself when it ignores none."""
+        if not self.ddp_ignored:
+            return self
+        ignored = set(self.ddp_ignored)
+
+        def seen(params: tuple[ParamInfo, ...]) -> tuple[ParamInfo, ...]:
+            return tuple(
+                replace(p, requires_grad=False) if p.name in ignored else p for p in params
+            )
+
+        params, unused = seen(self.params), seen(self.unused)
+        summary = replace(
+            self.summary,
+            params_frozen=sum(not p.requires_grad for p in (*params, *unused)),
+            params_no_grad=len(self.no_grad()),
+        )
+        reach = self.output_reach
+        if reach is not None:
+            misses = {o: tuple(n for n in ns if n not in ignored) for o, ns in reach.misses.items()}
+            reach = replace(reach, misses={o: ns for o, ns in misses.items() if ns})
+        return replace(
+            self,
+            params=params,
+            unused=unused,
+            summary=summary,
+            output_reach=reach,
+            split_gradients={n: k for n, k in self.split_gradients.items() if n not in ignored},
+            recompute_only=tuple(n for n in self.recompute_only if n not in ignored),
+        )
+
     def ddp_order(self) -> tuple[ParamInfo, ...]:
         """Parameters in the order DDP numbers them in its error message.
 
         DDP registers the parameters that require grad, in ``parameters()``
-        order; index ``i`` of its message is element ``i`` of this tuple.
+        order, but those it ignores (:attr:`ddp_ignored`); index ``i`` of its
+        message is element ``i`` of this tuple.
         """
-        return tuple(p for p in self.all_params() if p.requires_grad)
+        ignored = set(self.ddp_ignored)
+        registered = [p for p in self.all_params() if p.requires_grad and p.name not in ignored]
+        # In DDP's own order: a tied parameter ignored under its first name is registered
+        # under a later one (reports older than ddp_index: parameters() order).
+        return tuple(sorted(registered, key=lambda p: (p.ddp_index is None, p.ddp_index or 0)))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))
@@ -742,6 +794,7 @@ class Report:
             **({"recomputed_calls": list(self.recomputed_calls)} if self.recomputed_calls else {}),
             **({"own_checkpoints": list(self.own_checkpoints)} if self.own_checkpoints else {}),
             **({"recompute_only": list(self.recompute_only)} if self.recompute_only else {}),
+            **({"ddp_ignored": list(self.ddp_ignored)} if self.ddp_ignored else {}),
         }
 
     @classmethod
@@ -802,6 +855,7 @@ class Report:
             recomputed_calls=tuple(fields.items("recomputed_calls", int, default=())),
             own_checkpoints=tuple(fields.items("own_checkpoints", str, default=())),
             recompute_only=tuple(fields.items("recompute_only", str, default=())),
+            ddp_ignored=tuple(fields.items("ddp_ignored", str, default=())),
         )
 
     def param(self, name: str) -> ParamInfo:

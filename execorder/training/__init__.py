@@ -207,7 +207,7 @@ class StepWatch:
                 under_ddp=under_ddp,
                 recompute_only=report.recompute_only,
             )
-        split = report.split_gradients
+        split = report.as_ddp_sees_it().split_gradients
         under_ddp = ddp is not None and not ddp.static_graph
         if split and (under_ddp if self.stop_on_no_grad is None else self.stop_on_no_grad):
             own = report.own_checkpoints

@@ -168,7 +168,11 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
     one reaches them all, "ok" names it, and an output that would not do.
     "Not proven" too when the parameters without a gradient are all read only
     inside custom autograd Functions whose backward no walk sees.
+    The parameters DDP ignores (:attr:`Report.ddp_ignored`) count as frozen.
     """
+    every = "every trainable parameter DDP waits for" if report.ddp_ignored else ""
+    report = report.as_ddp_sees_it()
+    every = every or "every trainable parameter"
     missing = report.summary.params_no_grad
     resting = len(report.findings(Category.ASSUMPTION))
     if report.no_use_seen:
@@ -263,15 +267,26 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
         )
         return fact("DDP check", text, Severity.OK)
     if reach is not None:
-        text = "ok: every trainable parameter gets a gradient, through any one output alone"
+        text = f"ok: {every} gets a gradient, through any one output alone"
         return fact("DDP check", text, Severity.OK)
-    return fact("DDP check", "ok: every trainable parameter gets a gradient", Severity.OK)
+    return fact("DDP check", f"ok: {every} gets a gradient", Severity.OK)
+
+
+def ddp_ignored_fact(report: Report) -> Row:
+    """The trainable parameters DDP leaves out, which the DDP check does not count."""
+    names = report.ddp_ignored
+    text = (
+        f"{plural(len(names), 'trainable parameter')} ({listed(names)}), named in the model's "
+        "_ddp_params_and_buffers_to_ignore: DDP neither numbers them nor waits for their "
+        "gradients"
+    )
+    return fact("DDP ignores", text)
 
 
 def find_unused_fact(report: Report) -> Row:
     """What ``find_unused_parameters=True`` does to a model whose reentrant checkpoints give some
     parameters their only gradient: DDP's search for unused parameters misses them."""
-    hidden = report.recompute_only
+    hidden = report.as_ddp_sees_it().recompute_only
     get = "gets its" if len(hidden) == 1 else "get their"
     text = (
         f"with find_unused_parameters=True fails: {plural(len(hidden), 'trainable parameter')} "
@@ -369,8 +384,10 @@ def _summary(report: Report, words: Words = PYTHON) -> Table:
         rows.append(unseen_backward_fact(report, words))
     if report.assumed(AssumptionKind.COMPILED):
         rows.append(compiled_fact(report))
+    if report.ddp_ignored:
+        rows.append(ddp_ignored_fact(report))
     rows.append(ddp_verdict(report, words))
-    if report.recompute_only:
+    if report.as_ddp_sees_it().recompute_only:
         rows.append(find_unused_fact(report))
     return Table("Summary", (Column(""), Column("", NAME)), tuple(rows), header=False)
 
