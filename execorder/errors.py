@@ -759,6 +759,57 @@ class NoGradientError(ExecOrderError):
         )
 
 
+class DdpBuiltError(ExecOrderError):
+    """A recorded training step ran under a ``DistributedDataParallel`` built for other
+    trainable parameters: ``requires_grad`` was turned on or off after DDP wrapped the model.
+
+    DDP registers the parameters that require grad once, when it is built. It
+    still waits for one frozen since: without ``find_unused_parameters`` or
+    ``static_graph`` the next step fails. It never all-reduces one made
+    trainable since: the ranks' copies drift apart, with no error.
+
+    Attributes:
+        step: The training step recorded (1 for the first).
+        then: The parameters DDP registered when built, and their bytes.
+        now: The parameters it would register now, and their bytes.
+        waits: Whether DDP waits for every parameter it registered
+            (``find_unused_parameters=False``, no ``static_graph``).
+    """
+
+    def __init__(
+        self, step: int, then: tuple[int, int], now: tuple[int, int], *, waits: bool
+    ) -> None:
+        super().__init__()
+        self.step, self.then, self.now, self.waits = step, then, now, waits
+
+    def describe(self, words: Words = PYTHON) -> str:
+        (count, size), (count_now, size_now) = self.then, self.now
+        waited = (
+            ': it fails at the next step ("Expected to have finished reduction in the prior '
+            'iteration")'
+            if self.waits
+            else ""
+        )
+        drift = ": the ranks' copies drift apart, with no error"
+        if count > count_now:
+            what = (
+                f"at least {count - count_now} were frozen since, which DDP still waits for{waited}"
+            )
+        elif count < count_now:
+            made = count_now - count
+            what = f"at least {made} were made trainable since, which DDP never all-reduces{drift}"
+        else:
+            frozen = f"those frozen since DDP still waits for{waited}, and " if self.waits else ""
+            what = (
+                f"not the same ones: {frozen}those made trainable since it never all-reduces{drift}"
+            )
+        return (
+            f"step {self.step}: DDP was built when {count:,} parameters required grad "
+            f"({size_text(size)}); {count_now:,} do now ({size_text(size_now)}): {what}. "
+            "Set requires_grad before wrapping the model with DDP, or wrap it again after"
+        )
+
+
 class SplitGradientError(ExecOrderError):
     """A recorded training step gave trainable parameters their gradient in several passes.
 

@@ -315,6 +315,7 @@ def wrappers_mode() -> None:
     ddp_settings()
     refusals()
     compiled_ddp_jobs()
+    changed_after_wrapping()
 
 
 # (model, its inputs): parameters read with no gradient path, which a compiled graph holds
@@ -393,6 +394,56 @@ def ddp_settings() -> None:
         ddp = DDP(model, find_unused_parameters=find_unused, static_graph=static)
         recording = recorded(ddp, ddp, MODELS["seed"][1](), True)
         emit(case=f"ddp-settings/{find_unused}/{static}", ddp=list(recording.ddp or ()))
+
+
+def changed_after_wrapping() -> None:
+    """``requires_grad`` turned off (or on) for a block after DDP wrapped the model, under each
+    DDP setting: three real steps with each rank on its own data (whether DDP fails, and
+    whether the block's weights still agree across ranks), against a StepWatch of step 1."""
+    from execorder.errors import DdpBuiltError
+    from execorder.training import StepWatch
+
+    for find_unused, static in ((False, False), (True, False), (False, True)):
+        for change in ("frozen", "trainable"):
+            outcomes = []
+            for watched in (False, True):
+                torch.manual_seed(0)
+                model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+                mid = model[0]  # every parameter gets its gradient, but for a frozen one
+                mid.requires_grad_(change == "frozen")
+                job = DDP(model, find_unused_parameters=find_unused, static_graph=static)
+                mid.requires_grad_(change == "trainable")
+                step_of = torch.optim.SGD([p for p in model.parameters()], lr=0.1)
+                watch, failed, stopped = StepWatch(), None, None
+                for step in (1, 2, 3):
+                    torch.manual_seed(100 * RANK + step)  # each rank its own batch
+                    if watched and step == 1:
+                        watch.begin(model, step)
+                    try:
+                        job(torch.randn(2, 4)).sum().backward()
+                    except RuntimeError:
+                        failed = step
+                        break
+                    if watched and step == 1:
+                        try:
+                            watch.end()
+                        except DdpBuiltError as exc:
+                            stopped = str(exc)
+                            break
+                    step_of.step()
+                    step_of.zero_grad()
+                weights = mid.weight.detach().clone()
+                gathered = [torch.zeros_like(weights) for _ in range(dist.get_world_size())]
+                dist.all_gather(gathered, weights)
+                agree = all(torch.equal(gathered[0], w) for w in gathered)
+                outcomes.append((failed, agree, stopped))
+            (failed, agree, _), (_, _, stopped) = outcomes
+            emit(
+                case=f"changed/{change}/{find_unused}/{static}",
+                fails_at=failed,
+                replicas_agree=agree,
+                stopped=stopped,
+            )
 
 
 def refusals() -> None:

@@ -142,6 +142,33 @@ def test_recording_a_step_of_a_compiled_ddp_job_leaves_the_job_as_it_was(
                 assert line["held"], f"{case}: nothing rests on eager's graph"
 
 
+def test_a_watch_stops_a_ddp_built_before_requires_grad_changed(
+    wrapped: dict[str, list[dict[str, Any]]],
+) -> None:
+    """DDP registers what requires grad when it is built. A block frozen after waits in vain
+    (the next step fails, but for find_unused_parameters or static_graph); a block made
+    trainable after is never all-reduced (every setting: the ranks' weights part, silently).
+    The watch stops at step 1 exactly where the real job fails or parts."""
+    for find_unused, static in ((False, False), (True, False), (False, True)):
+        for change in ("frozen", "trainable"):
+            for line in wrapped[f"changed/{change}/{find_unused}/{static}"]:
+                case = f"{change} after wrapping, find_unused={find_unused}, static={static}"
+                broken = line["fails_at"] is not None or not line["replicas_agree"]
+                if change == "trainable":
+                    assert line["fails_at"] is None and not line["replicas_agree"], case
+                else:
+                    assert line["replicas_agree"], case
+                    assert (line["fails_at"] == 2) == (not find_unused and not static), case
+                assert (line["stopped"] is not None) == broken, case
+                if line["stopped"] is not None:
+                    assert line["stopped"].startswith("step 1: DDP was built when "), case
+                    assert (
+                        "made trainable since, which DDP never all-reduces"
+                        if change == "trainable"
+                        else "frozen since, which DDP still waits for: it fails at the next step"
+                    ) in line["stopped"], case
+
+
 def test_fsdp1_is_refused(wrapped: dict[str, list[dict[str, Any]]]) -> None:
     for line in wrapped["fsdp1"]:
         assert "Model is sharded with FSDP1" in line["error"]

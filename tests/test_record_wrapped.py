@@ -603,5 +603,49 @@ def test_parameters_ddp_ignores_are_neither_numbered_nor_waited_for(tmp_path: Pa
         )
         read = type(quiet).from_dict(quiet.to_dict())
         assert read.ddp_ignored == quiet.ddp_ignored and read.ddp_order() == quiet.ddp_order()
+        from test_schema import VALIDATOR
+
+        VALIDATOR.validate(quiet.to_dict())
     finally:
         dist.destroy_process_group()
+
+
+def test_a_ddp_built_before_requires_grad_changed_is_what_the_report_says(
+    tmp_path: Path,
+) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from execorder.report import Report
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+        ddp = DistributedDataParallel(model)
+        with eager.record(ddp) as recording:
+            ddp(torch.ones(2, 4)).sum().backward()
+        assert recording.report().ddp_built is None  # as built
+        model[0].requires_grad_(False)
+        with eager.record(ddp) as recording:
+            ddp(torch.ones(2, 4)).sum().backward()
+        report = recording.report()
+    finally:
+        dist.destroy_process_group()
+    built = report.ddp_built
+    assert built is not None and (built.params, built.params_now) == (4, 2)
+    assert (built.bytes, built.bytes_now) == (160, 80)
+    assert (built.frozen_since, built.trainable_since) == (2, 0)
+    assert not report.no_grad()  # frozen, as far as the model goes
+    verdict = ddp_verdict(report).cells[1].text
+    assert verdict.startswith(
+        "fails: the DDP that ran was built when 4 parameters (160 B) required grad, 2 (80 B) "
+        "do now: it still waits for those frozen since"
+    )
+    assert Report.from_dict(report.to_dict()).ddp_built == built
+    from test_schema import VALIDATOR
+
+    VALIDATOR.validate(report.to_dict())
+    broken = report.to_dict()
+    broken["ddp_built"]["params_now"] = -1
+    assert not VALIDATOR.is_valid(broken)

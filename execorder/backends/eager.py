@@ -93,7 +93,7 @@ from execorder.recording import (
     unique_params,
     unwrap,
 )
-from execorder.report import Mode, Report
+from execorder.report import DdpBuilt, Mode, Report
 
 __all__ = ["DdpSettings", "MetaDeviceError", "Recording", "live_params", "record", "trace"]
 
@@ -149,6 +149,7 @@ class Recording:
         """DDP's settings, when the recorded call ran inside a ``DistributedDataParallel``."""
         self._compiled = False  # forward ran compiled code (eagerly, to be recorded)
         self._ddp_registered: list[nn.Parameter] | None = None  # what DDP numbers, if not all
+        self._ddp_built: DdpBuilt | None = None  # what DDP registered when built, if not that
         self._readied: set[nn.Parameter] = set()  # made ready for DDP only (see readied)
 
     @property
@@ -174,6 +175,7 @@ class Recording:
         around = ddp_around(self.model)
         self.ddp = None if around is None else around.settings
         self._ddp_registered = None if around is None else around.registered
+        self._ddp_built = None if around is None else around.built
         if self._meta_run is not None:
             if any(t.is_meta for t in tensors((args, kwargs))):
                 self._meta_run.source = "parameters and meta inputs"
@@ -354,6 +356,8 @@ class Recording:
                 compiled=self._compiled,
                 ddp_params=self._ddp_registered,
             )
+            if self._ddp_built is not None:
+                report = dataclasses.replace(report, ddp_built=self._ddp_built)
         if self._clock is None:
             return report
         timing = self._clock.timing([call.parent for call in report.modules])

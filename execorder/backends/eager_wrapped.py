@@ -13,6 +13,7 @@ from torch import nn
 
 from execorder.errors import RecordingError
 from execorder.recording import ModuleTree, class_name, ddp_registered, unwrap
+from execorder.report import DdpBuilt
 
 
 def check_recordable(model: nn.Module, root: nn.Module, tree: ModuleTree) -> None:
@@ -160,11 +161,27 @@ class DdpSettings(NamedTuple):
 
 
 class DdpAround(NamedTuple):
-    """The DDP whose forward runs the recorded model: its settings, and the parameters it
-    registers when it ignores some (None: every trainable one)."""
+    """The DDP whose forward runs the recorded model: its settings, the parameters it
+    registers when it ignores some (None: every trainable one), and what it registered
+    when built, where other parameters required grad then (None: the same)."""
 
     settings: DdpSettings
     registered: list[nn.Parameter] | None
+    built: DdpBuilt | None
+
+
+def _built(wrapper: Any, registered: list[nn.Parameter] | None) -> DdpBuilt | None:
+    """What ``wrapper`` registered when built (its own count, from its logging data), where
+    that is not what it would register now; None when the same, or not told."""
+    try:
+        data = wrapper._get_ddp_logging_data()
+        then = (int(data["num_parameter_tensors"]), int(data["total_parameter_size_bytes"]))
+    except Exception:
+        return None
+    params = ddp_registered(wrapper.module, ()) if registered is None else registered
+    now = [p for p in params if p.requires_grad]
+    count = (len(now), sum(p.numel() * p.element_size() for p in now))
+    return None if count == then else DdpBuilt(*then, *count)
 
 
 def ddp_around(model: nn.Module) -> DdpAround | None:
@@ -186,6 +203,6 @@ def ddp_around(model: nn.Module) -> DdpAround | None:
                 # delay_all_reduce_named_params (all-reduced apart, after backward).
                 ignored = getattr(wrapper, "parameters_to_ignore", None)
                 registered = ddp_registered(wrapper.module, ignored) if ignored else None
-                return DdpAround(settings, registered)
+                return DdpAround(settings, registered, _built(wrapper, registered))
         frame = frame.f_back  # type: ignore[assignment]
     return None

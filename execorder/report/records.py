@@ -311,6 +311,60 @@ class Assumption:
 
 
 @dataclass(frozen=True, slots=True)
+class DdpBuilt:
+    """What the ``DistributedDataParallel`` that ran a recorded step registered when it wrapped
+    the model, where that is not what it would register now: ``requires_grad`` was turned
+    on or off since.
+
+    DDP registers the parameters that require grad once, when it is built. One
+    frozen since is still waited for: without ``find_unused_parameters`` or
+    ``static_graph`` the next step fails ("Expected to have finished reduction in
+    the prior iteration"). One made trainable since is never all-reduced: the
+    ranks' copies drift apart, with no error. DDP keeps only how many it
+    registered and their bytes, so which ones changed is not known.
+
+    Attributes:
+        params: The parameters it registered when built (its own count).
+        bytes: Their bytes.
+        params_now: The parameters it would register now.
+        bytes_now: Their bytes.
+    """
+
+    params: int
+    bytes: int
+    params_now: int
+    bytes_now: int
+
+    @property
+    def frozen_since(self) -> int:
+        """How many parameters at least were frozen since (1 when only the bytes tell)."""
+        if self.params == self.params_now:
+            return int(self.bytes != self.bytes_now)
+        return max(self.params - self.params_now, 0)
+
+    @property
+    def trainable_since(self) -> int:
+        """How many parameters at least were made trainable since (1 when only the bytes tell)."""
+        if self.params == self.params_now:
+            return int(self.bytes != self.bytes_now)
+        return max(self.params_now - self.params, 0)
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "params": self.params,
+            "bytes": self.bytes,
+            "params_now": self.params_now,
+            "bytes_now": self.bytes_now,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DdpBuilt:
+        fields = Fields(data, "ddp_built")
+        counts = ("params", "bytes", "params_now", "bytes_now")
+        return cls(*(fields.get(name, int) for name in counts))
+
+
+@dataclass(frozen=True, slots=True)
 class OutputReach:
     """Which of forward's outputs a loss must read for every trainable parameter to get a gradient.
 
@@ -573,6 +627,10 @@ class Report:
             matched as DDP matches them. DDP neither numbers nor waits for
             them, so they have no :attr:`ParamInfo.ddp_index` and are not in
             :meth:`no_grad`. Empty (and absent from the JSON) when there is none.
+        ddp_built: Under a ``DistributedDataParallel`` built when other
+            parameters required grad (``requires_grad_`` after wrapping): what
+            it registered then, and would now. None otherwise (and absent from
+            the JSON).
     """
 
     target: str
@@ -597,6 +655,7 @@ class Report:
     own_checkpoints: tuple[str, ...] = ()
     recompute_only: tuple[str, ...] = ()
     ddp_ignored: tuple[str, ...] = ()
+    ddp_built: DdpBuilt | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -795,6 +854,7 @@ class Report:
             **({"own_checkpoints": list(self.own_checkpoints)} if self.own_checkpoints else {}),
             **({"recompute_only": list(self.recompute_only)} if self.recompute_only else {}),
             **({"ddp_ignored": list(self.ddp_ignored)} if self.ddp_ignored else {}),
+            **({"ddp_built": self.ddp_built.to_dict()} if self.ddp_built is not None else {}),
         }
 
     @classmethod
@@ -856,6 +916,9 @@ class Report:
             own_checkpoints=tuple(fields.items("own_checkpoints", str, default=())),
             recompute_only=tuple(fields.items("recompute_only", str, default=())),
             ddp_ignored=tuple(fields.items("ddp_ignored", str, default=())),
+            ddp_built=None
+            if fields.get("ddp_built", dict, type(None), default=None) is None
+            else DdpBuilt.from_dict(data["ddp_built"]),
         )
 
     def param(self, name: str) -> ParamInfo:

@@ -16,7 +16,11 @@ step with :func:`execorder.record`, then checks it:
 - trainable parameters given their gradient in several backward passes
   (reentrant checkpoints) stop it with
   :class:`~execorder.errors.SplitGradientError` where DDP loses part of it
-  (no ``static_graph``: DDP raises, or its ranks drift apart silently).
+  (no ``static_graph``: DDP raises, or its ranks drift apart silently);
+- a DDP built when other parameters required grad (``requires_grad_`` after
+  wrapping) stops it with :class:`~execorder.errors.DdpBuiltError`: DDP waits
+  for a parameter frozen since (the next step fails) and never all-reduces one
+  made trainable since (the ranks drift apart silently).
 
 Every rank takes the same decision: the checks that talk between ranks come
 first, and the decision to stop is agreed over the process group, so that no
@@ -37,6 +41,7 @@ from torch import nn
 from execorder.analysis.ranks import RankComparison
 from execorder.backends.eager import Recording, record
 from execorder.errors import (
+    DdpBuiltError,
     ExecOrderError,
     NoGradientError,
     RanksDivergedError,
@@ -137,6 +142,10 @@ class StepWatch:
                 the policy stops on it.
             SplitGradientError: If trainable parameters got their gradient in
                 several backward passes where the policy stops on it.
+            DdpBuiltError: If the DDP that ran the step was built when other
+                parameters required grad, so that it fails at the next step or
+                never all-reduces some gradients (unless ``stop_on_no_grad`` is
+                False: then it is logged).
             RecordingError: If no parameter was seen used while forward ran
                 (unless ``stop_on_no_grad`` is False: then it is logged).
         """
@@ -198,6 +207,19 @@ class StepWatch:
         held = {p.name for p in report.held_by_compiled_code()}
         missing = tuple(p for p in report.no_grad() if p.name not in held)
         ddp = recording.ddp
+        built = report.ddp_built
+        if built is not None and ddp is not None:
+            waits = ddp.fails_without_gradient
+            if built.trainable_since or (built.frozen_since and waits):
+                stale = DdpBuiltError(
+                    step,
+                    (built.params, built.bytes),
+                    (built.params_now, built.bytes_now),
+                    waits=waits,
+                )
+                if self.stop_on_no_grad is not False:
+                    return stale
+                log.warning("execorder: %s", stale)
         under_ddp = ddp is not None and ddp.fails_without_gradient
         if missing and (under_ddp if self.stop_on_no_grad is None else self.stop_on_no_grad):
             return NoGradientError(

@@ -43,13 +43,14 @@ from execorder.output.views.common import (
 from execorder.report import (
     AssumptionKind,
     Category,
+    DdpBuilt,
     Mode,
     ModuleCall,
     ParamInfo,
     Report,
     shape_text,
 )
-from execorder.spelling import args_text, listed, non_reentrant
+from execorder.spelling import args_text, listed, non_reentrant, size_text
 
 
 def report_view(
@@ -170,6 +171,8 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
     inside custom autograd Functions whose backward no walk sees.
     The parameters DDP ignores (:attr:`Report.ddp_ignored`) count as frozen.
     """
+    if report.ddp_built is not None:
+        return fact("DDP check", _built_text(report.ddp_built), Severity.ERROR)
     every = "every trainable parameter DDP waits for" if report.ddp_ignored else ""
     report = report.as_ddp_sees_it()
     every = every or "every trainable parameter"
@@ -270,6 +273,28 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
         text = f"ok: {every} gets a gradient, through any one output alone"
         return fact("DDP check", text, Severity.OK)
     return fact("DDP check", f"ok: {every} gets a gradient", Severity.OK)
+
+
+def _built_text(built: DdpBuilt) -> str:
+    """Why a DDP built when other parameters required grad fails the job, or lets it drift."""
+    then = f"{plural(built.params, 'parameter')} ({size_text(built.bytes)})"
+    now = f"{built.params_now:,} ({size_text(built.bytes_now)})"
+    consequences = []
+    if built.frozen_since:
+        consequences.append(
+            "it still waits for those frozen since, and fails at the next step unless "
+            "find_unused_parameters=True or static_graph=True"
+        )
+    if built.trainable_since:
+        consequences.append(
+            "it never all-reduces those made trainable since, and the ranks' copies drift "
+            "apart with no error"
+        )
+    return (
+        f"fails: the DDP that ran was built when {then} required grad, {now} do now: "
+        f"{'; '.join(consequences)}; set requires_grad before wrapping the model, or wrap it "
+        "again"
+    )
 
 
 def ddp_ignored_fact(report: Report) -> Row:
