@@ -611,14 +611,23 @@ class MemoryGuardError(ExecOrderError):
             measured (its constructor needs real values) and ran out while built.
         available: Bytes available there.
         why: Why it would have been built there (a fallback's reason), if it was not asked for.
+        ranks: The ranks of a job on this host, which share its memory:
+            ``available`` is one's share.
     """
 
     def __init__(
-        self, what: str, device: str, needed: int | None, available: int, *, why: str = ""
+        self,
+        what: str,
+        device: str,
+        needed: int | None,
+        available: int,
+        *,
+        why: str = "",
+        ranks: int = 1,
     ) -> None:
         super().__init__()
         self.what, self.device, self.needed, self.available = what, device, needed, available
-        self.why = why
+        self.why, self.ranks = why, ranks
 
     def describe(self, words: Words = PYTHON) -> str:
         because = (
@@ -628,16 +637,17 @@ class MemoryGuardError(ExecOrderError):
         advice = f"try a smaller configuration ({words.arg(Arg.INIT)}, fewer layers)" + (
             "" if self.device == "cuda" else f", or {cuda}"
         )
+        share = f" to each of the {self.ranks} ranks on this host" if self.ranks > 1 else ""
         if self.needed is None:
             return (
                 f"building {self.what} on {self.device} (it cannot be built on the meta device "
-                f"to be measured) ran out of the about {size_text(self.available)} available: "
-                f"{advice}"
+                f"to be measured) ran out of the about {size_text(self.available)} "
+                f"available{share}: {advice}"
             )
         return (
             f"{because}building {self.what} on {self.device} needs about {size_text(self.needed)} "
             f"for its parameters and buffers alone, and about {size_text(self.available)} is "
-            f"available: {advice}"
+            f"available{share}: {advice}"
         )
 
 

@@ -111,3 +111,50 @@ def test_a_model_that_cannot_be_measured_is_built_within_the_memory_there_is() -
     line = done.stderr.strip().splitlines()[-1]
     assert line.startswith("execorder: error: building HugeUnmeasurable() on cpu (it cannot be")
     assert "ran out of the about" in line and "available" in line
+
+
+def test_ranks_on_one_host_each_get_their_share_of_its_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every rank on a host may build its own copy at once, each reading the same free memory
+    first: each gets its share of what the host (and its cgroup) has; an address-space
+    limit is each process's own."""
+    from execorder.loading import memory
+
+    gb = 10**9
+    monkeypatch.setattr(memory, "_meminfo_available", lambda: 10 * gb)
+    monkeypatch.setattr(memory, "_cgroup_available", lambda: None)
+    monkeypatch.setattr(memory, "_address_space_available", lambda: None)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert memory.available_bytes("cpu") == 10 * gb
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert memory.available_bytes("cpu") == 10 * gb // 4
+    monkeypatch.setattr(memory, "_cgroup_available", lambda: 6 * gb)
+    assert memory.available_bytes("cpu") == 6 * gb // 4
+    monkeypatch.setattr(memory, "_address_space_available", lambda: gb)  # its own: not shared
+    assert memory.available_bytes("cpu") == gb
+
+
+def test_a_model_that_fits_once_but_not_once_a_rank_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each of 100 ranks on this host would build a fortieth of its memory: refused before any
+    is built (one alone would fit)."""
+    import execorder
+    from execorder.errors import MemoryGuardError
+    from execorder.loading.memory import available_bytes
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    whole = available_bytes("cpu")
+    if whole is None:
+        pytest.skip("this platform tells no memory available")
+    width = int((whole / 40 / 4) ** 0.5)
+
+    def build() -> torch.nn.Module:
+        return torch.nn.Linear(width, width, bias=False)
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "100")
+    with pytest.raises(MemoryGuardError) as caught:
+        execorder.profile(build, inputs=torch.ones(1, width), device="cpu")
+    assert "to each of the 100 ranks on this host" in str(caught.value)
+    assert caught.value.needed is not None and caught.value.needed * 1.1 < whole

@@ -82,21 +82,34 @@ def _address_space_available() -> int | None:
     return soft
 
 
+def local_ranks() -> int:
+    """How many ranks of a job run on this host (torchrun's ``LOCAL_WORLD_SIZE``); 1 outside
+    a job."""
+    try:
+        return max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    except ValueError:
+        return 1
+
+
 def available_bytes(device: str) -> int | None:
-    """Memory a new model could take on ``device`` (``"cpu"`` or ``"cuda"``); None if unknown."""
+    """Memory a new model could take on ``device`` (``"cpu"`` or ``"cuda"``); None if unknown.
+
+    On CPU, a rank of a job gets its share of what the host has (and its cgroup
+    allows): every rank on it may build its own copy at once, each reading the
+    same free memory first. An address-space limit is each process's own.
+    """
     if device == "cuda":
         import torch
 
         free, _ = torch.cuda.mem_get_info()
         return int(free)
-    known = [
-        found
-        for found in (_meminfo_available(), _cgroup_available(), _address_space_available())
-        if found is not None
-    ]
-    if not known and hasattr(os, "sysconf"):
+    shared = [found for found in (_meminfo_available(), _cgroup_available()) if found is not None]
+    if not shared and hasattr(os, "sysconf"):
         with contextlib.suppress(ValueError, OSError):
-            known.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+            shared.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    known = [found // local_ranks() for found in shared]
+    if (own := _address_space_available()) is not None:
+        known.append(own)
     return min(known) if known else None
 
 
@@ -123,7 +136,8 @@ def check_fits(model: nn.Module, device: str, *, what: str, why: str = "", extra
     available = available_bytes(device)
     # The parameters and buffers alone, with a margin for forward's activations.
     if available is not None and needed * 1.1 + extra > available:
-        raise MemoryGuardError(what, device, needed + extra, available, why=why)
+        ranks = local_ranks() if device != "cuda" else 1
+        raise MemoryGuardError(what, device, needed + extra, available, why=why, ranks=ranks)
 
 
 @contextmanager
@@ -152,11 +166,11 @@ def capped(what: str) -> Iterator[None]:
     try:
         yield
     except MemoryError as exc:
-        raise MemoryGuardError(what, "cpu", None, available) from exc
+        raise MemoryGuardError(what, "cpu", None, available, ranks=local_ranks()) from exc
     except RuntimeError as exc:
         if "alloc" not in str(exc):  # torch's "DefaultCPUAllocator: can't allocate memory"
             raise
-        raise MemoryGuardError(what, "cpu", None, available) from exc
+        raise MemoryGuardError(what, "cpu", None, available, ranks=local_ranks()) from exc
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
