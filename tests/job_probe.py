@@ -316,6 +316,7 @@ def wrappers_mode() -> None:
     refusals()
     compiled_ddp_jobs()
     changed_after_wrapping()
+    unread_outputs()
 
 
 # (model, its inputs): parameters read with no gradient path, which a compiled graph holds
@@ -394,6 +395,35 @@ def ddp_settings() -> None:
         ddp = DDP(model, find_unused_parameters=find_unused, static_graph=static)
         recording = recorded(ddp, ddp, MODELS["seed"][1](), True)
         emit(case=f"ddp-settings/{find_unused}/{static}", ddp=list(recording.ddp or ()))
+
+
+def unread_outputs() -> None:
+    """A loss on one of two outputs, under the DDPs that pass outputs through their
+    ``_DDPSink`` (searching for unused parameters; static_graph's first step): the recorded
+    report against the plain model's, and the parameters a real backward gives a gradient
+    (the sink runs the other head's accumulators with none)."""
+    for find_unused, static in ((True, False), (False, True)):
+        reports, graded = [], []
+        for wrapped in (False, True):
+            torch.manual_seed(0)
+            model = models.TwoHeads()
+            job = (
+                DDP(model, find_unused_parameters=find_unused, static_graph=static)
+                if wrapped
+                else model
+            )
+            with execorder.record(job) as recording:
+                policy, _ = job(torch.ones(2, 4))
+                policy.sum().backward()
+            reports.append(as_eager(recording.report(target="two-heads").to_dict()))
+            graded.append({n for n, p in model.named_parameters() if p.grad is not None})
+        report = recording.report()
+        gets = {p.name for p in report.all_params() if p.gets_gradient}
+        emit(
+            case=f"unread/{find_unused}/{static}",
+            equal=first_difference(reports[0], reports[1]),
+            truth=None if gets == graded[1] == graded[0] else f"{sorted(gets)} != {graded}",
+        )
 
 
 def changed_after_wrapping() -> None:

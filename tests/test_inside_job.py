@@ -169,6 +169,20 @@ def test_a_watch_stops_a_ddp_built_before_requires_grad_changed(
                     ) in line["stopped"], case
 
 
+def test_outputs_the_loss_does_not_read_give_no_gradient_under_ddps_sink(
+    wrapped: dict[str, list[dict[str, Any]]],
+) -> None:
+    """A DDP searching for unused parameters (or building its static graph) passes outputs
+    through its _DDPSink, whose backward runs the accumulators an unread output reaches, with
+    no gradient: before, the report said the unread head got one, and so that
+    find_unused_parameters=False would run where it fails."""
+    for find_unused, static in ((True, False), (False, True)):
+        for line in wrapped[f"unread/{find_unused}/{static}"]:
+            case = f"find_unused={find_unused}, static={static}, rank {line['rank']}"
+            assert line["equal"] is None, f"{case}, against plain: {line['equal']}"
+            assert line["truth"] is None, f"{case}, against the real run: {line['truth']}"
+
+
 def test_fsdp1_is_refused(wrapped: dict[str, list[dict[str, Any]]]) -> None:
     for line in wrapped["fsdp1"]:
         assert "Model is sharded with FSDP1" in line["error"]

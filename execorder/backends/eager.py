@@ -151,6 +151,9 @@ class Recording:
         self._ddp_registered: list[nn.Parameter] | None = None  # what DDP numbers, if not all
         self._ddp_built: DdpBuilt | None = None  # what DDP registered when built, if not that
         self._readied: set[nn.Parameter] = set()  # made ready for DDP only (see readied)
+        self._zeros_only: set[nn.Parameter] = set()  # DDP's sink only reached them (_unread)
+        self._sinks = False  # the DDP around passes the outputs through its _DDPSink
+        self._arrived: dict[int, list[bool]] = {}  # an output's node -> which grads came
 
     @property
     def refused_on_meta(self) -> bool:
@@ -174,6 +177,7 @@ class Recording:
         )
         around = ddp_around(self.model)
         self.ddp = None if around is None else around.settings
+        self._sinks = around is not None and around.sinks
         self._ddp_registered = None if around is None else around.registered
         self._ddp_built = None if around is None else around.built
         if self._meta_run is not None:
@@ -235,11 +239,37 @@ class Recording:
         """Note each backward pass (graph task) that reaches forward's outputs: the caller's
         own backwards, beside which reentrant checkpoints' recomputes run passes of their own."""
 
-        def seen(_: Any) -> None:
-            self._main_passes.add(_graph_task())
+        def seen(node: Any) -> Callable[[tuple[Any, ...]], None]:
+            def arrived(grads: tuple[Any, ...]) -> None:
+                self._main_passes.add(_graph_task())
+                came = self._arrived.setdefault(id(node), [False] * len(grads))
+                for k, grad in enumerate(grads[: len(came)]):
+                    came[k] = came[k] or grad is not None
+
+            return arrived
 
         nodes = {id(t.grad_fn): t.grad_fn for t in tensors(outputs) if t.grad_fn is not None}
-        self._pass_hooks += [node.register_prehook(seen) for node in nodes.values()]
+        self._pass_hooks += [node.register_prehook(seen(node)) for node in nodes.values()]
+
+    def _unread(self, outputs: Any) -> set[nn.Parameter]:
+        """Under a DDP that searches for unused parameters (or builds its static graph), its
+        ``_DDPSink`` takes forward's outputs and, in backward, passes an empty gradient to
+        each one the loss did not read, where the plain model's backward never reaches
+        them: the accumulators of what only those reach run with no gradient (DDP counts
+        them ready). Those parameters, told by the gradients that arrived at the outputs."""
+        if not self._sinks or not self._arrived:
+            return set()
+        read: list[torch.Tensor] = []
+        unread: list[torch.Tensor] = []
+        for tensor in tensors(outputs):
+            came = self._arrived.get(id(tensor.grad_fn))
+            if came is not None and tensor.output_nr < len(came):
+                (read if came[tensor.output_nr] else unread).append(tensor)
+        if not unread:
+            return set()
+        params, canonical = self._tree.params, self._swaps.canonical
+        only = live_params(unread, params, canonical, into_blocks=False)
+        return only - live_params(read, params, canonical, into_blocks=False)
 
     def _assumed(self, op: str) -> None:
         """A meta run assumed a selection: logged in forward, noted once after it."""
@@ -279,9 +309,12 @@ class Recording:
             # Only backward selected from unknown values: everything may rest on it.
             self._events.append(Assumed("backward"))
         ran = bool(self._order)
-        if self._readied:  # ready for DDP only: no gradient of eager's reached them
+        if ran:
+            self._zeros_only = self._unread(outputs)
+        if self._readied or self._zeros_only:  # DDP's own: the plain model gives them none
             pairs = zip(self._order, self._tasks, strict=True)
-            kept = [(p, t) for p, t in pairs if p not in self._readied]
+            dropped = self._readied | self._zeros_only
+            kept = [(p, t) for p, t in pairs if p not in dropped]
             self._order, self._tasks = [p for p, _ in kept], [t for _, t in kept]
         if ran:
             # A backward ran: the parameters that got a gradient are the live

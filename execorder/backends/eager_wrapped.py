@@ -162,12 +162,15 @@ class DdpSettings(NamedTuple):
 
 class DdpAround(NamedTuple):
     """The DDP whose forward runs the recorded model: its settings, the parameters it
-    registers when it ignores some (None: every trainable one), and what it registered
-    when built, where other parameters required grad then (None: the same)."""
+    registers when it ignores some (None: every trainable one), what it registered when
+    built, where other parameters required grad then (None: the same), and whether it
+    passes the model's outputs through its ``_DDPSink`` (searching for unused parameters,
+    or building its static graph)."""
 
     settings: DdpSettings
     registered: list[nn.Parameter] | None
     built: DdpBuilt | None
+    sinks: bool
 
 
 def _built(wrapper: Any, registered: list[nn.Parameter] | None) -> DdpBuilt | None:
@@ -203,6 +206,11 @@ def ddp_around(model: nn.Module) -> DdpAround | None:
                 # delay_all_reduce_named_params (all-reduced apart, after backward).
                 ignored = getattr(wrapper, "parameters_to_ignore", None)
                 registered = ddp_registered(wrapper.module, ignored) if ignored else None
-                return DdpAround(settings, registered, _built(wrapper, registered))
+                # As DDP's _post_forward decides.
+                static = settings.static_graph
+                sinks = (settings.find_unused_parameters and not static) or (
+                    static and not getattr(wrapper, "_static_graph_delay_allreduce_enqueued", True)
+                )
+                return DdpAround(settings, registered, _built(wrapper, registered), sinks)
         frame = frame.f_back  # type: ignore[assignment]
     return None
