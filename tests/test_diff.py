@@ -338,3 +338,21 @@ def test_a_step_measured_in_one_report_only_or_otherwise_is_noted() -> None:
     assert not diff.equivalent  # AdamW's two states a parameter against SGD's one
     (note,) = diff.notes
     assert str(note) == "memory measured differently: sgd (foreach) -> adamw (foreach)"
+
+
+def test_a_parameter_ddp_now_ignores_or_waits_for_is_a_change() -> None:
+    """DDP neither waits for an ignored parameter nor all-reduces its gradient: either way
+    it decides whether the job runs, and whether its ranks agree."""
+    x = torch.ones(2, 4)
+    old = execorder.profile(models.DdpIgnores, inputs=x).report
+    new = execorder.profile(lambda: models.DdpIgnores(extra_ignored=True), inputs=x).report
+    changes = _changes(old, new)
+    assert changes == {
+        ("extra.weight", "now ignored by DDP", "waited for", "ignored"),
+        ("extra.bias", "now ignored by DDP", "waited for", "ignored"),
+    }
+    back = {(p.name, str(p.what)) for p in diff_reports(new, old).params}
+    assert back == {
+        ("extra.weight", "no longer ignored by DDP"),
+        ("extra.bias", "no longer ignored by DDP"),
+    }

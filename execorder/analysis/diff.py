@@ -49,6 +49,8 @@ class ChangeKind(Word):
     ON_OTHER_OUTPUTS = "now other outputs only"  # the main output no longer reaches it
     OFF_OTHER_OUTPUTS = "no longer other outputs only"
     BACKWARD_MOVED = "moved in backward"  # its place in the recorded gradient order
+    DDP_IGNORED = "now ignored by DDP"  # named in _ddp_params_and_buffers_to_ignore now
+    DDP_WAITS = "no longer ignored by DDP"  # DDP numbers it, and waits for its gradient
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +303,7 @@ def _param_changes(old: Report, new: Report) -> list[ParamChange]:
     olds = {p.name: p for p in old.all_params()}
     news = {p.name: p for p in new.all_params()}
     sources = (_Sources.of(old), _Sources.of(new))
+    ignored = (set(old.ddp_ignored), set(new.ddp_ignored))
     changes: list[ParamChange] = []
     for name, param in olds.items():
         if name not in news:
@@ -331,6 +334,11 @@ def _param_changes(old: Report, new: Report) -> list[ParamChange]:
             changes.append(ParamChange(name, kind, _trainable(before), _trainable(param)))
         elif before.gets_gradient and param.gets_gradient:
             changes += _gradient_changes(name, *sources)
+        if param.requires_grad and (name in ignored[0]) != (now := name in ignored[1]):
+            # DDP neither waits for an ignored parameter nor all-reduces its gradient.
+            kind = ChangeKind.DDP_IGNORED if now else ChangeKind.DDP_WAITS
+            was = "ignored" if name in ignored[0] else "waited for"
+            changes.append(ParamChange(name, kind, was, "ignored" if now else "waited for"))
     changes.extend(_order_changes([p.name for p in old.params], [p.name for p in new.params]))
     if old.backward is not None and new.backward is not None:
         changes.extend(_order_changes(old.backward, new.backward, ChangeKind.BACKWARD_MOVED))
