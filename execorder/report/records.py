@@ -624,9 +624,11 @@ class Report:
             out, by name, in ``parameters()`` order: those the model names in
             ``_ddp_params_and_buffers_to_ignore``
             (``DistributedDataParallel._set_params_and_buffers_to_ignore_for_model``),
-            matched as DDP matches them. DDP neither numbers nor waits for
-            them, so they have no :attr:`ParamInfo.ddp_index` and are not in
-            :meth:`no_grad`. Empty (and absent from the JSON) when there is none.
+            matched as DDP matches them; in a recorded step, also a DDP's
+            ``delay_all_reduce_named_params`` (all-reduced apart, after
+            backward). DDP neither numbers nor waits for them, so they have no
+            :attr:`ParamInfo.ddp_index` and are not in :meth:`no_grad`. Empty
+            (and absent from the JSON) when there is none.
         ddp_built: Under a ``DistributedDataParallel`` built when other
             parameters required grad (``requires_grad_`` after wrapping): what
             it registered then, and would now. None otherwise (and absent from
