@@ -424,6 +424,31 @@ def unread_outputs() -> None:
             equal=first_difference(reports[0], reports[1]),
             truth=None if gets == graded[1] == graded[0] else f"{sorted(gets)} != {graded}",
         )
+    reports, grads = [], []
+    for sharded in (False, True):
+        torch.manual_seed(0)
+        model = models.UnitTakesUnused()
+        if sharded:
+            fully_shard(model.block)
+            fully_shard(model)
+        with execorder.record(model) as recording:
+            model(torch.ones(2, 4)).sum().backward()
+        reports.append(as_eager(recording.report(target="unit-takes-unused").to_dict()))
+        grads.append(
+            {
+                n: None if p.grad is None else float(p.grad.full_tensor().abs().sum())
+                for n, p in model.named_parameters()
+            }
+            if sharded
+            else {n: None if p.grad is None else 1.0 for n, p in model.named_parameters()}
+        )
+    emit(
+        case="unread/fsdp",
+        equal=first_difference(reports[0], reports[1]),
+        dead=[p["name"] for p in reports[1]["dead"]],
+        plain_side=grads[0]["side.weight"],
+        fsdp_side=grads[1]["side.weight"],
+    )
 
 
 def changed_after_wrapping() -> None:

@@ -260,6 +260,30 @@ class Frozen(nn.Module):
         return self.head(h)
 
 
+class UnitTakesUnused(nn.Module):
+    """A block (an FSDP2 unit) takes an input it does not use: ``side``, which only computes
+    that input, is dead. FSDP2's Function on the unit's inputs fills zeros for it in
+    backward, so under FSDP2 ``side`` gets zeros: not a gradient of the model's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.main = nn.Linear(4, 4)
+        self.side = nn.Linear(4, 4)
+        self.block = _TakesTwo()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(self.main(x), self.side(x))
+
+
+class _TakesTwo(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.lin(a)
+
+
 class DdpIgnores(nn.Module):
     """Parameters DDP is told to ignore (``_set_params_and_buffers_to_ignore_for_model``), as
     DDP matches the names: ``f"{module_name}.{param_name}"``, a root parameter as ``.name``.

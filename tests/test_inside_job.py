@@ -183,6 +183,18 @@ def test_outputs_the_loss_does_not_read_give_no_gradient_under_ddps_sink(
             assert line["truth"] is None, f"{case}, against the real run: {line['truth']}"
 
 
+def test_an_input_a_unit_takes_but_does_not_use_gives_no_gradient_under_fsdp2(
+    wrapped: dict[str, list[dict[str, Any]]],
+) -> None:
+    """FSDP2's Function on a unit's inputs fills zeros for an input no gradient came to, and
+    autograd runs on into what computed it: the real FSDP2 step sets zeros where the plain
+    model's backward sets nothing. The report is the plain model's: that is dead."""
+    for line in wrapped["unread/fsdp"]:
+        assert line["plain_side"] is None and line["fsdp_side"] == 0.0  # the real runs
+        assert line["equal"] is None, f"rank {line['rank']}, against plain: {line['equal']}"
+        assert line["dead"] == ["side.weight", "side.bias"]
+
+
 def test_fsdp1_is_refused(wrapped: dict[str, list[dict[str, Any]]]) -> None:
     for line in wrapped["fsdp1"]:
         assert "Model is sharded with FSDP1" in line["error"]

@@ -54,6 +54,7 @@ from execorder.backends.eager_intercept import (
 from execorder.backends.eager_liveness import (
     GradHooks,
     live_params,
+    nodes_named,
     output_reach,
     own_reads,
     sum_backward,
@@ -64,6 +65,7 @@ from execorder.backends.eager_wrapped import (
     compiled,
     compiled_around,
     ddp_around,
+    fsdp_units,
     readied,
     uncompiled,
 )
@@ -151,9 +153,10 @@ class Recording:
         self._ddp_registered: list[nn.Parameter] | None = None  # what DDP numbers, if not all
         self._ddp_built: DdpBuilt | None = None  # what DDP registered when built, if not that
         self._readied: set[nn.Parameter] = set()  # made ready for DDP only (see readied)
-        self._zeros_only: set[nn.Parameter] = set()  # DDP's sink only reached them (_unread)
+        self._zeros_only: set[nn.Parameter] = set()  # wrappers' empty gradients only reached
         self._sinks = False  # the DDP around passes the outputs through its _DDPSink
-        self._arrived: dict[int, list[bool]] = {}  # an output's node -> which grads came
+        self._arrived: dict[int, list[bool]] = {}  # a watched node -> which grads came to it
+        self._fillers: list[Any] = []  # FSDP2's nodes on units' inputs (_watch_units)
 
     @property
     def refused_on_meta(self) -> bool:
@@ -205,6 +208,8 @@ class Recording:
         finally:
             self._running = False
         self._main_pass_watched(self._outputs)
+        if self._with_grad and fsdp_units(self._tree):
+            self._watch_units(self._outputs)
         self._compiled = self._compiled or compiled_around()
         ddp = self.ddp
         waits = ddp is not None and not ddp.find_unused_parameters and self._with_grad
@@ -240,36 +245,71 @@ class Recording:
         own backwards, beside which reentrant checkpoints' recomputes run passes of their own."""
 
         def seen(node: Any) -> Callable[[tuple[Any, ...]], None]:
-            def arrived(grads: tuple[Any, ...]) -> None:
-                self._main_passes.add(_graph_task())
-                came = self._arrived.setdefault(id(node), [False] * len(grads))
-                for k, grad in enumerate(grads[: len(came)]):
-                    came[k] = came[k] or grad is not None
+            arrived = self._arrival(node)
 
-            return arrived
+            def pass_seen(grads: tuple[Any, ...]) -> None:
+                self._main_passes.add(_graph_task())
+                arrived(grads)
+
+            return pass_seen
 
         nodes = {id(t.grad_fn): t.grad_fn for t in tensors(outputs) if t.grad_fn is not None}
         self._pass_hooks += [node.register_prehook(seen(node)) for node in nodes.values()]
 
-    def _unread(self, outputs: Any) -> set[nn.Parameter]:
-        """Under a DDP that searches for unused parameters (or builds its static graph), its
-        ``_DDPSink`` takes forward's outputs and, in backward, passes an empty gradient to
-        each one the loss did not read, where the plain model's backward never reaches
-        them: the accumulators of what only those reach run with no gradient (DDP counts
-        them ready). Those parameters, told by the gradients that arrived at the outputs."""
-        if not self._sinks or not self._arrived:
-            return set()
+    def _arrival(self, node: Any) -> Callable[[tuple[Any, ...]], None]:
+        """A pre-hook of ``node`` that notes which of its outputs a gradient came to."""
+
+        def arrived(grads: tuple[Any, ...]) -> None:
+            came = self._arrived.setdefault(id(node), [False] * len(grads))
+            for k, grad in enumerate(grads[: len(came)]):
+                came[k] = came[k] or grad is not None
+
+        return arrived
+
+    def _watch_units(self, outputs: Any) -> None:
+        """FSDP2 passes each unit's inputs through an autograd Function
+        (``RegisterPostBackwardFunction``) whose backward fills zeros for an input no gradient
+        came to: what only that input reaches gets zeros, where the plain model's backward
+        never reaches it. Its nodes are found once forward has run, and watched."""
+        for node in nodes_named(outputs, "RegisterPostBackwardFunctionBackward"):
+            self._pass_hooks.append(node.register_prehook(self._arrival(node)))
+            self._fillers.append(node)
+
+    def _filled_only(self, outputs: Any) -> set[nn.Parameter]:
+        """The parameters only a wrapper's empty gradients reached in the backward that ran,
+        where the plain model's backward does not reach them.
+
+        Under a DDP that searches for unused parameters (or builds its static
+        graph), its ``_DDPSink`` takes forward's outputs and passes an empty
+        gradient to each the loss did not read; FSDP2's Function on a unit's
+        inputs (:meth:`_watch_units`) fills zeros for an input no gradient came
+        to. Either way autograd runs on into what they reach: the accumulators
+        run (DDP counts them ready; FSDP2 sets zeros), with no gradient of the
+        model's. Told from the gradients that came to those nodes, and to the
+        outputs: what those edges reach that the outputs read do not, walking
+        around the edges no gradient came to."""
         read: list[torch.Tensor] = []
-        unread: list[torch.Tensor] = []
+        starts: list[tuple[Any, int]] = []
         for tensor in tensors(outputs):
             came = self._arrived.get(id(tensor.grad_fn))
             if came is not None and tensor.output_nr < len(came):
-                (read if came[tensor.output_nr] else unread).append(tensor)
-        if not unread:
+                if came[tensor.output_nr]:
+                    read.append(tensor)
+                elif self._sinks:  # the empty gradient came from DDP's sink
+                    starts.append((tensor.grad_fn, tensor.output_nr))
+        skip = set()
+        for node in self._fillers:
+            came = self._arrived.get(id(node), [])
+            for k, (next_fn, number) in enumerate(node.next_functions):
+                if k < len(came) and not came[k]:
+                    starts.append((next_fn, number))
+                    skip.add((id(node), k))
+        if not starts:
             return set()
         params, canonical = self._tree.params, self._swaps.canonical
-        only = live_params(unread, params, canonical, into_blocks=False)
-        return only - live_params(read, params, canonical, into_blocks=False)
+        only = live_params((), params, canonical, into_blocks=False, starts=starts)
+        plain = live_params(read, params, canonical, into_blocks=False, skip=skip)
+        return only - plain - set(self._returned)
 
     def _assumed(self, op: str) -> None:
         """A meta run assumed a selection: logged in forward, noted once after it."""
@@ -310,7 +350,7 @@ class Recording:
             self._events.append(Assumed("backward"))
         ran = bool(self._order)
         if ran:
-            self._zeros_only = self._unread(outputs)
+            self._zeros_only = self._filled_only(outputs)
         if self._readied or self._zeros_only:  # DDP's own: the plain model gives them none
             pairs = zip(self._order, self._tasks, strict=True)
             dropped = self._readied | self._zeros_only

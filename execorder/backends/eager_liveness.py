@@ -7,7 +7,7 @@ outputs' autograd graph, walked when the block ends."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,6 +24,8 @@ def live_params(
     passes: dict[nn.Parameter, set[Any]] | None = None,
     *,
     into_blocks: bool = True,
+    starts: Sequence[tuple[Any, int]] = (),
+    skip: Collection[tuple[int, int]] = (),
 ) -> set[nn.Parameter]:
     """Those of ``params`` whose gradient accumulators the outputs' autograd graph reaches.
 
@@ -35,6 +37,8 @@ def live_params(
     those of ``params`` they stand for. ``passes``, when given, gets each
     live parameter's backward passes: None for the backward itself, and the
     node of each reentrant checkpoint whose own backward reaches it.
+    ``starts`` are more places to walk from (``(node, which of its outputs)``);
+    ``skip`` the edges not to follow, as ``(id(node), which of its edges)``.
     """
     own = {id(p): p for p in params} | dict(stand_ins or {})
     live: set[nn.Parameter] = set()
@@ -52,6 +56,7 @@ def live_params(
             stack.append((tensor.grad_fn, tensor.output_nr, None))
         elif id(tensor) in own and tensor.requires_grad:
             reaches(own[id(tensor)], None)  # a parameter returned as it is
+    stack += [(fn, number, None) for fn, number in starts if fn is not None]
     reached: dict[Any, set[int]] = {}  # a reentrant checkpoint's node -> outputs reached
     runs_in: dict[Any, Any] = {}  # a reentrant checkpoint's node -> the pass that reached it
     expanded: dict[Any, set[int]] = {}
@@ -78,7 +83,9 @@ def live_params(
                 if edge is not None:
                     stack.append(edge)
             stack.extend(
-                (next_fn, nr, run) for next_fn, nr in fn.next_functions if next_fn is not None
+                (next_fn, nr, run)
+                for k, (next_fn, nr) in enumerate(fn.next_functions)
+                if next_fn is not None and not (skip and (id(fn), k) in skip)
             )
         for fn, numbers in reached.items() if into_blocks else ():
             new = numbers - expanded.setdefault(fn, set())
@@ -122,6 +129,22 @@ def live_params(
                 elif (edge := inputs.get(id(out))) is not None:
                     stack.append(edge)  # the block returns an input as it is
     return live
+
+
+def nodes_named(outputs: Any, name: str) -> list[Any]:
+    """The autograd nodes of type ``name`` in the outputs' graph (walked, not run)."""
+    stack = [t.grad_fn for t in tensors(outputs) if t.grad_fn is not None]
+    seen: set[Any] = set()
+    found = []
+    while stack:
+        fn = stack.pop()
+        if fn in seen:
+            continue
+        seen.add(fn)
+        if type(fn).__name__ == name:
+            found.append(fn)
+        stack += [next_fn for next_fn, _ in fn.next_functions if next_fn is not None]
+    return found
 
 
 def output_reach(

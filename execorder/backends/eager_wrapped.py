@@ -72,6 +72,13 @@ def compiled(model: nn.Module, tree: ModuleTree) -> bool:
     return any(runs_compiled(module) for module in tree.modules)
 
 
+def fsdp_units(tree: ModuleTree) -> bool:
+    """Whether any module of ``tree`` is a unit of FSDP2 (``fully_shard``)."""
+    fsdp = sys.modules.get("torch.distributed.fsdp._fully_shard._fully_shard")
+    unit = getattr(fsdp, "FSDPModule", None)
+    return unit is not None and any(isinstance(m, unit) for m in tree.modules)
+
+
 def compiled_around() -> bool:
     """Whether compiled code (a ``torch.compile``'d module or function) is running the caller
     now, eagerly under :func:`uncompiled` (read off the stack)."""
