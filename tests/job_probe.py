@@ -39,6 +39,7 @@ from compiled_steps import as_eager  # noqa: E402
 from seed import Model  # noqa: E402
 from tied import TiedLM  # noqa: E402
 from torch import nn  # noqa: E402
+from torch.distributed._composable.replicate import replicate  # noqa: E402
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (  # noqa: E402
     checkpoint_wrapper,
 )
@@ -212,6 +213,8 @@ WRAPPERS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "compile-ddp": lambda m: torch.compile(
         DDP(m, find_unused_parameters=True), backend="aot_eager"
     ),
+    # torch's composable DDP, torchtitan's: hooks on the model; its DDP made in the first call
+    "replicate": lambda m: replicate(m, find_unused_parameters=True),
 }
 
 # (model, wrapper, what record() is given: the wrapper or the model inside it, backward)
@@ -238,6 +241,9 @@ MATRIX = [
     ("frozen", "ddp", "wrapper", True),
     ("tied", "fsdp", "wrapper", True),
     ("reads-another-unit", "fsdp-keep", "wrapper", True),
+    ("seed", "replicate", "wrapper", True),
+    ("llama", "replicate", "wrapper", True),
+    ("frozen", "replicate", "wrapper", True),
 ]
 
 
@@ -402,28 +408,33 @@ def unread_outputs() -> None:
     ``_DDPSink`` (searching for unused parameters; static_graph's first step): the recorded
     report against the plain model's, and the parameters a real backward gives a gradient
     (the sink runs the other head's accumulators with none)."""
-    for find_unused, static in ((True, False), (False, True)):
-        reports, graded = [], []
-        for wrapped in (False, True):
-            torch.manual_seed(0)
-            model = models.TwoHeads()
-            job = (
-                DDP(model, find_unused_parameters=find_unused, static_graph=static)
-                if wrapped
-                else model
+    settings = [("ddp", True, False), ("ddp", False, True), ("replicate", True, False)]
+    for how, find_unused, static in settings:
+        for backward in (True, False):
+            reports, graded = [], []
+            for wrapped in (False, True):
+                torch.manual_seed(0)
+                model = models.TwoHeads()
+                job: nn.Module = model
+                if wrapped and how == "ddp":
+                    job = DDP(model, find_unused_parameters=find_unused, static_graph=static)
+                elif wrapped:  # its DDP's outputs are the model's own: the sink is inside
+                    replicate(model, find_unused_parameters=find_unused)
+                with execorder.record(job) as recording:
+                    policy, _ = job(torch.ones(2, 4))
+                    if backward:
+                        policy.sum().backward()
+                reports.append(as_eager(recording.report(target="two-heads").to_dict()))
+                graded.append({n for n, p in model.named_parameters() if p.grad is not None})
+            report = recording.report()
+            gets = {p.name for p in report.all_params() if p.gets_gradient}
+            emit(
+                case=f"unread/{how}/{find_unused}/{static}" + ("" if backward else "/forward"),
+                equal=first_difference(reports[0], reports[1]),
+                truth=None
+                if not backward or gets == graded[1] == graded[0]
+                else f"{sorted(gets)} != {graded}",
             )
-            with execorder.record(job) as recording:
-                policy, _ = job(torch.ones(2, 4))
-                policy.sum().backward()
-            reports.append(as_eager(recording.report(target="two-heads").to_dict()))
-            graded.append({n for n, p in model.named_parameters() if p.grad is not None})
-        report = recording.report()
-        gets = {p.name for p in report.all_params() if p.gets_gradient}
-        emit(
-            case=f"unread/{find_unused}/{static}",
-            equal=first_difference(reports[0], reports[1]),
-            truth=None if gets == graded[1] == graded[0] else f"{sorted(gets)} != {graded}",
-        )
     reports, grads = [], []
     for sharded in (False, True):
         torch.manual_seed(0)

@@ -86,6 +86,9 @@ MATRIX = [
     "frozen/ddp/wrapper",
     "tied/fsdp/wrapper",
     "reads-another-unit/fsdp-keep/wrapper",
+    "seed/replicate/wrapper",
+    "llama/replicate/wrapper",
+    "frozen/replicate/wrapper",
 ]
 
 
@@ -175,12 +178,17 @@ def test_outputs_the_loss_does_not_read_give_no_gradient_under_ddps_sink(
     """A DDP searching for unused parameters (or building its static graph) passes outputs
     through its _DDPSink, whose backward runs the accumulators an unread output reaches, with
     no gradient: before, the report said the unread head got one, and so that
-    find_unused_parameters=False would run where it fails."""
-    for find_unused, static in ((True, False), (False, True)):
-        for line in wrapped[f"unread/{find_unused}/{static}"]:
-            case = f"find_unused={find_unused}, static={static}, rank {line['rank']}"
-            assert line["equal"] is None, f"{case}, against plain: {line['equal']}"
-            assert line["truth"] is None, f"{case}, against the real run: {line['truth']}"
+    find_unused_parameters=False would run where it fails. replicate() (torch's composable
+    DDP) applies the sink inside the model's own call: its outputs are the sink's, and a walk
+    of one of them goes through it to that one alone."""
+    settings = [("ddp", True, False), ("ddp", False, True), ("replicate", True, False)]
+    for how, find_unused, static in settings:
+        for forward in ("", "/forward"):  # a forward alone: each output walked on its own
+            for line in wrapped[f"unread/{how}/{find_unused}/{static}{forward}"]:
+                case = f"{how}, find_unused={find_unused}, static={static}{forward}"
+                case += f", rank {line['rank']}"
+                assert line["equal"] is None, f"{case}, against plain: {line['equal']}"
+                assert line["truth"] is None, f"{case}, against the real run: {line['truth']}"
 
 
 def test_an_input_a_unit_takes_but_does_not_use_gives_no_gradient_under_fsdp2(

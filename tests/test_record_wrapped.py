@@ -556,7 +556,9 @@ def _ddp_fares(model: nn.Module, wrap: Any, watched: bool) -> tuple[list[int] | 
 
 def test_parameters_ddp_ignores_are_neither_numbered_nor_waited_for(tmp_path: Path) -> None:
     """As real DDP takes _ddp_params_and_buffers_to_ignore, names matched its way; under
-    DDP(torch.compile(model)) its names start with _orig_mod., so the model's list misses."""
+    DDP(torch.compile(model)) its names start with _orig_mod., so the model's list misses;
+    replicate(model) (torch's composable DDP) makes its DDP over a list of the parameters,
+    which has none, and runs it from the model's hooks: the watch finds it all the same."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
@@ -566,11 +568,16 @@ def test_parameters_ddp_ignores_are_neither_numbered_nor_waited_for(tmp_path: Pa
     def compiled_ddp(model: nn.Module) -> nn.Module:
         return ddp(torch.compile(model, backend="aot_eager"))
 
+    def replicated(model: nn.Module) -> nn.Module:  # torchtitan's DDP: over a parameter list
+        from torch.distributed._composable.replicate import replicate
+
+        return replicate(model)
+
     store = dist.FileStore(str(tmp_path / "store"), 1)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:
         for build in (models.DdpIgnores, lambda: models.DdpIgnores(True, True)):
-            for wrap in (ddp, compiled_ddp):
+            for wrap in (ddp, compiled_ddp, replicated):
                 torch.manual_seed(0)
                 real, _ = _ddp_fares(build(), wrap, watched=False)
                 torch.manual_seed(0)

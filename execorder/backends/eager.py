@@ -57,6 +57,7 @@ from execorder.backends.eager_liveness import (
     nodes_named,
     output_reach,
     own_reads,
+    sink_edges,
     sum_backward,
 )
 from execorder.backends.eager_wrapped import (
@@ -67,6 +68,7 @@ from execorder.backends.eager_wrapped import (
     ddp_around,
     fsdp_units,
     readied,
+    replicate_ready,
     uncompiled,
 )
 from execorder.backends.meta import MetaRun, WithoutValues, on_meta_without_values
@@ -157,6 +159,7 @@ class Recording:
         self._sinks = False  # the DDP around passes the outputs through its _DDPSink
         self._arrived: dict[int, list[bool]] = {}  # a watched node -> which grads came to it
         self._fillers: list[Any] = []  # FSDP2's nodes on units' inputs (_watch_units)
+        self._through: dict[int, list[int | None]] = {}  # DDP's sink on the outputs (replicate)
 
     @property
     def refused_on_meta(self) -> bool:
@@ -178,11 +181,7 @@ class Recording:
         self._defaults = defaults_used(
             self.model, args, kwargs, function=call if self._method else None
         )
-        around = ddp_around(self.model)
-        self.ddp = None if around is None else around.settings
-        self._sinks = around is not None and around.sinks
-        self._ddp_registered = None if around is None else around.registered
-        self._ddp_built = None if around is None else around.built
+        replicate_ready(self.model)
         if self._meta_run is not None:
             if any(t.is_meta for t in tensors((args, kwargs))):
                 self._meta_run.source = "parameters and meta inputs"
@@ -207,6 +206,14 @@ class Recording:
             raise
         finally:
             self._running = False
+        # Read once the call has run: replicate() makes its DDP in the model's first call.
+        around = ddp_around(self.model, {id(p) for p in self._trainable})
+        self.ddp = None if around is None else around.settings
+        self._sinks = around is not None and around.sinks
+        self._ddp_registered = None if around is None else around.registered
+        self._ddp_built = None if around is None else around.built
+        if self._sinks:  # replicate() passes the model's own outputs through it
+            self._through = sink_edges(self._outputs)
         self._main_pass_watched(self._outputs)
         if self._with_grad and fsdp_units(self._tree):
             self._watch_units(self._outputs)
@@ -306,9 +313,10 @@ class Recording:
                     skip.add((id(node), k))
         if not starts:
             return set()
-        params, canonical = self._tree.params, self._swaps.canonical
-        only = live_params((), params, canonical, into_blocks=False, starts=starts)
-        plain = live_params(read, params, canonical, into_blocks=False, skip=skip)
+        params, canonical, through = self._tree.params, self._swaps.canonical, self._through
+        walk = {"into_blocks": False, "through": through}
+        only = live_params((), params, canonical, starts=starts, **walk)  # type: ignore[arg-type]
+        plain = live_params(read, params, canonical, skip=skip, **walk)  # type: ignore[arg-type]
         return only - plain - set(self._returned)
 
     def _assumed(self, op: str) -> None:
@@ -332,7 +340,9 @@ class Recording:
     def walk_outputs(self, outputs: Any) -> None:
         """Walk each output on its own (:attr:`Report.output_reach`): before a backward of
         their sum (``backward=True``) frees the graph the walk needs."""
-        self._reach = output_reach(outputs, self._tree.params, self._swaps.canonical, self._passes)
+        self._reach = output_reach(
+            outputs, self._tree.params, self._swaps.canonical, self._passes, self._through
+        )
 
     def _finish(self) -> None:
         """The block has ended: take what needs the outputs, then let them go."""
@@ -366,10 +376,10 @@ class Recording:
             self._order = list(unique_params(self._order))
             self._live = set(self._order)
         elif self._with_grad:
-            params, canonical = self._tree.params, self._swaps.canonical
-            self._reach = output_reach(outputs, params, canonical, self._passes)
+            params, canonical, through = self._tree.params, self._swaps.canonical, self._through
+            self._reach = output_reach(outputs, params, canonical, self._passes, through)
             self._live = (
-                live_params(outputs, params, canonical, self._passes)
+                live_params(outputs, params, canonical, self._passes, through=through)
                 if self._reach is None
                 else set().union(*(found for _, found in self._reach))
             )

@@ -26,6 +26,7 @@ def live_params(
     into_blocks: bool = True,
     starts: Sequence[tuple[Any, int]] = (),
     skip: Collection[tuple[int, int]] = (),
+    through: Mapping[int, Sequence[int | None]] | None = None,
 ) -> set[nn.Parameter]:
     """Those of ``params`` whose gradient accumulators the outputs' autograd graph reaches.
 
@@ -38,7 +39,10 @@ def live_params(
     live parameter's backward passes: None for the backward itself, and the
     node of each reentrant checkpoint whose own backward reaches it.
     ``starts`` are more places to walk from (``(node, which of its outputs)``);
-    ``skip`` the edges not to follow, as ``(id(node), which of its edges)``.
+    ``skip`` the edges not to follow, as ``(id(node), which of its edges)``;
+    ``through`` the nodes whose outputs each pass on to one edge (by node id:
+    the edge of each output, :func:`sink_edges`), where a walk follows only
+    that one, not every edge of the node.
     """
     own = {id(p): p for p in params} | dict(stand_ins or {})
     live: set[nn.Parameter] = set()
@@ -67,6 +71,12 @@ def live_params(
     while stack:
         while stack:
             fn, number, run = stack.pop()
+            if through and id(fn) in through:
+                passed = through[id(fn)]
+                to = passed[number] if number < len(passed) else None
+                if to is not None and fn.next_functions[to][0] is not None:
+                    stack.append((*fn.next_functions[to], run))
+                continue
             if is_reentrant(fn):
                 reached.setdefault(fn, set()).add(number)
                 runs_in.setdefault(fn, run)
@@ -131,6 +141,28 @@ def live_params(
     return live
 
 
+def sink_edges(outputs: Any) -> dict[int, list[int | None]]:
+    """For each ``_DDPSink`` node among the outputs' (DDP passes forward's outputs through it,
+    searching for unused parameters): the edge each of its outputs passes on to.
+
+    Its outputs are its inputs, forward's outputs as DDP flattened them
+    (``torch.utils._pytree``), of which only the tensors have an edge. An
+    output is walked through it to its own edge only, not to every other
+    output's too; empty where the outputs are not such a node's.
+    """
+    from torch.utils._pytree import tree_leaves
+
+    leaves = tree_leaves(outputs)
+    at = [k for k, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
+    edge_of = {k: j for j, k in enumerate(at)}
+    found: dict[int, list[int | None]] = {}
+    for tensor in tensors(outputs):
+        node: Any = tensor.grad_fn
+        if type(node).__name__ == "_DDPSinkBackward" and len(node.next_functions) == len(at):
+            found[id(node)] = [edge_of.get(k) for k in range(len(leaves))]
+    return found
+
+
 def nodes_named(outputs: Any, name: str) -> list[Any]:
     """The autograd nodes of type ``name`` in the outputs' graph (walked, not run)."""
     stack = [t.grad_fn for t in tensors(outputs) if t.grad_fn is not None]
@@ -152,6 +184,7 @@ def output_reach(
     params: Sequence[nn.Parameter],
     stand_ins: Mapping[int, nn.Parameter] | None = None,
     passes: dict[nn.Parameter, set[Any]] | None = None,
+    through: Mapping[int, Sequence[int | None]] | None = None,
 ) -> list[tuple[str, set[nn.Parameter]]] | None:
     """For each of forward's outputs, by path, the parameters whose accumulators it reaches.
 
@@ -162,7 +195,10 @@ def output_reach(
     leaves = [(path, t) for path, t in named_leaves(outputs, torch.Tensor) if t.requires_grad]
     if len(leaves) < 2:
         return None
-    return [(path, live_params(tensor, params, stand_ins, passes)) for path, tensor in leaves]
+    return [
+        (path, live_params(tensor, params, stand_ins, passes, through=through))
+        for path, tensor in leaves
+    ]
 
 
 class GradHooks:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import nullcontext
 from typing import Any, NamedTuple
 
@@ -180,22 +180,53 @@ class DdpAround(NamedTuple):
     sinks: bool
 
 
-def _built(wrapper: Any, registered: list[nn.Parameter] | None) -> DdpBuilt | None:
+def _built(
+    wrapper: Any, registered: list[nn.Parameter] | None, trainable: Collection[int]
+) -> DdpBuilt | None:
     """What ``wrapper`` registered when built (its own count, from its logging data), where
-    that is not what it would register now; None when the same, or not told."""
+    that is not what it would register now (``trainable``: the ids of the parameters that
+    required grad before forward); None when the same, or not told."""
     try:
         data = wrapper._get_ddp_logging_data()
         then = (int(data["num_parameter_tensors"]), int(data["total_parameter_size_bytes"]))
     except Exception:
         return None
     params = ddp_registered(wrapper.module, ()) if registered is None else registered
-    now = [p for p in params if p.requires_grad]
+    now = [p for p in params if id(p) in trainable]
     count = (len(now), sum(p.numel() * p.element_size() for p in now))
     return None if count == then else DdpBuilt(*then, *count)
 
 
-def ddp_around(model: nn.Module) -> DdpAround | None:
-    """The DDP whose forward runs ``model`` now, if any (read off the stack)."""
+def ddp_around(model: nn.Module, trainable: Collection[int]) -> DdpAround | None:
+    """The DDP that runs ``model``, read once its call has returned (inside it): one whose
+    forward is on the stack, or the one torch's composable ``replicate`` (torchtitan's DDP)
+    made for ``model`` and runs from its hooks. ``trainable``: the ids of the parameters
+    that required grad before forward."""
+    wrapper = _ddp_on_stack(model)
+    registered = None
+    if wrapper is None:
+        wrapper = _replicated(model)
+        if wrapper is None:
+            return None
+        registered = ddp_registered(wrapper.module, ())  # its own list of the model's
+    settings = DdpSettings(
+        bool(wrapper.find_unused_parameters), bool(getattr(wrapper, "static_graph", False))
+    )
+    # Its own set: the model's _ddp_params_and_buffers_to_ignore, and any
+    # delay_all_reduce_named_params (all-reduced apart, after backward).
+    ignored = getattr(wrapper, "parameters_to_ignore", None)
+    if ignored:
+        registered = ddp_registered(wrapper.module, ignored)
+    # As DDP's _post_forward decides.
+    static = settings.static_graph
+    sinks = (settings.find_unused_parameters and not static) or (
+        static and not getattr(wrapper, "_static_graph_delay_allreduce_enqueued", True)
+    )
+    return DdpAround(settings, registered, _built(wrapper, registered, trainable), sinks)
+
+
+def _ddp_on_stack(model: nn.Module) -> Any:
+    """The ``DistributedDataParallel`` whose forward runs ``model`` now (read off the stack)."""
     ddp = getattr(sys.modules.get("torch.nn.parallel.distributed"), "DistributedDataParallel", None)
     if ddp is None:
         return None
@@ -205,19 +236,31 @@ def ddp_around(model: nn.Module) -> DdpAround | None:
         if frame.f_code in codes:
             wrapper = frame.f_locals.get("self")
             if isinstance(wrapper, ddp) and unwrap(wrapper) is model:
-                settings = DdpSettings(
-                    bool(wrapper.find_unused_parameters),
-                    bool(getattr(wrapper, "static_graph", False)),
-                )
-                # Its own set: the model's _ddp_params_and_buffers_to_ignore, and any
-                # delay_all_reduce_named_params (all-reduced apart, after backward).
-                ignored = getattr(wrapper, "parameters_to_ignore", None)
-                registered = ddp_registered(wrapper.module, ignored) if ignored else None
-                # As DDP's _post_forward decides.
-                static = settings.static_graph
-                sinks = (settings.find_unused_parameters and not static) or (
-                    static and not getattr(wrapper, "_static_graph_delay_allreduce_enqueued", True)
-                )
-                return DdpAround(settings, registered, _built(wrapper, registered), sinks)
+                return wrapper
         frame = frame.f_back  # type: ignore[assignment]
     return None
+
+
+def _replicate_state(model: nn.Module) -> Any:
+    """What ``replicate(model)`` (torch's composable DDP) keeps on the model; None without."""
+    # Where torch's composable APIs keep their states on a module (by the API applied).
+    key = getattr(sys.modules.get("torch.distributed._composable.contract"), "STATE_KEY", None)
+    states = model.__dict__.get(key, {}) if isinstance(key, str) else {}
+    for state in states.values() if isinstance(states, dict) else ():
+        if type(state).__name__ == "_ReplicateState":
+            return state
+    return None
+
+
+def _replicated(model: nn.Module) -> Any:
+    """The ``DistributedDataParallel`` that ``replicate(model)`` made (over a list of the
+    model's parameters), once its first forward has made it; None without one."""
+    return getattr(_replicate_state(model), "_ddp", None)
+
+
+def replicate_ready(model: nn.Module) -> None:
+    """Make the DDP ``replicate(model)`` makes in the model's first call, as its hook would
+    there and then: building it broadcasts every parameter, which is not forward's use."""
+    state = _replicate_state(model)
+    if state is not None and (getattr(state, "_init_args", None) or state._init_kwargs):
+        state.lazy_init()
