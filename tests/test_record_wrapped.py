@@ -568,7 +568,7 @@ def test_parameters_ddp_ignores_are_neither_numbered_nor_waited_for(tmp_path: Pa
     def compiled_ddp(model: nn.Module) -> nn.Module:
         return ddp(torch.compile(model, backend="aot_eager"))
 
-    def replicated(model: nn.Module) -> nn.Module:  # torchtitan's DDP: over a parameter list
+    def replicated(model: nn.Module) -> nn.Module:  # torch's composable DDP: a parameter list
         from torch.distributed._composable.replicate import replicate
 
         return replicate(model)

@@ -199,9 +199,9 @@ def _built(
 
 def ddp_around(model: nn.Module, trainable: Collection[int]) -> DdpAround | None:
     """The DDP that runs ``model``, read once its call has returned (inside it): one whose
-    forward is on the stack, or the one torch's composable ``replicate`` (torchtitan's DDP)
-    made for ``model`` and runs from its hooks. ``trainable``: the ids of the parameters
-    that required grad before forward."""
+    forward is on the stack, or the one torch's composable ``replicate`` (the DDP of
+    OLMo-core's and torchtitan's earlier ``apply_ddp``) made for ``model`` and runs from its
+    hooks. ``trainable``: the ids of the parameters that required grad before forward."""
     wrapper = _ddp_on_stack(model)
     registered = None
     if wrapper is None:
