@@ -314,9 +314,8 @@ class Recording:
         if not starts:
             return set()
         params, canonical, through = self._tree.params, self._swaps.canonical, self._through
-        walk = {"into_blocks": False, "through": through}
-        only = live_params((), params, canonical, starts=starts, **walk)  # type: ignore[arg-type]
-        plain = live_params(read, params, canonical, skip=skip, **walk)  # type: ignore[arg-type]
+        only = live_params((), params, canonical, into_blocks=False, starts=starts, through=through)
+        plain = live_params(read, params, canonical, into_blocks=False, skip=skip, through=through)
         return only - plain - set(self._returned)
 
     def _assumed(self, op: str) -> None:
