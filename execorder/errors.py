@@ -613,6 +613,8 @@ class MemoryGuardError(ExecOrderError):
         why: Why it would have been built there (a fallback's reason), if it was not asked for.
         ranks: The ranks of a job on this host, which share its memory:
             ``available`` is one's share.
+        running: What ran out of it, when the model was built and something
+            ran (``"a forward"``); None when the build did.
     """
 
     def __init__(
@@ -624,10 +626,11 @@ class MemoryGuardError(ExecOrderError):
         *,
         why: str = "",
         ranks: int = 1,
+        running: str | None = None,
     ) -> None:
         super().__init__()
         self.what, self.device, self.needed, self.available = what, device, needed, available
-        self.why, self.ranks = why, ranks
+        self.why, self.ranks, self.running = why, ranks, running
 
     def describe(self, words: Words = PYTHON) -> str:
         because = (
@@ -638,6 +641,14 @@ class MemoryGuardError(ExecOrderError):
             "" if self.device == "cuda" else f", or {cuda}"
         )
         share = f" to each of the {self.ranks} ranks on this host" if self.ranks > 1 else ""
+        if self.running is not None:
+            meta = words.arg(Arg.DEVICE, value="meta")
+            return (
+                f"{self.running} of {self.what} on {self.device} ran out of the about "
+                f"{size_text(self.available)} available{share}: give it smaller inputs, or run "
+                f"it on the meta device ({meta}), where {words.arg(Arg.MEMORY)} measures what "
+                "a training step holds without using any"
+            )
         if self.needed is None:
             return (
                 f"building {self.what} on {self.device} (it cannot be built on the meta device "

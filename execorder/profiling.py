@@ -15,7 +15,7 @@ import copy
 import dataclasses
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -43,7 +43,7 @@ from execorder.errors import (
 )
 from execorder.loading import Inputs, build, check_device, resolve_target, split_target
 from execorder.loading.frameworks import example_inputs, trainer_inputs
-from execorder.loading.memory import check_fits, fits, tensors_of
+from execorder.loading.memory import capped, check_fits, fits, tensors_of
 from execorder.loading.target import meta_copy
 from execorder.report import InputSource, Mode, Report
 from execorder.report.memory import Memory
@@ -305,20 +305,23 @@ class Profiler:
                 args, kwargs = self.inputs.make(where)
                 args, kwargs, made = trainer_inputs(self.model, args, kwargs)
                 self._progress(f"Running {self.target} on {self.device}")
-                report = eager.trace(
-                    self.model,
-                    args=args,
-                    kwargs={**kwargs, **concrete},
-                    backward=self.backward,
-                    target=self.target,
-                    assume=self.assume,
-                    timing=self.timing,
-                )
+                with self._capped("a forward"):
+                    report = eager.trace(
+                        self.model,
+                        args=args,
+                        kwargs={**kwargs, **concrete},
+                        backward=self.backward,
+                        target=self.target,
+                        assume=self.assume,
+                        timing=self.timing,
+                    )
                 made = {**self.inputs_made, **made}
                 if made:
                     report = dataclasses.replace(report, inputs_made=made)
                 if self.memory is not None:
-                    report = dataclasses.replace(report, memory=self._memory(where, concrete))
+                    with self._capped("a training step"):
+                        measured = self._memory(where, concrete)
+                    report = dataclasses.replace(report, memory=measured)
                 return report
         except ForwardError as exc:
             if self._factory is None or self._chosen_device is not None or exc.device != "meta":
@@ -336,6 +339,13 @@ class Profiler:
                 raise
             self._build("cpu")
             return self._eager(concrete, seed)
+
+    def _capped(self, running: str) -> AbstractContextManager[None]:
+        """On CPU, what runs may grow only into the memory there is (:func:`capped`): what
+        it holds besides the model is not measured before it runs."""
+        if self.device != "cpu":
+            return nullcontext()
+        return capped(self._what or self.target, running=running)
 
     def step_arguments(self, where: str, concrete: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
         """Forward's arguments for a run made on ``where``: the inputs, made as a run makes them."""

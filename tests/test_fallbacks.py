@@ -158,3 +158,39 @@ def test_a_model_that_fits_once_but_not_once_a_rank_is_refused(
         execorder.profile(build, inputs=torch.ones(1, width), device="cpu")
     assert "to each of the 100 ranks on this host" in str(caught.value)
     assert caught.value.needed is not None and caught.value.needed * 1.1 < whole
+
+
+class _Wide(torch.nn.Module):
+    """Small weights, large activations: what a forward holds is 16x the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList([torch.nn.Linear(1024, 1024) for _ in range(8)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        return x
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the address-space cap is Linux's")
+@pytest.mark.parametrize("memory", [None, "sgd"])
+def test_a_run_on_cpu_that_outgrows_the_memory_there_is_stops_clearly(
+    monkeypatch: pytest.MonkeyPatch, memory: str | None
+) -> None:
+    """The build fits; what forward (or a training step) holds besides does not: it stops at
+    the memory there is, with what to do, not at the kernel's out-of-memory killer. Here
+    the memory there is is made 1 GB, and the forward holds 2 GB."""
+    import execorder
+    from execorder.errors import MemoryGuardError
+    from execorder.loading import memory as guard
+
+    monkeypatch.setattr(guard, "available_bytes", lambda device: 10**9)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    x = torch.ones(32768, 1024)
+    with pytest.raises(MemoryGuardError) as caught:
+        execorder.profile(_Wide, inputs=x, device="cpu", memory=memory)
+    assert str(caught.value).startswith("a forward of _Wide() on cpu ran out of the about 1.0 GB")
+    assert "run it on the meta device (device='meta'), where memory measures" in str(caught.value)
+    report = execorder.profile(_Wide, inputs=torch.ones(256, 1024), device="cpu", memory=memory)
+    assert report.report.summary.params_used == 16  # a run that fits runs as before

@@ -141,16 +141,18 @@ def check_fits(model: nn.Module, device: str, *, what: str, why: str = "", extra
 
 
 @contextmanager
-def capped(what: str) -> Iterator[None]:
-    """Build ``what`` on CPU, unmeasured, with at most the memory available to grow into.
+def capped(what: str, *, running: str | None = None) -> Iterator[None]:
+    """Build ``what`` on CPU, unmeasured, or run it there (``running``: what runs, ``"a
+    forward"``), with at most the memory available to grow into.
 
-    A model that could not be built on meta could not be measured either: the
-    address space (``ulimit -v``, Linux) is capped for the build, so a model
-    too big for the machine fails at once with a clear error instead of
-    meeting the kernel's out-of-memory killer.
+    A model that could not be built on meta could not be measured either, and
+    what a forward or a training step holds besides the model is not measured
+    before it runs: the address space (``ulimit -v``, Linux) is capped for it,
+    so what is too big for the machine fails at once with a clear error
+    instead of meeting the kernel's out-of-memory killer.
 
     Raises:
-        MemoryGuardError: If the build runs out of the memory available.
+        MemoryGuardError: If it runs out of the memory available.
     """
     available = available_bytes("cpu")
     if resource is None or available is None:
@@ -165,14 +167,27 @@ def capped(what: str) -> Iterator[None]:
     resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
     try:
         yield
-    except MemoryError as exc:
-        raise MemoryGuardError(what, "cpu", None, available, ranks=local_ranks()) from exc
-    except RuntimeError as exc:
-        if "alloc" not in str(exc):  # torch's "DefaultCPUAllocator: can't allocate memory"
+    except Exception as exc:
+        if not _out_of_memory(exc):
             raise
-        raise MemoryGuardError(what, "cpu", None, available, ranks=local_ranks()) from exc
+        raise MemoryGuardError(
+            what, "cpu", None, available, ranks=local_ranks(), running=running
+        ) from exc
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _out_of_memory(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or what it was raised from (a forward's error wraps the model's),
+    is an allocation that found no memory."""
+    while exc is not None:
+        if isinstance(exc, MemoryError):
+            return True
+        # torch's "DefaultCPUAllocator: can't allocate memory"
+        if isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 def _vm_size() -> int:
