@@ -633,6 +633,11 @@ def test_a_ddp_built_before_requires_grad_changed_is_what_the_report_says(
         with eager.record(ddp) as recording:
             ddp(torch.ones(2, 4)).sum().backward()
         assert recording.report().ddp_built is None  # as built
+        switching = models.SwitchesOff()  # forward itself switches requires_grad off
+        switched = DistributedDataParallel(switching, find_unused_parameters=True)
+        with eager.record(switched) as recording:
+            switched(torch.ones(2, 4)).sum().backward()
+        assert recording.report().ddp_built is None  # DDP was built for what forward began with
         model[0].requires_grad_(False)
         with eager.record(ddp) as recording:
             ddp(torch.ones(2, 4)).sum().backward()

@@ -262,5 +262,5 @@ def replicate_ready(model: nn.Module) -> None:
     """Make the DDP ``replicate(model)`` makes in the model's first call, as its hook would
     there and then: building it broadcasts every parameter, which is not forward's use."""
     state = _replicate_state(model)
-    if state is not None and (getattr(state, "_init_args", None) or state._init_kwargs):
+    if state is not None and (state._init_args or state._init_kwargs):  # as its hook checks
         state.lazy_init()

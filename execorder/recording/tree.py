@@ -170,14 +170,16 @@ def module_tree(root: nn.Module) -> ModuleTree:
 
 
 def ddp_registered(module: nn.Module, ignored: Collection[str]) -> list[nn.Parameter]:
-    """The parameters ``DistributedDataParallel(module)`` registers, in the order it numbers them.
+    """The parameters ``DistributedDataParallel(module)`` registers, in the order it numbers them,
+    those that required grad when it was built: the caller keeps those (requires_grad now is
+    not that: forward may switch it off).
 
     As its ``_build_params_for_reducer`` lists them: each module once, in
-    ``named_modules()`` order, with its own parameters that require grad but
-    those named in ``ignored`` (``_ddp_params_and_buffers_to_ignore``), each
-    parameter once. DDP matches ``f"{module_name}.{param_name}"``, so a
-    parameter of the root itself is matched as ``.name`` (a plain ``name``
-    does not take it out). Without recursion.
+    ``named_modules()`` order, with its own parameters but those named in
+    ``ignored`` (``_ddp_params_and_buffers_to_ignore``), each parameter once.
+    DDP matches ``f"{module_name}.{param_name}"``, so a parameter of the root
+    itself is matched as ``.name`` (a plain ``name`` does not take it out).
+    Without recursion.
     """
     ignored = set(ignored)
     seen: set[int] = set()
@@ -189,7 +191,7 @@ def ddp_registered(module: nn.Module, ignored: Collection[str]) -> list[nn.Param
             continue
         seen.add(id(current))
         for name, param in current._parameters.items():
-            if param is not None and param.requires_grad and f"{prefix}.{name}" not in ignored:
+            if param is not None and f"{prefix}.{name}" not in ignored:
                 registered.setdefault(id(param), param)
         dot = f"{prefix}." if prefix else ""
         children = [(dot + n, c) for n, c in current._modules.items() if c is not None]

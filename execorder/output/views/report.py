@@ -173,9 +173,8 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
     """
     if report.ddp_built is not None:
         return fact("DDP check", _built_text(report.ddp_built), Severity.ERROR)
-    every = "every trainable parameter DDP waits for" if report.ddp_ignored else ""
+    every = "every trainable parameter" + (" DDP waits for" if report.ddp_ignored else "")
     report = report.as_ddp_sees_it()
-    every = every or "every trainable parameter"
     missing = report.summary.params_no_grad
     resting = len(report.findings(Category.ASSUMPTION))
     if report.no_use_seen:
@@ -301,9 +300,9 @@ def ddp_ignored_fact(report: Report) -> Row:
     """The trainable parameters DDP leaves out, which the DDP check does not count."""
     names = report.ddp_ignored
     text = (
-        f"{plural(len(names), 'trainable parameter')} ({listed(names)}), named in the model's "
-        "_ddp_params_and_buffers_to_ignore: DDP neither numbers them nor waits for their "
-        "gradients"
+        f"{plural(len(names), 'trainable parameter')} ({listed(names)}): DDP neither numbers "
+        "them nor waits for their gradients (the model names them in "
+        "_ddp_params_and_buffers_to_ignore, or its DDP was made without them)"
     )
     return fact("DDP ignores", text)
 
