@@ -840,6 +840,10 @@ class SplitGradientError(ExecOrderError):
     ready once a step: it raises ("Expected to mark a variable ready only
     once"), or, when the first pass completes every bucket, all-reduces then
     and adds the rest unreduced, so the ranks' replicas drift apart silently.
+    A step that calls backward several times over one forward
+    (``loss_a.backward(retain_graph=True)``, then ``loss_b.backward()``)
+    splits gradients too, and DDP fails on those or drifts under every
+    setting, ``static_graph=True`` too.
 
     Attributes:
         step: The training step recorded (1 for the first).
@@ -848,6 +852,8 @@ class SplitGradientError(ExecOrderError):
             was asked to stop on it always).
         checkpoints: The model's own checkpoint Functions that ran
             (``use_reentrant`` is no option of theirs); empty for torch's.
+        by_backwards: Those of ``params`` whose parts come from several
+            backward calls of the caller's own (:attr:`Report.split_by_backwards`).
     """
 
     def __init__(
@@ -857,27 +863,77 @@ class SplitGradientError(ExecOrderError):
         *,
         under_ddp: bool,
         checkpoints: Sequence[str] = (),
+        by_backwards: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.step, self.params, self.under_ddp = step, dict(params), under_ddp
         self.checkpoints = tuple(checkpoints)
+        self.by_backwards = tuple(by_backwards)
 
     def describe(self, words: Words = PYTHON) -> str:
         count = len(self.params)
         listed = ", ".join(f"{name} ({n} passes)" for name, n in list(self.params.items())[:8])
         more = f", +{count - 8} more" if count > 8 else ""
         noun = "parameter" if count == 1 else "parameters"
+        reentrant = set(self.params) - set(self.by_backwards)
+        causes = []
+        if self.by_backwards:
+            causes.append("backward ran more than once over one forward")
+        if reentrant:
+            causes.append("reentrant checkpoints run their own")
         text = (
             f"step {self.step}: {count} trainable {noun} got their gradient in several "
-            f"backward passes (reentrant checkpoints run their own): {listed}{more}"
+            f"backward passes ({' and '.join(causes)}): {listed}{more}"
         )
-        if self.under_ddp:
+        advice = []
+        if self.by_backwards:
+            if self.under_ddp:
+                text += (
+                    "; DDP reduces a parameter once a forward, static_graph=True too: the next "
+                    "step fails, or the ranks' gradients already differ"
+                )
+            advice.append("add the losses and call backward once, (loss_a + loss_b).backward()")
+        elif self.under_ddp:
             text += (
                 "; DDP all-reduced them before the last part arrived, so the ranks' "
                 "gradients differ"
             )
-        advice = non_reentrant(self.checkpoints)
-        return f"{text}. {advice[0].upper()}{advice[1:]}, or DDP(static_graph=True)"
+        if reentrant:
+            advice.append(f"{non_reentrant(self.checkpoints)}, or DDP(static_graph=True)")
+        first = "; ".join(advice)
+        return f"{text}. {first[0].upper()}{first[1:]}"
+
+
+class UnreducedGradientError(ExecOrderError):
+    """A recorded first step under ``DistributedDataParallel(static_graph=True)`` gave
+    parameters their gradient only after DDP all-reduced.
+
+    In its first step, DDP with ``static_graph=True`` all-reduces when the first
+    backward through forward's outputs ends. A step that runs one before its
+    loss's backward (a gradient penalty's ``torch.autograd.grad``) gets its
+    gradients later, and DDP never all-reduces them: the ranks drift apart,
+    with no error. Without ``static_graph`` DDP reduces them in that backward.
+
+    Attributes:
+        step: The training step recorded (1 for the first).
+        params: The parameters, by qualified name (:attr:`Report.ddp_unreduced`).
+    """
+
+    def __init__(self, step: int, params: Sequence[str]) -> None:
+        super().__init__()
+        self.step, self.params = step, tuple(params)
+
+    def describe(self, words: Words = PYTHON) -> str:
+        count = len(self.params)
+        names = ", ".join(self.params[:8]) + (f", +{count - 8} more" if count > 8 else "")
+        noun = "parameter" if count == 1 else "parameters"
+        return (
+            f"step {self.step}: {count} trainable {noun} got their gradient only after the "
+            "first backward through forward's outputs (an autograd.grad before the loss's "
+            f"backward): {names}; DDP with static_graph=True all-reduces at the end of that "
+            "one in its first step, so these are never all-reduced and the ranks drift "
+            "apart. Wrap the model without static_graph=True"
+        )
 
 
 class RanksDivergedError(ExecOrderError):

@@ -18,6 +18,7 @@ parameters whose sharded gradient FSDP2 set, against the report's).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -323,6 +324,7 @@ def wrappers_mode() -> None:
     compiled_ddp_jobs()
     changed_after_wrapping()
     unread_outputs()
+    several_backwards()
 
 
 # (model, its inputs): parameters read with no gradient path, which a compiled graph holds
@@ -462,52 +464,151 @@ def unread_outputs() -> None:
     )
 
 
-def changed_after_wrapping() -> None:
-    """``requires_grad`` turned off (or on) for a block after DDP wrapped the model, under each
-    DDP setting: three real steps with each rank on its own data (whether DDP fails, and
-    whether the block's weights still agree across ranks), against a StepWatch of step 1."""
-    from execorder.errors import DdpBuiltError
+def three_steps(
+    make: Callable[[], tuple[nn.Module, nn.Module]],
+    step: Callable[[nn.Module, torch.Tensor], None],
+    watched: bool,
+) -> tuple[int | None, bool, str | None]:
+    """Three real steps of a job (``make`` gives the model and what the loop calls), each rank
+    on its own data, step 1 under a StepWatch or not: the step DDP fails at (None: it runs),
+    whether the ranks' weights still agree after, and what the watch stopped with."""
+    from execorder.errors import ExecOrderError
     from execorder.training import StepWatch
 
+    torch.manual_seed(0)
+    model, job = make()
+    step_of = torch.optim.SGD(model.parameters(), lr=0.1)
+    watch, failed, stopped = StepWatch(), None, None
+    for n in (1, 2, 3):
+        torch.manual_seed(100 * RANK + n)  # each rank its own batch
+        if watched and n == 1:
+            watch.begin(job, n)
+        try:
+            step(job, torch.randn(3, 4))
+        except RuntimeError:
+            failed = n
+            watch.abort()
+            break
+        if watched and n == 1:
+            try:
+                watch.end()
+            except ExecOrderError as exc:
+                stopped = str(exc)
+                break
+        step_of.step()
+        step_of.zero_grad()
+    weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+    gathered = [torch.zeros_like(weights) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, weights)
+    return failed, all(torch.equal(gathered[0], w) for w in gathered), stopped
+
+
+def _changed_after(change: str, find_unused: bool, static: bool) -> tuple[nn.Module, nn.Module]:
+    """A model whose first block requires grad when DDP wraps it and not after, or the reverse."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    mid = model[0]  # every parameter gets its gradient, but for a frozen one
+    mid.requires_grad_(change == "frozen")
+    job = DDP(model, find_unused_parameters=find_unused, static_graph=static)
+    mid.requires_grad_(change == "trainable")
+    return model, job
+
+
+def _summed(job: nn.Module, x: torch.Tensor) -> None:
+    job(x).sum().backward()
+
+
+def changed_after_wrapping() -> None:
+    """``requires_grad`` turned off (or on) for a block after DDP wrapped the model, under each
+    DDP setting: three real steps (whether DDP fails, and whether the ranks' weights still
+    agree), against a StepWatch of step 1."""
     for find_unused, static in ((False, False), (True, False), (False, True)):
         for change in ("frozen", "trainable"):
-            outcomes = []
-            for watched in (False, True):
-                torch.manual_seed(0)
-                model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
-                mid = model[0]  # every parameter gets its gradient, but for a frozen one
-                mid.requires_grad_(change == "frozen")
-                job = DDP(model, find_unused_parameters=find_unused, static_graph=static)
-                mid.requires_grad_(change == "trainable")
-                step_of = torch.optim.SGD([p for p in model.parameters()], lr=0.1)
-                watch, failed, stopped = StepWatch(), None, None
-                for step in (1, 2, 3):
-                    torch.manual_seed(100 * RANK + step)  # each rank its own batch
-                    if watched and step == 1:
-                        watch.begin(model, step)
-                    try:
-                        job(torch.randn(2, 4)).sum().backward()
-                    except RuntimeError:
-                        failed = step
-                        break
-                    if watched and step == 1:
-                        try:
-                            watch.end()
-                        except DdpBuiltError as exc:
-                            stopped = str(exc)
-                            break
-                    step_of.step()
-                    step_of.zero_grad()
-                weights = mid.weight.detach().clone()
-                gathered = [torch.zeros_like(weights) for _ in range(dist.get_world_size())]
-                dist.all_gather(gathered, weights)
-                agree = all(torch.equal(gathered[0], w) for w in gathered)
-                outcomes.append((failed, agree, stopped))
+            make = functools.partial(_changed_after, change, find_unused, static)
+            outcomes = [three_steps(make, _summed, watched) for watched in (False, True)]
             (failed, agree, _), (_, _, stopped) = outcomes
             emit(
                 case=f"changed/{change}/{find_unused}/{static}",
                 fails_at=failed,
                 replicas_agree=agree,
+                stopped=stopped,
+            )
+
+
+class Apart(nn.Module):
+    """Two heads with nothing shared: a loss on each reaches its own head alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.policy = nn.Linear(4, 2)
+        self.value = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.policy(x), self.value(x)
+
+
+def unwrap_ddp(job: nn.Module) -> Any:
+    return job.module if isinstance(job, DDP) else job
+
+
+def _backwards(how: str, job: nn.Module, x: torch.Tensor) -> None:
+    """One training step's forward and backward(s), as ``how`` writes its losses."""
+    if how == "penalty":  # a gradient penalty: autograd.grad through forward, then backward
+        x.requires_grad_(True)
+        policy, value = job(x)
+        (slope,) = torch.autograd.grad(value.sum(), x, create_graph=True)
+        (policy.sum() + value.sum() + slope.pow(2).sum()).backward()
+        return
+    policy, value = job(x)
+    weight = unwrap_ddp(job).value.weight
+    if how in ("decay-first", "decay-after"):  # weight decay as a backward of its own
+        if how == "decay-first":
+            weight.pow(2).sum().backward()
+        (policy.sum() + value.sum()).backward()
+        if how == "decay-after":
+            weight.pow(2).sum().backward()
+    elif how == "summed":
+        (policy.sum() + value.pow(2).sum()).backward()
+    elif how == "one-output":  # two losses on one output's columns
+        policy[:, 0].sum().backward(retain_graph=True)
+        policy[:, 1].pow(2).sum().backward()
+    else:  # a loss on each head, each its own backward
+        policy.sum().backward(retain_graph=True)
+        value.pow(2).sum().backward()
+
+
+SEVERAL_BACKWARDS = {
+    "shared": (models.TwoHeads, "heads"),
+    "apart": (Apart, "heads"),
+    "one-output": (models.TwoHeads, "one-output"),
+    "penalty": (models.TwoHeads, "penalty"),
+    "decay-first": (models.TwoHeads, "decay-first"),
+    "decay-after": (models.TwoHeads, "decay-after"),
+    "summed": (models.TwoHeads, "summed"),
+}
+
+
+def _wrapped_in_ddp(
+    build: Callable[[], nn.Module], find_unused: bool, static: bool
+) -> tuple[nn.Module, nn.Module]:
+    model = build()
+    return model, DDP(model, find_unused_parameters=find_unused, static_graph=static)
+
+
+def several_backwards() -> None:
+    """Steps that call backward more than once over one forward (a loss on each head), under
+    each DDP setting: three real steps (where DDP fails, and whether the ranks' weights still
+    agree), against a StepWatch of step 1."""
+    for name, (build, how) in SEVERAL_BACKWARDS.items():
+        for find_unused, static in ((False, False), (True, False), (False, True)):
+            make = functools.partial(_wrapped_in_ddp, build, find_unused, static)
+            step = functools.partial(_backwards, how)
+            outcomes = [three_steps(make, step, watched) for watched in (False, True)]
+            (failed, agree, _), (watched_failed, _, stopped) = outcomes
+            emit(
+                case=f"backwards/{name}/{find_unused}/{static}",
+                fails_at=failed,
+                replicas_agree=agree,
+                watched_fails_at=watched_failed,
                 stopped=stopped,
             )
 

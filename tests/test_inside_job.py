@@ -159,9 +159,9 @@ def test_a_watch_stops_a_ddp_built_before_requires_grad_changed(
                 broken = line["fails_at"] is not None or not line["replicas_agree"]
                 if change == "trainable":
                     assert line["fails_at"] is None and not line["replicas_agree"], case
-                else:
-                    assert line["replicas_agree"], case
+                else:  # the step before it fails, DDP left the bucket it waits on unreduced
                     assert (line["fails_at"] == 2) == (not find_unused and not static), case
+                    assert line["replicas_agree"] or line["fails_at"] == 2, case
                 assert (line["stopped"] is not None) == broken, case
                 if line["stopped"] is not None:
                     assert line["stopped"].startswith("step 1: DDP was built when "), case
@@ -170,6 +170,44 @@ def test_a_watch_stops_a_ddp_built_before_requires_grad_changed(
                         if change == "trainable"
                         else "frozen since, which DDP still waits for: it fails at the next step"
                     ) in line["stopped"], case
+
+
+SEVERAL_BACKWARDS = ["shared", "apart", "one-output", "penalty", "decay-first", "decay-after"]
+
+
+def test_a_watch_stops_a_step_whose_backwards_ddp_does_not_reduce_as_one(
+    wrapped: dict[str, list[dict[str, Any]]],
+) -> None:
+    """A step that calls backward more than once over one forward (a loss on each head), or a
+    gradient penalty's autograd.grad before the loss's backward, under each DDP setting:
+    DDP raises in the step, fails at the next, or lets the ranks' weights part silently
+    (static_graph too). The watch stops at step 1 exactly where the real job breaks, and
+    says which of the two it is; a step that adds its losses first, or a penalty on the
+    weights alone in a backward of its own, runs as it does unwatched."""
+    broken = set()
+    for name in [*SEVERAL_BACKWARDS, "summed"]:
+        for find_unused, static in ((False, False), (True, False), (False, True)):
+            case = f"backwards/{name}/{find_unused}/{static}"
+            for line in wrapped[case]:
+                fails = line["fails_at"] is not None or not line["replicas_agree"]
+                if line["fails_at"] == 1:  # DDP raises in the step itself, watched or not
+                    assert line["watched_fails_at"] == 1, case
+                    continue
+                assert line["watched_fails_at"] is None, f"{case}: the watch broke the job"
+                stopped = line["stopped"]
+                assert (stopped is not None) == fails, case
+                if not fails:
+                    continue
+                broken.add(case)
+                if name == "penalty":
+                    assert "only after the first backward through forward's outputs" in stopped
+                else:
+                    assert "(backward ran more than once over one forward)" in stopped, case
+                    assert "(loss_a + loss_b).backward()" in stopped, case
+    # Every kind of break is among them: a silent one under static_graph too.
+    for case in ("apart/True/False", "apart/False/True", "penalty/False/True"):
+        assert f"backwards/{case}" in broken, case
+    assert not any("summed" in case or "decay-after" in case for case in broken), broken
 
 
 def test_outputs_the_loss_does_not_read_give_no_gradient_under_ddps_sink(

@@ -225,3 +225,100 @@ def test_a_gate_fails_on_what_find_unused_parameters_would_fail_on() -> None:
     assert "DDP with find_unused_parameters=True takes them for unused" in result.stderr
     swept = runner.invoke(app, [*command, "--fail-on", "recompute-only", "--sweep", "x=1,2"])
     assert swept.exit_code == 2 and "not with --sweep" in swept.stderr
+
+
+# -- backwards of the caller's own -------------------------------------------------------------
+
+
+def _recorded(model: torch.nn.Module, step: str) -> Report:
+    """A step of ``models.TwoHeads`` (or another two-output model) with its losses as ``step``
+    writes them: ``each`` a backward per head, ``summed`` one, ``decay`` a backward of a
+    penalty on one weight alone after it, ``penalty`` an ``autograd.grad`` first."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, requires_grad=step == "penalty")
+    with execorder.record(model) as recording:
+        policy, value = model(x)
+        if step == "each":
+            policy.sum().backward(retain_graph=True)
+            value.sum().backward()
+        elif step == "penalty":
+            (slope,) = torch.autograd.grad(value.sum(), x, create_graph=True)
+            (policy.sum() + value.sum() + slope.pow(2).sum()).backward()
+        else:
+            (policy.sum() + value.sum()).backward()
+            if step == "decay":
+                model.value.weight.pow(2).sum().backward()
+    return recording.report()
+
+
+def test_a_backward_per_loss_splits_what_both_losses_reach() -> None:
+    """The body is in both losses' graphs; each head in its own: only the body is split, by the
+    caller's backwards, which DDP (static_graph too) cannot take."""
+    report = _recorded(models.TwoHeads(), "each")
+    assert report.split_by_backwards == ("body.weight", "body.bias")
+    assert dict(report.split_gradients) == {"body.weight": 2, "body.bias": 2}
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["split_by_backwards"] == ["body.weight", "body.bias"]
+    assert Report.from_dict(data) == report
+    verdict = ddp_verdict(report)
+    assert verdict.cells[1].text == (
+        "fails: 2 trainable parameters get their gradient from several backward calls over "
+        "one forward (body.weight, body.bias); DDP reduces a parameter once a forward under "
+        "every setting, static_graph=True too: it raises, or the ranks drift apart: add the "
+        "losses and call backward once"
+    )
+    assert verdict.severity.value == "error"
+
+
+@pytest.mark.parametrize("step", ["summed", "decay", "penalty"])
+def test_one_backward_through_forward_splits_nothing(step: str) -> None:
+    """One backward of the summed losses; a penalty on a weight alone in a backward of its own
+    (not through forward's graph); a gradient penalty's autograd.grad, which accumulates
+    nothing: no gradient of forward's arrives in parts."""
+    report = _recorded(models.TwoHeads(), step)
+    assert report.split_gradients == {} and report.split_by_backwards == ()
+    assert report.ddp_unreduced == ()  # no DDP ran it
+    assert all(p.gets_gradient for p in report.params)
+    assert ddp_verdict(report).cells[1].text.startswith("ok")
+
+
+def test_a_reentrant_checkpoint_inside_each_backward_counts_as_that_backward() -> None:
+    """The block's recompute runs a pass of its own inside each of the caller's backwards: two
+    passes each time, but parts from two backwards, as the parameters outside have."""
+
+    class Checkpointed(models.TwoHeads):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            from torch.utils.checkpoint import checkpoint
+
+            h = checkpoint(self.body, self.embed(x), use_reentrant=True)
+            return self.policy(h), self.value(h)
+
+    report = _recorded(Checkpointed(), "each")
+    both = ("body.weight", "body.bias", "embed.weight", "embed.bias")
+    assert report.split_by_backwards == both
+    assert dict(report.split_gradients) == dict.fromkeys(both, 2)
+    one = _recorded(Checkpointed(), "summed")
+    assert one.split_by_backwards == () and one.split_gradients == {}
+
+
+def test_a_watch_names_the_backwards_and_what_to_do() -> None:
+    from execorder.errors import SplitGradientError
+    from execorder.training import StepWatch
+
+    model, watch = models.TwoHeads(), StepWatch(stop_on_no_grad=True)
+    watch.begin(model, 1)
+    policy, value = model(torch.randn(3, 4))
+    policy.sum().backward(retain_graph=True)
+    value.sum().backward()
+    with pytest.raises(SplitGradientError) as caught:
+        watch.end()
+    assert caught.value.by_backwards == ("body.weight", "body.bias")
+    assert str(caught.value) == (
+        "step 1: 2 trainable parameters got their gradient in several backward passes "
+        "(backward ran more than once over one forward): body.weight (2 passes), body.bias "
+        "(2 passes). Add the losses and call backward once, (loss_a + loss_b).backward()"
+    )

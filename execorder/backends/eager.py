@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd import Variable
 
 from execorder.backends.common import (
     DEEP,
@@ -130,7 +131,9 @@ class Recording:
         self._backward_assumed = False  # ... and one made after it (by backward)
         self._events: list[Event] = []
         self._order: list[nn.Parameter] = []  # gradient accumulations, by hook
-        self._tasks: list[int] = []  # the backward pass (graph task) of each
+        # The pass (graph task) of each; the caller's own backward running then (a
+        # recompute's pass runs inside one); whether the first of those had ended.
+        self._tasks: list[tuple[int, Any, bool]] = []
         self._calls = 0
         self._failed = False
         self._ended = False
@@ -141,6 +144,10 @@ class Recording:
         self._reach: list[tuple[str, set[nn.Parameter]]] | None = None
         self._passes: dict[nn.Parameter, set[Any]] = {}  # each live parameter's backward passes
         self._main_passes: set[Any] = set()  # the caller's own backwards among them
+        self._main_now: Any = None  # the caller's backward through the outputs running now
+        self._first_ended = False  # the first such backward has ended
+        self._backwards: dict[nn.Parameter, set[Any]] = {}  # the caller's backwards of each
+        self._late: set[nn.Parameter] = set()  # accumulated after the first such ended
         self._pass_hooks: list[Any] = []
         self._inputs: dict[str, str] = {}
         self._trainable: list[nn.Parameter] = []
@@ -255,13 +262,22 @@ class Recording:
             arrived = self._arrival(node)
 
             def pass_seen(grads: tuple[Any, ...]) -> None:
-                self._main_passes.add(_graph_task())
+                task = _graph_task()
+                if task != self._main_now:  # the pass's first output: note it until it ends
+                    self._main_now = task
+                    Variable._execution_engine.queue_callback(self._main_ended)
+                self._main_passes.add(task)
                 arrived(grads)
 
             return pass_seen
 
         nodes = {id(t.grad_fn): t.grad_fn for t in tensors(outputs) if t.grad_fn is not None}
         self._pass_hooks += [node.register_prehook(seen(node)) for node in nodes.values()]
+
+    def _main_ended(self) -> None:
+        """The caller's backward running now has ended (a callback at its end)."""
+        self._main_now = None
+        self._first_ended = True
 
     def _arrival(self, node: Any) -> Callable[[tuple[Any, ...]], None]:
         """A pre-hook of ``node`` that notes which of its outputs a gradient came to."""
@@ -334,7 +350,7 @@ class Recording:
         for one accumulation, in the same pass.
         """
         self._order.append(param)
-        self._tasks.append(_graph_task())
+        self._tasks.append((_graph_task(), self._main_now, self._first_ended))
 
     def walk_outputs(self, outputs: Any) -> None:
         """Walk each output on its own (:attr:`Report.output_reach`): before a backward of
@@ -368,10 +384,19 @@ class Recording:
         if ran:
             # A backward ran: the parameters that got a gradient are the live
             # ones, each accumulated once a backward pass (a reentrant
-            # checkpoint's block runs a pass of its own). Listed at the first.
+            # checkpoint's block runs a pass of its own, inside one of the
+            # caller's backwards). Listed at the first.
             self._passes = {}  # what walk_outputs found before it is the hooks' to say
-            for param, task in zip(self._order, self._tasks, strict=True):
+            for param, (task, within, late) in zip(self._order, self._tasks, strict=True):
+                caller = task if task in self._main_passes else within
+                if caller is None:
+                    # A backward that does not run through forward's graph (a penalty on
+                    # the weights alone): not a part of forward's gradient.
+                    continue
                 self._passes.setdefault(param, set()).add(task)
+                self._backwards.setdefault(param, set()).add(caller)
+                if late:
+                    self._late.add(param)
             self._order = list(unique_params(self._order))
             self._live = set(self._order)
         elif self._with_grad:
@@ -435,11 +460,15 @@ class Recording:
                 outputs=self._reach,
                 passes=self._passes,
                 main_passes=self._main_passes or None,  # none: no backward reached the outputs
+                backwards=self._backwards,
                 compiled=self._compiled,
                 ddp_params=self._ddp_registered,
             )
             if self._ddp_built is not None:
                 report = dataclasses.replace(report, ddp_built=self._ddp_built)
+            unreduced = self._unreduced()
+            if unreduced:
+                report = dataclasses.replace(report, ddp_unreduced=unreduced)
         if self._clock is None:
             return report
         timing = self._clock.timing([call.parent for call in report.modules])
@@ -450,6 +479,20 @@ class Recording:
                 "cannot be timed"
             )
         return dataclasses.replace(report, timing=timing)
+
+    def _unreduced(self) -> tuple[str, ...]:
+        """Under the first step of a DDP with ``static_graph=True``, whose ``_DDPSink`` has it
+        all-reduce when the first backward through forward's outputs ends: the parameters it
+        registers whose gradient arrived only in later backwards of the caller's own."""
+        ddp = self.ddp
+        if ddp is None or not ddp.static_graph or not self._sinks or not self._late:
+            return ()
+        registered = self._ddp_registered
+        if registered is None:
+            registered = [p for p in self._trainable if p.requires_grad]
+        late = {id(p) for p in self._late}
+        names = self._tree.param_names
+        return tuple(names[id(p)][0] for p in registered if id(p) in late)
 
 
 def _reads(events: Sequence[Event]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

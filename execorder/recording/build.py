@@ -45,6 +45,7 @@ def build_report(
     outputs: Sequence[tuple[str, Collection[nn.Parameter]]] | None = None,
     passes: Mapping[nn.Parameter, Collection[Any]] | None = None,
     main_passes: Collection[Any] | None = (None,),
+    backwards: Mapping[nn.Parameter, Collection[Any]] | None = None,
     compiled: bool = False,
     ddp_params: Sequence[nn.Parameter] | None = None,
 ) -> Report:
@@ -77,6 +78,9 @@ def build_report(
             after a real backward); None when that is not known. A
             parameter in none of them is ``recompute_only`` (DDP's search
             for unused parameters does not see it).
+        backwards: For each parameter that got a gradient, the caller's own
+            backward calls it arrived in (a recompute's pass counts as the
+            one it runs inside), when the backend told them apart.
         compiled: Whether forward ran compiled code (``torch.compile``),
             eagerly to be recorded: a dead parameter is dead in eager's graph,
             while the compiled graph holds what it reads as an input, which
@@ -110,6 +114,10 @@ def build_report(
     split = _split(recorder, {p: len(runs) for p, runs in passes.items()}, trainable)
     if split:
         report = dataclasses.replace(report, split_gradients=split)
+    across = [p for p, runs in (backwards or {}).items() if len(runs) > 1]
+    by_backwards = _named(recorder, across, trainable) if across else ()
+    if by_backwards:
+        report = dataclasses.replace(report, split_by_backwards=by_backwards)
     if main_passes is not None:
         only = [p for p, runs in passes.items() if set(main_passes).isdisjoint(runs)]
         hidden = _named(recorder, only, trainable)

@@ -597,6 +597,14 @@ class Report:
             ``static_graph=True`` it fails, or all-reduces before the last
             part arrives. Empty (and absent from the JSON) when there is none
             or the backend did not count them.
+        split_by_backwards: Those of :attr:`split_gradients` whose parts come
+            from several backward calls of the caller's own over the one
+            forward (``loss_a.backward(retain_graph=True)``, then
+            ``loss_b.backward()``), not from reentrant checkpoints' passes
+            inside one. DDP reduces a parameter once a forward under every
+            setting, ``static_graph=True`` too: it raises, or the ranks drift
+            apart. In ``parameters()`` order; empty (and absent from the JSON)
+            when there is none.
         recomputed_calls: The module calls made inside a reentrant checkpoint's
             block (indices into ``modules``), which backward makes again, in
             the backward pass of that block's own. Empty (and absent from the
@@ -633,6 +641,13 @@ class Report:
             parameters required grad (``requires_grad_`` after wrapping): what
             it registered then, and would now. None otherwise (and absent from
             the JSON).
+        ddp_unreduced: Under the first step of a ``DistributedDataParallel``
+            with ``static_graph=True``, which all-reduces when the first
+            backward through forward's outputs ends: the parameters it
+            registers whose gradient arrives only in a later backward of the
+            caller's own (after a gradient penalty's ``autograd.grad``). They
+            are never all-reduced, and the ranks drift apart. In
+            ``parameters()`` order; empty (and absent from the JSON) otherwise.
     """
 
     target: str
@@ -653,11 +668,13 @@ class Report:
     memory: Memory | None = None
     output_reach: OutputReach | None = None
     split_gradients: Mapping[str, int] = field(default_factory=dict)
+    split_by_backwards: tuple[str, ...] = ()
     recomputed_calls: tuple[int, ...] = ()
     own_checkpoints: tuple[str, ...] = ()
     recompute_only: tuple[str, ...] = ()
     ddp_ignored: tuple[str, ...] = ()
     ddp_built: DdpBuilt | None = None
+    ddp_unreduced: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -794,6 +811,8 @@ class Report:
             summary=summary,
             output_reach=reach,
             split_gradients={n: k for n, k in self.split_gradients.items() if n not in ignored},
+            split_by_backwards=tuple(n for n in self.split_by_backwards if n not in ignored),
+            ddp_unreduced=tuple(n for n in self.ddp_unreduced if n not in ignored),
             recompute_only=tuple(n for n in self.recompute_only if n not in ignored),
         )
 
@@ -852,11 +871,17 @@ class Report:
                 else {}
             ),
             **({"split_gradients": dict(self.split_gradients)} if self.split_gradients else {}),
+            **(
+                {"split_by_backwards": list(self.split_by_backwards)}
+                if self.split_by_backwards
+                else {}
+            ),
             **({"recomputed_calls": list(self.recomputed_calls)} if self.recomputed_calls else {}),
             **({"own_checkpoints": list(self.own_checkpoints)} if self.own_checkpoints else {}),
             **({"recompute_only": list(self.recompute_only)} if self.recompute_only else {}),
             **({"ddp_ignored": list(self.ddp_ignored)} if self.ddp_ignored else {}),
             **({"ddp_built": self.ddp_built.to_dict()} if self.ddp_built is not None else {}),
+            **({"ddp_unreduced": list(self.ddp_unreduced)} if self.ddp_unreduced else {}),
         }
 
     @classmethod
@@ -914,6 +939,7 @@ class Report:
             split_gradients=_counts(
                 Fields(fields.get("split_gradients", dict, default={}), "split_gradients")
             ),
+            split_by_backwards=tuple(fields.items("split_by_backwards", str, default=())),
             recomputed_calls=tuple(fields.items("recomputed_calls", int, default=())),
             own_checkpoints=tuple(fields.items("own_checkpoints", str, default=())),
             recompute_only=tuple(fields.items("recompute_only", str, default=())),
@@ -921,6 +947,7 @@ class Report:
             ddp_built=None
             if fields.get("ddp_built", dict, type(None), default=None) is None
             else DdpBuilt.from_dict(data["ddp_built"]),
+            ddp_unreduced=tuple(fields.items("ddp_unreduced", str, default=())),
         )
 
     def param(self, name: str) -> ParamInfo:

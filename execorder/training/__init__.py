@@ -47,6 +47,7 @@ from execorder.errors import (
     RanksDivergedError,
     RecordingError,
     SplitGradientError,
+    UnreducedGradientError,
 )
 from execorder.output import files
 from execorder.ranks import collective_device, compare
@@ -229,11 +230,19 @@ class StepWatch:
                 under_ddp=under_ddp,
                 recompute_only=report.recompute_only,
             )
-        split = report.as_ddp_sees_it().split_gradients
-        under_ddp = ddp is not None and not ddp.static_graph
+        seen = report.as_ddp_sees_it()
+        split, by_backwards = dict(seen.split_gradients), seen.split_by_backwards
+        # static_graph takes reentrant checkpoints' passes, not the caller's own backwards.
+        if ddp is not None and ddp.static_graph and self.stop_on_no_grad is None:
+            split = {name: n for name, n in split.items() if name in by_backwards}
+        under_ddp = ddp is not None and (not ddp.static_graph or bool(by_backwards))
         if split and (under_ddp if self.stop_on_no_grad is None else self.stop_on_no_grad):
             own = report.own_checkpoints
-            return SplitGradientError(step, split, under_ddp=under_ddp, checkpoints=own)
+            return SplitGradientError(
+                step, split, under_ddp=under_ddp, checkpoints=own, by_backwards=by_backwards
+            )
+        if seen.ddp_unreduced and self.stop_on_no_grad is not False:
+            return UnreducedGradientError(step, seen.ddp_unreduced)
         return None
 
 

@@ -225,6 +225,16 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
             )
         return fact("DDP check", text, Severity.ERROR)
     split = list(report.split_gradients)
+    if report.split_by_backwards:
+        calls = report.split_by_backwards
+        text = (
+            f"fails: {plural(len(calls), 'trainable parameter')} "
+            f"{'gets its' if len(calls) == 1 else 'get their'} gradient from several backward "
+            f"calls over one forward ({listed(calls)}); DDP reduces a parameter once a forward "
+            "under every setting, static_graph=True too: it raises, or the ranks drift apart: "
+            "add the losses and call backward once"
+        )
+        return fact("DDP check", text, Severity.ERROR)
     if split:
         text = (
             f"fails: {plural(len(split), 'trainable parameter')} "
