@@ -98,6 +98,7 @@ def worker(repeats: int, backend: str, out: str) -> None:
     import torch.distributed as dist
 
     import execorder
+    from execorder.training import _differing
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -125,7 +126,7 @@ def worker(repeats: int, backend: str, out: str) -> None:
         for _ in range(3):  # warm-up (compiles once under torch.compile)
             step()
         recorded()
-        plain, inside, report, uncompiled = [], [], [], []
+        plain, inside, report, uncompiled, gradients = [], [], [], [], []
         for round_ in range(repeats):
             holder: list[Any] = []
             pair = [
@@ -140,6 +141,8 @@ def worker(repeats: int, backend: str, out: str) -> None:
             if name == "compile":
                 with torch.compiler.set_stance("force_eager"):
                     uncompiled.append(timed(step))
+            if name == "ddp":  # what StepWatch adds after it: the ranks' gradients compared
+                gradients.append(timed(lambda holder=holder: _differing(holder[0])))
         results[name] = {
             "step_ms": statistics.median(plain) * 1e3,
             "recorded_ms": statistics.median(inside) * 1e3,
@@ -147,6 +150,8 @@ def worker(repeats: int, backend: str, out: str) -> None:
         }
         if uncompiled:
             results[name]["uncompiled_ms"] = statistics.median(uncompiled) * 1e3
+        if gradients:
+            results[name]["gradients_ms"] = statistics.median(gradients) * 1e3
     if rank == 0:
         Path(out).write_text(json.dumps(results))
     dist.destroy_process_group()
@@ -200,6 +205,13 @@ def main() -> None:
             print(
                 f"{'  (uncompiled)':18} {eager:8.1f} ms {'':>11} "
                 f"{figures['recorded_ms'] / eager:6.2f}x of the uncompiled step"
+            )
+        if "gradients_ms" in figures:
+            compared = figures["gradients_ms"]
+            print(
+                f"{'  (gradients)':18} {compared:8.1f} ms {'':>11} "
+                f"{compared / figures['step_ms']:6.2f}x of the step: StepWatch comparing the "
+                "ranks' gradients"
             )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

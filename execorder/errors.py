@@ -936,6 +936,38 @@ class UnreducedGradientError(ExecOrderError):
         )
 
 
+class GradientsDifferError(ExecOrderError):
+    """After a recorded step's backward under ``DistributedDataParallel``, the ranks hold
+    different gradients of some parameters it registers: it did not reduce them.
+
+    DDP averages every registered parameter's gradient over its ranks in backward, so
+    each rank holds the same one after it. One that differs got a part DDP did not
+    reduce (a backward of its own after the loss's, reading the batch but not through
+    forward's outputs; ``requires_grad`` turned on after DDP wrapped the model), and the
+    ranks' replicas drift apart from here, with no error.
+
+    Attributes:
+        step: The training step recorded (1 for the first).
+        params: The parameters, by qualified name, in DDP's order.
+    """
+
+    def __init__(self, step: int, params: Sequence[str]) -> None:
+        super().__init__()
+        self.step, self.params = step, tuple(params)
+
+    def describe(self, words: Words = PYTHON) -> str:
+        count = len(self.params)
+        names = ", ".join(self.params[:8]) + (f", +{count - 8} more" if count > 8 else "")
+        noun = "parameter" if count == 1 else "parameters"
+        return (
+            f"step {self.step}: after DDP's all-reduce the ranks hold different gradients of "
+            f"{count} trainable {noun}: {names}; DDP did not reduce a part of them, so the "
+            "ranks' replicas drift apart from here, with no error. Compute every loss term "
+            "from forward's outputs and call backward once, and set requires_grad before "
+            "wrapping the model with DDP"
+        )
+
+
 class RanksDivergedError(ExecOrderError):
     """The ranks of a job ran different forwards at a recorded training step.
 

@@ -325,6 +325,7 @@ def wrappers_mode() -> None:
     changed_after_wrapping()
     unread_outputs()
     several_backwards()
+    accumulation()
 
 
 # (model, its inputs): parameters read with no gradient path, which a compiled graph holds
@@ -504,12 +505,16 @@ def three_steps(
 
 
 def _changed_after(change: str, find_unused: bool, static: bool) -> tuple[nn.Module, nn.Module]:
-    """A model whose first block requires grad when DDP wraps it and not after, or the reverse."""
+    """A model whose first block requires grad when DDP wraps it and not after (``frozen``),
+    or the reverse (``trainable``), or changes places with the last (``swapped``)."""
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
     mid = model[0]  # every parameter gets its gradient, but for a frozen one
-    mid.requires_grad_(change == "frozen")
+    last = model[2]  # as large: swapped for it, DDP's count and bytes stay the same
+    mid.requires_grad_(change == "frozen" or change == "swapped")
+    last.requires_grad_(change != "swapped")
     job = DDP(model, find_unused_parameters=find_unused, static_graph=static)
     mid.requires_grad_(change == "trainable")
+    last.requires_grad_(True)
     return model, job
 
 
@@ -522,7 +527,7 @@ def changed_after_wrapping() -> None:
     DDP setting: three real steps (whether DDP fails, and whether the ranks' weights still
     agree), against a StepWatch of step 1."""
     for find_unused, static in ((False, False), (True, False), (False, True)):
-        for change in ("frozen", "trainable"):
+        for change in ("frozen", "trainable", "swapped"):
             make = functools.partial(_changed_after, change, find_unused, static)
             outcomes = [three_steps(make, _summed, watched) for watched in (False, True)]
             (failed, agree, _), (_, _, stopped) = outcomes
@@ -560,12 +565,14 @@ def _backwards(how: str, job: nn.Module, x: torch.Tensor) -> None:
         return
     policy, value = job(x)
     weight = unwrap_ddp(job).value.weight
-    if how in ("decay-first", "decay-after"):  # weight decay as a backward of its own
-        if how == "decay-first":
+    if how in ("decay-first", "decay-after", "batch-after"):  # a backward of its own
+        if how == "decay-first":  # weight decay
             weight.pow(2).sum().backward()
         (policy.sum() + value.sum()).backward()
         if how == "decay-after":
             weight.pow(2).sum().backward()
+        elif how == "batch-after":  # a term of the weights and the batch, not through forward
+            (weight * x.mean()).sum().backward()
     elif how == "summed":
         (policy.sum() + value.pow(2).sum()).backward()
     elif how == "one-output":  # two losses on one output's columns
@@ -583,6 +590,7 @@ SEVERAL_BACKWARDS = {
     "penalty": (models.TwoHeads, "penalty"),
     "decay-first": (models.TwoHeads, "decay-first"),
     "decay-after": (models.TwoHeads, "decay-after"),
+    "batch-after": (models.TwoHeads, "batch-after"),
     "summed": (models.TwoHeads, "summed"),
 }
 
@@ -611,6 +619,47 @@ def several_backwards() -> None:
                 watched_fails_at=watched_failed,
                 stopped=stopped,
             )
+
+
+def accumulation() -> None:
+    """Gradient accumulation, as the trainers do it: the first micro-batch of each step under
+    DDP's ``no_sync()`` (gradients summed locally, each rank its own), the second synced.
+    A StepWatch of the first micro-batch of step 1 must let the job run."""
+    from execorder.errors import ExecOrderError
+    from execorder.training import StepWatch
+
+    torch.manual_seed(0)
+    model = models.TwoHeads()
+    job = DDP(model)
+    step_of = torch.optim.SGD(model.parameters(), lr=0.1)
+    watch, stopped = StepWatch(), None
+    for n in (1, 2):
+        torch.manual_seed(100 * RANK + n)
+        with job.no_sync():
+            if n == 1:
+                watch.begin(job, n)
+            _summed_heads(job, torch.randn(3, 4))
+            if n == 1:
+                try:
+                    watch.end()
+                except ExecOrderError as exc:
+                    stopped = str(exc)
+        _summed_heads(job, torch.randn(3, 4))
+        step_of.step()
+        step_of.zero_grad()
+    weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+    gathered = [torch.zeros_like(weights) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, weights)
+    emit(
+        case="accumulated",
+        replicas_agree=all(torch.equal(gathered[0], w) for w in gathered),
+        stopped=stopped,
+    )
+
+
+def _summed_heads(job: nn.Module, x: torch.Tensor) -> None:
+    policy, value = job(x)
+    (policy.sum() + value.pow(2).sum()).backward()
 
 
 def refusals() -> None:

@@ -153,10 +153,20 @@ def test_a_watch_stops_a_ddp_built_before_requires_grad_changed(
     trainable after is never all-reduced (every setting: the ranks' weights part, silently).
     The watch stops at step 1 exactly where the real job fails or parts."""
     for find_unused, static in ((False, False), (True, False), (False, True)):
-        for change in ("frozen", "trainable"):
+        for change in ("frozen", "trainable", "swapped"):
             for line in wrapped[f"changed/{change}/{find_unused}/{static}"]:
                 case = f"{change} after wrapping, find_unused={find_unused}, static={static}"
                 broken = line["fails_at"] is not None or not line["replicas_agree"]
+                if change == "swapped":  # DDP's own count cannot tell: the gradients do
+                    assert broken and line["stopped"] is not None, case
+                    assert line["stopped"] == (
+                        "step 1: after DDP's all-reduce the ranks hold different gradients of "
+                        "1 trainable parameter: 2.weight; DDP did not reduce a part of them, so "
+                        "the ranks' replicas drift apart from here, with no error. Compute "
+                        "every loss term from forward's outputs and call backward once, and "
+                        "set requires_grad before wrapping the model with DDP"
+                    ), case
+                    continue
                 if change == "trainable":
                     assert line["fails_at"] is None and not line["replicas_agree"], case
                 else:  # the step before it fails, DDP left the bucket it waits on unreduced
@@ -172,7 +182,15 @@ def test_a_watch_stops_a_ddp_built_before_requires_grad_changed(
                     ) in line["stopped"], case
 
 
-SEVERAL_BACKWARDS = ["shared", "apart", "one-output", "penalty", "decay-first", "decay-after"]
+SEVERAL_BACKWARDS = [
+    "shared",
+    "apart",
+    "one-output",
+    "penalty",
+    "decay-first",
+    "decay-after",
+    "batch-after",
+]
 
 
 def test_a_watch_stops_a_step_whose_backwards_ddp_does_not_reduce_as_one(
@@ -201,13 +219,26 @@ def test_a_watch_stops_a_step_whose_backwards_ddp_does_not_reduce_as_one(
                 broken.add(case)
                 if name == "penalty":
                     assert "only after the first backward through forward's outputs" in stopped
+                elif name == "batch-after":  # no part of forward's: the gradients tell
+                    assert stopped.startswith("step 1: after DDP's all-reduce the ranks hold")
                 else:
                     assert "(backward ran more than once over one forward)" in stopped, case
                     assert "(loss_a + loss_b).backward()" in stopped, case
     # Every kind of break is among them: a silent one under static_graph too.
-    for case in ("apart/True/False", "apart/False/True", "penalty/False/True"):
+    silent = ("apart/False/True", "penalty/False/True", "batch-after/False/False")
+    for case in ("apart/True/False", *silent):
         assert f"backwards/{case}" in broken, case
     assert not any("summed" in case or "decay-after" in case for case in broken), broken
+
+
+def test_a_watch_lets_a_micro_batch_under_no_sync_keep_its_own_gradients(
+    wrapped: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Gradient accumulation: under no_sync() each rank sums its own gradients, which DDP
+    reduces in the synced micro-batch; the watch of the first does not take them for
+    gradients DDP failed to reduce."""
+    for line in wrapped["accumulated"]:
+        assert line["replicas_agree"] and line["stopped"] is None, line
 
 
 def test_outputs_the_loss_does_not_read_give_no_gradient_under_ddps_sink(

@@ -5,6 +5,7 @@ tests/test_inside_job.py has the cases that need ranks."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -661,3 +662,59 @@ def test_a_ddp_built_before_requires_grad_changed_is_what_the_report_says(
     broken = report.to_dict()
     broken["ddp_built"]["params_now"] = -1
     assert not VALIDATOR.is_valid(broken)
+
+
+def test_the_gradients_ddp_reduced_are_those_of_a_synced_step_with_torchs_own_hooks(
+    tmp_path: Path,
+) -> None:
+    """What the watch compares across ranks: the gradients of the parameters DDP registers,
+    and the group it averaged them over; none under no_sync() (each rank sums its own), or
+    with a comm hook that is not one of torch's all-reduces (local SGD reduces within
+    subgroups, by design)."""
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+    from torch.nn.parallel import DistributedDataParallel
+
+    from execorder.training import _fingerprint
+
+    def recorded(ddp: Any, synced: bool = True) -> Any:
+        with eager.record(ddp) as recording, nullcontext() if synced else ddp.no_sync():
+            policy, value = ddp(torch.ones(2, 4))
+            (policy.sum() + value.sum()).backward()
+        return recording.reduced_gradients()
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        model = built(models.TwoHeads)
+        model.value.requires_grad_(False)
+        ddp = DistributedDataParallel(model)
+        group, grads = recorded(ddp)
+        assert group is ddp.process_group
+        assert [name for name, _ in grads] == [
+            "body.weight",
+            "body.bias",
+            "policy.weight",
+            "policy.bias",
+        ]
+        assert all(grad is p.grad for (_, grad), p in zip(grads, model.parameters(), strict=False))
+        assert recorded(ddp, synced=False) is None
+        ddp.register_comm_hook(None, default_hooks.allreduce_hook)
+        assert recorded(ddp) is not None
+        other = DistributedDataParallel(built(models.TwoHeads))
+        other.register_comm_hook(
+            None, lambda state, bucket: default_hooks.allreduce_hook(None, bucket)
+        )
+        assert recorded(other) is None
+    finally:
+        dist.destroy_process_group()
+    # Equal gradients print alike, bit for bit; None, NaN and infinities have prints of their own.
+    grad = torch.randn(3, 4)
+    assert torch.equal(_fingerprint(grad), _fingerprint(grad.clone()))
+    assert not torch.equal(_fingerprint(grad), _fingerprint(grad * (1 + 1e-7)))
+    prints = [
+        _fingerprint(g)
+        for g in (None, torch.full((2,), float("nan")), torch.full((2,), float("inf")))
+    ]
+    assert len({tuple(p.tolist()) for p in prints}) == 3
+    assert all(torch.isfinite(p).all() for p in prints)

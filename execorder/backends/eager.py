@@ -164,6 +164,7 @@ class Recording:
         self._readied: set[nn.Parameter] = set()  # made ready for DDP only (see readied)
         self._zeros_only: set[nn.Parameter] = set()  # wrappers' empty gradients only reached
         self._sinks = False  # the DDP around passes the outputs through its _DDPSink
+        self._ddp_group: Any = None  # ... and averages this step's gradients over this group
         self._arrived: dict[int, list[bool]] = {}  # a watched node -> which grads came to it
         self._fillers: list[Any] = []  # FSDP2's nodes on units' inputs (_watch_units)
         self._through: dict[int, list[int | None]] = {}  # DDP's sink on the outputs (replicate)
@@ -219,6 +220,7 @@ class Recording:
         self._sinks = around is not None and around.sinks
         self._ddp_registered = None if around is None else around.registered
         self._ddp_built = None if around is None else around.built
+        self._ddp_group = None if around is None else around.reduces
         if self._sinks:  # replicate() passes the model's own outputs through it
             self._through = sink_edges(self._outputs)
         self._main_pass_watched(self._outputs)
@@ -479,6 +481,23 @@ class Recording:
                 "cannot be timed"
             )
         return dataclasses.replace(report, timing=timing)
+
+    def reduced_gradients(self) -> tuple[Any, list[tuple[str, torch.Tensor | None]]] | None:
+        """The process group over which the DDP that ran the recorded step averaged its
+        gradients into one every rank shares, and the gradients of the parameters it
+        registers now, by name in its order; None when no DDP did (none ran the step, it ran
+        under ``no_sync()``, or a comm hook that reduces otherwise).
+
+        Once the step's backward has ended, every rank of the group holds the same gradient
+        of each: one that differs is one DDP did not reduce.
+        """
+        if self._ddp_group is None or self.ddp is None:
+            return None
+        registered = self._ddp_registered
+        if registered is None:
+            registered = [p for p in self._trainable if p.requires_grad]
+        names = self._tree.param_names
+        return self._ddp_group, [(names[id(p)][0], p.grad) for p in registered]
 
     def _unreduced(self) -> tuple[str, ...]:
         """Under the first step of a DDP with ``static_graph=True``, whose ``_DDPSink`` has it

@@ -170,14 +170,16 @@ class DdpSettings(NamedTuple):
 class DdpAround(NamedTuple):
     """The DDP whose forward runs the recorded model: its settings, the parameters it
     registers when it ignores some (None: every trainable one), what it registered when
-    built, where other parameters required grad then (None: the same), and whether it
-    passes the model's outputs through its ``_DDPSink`` (searching for unused parameters,
-    or building its static graph)."""
+    built, where other parameters required grad then (None: the same), whether it passes
+    the model's outputs through its ``_DDPSink`` (searching for unused parameters, or
+    building its static graph), and the process group over which it averages this step's
+    gradients into one that every rank shares (None: not in this step, :func:`_reduces`)."""
 
     settings: DdpSettings
     registered: list[nn.Parameter] | None
     built: DdpBuilt | None
     sinks: bool
+    reduces: Any  # the process group it all-reduces this step's gradients over, or None
 
 
 def _built(
@@ -222,7 +224,23 @@ def ddp_around(model: nn.Module, trainable: Collection[int]) -> DdpAround | None
     sinks = (settings.find_unused_parameters and not static) or (
         static and not getattr(wrapper, "_static_graph_delay_allreduce_enqueued", True)
     )
-    return DdpAround(settings, registered, _built(wrapper, registered, trainable), sinks)
+    built = _built(wrapper, registered, trainable)
+    return DdpAround(settings, registered, built, sinks, _reduces(wrapper))
+
+
+DEFAULT_HOOKS = "torch.distributed.algorithms.ddp_comm_hooks.default_hooks"
+
+
+def _reduces(wrapper: Any) -> Any:
+    """The process group over which ``wrapper`` averages this step's gradients into one every
+    rank shares: None under ``no_sync()``, or with a comm hook other than torch's own
+    all-reduces (local SGD's reduces within subgroups, by design)."""
+    if not getattr(wrapper, "require_backward_grad_sync", True):
+        return None
+    for hook, _ in getattr(wrapper, "_comm_hooks", None) or ():
+        if getattr(hook, "__module__", None) != DEFAULT_HOOKS:
+            return None
+    return getattr(wrapper, "process_group", None)
 
 
 def _ddp_on_stack(model: nn.Module) -> Any:

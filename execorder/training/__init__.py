@@ -20,7 +20,14 @@ step with :func:`execorder.record`, then checks it:
 - a DDP built when other parameters required grad (``requires_grad_`` after
   wrapping) stops it with :class:`~execorder.errors.DdpBuiltError`: DDP waits
   for a parameter frozen since (the next step fails) and never all-reduces one
-  made trainable since (the ranks drift apart silently).
+  made trainable since (the ranks drift apart silently);
+- a step that calls backward once per loss over one forward stops it with
+  :class:`~execorder.errors.SplitGradientError` under every DDP setting, and
+  a gradient penalty before the loss in static_graph's first step with
+  :class:`~execorder.errors.UnreducedGradientError`;
+- ranks that hold different gradients of what DDP registers once the step's
+  backward has ended (a part DDP did not reduce, whatever put it there) stop
+  it with :class:`~execorder.errors.GradientsDifferError`.
 
 Every rank takes the same decision: the checks that talk between ranks come
 first, and the decision to stop is agreed over the process group, so that no
@@ -43,6 +50,7 @@ from execorder.backends.eager import Recording, record
 from execorder.errors import (
     DdpBuiltError,
     ExecOrderError,
+    GradientsDifferError,
     NoGradientError,
     RanksDivergedError,
     RecordingError,
@@ -69,9 +77,10 @@ class StepWatch:
             it in several backward passes: None (the default) stops only
             where DDP fails on it (the step ran under
             ``DistributedDataParallel`` with ``find_unused_parameters=False``
-            and no ``static_graph``; for several passes, no
-            ``static_graph``); True stops always; False never (the report
-            still says so).
+            and no ``static_graph``; for several passes of reentrant
+            checkpoints, no ``static_graph``; for several backwards of the
+            step's own, any DDP); True stops always; False never (the report
+            still says so, and what DDP left unreduced is logged).
         stop_on_divergence: Stop when compared ranks do not agree; else log it.
         output: Write each recorded step's report as JSON to this path;
             ``{step}`` and ``{rank}`` in it are filled in.
@@ -147,6 +156,10 @@ class StepWatch:
                 parameters required grad, so that it fails at the next step or
                 never all-reduces some gradients (unless ``stop_on_no_grad`` is
                 False: then it is logged).
+            UnreducedGradientError: If, in the first step under a DDP with
+                ``static_graph=True``, gradients came after its all-reduce.
+            GradientsDifferError: If, under a DDP that reduced this step's
+                gradients, the ranks hold different ones of what it registers.
             RecordingError: If no parameter was seen used while forward ran
                 (unless ``stop_on_no_grad`` is False: then it is logged).
         """
@@ -175,6 +188,7 @@ class StepWatch:
             if not result.agree:
                 diverged = _diverged(step, result)
                 log.warning("execorder: %s", diverged)
+        differ = _differing(recording) if _world() > 1 else ()
         stopping: ExecOrderError | None = None
         if diverged is not None and self.stop_on_divergence:
             stopping = diverged
@@ -189,6 +203,12 @@ class StepWatch:
                 stopping = unseen
         else:
             stopping = self._no_grad(step, report, recording)
+        if stopping is None and differ:
+            differs = GradientsDifferError(step, differ)
+            if self.stop_on_no_grad is False:
+                log.warning("execorder: %s", differs)
+            else:
+                stopping = differs
         if not _agreed(stopping is not None):
             return report
         raise stopping or RecordingError(f"step {step}: another rank stopped the run")
@@ -299,6 +319,46 @@ def _diverged(step: int, result: RankComparison) -> RanksDivergedError:
         params=[d.param for d in result.status_differs],
         errors=[(g.ranks, g.error) for g in result.errors if g.error is not None],
     )
+
+
+def _differing(recording: Recording) -> tuple[str, ...]:
+    """The parameters whose gradients differ across the ranks the DDP that ran the step
+    averaged them over (:meth:`Recording.reduced_gradients`): those it did not reduce.
+
+    Each rank sends two numbers a gradient (its sum and its norm, reductions that make
+    no copy of it) and learns their largest and smallest over the ranks: equal
+    gradients give equal numbers, bit for bit.
+    """
+    reduced = recording.reduced_gradients()
+    if reduced is None:
+        return ()
+    group, grads = reduced
+    device = collective_device(group)
+    count = torch.tensor([len(grads), -len(grads)], dtype=torch.float64, device=device)
+    dist.all_reduce(count, op=dist.ReduceOp.MAX, group=group)
+    if not grads or int(count[0]) != -int(count[1]):  # another rank registers others
+        return ()
+    prints = torch.stack([_fingerprint(grad).to(device) for _, grad in grads])
+    both = torch.cat([prints, -prints])
+    dist.all_reduce(both, op=dist.ReduceOp.MAX, group=group)
+    high, low = both[: len(grads)], -both[len(grads) :]
+    differs = (high != low).any(dim=1).tolist()
+    return tuple(name for (name, _), differ in zip(grads, differs, strict=True) if differ)
+
+
+NONE = 1.7e308  # a gradient that is None; NaN and infinities get numbers of their own too
+
+
+def _fingerprint(grad: torch.Tensor | None) -> torch.Tensor:
+    """Two numbers that equal gradients give alike on every rank: the sum and the norm."""
+    if grad is None:
+        return torch.tensor([NONE, NONE], dtype=torch.float64)
+    local = grad.to_local() if hasattr(grad, "to_local") else grad
+    if local.is_sparse:
+        local = local.coalesce().values()
+    with torch.no_grad():
+        numbers = torch.stack([local.sum(), torch.linalg.vector_norm(local)]).double()
+    return torch.nan_to_num(numbers, nan=1.5e308, posinf=1.6e308, neginf=-1.6e308)
 
 
 def _world() -> int:
