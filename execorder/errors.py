@@ -904,7 +904,26 @@ class SplitGradientError(ExecOrderError):
         return f"{text}. {first[0].upper()}{first[1:]}"
 
 
-class UnreducedGradientError(ExecOrderError):
+class StepParamsError(ExecOrderError):
+    """What a recorded training step did to some parameters, named.
+
+    Attributes:
+        step: The training step recorded (1 for the first).
+        params: The parameters, by qualified name.
+    """
+
+    def __init__(self, step: int, params: Sequence[str]) -> None:
+        super().__init__()
+        self.step, self.params = step, tuple(params)
+
+    def _counted(self) -> tuple[str, str]:
+        """``N trainable parameters`` and the first eight names, with how many more."""
+        count = len(self.params)
+        names = ", ".join(self.params[:8]) + (f", +{count - 8} more" if count > 8 else "")
+        return f"{count} trainable {'parameter' if count == 1 else 'parameters'}", names
+
+
+class UnreducedGradientError(StepParamsError):
     """A recorded first step under ``DistributedDataParallel(static_graph=True)`` gave
     parameters their gradient only after DDP all-reduced.
 
@@ -913,30 +932,21 @@ class UnreducedGradientError(ExecOrderError):
     loss's backward (a gradient penalty's ``torch.autograd.grad``) gets its
     gradients later, and DDP never all-reduces them: the ranks drift apart,
     with no error. Without ``static_graph`` DDP reduces them in that backward.
-
-    Attributes:
-        step: The training step recorded (1 for the first).
-        params: The parameters, by qualified name (:attr:`Report.ddp_unreduced`).
+    ``params`` are :attr:`Report.ddp_unreduced`.
     """
 
-    def __init__(self, step: int, params: Sequence[str]) -> None:
-        super().__init__()
-        self.step, self.params = step, tuple(params)
-
     def describe(self, words: Words = PYTHON) -> str:
-        count = len(self.params)
-        names = ", ".join(self.params[:8]) + (f", +{count - 8} more" if count > 8 else "")
-        noun = "parameter" if count == 1 else "parameters"
+        counted, names = self._counted()
         return (
-            f"step {self.step}: {count} trainable {noun} got their gradient only after the "
-            "first backward through forward's outputs (an autograd.grad before the loss's "
-            f"backward): {names}; DDP with static_graph=True all-reduces at the end of that "
-            "one in its first step, so these are never all-reduced and the ranks drift "
-            "apart. Wrap the model without static_graph=True"
+            f"step {self.step}: {counted} got their gradient only after the first backward "
+            "through forward's outputs (an autograd.grad before the loss's backward): "
+            f"{names}; DDP with static_graph=True all-reduces at the end of that one in its "
+            "first step, so these are never all-reduced and the ranks drift apart. Wrap the "
+            "model without static_graph=True"
         )
 
 
-class GradientsDifferError(ExecOrderError):
+class GradientsDifferError(StepParamsError):
     """After a recorded step's backward under ``DistributedDataParallel``, the ranks hold
     different gradients of some parameters it registers: it did not reduce them.
 
@@ -944,27 +954,17 @@ class GradientsDifferError(ExecOrderError):
     each rank holds the same one after it. One that differs got a part DDP did not
     reduce (a backward of its own after the loss's, reading the batch but not through
     forward's outputs; ``requires_grad`` turned on after DDP wrapped the model), and the
-    ranks' replicas drift apart from here, with no error.
-
-    Attributes:
-        step: The training step recorded (1 for the first).
-        params: The parameters, by qualified name, in DDP's order.
+    ranks' replicas drift apart from here, with no error. ``params`` are in DDP's order.
     """
 
-    def __init__(self, step: int, params: Sequence[str]) -> None:
-        super().__init__()
-        self.step, self.params = step, tuple(params)
-
     def describe(self, words: Words = PYTHON) -> str:
-        count = len(self.params)
-        names = ", ".join(self.params[:8]) + (f", +{count - 8} more" if count > 8 else "")
-        noun = "parameter" if count == 1 else "parameters"
+        counted, names = self._counted()
         return (
             f"step {self.step}: after DDP's all-reduce the ranks hold different gradients of "
-            f"{count} trainable {noun}: {names}; DDP did not reduce a part of them, so the "
-            "ranks' replicas drift apart from here, with no error. Compute every loss term "
-            "from forward's outputs and call backward once, and set requires_grad before "
-            "wrapping the model with DDP"
+            f"{counted}: {names}; DDP did not reduce a part of them, so the ranks' replicas "
+            "drift apart from here, with no error. Compute every loss term from forward's "
+            "outputs and call backward once, and set requires_grad before wrapping the model "
+            "with DDP"
         )
 
 
