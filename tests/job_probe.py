@@ -623,38 +623,46 @@ def several_backwards() -> None:
 
 def accumulation() -> None:
     """Gradient accumulation, as the trainers do it: the first micro-batch of each step under
-    DDP's ``no_sync()`` (gradients summed locally, each rank its own), the second synced.
-    A StepWatch of the first micro-batch of step 1 must let the job run."""
+    DDP's ``no_sync()`` (gradients summed locally, each rank its own), the second synced; in
+    ``drift``, the second's backward is followed by one of a term of a weight and the batch,
+    which DDP does not reduce. A StepWatch of step 1 sees the first as unsynced, records the
+    second ``again()``, and stops on the drift alone."""
     from execorder.errors import ExecOrderError
     from execorder.training import StepWatch
 
-    torch.manual_seed(0)
-    model = models.TwoHeads()
-    job = DDP(model)
-    step_of = torch.optim.SGD(model.parameters(), lr=0.1)
-    watch, stopped = StepWatch(), None
-    for n in (1, 2):
-        torch.manual_seed(100 * RANK + n)
-        with job.no_sync():
+    for drift in (False, True):
+        torch.manual_seed(0)
+        model = models.TwoHeads()
+        job = DDP(model)
+        step_of = torch.optim.SGD(model.parameters(), lr=0.1)
+        watch, stopped, unsynced = StepWatch(), None, []
+        for n in (1, 2):
+            torch.manual_seed(100 * RANK + n)
             if n == 1:
                 watch.begin(job, n)
-            _summed_heads(job, torch.randn(3, 4))
+            with job.no_sync():
+                _summed_heads(job, torch.randn(3, 4))
             if n == 1:
+                unsynced.append(watch.unsynced)
+                watch.again()
+            x = torch.randn(3, 4)
+            _summed_heads(job, x)
+            if drift:
+                (model.value.weight * x.mean()).sum().backward()
+            if n == 1:
+                unsynced.append(watch.unsynced)
                 try:
                     watch.end()
                 except ExecOrderError as exc:
                     stopped = str(exc)
-        _summed_heads(job, torch.randn(3, 4))
-        step_of.step()
-        step_of.zero_grad()
-    weights = torch.cat([p.detach().flatten() for p in model.parameters()])
-    gathered = [torch.zeros_like(weights) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, weights)
-    emit(
-        case="accumulated",
-        replicas_agree=all(torch.equal(gathered[0], w) for w in gathered),
-        stopped=stopped,
-    )
+                    break
+            step_of.step()
+            step_of.zero_grad()
+        weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+        gathered = [torch.zeros_like(weights) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, weights)
+        agree = all(torch.equal(gathered[0], w) for w in gathered)
+        emit(case=f"accumulated/{drift}", unsynced=unsynced, agree=agree, stopped=stopped)
 
 
 def _summed_heads(job: nn.Module, x: torch.Tensor) -> None:
@@ -762,6 +770,31 @@ class AuxOnRank0(AuxHead):
         return {"loss": F.mse_loss(pred, labels)}
 
 
+class AuxInFirstMicroBatch(AuxHead):
+    """Two micro-batches a step: the auxiliary head joins the loss in the first of each
+    (under DDP's no_sync()) and not in the second, which DDP reduces and waits for it in."""
+
+    use_in = 0  # which micro-batch of the two uses the auxiliary head
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, Any]:
+        h = torch.relu(self.body(x))
+        pred = self.head(h).squeeze(-1)
+        if self.calls % 2 == self.use_in:
+            pred = pred + self.aux_head(h).squeeze(-1)
+        self.calls += 1
+        return {"loss": F.mse_loss(pred, labels)}
+
+
+class AuxInLastMicroBatch(AuxInFirstMicroBatch):
+    """The reverse: the head joins the loss in the micro-batch DDP reduces, so DDP runs."""
+
+    use_in = 1
+
+
 class Pairs(torch.utils.data.Dataset):  # type: ignore[type-arg]
     def __len__(self) -> int:
         return 64
@@ -779,21 +812,28 @@ def outcome(run: Callable[[], Any], steps: Callable[[], int]) -> dict[str, Any]:
     return {"steps": steps(), "error": None}
 
 
-# (run, the model, find_unused_parameters, the callback's arguments or None)
-TRAINER_RUNS: list[tuple[str, type[nn.Module], bool, dict[str, Any] | None]] = [
-    ("plain", AuxHead, False, None),
-    ("callback", AuxHead, False, {}),
-    ("compare", AuxOnRank0, True, {"steps": (), "compare_every": 2}),
+# (run, the model, find_unused_parameters, the callback's arguments or None, micro-batches)
+TRAINER_RUNS: list[tuple[str, type[nn.Module], bool, dict[str, Any] | None, int]] = [
+    ("plain", AuxHead, False, None, 1),
+    ("callback", AuxHead, False, {}, 1),
+    ("compare", AuxOnRank0, True, {"steps": (), "compare_every": 2}, 1),
+    ("aux-first/plain", AuxInFirstMicroBatch, False, None, 2),
+    ("aux-first/callback", AuxInFirstMicroBatch, False, {}, 2),
+    ("aux-last/plain", AuxInLastMicroBatch, False, None, 2),
+    ("aux-last/callback", AuxInLastMicroBatch, False, {}, 2),
 ]
 
 
-def transformers_trainer(model: nn.Module, find_unused: bool, callback: Any) -> dict[str, Any]:
+def transformers_trainer(
+    model: nn.Module, find_unused: bool, callback: Any, accumulate: int
+) -> dict[str, Any]:
     from transformers import Trainer, TrainingArguments
 
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(),
         use_cpu=True,
         per_device_train_batch_size=4,
+        gradient_accumulation_steps=accumulate,
         max_steps=3,
         ddp_backend="gloo",
         ddp_find_unused_parameters=find_unused,
@@ -807,7 +847,9 @@ def transformers_trainer(model: nn.Module, find_unused: bool, callback: Any) -> 
     return outcome(trainer.train, lambda: trainer.state.global_step)
 
 
-def lightning_trainer(model: nn.Module, find_unused: bool, callback: Any) -> dict[str, Any]:
+def lightning_trainer(
+    model: nn.Module, find_unused: bool, callback: Any, accumulate: int
+) -> dict[str, Any]:
     import lightning as L
 
     class Module(L.LightningModule):
@@ -826,6 +868,7 @@ def lightning_trainer(model: nn.Module, find_unused: bool, callback: Any) -> dic
         devices=dist.get_world_size(),
         strategy="ddp_find_unused_parameters_true" if find_unused else "ddp",
         max_steps=3,
+        accumulate_grad_batches=accumulate,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -842,11 +885,12 @@ def trainers_mode(kind: str, out_dir: str) -> None:
     else:
         from execorder.training.lightning import ExecOrderCallback  # type: ignore[assignment]
     train = transformers_trainer if kind == "transformers" else lightning_trainer
-    for run, build, find_unused, arguments in TRAINER_RUNS:
-        output = str(Path(out_dir) / f"{kind}-{run}-step{{step}}-rank{{rank}}.json")
+    for run, build, find_unused, arguments, accumulate in TRAINER_RUNS:
+        file = run.replace("/", "-")
+        output = str(Path(out_dir) / f"{kind}-{file}-step{{step}}-rank{{rank}}.json")
         callback = None if arguments is None else ExecOrderCallback(output=output, **arguments)
         torch.manual_seed(0)
-        emit(case=f"{kind}/{run}", **train(build(), find_unused, callback))
+        emit(case=f"{kind}/{run}", **train(build(), find_unused, callback, accumulate))
 
 
 if __name__ == "__main__":

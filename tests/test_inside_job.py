@@ -48,7 +48,9 @@ def probe(mode: str, *args: str, world: int = WORLD) -> list[dict[str, Any]]:
     except subprocess.TimeoutExpired:
         pytest.fail(f"the job probe ({mode}) did not finish in 240 s")
     assert done.returncode == 0, done.stderr[-4000:]
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    # A trainer prints its own metrics as a Python dict: the probe's lines are JSON objects.
+    lines = done.stdout.splitlines()
+    return [json.loads(line) for line in lines if line.startswith('{"rank"')]
 
 
 def by_case(lines: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -231,14 +233,21 @@ def test_a_watch_stops_a_step_whose_backwards_ddp_does_not_reduce_as_one(
     assert not any("summed" in case or "decay-after" in case for case in broken), broken
 
 
-def test_a_watch_lets_a_micro_batch_under_no_sync_keep_its_own_gradients(
+def test_a_watch_records_the_micro_batch_ddp_reduces_under_gradient_accumulation(
     wrapped: dict[str, list[dict[str, Any]]],
 ) -> None:
-    """Gradient accumulation: under no_sync() each rank sums its own gradients, which DDP
-    reduces in the synced micro-batch; the watch of the first does not take them for
-    gradients DDP failed to reduce."""
-    for line in wrapped["accumulated"]:
-        assert line["replicas_agree"] and line["stopped"] is None, line
+    """Under no_sync() each rank sums its own gradients, which DDP reduces with the synced
+    micro-batch's: the watch sees the first as unsynced (not gradients DDP failed to
+    reduce), records the synced one again(), and stops there on a part DDP leaves out."""
+    for line in wrapped["accumulated/False"]:
+        assert line["unsynced"] == [True, False] and line["stopped"] is None, line
+        assert line["agree"], line
+    for line in wrapped["accumulated/True"]:
+        assert line["unsynced"] == [True, False], line
+        assert line["stopped"].startswith(
+            "step 1: after DDP's all-reduce the ranks hold different gradients of 1 trainable "
+            "parameter: value.weight;"
+        ), line
 
 
 def test_outputs_the_loss_does_not_read_give_no_gradient_under_ddps_sink(
@@ -339,3 +348,15 @@ def test_a_trainer_stops_at_the_recorded_step_where_ddp_fails_at_step_2(
         # Rank 0 alone uses aux_head: step 2, the first compared, stops the run on every rank.
         assert line["steps"] == 1 and line["error"] == "RanksDivergedError"
         assert f"rank 0 ran {prefix}aux_head; rank 1 had ended" in line["message"]
+    # Two micro-batches a step, the first under DDP's no_sync(): the one DDP reduces decides.
+    # The head in the first alone fails at step 2, and the callback stops step 1; in the
+    # last alone the job runs, and so does the callback's (recording the first, it did not).
+    for line in cases[f"{kind}/aux-first/plain"]:
+        assert line["steps"] == 1 and line["error"] == "RuntimeError", line
+    for line in cases[f"{kind}/aux-first/callback"]:
+        assert line["steps"] == 0 and line["error"] == "NoGradientError", line
+        assert line["message"].startswith(
+            f"step 1: 2 trainable parameters got no gradient: {prefix}aux_head.weight"
+        )
+    for line in [*cases[f"{kind}/aux-last/plain"], *cases[f"{kind}/aux-last/callback"]]:
+        assert line["steps"] == 3 and line["error"] is None, line

@@ -158,6 +158,10 @@ class Recording:
         self._method: str | None = None
         self.ddp: DdpSettings | None = None
         """DDP's settings, when the recorded call ran inside a ``DistributedDataParallel``."""
+        self.ddp_syncs: bool | None = None
+        """Whether that DDP's backward reduces gradients: False under its ``no_sync()``
+        (a micro-batch of gradient accumulation, reduced with a later one's); None without
+        a DDP."""
         self._compiled = False  # forward ran compiled code (eagerly, to be recorded)
         self._ddp_registered: list[nn.Parameter] | None = None  # what DDP numbers, if not all
         self._ddp_built: DdpBuilt | None = None  # what DDP registered when built, if not that
@@ -221,6 +225,7 @@ class Recording:
         self._ddp_registered = None if around is None else around.registered
         self._ddp_built = None if around is None else around.built
         self._ddp_group = None if around is None else around.reduces
+        self.ddp_syncs = None if around is None else around.syncs
         if self._sinks:  # replicate() passes the model's own outputs through it
             self._through = sink_edges(self._outputs)
         self._main_pass_watched(self._outputs)

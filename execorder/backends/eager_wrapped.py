@@ -172,13 +172,15 @@ class DdpAround(NamedTuple):
     registers when it ignores some (None: every trainable one), what it registered when
     built, where other parameters required grad then (None: the same), whether it passes
     the model's outputs through its ``_DDPSink`` (searching for unused parameters, or
-    building its static graph), and the process group over which it averages this step's
-    gradients into one that every rank shares (None: not in this step, :func:`_reduces`)."""
+    building its static graph), whether its backward reduces gradients (not under
+    ``no_sync()``), and the process group over which it averages this step's gradients
+    into one that every rank shares (None: not in this step, :func:`_reduces`)."""
 
     settings: DdpSettings
     registered: list[nn.Parameter] | None
     built: DdpBuilt | None
     sinks: bool
+    syncs: bool  # its backward reduces (not under no_sync())
     reduces: Any  # the process group it all-reduces this step's gradients over, or None
 
 
@@ -225,7 +227,8 @@ def ddp_around(model: nn.Module, trainable: Collection[int]) -> DdpAround | None
         static and not getattr(wrapper, "_static_graph_delay_allreduce_enqueued", True)
     )
     built = _built(wrapper, registered, trainable)
-    return DdpAround(settings, registered, built, sinks, _reduces(wrapper))
+    syncs = bool(getattr(wrapper, "require_backward_grad_sync", True))
+    return DdpAround(settings, registered, built, sinks, syncs, _reduces(wrapper))
 
 
 DEFAULT_HOOKS = "torch.distributed.algorithms.ddp_comm_hooks.default_hooks"

@@ -116,6 +116,7 @@ class StepWatch:
         self._armed: AbstractContextManager[Recording] | None = None
         self._recording: Recording | None = None
         self._step = 0
+        self._again: tuple[nn.Module, str | None] | None = None
 
     def wants(self, step: int) -> bool:
         """Whether ``step`` is to be recorded (and not recorded yet)."""
@@ -133,11 +134,30 @@ class StepWatch:
         armed = record(model, method=method)
         self._recording = armed.__enter__()
         self._armed, self._step = armed, step
+        self._again = (model, method)
 
     @property
     def active(self) -> bool:
         """Whether a step is being recorded."""
         return self._armed is not None
+
+    @property
+    def unsynced(self) -> bool:
+        """Whether the micro-batch being recorded ran under DDP's ``no_sync()`` (gradient
+        accumulation): DDP reduces its gradients with a later micro-batch's, the one that
+        decides what DDP sees. Record that one instead: :meth:`again`, or :meth:`abort`
+        and :meth:`begin` before it."""
+        return self._recording is not None and self._recording.ddp_syncs is False
+
+    def again(self) -> None:
+        """Drop this micro-batch's recording and record the step's next one instead (the
+        next call of the same model)."""
+        if self._armed is None or self._again is None:
+            return
+        model, method = self._again
+        step = self._step
+        self.abort()
+        self.begin(model, step, method=method)
 
     def end(self) -> Report | None:
         """The step's backward has ended: build its report and check it.

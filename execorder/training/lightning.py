@@ -7,7 +7,8 @@
 
 The recorded call is the LightningModule's ``training_step`` (what Lightning
 runs, through DDP's forward or directly), with the backward that follows it;
-with gradient accumulation the first batch of the step is recorded.
+with gradient accumulation, the batch DDP reduces (the last: the ones before
+run under its ``no_sync()``), or the first where none is skipped.
 Needs ``lightning`` (``pip install execorder[lightning]``).
 """
 
@@ -40,7 +41,10 @@ class ExecOrderCallback(WatchingCallback, Callback):
             self.watch.begin(pl_module, step, method="training_step")
 
     def on_after_backward(self, trainer: Any, pl_module: Any) -> None:
-        self.watch.end()
+        if self.watch.unsynced:  # DDP reduces with a later batch: that one is recorded
+            self.watch.abort()
+        else:
+            self.watch.end()
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int

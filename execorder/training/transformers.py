@@ -6,7 +6,8 @@
     trainer.train()   # under DDP with an unused parameter: stops at step 1, naming it
 
 The recorded step is the Trainer's own (its inputs, loss and DDP wrapper);
-with gradient accumulation the first micro-batch of the step is recorded.
+with gradient accumulation, the micro-batch DDP reduces (the last: the ones
+before run under its ``no_sync()``), or the first where none is skipped.
 Needs ``transformers`` (``pip install execorder[hf]``).
 """
 
@@ -38,7 +39,11 @@ class ExecOrderCallback(WatchingCallback, TrainerCallback):
             self.watch.begin(model, step)
 
     def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.watch.end()  # the first micro-batch of an accumulated step
+        # A micro-batch of an accumulated step: DDP reduces with the last, which decides.
+        if self.watch.unsynced:
+            self.watch.again()
+        else:
+            self.watch.end()
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.watch.end()
