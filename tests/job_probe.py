@@ -325,6 +325,7 @@ def wrappers_mode() -> None:
     changed_after_wrapping()
     unread_outputs()
     several_backwards()
+    static_graph_later()
     accumulation()
 
 
@@ -467,12 +468,14 @@ def unread_outputs() -> None:
 
 def three_steps(
     make: Callable[[], tuple[nn.Module, nn.Module]],
-    step: Callable[[nn.Module, torch.Tensor], None],
-    watched: bool,
+    step: Callable[..., None],
+    watched: bool | int,
 ) -> tuple[int | None, bool, str | None]:
-    """Three real steps of a job (``make`` gives the model and what the loop calls), each rank
-    on its own data, step 1 under a StepWatch or not: the step DDP fails at (None: it runs),
-    whether the ranks' weights still agree after, and what the watch stopped with."""
+    """Three real steps of a job (``make`` gives the model and what the loop calls; ``step``
+    takes that, a batch and the step's number), each rank on its own data, one step under a
+    StepWatch (``watched``: True for step 1, or the step) or none: the step DDP fails at
+    (None: it runs), whether the ranks' weights still agree after, and what the watch
+    stopped with."""
     from execorder.errors import ExecOrderError
     from execorder.training import StepWatch
 
@@ -482,15 +485,15 @@ def three_steps(
     watch, failed, stopped = StepWatch(), None, None
     for n in (1, 2, 3):
         torch.manual_seed(100 * RANK + n)  # each rank its own batch
-        if watched and n == 1:
+        if watched and n == int(watched):
             watch.begin(job, n)
         try:
-            step(job, torch.randn(3, 4))
+            step(job, torch.randn(3, 4), n)
         except RuntimeError:
             failed = n
             watch.abort()
             break
-        if watched and n == 1:
+        if watched and n == int(watched):
             try:
                 watch.end()
             except ExecOrderError as exc:
@@ -518,7 +521,7 @@ def _changed_after(change: str, find_unused: bool, static: bool) -> tuple[nn.Mod
     return model, job
 
 
-def _summed(job: nn.Module, x: torch.Tensor) -> None:
+def _summed(job: nn.Module, x: torch.Tensor, n: int) -> None:
     job(x).sum().backward()
 
 
@@ -555,8 +558,12 @@ def unwrap_ddp(job: nn.Module) -> Any:
     return job.module if isinstance(job, DDP) else job
 
 
-def _backwards(how: str, job: nn.Module, x: torch.Tensor) -> None:
+def _backwards(how: str, job: nn.Module, x: torch.Tensor, n: int = 1) -> None:
     """One training step's forward and backward(s), as ``how`` writes its losses."""
+    if how == "later":  # the value head joins the loss from step 2 on
+        policy, value = job(x)
+        (policy.sum() + (value.sum() if n > 1 else 0)).backward()
+        return
     if how == "penalty":  # a gradient penalty: autograd.grad through forward, then backward
         x.requires_grad_(True)
         policy, value = job(x)
@@ -619,6 +626,18 @@ def several_backwards() -> None:
                 watched_fails_at=watched_failed,
                 stopped=stopped,
             )
+
+
+def static_graph_later() -> None:
+    """A head that joins the loss from step 2 on, under DDP(static_graph=True), which takes
+    what got no gradient in its first step as unused for good: three real steps, and a
+    StepWatch of step 1 (it lets the job run, and warns) and of step 2 (the ranks'
+    gradients differ)."""
+    make = functools.partial(_wrapped_in_ddp, models.TwoHeads, False, True)
+    step = functools.partial(_backwards, "later")
+    outcomes = [three_steps(make, step, watched) for watched in (0, 1, 2)]
+    (failed, agree, _), (_, _, first), (_, _, second) = outcomes
+    emit(case="static-later", fails_at=failed, replicas_agree=agree, first=first, second=second)
 
 
 def accumulation() -> None:

@@ -233,6 +233,21 @@ def test_a_watch_stops_a_step_whose_backwards_ddp_does_not_reduce_as_one(
     assert not any("summed" in case or "decay-after" in case for case in broken), broken
 
 
+def test_a_head_unused_in_static_graphs_first_step_drifts_and_the_gradients_tell(
+    wrapped: dict[str, list[dict[str, Any]]],
+) -> None:
+    """DDP(static_graph=True) takes what got no gradient in its first step as unused for good:
+    a head that joins the loss from step 2 on is never all-reduced, and the ranks drift with
+    no error. The watch of step 1 lets the job run (it warns); that of step 2 stops it."""
+    for line in wrapped["static-later"]:
+        assert line["fails_at"] is None and not line["replicas_agree"], line
+        assert line["first"] is None, line
+        assert line["second"].startswith(
+            "step 2: after DDP's all-reduce the ranks hold different gradients of 1 trainable "
+            "parameter: value.weight;"
+        ), line
+
+
 def test_a_watch_records_the_micro_batch_ddp_reduces_under_gradient_accumulation(
     wrapped: dict[str, list[dict[str, Any]]],
 ) -> None:

@@ -718,3 +718,42 @@ def test_the_gradients_ddp_reduced_are_those_of_a_synced_step_with_torchs_own_ho
     ]
     assert len({tuple(p.tolist()) for p in prints}) == 3
     assert all(torch.isfinite(p).all() for p in prints)
+
+
+def test_a_watch_warns_of_what_static_graphs_first_step_leaves_unused_for_good(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DDP with static_graph=True takes what gets no gradient in its first step as unused in
+    every step: the watch of that step lets the job run and says so; of a later step, not."""
+    import logging
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        model = built(models.TwoHeads)
+        ddp = DistributedDataParallel(model, static_graph=True)
+        warned = []
+        for step in (1, 2):
+            watch = StepWatch()
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="execorder"):
+                watch.begin(ddp, step)
+                policy, _ = ddp(torch.ones(2, 4))
+                policy.sum().backward()
+                report = watch.end()
+            assert report is not None and [p.name for p in report.no_grad()] == [
+                "value.weight",
+                "value.bias",
+            ]
+            warned.append(caplog.text)
+            model.zero_grad()
+        assert (
+            "step 1: under DDP(static_graph=True), 2 trainable parameters got no gradient in its "
+            "first step (value.weight, value.bias): it takes them as unused in every step"
+        ) in warned[0]
+        assert "static_graph" not in warned[1]
+    finally:
+        dist.destroy_process_group()

@@ -162,6 +162,9 @@ class Recording:
         """Whether that DDP's backward reduces gradients: False under its ``no_sync()``
         (a micro-batch of gradient accumulation, reduced with a later one's); None without
         a DDP."""
+        self.ddp_static_first = False
+        """Whether the step was the first of a DDP with ``static_graph=True``, which takes
+        the parameters that get no gradient in it as unused in every step."""
         self._compiled = False  # forward ran compiled code (eagerly, to be recorded)
         self._ddp_registered: list[nn.Parameter] | None = None  # what DDP numbers, if not all
         self._ddp_built: DdpBuilt | None = None  # what DDP registered when built, if not that
@@ -226,6 +229,7 @@ class Recording:
         self._ddp_built = None if around is None else around.built
         self._ddp_group = None if around is None else around.reduces
         self.ddp_syncs = None if around is None else around.syncs
+        self.ddp_static_first = self._sinks and around is not None and around.settings.static_graph
         if self._sinks:  # replicate() passes the model's own outputs through it
             self._through = sink_edges(self._outputs)
         self._main_pass_watched(self._outputs)
@@ -498,25 +502,24 @@ class Recording:
         """
         if self._ddp_group is None or self.ddp is None:
             return None
-        registered = self._ddp_registered
-        if registered is None:
-            registered = [p for p in self._trainable if p.requires_grad]
         names = self._tree.param_names
-        return self._ddp_group, [(names[id(p)][0], p.grad) for p in registered]
+        return self._ddp_group, [(names[id(p)][0], p.grad) for p in self._registered()]
+
+    def _registered(self) -> list[nn.Parameter]:
+        """The parameters the DDP around registers, in its order."""
+        if self._ddp_registered is not None:
+            return self._ddp_registered
+        return [p for p in self._trainable if p.requires_grad]
 
     def _unreduced(self) -> tuple[str, ...]:
         """Under the first step of a DDP with ``static_graph=True``, whose ``_DDPSink`` has it
         all-reduce when the first backward through forward's outputs ends: the parameters it
         registers whose gradient arrived only in later backwards of the caller's own."""
-        ddp = self.ddp
-        if ddp is None or not ddp.static_graph or not self._sinks or not self._late:
+        if not self.ddp_static_first or not self._late:
             return ()
-        registered = self._ddp_registered
-        if registered is None:
-            registered = [p for p in self._trainable if p.requires_grad]
         late = {id(p) for p in self._late}
         names = self._tree.param_names
-        return tuple(names[id(p)][0] for p in registered if id(p) in late)
+        return tuple(names[id(p)][0] for p in self._registered() if id(p) in late)
 
 
 def _reads(events: Sequence[Event]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

@@ -270,6 +270,17 @@ class StepWatch:
                 under_ddp=under_ddp,
                 recompute_only=report.recompute_only,
             )
+        if missing and recording.ddp_static_first:
+            log.warning(
+                "execorder: step %d: under DDP(static_graph=True), %d trainable parameters got "
+                "no gradient in its first step (%s): it takes them as unused in every step "
+                "from here, so a later step that uses one never all-reduces it and the ranks "
+                "drift apart with no error (record such a step: the watch compares the "
+                "ranks' gradients)",
+                step,
+                len(missing),
+                ", ".join(p.name for p in missing[:8]) + (", ..." if len(missing) > 8 else ""),
+            )
         seen = report.as_ddp_sees_it()
         split, by_backwards = dict(seen.split_gradients), seen.split_by_backwards
         # static_graph takes reentrant checkpoints' passes, not the caller's own backwards.
