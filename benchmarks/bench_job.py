@@ -141,7 +141,7 @@ def worker(repeats: int, backend: str, out: str) -> None:
             if name == "compile":
                 with torch.compiler.set_stance("force_eager"):
                     uncompiled.append(timed(step))
-            if name == "ddp":  # what StepWatch adds after it: the ranks' gradients compared
+            if name == "ddp":  # what StepWatch adds after it: the ranks' copies compared
                 gradients.append(timed(lambda holder=holder: _differing(holder[0])))
         results[name] = {
             "step_ms": statistics.median(plain) * 1e3,
@@ -211,7 +211,7 @@ def main() -> None:
             print(
                 f"{'  (gradients)':18} {compared:8.1f} ms {'':>11} "
                 f"{compared / figures['step_ms']:6.2f}x of the step: StepWatch comparing the "
-                "ranks' gradients"
+                "ranks' parameters and gradients"
             )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

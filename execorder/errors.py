@@ -955,16 +955,47 @@ class GradientsDifferError(StepParamsError):
     reduce (a backward of its own after the loss's, reading the batch but not through
     forward's outputs; ``requires_grad`` turned on after DDP wrapped the model), and the
     ranks' replicas drift apart from here, with no error. ``params`` are in DDP's order.
+
+    Attributes:
+        static_graph: Whether the DDP has ``static_graph=True``, which takes what got no
+            gradient in its first step as unused for good.
+    """
+
+    def __init__(self, step: int, params: Sequence[str], *, static_graph: bool = False) -> None:
+        super().__init__(step, params)
+        self.static_graph = static_graph
+
+    def describe(self, words: Words = PYTHON) -> str:
+        counted, names = self._counted()
+        causes = (
+            "a part from a backward that does not run through forward's outputs, "
+            "requires_grad set after DDP wrapped the model"
+        )
+        if self.static_graph:
+            causes += ", a parameter static_graph=True took as unused in its first step"
+        return (
+            f"step {self.step}: after DDP's all-reduce the ranks hold different gradients of "
+            f"{counted}: {names}; DDP did not reduce a part of them ({causes}), so the ranks' "
+            "replicas drift apart from here, with no error"
+        )
+
+
+class ReplicasDifferError(StepParamsError):
+    """At a recorded step under ``DistributedDataParallel``, the ranks' copies of some
+    parameters it registers already differ: an earlier step let a part of their gradients
+    through unreduced (or something changed one rank's copy), and the ranks train apart.
+
+    DDP makes every rank's copy the same when it is built and keeps them so by averaging
+    every gradient; nothing it does lets them part. ``params`` are in DDP's order.
     """
 
     def describe(self, words: Words = PYTHON) -> str:
         counted, names = self._counted()
         return (
-            f"step {self.step}: after DDP's all-reduce the ranks hold different gradients of "
-            f"{counted}: {names}; DDP did not reduce a part of them, so the ranks' replicas "
-            "drift apart from here, with no error. Compute every loss term from forward's "
-            "outputs and call backward once, and set requires_grad before wrapping the model "
-            "with DDP"
+            f"step {self.step}: the ranks' copies of {counted} already differ: {names}; DDP "
+            "keeps them equal by averaging every gradient, so an earlier step left a part "
+            "of theirs unreduced (or changed one rank's copy), and the ranks train apart with "
+            "no error. Record the steps before it (compare_every=1) to find which"
         )
 
 

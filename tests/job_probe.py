@@ -631,13 +631,21 @@ def several_backwards() -> None:
 def static_graph_later() -> None:
     """A head that joins the loss from step 2 on, under DDP(static_graph=True), which takes
     what got no gradient in its first step as unused for good: three real steps, and a
-    StepWatch of step 1 (it lets the job run, and warns) and of step 2 (the ranks'
-    gradients differ)."""
+    StepWatch of step 1 (it lets the job run, and warns), of step 2 (the ranks' gradients
+    differ) and of step 3 alone (their copies already differ)."""
     make = functools.partial(_wrapped_in_ddp, models.TwoHeads, False, True)
     step = functools.partial(_backwards, "later")
-    outcomes = [three_steps(make, step, watched) for watched in (0, 1, 2)]
-    (failed, agree, _), (_, _, first), (_, _, second) = outcomes
-    emit(case="static-later", fails_at=failed, replicas_agree=agree, first=first, second=second)
+    outcomes = [three_steps(make, step, watched) for watched in (0, 1, 2, 3)]
+    (failed, agree, _), *watched = outcomes
+    first, second, third = (stopped for _, _, stopped in watched)
+    emit(
+        case="static-later",
+        fails_at=failed,
+        replicas_agree=agree,
+        first=first,
+        second=second,
+        third=third,
+    )
 
 
 def accumulation() -> None:

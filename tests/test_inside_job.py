@@ -163,10 +163,12 @@ def test_a_watch_stops_a_ddp_built_before_requires_grad_changed(
                     assert broken and line["stopped"] is not None, case
                     assert line["stopped"] == (
                         "step 1: after DDP's all-reduce the ranks hold different gradients of "
-                        "1 trainable parameter: 2.weight; DDP did not reduce a part of them, so "
-                        "the ranks' replicas drift apart from here, with no error. Compute "
-                        "every loss term from forward's outputs and call backward once, and "
-                        "set requires_grad before wrapping the model with DDP"
+                        "1 trainable parameter: 2.weight; DDP did not reduce a part of them (a "
+                        "part from a backward that does not run through forward's outputs, "
+                        "requires_grad set after DDP wrapped the model"
+                        + (", a parameter static_graph=True took as unused in its first step")
+                        * static
+                        + "), so the ranks' replicas drift apart from here, with no error"
                     ), case
                     continue
                 if change == "trainable":
@@ -238,13 +240,17 @@ def test_a_head_unused_in_static_graphs_first_step_drifts_and_the_gradients_tell
 ) -> None:
     """DDP(static_graph=True) takes what got no gradient in its first step as unused for good:
     a head that joins the loss from step 2 on is never all-reduced, and the ranks drift with
-    no error. The watch of step 1 lets the job run (it warns); that of step 2 stops it."""
+    no error. The watch of step 1 lets the job run (it warns); that of step 2 stops it on
+    the gradients, and that of step 3 alone on the copies, which step 2 left apart."""
     for line in wrapped["static-later"]:
         assert line["fails_at"] is None and not line["replicas_agree"], line
         assert line["first"] is None, line
         assert line["second"].startswith(
             "step 2: after DDP's all-reduce the ranks hold different gradients of 1 trainable "
             "parameter: value.weight;"
+        ), line
+        assert line["third"].startswith(
+            "step 3: the ranks' copies of 1 trainable parameter already differ: value.weight;"
         ), line
 
 

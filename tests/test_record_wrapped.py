@@ -664,13 +664,13 @@ def test_a_ddp_built_before_requires_grad_changed_is_what_the_report_says(
     assert not VALIDATOR.is_valid(broken)
 
 
-def test_the_gradients_ddp_reduced_are_those_of_a_synced_step_with_torchs_own_hooks(
+def test_what_ddp_reduced_is_a_synced_steps_with_torchs_own_hooks(
     tmp_path: Path,
 ) -> None:
-    """What the watch compares across ranks: the gradients of the parameters DDP registers,
-    and the group it averaged them over; none under no_sync() (each rank sums its own), or
-    with a comm hook that is not one of torch's all-reduces (local SGD reduces within
-    subgroups, by design)."""
+    """What the watch compares across ranks: the parameters DDP registers (their copies and
+    their gradients), and the group it averaged them over; none under no_sync() (each rank
+    sums its own gradients), or with a comm hook that is not one of torch's all-reduces
+    (local SGD reduces within subgroups, by design)."""
     import torch.distributed as dist
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
     from torch.nn.parallel import DistributedDataParallel
@@ -681,7 +681,7 @@ def test_the_gradients_ddp_reduced_are_those_of_a_synced_step_with_torchs_own_ho
         with eager.record(ddp) as recording, nullcontext() if synced else ddp.no_sync():
             policy, value = ddp(torch.ones(2, 4))
             (policy.sum() + value.sum()).backward()
-        return recording.reduced_gradients()
+        return recording.reduced_by_ddp()
 
     store = dist.FileStore(str(tmp_path / "store"), 1)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
@@ -689,15 +689,15 @@ def test_the_gradients_ddp_reduced_are_those_of_a_synced_step_with_torchs_own_ho
         model = built(models.TwoHeads)
         model.value.requires_grad_(False)
         ddp = DistributedDataParallel(model)
-        group, grads = recorded(ddp)
+        group, params = recorded(ddp)
         assert group is ddp.process_group
-        assert [name for name, _ in grads] == [
+        assert [name for name, _ in params] == [
             "body.weight",
             "body.bias",
             "policy.weight",
             "policy.bias",
         ]
-        assert all(grad is p.grad for (_, grad), p in zip(grads, model.parameters(), strict=False))
+        assert all(a is b for (_, a), b in zip(params, model.parameters(), strict=False))
         assert recorded(ddp, synced=False) is None
         ddp.register_comm_hook(None, default_hooks.allreduce_hook)
         assert recorded(ddp) is not None

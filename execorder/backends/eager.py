@@ -491,19 +491,21 @@ class Recording:
             )
         return dataclasses.replace(report, timing=timing)
 
-    def reduced_gradients(self) -> tuple[Any, list[tuple[str, torch.Tensor | None]]] | None:
+    def reduced_by_ddp(self) -> tuple[Any, list[tuple[str, nn.Parameter]]] | None:
         """The process group over which the DDP that ran the recorded step averaged its
-        gradients into one every rank shares, and the gradients of the parameters it
-        registers now, by name in its order; None when no DDP did (none ran the step, it ran
-        under ``no_sync()``, or a comm hook that reduces otherwise).
+        gradients into one every rank shares, and the parameters it registers now, by name
+        in its order; None when no DDP did (none ran the step, it ran under ``no_sync()``,
+        or a comm hook that reduces otherwise).
 
-        Once the step's backward has ended, every rank of the group holds the same gradient
-        of each: one that differs is one DDP did not reduce.
+        Every rank of the group holds the same parameters (DDP broadcasts them when built,
+        and each step applies the same gradients), and once the step's backward has ended
+        the same gradients: one that differs is one DDP did not reduce, in this step or an
+        earlier one.
         """
         if self._ddp_group is None or self.ddp is None:
             return None
         names = self._tree.param_names
-        return self._ddp_group, [(names[id(p)][0], p.grad) for p in self._registered()]
+        return self._ddp_group, [(names[id(p)][0], p) for p in self._registered()]
 
     def _registered(self) -> list[nn.Parameter]:
         """The parameters the DDP around registers, in its order."""

@@ -27,7 +27,9 @@ step with :func:`execorder.record`, then checks it:
   :class:`~execorder.errors.UnreducedGradientError`;
 - ranks that hold different gradients of what DDP registers once the step's
   backward has ended (a part DDP did not reduce, whatever put it there) stop
-  it with :class:`~execorder.errors.GradientsDifferError`.
+  it with :class:`~execorder.errors.GradientsDifferError`, and ranks whose
+  copies of them already differ (an earlier step let a part through) with
+  :class:`~execorder.errors.ReplicasDifferError`.
 
 Every rank takes the same decision: the checks that talk between ranks come
 first, and the decision to stop is agreed over the process group, so that no
@@ -54,6 +56,7 @@ from execorder.errors import (
     NoGradientError,
     RanksDivergedError,
     RecordingError,
+    ReplicasDifferError,
     SplitGradientError,
     UnreducedGradientError,
 )
@@ -180,6 +183,8 @@ class StepWatch:
                 ``static_graph=True``, gradients came after its all-reduce.
             GradientsDifferError: If, under a DDP that reduced this step's
                 gradients, the ranks hold different ones of what it registers.
+            ReplicasDifferError: If, under such a DDP, the ranks' copies of what it
+                registers already differ.
             RecordingError: If no parameter was seen used while forward ran
                 (unless ``stop_on_no_grad`` is False: then it is logged).
         """
@@ -208,7 +213,7 @@ class StepWatch:
             if not result.agree:
                 diverged = _diverged(step, result)
                 log.warning("execorder: %s", diverged)
-        differ = _differing(recording) if _world() > 1 else ()
+        apart, differ = _differing(recording) if _world() > 1 else ((), ())
         stopping: ExecOrderError | None = None
         if diverged is not None and self.stop_on_divergence:
             stopping = diverged
@@ -223,12 +228,17 @@ class StepWatch:
                 stopping = unseen
         else:
             stopping = self._no_grad(step, report, recording)
-        if stopping is None and differ:
-            differs = GradientsDifferError(step, differ)
-            if self.stop_on_no_grad is False:
-                log.warning("execorder: %s", differs)
-            else:
-                stopping = differs
+        # Parts DDP left unreduced: in an earlier step (the copies differ), or in this one.
+        static = recording.ddp is not None and recording.ddp.static_graph
+        for unreduced in (
+            ReplicasDifferError(step, apart),
+            GradientsDifferError(step, differ, static_graph=static),
+        ):
+            if stopping is None and unreduced.params:
+                if self.stop_on_no_grad is False:
+                    log.warning("execorder: %s", unreduced)
+                else:
+                    stopping = unreduced
         if not _agreed(stopping is not None):
             return report
         raise stopping or RecordingError(f"step {step}: another rank stopped the run")
@@ -352,29 +362,37 @@ def _diverged(step: int, result: RankComparison) -> RanksDivergedError:
     )
 
 
-def _differing(recording: Recording) -> tuple[str, ...]:
-    """The parameters whose gradients differ across the ranks the DDP that ran the step
-    averaged them over (:meth:`Recording.reduced_gradients`): those it did not reduce.
+def _differing(recording: Recording) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The parameters that differ across the ranks the DDP that ran the step averaged its
+    gradients over (:meth:`Recording.reduced_by_ddp`), and those whose gradients differ: what
+    it left unreduced in an earlier step, and in this one.
 
-    Each rank sends two numbers a gradient (its sum and its norm, reductions that make
-    no copy of it) and learns their largest and smallest over the ranks: equal
-    gradients give equal numbers, bit for bit.
+    Each rank sends two numbers a tensor (its sum and its norm, reductions that make no
+    copy of it) and learns their largest and smallest over the ranks: equal tensors give
+    equal numbers, bit for bit.
     """
-    reduced = recording.reduced_gradients()
+    reduced = recording.reduced_by_ddp()
     if reduced is None:
-        return ()
-    group, grads = reduced
+        return (), ()
+    group, params = reduced
     device = collective_device(group)
-    count = torch.tensor([len(grads), -len(grads)], dtype=torch.float64, device=device)
+    count = torch.tensor([len(params), -len(params)], dtype=torch.float64, device=device)
     dist.all_reduce(count, op=dist.ReduceOp.MAX, group=group)
-    if not grads or int(count[0]) != -int(count[1]):  # another rank registers others
-        return ()
-    prints = torch.stack([_fingerprint(grad).to(device) for _, grad in grads])
+    if not params or int(count[0]) != -int(count[1]):  # another rank registers others
+        return (), ()
+    prints = torch.stack(
+        [torch.cat([_fingerprint(p.detach()), _fingerprint(p.grad)]).to(device) for _, p in params]
+    )
     both = torch.cat([prints, -prints])
     dist.all_reduce(both, op=dist.ReduceOp.MAX, group=group)
-    high, low = both[: len(grads)], -both[len(grads) :]
-    differs = (high != low).any(dim=1).tolist()
-    return tuple(name for (name, _), differ in zip(grads, differs, strict=True) if differ)
+    unequal = both[: len(params)] != -both[len(params) :]
+    names = [name for name, _ in params]
+    replicas = unequal[:, :2].any(dim=1).tolist()
+    gradients = unequal[:, 2:].any(dim=1).tolist()
+    return (
+        tuple(n for n, differ in zip(names, replicas, strict=True) if differ),
+        tuple(n for n, differ in zip(names, gradients, strict=True) if differ),
+    )
 
 
 NONE = 1.7e308  # a gradient that is None; NaN and infinities get numbers of their own too
