@@ -67,6 +67,21 @@ def test_the_torchtitan_layout_is_what_apply_fsdp_to_decoder_shards(
             )
 
 
+@pytest.mark.processes
+def test_a_step_parallelized_by_torchtitan_reports_what_the_plain_model_does(
+    tmp_path: Path,
+) -> None:
+    """record() inside a step of torchtitan's Llama3 under torchtitan's own tensor parallelism
+    (both SPMD backends), and with its FSDP's bfloat16 mixed precision on top: the plain
+    model's report, field by field, and the parameters the real backward gave a gradient."""
+    lines = {line["case"]: line for line in run_probe("titan_job_probe.py", tmp_path / "store")}
+    assert set(lines) == {"partial_dtensor", "spmd_types", "partial_dtensor+fsdp"}
+    for case, line in lines.items():
+        assert line["used"] > 0, case
+        assert line["equal"] is None, f"{case}, against plain: {line['equal']}"
+        assert line["truth"] is None, f"{case}, against the real backward: {line['truth']}"
+
+
 SHARDED = ["deepseek_v3:debugmodel:2", "deepseek_v3:debugmodel:16", "kimi_k2_7:debugmodel:2"]
 
 

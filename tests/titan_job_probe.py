@@ -1,0 +1,112 @@
+"""A training step of torchtitan's Llama3 debug model, parallelized by torchtitan itself.
+
+Run by tests/test_titan.py in a subprocess with a timeout: two ranks on CPU
+(gloo, a file store), started by ``torch.multiprocessing``. For each case
+(torchtitan's own tensor parallelism, ``model.parallelize(parallel_dims)``,
+under both of its SPMD backends; the same with ``apply_fsdp_to_decoder``'s
+bfloat16 mixed precision over a data-parallel mesh of one) rank 0 prints one
+JSON line: where ``execorder.record()``'s report of the step first differs
+from the plain model's (``equal``: null when it does not), and where it
+differs from what the real backward did (``truth``: the parameters it says
+get a gradient against those that got one). torchtitan's language models
+attend with FlexAttention, which has no backward on CPU: every case and the
+plain model attend with torchtitan's own ``ScaledDotProductAttention``.
+
+    python tests/titan_job_probe.py STORE_FILE
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore")
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "sample_models")]
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
+import torchtitan.distributed.parallel_dims as parallel_dims  # noqa: E402
+from compiled_steps import as_eager  # noqa: E402
+from job_probe import first_difference  # noqa: E402
+from torch import nn  # noqa: E402
+from torchtitan.distributed import ParallelDims  # noqa: E402
+from torchtitan.distributed.fsdp import apply_fsdp_to_decoder  # noqa: E402
+from torchtitan.models.common.attention import ScaledDotProductAttention  # noqa: E402
+
+import execorder  # noqa: E402
+
+WORLD = 2
+# (torchtitan's SPMD backend, FSDP over a data-parallel mesh of one in bfloat16)
+CASES = [("partial_dtensor", False), ("spmd_types", False), ("partial_dtensor", True)]
+
+
+def built() -> nn.Module:
+    from titan import llama3
+
+    torch.manual_seed(0)
+    model = llama3()
+    for block in model.layers.values():
+        block.attention.inner_attention = ScaledDotProductAttention.Config().build()
+    return model
+
+
+def recorded(model: nn.Module, tokens: torch.Tensor) -> execorder.Report:
+    with execorder.record(model) as recording:
+        out = model(tokens)
+        out = out.full_tensor() if hasattr(out, "full_tensor") else out
+        out.float().sum().backward()
+    return recording.report(target="llama3")
+
+
+def worker(rank: int, store_path: str) -> None:
+    dist.init_process_group(
+        "gloo", store=dist.FileStore(store_path, WORLD), rank=rank, world_size=WORLD
+    )
+    parallel_dims.device_type = "cpu"  # torchtitan takes CUDA unless a GPU says otherwise
+    try:
+        tokens = torch.randint(0, 2000, (1, 32), generator=torch.Generator().manual_seed(0))
+        plain = as_eager(recorded(built(), tokens).to_dict())
+        for backend, fsdp in CASES:
+            model = built()
+            dims = ParallelDims(
+                dp_replicate=1,
+                dp_shard=1,
+                cp=1,
+                tp=WORLD,
+                pp=1,
+                ep=1,
+                world_size=WORLD,
+                spmd_backend=backend,
+            )
+            dims.build_mesh()
+            model.parallelize(dims)
+            if fsdp:
+                apply_fsdp_to_decoder(
+                    model,
+                    dims.get_mesh(["fsdp"]),
+                    param_dtype=torch.bfloat16,
+                    reduce_dtype=torch.float32,
+                    pp_enabled=False,
+                )
+            report = recorded(model, tokens)
+            graded = {n for n, p in model.named_parameters() if p.grad is not None}
+            gets = {p.name for p in report.all_params() if p.gets_gradient}
+            line = {
+                "case": f"{backend}" + ("+fsdp" if fsdp else ""),
+                "equal": first_difference(plain, as_eager(report.to_dict())),
+                "truth": None if graded == gets else f"{sorted(gets)} != {sorted(graded)}",
+                "used": report.summary.params_used,
+            }
+            dist.barrier()
+            if rank == 0:
+                print(json.dumps(line), flush=True)
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(worker, args=(sys.argv[1],), nprocs=WORLD, join=True)
