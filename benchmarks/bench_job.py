@@ -98,7 +98,7 @@ def worker(repeats: int, backend: str, out: str) -> None:
     import torch.distributed as dist
 
     import execorder
-    from execorder.training import _differing
+    from execorder.ranks import unreduced
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -142,7 +142,7 @@ def worker(repeats: int, backend: str, out: str) -> None:
                 with torch.compiler.set_stance("force_eager"):
                     uncompiled.append(timed(step))
             if name == "ddp":  # what StepWatch adds after it: the ranks' copies compared
-                gradients.append(timed(lambda holder=holder: _differing(holder[0])))
+                gradients.append(timed(lambda holder=holder: unreduced(holder[0])))
         results[name] = {
             "step_ms": statistics.median(plain) * 1e3,
             "recorded_ms": statistics.median(inside) * 1e3,

@@ -22,7 +22,7 @@ import socket
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -37,15 +37,20 @@ from execorder.analysis.ranks import (
 )
 from execorder.report import Report
 
+if TYPE_CHECKING:
+    from execorder.backends.eager import Recording
+
 __all__ = [
     "RankComparison",
     "RankExit",
     "RankRecord",
+    "Unreduced",
     "collective_device",
     "compare",
     "compare_job",
     "launch",
     "record_of",
+    "unreduced",
 ]
 
 
@@ -267,3 +272,67 @@ def launch(command: Sequence[str], nproc: int, *, timeout: float = 300) -> tuple
             if child.poll() is None:
                 child.kill()
     return tuple(exits)
+
+
+# -- what DDP left unreduced ------------------------------------------------------------
+
+
+class Unreduced(NamedTuple):
+    """What a DDP left unreduced, by parameter name in its order: ``replicas``, those whose
+    copies differ across its ranks (an earlier step let a part through), and
+    ``gradients``, those whose gradients differ once the recorded step's backward ended."""
+
+    replicas: tuple[str, ...]
+    gradients: tuple[str, ...]
+
+
+def unreduced(recording: Recording) -> Unreduced:
+    """Compare, across the ranks of the DDP that ran a recorded step, the copies of the
+    parameters it registers and their gradients (:meth:`Recording.reduced_by_ddp`).
+
+    DDP makes the copies equal when it is built and keeps them so by averaging every
+    gradient over its ranks in backward: once the step's backward has ended, each rank
+    holds the same copies and gradients. Each rank sends two numbers a tensor (its sum and
+    its norm, reductions that make no copy of it) over DDP's own process group and learns
+    their largest and smallest over the ranks: equal tensors give equal numbers, bit for
+    bit. Call it on every rank of that group, after the step's backward. Nothing is
+    compared, and nothing sent, where no DDP reduced the step (none ran it, ``no_sync()``,
+    a comm hook that reduces otherwise).
+    """
+    reduced = recording.reduced_by_ddp()
+    if reduced is None:
+        return Unreduced((), ())
+    group, params = reduced
+    device = collective_device(group)
+    count = torch.tensor([len(params), -len(params)], dtype=torch.float64, device=device)
+    dist.all_reduce(count, op=dist.ReduceOp.MAX, group=group)
+    if not params or int(count[0]) != -int(count[1]):  # another rank registers others
+        return Unreduced((), ())
+    prints = torch.stack(
+        [torch.cat([_fingerprint(p.detach()), _fingerprint(p.grad)]).to(device) for _, p in params]
+    )
+    both = torch.cat([prints, -prints])
+    dist.all_reduce(both, op=dist.ReduceOp.MAX, group=group)
+    unequal = both[: len(params)] != -both[len(params) :]
+    names = [name for name, _ in params]
+    replicas = unequal[:, :2].any(dim=1).tolist()
+    gradients = unequal[:, 2:].any(dim=1).tolist()
+    return Unreduced(
+        tuple(n for n, differ in zip(names, replicas, strict=True) if differ),
+        tuple(n for n, differ in zip(names, gradients, strict=True) if differ),
+    )
+
+
+NONE = 1.7e308  # a gradient that is None; NaN and infinities get numbers of their own too
+
+
+def _fingerprint(grad: torch.Tensor | None) -> torch.Tensor:
+    """Two numbers that equal gradients give alike on every rank: the sum and the norm."""
+    if grad is None:
+        return torch.tensor([NONE, NONE], dtype=torch.float64)
+    local = grad.to_local() if hasattr(grad, "to_local") else grad
+    if local.is_sparse:
+        local = local.coalesce().values()
+    with torch.no_grad():
+        numbers = torch.stack([local.sum(), torch.linalg.vector_norm(local)]).double()
+    return torch.nan_to_num(numbers, nan=1.5e308, posinf=1.6e308, neginf=-1.6e308)

@@ -675,7 +675,7 @@ def test_what_ddp_reduced_is_a_synced_steps_with_torchs_own_hooks(
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
     from torch.nn.parallel import DistributedDataParallel
 
-    from execorder.training import _fingerprint
+    from execorder.ranks import _fingerprint
 
     def recorded(ddp: Any, synced: bool = True) -> Any:
         with eager.record(ddp) as recording, nullcontext() if synced else ddp.no_sync():

@@ -61,7 +61,7 @@ from execorder.errors import (
     UnreducedGradientError,
 )
 from execorder.output import files
-from execorder.ranks import collective_device, compare
+from execorder.ranks import Unreduced, collective_device, compare, unreduced
 from execorder.report import Report
 
 __all__ = ["StepWatch", "WatchingCallback"]
@@ -213,7 +213,7 @@ class StepWatch:
             if not result.agree:
                 diverged = _diverged(step, result)
                 log.warning("execorder: %s", diverged)
-        apart, differ = _differing(recording) if _world() > 1 else ((), ())
+        apart, differ = unreduced(recording) if _world() > 1 else Unreduced((), ())
         stopping: ExecOrderError | None = None
         if diverged is not None and self.stop_on_divergence:
             stopping = diverged
@@ -230,15 +230,15 @@ class StepWatch:
             stopping = self._no_grad(step, report, recording)
         # Parts DDP left unreduced: in an earlier step (the copies differ), or in this one.
         static = recording.ddp is not None and recording.ddp.static_graph
-        for unreduced in (
+        for left in (
             ReplicasDifferError(step, apart),
             GradientsDifferError(step, differ, static_graph=static),
         ):
-            if stopping is None and unreduced.params:
+            if stopping is None and left.params:
                 if self.stop_on_no_grad is False:
-                    log.warning("execorder: %s", unreduced)
+                    log.warning("execorder: %s", left)
                 else:
-                    stopping = unreduced
+                    stopping = left
         if not _agreed(stopping is not None):
             return report
         raise stopping or RecordingError(f"step {step}: another rank stopped the run")
@@ -360,54 +360,6 @@ def _diverged(step: int, result: RankComparison) -> RanksDivergedError:
         params=[d.param for d in result.status_differs],
         errors=[(g.ranks, g.error) for g in result.errors if g.error is not None],
     )
-
-
-def _differing(recording: Recording) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The parameters that differ across the ranks the DDP that ran the step averaged its
-    gradients over (:meth:`Recording.reduced_by_ddp`), and those whose gradients differ: what
-    it left unreduced in an earlier step, and in this one.
-
-    Each rank sends two numbers a tensor (its sum and its norm, reductions that make no
-    copy of it) and learns their largest and smallest over the ranks: equal tensors give
-    equal numbers, bit for bit.
-    """
-    reduced = recording.reduced_by_ddp()
-    if reduced is None:
-        return (), ()
-    group, params = reduced
-    device = collective_device(group)
-    count = torch.tensor([len(params), -len(params)], dtype=torch.float64, device=device)
-    dist.all_reduce(count, op=dist.ReduceOp.MAX, group=group)
-    if not params or int(count[0]) != -int(count[1]):  # another rank registers others
-        return (), ()
-    prints = torch.stack(
-        [torch.cat([_fingerprint(p.detach()), _fingerprint(p.grad)]).to(device) for _, p in params]
-    )
-    both = torch.cat([prints, -prints])
-    dist.all_reduce(both, op=dist.ReduceOp.MAX, group=group)
-    unequal = both[: len(params)] != -both[len(params) :]
-    names = [name for name, _ in params]
-    replicas = unequal[:, :2].any(dim=1).tolist()
-    gradients = unequal[:, 2:].any(dim=1).tolist()
-    return (
-        tuple(n for n, differ in zip(names, replicas, strict=True) if differ),
-        tuple(n for n, differ in zip(names, gradients, strict=True) if differ),
-    )
-
-
-NONE = 1.7e308  # a gradient that is None; NaN and infinities get numbers of their own too
-
-
-def _fingerprint(grad: torch.Tensor | None) -> torch.Tensor:
-    """Two numbers that equal gradients give alike on every rank: the sum and the norm."""
-    if grad is None:
-        return torch.tensor([NONE, NONE], dtype=torch.float64)
-    local = grad.to_local() if hasattr(grad, "to_local") else grad
-    if local.is_sparse:
-        local = local.coalesce().values()
-    with torch.no_grad():
-        numbers = torch.stack([local.sum(), torch.linalg.vector_norm(local)]).double()
-    return torch.nan_to_num(numbers, nan=1.5e308, posinf=1.6e308, neginf=-1.6e308)
 
 
 def _world() -> int:
