@@ -327,6 +327,7 @@ def wrappers_mode() -> None:
     several_backwards()
     static_graph_later()
     accumulation()
+    healthy_ddp_jobs()
 
 
 # (model, its inputs): parameters read with no gradient path, which a compiled graph holds
@@ -646,6 +647,29 @@ def static_graph_later() -> None:
         second=second,
         third=third,
     )
+
+
+def healthy_ddp_jobs() -> None:
+    """Each DDP case of the matrix (DDP, compiled DDP, replicate; a checkpointed Llama, LoRA,
+    frozen parameters), a step on each rank's own data: what the watch compares across the
+    ranks (execorder.ranks.unreduced) finds nothing DDP left unreduced."""
+    from execorder.ranks import unreduced
+
+    for model_name, wrapper, _, _ in MATRIX:
+        if "ddp" not in wrapper and wrapper != "replicate":
+            continue
+        call = WRAPPERS[wrapper](built(model_name))
+        batch = {}
+        for key, value in MODELS[model_name][1]().items():  # made this rank's own
+            if torch.is_tensor(value) and value.is_floating_point():
+                value = value + 0.1 * (RANK + 1)
+            elif torch.is_tensor(value):
+                value = (value + RANK + 1) % 32
+            batch[key] = value
+        with execorder.record(call) as recording:
+            loss(call(**batch)).backward()
+        left = unreduced(recording)
+        emit(case=f"healthy/{model_name}/{wrapper}", replicas=left.replicas, grads=left.gradients)
 
 
 def accumulation() -> None:

@@ -235,6 +235,18 @@ def test_a_watch_stops_a_step_whose_backwards_ddp_does_not_reduce_as_one(
     assert not any("summed" in case or "decay-after" in case for case in broken), broken
 
 
+def test_the_ranks_copies_and_gradients_agree_in_a_healthy_step_under_every_ddp(
+    wrapped: dict[str, list[dict[str, Any]]],
+) -> None:
+    """No false alarm: DDP, compiled DDP and replicate() over the matrix's models, each rank
+    on its own data, leave nothing unreduced for the watch to stop on."""
+    cases = [case for case in wrapped if case.startswith("healthy/")]
+    assert len(cases) >= 8, cases
+    for case in cases:
+        for line in wrapped[case]:
+            assert line["replicas"] == [] and line["grads"] == [], line
+
+
 def test_a_head_unused_in_static_graphs_first_step_drifts_and_the_gradients_tell(
     wrapped: dict[str, list[dict[str, Any]]],
 ) -> None:
