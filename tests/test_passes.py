@@ -322,3 +322,25 @@ def test_a_watch_names_the_backwards_and_what_to_do() -> None:
         "(backward ran more than once over one forward): body.weight (2 passes), body.bias "
         "(2 passes). Add the losses and call backward once, (loss_a + loss_b).backward()"
     )
+
+
+def test_a_report_with_gradients_static_graph_left_unreduced_fails_the_ddp_check() -> None:
+    """What a recorded first step under DDP(static_graph=True) left unreduced (a gradient
+    penalty's autograd.grad first) is in the JSON, and the DDP check fails on it."""
+    import dataclasses
+
+    report = dataclasses.replace(
+        _recorded(models.TwoHeads(), "penalty"), ddp_unreduced=("body.weight", "body.bias")
+    )
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["ddp_unreduced"] == ["body.weight", "body.bias"]
+    assert Report.from_dict(data) == report
+    verdict = ddp_verdict(report)
+    assert verdict.severity.value == "error"
+    assert verdict.cells[1].text == (
+        "fails: 2 trainable parameters (body.weight, body.bias) get their gradient only after "
+        "the first backward through forward's outputs (an autograd.grad before the loss's); "
+        "DDP with static_graph=True all-reduces at the end of that one in its first step, so "
+        "they are never all-reduced and the ranks drift apart: wrap the model without "
+        "static_graph=True"
+    )

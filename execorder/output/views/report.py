@@ -169,10 +169,23 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
     one reaches them all, "ok" names it, and an output that would not do.
     "Not proven" too when the parameters without a gradient are all read only
     inside custom autograd Functions whose backward no walk sees.
-    The parameters DDP ignores (:attr:`Report.ddp_ignored`) count as frozen.
+    The parameters DDP ignores (:attr:`Report.ddp_ignored`) count as frozen. A
+    recorded step says "fails" too where the DDP that ran it was built for other
+    parameters, or left gradients that came late unreduced (:attr:`Report.ddp_unreduced`).
     """
     if report.ddp_built is not None:
         return fact("DDP check", _built_text(report.ddp_built), Severity.ERROR)
+    late = report.as_ddp_sees_it().ddp_unreduced
+    if late:
+        text = (
+            f"fails: {plural(len(late), 'trainable parameter')} ({listed(late)}) "
+            f"{'gets its' if len(late) == 1 else 'get their'} gradient only after the first "
+            "backward through forward's outputs (an autograd.grad before the loss's); DDP "
+            "with static_graph=True all-reduces at the end of that one in its first step, so "
+            f"{'it is' if len(late) == 1 else 'they are'} never all-reduced and the ranks "
+            "drift apart: wrap the model without static_graph=True"
+        )
+        return fact("DDP check", text, Severity.ERROR)
     every = "every trainable parameter" + (" DDP waits for" if report.ddp_ignored else "")
     report = report.as_ddp_sees_it()
     missing = report.summary.params_no_grad
