@@ -326,11 +326,11 @@ def unreduced(recording: Recording) -> Unreduced:
 NONE = 1.7e308  # a gradient that is None; NaN and infinities get numbers of their own too
 
 
-def _fingerprint(grad: torch.Tensor | None) -> torch.Tensor:
-    """Two numbers that equal gradients give alike on every rank: the sum and the norm."""
-    if grad is None:
+def _fingerprint(tensor: torch.Tensor | None) -> torch.Tensor:
+    """Two numbers that equal tensors give alike on every rank: the sum and the norm."""
+    if tensor is None:
         return torch.tensor([NONE, NONE], dtype=torch.float64)
-    local = grad.to_local() if hasattr(grad, "to_local") else grad
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
     if local.is_sparse:
         local = local.coalesce().values()
     with torch.no_grad():

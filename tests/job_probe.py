@@ -477,7 +477,6 @@ def three_steps(
     StepWatch (``watched``: True for step 1, or the step) or none: the step DDP fails at
     (None: it runs), whether the ranks' weights still agree after, and what the watch
     stopped with."""
-    from execorder.errors import ExecOrderError
     from execorder.training import StepWatch
 
     torch.manual_seed(0)
@@ -495,17 +494,49 @@ def three_steps(
             watch.abort()
             break
         if watched and n == int(watched):
-            try:
-                watch.end()
-            except ExecOrderError as exc:
-                stopped = str(exc)
+            stopped = stop_of(watch)
+            if stopped is not None:
                 break
         step_of.step()
         step_of.zero_grad()
+    return failed, replicas_agree(model), stopped
+
+
+def run_both(
+    case: str, make: Callable[[], tuple[nn.Module, nn.Module]], step: Callable[..., None]
+) -> None:
+    """Three real steps unwatched and three with step 1 watched (:func:`three_steps`): where
+    the job fails and whether its ranks' weights still agree, where the watched one fails
+    and what the watch stopped it with."""
+    (failed, agree, _), (watched_failed, _, stopped) = (
+        three_steps(make, step, watched) for watched in (False, True)
+    )
+    emit(
+        case=case,
+        fails_at=failed,
+        replicas_agree=agree,
+        watched_fails_at=watched_failed,
+        stopped=stopped,
+    )
+
+
+def stop_of(watch: Any) -> str | None:
+    """End a watched step: what the watch stopped it with, or None."""
+    from execorder.errors import ExecOrderError
+
+    try:
+        watch.end()
+    except ExecOrderError as exc:
+        return str(exc)
+    return None
+
+
+def replicas_agree(model: nn.Module) -> bool:
+    """Whether every rank holds the same weights (gathered to each rank, compared exactly)."""
     weights = torch.cat([p.detach().flatten() for p in model.parameters()])
     gathered = [torch.zeros_like(weights) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, weights)
-    return failed, all(torch.equal(gathered[0], w) for w in gathered), stopped
+    return all(torch.equal(gathered[0], w) for w in gathered)
 
 
 def _changed_after(change: str, find_unused: bool, static: bool) -> tuple[nn.Module, nn.Module]:
@@ -533,14 +564,7 @@ def changed_after_wrapping() -> None:
     for find_unused, static in ((False, False), (True, False), (False, True)):
         for change in ("frozen", "trainable", "swapped"):
             make = functools.partial(_changed_after, change, find_unused, static)
-            outcomes = [three_steps(make, _summed, watched) for watched in (False, True)]
-            (failed, agree, _), (_, _, stopped) = outcomes
-            emit(
-                case=f"changed/{change}/{find_unused}/{static}",
-                fails_at=failed,
-                replicas_agree=agree,
-                stopped=stopped,
-            )
+            run_both(f"changed/{change}/{find_unused}/{static}", make, _summed)
 
 
 class Apart(nn.Module):
@@ -618,15 +642,7 @@ def several_backwards() -> None:
         for find_unused, static in ((False, False), (True, False), (False, True)):
             make = functools.partial(_wrapped_in_ddp, build, find_unused, static)
             step = functools.partial(_backwards, how)
-            outcomes = [three_steps(make, step, watched) for watched in (False, True)]
-            (failed, agree, _), (watched_failed, _, stopped) = outcomes
-            emit(
-                case=f"backwards/{name}/{find_unused}/{static}",
-                fails_at=failed,
-                replicas_agree=agree,
-                watched_fails_at=watched_failed,
-                stopped=stopped,
-            )
+            run_both(f"backwards/{name}/{find_unused}/{static}", make, step)
 
 
 def static_graph_later() -> None:
@@ -678,7 +694,6 @@ def accumulation() -> None:
     ``drift``, the second's backward is followed by one of a term of a weight and the batch,
     which DDP does not reduce. A StepWatch of step 1 sees the first as unsynced, records the
     second ``again()``, and stops on the drift alone."""
-    from execorder.errors import ExecOrderError
     from execorder.training import StepWatch
 
     for drift in (False, True):
@@ -692,33 +707,23 @@ def accumulation() -> None:
             if n == 1:
                 watch.begin(job, n)
             with job.no_sync():
-                _summed_heads(job, torch.randn(3, 4))
+                _backwards("summed", job, torch.randn(3, 4))
             if n == 1:
                 unsynced.append(watch.unsynced)
                 watch.again()
             x = torch.randn(3, 4)
-            _summed_heads(job, x)
+            _backwards("summed", job, x)
             if drift:
                 (model.value.weight * x.mean()).sum().backward()
             if n == 1:
                 unsynced.append(watch.unsynced)
-                try:
-                    watch.end()
-                except ExecOrderError as exc:
-                    stopped = str(exc)
+                stopped = stop_of(watch)
+                if stopped is not None:
                     break
             step_of.step()
             step_of.zero_grad()
-        weights = torch.cat([p.detach().flatten() for p in model.parameters()])
-        gathered = [torch.zeros_like(weights) for _ in range(dist.get_world_size())]
-        dist.all_gather(gathered, weights)
-        agree = all(torch.equal(gathered[0], w) for w in gathered)
+        agree = replicas_agree(model)
         emit(case=f"accumulated/{drift}", unsynced=unsynced, agree=agree, stopped=stopped)
-
-
-def _summed_heads(job: nn.Module, x: torch.Tensor) -> None:
-    policy, value = job(x)
-    (policy.sum() + value.pow(2).sum()).backward()
 
 
 def refusals() -> None:

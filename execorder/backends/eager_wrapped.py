@@ -228,18 +228,18 @@ def ddp_around(model: nn.Module, trainable: Collection[int]) -> DdpAround | None
     )
     built = _built(wrapper, registered, trainable)
     syncs = bool(getattr(wrapper, "require_backward_grad_sync", True))
-    return DdpAround(settings, registered, built, sinks, syncs, _reduces(wrapper))
+    return DdpAround(
+        settings, registered, built, sinks, syncs, _reduces(wrapper) if syncs else None
+    )
 
 
 DEFAULT_HOOKS = "torch.distributed.algorithms.ddp_comm_hooks.default_hooks"
 
 
 def _reduces(wrapper: Any) -> Any:
-    """The process group over which ``wrapper`` averages this step's gradients into one every
-    rank shares: None under ``no_sync()``, or with a comm hook other than torch's own
-    all-reduces (local SGD's reduces within subgroups, by design)."""
-    if not getattr(wrapper, "require_backward_grad_sync", True):
-        return None
+    """The process group over which ``wrapper``, syncing, averages gradients into one every
+    rank shares: None with a comm hook other than torch's own all-reduces (local SGD's
+    reduces within subgroups, by design)."""
     for hook, _ in getattr(wrapper, "_comm_hooks", None) or ():
         if getattr(hook, "__module__", None) != DEFAULT_HOOKS:
             return None

@@ -175,7 +175,9 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
     """
     if report.ddp_built is not None:
         return fact("DDP check", _built_text(report.ddp_built), Severity.ERROR)
-    late = report.as_ddp_sees_it().ddp_unreduced
+    every = "every trainable parameter" + (" DDP waits for" if report.ddp_ignored else "")
+    report = report.as_ddp_sees_it()
+    late = report.ddp_unreduced
     if late:
         text = (
             f"fails: {plural(len(late), 'trainable parameter')} ({listed(late)}) "
@@ -186,8 +188,6 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
             "drift apart: wrap the model without static_graph=True"
         )
         return fact("DDP check", text, Severity.ERROR)
-    every = "every trainable parameter" + (" DDP waits for" if report.ddp_ignored else "")
-    report = report.as_ddp_sees_it()
     missing = report.summary.params_no_grad
     resting = len(report.findings(Category.ASSUMPTION))
     if report.no_use_seen:
@@ -239,11 +239,11 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
         return fact("DDP check", text, Severity.ERROR)
     split = list(report.split_gradients)
     if report.split_by_backwards:
-        calls = report.split_by_backwards
+        parts = report.split_by_backwards
         text = (
-            f"fails: {plural(len(calls), 'trainable parameter')} "
-            f"{'gets its' if len(calls) == 1 else 'get their'} gradient from several backward "
-            f"calls over one forward ({listed(calls)}); DDP reduces a parameter once a forward "
+            f"fails: {plural(len(parts), 'trainable parameter')} "
+            f"{'gets its' if len(parts) == 1 else 'get their'} gradient from several backward "
+            f"calls over one forward ({listed(parts)}); DDP reduces a parameter once a forward "
             "under every setting, static_graph=True too: it raises, or the ranks drift apart: "
             "add the losses and call backward once"
         )
