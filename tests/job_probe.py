@@ -41,6 +41,9 @@ from seed import Model  # noqa: E402
 from tied import TiedLM  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.distributed._composable.replicate import replicate  # noqa: E402
+from torch.distributed._composable.replicate_with_fsdp import (  # noqa: E402
+    replicate as replicate_fsdp,
+)
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (  # noqa: E402
     checkpoint_wrapper,
 )
@@ -187,6 +190,24 @@ def compiled_blocks_fsdp(model: nn.Module) -> nn.Module:
     return model
 
 
+def hsdp(model: nn.Module) -> nn.Module:
+    """FSDP2 over a 2-D mesh: replicated across the ranks, sharded within one (torchtitan's
+    dp_replicate with dp_shard)."""
+    mesh = init_device_mesh("cpu", (dist.get_world_size(), 1), mesh_dim_names=("rep", "shard"))
+    for block in blocks_of(model):
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def replicated_fsdp(model: nn.Module) -> nn.Module:
+    """torch's replicate built on FSDP2 (replicate_with_fsdp), per block and the root."""
+    for block in blocks_of(model):
+        replicate_fsdp(block)
+    replicate_fsdp(model)
+    return model
+
+
 def tensor_parallel(model: nn.Module) -> nn.Module:
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     plan = {
@@ -216,6 +237,9 @@ WRAPPERS: dict[str, Callable[[nn.Module], nn.Module]] = {
     ),
     # torch's composable DDP, torchtitan's: hooks on the model; its DDP made in the first call
     "replicate": lambda m: replicate(m, find_unused_parameters=True),
+    # its namesake built on FSDP2, whose state has the same class name
+    "replicate-fsdp": replicated_fsdp,
+    "hsdp": hsdp,
 }
 
 # (model, wrapper, what record() is given: the wrapper or the model inside it, backward)
@@ -245,6 +269,10 @@ MATRIX = [
     ("seed", "replicate", "wrapper", True),
     ("llama", "replicate", "wrapper", True),
     ("frozen", "replicate", "wrapper", True),
+    ("seed", "replicate-fsdp", "wrapper", True),
+    ("llama", "replicate-fsdp", "wrapper", True),
+    ("frozen", "replicate-fsdp", "wrapper", True),
+    ("llama", "hsdp", "wrapper", True),
 ]
 
 
@@ -302,7 +330,7 @@ def wrappers_mode() -> None:
             gets = {p.name for p in report.all_params() if p.gets_gradient}
             if gets != graded:
                 mismatch.append(f"gradients {sorted(gets)} != {sorted(graded)}")
-            if wrapper.endswith("fsdp") or wrapper.startswith("fsdp"):
+            if "fsdp" in wrapper or wrapper == "hsdp":
                 # FSDP2's own sharded gradients, on the wrapped model itself.
                 sharded = {
                     n.replace("_checkpoint_wrapped_module.", "")

@@ -91,6 +91,10 @@ MATRIX = [
     "seed/replicate/wrapper",
     "llama/replicate/wrapper",
     "frozen/replicate/wrapper",
+    "seed/replicate-fsdp/wrapper",
+    "llama/replicate-fsdp/wrapper",
+    "frozen/replicate-fsdp/wrapper",
+    "llama/hsdp/wrapper",
 ]
 
 

@@ -263,14 +263,21 @@ def _ddp_on_stack(model: nn.Module) -> Any:
 
 
 def _replicate_state(model: nn.Module) -> Any:
-    """What ``replicate(model)`` (torch's composable DDP) keeps on the model; None without."""
+    """What ``replicate(model)`` (torch's composable DDP) keeps on the model; None without.
+
+    Not the ``replicate`` of ``torch.distributed._composable.replicate_with_fsdp``, whose
+    state has the same name: that one is FSDP2 (its units are ``FSDPModule``), and read so.
+    """
     # Where torch's composable APIs keep their states on a module (by the API applied).
     key = getattr(sys.modules.get("torch.distributed._composable.contract"), "STATE_KEY", None)
     states = model.__dict__.get(key, {}) if isinstance(key, str) else {}
     for state in states.values() if isinstance(states, dict) else ():
-        if type(state).__name__ == "_ReplicateState":
+        if type(state).__module__ == _DDP_REPLICATE and type(state).__name__ == "_ReplicateState":
             return state
     return None
+
+
+_DDP_REPLICATE = "torch.distributed._composable.replicate"
 
 
 def _replicated(model: nn.Module) -> Any:
