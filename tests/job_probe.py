@@ -361,9 +361,15 @@ def wrappers_mode() -> None:
 # (model, its inputs): parameters read with no gradient path, which a compiled graph holds
 COMPILED_JOBS = {
     "distill": (models.Distill, x(2, 16)),  # a trainable teacher under no_grad
+    "distill-dataclass": (models.DistillToDataclass, x(2, 16)),  # its loss in a dataclass
     "detached": (lambda: Detached(), x(2, 4)),  # a side branch detached into the output
     "seed": (Model, lambda: {**x(2, 6)(), "run_all_layers": True}),  # results discarded
 }
+
+
+def summed(out: Any) -> torch.Tensor:
+    """A compiled job's loss: its output summed, or the loss of a dataclass of outputs."""
+    return (out.loss if isinstance(out, models.DistillOutput) else out).float().sum()
 
 
 def compiled_ddp_jobs() -> None:
@@ -388,10 +394,10 @@ def compiled_ddp_jobs() -> None:
                     try:
                         if recording and step == 1:
                             with execorder.record(job) as watched:
-                                job(**inputs()).float().sum().backward()
+                                summed(job(**inputs())).backward()
                             report = watched.report()
                         else:
-                            job(**inputs()).float().sum().backward()
+                            summed(job(**inputs())).backward()
                     except RuntimeError:
                         failed = step
                         break

@@ -137,8 +137,9 @@ def test_recording_a_step_of_a_compiled_ddp_job_leaves_the_job_as_it_was(
     """Compiled code runs eagerly for the recorded step, and eager's graph lacks a parameter
     read with no gradient path, which the compiled graph holds and DDP waits for: before,
     the step after the recording failed a job that runs ("Expected to have finished
-    reduction in the prior iteration")."""
-    for name in ("distill", "detached", "seed"):
+    reduction in the prior iteration"), and so too where forward returned its loss in a
+    plain dataclass."""
+    for name in ("distill", "distill-dataclass", "detached", "seed"):
         for how in ("ddp-compile", "compile-ddp"):
             for line in wrapped[f"compiled-ddp/{name}/{how}"]:
                 case = f"{name}/{how}, rank {line['rank']}"

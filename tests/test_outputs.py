@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from execorder import eager
-from execorder.backends.common import tensors
+from execorder.backends.common import map_tensors, tensors
 from execorder.cli import app
 
 
@@ -37,6 +37,31 @@ def test_a_cycle_and_a_deep_nesting_are_walked_without_recursion() -> None:
     loop.append(loop)
     assert len(list(tensors(root))) == 5001
     assert len(list(tensors(loop))) == 1
+
+
+def test_a_map_over_outputs_reaches_the_tensors_of_dataclasses_and_objects_too() -> None:
+    """What readies a compiled job's parameters for DDP goes where the tensors are: before,
+    a dataclass was a leaf to it, left unreadied, and the job failed after the recorded step."""
+
+    @dataclass(frozen=True, slots=True)
+    class Frozen:
+        value: torch.Tensor
+
+    class Holder:
+        def __init__(self, value: torch.Tensor) -> None:
+            self.value = value
+
+    outputs = models.StructuredOutputs()(torch.randn(2, 4))
+    shared = Frozen(torch.ones(1))
+    value = {"outputs": outputs, "frozen": [shared, shared], "held": Holder(torch.ones(2))}
+    mapped = map_tensors(value, lambda t: t + 1)
+    before, after = list(tensors(value)), list(tensors(mapped))
+    assert len(after) == len(before) == 6
+    assert all(torch.equal(a, b + 1) for a, b in zip(after, before, strict=True))
+    assert type(mapped["outputs"]) is models.Outputs and mapped["outputs"].note == "not a tensor"
+    assert mapped["frozen"][0] is mapped["frozen"][1]  # one copy of what is shared
+    assert isinstance(mapped["held"], Holder)
+    assert torch.equal(shared.value, torch.ones(1))  # forward's own objects are not changed
 
 
 def test_no_used_parameter_is_called_dead_when_forward_returns_a_dataclass() -> None:

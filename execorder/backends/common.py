@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import gc
 import inspect
 import types
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -71,6 +72,41 @@ def tensors(value: Any) -> Iterator[torch.Tensor]:
             continue
         seen.add(id(item))
         stack.extend(reversed(children))
+
+
+def map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``value`` with ``fn`` applied to every tensor inside it, where :func:`tensors` finds it.
+
+    What ``torch.utils._pytree`` takes apart (tuples, lists, dicts, a transformers
+    ``ModelOutput``) is rebuilt by it; a dataclass or another object holding
+    values, a leaf to pytree, is copied (``copy.copy``: no ``__init__`` runs)
+    with its attributes mapped, so the caller gets what forward returned but
+    for the tensors. An object that cannot be copied is left as it is.
+    """
+    from torch.utils._pytree import tree_map
+
+    copies: dict[int, Any] = {}
+
+    def leaf(item: Any) -> Any:
+        if isinstance(item, torch.Tensor):
+            return fn(item)
+        if isinstance(item, type) or not (dataclasses.is_dataclass(item) or _holds_values(item)):
+            return item
+        if id(item) in copies:  # shared, or an attribute that leads back to it
+            return copies[id(item)]
+        try:
+            copied = copies[id(item)] = copy.copy(item)
+        except Exception:
+            return item
+        if dataclasses.is_dataclass(item):
+            names = [f.name for f in dataclasses.fields(item) if hasattr(item, f.name)]
+        else:
+            names = list(vars(item))
+        for name in names:
+            object.__setattr__(copied, name, tree_map(leaf, getattr(item, name)))
+        return copied
+
+    return tree_map(leaf, value)
 
 
 def _holds_values(item: Any) -> bool:

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from execorder.backends.common import map_tensors
 from execorder.errors import RecordingError
 from execorder.recording import ModuleTree, class_name, ddp_registered, unwrap
 from execorder.report import DdpBuilt
@@ -114,7 +115,8 @@ class _Ready(torch.autograd.Function):
 
 def readied(outputs: Any, params: Sequence[nn.Parameter]) -> tuple[Any, bool]:
     """``outputs`` with each tensor that carries a gradient made to ready ``params`` for DDP
-    in backward (:class:`_Ready`); whether any did (their structure must be one pytree knows).
+    in backward (:class:`_Ready`); whether any did (wherever :func:`map_tensors` finds them:
+    in pytree's containers, dataclasses and other objects of the model's own).
 
     A step recorded eagerly inside a compiled job builds eager's autograd graph,
     in which a parameter compiled code reads but gives no gradient (read under
@@ -123,8 +125,6 @@ def readied(outputs: Any, params: Sequence[nn.Parameter]) -> tuple[Any, bool]:
     this, the step after the recording fails ("Expected to have finished
     reduction in the prior iteration").
     """
-    from torch.utils._pytree import tree_map_only
-
     done = False
 
     def ready(tensor: torch.Tensor) -> torch.Tensor:
@@ -134,7 +134,7 @@ def readied(outputs: Any, params: Sequence[nn.Parameter]) -> tuple[Any, bool]:
         done = True
         return _Ready.apply(tensor, *params)
 
-    return tree_map_only(torch.Tensor, ready, outputs), done
+    return map_tensors(outputs, ready), done
 
 
 def uncompiled() -> Any:
