@@ -719,6 +719,12 @@ class RecordingError(ExecOrderError):
 # -- inside a training job ----------------------------------------------------
 
 
+def _joined(names: Sequence[str], shown: int = 4) -> str:
+    """``a, b, c and d``, the first ``shown`` names, with how many more."""
+    listed = [*names[:shown], *[f"{len(names) - shown} more"] * (len(names) > shown)]
+    return ", ".join(listed[:-1]) + " and " * (len(listed) > 1) + listed[-1]
+
+
 class NoGradientError(ExecOrderError):
     """A recorded training step left trainable parameters without a gradient.
 
@@ -730,38 +736,54 @@ class NoGradientError(ExecOrderError):
     Attributes:
         step: The training step recorded (1 for the first).
         params: The parameters without a gradient, by qualified name.
-        ddp_indices: Their indices as DDP's errors number them, in the same order.
+        ddp_indices: Their indices as DDP's errors number them, in the same order
+            (None for one no DDP registers).
         under_ddp: Whether the step ran under such a DDP (else the callback
             was asked to stop on any parameter without a gradient).
         recompute_only: Parameters whose gradient only reentrant checkpoints'
             recomputes give (``Report.recompute_only``): with them,
             ``find_unused_parameters=True`` fails too.
+        inside: The modules inside the model whose own DDP fails on them
+            (``DDP(model.encoder)`` or ``replicate(model.encoder)``), by
+            name; empty where that DDP runs the model. Indices are then
+            those of each module's DDP.
     """
 
     def __init__(
         self,
         step: int,
         params: Sequence[str],
-        ddp_indices: Sequence[int],
+        ddp_indices: Sequence[int | None],
         *,
         under_ddp: bool,
         recompute_only: Sequence[str] = (),
+        inside: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.step, self.params = step, tuple(params)
         self.ddp_indices, self.under_ddp = tuple(ddp_indices), under_ddp
         self.recompute_only = tuple(recompute_only)
+        self.inside = tuple(inside)
 
     def describe(self, words: Words = PYTHON) -> str:
         count = len(self.params)
+        indices = [*self.ddp_indices, *[None] * count][:count]
         listed = ", ".join(
-            f"{name} (DDP index {index})"
-            for name, index in zip(self.params[:8], self.ddp_indices, strict=False)
+            name if index is None else f"{name} (DDP index {index})"
+            for name, index in zip(self.params[:8], indices, strict=False)
         )
         more = f", +{count - 8} more" if count > 8 else ""
         noun = "parameter" if count == 1 else "parameters"
         text = f"step {self.step}: {count} trainable {noun} got no gradient: {listed}{more}"
-        if self.under_ddp:
+        around = "the model"
+        if self.inside:
+            around = _joined(self.inside)
+            ddps, fail = ("DDPs", "fail") if len(self.inside) > 1 else ("DDP", "fails")
+            text += f"; the {ddps} around {around} (find_unused_parameters=False) {fail} on them "
+            text += (
+                'at the next step ("Expected to have finished reduction in the prior iteration")'
+            )
+        elif self.under_ddp:
             text += (
                 "; DDP (find_unused_parameters=False) fails on them at the next step "
                 '("Expected to have finished reduction in the prior iteration")'
@@ -769,14 +791,14 @@ class NoGradientError(ExecOrderError):
         if self.recompute_only:  # DDP's search for unused parameters misses those
             count = len(self.recompute_only)
             return text + (
-                ". Use them in the loss, freeze them (requires_grad_(False)), or wrap the model "
+                f". Use them in the loss, freeze them (requires_grad_(False)), or wrap {around} "
                 f"with static_graph=True (find_unused_parameters=True fails here: {count} other "
                 f"{'parameter gets its' if count == 1 else 'parameters get their'} gradient only "
                 "from reentrant checkpoints' recomputes, which it takes for unused)"
             )
         return text + (
             ". Use them in the loss, freeze them (requires_grad_(False)), "
-            "or wrap the model with find_unused_parameters=True"
+            f"or wrap {around} with find_unused_parameters=True"
         )
 
 
@@ -977,6 +999,31 @@ class GradientsDifferError(StepParamsError):
             f"step {self.step}: after DDP's all-reduce the ranks hold different gradients of "
             f"{counted}: {names}; DDP did not reduce a part of them ({causes}), so the ranks' "
             "replicas drift apart from here, with no error"
+        )
+
+
+class NotReplicatedError(StepParamsError):
+    """At a recorded step of a model whose DDPs run modules inside it (``DDP(model.encoder)``
+    put in its place, ``replicate(model.encoder)``), the ranks hold different gradients or
+    copies of trainable parameters that no DDP registers: nothing averages them, and each
+    rank trains its own, with no error.
+
+    Attributes:
+        inside: The modules the DDPs run, by name.
+    """
+
+    def __init__(self, step: int, params: Sequence[str], *, inside: Sequence[str]) -> None:
+        super().__init__(step, params)
+        self.inside = tuple(inside)
+
+    def describe(self, words: Words = PYTHON) -> str:
+        counted, names = self._counted()
+        ddps = "the DDPs around" if len(self.inside) > 1 else "the DDP around"
+        return (
+            f"step {self.step}: the ranks hold different gradients or copies of {counted} that "
+            f"no DDP registers: {names}; {ddps} {_joined(self.inside)} average only their own, "
+            "so each rank "
+            "trains these apart, with no error. Wrap the model in one DDP, or freeze them"
         )
 
 

@@ -356,6 +356,7 @@ def wrappers_mode() -> None:
     static_graph_later()
     accumulation()
     healthy_ddp_jobs()
+    ddps_inside()
 
 
 # (model, its inputs): parameters read with no gradient path, which a compiled graph holds
@@ -697,6 +698,81 @@ def static_graph_later() -> None:
         second=second,
         third=third,
     )
+
+
+class Encoded(nn.Module):
+    """Two encoder blocks and a head, each block with a layer forward never runs (``idle``)
+    unless ``idle`` is False; ``spare`` is outside them, never run."""
+
+    def __init__(self, idle: bool = True) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(idle) for _ in range(2))
+        self.head = nn.Linear(4, 1)
+        self.spare = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+class Block(nn.Module):
+    def __init__(self, idle: bool) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.idle = nn.Linear(4, 4) if idle else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.lin(x))
+
+
+def _inside(
+    how: str, find_unused: bool, idle: bool, head: bool
+) -> Callable[[], tuple[nn.Module, nn.Module]]:
+    """The model with a DDP of its own for each block (and the head, with ``head``): DDP
+    put in the module's place, or torch's composable replicate() on it."""
+
+    def make() -> tuple[nn.Module, nn.Module]:
+        model = Encoded(idle)
+        owners = [(model.blocks, str(k)) for k in range(len(model.blocks))]
+        for owner, name in owners + [(model, "head")] * head:
+            module = owner._modules[name]
+            if how == "ddp":
+                owner._modules[name] = DDP(module, find_unused_parameters=find_unused)
+            else:
+                replicate(module, find_unused_parameters=find_unused)
+        return model, model
+
+    return make
+
+
+# (find_unused_parameters, the blocks' idle layers, the head in a DDP of its own)
+INSIDE = [(False, True, False), (True, True, False), (False, False, True), (True, True, True)]
+
+
+def ddps_inside() -> None:
+    """DDPs that run modules inside the model, not the model (the spare layer, never run, is
+    no DDP's): three real steps, unwatched and with step 1 watched, and the recorded step's
+    report."""
+    for how in ("ddp", "replicate"):
+        for find_unused, idle, head in INSIDE:
+            make = _inside(how, find_unused, idle, head)
+            run_both(
+                f"inside/{how}/{find_unused}/{idle}/{head}",
+                make,
+                lambda job, batch, _: job(batch).sum().backward(),
+            )
+            torch.manual_seed(0)
+            _, job = make()
+            with execorder.record(job) as recording:
+                job(torch.randn(3, 4)).sum().backward()
+            report = recording.report()
+            emit(
+                case=f"inside-report/{how}/{find_unused}/{idle}/{head}",
+                unused=[p.name for p in report.unused],
+                first_uses=[p.name for p in report.params],
+                inside=[[d.name, *d.settings, list(d.registered)] for d in recording.ddps_inside],
+            )
 
 
 def healthy_ddp_jobs() -> None:

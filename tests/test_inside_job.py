@@ -271,6 +271,62 @@ def test_a_head_unused_in_static_graphs_first_step_drifts_and_the_gradients_tell
         ), line
 
 
+# job_probe.INSIDE: (find_unused_parameters, the blocks' idle layers, the head in a DDP)
+INSIDE = [(False, True, False), (True, True, False), (False, False, True), (True, True, True)]
+
+
+def test_a_watch_stops_where_a_ddp_inside_the_model_fails_or_leaves_ranks_apart(
+    wrapped: dict[str, list[dict[str, Any]]],
+) -> None:
+    """DDP put in each block's place, or replicate() on each block (and on the head, or not):
+    not the model's DDP, so before, the watch never stopped where a block's DDP fails at step
+    2, nor where the head, no DDP's, trains apart on each rank; and replicate()'s building of
+    its DDP in a block's first call counted every parameter of the block as used."""
+    idle_params = [f"blocks.{k}.idle.{w}" for k in (0, 1) for w in ("weight", "bias")]
+    for how in ("ddp", "replicate"):
+        for find_unused, idle, head in INSIDE:
+            case = f"{how}/{find_unused}/{idle}/{head}"
+            for line in wrapped[f"inside/{case}"]:
+                fails = not find_unused and idle  # a block's idle layer; the spare is no DDP's
+                assert line["fails_at"] == (2 if fails else None), case
+                assert line["replicas_agree"] == head and line["watched_fails_at"] is None, case
+                if fails:
+                    assert line["stopped"] == (
+                        "step 1: 4 trainable parameters got no gradient: blocks.0.idle.weight "
+                        "(DDP index 2), blocks.0.idle.bias (DDP index 3), blocks.1.idle.weight "
+                        "(DDP index 2), blocks.1.idle.bias (DDP index 3); the DDPs around "
+                        "blocks.0 and blocks.1 (find_unused_parameters=False) fail on them at the "
+                        'next step ("Expected to have finished reduction in the prior '
+                        'iteration"). Use them in the loss, freeze them (requires_grad_(False)), '
+                        "or wrap blocks.0 and blocks.1 with find_unused_parameters=True"
+                    ), case
+                elif not head:  # the head's bias gets the batch's size on every rank: alike
+                    assert line["stopped"] == (
+                        "step 1: the ranks hold different gradients or copies of 1 trainable "
+                        "parameter that no DDP registers: head.weight; the DDPs around blocks.0 "
+                        "and blocks.1 average only their own, so each rank trains these apart, "
+                        "with no error. Wrap the model in one DDP, or freeze them"
+                    ), case
+                else:
+                    assert line["stopped"] is None, case
+            for line in wrapped[f"inside-report/{case}"]:
+                assert line["unused"] == [*idle_params * idle, "spare.weight", "spare.bias"], case
+                assert line["first_uses"] == [
+                    f"{module}.{kind}"
+                    for module in ("blocks.0.lin", "blocks.1.lin", "head")
+                    for kind in ("weight", "bias")
+                ], case
+                modules = ["blocks.0", "blocks.1", *["head"] * head]
+                assert [d[:3] for d in line["inside"]] == [
+                    [name, find_unused, False] for name in modules
+                ], case
+                assert line["inside"][0][3] == [
+                    "blocks.0.lin.weight",
+                    "blocks.0.lin.bias",
+                    *idle_params[:2] * idle,
+                ], case
+
+
 def test_a_watch_records_the_micro_batch_ddp_reduces_under_gradient_accumulation(
     wrapped: dict[str, list[dict[str, Any]]],
 ) -> None:

@@ -210,6 +210,9 @@ def test_the_summary_says_find_unused_parameters_fails_on_a_gradient_only_a_reco
     assert "recompute_only" not in execorder.trace(models.Checkpointed(False)).to_dict()
     said = str(NoGradientError(1, ["aux.weight"], [4], under_ddp=True, recompute_only=["b.w"]))
     assert "with static_graph=True (find_unused_parameters=True fails here: 1 other" in said
+    # A parameter no DDP numbers is named all the same (before, it and those after went unsaid).
+    said = str(NoGradientError(1, ["a.w", "b.w", "c.w"], [None, 4, 5], under_ddp=False))
+    assert said.startswith("step 1: 3 trainable parameters got no gradient: a.w, b.w (DDP index 4)")
 
 
 def test_a_gate_fails_on_what_find_unused_parameters_would_fail_on() -> None:

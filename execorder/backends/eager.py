@@ -62,11 +62,13 @@ from execorder.backends.eager_liveness import (
     sum_backward,
 )
 from execorder.backends.eager_wrapped import (
+    DdpInside,
     DdpSettings,
     check_recordable,
     compiled,
     compiled_around,
     ddp_around,
+    ddps_inside,
     fsdp_units,
     readied,
     replicate_ready,
@@ -165,6 +167,9 @@ class Recording:
         self.ddp_static_first = False
         """Whether the step was the first of a DDP with ``static_graph=True``, which takes
         the parameters that get no gradient in it as unused in every step."""
+        self.ddps_inside: list[DdpInside] = []
+        """The DDPs that ran modules inside the model (``DDP(model.encoder)`` put in its
+        place, ``replicate(model.encoder)``), with their settings and what they register."""
         self._compiled = False  # forward ran compiled code (eagerly, to be recorded)
         self._ddp_registered: list[nn.Parameter] | None = None  # what DDP numbers, if not all
         self._ddp_built: DdpBuilt | None = None  # what DDP registered when built, if not that
@@ -196,7 +201,7 @@ class Recording:
         self._defaults = defaults_used(
             self.model, args, kwargs, function=call if self._method else None
         )
-        replicate_ready(self.model)
+        replicate_ready(self._tree)
         if self._meta_run is not None:
             if any(t.is_meta for t in tensors((args, kwargs))):
                 self._meta_run.source = "parameters and meta inputs"
@@ -230,6 +235,7 @@ class Recording:
         self._ddp_group = None if around is None else around.reduces
         self.ddp_syncs = None if around is None else around.syncs
         self.ddp_static_first = self._sinks and around is not None and around.settings.static_graph
+        self.ddps_inside = ddps_inside(self.model, self._tree, {id(p) for p in self._trainable})
         if self._sinks:  # replicate() passes the model's own outputs through it
             self._through = sink_edges(self._outputs)
         self._main_pass_watched(self._outputs)
@@ -501,11 +507,20 @@ class Recording:
         and each step applies the same gradients), and once the step's backward has ended
         the same gradients: one that differs is one DDP did not reduce, in this step or an
         earlier one.
+
+        Where DDPs run modules inside the model instead (:attr:`ddps_inside`), each
+        reducing over the same group: that group and every trainable parameter of the
+        model, in ``parameters()`` order, those no DDP registers included.
         """
-        if self._ddp_group is None or self.ddp is None:
-            return None
         names = self._tree.param_names
-        return self._ddp_group, [(names[id(p)][0], p) for p in self._registered()]
+        if self._ddp_group is not None and self.ddp is not None:
+            return self._ddp_group, [(names[id(p)][0], p) for p in self._registered()]
+        groups = [inner.reduces for inner in self.ddps_inside]
+        if self.ddp is not None or not groups or not all(g is groups[0] for g in groups):
+            return None
+        if groups[0] is None:
+            return None
+        return groups[0], [(names[id(p)][0], p) for p in self._trainable if p.requires_grad]
 
     def _registered(self) -> list[nn.Parameter]:
         """The parameters the DDP around registers, in its order."""

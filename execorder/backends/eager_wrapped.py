@@ -286,9 +286,63 @@ def _replicated(model: nn.Module) -> Any:
     return getattr(_replicate_state(model), "_ddp", None)
 
 
-def replicate_ready(model: nn.Module) -> None:
-    """Make the DDP ``replicate(model)`` makes in the model's first call, as its hook would
-    there and then: building it broadcasts every parameter, which is not forward's use."""
-    state = _replicate_state(model)
-    if state is not None and (state._init_args or state._init_kwargs):  # as its hook checks
-        state.lazy_init()
+def replicate_ready(tree: ModuleTree) -> None:
+    """Make the DDPs ``replicate()`` makes in the first call of each module it was applied
+    to (the model, or modules inside it), as its hooks would there and then: building one
+    broadcasts its parameters, which is not forward's use. In the tree's order, the same on
+    every rank."""
+    if _DDP_REPLICATE not in sys.modules:
+        return
+    for module in tree.modules:
+        state = _replicate_state(module)
+        if state is not None and (state._init_args or state._init_kwargs):  # as its hook checks
+            state.lazy_init()
+
+
+class DdpInside(NamedTuple):
+    """A DDP that runs a module inside the recorded model (``DDP(model.encoder)`` put in
+    its place, or ``replicate(model.encoder)``): the module's name, the DDP's settings, the
+    trainable parameters it registers, by name, in the order it numbers them, and the
+    process group over which it averages this step's gradients (None: not in this step,
+    as :class:`DdpAround`'s ``reduces``)."""
+
+    name: str
+    settings: DdpSettings
+    registered: tuple[str, ...]
+    reduces: Any = None
+
+
+def ddps_inside(model: nn.Module, tree: ModuleTree, trainable: Collection[int]) -> list[DdpInside]:
+    """The DDPs that run modules inside ``model`` (not one that runs ``model`` itself: see
+    :func:`ddp_around`). ``trainable``: the ids of the parameters that required grad before
+    forward, of which DDP registers those it was built with."""
+    ddp = getattr(sys.modules.get("torch.nn.parallel.distributed"), "DistributedDataParallel", None)
+    if ddp is None:
+        return []
+    found = []
+    stack, seen = [model], set()
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        wrapper = module if isinstance(module, ddp) else None
+        if wrapper is None and module is not model:
+            wrapper = _replicated(module)
+        inner = unwrap(module)
+        if wrapper is not None and id(inner) in tree.module_names:
+            ignored = getattr(wrapper, "parameters_to_ignore", None) or ()
+            params = ddp_registered(wrapper.module, ignored)
+            names = tuple(
+                tree.param_names[id(p)][0]
+                for p in params
+                if id(p) in trainable and id(p) in tree.param_names
+            )
+            settings = DdpSettings(
+                bool(wrapper.find_unused_parameters), bool(getattr(wrapper, "static_graph", False))
+            )
+            syncs = bool(getattr(wrapper, "require_backward_grad_sync", True))
+            group = _reduces(wrapper) if syncs else None
+            found.append(DdpInside(tree.module_names[id(inner)][0], settings, names, group))
+        stack.extend(reversed([m for m in module._modules.values() if m is not None]))
+    return found

@@ -42,6 +42,7 @@ import logging
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -54,6 +55,7 @@ from execorder.errors import (
     ExecOrderError,
     GradientsDifferError,
     NoGradientError,
+    NotReplicatedError,
     RanksDivergedError,
     RecordingError,
     ReplicasDifferError,
@@ -185,6 +187,8 @@ class StepWatch:
                 gradients, the ranks hold different ones of what it registers.
             ReplicasDifferError: If, under such a DDP, the ranks' copies of what it
                 registers already differ.
+            NotReplicatedError: If, where DDPs run modules inside the model, the ranks
+                hold different gradients or copies of parameters none registers.
             RecordingError: If no parameter was seen used while forward ran
                 (unless ``stop_on_no_grad`` is False: then it is logged).
         """
@@ -214,6 +218,13 @@ class StepWatch:
                 diverged = _diverged(step, result)
                 log.warning("execorder: %s", diverged)
         apart, differ = unreduced(recording) if _world() > 1 else Unreduced((), ())
+        # DDPs inside the model: what none of them registers has no DDP to average it.
+        own = {name for inner in recording.ddps_inside for name in inner.registered}
+        differs = {*apart, *differ} if recording.ddp is None and own else set()
+        loose = [p.name for p in report.all_params() if p.name in differs and p.name not in own]
+        apart = tuple(n for n in apart if n not in loose)
+        differ = tuple(n for n in differ if n not in loose)
+        inside = [inner.name for inner in recording.ddps_inside]
         stopping: ExecOrderError | None = None
         if diverged is not None and self.stop_on_divergence:
             stopping = diverged
@@ -233,6 +244,7 @@ class StepWatch:
         for left in (
             ReplicasDifferError(step, apart),
             GradientsDifferError(step, differ, static_graph=static),
+            NotReplicatedError(step, loose, inside=inside),
         ):
             if stopping is None and left.params:
                 if self.stop_on_no_grad is False:
@@ -272,13 +284,19 @@ class StepWatch:
                     return stale
                 log.warning("execorder: %s", stale)
         under_ddp = ddp is not None and ddp.fails_without_gradient
-        if missing and (under_ddp if self.stop_on_no_grad is None else self.stop_on_no_grad):
+        inside = _lost_inside(report, recording, missing)
+        if inside and not under_ddp and self.stop_on_no_grad is None:
+            missing = tuple(p for p in missing if p.name in inside)  # what those DDPs fail on
+        if missing and (
+            under_ddp or bool(inside) if self.stop_on_no_grad is None else self.stop_on_no_grad
+        ):
             return NoGradientError(
                 step,
                 [p.name for p in missing],
-                [p.ddp_index for p in missing if p.ddp_index is not None],
-                under_ddp=under_ddp,
+                [inside[p.name][1] if p.name in inside else p.ddp_index for p in missing],
+                under_ddp=under_ddp or bool(inside),
                 recompute_only=report.recompute_only,
+                inside=() if under_ddp else sorted({module for module, _ in inside.values()}),
             )
         if missing and recording.ddp_static_first:
             log.warning(
@@ -305,6 +323,22 @@ class StepWatch:
         if seen.ddp_unreduced and self.stop_on_no_grad is not False:
             return UnreducedGradientError(step, seen.ddp_unreduced)
         return None
+
+
+def _lost_inside(
+    report: Report, recording: Recording, missing: Iterable[Any]
+) -> dict[str, tuple[str, int]]:
+    """Of ``missing``, those a DDP inside the model fails on (one that ran in the step, with
+    ``find_unused_parameters=False`` and no ``static_graph``): each with that DDP's module
+    and its index there."""
+    called = {call.name for call in report.modules}
+    waiting = {
+        name: (inner.name, index)
+        for inner in recording.ddps_inside
+        if inner.settings.fails_without_gradient and inner.name in called
+        for index, name in enumerate(inner.registered)
+    }
+    return {p.name: waiting[p.name] for p in missing if p.name in waiting}
 
 
 class WatchingCallback:
