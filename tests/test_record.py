@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import models
@@ -212,3 +213,42 @@ def test_a_recorded_step_diffs_cleanly_against_an_fx_baseline() -> None:
         model(torch.randint(0, 64, (2, 16))).sum().backward()
     recorded = Report.from_dict(recording.report().to_dict())
     assert diff_reports(baseline, recorded).equivalent
+
+
+class LogitsLM(nn.Module):
+    """A language model's step in small: forward returns its loss and its logits, and the
+    loop keeps the loss alone, so the logits are free before backward starts."""
+
+    vocab = 32000
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(self.vocab, 64)
+        self.body = nn.Linear(64, 64)
+        self.head = nn.Linear(64, self.vocab)
+
+    def forward(self, ids: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.head(torch.relu(self.body(self.embed(ids))))
+        loss = nn.functional.cross_entropy(logits.view(-1, self.vocab), labels.view(-1))
+        return {"loss": loss, "logits": logits}
+
+
+def test_a_recorded_step_holds_no_more_memory_than_the_step() -> None:
+    """MemTracker's peak of a real step, recorded and not: the same. Before, the recording
+    kept forward's outputs through backward, the logits (62.5 MiB here; gigabytes for a
+    large vocabulary and context) on top of the step's own peak."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    torch.manual_seed(0)
+    model = LogitsLM()
+    ids, labels = (torch.randint(0, LogitsLM.vocab, (4, 128)) for _ in range(2))
+
+    def peak(recorded: bool) -> int:
+        model.zero_grad(set_to_none=True)
+        tracker = MemTracker()
+        tracker.track_external(model)
+        with tracker, eager.record(model) if recorded else nullcontext():
+            model(ids, labels)["loss"].backward()
+        return tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
+
+    assert peak(recorded=True) == peak(recorded=False)

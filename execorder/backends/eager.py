@@ -53,9 +53,11 @@ from execorder.backends.eager_intercept import (
     restore,
 )
 from execorder.backends.eager_liveness import (
+    Edge,
     GradHooks,
     live_params,
     nodes_named,
+    output_edges,
     output_reach,
     own_reads,
     sink_edges,
@@ -140,7 +142,7 @@ class Recording:
         self._failed = False
         self._ended = False
         self._with_grad = True
-        self._outputs: Any = None
+        self._edges: list[Edge] = []  # forward's outputs, kept without their data
         self._returned: list[nn.Parameter] = []
         self._live: set[nn.Parameter] | None = None
         self._reach: list[tuple[str, set[nn.Parameter]]] | None = None
@@ -214,11 +216,11 @@ class Recording:
             clock = self._clock
             with intercepting(self.model, self._tree, self._events, clock, self._swaps):
                 if clock is None:
-                    self._outputs = call(*args, **kwargs)
+                    outputs = call(*args, **kwargs)
                 else:
                     clock.enter()
                     try:
-                        self._outputs = call(*args, **kwargs)
+                        outputs = call(*args, **kwargs)
                     finally:
                         clock.exit()
         except BaseException:
@@ -237,22 +239,27 @@ class Recording:
         self.ddp_static_first = self._sinks and around is not None and around.settings.static_graph
         self.ddps_inside = ddps_inside(self.model, self._tree, {id(p) for p in self._trainable})
         if self._sinks:  # replicate() passes the model's own outputs through it
-            self._through = sink_edges(self._outputs)
-        self._main_pass_watched(self._outputs)
+            self._through = sink_edges(outputs)
+        self._main_pass_watched(outputs)
         if self._with_grad and fsdp_units(self._tree):
-            self._watch_units(self._outputs)
+            self._watch_units(outputs)
+        self._edges = output_edges(outputs, self._own())
         self._compiled = self._compiled or compiled_around()
         ddp = self.ddp
         waits = ddp is not None and not ddp.find_unused_parameters and self._with_grad
         if waits and self._compiled:
-            return self._ready_for_ddp(self._outputs)
-        return self._outputs
+            return self._ready_for_ddp(outputs)
+        return outputs
+
+    def _own(self) -> dict[int, nn.Parameter]:
+        """The model's parameters by id, and those swapped in for them while forward ran."""
+        return {id(p): p for p in self._tree.params} | self._swaps.canonical
 
     def _ready_for_ddp(self, outputs: Any) -> Any:
         """The outputs, made to ready for DDP, in backward, each trainable parameter forward read
         that this eager run's graph does not reach, as the compiled graph holding it would
         (:func:`readied`); the recording goes on from the outputs as forward returned them."""
-        own = {id(p): p for p in self._tree.params} | self._swaps.canonical
+        own = self._own()
         reads, in_blocks = _reads(self._events)
         reached = live_params(outputs, self._tree.params, self._swaps.canonical, into_blocks=False)
         # A reentrant checkpoint's block reaches its parameters in a backward pass of its own.
@@ -315,7 +322,7 @@ class Recording:
             self._pass_hooks.append(node.register_prehook(self._arrival(node)))
             self._fillers.append(node)
 
-    def _filled_only(self, outputs: Any) -> set[nn.Parameter]:
+    def _filled_only(self, edges: list[Edge]) -> set[nn.Parameter]:
         """The parameters only a wrapper's empty gradients reached in the backward that ran,
         where the plain model's backward does not reach them.
 
@@ -328,15 +335,15 @@ class Recording:
         model's. Told from the gradients that came to those nodes, and to the
         outputs: what those edges reach that the outputs read do not, walking
         around the edges no gradient came to."""
-        read: list[torch.Tensor] = []
+        read: list[Edge] = []
         starts: list[tuple[Any, int]] = []
-        for tensor in tensors(outputs):
-            came = self._arrived.get(id(tensor.grad_fn))
-            if came is not None and tensor.output_nr < len(came):
-                if came[tensor.output_nr]:
-                    read.append(tensor)
+        for edge in edges:
+            came = self._arrived.get(id(edge.grad_fn)) if edge.grad_fn is not None else None
+            if came is not None and edge.output_nr < len(came):
+                if came[edge.output_nr]:
+                    read.append(edge)
                 elif self._sinks:  # the empty gradient came from DDP's sink
-                    starts.append((tensor.grad_fn, tensor.output_nr))
+                    starts.append((edge.grad_fn, edge.output_nr))
         skip = set()
         for node in self._fillers:
             came = self._arrived.get(id(node), [])
@@ -348,7 +355,9 @@ class Recording:
             return set()
         params, canonical, through = self._tree.params, self._swaps.canonical, self._through
         only = live_params((), params, canonical, into_blocks=False, starts=starts, through=through)
-        plain = live_params(read, params, canonical, into_blocks=False, skip=skip, through=through)
+        plain = live_params(
+            (), params, canonical, into_blocks=False, skip=skip, through=through, edges=read
+        )
         return only - plain - set(self._returned)
 
     def _assumed(self, op: str) -> None:
@@ -372,27 +381,27 @@ class Recording:
     def walk_outputs(self, outputs: Any) -> None:
         """Walk each output on its own (:attr:`Report.output_reach`): before a backward of
         their sum (``backward=True``) frees the graph the walk needs."""
+        edges = output_edges(outputs, self._own())
         self._reach = output_reach(
-            outputs, self._tree.params, self._swaps.canonical, self._passes, self._through
+            edges, self._tree.params, self._swaps.canonical, self._passes, self._through
         )
 
     def _finish(self) -> None:
-        """The block has ended: take what needs the outputs, then let them go."""
-        outputs, self._outputs = self._outputs, None
+        """The block has ended: take what needs the outputs' edges, then let them go."""
+        edges, self._edges = self._edges, []
         self._ended = True
         for hook in self._pass_hooks:
             hook.remove()
         self._pass_hooks = []
         if not self._calls or self._failed:
             return
-        own = {id(p): p for p in self._tree.params} | self._swaps.canonical
-        self._returned = [own[id(t)] for t in tensors(outputs) if id(t) in own]
+        self._returned = [edge.param for edge in edges if edge.param is not None]
         if self._backward_assumed and not self._forward_assumed:
             # Only backward selected from unknown values: everything may rest on it.
             self._events.append(Assumed("backward"))
         ran = bool(self._order)
         if ran:
-            self._zeros_only = self._filled_only(outputs)
+            self._zeros_only = self._filled_only(edges)
         if self._readied or self._zeros_only:  # DDP's own: the plain model gives them none
             pairs = zip(self._order, self._tasks, strict=True)
             dropped = self._readied | self._zeros_only
@@ -418,9 +427,9 @@ class Recording:
             self._live = set(self._order)
         elif self._with_grad:
             params, canonical, through = self._tree.params, self._swaps.canonical, self._through
-            self._reach = output_reach(outputs, params, canonical, self._passes, through)
+            self._reach = output_reach(edges, params, canonical, self._passes, through)
             self._live = (
-                live_params(outputs, params, canonical, self._passes, through=through)
+                live_params((), params, canonical, self._passes, through=through, edges=edges)
                 if self._reach is None
                 else set().union(*(found for _, found in self._reach))
             )

@@ -8,13 +8,39 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from execorder.backends.checkpointing import is_reentrant, is_torch_checkpoint, recompute
 from execorder.backends.common import named_leaves, tensors
+
+
+class Edge(NamedTuple):
+    """One of forward's output tensors, kept without the tensor (its data): where its
+    gradient enters autograd's graph (the node, and which of the node's outputs it is).
+
+    ``path`` names it among the outputs (:func:`~execorder.backends.common.named_leaves`;
+    None inside a set), ``param`` is the model's parameter it is, returned as it is.
+    """
+
+    path: str | None
+    grad_fn: Any
+    output_nr: int
+    requires_grad: bool
+    param: nn.Parameter | None
+
+
+def output_edges(outputs: Any, own: Mapping[int, nn.Parameter]) -> list[Edge]:
+    """The edges of forward's output tensors (``own``: the model's parameters by id, those
+    swapped in for them included), which hold no output alive: a recording that kept the
+    outputs would keep them (a language model's logits) through the step's backward."""
+    paths = {id(t): path for path, t in named_leaves(outputs, torch.Tensor)}
+    return [
+        Edge(paths.get(id(t)), t.grad_fn, t.output_nr, t.requires_grad, own.get(id(t)))
+        for t in tensors(outputs)
+    ]
 
 
 def live_params(
@@ -27,6 +53,7 @@ def live_params(
     starts: Sequence[tuple[Any, int]] = (),
     skip: Collection[tuple[int, int]] = (),
     through: Mapping[int, Sequence[int | None]] | None = None,
+    edges: Sequence[Edge] = (),
 ) -> set[nn.Parameter]:
     """Those of ``params`` whose gradient accumulators the outputs' autograd graph reaches.
 
@@ -42,7 +69,8 @@ def live_params(
     ``skip`` the edges not to follow, as ``(id(node), which of its edges)``;
     ``through`` the nodes whose outputs each pass on to one edge (by node id:
     the edge of each output, :func:`sink_edges`), where a walk follows only
-    that one, not every edge of the node.
+    that one, not every edge of the node. ``edges`` are outputs kept as
+    :class:`Edge`, walked as ``outputs`` are.
     """
     own = {id(p): p for p in params} | dict(stand_ins or {})
     live: set[nn.Parameter] = set()
@@ -60,6 +88,11 @@ def live_params(
             stack.append((tensor.grad_fn, tensor.output_nr, None))
         elif id(tensor) in own and tensor.requires_grad:
             reaches(own[id(tensor)], None)  # a parameter returned as it is
+    for out in edges:
+        if out.grad_fn is not None:
+            stack.append((out.grad_fn, out.output_nr, None))
+        elif out.param is not None and out.requires_grad:
+            reaches(out.param, None)
     stack += [(fn, number, None) for fn, number in starts if fn is not None]
     reached: dict[Any, set[int]] = {}  # a reentrant checkpoint's node -> outputs reached
     runs_in: dict[Any, Any] = {}  # a reentrant checkpoint's node -> the pass that reached it
@@ -120,12 +153,12 @@ def live_params(
                 recomputed[fn] = block_outputs
                 keep += [*block_outputs, *detached]
                 # Gradients the block returns for its inputs go on in the pass around it.
-                edges = [
+                onward = [
                     (e[0], e[1], runs_in[fn]) if e[0] is not None else None
                     for e in fn.next_functions
                 ]
                 for k, index in enumerate(indices):
-                    inputs[id(detached[index])] = edges[k] if k < len(edges) else None
+                    inputs[id(detached[index])] = onward[k] if k < len(onward) else None
             for number in new:
                 if number >= len(recomputed[fn]):
                     continue
@@ -180,24 +213,25 @@ def nodes_named(outputs: Any, name: str) -> list[Any]:
 
 
 def output_reach(
-    outputs: Any,
+    edges: Sequence[Edge],
     params: Sequence[nn.Parameter],
     stand_ins: Mapping[int, nn.Parameter] | None = None,
     passes: dict[nn.Parameter, set[Any]] | None = None,
     through: Mapping[int, Sequence[int | None]] | None = None,
 ) -> list[tuple[str, set[nn.Parameter]]] | None:
-    """For each of forward's outputs, by path, the parameters whose accumulators it reaches.
+    """For each of forward's outputs (:func:`output_edges`), by path, the parameters whose
+    accumulators it reaches.
 
     None when fewer than two outputs carry a gradient: then the output is the
     whole story. Each output is walked on its own (:func:`live_params`); what
     they reach together is what :func:`live_params` finds from all of them.
     """
-    leaves = [(path, t) for path, t in named_leaves(outputs, torch.Tensor) if t.requires_grad]
+    leaves = [edge for edge in edges if edge.path is not None and edge.requires_grad]
     if len(leaves) < 2:
         return None
     return [
-        (path, live_params(tensor, params, stand_ins, passes, through=through))
-        for path, tensor in leaves
+        (edge.path or "", live_params((), params, stand_ins, passes, edges=[edge], through=through))
+        for edge in leaves
     ]
 
 
