@@ -357,6 +357,7 @@ def wrappers_mode() -> None:
     accumulation()
     healthy_ddp_jobs()
     ddps_inside()
+    sink_inside()
 
 
 # (model, its inputs): parameters read with no gradient path, which a compiled graph holds
@@ -773,6 +774,54 @@ def ddps_inside() -> None:
                 first_uses=[p.name for p in report.params],
                 inside=[[d.name, *d.settings, list(d.registered)] for d in recording.ddps_inside],
             )
+
+
+class TwoOutputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.a(x), self.b(x)
+
+
+class ReadsOne(nn.Module):
+    """An encoder of two outputs, of which the model reads the first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = TwoOutputs()
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.enc(x)[0])
+
+
+def sink_inside() -> None:
+    """A DDP searching for unused parameters around the encoder only: its _DDPSink, inside
+    the model, passes no gradient to the output the model does not read. The report, with
+    and without a backward, against the plain model's; the gradients the real step gave."""
+    for backward in (True, False):
+        reports = []
+        for wrap in (False, True):
+            torch.manual_seed(0)
+            model = ReadsOne()
+            if wrap:
+                model.enc = DDP(model.enc, find_unused_parameters=True)  # type: ignore[assignment]
+            with execorder.record(model) as recording:
+                out = model(torch.randn(2, 4))
+                if backward:
+                    out.sum().backward()
+            reports.append(recording.report().to_dict())
+        emit(
+            case=f"inside-sink/{backward}",
+            equal=first_difference(reports[0], reports[1]),
+            dead=[p["name"] for p in reports[1]["dead"]],
+            graded=sorted(
+                n.replace("module.", "") for n, p in model.named_parameters() if p.grad is not None
+            ),
+        )
 
 
 def healthy_ddp_jobs() -> None:

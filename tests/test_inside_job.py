@@ -327,6 +327,20 @@ def test_a_watch_stops_where_a_ddp_inside_the_model_fails_or_leaves_ranks_apart(
                 ], case
 
 
+def test_a_ddps_sink_inside_the_model_leaves_what_it_passes_no_gradient_dead(
+    wrapped: dict[str, list[dict[str, Any]]],
+) -> None:
+    """DDP(find_unused_parameters=True) around an encoder whose second output the model does
+    not read: its sink runs that output's accumulators with no gradient. Before, the report
+    said they got one (with a backward), or were reached (without)."""
+    for backward in (True, False):
+        for line in wrapped[f"inside-sink/{backward}"]:
+            assert line["equal"] is None, (backward, line["equal"])
+            assert line["dead"] == ["enc.b.weight", "enc.b.bias"], backward
+            if backward:
+                assert line["graded"] == ["enc.a.bias", "enc.a.weight", "head.bias", "head.weight"]
+
+
 def test_a_watch_records_the_micro_batch_ddp_reduces_under_gradient_accumulation(
     wrapped: dict[str, list[dict[str, Any]]],
 ) -> None:

@@ -757,3 +757,82 @@ def test_a_watch_warns_of_what_static_graphs_first_step_leaves_unused_for_good(
         assert "static_graph" not in warned[1]
     finally:
         dist.destroy_process_group()
+
+
+class _Sink(torch.autograd.Function):
+    """As DDP's _DDPSink: its inputs passed on, and an undefined gradient for an output the
+    loss did not read, which autograd runs on into what computed it, with no gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.set_materialize_grads(False)
+        return tuple(t.clone() for t in inputs)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> tuple[Any, ...]:
+        return grads
+
+
+class SunkHeads(nn.Module):
+    """Two heads whose outputs pass through a sink; the step's loss reads the first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return _Sink.apply(self.a(x), self.b(x))
+
+
+def test_an_accumulator_run_with_no_gradient_gives_none() -> None:
+    """Autograd runs b's accumulators with an undefined gradient: .grad stays None, as in a
+    backward that never reached them. Before, the recording took that run for a gradient."""
+    model = built(SunkHeads)
+    with eager.record(model) as recording:
+        model(torch.ones(2, 4))[0].sum().backward()
+    report = recording.report()
+    real = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert real == {"a.weight", "a.bias"}
+    assert {p.name for p in report.all_params() if p.gets_gradient} == real
+    assert [p.name for p in report.dead] == ["b.weight", "b.bias"]
+    model.zero_grad(set_to_none=False)  # a gradient there already, left as it is
+    with eager.record(model) as recording:
+        model(torch.ones(2, 4))[0].sum().backward()
+    assert [p.name for p in recording.report().dead] == ["b.weight", "b.bias"]
+    with eager.record(model) as recording:  # no backward: the walk passes the sink alike
+        model(torch.ones(2, 4))
+    assert [p.name for p in recording.report().dead] == []  # both outputs are the step's
+
+
+def test_an_optimizer_stepped_in_backward_leaves_the_gradients_seen() -> None:
+    """Optimizer in backward: a hook of the user's steps each parameter and clears its .grad
+    as soon as it is accumulated. The recording's hook runs before it."""
+    stepped: list[str] = []
+
+    def stepping() -> nn.Module:
+        model = built(lambda: nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2)))
+        for name, param in model[0].named_parameters(prefix="0"):  # the others stepped after
+            step = torch.optim.SGD([param], lr=0.1)
+
+            def hook(param: torch.Tensor, step: Any = step, name: str = name) -> None:
+                step.step()
+                step.zero_grad(set_to_none=True)
+                stepped.append(name)
+
+            param.register_post_accumulate_grad_hook(hook)
+        return model
+
+    stepping()(torch.ones(2, 6)).sum().backward()  # unrecorded
+    plain, stepped[:] = list(stepped), []
+    model = stepping()
+    with eager.record(model) as recording:
+        model(torch.ones(2, 6)).sum().backward()
+    report = recording.report()
+    assert stepped == plain == ["0.bias", "0.weight"] and model[0].weight.grad is None
+    assert {p.name for p in report.all_params() if p.gets_gradient} == {
+        "0.weight",
+        "0.bias",
+        "2.weight",
+        "2.bias",
+    }
