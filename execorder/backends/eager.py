@@ -60,7 +60,6 @@ from execorder.backends.eager_liveness import (
     output_edges,
     output_reach,
     own_reads,
-    sink_edges,
     sum_backward,
 )
 from execorder.backends.eager_wrapped import (
@@ -181,7 +180,6 @@ class Recording:
         self._ddp_group: Any = None  # ... and averages this step's gradients over this group
         self._arrived: dict[int, list[bool]] = {}  # a watched node -> which grads came to it
         self._fillers: list[Any] = []  # FSDP2's nodes on units' inputs (_watch_units)
-        self._through: dict[int, list[int | None]] = {}  # DDP's sink on the outputs (replicate)
 
     @property
     def refused_on_meta(self) -> bool:
@@ -238,8 +236,6 @@ class Recording:
         self.ddp_syncs = None if around is None else around.syncs
         self.ddp_static_first = self._sinks and around is not None and around.settings.static_graph
         self.ddps_inside = ddps_inside(self.model, self._tree, {id(p) for p in self._trainable})
-        if self._sinks:  # replicate() passes the model's own outputs through it
-            self._through = sink_edges(outputs)
         self._main_pass_watched(outputs)
         if self._with_grad and fsdp_units(self._tree):
             self._watch_units(outputs)
@@ -323,27 +319,23 @@ class Recording:
             self._fillers.append(node)
 
     def _filled_only(self, edges: list[Edge]) -> set[nn.Parameter]:
-        """The parameters only a wrapper's empty gradients reached in the backward that ran,
-        where the plain model's backward does not reach them.
+        """The parameters only FSDP2's zeros reached in the backward that ran, where the
+        plain model's backward does not reach them.
 
-        Under a DDP that searches for unused parameters (or builds its static
-        graph), its ``_DDPSink`` takes forward's outputs and passes an empty
-        gradient to each the loss did not read; FSDP2's Function on a unit's
-        inputs (:meth:`_watch_units`) fills zeros for an input no gradient came
-        to. Either way autograd runs on into what they reach: the accumulators
-        run (DDP counts them ready; FSDP2 sets zeros), with no gradient of the
-        model's. Told from the gradients that came to those nodes, and to the
-        outputs: what those edges reach that the outputs read do not, walking
-        around the edges no gradient came to."""
+        FSDP2's Function on a unit's inputs (:meth:`_watch_units`) fills zeros
+        for an input no gradient came to, and autograd runs on into what it
+        reaches: the accumulators add those zeros, no gradient of the model's.
+        Told from the gradients that came to those nodes, and to the outputs:
+        what those edges reach that the outputs read do not, walking around the
+        edges no gradient came to. (DDP's ``_DDPSink`` passes no gradient at
+        all to an output the loss did not read: its accumulators run with
+        none, which the gradient hooks tell themselves, :class:`GradHooks`.)"""
         read: list[Edge] = []
         starts: list[tuple[Any, int]] = []
         for edge in edges:
             came = self._arrived.get(id(edge.grad_fn)) if edge.grad_fn is not None else None
-            if came is not None and edge.output_nr < len(came):
-                if came[edge.output_nr]:
-                    read.append(edge)
-                elif self._sinks:  # the empty gradient came from DDP's sink
-                    starts.append((edge.grad_fn, edge.output_nr))
+            if came is not None and edge.output_nr < len(came) and came[edge.output_nr]:
+                read.append(edge)
         skip = set()
         for node in self._fillers:
             came = self._arrived.get(id(node), [])
@@ -353,11 +345,9 @@ class Recording:
                     skip.add((id(node), k))
         if not starts:
             return set()
-        params, canonical, through = self._tree.params, self._swaps.canonical, self._through
-        only = live_params((), params, canonical, into_blocks=False, starts=starts, through=through)
-        plain = live_params(
-            (), params, canonical, into_blocks=False, skip=skip, through=through, edges=read
-        )
+        params, canonical = self._tree.params, self._swaps.canonical
+        only = live_params((), params, canonical, into_blocks=False, starts=starts)
+        plain = live_params((), params, canonical, into_blocks=False, skip=skip, edges=read)
         return only - plain - set(self._returned)
 
     def _assumed(self, op: str) -> None:
@@ -382,9 +372,7 @@ class Recording:
         """Walk each output on its own (:attr:`Report.output_reach`): before a backward of
         their sum (``backward=True``) frees the graph the walk needs."""
         edges = output_edges(outputs, self._own())
-        self._reach = output_reach(
-            edges, self._tree.params, self._swaps.canonical, self._passes, self._through
-        )
+        self._reach = output_reach(edges, self._tree.params, self._swaps.canonical, self._passes)
 
     def _finish(self) -> None:
         """The block has ended: take what needs the outputs' edges, then let them go."""
@@ -426,10 +414,10 @@ class Recording:
             self._order = list(unique_params(self._order))
             self._live = set(self._order)
         elif self._with_grad:
-            params, canonical, through = self._tree.params, self._swaps.canonical, self._through
-            self._reach = output_reach(edges, params, canonical, self._passes, through)
+            params, canonical = self._tree.params, self._swaps.canonical
+            self._reach = output_reach(edges, params, canonical, self._passes)
             self._live = (
-                live_params((), params, canonical, self._passes, through=through, edges=edges)
+                live_params((), params, canonical, self._passes, edges=edges)
                 if self._reach is None
                 else set().union(*(found for _, found in self._reach))
             )

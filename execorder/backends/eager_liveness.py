@@ -53,7 +53,6 @@ def live_params(
     into_blocks: bool = True,
     starts: Sequence[tuple[Any, int]] = (),
     skip: Collection[tuple[int, int]] = (),
-    through: Mapping[int, Sequence[int | None]] | None = None,
     edges: Sequence[Edge] = (),
 ) -> set[nn.Parameter]:
     """Those of ``params`` whose gradient accumulators the outputs' autograd graph reaches.
@@ -68,10 +67,10 @@ def live_params(
     node of each reentrant checkpoint whose own backward reaches it.
     ``starts`` are more places to walk from (``(node, which of its outputs)``);
     ``skip`` the edges not to follow, as ``(id(node), which of its edges)``;
-    ``through`` the nodes whose outputs each pass on to one edge (by node id:
-    the edge of each output, :func:`sink_edges`), where a walk follows only
-    that one, not every edge of the node. ``edges`` are outputs kept as
-    :class:`Edge`, walked as ``outputs`` are.
+    ``edges`` are outputs kept as :class:`Edge`, walked as ``outputs`` are.
+    DDP's ``_DDPSink`` passes each of its outputs on to its own input alone
+    (:func:`sink_passes`): a walk follows that edge only, not every edge of
+    the node.
     """
     own = {id(p): p for p in params} | dict(stand_ins or {})
     live: set[nn.Parameter] = set()
@@ -105,9 +104,7 @@ def live_params(
     while stack:
         while stack:
             fn, number, run = stack.pop()
-            passed = through.get(id(fn)) if through else None
-            if passed is None and type(fn).__name__ == "_DDPSinkBackward":
-                passed = sink_passes(fn)  # a DDP's inside the model
+            passed = sink_passes(fn) if type(fn).__name__ == "_DDPSinkBackward" else None
             if passed is not None:
                 to = passed[number] if number < len(passed) else None
                 if to is not None and fn.next_functions[to][0] is not None:
@@ -177,33 +174,12 @@ def live_params(
     return live
 
 
-def sink_edges(outputs: Any) -> dict[int, list[int | None]]:
-    """For each ``_DDPSink`` node among the outputs' (DDP passes forward's outputs through it,
-    searching for unused parameters): the edge each of its outputs passes on to.
-
-    Its outputs are its inputs, forward's outputs as DDP flattened them
-    (``torch.utils._pytree``), of which only the tensors have an edge. An
-    output is walked through it to its own edge only, not to every other
-    output's too; empty where the outputs are not such a node's.
-    """
-    from torch.utils._pytree import tree_leaves
-
-    leaves = tree_leaves(outputs)
-    at = [k for k, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
-    edge_of = {k: j for j, k in enumerate(at)}
-    found: dict[int, list[int | None]] = {}
-    for tensor in tensors(outputs):
-        node: Any = tensor.grad_fn
-        if type(node).__name__ == "_DDPSinkBackward" and len(node.next_functions) == len(at):
-            found[id(node)] = [edge_of.get(k) for k in range(len(leaves))]
-    return found
-
-
 def sink_passes(node: Any) -> list[int | None] | None:
     """The edge each output of DDP's ``_DDPSink`` node passes its gradient on to (None for
     one that takes none), read off the node itself: its outputs are its inputs after DDP's
-    weak reference to itself, and its edges those of the inputs that require grad, in order.
-    None where the node does not say which inputs require grad."""
+    weak reference to itself (forward's outputs, as DDP flattened them), and its edges
+    those of the inputs that require grad, in order. None where the node does not say
+    which inputs require grad."""
     needs = getattr(node, "needs_input_grad", None)
     if not isinstance(needs, tuple):
         return None
@@ -232,7 +208,6 @@ def output_reach(
     params: Sequence[nn.Parameter],
     stand_ins: Mapping[int, nn.Parameter] | None = None,
     passes: dict[nn.Parameter, set[Any]] | None = None,
-    through: Mapping[int, Sequence[int | None]] | None = None,
 ) -> list[tuple[str, set[nn.Parameter]]] | None:
     """For each of forward's outputs (:func:`output_edges`), by path, the parameters whose
     accumulators it reaches.
@@ -245,7 +220,7 @@ def output_reach(
     if len(leaves) < 2:
         return None
     return [
-        (edge.path or "", live_params((), params, stand_ins, passes, edges=[edge], through=through))
+        (edge.path or "", live_params((), params, stand_ins, passes, edges=[edge]))
         for edge in leaves
     ]
 
