@@ -341,6 +341,16 @@ def test_a_ddps_sink_inside_the_model_leaves_what_it_passes_no_gradient_dead(
                 assert line["graded"] == ["enc.a.bias", "enc.a.weight", "head.bias", "head.weight"]
 
 
+def test_a_function_that_passes_no_gradient_runs_under_ddp_and_the_watch_lets_it(
+    wrapped: dict[str, list[dict[str, Any]]],
+) -> None:
+    """DDP counts an accumulator run with no gradient ready: the job runs, and a watch that
+    took b for a parameter without a gradient would stop a job that runs."""
+    for line in wrapped["passes-none"]:
+        assert line["fails_at"] is None and line["replicas_agree"], line
+        assert line["watched_fails_at"] is None and line["stopped"] is None, line
+
+
 def test_a_watch_records_the_micro_batch_ddp_reduces_under_gradient_accumulation(
     wrapped: dict[str, list[dict[str, Any]]],
 ) -> None:

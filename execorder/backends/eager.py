@@ -60,6 +60,7 @@ from execorder.backends.eager_liveness import (
     output_edges,
     output_reach,
     own_reads,
+    sink_passes,
     sum_backward,
 )
 from execorder.backends.eager_wrapped import (
@@ -180,6 +181,7 @@ class Recording:
         self._ddp_group: Any = None  # ... and averages this step's gradients over this group
         self._arrived: dict[int, list[bool]] = {}  # a watched node -> which grads came to it
         self._fillers: list[Any] = []  # FSDP2's nodes on units' inputs (_watch_units)
+        self._sink_nodes: list[Any] = []  # DDP's _DDPSink nodes in the graph (_watch_sinks)
 
     @property
     def refused_on_meta(self) -> bool:
@@ -236,10 +238,12 @@ class Recording:
         self.ddp_syncs = None if around is None else around.syncs
         self.ddp_static_first = self._sinks and around is not None and around.settings.static_graph
         self.ddps_inside = ddps_inside(self.model, self._tree, {id(p) for p in self._trainable})
+        self._edges = output_edges(outputs, self._own())
         self._main_pass_watched(outputs)
         if self._with_grad and fsdp_units(self._tree):
             self._watch_units(outputs)
-        self._edges = output_edges(outputs, self._own())
+        if self._with_grad and (self._sinks or any(d.sinks for d in self.ddps_inside)):
+            self._watch_sinks(outputs)
         self._compiled = self._compiled or compiled_around()
         ddp = self.ddp
         waits = ddp is not None and not ddp.find_unused_parameters and self._with_grad
@@ -318,24 +322,49 @@ class Recording:
             self._pass_hooks.append(node.register_prehook(self._arrival(node)))
             self._fillers.append(node)
 
-    def _filled_only(self, edges: list[Edge]) -> set[nn.Parameter]:
-        """The parameters only FSDP2's zeros reached in the backward that ran, where the
-        plain model's backward does not reach them.
+    def _watch_sinks(self, outputs: Any) -> None:
+        """A DDP that searches for unused parameters (or builds its static graph) passes
+        its module's outputs through its ``_DDPSink``, whose backward passes no gradient to
+        an output the loss did not read; autograd runs on into what that output reaches.
+        The sinks among the outputs' graph (``replicate()``'s, on the model's own outputs;
+        those of DDPs inside the model) are found once forward has run, and watched (the
+        outputs' nodes are already). A DDP around the model sinks its outputs after the
+        model returns: :meth:`_filled_only` reads that off the outputs' own nodes."""
+        watched = {id(edge.grad_fn) for edge in self._edges}
+        for node in nodes_named(outputs, "_DDPSinkBackward"):
+            if id(node) not in watched:
+                self._pass_hooks.append(node.register_prehook(self._arrival(node)))
+            self._sink_nodes.append(node)
 
-        FSDP2's Function on a unit's inputs (:meth:`_watch_units`) fills zeros
-        for an input no gradient came to, and autograd runs on into what it
-        reaches: the accumulators add those zeros, no gradient of the model's.
-        Told from the gradients that came to those nodes, and to the outputs:
-        what those edges reach that the outputs read do not, walking around the
-        edges no gradient came to. (DDP's ``_DDPSink`` passes no gradient at
-        all to an output the loss did not read: its accumulators run with
-        none, which the gradient hooks tell themselves, :class:`GradHooks`.)"""
+    def _filled_only(self, edges: list[Edge]) -> set[nn.Parameter]:
+        """The parameters only a wrapper's empty gradients reached in the backward that
+        ran, where the plain model's backward does not reach them.
+
+        DDP's ``_DDPSink`` passes no gradient to an output the loss did not read
+        (the model's outputs, where the DDP around runs the model; a module's
+        inside it, :meth:`_watch_sinks`); FSDP2's Function on a unit's inputs
+        (:meth:`_watch_units`) fills zeros for an input no gradient came to.
+        Either way autograd runs on into what they reach: the accumulators run
+        (DDP counts them ready; FSDP2 sets zeros), with no gradient of the
+        model's. Told from the gradients that came to those nodes, and to the
+        outputs: what those edges reach that the outputs read do not, walking
+        around the edges no gradient came to. (A model's own Function that
+        passes no gradient on is the model's: the plain model's backward runs
+        those accumulators too, and DDP counts them ready.)"""
         read: list[Edge] = []
         starts: list[tuple[Any, int]] = []
         for edge in edges:
             came = self._arrived.get(id(edge.grad_fn)) if edge.grad_fn is not None else None
-            if came is not None and edge.output_nr < len(came) and came[edge.output_nr]:
-                read.append(edge)
+            if came is not None and edge.output_nr < len(came):
+                if came[edge.output_nr]:
+                    read.append(edge)
+                elif self._sinks:  # the DDP around passed it no gradient: its sink is after
+                    starts.append((edge.grad_fn, edge.output_nr))
+        for node in self._sink_nodes:
+            came = self._arrived.get(id(node), [])
+            for k, to in enumerate(sink_passes(node) or ()):
+                if to is not None and not (k < len(came) and came[k]):
+                    starts.append(node.next_functions[to])
         skip = set()
         for node in self._fillers:
             came = self._arrived.get(id(node), [])

@@ -6,7 +6,6 @@ outputs' autograd graph, walked when the block ends."""
 
 from __future__ import annotations
 
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -226,67 +225,35 @@ def output_reach(
 
 
 class GradHooks:
-    """Post-accumulate-grad hooks, written straight into each tensor's hook dict, first.
+    """Post-accumulate-grad hooks, written straight into each tensor's hook dict.
 
     As ``Tensor.register_post_accumulate_grad_hook`` does, without its handle
     objects: about 9x cheaper, and on a GPU this runs while the device waits.
     :meth:`remove` takes them out the way a handle does: the key leaves the dict.
 
-    A hook runs only where the accumulation added a gradient. Autograd runs an
-    accumulator with none where a node passes an undefined gradient on (DDP's
-    ``_DDPSink`` does for an output the loss did not read): ``.grad`` is then
-    left as it was, which each hook, run before any other (a hook of the
-    user's may step and clear it), tells by the gradient tensor and its
-    version.
+    A hook runs whenever the accumulator runs, with a gradient or with none (a
+    model's own Function may pass none on): that is what DDP waits for, and
+    counts ready.
     """
 
     def __init__(self) -> None:
         self._key = object()
         self._dicts: list[dict[Any, Any]] = []
-        self._grads: dict[int, tuple[Any, int]] = {}  # id(param) -> its grad's ref and version
 
     def add(self, params: Sequence[nn.Parameter], hook: Callable[[Any], None]) -> None:
         key = self._key
-
-        def added(param: Any) -> None:
-            if self._added(param):
-                hook(param)
-
         with own_reads():
             for param in params:
-                self._note(param)
                 hooks = param._post_accumulate_grad_hooks
                 if hooks is None:
                     param._post_accumulate_grad_hooks = hooks = OrderedDict()
-                others = list(hooks.items())  # before any other: one may step and clear .grad
-                hooks.clear()
-                hooks[key] = added
-                hooks.update(others)
+                hooks[key] = hook
                 self._dicts.append(hooks)
-
-    def _note(self, param: nn.Parameter) -> None:
-        """Note ``param``'s gradient as it is now (none noted for none)."""
-        grad = param.grad
-        if grad is None:
-            self._grads.pop(id(param), None)
-        else:
-            self._grads[id(param)] = (weakref.ref(grad), grad._version)
-
-    def _added(self, param: nn.Parameter) -> bool:
-        """Whether an accumulation into ``param`` added a gradient (and note it)."""
-        with own_reads():
-            grad = param.grad
-            if grad is None:
-                return False
-            before = self._grads.get(id(param))
-            self._note(param)
-            return before is None or before[0]() is not grad or before[1] != grad._version
 
     def remove(self) -> None:
         for hooks in self._dicts:
             hooks.pop(self._key, None)
         self._dicts.clear()
-        self._grads.clear()
 
 
 def own_reads() -> Any:

@@ -311,6 +311,12 @@ class DdpInside(NamedTuple):
     registered: tuple[str, ...]
     reduces: Any = None
 
+    @property
+    def sinks(self) -> bool:
+        """Whether it passes its module's outputs through its ``_DDPSink`` (searching for
+        unused parameters, or with a static graph)."""
+        return self.settings.find_unused_parameters or self.settings.static_graph
+
 
 def ddps_inside(model: nn.Module, tree: ModuleTree, trainable: Collection[int]) -> list[DdpInside]:
     """The DDPs that run modules inside ``model`` (not one that runs ``model`` itself: see
