@@ -213,9 +213,7 @@ def ddp_around(model: nn.Module, trainable: Collection[int]) -> DdpAround | None
         if wrapper is None:
             return None
         registered = ddp_registered(wrapper.module, ())  # its own list of the model's
-    settings = DdpSettings(
-        bool(wrapper.find_unused_parameters), bool(getattr(wrapper, "static_graph", False))
-    )
+    settings = _settings(wrapper)
     # Its own set: the model's _ddp_params_and_buffers_to_ignore, and any
     # delay_all_reduce_named_params (all-reduced apart, after backward).
     ignored = getattr(wrapper, "parameters_to_ignore", None)
@@ -230,6 +228,12 @@ def ddp_around(model: nn.Module, trainable: Collection[int]) -> DdpAround | None
     syncs = bool(getattr(wrapper, "require_backward_grad_sync", True))
     return DdpAround(
         settings, registered, built, sinks, syncs, _reduces(wrapper) if syncs else None
+    )
+
+
+def _settings(wrapper: Any) -> DdpSettings:
+    return DdpSettings(
+        bool(wrapper.find_unused_parameters), bool(getattr(wrapper, "static_graph", False))
     )
 
 
@@ -344,11 +348,9 @@ def ddps_inside(model: nn.Module, tree: ModuleTree, trainable: Collection[int]) 
                 for p in params
                 if id(p) in trainable and id(p) in tree.param_names
             )
-            settings = DdpSettings(
-                bool(wrapper.find_unused_parameters), bool(getattr(wrapper, "static_graph", False))
-            )
             syncs = bool(getattr(wrapper, "require_backward_grad_sync", True))
             group = _reduces(wrapper) if syncs else None
-            found.append(DdpInside(tree.module_names[id(inner)][0], settings, names, group))
+            name = tree.module_names[id(inner)][0]
+            found.append(DdpInside(name, _settings(wrapper), names, group))
         stack.extend(reversed([m for m in module._modules.values() if m is not None]))
     return found

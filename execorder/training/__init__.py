@@ -296,7 +296,7 @@ class StepWatch:
                 [inside[p.name][1] if p.name in inside else p.ddp_index for p in missing],
                 under_ddp=under_ddp or bool(inside),
                 recompute_only=report.recompute_only,
-                inside=() if under_ddp else sorted({module for module, _ in inside.values()}),
+                inside=() if under_ddp else _modules_of(recording, inside.values()),
             )
         if missing and recording.ddp_static_first:
             log.warning(
@@ -339,6 +339,12 @@ def _lost_inside(
         for index, name in enumerate(inner.registered)
     }
     return {p.name: waiting[p.name] for p in missing if p.name in waiting}
+
+
+def _modules_of(recording: Recording, lost: Iterable[tuple[str, int]]) -> list[str]:
+    """The modules of the DDPs inside the model that ``lost`` names, in the model's order."""
+    named = {module for module, _ in lost}
+    return [inner.name for inner in recording.ddps_inside if inner.name in named]
 
 
 class WatchingCallback:
