@@ -359,6 +359,7 @@ def wrappers_mode() -> None:
     ddps_inside()
     sink_inside()
     passes_none()
+    recorded_memory()
 
 
 # (model, its inputs): parameters read with no gradient path, which a compiled graph holds
@@ -858,6 +859,39 @@ def passes_none() -> None:
         return model, DDP(model)
 
     run_both("passes-none", make, lambda job, batch, _: job(batch).sum().backward())
+
+
+def _peak(wrapper: str, recorded: bool) -> int:
+    """The peak of two steps of the tiny Llama under ``wrapper`` (the second recorded, or
+    not), by PyTorch's FSDPMemTracker under FSDP2, its MemTracker otherwise."""
+    import contextlib
+
+    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    model = built("llama")
+    call = WRAPPERS[wrapper](model)
+    step = torch.optim.AdamW(model.parameters(), foreach=False)
+    inputs = MODELS["llama"][1]()
+    tracker: Any = FSDPMemTracker(model, step) if "fsdp" in wrapper else MemTracker()
+    if not isinstance(tracker, FSDPMemTracker):
+        tracker.track_external(model, step)
+    with tracker:
+        for n in range(2):
+            with execorder.record(call) if recorded and n else contextlib.nullcontext():
+                loss(call(**inputs)).backward()
+            step.step()
+            step.zero_grad()
+            tracker.reset_mod_stats()  # the trackers measure one step at a time
+    return int(tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"])
+
+
+def recorded_memory() -> None:
+    """A step's peak, recorded and not, under FSDP2 (resharding after forward, or not) and
+    DDP: the recording holds nothing of the step's (a first measurement warms up)."""
+    _peak("fsdp", False)
+    for wrapper in ("fsdp", "fsdp-keep", "ddp"):
+        emit(case=f"memory/{wrapper}", plain=_peak(wrapper, False), recorded=_peak(wrapper, True))
 
 
 def healthy_ddp_jobs() -> None:

@@ -351,6 +351,17 @@ def test_a_function_that_passes_no_gradient_runs_under_ddp_and_the_watch_lets_it
         assert line["watched_fails_at"] is None and line["stopped"] is None, line
 
 
+def test_a_recorded_step_peaks_where_the_step_does_under_fsdp2_and_ddp(
+    wrapped: dict[str, list[dict[str, Any]]],
+) -> None:
+    """PyTorch's FSDPMemTracker (MemTracker under DDP) on real steps: the recording keeps
+    nothing of the step's alive, neither forward's outputs nor FSDP2's unsharded
+    parameters."""
+    for wrapper in ("fsdp", "fsdp-keep", "ddp"):
+        for line in wrapped[f"memory/{wrapper}"]:
+            assert line["recorded"] == line["plain"] > 0, (wrapper, line)
+
+
 def test_a_watch_records_the_micro_batch_ddp_reduces_under_gradient_accumulation(
     wrapped: dict[str, list[dict[str, Any]]],
 ) -> None:
