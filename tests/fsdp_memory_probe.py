@@ -29,6 +29,7 @@ import models  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
+from probing import leave  # noqa: E402
 
 
 def build(case: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
@@ -105,6 +106,7 @@ def worker(rank: int, store: str, cases_path: str, world: int) -> None:
                 print(json.dumps({"case": case, "peak": peak}), flush=True)
     finally:
         dist.destroy_process_group()
+    leave()
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent / "sample_models")]
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
+from probing import leave  # noqa: E402
 from torch.distributed.fsdp import FSDPModule, fully_shard  # noqa: E402
 from torch.distributed.fsdp._fully_shard._fsdp_common import TrainingState  # noqa: E402
 from torch.distributed.fsdp._fully_shard._fsdp_param_group import FSDPParamGroup  # noqa: E402
@@ -206,6 +207,7 @@ def worker(rank: int, store_path: str, plans_path: str) -> None:
                 print(json.dumps(result), flush=True)
     finally:
         dist.destroy_process_group()
+    leave()
 
 
 if __name__ == "__main__":

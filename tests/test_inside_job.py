@@ -354,12 +354,15 @@ def test_a_function_that_passes_no_gradient_runs_under_ddp_and_the_watch_lets_it
 def test_a_recorded_step_peaks_where_the_step_does_under_fsdp2_and_ddp(
     wrapped: dict[str, list[dict[str, Any]]],
 ) -> None:
-    """PyTorch's FSDPMemTracker (MemTracker under DDP) on real steps: the recording keeps
-    nothing of the step's alive, neither forward's outputs nor FSDP2's unsharded
-    parameters."""
-    for wrapper in ("fsdp", "fsdp-keep", "ddp"):
+    """PyTorch's MemTracker under DDP, to the byte; its FSDPMemTracker under FSDP2, whose
+    peak on gloo varies by a few KB from run to run (the probe says why): below what
+    holding any unit's unsharded parameters would add."""
+    for line in wrapped["memory/ddp"]:
+        assert line["recorded"] == line["plain"] > 0, line
+    for wrapper in ("fsdp", "fsdp-keep"):
         for line in wrapped[f"memory/{wrapper}"]:
-            assert line["recorded"] == line["plain"] > 0, (wrapper, line)
+            assert line["plain"] > 0 and line["unit"] > 8_000, (wrapper, line)
+            assert abs(line["recorded"] - line["plain"]) < line["unit"], (wrapper, line)
 
 
 def test_a_watch_records_the_micro_batch_ddp_reduces_under_gradient_accumulation(

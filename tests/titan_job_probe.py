@@ -35,6 +35,7 @@ import torch.multiprocessing as mp  # noqa: E402
 import torchtitan.distributed.parallel_dims as parallel_dims  # noqa: E402
 from compiled_steps import as_eager  # noqa: E402
 from job_probe import first_difference  # noqa: E402
+from probing import leave  # noqa: E402
 from torch import nn  # noqa: E402
 from torchtitan.distributed import ParallelDims  # noqa: E402
 from torchtitan.distributed.fsdp import apply_fsdp_to_decoder  # noqa: E402
@@ -117,6 +118,7 @@ def worker(rank: int, store_path: str) -> None:
                 print(json.dumps(line), flush=True)
     finally:
         dist.destroy_process_group()
+    leave()
 
 
 if __name__ == "__main__":

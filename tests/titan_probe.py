@@ -25,6 +25,7 @@ sys.path[:0] = [str(HERE.parent / "sample_models")]
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
+from probing import leave  # noqa: E402
 from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
 from torch.distributed.fsdp import FSDPModule  # noqa: E402
 from torchtitan.distributed.fsdp import apply_fsdp_to_decoder  # noqa: E402
@@ -79,6 +80,7 @@ def worker(rank: int, store_path: str) -> None:
                 print(json.dumps(record), flush=True)
     finally:
         dist.destroy_process_group()
+    leave()
 
 
 if __name__ == "__main__":
