@@ -833,3 +833,33 @@ def test_an_optimizer_stepped_in_backward_leaves_the_gradients_seen() -> None:
         "2.weight",
         "2.bias",
     }
+
+
+def test_a_watched_step_that_calls_the_model_again_is_skipped_not_killed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Gradient accumulation in a loop of one's own that does not call StepWatch.again()
+    (or a pipeline schedule's micro-batches): the model is called again while the step is
+    recorded. Before, that call raised inside the training loop; now it runs as it is, and
+    the step is logged as not checked. record() itself still refuses a second call."""
+    import logging
+
+    model = built(models.TwoHeads)
+    watch = StepWatch(stop_on_no_grad=True)
+    watch.begin(model, 1)
+    with caplog.at_level(logging.WARNING, logger="execorder"):
+        for _ in range(2):
+            policy, _ = model(torch.ones(2, 4))
+            policy.sum().backward()
+        assert watch.end() is None
+    assert "step 1 not checked: the model was called 2 times while it was recorded" in caplog.text
+    assert watch.reports == {} and _restored(model)
+    with eager.record(model, several=True) as recording:
+        model(torch.ones(2, 4))
+        model(torch.ones(2, 4))
+    assert recording.calls == 2
+    with pytest.raises(RecordingError, match="called 2 times inside the record"):
+        recording.report()
+    with pytest.raises(RecordingError, match="called a second time"), eager.record(model):
+        model(torch.ones(2, 4))
+        model(torch.ones(2, 4))

@@ -139,6 +139,7 @@ class Recording:
         # recompute's pass runs inside one); whether the first of those had ended.
         self._tasks: list[tuple[int, Any, bool]] = []
         self._calls = 0
+        self._several = False  # a call after the first runs as it is (record(several=True))
         self._failed = False
         self._ended = False
         self._with_grad = True
@@ -184,6 +185,12 @@ class Recording:
         self._sink_nodes: list[Any] = []  # DDP's _DDPSink nodes in the graph (_watch_sinks)
 
     @property
+    def calls(self) -> int:
+        """How many times the model was called inside the block: more than one only under
+        ``record(several=True)``, whose report is then refused."""
+        return self._calls
+
+    @property
     def refused_on_meta(self) -> bool:
         """Whether a run without values had an op on meta raise (caught by the model or not)."""
         plain = self._without_values
@@ -192,10 +199,13 @@ class Recording:
     def _call(self, call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The model's own call, with its modules and parameters recorded."""
         if self._calls:
-            raise RecordingError(
-                f"{class_name(self.model)} was called a second time inside a record() "
-                "block; a recording covers one forward (and its backward)"
-            )
+            if not self._several:
+                raise RecordingError(
+                    f"{class_name(self.model)} was called a second time inside a record() "
+                    "block; a recording covers one forward (and its backward)"
+                )
+            self._calls += 1  # run as it is: the block's report is refused (see calls)
+            return call(*args, **kwargs)
         self._calls += 1
         self._with_grad = torch.is_grad_enabled()
         self._inputs = describe_inputs(args, kwargs)
@@ -477,6 +487,13 @@ class Recording:
             raise RecordingError(f"{name} was not called inside the record() block ({how})")
         if self._failed:
             raise RecordingError(f"{name}.forward raised inside the record() block")
+        if self._calls > 1:
+            raise RecordingError(
+                f"{name} was called {self._calls} times inside the record() block (a "
+                "pipeline schedule's micro-batches, or gradient accumulation's); a recording "
+                "covers one forward and its backward, and the backwards of the others ran in "
+                "it too"
+            )
         if not self._ended:
             raise RecordingError("report() is available once the record() block has ended")
         if self._swaps.unseen:
@@ -603,6 +620,7 @@ def record(
     method: str | None = None,
     assume: bool = True,
     timing: bool = False,
+    several: bool = False,
 ) -> Iterator[Recording]:
     """Record the forward of ``model`` run inside the block, and its backward.
 
@@ -617,7 +635,9 @@ def record(
         >>> report = recording.report()
 
     The first call of ``model`` inside the block is recorded; a second one is
-    an error. When a backward runs inside the block, the report has the order
+    an error, or with ``several=True`` runs as it is, and ``report()`` then
+    refuses the block (``recording.calls`` tells how many there were). When a
+    backward runs inside the block, the report has the order
     in which gradients were first accumulated, and the used parameters that
     got none are dead; otherwise liveness comes from the autograd graph of the
     outputs (none under ``no_grad``: then nothing is marked dead). Wrappers,
@@ -652,6 +672,8 @@ def record(
             the root call is then that method's.
         assume: See above: on meta, assume a selection keeps every element.
         timing: Measure each module call's wall time.
+        several: Let the model be called again inside the block (a pipeline
+            schedule calls a stage once per micro-batch) rather than raise.
 
     Raises:
         RecordingError: If ``model`` has lazy modules that have not run yet
@@ -663,7 +685,7 @@ def record(
     tree = module_tree(root)
     check_recordable(model, root, tree)
     recording = Recording(root, tree, assume=assume, timing=timing)
-    recording._method = method
+    recording._method, recording._several = method, several
     with _recorded(recording):
         yield recording
 

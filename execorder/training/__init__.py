@@ -136,7 +136,7 @@ class StepWatch:
         """Start recording ``step``: the next call of ``model`` (or its ``method``) and backward."""
         if self._armed is not None:
             raise RecordingError(f"step {self._step} is still being recorded")
-        armed = record(model, method=method)
+        armed = record(model, method=method, several=True)
         self._recording = armed.__enter__()
         self._armed, self._step = armed, step
         self._again = (model, method)
@@ -168,7 +168,9 @@ class StepWatch:
         """The step's backward has ended: build its report and check it.
 
         Returns:
-            The report, or None when no step was being recorded.
+            The report, or None when no step was being recorded, or when the model was
+            called more than once while it was (on any rank: a pipeline schedule's
+            micro-batches), which is logged.
 
         Raises:
             RanksDivergedError: If the step was compared and the ranks do not
@@ -197,6 +199,16 @@ class StepWatch:
         armed, recording, step = self._armed, self._recording, self._step
         self._armed = self._recording = None
         armed.__exit__(None, None, None)
+        if _agreed(recording.calls > 1):  # every rank alike, before anything else it sends
+            log.warning(
+                "execorder: step %d not checked: the model was called %d times while it was "
+                "recorded (a pipeline schedule's micro-batches, or gradient accumulation "
+                "without StepWatch.again() after each micro-batch's backward; on some rank); "
+                "a recording covers one forward and its backward",
+                step,
+                recording.calls,
+            )
+            return None
         report = recording.report(target=self.target)
         self.reports[step] = report
         if self.output is not None:
