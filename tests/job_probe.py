@@ -826,36 +826,13 @@ def sink_inside() -> None:
         )
 
 
-class PassesNone(torch.autograd.Function):
-    """A sum whose backward passes no gradient to its second input."""
-
-    @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        ctx.set_materialize_grads(False)
-        return a + b
-
-    @staticmethod
-    def backward(ctx: Any, grad: Any) -> tuple[Any, None]:
-        return grad, None
-
-
-class PassesNoneModel(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Linear(4, 4)
-        self.b = nn.Linear(4, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return PassesNone.apply(self.a(x), self.b(x))
-
-
 def passes_none() -> None:
     """A Function of the model's own that passes no gradient to b, under DDP waiting for
     every parameter: b's accumulators run with none, DDP counts them ready, and the job
     runs; so the watch must let it."""
 
     def make() -> tuple[nn.Module, nn.Module]:
-        model = PassesNoneModel()
+        model = models.PassesNoneModel()
         return model, DDP(model)
 
     run_both("passes-none", make, lambda job, batch, _: job(batch).sum().backward())

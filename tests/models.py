@@ -1686,3 +1686,27 @@ class OwnCheckpointingNested(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(_RecomputingCheckpoint.apply(self._block, self.embed(x)))
+
+
+class PassesNone(torch.autograd.Function):
+    """The sum of two tensors whose backward passes no gradient to the second (a model's
+    own Function may): autograd runs the accumulators behind it all the same, with none."""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.set_materialize_grads(False)
+        return a + b
+
+    @staticmethod
+    def backward(ctx: Any, grad: Any) -> tuple[Any, None]:
+        return grad, None
+
+
+class PassesNoneModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return PassesNone.apply(self.a(x), self.b(x))

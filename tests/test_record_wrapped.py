@@ -759,35 +759,11 @@ def test_a_watch_warns_of_what_static_graphs_first_step_leaves_unused_for_good(
         dist.destroy_process_group()
 
 
-class PassesNone(torch.autograd.Function):
-    """The sum of two tensors whose backward passes no gradient to the second (a model's
-    own Function may): autograd runs the accumulators behind it all the same, with none."""
-
-    @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        ctx.set_materialize_grads(False)
-        return a + b
-
-    @staticmethod
-    def backward(ctx: Any, grad: Any) -> tuple[Any, None]:
-        return grad, None
-
-
-class PassesNoneModel(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Linear(4, 4)
-        self.b = nn.Linear(4, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return PassesNone.apply(self.a(x), self.b(x))
-
-
 def test_a_function_of_the_models_that_passes_no_gradient_leaves_the_accumulators_run() -> None:
     """b.grad stays None, but b's accumulators run, which is what DDP waits for: it counts
     them ready and the job runs (tests/test_inside_job.py runs it under real DDP). The
     report says they get their gradient, as DDP sees it, and the DDP check is ok."""
-    model = built(PassesNoneModel)
+    model = built(models.PassesNoneModel)
     with eager.record(model) as recording:
         model(torch.ones(2, 4)).sum().backward()
     report = recording.report()
