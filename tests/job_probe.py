@@ -778,23 +778,13 @@ def ddps_inside() -> None:
             )
 
 
-class TwoOutputs(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Linear(4, 4)
-        self.b = nn.Linear(4, 4)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.a(x), self.b(x)
-
-
 class ReadsOne(nn.Module):
-    """An encoder of two outputs, of which the model reads the first."""
+    """An encoder of two outputs (:class:`Apart`), of which the model reads the first."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.enc = TwoOutputs()
-        self.head = nn.Linear(4, 1)
+        self.enc = Apart()
+        self.head = nn.Linear(2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.enc(x)[0])

@@ -336,9 +336,14 @@ def test_a_ddps_sink_inside_the_model_leaves_what_it_passes_no_gradient_dead(
     for backward in (True, False):
         for line in wrapped[f"inside-sink/{backward}"]:
             assert line["equal"] is None, (backward, line["equal"])
-            assert line["dead"] == ["enc.b.weight", "enc.b.bias"], backward
+            assert line["dead"] == ["enc.value.weight", "enc.value.bias"], backward
             if backward:
-                assert line["graded"] == ["enc.a.bias", "enc.a.weight", "head.bias", "head.weight"]
+                assert line["graded"] == [
+                    "enc.policy.bias",
+                    "enc.policy.weight",
+                    "head.bias",
+                    "head.weight",
+                ]
 
 
 def test_a_function_that_passes_no_gradient_runs_under_ddp_and_the_watch_lets_it(

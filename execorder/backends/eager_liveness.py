@@ -66,7 +66,8 @@ def live_params(
     node of each reentrant checkpoint whose own backward reaches it.
     ``starts`` are more places to walk from (``(node, which of its outputs)``);
     ``skip`` the edges not to follow, as ``(id(node), which of its edges)``;
-    ``edges`` are outputs kept as :class:`Edge`, walked as ``outputs`` are.
+    ``edges`` are outputs kept as :class:`Edge`, walked as ``outputs`` are
+    (:func:`output_edges`).
     DDP's ``_DDPSink`` passes each of its outputs on to its own input alone
     (:func:`sink_passes`): a walk follows that edge only, not every edge of
     the node.
@@ -82,16 +83,11 @@ def live_params(
         if passes is not None:
             passes.setdefault(param, set()).add(run)
 
-    for tensor in tensors(outputs):
-        if tensor.grad_fn is not None:
-            stack.append((tensor.grad_fn, tensor.output_nr, None))
-        elif id(tensor) in own and tensor.requires_grad:
-            reaches(own[id(tensor)], None)  # a parameter returned as it is
-    for out in edges:
+    for out in (*edges, *output_edges(outputs, own)):
         if out.grad_fn is not None:
             stack.append((out.grad_fn, out.output_nr, None))
         elif out.param is not None and out.requires_grad:
-            reaches(out.param, None)
+            reaches(out.param, None)  # a parameter returned as it is
     stack += [(fn, number, None) for fn, number in starts if fn is not None]
     reached: dict[Any, set[int]] = {}  # a reentrant checkpoint's node -> outputs reached
     runs_in: dict[Any, Any] = {}  # a reentrant checkpoint's node -> the pass that reached it
