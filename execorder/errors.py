@@ -747,6 +747,10 @@ class NoGradientError(ExecOrderError):
             (``DDP(model.encoder)`` or ``replicate(model.encoder)``), by
             name; empty where that DDP runs the model. Indices are then
             those of each module's DDP.
+        rank: The rank that stopped on its own, without the others (None where
+            every rank decided together): its DDP stopped reducing part-way, so
+            it sent nothing more, and ranks that gave these parameters a gradient
+            wait for it in backward.
     """
 
     def __init__(
@@ -758,12 +762,14 @@ class NoGradientError(ExecOrderError):
         under_ddp: bool,
         recompute_only: Sequence[str] = (),
         inside: Sequence[str] = (),
+        rank: int | None = None,
     ) -> None:
         super().__init__()
         self.step, self.params = step, tuple(params)
         self.ddp_indices, self.under_ddp = tuple(ddp_indices), under_ddp
         self.recompute_only = tuple(recompute_only)
         self.inside = tuple(inside)
+        self.rank = rank
 
     def describe(self, words: Words = PYTHON) -> str:
         count = len(self.params)
@@ -774,7 +780,8 @@ class NoGradientError(ExecOrderError):
         )
         more = f", +{count - 8} more" if count > 8 else ""
         noun = "parameter" if count == 1 else "parameters"
-        text = f"step {self.step}: {count} trainable {noun} got no gradient: {listed}{more}"
+        where = "" if self.rank is None else f" on rank {self.rank}"
+        text = f"step {self.step}: {count} trainable {noun} got no gradient{where}: {listed}{more}"
         around = "the model"
         if self.inside:
             around = _joined(self.inside)

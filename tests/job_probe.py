@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -1163,6 +1164,39 @@ def trainers_mode(kind: str, out_dir: str) -> None:
         emit(case=f"{kind}/{run}", **train(build(), find_unused, callback, accumulate))
 
 
+def apart_mode(how: str) -> None:
+    """Three steps of :class:`AuxOnRank0` under ``DDP(find_unused_parameters=False)``, step 1
+    watched (``how``: ``watched``) or not (``plain``): each rank says how its run ended.
+
+    Rank 1 gives the auxiliary head no gradient, so its DDP never sends the all-reduce of
+    that bucket, for which rank 0 waits in backward until rank 1 leaves. One job each: the
+    process group is of no use after."""
+    from execorder.errors import ExecOrderError
+    from execorder.training import StepWatch
+
+    torch.manual_seed(0)
+    job = DDP(AuxOnRank0())
+    watch = StepWatch(steps=(1,)) if how == "watched" else None
+    data = torch.Generator().manual_seed(RANK)
+    for step in range(1, 4):
+        x, labels = torch.randn(4, 4, generator=data), torch.randn(4, generator=data)
+        try:
+            if watch is not None and watch.wants(step):
+                watch.begin(job, step)
+            job(x, labels)["loss"].backward()
+            if watch is not None and watch.active:
+                watch.end()
+        except Exception as exc:
+            found = {"error": type(exc).__name__, "message": str(exc)[:600]}
+            if isinstance(exc, ExecOrderError):
+                found |= {"params": list(exc.params), "indices": list(exc.ddp_indices)}
+            elif listed := re.search(r"did not receive grad for rank \d+: ([\d ]+)", str(exc)):
+                found["indices"] = [int(i) for i in listed.group(1).split()]
+            emit(case=f"apart/{how}", step=step, **found)
+            return
+    emit(case=f"apart/{how}", step=None)
+
+
 if __name__ == "__main__":
     import logging
 
@@ -1175,6 +1209,8 @@ if __name__ == "__main__":
             wrappers_mode()
         elif mode == "compare":
             compare_mode()
+        elif mode == "apart":
+            apart_mode(sys.argv[2])
         else:
             trainers_mode(mode, sys.argv[2])
     finally:

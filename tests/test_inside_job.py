@@ -292,7 +292,8 @@ def test_a_watch_stops_where_a_ddp_inside_the_model_fails_or_leaves_ranks_apart(
                 assert line["replicas_agree"] == head and line["watched_fails_at"] is None, case
                 if fails:
                     assert line["stopped"] == (
-                        "step 1: 4 trainable parameters got no gradient: blocks.0.idle.weight "
+                        f"step 1: 4 trainable parameters got no gradient on rank {line['rank']}: "
+                        "blocks.0.idle.weight "
                         "(DDP index 2), blocks.0.idle.bias (DDP index 3), blocks.1.idle.weight "
                         "(DDP index 2), blocks.1.idle.bias (DDP index 3); the DDPs around "
                         "blocks.0 and blocks.1 (find_unused_parameters=False) fail on them at the "
@@ -387,6 +388,27 @@ def test_a_watch_records_the_micro_batch_ddp_reduces_under_gradient_accumulation
         ), line
 
 
+def test_a_watch_stops_the_rank_that_gave_a_parameter_no_gradient_alone() -> None:
+    """One rank uses a head the other does not, under DDP(find_unused_parameters=False): the
+    job fails at step 2 on that rank, whose DDP never sent the head's all-reduce, for which
+    the other waits in backward. The watch stops that rank at step 1, naming the head by the
+    indices DDP's own error gives, and sends nothing: before, its check across ranks paired
+    with the other rank's all-reduce of gradients, and gloo aborted on the size ("Is there a
+    distributed collective mismatch in your code?")."""
+    plain = {line["rank"]: line for line in probe("apart", "plain")}
+    watched = {line["rank"]: line for line in probe("apart", "watched")}
+    assert (plain[1]["step"], plain[1]["error"]) == (2, "RuntimeError"), plain[1]
+    assert plain[1]["message"].startswith("Expected to have finished reduction"), plain[1]
+    assert (watched[1]["step"], watched[1]["error"]) == (1, "NoGradientError"), watched[1]
+    assert watched[1]["params"] == ["aux_head.weight", "aux_head.bias"], watched[1]
+    assert watched[1]["indices"] == plain[1]["indices"], (watched[1], plain[1])
+    assert "got no gradient on rank 1:" in watched[1]["message"], watched[1]
+    # Rank 0 waits in step 1's backward either way, until rank 1 leaves.
+    for line in (plain[0], watched[0]):
+        assert (line["step"], line["error"]) == (1, "RuntimeError"), line
+        assert "gloo" in line["message"], line  # the peer left
+
+
 def test_outputs_the_loss_does_not_read_give_no_gradient_under_ddps_sink(
     wrapped: dict[str, list[dict[str, Any]]],
 ) -> None:
@@ -473,7 +495,8 @@ def test_a_trainer_stops_at_the_recorded_step_where_ddp_fails_at_step_2(
     for line in cases[f"{kind}/callback"]:
         assert line["steps"] == 0 and line["error"] == "NoGradientError"
         assert line["message"].startswith(
-            f"step 1: 2 trainable parameters got no gradient: {prefix}aux_head.weight"
+            f"step 1: 2 trainable parameters got no gradient on rank {line['rank']}: "
+            f"{prefix}aux_head.weight"
         )
     for rank in range(WORLD):
         report = load_report(tmp_path / f"{kind}-callback-step1-rank{rank}.json")
@@ -493,7 +516,8 @@ def test_a_trainer_stops_at_the_recorded_step_where_ddp_fails_at_step_2(
     for line in cases[f"{kind}/aux-first/callback"]:
         assert line["steps"] == 0 and line["error"] == "NoGradientError", line
         assert line["message"].startswith(
-            f"step 1: 2 trainable parameters got no gradient: {prefix}aux_head.weight"
+            f"step 1: 2 trainable parameters got no gradient on rank {line['rank']}: "
+            f"{prefix}aux_head.weight"
         )
     for line in [*cases[f"{kind}/aux-last/plain"], *cases[f"{kind}/aux-last/callback"]]:
         assert line["steps"] == 3 and line["error"] is None, line

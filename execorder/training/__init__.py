@@ -199,6 +199,10 @@ class StepWatch:
         armed, recording, step = self._armed, self._recording, self._step
         self._armed = self._recording = None
         armed.__exit__(None, None, None)
+        if recording.calls == 1 and _world() > 1:
+            report = recording.report(target=self.target)
+            if _reduction_stuck(report, recording):
+                return self._alone(step, report, recording)
         if _agreed(recording.calls > 1):  # every rank alike, before anything else it sends
             log.warning(
                 "execorder: step %d not checked: the model was called %d times while it was "
@@ -210,18 +214,7 @@ class StepWatch:
             )
             return None
         report = recording.report(target=self.target)
-        self.reports[step] = report
-        if self.output is not None:
-            _write(report, self.output.format(step=step, rank=_rank()))
-        log.info(
-            "execorder: step %d: %d module calls, %d of %d parameters used, "
-            "%d trainable get no gradient",
-            step,
-            report.summary.calls,
-            report.summary.params_used,
-            report.summary.params_total,
-            report.summary.params_no_grad,
-        )
+        self._keep(step, report)
         # What talks between ranks first, on every rank alike, then what stops one.
         diverged = None
         if self._compares(step) and _world() > 1:
@@ -267,6 +260,45 @@ class StepWatch:
             return report
         raise stopping or RecordingError(f"step {step}: another rank stopped the run")
 
+    def _keep(self, step: int, report: Report) -> None:
+        """Keep the step's report (and write it, with ``output``), and log what it says."""
+        self.reports[step] = report
+        if self.output is not None:
+            _write(report, self.output.format(step=step, rank=_rank()))
+        log.info(
+            "execorder: step %d: %d module calls, %d of %d parameters used, "
+            "%d trainable get no gradient",
+            step,
+            report.summary.calls,
+            report.summary.params_used,
+            report.summary.params_total,
+            report.summary.params_no_grad,
+        )
+
+    def _alone(self, step: int, report: Report, recording: Recording) -> Report:
+        """End a step whose DDP stopped reducing part-way on this rank, sending nothing.
+
+        A gradient that DDP waits for never came here, so this rank left the
+        all-reduces of that bucket and the ones after it unsent: a rank that sent
+        them waits in backward for this one, and whatever this rank sent now
+        would pair with them (gloo aborts on the size; NCCL does not check).
+        The job fails at the next step on this rank whatever the others did, so
+        it decides alone, without comparing anything across ranks.
+        """
+        self._keep(step, report)
+        stopping = self._no_grad(step, report, recording, rank=_rank())
+        if stopping is not None:
+            raise stopping
+        log.warning(
+            "execorder: step %d: DDP (find_unused_parameters=False) waits on rank %d for "
+            "gradients that did not come (%s); the step is not compared across ranks, since "
+            "this rank's all-reduces stopped part-way",
+            step,
+            _rank(),
+            ", ".join(p.name for p in _missing(report)[:8]),
+        )
+        return report
+
     def abort(self) -> None:
         """Stop recording without a report (the step raised, or training ended)."""
         armed = self._armed
@@ -274,13 +306,13 @@ class StepWatch:
         if armed is not None:
             armed.__exit__(None, None, None)
 
-    def _no_grad(self, step: int, report: Report, recording: Recording) -> ExecOrderError | None:
+    def _no_grad(
+        self, step: int, report: Report, recording: Recording, *, rank: int | None = None
+    ) -> ExecOrderError | None:
         """The error to stop with for gradients DDP loses, if the policy stops: parameters
-        without one, then parameters given theirs in several backward passes."""
-        # Dead only in eager's graph of compiled code, the compiled graph may hold them (DDP
-        # then counts them ready); if it does not, DDP itself says so at the next step.
-        held = {p.name for p in report.held_by_compiled_code()}
-        missing = tuple(p for p in report.no_grad() if p.name not in held)
+        without one, then parameters given theirs in several backward passes. ``rank``: the
+        rank that decides alone (:meth:`_alone`), named in the error."""
+        missing = _missing(report)
         ddp = recording.ddp
         built = report.ddp_built
         if built is not None and ddp is not None:
@@ -309,6 +341,7 @@ class StepWatch:
                 under_ddp=under_ddp or bool(inside),
                 recompute_only=report.recompute_only,
                 inside=() if under_ddp else _modules_of(recording, inside.values()),
+                rank=rank,
             )
         if missing and recording.ddp_static_first:
             log.warning(
@@ -335,6 +368,29 @@ class StepWatch:
         if seen.ddp_unreduced and self.stop_on_no_grad is not False:
             return UnreducedGradientError(step, seen.ddp_unreduced)
         return None
+
+
+def _missing(report: Report) -> tuple[Any, ...]:
+    """The trainable parameters DDP would wait for that got no gradient.
+
+    Dead only in eager's graph of compiled code, the compiled graph may hold them (DDP then
+    counts them ready); if it does not, DDP itself says so at the next step.
+    """
+    held = {p.name for p in report.held_by_compiled_code()}
+    return tuple(p for p in report.no_grad() if p.name not in held)
+
+
+def _reduction_stuck(report: Report, recording: Recording) -> bool:
+    """Whether a DDP that reduced this step waits, on this rank, for a gradient that did not
+    come (``find_unused_parameters=False``, no ``static_graph``): its all-reduces stopped
+    part-way here."""
+    missing = _missing(report)
+    if not missing:
+        return False
+    ddp = recording.ddp
+    if ddp is not None and ddp.fails_without_gradient and recording.ddp_syncs:
+        return True
+    return bool(_lost_inside(report, recording, missing))
 
 
 def _lost_inside(
