@@ -759,6 +759,46 @@ def test_a_watch_warns_of_what_static_graphs_first_step_leaves_unused_for_good(
         dist.destroy_process_group()
 
 
+def test_a_watch_does_not_stop_on_a_micro_batch_that_ddp_does_not_reduce(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Gradient accumulation under DDP(find_unused_parameters=False): the first micro-batch of
+    each step, under no_sync(), leaves the value head without a gradient; the second, which
+    DDP reduces, gives it one, and the job runs. A watch that ends on the first (no again())
+    says so and lets the job run: before, it stopped it, saying DDP fails at the next step."""
+    import logging
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(built(models.TwoHeads))
+        watch = StepWatch()
+        for step in (1, 2, 3):  # DDP would raise at the start of step 2 if it failed
+            if watch.wants(step):
+                watch.begin(ddp, step)
+            with ddp.no_sync():
+                policy, _ = ddp(torch.ones(2, 4))
+                policy.sum().backward()
+            if watch.active:
+                assert watch.unsynced
+                with caplog.at_level(logging.WARNING, logger="execorder"):
+                    report = watch.end()
+                assert report is not None
+                assert [p.name for p in report.no_grad()] == ["value.weight", "value.bias"]
+            policy, value = ddp(torch.ones(2, 4))
+            (policy.sum() + value.sum()).backward()
+        assert (
+            "step 1: the micro-batch recorded ran under DDP's no_sync(), which reduces nothing, "
+            "so whether DDP fails is decided by the micro-batch it reduces (here value.weight, "
+            "value.bias got no gradient)"
+        ) in caplog.text
+    finally:
+        dist.destroy_process_group()
+
+
 def test_a_function_of_the_models_that_passes_no_gradient_leaves_the_accumulators_run() -> None:
     """b.grad stays None, but b's accumulators run, which is what DDP waits for: it counts
     them ready and the job runs (tests/test_inside_job.py runs it under real DDP). The

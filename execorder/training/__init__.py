@@ -327,7 +327,10 @@ class StepWatch:
                 if self.stop_on_no_grad is not False:
                     return stale
                 log.warning("execorder: %s", stale)
-        under_ddp = ddp is not None and ddp.fails_without_gradient
+        # Under no_sync() (a micro-batch of gradient accumulation) DDP reduces nothing: what
+        # it fails on is decided by the micro-batch it reduces, not by this one.
+        syncs = recording.ddp_syncs is not False
+        under_ddp = ddp is not None and syncs and ddp.fails_without_gradient
         inside = _lost_inside(report, recording, missing)
         if inside and not under_ddp and self.stop_on_no_grad is None:
             missing = tuple(p for p in missing if p.name in inside)  # what those DDPs fail on
@@ -359,7 +362,18 @@ class StepWatch:
         # static_graph takes reentrant checkpoints' passes, not the caller's own backwards.
         if ddp is not None and ddp.static_graph and self.stop_on_no_grad is None:
             split = {name: n for name, n in split.items() if name in by_backwards}
-        under_ddp = ddp is not None and (not ddp.static_graph or bool(by_backwards))
+        under_ddp = ddp is not None and syncs and (not ddp.static_graph or bool(by_backwards))
+        if ddp is not None and not syncs and (missing or split):
+            lost = [p.name for p in missing] or list(split)
+            log.warning(
+                "execorder: step %d: the micro-batch recorded ran under DDP's no_sync(), which "
+                "reduces nothing, so whether DDP fails is decided by the micro-batch it reduces "
+                "(here %s %s); record that one: StepWatch.again() after this micro-batch's "
+                "backward",
+                step,
+                ", ".join(lost[:8]) + (", ..." if len(lost) > 8 else ""),
+                "got no gradient" if missing else "got theirs in several passes",
+            )
         if split and (under_ddp if self.stop_on_no_grad is None else self.stop_on_no_grad):
             own = report.own_checkpoints
             return SplitGradientError(
