@@ -751,6 +751,10 @@ class NoGradientError(ExecOrderError):
             every rank decided together): its DDP stopped reducing part-way, so
             it sent nothing more, and ranks that gave these parameters a gradient
             wait for it in backward.
+        static_graph: Whether the DDP that fails on them does so under
+            ``static_graph=True``: it took them for used in its first step (they
+            got a gradient there, or an output the loss does not read reaches
+            them), and waits for them in every step.
     """
 
     def __init__(
@@ -763,8 +767,10 @@ class NoGradientError(ExecOrderError):
         recompute_only: Sequence[str] = (),
         inside: Sequence[str] = (),
         rank: int | None = None,
+        static_graph: bool = False,
     ) -> None:
         super().__init__()
+        self.static_graph = static_graph
         self.step, self.params = step, tuple(params)
         self.ddp_indices, self.under_ddp = tuple(ddp_indices), under_ddp
         self.recompute_only = tuple(recompute_only)
@@ -783,17 +789,24 @@ class NoGradientError(ExecOrderError):
         where = "" if self.rank is None else f" on rank {self.rank}"
         text = f"step {self.step}: {count} trainable {noun} got no gradient{where}: {listed}{more}"
         around = "the model"
+        setting = "static_graph=True" if self.static_graph else "find_unused_parameters=False"
+        why = (
+            ": it took them for used in its first step, and waits for them in every step"
+            if self.static_graph
+            else ""
+        )
+        expected = ' ("Expected to have finished reduction in the prior iteration")'
         if self.inside:
             around = _joined(self.inside)
             ddps, fail = ("DDPs", "fail") if len(self.inside) > 1 else ("DDP", "fails")
-            text += f"; the {ddps} around {around} (find_unused_parameters=False) {fail} on them "
-            text += (
-                'at the next step ("Expected to have finished reduction in the prior iteration")'
-            )
+            text += f"; the {ddps} around {around} ({setting}) {fail} on them at the next step"
+            text += f"{why}{expected}"
         elif self.under_ddp:
-            text += (
-                "; DDP (find_unused_parameters=False) fails on them at the next step "
-                '("Expected to have finished reduction in the prior iteration")'
+            text += f"; DDP ({setting}) fails on them at the next step{why}{expected}"
+        if self.static_graph:
+            return text + (
+                f". Use them in every step, freeze them (requires_grad_(False)), or wrap {around} "
+                "with find_unused_parameters=True instead of static_graph=True"
             )
         if self.recompute_only:  # DDP's search for unused parameters misses those
             count = len(self.recompute_only)
@@ -986,8 +999,9 @@ class GradientsDifferError(StepParamsError):
     ranks' replicas drift apart from here, with no error. ``params`` are in DDP's order.
 
     Attributes:
-        static_graph: Whether the DDP has ``static_graph=True``, which takes what got no
-            gradient in its first step as unused for good.
+        static_graph: Whether the DDP has ``static_graph=True``, whose first step fixes
+            its graph for good: a parameter that got no gradient there is not reduced
+            when it gets one later.
     """
 
     def __init__(self, step: int, params: Sequence[str], *, static_graph: bool = False) -> None:
@@ -1001,7 +1015,7 @@ class GradientsDifferError(StepParamsError):
             "requires_grad set after DDP wrapped the model"
         )
         if self.static_graph:
-            causes += ", a parameter static_graph=True took as unused in its first step"
+            causes += ", a parameter that got no gradient in static_graph=True's first step"
         return (
             f"step {self.step}: after DDP's all-reduce the ranks hold different gradients of "
             f"{counted}: {names}; DDP did not reduce a part of them ({causes}), so the ranks' "

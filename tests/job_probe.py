@@ -355,6 +355,7 @@ def wrappers_mode() -> None:
     unread_outputs()
     several_backwards()
     static_graph_later()
+    static_graph_earlier()
     accumulation()
     healthy_ddp_jobs()
     ddps_inside()
@@ -624,9 +625,9 @@ def unwrap_ddp(job: nn.Module) -> Any:
 
 def _backwards(how: str, job: nn.Module, x: torch.Tensor, n: int = 1) -> None:
     """One training step's forward and backward(s), as ``how`` writes its losses."""
-    if how == "later":  # the value head joins the loss from step 2 on
+    if how in ("later", "earlier"):  # the value head in the loss from step 2 on, or in 1 only
         policy, value = job(x)
-        (policy.sum() + (value.sum() if n > 1 else 0)).backward()
+        (policy.sum() + (value.sum() if (n > 1) == (how == "later") else 0)).backward()
         return
     if how == "penalty":  # a gradient penalty: autograd.grad through forward, then backward
         x.requires_grad_(True)
@@ -702,6 +703,17 @@ def static_graph_later() -> None:
         second=second,
         third=third,
     )
+
+
+def static_graph_earlier() -> None:
+    """A head in the loss in step 1 only, under DDP(static_graph=True), which then waits for
+    its gradient in every step: three real steps, and a StepWatch of step 1 and of step 2."""
+    make = functools.partial(_wrapped_in_ddp, models.TwoHeads, False, True)
+    step = functools.partial(_backwards, "earlier")
+    (failed, _, _), (_, _, first), (_, _, second) = (
+        three_steps(make, step, watched) for watched in (0, 1, 2)
+    )
+    emit(case="static-earlier", fails_at=failed, first=first, second=second)
 
 
 class Encoded(nn.Module):

@@ -171,7 +171,7 @@ def test_a_watch_stops_a_ddp_built_before_requires_grad_changed(
                         "1 trainable parameter: 2.weight; DDP did not reduce a part of them (a "
                         "part from a backward that does not run through forward's outputs, "
                         "requires_grad set after DDP wrapped the model"
-                        + (", a parameter static_graph=True took as unused in its first step")
+                        + (", a parameter that got no gradient in static_graph=True's first step")
                         * static
                         + "), so the ranks' replicas drift apart from here, with no error"
                     ), case
@@ -268,6 +268,26 @@ def test_a_head_unused_in_static_graphs_first_step_drifts_and_the_gradients_tell
         ), line
         assert line["third"].startswith(
             "step 3: the ranks' copies of 1 trainable parameter already differ: value.weight;"
+        ), line
+
+
+def test_a_head_that_leaves_the_loss_after_static_graphs_first_step_stops_the_watch(
+    wrapped: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The reverse: a head in the loss in step 1 alone. DDP(static_graph=True) then waits for
+    its gradient in every step, and fails at step 3, since step 2 gave it none. The watch of
+    step 1 lets the job run; that of step 2 stops it, by DDP's own check of its reduction
+    (before, the watch stopped only where find_unused_parameters=False, and let it pass)."""
+    for line in wrapped["static-earlier"]:
+        assert line["fails_at"] == 3 and line["first"] is None, line
+        assert line["second"] == (
+            f"step 2: 2 trainable parameters got no gradient on rank {line['rank']}: "
+            "value.weight (DDP index 4), value.bias (DDP index 5); DDP (static_graph=True) fails "
+            "on them at the next step: it took them for used in its first step, and waits for "
+            'them in every step ("Expected to have finished reduction in the prior iteration"). '
+            "Use them "
+            "in every step, freeze them (requires_grad_(False)), or wrap the model with "
+            "find_unused_parameters=True instead of static_graph=True"
         ), line
 
 

@@ -720,41 +720,54 @@ def test_what_ddp_reduced_is_a_synced_steps_with_torchs_own_hooks(
     assert all(torch.isfinite(p).all() for p in prints)
 
 
-def test_a_watch_warns_of_what_static_graphs_first_step_leaves_unused_for_good(
+def test_a_head_no_loss_reads_under_static_graph_fails_at_step_3_and_the_watch_says_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """DDP with static_graph=True takes what gets no gradient in its first step as unused in
-    every step: the watch of that step lets the job run and says so; of a later step, not."""
+    """DDP(static_graph=True) over a model whose value head the loss never reads: real DDP
+    fails at step 3, since its first step, which runs the unread output's graph, fixed the
+    head as one it waits for. The watch of step 1 warns of what that first step fixed; the
+    watch of step 2 stops, by DDP's own check of its reduction (before, it warned at step 1
+    that the head was taken for unused, and let step 2 pass)."""
     import logging
 
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
+    def steps(watched: int | None) -> tuple[int | None, str | None]:
+        """Three steps; the one DDP raises at, and what the watch of ``watched`` raised."""
+        ddp = DistributedDataParallel(built(models.TwoHeads), static_graph=True)
+        watch = StepWatch(steps=() if watched is None else (watched,))
+        for step in (1, 2, 3):
+            try:
+                if watch.wants(step):
+                    watch.begin(ddp, step)
+                policy, _ = ddp(torch.ones(2, 4))
+            except RuntimeError as exc:
+                assert "Expected to have finished reduction" in str(exc)
+                return step, None
+            policy.sum().backward()
+            try:
+                watch.end()
+            except NoGradientError as exc:
+                return None, str(exc)
+        return None, None
+
     store = dist.FileStore(str(tmp_path / "store"), 1)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:
-        model = built(models.TwoHeads)
-        ddp = DistributedDataParallel(model, static_graph=True)
-        warned = []
-        for step in (1, 2):
-            watch = StepWatch()
-            caplog.clear()
-            with caplog.at_level(logging.WARNING, logger="execorder"):
-                watch.begin(ddp, step)
-                policy, _ = ddp(torch.ones(2, 4))
-                policy.sum().backward()
-                report = watch.end()
-            assert report is not None and [p.name for p in report.no_grad()] == [
-                "value.weight",
-                "value.bias",
-            ]
-            warned.append(caplog.text)
-            model.zero_grad()
+        assert steps(None) == (3, None)
+        with caplog.at_level(logging.WARNING, logger="execorder"):
+            assert steps(1) == (3, None)
         assert (
             "step 1: under DDP(static_graph=True), 2 trainable parameters got no gradient in its "
-            "first step (value.weight, value.bias): it takes them as unused in every step"
-        ) in warned[0]
-        assert "static_graph" not in warned[1]
+            "first step (value.weight, value.bias), which fixes its graph for every step"
+        ) in caplog.text
+        failed, stopped = steps(2)
+        assert failed is None and stopped is not None
+        assert stopped.startswith(
+            "step 2: 2 trainable parameters got no gradient: value.weight (DDP index 4), "
+            "value.bias (DDP index 5); DDP (static_graph=True) fails on them at the next step"
+        ), stopped
     finally:
         dist.destroy_process_group()
 

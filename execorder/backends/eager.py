@@ -73,6 +73,7 @@ from execorder.backends.eager_wrapped import (
     ddps_inside,
     fsdp_units,
     readied,
+    reduction_finished,
     replicate_ready,
     uncompiled,
 )
@@ -168,8 +169,10 @@ class Recording:
         (a micro-batch of gradient accumulation, reduced with a later one's); None without
         a DDP."""
         self.ddp_static_first = False
-        """Whether the step was the first of a DDP with ``static_graph=True``, which takes
-        the parameters that get no gradient in it as unused in every step."""
+        """Whether the step was the first of a DDP with ``static_graph=True``, which fixes
+        its graph for every step after: a parameter that gets no gradient in it is not
+        reduced when it gets one later (or, reached by an output the loss does not read,
+        is waited for)."""
         self.ddps_inside: list[DdpInside] = []
         """The DDPs that ran modules inside the model (``DDP(model.encoder)`` put in its
         place, ``replicate(model.encoder)``), with their settings and what they register."""
@@ -180,6 +183,7 @@ class Recording:
         self._zeros_only: set[nn.Parameter] = set()  # wrappers' empty gradients only reached
         self._sinks = False  # the DDP around passes the outputs through its _DDPSink
         self._ddp_group: Any = None  # ... and averages this step's gradients over this group
+        self._ddp_wrapper: Any = None  # ... and is this DDP
         self._arrived: dict[int, list[bool]] = {}  # a watched node -> which grads came to it
         self._fillers: list[Any] = []  # FSDP2's nodes on units' inputs (_watch_units)
         self._sink_nodes: list[Any] = []  # DDP's _DDPSink nodes in the graph (_watch_sinks)
@@ -245,6 +249,7 @@ class Recording:
         self._ddp_registered = None if around is None else around.registered
         self._ddp_built = None if around is None else around.built
         self._ddp_group = None if around is None else around.reduces
+        self._ddp_wrapper = None if around is None else around.wrapper
         self.ddp_syncs = None if around is None else around.syncs
         self.ddp_static_first = self._sinks and around is not None and around.settings.static_graph
         self.ddps_inside = ddps_inside(self.model, self._tree, {id(p) for p in self._trainable})
@@ -564,6 +569,20 @@ class Recording:
         if groups[0] is None:
             return None
         return groups[0], [(names[id(p)][0], p) for p in self._trainable if p.requires_grad]
+
+    def ddps_unfinished(self) -> tuple[str, ...]:
+        """The DDPs of the recorded step that, its backward over, did not finish reducing
+        its gradients on this rank, by DDP's own check (the one its next forward raises on):
+        ``""`` for the DDP that ran the model, a module's name for one inside it.
+
+        Such a DDP waits for a gradient that did not come (under
+        ``find_unused_parameters=False``; under ``static_graph=True``, one its first step
+        gave). Its all-reduces stopped part-way on this rank, so a collective sent now on
+        its process group would pair with another rank's all-reduce of gradients.
+        """
+        ran = [("", self._ddp_wrapper)] if self._ddp_wrapper is not None else []
+        ran += [(inner.name, inner.wrapper) for inner in self.ddps_inside]
+        return tuple(name for name, ddp in ran if not reduction_finished(ddp))
 
     def _registered(self) -> list[nn.Parameter]:
         """The parameters the DDP around registers, in its order."""

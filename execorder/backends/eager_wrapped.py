@@ -173,8 +173,9 @@ class DdpAround(NamedTuple):
     built, where other parameters required grad then (None: the same), whether it passes
     the model's outputs through its ``_DDPSink`` (searching for unused parameters, or
     building its static graph), whether its backward reduces gradients (not under
-    ``no_sync()``), and the process group over which it averages this step's gradients
-    into one that every rank shares (None: not in this step, :func:`_reduces`)."""
+    ``no_sync()``), the process group over which it averages this step's gradients
+    into one that every rank shares (None: not in this step, :func:`_reduces`), and the
+    DDP itself (:func:`reduction_finished`)."""
 
     settings: DdpSettings
     registered: list[nn.Parameter] | None
@@ -182,6 +183,7 @@ class DdpAround(NamedTuple):
     sinks: bool
     syncs: bool  # its backward reduces (not under no_sync())
     reduces: Any  # the process group it all-reduces this step's gradients over, or None
+    wrapper: Any
 
 
 def _built(
@@ -227,8 +229,23 @@ def ddp_around(model: nn.Module, trainable: Collection[int]) -> DdpAround | None
     built = _built(wrapper, registered, trainable)
     syncs = bool(getattr(wrapper, "require_backward_grad_sync", True))
     return DdpAround(
-        settings, registered, built, sinks, syncs, _reduces(wrapper) if syncs else None
+        settings, registered, built, sinks, syncs, _reduces(wrapper) if syncs else None, wrapper
     )
+
+
+def reduction_finished(wrapper: Any) -> bool:
+    """Whether a DDP whose backward has run finished reducing its gradients, by DDP's own
+    check (``_check_reducer_finalized``: what its next forward raises on, "Expected to have
+    finished reduction in the prior iteration"). Where it did not, its all-reduces stopped
+    part-way on this rank: a gradient it waits for did not come. True where DDP cannot tell."""
+    check = getattr(getattr(wrapper, "reducer", None), "_check_reducer_finalized", None)
+    if check is None:
+        return True
+    try:
+        check()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _settings(wrapper: Any) -> DdpSettings:
@@ -308,12 +325,13 @@ class DdpInside(NamedTuple):
     its place, or ``replicate(model.encoder)``): the module's name, the DDP's settings, the
     trainable parameters it registers, by name, in the order it numbers them, and the
     process group over which it averages this step's gradients (None: not in this step,
-    as :class:`DdpAround`'s ``reduces``)."""
+    as :class:`DdpAround`'s ``reduces``), and the DDP itself."""
 
     name: str
     settings: DdpSettings
     registered: tuple[str, ...]
     reduces: Any = None
+    wrapper: Any = None
 
     @property
     def sinks(self) -> bool:
@@ -351,6 +369,6 @@ def ddps_inside(model: nn.Module, tree: ModuleTree, trainable: Collection[int]) 
             syncs = bool(getattr(wrapper, "require_backward_grad_sync", True))
             group = _reduces(wrapper) if syncs else None
             name = tree.module_names[id(inner)][0]
-            found.append(DdpInside(name, _settings(wrapper), names, group))
+            found.append(DdpInside(name, _settings(wrapper), names, group, wrapper))
         stack.extend(reversed([m for m in module._modules.values() if m is not None]))
     return found

@@ -199,10 +199,9 @@ class StepWatch:
         armed, recording, step = self._armed, self._recording, self._step
         self._armed = self._recording = None
         armed.__exit__(None, None, None)
-        if recording.calls == 1 and _world() > 1:
-            report = recording.report(target=self.target)
-            if _reduction_stuck(report, recording):
-                return self._alone(step, report, recording)
+        unfinished = recording.ddps_unfinished() if recording.calls == 1 else ()
+        if unfinished and _world() > 1:
+            return self._alone(step, recording.report(target=self.target), recording, unfinished)
         if _agreed(recording.calls > 1):  # every rank alike, before anything else it sends
             log.warning(
                 "execorder: step %d not checked: the model was called %d times while it was "
@@ -243,7 +242,7 @@ class StepWatch:
             else:
                 stopping = unseen
         else:
-            stopping = self._no_grad(step, report, recording)
+            stopping = self._no_grad(step, report, recording, unfinished=unfinished)
         # Parts DDP left unreduced: in an earlier step (the copies differ), or in this one.
         static = recording.ddp is not None and recording.ddp.static_graph
         for left in (
@@ -275,27 +274,37 @@ class StepWatch:
             report.summary.params_no_grad,
         )
 
-    def _alone(self, step: int, report: Report, recording: Recording) -> Report:
+    def _alone(
+        self, step: int, report: Report, recording: Recording, unfinished: tuple[str, ...]
+    ) -> Report:
         """End a step whose DDP stopped reducing part-way on this rank, sending nothing.
 
         A gradient that DDP waits for never came here, so this rank left the
         all-reduces of that bucket and the ones after it unsent: a rank that sent
         them waits in backward for this one, and whatever this rank sent now
         would pair with them (gloo aborts on the size; NCCL does not check).
-        The job fails at the next step on this rank whatever the others did, so
-        it decides alone, without comparing anything across ranks.
+        DDP fails at the next step on this rank whatever the others did, so it
+        decides alone, without comparing anything across ranks.
         """
         self._keep(step, report)
-        stopping = self._no_grad(step, report, recording, rank=_rank())
+        rank = _rank()
+        stopping = self._no_grad(step, report, recording, unfinished=unfinished, rank=rank)
         if stopping is not None:
             raise stopping
+        ddps = " and ".join(name or "the model" for name in unfinished)
+        if self.stop_on_no_grad is not False:  # DDP's own check, where the report names none
+            raise RecordingError(
+                f"step {step}: on rank {rank}, the DDP around {ddps} did not finish reducing "
+                "the step's gradients, so it fails at the next step; the recording names no "
+                "parameter it waits for"
+            )
         log.warning(
-            "execorder: step %d: DDP (find_unused_parameters=False) waits on rank %d for "
-            "gradients that did not come (%s); the step is not compared across ranks, since "
-            "this rank's all-reduces stopped part-way",
+            "execorder: step %d: on rank %d, the DDP around %s did not finish reducing the "
+            "step's gradients (it fails at the next step); the step is not compared across "
+            "ranks",
             step,
-            _rank(),
-            ", ".join(p.name for p in _missing(report)[:8]),
+            rank,
+            ddps,
         )
         return report
 
@@ -307,11 +316,19 @@ class StepWatch:
             armed.__exit__(None, None, None)
 
     def _no_grad(
-        self, step: int, report: Report, recording: Recording, *, rank: int | None = None
+        self,
+        step: int,
+        report: Report,
+        recording: Recording,
+        *,
+        unfinished: tuple[str, ...] = (),
+        rank: int | None = None,
     ) -> ExecOrderError | None:
         """The error to stop with for gradients DDP loses, if the policy stops: parameters
-        without one, then parameters given theirs in several backward passes. ``rank``: the
-        rank that decides alone (:meth:`_alone`), named in the error."""
+        without one, then parameters given theirs in several backward passes.
+        ``unfinished``: the DDPs that did not finish reducing (``recording.ddps_unfinished``),
+        which fail at the next step whatever their settings; ``rank``: the rank that decides
+        alone (:meth:`_alone`), named in the error."""
         missing = _missing(report)
         ddp = recording.ddp
         built = report.ddp_built
@@ -330,8 +347,9 @@ class StepWatch:
         # Under no_sync() (a micro-batch of gradient accumulation) DDP reduces nothing: what
         # it fails on is decided by the micro-batch it reduces, not by this one.
         syncs = recording.ddp_syncs is not False
-        under_ddp = ddp is not None and syncs and ddp.fails_without_gradient
-        inside = _lost_inside(report, recording, missing)
+        waits = ddp is not None and syncs and ddp.fails_without_gradient
+        under_ddp = waits or "" in unfinished
+        inside = _lost_inside(report, recording, missing, unfinished)
         if inside and not under_ddp and self.stop_on_no_grad is None:
             missing = tuple(p for p in missing if p.name in inside)  # what those DDPs fail on
         if missing and (
@@ -345,14 +363,17 @@ class StepWatch:
                 recompute_only=report.recompute_only,
                 inside=() if under_ddp else _modules_of(recording, inside.values()),
                 rank=rank,
+                static_graph=not waits if under_ddp else _static_only(recording, inside),
             )
         if missing and recording.ddp_static_first:
             log.warning(
                 "execorder: step %d: under DDP(static_graph=True), %d trainable parameters got "
-                "no gradient in its first step (%s): it takes them as unused in every step "
-                "from here, so a later step that uses one never all-reduces it and the ranks "
-                "drift apart with no error (record such a step: the watch compares the "
-                "ranks' gradients)",
+                "no gradient in its first step (%s), which fixes its graph for every step "
+                "from here: a later step that gives one a gradient never all-reduces it (the "
+                "ranks drift apart with no error), and where an output the loss does not read "
+                'reaches them, DDP waits for them and a later step fails ("Expected to have '
+                'finished reduction"); record a later step (steps=, compare_every=): the '
+                "watch then checks DDP's reduction and the ranks' gradients",
                 step,
                 len(missing),
                 ", ".join(p.name for p in missing[:8]) + (", ..." if len(missing) > 8 else ""),
@@ -394,33 +415,29 @@ def _missing(report: Report) -> tuple[Any, ...]:
     return tuple(p for p in report.no_grad() if p.name not in held)
 
 
-def _reduction_stuck(report: Report, recording: Recording) -> bool:
-    """Whether a DDP that reduced this step waits, on this rank, for a gradient that did not
-    come (``find_unused_parameters=False``, no ``static_graph``): its all-reduces stopped
-    part-way here."""
-    missing = _missing(report)
-    if not missing:
-        return False
-    ddp = recording.ddp
-    if ddp is not None and ddp.fails_without_gradient and recording.ddp_syncs:
-        return True
-    return bool(_lost_inside(report, recording, missing))
-
-
 def _lost_inside(
-    report: Report, recording: Recording, missing: Iterable[Any]
+    report: Report, recording: Recording, missing: Iterable[Any], unfinished: tuple[str, ...]
 ) -> dict[str, tuple[str, int]]:
     """Of ``missing``, those a DDP inside the model fails on (one that ran in the step, with
-    ``find_unused_parameters=False`` and no ``static_graph``): each with that DDP's module
-    and its index there."""
+    ``find_unused_parameters=False`` and no ``static_graph``, or one that did not finish
+    reducing, named in ``unfinished``): each with that DDP's module and its index there."""
     called = {call.name for call in report.modules}
     waiting = {
         name: (inner.name, index)
         for inner in recording.ddps_inside
-        if inner.settings.fails_without_gradient and inner.name in called
+        if (inner.settings.fails_without_gradient or inner.name in unfinished)
+        and inner.name in called
         for index, name in enumerate(inner.registered)
     }
     return {p.name: waiting[p.name] for p in missing if p.name in waiting}
+
+
+def _static_only(recording: Recording, lost: dict[str, tuple[str, int]]) -> bool:
+    """Whether every DDP inside the model that fails on ``lost`` does so under
+    ``static_graph=True``, having taken those parameters for used in its first step."""
+    named = {module for module, _ in lost.values()}
+    failing = [inner for inner in recording.ddps_inside if inner.name in named]
+    return bool(failing) and not any(inner.settings.fails_without_gradient for inner in failing)
 
 
 def _modules_of(recording: Recording, lost: Iterable[tuple[str, int]]) -> list[str]:
