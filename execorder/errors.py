@@ -1114,6 +1114,34 @@ class RanksDivergedError(ExecOrderError):
         return text + "; DDP and FSDP hang or fail on this"
 
 
+class DdpWaitingError(ExecOrderError):
+    """A report to compare across ranks comes from a step whose DDP, on this rank, had not
+    finished reducing its gradients (``Report.ddp_waiting``): it waits for a gradient that
+    did not come, so its all-reduces stopped part-way here, and a comparison sent now would
+    pair with another rank's all-reduce of gradients. Nothing was sent; DDP fails at the
+    next step on this rank.
+
+    Attributes:
+        ddps: The DDPs waiting: ``""`` for the one around the model, else a module's name.
+        params: The trainable parameters that got no gradient here.
+    """
+
+    def __init__(self, ddps: Sequence[str], params: Sequence[str]) -> None:
+        super().__init__()
+        self.ddps, self.params = tuple(ddps), tuple(params)
+
+    def describe(self, words: Words = PYTHON) -> str:
+        around = _joined([name or "the model" for name in self.ddps])
+        named = f" ({_joined(self.params, 8)})" if self.params else ""
+        return (
+            f"not compared: on this rank the DDP around {around} did not finish reducing the "
+            f"step's gradients, waiting for some that did not come{named}; it fails at the "
+            "next step, and its all-reduces stopped part-way here, so a comparison sent now "
+            "would pair with another rank's all-reduce of gradients (a hang, or an abort): "
+            "nothing was sent"
+        )
+
+
 # -- sweeps, reports, DDP -----------------------------------------------------
 
 

@@ -35,6 +35,7 @@ from execorder.analysis.ranks import (
     group_ranks,
     record_of,
 )
+from execorder.errors import DdpWaitingError
 from execorder.report import Report
 
 if TYPE_CHECKING:
@@ -94,6 +95,9 @@ def compare(
 
     Raises:
         RuntimeError: If torch.distributed is not initialized.
+        DdpWaitingError: If the report's step left a DDP waiting on this rank for a
+            gradient that did not come (``report.ddp_waiting``): nothing is sent, since
+            its all-reduces stopped part-way here.
     """
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError(
@@ -101,6 +105,8 @@ def compare(
             "(torch.distributed.init_process_group), on every rank"
         )
     if isinstance(report, Report):
+        if report.ddp_waiting:  # this rank's all-reduces stopped part-way: send nothing
+            raise DdpWaitingError(report.ddp_waiting, [p.name for p in report.no_grad()])
         record, name = record_of(report), target or report.target
     else:
         record, name = report, target or ""
@@ -298,7 +304,15 @@ def unreduced(recording: Recording) -> Unreduced:
     bit. Call it on every rank of that group, after the step's backward. Nothing is
     compared, and nothing sent, where no DDP reduced the step (none ran it, ``no_sync()``,
     a comm hook that reduces otherwise).
+
+    Raises:
+        DdpWaitingError: If a DDP of the step had not finished reducing on this rank
+            (``recording.ddps_unfinished()``): nothing is sent, since its all-reduces
+            stopped part-way here.
     """
+    waiting = recording.ddps_unfinished()
+    if waiting:
+        raise DdpWaitingError(waiting, ())
     reduced = recording.reduced_by_ddp()
     if reduced is None:
         return Unreduced((), ())

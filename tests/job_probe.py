@@ -1178,7 +1178,8 @@ def trainers_mode(kind: str, out_dir: str) -> None:
 
 def apart_mode(how: str) -> None:
     """Three steps of :class:`AuxOnRank0` under ``DDP(find_unused_parameters=False)``, step 1
-    watched (``how``: ``watched``) or not (``plain``): each rank says how its run ended.
+    watched (``how``: ``watched``), or recorded and compared across ranks as ranks.md shows
+    (``compared``), or neither (``plain``): each rank says how its run ended.
 
     Rank 1 gives the auxiliary head no gradient, so its DDP never sends the all-reduce of
     that bucket, for which rank 0 waits in backward until rank 1 leaves. One job each: the
@@ -1195,13 +1196,19 @@ def apart_mode(how: str) -> None:
         try:
             if watch is not None and watch.wants(step):
                 watch.begin(job, step)
-            job(x, labels)["loss"].backward()
+            if how == "compared" and step == 1:
+                with execorder.record(job) as recording:
+                    job(x, labels)["loss"].backward()
+                execorder.ranks.compare(recording.report())
+            else:
+                job(x, labels)["loss"].backward()
             if watch is not None and watch.active:
                 watch.end()
         except Exception as exc:
             found = {"error": type(exc).__name__, "message": str(exc)[:600]}
             if isinstance(exc, ExecOrderError):
-                found |= {"params": list(exc.params), "indices": list(exc.ddp_indices)}
+                found |= {"params": list(exc.params)}
+                found |= {"indices": list(getattr(exc, "ddp_indices", []))}
             elif listed := re.search(r"did not receive grad for rank \d+: ([\d ]+)", str(exc)):
                 found["indices"] = [int(i) for i in listed.group(1).split()]
             emit(case=f"apart/{how}", step=step, **found)

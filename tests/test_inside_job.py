@@ -423,8 +423,14 @@ def test_a_watch_stops_the_rank_that_gave_a_parameter_no_gradient_alone() -> Non
     assert watched[1]["params"] == ["aux_head.weight", "aux_head.bias"], watched[1]
     assert watched[1]["indices"] == plain[1]["indices"], (watched[1], plain[1])
     assert "got no gradient on rank 1:" in watched[1]["message"], watched[1]
-    # Rank 0 waits in step 1's backward either way, until rank 1 leaves.
-    for line in (plain[0], watched[0]):
+    # Recorded and compared across ranks (ranks.md's lines): rank 1 sends nothing, where
+    # before its comparison's all-gather and rank 0's all-reduce waited on each other for
+    # the process group's timeout (gloo's default: 30 minutes).
+    compared = {line["rank"]: line for line in probe("apart", "compared")}
+    assert (compared[1]["step"], compared[1]["error"]) == (1, "DdpWaitingError"), compared[1]
+    assert compared[1]["params"] == ["aux_head.weight", "aux_head.bias"], compared[1]
+    # Rank 0 waits in step 1's backward each time, until rank 1 leaves.
+    for line in (plain[0], watched[0], compared[0]):
         assert (line["step"], line["error"]) == (1, "RuntimeError"), line
         assert "gloo" in line["message"], line  # the peer left
 

@@ -772,6 +772,63 @@ def test_a_head_no_loss_reads_under_static_graph_fails_at_step_3_and_the_watch_s
         dist.destroy_process_group()
 
 
+def test_a_report_says_which_ddp_had_not_finished_reducing_by_ddps_own_check(
+    tmp_path: Path,
+) -> None:
+    """A step whose loss leaves the value head without a gradient: DDP waiting for every
+    parameter had not finished reducing it, and fails at the next forward; DDP searching for
+    unused parameters had. The report says so (``ddp_waiting``), in JSON too, its DDP check
+    fails on it, and ``compare()`` refuses it, sending nothing."""
+    import json
+    from importlib.resources import files
+
+    import jsonschema
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    import execorder.ranks
+    from execorder.errors import DdpWaitingError
+    from execorder.report import Report
+
+    schema = json.loads(files("execorder.report").joinpath("schema.json").read_text())
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        for find_unused in (False, True):
+            ddp = DistributedDataParallel(
+                built(models.TwoHeads), find_unused_parameters=find_unused
+            )
+            with eager.record(ddp) as recording:
+                policy, _ = ddp(torch.ones(2, 4))
+            assert recording.report().ddp_waiting == ()  # no backward in the block
+            with eager.record(ddp) as recording:
+                policy, _ = ddp(torch.ones(2, 4))
+                policy.sum().backward()
+            report = recording.report()
+            assert report.ddp_waiting == (() if find_unused else ("",))
+            data = json.loads(json.dumps(report.to_dict()))
+            jsonschema.Draft202012Validator(schema).validate(data)
+            assert Report.from_dict(data) == report
+            verdict = ddp_verdict(report).cells[1].text
+            if find_unused:
+                assert execorder.ranks.compare(report).agree
+                ddp(torch.ones(2, 4))  # DDP goes on
+                continue
+            assert verdict == (
+                "fails: the DDP around the model did not finish reducing the recorded step's "
+                "gradients (its own check), so it fails at the next step; 2 trainable "
+                "parameters got none (value.weight, value.bias)"
+            )
+            with pytest.raises(DdpWaitingError, match="nothing was sent"):
+                execorder.ranks.compare(report)
+            with pytest.raises(DdpWaitingError, match="nothing was sent"):
+                execorder.ranks.unreduced(recording)
+            with pytest.raises(RuntimeError, match="Expected to have finished reduction"):
+                ddp(torch.ones(2, 4))
+    finally:
+        dist.destroy_process_group()
+
+
 def test_a_watch_does_not_stop_on_a_micro_batch_that_ddp_does_not_reduce(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -184,6 +184,7 @@ class Recording:
         self._sinks = False  # the DDP around passes the outputs through its _DDPSink
         self._ddp_group: Any = None  # ... and averages this step's gradients over this group
         self._ddp_wrapper: Any = None  # ... and is this DDP
+        self._ddp_waiting: tuple[str, ...] = ()  # DDPs not done reducing once backward ran
         self._arrived: dict[int, list[bool]] = {}  # a watched node -> which grads came to it
         self._fillers: list[Any] = []  # FSDP2's nodes on units' inputs (_watch_units)
         self._sink_nodes: list[Any] = []  # DDP's _DDPSink nodes in the graph (_watch_sinks)
@@ -434,6 +435,7 @@ class Recording:
         ran = bool(self._order)
         if ran:
             self._zeros_only = self._filled_only(edges)
+            self._ddp_waiting = self.ddps_unfinished()
         if self._readied or self._zeros_only:  # DDP's own: the plain model gives them none
             pairs = zip(self._order, self._tasks, strict=True)
             dropped = self._readied | self._zeros_only
@@ -534,6 +536,8 @@ class Recording:
             unreduced = self._unreduced()
             if unreduced:
                 report = dataclasses.replace(report, ddp_unreduced=unreduced)
+            if self._ddp_waiting:
+                report = dataclasses.replace(report, ddp_waiting=self._ddp_waiting)
         if self._clock is None:
             return report
         timing = self._clock.timing([call.parent for call in report.modules])
@@ -573,7 +577,8 @@ class Recording:
     def ddps_unfinished(self) -> tuple[str, ...]:
         """The DDPs of the recorded step that, its backward over, did not finish reducing
         its gradients on this rank, by DDP's own check (the one its next forward raises on):
-        ``""`` for the DDP that ran the model, a module's name for one inside it.
+        ``""`` for the DDP that ran the model, a module's name for one inside it. Asked
+        when the block ends, if a backward ran in it: the report's ``ddp_waiting``.
 
         Such a DDP waits for a gradient that did not come (under
         ``find_unused_parameters=False``; under ``static_graph=True``, one its first step

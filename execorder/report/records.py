@@ -648,6 +648,15 @@ class Report:
             caller's own (after a gradient penalty's ``autograd.grad``). They
             are never all-reduced, and the ranks drift apart. In
             ``parameters()`` order; empty (and absent from the JSON) otherwise.
+        ddp_waiting: The ``DistributedDataParallel`` instances of a recorded step
+            that, once its backward had run, had not finished reducing its
+            gradients on this rank, by DDP's own check (the one its next
+            forward raises on, "Expected to have finished reduction in the
+            prior iteration"): ``""`` for the one that ran the model, a
+            module's qualified name for one inside it. Each waits for a
+            gradient that did not come, and fails at the next step; its
+            all-reduces stopped part-way on this rank. Empty (and absent from
+            the JSON) otherwise.
     """
 
     target: str
@@ -675,6 +684,7 @@ class Report:
     ddp_ignored: tuple[str, ...] = ()
     ddp_built: DdpBuilt | None = None
     ddp_unreduced: tuple[str, ...] = ()
+    ddp_waiting: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -882,6 +892,7 @@ class Report:
             **({"ddp_ignored": list(self.ddp_ignored)} if self.ddp_ignored else {}),
             **({"ddp_built": self.ddp_built.to_dict()} if self.ddp_built is not None else {}),
             **({"ddp_unreduced": list(self.ddp_unreduced)} if self.ddp_unreduced else {}),
+            **({"ddp_waiting": list(self.ddp_waiting)} if self.ddp_waiting else {}),
         }
 
     @classmethod
@@ -948,6 +959,7 @@ class Report:
             if fields.get("ddp_built", dict, type(None), default=None) is None
             else DdpBuilt.from_dict(data["ddp_built"]),
             ddp_unreduced=tuple(fields.items("ddp_unreduced", str, default=())),
+            ddp_waiting=tuple(fields.items("ddp_waiting", str, default=())),
         )
 
     def param(self, name: str) -> ParamInfo:

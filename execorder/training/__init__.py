@@ -199,9 +199,10 @@ class StepWatch:
         armed, recording, step = self._armed, self._recording, self._step
         self._armed = self._recording = None
         armed.__exit__(None, None, None)
-        unfinished = recording.ddps_unfinished() if recording.calls == 1 else ()
-        if unfinished and _world() > 1:
-            return self._alone(step, recording.report(target=self.target), recording, unfinished)
+        report = recording.report(target=self.target) if recording.calls == 1 else None
+        unfinished = () if report is None else report.ddp_waiting
+        if report is not None and unfinished and _world() > 1:
+            return self._alone(step, report, recording, unfinished)
         if _agreed(recording.calls > 1):  # every rank alike, before anything else it sends
             log.warning(
                 "execorder: step %d not checked: the model was called %d times while it was "
@@ -212,7 +213,8 @@ class StepWatch:
                 recording.calls,
             )
             return None
-        report = recording.report(target=self.target)
+        if report is None:  # not so: every rank called the model once
+            report = recording.report(target=self.target)
         self._keep(step, report)
         # What talks between ranks first, on every rank alike, then what stops one.
         diverged = None

@@ -171,7 +171,8 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
     inside custom autograd Functions whose backward no walk sees.
     The parameters DDP ignores (:attr:`Report.ddp_ignored`) count as frozen. A
     recorded step says "fails" too where the DDP that ran it was built for other
-    parameters, or left gradients that came late unreduced (:attr:`Report.ddp_unreduced`).
+    parameters, or left gradients that came late unreduced (:attr:`Report.ddp_unreduced`),
+    or had not finished reducing, by its own check (:attr:`Report.ddp_waiting`).
     """
     if report.ddp_built is not None:
         return fact("DDP check", _built_text(report.ddp_built), Severity.ERROR)
@@ -187,6 +188,16 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
             f"{'it is' if len(late) == 1 else 'they are'} never all-reduced and the ranks "
             "drift apart: wrap the model without static_graph=True"
         )
+        return fact("DDP check", text, Severity.ERROR)
+    if report.ddp_waiting:  # DDP's own check, on the recorded step
+        around = " and ".join(name or "the model" for name in report.ddp_waiting)
+        lost = [p.name for p in report.no_grad()]
+        text = (
+            f"fails: the DDP around {around} did not finish reducing the recorded step's "
+            "gradients (its own check), so it fails at the next step"
+        )
+        if lost:
+            text += f"; {plural(len(lost), 'trainable parameter')} got none ({listed(lost)})"
         return fact("DDP check", text, Severity.ERROR)
     missing = report.summary.params_no_grad
     resting = len(report.findings(Category.ASSUMPTION))
