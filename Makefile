@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_job.py
 	$(PY) benchmarks/bench_meta.py
 	$(PY) benchmarks/bench_memory.py
+	$(PY) benchmarks/bench_ddp.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache

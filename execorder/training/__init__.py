@@ -11,8 +11,10 @@ step with :func:`execorder.record`, then checks it:
   run with :class:`~execorder.errors.RanksDivergedError`;
 - trainable parameters that got no gradient stop the run with
   :class:`~execorder.errors.NoGradientError` where DDP would fail on them
-  (``find_unused_parameters=False``: the next step raises "Expected to have
-  finished reduction in the prior iteration"), before that step starts;
+  (``find_unused_parameters=False``, or wherever DDP's own check says it has
+  not finished reducing the step, ``static_graph=True`` included: the next
+  step raises "Expected to have finished reduction in the prior
+  iteration"), before that step starts;
 - trainable parameters given their gradient in several backward passes
   (reentrant checkpoints) stop it with
   :class:`~execorder.errors.SplitGradientError` where DDP loses part of it
@@ -33,7 +35,12 @@ step with :func:`execorder.record`, then checks it:
 
 Every rank takes the same decision: the checks that talk between ranks come
 first, and the decision to stop is agreed over the process group, so that no
-rank is left waiting for one that stopped.
+rank is left waiting for one that stopped. The exception is a rank whose DDP
+has not finished reducing the step (a branch that rank did not run): its
+all-reduces stopped part-way, so anything it sent would pair with another
+rank's all-reduce of gradients. It decides alone and sends nothing; the
+ranks that wait for it in backward are ended by the launcher, as they are
+without the watch once it fails at the next step.
 """
 
 from __future__ import annotations
