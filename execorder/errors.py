@@ -1023,6 +1023,29 @@ class GradientsDifferError(StepParamsError):
         )
 
 
+class GradientsApartError(StepParamsError):
+    """At a recorded step under FSDP2 (``fully_shard``, or its ``replicate``), some ranks gave
+    trainable parameters a gradient and others did not (an expert that no token of one rank
+    reached). FSDP2 reduces each unit's gradients as one buffer of the parameters that got
+    one, so ranks with different sets pair one parameter's gradient with another's: where
+    the buffers' sizes agree, with no error, and the gradients are wrong from this step on
+    (where they differ, the backward hangs or aborts, and no step is recorded).
+    ``params`` are in ``parameters()`` order."""
+
+    def describe(self, words: Words = PYTHON) -> str:
+        counted, names = self._counted()
+        return (
+            f"step {self.step}: under FSDP2 the ranks gave gradients to different parameters: "
+            f"{counted} got one on some ranks and none on others: {names}; FSDP2 reduces each "
+            "unit's gradients as one buffer of those that got one, so the ranks' buffers "
+            "paired one parameter's gradient with another's, with no error, and the gradients "
+            "are wrong from here on. Give each of them a gradient on every rank or on none (an "
+            "expert no token of a rank reached: run it on zero tokens), or have FSDP2 reduce "
+            "zeros for them (set_reduce_scatter_unused_params(True) on the units, where torch "
+            "has it)"
+        )
+
+
 class NotReplicatedError(StepParamsError):
     """At a recorded step of a model whose DDPs run modules inside it (``DDP(model.encoder)``
     put in its place, ``replicate(model.encoder)``), the ranks hold different gradients or

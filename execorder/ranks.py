@@ -20,6 +20,7 @@ import datetime
 import os
 import socket
 import subprocess
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -335,6 +336,35 @@ def unreduced(recording: Recording) -> Unreduced:
         tuple(n for n, differ in zip(names, replicas, strict=True) if differ),
         tuple(n for n, differ in zip(names, gradients, strict=True) if differ),
     )
+
+
+def gradients_apart(recording: Recording, group: Any = None) -> tuple[str, ...]:
+    """Under FSDP2, the trainable parameters that the recorded step gave a gradient on some
+    ranks of ``group`` and not on others (:meth:`Recording.fsdp_gradients`), in
+    ``parameters()`` order.
+
+    FSDP2 reduces each unit's gradients as one buffer of the parameters that got one, so
+    such parameters pair one rank's gradient of one with another rank's of another (with no
+    error where the buffers' sizes agree). Each rank sends one number a parameter; a rank
+    whose model has other parameters (a pipeline's other stage; told by their names' CRC)
+    makes every rank send nothing more. Call it on every rank of the group, after the
+    step's backward. Nothing is compared, and nothing sent, without FSDP2.
+    """
+    graded = recording.fsdp_gradients()
+    if graded is None:
+        return ()
+    device = collective_device(group)
+    names = zlib.crc32("\n".join(name for name, _ in graded).encode())
+    same = torch.tensor([len(graded), names], dtype=torch.int64)
+    both = torch.cat([same, -same]).to(device)
+    dist.all_reduce(both, op=dist.ReduceOp.MAX, group=group)
+    if not graded or not torch.equal(both[:2], -both[2:]):
+        return ()
+    got = torch.tensor([int(has) for _, has in graded], dtype=torch.int64)
+    both = torch.cat([got, -got]).to(device)
+    dist.all_reduce(both, op=dist.ReduceOp.MAX, group=group)
+    apart = (both[: len(graded)] != -both[len(graded) :]).tolist()
+    return tuple(name for (name, _), differs in zip(graded, apart, strict=True) if differs)
 
 
 NONE = 1.7e308  # a gradient that is None; NaN and infinities get numbers of their own too

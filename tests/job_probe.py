@@ -358,6 +358,7 @@ def wrappers_mode() -> None:
     static_graph_earlier()
     accumulation()
     healthy_ddp_jobs()
+    fsdp_gradients_apart()
     ddps_inside()
     sink_inside()
     passes_none()
@@ -892,6 +893,18 @@ def recorded_memory() -> None:
         )
 
 
+def rank_batch(model_name: str) -> dict[str, Any]:
+    """The model's inputs, made this rank's own."""
+    batch = {}
+    for key, value in MODELS[model_name][1]().items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            value = value + 0.1 * (RANK + 1)
+        elif torch.is_tensor(value):
+            value = (value + RANK + 1) % 32
+        batch[key] = value
+    return batch
+
+
 def healthy_ddp_jobs() -> None:
     """Each DDP case of the matrix (DDP, compiled DDP, replicate; a checkpointed Llama, LoRA,
     frozen parameters), a step on each rank's own data: what the watch compares across the
@@ -902,17 +915,85 @@ def healthy_ddp_jobs() -> None:
         if "ddp" not in wrapper and wrapper != "replicate":
             continue
         call = WRAPPERS[wrapper](built(model_name))
-        batch = {}
-        for key, value in MODELS[model_name][1]().items():  # made this rank's own
-            if torch.is_tensor(value) and value.is_floating_point():
-                value = value + 0.1 * (RANK + 1)
-            elif torch.is_tensor(value):
-                value = (value + RANK + 1) % 32
-            batch[key] = value
         with execorder.record(call) as recording:
-            loss(call(**batch)).backward()
+            loss(call(**rank_batch(model_name))).backward()
         left = unreduced(recording)
         emit(case=f"healthy/{model_name}/{wrapper}", replicas=left.replicas, grads=left.gradients)
+
+
+class RankExperts(nn.Module):
+    """Two experts of one shape in one FSDP2 unit: rank r runs expert r alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 4)
+        self.experts = nn.ModuleList(nn.Linear(4, 4) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.experts[RANK % 2](self.body(x))
+
+
+def fsdp_gradients_apart() -> None:
+    """Under FSDP2: each FSDP2 case of the matrix (and a unit that takes an input it does
+    not use, whose zeros FSDP2 reduces), a step on each rank's own data: the ranks give
+    gradients to the same parameters (execorder.ranks.gradients_apart finds none). Then
+    :class:`RankExperts` under ``fully_shard``: the real step runs with no error, and its
+    sharded gradients are not the average of the ranks' own (each rank's expert reduced
+    with the other's); a StepWatch of that step stops it."""
+    from execorder.errors import ExecOrderError
+    from execorder.ranks import gradients_apart
+    from execorder.training import StepWatch
+
+    cases = {(m, w) for m, w, _, _ in MATRIX if "fsdp" in w or w == "hsdp"}
+    for model_name, wrapper in sorted(cases):
+        call = WRAPPERS[wrapper](built(model_name))
+        with execorder.record(call) as recording:
+            loss(call(**rank_batch(model_name))).backward()
+        emit(case=f"healthy-fsdp/{model_name}/{wrapper}", apart=gradients_apart(recording))
+    torch.manual_seed(0)
+    model = models.UnitTakesUnused()
+    fully_shard(model.block)
+    fully_shard(model)
+    with execorder.record(model) as recording:
+        model(torch.ones(2, 4) * (RANK + 1)).sum().backward()
+    emit(case="healthy-fsdp/unit-takes-unused", apart=gradients_apart(recording))
+    # The truth: the average over the ranks of each rank's own gradients, unsharded.
+    torch.manual_seed(0)
+    plain = RankExperts()
+    batch = torch.randn(2, 4, generator=torch.Generator().manual_seed(RANK))
+    plain(batch).sum().backward()
+    truth = {}
+    for name, param in plain.named_parameters():
+        grad = torch.zeros_like(param) if param.grad is None else param.grad
+        dist.all_reduce(grad)
+        truth[name] = grad / dist.get_world_size()
+    # Unwatched and watched; then with FSDP2 reducing zeros for what got no gradient.
+    for unused in (False, True):
+        wrong: list[list[str]] = []
+        stopped: list[str | None] = []
+        for watched in (False, True):
+            torch.manual_seed(0)
+            sharded = RankExperts()
+            fully_shard(sharded)
+            if unused:
+                sharded.set_reduce_scatter_unused_params(True)
+            watch = StepWatch()
+            if watched:
+                watch.begin(sharded, 1)
+            sharded(batch).sum().backward()
+            try:
+                watch.end()
+                stopped.append(None)
+            except ExecOrderError as exc:
+                stopped.append(str(exc))
+            wrong.append([])
+            for name, param in sharded.named_parameters():
+                rows = -(-param.shape[0] // dist.get_world_size())
+                mine = truth[name][RANK * rows : (RANK + 1) * rows]
+                got = None if param.grad is None else param.grad.to_local()
+                if got is None or not torch.allclose(got, mine):
+                    wrong[-1].append(name)
+        emit(case=f"fsdp-apart/{unused}", wrong=wrong, stopped=stopped)
 
 
 def accumulation() -> None:

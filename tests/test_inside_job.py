@@ -252,6 +252,33 @@ def test_the_ranks_copies_and_gradients_agree_in_a_healthy_step_under_every_ddp(
             assert line["replicas"] == [] and line["grads"] == [], line
 
 
+def test_a_watch_stops_fsdp2_where_ranks_gave_different_parameters_a_gradient(
+    wrapped: dict[str, list[dict[str, Any]]],
+) -> None:
+    """FSDP2 reduces each unit's gradients as one buffer of those that got one. Two experts
+    of one shape, rank r running expert r: the real step runs with no error, and every
+    expert's sharded gradient on every rank is wrong (not the average of the ranks' own).
+    The watch stops that step; with set_reduce_scatter_unused_params(True) the gradients
+    are right, and the watch lets it run. No false alarm over the FSDP2 cases of the
+    matrix, each rank on its own data, nor where FSDP2 reduces its zeros for a unit's
+    unused input."""
+    experts = ["experts.0.weight", "experts.0.bias", "experts.1.weight", "experts.1.bias"]
+    for line in wrapped["fsdp-apart/False"]:
+        assert line["wrong"] == [experts, experts], line
+        assert line["stopped"][0] is None, line
+        assert line["stopped"][1].startswith(
+            "step 1: under FSDP2 the ranks gave gradients to different parameters: 4 trainable "
+            f"parameters got one on some ranks and none on others: {', '.join(experts)};"
+        ), line
+    for line in wrapped["fsdp-apart/True"]:
+        assert line["wrong"] == [[], []] and line["stopped"] == [None, None], line
+    cases = [case for case in wrapped if case.startswith("healthy-fsdp/")]
+    assert len(cases) == 18, cases
+    for case in cases:
+        for line in wrapped[case]:
+            assert line["apart"] == [], line
+
+
 def test_a_head_unused_in_static_graphs_first_step_drifts_and_the_gradients_tell(
     wrapped: dict[str, list[dict[str, Any]]],
 ) -> None:

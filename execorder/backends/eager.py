@@ -71,6 +71,7 @@ from execorder.backends.eager_wrapped import (
     compiled_around,
     ddp_around,
     ddps_inside,
+    fsdp_unchecked,
     fsdp_units,
     readied,
     reduction_finished,
@@ -173,6 +174,8 @@ class Recording:
         its graph for every step after: a parameter that gets no gradient in it is not
         reduced when it gets one later (or, reached by an output the loss does not read,
         is waited for)."""
+        self.fsdp = False
+        """Whether FSDP2 (``fully_shard``, or its ``replicate``) runs modules of the model."""
         self.ddps_inside: list[DdpInside] = []
         """The DDPs that ran modules inside the model (``DDP(model.encoder)`` put in its
         place, ``replicate(model.encoder)``), with their settings and what they register."""
@@ -185,6 +188,7 @@ class Recording:
         self._ddp_group: Any = None  # ... and averages this step's gradients over this group
         self._ddp_wrapper: Any = None  # ... and is this DDP
         self._ddp_waiting: tuple[str, ...] = ()  # DDPs not done reducing once backward ran
+        self._graded: set[int] = set()  # ids of what the block's backward accumulated into
         self._arrived: dict[int, list[bool]] = {}  # a watched node -> which grads came to it
         self._fillers: list[Any] = []  # FSDP2's nodes on units' inputs (_watch_units)
         self._sink_nodes: list[Any] = []  # DDP's _DDPSink nodes in the graph (_watch_sinks)
@@ -256,7 +260,8 @@ class Recording:
         self.ddps_inside = ddps_inside(self.model, self._tree, {id(p) for p in self._trainable})
         self._edges = output_edges(outputs, self._own())
         self._main_pass_watched(outputs)
-        if self._with_grad and fsdp_units(self._tree):
+        self.fsdp = fsdp_units(self._tree)
+        if self._with_grad and self.fsdp:
             self._watch_units(outputs)
         if self._with_grad and (self._sinks or any(d.sinks for d in self.ddps_inside)):
             self._watch_sinks(outputs)
@@ -433,6 +438,7 @@ class Recording:
             # Only backward selected from unknown values: everything may rest on it.
             self._events.append(Assumed("backward"))
         ran = bool(self._order)
+        self._graded = {id(p) for p in self._order}  # before what only DDP or FSDP2 gave goes
         if ran:
             self._zeros_only = self._filled_only(edges)
             self._ddp_waiting = self.ddps_unfinished()
@@ -588,6 +594,22 @@ class Recording:
         ran = [("", self._ddp_wrapper)] if self._ddp_wrapper is not None else []
         ran += [(inner.name, inner.wrapper) for inner in self.ddps_inside]
         return tuple(name for name, ddp in ran if not reduction_finished(ddp))
+
+    def fsdp_gradients(self) -> list[tuple[str, bool]] | None:
+        """Under FSDP2, each trainable parameter whose unit reduced, in the recorded step, the
+        gradients of the parameters that got one (of those alone), by name in
+        ``parameters()`` order, with whether the block's backward gave it one (FSDP2's zeros
+        for a unit's input included: it reduces those). None without FSDP2, or where its
+        state cannot be read."""
+        unchecked = fsdp_unchecked(self._tree) if self.fsdp else None
+        if unchecked is None:
+            return None
+        names = self._tree.param_names
+        return [
+            (names[id(p)][0], id(p) in self._graded)
+            for p in self._trainable
+            if p.requires_grad and id(p) not in unchecked
+        ]
 
     def _registered(self) -> list[nn.Parameter]:
         """The parameters the DDP around registers, in its order."""

@@ -31,7 +31,10 @@ step with :func:`execorder.record`, then checks it:
   backward has ended (a part DDP did not reduce, whatever put it there) stop
   it with :class:`~execorder.errors.GradientsDifferError`, and ranks whose
   copies of them already differ (an earlier step let a part through) with
-  :class:`~execorder.errors.ReplicasDifferError`.
+  :class:`~execorder.errors.ReplicasDifferError`;
+- under FSDP2, ranks that gave gradients to different parameters stop it
+  with :class:`~execorder.errors.GradientsApartError`: FSDP2 reduced one
+  rank's gradient of one parameter with another's of another.
 
 Every rank takes the same decision: the checks that talk between ranks come
 first, and the decision to stop is agreed over the process group, so that no
@@ -60,6 +63,7 @@ from execorder.backends.eager import Recording, record
 from execorder.errors import (
     DdpBuiltError,
     ExecOrderError,
+    GradientsApartError,
     GradientsDifferError,
     NoGradientError,
     NotReplicatedError,
@@ -70,7 +74,13 @@ from execorder.errors import (
     UnreducedGradientError,
 )
 from execorder.output import files
-from execorder.ranks import Unreduced, collective_device, compare, unreduced
+from execorder.ranks import (
+    Unreduced,
+    collective_device,
+    compare,
+    gradients_apart,
+    unreduced,
+)
 from execorder.report import Report
 
 __all__ = ["StepWatch", "WatchingCallback"]
@@ -198,6 +208,8 @@ class StepWatch:
                 registers already differ.
             NotReplicatedError: If, where DDPs run modules inside the model, the ranks
                 hold different gradients or copies of parameters none registers.
+            GradientsApartError: If, under FSDP2, the ranks gave gradients to different
+                parameters.
             RecordingError: If no parameter was seen used while forward ran
                 (unless ``stop_on_no_grad`` is False: then it is logged).
         """
@@ -231,6 +243,8 @@ class StepWatch:
                 diverged = _diverged(step, result)
                 log.warning("execorder: %s", diverged)
         apart, differ = unreduced(recording) if _world() > 1 else Unreduced((), ())
+        # FSDP2 reduces what got a gradient as one buffer: ranks with other sets paired them.
+        graded = gradients_apart(recording) if recording.fsdp and _world() > 1 else ()
         # DDPs inside the model: what none of them registers has no DDP to average it.
         own = {name for inner in recording.ddps_inside for name in inner.registered}
         differs = {*apart, *differ} if recording.ddp is None and own else set()
@@ -255,6 +269,7 @@ class StepWatch:
         # Parts DDP left unreduced: in an earlier step (the copies differ), or in this one.
         static = recording.ddp is not None and recording.ddp.static_graph
         for left in (
+            GradientsApartError(step, graded),
             ReplicasDifferError(step, apart),
             GradientsDifferError(step, differ, static_graph=static),
             NotReplicatedError(step, loose, inside=inside),
