@@ -922,15 +922,18 @@ def healthy_ddp_jobs() -> None:
 
 
 class RankExperts(nn.Module):
-    """Two experts of one shape in one FSDP2 unit: rank r runs expert r alone."""
+    """Two experts of one shape in one FSDP2 unit: rank r runs expert r alone, or in every
+    other call (``swap``) the other one."""
 
-    def __init__(self) -> None:
+    def __init__(self, swap: bool = False) -> None:
         super().__init__()
         self.body = nn.Linear(4, 4)
         self.experts = nn.ModuleList(nn.Linear(4, 4) for _ in range(2))
+        self.swap, self.calls = swap, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.experts[RANK % 2](self.body(x))
+        self.calls += 1
+        return self.experts[(RANK + self.swap * self.calls) % 2](self.body(x))
 
 
 def fsdp_gradients_apart() -> None:
@@ -994,6 +997,38 @@ def fsdp_gradients_apart() -> None:
                 if got is None or not torch.allclose(got, mine):
                     wrong[-1].append(name)
         emit(case=f"fsdp-apart/{unused}", wrong=wrong, stopped=stopped)
+    # Two micro-batches, the first unreduced (set_requires_gradient_sync(False)), each rank
+    # running the other expert in each: FSDP2 reduces both experts' gradients on every rank,
+    # and the watch of the second micro-batch lets it be.
+    truth = {}
+    torch.manual_seed(0)
+    plain = RankExperts(swap=True)
+    for _ in range(2):
+        plain(batch).sum().backward()
+    for name, param in plain.named_parameters():
+        dist.all_reduce(param.grad)
+        truth[name] = param.grad / dist.get_world_size()
+    torch.manual_seed(0)
+    sharded = RankExperts(swap=True)
+    fully_shard(sharded)
+    stops: list[str | None] = []
+    for sync in (False, True):  # each micro-batch watched: the first unreduced
+        sharded.set_requires_gradient_sync(sync)
+        watch = StepWatch()
+        watch.begin(sharded, 1)
+        sharded(batch).sum().backward()
+        try:
+            watch.end()
+            stops.append(None)
+        except ExecOrderError as exc:
+            stops.append(str(exc))
+    wrong_now = []
+    for name, param in sharded.named_parameters():
+        rows = -(-param.shape[0] // dist.get_world_size())
+        got = None if param.grad is None else param.grad.to_local()
+        if got is None or not torch.allclose(got, truth[name][RANK * rows : (RANK + 1) * rows]):
+            wrong_now.append(name)
+    emit(case="fsdp-apart/accumulated", wrong=wrong_now, stopped=stops)
 
 
 def accumulation() -> None:

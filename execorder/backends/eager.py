@@ -598,9 +598,10 @@ class Recording:
     def fsdp_gradients(self) -> list[tuple[str, bool]] | None:
         """Under FSDP2, each trainable parameter whose unit reduced, in the recorded step, the
         gradients of the parameters that got one (of those alone), by name in
-        ``parameters()`` order, with whether the block's backward gave it one (FSDP2's zeros
-        for a unit's input included: it reduces those). None without FSDP2, or where its
-        state cannot be read."""
+        ``parameters()`` order, with whether it reduced one of it: FSDP2 runs a parameter's
+        post-accumulate-grad hooks for each gradient it reduces, its zeros for a unit's input
+        and what it held from micro-batches it did not reduce included. None without FSDP2,
+        or where its state cannot be read."""
         unchecked = fsdp_unchecked(self._tree) if self.fsdp else None
         if unchecked is None:
             return None
