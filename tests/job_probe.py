@@ -1012,6 +1012,7 @@ def fsdp_gradients_apart() -> None:
     sharded = RankExperts(swap=True)
     fully_shard(sharded)
     stops: list[str | None] = []
+    unused: list[list[str]] = []
     for sync in (False, True):  # each micro-batch watched: the first unreduced
         sharded.set_requires_gradient_sync(sync)
         watch = StepWatch()
@@ -1022,13 +1023,14 @@ def fsdp_gradients_apart() -> None:
             stops.append(None)
         except ExecOrderError as exc:
             stops.append(str(exc))
+        unused.append([p.name for p in watch.reports[1].unused])
     wrong_now = []
     for name, param in sharded.named_parameters():
         rows = -(-param.shape[0] // dist.get_world_size())
         got = None if param.grad is None else param.grad.to_local()
         if got is None or not torch.allclose(got, truth[name][RANK * rows : (RANK + 1) * rows]):
             wrong_now.append(name)
-    emit(case="fsdp-apart/accumulated", wrong=wrong_now, stopped=stops)
+    emit(case="fsdp-apart/accumulated", wrong=wrong_now, stopped=stops, unused=unused)
 
 
 def accumulation() -> None:

@@ -274,9 +274,13 @@ def test_a_watch_stops_fsdp2_where_ranks_gave_different_parameters_a_gradient(
         assert line["wrong"] == [[], []] and line["stopped"] == [None, None], line
     # Each expert on each rank over two micro-batches, the first unreduced: FSDP2 reduces
     # what it held from the first with the second's, and the gradients are right. The watch
-    # of either micro-batch lets it be.
+    # of either micro-batch lets it be, and reports what that micro-batch ran, as the plain
+    # model does: the expert it did not run is unused, though FSDP2 reduced what it held of
+    # it from the first (before, FSDP2's running of its hooks counted as a gradient).
     for line in wrapped["fsdp-apart/accumulated"]:
         assert line["wrong"] == [] and line["stopped"] == [None, None], line
+        first, second = (f"experts.{(line['rank'] + k) % 2}" for k in (0, 1))
+        assert line["unused"] == [[f"{e}.weight", f"{e}.bias"] for e in (first, second)], line
     cases = [case for case in wrapped if case.startswith("healthy-fsdp/")]
     assert len(cases) == 18, cases
     for case in cases:

@@ -71,7 +71,7 @@ from execorder.backends.eager_wrapped import (
     compiled_around,
     ddp_around,
     ddps_inside,
-    fsdp_unchecked,
+    fsdp_managed,
     fsdp_units,
     readied,
     reduction_finished,
@@ -188,7 +188,8 @@ class Recording:
         self._ddp_group: Any = None  # ... and averages this step's gradients over this group
         self._ddp_wrapper: Any = None  # ... and is this DDP
         self._ddp_waiting: tuple[str, ...] = ()  # DDPs not done reducing once backward ran
-        self._graded: set[int] = set()  # ids of what the block's backward accumulated into
+        self._fsdp_managed: set[int] = set()  # ids of what FSDP2 shards
+        self._fsdp_reduced: set[int] = set()  # ... and of what it reduced a gradient of
         self._arrived: dict[int, list[bool]] = {}  # a watched node -> which grads came to it
         self._fillers: list[Any] = []  # FSDP2's nodes on units' inputs (_watch_units)
         self._sink_nodes: list[Any] = []  # DDP's _DDPSink nodes in the graph (_watch_sinks)
@@ -418,6 +419,10 @@ class Recording:
         self._order.append(param)
         self._tasks.append((_graph_task(), self._main_now, self._first_ended))
 
+    def _fsdp_reduces(self, param: nn.Parameter) -> None:
+        """FSDP2 ran ``param``'s gradient hooks: it reduced a gradient of it."""
+        self._fsdp_reduced.add(id(param))
+
     def walk_outputs(self, outputs: Any) -> None:
         """Walk each output on its own (:attr:`Report.output_reach`): before a backward of
         their sum (``backward=True``) frees the graph the walk needs."""
@@ -438,7 +443,6 @@ class Recording:
             # Only backward selected from unknown values: everything may rest on it.
             self._events.append(Assumed("backward"))
         ran = bool(self._order)
-        self._graded = {id(p) for p in self._order}  # before what only DDP or FSDP2 gave goes
         if ran:
             self._zeros_only = self._filled_only(edges)
             self._ddp_waiting = self.ddps_unfinished()
@@ -596,20 +600,19 @@ class Recording:
         return tuple(name for name, ddp in ran if not reduction_finished(ddp))
 
     def fsdp_gradients(self) -> list[tuple[str, bool]] | None:
-        """Under FSDP2, each trainable parameter whose unit reduced, in the recorded step, the
-        gradients of the parameters that got one (of those alone), by name in
-        ``parameters()`` order, with whether it reduced one of it: FSDP2 runs a parameter's
-        post-accumulate-grad hooks for each gradient it reduces, its zeros for a unit's input
-        and what it held from micro-batches it did not reduce included. None without FSDP2,
-        or where its state cannot be read."""
-        unchecked = fsdp_unchecked(self._tree) if self.fsdp else None
-        if unchecked is None:
+        """Under FSDP2, each trainable parameter it shards, by name in ``parameters()``
+        order, with whether it reduced a gradient of it in the recorded step. FSDP2 runs a
+        parameter's post-accumulate-grad hooks for each gradient it reduces: of those that
+        got one (its zeros for a unit's unused input and what it held from micro-batches it
+        did not reduce included), or of all (``set_reduce_scatter_unused_params``); of none
+        in a micro-batch it does not reduce. None without FSDP2."""
+        if not self._fsdp_managed:
             return None
         names = self._tree.param_names
         return [
-            (names[id(p)][0], id(p) in self._graded)
+            (names[id(p)][0], id(p) in self._fsdp_reduced)
             for p in self._trainable
-            if p.requires_grad and id(p) not in unchecked
+            if p.requires_grad and id(p) in self._fsdp_managed
         ]
 
     def _registered(self) -> list[nn.Parameter]:
@@ -766,7 +769,11 @@ def _recorded(recording: Recording) -> Iterator[None]:
         else:
             mode = recording._without_values = WithoutValues()
     with gc_paused(), uncompiled(), mode or nullcontext():
-        recording._hooks.add(trainable, recording._accumulated)
+        # FSDP2 runs the hooks of what it shards for the gradients it reduces (also those it
+        # held from micro-batches it did not reduce): not this backward's accumulations.
+        managed = recording._fsdp_managed = fsdp_managed(tree) if fsdp_units(tree) else set()
+        recording._hooks.add([p for p in trainable if id(p) not in managed], recording._accumulated)
+        recording._hooks.add([p for p in trainable if id(p) in managed], recording._fsdp_reduces)
         model.__dict__[slot] = recorded
         try:
             yield

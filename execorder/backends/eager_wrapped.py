@@ -80,24 +80,21 @@ def fsdp_units(tree: ModuleTree) -> bool:
     return unit is not None and any(isinstance(m, unit) for m in tree.modules)
 
 
-def fsdp_unchecked(tree: ModuleTree) -> set[int] | None:
-    """The ids of the parameters whose FSDP2 unit did not reduce the step's gradients of only
-    those that got one: it reduces every trainable one (``reduce_scatter_unused_params``),
-    or it reduced none (``set_requires_gradient_sync(False)``: a micro-batch of gradient
-    accumulation). None where FSDP2's state cannot be read."""
-    unchecked: set[int] = set()
-    try:
-        for module in tree.modules:
-            state = getattr(module, "_get_fsdp_state", None)
-            if state is None:
-                continue
+def fsdp_managed(tree: ModuleTree) -> set[int]:
+    """The ids of the parameters FSDP2 shards (or replicates) in ``tree``: autograd never
+    accumulates into them, since forward reads the unsharded ones FSDP2 puts in their place;
+    FSDP2 runs their post-accumulate-grad hooks itself, for each gradient it reduces."""
+    managed: set[int] = set()
+    for module in tree.modules:
+        state = getattr(module, "_get_fsdp_state", None)
+        if state is None:
+            continue
+        try:
             for group in state()._fsdp_param_groups:
-                if group.reduce_grads and not getattr(group, "reduce_scatter_unused_params", False):
-                    continue
-                unchecked.update(id(param.sharded_param) for param in group.fsdp_params)
-    except AttributeError:
-        return None
-    return unchecked
+                managed.update(id(param.sharded_param) for param in group.fsdp_params)
+        except AttributeError:
+            continue
+    return managed
 
 
 def compiled_around() -> bool:
