@@ -943,7 +943,6 @@ def fsdp_gradients_apart() -> None:
     :class:`RankExperts` under ``fully_shard``: the real step runs with no error, and its
     sharded gradients are not the average of the ranks' own (each rank's expert reduced
     with the other's); a StepWatch of that step stops it."""
-    from execorder.errors import ExecOrderError
     from execorder.ranks import gradients_apart
     from execorder.training import StepWatch
 
@@ -960,77 +959,70 @@ def fsdp_gradients_apart() -> None:
     with execorder.record(model) as recording:
         model(torch.ones(2, 4) * (RANK + 1)).sum().backward()
     emit(case="healthy-fsdp/unit-takes-unused", apart=gradients_apart(recording))
-    # The truth: the average over the ranks of each rank's own gradients, unsharded.
-    torch.manual_seed(0)
-    plain = RankExperts()
     batch = torch.randn(2, 4, generator=torch.Generator().manual_seed(RANK))
-    plain(batch).sum().backward()
-    truth = {}
-    for name, param in plain.named_parameters():
-        grad = torch.zeros_like(param) if param.grad is None else param.grad
-        dist.all_reduce(grad)
-        truth[name] = grad / dist.get_world_size()
+    truth = _averaged([batch])
     # Unwatched and watched; then with FSDP2 reducing zeros for what got no gradient.
-    for unused in (False, True):
+    for zeros in (False, True):
         wrong: list[list[str]] = []
         stopped: list[str | None] = []
         for watched in (False, True):
             torch.manual_seed(0)
             sharded = RankExperts()
             fully_shard(sharded)
-            if unused:
+            if zeros:
                 sharded.set_reduce_scatter_unused_params(True)
             watch = StepWatch()
             if watched:
                 watch.begin(sharded, 1)
             sharded(batch).sum().backward()
-            try:
-                watch.end()
-                stopped.append(None)
-            except ExecOrderError as exc:
-                stopped.append(str(exc))
-            wrong.append([])
-            for name, param in sharded.named_parameters():
-                rows = -(-param.shape[0] // dist.get_world_size())
-                mine = truth[name][RANK * rows : (RANK + 1) * rows]
-                got = None if param.grad is None else param.grad.to_local()
-                if got is None or not torch.allclose(got, mine):
-                    wrong[-1].append(name)
-        emit(case=f"fsdp-apart/{unused}", wrong=wrong, stopped=stopped)
+            stopped.append(stop_of(watch))
+            wrong.append(_wrong_shards(sharded, truth))
+        emit(case=f"fsdp-apart/{zeros}", wrong=wrong, stopped=stopped)
     # Two micro-batches, the first unreduced (set_requires_gradient_sync(False)), each rank
     # running the other expert in each: FSDP2 reduces both experts' gradients on every rank,
-    # and the watch of the second micro-batch lets it be.
-    truth = {}
-    torch.manual_seed(0)
-    plain = RankExperts(swap=True)
-    for _ in range(2):
-        plain(batch).sum().backward()
-    for name, param in plain.named_parameters():
-        dist.all_reduce(param.grad)
-        truth[name] = param.grad / dist.get_world_size()
+    # and the watch of either micro-batch lets it be.
+    truth = _averaged([batch, batch], swap=True)
     torch.manual_seed(0)
     sharded = RankExperts(swap=True)
     fully_shard(sharded)
     stops: list[str | None] = []
     unused: list[list[str]] = []
-    for sync in (False, True):  # each micro-batch watched: the first unreduced
+    for sync in (False, True):
         sharded.set_requires_gradient_sync(sync)
         watch = StepWatch()
         watch.begin(sharded, 1)
         sharded(batch).sum().backward()
-        try:
-            watch.end()
-            stops.append(None)
-        except ExecOrderError as exc:
-            stops.append(str(exc))
+        stops.append(stop_of(watch))
         unused.append([p.name for p in watch.reports[1].unused])
-    wrong_now = []
+    wrong_now = _wrong_shards(sharded, truth)
+    emit(case="fsdp-apart/accumulated", wrong=wrong_now, stopped=stops, unused=unused)
+
+
+def _averaged(batches: list[torch.Tensor], swap: bool = False) -> dict[str, torch.Tensor]:
+    """The truth: each parameter's gradient of a plain :class:`RankExperts` over ``batches``,
+    averaged over the ranks, unsharded (zeros for none)."""
+    torch.manual_seed(0)
+    plain = RankExperts(swap=swap)
+    for batch in batches:
+        plain(batch).sum().backward()
+    truth = {}
+    for name, param in plain.named_parameters():
+        grad = torch.zeros_like(param) if param.grad is None else param.grad
+        dist.all_reduce(grad)
+        truth[name] = grad / dist.get_world_size()
+    return truth
+
+
+def _wrong_shards(sharded: nn.Module, truth: dict[str, torch.Tensor]) -> list[str]:
+    """The parameters whose FSDP2 shard of gradient on this rank is not its rows of the truth
+    (FSDP2 shards dim 0 evenly, padded)."""
+    wrong = []
     for name, param in sharded.named_parameters():
         rows = -(-param.shape[0] // dist.get_world_size())
         got = None if param.grad is None else param.grad.to_local()
         if got is None or not torch.allclose(got, truth[name][RANK * rows : (RANK + 1) * rows]):
-            wrong_now.append(name)
-    emit(case="fsdp-apart/accumulated", wrong=wrong_now, stopped=stops, unused=unused)
+            wrong.append(name)
+    return wrong
 
 
 def accumulation() -> None:
