@@ -754,7 +754,8 @@ class NoGradientError(ExecOrderError):
         static_graph: Whether the DDP that fails on them does so under
             ``static_graph=True``: it took them for used in its first step (they
             got a gradient there, or an output the loss does not read reaches
-            them), and waits for them in every step.
+            them), and waits for them in every step. None where it searches for
+            unused parameters and still did not finish reducing, by its own check.
     """
 
     def __init__(
@@ -767,7 +768,7 @@ class NoGradientError(ExecOrderError):
         recompute_only: Sequence[str] = (),
         inside: Sequence[str] = (),
         rank: int | None = None,
-        static_graph: bool = False,
+        static_graph: bool | None = False,
     ) -> None:
         super().__init__()
         self.static_graph = static_graph
@@ -789,12 +790,13 @@ class NoGradientError(ExecOrderError):
         where = "" if self.rank is None else f" on rank {self.rank}"
         text = f"step {self.step}: {count} trainable {noun} got no gradient{where}: {listed}{more}"
         around = "the model"
-        setting = "static_graph=True" if self.static_graph else "find_unused_parameters=False"
-        why = (
-            ": it took them for used in its first step, and waits for them in every step"
-            if self.static_graph
-            else ""
-        )
+        setting, why = "find_unused_parameters=False", ""
+        if self.static_graph:
+            setting = "static_graph=True"
+            why = ": it took them for used in its first step, and waits for them in every step"
+        elif self.static_graph is None:
+            setting = "find_unused_parameters=True"
+            why = ": it did not finish reducing this step, by its own check"
         expected = ' ("Expected to have finished reduction in the prior iteration")'
         if self.inside:
             around = _joined(self.inside)
@@ -808,6 +810,8 @@ class NoGradientError(ExecOrderError):
                 f". Use them in every step, freeze them (requires_grad_(False)), or wrap {around} "
                 "with find_unused_parameters=True instead of static_graph=True"
             )
+        if self.static_graph is None:
+            return text + ". Use them in the loss, or freeze them (requires_grad_(False))"
         if self.recompute_only:  # DDP's search for unused parameters misses those
             count = len(self.recompute_only)
             return text + (

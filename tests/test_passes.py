@@ -213,6 +213,11 @@ def test_the_summary_says_find_unused_parameters_fails_on_a_gradient_only_a_reco
     # A parameter no DDP numbers is named all the same (before, it and those after went unsaid).
     said = str(NoGradientError(1, ["a.w", "b.w", "c.w"], [None, 4, 5], under_ddp=False))
     assert said.startswith("step 1: 3 trainable parameters got no gradient: a.w, b.w (DDP index 4)")
+    # A DDP searching for unused parameters that did not finish all the same (its own check):
+    # the message does not advise the setting it has.
+    said = str(NoGradientError(2, ["a.w"], [0], under_ddp=True, static_graph=None))
+    assert "DDP (find_unused_parameters=True) fails on them at the next step" in said
+    assert said.endswith("Use them in the loss, or freeze them (requires_grad_(False))")
 
 
 def test_a_gate_fails_on_what_find_unused_parameters_would_fail_on() -> None:

@@ -387,7 +387,9 @@ class StepWatch:
                 recompute_only=report.recompute_only,
                 inside=() if under_ddp else _modules_of(recording, inside.values()),
                 rank=rank,
-                static_graph=not waits if under_ddp else _static_only(recording, inside),
+                static_graph=_waits_by(ddp, waits)
+                if under_ddp
+                else _static_only(recording, inside),
             )
         if missing and recording.ddp_static_first:
             log.warning(
@@ -454,6 +456,16 @@ def _lost_inside(
         for index, name in enumerate(inner.registered)
     }
     return {p.name: waiting[p.name] for p in missing if p.name in waiting}
+
+
+def _waits_by(ddp: Any, waits: bool) -> bool | None:
+    """Why the DDP around the model fails on parameters without a gradient (the
+    ``static_graph`` of :class:`NoGradientError`): False where it waits for every one, True
+    where ``static_graph=True`` took them for used, None where it searches for unused ones
+    and did not finish reducing all the same."""
+    if waits:
+        return False
+    return True if ddp is not None and ddp.static_graph else None
 
 
 def _static_only(recording: Recording, lost: dict[str, tuple[str, int]]) -> bool:
