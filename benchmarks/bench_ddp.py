@@ -210,6 +210,11 @@ def run(todo: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """Every model, on two ranks under torchrun; a model past the limit is timed out and the
     ranks started again on the rest."""
     results: list[dict[str, Any]] = []
+
+    def took(found: dict[str, Any]) -> None:
+        results.append(found)
+        print(_line(found), file=sys.stderr, flush=True)
+
     pending = list(todo)
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "results.jsonl"
@@ -222,30 +227,24 @@ def run(todo: list[tuple[str, str]]) -> list[dict[str, Any]]:
             ]  # fmt: skip
             ranks = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
             done, last = 0, time.monotonic()
-            while True:
+            while True:  # the ranks' lines as they come; stopped when they end, or stall
+                ended = ranks.poll() is not None or time.monotonic() - last > MODEL_TIMEOUT_S
+                if ended and ranks.poll() is None:
+                    os.killpg(ranks.pid, signal.SIGKILL)
+                    ranks.wait()
                 lines = out.read_text().splitlines()
                 for line in lines[done:]:
-                    results.append(json.loads(line))
-                    print(_line(results[-1]), file=sys.stderr, flush=True)
+                    took(json.loads(line))
                     last = time.monotonic()
                 done = len(lines)
-                if ranks.poll() is not None or time.monotonic() - last > MODEL_TIMEOUT_S:
+                if ended:
                     break
                 time.sleep(0.5)
-            if ranks.poll() is None:
-                os.killpg(ranks.pid, signal.SIGKILL)
-                ranks.wait()
-            lines = out.read_text().splitlines()
-            for line in lines[done:]:
-                results.append(json.loads(line))
-                print(_line(results[-1]), file=sys.stderr, flush=True)
-            done = len(lines)
             left = pending[done:]
             if left:  # the first not written timed out, or its ranks died
                 model_type, class_name = left[0]
                 why = "timed out" if ranks.returncode == -signal.SIGKILL else "the ranks died"
-                results.append({"type": model_type, "class": class_name, "broken": why})
-                print(_line(results[-1]), file=sys.stderr, flush=True)
+                took({"type": model_type, "class": class_name, "broken": why})
             pending = left[1:]
     return results
 

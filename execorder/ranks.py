@@ -318,17 +318,13 @@ def unreduced(recording: Recording) -> Unreduced:
     if reduced is None:
         return Unreduced((), ())
     group, params = reduced
-    device = collective_device(group)
-    count = torch.tensor([len(params), -len(params)], dtype=torch.float64, device=device)
-    dist.all_reduce(count, op=dist.ReduceOp.MAX, group=group)
-    if not params or int(count[0]) != -int(count[1]):  # another rank registers others
+    count = torch.tensor([len(params)], dtype=torch.float64)
+    if _unequal(count, group).any() or not params:  # another rank registers others
         return Unreduced((), ())
     prints = torch.stack(
-        [torch.cat([_fingerprint(p.detach()), _fingerprint(p.grad)]).to(device) for _, p in params]
+        [torch.cat([_fingerprint(p.detach()), _fingerprint(p.grad)]) for _, p in params]
     )
-    both = torch.cat([prints, -prints])
-    dist.all_reduce(both, op=dist.ReduceOp.MAX, group=group)
-    unequal = both[: len(params)] != -both[len(params) :]
+    unequal = _unequal(prints, group)
     names = [name for name, _ in params]
     replicas = unequal[:, :2].any(dim=1).tolist()
     gradients = unequal[:, 2:].any(dim=1).tolist()
@@ -353,18 +349,23 @@ def gradients_apart(recording: Recording, group: Any = None) -> tuple[str, ...]:
     graded = recording.fsdp_gradients()
     if graded is None:
         return ()
-    device = collective_device(group)
     names = zlib.crc32("\n".join(name for name, _ in graded).encode())
-    same = torch.tensor([len(graded), names], dtype=torch.int64)
-    both = torch.cat([same, -same]).to(device)
-    dist.all_reduce(both, op=dist.ReduceOp.MAX, group=group)
-    if not graded or not torch.equal(both[:2], -both[2:]):
+    if _unequal(torch.tensor([len(graded), names]), group).any() or not graded:
         return ()
-    got = torch.tensor([int(has) for _, has in graded], dtype=torch.int64)
-    both = torch.cat([got, -got]).to(device)
-    dist.all_reduce(both, op=dist.ReduceOp.MAX, group=group)
-    apart = (both[: len(graded)] != -both[len(graded) :]).tolist()
+    apart = _unequal(torch.tensor([int(has) for _, has in graded]), group).tolist()
     return tuple(name for (name, _), differs in zip(graded, apart, strict=True) if differs)
+
+
+def _unequal(values: torch.Tensor, group: Any) -> torch.Tensor:
+    """Where ``values`` (of one shape on every rank of ``group``) differ across the ranks.
+
+    Each rank sends them once, beside their negations, for the largest of each over the
+    ranks: the largest and the smallest, equal where every rank's are. Call it on every
+    rank of the group.
+    """
+    both = torch.cat([values, -values]).to(collective_device(group))
+    dist.all_reduce(both, op=dist.ReduceOp.MAX, group=group)
+    return (both[: len(values)] != -both[len(values) :]).cpu()
 
 
 NONE = 1.7e308  # a gradient that is None; NaN and infinities get numbers of their own too

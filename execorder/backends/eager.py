@@ -261,7 +261,6 @@ class Recording:
         self.ddps_inside = ddps_inside(self.model, self._tree, {id(p) for p in self._trainable})
         self._edges = output_edges(outputs, self._own())
         self._main_pass_watched(outputs)
-        self.fsdp = fsdp_units(self._tree)
         if self._with_grad and self.fsdp:
             self._watch_units(outputs)
         if self._with_grad and (self._sinks or any(d.sinks for d in self.ddps_inside)):
@@ -771,7 +770,8 @@ def _recorded(recording: Recording) -> Iterator[None]:
     with gc_paused(), uncompiled(), mode or nullcontext():
         # FSDP2 runs the hooks of what it shards for the gradients it reduces (also those it
         # held from micro-batches it did not reduce): not this backward's accumulations.
-        managed = recording._fsdp_managed = fsdp_managed(tree) if fsdp_units(tree) else set()
+        recording.fsdp = fsdp_units(tree)
+        managed = recording._fsdp_managed = fsdp_managed(tree) if recording.fsdp else set()
         recording._hooks.add([p for p in trainable if id(p) not in managed], recording._accumulated)
         recording._hooks.add([p for p in trainable if id(p) in managed], recording._fsdp_reduces)
         model.__dict__[slot] = recorded

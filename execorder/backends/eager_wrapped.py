@@ -245,9 +245,7 @@ def ddp_around(model: nn.Module, trainable: Collection[int]) -> DdpAround | None
     )
     built = _built(wrapper, registered, trainable)
     syncs = bool(getattr(wrapper, "require_backward_grad_sync", True))
-    return DdpAround(
-        settings, registered, built, sinks, syncs, _reduces(wrapper) if syncs else None, wrapper
-    )
+    return DdpAround(settings, registered, built, sinks, syncs, _reduces(wrapper), wrapper)
 
 
 def reduction_finished(wrapper: Any) -> bool:
@@ -275,9 +273,11 @@ DEFAULT_HOOKS = "torch.distributed.algorithms.ddp_comm_hooks.default_hooks"
 
 
 def _reduces(wrapper: Any) -> Any:
-    """The process group over which ``wrapper``, syncing, averages gradients into one every
-    rank shares: None with a comm hook other than torch's own all-reduces (local SGD's
-    reduces within subgroups, by design)."""
+    """The process group over which ``wrapper`` averages this step's gradients into one every
+    rank shares: None under ``no_sync()``, or with a comm hook other than torch's own
+    all-reduces (local SGD's reduces within subgroups, by design)."""
+    if not getattr(wrapper, "require_backward_grad_sync", True):
+        return None
     for hook, _ in getattr(wrapper, "_comm_hooks", None) or ():
         if getattr(hook, "__module__", None) != DEFAULT_HOOKS:
             return None
@@ -383,9 +383,7 @@ def ddps_inside(model: nn.Module, tree: ModuleTree, trainable: Collection[int]) 
                 for p in params
                 if id(p) in trainable and id(p) in tree.param_names
             )
-            syncs = bool(getattr(wrapper, "require_backward_grad_sync", True))
-            group = _reduces(wrapper) if syncs else None
             name = tree.module_names[id(inner)][0]
-            found.append(DdpInside(name, _settings(wrapper), names, group, wrapper))
+            found.append(DdpInside(name, _settings(wrapper), names, _reduces(wrapper), wrapper))
         stack.extend(reversed([m for m in module._modules.values() if m is not None]))
     return found
