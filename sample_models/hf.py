@@ -14,6 +14,7 @@ Needs ``pip install execorder[hf]``.
 
 from transformers import (
     BertConfig,
+    BertForMaskedLM,
     BertModel,
     GPT2Config,
     GPT2LMHeadModel,
@@ -57,15 +58,23 @@ def tiny_gpt2(layers: int = 2) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(config)
 
 
-def tiny_bert(layers: int = 2) -> BertModel:
-    config = BertConfig(
+def _bert(layers: int) -> BertConfig:
+    return BertConfig(
         hidden_size=32,
         num_hidden_layers=layers,
         num_attention_heads=4,
         intermediate_size=64,
         vocab_size=VOCAB,
     )
-    return BertModel(config)
+
+
+def tiny_bert(layers: int = 2) -> BertModel:
+    return BertModel(_bert(layers))
+
+
+def tiny_bert_lm(layers: int = 2) -> BertForMaskedLM:
+    """BERT with its masked-LM head, whose decoder is tied to the word embedding."""
+    return BertForMaskedLM(_bert(layers))
 
 
 def tiny_mixtral(layers: int = 2, experts: int = 8) -> MixtralForCausalLM:

@@ -62,6 +62,10 @@ def build(case: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
         from hf import tiny_llama
 
         return tiny_llama(layers=3, tie=case.endswith("tied")), (torch.randint(0, 100, (1, 16)),)
+    if case == "bert_lm":
+        from hf import tiny_bert_lm
+
+        return tiny_bert_lm(), (torch.randint(0, 100, (1, 16)),)
     import models
 
     return getattr(models, case)(), (torch.randn(2, 4),)

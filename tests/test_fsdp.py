@@ -210,11 +210,25 @@ def test_real_peft_lora_with_every_linear_a_unit_has_no_external_use() -> None:
 
 @pytest.mark.transformers
 def test_a_parameter_in_two_units_is_an_error_and_tied_weights_in_one_are_not() -> None:
-    plan = execorder.fsdp.plan(models.SharedAcrossUnits, input_size=(2, 4))
+    plan = execorder.fsdp.plan(models.SharedAcrossUnits, input_size=(2, 4), units=["Unit"])
     assert kinds(plan) == [CheckKind.SHARED]
     assert plan.checks[0].units == ("layers.0", "layers.1")
     tied = execorder.fsdp.plan(hf.tiny_llama(tie=True), input_size=IDS)
     assert CheckKind.SHARED not in kinds(tied)
+
+
+def test_the_blocks_layout_leaves_blocks_that_share_a_parameter_to_the_unit_around_them() -> None:
+    """Its own choice: two blocks sharing a weight, and BERT's embedding, tied to the head the
+    root holds (transformers' _no_split_modules names BertEmbeddings); the other blocks stay."""
+    shared = execorder.fsdp.plan(models.SharedAcrossUnits, input_size=(2, 4))
+    assert [u.name for u in shared.units] == [""] and kinds(shared) == [CheckKind.ROOT_ONLY]
+    assert shared.unit_rule.left_out == ("layers.0", "layers.1")
+    assert shared.to_dict()["units_left_out"] == ["layers.0", "layers.1"]
+    assert "but not layers.0, layers.1: they share parameters" in str(shared.unit_rule)
+    bert = execorder.fsdp.plan(hf.tiny_bert_lm, input_size=IDS)
+    assert [u.name for u in bert.units] == ["", "bert.encoder.layer.0", "bert.encoder.layer.1"]
+    assert bert.unit_rule.left_out == ("bert.embeddings",) and not bert.checks
+    assert "units_left_out" not in execorder.fsdp.plan(hf.tiny_llama, input_size=IDS).to_dict()
 
 
 def test_a_unit_that_never_runs_is_warned_and_left_out_of_every_list() -> None:

@@ -29,6 +29,7 @@ hf = pytest.importorskip("hf", reason="transformers is not installed (pip instal
 HERE = Path(__file__).resolve().parent
 PROBE = HERE / "fsdp_probe.py"
 
+IDS = {"input_size": "int64[1,16]@0:100"}
 CASES = {
     "encdec": (EncoderDecoder, {"input_size": "int64[2,16]@0:100", "backward": True}),
     "Permuted": (models.Permuted, {"input_size": (2, 4)}),
@@ -48,6 +49,8 @@ CASES = {
         lambda: hf.tiny_llama(layers=3),
         {"input_size": "int64[1,16]@0:100", "layout": "torchtitan", "world_size": 2},
     ),
+    # The blocks layout leaves BERT's embedding, tied to the head in the root, to the root.
+    "bert_lm": (hf.tiny_bert_lm, IDS),
 }
 # Sharded over 4 ranks with bf16 parameters: bytes and flags only.
 WIDE = {
@@ -83,10 +86,21 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
                 "plan": plan.to_dict(),
                 "lists": "registration",
             }
-    for case in ("ReadsAnotherUnit", "SharedAcrossUnits"):
-        plan = execorder.fsdp.plan(getattr(models, case), input_size=(2, 4))
+    for case in ("ReadsAnotherUnit", "SharedAcrossUnits", "SharedAcrossUnits@untied"):
+        units = [] if case.endswith("@untied") else ["Unit"]  # @untied: the layout's own
+        plan = execorder.fsdp.plan(
+            getattr(models, case.split("@")[0]), input_size=(2, 4), units=units
+        )
         plans[case] = plan
         specs[f"{case}/plan"] = {"case": case, "plan": plan.to_dict(), "lists": "plan"}
+    # BERT sharded by every block transformers names, its embedding too (what the layout was)
+    every = ["BertEmbeddings", "BertLayer"]
+    plans["bert_lm@every-block"] = plan = execorder.fsdp.plan(hf.tiny_bert_lm, units=every, **IDS)
+    specs["bert_lm@every-block/plan"] = {
+        "case": "bert_lm@every-block",
+        "plan": plan.to_dict(),
+        "lists": "plan",
+    }
     return _probe(tmp_path_factory, plans, specs, world=2)
 
 
@@ -202,6 +216,24 @@ def test_a_parameter_flagged_as_shared_by_two_units_is_refused_by_fsdp2(observed
     record = observed["SharedAcrossUnits/plan"]
     assert [c.kind for c in record["plan"].checks] == [CheckKind.SHARED]
     assert "shared with a parameter already managed" in record.get("error", ""), record
+
+
+@pytest.mark.parametrize("case", ["bert_lm", "SharedAcrossUnits@untied"])
+def test_the_blocks_layout_leaves_shared_parameters_in_one_unit_and_fsdp2_trains_it(
+    observed: dict, case: str
+) -> None:
+    """The layout's blocks that share a parameter with another unit are left out: FSDP2, which
+    refuses the same model sharded by every block, runs two steps of the plan."""
+    record = observed[f"{case}/plan"]
+    assert record["plan"].unit_rule.left_out and CheckKind.SHARED not in {
+        c.kind for c in record["plan"].checks
+    }
+    assert "error" not in record, record["error"]
+    assert {e[2] for e in record["events"] if e[1] == "run"} >= {""}
+    if case == "bert_lm":
+        every = observed["bert_lm@every-block/plan"]
+        assert [c.kind for c in every["plan"].checks] == [CheckKind.SHARED]
+        assert "shared with a parameter already managed" in every.get("error", ""), every
 
 
 @pytest.mark.parametrize("case", list(CASES))

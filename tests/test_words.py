@@ -86,16 +86,25 @@ def test_a_plan_says_what_to_pass_in_the_callers_words() -> None:
     assert given.unit_rule.describe(CLI) == "--unit Unit"
 
 
-PLANNED = ["TwoHeads", "Permuted", "UnitTwice", "ReadsAnotherUnit", "SharedAcrossUnits"]
+# (model, units): SharedAcrossUnits's layers, named as units, share a weight
+PLANNED = [
+    ("TwoHeads", ()),
+    ("Permuted", ()),
+    ("UnitTwice", ()),
+    ("ReadsAnotherUnit", ()),
+    ("SharedAcrossUnits", ("Unit",)),
+]
 
 
-@pytest.mark.parametrize("name", PLANNED)
-def test_a_plans_sentences_are_its_views_in_the_json_and_the_table(name: str) -> None:
+@pytest.mark.parametrize(("name", "units"), PLANNED)
+def test_a_plans_sentences_are_its_views_in_the_json_and_the_table(
+    name: str, units: tuple[str, ...]
+) -> None:
     import execorder.fsdp
     from execorder.output.views import fsdp_view
     from execorder.output.views.fsdp import check_message, rule_text
 
-    plan = execorder.fsdp.plan(f"tests/models.py:{name}", input_size="[2,4]")
+    plan = execorder.fsdp.plan(f"tests/models.py:{name}", input_size="[2,4]", units=units)
     assert plan.checks, "a model with nothing to say proves nothing"
     data = plan.to_dict(CLI)
     assert [c["message"] for c in data["checks"]] == [check_message(c, CLI) for c in plan.checks]

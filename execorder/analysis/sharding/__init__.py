@@ -54,6 +54,7 @@ from execorder.analysis.sharding.units import (
     choose_units,
     expert_shard_dims,
     reshard_flags,
+    untied,
 )
 from execorder.report import Report
 from execorder.spelling import ROOT
@@ -133,7 +134,8 @@ def plan_fsdp(
             raise ValueError(f"unknown dtype {dtype!r}")
     choice, policy = LayoutChoice(layout_choice), ReshardPolicy(reshard_after_forward)
     specs, rule = choose_units(layout, units, choice)
-    model = UnitModel(report, layout, specs)
+    model, rule = untied(UnitModel(report, layout, specs), layout, rule)
+    specs = tuple(model.specs.values())
     ended_last = next((u for u, _ in reversed(model.ended) if u != ROOT), None)
     reshard = reshard_flags(policy, specs, ended_last, choice)
     # Each list names the units that run next, also one still gathered (not resharded

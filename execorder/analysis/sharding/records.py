@@ -225,12 +225,16 @@ class UnitRule:
         names: The names or classes given, or the classes chosen.
         written: The rule's words as read from a file.
         vision: Under the torchtitan layout, a VLM's vision encoder, one unit.
+        left_out: Blocks the rule found that are not units: each shares a
+            parameter with another unit (FSDP2 refuses a parameter in two),
+            so the unit around it holds it.
     """
 
     choice: UnitChoice | None
     names: tuple[str, ...] = ()
     written: str = ""
     vision: str | None = None
+    left_out: tuple[str, ...] = ()
 
     def describe(self, words: Words = PYTHON) -> str:
         """The rule for a person, naming arguments with ``words`` (its view's words)."""
@@ -445,6 +449,9 @@ class FsdpPlan:
             "param_dtype": self.param_dtype,
             "reduce_dtype": self.reduce_dtype,
             "unit_rule": self.unit_rule.describe(words),
+            **(
+                {"units_left_out": list(self.unit_rule.left_out)} if self.unit_rule.left_out else {}
+            ),
             "backward_from": self.backward_from.value,
             "units": [unit.to_dict() for unit in self.units],
             "forward_prefetch": {k: list(v) for k, v in self.forward_prefetch.items()},
@@ -501,7 +508,11 @@ class FsdpPlan:
             backward_prefetch=lists["backward_prefetch"],
             checks=tuple(Check.from_dict(c.data, c.where) for c in fields.objects("checks")),
             prefetch=fields.get("prefetch", int, default=1),
-            unit_rule=UnitRule(None, written=fields.get("unit_rule", str, default="")),
+            unit_rule=UnitRule(
+                None,
+                written=fields.get("unit_rule", str, default=""),
+                left_out=tuple(fields.items("units_left_out", str, default=())),
+            ),
             backward_from=backward_from,
             mode=fields.get("mode", str, default="eager"),
             concrete_args=fields.get("concrete_args", dict, default={}),

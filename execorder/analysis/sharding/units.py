@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -480,3 +481,24 @@ def _dtype_bytes(dtype: str, name: str) -> int:
     if size is None:
         raise ValueError(f"unknown dtype {dtype!r} of parameter {name}")
     return size
+
+
+def untied(model: UnitModel, layout: Layout, rule: UnitRule) -> tuple[UnitModel, UnitRule]:
+    """The layout's blocks, less those that share a parameter with another unit.
+
+    FSDP2 refuses a parameter in two units (at the first forward): a block
+    whose embedding is tied to the head the root holds (BERT's, RoBERTa's),
+    or blocks that share a layer's weight. Under a rule of the blocks
+    layout, such a block is left to the unit around it, as Composer's FSDP2
+    wrapping leaves modules with tied parameters, and the rule names it;
+    units a caller names stay as named (the ``shared-params`` check says
+    what FSDP2 will do with them).
+    """
+    if rule.choice not in (UnitChoice.NO_SPLIT, UnitChoice.REPEATED):
+        return model, rule
+    left: list[str] = []
+    while tied := {u for h in model.holders.values() if len(h) > 1 for u in h if u != ROOT}:
+        left += [u for u in model.units if u in tied]
+        kept = [spec for unit, spec in model.specs.items() if unit not in tied]
+        model = UnitModel(model.report, layout, kept)
+    return model, dataclasses.replace(rule, left_out=tuple(left)) if left else rule

@@ -9,6 +9,7 @@ command line's flags from ``execorder.cli``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 from execorder.analysis.sharding import BackwardSource, FsdpPlan
@@ -216,6 +217,16 @@ def rule_text(rule: UnitRule, words: Words = PYTHON) -> str:
     """How the units were chosen, for a person."""
     if rule.choice is None:
         return rule.written
+    if rule.left_out:
+        one = len(rule.left_out) == 1
+        why = (
+            "it shares a parameter with another unit, so the unit around it holds it"
+            if one
+            else "they share parameters with other units, so the units around them hold them"
+        )
+        left = ", ".join(label(name) for name in rule.left_out)
+        first = rule_text(dataclasses.replace(rule, left_out=()), words)
+        return f"{first}, but not {left}: {why} (FSDP2 refuses a parameter in two units)"
     names = ", ".join(rule.names)
     if rule.choice is UnitChoice.GIVEN:
         return words.arg(Arg.UNIT, *rule.names)
