@@ -348,7 +348,10 @@ class Profiler:
         return capped(self._what or self.target, running=running)
 
     def step_arguments(self, where: str, concrete: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-        """Forward's arguments for a run made on ``where``: the inputs, made as a run makes them."""
+        """Forward's arguments for a run made on ``where``: the inputs, made as a run makes them
+        (for a run on meta, real, on CPU, unless too big to be worth it: see :meth:`_eager`)."""
+        if where == "meta" and self.inputs.bytes() <= REAL_LIMIT:
+            where = "cpu"
         args, kwargs = self.inputs.make(where)
         args, kwargs, _ = trainer_inputs(self.model, args, kwargs)
         return args, {**kwargs, **concrete}

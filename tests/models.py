@@ -967,6 +967,22 @@ class Unit(nn.Module):
         return torch.relu(self.lin(x))
 
 
+class ReadsItsInput(nn.Module):
+    """Two units whose forward reads a value of its input (``.item()``), as transformers'
+    padding check reads ``input_ids``: known on meta, where the inputs are real."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(Unit(width) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x == 0).any().item()):
+            x = x + 1
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
 class Permuted(nn.Module):
     """Four layers, run in the order 2, 0, 3, 1."""
 

@@ -719,6 +719,20 @@ def test_when_no_change_fits_alone_all_of_them_are_measured_together() -> None:
     assert direct.peak_bytes < min(a.peak_bytes for c, a in found.items() if c is not Choice.ALL)
 
 
+def test_a_rank_whose_forward_reads_its_inputs_values_is_measured_as_one_device_is() -> None:
+    """On meta the inputs are real (on CPU), as in a run on one device: what forward reads of
+    them (transformers' padding check) is known. Before, the rank's step made them on meta and
+    was refused (four transformers models of bench_fsdp.py: RoFormer, XLM among them)."""
+    import execorder.fsdp
+
+    profiler = execorder.Profiler(models.ReadsItsInput, input_size="float32[8,4]", memory="adamw")
+    plan, report = execorder.fsdp.plan_and_report(profiler, world_size=2)
+    ranked = execorder.fsdp.plan_memory(profiler, plan, report).memory
+    single = profiler.run({}).report.memory
+    assert ranked is not None and single is not None and not ranked.assumed
+    assert 0 < ranked.peak_bytes < single.peak_bytes  # one rank holds half the states
+
+
 def test_a_torch_whose_fsdp2_is_laid_out_otherwise_is_refused_with_the_reason(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
