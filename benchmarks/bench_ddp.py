@@ -52,6 +52,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -183,8 +184,11 @@ def survey(model_type: str, class_name: str) -> dict[str, Any]:
     return found
 
 
-def rank_main(todo: list[tuple[str, str]], out: Path) -> None:
-    """One rank: every model in turn, in step with the other rank; rank 0 writes lines."""
+def rank_main(
+    todo: list[tuple[str, str]], out: Path, survey: Callable[[str, str], dict[str, Any]] = survey
+) -> None:
+    """One rank: every model in turn (``survey``), in step with the other rank; rank 0 writes
+    lines."""
     import logging
     import warnings
 
@@ -206,14 +210,19 @@ def rank_main(todo: list[tuple[str, str]], out: Path) -> None:
     dist.destroy_process_group()
 
 
-def run(todo: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    """Every model, on two ranks under torchrun; a model past the limit is timed out and the
-    ranks started again on the rest."""
+def run(
+    todo: list[tuple[str, str]],
+    script: str = __file__,
+    show: Callable[[dict[str, Any]], str] | None = None,
+) -> list[dict[str, Any]]:
+    """Every model, on two ranks under torchrun (``script --rank-of``, which calls
+    :func:`rank_main`); a model past the limit is timed out and the ranks started again on
+    the rest. ``show``: what is printed of each model as it comes."""
     results: list[dict[str, Any]] = []
 
     def took(found: dict[str, Any]) -> None:
         results.append(found)
-        print(_line(found), file=sys.stderr, flush=True)
+        print((show or _line)(found), file=sys.stderr, flush=True)
 
     pending = list(todo)
     with tempfile.TemporaryDirectory() as scratch:
@@ -223,7 +232,7 @@ def run(todo: list[tuple[str, str]]) -> list[dict[str, Any]]:
             out.write_text("")
             command = [
                 sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc-per-node", "2", __file__, "--rank-of", scratch,
+                "--nproc-per-node", "2", script, "--rank-of", scratch,
             ]  # fmt: skip
             ranks = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
             done, last = 0, time.monotonic()

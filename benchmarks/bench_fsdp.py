@@ -1,0 +1,417 @@
+"""execorder's FSDP2 plans and the watch against real FSDP2, on every transformers causal LM.
+
+For every model type of transformers' causal-LM auto mapping, built as
+``bench_ddp.py`` builds it (2 layers, small widths; fewer experts where small
+widths break the config; at most 200 MB), two gloo ranks on this machine,
+each on a batch of its own (as ranks of a job train), do this:
+
+- **plan**: ``execorder.fsdp.plan`` of the model (its default layout, on
+  meta), for 2 ranks;
+- **truth**: the plain model's step, ``model(input_ids,
+  labels=input_ids).loss.backward()``, recorded, on each rank; its gradients
+  averaged over the ranks (what data parallelism must give every rank);
+- **sharded**: the model sharded by the plan (``execorder.fsdp.shard``: real
+  ``fully_shard`` on each unit, then the root), the same step, unwatched and
+  with ``execorder.training.StepWatch`` recording it; FSDP2's gradients
+  gathered whole (``full_tensor()``).
+
+Verdicts, one a model:
+
+- ``agree``: FSDP2 ran the plan, its gradients are the truth's (``allclose``,
+  rtol 1e-3), the watch let the step pass and left the gradients as they were,
+  and the watched step's report is the plain model's, field by field;
+- ``refused, as the plan says``: FSDP2 refused the plan, and the plan has an
+  error check;
+- ``caught``: FSDP2 gave wrong gradients and the watch stopped the step;
+- ``MISSED``: FSDP2 gave wrong gradients and the watch let the step pass;
+- ``FALSE ALARM``: the gradients are right and the watch stopped the step;
+- ``PLAN REFUSED``: FSDP2 refused a plan with no error check;
+- ``REPORT DIFFERS``: the watched step's report is not the plain model's;
+- ``CHANGED``: watched, FSDP2's gradients differ from unwatched.
+
+    python benchmarks/bench_fsdp.py [--only TYPE,TYPE] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE)]
+
+from bench_ddp import _model, rank_main, run  # noqa: E402
+from bench_meta import _reason, inputs, jobs  # noqa: E402
+
+RTOL, ATOL = 1e-3, 1e-6  # float32 sums in another order: FSDP2 reduce-scatters the ranks'
+TOLERANCE = 0.10  # the real step's own peak varies a little between runs (tests/test_memory.py)
+
+
+def _batch(config: Any, rank: int | None = None) -> dict[str, Any]:
+    """A rank's batch (this rank's by default): its own tokens, as each rank of a job reads
+    its own data."""
+    import torch.distributed as dist
+
+    batch = inputs("causal", config, seed=(dist.get_rank() if rank is None else rank) + 1)
+    return {**batch, "labels": batch["input_ids"].clone()}
+
+
+def _truth(cls: Any, config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The plain model's recorded step on this rank, and its gradients averaged over the ranks
+    (None for a parameter no rank gave one)."""
+    import torch
+    import torch.distributed as dist
+
+    import execorder
+
+    torch.manual_seed(0)
+    model = cls(config)
+    model.train()
+    torch.manual_seed(1)
+    with execorder.record(model) as recording:
+        model(**_batch(config)).loss.backward()
+    report = recording.report().to_dict()
+    grads: dict[str, Any] = {}
+    for name, param in model.named_parameters():
+        given = torch.tensor([float(param.grad is not None)])
+        dist.all_reduce(given)
+        grad = torch.zeros_like(param) if param.grad is None else param.grad.detach().clone()
+        dist.all_reduce(grad)
+        grads[name] = grad / dist.get_world_size() if given.item() else None
+    return report, grads
+
+
+def _sharded(cls: Any, config: Any, plan: Any, watched: bool) -> dict[str, Any]:
+    """The step sharded by the plan, watched or not: FSDP2's gradients, whole (``"some"`` for
+    a parameter some ranks have one of and others not), the watched report; or how it ended."""
+    import torch
+    import torch.distributed as dist
+
+    import execorder.fsdp
+    from execorder.errors import ExecOrderError
+    from execorder.training import StepWatch
+
+    torch.manual_seed(0)
+    model = cls(config)
+    model.train()
+    watch = StepWatch(steps=(1,)) if watched else None
+    try:
+        execorder.fsdp.shard(model, plan)
+        torch.manual_seed(1)
+        if watch is not None:
+            watch.begin(model, 1)
+        model(**_batch(config)).loss.backward()
+        if watch is not None:
+            watch.end()
+    except ExecOrderError as exc:
+        return {"stopped": f"{type(exc).__name__}: {exc}"[:300]}
+    except Exception as exc:
+        if watch is not None:
+            watch.abort()
+        return {"failed": _reason(exc)[:300]}
+    has = torch.tensor([float(p.grad is not None) for p in model.parameters()])
+    every, some = has.clone(), has.clone()
+    dist.all_reduce(every, op=dist.ReduceOp.MIN)
+    dist.all_reduce(some, op=dist.ReduceOp.MAX)
+    grads: dict[str, Any] = {}
+    for (name, param), all_, any_ in zip(model.named_parameters(), every, some, strict=True):
+        grads[name] = param.grad.full_tensor() if all_ else "some" if any_ else None
+    ended: dict[str, Any] = {"grads": grads}
+    if watch is not None:
+        ended["report"] = watch.reports[1].to_dict()
+    return ended
+
+
+def _tracked(cls: Any, config: Any, plan: Any) -> int:
+    """This rank's peak over two training steps sharded by the plan (forward, backward of the
+    summed outputs, AdamW's foreach step), measured by PyTorch's ``FSDPMemTracker``: the steps
+    ``execorder.fsdp.plan_memory`` measures on meta."""
+    import torch
+    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+    from torch.utils._pytree import tree_leaves
+
+    import execorder.fsdp
+
+    torch.manual_seed(0)
+    model = cls(config)
+    model.train()
+    execorder.fsdp.shard(model, plan)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], foreach=True)
+    batch = _batch(config)
+    tracker = FSDPMemTracker(model, optimizer)
+    tracker.track_inputs(tuple(batch.values()))
+    torch.manual_seed(1)
+    with tracker, _reduced_in_place():
+        for _ in range(2):
+            out = model(**batch)
+            summed = [
+                t.float().sum()
+                for t in tree_leaves(out)
+                if isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()
+            ]
+            torch.stack(summed).sum().backward()
+            del out, summed
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            tracker.reset_mod_stats()
+    return int(tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"])
+
+
+@contextmanager
+def _reduced_in_place() -> Iterator[None]:
+    """FSDP2's reduce-scatter as NCCL makes it, with no temporary in torch's allocator.
+
+    gloo's reduce-scatter copies its input, a temporary as large as the unit's gradients
+    (FSDPMemTracker counts it at the root's reduce: 16 MB of a 76 MB peak for a Llama with a
+    32,000-token vocabulary), which NCCL does not make. Here the ranks all-reduce the input in
+    place and each keeps its chunk: the same values, and the bytes a GPU job holds.
+    """
+    import torch.distributed as dist
+
+    def reduce_scatter(
+        output: Any,
+        input: Any,
+        op: Any = dist.ReduceOp.SUM,
+        group: Any = None,
+        async_op: bool = False,
+    ) -> None:
+        dist.all_reduce(input, op=op, group=group)
+        chunks = input.view(dist.get_world_size(group), -1)
+        output.copy_(chunks[dist.get_rank(group)].view_as(output))
+
+    gloo = dist.reduce_scatter_single
+    dist.reduce_scatter_single = reduce_scatter
+    try:
+        yield
+    finally:
+        dist.reduce_scatter_single = gloo
+
+
+def planned_peak(model_type: str, class_name: str) -> tuple[int, bool]:
+    """execorder's peak of rank 0 under the model's plan over 2 ranks, on meta, and whether it
+    rests on an assumption; outside any process group (``plan_memory`` runs FSDP2 over a fake
+    one)."""
+    import execorder.fsdp
+    from execorder.profiling import Profiler
+
+    cls, config, why = _model(model_type, class_name)
+    if cls is None:
+        raise RuntimeError(why)
+    profiler = Profiler(lambda: cls(config), inputs=_batch(config, rank=0))
+    plan, report = execorder.fsdp.plan_and_report(profiler, world_size=2)
+    memory = execorder.fsdp.plan_memory(profiler, plan, report, alternatives=False).memory
+    assert memory is not None
+    return memory.peak_bytes, memory.assumed
+
+
+def _wrong(grads: dict[str, Any], truth: dict[str, Any]) -> list[str]:
+    """The parameters whose gradient is not the truth's."""
+    import torch
+
+    return [
+        name
+        for name, right in truth.items()
+        if isinstance(grads.get(name), str)
+        or (grads.get(name) is None) != (right is None)
+        or (right is not None and not torch.allclose(grads[name], right, rtol=RTOL, atol=ATOL))
+    ]
+
+
+def first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    """Where two JSON values first differ, as a path; None when equal."""
+    if type(a) is not type(b):
+        return f"{path}: {str(a)[:60]} != {str(b)[:60]}"
+    if isinstance(a, dict):
+        keys = list(dict.fromkeys([*a, *b]))
+        return next(
+            (d for k in keys if (d := first_difference(a.get(k), b.get(k), f"{path}.{k}"))), None
+        )
+    if isinstance(a, list):
+        if len(a) != len(b):
+            return f"{path}: {len(a)} items != {len(b)}"
+        pairs = enumerate(zip(a, b, strict=True))
+        return next(
+            (d for i, (x, y) in pairs if (d := first_difference(x, y, f"{path}[{i}]"))), None
+        )
+    return None if a == b else f"{path}: {str(a)[:60]} != {str(b)[:60]}"
+
+
+def verdict(found: dict[str, Any]) -> str:
+    """What the plan and the watch say of the real step."""
+    unwatched, watched = found["unwatched"], found["watched"]
+    if "failed" in unwatched:
+        return "refused, as the plan says" if found["plan_errors"] else "PLAN REFUSED"
+    if found["wrong"]:
+        return "caught" if "stopped" in watched else "MISSED"
+    if "stopped" in watched or "failed" in watched:
+        return "FALSE ALARM" if "stopped" in watched else "CHANGED"
+    if found["watched_wrong"] != found["wrong"]:
+        return "CHANGED"
+    return "REPORT DIFFERS" if found["report_differs"] else "agree"
+
+
+def survey(model_type: str, class_name: str) -> dict[str, Any]:
+    """One model type on this rank; never raises."""
+    import torch.distributed as dist
+
+    import execorder.fsdp
+    from execorder.report import Severity
+
+    found: dict[str, Any] = {"type": model_type, "class": class_name}
+    cls, config, why = _model(model_type, class_name)
+    if cls is None:
+        return {**found, "broken": why}
+    try:
+        plan = execorder.fsdp.plan(
+            lambda: cls(config), inputs=_batch(config), world_size=dist.get_world_size()
+        )
+        report, truth = _truth(cls, config)
+        unwatched = _sharded(cls, config, plan, watched=False)
+        watched = _sharded(cls, config, plan, watched=True)
+    except Exception as exc:
+        return {**found, "broken": _reason(exc)}
+    peak = None
+    if "grads" in unwatched:
+        try:
+            peak = _tracked(cls, config, plan)
+        except Exception as exc:  # FSDPMemTracker's own (a unit that never ran has no
+            found["tracker_why"] = _reason(exc)  # unsharded parameter for it to read)
+    found |= {
+        "units": len(plan.units),
+        "left_out": list(plan.unit_rule.left_out),
+        "plan_errors": [c.kind.value for c in plan.checks if c.severity is Severity.ERROR],
+        "unwatched": {k: v for k, v in unwatched.items() if k != "grads"},
+        "watched": {k: v for k, v in watched.items() if k not in ("grads", "report")},
+        "wrong": _wrong(unwatched["grads"], truth) if "grads" in unwatched else [],
+        "watched_wrong": _wrong(watched["grads"], truth) if "grads" in watched else [],
+        "report_differs": first_difference(report, watched["report"])
+        if "report" in watched
+        else None,
+        "real_peak": peak,
+    }
+    found["verdict"] = verdict(found)
+    return found
+
+
+def memory_verdict(found: dict[str, Any]) -> str:
+    """execorder's peak against FSDPMemTracker's."""
+    planned, real = found.get("planned_peak"), found.get("real_peak")
+    if "tracker_why" in found:
+        return "FSDPMemTracker failed"
+    if planned is None or not real:
+        return "not measured"
+    ratio = planned / real
+    if planned == real:
+        return "to the byte"
+    if abs(ratio - 1) <= 0.01:
+        return "within 1%"
+    if abs(ratio - 1) <= TOLERANCE:
+        return "within 10%"
+    if ratio > 1 and found["assumed"]:
+        return "above, assumed"
+    return "UNDER" if ratio < 1 else "OVER"
+
+
+def measure_plans(results: list[dict[str, Any]]) -> None:
+    """execorder's peak for each model sharded, beside the measured one (in this process: it
+    is in no process group)."""
+    import logging
+    import warnings
+
+    import transformers
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("execorder").setLevel(logging.ERROR)
+    transformers.logging.set_verbosity_error()
+    for found in results:
+        if found.get("real_peak") is None:
+            if "tracker_why" in found:
+                found["memory"] = memory_verdict(found)
+            continue
+        try:
+            found["planned_peak"], found["assumed"] = planned_peak(found["type"], found["class"])
+        except Exception as exc:
+            found["planned_why"] = _reason(exc)
+        found["memory"] = memory_verdict(found)
+        ratio = found.get("planned_peak", 0) / found["real_peak"]
+        print(f"  {found['type']:28} memory {found['memory']} ({ratio:.3f}x)", file=sys.stderr)
+
+
+def _line(found: dict[str, Any]) -> str:
+    if "broken" in found:
+        return f"  {found['type']:28} not run: {found['broken'][:90]}"
+    left = f" (left out: {', '.join(found['left_out'])})" if found["left_out"] else ""
+    return f"  {found['type']:28} {found['units']:2} units  {found['verdict']}{left}"
+
+
+def summarize(results: list[dict[str, Any]]) -> str:
+    """Verdicts, and every case that is not an agreement."""
+    ran = [r for r in results if "broken" not in r]
+    counts = Counter(r["verdict"] for r in ran)
+    left = [r["type"] for r in ran if r["left_out"]]
+    lines = [
+        f"  model types: {len(results)}; sharded by their plan on 2 ranks: {len(ran)} "
+        "(the others fail on CPU, or are too big: not counted)",
+        "  " + ", ".join(f"{n} {v}" for v, n in counts.most_common()),
+        f"  plans that left blocks sharing a parameter to the unit around them: {len(left)} "
+        f"({', '.join(left)})",
+    ]
+    memory = Counter(r.get("memory", "not measured") for r in ran)
+    lines.append(
+        "  memory, execorder against FSDPMemTracker: "
+        + ", ".join(f"{n} {v}" for v, n in memory.most_common())
+    )
+    for r in ran:
+        if "tracker_why" in r:
+            lines.append(f"    {r['type']}: FSDPMemTracker failed: {r['tracker_why'][:100]}")
+        elif r.get("memory") not in ("to the byte", "within 1%", None):
+            ratio = r.get("planned_peak", 0) / r["real_peak"]
+            lines.append(
+                f"    {r['type']}: memory {r.get('memory')} ({ratio:.3f}x: "
+                f"{r.get('planned_peak')} B planned, {r['real_peak']} B measured)"
+                + (f": {r['planned_why']}" if "planned_why" in r else "")
+            )
+    for r in ran:
+        if r["verdict"] not in ("agree", "refused, as the plan says", "caught"):
+            lines.append(
+                f"    {r['type']}: {r['verdict']}: wrong {r['wrong'][:4]}, unwatched "
+                f"{r['unwatched']}, watched {r['watched']}, report {r['report_differs']}"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="comma-separated model types")
+    parser.add_argument("--json", type=Path, help="also write every result here")
+    parser.add_argument("--rank-of", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rank_of:
+        scratch = Path(args.rank_of)
+        todo = [tuple(job) for job in json.loads((scratch / "todo.json").read_text())]
+        rank_main(todo, scratch / "results.jsonl", survey)  # type: ignore[arg-type]
+        return
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise SystemExit("bench_fsdp needs transformers (pip install execorder[hf])") from None
+    only = set(args.only.split(",")) if args.only else None
+    todo = [(model_type, name) for _, model_type, name in jobs(only, ("causal",))]
+    start = time.perf_counter()
+    results = run(todo, script=__file__, show=_line)
+    measure_plans(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    print(summarize(results))
+    print(f"  ({time.perf_counter() - start:.0f} s, 2 ranks)")
+
+
+if __name__ == "__main__":
+    main()
