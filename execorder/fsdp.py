@@ -531,7 +531,11 @@ def plan_memory(
         units = UnitModel(report, layout(profiler.model), [u.modules for u in plan.units])
         unit = units.unit_of(report.modules[call].name)
     memory = dataclasses.replace(
-        memory, budget_bytes=budget, peak_unit=unit, world_size=plan.world_size
+        memory,
+        budget_bytes=budget,
+        peak_unit=unit,
+        world_size=plan.world_size,
+        ddp_buckets_bytes=None,
     )
     checks = plan.checks
     if memory.over_budget and alternatives:

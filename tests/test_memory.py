@@ -719,6 +719,30 @@ def test_when_no_change_fits_alone_all_of_them_are_measured_together() -> None:
     assert direct.peak_bytes < min(a.peak_bytes for c, a in found.items() if c is not Choice.ALL)
 
 
+@pytest.mark.processes
+@pytest.mark.transformers
+def test_a_ddp_replica_holds_the_peak_and_the_buckets_execorder_names(tmp_path: Any) -> None:
+    """Real DDP on 2 gloo ranks, measured by PyTorch's MemTracker: DDP's peak is the plain
+    step's plus exactly the buckets execorder names, for a model with a tied embedding (its
+    bytes once) and one without."""
+    from conftest import run_probe
+
+    records = {r["case"]: r for r in run_probe("ddp_memory_probe.py", tmp_path / "store")}
+    builds = {
+        "llama": (lambda: hf.tiny_llama(layers=2, tie=True), "int64[2,32]@0:100"),
+        "encdec": (EncoderDecoder, "int64[4,32]@0:100"),
+    }
+    assert set(records) == set(builds)
+    for case, (build, size) in builds.items():
+        memory = execorder.profile(build, input_size=size, memory="adamw").report.memory
+        assert memory is not None and memory.ddp_buckets_bytes
+        # parameters() gives a tied weight once, as DDP's buckets hold it
+        assert memory.ddp_buckets_bytes == sum(p.nbytes for p in build().parameters())
+        added = records[case]["ddp"] - records[case]["plain"]
+        assert added == memory.ddp_buckets_bytes, (case, records[case], memory.ddp_buckets_bytes)
+        assert memory.ddp_peak_bytes == memory.peak_bytes + added
+
+
 def test_a_rank_whose_forward_reads_its_inputs_values_is_measured_as_one_device_is() -> None:
     """On meta the inputs are real (on CPU), as in a run on one device: what forward reads of
     them (transformers' padding check) is known. Before, the rank's step made them on meta and

@@ -351,6 +351,7 @@ def measure(
         timeline=tuple(timeline),
         device=device,
         assumed=bool(meta_run is not None and meta_run.assumptions),
+        ddp_buckets_bytes=sum(p.numel() * p.element_size() for p in params),
     )
 
 

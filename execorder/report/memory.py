@@ -131,6 +131,11 @@ class Memory:
             the bytes are one rank's.
         alternatives: Over its budget under a plan, each change that may
             bring it under, with the peak measured again with it.
+        ddp_buckets_bytes: On one device, what ``DistributedDataParallel``
+            adds to a replica's step: its reducer's gradient buckets, as many
+            bytes as the trainable parameters (each once), made when DDP is
+            built and held from then on. None under a plan (FSDP2 has none)
+            and in a report written before the field.
     """
 
     optimizer: str
@@ -146,6 +151,7 @@ class Memory:
     world_size: int = 1
     alternatives: tuple[Alternative, ...] = ()
     foreach: bool = False
+    ddp_buckets_bytes: int | None = None
 
     def __post_init__(self) -> None:
         kinds = {MemoryKind(k): int(v) for k, v in self.at_peak.items()}
@@ -155,6 +161,15 @@ class Memory:
     def over_budget(self) -> bool:
         """Whether the peak exceeds the budget (False without one)."""
         return self.budget_bytes is not None and self.peak_bytes > self.budget_bytes
+
+    @property
+    def ddp_peak_bytes(self) -> int | None:
+        """The peak of a DDP replica's step: the peak and DDP's buckets, alive throughout
+        (with ``gradient_as_bucket_view=True`` the gradients are views of them: at most
+        this). None where the buckets are not known."""
+        if self.ddp_buckets_bytes is None:
+            return None
+        return self.peak_bytes + self.ddp_buckets_bytes
 
     def largest(self, count: int = 3) -> list[tuple[MemoryKind, int]]:
         """The kinds holding the most bytes at the peak, the largest first."""
@@ -174,6 +189,11 @@ class Memory:
             "at_peak": {kind.value: size for kind, size in self.at_peak.items()},
             "timeline": [point.to_dict() for point in self.timeline],
             "alternatives": [a.to_dict() for a in self.alternatives],
+            **(
+                {"ddp_buckets_bytes": self.ddp_buckets_bytes}
+                if self.ddp_buckets_bytes is not None
+                else {}
+            ),
         }
 
     @classmethod
@@ -204,4 +224,5 @@ class Memory:
                 Alternative.from_dict(a.data, a.where)
                 for a in fields.objects("alternatives", default=())
             ),
+            ddp_buckets_bytes=fields.get("ddp_buckets_bytes", int, type(None), default=None),
         )

@@ -118,6 +118,21 @@ CHOICES = {
 """Each change tried under a budget, as a row of the memory table."""
 
 
+def _under_ddp(memory: Memory) -> list[Row]:
+    """What a DDP replica holds at the peak, where that is known and differs."""
+    ddp, buckets = memory.ddp_peak_bytes, memory.ddp_buckets_bytes
+    if ddp is None or not buckets:
+        return []
+    budget = memory.budget_bytes
+    over = budget is not None and ddp > budget and not memory.over_budget
+    text = (
+        f"{size_text(ddp)}{', over the budget' if over else ''}: the peak and DDP's gradient "
+        f"buckets, {size_text(buckets)} (a copy of the gradients, made when DDP is built; "
+        "at most this with gradient_as_bucket_view=True)"
+    )
+    return [fact("under DDP", text, Severity.WARNING if over else Severity.NONE)]
+
+
 def memory_table(memory: Memory, *, title: str, where: str, measured: str) -> Table:
     """A measured training step: the peak and ``where`` it falls, what is alive then, how it
     was ``measured``, the budget, what was assumed, and each change tried under the budget."""
@@ -130,6 +145,7 @@ def memory_table(memory: Memory, *, title: str, where: str, measured: str) -> Ta
     rows = [
         fact("peak", f"{size_text(memory.peak_bytes)}: step {memory.peak_step}, {where}"),
         fact("alive at the peak", alive or "none"),
+        *_under_ddp(memory),
         fact(
             "measured",
             f"{measured}: two steps of forward, backward and {optimizer}; the bytes of "
