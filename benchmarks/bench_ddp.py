@@ -294,8 +294,17 @@ def summarize(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def command(
+    doc: str,
+    survey: Callable[[str, str], dict[str, Any]],
+    show: Callable[[dict[str, Any]], str],
+    summarize: Callable[[list[dict[str, Any]]], str],
+    script: str,
+    after: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> None:
+    """The command line of a survey of every causal LM on two ranks (this one, bench_fsdp):
+    ``survey`` on each rank, ``after`` on the results in this process, then the summary."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--only", help="comma-separated model types")
     parser.add_argument("--json", type=Path, help="also write every result here")
     parser.add_argument("--rank-of", help=argparse.SUPPRESS)
@@ -303,20 +312,27 @@ def main() -> None:
     if args.rank_of:
         scratch = Path(args.rank_of)
         todo = [tuple(job) for job in json.loads((scratch / "todo.json").read_text())]
-        rank_main(todo, scratch / "results.jsonl")  # type: ignore[arg-type]
+        rank_main(todo, scratch / "results.jsonl", survey)  # type: ignore[arg-type]
         return
     try:
         import transformers  # noqa: F401
     except ImportError:
-        raise SystemExit("bench_ddp needs transformers (pip install execorder[hf])") from None
+        needs = "needs transformers (pip install execorder[hf])"
+        raise SystemExit(f"{Path(script).stem} {needs}") from None
     only = set(args.only.split(",")) if args.only else None
     todo = [(model_type, name) for _, model_type, name in jobs(only, ("causal",))]
     start = time.perf_counter()
-    results = run(todo)
+    results = run(todo, script=script, show=show)
+    if after is not None:
+        after(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     print(summarize(results))
     print(f"  ({time.perf_counter() - start:.0f} s, 2 ranks)")
+
+
+def main() -> None:
+    command(__doc__ or "", survey, _line, summarize, __file__)
 
 
 if __name__ == "__main__":

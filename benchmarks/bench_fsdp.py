@@ -34,10 +34,7 @@ Verdicts, one a model:
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,8 +44,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE)]
 
-from bench_ddp import _model, rank_main, run  # noqa: E402
-from bench_meta import _reason, inputs, jobs  # noqa: E402
+from bench_ddp import _model, command  # noqa: E402
+from bench_meta import _reason, inputs  # noqa: E402
 
 RTOL, ATOL = 1e-3, 1e-6  # float32 sums in another order: FSDP2 reduce-scatters the ranks'
 TOLERANCE = 0.10  # the real step's own peak varies a little between runs (tests/test_memory.py)
@@ -388,29 +385,7 @@ def summarize(results: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="comma-separated model types")
-    parser.add_argument("--json", type=Path, help="also write every result here")
-    parser.add_argument("--rank-of", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.rank_of:
-        scratch = Path(args.rank_of)
-        todo = [tuple(job) for job in json.loads((scratch / "todo.json").read_text())]
-        rank_main(todo, scratch / "results.jsonl", survey)  # type: ignore[arg-type]
-        return
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        raise SystemExit("bench_fsdp needs transformers (pip install execorder[hf])") from None
-    only = set(args.only.split(",")) if args.only else None
-    todo = [(model_type, name) for _, model_type, name in jobs(only, ("causal",))]
-    start = time.perf_counter()
-    results = run(todo, script=__file__, show=_line)
-    measure_plans(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
-    print(summarize(results))
-    print(f"  ({time.perf_counter() - start:.0f} s, 2 ranks)")
+    command(__doc__ or "", survey, _line, summarize, __file__, after=measure_plans)
 
 
 if __name__ == "__main__":
