@@ -1138,7 +1138,7 @@ class RanksDivergedError(ExecOrderError):
                 f", +{len(self.params) - 8} more" if len(self.params) > 8 else ""
             )
             text += f"; parameters whose status differs: {shown}"
-        return text + "; DDP and FSDP hang or fail on this"
+        return text + "; DDP and FSDP hang, fail or mix up gradients on this"
 
 
 class DdpWaitingError(ExecOrderError):

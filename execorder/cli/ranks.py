@@ -91,7 +91,9 @@ def ranks(
     torch.distributed (gloo on CPU, NCCL on GPUs), and rank 0 shows whether
     they agree, the groups of ranks that behaved alike, the first module call
     where they part, and the parameters whose status (used, unused, dead)
-    differs: what DDP and FSDP hang or fail on.
+    differs: what DDP and FSDP hang, fail or mix up gradients on (FSDP2 reduces
+    one rank's gradient of one parameter with another's of another, with no
+    error).
 
     Exit codes: 0 done; 1 --fail-on divergence and the ranks diverged; 2 a
     rank could not record its forward, or the job could not start; 130

@@ -39,7 +39,7 @@ def ranks_view(result: RankComparison) -> Document:
     elif result.diverged:
         text = (
             f"diverged: {plural(len(result.groups), 'group')} of ranks ran different forwards; "
-            "DDP and FSDP hang or fail on this"
+            "DDP and FSDP hang, fail or mix up gradients on this"
         )
         facts.append(fact("ranks", text, Severity.ERROR))
     else:
