@@ -757,6 +757,21 @@ def test_a_rank_whose_forward_reads_its_inputs_values_is_measured_as_one_device_
     assert 0 < ranked.peak_bytes < single.peak_bytes  # one rank holds half the states
 
 
+def test_measuring_a_rank_leaves_the_processs_tracebacks_as_they_were() -> None:
+    """torch prefixes a process's tracebacks with its rank once it joins a group, and leaving
+    does not undo it: after three measures every later traceback read "[rank0]: [rank0]:
+    [rank0]: ..."."""
+    import sys
+
+    import execorder.fsdp
+
+    hook = sys.excepthook
+    profiler = execorder.Profiler(models.MlpBlocks, input_size="float32[8,256]")
+    plan, report = execorder.fsdp.plan_and_report(profiler, world_size=2)
+    assert execorder.fsdp.plan_memory(profiler, plan, report).memory is not None
+    assert sys.excepthook is hook
+
+
 def test_a_torch_whose_fsdp2_is_laid_out_otherwise_is_refused_with_the_reason(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

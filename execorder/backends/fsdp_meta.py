@@ -95,13 +95,19 @@ def fsdp_on_meta() -> Iterator[None]:
 
 @contextmanager
 def fake_process_group(world_size: int) -> Iterator[Any]:
-    """This process as rank 0 of ``world_size`` over torch's fake backend; yields a 1-D mesh."""
+    """This process as rank 0 of ``world_size`` over torch's fake backend; yields a 1-D mesh.
+
+    Joining a group makes torch prefix the process's tracebacks with its rank from then on
+    (``sys.excepthook``, which leaving does not undo): the hook is given back as it was.
+    """
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
+    hook = sys.excepthook
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
     try:
         yield init_device_mesh("cpu", (world_size,))
     finally:
         dist.destroy_process_group()
+        sys.excepthook = hook
