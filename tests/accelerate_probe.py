@@ -1,0 +1,105 @@
+"""Shard transformers models as accelerate's FSDP2 preparation does, and by execorder's plan.
+
+accelerate prepares a model for FSDP2 with ``fsdp2_prepare_model``: with
+``auto_wrap_policy="transformer_based_wrap"`` it shards each module of the
+model's ``_no_split_modules`` classes, then the input embedding, then the
+final norm with the output head as one group kept gathered (the embedding
+joins the group when tied), then the root. Run by tests/test_fsdp_layouts.py
+in a subprocess (the fake process group is global state): for each case it
+prints one JSON line with each unit as accelerate shards it and as
+``execorder.fsdp.shard`` shards the plan of ``--layout torchtitan`` (read
+from FSDP2's own states: its modules, the bytes a rank holds, whether it
+reshards after forward, once FSDP2 settled the root's). No forward runs.
+
+    python tests/accelerate_probe.py CASE ...
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+warnings.filterwarnings("ignore")
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent / "sample_models")]
+
+import hf  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from accelerate.utils import FullyShardedDataParallelPlugin  # noqa: E402
+from accelerate.utils.fsdp_utils import fsdp2_prepare_model  # noqa: E402
+from torch.distributed.fsdp import FSDPModule  # noqa: E402
+from torch.testing._internal.distributed.fake_pg import FakeStore  # noqa: E402
+
+import execorder.fsdp  # noqa: E402
+
+WORLD = 2
+CASES: dict[str, Callable[[], torch.nn.Module]] = {
+    "llama": lambda: hf.tiny_llama(layers=2, tie=False),
+    "llama-tied": lambda: hf.tiny_llama(layers=2, tie=True),
+    "gpt2": lambda: hf.tiny_gpt2(layers=2),
+    "mixtral": lambda: hf.tiny_mixtral(layers=2),
+}
+
+
+def units(model: torch.nn.Module) -> dict[str, list]:
+    """Each FSDP2 unit with parameters: its modules (sorted, joined by +) -> [bytes a rank
+    holds, reshards after forward]."""
+    model._get_fsdp_state()._lazy_init()  # the root's flag is settled here
+    found: dict[int, list] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, FSDPModule):
+            continue
+        state = module._get_fsdp_state()
+        unit = found.setdefault(id(state), [[], 0, None])
+        unit[0].append(name)
+        for group in state._fsdp_param_groups:
+            unit[1] = sum(
+                p._sharded_param_data.numel() * p._sharded_param_data.element_size()
+                for p in group.fsdp_params
+            )
+            unit[2] = group.post_forward_mesh_info is not None
+    return {"+".join(sorted(m)): [size, flag] for m, size, flag in found.values() if flag is not None}
+
+
+def accelerated(model: torch.nn.Module) -> None:
+    """``fsdp2_prepare_model`` as ``Accelerator.prepare`` calls it, with its defaults."""
+    plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=2,
+        auto_wrap_policy="transformer_based_wrap",
+        reshard_after_forward=True,
+        cpu_ram_efficient_loading=False,
+    )
+    accelerator = types.SimpleNamespace(
+        state=types.SimpleNamespace(fsdp_plugin=plugin),
+        torch_device_mesh=None,
+        mixed_precision="no",
+        is_main_process=True,
+        device=torch.device("cpu"),
+    )
+    fsdp2_prepare_model(accelerator, model)
+
+
+def main(case: str) -> None:
+    build = CASES[case]
+    plan = execorder.fsdp.plan(
+        build, input_size="int64[1,16]@0:100", layout="torchtitan", world_size=WORLD
+    )
+    dist.init_process_group("fake", rank=0, world_size=WORLD, store=FakeStore())
+    try:
+        theirs, ours = build(), build()  # small: on CPU, so FSDP2 settles the root's flag
+        accelerated(theirs)
+        execorder.fsdp.shard(ours, plan)
+        record = {"case": case, "theirs": units(theirs), "ours": units(ours)}
+    finally:
+        dist.destroy_process_group()
+    print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:]:
+        main(name)
