@@ -63,7 +63,8 @@ def units(model: torch.nn.Module) -> dict[str, list]:
                 for p in group.fsdp_params
             )
             unit[2] = group.post_forward_mesh_info is not None
-    return {"+".join(sorted(m)): [size, flag] for m, size, flag in found.values() if flag is not None}
+    with_params = (unit for unit in found.values() if unit[2] is not None)
+    return {"+".join(sorted(modules)): [size, flag] for modules, size, flag in with_params}
 
 
 def accelerated(model: torch.nn.Module) -> None:
