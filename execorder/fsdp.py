@@ -105,7 +105,20 @@ def _decoder(model: nn.Module, repeated: Sequence[str], no_split: Sequence[str])
         getattr(model.get_submodule(n), "weight", None) if n else None for n in (embedding, head)
     ]
     tied = weights[0] is not None and weights[0] is weights[1]
-    return DecoderParts(embedding, norm, head, tied, tuple(experts), vision)
+    return DecoderParts(
+        embedding, norm, head, tied, tuple(experts), vision, _base_norm(model, name_of)
+    )
+
+
+def _base_norm(model: nn.Module, name_of: Any) -> str | None:
+    """The last module among the base model's direct children whose class name says Norm:
+    the final norm as accelerate's FSDP2 preparation finds it (``_find_final_norm``)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    base = getattr(model, prefix, None) if prefix else model
+    if not isinstance(base, nn.Module):
+        return None
+    norms = [child for _, child in base.named_children() if "Norm" in type(child).__name__]
+    return name_of(norms[-1]) if norms else None
 
 
 def _torchtitan_experts(model: nn.Module, name_of: Any) -> list[tuple[str, int]]:

@@ -20,6 +20,8 @@ from transformers import (
     GPT2LMHeadModel,
     GptOssConfig,
     GptOssForCausalLM,
+    Llama4ForCausalLM,
+    Llama4TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
     MixtralConfig,
@@ -43,6 +45,23 @@ def tiny_llama(layers: int = 2, tie: bool = True) -> LlamaForCausalLM:
     return LlamaForCausalLM(
         LlamaConfig(**_DECODER, num_hidden_layers=layers, tie_word_embeddings=tie)
     )
+
+
+def tiny_llama4(layers: int = 2) -> Llama4ForCausalLM:
+    """Llama 4's text model, two experts a block; its ``base_model_prefix`` names no child."""
+    config = Llama4TextConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        intermediate_size_mlp=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        vocab_size=VOCAB,
+        num_local_experts=2,
+        max_position_embeddings=64,
+    )
+    return Llama4ForCausalLM(config)
 
 
 def tiny_gpt2(layers: int = 2) -> GPT2LMHeadModel:

@@ -4,10 +4,11 @@ accelerate prepares a model for FSDP2 with ``fsdp2_prepare_model``: with
 ``auto_wrap_policy="transformer_based_wrap"`` it shards each module of the
 model's ``_no_split_modules`` classes, then the input embedding, then the
 final norm with the output head as one group kept gathered (the embedding
-joins the group when tied), then the root. Run by tests/test_fsdp_layouts.py
+joins the group when tied), then the root. Run by tests/test_accelerate.py
 in a subprocess (the fake process group is global state): for each case it
 prints one JSON line with each unit as accelerate shards it and as
-``execorder.fsdp.shard`` shards the plan of ``--layout torchtitan`` (read
+``execorder.fsdp.shard`` shards the plans of ``--layout accelerate`` and
+``--layout torchtitan`` (read
 from FSDP2's own states: its modules, the bytes a rank holds, whether it
 reshards after forward, once FSDP2 settled the root's). No forward runs.
 
@@ -43,6 +44,9 @@ CASES: dict[str, Callable[[], torch.nn.Module]] = {
     "llama-tied": lambda: hf.tiny_llama(layers=2, tie=True),
     "gpt2": lambda: hf.tiny_gpt2(layers=2),
     "mixtral": lambda: hf.tiny_mixtral(layers=2),
+    # accelerate finds the final norm among the base model's own children only: Llama 4's
+    # (under model.) is not found, and stays in the root
+    "llama4": lambda: hf.tiny_llama4(),
 }
 
 
@@ -87,15 +91,21 @@ def accelerated(model: torch.nn.Module) -> None:
 
 def main(case: str) -> None:
     build = CASES[case]
-    plan = execorder.fsdp.plan(
-        build, input_size="int64[1,16]@0:100", layout="torchtitan", world_size=WORLD
-    )
+    plans = {
+        layout: execorder.fsdp.plan(
+            build, input_size="int64[1,16]@0:100", layout=layout, world_size=WORLD
+        )
+        for layout in ("accelerate", "torchtitan")
+    }
     dist.init_process_group("fake", rank=0, world_size=WORLD, store=FakeStore())
     try:
-        theirs, ours = build(), build()  # small: on CPU, so FSDP2 settles the root's flag
+        theirs = build()  # small: on CPU, so FSDP2 settles the root's flag
         accelerated(theirs)
-        execorder.fsdp.shard(ours, plan)
-        record = {"case": case, "theirs": units(theirs), "ours": units(ours)}
+        record = {"case": case, "theirs": units(theirs)}
+        for layout, plan in plans.items():
+            ours = build()
+            execorder.fsdp.shard(ours, plan)
+            record[layout] = units(ours)
     finally:
         dist.destroy_process_group()
     print(json.dumps(record), flush=True)

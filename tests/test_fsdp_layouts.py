@@ -70,6 +70,29 @@ def test_the_torchtitan_layout_of_a_transformers_llama() -> None:
     assert not tied.checks or all(c.kind.value != "shared-params" for c in tied.checks)
 
 
+def test_the_accelerate_layout_of_transformers_models() -> None:
+    """accelerate's FSDP2 preparation: _no_split_modules blocks alone, the embedding, and the
+    base model's last norm with the head, kept gathered (the embedding too when tied)."""
+    untied = execorder.fsdp.plan(
+        lambda: hf.tiny_llama(layers=2, tie=False), input_size=IDS, layout="accelerate"
+    )
+    assert [(u.name, u.reshard_after_forward) for u in untied.units if u.params] == [
+        ("model.embed_tokens", True),
+        ("model.layers.0", True),
+        ("model.layers.1", True),
+        ("model.norm+lm_head", False),
+    ]
+    assert untied.unit_rule.choice is UnitChoice.ACCELERATE
+    assert "accelerate's FSDP2 preparation" in str(untied.unit_rule)
+    tied = execorder.fsdp.plan(hf.tiny_llama, input_size=IDS, layout="accelerate")
+    assert tied.unit("model.norm+model.embed_tokens+lm_head").grouped
+    # No _no_split_modules, no blocks: the encoder-decoder's blocks stay in the root.
+    none = execorder.fsdp.plan(EncoderDecoder, layout="accelerate", **ENCDEC)
+    assert [u.name for u in none.units] == [""]
+    with pytest.raises(LayoutUnitsError):
+        execorder.fsdp.plan(EncoderDecoder, units=["Block"], layout="accelerate", **ENCDEC)
+
+
 def test_the_torchtitan_layout_needs_a_decoder() -> None:
     with pytest.raises(LayoutError) as found:
         execorder.fsdp.plan(EncoderDecoder, layout="torchtitan", **ENCDEC)

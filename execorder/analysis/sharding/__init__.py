@@ -137,7 +137,8 @@ def plan_fsdp(
     model, rule = untied(UnitModel(report, layout, specs), layout, rule)
     specs = tuple(model.specs.values())
     ended_last = next((u for u, _ in reversed(model.ended) if u != ROOT), None)
-    reshard = reshard_flags(policy, specs, ended_last, choice)
+    head = layout.decoder.head if layout.decoder else None
+    reshard = reshard_flags(policy, specs, ended_last, choice, head)
     # Each list names the units that run next, also one still gathered (not resharded
     # after forward): FSDP2's prefetch of it is a no-op, and the order stays the one run.
     forward = prefetch_lists(model.forward_sequence(), prefetch)

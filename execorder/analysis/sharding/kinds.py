@@ -65,6 +65,7 @@ class UnitChoice(Word):
     REPEATED = "repeated"  # the outermost repeated block class
     ROOT_ALONE = "root-alone"  # nothing to choose: the root alone
     TORCHTITAN = "torchtitan"  # torchtitan's decoder layout
+    ACCELERATE = "accelerate"  # accelerate's FSDP2 preparation of a transformers model
 
 
 class LayoutChoice(Word):
@@ -72,6 +73,7 @@ class LayoutChoice(Word):
 
     BLOCKS = "blocks"  # each block a unit, then the root (execorder's own rule)
     TORCHTITAN = "torchtitan"  # apply_fsdp_to_decoder: embedding, blocks, [norm, head], root
+    ACCELERATE = "accelerate"  # fsdp2_prepare_model: _no_split_modules, embedding, [norm, head]
 
 
 class ReshardPolicy(Word):

@@ -77,6 +77,9 @@ class DecoderParts:
         experts: torchtitan's mixture-of-experts blocks: each one's grouped
             experts module and how many experts it holds.
         vision: torchtitan's vision encoder (a VLM's), sharded as one unit.
+        base_norm: The last norm among the base model's direct children
+            (``model.base_model_prefix``), by class name: the final norm as
+            accelerate finds it.
     """
 
     embedding: str | None = None
@@ -85,6 +88,7 @@ class DecoderParts:
     tied: bool = False
     experts: tuple[tuple[str, int], ...] = ()
     vision: str | None = None
+    base_norm: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

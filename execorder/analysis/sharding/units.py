@@ -110,6 +110,8 @@ def choose_units(
             if not (spec[0] in grouped and spec[0] in by_class)
         ]
         rule = UnitRule(UnitChoice.GIVEN, tuple(wanted))
+    elif choice is LayoutChoice.ACCELERATE:
+        specs, rule = _accelerate(layout)
     else:
         blocks, rule = _blocks(layout)
         specs = [(name,) for name in blocks]
@@ -203,6 +205,34 @@ def _torchtitan(layout: Layout, blocks: list[UnitSpec]) -> list[UnitSpec]:
     return [*edges, *blocks, *vision]
 
 
+def _accelerate(layout: Layout) -> tuple[list[UnitSpec], UnitRule]:
+    """accelerate's ``fsdp2_prepare_model`` with ``transformer_based_wrap``: every module of a
+    ``_no_split_modules`` class (none without them), the input embedding (untied), then the
+    final norm (the base model's last direct child named Norm) with the output head as one
+    group, the embedding with them when tied; modules already units stay out of the group."""
+    modules = layout.modules[1:]
+    classes = [c for c in layout.no_split if any(m.type == c for m in modules)]
+    blocks = [m.name for m in modules if m.type in classes]
+    parts = layout.decoder or DecoderParts()
+    taken = set(blocks)
+    specs: list[UnitSpec] = [(name,) for name in blocks]
+    if not parts.tied and parts.embedding and parts.embedding not in taken:
+        specs.append((parts.embedding,))
+        taken.add(parts.embedding)
+    tail = (
+        (parts.base_norm, parts.embedding, parts.head)
+        if parts.tied
+        else (
+            parts.base_norm,
+            parts.head,
+        )
+    )
+    group = tuple(dict.fromkeys(n for n in tail if n and n not in taken))
+    if group:
+        specs.append(group)
+    return specs, UnitRule(UnitChoice.ACCELERATE, tuple(classes))
+
+
 def expert_shard_dims(
     layout: Layout, choice: LayoutChoice, params: Sequence[str], world_size: int
 ) -> dict[str, int]:
@@ -220,14 +250,20 @@ def _block_classes(layout: Layout) -> tuple[str, ...]:
 
 
 def reshard_flags(
-    policy: ReshardPolicy, units: Sequence[UnitSpec], ended_last: str | None, choice: LayoutChoice
+    policy: ReshardPolicy,
+    units: Sequence[UnitSpec],
+    ended_last: str | None,
+    choice: LayoutChoice,
+    head: str | None = None,
 ) -> dict[str, bool]:
     """Each unit's ``reshard_after_forward`` under a policy.
 
     The root never reshards (FSDP2's own rule for the root: backward starts
     with it). ``ALWAYS`` reshards every other unit, ``NEVER`` none.
     ``DEFAULT`` is torchtitan's: under its layout, every unit but the
-    ``[norm, head]`` group (or the tied group); under the blocks layout,
+    ``[norm, head]`` group (or the tied group); under accelerate's, every unit
+    but the one holding the output head (``head``), a group of one when no
+    norm is found; under the blocks layout,
     every unit but the one whose forward ends last (``ended_last``), which
     backward needs first and FSDP2 would gather again at once.
     """
@@ -240,6 +276,8 @@ def reshard_flags(
             flags[name] = True
         elif choice is LayoutChoice.TORCHTITAN:
             flags[name] = len(spec) == 1
+        elif choice is LayoutChoice.ACCELERATE:
+            flags[name] = head not in spec
         else:
             flags[name] = name != ended_last
     return flags

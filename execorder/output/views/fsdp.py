@@ -241,6 +241,12 @@ def rule_text(rule: UnitRule, words: Words = PYTHON) -> str:
             f"torchtitan's decoder layout: the input embedding, {blocks}, the final norm "
             f"with the output head as one group (all three when tied){vision}, the root"
         )
+    if rule.choice is UnitChoice.ACCELERATE:
+        blocks = f"each _no_split_modules block ({names})" if names else "no block"
+        return (
+            f"accelerate's FSDP2 preparation: {blocks}, the input embedding, the final norm "
+            "with the output head as one group (the embedding too when tied), the root"
+        )
     return f"the root alone: no repeated block found (choose units with {words.arg(Arg.UNIT)})"
 
 
