@@ -5,17 +5,25 @@ For every model type of transformers' causal-LM auto mapping, built as
 widths break the config; at most 200 MB), two gloo ranks on this machine,
 each on a batch of its own (as ranks of a job train), do this:
 
-- **plan**: ``execorder.fsdp.plan`` of the model (its default layout, on
-  meta), for 2 ranks;
+- **plan**: ``execorder.fsdp.plan`` of the model, on meta, for 2 ranks, in
+  each layout: ``blocks`` (the default) and ``torchtitan`` (where the model is
+  a decoder);
 - **truth**: the plain model's step, ``model(input_ids,
   labels=input_ids).loss.backward()``, recorded, on each rank; its gradients
   averaged over the ranks (what data parallelism must give every rank);
 - **sharded**: the model sharded by the plan (``execorder.fsdp.shard``: real
   ``fully_shard`` on each unit, then the root), the same step, unwatched and
   with ``execorder.training.StepWatch`` recording it; FSDP2's gradients
-  gathered whole (``full_tensor()``).
+  gathered whole (``full_tensor()``);
+- **memory**: one rank's peak over two training steps (AdamW, foreach),
+  ``execorder.fsdp.plan_memory`` on meta against PyTorch's ``FSDPMemTracker``
+  on the real ranks, with the reduce-scatter made in place as NCCL makes it
+  (gloo's copies its input). Not for a plan with a group (the torchtitan
+  layout's ``[norm, head]``): ``FSDPMemTracker`` does not support
+  ``fully_shard`` on a list of modules (torchtitan#1094); under it FSDP2
+  gathers the group again in backward, which the job alone does not.
 
-Verdicts, one a model:
+Verdicts, one a model and layout:
 
 - ``agree``: FSDP2 ran the plan, its gradients are the truth's (``allclose``,
   rtol 1e-3), the watch let the step pass and left the gradients as they were,
@@ -34,6 +42,7 @@ Verdicts, one a model:
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -42,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE)]
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]  # accelerate_probe: its preparation
 
 from bench_ddp import _model, command  # noqa: E402
 from bench_meta import _reason, inputs  # noqa: E402
@@ -191,10 +200,10 @@ def _reduced_in_place() -> Iterator[None]:
         dist.reduce_scatter_single = gloo
 
 
-def planned_peak(model_type: str, class_name: str) -> tuple[int, bool]:
-    """execorder's peak of rank 0 under the model's plan over 2 ranks, on meta, and whether it
-    rests on an assumption; outside any process group (``plan_memory`` runs FSDP2 over a fake
-    one)."""
+def planned_peak(model_type: str, class_name: str, layout: str) -> tuple[int, bool]:
+    """execorder's peak of rank 0 under the model's plan over 2 ranks in ``layout``, on meta,
+    and whether it rests on an assumption; outside any process group (``plan_memory`` runs
+    FSDP2 over a fake one)."""
     import execorder.fsdp
     from execorder.profiling import Profiler
 
@@ -202,7 +211,7 @@ def planned_peak(model_type: str, class_name: str) -> tuple[int, bool]:
     if cls is None:
         raise RuntimeError(why)
     profiler = Profiler(lambda: cls(config), inputs=_batch(config, rank=0))
-    plan, report = execorder.fsdp.plan_and_report(profiler, world_size=2)
+    plan, report = execorder.fsdp.plan_and_report(profiler, world_size=2, layout=layout)
     memory = execorder.fsdp.plan_memory(profiler, plan, report, alternatives=False).memory
     assert memory is not None
     return memory.peak_bytes, memory.assumed
@@ -254,28 +263,37 @@ def verdict(found: dict[str, Any]) -> str:
     return "REPORT DIFFERS" if found["report_differs"] else "agree"
 
 
-def survey(model_type: str, class_name: str) -> dict[str, Any]:
-    """One model type on this rank; never raises."""
+LAYOUTS = ("blocks", "torchtitan")
+"""The layouts each model is planned with (torchtitan's where the model is a decoder)."""
+
+
+def _case(cls: Any, config: Any, layout: str, report: Any, truth: Any) -> dict[str, Any]:
+    """The model planned with one layout, sharded by the plan, against the truth."""
     import torch.distributed as dist
 
     import execorder.fsdp
+    from execorder.errors import LayoutError
     from execorder.report import Severity
 
-    found: dict[str, Any] = {"type": model_type, "class": class_name}
-    cls, config, why = _model(model_type, class_name)
-    if cls is None:
-        return {**found, "broken": why}
     try:
         plan = execorder.fsdp.plan(
-            lambda: cls(config), inputs=_batch(config), world_size=dist.get_world_size()
+            lambda: cls(config),
+            inputs=_batch(config),
+            world_size=dist.get_world_size(),
+            layout=layout,
         )
-        report, truth = _truth(cls, config)
-        unwatched = _sharded(cls, config, plan, watched=False)
-        watched = _sharded(cls, config, plan, watched=True)
-    except Exception as exc:
-        return {**found, "broken": _reason(exc)}
+    except LayoutError as exc:
+        return {"skipped": str(exc)}
+    unwatched = _sharded(cls, config, plan, watched=False)
+    watched = _sharded(cls, config, plan, watched=True)
+    found: dict[str, Any] = {}
     peak = None
-    if "grads" in unwatched:
+    if any(unit.grouped for unit in plan.units):
+        # FSDPMemTracker does not support fully_shard on a list of modules (torchtitan#1094):
+        # under it FSDP2 reshards a group after its first module's backward and gathers it
+        # again, which the job alone does not do: its peak is not the job's.
+        found["tracker_why"] = "FSDPMemTracker does not support groups"
+    elif "grads" in unwatched:
         try:
             peak = _tracked(cls, config, plan)
         except Exception as exc:  # FSDPMemTracker's own (a unit that never ran has no
@@ -297,11 +315,25 @@ def survey(model_type: str, class_name: str) -> dict[str, Any]:
     return found
 
 
+def survey(model_type: str, class_name: str) -> dict[str, Any]:
+    """One model type on this rank, in each layout; never raises."""
+    found: dict[str, Any] = {"type": model_type, "class": class_name}
+    cls, config, why = _model(model_type, class_name)
+    if cls is None:
+        return {**found, "broken": why}
+    try:
+        report, truth = _truth(cls, config)
+        found["layouts"] = {layout: _case(cls, config, layout, report, truth) for layout in LAYOUTS}
+    except Exception as exc:
+        return {**found, "broken": _reason(exc)}
+    return found
+
+
 def memory_verdict(found: dict[str, Any]) -> str:
     """execorder's peak against FSDPMemTracker's."""
     planned, real = found.get("planned_peak"), found.get("real_peak")
     if "tracker_why" in found:
-        return "FSDPMemTracker failed"
+        return "not compared: " + found["tracker_why"].split(":")[0]
     if planned is None or not real:
         return "not measured"
     ratio = planned / real
@@ -317,8 +349,8 @@ def memory_verdict(found: dict[str, Any]) -> str:
 
 
 def measure_plans(results: list[dict[str, Any]]) -> None:
-    """execorder's peak for each model sharded, beside the measured one (in this process: it
-    is in no process group)."""
+    """execorder's peak for each model and layout sharded, beside the measured one (in this
+    process: it is in no process group)."""
     import logging
     import warnings
 
@@ -327,65 +359,139 @@ def measure_plans(results: list[dict[str, Any]]) -> None:
     warnings.filterwarnings("ignore")
     logging.getLogger("execorder").setLevel(logging.ERROR)
     transformers.logging.set_verbosity_error()
-    for found in results:
-        if found.get("real_peak") is None:
-            if "tracker_why" in found:
+    for model in results:
+        for layout, found in model.get("layouts", {}).items():
+            if found.get("real_peak") is not None:
+                try:
+                    found["planned_peak"], found["assumed"] = planned_peak(
+                        model["type"], model["class"], layout
+                    )
+                except Exception as exc:
+                    found["planned_why"] = _reason(exc)
+            if "skipped" not in found and "unwatched" in found:
                 found["memory"] = memory_verdict(found)
+        shown = {layout: f.get("memory") for layout, f in model.get("layouts", {}).items()}
+        print(f"  {model['type']:28} memory {shown}", file=sys.stderr)
+
+
+def compare_accelerate(results: list[dict[str, Any]]) -> None:
+    """Each model's ``--layout accelerate`` plan beside accelerate's own ``fsdp2_prepare_model``
+    (tests/accelerate_probe.py), both sharding the model over a fake process group in this
+    process: the same units, bytes and flags, or accelerate refuses and the plan says so."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    import execorder.fsdp
+    from execorder.report import Severity
+
+    try:
+        import accelerate_probe as probe
+    except ImportError:  # no accelerate: nothing to compare
+        return
+    for model in results:
+        if "broken" in model:
             continue
+        cls, config, _ = _model(model["type"], model["class"])
+        plan = execorder.fsdp.plan(
+            functools.partial(cls, config),
+            inputs=_batch(config, rank=0),
+            world_size=2,
+            layout="accelerate",
+        )
+        errors = [c.kind.value for c in plan.checks if c.severity is Severity.ERROR]
+        dist.init_process_group("fake", rank=0, world_size=2, store=FakeStore())
         try:
-            found["planned_peak"], found["assumed"] = planned_peak(found["type"], found["class"])
+            theirs = cls(config)
+            probe.accelerated(theirs)
+            prepared = probe.units(theirs)
         except Exception as exc:
-            found["planned_why"] = _reason(exc)
-        found["memory"] = memory_verdict(found)
-        ratio = found.get("planned_peak", 0) / found["real_peak"]
-        print(f"  {found['type']:28} memory {found['memory']} ({ratio:.3f}x)", file=sys.stderr)
+            verdict = "refused by accelerate, as the plan says" if errors else "PLAN SAID NOTHING"
+            model["accelerate_why"] = _reason(exc)
+        else:
+            ours = cls(config)
+            execorder.fsdp.shard(ours, plan)
+            verdict = "same" if probe.units(ours) == prepared else "DIFFERENT"
+        finally:
+            dist.destroy_process_group()
+        model["accelerate"] = verdict
+        print(f"  {model['type']:28} accelerate: {verdict}", file=sys.stderr)
+
+
+def _after(results: list[dict[str, Any]]) -> None:
+    measure_plans(results)
+    compare_accelerate(results)
 
 
 def _line(found: dict[str, Any]) -> str:
     if "broken" in found:
         return f"  {found['type']:28} not run: {found['broken'][:90]}"
-    left = f" (left out: {', '.join(found['left_out'])})" if found["left_out"] else ""
-    return f"  {found['type']:28} {found['units']:2} units  {found['verdict']}{left}"
+    each = []
+    for layout, case in found["layouts"].items():
+        if "skipped" in case:
+            each.append(f"{layout}: not a decoder")
+            continue
+        left = f" (left out: {', '.join(case['left_out'])})" if case["left_out"] else ""
+        each.append(f"{layout}: {case['units']} units, {case['verdict']}{left}")
+    return f"  {found['type']:28} " + "; ".join(each)
 
 
 def summarize(results: list[dict[str, Any]]) -> str:
-    """Verdicts, and every case that is not an agreement."""
+    """Verdicts by layout, and every case that is not an agreement."""
     ran = [r for r in results if "broken" not in r]
-    counts = Counter(r["verdict"] for r in ran)
-    left = [r["type"] for r in ran if r["left_out"]]
     lines = [
-        f"  model types: {len(results)}; sharded by their plan on 2 ranks: {len(ran)} "
+        f"  model types: {len(results)}; sharded by their plans on 2 ranks: {len(ran)} "
         "(the others fail on CPU, or are too big: not counted)",
-        "  " + ", ".join(f"{n} {v}" for v, n in counts.most_common()),
-        f"  plans that left blocks sharing a parameter to the unit around them: {len(left)} "
-        f"({', '.join(left)})",
     ]
-    memory = Counter(r.get("memory", "not measured") for r in ran)
-    lines.append(
-        "  memory, execorder against FSDPMemTracker: "
-        + ", ".join(f"{n} {v}" for v, n in memory.most_common())
-    )
-    for r in ran:
-        if "tracker_why" in r:
-            lines.append(f"    {r['type']}: FSDPMemTracker failed: {r['tracker_why'][:100]}")
-        elif r.get("memory") not in ("to the byte", "within 1%", None):
-            ratio = r.get("planned_peak", 0) / r["real_peak"]
+    for layout in LAYOUTS:
+        cases = [(r["type"], r["layouts"][layout]) for r in ran]
+        planned = [(t, c) for t, c in cases if "skipped" not in c]
+        counts = Counter(c["verdict"] for _, c in planned)
+        memory = Counter(c.get("memory", "not measured") for _, c in planned)
+        left = [t for t, c in planned if c["left_out"]]
+        lines += [
+            f"  {layout}: {len(planned)} planned ({len(cases) - len(planned)} not decoders): "
+            + ", ".join(f"{n} {v}" for v, n in counts.most_common()),
+            "    memory, execorder against FSDPMemTracker: "
+            + ", ".join(f"{n} {v}" for v, n in memory.most_common()),
+        ]
+        if left:
             lines.append(
-                f"    {r['type']}: memory {r.get('memory')} ({ratio:.3f}x: "
-                f"{r.get('planned_peak')} B planned, {r['real_peak']} B measured)"
-                + (f": {r['planned_why']}" if "planned_why" in r else "")
+                f"    blocks sharing a parameter left to the unit around them: {len(left)} "
+                f"({', '.join(left)})"
             )
-    for r in ran:
-        if r["verdict"] not in ("agree", "refused, as the plan says", "caught"):
-            lines.append(
-                f"    {r['type']}: {r['verdict']}: wrong {r['wrong'][:4]}, unwatched "
-                f"{r['unwatched']}, watched {r['watched']}, report {r['report_differs']}"
-            )
+        for model_type, case in planned:
+            if "tracker_why" in case and "groups" not in case["tracker_why"]:
+                lines.append(f"    {model_type}: FSDPMemTracker failed: {case['tracker_why'][:90]}")
+            elif case.get("real_peak") and case.get("memory") not in ("to the byte", "within 1%"):
+                ratio = case.get("planned_peak", 0) / case["real_peak"]
+                lines.append(
+                    f"    {model_type}: memory {case.get('memory')} ({ratio:.3f}x: "
+                    f"{case.get('planned_peak')} B planned, {case['real_peak']} B measured)"
+                    + (f": {case['planned_why'][:120]}" if "planned_why" in case else "")
+                )
+            if case["verdict"] not in ("agree", "refused, as the plan says", "caught"):
+                lines.append(
+                    f"    {model_type}: {case['verdict']}: wrong {case['wrong'][:4]}, unwatched "
+                    f"{case['unwatched']}, watched {case['watched']}, report "
+                    f"{case['report_differs']}"
+                )
+    prepared = [r for r in ran if "accelerate" in r]
+    if prepared:
+        counts = Counter(r["accelerate"] for r in prepared)
+        lines.append(
+            "  accelerate's own FSDP2 preparation against --layout accelerate: "
+            + ", ".join(f"{n} {v}" for v, n in counts.most_common())
+        )
+        for r in prepared:
+            if r["accelerate"] not in ("same", "refused by accelerate, as the plan says"):
+                lines.append(
+                    f"    {r['type']}: {r['accelerate']} {r.get('accelerate_why', '')[:90]}"
+                )
     return "\n".join(lines)
 
 
 def main() -> None:
-    command(__doc__ or "", survey, _line, summarize, __file__, after=measure_plans)
+    command(__doc__ or "", survey, _line, summarize, __file__, after=_after)
 
 
 if __name__ == "__main__":
