@@ -242,10 +242,11 @@ def rule_text(rule: UnitRule, words: Words = PYTHON) -> str:
             f"with the output head as one group (all three when tied){vision}, the root"
         )
     if rule.choice is UnitChoice.ACCELERATE:
-        blocks = f"each _no_split_modules block ({names})" if names else "no block"
+        blocks = f"each _no_split_modules block ({names})" if names else "no block (none named)"
         return (
-            f"accelerate's FSDP2 preparation: {blocks}, the input embedding, the final norm "
-            "with the output head as one group (the embedding too when tied), the root"
+            f"accelerate's FSDP2 preparation: {blocks}, the input embedding and the final norm "
+            "with the output head as one group (the embedding too when tied) where found, "
+            "the root"
         )
     return f"the root alone: no repeated block found (choose units with {words.arg(Arg.UNIT)})"
 
