@@ -217,7 +217,8 @@ def run(
 ) -> list[dict[str, Any]]:
     """Every model, on two ranks under torchrun (``script --rank-of``, which calls
     :func:`rank_main`); a model past the limit is timed out and the ranks started again on
-    the rest. ``show``: what is printed of each model as it comes."""
+    the rest; one whose ranks died is tried once more in fresh ranks. ``show``: what is
+    printed of each model as it comes."""
     results: list[dict[str, Any]] = []
 
     def took(found: dict[str, Any]) -> None:
@@ -225,6 +226,7 @@ def run(
         print((show or _line)(found), file=sys.stderr, flush=True)
 
     pending = list(todo)
+    retried: set[tuple[str, str]] = set()
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "results.jsonl"
         while pending:
@@ -250,7 +252,11 @@ def run(
                     break
                 time.sleep(0.5)
             left = pending[done:]
-            if left:  # the first not written timed out, or its ranks died
+            if left and ranks.returncode != -signal.SIGKILL and left[0] not in retried:
+                retried.add(left[0])  # ranks that died after many models: once more, fresh
+                pending = left
+                continue
+            if left:  # the first not written timed out, or its ranks died again
                 model_type, class_name = left[0]
                 why = "timed out" if ranks.returncode == -signal.SIGKILL else "the ranks died"
                 took({"type": model_type, "class": class_name, "broken": why})
