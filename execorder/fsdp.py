@@ -146,17 +146,19 @@ def _call(model: nn.Module, getter: str) -> Any:
 
 
 def _final_norm(model: nn.Module, blocks: set[str]) -> str | None:
-    """The norm after the blocks: a sibling of the blocks' list, registered after it."""
+    """The norm after the blocks: a sibling of the blocks' list, registered after it, that is
+    not the embedding's (BART registers ``layernorm_embedding`` there; it runs first)."""
     for name, module in model.named_modules():
         children = list(module.named_children())
         for index, (_, child) in enumerate(children):
             if isinstance(child, _CONTAINERS) and any(
                 type(c).__name__ in blocks for c in child.children()
             ):
-                after = [
+                after = [  # not the norm of the embedding (BART's layernorm_embedding)
                     (n, c)
                     for n, c in children[index + 1 :]
-                    if n in _NORM_NAMES or "norm" in type(c).__name__.lower()
+                    if (n in _NORM_NAMES or "norm" in type(c).__name__.lower())
+                    and "embed" not in n.lower()
                 ]
                 if after:
                     return f"{name}.{after[0][0]}" if name else after[0][0]

@@ -70,6 +70,21 @@ def test_the_torchtitan_layout_of_a_transformers_llama() -> None:
     assert not tied.checks or all(c.kind.value != "shared-params" for c in tied.checks)
 
 
+def test_the_final_norm_is_not_the_embeddings() -> None:
+    """BART's decoders register ``layernorm_embedding``, which runs first, after their blocks:
+    it is not the final norm; mBART's ``layer_norm`` is, and BART has none."""
+    from transformers import MBartConfig, MBartForCausalLM
+
+    sizes = {"d_model": 32, "decoder_ffn_dim": 64, "encoder_ffn_dim": 64, "vocab_size": 128}
+    heads = {"decoder_attention_heads": 4, "encoder_attention_heads": 4}
+    config = MBartConfig(**sizes, **heads, decoder_layers=2, max_position_embeddings=64)
+    plan = execorder.fsdp.plan(
+        lambda: MBartForCausalLM(config), input_size=IDS, layout="torchtitan"
+    )
+    grouped = [u.name for u in plan.units if u.grouped]
+    assert grouped == ["model.decoder.embed_tokens+model.decoder.layer_norm+lm_head"], grouped
+
+
 def test_the_accelerate_layout_of_transformers_models() -> None:
     """accelerate's FSDP2 preparation: _no_split_modules blocks alone, the embedding, and the
     base model's last norm with the head, kept gathered (the embedding too when tied)."""
