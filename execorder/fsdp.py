@@ -220,7 +220,11 @@ def plan(
         layout: ``"blocks"``: transformers' ``_no_split_modules`` where the
             model has them, else the class of its repeated blocks;
             ``"torchtitan"``: torchtitan's decoder layout (the embedding,
-            each block, the final norm and output head as one group).
+            each block, the final norm and output head as one group);
+            ``"accelerate"``: accelerate's FSDP2 preparation of a
+            transformers model (the same, its blocks from
+            ``_no_split_modules`` alone, its final norm the base model's
+            last).
         reshard_after_forward: ``"default"`` (torchtitan's rule), ``"always"``
             or ``"never"``: each unit's ``reshard_after_forward``.
         world_size: The ranks the units are sharded over: each unit's
