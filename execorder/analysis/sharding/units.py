@@ -219,14 +219,7 @@ def _accelerate(layout: Layout) -> tuple[list[UnitSpec], UnitRule]:
     if not parts.tied and parts.embedding and parts.embedding not in taken:
         specs.append((parts.embedding,))
         taken.add(parts.embedding)
-    tail = (
-        (parts.base_norm, parts.embedding, parts.head)
-        if parts.tied
-        else (
-            parts.base_norm,
-            parts.head,
-        )
-    )
+    tail = (parts.base_norm, parts.embedding if parts.tied else None, parts.head)
     group = tuple(dict.fromkeys(n for n in tail if n and n not in taken))
     if group:
         specs.append(group)
