@@ -429,6 +429,20 @@ def test_a_sweep_does_not_measure_memory() -> None:
     assert str(refused.value) == "memory measures one run's training step: not with sweep axes"
 
 
+def test_a_budget_that_only_ddps_buckets_exceed_is_marked_and_not_gated() -> None:
+    """The budget gates the one-device peak; where DDP's buckets alone take the step over it,
+    the under-DDP row says so, and the exit code stays the one device's."""
+    runner = CliRunner()
+    target = ["trace", "sample_models/encdec.py:EncoderDecoder", "--input", "int64[2,16]@0:100"]
+    data = json.loads(runner.invoke(app, [*target, "--memory", "-f", "json"]).stdout)["memory"]
+    between = data["peak_bytes"] + data["ddp_buckets_bytes"] // 2
+    marked = runner.invoke(app, [*target, "--memory", "--memory-budget", str(between)])
+    assert marked.exit_code == 0, marked.stderr
+    assert "over the budget: the peak and DDP's gradient buckets" in " ".join(marked.stdout.split())
+    fits = runner.invoke(app, [*target, "--memory", "--memory-budget", "1GiB"])
+    assert "over the budget" not in fits.stdout and "under DDP" in fits.stdout
+
+
 def test_the_device_budget_is_none_off_cuda() -> None:
     """``memory_budget="device"``, the command line's default, reads a CUDA device's memory
     (``tests/test_cuda.py``); on CPU and meta there is none to read."""
