@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from enum import Enum
 from typing import Protocol
 
-from execorder.spelling import label, non_reentrant, size_text
+from execorder.spelling import ddps_named, label, non_reentrant, size_text
 
 
 class Arg(Enum):
@@ -1158,7 +1158,7 @@ class DdpWaitingError(ExecOrderError):
         self.ddps, self.params = tuple(ddps), tuple(params)
 
     def describe(self, words: Words = PYTHON) -> str:
-        around = _joined([name or "the model" for name in self.ddps])
+        around = ddps_named(self.ddps)
         named = f" ({_joined(self.params, 8)})" if self.params else ""
         return (
             f"not compared: on this rank the DDP around {around} did not finish reducing the "

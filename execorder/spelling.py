@@ -37,6 +37,13 @@ def listed(names: Sequence[str], most: int = 3) -> str:
     return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
+def ddps_named(names: Sequence[str]) -> str:
+    """The DDPs of a recorded step by what they run, ``""`` being the model itself:
+    ``the model``, ``encoder and decoder``."""
+    shown = [name or "the model" for name in names]
+    return ", ".join(shown[:-1]) + " and " * (len(shown) > 1) + shown[-1]
+
+
 def args_text(args: Mapping[str, Any], *, none: str = "") -> str:
     """Concrete arguments as ``flag=True, n=2``; ``none`` when there are none."""
     return ", ".join(f"{k}={v!r}" for k, v in args.items()) or none

@@ -82,6 +82,7 @@ from execorder.ranks import (
     unreduced,
 )
 from execorder.report import Report
+from execorder.spelling import ddps_named
 
 __all__ = ["StepWatch", "WatchingCallback"]
 
@@ -315,7 +316,7 @@ class StepWatch:
         stopping = self._no_grad(step, report, recording, unfinished=unfinished, rank=rank)
         if stopping is not None:
             raise stopping
-        ddps = " and ".join(name or "the model" for name in unfinished)
+        ddps = ddps_named(unfinished)
         if self.stop_on_no_grad is not False:  # DDP's own check, where the report names none
             raise RecordingError(
                 f"step {step}: on rank {rank}, the DDP around {ddps} did not finish reducing "

@@ -50,7 +50,7 @@ from execorder.report import (
     Report,
     shape_text,
 )
-from execorder.spelling import args_text, listed, non_reentrant, size_text
+from execorder.spelling import args_text, ddps_named, listed, non_reentrant, size_text
 
 
 def report_view(
@@ -190,7 +190,7 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
         )
         return fact("DDP check", text, Severity.ERROR)
     if report.ddp_waiting:  # DDP's own check, on the recorded step
-        around = " and ".join(name or "the model" for name in report.ddp_waiting)
+        around = ddps_named(report.ddp_waiting)
         lost = [p.name for p in report.no_grad()]
         text = (
             f"fails: the DDP around {around} did not finish reducing the recorded step's "
