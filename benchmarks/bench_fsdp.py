@@ -51,8 +51,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]  # accelerate_probe: its preparation
+# the tests' real training step (models) and accelerate's preparation (accelerate_probe)
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
+import models  # noqa: E402
 from bench_ddp import _model, command  # noqa: E402
 from bench_meta import _reason, inputs  # noqa: E402
 
@@ -141,7 +143,6 @@ def _tracked(cls: Any, config: Any, plan: Any) -> int:
     ``execorder.fsdp.plan_memory`` measures on meta."""
     import torch
     from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
-    from torch.utils._pytree import tree_leaves
 
     import execorder.fsdp
 
@@ -155,18 +156,7 @@ def _tracked(cls: Any, config: Any, plan: Any) -> int:
     tracker.track_inputs(tuple(batch.values()))
     torch.manual_seed(1)
     with tracker, _reduced_in_place():
-        for _ in range(2):
-            out = model(**batch)
-            summed = [
-                t.float().sum()
-                for t in tree_leaves(out)
-                if isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point()
-            ]
-            torch.stack(summed).sum().backward()
-            del out, summed
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            tracker.reset_mod_stats()
+        models.train_two_steps(model, (), optimizer, tracker.reset_mod_stats, kwargs=batch)
     return int(tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"])
 
 
