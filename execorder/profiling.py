@@ -292,11 +292,7 @@ class Profiler:
             raise NeedsInputsError(exc) from exc
 
     def _eager(self, concrete: dict[str, Any], seed: int | bool | None) -> Report:
-        # On meta, inputs are real (on CPU) so that what they alone decide is
-        # computed; only inputs too big to be worth it stay on meta too.
-        where = self.device
-        if where == "meta" and self.inputs.bytes() <= REAL_LIMIT:
-            where = "cpu"
+        where = self._inputs_device(self.device)
         try:
             # Seeded through forward too: a model that draws at random in forward
             # (dropout deciding nothing, LayerDrop deciding which layers run)
@@ -347,12 +343,15 @@ class Profiler:
             return nullcontext()
         return capped(self._what or self.target, running=running)
 
+    def _inputs_device(self, device: str) -> str:
+        """Where a run on ``device`` makes its inputs: on meta they are real (on CPU), so
+        that what they alone decide is computed; only inputs too big to be worth it stay on
+        meta too."""
+        return "cpu" if device == "meta" and self.inputs.bytes() <= REAL_LIMIT else device
+
     def step_arguments(self, where: str, concrete: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-        """Forward's arguments for a run made on ``where``: the inputs, made as a run makes them
-        (for a run on meta, real, on CPU, unless too big to be worth it: see :meth:`_eager`)."""
-        if where == "meta" and self.inputs.bytes() <= REAL_LIMIT:
-            where = "cpu"
-        args, kwargs = self.inputs.make(where)
+        """Forward's arguments for a run on ``where``: the inputs, made as a run makes them."""
+        args, kwargs = self.inputs.make(self._inputs_device(where))
         args, kwargs, _ = trainer_inputs(self.model, args, kwargs)
         return args, {**kwargs, **concrete}
 
