@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 pytest.importorskip(
     "transformers", reason="transformers is not installed (pip install execorder[hf])"
@@ -24,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import bench_meta
 
+import execorder
 from execorder.errors import MetaDeviceError
 from execorder.profiling import NoteKind
 
@@ -67,6 +70,26 @@ def test_on_meta_as_a_real_backward_says(task: str, kind: str, name: str, before
         assert resting and all(".mlp." in n for n in resting)
     else:
         assert said == truth
+
+
+def test_a_checkpointed_llama_stays_on_meta_through_its_recomputation() -> None:
+    """transformers' own gradient checkpointing (non-reentrant): backward recomputes each
+    layer's attention, which on meta must take the kernel forward took."""
+    cls, config = bench_meta._build("causal", "llama", "LlamaForCausalLM", small=True)
+
+    def build() -> Any:
+        model = cls(config)
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+        return model.train()
+
+    batch = bench_meta.inputs("causal", config)
+    result = execorder.profile(build, inputs=lambda: batch, backward=True)
+    assert result.device == "meta" and result.notes == (), result.notes
+    torch.manual_seed(0)
+    model = build()
+    model(**batch).logits.sum().backward()
+    truth = {n for n, p in model.named_parameters() if p.grad is None}
+    assert {p.name for p in result.report.no_grad()} == truth
 
 
 def test_a_model_that_reads_its_routing_runs_on_cpu_and_says_which_op() -> None:

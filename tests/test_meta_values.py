@@ -335,6 +335,41 @@ def test_a_backward_that_needs_values_on_meta_says_so_and_reruns_on_cpu() -> Non
     assert "in backward: " in result.notes[0].reason
 
 
+class CheckpointedAttention(nn.Module):
+    """Attention blocks under non-reentrant activation checkpointing, a branch forward drops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Linear(32, 96) for _ in range(2))
+        self.dropped = nn.Linear(32, 32)
+
+    def _attend(self, qkv: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = qkv(x).view(x.shape[0], 16, 3, 4, 8).permute(2, 0, 3, 1, 4)
+        out = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return out.transpose(1, 2).reshape(x.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        self.dropped(x)
+        for qkv in self.blocks:
+            x = x + checkpoint(self._attend, qkv, x, use_reentrant=False)
+        return x
+
+
+def test_a_checkpointed_attention_recomputes_on_meta_as_its_forward_ran() -> None:
+    """Backward's recomputation takes forward's attention kernel on meta: it used to take the
+    math path, torch's checkpoint refused the mismatch, and every checkpointed transformer
+    (transformers', diffusers') reran on CPU, or was refused where CPU could not hold it."""
+    result = execorder.profile(CheckpointedAttention, input_size=(2, 16, 32), backward=True)
+    assert result.device == "meta" and result.notes == ()
+    torch.manual_seed(0)
+    model = CheckpointedAttention()
+    model(torch.randn(2, 16, 32)).sum().backward()
+    truth = {n for n, p in model.named_parameters() if p.grad is None}
+    assert {p.name for p in result.report.no_grad()} == truth == {"dropped.weight", "dropped.bias"}
+
+
 class Legacy(nn.Module):
     """Makes parameters with a legacy constructor, which ignores the meta device (as XLNet)."""
 

@@ -886,14 +886,11 @@ def _run(
 ) -> Recording:
     """One recorded forward (and backward); ``values``: keep values on meta (a MetaRun)."""
     recording = Recording(model, tree, assume=assume, timing=timing, values=values)
-    with _recorded(recording):
+    # Backward too: activation checkpointing's recomputation must take forward's kernels.
+    stand_ins = meta_stand_ins(model) if any_on_meta(tree) else nullcontext()
+    with _recorded(recording), stand_ins:
         try:
-            with (
-                torch.enable_grad(),
-                user_code(f"running {owner(model)}"),
-                frames_for(tree),
-                meta_stand_ins(model) if any_on_meta(tree) else nullcontext(),
-            ):
+            with torch.enable_grad(), user_code(f"running {owner(model)}"), frames_for(tree):
                 outputs = model(*args, **kwargs)
         except UserExitError:
             raise
