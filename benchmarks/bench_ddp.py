@@ -42,6 +42,7 @@ than the limit is counted as timed out and the survey goes on without it.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -53,6 +54,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -77,8 +79,34 @@ MODEL_TIMEOUT_S = 240  # one model, every setting, both runs
 DDP_INDICES = re.compile(r"did not receive grad for rank \d+: ([\d ]+)")
 
 
-def _model(model_type: str, class_name: str) -> tuple[Any, Any, str]:
-    """A class and a config that train on CPU: small, else with fewer experts, else default."""
+@dataclass(frozen=True)
+class Subject:
+    """A model the ranks train: how it is built, a batch (by seed), the loss of its outputs,
+    and how its blocks are checkpointed, reentrant or not (None where they cannot be)."""
+
+    build: Callable[[], Any]
+    batch: Callable[[int], dict[str, Any]]
+    loss: Callable[[Any], Any]
+    checkpoint: Callable[[Any, bool], None] | None = None
+
+
+def causal_lm(cls: Any, config: Any) -> Subject:
+    """A transformers causal LM, trained on its own tokens as labels."""
+
+    def batch(seed: int) -> dict[str, Any]:
+        found = inputs("causal", config, seed=seed)
+        return {**found, "labels": found["input_ids"].clone()}
+
+    def checkpoint(model: Any, reentrant: bool) -> None:
+        model.gradient_checkpointing_enable({"use_reentrant": reentrant})
+
+    checkpoints = getattr(cls, "supports_gradient_checkpointing", False)
+    build = functools.partial(cls, config)
+    return Subject(build, batch, lambda out: out.loss, checkpoint if checkpoints else None)
+
+
+def _model(model_type: str, class_name: str) -> tuple[Subject | None, str]:
+    """A causal LM that trains on CPU: small, else with fewer experts, else default."""
     import torch
 
     from execorder.loading.memory import model_bytes
@@ -92,20 +120,16 @@ def _model(model_type: str, class_name: str) -> tuple[Any, Any, str]:
             if size > CPU_BYTES:
                 why = f"{size / 1e9:.1f} GB"
                 continue
+            subject = causal_lm(cls, config)
             torch.manual_seed(0)
-            cls(config)(**_batch(config))
-            return cls, config, ""
+            subject.build()(**subject.batch(0))
+            return subject, ""
         except Exception as exc:
             why = _reason(exc)
-    return None, None, why
+    return None, why
 
 
-def _batch(config: Any) -> dict[str, Any]:
-    batch = inputs("causal", config)
-    return {**batch, "labels": batch["input_ids"].clone()}
-
-
-def _job(cls: Any, config: Any, setting: str, watched: bool) -> dict[str, Any]:
+def _job(subject: Subject, setting: str, watched: bool) -> dict[str, Any]:
     """Three steps under DDP in ``setting``, step 1 watched or not: how they ended."""
     import torch
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -115,20 +139,20 @@ def _job(cls: Any, config: Any, setting: str, watched: bool) -> dict[str, Any]:
 
     reentrant, settings = SETTINGS[setting]
     torch.manual_seed(0)
-    model = cls(config)
-    if reentrant:
-        model.gradient_checkpointing_enable({"use_reentrant": True})
+    model = subject.build()
+    if reentrant and subject.checkpoint is not None:
+        subject.checkpoint(model, True)
     model.train()
     job = DDP(model, **settings)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     watch = StepWatch(steps=(1,), stop_on_no_grad=None) if watched else None
-    batch = _batch(config)
+    batch = subject.batch(0)
     torch.manual_seed(1)
     for step in range(1, STEPS + 1):
         try:
             if watch is not None and watch.wants(step):
                 watch.begin(job, step)
-            job(**batch).loss.backward()
+            subject.loss(job(**batch)).backward()
             if watch is not None and watch.active:
                 watch.end()
             optimizer.step()
@@ -167,20 +191,21 @@ def verdict(truth: dict[str, Any], watched: dict[str, Any]) -> str:
 def survey(model_type: str, class_name: str) -> dict[str, Any]:
     """Every setting of one model type, on this rank; never raises."""
     found: dict[str, Any] = {"type": model_type, "class": class_name}
-    cls, config, why = _model(model_type, class_name)
-    if cls is None:
+    subject, why = _model(model_type, class_name)
+    if subject is None:
         return {**found, "broken": why}
-    found["settings"] = {}
+    return {**found, "settings": settings(subject)}
+
+
+def settings(subject: Subject) -> dict[str, Any]:
+    """Every setting the subject trains in, unwatched and watched, and the verdict."""
+    found = {}
     for setting, (reentrant, _) in SETTINGS.items():
-        if reentrant and not getattr(cls, "supports_gradient_checkpointing", False):
+        if reentrant and subject.checkpoint is None:
             continue
-        truth = _job(cls, config, setting, watched=False)
-        watched = _job(cls, config, setting, watched=True)
-        found["settings"][setting] = {
-            "truth": truth,
-            "watched": watched,
-            "verdict": verdict(truth, watched),
-        }
+        truth = _job(subject, setting, watched=False)
+        watched = _job(subject, setting, watched=True)
+        found[setting] = {"truth": truth, "watched": watched, "verdict": verdict(truth, watched)}
     return found
 
 
@@ -307,9 +332,12 @@ def command(
     summarize: Callable[[list[dict[str, Any]]], str],
     script: str,
     after: Callable[[list[dict[str, Any]]], None] | None = None,
+    listed: Callable[[set[str] | None], list[tuple[str, str]]] | None = None,
 ) -> None:
-    """The command line of a survey of every causal LM on two ranks (this one, bench_fsdp):
-    ``survey`` on each rank, ``after`` on the results in this process, then the summary."""
+    """The command line of a survey of models on two ranks (this one, bench_fsdp,
+    bench_diffusers): ``survey`` on each rank of each model ``listed`` gives (every causal LM
+    by default; ``--only`` names some), ``after`` on the results in this process, then the
+    summary."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--only", help="comma-separated model types")
     parser.add_argument("--json", type=Path, help="also write every result here")
@@ -320,21 +348,24 @@ def command(
         todo = [tuple(job) for job in json.loads((scratch / "todo.json").read_text())]
         rank_main(todo, scratch / "results.jsonl", survey)  # type: ignore[arg-type]
         return
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        needs = "needs transformers (pip install execorder[hf])"
-        raise SystemExit(f"{Path(script).stem} {needs}") from None
     only = set(args.only.split(",")) if args.only else None
-    todo = [(model_type, name) for _, model_type, name in jobs(only, ("causal",))]
     start = time.perf_counter()
-    results = run(todo, script=script, show=show)
+    results = run((listed or causal_lms)(only), script=script, show=show)
     if after is not None:
         after(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     print(summarize(results))
     print(f"  ({time.perf_counter() - start:.0f} s, 2 ranks)")
+
+
+def causal_lms(only: set[str] | None) -> list[tuple[str, str]]:
+    """Every causal LM type of transformers (those ``only`` names), with its class."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise SystemExit("needs transformers (pip install execorder[hf])") from None
+    return [(model_type, name) for _, model_type, name in jobs(only, ("causal",))]
 
 
 def main() -> None:

@@ -42,10 +42,9 @@ Verdicts, one a model and layout:
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -55,23 +54,22 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
 import models  # noqa: E402
-from bench_ddp import _model, command  # noqa: E402
-from bench_meta import _reason, inputs  # noqa: E402
+from bench_ddp import Subject, _model, command  # noqa: E402
+from bench_meta import _reason  # noqa: E402
 
 RTOL, ATOL = 1e-3, 1e-6  # float32 sums in another order: FSDP2 reduce-scatters the ranks'
 TOLERANCE = 0.10  # the real step's own peak varies a little between runs (tests/test_memory.py)
 
 
-def _batch(config: Any, rank: int | None = None) -> dict[str, Any]:
-    """A rank's batch (this rank's by default): its own tokens, as each rank of a job reads
-    its own data."""
+def _batch(subject: Subject, rank: int | None = None) -> dict[str, Any]:
+    """A rank's batch (this rank's by default): its own, as each rank of a job reads its own
+    data."""
     import torch.distributed as dist
 
-    batch = inputs("causal", config, seed=(dist.get_rank() if rank is None else rank) + 1)
-    return {**batch, "labels": batch["input_ids"].clone()}
+    return subject.batch((dist.get_rank() if rank is None else rank) + 1)
 
 
-def _truth(cls: Any, config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def _truth(subject: Subject) -> tuple[dict[str, Any], dict[str, Any]]:
     """The plain model's recorded step on this rank, and its gradients averaged over the ranks
     (None for a parameter no rank gave one)."""
     import torch
@@ -80,11 +78,11 @@ def _truth(cls: Any, config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     import execorder
 
     torch.manual_seed(0)
-    model = cls(config)
+    model = subject.build()
     model.train()
     torch.manual_seed(1)
     with execorder.record(model) as recording:
-        model(**_batch(config)).loss.backward()
+        subject.loss(model(**_batch(subject))).backward()
     report = recording.report().to_dict()
     grads: dict[str, Any] = {}
     for name, param in model.named_parameters():
@@ -96,7 +94,7 @@ def _truth(cls: Any, config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return report, grads
 
 
-def _sharded(cls: Any, config: Any, plan: Any, watched: bool) -> dict[str, Any]:
+def _sharded(subject: Subject, plan: Any, watched: bool) -> dict[str, Any]:
     """The step sharded by the plan, watched or not: FSDP2's gradients, whole (``"some"`` for
     a parameter some ranks have one of and others not), the watched report; or how it ended."""
     import torch
@@ -107,7 +105,7 @@ def _sharded(cls: Any, config: Any, plan: Any, watched: bool) -> dict[str, Any]:
     from execorder.training import StepWatch
 
     torch.manual_seed(0)
-    model = cls(config)
+    model = subject.build()
     model.train()
     watch = StepWatch(steps=(1,)) if watched else None
     try:
@@ -115,7 +113,7 @@ def _sharded(cls: Any, config: Any, plan: Any, watched: bool) -> dict[str, Any]:
         torch.manual_seed(1)
         if watch is not None:
             watch.begin(model, 1)
-        model(**_batch(config)).loss.backward()
+        subject.loss(model(**_batch(subject))).backward()
         if watch is not None:
             watch.end()
     except ExecOrderError as exc:
@@ -137,7 +135,7 @@ def _sharded(cls: Any, config: Any, plan: Any, watched: bool) -> dict[str, Any]:
     return ended
 
 
-def _tracked(cls: Any, config: Any, plan: Any) -> int:
+def _tracked(subject: Subject, plan: Any) -> int:
     """This rank's peak over two training steps sharded by the plan (forward, backward of the
     summed outputs, AdamW's foreach step), measured by PyTorch's ``FSDPMemTracker``: the steps
     ``execorder.fsdp.plan_memory`` measures on meta."""
@@ -147,11 +145,11 @@ def _tracked(cls: Any, config: Any, plan: Any) -> int:
     import execorder.fsdp
 
     torch.manual_seed(0)
-    model = cls(config)
+    model = subject.build()
     model.train()
     execorder.fsdp.shard(model, plan)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], foreach=True)
-    batch = _batch(config)
+    batch = _batch(subject)
     tracker = FSDPMemTracker(model, optimizer)
     tracker.track_inputs(tuple(batch.values()))
     torch.manual_seed(1)
@@ -190,17 +188,14 @@ def _reduced_in_place() -> Iterator[None]:
         dist.reduce_scatter_single = gloo
 
 
-def planned_peak(model_type: str, class_name: str, layout: str) -> tuple[int, bool]:
+def planned_peak(subject: Subject, layout: str) -> tuple[int, bool]:
     """execorder's peak of rank 0 under the model's plan over 2 ranks in ``layout``, on meta,
     and whether it rests on an assumption; outside any process group (``plan_memory`` runs
     FSDP2 over a fake one)."""
     import execorder.fsdp
     from execorder.profiling import Profiler
 
-    cls, config, why = _model(model_type, class_name)
-    if cls is None:
-        raise RuntimeError(why)
-    profiler = Profiler(lambda: cls(config), inputs=_batch(config, rank=0))
+    profiler = Profiler(subject.build, inputs=_batch(subject, rank=0))
     plan, report = execorder.fsdp.plan_and_report(profiler, world_size=2, layout=layout)
     memory = execorder.fsdp.plan_memory(profiler, plan, report, alternatives=False).memory
     assert memory is not None
@@ -257,7 +252,7 @@ LAYOUTS = ("blocks", "torchtitan")
 """The layouts each model is planned with (torchtitan's where the model is a decoder)."""
 
 
-def _case(cls: Any, config: Any, layout: str, report: Any, truth: Any) -> dict[str, Any]:
+def _case(subject: Subject, layout: str, report: Any, truth: Any) -> dict[str, Any]:
     """The model planned with one layout, sharded by the plan, against the truth."""
     import torch.distributed as dist
 
@@ -267,15 +262,15 @@ def _case(cls: Any, config: Any, layout: str, report: Any, truth: Any) -> dict[s
 
     try:
         plan = execorder.fsdp.plan(
-            lambda: cls(config),
-            inputs=_batch(config),
+            subject.build,
+            inputs=_batch(subject),
             world_size=dist.get_world_size(),
             layout=layout,
         )
     except LayoutError as exc:
         return {"skipped": str(exc)}
-    unwatched = _sharded(cls, config, plan, watched=False)
-    watched = _sharded(cls, config, plan, watched=True)
+    unwatched = _sharded(subject, plan, watched=False)
+    watched = _sharded(subject, plan, watched=True)
     found: dict[str, Any] = {}
     peak = None
     if any(unit.grouped for unit in plan.units):
@@ -285,7 +280,7 @@ def _case(cls: Any, config: Any, layout: str, report: Any, truth: Any) -> dict[s
         found["tracker_why"] = "FSDPMemTracker does not support groups"
     elif "grads" in unwatched:
         try:
-            peak = _tracked(cls, config, plan)
+            peak = _tracked(subject, plan)
         except Exception as exc:  # FSDPMemTracker's own (a unit that never ran has no
             found["tracker_why"] = _reason(exc)  # unsharded parameter for it to read)
     found |= {
@@ -308,15 +303,20 @@ def _case(cls: Any, config: Any, layout: str, report: Any, truth: Any) -> dict[s
 def survey(model_type: str, class_name: str) -> dict[str, Any]:
     """One model type on this rank, in each layout; never raises."""
     found: dict[str, Any] = {"type": model_type, "class": class_name}
-    cls, config, why = _model(model_type, class_name)
-    if cls is None:
+    subject, why = _model(model_type, class_name)
+    if subject is None:
         return {**found, "broken": why}
+    return {**found, **layouts(subject, LAYOUTS)}
+
+
+def layouts(subject: Subject, names: tuple[str, ...]) -> dict[str, Any]:
+    """The subject planned in each layout and sharded by the plan (``layouts``), or why it
+    broke (``broken``)."""
     try:
-        report, truth = _truth(cls, config)
-        found["layouts"] = {layout: _case(cls, config, layout, report, truth) for layout in LAYOUTS}
+        report, truth = _truth(subject)
+        return {"layouts": {name: _case(subject, name, report, truth) for name in names}}
     except Exception as exc:
-        return {**found, "broken": _reason(exc)}
-    return found
+        return {"broken": _reason(exc)}
 
 
 def memory_verdict(found: dict[str, Any]) -> str:
@@ -338,9 +338,12 @@ def memory_verdict(found: dict[str, Any]) -> str:
     return "UNDER" if ratio < 1 else "OVER"
 
 
-def measure_plans(results: list[dict[str, Any]]) -> None:
+def measure_plans(
+    results: list[dict[str, Any]], subject_of: Callable[[str, str], Subject | None] | None = None
+) -> None:
     """execorder's peak for each model and layout sharded, beside the measured one (in this
-    process: it is in no process group)."""
+    process: it is in no process group); ``subject_of`` a model's type and class (a causal
+    LM's by default)."""
     import logging
     import warnings
 
@@ -353,9 +356,10 @@ def measure_plans(results: list[dict[str, Any]]) -> None:
         for layout, found in model.get("layouts", {}).items():
             if found.get("real_peak") is not None:
                 try:
-                    found["planned_peak"], found["assumed"] = planned_peak(
-                        model["type"], model["class"], layout
-                    )
+                    subject = (subject_of or _causal_lm)(model["type"], model["class"])
+                    if subject is None:
+                        raise RuntimeError("it no longer builds")
+                    found["planned_peak"], found["assumed"] = planned_peak(subject, layout)
                 except Exception as exc:
                     found["planned_why"] = _reason(exc)
             if "skipped" not in found and "unwatched" in found:
@@ -381,30 +385,35 @@ def compare_accelerate(results: list[dict[str, Any]]) -> None:
     for model in results:
         if "broken" in model:
             continue
-        cls, config, _ = _model(model["type"], model["class"])
+        subject = _causal_lm(model["type"], model["class"])
+        assert subject is not None
         plan = execorder.fsdp.plan(
-            functools.partial(cls, config),
-            inputs=_batch(config, rank=0),
+            subject.build,
+            inputs=_batch(subject, rank=0),
             world_size=2,
             layout="accelerate",
         )
         errors = [c.kind.value for c in plan.checks if c.severity is Severity.ERROR]
         dist.init_process_group("fake", rank=0, world_size=2, store=FakeStore())
         try:
-            theirs = cls(config)
+            theirs = subject.build()
             probe.accelerated(theirs)
             prepared = probe.units(theirs)
         except Exception as exc:
             verdict = "refused by accelerate, as the plan says" if errors else "PLAN SAID NOTHING"
             model["accelerate_why"] = _reason(exc)
         else:
-            ours = cls(config)
+            ours = subject.build()
             execorder.fsdp.shard(ours, plan)
             verdict = "same" if probe.units(ours) == prepared else "DIFFERENT"
         finally:
             dist.destroy_process_group()
         model["accelerate"] = verdict
         print(f"  {model['type']:28} accelerate: {verdict}", file=sys.stderr)
+
+
+def _causal_lm(model_type: str, class_name: str) -> Subject | None:
+    return _model(model_type, class_name)[0]
 
 
 def _after(results: list[dict[str, Any]]) -> None:
