@@ -56,6 +56,7 @@ def _flex_stand_in(original: Any) -> Any:
 
 
 FLASH = 1  # torch._fused_sdp_choice's number for the flash attention kernel
+_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 
 
 def _ghost(tensor: Any) -> Any:
@@ -69,14 +70,16 @@ def _ghost(tensor: Any) -> Any:
 
 
 def _attention(original: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """``scaled_dot_product_attention`` on meta through the fused kernel CPU would choose."""
-    if len(args) < 3:
+    """``scaled_dot_product_attention`` on meta through the fused kernel CPU would choose,
+    however its arguments are passed (diffusers' attention dispatcher names them all)."""
+    given = {**dict(zip(_SDPA_ARGS, args, strict=False)), **kwargs}
+    if len(args) > len(_SDPA_ARGS) or not {"query", "key", "value"} <= given.keys() <= set(
+        _SDPA_ARGS
+    ):
         return original(*args, **kwargs)
-    q, k, v = args[:3]
+    q, k, v = given["query"], given["key"], given["value"]
     if not (q.is_meta and k.is_meta and v.is_meta) or q.dim() != 4:
         return original(*args, **kwargs)
-    names = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-    given = {**dict(zip(names, args[3:], strict=False)), **kwargs}
     mask, dropout = given.get("attn_mask"), float(given.get("dropout_p", 0.0))
     causal, scale = bool(given.get("is_causal", False)), given.get("scale")
     gqa = bool(given.get("enable_gqa")) and k.shape[1] != q.shape[1]
