@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_ddp.py
 	$(PY) benchmarks/bench_fsdp.py
+	$(PY) benchmarks/bench_diffusers.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -434,21 +434,23 @@ def _line(found: dict[str, Any]) -> str:
     return f"  {found['type']:28} " + "; ".join(each)
 
 
-def summarize(results: list[dict[str, Any]]) -> str:
+def summarize(results: list[dict[str, Any]], layouts: tuple[str, ...] = LAYOUTS) -> str:
     """Verdicts by layout, and every case that is not an agreement."""
     ran = [r for r in results if "broken" not in r]
     lines = [
         f"  model types: {len(results)}; sharded by their plans on 2 ranks: {len(ran)} "
         "(the others fail on CPU, or are too big: not counted)",
     ]
-    for layout in LAYOUTS:
+    for layout in layouts:
         cases = [(r["type"], r["layouts"][layout]) for r in ran]
         planned = [(t, c) for t, c in cases if "skipped" not in c]
         counts = Counter(c["verdict"] for _, c in planned)
         memory = Counter(c.get("memory", "not measured") for _, c in planned)
         left = [t for t, c in planned if c["left_out"]]
         lines += [
-            f"  {layout}: {len(planned)} planned ({len(cases) - len(planned)} not decoders): "
+            f"  {layout}: {len(planned)} planned"
+            + (f" ({len(cases) - len(planned)} not decoders)" if len(cases) > len(planned) else "")
+            + ": "
             + ", ".join(f"{n} {v}" for v, n in counts.most_common()),
             "    memory, execorder against FSDPMemTracker: "
             + ", ".join(f"{n} {v}" for v, n in memory.most_common()),
