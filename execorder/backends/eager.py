@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -886,10 +886,10 @@ def _run(
 ) -> Recording:
     """One recorded forward (and backward); ``values``: keep values on meta (a MetaRun)."""
     recording = Recording(model, tree, assume=assume, timing=timing, values=values)
-    # Backward too: activation checkpointing's recomputation must take forward's kernels.
-    stand_ins = meta_stand_ins(model) if any_on_meta(tree) else nullcontext()
-    with _recorded(recording), stand_ins:
+    with _recorded(recording), ExitStack() as kept:
         try:
+            if any_on_meta(tree):  # until backward ends: a recomputation takes forward's kernels
+                kept.enter_context(meta_stand_ins(model))
             with torch.enable_grad(), user_code(f"running {owner(model)}"), frames_for(tree):
                 outputs = model(*args, **kwargs)
         except UserExitError:
