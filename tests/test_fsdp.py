@@ -184,11 +184,28 @@ def test_backward_lists_follow_a_recorded_backward() -> None:
 
 
 def test_an_external_use_is_an_error_naming_the_unit_and_parameter() -> None:
-    plan = execorder.fsdp.plan(models.ReadsAnotherUnit, input_size=(2, 4))
+    plan = execorder.fsdp.plan(models.ReadsAnotherUnit, input_size=(2, 4), units=["Unit"])
     (check,) = plan.checks
     assert check.kind is CheckKind.EXTERNAL_USE and check.severity is Severity.ERROR
     assert check.units == ("layers.0", "")
     assert check.params == ("layers.0.lin.weight",)
+
+
+def test_the_blocks_layout_leaves_a_block_read_from_outside_to_the_unit_around_it() -> None:
+    """The root reads layer 0's weight after the layers ran (as DiT's root embeds the label
+    with its first block's embedder): sharded alone, layer 0 would be read as a shard."""
+    plan = execorder.fsdp.plan(models.ReadsAnotherUnit, input_size=(2, 4))
+    assert [u.name for u in plan.units] == ["", "layers.1"] and plan.checks == ()
+    assert plan.unit_rule.left_out == plan.unit_rule.read_outside == ("layers.0",)
+    assert str(plan.unit_rule) == (
+        "the repeated block class (Unit), but not layers.0: a call outside it reads its "
+        "parameters, so the unit around it holds it (FSDP2 gathers a unit's parameters for its "
+        "own forward only)"
+    )
+    written = plan.to_dict()
+    assert written["units_left_out"] == written["units_read_outside"] == ["layers.0"]
+    read = FsdpPlan.from_dict(json.loads(json.dumps(written)))
+    assert read.unit_rule.read_outside == ("layers.0",) and read.to_dict() == written
 
 
 def test_metadata_reads_are_not_uses_of_another_unit() -> None:
@@ -335,7 +352,8 @@ def test_apply_refuses_a_plan_that_does_not_fit_and_sets_nothing() -> None:
 
 def test_the_command_prints_json_and_gates_on_severity(tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "plan.json"
-    args = ["fsdp", "tests/models.py:ReadsAnotherUnit", "--input", "[2,4]", "-f", "json"]
+    args = ["fsdp", "tests/models.py:ReadsAnotherUnit", "--input", "[2,4]", "-u", "Unit", "-f"]
+    args.append("json")
     result = CliRunner().invoke(app, [*args, "-o", str(out), "--fail-on", "error"])
     assert result.exit_code == 1, result.output
     assert "check failed: external-use (error): layers.0, (root)" in result.stderr

@@ -35,7 +35,10 @@ DOCUMENTS = {
     "plan-repeated": ["fsdp", "tests/models.py:UnitTwice", "--input", "[2,4]"],
     "plan-shared": ["fsdp", "tests/models.py:SharedAcrossUnits", "--input", "[2,4]", "-u", "Unit"],
     "plan-untied": ["fsdp", "tests/models.py:SharedAcrossUnits", "--input", "[2,4]"],
-    "plan-external-use": ["fsdp", "tests/models.py:ReadsAnotherUnit", "--input", "[2,4]"],
+    "plan-external-use": [
+        "fsdp", "tests/models.py:ReadsAnotherUnit", "--input", "[2,4]", "-u", "Unit",
+    ],
+    "plan-read-outside": ["fsdp", "tests/models.py:ReadsAnotherUnit", "--input", "[2,4]"],
     "plan-split-gradient": ["fsdp", "sample_models/shared.py:SharedLayers"],
     "plan-given-units": [
         "fsdp", "tests/models.py:ReadsAnotherUnit", "--input", "[2,4]", "--unit", "Unit",

@@ -86,12 +86,12 @@ def test_a_plan_says_what_to_pass_in_the_callers_words() -> None:
     assert given.unit_rule.describe(CLI) == "--unit Unit"
 
 
-# (model, units): SharedAcrossUnits's layers, named as units, share a weight
+# (model, units): the layers, named as units, share a weight or are read from outside
 PLANNED = [
     ("TwoHeads", ()),
     ("Permuted", ()),
     ("UnitTwice", ()),
-    ("ReadsAnotherUnit", ()),
+    ("ReadsAnotherUnit", ("Unit",)),
     ("SharedAcrossUnits", ("Unit",)),
 ]
 

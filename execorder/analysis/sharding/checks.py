@@ -25,21 +25,9 @@ def _check(
 
 def external_uses(model: UnitModel) -> list[Check]:
     """A unit's parameters read by a call while that unit is not running: a shard is read."""
-    found: dict[tuple[str, str], list[str]] = {}
-    for index, call in enumerate(model.report.modules):
-        running = model.active[index]
-        for group in call.uses:
-            if group.module not in (call.name, *call.aliases):
-                continue  # a child's call: its own uses are checked at that call
-            for param in group.params:
-                holders = model.holders[param]  # groups name parameters by their first name
-                if running.isdisjoint(holders):
-                    params = found.setdefault((holders[0], call.name), [])
-                    if param not in params:
-                        params.append(param)
     return [
         _check(CheckKind.EXTERNAL_USE, (owner, model.unit_of(user)), params, user=user)
-        for (owner, user), params in found.items()
+        for (owner, user), params in model.outside_reads().items()
     ]
 
 

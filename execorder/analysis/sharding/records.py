@@ -231,7 +231,9 @@ class UnitRule:
         vision: Under the torchtitan layout, a VLM's vision encoder, one unit.
         left_out: Blocks the rule found that are not units: each shares a
             parameter with another unit (FSDP2 refuses a parameter in two),
-            so the unit around it holds it.
+            or another call reads its parameters while it is not running
+            (FSDP2 would read a shard), so the unit around it holds it.
+        read_outside: Those of ``left_out`` left out for the second reason.
     """
 
     choice: UnitChoice | None
@@ -239,6 +241,7 @@ class UnitRule:
     written: str = ""
     vision: str | None = None
     left_out: tuple[str, ...] = ()
+    read_outside: tuple[str, ...] = ()
 
     def describe(self, words: Words = PYTHON) -> str:
         """The rule for a person, naming arguments with ``words`` (its view's words)."""
@@ -456,6 +459,11 @@ class FsdpPlan:
             **(
                 {"units_left_out": list(self.unit_rule.left_out)} if self.unit_rule.left_out else {}
             ),
+            **(
+                {"units_read_outside": list(self.unit_rule.read_outside)}
+                if self.unit_rule.read_outside
+                else {}
+            ),
             "backward_from": self.backward_from.value,
             "units": [unit.to_dict() for unit in self.units],
             "forward_prefetch": {k: list(v) for k, v in self.forward_prefetch.items()},
@@ -516,6 +524,7 @@ class FsdpPlan:
                 None,
                 written=fields.get("unit_rule", str, default=""),
                 left_out=tuple(fields.items("units_left_out", str, default=())),
+                read_outside=tuple(fields.items("units_read_outside", str, default=())),
             ),
             backward_from=backward_from,
             mode=fields.get("mode", str, default="eager"),

@@ -376,6 +376,24 @@ class UnitModel:
                 return ROOT
             name = name.rpartition(".")[0]
 
+    def outside_reads(self) -> dict[tuple[str, str], list[str]]:
+        """Parameters a call read while the unit holding them was not running (FSDP2 gathers
+        a unit's parameters for its own forward only: the call reads a shard), by that unit
+        and the call's module, in the order read."""
+        found: dict[tuple[str, str], list[str]] = {}
+        for index, call in enumerate(self.report.modules):
+            running = self.active[index]
+            for group in call.uses:
+                if group.module not in (call.name, *call.aliases):
+                    continue  # a child's call: its own uses are checked at that call
+                for param in group.params:
+                    holders = self.holders[param]  # groups name parameters by their first name
+                    if running.isdisjoint(holders):
+                        params = found.setdefault((holders[0], call.name), [])
+                        if param not in params:
+                            params.append(param)
+        return found
+
     def ran(self) -> list[str]:
         """Units that ran, in the order their forwards first started."""
         return sorted(self.first_call, key=self.first_call.__getitem__)
@@ -515,21 +533,33 @@ def _dtype_bytes(dtype: str, name: str) -> int:
 
 
 def untied(model: UnitModel, layout: Layout, rule: UnitRule) -> tuple[UnitModel, UnitRule]:
-    """The layout's blocks, less those that share a parameter with another unit.
+    """The layout's blocks, less those FSDP2 cannot shard alone.
 
     FSDP2 refuses a parameter in two units (at the first forward): a block
     whose embedding is tied to the head the root holds (BERT's, RoBERTa's),
-    or blocks that share a layer's weight. Under a rule of the blocks
-    layout, such a block is left to the unit around it, as Composer's FSDP2
-    wrapping leaves modules with tied parameters, and the rule names it;
-    units a caller names stay as named (the ``shared-params`` check says
-    what FSDP2 will do with them).
+    or blocks that share a layer's weight. And it gathers a unit's
+    parameters for that unit's forward only: a block whose parameters
+    another call reads while the block is not running (DiT's root embeds the
+    label with its first block's embedder, after the blocks) reads a shard.
+    Under a rule of the blocks layout, such a block is left to the unit
+    around it, as Composer's FSDP2 wrapping leaves modules with tied
+    parameters, and the rule names it; units a caller names stay as named
+    (the ``shared-params`` and ``external-use`` checks say what FSDP2 will do
+    with them).
     """
     if rule.choice not in (UnitChoice.NO_SPLIT, UnitChoice.REPEATED):
         return model, rule
     left: list[str] = []
-    while tied := {u for h in model.holders.values() if len(h) > 1 for u in h if u != ROOT}:
-        left += [u for u in model.units if u in tied]
-        kept = [spec for unit, spec in model.specs.items() if unit not in tied]
+    read: list[str] = []
+    while True:
+        tied = {u for h in model.holders.values() if len(h) > 1 for u in h if u != ROOT}
+        outside = {unit for unit, _ in model.outside_reads() if unit != ROOT} - tied
+        if not tied and not outside:
+            break
+        left += [u for u in model.units if u in tied or u in outside]
+        read += [u for u in model.units if u in outside]
+        kept = [spec for unit, spec in model.specs.items() if unit not in tied | outside]
         model = UnitModel(model.report, layout, kept)
-    return model, dataclasses.replace(rule, left_out=tuple(left)) if left else rule
+    if not left:
+        return model, rule
+    return model, dataclasses.replace(rule, left_out=tuple(left), read_outside=tuple(read))

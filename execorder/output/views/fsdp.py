@@ -218,15 +218,28 @@ def rule_text(rule: UnitRule, words: Words = PYTHON) -> str:
     if rule.choice is None:
         return rule.written
     if rule.left_out:
-        one = len(rule.left_out) == 1
-        why = (
-            "it shares a parameter with another unit, so the unit around it holds it"
-            if one
-            else "they share parameters with other units, so the units around them hold them"
-        )
-        left = ", ".join(label(name) for name in rule.left_out)
-        first = rule_text(dataclasses.replace(rule, left_out=()), words)
-        return f"{first}, but not {left}: {why} (FSDP2 refuses a parameter in two units)"
+        first = rule_text(dataclasses.replace(rule, left_out=(), read_outside=()), words)
+        tied = [name for name in rule.left_out if name not in rule.read_outside]
+        parts = []
+        if tied:
+            why = (
+                "it shares a parameter with another unit, so the unit around it holds it"
+                if len(tied) == 1
+                else "they share parameters with other units, so the units around them hold them"
+            )
+            left = ", ".join(label(name) for name in tied)
+            parts.append(f"{left}: {why} (FSDP2 refuses a parameter in two units)")
+        if rule.read_outside:
+            why = (
+                "a call outside it reads its parameters, so the unit around it holds it"
+                if len(rule.read_outside) == 1
+                else "calls outside them read their parameters, so the units around them hold them"
+            )
+            left = ", ".join(label(name) for name in rule.read_outside)
+            parts.append(
+                f"{left}: {why} (FSDP2 gathers a unit's parameters for its own forward only)"
+            )
+        return f"{first}, but not " + ", nor ".join(parts)
     names = ", ".join(rule.names)
     if rule.choice is UnitChoice.GIVEN:
         return words.arg(Arg.UNIT, *rule.names)
