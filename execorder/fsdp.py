@@ -69,8 +69,25 @@ def layout(model: nn.Module) -> Layout:
     no_split = getattr(model, "_no_split_modules", None) or ()
     repeated = _repeated_blocks(model)
     return Layout(
-        modules, repeated, tuple(str(c) for c in no_split), _decoder(model, repeated, no_split)
+        modules,
+        repeated,
+        tuple(str(c) for c in no_split),
+        _decoder(model, repeated, no_split),
+        no_split_from=_no_split_from(model),
     )
+
+
+_LIBRARIES = ("transformers", "diffusers")
+
+
+def _no_split_from(model: nn.Module) -> str:
+    """The library whose class of the model names its ``_no_split_modules`` (the first class
+    that sets them, walking up from the model's); empty for a class of the model's own."""
+    for cls in type(model).__mro__:
+        if cls.__dict__.get("_no_split_modules"):
+            library = cls.__module__.partition(".")[0]
+            return library if library in _LIBRARIES else ""
+    return ""
 
 
 _NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "norm_f")
@@ -217,7 +234,7 @@ def plan(
         concrete_args: Fixed values for forward's arguments.
         sweep: Arguments to sweep, each with its values: units that run for
             some values only (ranks that disagree hang) are checked.
-        layout: ``"blocks"``: transformers' ``_no_split_modules`` where the
+        layout: ``"blocks"``: the model's ``_no_split_modules`` where the
             model has them, else the class of its repeated blocks;
             ``"torchtitan"``: torchtitan's decoder layout (the embedding,
             each block, the final norm and output head as one group);

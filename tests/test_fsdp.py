@@ -41,6 +41,34 @@ def kinds(plan: FsdpPlan) -> list[CheckKind]:
 # -- units ------------------------------------------------------------------------
 
 
+def test_no_split_modules_are_named_as_whose_they_are() -> None:
+    """A model's own ``_no_split_modules`` are not transformers'; diffusers' are diffusers'."""
+
+    class Own(models.Permuted):
+        _no_split_modules = ("Unit",)
+
+    plan = execorder.fsdp.plan(Own, input_size=(2, 4))
+    assert plan.unit_rule.choice is UnitChoice.NO_SPLIT
+    assert plan.unit_rule.describe() == "the model's _no_split_modules (Unit)"
+    diffusers = pytest.importorskip("diffusers")
+    flux = diffusers.FluxTransformer2DModel(
+        in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+        axes_dims_rope=(4, 4, 8),
+    )  # fmt: skip
+    inputs = {
+        "hidden_states": torch.randn(1, 16, 4),
+        "encoder_hidden_states": torch.randn(1, 8, 32),
+        "pooled_projections": torch.randn(1, 32),
+        "timestep": torch.tensor([0.5]),
+        "img_ids": torch.zeros(16, 3),
+        "txt_ids": torch.zeros(8, 3),
+    }
+    assert execorder.fsdp.plan(flux, inputs=inputs).unit_rule.describe() == (
+        "diffusers' _no_split_modules (FluxTransformerBlock, FluxSingleTransformerBlock)"
+    )
+
+
 @pytest.mark.transformers
 def test_a_llama_gets_its_decoder_layers_as_units_from_no_split_modules() -> None:
     plan = execorder.fsdp.plan(hf.tiny_llama(layers=3), input_size=IDS)

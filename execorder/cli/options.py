@@ -304,10 +304,11 @@ LayoutOpt = Annotated[
     LayoutName,
     typer.Option(
         "--layout",
-        help="The units when --unit is not given. blocks: transformers' _no_split_modules "
-        "where the model has them, else the class of its repeated blocks; torchtitan: "
-        "torchtitan's apply_fsdp_to_decoder (the input embedding, each block, the final "
-        "norm with the output head as one group, all three when tied; the root); "
+        help="The units when --unit is not given. blocks: the model's _no_split_modules "
+        "(transformers', diffusers') where it has them, else the class of its repeated "
+        "blocks; torchtitan: torchtitan's apply_fsdp_to_decoder (the input embedding, each "
+        "block, the final norm with the output head as one group, all three when tied; the "
+        "root); "
         "accelerate: accelerate's FSDP2 preparation of a transformers model (the same, its "
         "blocks from _no_split_modules alone, its final norm the base model's last).",
     ),

@@ -55,14 +55,17 @@ class Layout:
         repeated: Classes of the outermost repeated blocks: the items of a
             ``ModuleList``, ``Sequential`` or ``ModuleDict`` holding two or more
             modules of one class with parameters (Llama's decoder layers).
-        no_split: transformers' ``_no_split_modules`` of the model, when it
-            has them (the classes its own FSDP wrapping keeps whole).
+        no_split: The model's ``_no_split_modules``, when it has them (the
+            classes transformers' and diffusers' own FSDP wrapping keep whole).
+        no_split_from: The library whose class of the model names them
+            (``"transformers"``, ``"diffusers"``); empty for the model's own.
     """
 
     modules: tuple[LayoutModule, ...]
     repeated: tuple[str, ...] = ()
     no_split: tuple[str, ...] = ()
     decoder: DecoderParts | None = None
+    no_split_from: str = "transformers"
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,12 +226,14 @@ class UnitRule:
     """How a plan's units were chosen.
 
     Attributes:
-        choice: By the caller, by transformers' ``_no_split_modules``, by the
+        choice: By the caller, by the model's ``_no_split_modules``, by the
             repeated block class, or the root alone; None for a rule read
             from a file, which holds only its words.
         names: The names or classes given, or the classes chosen.
         written: The rule's words as read from a file.
         vision: Under the torchtitan layout, a VLM's vision encoder, one unit.
+        source: For ``NO_SPLIT``, the library whose ``_no_split_modules`` they
+            are (``"transformers"``, ``"diffusers"``); empty: the model's own.
         left_out: Blocks the rule found that are not units: each shares a
             parameter with another unit (FSDP2 refuses a parameter in two),
             or another call reads its parameters while it is not running
@@ -242,6 +247,7 @@ class UnitRule:
     vision: str | None = None
     left_out: tuple[str, ...] = ()
     read_outside: tuple[str, ...] = ()
+    source: str = "transformers"
 
     def describe(self, words: Words = PYTHON) -> str:
         """The rule for a person, naming arguments with ``words`` (its view's words)."""

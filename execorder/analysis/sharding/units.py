@@ -81,7 +81,7 @@ def choose_units(
             alone leaves out the modules a group has. Empty: the layout's
             rule.
         choice: The layout when ``wanted`` is empty: ``BLOCKS`` takes
-            transformers' ``_no_split_modules`` where the model has them,
+            the model's ``_no_split_modules`` where it has them,
             else the outermost repeated block class; ``TORCHTITAN`` takes
             torchtitan's decoder layout (the input embedding, each block,
             the final norm and the output head as one group, or all three
@@ -164,14 +164,14 @@ def _given(layout: Layout, text: str) -> list[UnitSpec]:
 def _blocks(layout: Layout) -> tuple[list[str], UnitRule]:
     """The block modules of the default rule, and the rule."""
     modules = layout.modules[1:]
-    for classes, choice in (
-        (layout.no_split, UnitChoice.NO_SPLIT),
-        (layout.repeated, UnitChoice.REPEATED),
+    for classes, rule in (
+        (layout.no_split, UnitRule(UnitChoice.NO_SPLIT, source=layout.no_split_from)),
+        (layout.repeated, UnitRule(UnitChoice.REPEATED)),
     ):
         names = [m.name for m in modules if m.type in classes]
         if names:
             used = [c for c in classes if any(m.type == c for m in modules)]
-            return names, UnitRule(choice, tuple(used))
+            return names, dataclasses.replace(rule, names=tuple(used))
     return [], UnitRule(UnitChoice.ROOT_ALONE)
 
 

@@ -244,7 +244,8 @@ def rule_text(rule: UnitRule, words: Words = PYTHON) -> str:
     if rule.choice is UnitChoice.GIVEN:
         return words.arg(Arg.UNIT, *rule.names)
     if rule.choice is UnitChoice.NO_SPLIT:
-        return f"transformers' _no_split_modules ({names})"
+        whose = f"{rule.source}'" if rule.source else "the model's"
+        return f"{whose} _no_split_modules ({names})"
     if rule.choice is UnitChoice.REPEATED:
         return f"the repeated block class ({names})"
     if rule.choice is UnitChoice.TORCHTITAN:
