@@ -1726,3 +1726,32 @@ class PassesNoneModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return PassesNone.apply(self.a(x), self.b(x))
+
+
+class FrozenBaseAdapter(nn.Module):
+    """LoRA's recipe on a frozen model: a trainable adapter inside reentrant-checkpointed
+    blocks whose input, the frozen embedding's output, needs no grad; a trainable side branch
+    whose result is dropped; a trainable head."""
+
+    def __init__(self, reentrant: bool = True, input_grads: bool = False) -> None:
+        super().__init__()
+        self.reentrant, self.input_grads = reentrant, input_grads
+        self.embed = nn.Embedding(16, 4).requires_grad_(False)
+        self.base = nn.ModuleList(nn.Linear(4, 4).requires_grad_(False) for _ in range(2))
+        self.adapter = nn.ModuleList(nn.Linear(4, 4, bias=False) for _ in range(2))
+        self.side = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def _block(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return self.base[i](x) + self.adapter[i](x)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        x = self.embed(ids)
+        if self.input_grads:  # what enable_input_require_grads() does
+            x.requires_grad_(True)
+        self.side(x)
+        for i in range(2):
+            x = checkpoint(self._block, i, x, use_reentrant=self.reentrant)
+        return self.head(x)

@@ -10,10 +10,12 @@ import torch
 import torch.nn as nn
 from cases import CASES, Case, backward_no_grad, predict, unseen_backward_resting
 from seed import Model
+from typer.testing import CliRunner
 
 import execorder
 import execorder.fsdp
 from execorder import eager
+from execorder.cli import app
 from execorder.errors import ControlFlowError, DifferentiatesError, ScriptedModuleError
 from execorder.report import AssumptionKind, Report
 
@@ -355,3 +357,43 @@ def test_reformers_reversible_layers_rest_on_their_unseen_backward() -> None:
     assert {p.name for p in walked.no_grad()} - resting == truth  # the rest, exactly
     ran = eager.trace(build(), kwargs=ids, backward=True)
     assert {p.name for p in ran.no_grad()} == truth and not ran.assumptions
+
+
+@pytest.mark.parametrize("mode", ["fx", "eager"])
+def test_parameters_a_never_recomputed_checkpoint_reads_are_named_with_the_cause(
+    mode: str,
+) -> None:
+    """PyTorch's pitfall, said as such: a real backward gives the adapter nothing, and gives
+    it a gradient once the blocks' input needs grad, or with use_reentrant=False; the side
+    branch, dead for another cause, is not named."""
+    ids = torch.randint(0, 16, (2, 3))
+    report = execorder.profile(
+        models.FrozenBaseAdapter, mode=mode, **({"inputs": (ids,)} if mode == "eager" else {})
+    ).report
+    adapter = ("adapter.0.weight", "adapter.1.weight")
+    assert report.never_recomputed == adapter
+    assert {p.name for p in report.dead} == {*adapter, "side.weight", "side.bias"}
+    for options, given in (
+        ({}, False),
+        ({"input_grads": True}, True),
+        ({"reentrant": False}, True),
+    ):
+        model = models.FrozenBaseAdapter(**options)
+        model(ids).sum().backward()
+        assert all((model.get_parameter(n).grad is not None) == given for n in adapter), options
+    fixed = execorder.profile(
+        lambda: models.FrozenBaseAdapter(input_grads=True), inputs=(ids,)
+    ).report
+    assert fixed.never_recomputed == () and {p.name for p in fixed.dead} == {
+        "side.weight",
+        "side.bias",
+    }
+    written = report.to_dict()
+    assert written["never_recomputed"] == list(adapter)
+    assert execorder.report.Report.from_dict(json.loads(json.dumps(written))) == report
+    shown = CliRunner().invoke(
+        app, ["trace", "tests/models.py:FrozenBaseAdapter", "--input", "int64[2,3]@0:16"]
+    )
+    said = " ".join(shown.stdout.split())
+    assert "never recomputed 2 of the 4 dead parameters are read only inside reentrant" in said
+    assert "use use_reentrant=False, or make an input of each block need grad" in said

@@ -115,9 +115,11 @@ def recompute(fn: Any) -> tuple[tuple[Any, ...], tuple[Any, ...], tuple[int, ...
 
 
 @contextmanager
-def blocks_logged(on_block: Callable[[bool], None]) -> Iterator[None]:
-    """Tell ``on_block(True)`` when a reentrant checkpoint's block starts running in forward,
-    ``on_block(False)`` when it ends: the calls between are made again in backward.
+def blocks_logged(on_block: Callable[[bool, bool], None]) -> Iterator[None]:
+    """Tell ``on_block(True, needs)`` when a reentrant checkpoint's block starts running in
+    forward, ``on_block(False, needs)`` when it ends: the calls between are made again in
+    backward, if ``needs``: whether a tensor input of the block needs grad (torch never
+    recomputes a block none of whose inputs does).
 
     ``CheckpointFunction.forward`` is wrapped for the duration, and restored
     exactly on exit, also when forward raises.
@@ -126,11 +128,12 @@ def blocks_logged(on_block: Callable[[bool], None]) -> Iterator[None]:
     block = saved.__func__
 
     def forward(ctx: Any, run_function: Any, preserve_rng_state: bool, *args: Any) -> Any:
-        on_block(True)
+        needs = any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+        on_block(True, needs)
         try:
             return block(ctx, run_function, preserve_rng_state, *args)
         finally:
-            on_block(False)
+            on_block(False, needs)
 
     CheckpointFunction.forward = staticmethod(forward)  # type: ignore[method-assign]
     try:

@@ -520,7 +520,8 @@ class Recording:
             )
         with gc_paused():
             recorder = Recorder(self.model, self._tree)
-            recorder.replay(self._swaps.resolve(self._events))
+            events = self._swaps.resolve(self._events)
+            recorder.replay(events)
             # A parameter returned as it is counts as used by the root.
             recorder.use(self._returned)
             report = build_report(
@@ -540,6 +541,10 @@ class Recording:
                 compiled=self._compiled,
                 ddp_params=self._ddp_registered,
             )
+            known = self._tree.param_names
+            only = {known[key][0] for key in _never_recomputed(events) if key in known}
+            if dead := tuple(p.name for p in report.all_params() if p.dead and p.name in only):
+                report = dataclasses.replace(report, never_recomputed=dead)
             if self._ddp_built is not None:
                 report = dataclasses.replace(report, ddp_built=self._ddp_built)
             unreduced = self._unreduced()
@@ -643,6 +648,24 @@ def _reads(events: Sequence[Event]) -> tuple[list[nn.Parameter], list[nn.Paramet
             if depth > 0:
                 in_blocks += event
     return read, in_blocks
+
+
+def _never_recomputed(events: Sequence[Event]) -> set[int]:
+    """The ids of the parameters forward read only inside reentrant checkpoints' blocks none of
+    whose inputs needed grad (the outermost block open at each read: one inside another is
+    run again, with grad, by the outer one's recompute)."""
+    blocks: list[bool] = []  # the open blocks: whether a tensor input of each needed grad
+    inside: set[int] = set()
+    elsewhere: set[int] = set()
+    for event in events:
+        if isinstance(event, Checkpointed):
+            if event.start:
+                blocks.append(event.inputs_need_grad)
+            elif blocks:
+                blocks.pop()
+        elif isinstance(event, list):
+            (inside if blocks and not blocks[0] else elsewhere).update(id(p) for p in event)
+    return inside - elsewhere
 
 
 def _graph_task() -> int:

@@ -181,7 +181,7 @@ def intercepting(
         with (
             _Watching(watched, metadata, append) if watched else nullcontext(),
             _control_flow_refused(),
-            blocks_logged(lambda start: append(Checkpointed(start))),
+            blocks_logged(lambda start, needs: append(Checkpointed(start, "", needs))),
             own_blocks_logged(
                 lambda: len(events),
                 lambda at, cls: _bracket(events, at, cls.__name__),

@@ -10,6 +10,7 @@ counts as used) are patched to report to a
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import functools
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -36,6 +37,7 @@ from execorder.backends.fx_liveness import (
     GRAD_ENABLED,
     live_params,
     needs_grad,
+    never_recomputed,
     output_reach,
 )
 from execorder.errors import (
@@ -450,7 +452,7 @@ def trace(
             if reach is None
             else set().union(*(found for _, found in reach))
         )
-        return build_report(
+        report = build_report(
             recorder,
             target=target or type(model).__name__,
             mode=Mode.FX,
@@ -459,6 +461,10 @@ def trace(
             outputs=reach,
             passes=passes,
         )
+        names = never_recomputed(tracer.graph, model) if regions.opened else set()
+        if dead := tuple(p.name for p in report.all_params() if p.dead and p.name in names):
+            report = dataclasses.replace(report, never_recomputed=dead)
+        return report
 
 
 @contextmanager

@@ -272,6 +272,35 @@ def _needs_grad_and_dead_regions(
     return needs, {region for region, ok in decided.items() if not ok}
 
 
+def never_recomputed(graph: torch.fx.Graph, root: nn.Module) -> set[str]:
+    """The parameters (by first name) the trace read only inside reentrant checkpoint regions
+    torch never recomputes: grad was on where the block was called, but none of its inputs
+    needs grad (the outermost region at each read: an inner one is run again by the outer
+    one's recompute)."""
+    needs = needs_grad(graph, root)
+    first = {id(p): name for name, p in root.named_parameters()}
+    params = dict(root.named_parameters(remove_duplicate=False))
+
+    def unrecomputed(region: Region) -> bool:
+        while region.parent is not None:
+            region = region.parent
+        return region.outer_grad and not any(needs.get(n, False) for n in region.inputs)
+
+    inside: set[str] = set()
+    elsewhere: set[str] = set()
+    for node in graph.nodes:
+        if node.op == "get_attr" and node.target in params:
+            read = [params[str(node.target)]]
+        elif node.op == "call_module" and isinstance(node.target, str):
+            read = list(root.get_submodule(node.target).parameters())
+        else:
+            continue
+        region = node.meta.get(REGION)
+        into = inside if region is not None and unrecomputed(region) else elsewhere
+        into.update(first[id(p)] for p in read if id(p) in first)
+    return inside - elsewhere
+
+
 def _in_dead_region(node: torch.fx.Node, dead: set[Region]) -> bool:
     region = node.meta.get(REGION)
     while region is not None:

@@ -41,6 +41,9 @@ class Checkpointed(NamedTuple):
     by: str = ""
     """The model's own checkpoint Function that runs the block (told as the block ends);
     empty for torch's reentrant checkpoint."""
+    inputs_need_grad: bool = True
+    """Whether a tensor input of the block needed grad: if none did, torch never recomputes
+    the block (its node is not in the graph), and what it read gets no gradient from it."""
 
 
 class UnseenBackward(NamedTuple):

@@ -618,6 +618,13 @@ class Report:
             then raises "Expected to mark a variable ready only once". In
             ``parameters()`` order; empty (and absent from the JSON) when
             there is none or the backend did not tell.
+        never_recomputed: Trainable parameters that get no gradient because
+            forward read them only inside reentrant checkpoints' blocks none of
+            whose inputs needed grad: torch never recomputes such a block in
+            backward (PyTorch's well-known pitfall: a frozen embedding, or
+            LoRA on a frozen model, before checkpointed blocks). In
+            ``parameters()`` order; empty (and absent from the JSON) when
+            there is none or the backend did not tell.
         own_checkpoints: The model's own checkpoint Functions (Megatron-LM's,
             DeepSpeed's: their ``ctx`` keeps the ``run_function`` their
             backward runs again) that ran such a block, by class name; empty
@@ -681,6 +688,7 @@ class Report:
     recomputed_calls: tuple[int, ...] = ()
     own_checkpoints: tuple[str, ...] = ()
     recompute_only: tuple[str, ...] = ()
+    never_recomputed: tuple[str, ...] = ()
     ddp_ignored: tuple[str, ...] = ()
     ddp_built: DdpBuilt | None = None
     ddp_unreduced: tuple[str, ...] = ()
@@ -824,6 +832,7 @@ class Report:
             split_by_backwards=tuple(n for n in self.split_by_backwards if n not in ignored),
             ddp_unreduced=tuple(n for n in self.ddp_unreduced if n not in ignored),
             recompute_only=tuple(n for n in self.recompute_only if n not in ignored),
+            never_recomputed=tuple(n for n in self.never_recomputed if n not in ignored),
         )
 
     def ddp_order(self) -> tuple[ParamInfo, ...]:
@@ -889,6 +898,7 @@ class Report:
             **({"recomputed_calls": list(self.recomputed_calls)} if self.recomputed_calls else {}),
             **({"own_checkpoints": list(self.own_checkpoints)} if self.own_checkpoints else {}),
             **({"recompute_only": list(self.recompute_only)} if self.recompute_only else {}),
+            **({"never_recomputed": list(self.never_recomputed)} if self.never_recomputed else {}),
             **({"ddp_ignored": list(self.ddp_ignored)} if self.ddp_ignored else {}),
             **({"ddp_built": self.ddp_built.to_dict()} if self.ddp_built is not None else {}),
             **({"ddp_unreduced": list(self.ddp_unreduced)} if self.ddp_unreduced else {}),
@@ -954,6 +964,7 @@ class Report:
             recomputed_calls=tuple(fields.items("recomputed_calls", int, default=())),
             own_checkpoints=tuple(fields.items("own_checkpoints", str, default=())),
             recompute_only=tuple(fields.items("recompute_only", str, default=())),
+            never_recomputed=tuple(fields.items("never_recomputed", str, default=())),
             ddp_ignored=tuple(fields.items("ddp_ignored", str, default=())),
             ddp_built=None
             if fields.get("ddp_built", dict, type(None), default=None) is None

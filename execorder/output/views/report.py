@@ -357,6 +357,25 @@ def find_unused_fact(report: Report) -> Row:
     return fact("DDP, find_unused", text, Severity.WARNING)
 
 
+def never_recomputed_fact(report: Report) -> Row:
+    """Why dead parameters read only in reentrant checkpoints that never recompute get none."""
+    seen = report.as_ddp_sees_it()
+    never, dead = len(seen.never_recomputed), len(seen.dead)
+    which = (
+        f"{'the' if never == dead else f'{never:,} of the'} {plural(dead, 'dead parameter')}"
+        if dead > 1
+        else "the dead parameter"
+    )
+    text = (
+        f"{which} {'is' if never == 1 else 'are'} "
+        "read only inside reentrant checkpoints none of whose inputs needs grad: torch never "
+        "recomputes those blocks in backward, so they get no gradient; use "
+        "use_reentrant=False, or make an input of each block need grad (transformers' and "
+        "peft's enable_input_require_grads())"
+    )
+    return fact("never recomputed", text, Severity.WARNING)
+
+
 def _unseen_missing(report: Report) -> list[str]:
     """Trainable parameters without a gradient that rest on a custom Function's backward."""
     if not report.assumed(AssumptionKind.BACKWARD):
@@ -447,6 +466,8 @@ def _summary(report: Report, words: Words = PYTHON) -> Table:
     rows.append(ddp_verdict(report, words))
     if report.as_ddp_sees_it().recompute_only:
         rows.append(find_unused_fact(report))
+    if report.as_ddp_sees_it().never_recomputed:
+        rows.append(never_recomputed_fact(report))
     return Table("Summary", (Column(""), Column("", NAME)), tuple(rows), header=False)
 
 
