@@ -743,6 +743,9 @@ class NoGradientError(ExecOrderError):
         recompute_only: Parameters whose gradient only reentrant checkpoints'
             recomputes give (``Report.recompute_only``): with them,
             ``find_unused_parameters=True`` fails too.
+        never_recomputed: Those of ``params`` forward read only inside
+            reentrant checkpoints none of whose inputs needed grad, which torch
+            never recomputes (``Report.never_recomputed``).
         inside: The modules inside the model whose own DDP fails on them
             (``DDP(model.encoder)`` or ``replicate(model.encoder)``), by
             name; empty where that DDP runs the model. Indices are then
@@ -769,12 +772,14 @@ class NoGradientError(ExecOrderError):
         inside: Sequence[str] = (),
         rank: int | None = None,
         static_graph: bool | None = False,
+        never_recomputed: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.static_graph = static_graph
         self.step, self.params = step, tuple(params)
         self.ddp_indices, self.under_ddp = tuple(ddp_indices), under_ddp
         self.recompute_only = tuple(recompute_only)
+        self.never_recomputed = tuple(never_recomputed)
         self.inside = tuple(inside)
         self.rank = rank
 
@@ -805,6 +810,14 @@ class NoGradientError(ExecOrderError):
             text += f"{why}{expected}"
         elif self.under_ddp:
             text += f"; DDP ({setting}) fails on them at the next step{why}{expected}"
+        if self.never_recomputed:
+            never = len(self.never_recomputed)
+            which = "they are" if never == count else f"{never} of them are"
+            text += (
+                f"; {which} read only inside reentrant checkpoints none of whose inputs needs "
+                "grad, which torch never recomputes in backward: use use_reentrant=False, or "
+                "make an input of each block need grad (enable_input_require_grads())"
+            )
         if self.static_graph:
             return text + (
                 f". Use them in every step, freeze them (requires_grad_(False)), or wrap {around} "

@@ -397,3 +397,16 @@ def test_parameters_a_never_recomputed_checkpoint_reads_are_named_with_the_cause
     said = " ".join(shown.stdout.split())
     assert "never recomputed 2 of the 4 dead parameters are read only inside reentrant" in said
     assert "use use_reentrant=False, or make an input of each block need grad" in said
+    if mode == "eager":  # inside a training step, the watch says it too
+        from execorder.errors import NoGradientError
+        from execorder.training import StepWatch
+
+        model, watch = models.FrozenBaseAdapter(), StepWatch(stop_on_no_grad=True)
+        watch.begin(model, 1)
+        model(ids).sum().backward()
+        with pytest.raises(NoGradientError) as caught:
+            watch.end()
+        assert caught.value.never_recomputed == adapter
+        assert "; 2 of them are read only inside reentrant checkpoints none of whose" in str(
+            caught.value
+        )

@@ -386,6 +386,7 @@ class StepWatch:
                 [inside[p.name][1] if p.name in inside else p.ddp_index for p in missing],
                 under_ddp=under_ddp or bool(inside),
                 recompute_only=report.recompute_only,
+                never_recomputed=[p.name for p in missing if p.name in report.never_recomputed],
                 inside=() if under_ddp else _modules_of(recording, inside.values()),
                 rank=rank,
                 static_graph=_waits_by(ddp, waits)
