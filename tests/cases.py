@@ -127,6 +127,7 @@ CASES: dict[str, Case] = {
     "read-through-parameters": Case(models.ReadThroughParameters, _x(2, 4)),
     "pooling-indices": Case(models.PoolingIndices, _x(2, 4)),
     "checkpoint-reused-twice": Case(models.CheckpointReused, _x(2, 4)),
+    "writes-cache": Case(models.WritesCache, _x(2, 4)),
     "checkpoint-reused-after": Case(lambda: models.CheckpointReused("after"), _x(2, 4)),
     "checkpoint-reused-first": Case(models.CheckpointReusedFirst, _x(2, 4)),
     "checkpoint-loop": Case(models.CheckpointLoop, _x(2, 4)),

@@ -1755,3 +1755,39 @@ class FrozenBaseAdapter(nn.Module):
         for i in range(2):
             x = checkpoint(self._block, i, x, use_reentrant=self.reentrant)
         return self.head(x)
+
+
+class CacheBlock(nn.Module):
+    """Adds what it cached on the last chunk, and caches its own output, in the list it is
+    passed (as the Wan VAE's causal convolutions keep their cache)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 4) / 2)
+
+    def forward(self, x: torch.Tensor, cache: list[Any], i: int) -> torch.Tensor:
+        y = F.linear(x, self.weight)
+        if cache[i] is not None:
+            y = y + cache[i]
+        cache[i] = y
+        return y
+
+
+class WritesCache(nn.Module):
+    """Three chunks (the input, scaled) through two blocks, each block's cache in a list the
+    model passes it: once the first block has cached a tensor that needs grad, FSDP2 passes
+    a unit a copy of the list, so a block sharded alone writes its cache into the copy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(CacheBlock() for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cache: list[Any] = [None, None]
+        out = []
+        for scale in (1.0, 2.0, 3.0):  # three chunks, as a video's frames come
+            chunk = x * scale
+            for i, block in enumerate(self.blocks):
+                chunk = block(chunk, cache, i)
+            out.append(chunk)
+        return torch.cat(out)

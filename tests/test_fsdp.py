@@ -28,7 +28,7 @@ from execorder.analysis.sharding import (
 )
 from execorder.cli import app
 from execorder.errors import PlanMismatchError, SchemaError, UnitError
-from execorder.report import Severity
+from execorder.report import Report, Severity
 
 hf = pytest.importorskip("hf", reason="transformers is not installed (pip install execorder[hf])")
 IDS = "int64[1,16]@0:128"
@@ -234,6 +234,37 @@ def test_the_blocks_layout_leaves_a_block_read_from_outside_to_the_unit_around_i
     assert written["units_left_out"] == written["units_read_outside"] == ["layers.0"]
     read = FsdpPlan.from_dict(json.loads(json.dumps(written)))
     assert read.unit_rule.read_outside == ("layers.0",) and read.to_dict() == written
+
+
+def test_a_unit_that_writes_into_an_argument_holding_a_tensor_needing_grad_is_an_error() -> None:
+    """FSDP2 passes a unit a copy of such a list (tests/test_fsdp_grads.py: the gradients go
+    wrong); the blocks layout leaves such blocks to the unit around them."""
+    x = torch.randn(2, 4)
+    named = execorder.fsdp.plan(models.WritesCache, inputs=x, units=["CacheBlock"])
+    # blocks.0's first call writes into a list of Nones, which FSDP2 passes as it is; from
+    # then on the list holds a tensor needing grad (blocks.1's first call already)
+    assert [(c.kind, c.units, c.calls) for c in named.checks if c.severity is Severity.ERROR] == [
+        (CheckKind.INPUT_WRITE, ("blocks.1",), 3),
+        (CheckKind.INPUT_WRITE, ("blocks.0",), 2),
+    ]
+    assert "writes into a list, dict or dataclass it is passed" in named.checks[0].message
+    report = execorder.profile(models.WritesCache, inputs=x).report
+    assert [report.modules[i].name for i in report.input_writes] == ["blocks.1"] + [
+        "blocks.0",
+        "blocks.1",
+    ] * 2
+    assert Report.from_dict(json.loads(json.dumps(report.to_dict()))) == report
+    default = execorder.fsdp.plan(models.WritesCache, inputs=x)
+    assert [u.name for u in default.units] == [""]
+    assert default.unit_rule.writes_inputs == ("blocks.0", "blocks.1")
+    assert str(default.unit_rule).endswith(
+        "but not blocks.0, blocks.1: they write into a list, dict or dataclass they are passed "
+        "that holds a tensor needing grad, so the unit around them holds them (FSDP2 passes a "
+        "unit a copy of such an argument)"
+    )
+    written = default.to_dict()
+    assert written["units_writing_inputs"] == ["blocks.0", "blocks.1"]
+    assert FsdpPlan.from_dict(json.loads(json.dumps(written))).to_dict() == written
 
 
 def test_metadata_reads_are_not_uses_of_another_unit() -> None:

@@ -29,6 +29,8 @@ COMBOS = [
     "checkpoint-reentrant=CheckpointedBlock",  # each block checkpointed once: right
     "own-checkpoint-reused=block",  # a Function of the model's own, twice: wrong
     "own-checkpointing-nested=embed",  # run outside first, then in the model's own: right
+    "writes-cache=CacheBlock",  # each block writes its cache into FSDP2's copy: wrong
+    "writes-cache=",  # the layout's own: the blocks left to the root: right
 ]
 
 
@@ -43,7 +45,8 @@ def test_the_check_names_exactly_the_units_fsdp2_leaves_a_wrong_gradient(
     observed: dict[str, dict], combo: str
 ) -> None:
     line = observed[combo]
-    flagged = set(line["checks"].get(CheckKind.SPLIT_GRADIENT.value, []))
+    kind = CheckKind.INPUT_WRITE if combo.startswith("writes-") else CheckKind.SPLIT_GRADIENT
+    flagged = set(line["checks"].get(kind.value, []))
     wrong_units = {param.rpartition(".")[0] for param in line["wrong"]}
     assert flagged == wrong_units, line
 
@@ -52,3 +55,5 @@ def test_both_outcomes_are_seen(observed: dict[str, dict]) -> None:
     """The comparison means something only where FSDP2 does go wrong, and somewhere not."""
     assert observed["checkpoint-reused-twice=block"]["wrong"]
     assert not observed["checkpoint-loop=encoder"]["wrong"]
+    assert observed["writes-cache=CacheBlock"]["wrong"]
+    assert not observed["writes-cache="]["wrong"]

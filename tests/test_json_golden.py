@@ -39,6 +39,10 @@ DOCUMENTS = {
         "fsdp", "tests/models.py:ReadsAnotherUnit", "--input", "[2,4]", "-u", "Unit",
     ],
     "plan-read-outside": ["fsdp", "tests/models.py:ReadsAnotherUnit", "--input", "[2,4]"],
+    "plan-input-write": [
+        "fsdp", "tests/models.py:WritesCache", "--input", "[2,4]", "-u", "CacheBlock",
+    ],
+    "plan-writes-inputs": ["fsdp", "tests/models.py:WritesCache", "--input", "[2,4]"],
     "plan-split-gradient": ["fsdp", "sample_models/shared.py:SharedLayers"],
     "plan-given-units": [
         "fsdp", "tests/models.py:ReadsAnotherUnit", "--input", "[2,4]", "--unit", "Unit",

@@ -13,6 +13,7 @@ from execorder.backends.eager_intercept import intercepting
 from execorder.recording import (
     Checkpointed,
     Event,
+    InputWrite,
     Recorder,
     UnseenBackward,
     build_report,
@@ -40,6 +41,8 @@ def _one_by_one(recorder: Recorder, events: list[Event]) -> None:
             recorder.checkpointed(event.start, event.by)
         elif isinstance(event, UnseenBackward):
             recorder.unseen_backward(event)
+        elif isinstance(event, InputWrite):
+            recorder.input_write()
         else:
             recorder.enter(event)
 
@@ -59,7 +62,17 @@ def _state(recorder: Recorder) -> object:
     order = [id(p) for p in recorder.param_order]
     unseen = [(i, e.function, [id(p) for p in e.params]) for i, e in recorder.unseen_backwards]
     own = recorder.own_checkpoints
-    return calls, order, recorder.first_call, recorder.observed, unseen, recorder.recomputed, own
+    writes = recorder.input_writes
+    return (
+        calls,
+        order,
+        recorder.first_call,
+        recorder.observed,
+        unseen,
+        recorder.recomputed,
+        own,
+        writes,
+    )
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())

@@ -92,6 +92,7 @@ PLANNED = [
     ("Permuted", ()),
     ("UnitTwice", ()),
     ("ReadsAnotherUnit", ("Unit",)),
+    ("WritesCache", ("CacheBlock",)),
     ("SharedAcrossUnits", ("Unit",)),
 ]
 

@@ -378,7 +378,7 @@ FsdpFailOnOpt = Annotated[
         help="CI gate: exit 1 if a check of this severity or worse is found (error, warning, "
         "info), or one of these checks (comma-separated: external-use, shared-params, "
         "varies, not-run, registration-order, order-varies, assumption, repeated, root-only, "
-        "split-gradient).",
+        "split-gradient, input-write).",
         show_default=False,
     ),
 ]

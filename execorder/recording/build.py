@@ -125,6 +125,8 @@ def build_report(
             report = dataclasses.replace(report, recompute_only=hidden)
     if recorder.recomputed:
         report = dataclasses.replace(report, recomputed_calls=tuple(recorder.recomputed))
+    if recorder.input_writes:
+        report = dataclasses.replace(report, input_writes=tuple(recorder.input_writes))
     if recorder.own_checkpoints:
         report = dataclasses.replace(report, own_checkpoints=tuple(recorder.own_checkpoints))
     return dataclasses.replace(report, defaults=dict(defaults or {})) if defaults else report

@@ -56,12 +56,19 @@ class UnseenBackward(NamedTuple):
     where: str = ""
 
 
-Event = nn.Module | list[nn.Parameter] | Assumed | Checkpointed | UnseenBackward | None
+class InputWrite(NamedTuple):
+    """An event: the current call wrote into a list, dict or dataclass it was passed that
+    holds a tensor needing grad (told as the call ends). FSDP2 passes a unit a copy of such
+    an argument, with those tensors replaced to hook backward: the write would be lost."""
+
+
+Event = nn.Module | list[nn.Parameter] | Assumed | Checkpointed | UnseenBackward | InputWrite | None
 """One entry of an event log: a module (its call starts), ``None`` (the
 current call ends), a list of parameters (one op used them), an
 :class:`Assumed` (the current call assumed a value), a
-:class:`Checkpointed` (a reentrant checkpoint's block starts or ends), or an
-:class:`UnseenBackward` (the current call ran a custom Function)."""
+:class:`Checkpointed` (a reentrant checkpoint's block starts or ends), an
+:class:`UnseenBackward` (the current call ran a custom Function), or an
+:class:`InputWrite` (the current call wrote into an argument's container)."""
 
 
 class UsageGroup(NamedTuple):
@@ -112,6 +119,8 @@ class Recorder:
             block (Megatron-LM's, DeepSpeed's), by class name, each once.
         unseen_backwards: ``(call index, event)`` for each custom Function
             whose ``forward`` read parameters it was not passed.
+        input_writes: Indices of the calls that wrote into a container they were
+            passed holding a tensor that needs grad (:class:`InputWrite`).
     """
 
     def __init__(self, root: nn.Module, tree: ModuleTree | None = None) -> None:
@@ -131,6 +140,7 @@ class Recorder:
         self.own_checkpoints: list[str] = []
         self._blocks = 0  # reentrant checkpoint blocks running now
         self.unseen_backwards: list[tuple[int, UnseenBackward]] = []
+        self.input_writes: list[int] = []
         self._watches: list[dict[int, nn.Parameter]] = []
 
     @property
@@ -236,6 +246,11 @@ class Recorder:
         finally:
             self._watches.remove(read)
 
+    def input_write(self) -> None:
+        """The current call wrote into a container argument holding a tensor that needs
+        grad (:class:`InputWrite`)."""
+        self.input_writes.append(self._stack[-1])
+
     def unseen_backward(self, event: UnseenBackward) -> None:
         """The current call ran a custom Function that read parameters it was not passed."""
         self.unseen_backwards.append((self._stack[-1], event))
@@ -328,6 +343,8 @@ class Recorder:
                 self.checkpointed(event.start, event.by)
             elif isinstance(event, UnseenBackward):
                 self.unseen_backward(event)
+            elif isinstance(event, InputWrite):
+                self.input_write()
             else:
                 params = cached.get(id(event)) or params_of(event)
                 parent = calls[stack[-1]]

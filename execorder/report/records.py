@@ -609,6 +609,11 @@ class Report:
             block (indices into ``modules``), which backward makes again, in
             the backward pass of that block's own. Empty (and absent from the
             JSON) when there are none.
+        input_writes: The module calls (indices into ``modules``) that wrote
+            into a list, dict or dataclass they were passed holding a tensor
+            that needs grad (a cache of activations): FSDP2 passes a unit a
+            copy of such an argument, so a unit's write is lost to its caller
+            (eager mode only; empty, and absent from the JSON, when none did).
         recompute_only: Trainable parameters whose gradient comes only from
             reentrant checkpoints' recomputes, in their own backward passes:
             forward ran their blocks without grad, so they are not in the
@@ -686,6 +691,7 @@ class Report:
     split_gradients: Mapping[str, int] = field(default_factory=dict)
     split_by_backwards: tuple[str, ...] = ()
     recomputed_calls: tuple[int, ...] = ()
+    input_writes: tuple[int, ...] = ()
     own_checkpoints: tuple[str, ...] = ()
     recompute_only: tuple[str, ...] = ()
     never_recomputed: tuple[str, ...] = ()
@@ -896,6 +902,7 @@ class Report:
                 else {}
             ),
             **({"recomputed_calls": list(self.recomputed_calls)} if self.recomputed_calls else {}),
+            **({"input_writes": list(self.input_writes)} if self.input_writes else {}),
             **({"own_checkpoints": list(self.own_checkpoints)} if self.own_checkpoints else {}),
             **({"recompute_only": list(self.recompute_only)} if self.recompute_only else {}),
             **({"never_recomputed": list(self.never_recomputed)} if self.never_recomputed else {}),
@@ -962,6 +969,7 @@ class Report:
             ),
             split_by_backwards=tuple(fields.items("split_by_backwards", str, default=())),
             recomputed_calls=tuple(fields.items("recomputed_calls", int, default=())),
+            input_writes=tuple(fields.items("input_writes", int, default=())),
             own_checkpoints=tuple(fields.items("own_checkpoints", str, default=())),
             recompute_only=tuple(fields.items("recompute_only", str, default=())),
             never_recomputed=tuple(fields.items("never_recomputed", str, default=())),

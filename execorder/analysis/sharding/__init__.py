@@ -152,6 +152,7 @@ def plan_fsdp(
     )
     checks = [
         *found.external_uses(model),
+        *found.input_writes(model),
         *found.shared(model),
         *found.sweep_checks(model, report, layout, specs, others),
         *found.not_run(built),

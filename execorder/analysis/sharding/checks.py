@@ -31,6 +31,16 @@ def external_uses(model: UnitModel) -> list[Check]:
     ]
 
 
+def input_writes(model: UnitModel) -> list[Check]:
+    """Units that write into a list, dict or dataclass they are passed holding a tensor that
+    needs grad: FSDP2 passes a unit a copy of such an argument (the tensors replaced, to hook
+    its backward), so the write is lost to the caller, and the job computes otherwise."""
+    return [
+        _check(CheckKind.INPUT_WRITE, (unit,), calls=calls)
+        for unit, calls in model.input_writers().items()
+    ]
+
+
 def shared(model: UnitModel) -> list[Check]:
     """One parameter in two units: FSDP2 refuses it."""
     checks = []

@@ -22,6 +22,7 @@ class CheckKind(Word):
     ROOT_ONLY = "root-only"  # no unit but the root: the whole model is gathered at once
     MEMORY = "memory"  # one rank's training step exceeds its memory budget
     SPLIT_GRADIENT = "split-gradient"  # a repeated unit's gradient comes in several passes
+    INPUT_WRITE = "input-write"  # a unit writes into an argument FSDP2 passes it a copy of
 
 
 SEVERITY = {
@@ -36,6 +37,7 @@ SEVERITY = {
     CheckKind.ROOT_ONLY: Severity.INFO,
     CheckKind.MEMORY: Severity.ERROR,
     CheckKind.SPLIT_GRADIENT: Severity.ERROR,
+    CheckKind.INPUT_WRITE: Severity.ERROR,
 }
 
 

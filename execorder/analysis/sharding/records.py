@@ -239,6 +239,9 @@ class UnitRule:
             or another call reads its parameters while it is not running
             (FSDP2 would read a shard), so the unit around it holds it.
         read_outside: Those of ``left_out`` left out for the second reason.
+        writes_inputs: Those of ``left_out`` left out because they write into a
+            list, dict or dataclass they are passed holding a tensor that needs
+            grad (FSDP2 would pass them a copy, and the write would be lost).
     """
 
     choice: UnitChoice | None
@@ -247,6 +250,7 @@ class UnitRule:
     vision: str | None = None
     left_out: tuple[str, ...] = ()
     read_outside: tuple[str, ...] = ()
+    writes_inputs: tuple[str, ...] = ()
     source: str = "transformers"
 
     def describe(self, words: Words = PYTHON) -> str:
@@ -470,6 +474,11 @@ class FsdpPlan:
                 if self.unit_rule.read_outside
                 else {}
             ),
+            **(
+                {"units_writing_inputs": list(self.unit_rule.writes_inputs)}
+                if self.unit_rule.writes_inputs
+                else {}
+            ),
             "backward_from": self.backward_from.value,
             "units": [unit.to_dict() for unit in self.units],
             "forward_prefetch": {k: list(v) for k, v in self.forward_prefetch.items()},
@@ -531,6 +540,7 @@ class FsdpPlan:
                 written=fields.get("unit_rule", str, default=""),
                 left_out=tuple(fields.items("units_left_out", str, default=())),
                 read_outside=tuple(fields.items("units_read_outside", str, default=())),
+                writes_inputs=tuple(fields.items("units_writing_inputs", str, default=())),
             ),
             backward_from=backward_from,
             mode=fields.get("mode", str, default="eager"),

@@ -394,6 +394,18 @@ class UnitModel:
                             params.append(param)
         return found
 
+    def input_writers(self) -> dict[str, int]:
+        """Units (the root aside) a call of which wrote into a list, dict or dataclass it was
+        passed holding a tensor that needs grad (``Report.input_writes``), with how many."""
+        units: dict[str, int] = {}
+        for index in self.report.input_writes:
+            call = self.report.modules[index]
+            names = (call.name, *call.aliases)
+            unit = next((self.unit_by_alias[n] for n in names if n in self.unit_by_alias), ROOT)
+            if unit != ROOT:
+                units[unit] = units.get(unit, 0) + 1
+        return units
+
     def ran(self) -> list[str]:
         """Units that ran, in the order their forwards first started."""
         return sorted(self.first_call, key=self.first_call.__getitem__)
@@ -541,25 +553,33 @@ def untied(model: UnitModel, layout: Layout, rule: UnitRule) -> tuple[UnitModel,
     parameters for that unit's forward only: a block whose parameters
     another call reads while the block is not running (DiT's root embeds the
     label with its first block's embedder, after the blocks) reads a shard.
-    Under a rule of the blocks layout, such a block is left to the unit
-    around it, as Composer's FSDP2 wrapping leaves modules with tied
-    parameters, and the rule names it; units a caller names stay as named
-    (the ``shared-params`` and ``external-use`` checks say what FSDP2 will do
-    with them).
+    And it passes a unit a copy of a list, dict or dataclass argument holding
+    a tensor that needs grad: a block that writes into one (the Wan VAE's
+    causal convolutions fill a cache list) writes into the copy, and its
+    caller computes otherwise. Under a rule of the blocks layout, such a
+    block is left to the unit around it, as Composer's FSDP2 wrapping leaves
+    modules with tied parameters, and the rule names it; units a caller
+    names stay as named (the ``shared-params``, ``external-use`` and
+    ``input-write`` checks say what FSDP2 will do with them).
     """
     if rule.choice not in (UnitChoice.NO_SPLIT, UnitChoice.REPEATED):
         return model, rule
     left: list[str] = []
     read: list[str] = []
+    writing: list[str] = []
     while True:
         tied = {u for h in model.holders.values() if len(h) > 1 for u in h if u != ROOT}
         outside = {unit for unit, _ in model.outside_reads() if unit != ROOT} - tied
-        if not tied and not outside:
+        writes = set(model.input_writers()) - tied - outside
+        if not tied and not outside and not writes:
             break
-        left += [u for u in model.units if u in tied or u in outside]
+        left += [u for u in model.units if u in tied | outside | writes]
         read += [u for u in model.units if u in outside]
-        kept = [spec for unit, spec in model.specs.items() if unit not in tied | outside]
+        writing += [u for u in model.units if u in writes]
+        kept = [spec for unit, spec in model.specs.items() if unit not in tied | outside | writes]
         model = UnitModel(model.report, layout, kept)
     if not left:
         return model, rule
-    return model, dataclasses.replace(rule, left_out=tuple(left), read_outside=tuple(read))
+    return model, dataclasses.replace(
+        rule, left_out=tuple(left), read_outside=tuple(read), writes_inputs=tuple(writing)
+    )

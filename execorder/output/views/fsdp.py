@@ -218,8 +218,11 @@ def rule_text(rule: UnitRule, words: Words = PYTHON) -> str:
     if rule.choice is None:
         return rule.written
     if rule.left_out:
-        first = rule_text(dataclasses.replace(rule, left_out=(), read_outside=()), words)
-        tied = [name for name in rule.left_out if name not in rule.read_outside]
+        first = rule_text(
+            dataclasses.replace(rule, left_out=(), read_outside=(), writes_inputs=()), words
+        )
+        apart = {*rule.read_outside, *rule.writes_inputs}
+        tied = [name for name in rule.left_out if name not in apart]
         parts = []
         if tied:
             why = (
@@ -238,6 +241,15 @@ def rule_text(rule: UnitRule, words: Words = PYTHON) -> str:
             left = ", ".join(label(name) for name in rule.read_outside)
             parts.append(
                 f"{left}: {why} (FSDP2 gathers a unit's parameters for its own forward only)"
+            )
+        if rule.writes_inputs:
+            one = len(rule.writes_inputs) == 1
+            left = listed([label(name) for name in rule.writes_inputs])
+            parts.append(
+                f"{left}: {'it writes' if one else 'they write'} into a list, dict or dataclass "
+                f"{'it is' if one else 'they are'} passed that holds a tensor needing grad, so "
+                f"the unit around {'it holds it' if one else 'them holds them'} (FSDP2 passes "
+                "a unit a copy of such an argument)"
             )
         return f"{first}, but not " + ", nor ".join(parts)
     names = ", ".join(rule.names)
@@ -285,6 +297,15 @@ def check_message(check: Check, words: Words = PYTHON) -> str:
             "that unit is not running: FSDP2 gathers a unit's parameters only for its own "
             "forward, so this reads a shard (it fails, or computes on the wrong values); call "
             "the module instead, or make both one unit"
+        )
+    if kind is CheckKind.INPUT_WRITE:
+        times = "once" if check.calls == 1 else f"in {check.calls} calls"
+        return (
+            f"unit {label(units[0])} writes into a list, dict or dataclass it is passed that "
+            f"holds a tensor needing grad ({times}): FSDP2 passes a unit a copy of such an "
+            "argument (to hook its backward), so the write is lost to the caller and the job "
+            "computes something else, with no error; keep such state on a module, or leave "
+            "the module that writes it inside a larger unit"
         )
     if kind is CheckKind.SHARED:
         return (
