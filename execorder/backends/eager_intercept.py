@@ -309,10 +309,12 @@ def _written(held: Held) -> bool:
     """Whether a call changed what one of the containers it was passed holds."""
     for value, before in held:
         now = _contents(value)
-        if len(now) != len(before) or any(
-            (a is not b) if not isinstance(value, dict) else (a[0] != b[0] or a[1] is not b[1])
-            for a, b in zip(now, before, strict=True)
-        ):
+        if len(now) != len(before):
+            return True
+        if isinstance(value, dict):  # its items, key and value, by identity
+            if any(a[0] is not b[0] or a[1] is not b[1] for a, b in zip(now, before, strict=True)):
+                return True
+        elif any(a is not b for a, b in zip(now, before, strict=True)):
             return True
     return False
 
