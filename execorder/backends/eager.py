@@ -522,6 +522,7 @@ class Recording:
             recorder = Recorder(self.model, self._tree)
             events = self._swaps.resolve(self._events)
             recorder.replay(events)
+            known = self._tree.param_names
             # A parameter returned as it is counts as used by the root.
             recorder.use(self._returned)
             report = build_report(
@@ -540,11 +541,8 @@ class Recording:
                 backwards=self._backwards,
                 compiled=self._compiled,
                 ddp_params=self._ddp_registered,
+                unrecomputed={known[key][0] for key in _never_recomputed(events) if key in known},
             )
-            known = self._tree.param_names
-            only = {known[key][0] for key in _never_recomputed(events) if key in known}
-            if dead := tuple(p.name for p in report.all_params() if p.dead and p.name in only):
-                report = dataclasses.replace(report, never_recomputed=dead)
             if self._ddp_built is not None:
                 report = dataclasses.replace(report, ddp_built=self._ddp_built)
             unreduced = self._unreduced()

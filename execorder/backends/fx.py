@@ -10,7 +10,6 @@ counts as used) are patched to report to a
 from __future__ import annotations
 
 import builtins
-import dataclasses
 import functools
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -452,7 +451,7 @@ def trace(
             if reach is None
             else set().union(*(found for _, found in reach))
         )
-        report = build_report(
+        return build_report(
             recorder,
             target=target or type(model).__name__,
             mode=Mode.FX,
@@ -460,11 +459,8 @@ def trace(
             live=live,
             outputs=reach,
             passes=passes,
+            unrecomputed=never_recomputed(tracer.graph, model) if regions.opened else (),
         )
-        names = never_recomputed(tracer.graph, model) if regions.opened else set()
-        if dead := tuple(p.name for p in report.all_params() if p.dead and p.name in names):
-            report = dataclasses.replace(report, never_recomputed=dead)
-        return report
 
 
 @contextmanager

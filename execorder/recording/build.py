@@ -48,6 +48,7 @@ def build_report(
     backwards: Mapping[nn.Parameter, Collection[Any]] | None = None,
     compiled: bool = False,
     ddp_params: Sequence[nn.Parameter] | None = None,
+    unrecomputed: Collection[str] = (),
 ) -> Report:
     """Name everything ``recorder`` collected and freeze it into a :class:`Report`.
 
@@ -89,6 +90,10 @@ def build_report(
             some registers, in its order (:func:`ddp_registered`). None: those
             of the root that its ``_ddp_params_and_buffers_to_ignore`` does
             not name, as DDP would register them.
+        unrecomputed: The parameters, by first name, forward read only inside
+            reentrant checkpoints' blocks torch never recomputes (none of a
+            block's inputs needed grad): those of them that are dead are
+            ``never_recomputed``.
     """
     if ddp_params is None:
         ignored = getattr(recorder.root, "_ddp_params_and_buffers_to_ignore", None)
@@ -125,6 +130,8 @@ def build_report(
             report = dataclasses.replace(report, recompute_only=hidden)
     if recorder.recomputed:
         report = dataclasses.replace(report, recomputed_calls=tuple(recorder.recomputed))
+    if dead := tuple(p.name for p in report.all_params() if p.dead and p.name in unrecomputed):
+        report = dataclasses.replace(report, never_recomputed=dead)
     if recorder.input_writes:
         report = dataclasses.replace(report, input_writes=tuple(recorder.input_writes))
     if recorder.own_checkpoints:
