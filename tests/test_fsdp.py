@@ -259,7 +259,7 @@ def test_a_unit_that_writes_into_an_argument_holding_a_tensor_needing_grad_is_an
     assert default.unit_rule.writes_inputs == ("blocks.0", "blocks.1")
     assert str(default.unit_rule).endswith(
         "but not blocks.0, blocks.1: they write into a list, dict or dataclass they are passed "
-        "that holds a tensor needing grad, so the unit around them holds them (FSDP2 passes a "
+        "that holds a tensor needing grad, so the units around them hold them (FSDP2 passes a "
         "unit a copy of such an argument)"
     )
     written = default.to_dict()

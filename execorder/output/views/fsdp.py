@@ -248,7 +248,8 @@ def rule_text(rule: UnitRule, words: Words = PYTHON) -> str:
             parts.append(
                 f"{left}: {'it writes' if one else 'they write'} into a list, dict or dataclass "
                 f"{'it is' if one else 'they are'} passed that holds a tensor needing grad, so "
-                f"the unit around {'it holds it' if one else 'them holds them'} (FSDP2 passes "
+                f"{'the unit around it holds it' if one else 'the units around them hold them'} "
+                "(FSDP2 passes "
                 "a unit a copy of such an argument)"
             )
         return f"{first}, but not " + ", nor ".join(parts)
