@@ -4,7 +4,7 @@ Run by tests/test_fsdp_real.py in a subprocess with a timeout (a process
 group that hangs can never hang the test run): two ranks on CPU with the
 gloo backend and a file store, started by ``torch.multiprocessing``. For
 each ``CASE=UNIT[+UNIT...]`` it plans FSDP2 with those units
-(``execorder.fsdp.plan``, eager, on the case's inputs), shards a seeded model by the plan
+(``execorder.fsdp.plan``, FX), shards a seeded model by the plan
 (``execorder.fsdp.shard``), runs one step on inputs of each rank's own, and
 compares each parameter's gradient with that of the unsharded model on both
 ranks' inputs (their mean, as FSDP2 reduces). Rank 0 prints one JSON line a
@@ -42,7 +42,7 @@ def _loss(model: torch.nn.Module, inputs: tuple[object, ...]) -> torch.Tensor:
 def _wrong(name: str, units: list[str], rank: int) -> tuple[dict[str, list[str]], list[str]]:
     case = CASES[name]
     torch.manual_seed(0)
-    plan = execorder.fsdp.plan(case.build(), units=units, inputs=case.inputs())
+    plan = execorder.fsdp.plan(case.build(), units=units)
     checks: dict[str, list[str]] = {}
     for check in plan.checks:
         checks.setdefault(check.kind.value, []).extend(check.units)

@@ -254,6 +254,10 @@ def test_a_unit_that_writes_into_an_argument_holding_a_tensor_needing_grad_is_an
         "blocks.1",
     ] * 2
     assert Report.from_dict(json.loads(json.dumps(report.to_dict()))) == report
+    traced = execorder.fsdp.plan(models.WritesCache, units=["CacheBlock"])  # FX sees it too
+    assert [c for c in traced.checks if c.kind is CheckKind.INPUT_WRITE] == [
+        c for c in named.checks if c.kind is CheckKind.INPUT_WRITE
+    ]
     default = execorder.fsdp.plan(models.WritesCache, inputs=x)
     assert [u.name for u in default.units] == [""]
     assert default.unit_rule.writes_inputs == ("blocks.0", "blocks.1")

@@ -9,7 +9,6 @@ also when forward raises."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from execorder.backends import arguments
 from execorder.backends.checkpointing import blocks_logged, own_blocks_logged
 from execorder.backends.common import metadata_functions
 from execorder.backends.eager_liveness import GradHooks
@@ -114,11 +114,11 @@ def intercepting(
     def wrap(module: nn.Module, call: Callable[..., Any]) -> Callable[..., Any]:
         def recorded(*args: Any, **kwargs: Any) -> Any:
             append(module)
-            held = _held(args, kwargs)
+            passed = arguments.held(args, kwargs, _needs_grad)
             try:
                 return call(*args, **kwargs)
             finally:
-                if held and _written(held):
+                if passed and arguments.written(passed):
                     append(WRITE)
                 append(None)
 
@@ -130,13 +130,13 @@ def intercepting(
 
         def recorded(*args: Any, **kwargs: Any) -> Any:
             append(module)
-            held = _held(args, kwargs)
+            passed = arguments.held(args, kwargs, _needs_grad)
             enter()
             try:
                 return call(*args, **kwargs)
             finally:
                 leave()
-                if held and _written(held):
+                if passed and arguments.written(passed):
                     append(WRITE)
                 append(None)
 
@@ -254,69 +254,9 @@ def _control_flow_refused() -> Iterator[None]:
 
 WRITE = InputWrite()
 
-Held = list[tuple[Any, tuple[Any, ...]]]
 
-
-def _held(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Held | None:
-    """The lists, dicts and dataclasses among a call's arguments that hold a tensor needing
-    grad, at any depth, each with what it holds now; None when there are none (the usual
-    call, of tensors alone, pays a type check an argument)."""
-    found: Held | None = None
-    for value in (*args, *kwargs.values()) if kwargs else args:
-        if isinstance(value, torch.Tensor) or not _container(value):
-            continue
-        if not torch.is_grad_enabled():  # FSDP2 hooks no backward then: nothing copied
-            return None
-        found = found if found is not None else []
-        _holding(value, found, 0)
-    return found or None
-
-
-def _container(value: Any) -> bool:
-    return isinstance(value, (list, tuple, dict)) or (
-        dataclasses.is_dataclass(value) and not isinstance(value, type)
-    )
-
-
-def _contents(value: Any) -> tuple[Any, ...]:
-    """What a container holds, by identity: its items, its values, its fields' values."""
-    if isinstance(value, (list, tuple)):
-        return tuple(value)
-    if isinstance(value, dict):
-        return tuple(value.items())
-    return tuple(getattr(value, f.name, None) for f in dataclasses.fields(value))
-
-
-def _holding(value: Any, found: Held, depth: int) -> bool:
-    """Whether ``value`` holds a tensor needing grad (as FSDP2's ``collect_grad_tensors``
-    looks: lists, tuples, dicts and dataclasses); each mutable container that does is added
-    to ``found`` with its contents."""
-    if isinstance(value, torch.Tensor):
-        return value.requires_grad
-    if depth > 32 or not _container(value):
-        return False
-    inside = _contents(value)
-    items = (v for _, v in inside) if isinstance(value, dict) else inside
-    holds = False
-    for item in items:
-        holds = _holding(item, found, depth + 1) or holds
-    if holds and not isinstance(value, tuple):
-        found.append((value, inside))
-    return holds
-
-
-def _written(held: Held) -> bool:
-    """Whether a call changed what one of the containers it was passed holds."""
-    for value, before in held:
-        now = _contents(value)
-        if len(now) != len(before):
-            return True
-        if isinstance(value, dict):  # its items, key and value, by identity
-            if any(a[0] is not b[0] or a[1] is not b[1] for a, b in zip(now, before, strict=True)):
-                return True
-        elif any(a is not b for a, b in zip(now, before, strict=True)):
-            return True
-    return False
+def _needs_grad(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.requires_grad
 
 
 def _bracket(events: list[Event], at: int, by: str) -> None:

@@ -20,6 +20,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from execorder.backends.arguments import held, written
 from execorder.backends.checkpointing import REGION, Regions, regions_traced
 from execorder.backends.common import (
     DEEP,
@@ -128,6 +129,10 @@ def _computed_from(value: object, params: list[nn.Parameter]) -> list[nn.Paramet
     return [param for param in params if param in reached]
 
 
+def _traced(value: Any) -> bool:
+    return isinstance(value, torch.fx.Proxy)
+
+
 @contextmanager
 def record_tracer(
     tracer: torch.fx.Tracer,
@@ -136,6 +141,7 @@ def record_tracer(
     *,
     metadata_is_use: bool = False,
     regions: Regions | None = None,
+    writes: list[tuple[int, list[torch.fx.Node]]] | None = None,
 ) -> Iterator[Recorder]:
     """Patch ``tracer`` so that tracing ``root_module`` reports to ``recorder``.
 
@@ -155,6 +161,9 @@ def record_tracer(
             ``.dtype``, ``.size()``) as uses, as PyTorch's own tracer does.
         regions: Where reentrant checkpoint regions are tracked, if they are:
             each node is stamped with its innermost region.
+        writes: Where to note each call that writes into a list, dict or
+            dataclass it is passed holding a traced value, with the nodes it
+            held (whether one needs grad is known once the trace is done).
 
     Yields:
         The recorder.
@@ -187,7 +196,10 @@ def record_tracer(
         if isinstance(module, torch.jit.ScriptModule) and recorder.params_of(module):
             raise _ScriptedModule(module, len(recorder.params_of(module)))
         recorder.enter(module)
+        passed = held(args, kwargs, _traced) if writes is not None else None
         output = orig_call_module(module, forward, args, kwargs)
+        if passed and writes is not None and (values := written(passed)):
+            writes.append((recorder.current_index, [v.node for v in values]))
         recorder.exit(module)
         return output
 
@@ -494,17 +506,22 @@ def _run_tracer(
     Returns:
         The reentrant checkpoint regions the trace went through.
     """
+    writes: list[tuple[int, list[torch.fx.Node]]] = []
     try:
         with (
             _constants_taken_back(model),
             regions_traced(_regions(recorder)) as regions,
             functions_traced(regions, recorder) as unseen,
-            record_tracer(tracer, model, recorder, regions=regions),
+            record_tracer(tracer, model, recorder, regions=regions, writes=writes),
             user_code(f"tracing {owner(model)}"),
         ):
             tracer.trace(model, args or None)
+        needs = needs_grad(tracer.graph, model) if unseen or writes else {}
+        # FSDP2 copies an argument holding a tensor that needs grad: one a parameter reaches.
+        recorder.input_writes = [
+            i for i, nodes in writes if any(needs.get(node, False) for node in nodes)
+        ]
         if unseen:  # a Function none of whose inputs needs grad: its backward never runs
-            needs = needs_grad(tracer.graph, model)
             recorder.unseen_backwards = [
                 told
                 for told, call in zip(recorder.unseen_backwards, unseen, strict=True)

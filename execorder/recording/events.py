@@ -149,6 +149,11 @@ class Recorder:
         return self.calls[self._stack[-1]]
 
     @property
+    def current_index(self) -> int:
+        """The index of the call now running."""
+        return self._stack[-1]
+
+    @property
     def visited(self) -> set[nn.Parameter]:
         """The parameters used so far."""
         return set(self.param_order)

@@ -613,7 +613,8 @@ class Report:
             into a list, dict or dataclass they were passed holding a tensor
             that needs grad (a cache of activations): FSDP2 passes a unit a
             copy of such an argument, so a unit's write is lost to its caller
-            (eager mode only; empty, and absent from the JSON, when none did).
+            (in FX, a value that depends on a trainable parameter). Empty, and
+            absent from the JSON, when none did.
         recompute_only: Trainable parameters whose gradient comes only from
             reentrant checkpoints' recomputes, in their own backward passes:
             forward ran their blocks without grad, so they are not in the
