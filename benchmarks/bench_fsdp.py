@@ -457,8 +457,8 @@ def summarize(results: list[dict[str, Any]], layouts: tuple[str, ...] = LAYOUTS)
         ]
         if left:
             lines.append(
-                "    blocks left to the unit around them (shared, or read from outside): "
-                f"{len(left)} ({', '.join(left)})"
+                "    blocks left to the unit around them (shared, read from outside, or "
+                f"writing into their arguments): {len(left)} ({', '.join(left)})"
             )
         for model_type, case in planned:
             if "tracker_why" in case and "groups" not in case["tracker_why"]:
