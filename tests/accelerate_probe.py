@@ -33,7 +33,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from accelerate.utils import FullyShardedDataParallelPlugin  # noqa: E402
 from accelerate.utils.fsdp_utils import fsdp2_prepare_model  # noqa: E402
-from torch.distributed.fsdp import FSDPModule  # noqa: E402
+from fsdp_states import sharded  # noqa: E402
 from torch.testing._internal.distributed.fake_pg import FakeStore  # noqa: E402
 
 import execorder.fsdp  # noqa: E402
@@ -54,21 +54,12 @@ def units(model: torch.nn.Module) -> dict[str, list]:
     """Each FSDP2 unit with parameters: its modules (sorted, joined by +) -> [bytes a rank
     holds, reshards after forward]."""
     model._get_fsdp_state()._lazy_init()  # the root's flag is settled here
-    found: dict[int, list] = {}
-    for name, module in model.named_modules():
-        if not isinstance(module, FSDPModule):
-            continue
-        state = module._get_fsdp_state()
-        unit = found.setdefault(id(state), [[], 0, None])
-        unit[0].append(name)
-        for group in state._fsdp_param_groups:
-            unit[1] = sum(
-                p._sharded_param_data.numel() * p._sharded_param_data.element_size()
-                for p in group.fsdp_params
-            )
-            unit[2] = group.post_forward_mesh_info is not None
-    with_params = (unit for unit in found.values() if unit[2] is not None)
-    return {"+".join(sorted(modules)): [size, flag] for modules, size, flag in with_params}
+    found, _ = sharded(model)
+    return {
+        "+".join(sorted(modules.split("+"))): unit
+        for modules, unit in found.items()
+        if unit[1] is not None
+    }
 
 
 def accelerated(model: torch.nn.Module) -> None:

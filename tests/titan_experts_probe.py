@@ -26,8 +26,8 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+from fsdp_states import sharded  # noqa: E402
 from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
-from torch.distributed.fsdp import FSDPModule  # noqa: E402
 from torch.testing._internal.distributed.fake_pg import FakeStore  # noqa: E402
 from torchtitan.distributed.fsdp import (  # noqa: E402
     apply_fsdp_to_decoder,
@@ -35,27 +35,6 @@ from torchtitan.distributed.fsdp import (  # noqa: E402
 )
 
 import execorder.fsdp  # noqa: E402
-
-
-def sharded(model: torch.nn.Module) -> tuple[dict[str, list], dict[str, list]]:
-    """Each unit's bytes a rank holds and reshard flag (by its modules), each parameter's shard."""
-    names = {id(m): n for n, m in model.named_modules()}
-    units: dict[int, list] = {}
-    params: dict[str, list] = {}
-    for name, module in model.named_modules():
-        if not isinstance(module, FSDPModule):
-            continue
-        state = module._get_fsdp_state()
-        unit = units.setdefault(id(state), [[], 0, None])
-        unit[0].append(name)
-        for group in state._fsdp_param_groups:
-            unit[1], unit[2] = 0, group.post_forward_mesh_info is not None
-            for param in group.fsdp_params:
-                data = param._sharded_param_data
-                unit[1] += data.numel() * data.element_size()
-                key = f"{names[id(param._module_info.module)]}.{param._module_info.param_name}"
-                params[key] = [list(data.shape), str(param.sharded_param.placements)]
-    return {"+".join(modules): [size, flag] for modules, size, flag in units.values()}, params
 
 
 def main(registry: str, flavor: str, world: int) -> None:
