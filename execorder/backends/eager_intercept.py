@@ -57,6 +57,7 @@ def intercepting(
     re-classed too, and ``swaps`` learns which parameter it stands for.
     """
     append = events.append
+    passed_in, written = arguments.held, arguments.written  # bound once: each call uses them
     run_disabled = torch._C._disabled_torch_function_impl
     metadata = metadata_functions()
     user_class: dict[type, type] = {}  # a recording class -> the class it records
@@ -114,11 +115,11 @@ def intercepting(
     def wrap(module: nn.Module, call: Callable[..., Any]) -> Callable[..., Any]:
         def recorded(*args: Any, **kwargs: Any) -> Any:
             append(module)
-            passed = arguments.held(args, kwargs, _needs_grad)
+            passed = passed_in(args, kwargs, _needs_grad)
             try:
                 return call(*args, **kwargs)
             finally:
-                if passed and arguments.written(passed):
+                if passed and written(passed):
                     append(WRITE)
                 append(None)
 
@@ -130,13 +131,13 @@ def intercepting(
 
         def recorded(*args: Any, **kwargs: Any) -> Any:
             append(module)
-            passed = arguments.held(args, kwargs, _needs_grad)
+            passed = passed_in(args, kwargs, _needs_grad)
             enter()
             try:
                 return call(*args, **kwargs)
             finally:
                 leave()
-                if passed and arguments.written(passed):
+                if passed and written(passed):
                     append(WRITE)
                 append(None)
 
