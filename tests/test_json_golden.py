@@ -44,6 +44,8 @@ DOCUMENTS = {
     ],
     "plan-writes-inputs": ["fsdp", "tests/models.py:WritesCache", "--input", "[2,4]"],
     "plan-split-gradient": ["fsdp", "sample_models/shared.py:SharedLayers"],
+    "plan-random-choice": ["fsdp", "tests/models.py:LayerDrop", "--input", "[2,4]"],
+    "trace-random-choice": ["trace", "tests/models.py:LayerDrop", "--input", "[2,4]"],
     "plan-given-units": [
         "fsdp", "tests/models.py:ReadsAnotherUnit", "--input", "[2,4]", "--unit", "Unit",
     ],

@@ -38,6 +38,7 @@ from execorder.backends.common import (
     owner,
     tensors,
 )
+from execorder.backends.draws import watching_draws
 from execorder.backends.eager_failures import (
     any_on_meta,
     describe_inputs,
@@ -407,6 +408,11 @@ class Recording:
             self._forward_assumed = True
         elif self._calls:
             self._backward_assumed = True
+
+    def _drew(self, source: str, read: str) -> None:
+        """Forward made a choice from a value ``source`` drew at random (:mod:`.draws`)."""
+        if self._running:
+            self._events.append(Assumed(source, user_site(), drawn=True))
 
     def _accumulated(self, param: nn.Parameter) -> None:
         """A gradient hook: ``param``'s gradient was accumulated, in the pass running now.
@@ -911,7 +917,12 @@ def _run(
         try:
             if any_on_meta(tree):  # until backward ends: a recomputation takes forward's kernels
                 kept.enter_context(meta_stand_ins(model))
-            with torch.enable_grad(), user_code(f"running {owner(model)}"), frames_for(tree):
+            with (
+                torch.enable_grad(),
+                user_code(f"running {owner(model)}"),
+                frames_for(tree),
+                watching_draws(recording._drew),
+            ):
                 outputs = model(*args, **kwargs)
         except UserExitError:
             raise

@@ -30,6 +30,7 @@ from execorder.backends.common import (
     gc_paused,
     owner,
 )
+from execorder.backends.draws import watching_draws
 from execorder.backends.eager_liveness import live_params as eager_live_params
 from execorder.backends.fx_functions import functions_traced
 from execorder.backends.fx_liveness import (
@@ -52,8 +53,9 @@ from execorder.errors import (
     WrappedForwardError,
     first_line,
     user_code,
+    user_site,
 )
-from execorder.recording import Recorder, build_report
+from execorder.recording import Assumed, Recorder, build_report
 from execorder.report import Mode, Report
 
 _OP_KINDS = frozenset({"call_function", "call_method"})
@@ -514,6 +516,7 @@ def _run_tracer(
             functions_traced(regions, recorder) as unseen,
             record_tracer(tracer, model, recorder, regions=regions, writes=writes),
             user_code(f"tracing {owner(model)}"),
+            watching_draws(lambda drew, _: recorder.assume(Assumed(drew, user_site(), True))),
         ):
             tracer.trace(model, args or None)
         needs = needs_grad(tracer.graph, model) if unseen or writes else {}

@@ -388,16 +388,17 @@ def _assumptions(
 ) -> tuple[tuple[Assumption, ...], set[int]]:
     """The assumptions, one per call, op and place; the ids of the parameters resting on them.
 
-    A parameter rests on a selection's assumption when it belongs to the
-    module whose call made it (whether that call then used it or not), or
-    was used inside that call after it; on a custom Function's unseen
+    A parameter rests on a selection's assumption, or a choice from a random
+    draw, when it belongs to the module whose call made it (whether that call
+    then used it or not), or was used inside that call after it; on a custom Function's unseen
     backward when its forward read it unpassed and it is ``unreached``
     (trainable, and given no gradient by the walk).
     """
     found: dict[tuple[int, str, str, AssumptionKind], int] = {}
     resting = set(recorder.after_assumption)
     for index, event in recorder.assumptions:
-        key = (index, event.op, event.where, AssumptionKind.SELECTION)
+        kind = AssumptionKind.DRAWN if event.drawn else AssumptionKind.SELECTION
+        key = (index, event.op, event.where, kind)
         if key not in found:
             resting.update(map(id, recorder.params_of(recorder.calls[index].module)))
         found[key] = found.get(key, 0) + 1

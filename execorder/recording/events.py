@@ -25,10 +25,13 @@ from execorder.recording.tree import ModuleTree, module_tree
 
 
 class Assumed(NamedTuple):
-    """An event: the run assumed a selection it could not compute keeps every element."""
+    """An event: the run assumed a selection it could not compute keeps every element, or
+    (``drawn``) made a choice from a value drawn at random, which another draw makes
+    otherwise (``op``: the random function)."""
 
     op: str
     where: str = ""
+    drawn: bool = False
 
 
 class Checkpointed(NamedTuple):

@@ -69,6 +69,7 @@ class AssumptionKind(Word):
     SELECTION = "every element is kept"  # a meta run's selection from values it lacks
     BACKWARD = "no gradient for what it was not passed"  # a custom Function's unseen backward
     COMPILED = "eager's graph for compiled code"  # compiled code, run eagerly to be recorded
+    DRAWN = "this draw of a random value"  # a choice from a random draw (LayerDrop)
 
 
 class Category(Word):

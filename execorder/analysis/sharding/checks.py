@@ -161,19 +161,24 @@ def _mistarget(
 
 
 def assumptions(model: UnitModel) -> list[Check]:
-    """The order rests on what a meta run assumed."""
+    """The order rests on what a meta run assumed, or on what forward drew at random."""
     report = model.report
-    made = report.assumed(AssumptionKind.SELECTION)
-    if not made:
-        return []  # a custom Function's unseen backward decides gradients, not the order
-    return [
-        _check(
-            CheckKind.ASSUMPTION,
-            tuple(dict.fromkeys(model.unit_of(a.module) for a in made)),
-            tuple(p.name for p in report.on_assumption),
-            assumed=tuple((a.op, a.module) for a in made),
-        )
-    ]
+    found = []
+    for kind, assumed in (
+        (CheckKind.ASSUMPTION, AssumptionKind.SELECTION),
+        (CheckKind.RANDOM_CHOICE, AssumptionKind.DRAWN),
+    ):
+        # A custom Function's unseen backward decides gradients, not the order.
+        if made := report.assumed(assumed):
+            found.append(
+                _check(
+                    kind,
+                    tuple(dict.fromkeys(model.unit_of(a.module) for a in made)),
+                    tuple(p.name for p in report.on_assumption),
+                    assumed=tuple((a.op, a.module) for a in made),
+                )
+            )
+    return found
 
 
 def sweep_checks(

@@ -23,6 +23,7 @@ class CheckKind(Word):
     MEMORY = "memory"  # one rank's training step exceeds its memory budget
     SPLIT_GRADIENT = "split-gradient"  # a repeated unit's gradient comes in several passes
     INPUT_WRITE = "input-write"  # a unit writes into an argument FSDP2 passes it a copy of
+    RANDOM_CHOICE = "random-choice"  # which units run rests on a random draw (LayerDrop)
 
 
 SEVERITY = {
@@ -38,6 +39,7 @@ SEVERITY = {
     CheckKind.MEMORY: Severity.ERROR,
     CheckKind.SPLIT_GRADIENT: Severity.ERROR,
     CheckKind.INPUT_WRITE: Severity.ERROR,
+    CheckKind.RANDOM_CHOICE: Severity.WARNING,
 }
 
 

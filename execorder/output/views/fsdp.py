@@ -354,6 +354,13 @@ def check_message(check: Check, words: Words = PYTHON) -> str:
             f"has {label(units[0])} prefetch {label(units[1])}, which {when}; the "
             f"plan's list: {', '.join(map(label, check.listed)) or 'none'}"
         )
+    if kind is CheckKind.RANDOM_CHOICE:
+        where = listed([f"{op} in {label(module)}" for op, module in check.assumed])
+        return (
+            f"which units run rests on values forward drew at random ({where}; LayerDrop "
+            "skips layers so): ranks that draw otherwise run other units, and hang in an "
+            "all-gather the others never make; draw alike on every rank, or turn it off"
+        )
     if kind is CheckKind.ASSUMPTION:
         where = listed([f"{op} in {label(module)}" for op, module in check.assumed])
         return (

@@ -201,7 +201,7 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
         return fact("DDP check", text, Severity.ERROR)
     missing = report.summary.params_no_grad
     resting = len(report.findings(Category.ASSUMPTION))
-    if report.no_use_seen:
+    if report.no_use_seen and not report.assumed(AssumptionKind.DRAWN):  # else: drawn so
         text = (
             "not proven: no parameter was seen used while forward ran; either forward reads "
             f"none of its {plural(report.summary.params_total, 'parameter')} (then DDP fails), "
@@ -247,6 +247,8 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
                 f" ({plural(len(held), 'other')} may be ready for DDP, as inputs of the "
                 "compiled code, which ran eagerly to be recorded)"
             )
+        if report.assumed(AssumptionKind.DRAWN):
+            text += " in this run; which ones, a random draw decides (below)"
         return fact("DDP check", text, Severity.ERROR)
     split = list(report.split_gradients)
     if report.split_by_backwards:
@@ -270,11 +272,19 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
         return fact("DDP check", text, Severity.ERROR)
     if resting:
         rest = "rests" if resting == 1 else "rest"
-        text = (
-            f"not proven: {plural(resting, 'trainable parameter')} {rest} on an assumption "
-            "(below); a step that selects otherwise (a router sending no token to an expert) "
-            "can leave one without a gradient"
-        )
+        if not report.assumed(AssumptionKind.DRAWN):
+            text = (
+                f"not proven: {plural(resting, 'trainable parameter')} {rest} on an "
+                "assumption (below); a step that selects otherwise (a router sending no "
+                "token to an expert) can leave one without a gradient"
+            )
+        else:
+            on = "a random draw" if not report.assumed(AssumptionKind.SELECTION) else "a draw"
+            text = (
+                f"not proven: {plural(resting, 'trainable parameter')} {rest} on {on} "
+                "(below); a step that draws otherwise (LayerDrop skipping a layer) can leave "
+                "one without a gradient"
+            )
         return fact("DDP check", text, Severity.WARNING)
     reach = report.output_reach
     if reach is not None and reach.misses.get(reach.main):
@@ -431,6 +441,21 @@ def assumptions_fact(report: Report) -> Row:
     return fact("assumed on meta", text, Severity.WARNING)
 
 
+def drawn_fact(report: Report) -> Row:
+    """The choices forward made from values it drew at random, where, and what rests on them."""
+    made = report.assumed(AssumptionKind.DRAWN)
+    count = sum(a.count for a in made)
+    places = list(dict.fromkeys(f"{a.op} at {a.where}" if a.where else a.op for a in made))
+    shown = ", ".join(places[:2]) + (f", +{len(places) - 2} more" if len(places) > 2 else "")
+    seed = "" if report.seed is None else f" of seed {report.seed}"
+    text = f"{plural(count, 'choice')} made from {shown}: this run is one draw{seed}"
+    if not report.assumed(AssumptionKind.SELECTION):
+        resting = report.summary.params_on_assumption
+        rest = "rests" if resting == 1 else "rest"
+        text += f"; {plural(resting, 'parameter')} {rest} on it"
+    return fact("random choices", text, Severity.WARNING)
+
+
 def _summary(report: Report, words: Words = PYTHON) -> Table:
     s = report.summary
     rows = [fact("target", cell(code(report.target))), fact("mode", str(report.mode))]
@@ -461,6 +486,8 @@ def _summary(report: Report, words: Words = PYTHON) -> Table:
         rows.append(unseen_backward_fact(report, words))
     if report.assumed(AssumptionKind.COMPILED):
         rows.append(compiled_fact(report))
+    if report.assumed(AssumptionKind.DRAWN):
+        rows.append(drawn_fact(report))
     if report.ddp_ignored:
         rows.append(ddp_ignored_fact(report))
     rows.append(ddp_verdict(report, words))
@@ -614,6 +641,11 @@ def _assumptions(report: Report, *, max_rows: int | None, words: Words) -> tuple
             "eager's graph is an input of the compiled graph, which DDP counts ready, unless "
             "the compiler drops the read."
         )
+    if report.assumed(AssumptionKind.DRAWN):
+        said.append(
+            "Forward chose from values it drew at random (LayerDrop runs a layer only if "
+            "torch.rand([]) >= p): the run is one draw, and another draw chooses otherwise."
+        )
     note = cell(
         " ".join(said) + " The parameters marked 'on assumption' may fare otherwise in a real step."
     )
@@ -624,9 +656,12 @@ def _assumptions(report: Report, *, max_rows: int | None, words: Words) -> tuple
         Column("times", NUMBER),
     )
     only_selections = all(a.assumed is AssumptionKind.SELECTION for a in report.assumptions)
+    only_drawn = all(a.assumed is AssumptionKind.DRAWN for a in report.assumptions)
     title = (
         f"Assumed on meta: every element kept ({len(rows):,})"
         if only_selections
+        else f"Random choices ({len(rows):,})"
+        if only_drawn
         else f"Assumed ({len(rows):,})"
     )
     return Table(title, columns, kept, left_out), Message(note, Severity.WARNING)

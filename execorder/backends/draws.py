@@ -1,0 +1,156 @@
+"""Choices forward makes from values it drew at random: which run is one draw of many.
+
+LayerDrop (wav2vec2, HuBERT, WavLM, Data2Vec-Audio, SEW and UniSpeech train
+with it by default; BART's and Whisper's ``encoder_layerdrop``) skips each
+layer of a training forward when ``torch.rand([]) < layerdrop``. Which layers
+run, and so which parameters get a gradient, is drawn anew each step: a run
+that skipped none says nothing of the next, where DDP fails on the layer it
+skips, and FSDP2's ranks, drawing differently, gather different units.
+
+:func:`watching_draws` finds such choices. While forward runs, torch's random
+functions (``torch.rand``, ``torch.randint``, ``Tensor.bernoulli_``, ...; not
+dropout, whose noise decides no choice) mark what they return; from the first
+draw on, a :class:`Draws` mode marks what is computed from a marked tensor,
+and tells ``on_choice`` of each value read (``if t:``, ``.item()``,
+``.tolist()``) or selection (``nonzero``, a boolean mask as an index) of one.
+A forward that draws nothing pays nothing: the mode is entered at its first
+draw. Draws from Python's ``random`` or NumPy are not seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.weak import WeakTensorKeyDictionary
+
+SOURCES = (
+    "rand", "rand_like", "randn", "randn_like", "randint", "randint_like", "randperm",
+    "bernoulli", "multinomial", "normal", "poisson",
+)  # fmt: skip
+"""torch's functions that draw (dropout draws too, but decides nothing by it)."""
+
+TENSOR_SOURCES = (
+    "uniform_", "normal_", "bernoulli", "bernoulli_", "random_", "exponential_",
+    "geometric_", "cauchy_", "log_normal_", "multinomial",
+)  # fmt: skip
+"""Tensor methods that draw."""
+
+_READS = {
+    torch.Tensor.__bool__: "Tensor.__bool__",
+    torch.Tensor.item: "Tensor.item",
+    torch.Tensor.tolist: "Tensor.tolist",
+    torch.Tensor.__int__: "Tensor.__int__",
+    torch.Tensor.__float__: "Tensor.__float__",
+    torch.Tensor.__index__: "Tensor.__index__",
+    torch.Tensor.nonzero: "nonzero",
+    torch.nonzero: "nonzero",
+    torch.argwhere: "argwhere",
+    torch.Tensor.masked_select: "masked_select",
+    torch.masked_select: "masked_select",
+    torch.equal: "equal",
+    torch.unique: "unique",
+    torch.Tensor.unique: "unique",
+    torch.unique_consecutive: "unique_consecutive",
+}
+"""Reads of values whose result decides what runs next (a branch, a count, a selection)."""
+
+_INDEXING = frozenset({torch.Tensor.__getitem__, torch.Tensor.__setitem__})
+
+
+class Draws(TorchFunctionMode):
+    """Marks what is computed from drawn tensors, and tells of each choice made from one.
+
+    Args:
+        on_choice: Told ``(source, read)`` at each choice: the random
+            function whose draw it reads (``torch.rand``) and how
+            (``Tensor.__bool__``).
+    """
+
+    def __init__(self, on_choice: Callable[[str, str], None]) -> None:
+        super().__init__()
+        self.on_choice = on_choice
+        self.drawn: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+        self.entered = False
+
+    def mark(self, value: Any, source: str) -> None:
+        for leaf in tree_leaves(value):
+            if isinstance(leaf, torch.Tensor):
+                self.drawn[leaf] = source
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if not len(self.drawn):
+            return out
+        source = next(
+            (
+                self.drawn[leaf]
+                for leaf in tree_leaves((args, kwargs))
+                if isinstance(leaf, torch.Tensor) and leaf in self.drawn
+            ),
+            None,
+        )
+        if source is None:
+            return out
+        read = _READS.get(func)
+        if read is None and func in _INDEXING and _drawn_mask(args[1:2], self.drawn):
+            read = "a boolean mask as an index"
+        if read is not None:
+            self.on_choice(source, read)
+        self.mark(out, source)
+        return out
+
+
+def _drawn_mask(index: Any, drawn: WeakTensorKeyDictionary) -> bool:
+    """Whether ``index`` holds a boolean mask that is drawn."""
+    return any(
+        isinstance(t, torch.Tensor) and t.dtype == torch.bool and t in drawn
+        for t in tree_leaves(index)
+    )
+
+
+@contextmanager
+def watching_draws(on_choice: Callable[[str, str], None]) -> Iterator[None]:
+    """Meanwhile, tell ``on_choice`` of each choice made from a value torch drew at random.
+
+    torch's random functions are wrapped while it is open; the first draw
+    enters a :class:`Draws` mode, left as this ends.
+    """
+    mode = Draws(on_choice)
+    saved: list[tuple[Any, str, Any]] = []
+
+    def drawing(owner: Any, name: str) -> None:
+        original = getattr(owner, name, None)
+        if original is None:
+            return
+        source = f"torch.{name}" if owner is torch else f"Tensor.{name}"
+
+        def draw(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            if not mode.entered:
+                mode.__enter__()
+                mode.entered = True
+            mode.mark(out, source)
+            return out
+
+        saved.append((owner, name, original))
+        setattr(owner, name, draw)
+
+    for name in SOURCES:
+        drawing(torch, name)
+    for name in TENSOR_SOURCES:
+        drawing(torch.Tensor, name)
+    try:
+        yield
+    finally:
+        for owner, name, original in reversed(saved):
+            setattr(owner, name, original)
+        if mode.entered:
+            mode.__exit__(None, None, None)

@@ -1,0 +1,136 @@
+"""Choices forward makes from values it draws at random (LayerDrop): one run is one draw.
+
+transformers' wav2vec2, HuBERT, WavLM, Data2Vec-Audio, SEW and UniSpeech train
+with LayerDrop by default: each block runs only if ``torch.rand([]) >=
+layerdrop``. A run that drew every block said "DDP check ok", and real DDP
+fails the step after one that skips a block; FSDP2's ranks, drawing apart,
+wait on each other's all-gathers. tests/draws_probe.py runs the jobs.
+"""
+
+from __future__ import annotations
+
+import models
+import pytest
+import torch
+import torch.distributed as dist
+from conftest import run_probe
+from torch import nn
+
+import execorder
+from execorder.output.views import ddp_verdict
+from execorder.report import AssumptionKind, Category
+
+SEEDS = range(12)
+
+
+def verdict(report: execorder.Report) -> str:
+    return ddp_verdict(report).cells[1].text
+
+
+@pytest.mark.parametrize("mode", ["eager", "fx"])
+def test_a_layerdrop_run_never_says_ddp_is_ok(mode: str) -> None:
+    for seed in SEEDS:
+        size = {"input_size": (2, 4)} if mode == "eager" else {}
+        report = execorder.profile(models.LayerDrop, mode=mode, seed=seed, **size).report
+        drawn = report.assumed(AssumptionKind.DRAWN)
+        assert [(a.op, a.module, a.count) for a in drawn] == [("torch.rand", "", 4)]
+        assert drawn[0].where.startswith("models.py:")
+        layers = {p.name for p in report.all_params() if p.name.startswith("layers.")}
+        assert layers <= {p.name for p in report.on_assumption}
+        said = verdict(report)
+        if report.no_use_seen:  # a draw that skipped every layer
+            assert said.startswith("not proven:"), said
+        elif report.summary.params_unused:
+            assert said.startswith("fails:") and "a random draw decides" in said, said
+        else:
+            assert said.startswith("not proven:") and "LayerDrop" in said, said
+        # The gate on unused parameters fails on what rests on the draw, as DDP does.
+        assert report.failing((Category.UNUSED,))
+
+
+@pytest.mark.parametrize("mode", ["eager", "fx"])
+def test_a_draw_that_runs_every_layer_is_not_proven(mode: str) -> None:
+    """What said "ok" before: every layer ran, and the next step may skip one."""
+    size = {"input_size": (2, 4)} if mode == "eager" else {}
+    for seed in range(200):
+        report = execorder.profile(models.LayerDrop, mode=mode, seed=seed, **size).report
+        if report.summary.params_used == report.summary.params_total:
+            break
+    else:
+        pytest.fail("no seed of 200 runs every layer")
+    said = verdict(report)
+    assert said.startswith("not proven:") and "LayerDrop" in said, said
+
+
+def test_the_check_names_the_random_choice_in_the_fsdp2_plan() -> None:
+    import execorder.fsdp
+
+    plan = execorder.fsdp.plan(models.LayerDrop(), input_size=(2, 4))
+    (check,) = [c for c in plan.checks if c.kind.value == "random-choice"]
+    assert check.assumed == (("torch.rand", ""),)
+
+
+class Noisy(nn.Module):
+    """Dropout and noise it adds: random values, but no choice made from them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + 0.1 * torch.randn_like(x)
+        return self.drop(self.fc(x))
+
+
+class DropsTokens(nn.Module):
+    """Keeps a random half of the tokens for its second layer (a boolean mask as an index)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        keep = torch.rand(x.shape[0]) > 0.5
+        return self.first(x).sum() + self.second(x[keep]).sum()
+
+
+@pytest.mark.parametrize("device", ["meta", "cpu"])
+def test_noise_and_dropout_are_no_choice(device: str) -> None:
+    report = execorder.profile(Noisy, input_size=(2, 4), device=device).report
+    assert not report.assumptions and verdict(report).startswith("ok")
+
+
+def test_a_random_mask_as_an_index_is_a_choice() -> None:
+    report = execorder.profile(DropsTokens, input_size=(6, 4), device="cpu").report
+    assert [a.op for a in report.assumed(AssumptionKind.DRAWN)] == ["torch.rand"]
+
+
+def test_forward_draws_only_while_recorded() -> None:
+    """torch's random functions are themselves again after a run, and no mode is left."""
+    before = (torch.rand, torch.Tensor.bernoulli_)
+    execorder.profile(models.LayerDrop, input_size=(2, 4))
+    assert (torch.rand, torch.Tensor.bernoulli_) == before
+    assert torch._C._len_torch_function_stack() == 0
+
+
+@pytest.mark.processes
+@pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()),
+    reason="torch.distributed with the gloo backend is not available in this torch build",
+)
+def test_a_step_that_draws_otherwise_fails_real_ddp_and_parts_fsdp2s_ranks(
+    tmp_path: object,
+) -> None:
+    jobs = ["ddp-apart", "ddp-alike", "fsdp-apart", "fsdp-alike"]
+    lines = run_probe("draws_probe.py", f"{tmp_path}/store", *jobs, timeout=120)
+    found = {line["job"]: line["ranks"] for line in lines}
+    assert set(found) == set(jobs)
+    for job in jobs:  # the first step runs every layer, on rank 0 at least
+        assert found[job][0]["first"] == [0, 1, 2, 3]
+    for job in ("ddp-apart", "ddp-alike"):  # DDP fails once a step skips a layer
+        failed = found[job][0]
+        assert failed["step"] > 1 and "Expected to have finished reduction" in failed["error"]
+    parted = found["fsdp-apart"][0]  # a collective one rank never makes: timed out
+    assert parted["step"] > 1 and "Timed out" in parted["error"]
+    assert [rank["step"] for rank in found["fsdp-alike"]] == [None, None]
