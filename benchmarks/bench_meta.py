@@ -1,9 +1,12 @@
 """Any model on meta: transformers' own architectures, traced on the meta device, checked.
 
 For every model type of transformers' auto mappings (causal LM, masked LM,
-seq2seq LM, sequence classification, image classification), at its default
+seq2seq LM, sequence classification, image classification, image-text-to-text
+given text alone, CTC, audio classification, speech seq2seq), at its default
 config with the layers cut to 2, and ``input_ids`` [1, 16] (or
-``pixel_values`` [1, C, H, W]):
+``pixel_values`` [1, C, H, W]; audio: ``input_values`` [1, 16000] or
+``input_features`` [1, mel bins, frames], and for speech ``decoder_input_ids``
+[1, 8]):
 
 1. **before**: a plain forward of the model on meta with meta inputs (what
    execorder did before it ran meta models on real inputs);
@@ -22,7 +25,7 @@ A model whose default config is broken (it fails on CPU too, or needs inputs
 other than these) is counted as such, not as a failure of the meta run.
 
     make bench                      # runs it with the others
-    python benchmarks/bench_meta.py [--only TYPE,TYPE] [--jobs N] [--json FILE]
+    python benchmarks/bench_meta.py [--only TYPE,TYPE] [--tasks TASK,TASK] [--jobs N] [--json FILE]
 """
 
 from __future__ import annotations
@@ -46,7 +49,12 @@ TASKS = {
     "seq2seq": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
     "seqcls": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
     "image": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+    "vlm": "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES",  # on text alone: the vision tower idle
+    "ctc": "MODEL_FOR_CTC_MAPPING_NAMES",
+    "audio": "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES",
+    "speech": "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES",
 }
+AUDIO = ("ctc", "audio", "speech")
 LAYER_KEYS = (
     "num_hidden_layers", "num_layers", "n_layer", "n_layers", "encoder_layers",
     "decoder_layers", "num_encoder_layers", "num_decoder_layers",
@@ -109,6 +117,8 @@ def inputs(task: str, config: Any, seed: int = 0) -> dict[str, Any]:
     import torch
 
     generator = torch.Generator().manual_seed(seed)
+    if task in AUDIO:
+        return _audio_inputs(task, config, generator)
     if task == "image":
         size = getattr(config, "image_size", 224)
         size = size[0] if isinstance(size, (list, tuple)) else size
@@ -125,6 +135,28 @@ def inputs(task: str, config: Any, seed: int = 0) -> dict[str, Any]:
     found = {"input_ids": ids}
     if task == "seq2seq":
         found["decoder_input_ids"] = ids.clone()
+    return found
+
+
+def _audio_inputs(task: str, config: Any, generator: Any) -> dict[str, Any]:
+    """A second of 16 kHz audio, or its mel features, as the model's class takes it."""
+    import torch
+    import transformers
+    from transformers.models.auto import modeling_auto
+
+    name = getattr(modeling_auto, TASKS[task])[config.model_type]
+    name = name[0] if isinstance(name, (list, tuple)) else name
+    main = getattr(getattr(transformers, name), "main_input_name", "input_values")
+    if main == "input_features":
+        mels = getattr(config, "num_mel_bins", None) or getattr(config, "feature_size", 80)
+        frames = 2 * getattr(config, "max_source_positions", 100)
+        found = {main: torch.randn(1, mels, frames, generator=generator)}
+    else:
+        found = {main: torch.randn(1, 16000, generator=generator)}
+    if task == "speech":
+        text = getattr(config, "text_config", None) or config
+        vocab = min(int(getattr(text, "vocab_size", None) or 1000), 1000)
+        found["decoder_input_ids"] = torch.randint(3, vocab, (1, 8), generator=generator)
     return found
 
 
@@ -291,6 +323,7 @@ def _check(
 
     from execorder.errors import MetaDeviceError
     from execorder.loading.memory import model_bytes
+    from execorder.report import AssumptionKind
 
     # A model too big to check on CPU at its default size is only checked small.
     sizes = ["small", "experts"] if size > CPU_CHECK_BYTES else ["default", "small"]
@@ -321,11 +354,15 @@ def _check(
             return checked
         said = {p.name for p in report.no_grad()}
         resting = {p.name for p in report.on_assumption}
+        # Whether real runs differ from each other (LayerDrop), and whether the report says
+        # its run chose from a random draw.
+        checked["random"] = _random_structure(cls, config, task, truth)
+        checked["drawn"] = bool(report.assumed(AssumptionKind.DRAWN))
         if said == truth:
             checked["check"] = "exact"
         elif (said ^ truth) <= resting:
             checked["check"] = "on assumption"
-        elif _random_structure(cls, config, task, truth):
+        elif checked["random"]:
             # Which layers run is drawn at random (LayerDrop): no one run is the truth.
             checked["check"] = "random"
         else:
@@ -425,6 +462,9 @@ def summarize(results: list[dict[str, Any]]) -> str:
     same = Counter(r.get("same_as_cpu") for r in usable if "same_as_cpu" in r)
     walks = Counter(str(r["walk"]).split(":")[0] for r in usable if "walk" in r)
     whole = sum(1 for r in usable if r.get("whole_config"))
+    random = [r for r in usable if r.get("random")]
+    said = [r for r in random if r.get("drawn")]
+    drawn_only = sum(1 for r in usable if r.get("drawn") and not r.get("random"))
     lines = [
         f"transformers model types x tasks: {len(results)}; "
         f"{broken} whose default config fails on CPU too (not counted)",
@@ -441,6 +481,9 @@ def summarize(results: list[dict[str, Any]]) -> str:
         f"{checks['random']} with a random structure (real runs differ from each other), "
         f"{checks['unchecked']} not checked (too big for CPU, and no small config)",
         f"  execorder's meta report equals its CPU report: {same[True]} of {sum(same.values())}",
+        f"  a random structure (real backwards with 5 other seeds differ): {len(random)}; "
+        f"the report lists its choices as drawn at random for {len(said)} of them "
+        f"(and for {drawn_only} whose 5 other runs did not differ)",
         f"  the graph walk on CPU (no backward run) against the same backward: "
         f"{walks['exact']} exact, {walks['on assumption']} differ only where marked, "
         f"{walks['WRONG']} wrong, {walks['random']} random, {walks['failed']} fail",
@@ -453,6 +496,9 @@ def summarize(results: list[dict[str, Any]]) -> str:
         hit = [r for r in usable if r.get(key) == label]
         for r in hit:
             lines.append(f"    {label}: {r['task']} {r['type']}: {r.get(why, '')[:150]}")
+    for r in random:
+        if not r.get("drawn"):
+            lines.append(f"    random, not said: {r['task']} {r['type']}")
     for r in usable:
         if str(r.get("walk", "")).startswith(("WRONG", "failed")):
             lines.append(f"    walk: {r['task']} {r['type']}: {r['walk'][:150]}")
@@ -479,12 +525,15 @@ def finish(
 
 
 def main() -> None:
-    args = options(__doc__).parse_args()
+    parser = options(__doc__)
+    parser.add_argument("--tasks", help=f"comma-separated, of: {', '.join(TASKS)}")
+    args = parser.parse_args()
     try:
         import transformers  # noqa: F401
     except ImportError:
         raise SystemExit("bench_meta needs transformers (pip install execorder[hf])") from None
-    todo = jobs(set(args.only.split(",")) if args.only else None)
+    tasks = tuple(args.tasks.split(",")) if args.tasks else tuple(TASKS)
+    todo = jobs(set(args.only.split(",")) if args.only else None, tasks)
     start = time.perf_counter()
     results = run(todo, args.jobs)
     finish(args, results, summarize(results), start)

@@ -12,12 +12,15 @@ rank's first step ran (rank 1's, where every rank ran all steps).
 
     python tests/draws_probe.py STORE_FILE JOB [JOB ...]
 
-JOB: ``ddp-apart``, ``ddp-alike``, ``fsdp-apart``, ``fsdp-alike``.
+JOB: ``ddp-apart``, ``ddp-alike``, ``fsdp-apart``, ``fsdp-alike``; ``ddp-alike-watched``:
+its first step watched by ``execorder.training.StepWatch`` (what it logged is
+``warned``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import warnings
 from datetime import timedelta
@@ -35,13 +38,15 @@ from probing import leave  # noqa: E402
 from torch.distributed.fsdp import fully_shard  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
+from execorder.training import StepWatch  # noqa: E402
+
 WORLD = 2
 STEPS = 20
 SEED = 53  # a seed whose first step runs every layer on both ranks (53 and 54)
 
 
 def _job(how: str, rank: int) -> dict[str, object]:
-    wrapper, draws = how.split("-")
+    wrapper, draws, *watched = how.split("-")
     torch.manual_seed(0)
     model = models.LayerDrop()
     if wrapper == "ddp":
@@ -57,18 +62,28 @@ def _job(how: str, rank: int) -> dict[str, object]:
     torch.manual_seed(SEED + (rank if draws == "apart" else 0))
     data = torch.Generator().manual_seed(rank)
     first: list[int] = []
+    warned: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warned.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("execorder").addHandler(handler)
+    watch = StepWatch(steps=(1,)) if watched else None
     for step in range(1, STEPS + 1):
         try:
+            if watch is not None and watch.wants(step):
+                watch.begin(job, step)
             out = job(torch.randn(2, 4, generator=data))
             if out.requires_grad:  # a step that skipped every layer has nothing to train
                 out.sum().backward()
+            if watch is not None and watch.active:
+                watch.end()
         except Exception as exc:
-            return {"step": step, "error": f"{type(exc).__name__}: {exc}"[:300], "first": first}
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            return {"step": step, "error": error, "first": first, "warned": warned}
         if step == 1:
             first = list(ran)
     for hook in hooks:
         hook.remove()
-    return {"step": None, "first": first}
+    return {"step": None, "first": first, "warned": warned}
 
 
 def _rank(rank: int, store: str, how: str) -> None:

@@ -122,7 +122,7 @@ def test_forward_draws_only_while_recorded() -> None:
 def test_a_step_that_draws_otherwise_fails_real_ddp_and_parts_fsdp2s_ranks(
     tmp_path: object,
 ) -> None:
-    jobs = ["ddp-apart", "ddp-alike", "fsdp-apart", "fsdp-alike"]
+    jobs = ["ddp-apart", "ddp-alike", "fsdp-apart", "fsdp-alike", "ddp-alike-watched"]
     lines = run_probe("draws_probe.py", f"{tmp_path}/store", *jobs, timeout=120)
     found = {line["job"]: line["ranks"] for line in lines}
     assert set(found) == set(jobs)
@@ -134,3 +134,25 @@ def test_a_step_that_draws_otherwise_fails_real_ddp_and_parts_fsdp2s_ranks(
     parted = found["fsdp-apart"][0]  # a collective one rank never makes: timed out
     assert parted["step"] > 1 and "Timed out" in parted["error"]
     assert [rank["step"] for rank in found["fsdp-alike"]] == [None, None]
+    # Watched, the job fails as it did, and the watch said so at step 1.
+    watched = found["ddp-alike-watched"][0]
+    assert (watched["step"], watched["error"]) == (
+        found["ddp-alike"][0]["step"],
+        found["ddp-alike"][0]["error"],
+    )
+    assert any("drawn at random (torch.rand at models.py:" in w for w in watched["warned"])
+    assert not found["ddp-alike"][0]["warned"]
+
+
+def test_a_recorded_step_says_what_it_drew() -> None:
+    """record() inside a training step of one's own: the same choices, the same verdict."""
+    torch.manual_seed(0)
+    model = models.LayerDrop()
+    x = torch.randn(2, 4)
+    torch.manual_seed(53)  # a draw that runs every layer
+    with execorder.record(model) as recording:
+        model(x).sum().backward()
+    report = recording.report()
+    assert [(a.op, a.count) for a in report.assumed(AssumptionKind.DRAWN)] == [("torch.rand", 4)]
+    assert report.summary.params_unused == 0
+    assert verdict(report).startswith("not proven:")

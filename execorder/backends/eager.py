@@ -235,7 +235,10 @@ class Recording:
         try:
             self._running = True
             clock = self._clock
-            with intercepting(self.model, self._tree, self._events, clock, self._swaps):
+            with (
+                intercepting(self.model, self._tree, self._events, clock, self._swaps),
+                watching_draws(self._drew),
+            ):
                 if clock is None:
                     outputs = call(*args, **kwargs)
                 else:
@@ -917,12 +920,7 @@ def _run(
         try:
             if any_on_meta(tree):  # until backward ends: a recomputation takes forward's kernels
                 kept.enter_context(meta_stand_ins(model))
-            with (
-                torch.enable_grad(),
-                user_code(f"running {owner(model)}"),
-                frames_for(tree),
-                watching_draws(recording._drew),
-            ):
+            with torch.enable_grad(), user_code(f"running {owner(model)}"), frames_for(tree):
                 outputs = model(*args, **kwargs)
         except UserExitError:
             raise

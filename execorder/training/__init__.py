@@ -81,7 +81,7 @@ from execorder.ranks import (
     gradients_apart,
     unreduced,
 )
-from execorder.report import Report
+from execorder.report import AssumptionKind, Report
 from execorder.spelling import ddps_named
 
 __all__ = ["StepWatch", "WatchingCallback"]
@@ -392,6 +392,16 @@ class StepWatch:
                 static_graph=_waits_by(ddp, waits)
                 if under_ddp
                 else _static_only(recording, inside),
+            )
+        drawn = report.assumed(AssumptionKind.DRAWN)
+        if drawn and waits and not missing:
+            log.warning(
+                "execorder: step %d: which modules run is drawn at random (%s): every "
+                "trainable parameter got a gradient in this step, and a step that draws "
+                "otherwise (LayerDrop skipping a layer) fails DDP with find_unused_parameters="
+                "False; pass find_unused_parameters=True, or turn the draw off",
+                step,
+                ", ".join(dict.fromkeys(f"{a.op} at {a.where}" for a in drawn)),
             )
         if missing and recording.ddp_static_first:
             log.warning(
