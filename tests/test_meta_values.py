@@ -21,7 +21,7 @@ from execorder.backends.meta import MetaRun, NeedsValues
 from execorder.cli import app
 from execorder.errors import MetaDeviceError
 from execorder.profiling import NoteKind
-from execorder.report import Report
+from execorder.report import AssumptionKind, Report
 
 
 def _on_meta(build: type[nn.Module]) -> nn.Module:
@@ -274,7 +274,15 @@ def test_a_diff_and_a_sweep_say_what_rests_on_an_assumption() -> None:
     x = torch.randn(2, 4, generator=torch.Generator().manual_seed(1))
     on_cpu = execorder.profile(Routed, inputs=(x,), device="cpu").report
     on_meta = execorder.profile(Routed, inputs=(x,)).report
+    # The real run's routing is its values' (said so): the experts rest on it either way.
+    assert [a.assumed for a in on_cpu.assumptions] == [AssumptionKind.COMPUTED]
+    resting = {p.name for p in on_cpu.on_assumption}
+    assert resting == {p.name for p in on_meta.on_assumption}
+    assert "experts.each.expert_0.weight" in resting and "norm.weight" not in resting
     changes = {(c.name, c.what) for c in diff_reports(on_cpu, on_meta).params}
+    assert not {what for _, what in changes} & {ChangeKind.ON_ASSUMPTION, ChangeKind.OFF_ASSUMPTION}
+    unrouted = execorder.profile(Routed, inputs=(x,), concrete_args={"route": False}).report
+    changes = {(c.name, c.what) for c in diff_reports(unrouted, on_meta).params}
     assert ("experts.each.expert_0.weight", ChangeKind.ON_ASSUMPTION) in changes
     assert not {name for name, what in changes if what is ChangeKind.ON_ASSUMPTION} & {
         "router.gate.weight",
@@ -293,7 +301,8 @@ def test_without_assuming_a_routing_needs_values() -> None:
         eager.trace(_on_meta(Routed), args=(x,), assume=False)
     result = execorder.profile(Routed, inputs=(x,), assume=False)
     assert [n.kind for n in result.notes] == [NoteKind.RERAN_ON_CPU]
-    assert result.device == "cpu" and result.report.assumptions == ()
+    assert result.device == "cpu"  # the routing is real, and made from values: said so
+    assert [a.assumed for a in result.report.assumptions] == [AssumptionKind.COMPUTED]
 
 
 def test_a_recorded_step_on_meta_assumes_and_says_so() -> None:
@@ -405,9 +414,11 @@ def test_the_cli_marks_an_assumption_and_never_says_ok_on_it() -> None:
     assert data["assumptions"][0]["assumed"] == "every element is kept"
     gated = runner.invoke(app, [*args, "-f", "json", "--fail-on", "unused"])
     assert gated.exit_code == 1 and "check failed: assumption: 6" in gated.stderr
+    # On CPU the routing is real, and still this run's: the gate fails on it as well.
     refused = runner.invoke(app, [*args, "-f", "json", "--no-assume", "--fail-on", "assumption"])
-    assert refused.exit_code == 0, refused.output
+    assert refused.exit_code == 1, refused.output
     assert "reran it on CPU" in refused.stderr
+    assert json.loads(refused.stdout)["assumptions"][0]["assumed"] == "this run's values"
 
 
 class LayerDrop(nn.Module):

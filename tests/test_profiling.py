@@ -21,6 +21,7 @@ from execorder.errors import (
 )
 from execorder.loading import InputSpec
 from execorder.profiling import NoteKind, Profiler
+from execorder.report import AssumptionKind
 
 SEED = str(Path(__file__).resolve().parent.parent / "sample_models" / "seed.py") + ":Model"
 
@@ -182,7 +183,10 @@ def test_routing_on_meta_rests_on_an_assumption_that_covers_every_real_run() -> 
         real = execorder.profile(
             MoE, input_size="float32[4,16]", seed=seed, device="cpu", backward=True
         ).report
-        assert real.assumptions == () and real.summary.params_on_assumption == 0
+        # A real run routes for real, and says which choice it made from values.
+        made = [(a.op, a.where, a.count, a.assumed) for a in real.assumptions]
+        assert made == [("nonzero", "moe.py:35", 8, AssumptionKind.COMPUTED)]
+        assert {p.name for p in real.on_assumption} == {p.name for p in report.on_assumption}
         # What a real run leaves without a gradient is all marked as resting on it.
         assert {p.name for p in real.no_grad()} <= {p.name for p in report.on_assumption}
 

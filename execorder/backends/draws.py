@@ -19,7 +19,7 @@ draw. Draws from Python's ``random`` or NumPy are not seen.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -116,15 +116,32 @@ def _drawn_mask(index: Any, drawn: WeakTensorKeyDictionary) -> bool:
     )
 
 
+COMPUTED = "parameters"
+"""The source of a value computed from parameters (``computed_from``)."""
+
+LOGGED = frozenset({"Tensor.item", "Tensor.__float__"})
+"""Reads that forward makes of a computed value to log it, more often than to choose: not
+choices when the value is computed from parameters (a drawn value read so is one)."""
+
+
 @contextmanager
-def watching_draws(on_choice: Callable[[str, str], None]) -> Iterator[None]:
-    """Meanwhile, tell ``on_choice`` of each choice made from a value torch drew at random.
+def watching_draws(
+    on_choice: Callable[[str, str], None], computed_from: Sequence[torch.Tensor] = ()
+) -> Iterator[None]:
+    """Meanwhile, tell ``on_choice`` of each choice made from a value torch drew at random,
+    or (``computed_from``: parameters) computed from one of those tensors (its source
+    :data:`COMPUTED`).
 
     torch's random functions are wrapped while it is open; the first draw
-    enters a :class:`Draws` mode, left as this ends.
+    enters a :class:`Draws` mode, left as this ends (with ``computed_from``,
+    entered at once: every op then pays for it).
     """
     mode = Draws(on_choice)
     saved: list[tuple[Any, str, Any]] = []
+    if computed_from:
+        mode.mark(list(computed_from), COMPUTED)
+        mode.__enter__()
+        mode.entered = True
 
     def drawing(owner: Any, name: str) -> None:
         original = getattr(owner, name, None)

@@ -38,7 +38,7 @@ from execorder.backends.common import (
     owner,
     tensors,
 )
-from execorder.backends.draws import watching_draws
+from execorder.backends.draws import COMPUTED, LOGGED, watching_draws
 from execorder.backends.eager_failures import (
     any_on_meta,
     describe_inputs,
@@ -105,7 +105,7 @@ from execorder.recording import (
     unique_params,
     unwrap,
 )
-from execorder.report import DdpBuilt, Mode, Report
+from execorder.report import AssumptionKind, DdpBuilt, Mode, Report
 
 __all__ = ["DdpSettings", "MetaDeviceError", "Recording", "live_params", "record", "trace"]
 
@@ -125,8 +125,10 @@ class Recording:
         assume: bool = True,
         timing: bool = False,
         values: bool = True,
+        choices: bool = False,
     ) -> None:
         self.model = model
+        self._choices = choices  # note choices made from parameters' values (a trace's run)
         self._tree = tree
         self._assume = assume
         self._values = values  # on meta: keep the values inputs decide (a MetaRun)
@@ -235,9 +237,12 @@ class Recording:
         try:
             self._running = True
             clock = self._clock
+            # A trace on a real device notes the choices made from parameters' values (a
+            # router's): on meta they are assumed (MetaRun); in a job's step, left unwatched.
+            computed = self._tree.params if self._choices and not any_on_meta(self._tree) else ()
             with (
                 intercepting(self.model, self._tree, self._events, clock, self._swaps),
-                watching_draws(self._drew),
+                watching_draws(self._drew, computed),
             ):
                 if clock is None:
                     outputs = call(*args, **kwargs)
@@ -413,9 +418,14 @@ class Recording:
             self._backward_assumed = True
 
     def _drew(self, source: str, read: str) -> None:
-        """Forward made a choice from a value ``source`` drew at random (:mod:`.draws`)."""
+        """Forward made a choice (``read``) from a value ``source`` drew at random, or
+        computed from parameters (:mod:`.draws`)."""
         if self._running:
-            self._events.append(Assumed(source, user_site(), drawn=True))
+            if source == COMPUTED:
+                if read not in LOGGED:
+                    self._events.append(Assumed(read, user_site(), AssumptionKind.COMPUTED))
+            else:
+                self._events.append(Assumed(source, user_site(), AssumptionKind.DRAWN))
 
     def _accumulated(self, param: nn.Parameter) -> None:
         """A gradient hook: ``param``'s gradient was accumulated, in the pass running now.
@@ -915,7 +925,7 @@ def _run(
     values: bool = True,
 ) -> Recording:
     """One recorded forward (and backward); ``values``: keep values on meta (a MetaRun)."""
-    recording = Recording(model, tree, assume=assume, timing=timing, values=values)
+    recording = Recording(model, tree, assume=assume, timing=timing, values=values, choices=True)
     with _recorded(recording), ExitStack() as kept:
         try:
             if any_on_meta(tree):  # until backward ends: a recomputation takes forward's kernels

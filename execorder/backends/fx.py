@@ -56,7 +56,7 @@ from execorder.errors import (
     user_site,
 )
 from execorder.recording import Assumed, Recorder, build_report
-from execorder.report import Mode, Report
+from execorder.report import AssumptionKind, Mode, Report
 
 _OP_KINDS = frozenset({"call_function", "call_method"})
 
@@ -500,6 +500,11 @@ def _regions(recorder: Recorder) -> Regions:
     return Regions(recorder.checkpointed, lambda: len(recorder.calls), recorder.recomputed_since)
 
 
+def _drew(recorder: Recorder, source: str, read: str) -> None:
+    """Forward made a choice from a value ``source`` drew at random (:mod:`.draws`)."""
+    recorder.assume(Assumed(source, user_site(), AssumptionKind.DRAWN))
+
+
 def _run_tracer(
     tracer: _Tracer, model: nn.Module, args: dict[str, Any], recorder: Recorder
 ) -> Regions:
@@ -516,7 +521,7 @@ def _run_tracer(
             functions_traced(regions, recorder) as unseen,
             record_tracer(tracer, model, recorder, regions=regions, writes=writes),
             user_code(f"tracing {owner(model)}"),
-            watching_draws(lambda drew, _: recorder.assume(Assumed(drew, user_site(), True))),
+            watching_draws(functools.partial(_drew, recorder)),
         ):
             tracer.trace(model, args or None)
         needs = needs_grad(tracer.graph, model) if unseen or writes else {}

@@ -397,8 +397,7 @@ def _assumptions(
     found: dict[tuple[int, str, str, AssumptionKind], int] = {}
     resting = set(recorder.after_assumption)
     for index, event in recorder.assumptions:
-        kind = AssumptionKind.DRAWN if event.drawn else AssumptionKind.SELECTION
-        key = (index, event.op, event.where, kind)
+        key = (index, event.op, event.where, event.kind)
         if key not in found:
             resting.update(map(id, recorder.params_of(recorder.calls[index].module)))
         found[key] = found.get(key, 0) + 1

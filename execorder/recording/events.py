@@ -22,16 +22,18 @@ from typing import NamedTuple
 from torch import nn
 
 from execorder.recording.tree import ModuleTree, module_tree
+from execorder.report.kinds import AssumptionKind
 
 
 class Assumed(NamedTuple):
     """An event: the run assumed a selection it could not compute keeps every element, or
-    (``drawn``) made a choice from a value drawn at random, which another draw makes
-    otherwise (``op``: the random function)."""
+    made a choice another run may make otherwise: from a value drawn at random (``kind``
+    ``DRAWN``, ``op`` the random function) or computed from parameters (``COMPUTED``, ``op``
+    the read: a router's ``nonzero``)."""
 
     op: str
     where: str = ""
-    drawn: bool = False
+    kind: AssumptionKind = AssumptionKind.SELECTION
 
 
 class Checkpointed(NamedTuple):

@@ -70,6 +70,7 @@ class AssumptionKind(Word):
     BACKWARD = "no gradient for what it was not passed"  # a custom Function's unseen backward
     COMPILED = "eager's graph for compiled code"  # compiled code, run eagerly to be recorded
     DRAWN = "this draw of a random value"  # a choice from a random draw (LayerDrop)
+    COMPUTED = "this run's values"  # a real run's choice from values of parameters (routing)
 
 
 class Category(Word):

@@ -247,8 +247,8 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
                 f" ({plural(len(held), 'other')} may be ready for DDP, as inputs of the "
                 "compiled code, which ran eagerly to be recorded)"
             )
-        if report.assumed(AssumptionKind.DRAWN):
-            text += " in this run; which ones, a random draw decides (below)"
+        if deciding := _chosen_by(report):
+            text += f" in this run; which ones, {deciding}"
         return fact("DDP check", text, Severity.ERROR)
     split = list(report.split_gradients)
     if report.split_by_backwards:
@@ -272,19 +272,19 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
         return fact("DDP check", text, Severity.ERROR)
     if resting:
         rest = "rests" if resting == 1 else "rest"
-        if not report.assumed(AssumptionKind.DRAWN):
-            text = (
-                f"not proven: {plural(resting, 'trainable parameter')} {rest} on an "
-                "assumption (below); a step that selects otherwise (a router sending no "
-                "token to an expert) can leave one without a gradient"
-            )
-        else:
-            on = "a random draw" if not report.assumed(AssumptionKind.SELECTION) else "a draw"
-            text = (
-                f"not proven: {plural(resting, 'trainable parameter')} {rest} on {on} "
-                "(below); a step that draws otherwise (LayerDrop skipping a layer) can leave "
-                "one without a gradient"
-            )
+        kinds = {a.assumed for a in report.assumptions}
+        on = " or ".join(_ON[kind] for kind in _ON if kind in kinds) or "an assumption"
+        step = (
+            "a step that selects otherwise (a router sending no token to an expert)"
+            if AssumptionKind.DRAWN not in kinds
+            else "a step that draws otherwise (LayerDrop skipping a layer)"
+            if not kinds & {AssumptionKind.SELECTION, AssumptionKind.COMPUTED}
+            else "a step that draws or selects otherwise"
+        )
+        text = (
+            f"not proven: {plural(resting, 'trainable parameter')} {rest} on {on} (below); "
+            f"{step} can leave one without a gradient"
+        )
         return fact("DDP check", text, Severity.WARNING)
     reach = report.output_reach
     if reach is not None and reach.misses.get(reach.main):
@@ -441,6 +441,44 @@ def assumptions_fact(report: Report) -> Row:
     return fact("assumed on meta", text, Severity.WARNING)
 
 
+_ON = {
+    AssumptionKind.SELECTION: "an assumption",
+    AssumptionKind.DRAWN: "a random draw",
+    AssumptionKind.COMPUTED: "a choice made from this run's values",
+    AssumptionKind.BACKWARD: "an assumption",
+    AssumptionKind.COMPILED: "an assumption",
+}
+"""What parameters rest on, by the kind of assumption (in the DDP check)."""
+
+
+def _chosen_by(report: Report) -> str:
+    """What decides which parameters a run leaves without a gradient, if not the model."""
+    drawn, computed = report.assumed(AssumptionKind.DRAWN), report.assumed(AssumptionKind.COMPUTED)
+    if drawn and computed:
+        return "a random draw and this run's values decide (below)"
+    if computed:
+        return "this run's values decide (a router's choice, below)"
+    return "a random draw decides (below)" if drawn else ""
+
+
+def computed_fact(report: Report) -> Row:
+    """The choices a real run made from values computed from parameters, and what rests on
+    them."""
+    made = report.assumed(AssumptionKind.COMPUTED)
+    count = sum(a.count for a in made)
+    places = list(dict.fromkeys(f"{a.op} at {a.where}" if a.where else a.op for a in made))
+    shown = ", ".join(places[:2]) + (f", +{len(places) - 2} more" if len(places) > 2 else "")
+    text = (
+        f"{plural(count, 'choice')} made from values computed from parameters ({shown}): "
+        "another batch, or the weights a step later, may choose otherwise"
+    )
+    if {a.assumed for a in report.assumptions} == {AssumptionKind.COMPUTED}:
+        resting = report.summary.params_on_assumption
+        rest = "rests" if resting == 1 else "rest"
+        text += f"; {plural(resting, 'parameter')} {rest} on them"
+    return fact("chosen by values", text, Severity.WARNING)
+
+
 def drawn_fact(report: Report) -> Row:
     """The choices forward made from values it drew at random, where, and what rests on them."""
     made = report.assumed(AssumptionKind.DRAWN)
@@ -449,7 +487,7 @@ def drawn_fact(report: Report) -> Row:
     shown = ", ".join(places[:2]) + (f", +{len(places) - 2} more" if len(places) > 2 else "")
     seed = "" if report.seed is None else f" of seed {report.seed}"
     text = f"{plural(count, 'choice')} made from {shown}: this run is one draw{seed}"
-    if not report.assumed(AssumptionKind.SELECTION):
+    if {a.assumed for a in report.assumptions} == {AssumptionKind.DRAWN}:
         resting = report.summary.params_on_assumption
         rest = "rests" if resting == 1 else "rest"
         text += f"; {plural(resting, 'parameter')} {rest} on it"
@@ -488,6 +526,8 @@ def _summary(report: Report, words: Words = PYTHON) -> Table:
         rows.append(compiled_fact(report))
     if report.assumed(AssumptionKind.DRAWN):
         rows.append(drawn_fact(report))
+    if report.assumed(AssumptionKind.COMPUTED):
+        rows.append(computed_fact(report))
     if report.ddp_ignored:
         rows.append(ddp_ignored_fact(report))
     rows.append(ddp_verdict(report, words))
@@ -641,6 +681,11 @@ def _assumptions(report: Report, *, max_rows: int | None, words: Words) -> tuple
             "eager's graph is an input of the compiled graph, which DDP counts ready, unless "
             "the compiler drops the read."
         )
+    if report.assumed(AssumptionKind.COMPUTED):
+        said.append(
+            "A real run chose from values computed from parameters (a router's choice of "
+            "experts): another batch, or the weights a step later, may choose otherwise."
+        )
     if report.assumed(AssumptionKind.DRAWN):
         said.append(
             "Forward chose from values it drew at random (LayerDrop runs a layer only if "
@@ -656,12 +701,14 @@ def _assumptions(report: Report, *, max_rows: int | None, words: Words) -> tuple
         Column("times", NUMBER),
     )
     only_selections = all(a.assumed is AssumptionKind.SELECTION for a in report.assumptions)
-    only_drawn = all(a.assumed is AssumptionKind.DRAWN for a in report.assumptions)
+    kinds = {a.assumed for a in report.assumptions}
     title = (
         f"Assumed on meta: every element kept ({len(rows):,})"
         if only_selections
         else f"Random choices ({len(rows):,})"
-        if only_drawn
+        if kinds == {AssumptionKind.DRAWN}
+        else f"Choices made from values ({len(rows):,})"
+        if kinds == {AssumptionKind.COMPUTED}
         else f"Assumed ({len(rows):,})"
     )
     return Table(title, columns, kept, left_out), Message(note, Severity.WARNING)
