@@ -1,8 +1,8 @@
 """A mixture-of-experts layer with one module per expert, routed top-1.
 
-Which experts run depends on the input values, so FX cannot trace it and the
-meta device cannot run it: execorder falls back to eager mode on CPU, and
-reports the experts no token was routed to as unused (DDP would fail on them).
+Which experts run depends on the router's values: FX cannot trace it; on meta
+execorder assumes every expert gets tokens, and on CPU routes for real (experts
+no token reached are unused), saying so either way: another batch may differ.
 
     execorder trace sample_models/moe.py:MoE --input x=float32[4,16]
 """

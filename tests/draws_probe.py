@@ -1,26 +1,34 @@
-"""LayerDrop under real DDP and FSDP2: what a step that draws otherwise does.
+"""Choices made anew each step, under real DDP and FSDP2: what a step that chooses otherwise does.
 
 Run by tests/test_draws.py in a subprocess with a timeout: two ranks on CPU
 with the gloo backend and a file store (a 5-second timeout on the process
 group, so a collective the other rank never makes fails instead of hanging),
-started by ``torch.multiprocessing``. :class:`models.LayerDrop` skips each
-layer with probability 0.5, drawing ``torch.rand(())``. For each job, up to
-20 training steps, every rank drawing from a seed of its own (``apart``) or
-the same one (``alike``); rank 0 prints one JSON line per job: the step at
-which a rank failed and why, or ``null`` when all ran, and which layers each
-rank's first step ran (rank 1's, where every rank ran all steps).
+started by ``torch.multiprocessing``, each job in ranks of its own. Up to 20
+training steps a job; every rank prints one JSON line per job: the step at
+which it failed and why (``step`` null when it ran them all), which modules
+its first step ran, and what ``execorder`` logged.
 
     python tests/draws_probe.py STORE_FILE JOB [JOB ...]
 
-JOB: ``ddp-apart``, ``ddp-alike``, ``fsdp-apart``, ``fsdp-alike``; ``ddp-alike-watched``:
-its first step watched by ``execorder.training.StepWatch`` (what it logged is
-``warned``).
+JOB:
+
+- ``ddp-apart``, ``ddp-alike``, ``fsdp-apart``, ``fsdp-alike``:
+  :class:`models.LayerDrop` (each layer skipped with probability 0.5 by
+  ``torch.rand(())``) under DDP or FSDP2 (each layer a unit), every rank
+  drawing from a seed of its own (``apart``) or the same one (``alike``),
+  a seed whose first step runs every layer on both ranks;
+- ``ddp-alike-watched``: the same, its first step watched by
+  ``execorder.training.StepWatch``;
+- ``moe-ddp``: ``sample_models/moe.py``'s MoE (8 experts, top-1) under DDP,
+  24 tokens a rank and step, from data whose first batch reaches every
+  expert on both ranks (``first`` names the experts).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import warnings
 from datetime import timedelta
@@ -28,13 +36,15 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore")
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE)]
+sys.path[:0] = [str(HERE), str(HERE.parent / "sample_models")]
 
 import models  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
+from moe import MoE  # noqa: E402
 from probing import leave  # noqa: E402
+from torch import nn  # noqa: E402
 from torch.distributed.fsdp import fully_shard  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
@@ -43,24 +53,37 @@ from execorder.training import StepWatch  # noqa: E402
 WORLD = 2
 STEPS = 20
 SEED = 53  # a seed whose first step runs every layer on both ranks (53 and 54)
+MOE_DATA = 6  # rank r's batches from seed 6 + r: the first reaches every expert on both
+MOE_TOKENS = 24
+
+
+def _build(how: str) -> tuple[nn.Module, list[nn.Module]]:
+    """The model, and the modules whose calls a first step is told by."""
+    torch.manual_seed(0)
+    if how.startswith("moe"):
+        model = MoE()
+        return model, list(model.experts)
+    model = models.LayerDrop()
+    return model, list(model.layers)
 
 
 def _job(how: str, rank: int) -> dict[str, object]:
     wrapper, draws, *watched = how.split("-")
-    torch.manual_seed(0)
-    model = models.LayerDrop()
-    if wrapper == "ddp":
-        job = DDP(model)
-    else:
-        for layer in model.layers:
-            fully_shard(layer)
+    model, told = _build(how)
+    if wrapper == "fsdp":
+        for module in told:
+            fully_shard(module)
         job = fully_shard(model)
+    else:
+        job = DDP(model)
     ran: list[int] = []
-    hooks = [m.register_forward_pre_hook(lambda m, _: ran.append(m.index)) for m in model.layers]
-    for i, layer in enumerate(model.layers):
-        layer.index = i
+    for i, module in enumerate(told):
+        module.register_forward_pre_hook(lambda m, _, i=i: ran.append(i))
     torch.manual_seed(SEED + (rank if draws == "apart" else 0))
-    data = torch.Generator().manual_seed(rank)
+    if wrapper == "moe":
+        data, shape = torch.Generator().manual_seed(MOE_DATA + rank), (MOE_TOKENS, 16)
+    else:
+        data, shape = torch.Generator().manual_seed(rank), (2, 4)
     first: list[int] = []
     warned: list[str] = []
     handler = logging.Handler()
@@ -71,7 +94,7 @@ def _job(how: str, rank: int) -> dict[str, object]:
         try:
             if watch is not None and watch.wants(step):
                 watch.begin(job, step)
-            out = job(torch.randn(2, 4, generator=data))
+            out = job(torch.randn(*shape, generator=data))
             if out.requires_grad:  # a step that skipped every layer has nothing to train
                 out.sum().backward()
             if watch is not None and watch.active:
@@ -80,9 +103,7 @@ def _job(how: str, rank: int) -> dict[str, object]:
             error = f"{type(exc).__name__}: {exc}"[:300]
             return {"step": step, "error": error, "first": first, "warned": warned}
         if step == 1:
-            first = list(ran)
-    for hook in hooks:
-        hook.remove()
+            first = sorted(set(ran))
     return {"step": None, "first": first, "warned": warned}
 
 
@@ -94,12 +115,8 @@ def _rank(rank: int, store: str, how: str) -> None:
         world_size=WORLD,
         timeout=timedelta(seconds=5),
     )
-    found = _job(how, rank)
-    everyone: list[object] = [found, None]
-    if found["step"] is None:  # the ranks are still in step with each other
-        dist.all_gather_object(everyone, found)
-    if rank == 0:
-        print(json.dumps({"job": how, "ranks": everyone}), flush=True)
+    line = json.dumps({"job": how, "rank": rank, **_job(how, rank)}) + "\n"
+    os.write(1, line.encode())  # one write a line: the ranks' lines never run together
     leave()  # after a failed collective the group is of no use, nor worth tearing down
 
 

@@ -119,29 +119,48 @@ def test_forward_draws_only_while_recorded() -> None:
     not (dist.is_available() and dist.is_gloo_available()),
     reason="torch.distributed with the gloo backend is not available in this torch build",
 )
-def test_a_step_that_draws_otherwise_fails_real_ddp_and_parts_fsdp2s_ranks(
+def test_a_step_that_chooses_otherwise_fails_real_ddp_and_parts_fsdp2s_ranks(
     tmp_path: object,
 ) -> None:
-    jobs = ["ddp-apart", "ddp-alike", "fsdp-apart", "fsdp-alike", "ddp-alike-watched"]
-    lines = run_probe("draws_probe.py", f"{tmp_path}/store", *jobs, timeout=120)
-    found = {line["job"]: line["ranks"] for line in lines}
-    assert set(found) == set(jobs)
-    for job in jobs:  # the first step runs every layer, on rank 0 at least
-        assert found[job][0]["first"] == [0, 1, 2, 3]
+    jobs = ["ddp-apart", "ddp-alike", "fsdp-apart", "fsdp-alike", "ddp-alike-watched", "moe-ddp"]
+    lines = run_probe("draws_probe.py", f"{tmp_path}/store", *jobs, timeout=150)
+    found = {(line["job"], line["rank"]): line for line in lines}
+    assert {job for job, _ in found} == set(jobs)
+    for job in jobs[:5]:  # the first step runs every layer
+        assert found[job, 0]["first"] == [0, 1, 2, 3]
     for job in ("ddp-apart", "ddp-alike"):  # DDP fails once a step skips a layer
-        failed = found[job][0]
+        failed = found[job, 0]
         assert failed["step"] > 1 and "Expected to have finished reduction" in failed["error"]
-    parted = found["fsdp-apart"][0]  # a collective one rank never makes: timed out
+    parted = found["fsdp-apart", 0]  # a collective one rank never makes: timed out
     assert parted["step"] > 1 and "Timed out" in parted["error"]
-    assert [rank["step"] for rank in found["fsdp-alike"]] == [None, None]
+    assert [found["fsdp-alike", rank]["step"] for rank in (0, 1)] == [None, None]
     # Watched, the job fails as it did, and the watch said so at step 1.
-    watched = found["ddp-alike-watched"][0]
+    watched = found["ddp-alike-watched", 0]
     assert (watched["step"], watched["error"]) == (
-        found["ddp-alike"][0]["step"],
-        found["ddp-alike"][0]["error"],
+        found["ddp-alike", 0]["step"],
+        found["ddp-alike", 0]["error"],
     )
     assert any("drawn at random (torch.rand at models.py:" in w for w in watched["warned"])
-    assert not found["ddp-alike"][0]["warned"]
+    assert not found["ddp-alike", 0]["warned"]
+    # A router: every expert in the first step, and DDP fails once a batch leaves one idle.
+    routed = [line for (job, _), line in found.items() if job == "moe-ddp"]
+    assert all(line["first"] == list(range(8)) and line["step"] > 1 for line in routed)
+    assert any("Expected to have finished reduction" in line["error"] for line in routed)
+
+
+def test_a_batch_that_reaches_every_expert_is_not_proven_on_cpu_or_meta() -> None:
+    """The MoE job above (built from seed 0, as execorder builds it): its first batch reaches
+    every expert, and DDP fails later."""
+    from moe import MoE
+
+    x = torch.randn(24, 16, generator=torch.Generator().manual_seed(6))  # rank 0's first
+    said_as = {"cpu": AssumptionKind.COMPUTED, "meta": AssumptionKind.SELECTION}
+    for device, kind in said_as.items():  # CPU routes for real, meta assumes
+        report = execorder.profile(MoE, inputs=(x,), device=device, backward=True).report
+        assert report.summary.params_used == report.summary.params_total
+        assert [a.assumed for a in report.assumptions] == [kind]
+        said = verdict(report)
+        assert said.startswith("not proven:") and "router" in said, (device, said)
 
 
 def test_a_recorded_step_says_what_it_drew() -> None:
