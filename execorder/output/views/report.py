@@ -273,7 +273,7 @@ def ddp_verdict(report: Report, words: Words = PYTHON) -> Row:
     if resting:
         rest = "rests" if resting == 1 else "rest"
         kinds = {a.assumed for a in report.assumptions}
-        on = " or ".join(_ON[kind] for kind in _ON if kind in kinds) or "an assumption"
+        on = " or ".join(dict.fromkeys(_ON[kind] for kind in _ON if kind in kinds))
         step = (
             "a step that selects otherwise (a router sending no token to an expert)"
             if AssumptionKind.DRAWN not in kinds
@@ -426,12 +426,26 @@ def unseen_backward_fact(report: Report, words: Words = PYTHON) -> Row:
     return fact("unseen backward", text, Severity.WARNING)
 
 
-def assumptions_fact(report: Report) -> Row:
-    """What a meta run assumed, in one line: how many selections, where, and what rests on them."""
-    made = report.assumed(AssumptionKind.SELECTION)
-    count = sum(a.count for a in made)
+def _made(report: Report, kind: AssumptionKind) -> tuple[int, str]:
+    """How many assumptions of ``kind`` the run made, and where (the first two places)."""
+    made = report.assumed(kind)
     places = list(dict.fromkeys(f"{a.op} at {a.where}" if a.where else a.op for a in made))
     shown = ", ".join(places[:2]) + (f", +{len(places) - 2} more" if len(places) > 2 else "")
+    return sum(a.count for a in made), shown
+
+
+def _resting(report: Report, kind: AssumptionKind, on: str) -> str:
+    """``; N parameters rest on {on}`` where only ``kind`` was assumed (else the count is
+    of every kind's, said by the DDP check)."""
+    if {a.assumed for a in report.assumptions} != {kind}:
+        return ""
+    resting = report.summary.params_on_assumption
+    return f"; {plural(resting, 'parameter')} {'rests' if resting == 1 else 'rest'} on {on}"
+
+
+def assumptions_fact(report: Report) -> Row:
+    """What a meta run assumed, in one line: how many selections, where, and what rests on them."""
+    count, shown = _made(report, AssumptionKind.SELECTION)
     rest = "rests" if report.summary.params_on_assumption == 1 else "rest"
     keep = "keeps" if count == 1 else "keep"
     text = (
@@ -464,33 +478,21 @@ def _chosen_by(report: Report) -> str:
 def computed_fact(report: Report) -> Row:
     """The choices a real run made from values computed from parameters, and what rests on
     them."""
-    made = report.assumed(AssumptionKind.COMPUTED)
-    count = sum(a.count for a in made)
-    places = list(dict.fromkeys(f"{a.op} at {a.where}" if a.where else a.op for a in made))
-    shown = ", ".join(places[:2]) + (f", +{len(places) - 2} more" if len(places) > 2 else "")
+    count, shown = _made(report, AssumptionKind.COMPUTED)
     text = (
         f"{plural(count, 'choice')} made from values computed from parameters ({shown}): "
         "another batch, or the weights a step later, may choose otherwise"
     )
-    if {a.assumed for a in report.assumptions} == {AssumptionKind.COMPUTED}:
-        resting = report.summary.params_on_assumption
-        rest = "rests" if resting == 1 else "rest"
-        text += f"; {plural(resting, 'parameter')} {rest} on them"
+    text += _resting(report, AssumptionKind.COMPUTED, "them")
     return fact("chosen by values", text, Severity.WARNING)
 
 
 def drawn_fact(report: Report) -> Row:
     """The choices forward made from values it drew at random, where, and what rests on them."""
-    made = report.assumed(AssumptionKind.DRAWN)
-    count = sum(a.count for a in made)
-    places = list(dict.fromkeys(f"{a.op} at {a.where}" if a.where else a.op for a in made))
-    shown = ", ".join(places[:2]) + (f", +{len(places) - 2} more" if len(places) > 2 else "")
+    count, shown = _made(report, AssumptionKind.DRAWN)
     seed = "" if report.seed is None else f" of seed {report.seed}"
     text = f"{plural(count, 'choice')} made from {shown}: this run is one draw{seed}"
-    if {a.assumed for a in report.assumptions} == {AssumptionKind.DRAWN}:
-        resting = report.summary.params_on_assumption
-        rest = "rests" if resting == 1 else "rest"
-        text += f"; {plural(resting, 'parameter')} {rest} on it"
+    text += _resting(report, AssumptionKind.DRAWN, "it")
     return fact("random choices", text, Severity.WARNING)
 
 
