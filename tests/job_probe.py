@@ -49,7 +49,11 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (  # noq
     checkpoint_wrapper,
 )
 from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
-from torch.distributed.fsdp import fully_shard  # noqa: E402
+from torch.distributed.fsdp import (  # noqa: E402
+    CPUOffloadPolicy,
+    MixedPrecisionPolicy,
+    fully_shard,
+)
 from torch.distributed.tensor.parallel import (  # noqa: E402
     ColwiseParallel,
     RowwiseParallel,
@@ -191,6 +195,38 @@ def compiled_blocks_fsdp(model: nn.Module) -> nn.Module:
     return model
 
 
+def mixed_precision_fsdp(model: nn.Module) -> nn.Module:
+    """FSDP2 gathering and computing in bfloat16, reducing in float32 (torchtitan's default)."""
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for block in blocks_of(model):
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model
+
+
+def offloaded_fsdp(model: nn.Module) -> nn.Module:
+    """FSDP2 keeping the sharded parameters on CPU (unpinned: pinning needs a GPU)."""
+    for block in blocks_of(model):
+        fully_shard(block, offload_policy=CPUOffloadPolicy(pin_memory=False))
+    fully_shard(model, offload_policy=CPUOffloadPolicy(pin_memory=False))
+    return model
+
+
+def compiled_fsdp(model: nn.Module) -> nn.Module:
+    """The whole sharded model compiled, around FSDP2's hooks."""
+    return torch.compile(fsdp()(model), backend="aot_eager")
+
+
+def fsdp_tp(model: nn.Module) -> nn.Module:
+    """2-D: tensor parallelism over one mesh dimension, FSDP2 over the other (torchtitan's)."""
+    mesh = init_device_mesh("cpu", (1, dist.get_world_size()), mesh_dim_names=("dp", "tp"))
+    tensor_parallel(model, mesh["tp"])
+    for block in blocks_of(model):
+        fully_shard(block, mesh=mesh["dp"])
+    fully_shard(model, mesh=mesh["dp"])
+    return model
+
+
 def hsdp(model: nn.Module) -> nn.Module:
     """FSDP2 over a 2-D mesh: replicated across the ranks, sharded within one (torchtitan's
     dp_replicate with dp_shard)."""
@@ -209,8 +245,8 @@ def replicated_fsdp(model: nn.Module) -> nn.Module:
     return model
 
 
-def tensor_parallel(model: nn.Module) -> nn.Module:
-    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+def tensor_parallel(model: nn.Module, mesh: Any = None) -> nn.Module:
+    mesh = mesh or init_device_mesh("cpu", (dist.get_world_size(),))
     plan = {
         "self_attn.q_proj": ColwiseParallel(),
         "self_attn.k_proj": ColwiseParallel(),
@@ -241,6 +277,10 @@ WRAPPERS: dict[str, Callable[[nn.Module], nn.Module]] = {
     # its namesake built on FSDP2, whose state has the same class name
     "replicate-fsdp": replicated_fsdp,
     "hsdp": hsdp,
+    "fsdp-bf16": mixed_precision_fsdp,
+    "fsdp-offload": offloaded_fsdp,
+    "compile-fsdp": compiled_fsdp,
+    "fsdp-tp": fsdp_tp,
 }
 
 # (model, wrapper, what record() is given: the wrapper or the model inside it, backward)
@@ -274,6 +314,13 @@ MATRIX = [
     ("llama", "replicate-fsdp", "wrapper", True),
     ("frozen", "replicate-fsdp", "wrapper", True),
     ("llama", "hsdp", "wrapper", True),
+    ("llama", "fsdp-bf16", "wrapper", True),
+    ("lora", "fsdp-bf16", "wrapper", True),
+    ("llama-checkpointed", "fsdp-offload", "wrapper", True),
+    ("frozen", "fsdp-offload", "wrapper", True),
+    ("llama", "compile-fsdp", "wrapper", True),
+    ("seed", "compile-fsdp", "wrapper", True),
+    ("llama", "fsdp-tp", "wrapper", True),
 ]
 
 

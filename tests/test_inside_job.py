@@ -95,6 +95,13 @@ MATRIX = [
     "llama/replicate-fsdp/wrapper",
     "frozen/replicate-fsdp/wrapper",
     "llama/hsdp/wrapper",
+    "llama/fsdp-bf16/wrapper",
+    "lora/fsdp-bf16/wrapper",
+    "llama-checkpointed/fsdp-offload/wrapper",
+    "frozen/fsdp-offload/wrapper",
+    "llama/compile-fsdp/wrapper",
+    "seed/compile-fsdp/wrapper",
+    "llama/fsdp-tp/wrapper",
 ]
 
 

@@ -15,6 +15,15 @@ and tells ``on_choice`` of each value read (``if t:``, ``.item()``,
 ``.tolist()``) or selection (``nonzero``, a boolean mask as an index) of one.
 A forward that draws nothing pays nothing: the mode is entered at its first
 draw. Draws from Python's ``random`` or NumPy are not seen.
+
+A router's choice is of the same kind: which experts get tokens is computed
+from the router's weights, and another batch, or the weights a step later,
+choose otherwise. On meta such a selection is assumed (:mod:`.meta`); a run on
+a real device passes ``computed_from`` (the parameters), and the mode, then
+entered at once, marks what is computed from them too (its source
+:data:`COMPUTED`). ``.item()`` and ``float()`` of such a value are taken for
+logging (:data:`LOGGED`); any other read of one, an ``assert`` on it too, is a
+choice.
 """
 
 from __future__ import annotations
