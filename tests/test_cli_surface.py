@@ -176,3 +176,46 @@ def test_an_unnamed_input_is_the_first_positional_argument(spec: str) -> None:
                     "-f", "json")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["inputs"] == {"arg0": "float32[2, 6]"}
+
+
+REFERENCE = (SAMPLES.parent / "docs" / "cli.md").read_text(encoding="utf-8")
+
+
+def _synopsis(command: str) -> str:
+    """The lines of docs/cli.md's synopsis for ``command``."""
+    lines = REFERENCE.split("```text\n", 1)[1].split("```", 1)[0].splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith(f"execorder {command} "))
+    block = [lines[first]]
+    for line in lines[first + 1 :]:
+        if not line.startswith(" "):
+            break
+        block.append(line)
+    return "\n".join(block)
+
+
+@pytest.mark.parametrize("command", [*TAKES, "diff"])
+def test_the_synopsis_names_every_option(command: str) -> None:
+    """``--help`` is the summary, docs/cli.md the reference: an option it lacks is missed."""
+    import re
+
+    from typer.main import get_command
+
+    click = get_command(app).commands[command]  # type: ignore[attr-defined]
+    flags = {o for p in click.params for o in p.opts if o.startswith("--")} - {"--help", "--debug"}
+    synopsis = _synopsis(command)
+    if "the options of trace that choose the run" in synopsis:
+        flags -= MODEL | {"--backward"}
+    missing = {f for f in flags if not re.search(re.escape(f) + r"(?![\w-])", synopsis)}
+    assert not missing, f"docs/cli.md's synopsis of {command} does not name {sorted(missing)}"
+
+
+def test_the_references_name_every_gate() -> None:
+    from execorder.analysis.sharding import CheckKind
+    from execorder.report.kinds import Category
+
+    gate = next(line for line in REFERENCE.splitlines() if line.startswith("| `--fail-on"))
+    assert not [c.value for c in Category if f"`{c.value}`" not in gate]
+    checks = (SAMPLES.parent / "docs" / "fsdp.md").read_text(encoding="utf-8")
+    assert not [k.value for k in CheckKind if f"`{k.value}`" not in checks]
+    for category in Category:  # the summary in --help names each too
+        assert category.value in invoke("trace", "-h").stdout.replace("\n", " ")

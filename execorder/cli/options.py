@@ -218,16 +218,13 @@ FailOnOpt = Annotated[
     typer.Option(
         "--fail-on",
         metavar="CATEGORIES",
-        help="CI gate: after the report, exit 1 if any listed category is non-empty. "
-        "Comma-separated: unused, dead, external, assumption, outputs (trainable parameters "
-        "that get a gradient only through outputs other than the main one), reentrant "
-        "(trainable parameters given their gradient in several backward passes, by "
-        "reentrant checkpoints), recompute-only (trainable parameters only reentrant "
-        "checkpoints' recomputes give a gradient: DDP with find_unused_parameters=True "
-        "fails on them); with --sweep also branch (trainable parameters used or given a "
-        "gradient in some combinations only), not outputs, reentrant or recompute-only. "
-        "unused, dead and assumption count trainable parameters only; unused and dead "
-        "also fail on assumption, since neither can be proven for those parameters.",
+        help="CI gate: after the report, exit 1 if a listed category is non-empty. "
+        "Comma-separated: unused, dead, external, assumption (a status resting on one), "
+        "outputs (reached only through outputs other than the main one), reentrant (a "
+        "gradient in several backward passes), recompute-only (a gradient from reentrant "
+        "recomputes only); with --sweep, branch (used in some combinations only) instead "
+        "of the last three. unused, dead and assumption count trainable parameters; "
+        "unused and dead also fail on assumption.",
         show_default=False,
     ),
 ]
@@ -305,12 +302,9 @@ LayoutOpt = Annotated[
     typer.Option(
         "--layout",
         help="The units when --unit is not given. blocks: the model's _no_split_modules "
-        "(transformers', diffusers') where it has them, else the class of its repeated "
-        "blocks; torchtitan: torchtitan's apply_fsdp_to_decoder (the input embedding, each "
-        "block, the final norm with the output head as one group, all three when tied; the "
-        "root); "
-        "accelerate: accelerate's FSDP2 preparation of a transformers model (the same, its "
-        "blocks from _no_split_modules alone, its final norm the base model's last).",
+        "(transformers', diffusers'), else the class of its repeated blocks; torchtitan: "
+        "torchtitan's apply_fsdp_to_decoder; accelerate: accelerate's FSDP2 preparation of "
+        "a transformers model.",
     ),
 ]
 ReshardOpt = Annotated[
