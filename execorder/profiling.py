@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import random
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -243,7 +245,7 @@ class Profiler:
         concrete = dict(concrete_args or {})
         run_seed = self.seed if seed is True else seed
         eager = self.mode is Mode.EAGER
-        report = self._eager(concrete, run_seed) if eager else self._fx(concrete)
+        report = self._eager(concrete, run_seed) if eager else self._fx(concrete, run_seed)
         return Profile(dataclasses.replace(report, seed=run_seed), self.notes, self.device)
 
     def sweep(
@@ -282,10 +284,12 @@ class Profiler:
         finally:
             self._progress = told
 
-    def _fx(self, concrete: dict[str, Any]) -> Report:
+    def _fx(self, concrete: dict[str, Any], seed: int | None) -> Report:
         try:
             self._progress(f"Tracing {self.target} with torch.fx")
-            return fx.trace(self.model, concrete_args=concrete, target=self.target)
+            # Seeded too: a draw from Python's random decides the traced branch.
+            with nullcontext() if seed is None else seeded_rng(int(seed)):
+                return fx.trace(self.model, concrete_args=concrete, target=self.target)
         except TraceFailure as exc:
             if self.chosen_mode is Mode.FX:
                 raise
@@ -432,10 +436,22 @@ class Profiler:
 
 @contextmanager
 def seeded_rng(seed: int) -> Iterator[None]:
-    """Seed torch's generators for the block; their state is restored afterwards."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        yield
+    """Seed torch's generators, Python's ``random`` and, where it is imported, NumPy's global
+    one for the block; their states are restored afterwards."""
+    numpy_random = sys.modules.get("numpy.random")  # never imported here: a user's, if any
+    python_state = random.getstate()
+    numpy_state = numpy_random.get_state() if numpy_random is not None else None
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            random.seed(seed)
+            if numpy_random is not None:
+                numpy_random.seed(seed)
+            yield
+    finally:
+        random.setstate(python_state)
+        if numpy_random is not None:
+            numpy_random.set_state(numpy_state)
 
 
 def _device_of(model: nn.Module) -> str:

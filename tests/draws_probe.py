@@ -19,6 +19,9 @@ JOB:
   a seed whose first step runs every layer on both ranks;
 - ``ddp-alike-watched``: the same, its first step watched by
   ``execorder.training.StepWatch``;
+- ``pyddp-alike``: :class:`models.PythonLayerDrop` (drawn by
+  ``random.uniform(0, 1)``, as transformers 4 drew it) under DDP, both ranks
+  seeding Python's ``random`` alike, its first step running every layer;
 - ``moe-ddp``: ``sample_models/moe.py``'s MoE (8 experts, top-1) under DDP,
   24 tokens a rank and step, from data whose first batch reaches every
   expert on both ranks (``first`` names the experts).
@@ -29,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import sys
 import warnings
 from datetime import timedelta
@@ -53,6 +57,7 @@ from execorder.training import StepWatch  # noqa: E402
 WORLD = 2
 STEPS = 20
 SEED = 53  # a seed whose first step runs every layer on both ranks (53 and 54)
+PYTHON_SEED = 5  # random.seed(5): the first four random.uniform(0, 1) keep every layer
 MOE_DATA = 6  # rank r's batches from seed 6 + r: the first reaches every expert on both
 MOE_TOKENS = 24
 
@@ -63,7 +68,7 @@ def _build(how: str) -> tuple[nn.Module, list[nn.Module]]:
     if how.startswith("moe"):
         model = MoE()
         return model, list(model.experts)
-    model = models.LayerDrop()
+    model = models.PythonLayerDrop() if how.startswith("py") else models.LayerDrop()
     return model, list(model.layers)
 
 
@@ -80,6 +85,7 @@ def _job(how: str, rank: int) -> dict[str, object]:
     for i, module in enumerate(told):
         module.register_forward_pre_hook(lambda m, _, i=i: ran.append(i))
     torch.manual_seed(SEED + (rank if draws == "apart" else 0))
+    random.seed(PYTHON_SEED + (rank if draws == "apart" else 0))
     if wrapper == "moe":
         data, shape = torch.Generator().manual_seed(MOE_DATA + rank), (MOE_TOKENS, 16)
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -1067,6 +1068,23 @@ class LayerDrop(nn.Module):
         for layer in self.layers:
             if torch.rand(()) >= self.p:
                 x = layer(x)
+        return x
+
+
+class PythonLayerDrop(nn.Module):
+    """LayerDrop drawn from Python's ``random``, as transformers 4 drew it (wav2vec2, BART)."""
+
+    def __init__(self, width: int = 4, layerdrop: float = 0.5) -> None:
+        super().__init__()
+        self.layerdrop = layerdrop
+        self.layers = nn.ModuleList(Unit(width) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            dropout_probability = random.uniform(0, 1)
+            if self.training and dropout_probability < self.layerdrop:
+                continue
+            x = layer(x)
         return x
 
 

@@ -9,6 +9,8 @@ wait on each other's all-gathers. tests/draws_probe.py runs the jobs.
 
 from __future__ import annotations
 
+import random
+
 import models
 import pytest
 import torch
@@ -62,6 +64,49 @@ def test_a_draw_that_runs_every_layer_is_not_proven(mode: str) -> None:
     assert said.startswith("not proven:") and "LayerDrop" in said, said
 
 
+@pytest.mark.parametrize("mode", ["eager", "fx"])
+def test_a_draw_from_pythons_random_is_a_choice_and_seeded(mode: str) -> None:
+    """transformers 4 drew LayerDrop with random.uniform(0, 1): a run keeping every layer said
+    "DDP check ok", and real DDP fails at step 3 (the probe's pyddp-alike job, seed 5)."""
+    size = {"input_size": (2, 4)} if mode == "eager" else {}
+    random.seed(1234)
+    state = random.getstate()
+    runs = [execorder.profile(models.PythonLayerDrop, mode=mode, seed=5, **size) for _ in "ab"]
+    assert random.getstate() == state  # the user's generator is left as it was
+    first, again = (run.report for run in runs)
+    assert first.summary.params_used == first.summary.params_total == 8
+    assert again.to_dict() == first.to_dict()  # --seed seeds Python's random too
+    drawn = first.assumed(AssumptionKind.DRAWN)
+    assert [(a.op, a.count) for a in drawn] == [("random.uniform", 4)]
+    assert drawn[0].where.startswith("models.py:")
+    said = verdict(first)
+    assert said.startswith("not proven:") and "LayerDrop" in said, said
+
+
+class NumpyDrop(nn.Module):
+    """Skips its second layer when NumPy's global generator says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import numpy as np
+
+        x = self.first(x)
+        return self.second(x) if np.random.rand() < 0.5 else x
+
+
+def test_a_draw_from_numpys_global_generator_is_a_choice_and_seeded() -> None:
+    np = pytest.importorskip("numpy")
+    reports = [execorder.profile(NumpyDrop, input_size=(2, 4), seed=s).report for s in (0, 0, 1)]
+    assert reports[0].to_dict() == reports[1].to_dict()
+    for report in reports:
+        assert [a.op for a in report.assumed(AssumptionKind.DRAWN)] == ["numpy.random.rand"]
+        assert not verdict(report).startswith("ok")
+    assert np.random.rand is np.random.mtrand.rand  # given back after the run
+
+
 def test_the_check_names_the_random_choice_in_the_fsdp2_plan() -> None:
     import execorder.fsdp
 
@@ -108,9 +153,9 @@ def test_a_random_mask_as_an_index_is_a_choice() -> None:
 
 def test_forward_draws_only_while_recorded() -> None:
     """torch's random functions are themselves again after a run, and no mode is left."""
-    before = (torch.rand, torch.Tensor.bernoulli_)
+    before = (torch.rand, torch.Tensor.bernoulli_, random.uniform)
     execorder.profile(models.LayerDrop, input_size=(2, 4))
-    assert (torch.rand, torch.Tensor.bernoulli_) == before
+    assert (torch.rand, torch.Tensor.bernoulli_, random.uniform) == before
     assert torch._C._len_torch_function_stack() == 0
 
 
@@ -122,13 +167,15 @@ def test_forward_draws_only_while_recorded() -> None:
 def test_a_step_that_chooses_otherwise_fails_real_ddp_and_parts_fsdp2s_ranks(
     tmp_path: object,
 ) -> None:
-    jobs = ["ddp-apart", "ddp-alike", "fsdp-apart", "fsdp-alike", "ddp-alike-watched", "moe-ddp"]
+    jobs = ["ddp-apart", "ddp-alike", "fsdp-apart", "fsdp-alike", "ddp-alike-watched"]
+    jobs += ["pyddp-alike", "moe-ddp"]
     lines = run_probe("draws_probe.py", f"{tmp_path}/store", *jobs, timeout=150)
     found = {(line["job"], line["rank"]): line for line in lines}
     assert {job for job, _ in found} == set(jobs)
     for job in jobs[:5]:  # the first step runs every layer
         assert found[job, 0]["first"] == [0, 1, 2, 3]
-    for job in ("ddp-apart", "ddp-alike"):  # DDP fails once a step skips a layer
+    assert found["pyddp-alike", 0]["first"] == [0, 1, 2, 3]
+    for job in ("ddp-apart", "ddp-alike", "pyddp-alike"):  # DDP fails once a step skips one
         failed = found[job, 0]
         assert failed["step"] > 1 and "Expected to have finished reduction" in failed["error"]
     parted = found["fsdp-apart", 0]  # a collective one rank never makes: timed out

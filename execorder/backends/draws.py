@@ -14,7 +14,12 @@ draw on, a :class:`Draws` mode marks what is computed from a marked tensor,
 and tells ``on_choice`` of each value read (``if t:``, ``.item()``,
 ``.tolist()``) or selection (``nonzero``, a boolean mask as an index) of one.
 A forward that draws nothing pays nothing: the mode is entered at its first
-draw. Draws from Python's ``random`` or NumPy are not seen.
+draw. A draw from Python's ``random`` (transformers 4's LayerDrop drew
+``random.uniform(0, 1)``) or NumPy's global generator is a plain number,
+which can be followed no further: each call is taken for a choice. Their
+functions are seen as modules hold them (``random.uniform``, ``np.random.rand``);
+one imported into a module's own names before the run, a ``random.Random``
+or a NumPy ``Generator`` of its own, is not.
 
 A router's choice is of the same kind: which experts get tokens is computed
 from the router's weights, and another batch, or the weights a step later,
@@ -28,6 +33,8 @@ choice.
 
 from __future__ import annotations
 
+import random
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -69,6 +76,24 @@ _READS = {
 """Reads of values whose result decides what runs next (a branch, a count, a selection)."""
 
 _INDEXING = frozenset({torch.Tensor.__getitem__, torch.Tensor.__setitem__})
+
+PYTHON_SOURCES = (
+    "random", "uniform", "randint", "randrange", "choice", "choices", "sample", "shuffle",
+    "gauss", "normalvariate", "lognormvariate", "expovariate", "vonmisesvariate",
+    "gammavariate", "betavariate", "paretovariate", "weibullvariate", "triangular",
+    "getrandbits", "binomialvariate",
+)  # fmt: skip
+"""Python's ``random`` functions (those of its module-level generator)."""
+
+NUMPY_SOURCES = (
+    "rand", "randn", "random", "random_sample", "ranf", "sample", "uniform", "randint",
+    "random_integers", "choice", "permutation", "shuffle", "normal", "binomial", "poisson",
+    "exponential", "beta", "gamma",
+)  # fmt: skip
+"""NumPy's ``numpy.random`` functions (those of its global ``RandomState``)."""
+
+PYTHON_READ = "a number"
+"""How a choice reads a Python or NumPy draw: it is one already."""
 
 
 class Draws(TorchFunctionMode):
@@ -139,7 +164,8 @@ def watching_draws(
 ) -> Iterator[None]:
     """Meanwhile, tell ``on_choice`` of each choice made from a value torch drew at random,
     or (``computed_from``: parameters) computed from one of those tensors (its source
-    :data:`COMPUTED`).
+    :data:`COMPUTED`), and of each draw from Python's or NumPy's global generator (read
+    :data:`PYTHON_READ`).
 
     torch's random functions are wrapped while it is open; the first draw
     enters a :class:`Draws` mode, left as this ends (with ``computed_from``,
@@ -169,10 +195,29 @@ def watching_draws(
         saved.append((owner, name, original))
         setattr(owner, name, draw)
 
+    def drawing_number(owner: Any, name: str, source: str) -> None:
+        original = getattr(owner, name, None)
+        if not callable(original):
+            return
+
+        def draw(*args: Any, **kwargs: Any) -> Any:
+            caller = sys._getframe(1).f_code.co_filename
+            if "/torch/" not in caller and "/execorder/" not in caller:  # the model's own
+                on_choice(source, PYTHON_READ)
+            return original(*args, **kwargs)
+
+        saved.append((owner, name, original))
+        setattr(owner, name, draw)
+
     for name in SOURCES:
         drawing(torch, name)
     for name in TENSOR_SOURCES:
         drawing(torch.Tensor, name)
+    for name in PYTHON_SOURCES:
+        drawing_number(random, name, f"random.{name}")
+    numpy_random = sys.modules.get("numpy.random")  # never imported here: a user's, if any
+    for name in NUMPY_SOURCES if numpy_random is not None else ():
+        drawing_number(numpy_random, name, f"numpy.random.{name}")
     try:
         yield
     finally:

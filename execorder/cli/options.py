@@ -119,7 +119,8 @@ SeedOpt = Annotated[
     typer.Option(
         "--seed",
         metavar="N",
-        help="The seed of the model's build, the generated inputs and the run: a model whose "
+        help="The seed of the model's build, the generated inputs and the run (torch's, "
+        "Python's and NumPy's generators): a model whose "
         "routing depends on random values, or that drops layers at random, gives the same "
         "answer on every run.",
     ),
