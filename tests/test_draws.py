@@ -10,6 +10,7 @@ wait on each other's all-gathers. tests/draws_probe.py runs the jobs.
 from __future__ import annotations
 
 import random
+from random import uniform
 
 import models
 import pytest
@@ -81,6 +82,31 @@ def test_a_draw_from_pythons_random_is_a_choice_and_seeded(mode: str) -> None:
     assert drawn[0].where.startswith("models.py:")
     said = verdict(first)
     assert said.startswith("not proven:") and "LayerDrop" in said, said
+
+
+class BoundDrop(nn.Module):
+    """LayerDrop by a function bound before the run: only the generator's state tells."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(models.Unit(4) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            if uniform(0, 1) >= 0.5:
+                x = layer(x)
+        return x
+
+
+@pytest.mark.parametrize("mode", ["eager", "fx"])
+def test_a_draw_by_a_function_bound_before_the_run_is_one_choice_of_forward(mode: str) -> None:
+    size = {"input_size": (2, 4)} if mode == "eager" else {}
+    report = execorder.profile(BoundDrop, mode=mode, seed=5, **size).report  # keeps every layer
+    assert report.summary.params_used == 8
+    drawn = report.assumed(AssumptionKind.DRAWN)
+    assert [(a.op, a.where, a.module) for a in drawn] == [("random's generator", "", "")]
+    assert report.summary.params_on_assumption == 8
+    assert verdict(report).startswith("not proven:")
 
 
 class NumpyDrop(nn.Module):

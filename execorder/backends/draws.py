@@ -16,10 +16,12 @@ and tells ``on_choice`` of each value read (``if t:``, ``.item()``,
 A forward that draws nothing pays nothing: the mode is entered at its first
 draw. A draw from Python's ``random`` (transformers 4's LayerDrop drew
 ``random.uniform(0, 1)``) or NumPy's global generator is a plain number,
-which can be followed no further: each call is taken for a choice. Their
-functions are seen as modules hold them (``random.uniform``, ``np.random.rand``);
-one imported into a module's own names before the run, a ``random.Random``
-or a NumPy ``Generator`` of its own, is not.
+which can be followed no further: each call is taken for a choice, told where
+forward calls the function as its module holds it (``random.uniform``,
+``np.random.rand``), and as one choice of forward's whole call where it was
+bound before the run (``from random import uniform``: only the generator's
+state moves). A ``random.Random`` or a NumPy ``Generator`` of the model's own
+is not seen.
 
 A router's choice is of the same kind: which experts get tokens is computed
 from the router's weights, and another batch, or the weights a step later,
@@ -94,6 +96,10 @@ NUMPY_SOURCES = (
 
 PYTHON_READ = "a number"
 """How a choice reads a Python or NumPy draw: it is one already."""
+
+MOVED = "its state moved"
+"""How a choice reads a Python or NumPy draw seen only as its generator's state moving:
+where forward drew is not known."""
 
 
 class Draws(TorchFunctionMode):
@@ -195,15 +201,21 @@ def watching_draws(
         saved.append((owner, name, original))
         setattr(owner, name, draw)
 
-    def drawing_number(owner: Any, name: str, source: str) -> None:
+    numbers: list[Any] = [random]
+    numpy_random = sys.modules.get("numpy.random")  # never imported here: a user's, if any
+    if numpy_random is not None:
+        numbers.append(numpy_random)
+    told: set[str] = set()
+
+    def drawing_number(owner: Any, name: str) -> None:
         original = getattr(owner, name, None)
         if not callable(original):
             return
+        source = f"{owner.__name__}.{name}"
 
         def draw(*args: Any, **kwargs: Any) -> Any:
-            caller = sys._getframe(1).f_code.co_filename
-            if "/torch/" not in caller and "/execorder/" not in caller:  # the model's own
-                on_choice(source, PYTHON_READ)
+            told.add(owner.__name__)
+            on_choice(source, PYTHON_READ)
             return original(*args, **kwargs)
 
         saved.append((owner, name, original))
@@ -213,15 +225,27 @@ def watching_draws(
         drawing(torch, name)
     for name in TENSOR_SOURCES:
         drawing(torch.Tensor, name)
-    for name in PYTHON_SOURCES:
-        drawing_number(random, name, f"random.{name}")
-    numpy_random = sys.modules.get("numpy.random")  # never imported here: a user's, if any
-    for name in NUMPY_SOURCES if numpy_random is not None else ():
-        drawing_number(numpy_random, name, f"numpy.random.{name}")
+    for owner in numbers:
+        for name in PYTHON_SOURCES if owner is random else NUMPY_SOURCES:
+            drawing_number(owner, name)
+    before = [_state(owner) for owner in numbers]
     try:
         yield
+        # A draw by a function bound before the run (from random import uniform) is seen
+        # only as the generator's state moving: told as a draw of forward's call.
+        for owner, state in zip(numbers, before, strict=True):
+            if owner.__name__ not in told and _state(owner) != state:
+                on_choice(f"{owner.__name__}'s generator", MOVED)
     finally:
         for owner, name, original in reversed(saved):
             setattr(owner, name, original)
         if mode.entered:
             mode.__exit__(None, None, None)
+
+
+def _state(generator: Any) -> Any:
+    """The state of Python's global generator, or of NumPy's (``generator``: its module)."""
+    if generator is random:
+        return random.getstate()
+    _, key, position, has_gauss, gauss = generator.get_state()
+    return key.tobytes(), position, has_gauss, gauss

@@ -38,7 +38,7 @@ from execorder.backends.common import (
     owner,
     tensors,
 )
-from execorder.backends.draws import COMPUTED, LOGGED, watching_draws
+from execorder.backends.draws import COMPUTED, LOGGED, MOVED, watching_draws
 from execorder.backends.eager_failures import (
     any_on_meta,
     describe_inputs,
@@ -425,7 +425,8 @@ class Recording:
                 if read not in LOGGED:
                     self._events.append(Assumed(read, user_site(), AssumptionKind.COMPUTED))
             else:
-                self._events.append(Assumed(source, user_site(), AssumptionKind.DRAWN))
+                where = "" if read == MOVED else user_site()
+                self._events.append(Assumed(source, where, AssumptionKind.DRAWN))
 
     def _accumulated(self, param: nn.Parameter) -> None:
         """A gradient hook: ``param``'s gradient was accumulated, in the pass running now.

@@ -30,7 +30,7 @@ from execorder.backends.common import (
     gc_paused,
     owner,
 )
-from execorder.backends.draws import watching_draws
+from execorder.backends.draws import MOVED, watching_draws
 from execorder.backends.eager_liveness import live_params as eager_live_params
 from execorder.backends.fx_functions import functions_traced
 from execorder.backends.fx_liveness import (
@@ -502,7 +502,7 @@ def _regions(recorder: Recorder) -> Regions:
 
 def _drew(recorder: Recorder, source: str, read: str) -> None:
     """Forward made a choice from a value ``source`` drew at random (:mod:`.draws`)."""
-    recorder.assume(Assumed(source, user_site(), AssumptionKind.DRAWN))
+    recorder.assume(Assumed(source, "" if read == MOVED else user_site(), AssumptionKind.DRAWN))
 
 
 def _run_tracer(

@@ -652,6 +652,33 @@ def _dead(dead: Sequence[ParamInfo], *, max_rows: int | None, words: Words) -> B
     )
 
 
+_WHY_ASSUMED: dict[AssumptionKind, Callable[[Words], str]] = {
+    AssumptionKind.SELECTION: lambda _: (
+        "On meta, a selection made from values computed from parameters (a router's "
+        "choice) cannot be known: each was assumed to keep every element."
+    ),
+    AssumptionKind.BACKWARD: lambda words: (
+        "A custom autograd Function's backward runs only in a real backward: each was "
+        "assumed to give no gradient to the parameters its forward read without being "
+        f"passed them ({words.arg(Arg.BACKWARD)} runs one)."
+    ),
+    AssumptionKind.COMPILED: lambda _: (
+        "Compiled code ran eagerly to be recorded: a parameter it reads that is dead in "
+        "eager's graph is an input of the compiled graph, which DDP counts ready, unless "
+        "the compiler drops the read."
+    ),
+    AssumptionKind.COMPUTED: lambda _: (
+        "A real run chose from values computed from parameters (a router's choice of "
+        "experts): another batch, or the weights a step later, may choose otherwise."
+    ),
+    AssumptionKind.DRAWN: lambda _: (
+        "Forward chose from values it drew at random (LayerDrop runs a layer only if "
+        "torch.rand([]) >= p): the run is one draw, and another draw chooses otherwise."
+    ),
+}
+"""Why each kind of assumption may not hold, in the order the note gives them."""
+
+
 def _assumptions(report: Report, *, max_rows: int | None, words: Words) -> tuple[Table, Message]:
     rows = [
         Row(
@@ -665,34 +692,7 @@ def _assumptions(report: Report, *, max_rows: int | None, words: Words) -> tuple
         for a in report.assumptions
     ]
     kept, left_out = cut_rows(rows, max_rows, "assumption", words)
-    said = []
-    if report.assumed(AssumptionKind.SELECTION):
-        said.append(
-            "On meta, a selection made from values computed from parameters (a router's "
-            "choice) cannot be known: each was assumed to keep every element."
-        )
-    if report.assumed(AssumptionKind.BACKWARD):
-        said.append(
-            "A custom autograd Function's backward runs only in a real backward: each was "
-            "assumed to give no gradient to the parameters its forward read without being "
-            f"passed them ({words.arg(Arg.BACKWARD)} runs one)."
-        )
-    if report.assumed(AssumptionKind.COMPILED):
-        said.append(
-            "Compiled code ran eagerly to be recorded: a parameter it reads that is dead in "
-            "eager's graph is an input of the compiled graph, which DDP counts ready, unless "
-            "the compiler drops the read."
-        )
-    if report.assumed(AssumptionKind.COMPUTED):
-        said.append(
-            "A real run chose from values computed from parameters (a router's choice of "
-            "experts): another batch, or the weights a step later, may choose otherwise."
-        )
-    if report.assumed(AssumptionKind.DRAWN):
-        said.append(
-            "Forward chose from values it drew at random (LayerDrop runs a layer only if "
-            "torch.rand([]) >= p): the run is one draw, and another draw chooses otherwise."
-        )
+    said = [why(words) for kind, why in _WHY_ASSUMED.items() if report.assumed(kind)]
     note = cell(
         " ".join(said) + " The parameters marked 'on assumption' may fare otherwise in a real step."
     )
