@@ -20,8 +20,8 @@ which can be followed no further: each call is taken for a choice, told where
 forward calls the function as its module holds it (``random.uniform``,
 ``np.random.rand``), and as one choice of forward's whole call where it was
 bound before the run (``from random import uniform``: only the generator's
-state moves). A ``random.Random`` or a NumPy ``Generator`` of the model's own
-is not seen.
+state moves; another thread's draw meanwhile is then taken for forward's). A
+``random.Random`` or a NumPy ``Generator`` of the model's own is not seen.
 
 A router's choice is of the same kind: which experts get tokens is computed
 from the router's weights, and another batch, or the weights a step later,
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import random
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -206,6 +207,7 @@ def watching_draws(
     if numpy_random is not None:
         numbers.append(numpy_random)
     told: set[str] = set()
+    forward = threading.get_ident()
 
     def drawing_number(owner: Any, name: str) -> None:
         original = getattr(owner, name, None)
@@ -214,8 +216,9 @@ def watching_draws(
         source = f"{owner.__name__}.{name}"
 
         def draw(*args: Any, **kwargs: Any) -> Any:
-            told.add(owner.__name__)
-            on_choice(source, PYTHON_READ)
+            if threading.get_ident() == forward:  # another thread's draw is its own
+                told.add(owner.__name__)
+                on_choice(source, PYTHON_READ)
             return original(*args, **kwargs)
 
         saved.append((owner, name, original))
