@@ -163,14 +163,19 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[], dict[str, Any]]]] 
 # -- wrappers: each takes the model and gives what the loop calls -------------
 
 
+def shard_blocks(model: nn.Module, **options: Any) -> nn.Module:
+    """fully_shard each block, then the root, all with ``options``."""
+    for block in blocks_of(model):
+        fully_shard(block, **options)
+    fully_shard(model, **options)
+    return model
+
+
 def fsdp(reshard: bool = True, nested: bool = False) -> Callable[[nn.Module], nn.Module]:
     def wrap(model: nn.Module) -> nn.Module:
-        for block in blocks_of(model):
-            if nested:
-                fully_shard(block.mlp, reshard_after_forward=reshard)
-            fully_shard(block, reshard_after_forward=reshard)
-        fully_shard(model, reshard_after_forward=reshard)
-        return model
+        for block in blocks_of(model) if nested else ():
+            fully_shard(block.mlp, reshard_after_forward=reshard)
+        return shard_blocks(model, reshard_after_forward=reshard)
 
     return wrap
 
@@ -198,18 +203,12 @@ def compiled_blocks_fsdp(model: nn.Module) -> nn.Module:
 def mixed_precision_fsdp(model: nn.Module) -> nn.Module:
     """FSDP2 gathering and computing in bfloat16, reducing in float32 (torchtitan's default)."""
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    for block in blocks_of(model):
-        fully_shard(block, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
-    return model
+    return shard_blocks(model, mp_policy=policy)
 
 
 def offloaded_fsdp(model: nn.Module) -> nn.Module:
     """FSDP2 keeping the sharded parameters on CPU (unpinned: pinning needs a GPU)."""
-    for block in blocks_of(model):
-        fully_shard(block, offload_policy=CPUOffloadPolicy(pin_memory=False))
-    fully_shard(model, offload_policy=CPUOffloadPolicy(pin_memory=False))
-    return model
+    return shard_blocks(model, offload_policy=CPUOffloadPolicy(pin_memory=False))
 
 
 def compiled_fsdp(model: nn.Module) -> nn.Module:
@@ -221,20 +220,14 @@ def fsdp_tp(model: nn.Module) -> nn.Module:
     """2-D: tensor parallelism over one mesh dimension, FSDP2 over the other (torchtitan's)."""
     mesh = init_device_mesh("cpu", (1, dist.get_world_size()), mesh_dim_names=("dp", "tp"))
     tensor_parallel(model, mesh["tp"])
-    for block in blocks_of(model):
-        fully_shard(block, mesh=mesh["dp"])
-    fully_shard(model, mesh=mesh["dp"])
-    return model
+    return shard_blocks(model, mesh=mesh["dp"])
 
 
 def hsdp(model: nn.Module) -> nn.Module:
     """FSDP2 over a 2-D mesh: replicated across the ranks, sharded within one (torchtitan's
     dp_replicate with dp_shard)."""
     mesh = init_device_mesh("cpu", (dist.get_world_size(), 1), mesh_dim_names=("rep", "shard"))
-    for block in blocks_of(model):
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    return model
+    return shard_blocks(model, mesh=mesh)
 
 
 def replicated_fsdp(model: nn.Module) -> nn.Module:
