@@ -693,6 +693,12 @@ def _assumptions(report: Report, *, max_rows: int | None, words: Words) -> tuple
     ]
     kept, left_out = cut_rows(rows, max_rows, "assumption", words)
     said = [why(words) for kind, why in _WHY_ASSUMED.items() if report.assumed(kind)]
+    if any(a.op.startswith(("random", "numpy")) for a in report.assumed(AssumptionKind.DRAWN)):
+        said.append(
+            "A draw from Python's or NumPy's generator is a number that cannot be followed: "
+            "each counts as a choice, though it may decide values alone (wav2vec2's "
+            "SpecAugment masks)."
+        )
     note = cell(
         " ".join(said) + " The parameters marked 'on assumption' may fare otherwise in a real step."
     )
