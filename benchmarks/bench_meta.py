@@ -292,6 +292,7 @@ def _on_meta(cls: Any, config: Any, task: str) -> dict[str, Any]:
     import torch
 
     from execorder.errors import MetaDeviceError
+    from execorder.report import AssumptionKind
 
     found: dict[str, Any] = {}
     try:
@@ -306,6 +307,8 @@ def _on_meta(cls: Any, config: Any, task: str) -> dict[str, Any]:
         result = _profile(cls, config, task, "meta")
         found["meta"] = "ok"
         found["assumptions"] = sum(a.count for a in result.report.assumptions)
+        routed = result.report.assumed(AssumptionKind.SELECTION)  # not draws: said below
+        found["routing"] = sum(a.count for a in routed)
     except MetaDeviceError as exc:
         found["meta"] = "needs values"
         found["meta_why"] = exc.reason[:240]
@@ -457,7 +460,7 @@ def summarize(results: list[dict[str, Any]]) -> str:
     broken = len(results) - len(usable)
     before = sum(r.get("before") == "ok" for r in usable)
     meta = Counter(r.get("meta") for r in usable)
-    assumed = sum(1 for r in usable if r.get("meta") == "ok" and r.get("assumptions"))
+    assumed = sum(1 for r in usable if r.get("meta") == "ok" and r.get("routing"))
     checks = Counter(r.get("check") for r in usable)
     same = Counter(r.get("same_as_cpu") for r in usable if "same_as_cpu" in r)
     walks = Counter(str(r["walk"]).split(":")[0] for r in usable if "walk" in r)
