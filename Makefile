@@ -21,9 +21,10 @@ test: $(STAMP)
 	$(PY) -m pytest --durations=15
 
 # Everything but the tests that start processes (torchrun, ranks, the CLI in a
-# subprocess) or time themselves: under a minute, for the edit-test loop.
+# subprocess), time themselves or take seconds, on every core (up to 4): under a
+# minute, for the edit-test loop.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not processes and not timing and not slow" --durations=10
+	$(PY) -m pytest -m "not processes and not timing and not slow" -n auto --maxprocesses 4 --durations=10
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check execorder tests sample_models benchmarks

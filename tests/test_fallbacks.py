@@ -173,6 +173,7 @@ class _Wide(torch.nn.Module):
         return x
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="the address-space cap is Linux's")
 @pytest.mark.parametrize("memory", [None, "sgd"])
 def test_a_run_on_cpu_that_outgrows_the_memory_there_is_stops_clearly(

@@ -82,6 +82,7 @@ def test_what_an_unseen_backward_decides_is_said_and_kept() -> None:
     assert not [c for c in plan.checks if c.kind is CheckKind.ASSUMPTION]
 
 
+@pytest.mark.slow
 def test_a_loss_on_the_main_output_alone_misses_exactly_the_parameters_reached_elsewhere() -> None:
     checked = []
     for name, case in CASES.items():

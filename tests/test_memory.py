@@ -614,6 +614,7 @@ def test_one_rank_under_a_plan_is_what_fsdpmemtracker_measures(
             assert abs(ours[case] - peak) <= TOLERANCE * peak, (case, ours[case], peak)
 
 
+@pytest.mark.slow
 def test_a_budget_on_a_plan_is_a_memory_check() -> None:
     import execorder.fsdp
     from execorder.analysis.sharding import CheckKind
@@ -648,6 +649,7 @@ def test_fsdp2s_advice_for_the_users_own_step_is_not_shown_for_the_simulated_ran
     assert not [w for w in shown if "FSDP2-wrapped module" in str(w.message)]
 
 
+@pytest.mark.slow
 def test_the_fsdp_command_fails_on_a_budget_as_the_plan_does() -> None:
     """Whatever ``--fail-on`` says, an exceeded budget fails the command, once: the plan's
     ``failing`` has it for any gate."""
@@ -662,6 +664,7 @@ def test_the_fsdp_command_fails_on_a_budget_as_the_plan_does() -> None:
     assert roomy.exit_code == 0, roomy.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.transformers
 @pytest.mark.parametrize("device", ["cpu", "meta"])
 def test_a_model_given_as_a_module_is_measured_on_a_meta_copy(device: str) -> None:
@@ -690,6 +693,7 @@ def test_a_model_given_as_a_module_is_measured_on_a_meta_copy(device: str) -> No
             assert torch.equal(param, before[name][1])
 
 
+@pytest.mark.slow
 def test_over_budget_each_change_is_measured_again() -> None:
     import dataclasses
 
@@ -715,6 +719,7 @@ def test_over_budget_each_change_is_measured_again() -> None:
     assert fits.memory is not None and not fits.memory.alternatives
 
 
+@pytest.mark.slow
 def test_when_no_change_fits_alone_all_of_them_are_measured_together() -> None:
     import dataclasses
 

@@ -41,6 +41,7 @@ def test_the_seed_models_tree(golden: GOLDEN) -> None:
     golden("tree-seed.txt", tree_text(report))
 
 
+@pytest.mark.slow
 def test_eighty_identical_layers_fold_into_one_line(golden: GOLDEN) -> None:
     report = execorder.profile(
         "sample_models/llama.py:llama2_70b", input_size={"input_ids": "int64[1,32]"}

@@ -463,6 +463,7 @@ def test_a_watch_that_sees_no_use_stops_unless_told_never_to() -> None:
     assert _restored(model)
 
 
+@pytest.mark.slow
 @pytest.mark.transformers
 def test_the_transformers_callback_in_a_real_trainer(tmp_path: Path) -> None:
     from transformers import Trainer, TrainingArguments
@@ -555,6 +556,7 @@ def _ddp_fares(model: nn.Module, wrap: Any, watched: bool) -> tuple[list[int] | 
     return None, outcome
 
 
+@pytest.mark.slow
 def test_parameters_ddp_ignores_are_neither_numbered_nor_waited_for(tmp_path: Path) -> None:
     """As real DDP takes _ddp_params_and_buffers_to_ignore, names matched its way; under
     DDP(torch.compile(model)) its names start with _orig_mod., so the model's list misses;

@@ -186,6 +186,7 @@ def test_diffs_of_measured_steps_validate() -> None:
         VALIDATOR.validate(broken)
 
 
+@pytest.mark.slow
 def test_plans_with_memory_validate() -> None:
     import execorder.fsdp
 
