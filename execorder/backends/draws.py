@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import SUPPORTED_NODES, tree_leaves
 from torch.utils.weak import WeakTensorKeyDictionary
 
 SOURCES = (
@@ -119,25 +119,22 @@ class Draws(TorchFunctionMode):
         self.entered = False
 
     def mark(self, value: Any, source: str) -> None:
-        for leaf in tree_leaves(value):
-            if isinstance(leaf, torch.Tensor):
-                self.drawn[leaf] = source
+        for tensor in _tensors(value, []):
+            self.drawn[tensor] = source
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
     ) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if not len(self.drawn):
+        drawn = self.drawn
+        if not len(drawn):
             return out
-        source = next(
-            (
-                self.drawn[leaf]
-                for leaf in tree_leaves((args, kwargs))
-                if isinstance(leaf, torch.Tensor) and leaf in self.drawn
-            ),
-            None,
-        )
+        source = None
+        for tensor in _tensors(kwargs, _tensors(args, [])):
+            source = drawn.get(tensor)
+            if source is not None:
+                break
         if source is None:
             return out
         read = _READS.get(func)
@@ -151,10 +148,27 @@ class Draws(TorchFunctionMode):
 
 def _drawn_mask(index: Any, drawn: WeakTensorKeyDictionary) -> bool:
     """Whether ``index`` holds a boolean mask that is drawn."""
-    return any(
-        isinstance(t, torch.Tensor) and t.dtype == torch.bool and t in drawn
-        for t in tree_leaves(index)
-    )
+    return any(t.dtype == torch.bool and t in drawn for t in _tensors(index, []))
+
+
+def _tensors(value: Any, found: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``found``, with the tensors in ``value`` added: itself, or those in its lists, tuples
+    and dicts, and the leaves of another pytree node (what torch functions take and give).
+
+    Walked by hand: ``tree_leaves`` on every op's arguments and results was most of what
+    the mode cost a step.
+    """
+    if isinstance(value, torch.Tensor):
+        found.append(value)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _tensors(item, found)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _tensors(item, found)
+    elif type(value) in SUPPORTED_NODES:
+        found.extend(leaf for leaf in tree_leaves(value) if isinstance(leaf, torch.Tensor))
+    return found
 
 
 COMPUTED = "parameters"
