@@ -24,7 +24,8 @@ JOB:
   seeding Python's ``random`` alike, its first step running every layer;
 - ``moe-ddp``: ``sample_models/moe.py``'s MoE (8 experts, top-1) under DDP,
   24 tokens a rank and step, from data whose first batch reaches every
-  expert on both ranks (``first`` names the experts).
+  expert on both ranks (``first`` names the experts); ``moe-ddp-watched``:
+  the same, its first step watched.
 """
 
 from __future__ import annotations

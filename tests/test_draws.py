@@ -194,7 +194,7 @@ def test_a_step_that_chooses_otherwise_fails_real_ddp_and_parts_fsdp2s_ranks(
     tmp_path: object,
 ) -> None:
     jobs = ["ddp-apart", "ddp-alike", "fsdp-apart", "fsdp-alike", "ddp-alike-watched"]
-    jobs += ["pyddp-alike", "moe-ddp"]
+    jobs += ["pyddp-alike", "moe-ddp", "moe-ddp-watched"]
     lines = run_probe("draws_probe.py", f"{tmp_path}/store", *jobs, timeout=150)
     found = {(line["job"], line["rank"]): line for line in lines}
     assert {job for job, _ in found} == set(jobs)
@@ -219,6 +219,13 @@ def test_a_step_that_chooses_otherwise_fails_real_ddp_and_parts_fsdp2s_ranks(
     routed = [line for (job, _), line in found.items() if job == "moe-ddp"]
     assert all(line["first"] == list(range(8)) and line["step"] > 1 for line in routed)
     assert any("Expected to have finished reduction" in line["error"] for line in routed)
+    # Watched, the job fails as it did, and the watch said so at step 1 on each rank.
+    for rank in (0, 1):
+        watched, plain = found["moe-ddp-watched", rank], found["moe-ddp", rank]
+        ddps = ["Expected to have finished reduction" in line["error"] for line in (watched, plain)]
+        assert watched["step"] == plain["step"] and ddps[0] == ddps[1], (watched, plain)
+        assert any("a router's choice" in w and "moe.py:" in w for w in watched["warned"])
+    assert not any(line["warned"] for line in routed)
 
 
 def test_a_batch_that_reaches_every_expert_is_not_proven_on_cpu_or_meta() -> None:
@@ -234,6 +241,14 @@ def test_a_batch_that_reaches_every_expert_is_not_proven_on_cpu_or_meta() -> Non
         assert [a.assumed for a in report.assumptions] == [kind]
         said = verdict(report)
         assert said.startswith("not proven:") and "router" in said, (device, said)
+    torch.manual_seed(0)
+    model = MoE()  # and the step itself, recorded in the job (before: "ok")
+    with execorder.record(model) as recording:
+        model(x).sum().backward()
+    report = recording.report()
+    assert report.summary.params_used == report.summary.params_total
+    assert [a.assumed for a in report.assumptions] == [AssumptionKind.COMPUTED]
+    assert verdict(report).startswith("not proven:")
 
 
 def test_a_recorded_step_says_what_it_drew() -> None:

@@ -16,7 +16,6 @@ from transformer import Transformer
 from execorder import eager
 from execorder.backends.common import tensors
 from execorder.errors import RecordingError
-from execorder.report import AssumptionKind
 
 
 def _sum(outputs: Any) -> torch.Tensor:
@@ -57,7 +56,7 @@ def test_a_recorded_step_gives_the_report_of_trace_with_backward(case: Case) -> 
     expected = traced.to_dict()
     # trace's backward is of every output, which it says; a step's own loss decides for itself.
     expected.pop("output_reach", None)
-    assert _as_recorded(recording.report().to_dict()) == _as_recorded(expected)
+    assert recording.report().to_dict() == expected
     assert recording.report().output_reach is None
     assert _restored(model)
 
@@ -73,28 +72,7 @@ def test_without_a_backward_liveness_comes_from_the_graph(case: Case) -> None:
     torch.manual_seed(0)
     model = case.build()  # the same model afresh: a forward may switch parameters off
     traced = eager.trace(model, args=args, kwargs=case.concrete_args)
-    assert _as_recorded(report.to_dict()) == _as_recorded(traced.to_dict())
-
-
-def _as_recorded(data: dict[str, Any]) -> dict[str, Any]:
-    """A report as a recorded step makes it: trace predicts a job, and marks what rests on
-    the choices its run made from parameters' values (a router's); a recorded step reports
-    the step as it ran, and marks none (its routing is the step's own)."""
-    made = data["assumptions"]
-    if not any(a["assumed"] == AssumptionKind.COMPUTED.value for a in made):
-        return data
-    assert all(a["assumed"] == AssumptionKind.COMPUTED.value for a in made)
-
-    def unmarked(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {
-                k: False if k == "rests_on_assumption" else unmarked(v) for k, v in value.items()
-            }
-        return [unmarked(v) for v in value] if isinstance(value, list) else value
-
-    data = unmarked({**data, "assumptions": []})
-    data["summary"] = {**data["summary"], "params_on_assumption": 0}
-    return data
+    assert report.to_dict() == traced.to_dict()
 
 
 def test_the_users_loss_decides_what_is_dead() -> None:

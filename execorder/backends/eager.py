@@ -237,9 +237,11 @@ class Recording:
         try:
             self._running = True
             clock = self._clock
-            # A trace on a real device notes the choices made from parameters' values (a
-            # router's): on meta they are assumed (MetaRun); in a job's step, left unwatched.
+            # A run on a real device notes the choices made from parameters' values (a
+            # router's), a trace's and a job's step alike: on meta they are assumed (MetaRun).
+            # FSDP2's units read unsharded parameters in place of these: not followed there.
             computed = self._tree.params if self._choices and not any_on_meta(self._tree) else ()
+            computed = [p for p in computed if id(p) not in self._fsdp_managed]
             with (
                 intercepting(self.model, self._tree, self._events, clock, self._swaps),
                 watching_draws(self._drew, computed),
@@ -774,7 +776,7 @@ def record(
     root = unwrap(model)
     tree = module_tree(root)
     check_recordable(model, root, tree)
-    recording = Recording(root, tree, assume=assume, timing=timing)
+    recording = Recording(root, tree, assume=assume, timing=timing, choices=True)
     recording._method, recording._several = method, several
     with _recorded(recording):
         yield recording

@@ -401,7 +401,17 @@ class StepWatch:
                 "otherwise (LayerDrop skipping a layer) fails DDP with find_unused_parameters="
                 "False; pass find_unused_parameters=True, or turn the draw off",
                 step,
-                ", ".join(dict.fromkeys(f"{a.op} at {a.where}" for a in drawn)),
+                _places(drawn),
+            )
+        routed = report.assumed(AssumptionKind.COMPUTED)
+        if routed and waits and not missing:
+            log.warning(
+                "execorder: step %d: which modules run is chosen from values computed from "
+                "parameters (%s: a router's choice): every trainable parameter got a gradient "
+                "in this step, and a batch that leaves an expert idle fails DDP with "
+                "find_unused_parameters=False; pass find_unused_parameters=True",
+                step,
+                _places(routed),
             )
         if missing and recording.ddp_static_first:
             log.warning(
@@ -492,6 +502,11 @@ def _modules_of(recording: Recording, lost: Iterable[tuple[str, int]]) -> list[s
     """The modules of the DDPs inside the model that ``lost`` names, in the model's order."""
     named = {module for module, _ in lost}
     return [inner.name for inner in recording.ddps_inside if inner.name in named]
+
+
+def _places(made: Any) -> str:
+    """Where the choices ``made`` were made: ``op at where``, each once."""
+    return ", ".join(dict.fromkeys(f"{a.op} at {a.where}" if a.where else a.op for a in made))
 
 
 class WatchingCallback:
