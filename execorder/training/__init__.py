@@ -393,26 +393,19 @@ class StepWatch:
                 if under_ddp
                 else _static_only(recording, inside),
             )
-        drawn = report.assumed(AssumptionKind.DRAWN)
-        if drawn and waits and not missing:
-            log.warning(
-                "execorder: step %d: which modules run is drawn at random (%s): every "
-                "trainable parameter got a gradient in this step, and a step that draws "
-                "otherwise (LayerDrop skipping a layer) fails DDP with find_unused_parameters="
-                "False; pass find_unused_parameters=True, or turn the draw off",
-                step,
-                _places(drawn),
-            )
-        routed = report.assumed(AssumptionKind.COMPUTED)
-        if routed and waits and not missing:
-            log.warning(
-                "execorder: step %d: which modules run is chosen from values computed from "
-                "parameters (%s: a router's choice): every trainable parameter got a gradient "
-                "in this step, and a batch that leaves an expert idle fails DDP with "
-                "find_unused_parameters=False; pass find_unused_parameters=True",
-                step,
-                _places(routed),
-            )
+        for kind, chosen, otherwise, fix in _CHOSEN:
+            made = report.assumed(kind)
+            if made and waits and not missing:
+                log.warning(
+                    "execorder: step %d: which modules run is %s (%s): every trainable "
+                    "parameter got a gradient in this step, and %s fails DDP with "
+                    "find_unused_parameters=False; pass find_unused_parameters=True%s",
+                    step,
+                    chosen,
+                    _places(made),
+                    otherwise,
+                    fix,
+                )
         if missing and recording.ddp_static_first:
             log.warning(
                 "execorder: step %d: under DDP(static_graph=True), %d trainable parameters got "
@@ -502,6 +495,23 @@ def _modules_of(recording: Recording, lost: Iterable[tuple[str, int]]) -> list[s
     """The modules of the DDPs inside the model that ``lost`` names, in the model's order."""
     named = {module for module, _ in lost}
     return [inner.name for inner in recording.ddps_inside if inner.name in named]
+
+
+_CHOSEN = (
+    (
+        AssumptionKind.DRAWN,
+        "drawn at random",
+        "a step that draws otherwise (LayerDrop skipping a layer)",
+        ", or turn the draw off",
+    ),
+    (
+        AssumptionKind.COMPUTED,
+        "a router's choice, from values computed from parameters",
+        "a batch that leaves an expert idle",
+        "",
+    ),
+)
+"""The choices a step's structure may rest on, and what the watch says of each."""
 
 
 def _places(made: Any) -> str:
