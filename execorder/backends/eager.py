@@ -125,10 +125,8 @@ class Recording:
         assume: bool = True,
         timing: bool = False,
         values: bool = True,
-        choices: bool = False,
     ) -> None:
         self.model = model
-        self._choices = choices  # note choices made from parameters' values (a trace's run)
         self._tree = tree
         self._assume = assume
         self._values = values  # on meta: keep the values inputs decide (a MetaRun)
@@ -240,8 +238,8 @@ class Recording:
             # A run on a real device notes the choices made from parameters' values (a
             # router's), a trace's and a job's step alike: on meta they are assumed (MetaRun).
             # FSDP2's units read unsharded parameters in place of these: not followed there.
-            computed = self._tree.params if self._choices and not any_on_meta(self._tree) else ()
-            computed = [p for p in computed if id(p) not in self._fsdp_managed]
+            on_meta, managed = any_on_meta(self._tree), self._fsdp_managed
+            computed = [] if on_meta else [p for p in self._tree.params if id(p) not in managed]
             with (
                 intercepting(self.model, self._tree, self._events, clock, self._swaps),
                 watching_draws(self._drew, computed),
@@ -776,7 +774,7 @@ def record(
     root = unwrap(model)
     tree = module_tree(root)
     check_recordable(model, root, tree)
-    recording = Recording(root, tree, assume=assume, timing=timing, choices=True)
+    recording = Recording(root, tree, assume=assume, timing=timing)
     recording._method, recording._several = method, several
     with _recorded(recording):
         yield recording
@@ -928,7 +926,7 @@ def _run(
     values: bool = True,
 ) -> Recording:
     """One recorded forward (and backward); ``values``: keep values on meta (a MetaRun)."""
-    recording = Recording(model, tree, assume=assume, timing=timing, values=values, choices=True)
+    recording = Recording(model, tree, assume=assume, timing=timing, values=values)
     with _recorded(recording), ExitStack() as kept:
         try:
             if any_on_meta(tree):  # until backward ends: a recomputation takes forward's kernels

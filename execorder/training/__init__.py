@@ -74,6 +74,7 @@ from execorder.errors import (
     UnreducedGradientError,
 )
 from execorder.output import files
+from execorder.output.views.report import assumption_places
 from execorder.ranks import (
     Unreduced,
     collective_device,
@@ -402,7 +403,7 @@ class StepWatch:
                     "find_unused_parameters=False; pass find_unused_parameters=True%s",
                     step,
                     chosen,
-                    _places(made),
+                    ", ".join(assumption_places(made)),
                     otherwise,
                     fix,
                 )
@@ -512,11 +513,6 @@ _CHOSEN = (
     ),
 )
 """The choices a step's structure may rest on, and what the watch says of each."""
-
-
-def _places(made: Any) -> str:
-    """Where the choices ``made`` were made: ``op at where``, each once."""
-    return ", ".join(dict.fromkeys(f"{a.op} at {a.where}" if a.where else a.op for a in made))
 
 
 class WatchingCallback:

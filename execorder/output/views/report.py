@@ -41,6 +41,7 @@ from execorder.output.views.common import (
     warn_if,
 )
 from execorder.report import (
+    Assumption,
     AssumptionKind,
     Category,
     DdpBuilt,
@@ -426,10 +427,15 @@ def unseen_backward_fact(report: Report, words: Words = PYTHON) -> Row:
     return fact("unseen backward", text, Severity.WARNING)
 
 
+def assumption_places(made: Sequence[Assumption]) -> list[str]:
+    """Where the assumptions ``made`` were made, each place once: ``op at file.py:line``."""
+    return list(dict.fromkeys(f"{a.op} at {a.where}" if a.where else a.op for a in made))
+
+
 def _made(report: Report, kind: AssumptionKind) -> tuple[int, str]:
     """How many assumptions of ``kind`` the run made, and where (the first two places)."""
     made = report.assumed(kind)
-    places = list(dict.fromkeys(f"{a.op} at {a.where}" if a.where else a.op for a in made))
+    places = assumption_places(made)
     shown = ", ".join(places[:2]) + (f", +{len(places) - 2} more" if len(places) > 2 else "")
     return sum(a.count for a in made), shown
 
@@ -708,11 +714,10 @@ def _assumptions(report: Report, *, max_rows: int | None, words: Words) -> tuple
         Column("where", FIXED),
         Column("times", NUMBER),
     )
-    only_selections = all(a.assumed is AssumptionKind.SELECTION for a in report.assumptions)
     kinds = {a.assumed for a in report.assumptions}
     title = (
         f"Assumed on meta: every element kept ({len(rows):,})"
-        if only_selections
+        if kinds == {AssumptionKind.SELECTION}
         else f"Random choices ({len(rows):,})"
         if kinds == {AssumptionKind.DRAWN}
         else f"Choices made from values ({len(rows):,})"
