@@ -69,6 +69,16 @@ def test_each_command_takes_the_model_options_it_can_use(command: str) -> None:
     assert click.params[-1].name == "debug"
 
 
+def test_an_error_names_each_argument_as_the_option_that_gives_it() -> None:
+    """The command line tells a library error's argument as ``--`` and its name: an option."""
+    from execorder.cli.words import CLI
+    from execorder.errors import Arg
+
+    flags = set().union(*TAKES.values())
+    assert {CLI.arg(arg) for arg in Arg if arg is not Arg.TARGET} <= flags
+    assert CLI.arg(Arg.TARGET) == "TARGET"
+
+
 def test_ranks_replaces_the_defaults_that_mean_otherwise_in_a_job() -> None:
     from typer.main import get_command
 

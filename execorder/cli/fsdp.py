@@ -6,12 +6,12 @@ from typing import Any
 
 import typer
 
+from execorder.analysis.sharding.kinds import LayoutChoice, ReshardPolicy
 from execorder.cli.app import Command, app, run_command
 from execorder.cli.options import (
     FormatOpt,
     FsdpFailOnOpt,
     FsdpSweepOpt,
-    LayoutName,
     LayoutOpt,
     ModelOptions,
     OutputFormat,
@@ -19,7 +19,6 @@ from execorder.cli.options import (
     ParamDtypeOpt,
     PrefetchOpt,
     ReduceDtypeOpt,
-    ReshardName,
     ReshardOpt,
     UnitOpt,
     WorldSizeOpt,
@@ -49,9 +48,9 @@ def _parse_gates(text: str | None) -> tuple[Any, ...]:
 def fsdp(
     *,
     unit: UnitOpt = None,
-    layout: LayoutOpt = LayoutName.blocks,
+    layout: LayoutOpt = LayoutChoice.BLOCKS,
     prefetch: PrefetchOpt = 1,
-    reshard_after_forward: ReshardOpt = ReshardName.default,
+    reshard_after_forward: ReshardOpt = ReshardPolicy.DEFAULT,
     world_size: WorldSizeOpt = 1,
     param_dtype: ParamDtypeOpt = None,
     reduce_dtype: ReduceDtypeOpt = None,
@@ -92,8 +91,8 @@ def fsdp(
             axes=axes,
             units=list(unit or []),
             prefetch=prefetch,
-            layout=layout.value,
-            reshard_after_forward=reshard_after_forward.value,
+            layout=layout,
+            reshard_after_forward=reshard_after_forward,
             world_size=world_size,
             param_dtype=param_dtype.value if param_dtype else None,
             reduce_dtype=reduce_dtype.value if reduce_dtype else None,

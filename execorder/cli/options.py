@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
+from execorder.analysis.sharding.kinds import LayoutChoice, ReshardPolicy
 from execorder.cli.values import parse_assignments, parse_size
 from execorder.cli.words import UsageError
 from execorder.report.kinds import Mode
@@ -280,18 +281,6 @@ UnitOpt = Annotated[
 ]
 
 
-class LayoutName(str, Enum):
-    blocks = "blocks"
-    torchtitan = "torchtitan"
-    accelerate = "accelerate"
-
-
-class ReshardName(str, Enum):
-    default = "default"
-    always = "always"
-    never = "never"
-
-
 class DtypeName(str, Enum):
     float32 = "float32"
     bfloat16 = "bfloat16"
@@ -299,7 +288,7 @@ class DtypeName(str, Enum):
 
 
 LayoutOpt = Annotated[
-    LayoutName,
+    LayoutChoice,
     typer.Option(
         "--layout",
         help="The units when --unit is not given. blocks: the model's _no_split_modules "
@@ -309,7 +298,7 @@ LayoutOpt = Annotated[
     ),
 ]
 ReshardOpt = Annotated[
-    ReshardName,
+    ReshardPolicy,
     typer.Option(
         "--reshard-after-forward",
         help="Which units free their parameters after forward. default: torchtitan's rule "

@@ -4,28 +4,6 @@ from __future__ import annotations
 
 from execorder.errors import Arg, ExecOrderError
 
-FLAGS = {
-    Arg.CONCRETE: "--concrete",
-    Arg.INIT: "--init",
-    Arg.DEVICE: "--device",
-    Arg.MODE: "--mode",
-    Arg.INPUT: "--input",
-    Arg.INPUTS: "--inputs",
-    Arg.BACKWARD: "--backward",
-    Arg.SWEEP: "--sweep",
-    Arg.UPDATE_BASELINE: "--update-baseline",
-    Arg.UNIT: "--unit",
-    Arg.TIMING: "--timing",
-    Arg.FORMAT: "--format",
-    Arg.MAX_ROWS: "--max-rows",
-    Arg.DEPTH: "--depth",
-    Arg.OUTPUT: "--output",
-    Arg.BASELINE: "--baseline",
-    Arg.LAYOUT: "--layout",
-    Arg.MEMORY: "--memory",
-    Arg.MEMORY_BUDGET: "--memory-budget",
-}
-
 
 class CliWords:
     """Arguments as the command line's options: ``--concrete flag=VALUE``."""
@@ -35,7 +13,7 @@ class CliWords:
     def arg(self, arg: Arg, *names: str, value: str | None = None) -> str:
         if arg is Arg.TARGET:
             return "TARGET"
-        flag = FLAGS[arg]
+        flag = f"--{arg.value}"  # each Arg is named as its option is
         if arg in (Arg.CONCRETE, Arg.INIT) and names:
             return " ".join(f"{flag} {name}={value or 'VALUE'}" for name in names)
         if arg is Arg.SWEEP and names:

@@ -83,9 +83,9 @@ class LayoutChoice(Word):
 class ReshardPolicy(Word):
     """Which units free their parameters after forward (FSDP2's ``reshard_after_forward``)."""
 
+    DEFAULT = "default"  # torchtitan's: every unit but the root and the one forward ends in
     ALWAYS = "always"  # every unit but the root
     NEVER = "never"  # none: each stays gathered from its forward to its backward
-    DEFAULT = "default"  # torchtitan's: every unit but the root and the one forward ends in
 
 
 class BackwardSource(Word):
