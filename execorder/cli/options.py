@@ -41,7 +41,6 @@ TargetArg = Annotated[
         metavar="TARGET",
         help="The model: 'package.module:Attr' or 'path/to/file.py:Attr', where Attr is "
         "an nn.Module subclass, a function returning one, or an nn.Module instance.",
-        show_default=False,
     ),
 ]
 ConcreteOpt = Annotated[
@@ -52,7 +51,6 @@ ConcreteOpt = Annotated[
         metavar="NAME=VALUE",
         help="A fixed value for a forward() argument, e.g. a flag that picks a branch "
         "(repeatable). VALUE: true/false, none, numbers, JSON, Python literals or text.",
-        show_default=False,
     ),
 ]
 InitOpt = Annotated[
@@ -62,7 +60,6 @@ InitOpt = Annotated[
         "-i",
         metavar="NAME=VALUE",
         help="A keyword argument for the model's constructor or factory (repeatable).",
-        show_default=False,
     ),
 ]
 DeviceOpt = Annotated[
@@ -71,7 +68,6 @@ DeviceOpt = Annotated[
         help="Where to build (and in eager mode run) the model. Default: meta (no "
         "memory; what the inputs alone decide is computed), falling back to cpu when "
         "values computed from parameters are needed and the model fits in memory.",
-        show_default=False,
     ),
 ]
 FormatOpt = Annotated[
@@ -100,7 +96,6 @@ OutputOpt = Annotated[
         metavar="FILE",
         help="Write the report to FILE instead of stdout.",
         dir_okay=False,
-        show_default=False,
     ),
 ]
 DepthOpt = Annotated[
@@ -109,7 +104,6 @@ DepthOpt = Annotated[
         min=0,
         metavar="N",
         help="Table: hide module calls nested deeper than N (JSON always has all).",
-        show_default=False,
     ),
 ]
 MaxRowsOpt = Annotated[
@@ -164,7 +158,6 @@ MemoryBudgetOpt = Annotated[
         metavar="SIZE",
         help="With --memory: exit 1 when the peak exceeds SIZE (80GiB, 40GB, 512MiB, bytes). "
         "Default with --device cuda: the device's memory.",
-        show_default=False,
     ),
 ]
 ModeOpt = Annotated[
@@ -185,7 +178,6 @@ InputOpt = Annotated[
         "argument (x=float32[2,6]); unnamed, the next positional one ([2,6] is float32). "
         "input_ids=int64[1,32]@0:32000 draws integers in [0, 32000); without a range "
         "integers are zeros.",
-        show_default=False,
     ),
 ]
 InputsOpt = Annotated[
@@ -195,7 +187,6 @@ InputsOpt = Annotated[
         metavar="MODULE:FUNCTION",
         help="Eager mode: a function returning forward's arguments: a tuple, a dict of "
         "keyword arguments, or (tuple, dict). It may take a 'device' keyword.",
-        show_default=False,
     ),
 ]
 BackwardOpt = Annotated[
@@ -227,7 +218,6 @@ FailOnOpt = Annotated[
         "recomputes only); with --sweep, branch (used in some combinations only) instead "
         "of the last three. unused, dead and assumption count trainable parameters; "
         "unused and dead also fail on assumption.",
-        show_default=False,
     ),
 ]
 SweepOpt = Annotated[
@@ -238,7 +228,6 @@ SweepOpt = Annotated[
         help="Trace every combination of these forward() argument values (repeatable: the "
         "cross product) and show which parameters are used always, in some combinations "
         "only (branch-dependent), or never.",
-        show_default=False,
     ),
 ]
 BaselineOpt = Annotated[
@@ -249,7 +238,6 @@ BaselineOpt = Annotated[
         help="Compare with this stored JSON report and print the differences instead of "
         "the report; exit 1 if they differ.",
         dir_okay=False,
-        show_default=False,
     ),
 ]
 UpdateBaselineOpt = Annotated[
@@ -262,10 +250,8 @@ IndicesArg = Annotated[
         metavar="INDICES",
         help="The indices from DDP's error, e.g. '0 1 2 5 6 7' (or paste the whole "
         "'Parameter indices which did not receive grad for rank 0: ...' line).",
-        show_default=False,
     ),
 ]
-ReportArg = Annotated[Path, typer.Argument(metavar="REPORT", show_default=False)]
 UnitOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -276,7 +262,6 @@ UnitOpt = Annotated[
         "name (model.layers.0) as an FSDP2 unit (repeatable); names joined by + "
         "(model.norm+lm_head) are one unit, fully_shard([a, b]). Default: the --layout. "
         "The root is always a unit and holds the rest.",
-        show_default=False,
     ),
 ]
 
@@ -322,7 +307,6 @@ ParamDtypeOpt = Annotated[
         "--param-dtype",
         help="The dtype parameters are gathered and computed in (MixedPrecisionPolicy"
         ".param_dtype). Default: their own.",
-        show_default=False,
     ),
 ]
 ReduceDtypeOpt = Annotated[
@@ -330,7 +314,6 @@ ReduceDtypeOpt = Annotated[
     typer.Option(
         "--reduce-dtype",
         help="The dtype gradients are reduced in (MixedPrecisionPolicy.reduce_dtype).",
-        show_default=False,
     ),
 ]
 PrefetchOpt = Annotated[
@@ -351,7 +334,6 @@ FsdpSweepOpt = Annotated[
         help="Also run every combination of these forward() argument values (repeatable) "
         "and check that every unit runs, in the same order, for all of them: ranks that "
         "disagree on a unit hang in its all-gather.",
-        show_default=False,
     ),
 ]
 FsdpFailOnOpt = Annotated[
@@ -363,7 +345,6 @@ FsdpFailOnOpt = Annotated[
         "info), or one of these checks (comma-separated: external-use, shared-params, "
         "varies, not-run, registration-order, order-varies, assumption, repeated, root-only, "
         "split-gradient, input-write).",
-        show_default=False,
     ),
 ]
 NprocOpt = Annotated[
@@ -374,7 +355,6 @@ NprocOpt = Annotated[
         metavar="N",
         help="Start N ranks on this machine (one process each) and compare them; without it, "
         "run each rank under torchrun (torchrun --nproc-per-node N -m execorder ranks ...).",
-        show_default=False,
     ),
 ]
 RankSeedOpt = Annotated[
@@ -385,7 +365,6 @@ RankSeedOpt = Annotated[
         help="The seed of every rank's generated inputs and run. Default: rank r draws with "
         "seed r, as ranks of a job draw differently (the model is built with seed 0 on every "
         "rank, as DDP starts every rank from the same weights).",
-        show_default=False,
     ),
 ]
 TimeoutOpt = Annotated[
@@ -403,7 +382,6 @@ RanksFailOnOpt = Annotated[
         "--fail-on",
         metavar="divergence",
         help="CI gate: exit 1 if the ranks diverged.",
-        show_default=False,
     ),
 ]
 

@@ -22,7 +22,7 @@ from execorder.cli.options import (
     TimeoutOpt,
     model_command,
 )
-from execorder.cli.session import Session, load_factory, say
+from execorder.cli.session import Session, say
 from execorder.cli.values import parse_choices
 from execorder.cli.words import EXIT_ERROR, EXIT_FOUND, UsageError, message
 from execorder.cli.writing import emit
@@ -58,11 +58,12 @@ def forwarded_args(ctx: Any, *, drop: tuple[str, ...] = ()) -> list[str]:
 
 def _preflight(options: ModelOptions) -> None:
     """Load what every rank loads, once, before any rank starts: a mistake is one error."""
-    from execorder.loading import resolve_target
+    from execorder.loading import resolve_inputs, resolve_target
 
     options.init_kwargs()
     options.concrete_args()
-    load_factory(options.inputs)
+    if options.inputs:
+        resolve_inputs(options.inputs)
     resolve_target(options.target)
 
 

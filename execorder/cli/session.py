@@ -36,22 +36,6 @@ def _note(note: Any, debug: bool) -> None:
     say(f"execorder: note: {note_text(dataclasses.replace(note, reason=reason))}")
 
 
-def load_factory(name: str | None) -> Callable[..., Any] | None:
-    """The function ``--inputs`` names (None for none), loaded; an ``InputsError`` if not."""
-    if not name:
-        return None
-    from execorder.errors import InputsError, TargetError
-    from execorder.loading import resolve_target
-
-    try:
-        factory = resolve_target(name)
-    except TargetError as exc:
-        raise InputsError(name, f"cannot be loaded: {exc}") from exc
-    if not callable(factory):
-        raise InputsError(name, f"is a {type(factory).__name__}, not a function")
-    return factory
-
-
 @contextmanager
 def _spinner(first: str) -> Iterator[Callable[[str], None]]:
     """A spinner on stderr, when it is a terminal; yields a function that changes its text."""
@@ -98,9 +82,10 @@ class Session:
             with warnings.catch_warnings():
                 # torch warns on import when NumPy is absent; execorder never needs it.
                 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
-                factory = load_factory(options.inputs)
-                from execorder.loading import Inputs
+                from execorder.loading import Inputs, resolve_inputs
                 from execorder.profiling import Profiler
+
+                factory = resolve_inputs(options.inputs) if options.inputs else None
 
             given = Inputs(
                 factory, options.input or [], name=options.inputs, keywords=input_keywords

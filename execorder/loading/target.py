@@ -19,6 +19,7 @@ from execorder.errors import (
     BuildError,
     DeviceError,
     InitArgsError,
+    InputsError,
     InstanceInitError,
     MemoryGuardError,
     TargetError,
@@ -171,6 +172,21 @@ def resolve_target(target: str) -> Any:
             hint = f"; it has: {', '.join(public)}" if public else ""
             raise TargetError(f"{source} has no attribute {attr!r}{hint}") from None
     return obj
+
+
+def resolve_inputs(target: str) -> Callable[..., Any]:
+    """The function making forward's inputs that ``target`` names, loaded.
+
+    Raises:
+        InputsError: If it cannot be loaded, or is not a function.
+    """
+    try:
+        factory = resolve_target(target)
+    except TargetError as exc:
+        raise InputsError(target, f"cannot be loaded: {exc}") from exc
+    if not callable(factory):
+        raise InputsError(target, f"is a {type(factory).__name__}, not a function")
+    return factory
 
 
 def _defined_in(value: Any, module: Any) -> bool:
