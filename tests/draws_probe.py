@@ -25,7 +25,8 @@ JOB:
 - ``moe-ddp``: ``sample_models/moe.py``'s MoE (8 experts, top-1) under DDP,
   24 tokens a rank and step, from data whose first batch reaches every
   expert on both ranks (``first`` names the experts); ``moe-ddp-watched``:
-  the same, its first step watched.
+  the same, its first step watched; ``moe-fsdp``, ``moe-fsdp-watched``: the
+  same under FSDP2, each expert a unit.
 """
 
 from __future__ import annotations
@@ -74,7 +75,9 @@ def _build(how: str) -> tuple[nn.Module, list[nn.Module]]:
 
 
 def _job(how: str, rank: int) -> dict[str, object]:
-    wrapper, draws, *watched = how.split("-")
+    words = how.split("-")
+    routed, watched = words[0] == "moe", words[-1] == "watched"
+    wrapper, draws = (words[1], "alike") if routed else (words[0], words[1])
     model, told = _build(how)
     if wrapper == "fsdp":
         for module in told:
@@ -87,7 +90,7 @@ def _job(how: str, rank: int) -> dict[str, object]:
         module.register_forward_pre_hook(lambda m, _, i=i: ran.append(i))
     torch.manual_seed(SEED + (rank if draws == "apart" else 0))
     random.seed(PYTHON_SEED + (rank if draws == "apart" else 0))
-    if wrapper == "moe":
+    if routed:
         data, shape = torch.Generator().manual_seed(MOE_DATA + rank), (MOE_TOKENS, 16)
     else:
         data, shape = torch.Generator().manual_seed(rank), (2, 4)

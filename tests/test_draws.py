@@ -194,7 +194,7 @@ def test_a_step_that_chooses_otherwise_fails_real_ddp_and_parts_fsdp2s_ranks(
     tmp_path: object,
 ) -> None:
     jobs = ["ddp-apart", "ddp-alike", "fsdp-apart", "fsdp-alike", "ddp-alike-watched"]
-    jobs += ["pyddp-alike", "moe-ddp", "moe-ddp-watched"]
+    jobs += ["pyddp-alike", "moe-ddp", "moe-ddp-watched", "moe-fsdp", "moe-fsdp-watched"]
     lines = run_probe("draws_probe.py", f"{tmp_path}/store", *jobs, timeout=150)
     found = {(line["job"], line["rank"]): line for line in lines}
     assert {job for job, _ in found} == set(jobs)
@@ -226,6 +226,16 @@ def test_a_step_that_chooses_otherwise_fails_real_ddp_and_parts_fsdp2s_ranks(
         assert watched["step"] == plain["step"] and ddps[0] == ddps[1], (watched, plain)
         assert any("a router's choice" in w and "moe.py:" in w for w in watched["warned"])
     assert not any(line["warned"] for line in routed)
+    # Under FSDP2 (each expert a unit) the ranks part at the first batch that leaves an
+    # expert idle on one of them: its unit's all-gather waits on the other (gloo times out).
+    sharded = [found["moe-fsdp", rank] for rank in (0, 1)]
+    assert all(line["first"] == list(range(8)) and line["step"] > 1 for line in sharded)
+    assert any("Timed out" in line["error"] for line in sharded), sharded
+    assert not any(line["warned"] for line in sharded)
+    for rank in (0, 1):  # watched, the watch said so at step 1 (before: nothing)
+        watched = found["moe-fsdp-watched", rank]
+        assert watched["step"] == sharded[rank]["step"], (watched, sharded[rank])
+        assert [w for w in watched["warned"] if "under FSDP2" in w and "router" in w], watched
 
 
 def test_a_batch_that_reaches_every_expert_is_not_proven_on_cpu_or_meta() -> None:
@@ -248,6 +258,38 @@ def test_a_batch_that_reaches_every_expert_is_not_proven_on_cpu_or_meta() -> Non
     report = recording.report()
     assert report.summary.params_used == report.summary.params_total
     assert [a.assumed for a in report.assumptions] == [AssumptionKind.COMPUTED]
+    assert verdict(report).startswith("not proven:")
+
+
+def test_a_step_of_fsdp2_follows_the_router_through_its_unsharded_parameters(
+    tmp_path: object,
+) -> None:
+    """FSDP2 puts unsharded parameters in each unit's place as it runs: the router's choice
+    is computed from those (before: not followed, and the step read as any other)."""
+    from moe import MoE
+    from torch.distributed.fsdp import fully_shard
+
+    x = torch.randn(24, 16, generator=torch.Generator().manual_seed(6))
+    torch.manual_seed(0)
+    plain = MoE()
+    with execorder.record(plain) as recording:
+        plain(x).sum().backward()
+    expected = recording.report()
+    store = dist.FileStore(f"{tmp_path}/store", 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = MoE()
+        for expert in model.experts:
+            fully_shard(expert)
+        fully_shard(model)
+        with execorder.record(model) as recording:
+            model(x).sum().backward()
+        report = recording.report()
+    finally:
+        dist.destroy_process_group()
+    assert [a.assumed for a in report.assumptions] == [AssumptionKind.COMPUTED]
+    assert report.assumptions == expected.assumptions
     assert verdict(report).startswith("not proven:")
 
 

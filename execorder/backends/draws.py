@@ -182,7 +182,7 @@ choices when the value is computed from parameters (a drawn value read so is one
 @contextmanager
 def watching_draws(
     on_choice: Callable[[str, str], None], computed_from: Sequence[torch.Tensor] = ()
-) -> Iterator[None]:
+) -> Iterator[Callable[[Sequence[torch.Tensor]], None]]:
     """Meanwhile, tell ``on_choice`` of each choice made from a value torch drew at random,
     or (``computed_from``: parameters) computed from one of those tensors (its source
     :data:`COMPUTED`), and of each draw from Python's or NumPy's global generator (read
@@ -190,14 +190,24 @@ def watching_draws(
 
     torch's random functions are wrapped while it is open; the first draw
     enters a :class:`Draws` mode, left as this ends (with ``computed_from``,
-    entered at once: every op then pays for it).
+    entered at once: every op then pays for it). It yields a function that
+    adds tensors to ``computed_from`` while it is open (the unsharded
+    parameters FSDP2 puts in a unit's place as the unit runs).
     """
     mode = Draws(on_choice)
     saved: list[tuple[Any, str, Any]] = []
+    open_ = [True]
+
+    def follow(tensors: Sequence[torch.Tensor]) -> None:
+        if not open_[0]:
+            return
+        mode.mark(list(tensors), COMPUTED)
+        if not mode.entered:
+            mode.__enter__()
+            mode.entered = True
+
     if computed_from:
-        mode.mark(list(computed_from), COMPUTED)
-        mode.__enter__()
-        mode.entered = True
+        follow(computed_from)
 
     def drawing(owner: Any, name: str) -> None:
         original = getattr(owner, name, None)
@@ -247,13 +257,14 @@ def watching_draws(
             drawing_number(owner, name)
     before = [_state(owner) for owner in numbers]
     try:
-        yield
+        yield follow
         # A draw by a function bound before the run (from random import uniform) is seen
         # only as the generator's state moving: told as a draw of forward's call.
         for owner, state in zip(numbers, before, strict=True):
             if owner.__name__ not in told and _state(owner) != state:
                 on_choice(f"{owner.__name__}'s generator", MOVED)
     finally:
+        open_[0] = False
         for owner, name, original in reversed(saved):
             setattr(owner, name, original)
         if mode.entered:

@@ -237,13 +237,15 @@ class Recording:
             clock = self._clock
             # A run on a real device notes the choices made from parameters' values (a
             # router's), a trace's and a job's step alike: on meta they are assumed (MetaRun).
-            # FSDP2's units read unsharded parameters in place of these: not followed there.
+            # FSDP2's units read the unsharded parameters it puts in their place as they run.
             on_meta, managed = any_on_meta(self._tree), self._fsdp_managed
             computed = [] if on_meta else [p for p in self._tree.params if id(p) not in managed]
             with (
                 intercepting(self.model, self._tree, self._events, clock, self._swaps),
-                watching_draws(self._drew, computed),
+                watching_draws(self._drew, computed) as follow,
             ):
+                if not on_meta:
+                    self._swaps.on_add = lambda param: follow([param])
                 if clock is None:
                     outputs = call(*args, **kwargs)
                 else:

@@ -321,11 +321,14 @@ class Swaps:
         self.canonical: dict[int, nn.Parameter] = {}  # id(swapped in) -> what it stands for
         self.kept: list[nn.Parameter] = []  # the swapped-in ones, alive while their ids are used
         self.unseen: list[nn.Parameter] = []  # stood in for by one that could not be re-classed
+        self.on_add: Callable[[nn.Parameter], None] | None = None  # told of each swapped in
         self._hooks, self._on_grad = hooks, on_grad
 
     def add(self, param: nn.Parameter, canonical: nn.Parameter) -> None:
         self.canonical[id(param)] = canonical
         self.kept.append(param)
+        if self.on_add is not None:
+            self.on_add(param)
         if param.requires_grad:
             on_grad = self._on_grad
 

@@ -34,7 +34,12 @@ step with :func:`execorder.record`, then checks it:
   :class:`~execorder.errors.ReplicasDifferError`;
 - under FSDP2, ranks that gave gradients to different parameters stop it
   with :class:`~execorder.errors.GradientsApartError`: FSDP2 reduced one
-  rank's gradient of one parameter with another's of another.
+  rank's gradient of one parameter with another's of another;
+- a step whose modules were chosen by a random draw (LayerDrop) or by values
+  computed from parameters (a router) is warned of, without stopping: under
+  DDP where every parameter got a gradient (a step that chooses otherwise
+  fails it), under FSDP2 on several ranks always (ranks that choose
+  otherwise hang in a unit's all-gather, or pair their gradients wrongly).
 
 Every rank takes the same decision: the checks that talk between ranks come
 first, and the decision to stop is agreed over the process group, so that no
@@ -407,6 +412,16 @@ class StepWatch:
                     otherwise,
                     fix,
                 )
+        chosen = [(c, report.assumed(kind)) for kind, c, *_ in _CHOSEN if report.assumed(kind)]
+        if chosen and recording.fsdp and _world() > 1:
+            log.warning(
+                "execorder: step %d: under FSDP2, which modules run is %s: a step in which "
+                "the ranks choose otherwise (each its own batch or draw) hangs in the "
+                "all-gather of a unit one rank skips, or reduces one rank's gradient of a "
+                "parameter with another's of another, with no error",
+                step,
+                " and ".join(f"{c} ({', '.join(assumption_places(made))})" for c, made in chosen),
+            )
         if missing and recording.ddp_static_first:
             log.warning(
                 "execorder: step %d: under DDP(static_graph=True), %d trainable parameters got "
