@@ -229,3 +229,5 @@ def test_the_references_name_every_gate() -> None:
     assert not [k.value for k in CheckKind if f"`{k.value}`" not in checks]
     for category in Category:  # the summary in --help names each too
         assert category.value in invoke("trace", "-h").stdout.replace("\n", " ")
+    said = "".join(invoke("fsdp", "-h").stdout.split())  # help wraps at hyphens too
+    assert not [k.value for k in CheckKind if k.value not in said]

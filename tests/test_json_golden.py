@@ -28,6 +28,9 @@ DOCUMENTS = {
     "plan-root-only": ["fsdp", "tests/models.py:TwoHeads", "--input", "[2,4]"],
     "plan-not-run": ["fsdp", "tests/models.py:SkipsLayer", "--input", "[2,4]", "-c", "deep=false"],
     "plan-assumption": ["fsdp", "sample_models/moe.py:MoE", "--input", "float32[4,16]"],
+    "plan-values-choice": [
+        "fsdp", "sample_models/moe.py:MoE", "--input", "float32[64,16]", "--device", "cpu",
+    ],
     "plan-varies": [
         "fsdp", "tests/models.py:SkipsLayer", "--input", "[2,4]", "--sweep", "deep=true,false",
     ],

@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
-from execorder.analysis.sharding.kinds import LayoutChoice, ReshardPolicy
+from execorder.analysis.sharding.kinds import CheckKind, LayoutChoice, ReshardPolicy
 from execorder.cli.values import parse_assignments, parse_size
 from execorder.cli.words import UsageError
 from execorder.report.kinds import Mode
@@ -342,9 +342,7 @@ FsdpFailOnOpt = Annotated[
         "--fail-on",
         metavar="SEVERITY|CHECKS",
         help="CI gate: exit 1 if a check of this severity or worse is found (error, warning, "
-        "info), or one of these checks (comma-separated: external-use, shared-params, "
-        "varies, not-run, registration-order, order-varies, assumption, repeated, root-only, "
-        "split-gradient, input-write).",
+        f"info), or one of these checks (comma-separated: {', '.join(CheckKind)}).",
     ),
 ]
 NprocOpt = Annotated[

@@ -161,12 +161,14 @@ def _mistarget(
 
 
 def assumptions(model: UnitModel) -> list[Check]:
-    """The order rests on what a meta run assumed, or on what forward drew at random."""
+    """The order rests on what a meta run assumed, on what forward drew at random, or on
+    values it computed from parameters (a router's choice, in a run on a real device)."""
     report = model.report
     found = []
     for kind, assumed in (
         (CheckKind.ASSUMPTION, AssumptionKind.SELECTION),
         (CheckKind.RANDOM_CHOICE, AssumptionKind.DRAWN),
+        (CheckKind.VALUES_CHOICE, AssumptionKind.COMPUTED),
     ):
         # A custom Function's unseen backward decides gradients, not the order.
         if made := report.assumed(assumed):

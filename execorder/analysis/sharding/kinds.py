@@ -24,6 +24,7 @@ class CheckKind(Word):
     SPLIT_GRADIENT = "split-gradient"  # a repeated unit's gradient comes in several passes
     INPUT_WRITE = "input-write"  # a unit writes into an argument FSDP2 passes it a copy of
     RANDOM_CHOICE = "random-choice"  # which units run rests on a random draw (LayerDrop)
+    VALUES_CHOICE = "values-choice"  # ... or on values computed from parameters (a router)
 
 
 SEVERITY = {
@@ -40,6 +41,7 @@ SEVERITY = {
     CheckKind.SPLIT_GRADIENT: Severity.ERROR,
     CheckKind.INPUT_WRITE: Severity.ERROR,
     CheckKind.RANDOM_CHOICE: Severity.WARNING,
+    CheckKind.VALUES_CHOICE: Severity.WARNING,
 }
 
 

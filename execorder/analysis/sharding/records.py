@@ -283,7 +283,9 @@ class Check:
         combinations: The concrete arguments involved: those a unit does not
             run with (``VARIES``), the one with another order (``ORDER_VARIES``).
         assumed: For ``ASSUMPTION``, each assumed op and its module; for
-            ``RANDOM_CHOICE``, each random function drawn from and its module.
+            ``RANDOM_CHOICE``, each random function drawn from and its module; for
+            ``VALUES_CHOICE``, each read of a value computed from parameters and its
+            module.
         reshards: For a repeated unit, whether it reshards after forward (and
             so is gathered on every call).
         budget: For ``MEMORY``, the budget the peak (``bytes``) exceeds.

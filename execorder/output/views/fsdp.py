@@ -361,11 +361,20 @@ def check_message(check: Check, words: Words = PYTHON) -> str:
             "skips layers so): ranks that draw otherwise run other units, and hang in an "
             "all-gather the others never make; draw alike on every rank, or turn it off"
         )
+    if kind is CheckKind.VALUES_CHOICE:
+        where = listed([f"{op} in {label(module)}" for op, module in check.assumed])
+        return (
+            f"which units run may rest on values computed from parameters ({where}; a "
+            "router's choice of experts): a rank whose batch chooses otherwise runs other "
+            "units, and the ranks hang in an all-gather the others never make; run every "
+            "unit on every rank each step (an expert on an empty batch too)"
+        )
     if kind is CheckKind.ASSUMPTION:
         where = listed([f"{op} in {label(module)}" for op, module in check.assumed])
         return (
             f"the order rests on what the meta run assumed ({where}): a real run "
-            "may route elsewhere and run units in another order"
+            "may route elsewhere and run units in another order, or a rank skip a unit "
+            "and the others hang in its all-gather"
         )
     if kind is CheckKind.MEMORY:
         largest = ", ".join(f"{what} {size_text(size)}" for what, size in check.largest)
