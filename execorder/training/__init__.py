@@ -412,15 +412,18 @@ class StepWatch:
                     otherwise,
                     fix,
                 )
-        chosen = [(c, report.assumed(kind)) for kind, c, *_ in _CHOSEN if report.assumed(kind)]
-        if chosen and recording.fsdp and _world() > 1:
+        choices = [(how, report.assumed(kind)) for kind, how, *_ in _CHOSEN]
+        choices = [(how, made) for how, made in choices if made]
+        if choices and recording.fsdp and _world() > 1:
             log.warning(
                 "execorder: step %d: under FSDP2, which modules run is %s: a step in which "
                 "the ranks choose otherwise (each its own batch or draw) hangs in the "
                 "all-gather of a unit one rank skips, or reduces one rank's gradient of a "
                 "parameter with another's of another, with no error",
                 step,
-                " and ".join(f"{c} ({', '.join(assumption_places(made))})" for c, made in chosen),
+                " and ".join(
+                    f"{how} ({', '.join(assumption_places(made))})" for how, made in choices
+                ),
             )
         if missing and recording.ddp_static_first:
             log.warning(
