@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import typer
@@ -24,7 +25,7 @@ from execorder.cli.options import (
     WorldSizeOpt,
     model_command,
 )
-from execorder.cli.session import Session, say
+from execorder.cli.session import Session, said
 from execorder.cli.values import parse_choices, parse_sweep
 from execorder.cli.words import CLI, EXIT_FOUND
 from execorder.cli.writing import emit, timeline_of, tree_view_of
@@ -78,6 +79,7 @@ def fsdp(
     """
 
     def body() -> None:
+        from execorder.fsdp import plan_and_report, plan_memory
         from execorder.output.views import fsdp_view
 
         gates = _parse_gates(fail_on)
@@ -86,19 +88,33 @@ def fsdp(
         if output is not None:
             files.check_writable(output, reads=options.reads())
         session = Session(options, one_device=False)
-        plan, report = session.plan(
-            concrete_args=concrete_args,
-            axes=axes,
-            units=list(unit or []),
-            prefetch=prefetch,
-            layout=layout,
-            reshard_after_forward=reshard_after_forward,
-            world_size=world_size,
-            param_dtype=param_dtype.value if param_dtype else None,
-            reduce_dtype=reduce_dtype.value if reduce_dtype else None,
+        plan, report = session.work(
+            partial(
+                plan_and_report,
+                concrete_args=concrete_args,
+                sweep=axes,
+                units=list(unit or []),
+                prefetch=prefetch,
+                layout=layout,
+                reshard_after_forward=reshard_after_forward,
+                world_size=world_size,
+                param_dtype=param_dtype.value if param_dtype else None,
+                reduce_dtype=reduce_dtype.value if reduce_dtype else None,
+            )
         )
         if options.memory:
-            plan = session.sharded_memory(plan, report, options.optimizer.value, concrete_args)
+            plan = session.work(
+                partial(
+                    plan_memory,
+                    plan=plan,
+                    report=report,
+                    optimizer=options.optimizer.value,
+                    foreach=options.foreach,
+                    budget=options.budget(),
+                    concrete_args=concrete_args,
+                ),
+                f"Measuring one of {plan.world_size} ranks' training step",
+            )
         emit(
             plan,
             lambda: fsdp_view(plan, words=CLI),
@@ -112,8 +128,7 @@ def fsdp(
         from execorder.output.views.gates import plan_gate_lines
 
         failing = plan.failing(gates)
-        for line in plan_gate_lines(failing, CLI):
-            say(f"execorder: {line}")
+        said(plan_gate_lines(failing, CLI))
         if failing:
             raise typer.Exit(EXIT_FOUND)
 

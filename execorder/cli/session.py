@@ -24,6 +24,13 @@ def say(text: str) -> None:
     sys.stderr.flush()
 
 
+def said(lines: list[str]) -> bool:
+    """Each line on stderr, as execorder's; whether there was any."""
+    for line in lines:
+        say(f"execorder: {line}")
+    return bool(lines)
+
+
 NOTE_REASON = 120  # characters of a note's reason shown; --debug shows it whole
 
 
@@ -75,7 +82,6 @@ class Session:
         self.debug, self.quiet = options.debug, quiet
         init_kwargs = options.init_kwargs()
         budget = options.budget()
-        self.budget, self.foreach = budget, options.foreach
         self._say: Callable[[str], None] = lambda _: None
         self._shown = 0
         with self._spinner("Loading torch"):
@@ -136,41 +142,8 @@ class Session:
         with self._spinner("Profiling"):
             return self._noting(lambda: self.profiler.run(concrete_args, seed=seed)).report
 
-    def sweep(self, axes: list[tuple[str, list[Any]]], fixed: dict[str, Any]) -> Any:
-        """The sweep of every combination."""
-        with self._spinner("Profiling"):
-            return self._noting(lambda: self.profiler.sweep(axes, fixed=fixed))
-
-    def plan(
-        self, *, concrete_args: dict[str, Any], axes: list[tuple[str, list[Any]]], **sharding: Any
-    ) -> Any:
-        """The FSDP2 plan (from one run or, with a sweep, every combination) and its report.
-
-        ``sharding``: the options of :func:`execorder.fsdp.plan_and_report`.
-        """
-        from execorder.fsdp import plan_and_report
-
-        def make() -> Any:
-            return plan_and_report(
-                self.profiler, concrete_args=concrete_args, sweep=axes, **sharding
-            )
-
-        with self._spinner("Profiling"):
-            return self._noting(make)
-
-    def sharded_memory(
-        self, plan: Any, report: Any, optimizer: str, concrete_args: dict[str, Any]
-    ) -> Any:
-        """The plan with one rank's memory in a training step under it."""
-        from execorder.fsdp import plan_memory
-
-        with self._spinner(f"Measuring one of {plan.world_size} ranks' training step"):
-            return plan_memory(
-                self.profiler,
-                plan,
-                report,
-                optimizer=optimizer,
-                foreach=self.foreach,
-                budget=self.budget,
-                concrete_args=concrete_args,
-            )
+    def work(self, call: Callable[[Any], T], doing: str = "Profiling") -> T:
+        """``call(profiler)`` (the sweep, an FSDP2 plan, its memory), with a spinner saying
+        ``doing``; the notes it took printed."""
+        with self._spinner(doing):
+            return self._noting(lambda: call(self.profiler))

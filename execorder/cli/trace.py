@@ -25,7 +25,7 @@ from execorder.cli.options import (
     UpdateBaselineOpt,
     model_command,
 )
-from execorder.cli.session import Session, say
+from execorder.cli.session import Session, said, say
 from execorder.cli.values import parse_choices, parse_sweep
 from execorder.cli.words import EXIT_FOUND, UsageError
 from execorder.cli.writing import emit, report_view_of, timeline_of, tree_view_of
@@ -45,10 +45,7 @@ def gate(result: Any, categories: tuple[Category, ...]) -> bool:
     """Print what a report's or a sweep's gate fails on (``result.failing``); whether it failed."""
     from execorder.output.views.gates import gate_lines
 
-    lines = gate_lines(result.failing(categories))
-    for line in lines:
-        say(f"execorder: {line}")
-    return bool(lines)
+    return said(gate_lines(result.failing(categories)))
 
 
 def over_budget(report: Any) -> bool:
@@ -56,9 +53,7 @@ def over_budget(report: Any) -> bool:
     from execorder.output.views.gates import budget_line
 
     line = budget_line(report)
-    if line is not None:
-        say(f"execorder: {line}")
-    return line is not None
+    return said([line] if line is not None else [])
 
 
 def _check_trace_options(
@@ -156,7 +151,7 @@ def trace(
         if axes:
             from execorder.output.views import sweep_view
 
-            result = session.sweep(axes, concrete_args)
+            result = session.work(lambda profiler: profiler.sweep(axes, fixed=concrete_args))
             emit(result, lambda: sweep_view(result), fmt, output, kind="sweep")
             if gate(result, categories):
                 raise typer.Exit(EXIT_FOUND)
