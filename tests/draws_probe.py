@@ -22,6 +22,9 @@ JOB:
 - ``pyddp-alike``: :class:`models.PythonLayerDrop` (drawn by
   ``random.uniform(0, 1)``, as transformers 4 drew it) under DDP, both ranks
   seeding Python's ``random`` alike, its first step running every layer;
+- ``ownddp-alike``: :class:`models.OwnRandomLayerDrop` (drawn from a
+  ``random.Random(5)`` of its own) under DDP, its first step running every
+  layer;
 - ``moe-ddp``: ``sample_models/moe.py``'s MoE (8 experts, top-1) under DDP,
   24 tokens a rank and step, from data whose first batch reaches every
   expert on both ranks (``first`` names the experts); ``moe-ddp-watched``:
@@ -70,7 +73,10 @@ def _build(how: str) -> tuple[nn.Module, list[nn.Module]]:
     if how.startswith("moe"):
         model = MoE()
         return model, list(model.experts)
-    model = models.PythonLayerDrop() if how.startswith("py") else models.LayerDrop()
+    if how.startswith("own"):
+        model = models.OwnRandomLayerDrop()
+    else:
+        model = models.PythonLayerDrop() if how.startswith("py") else models.LayerDrop()
     return model, list(model.layers)
 
 

@@ -1088,6 +1088,24 @@ class PythonLayerDrop(nn.Module):
         return x
 
 
+class OwnRandomLayerDrop(nn.Module):
+    """LayerDrop drawn from a ``random.Random`` of the model's own, seeded when built: with
+    seed 5 its first four draws keep every layer, and its second four skip two."""
+
+    def __init__(self, width: int = 4, layerdrop: float = 0.5, seed: int = 5) -> None:
+        super().__init__()
+        self.layerdrop = layerdrop
+        self.rng = random.Random(seed)
+        self.layers = nn.ModuleList(Unit(width) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            if self.training and self.rng.uniform(0, 1) < self.layerdrop:
+                continue
+            x = layer(x)
+        return x
+
+
 class WithDropout(nn.Module):
     """Random dropout, which decides values but never which modules run."""
 

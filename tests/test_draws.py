@@ -133,6 +133,56 @@ def test_a_draw_from_numpys_global_generator_is_a_choice_and_seeded() -> None:
     assert np.random.rand is np.random.mtrand.rand  # given back after the run
 
 
+@pytest.mark.parametrize("mode", ["eager", "fx"])
+def test_a_draw_from_a_generator_of_the_models_own_is_a_choice(mode: str) -> None:
+    """``self.rng = random.Random(5)`` keeps every layer in its first four draws: the run
+    said 'DDP check ok' (real DDP fails at step 3: draws_probe's ``ownddp-alike``)."""
+    size = {"input_size": (2, 4)} if mode == "eager" else {}
+    report = execorder.profile(models.OwnRandomLayerDrop, mode=mode, **size).report
+    assert report.summary.params_used == report.summary.params_total == 8
+    drawn = report.assumed(AssumptionKind.DRAWN)
+    assert [(a.op, a.where, a.module) for a in drawn] == [("rng's generator", "", "")]
+    assert report.summary.params_on_assumption == 8
+    assert verdict(report).startswith("not proven:")
+
+
+class GlobalGeneratorDrop(nn.Module):
+    """Skips its second layer when a NumPy ``Generator`` of its file's globals says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.first(x)
+        return self.second(x) if GENERATORS["numpy"].random() < 2.0 else x
+
+
+class HoldsAnUnusedGenerator(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rng, self.layer = random.Random(0), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+GENERATORS: dict[str, object] = {}
+
+
+def test_a_numpy_generator_in_the_models_globals_is_seen_and_an_idle_one_is_not() -> None:
+    np = pytest.importorskip("numpy")
+    global NUMPY_RNG
+    for kind in (np.random.default_rng, np.random.RandomState):
+        NUMPY_RNG = GENERATORS["numpy"] = kind(0)
+        report = execorder.profile(GlobalGeneratorDrop, input_size=(2, 4)).report
+        drawn = [a.op for a in report.assumed(AssumptionKind.DRAWN)]
+        assert drawn == ["test_draws.NUMPY_RNG's generator"], kind
+        assert verdict(report).startswith("not proven:")
+    report = execorder.profile(HoldsAnUnusedGenerator, input_size=(2, 4)).report
+    assert not report.assumptions and verdict(report).startswith("ok")
+
+
 def test_the_check_names_the_random_choice_in_the_fsdp2_plan() -> None:
     import execorder.fsdp
 
@@ -194,14 +244,15 @@ def test_a_step_that_chooses_otherwise_fails_real_ddp_and_parts_fsdp2s_ranks(
     tmp_path: object,
 ) -> None:
     jobs = ["ddp-apart", "ddp-alike", "fsdp-apart", "fsdp-alike", "ddp-alike-watched"]
-    jobs += ["pyddp-alike", "moe-ddp", "moe-ddp-watched", "moe-fsdp", "moe-fsdp-watched"]
+    jobs += ["pyddp-alike", "ownddp-alike", "moe-ddp", "moe-ddp-watched"]
+    jobs += ["moe-fsdp", "moe-fsdp-watched"]
     lines = run_probe("draws_probe.py", f"{tmp_path}/store", *jobs, timeout=150)
     found = {(line["job"], line["rank"]): line for line in lines}
     assert {job for job, _ in found} == set(jobs)
     for job in jobs[:5]:  # the first step runs every layer
         assert found[job, 0]["first"] == [0, 1, 2, 3]
-    assert found["pyddp-alike", 0]["first"] == [0, 1, 2, 3]
-    for job in ("ddp-apart", "ddp-alike", "pyddp-alike"):  # DDP fails once a step skips one
+    assert found["pyddp-alike", 0]["first"] == found["ownddp-alike", 0]["first"] == [0, 1, 2, 3]
+    for job in ("ddp-apart", "ddp-alike", "pyddp-alike", "ownddp-alike"):  # once a step skips
         failed = found[job, 0]
         assert failed["step"] > 1 and "Expected to have finished reduction" in failed["error"]
     parted = found["fsdp-apart", 0]  # a collective one rank never makes: timed out

@@ -21,7 +21,10 @@ forward calls the function as its module holds it (``random.uniform``,
 ``np.random.rand``), and as one choice of forward's whole call where it was
 bound before the run (``from random import uniform``: only the generator's
 state moves; another thread's draw meanwhile is then taken for forward's). A
-``random.Random`` or a NumPy ``Generator`` of the model's own is not seen.
+generator of the model's own (a ``random.Random``, a NumPy ``Generator`` or
+``RandomState``) held by one of its modules or in the globals of a module
+defining their classes (:func:`generators_of`) is seen the same way, as its
+state moving; one held elsewhere is not.
 
 A router's choice is of the same kind: which experts get tokens is computed
 from the router's weights, and another batch, or the weights a step later,
@@ -38,8 +41,9 @@ from __future__ import annotations
 import random
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -179,14 +183,53 @@ LOGGED = frozenset({"Tensor.item", "Tensor.__float__"})
 choices when the value is computed from parameters (a drawn value read so is one)."""
 
 
+def generators_of(modules: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """The generators of Python or NumPy the model may draw from, by name: each
+    ``random.Random``, NumPy ``Generator`` or ``RandomState`` an attribute of one of
+    ``modules`` (``(name, module)`` pairs: ``layers.0.rng``), or a global of a Python
+    module defining one of their classes (``mymodel.RNG``); not the global ones, which
+    are watched as modules."""
+    numpy_random = sys.modules.get("numpy.random")
+    kinds: tuple[type, ...] = (random.Random,)
+    seen = {id(random._inst)}  # what random's functions draw from
+    if numpy_random is not None:
+        kinds += (numpy_random.Generator, numpy_random.RandomState)
+        seen.add(id(numpy_random.mtrand._rand))
+    places: dict[int, tuple[str, dict[str, Any]]] = {}
+    for name, module in modules:
+        places[id(module)] = (f"{name}." if name else "", vars(module))
+        defined = sys.modules.get(type(module).__module__)
+        if defined is not None:
+            places.setdefault(id(defined), (f"{defined.__name__}.", vars(defined)))
+    found: dict[str, Any] = {}
+    for prefix, values in places.values():
+        for attr, value in list(values.items()):
+            if isinstance(value, kinds) and id(value) not in seen and _readable(value):
+                seen.add(id(value))
+                found[f"{prefix}{attr}"] = value
+    return found
+
+
+def _readable(generator: Any) -> bool:
+    """Whether its state can be read (``random.SystemRandom`` has none)."""
+    try:
+        _state(generator)
+    except (NotImplementedError, AttributeError, TypeError):
+        return False
+    return True
+
+
 @contextmanager
 def watching_draws(
-    on_choice: Callable[[str, str], None], computed_from: Sequence[torch.Tensor] = ()
+    on_choice: Callable[[str, str], None],
+    computed_from: Sequence[torch.Tensor] = (),
+    generators: Mapping[str, Any] | None = None,
 ) -> Iterator[Callable[[Sequence[torch.Tensor]], None]]:
     """Meanwhile, tell ``on_choice`` of each choice made from a value torch drew at random,
     or (``computed_from``: parameters) computed from one of those tensors (its source
     :data:`COMPUTED`), and of each draw from Python's or NumPy's global generator (read
-    :data:`PYTHON_READ`).
+    :data:`PYTHON_READ`) or from one of ``generators`` (:func:`generators_of`; read
+    :data:`MOVED`).
 
     torch's random functions are wrapped while it is open; the first draw
     enters a :class:`Draws` mode, left as this ends (with ``computed_from``,
@@ -256,6 +299,8 @@ def watching_draws(
         for name in PYTHON_SOURCES if owner is random else NUMPY_SOURCES:
             drawing_number(owner, name)
     before = [_state(owner) for owner in numbers]
+    own = dict(generators or {})
+    own_before = {name: _state(generator) for name, generator in own.items()}
     try:
         yield follow
         # A draw by a function bound before the run (from random import uniform) is seen
@@ -263,6 +308,9 @@ def watching_draws(
         for owner, state in zip(numbers, before, strict=True):
             if owner.__name__ not in told and _state(owner) != state:
                 on_choice(f"{owner.__name__}'s generator", MOVED)
+        for name, generator in own.items():
+            if _state(generator) != own_before[name]:
+                on_choice(f"{name}'s generator", MOVED)
     finally:
         open_[0] = False
         for owner, name, original in reversed(saved):
@@ -272,8 +320,18 @@ def watching_draws(
 
 
 def _state(generator: Any) -> Any:
-    """The state of Python's global generator, or of NumPy's (``generator``: its module)."""
-    if generator is random:
-        return random.getstate()
+    """The state of Python's global generator, or of NumPy's (``generator``: its module),
+    or of a ``random.Random``, NumPy ``Generator`` or ``RandomState``, as a comparable value."""
+    if generator is random or isinstance(generator, random.Random):
+        return generator.getstate()
+    if not isinstance(generator, ModuleType) and hasattr(generator, "bit_generator"):
+        return _comparable(generator.bit_generator.state)  # a NumPy Generator
     _, key, position, has_gauss, gauss = generator.get_state()
     return key.tobytes(), position, has_gauss, gauss
+
+
+def _comparable(value: Any) -> Any:
+    """``value`` with NumPy arrays (an MT19937 key) as bytes, so that ``==`` compares it."""
+    if isinstance(value, dict):
+        return {key: _comparable(item) for key, item in value.items()}
+    return value.tobytes() if hasattr(value, "tobytes") else value

@@ -38,7 +38,7 @@ from execorder.backends.common import (
     owner,
     tensors,
 )
-from execorder.backends.draws import COMPUTED, LOGGED, MOVED, watching_draws
+from execorder.backends.draws import COMPUTED, LOGGED, MOVED, generators_of, watching_draws
 from execorder.backends.eager_failures import (
     any_on_meta,
     describe_inputs,
@@ -240,9 +240,11 @@ class Recording:
             # FSDP2's units read the unsharded parameters it puts in their place as they run.
             on_meta, managed = any_on_meta(self._tree), self._fsdp_managed
             computed = [] if on_meta else [p for p in self._tree.params if id(p) not in managed]
+            tree = self._tree
+            named = [(tree.module_names[id(m)][0], m) for m in tree.modules]
             with (
-                intercepting(self.model, self._tree, self._events, clock, self._swaps),
-                watching_draws(self._drew, computed) as follow,
+                intercepting(self.model, tree, self._events, clock, self._swaps),
+                watching_draws(self._drew, computed, generators_of(named)) as follow,
             ):
                 if not on_meta:
                     self._swaps.on_add = lambda param: follow([param])

@@ -30,7 +30,7 @@ from execorder.backends.common import (
     gc_paused,
     owner,
 )
-from execorder.backends.draws import MOVED, watching_draws
+from execorder.backends.draws import MOVED, generators_of, watching_draws
 from execorder.backends.eager_liveness import live_params as eager_live_params
 from execorder.backends.fx_functions import functions_traced
 from execorder.backends.fx_liveness import (
@@ -521,7 +521,9 @@ def _run_tracer(
             functions_traced(regions, recorder) as unseen,
             record_tracer(tracer, model, recorder, regions=regions, writes=writes),
             user_code(f"tracing {owner(model)}"),
-            watching_draws(functools.partial(_drew, recorder)),
+            watching_draws(
+                functools.partial(_drew, recorder), generators=generators_of(model.named_modules())
+            ),
         ):
             tracer.trace(model, args or None)
         needs = needs_grad(tracer.graph, model) if unseen or writes else {}
