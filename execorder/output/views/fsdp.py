@@ -287,6 +287,27 @@ _MISTARGET = {
 }
 
 
+_RESTS_ON = {
+    CheckKind.RANDOM_CHOICE: (
+        "which units run rests on values forward drew at random ({where}; LayerDrop skips "
+        "layers so): ranks that draw otherwise run other units, and hang in an all-gather "
+        "the others never make; draw alike on every rank, or turn it off"
+    ),
+    CheckKind.VALUES_CHOICE: (
+        "which units run may rest on values computed from parameters ({where}; a router's "
+        "choice of experts): a rank whose batch chooses otherwise runs other units, and "
+        "the ranks hang in an all-gather the others never make; run every unit on every "
+        "rank each step (an expert on an empty batch too)"
+    ),
+    CheckKind.ASSUMPTION: (
+        "the order rests on what the meta run assumed ({where}): a real run may route "
+        "elsewhere and run units in another order, or a rank skip a unit and the others "
+        "hang in its all-gather"
+    ),
+}
+"""What a check of a plan resting on a choice says, where it was made: ``{where}``."""
+
+
 def check_message(check: Check, words: Words = PYTHON) -> str:
     """One or two sentences for a person: what the check found, why it matters, what to do."""
     if check.written:
@@ -354,28 +375,9 @@ def check_message(check: Check, words: Words = PYTHON) -> str:
             f"has {label(units[0])} prefetch {label(units[1])}, which {when}; the "
             f"plan's list: {', '.join(map(label, check.listed)) or 'none'}"
         )
-    if kind is CheckKind.RANDOM_CHOICE:
+    if kind in _RESTS_ON:
         where = listed([f"{op} in {label(module)}" for op, module in check.assumed])
-        return (
-            f"which units run rests on values forward drew at random ({where}; LayerDrop "
-            "skips layers so): ranks that draw otherwise run other units, and hang in an "
-            "all-gather the others never make; draw alike on every rank, or turn it off"
-        )
-    if kind is CheckKind.VALUES_CHOICE:
-        where = listed([f"{op} in {label(module)}" for op, module in check.assumed])
-        return (
-            f"which units run may rest on values computed from parameters ({where}; a "
-            "router's choice of experts): a rank whose batch chooses otherwise runs other "
-            "units, and the ranks hang in an all-gather the others never make; run every "
-            "unit on every rank each step (an expert on an empty batch too)"
-        )
-    if kind is CheckKind.ASSUMPTION:
-        where = listed([f"{op} in {label(module)}" for op, module in check.assumed])
-        return (
-            f"the order rests on what the meta run assumed ({where}): a real run "
-            "may route elsewhere and run units in another order, or a rank skip a unit "
-            "and the others hang in its all-gather"
-        )
+        return _RESTS_ON[kind].format(where=where)
     if kind is CheckKind.MEMORY:
         largest = ", ".join(f"{what} {size_text(size)}" for what, size in check.largest)
         where = f" (in unit {label(units[0])})" if units else ""
