@@ -29,11 +29,18 @@ JOB:
   24 tokens a rank and step, from data whose first batch reaches every
   expert on both ranks (``first`` names the experts); ``moe-ddp-watched``:
   the same, its first step watched; ``moe-fsdp``, ``moe-fsdp-watched``: the
-  same under FSDP2, each expert a unit.
+  same under FSDP2, each expert a unit;
+- ``switch-fsdp-watched``: transformers' SwitchTransformers (8 experts a
+  sparse layer, each an ``nn.Module`` run only when tokens reach it), each
+  block an FSDP2 unit, both ranks' first batch alike and their later ones
+  their own, its first step watched. Each rank writes a line after step 1
+  (``warned``) and one when a step fails; gloo may abort a rank outright
+  (a collective of another size), which then writes no second line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -101,10 +108,7 @@ def _job(how: str, rank: int) -> dict[str, object]:
     else:
         data, shape = torch.Generator().manual_seed(rank), (2, 4)
     first: list[int] = []
-    warned: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: warned.append(record.getMessage())  # type: ignore[method-assign]
-    logging.getLogger("execorder").addHandler(handler)
+    warned = _logged()
     watch = StepWatch(steps=(1,)) if watched else None
     for step in range(1, STEPS + 1):
         try:
@@ -123,6 +127,52 @@ def _job(how: str, rank: int) -> dict[str, object]:
     return {"step": None, "first": first, "warned": warned}
 
 
+def _logged() -> list[str]:
+    """What execorder logs from here on."""
+    warned: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warned.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("execorder").addHandler(handler)
+    return warned
+
+
+def _write(line: dict[str, object]) -> None:
+    os.write(1, (json.dumps(line) + "\n").encode())  # one write: ranks' lines never mix
+
+
+def _switch_job(rank: int) -> dict[str, object]:
+    import transformers
+    from transformers import SwitchTransformersConfig, SwitchTransformersForConditionalGeneration
+
+    transformers.logging.set_verbosity_error()
+    config = SwitchTransformersConfig(
+        vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+        num_heads=4, num_experts=8, encoder_sparse_step=1, decoder_sparse_step=1,
+        expert_capacity=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = SwitchTransformersForConditionalGeneration(config)
+    for stack in (model.encoder, model.decoder):
+        for block in stack.block:
+            fully_shard(block)
+    fully_shard(model)
+    warned, watch = _logged(), StepWatch(steps=(1,))
+    data = torch.Generator().manual_seed(10 + rank)
+    for step in range(1, 11):  # the first batch from the build's generator: alike on both
+        ids = torch.randint(0, 100, (2, 6), generator=data if step > 1 else None)
+        try:
+            if watch.wants(step):
+                watch.begin(model, step)
+            model(input_ids=ids, decoder_input_ids=ids).logits.sum().backward()
+            if watch.active:
+                watch.end()
+        except Exception as exc:
+            return {"step": step, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        if step == 1:
+            _write({"job": "switch-fsdp-watched", "rank": rank, "after": 1, "warned": warned})
+    return {"step": None}
+
+
 def _rank(rank: int, store: str, how: str) -> None:
     dist.init_process_group(
         "gloo",
@@ -131,15 +181,20 @@ def _rank(rank: int, store: str, how: str) -> None:
         world_size=WORLD,
         timeout=timedelta(seconds=5),
     )
-    line = json.dumps({"job": how, "rank": rank, **_job(how, rank)}) + "\n"
-    os.write(1, line.encode())  # one write a line: the ranks' lines never run together
+    if how.startswith("switch"):
+        _write({"job": how, "rank": rank, **_switch_job(rank)})
+    else:
+        _write({"job": how, "rank": rank, **_job(how, rank)})
     leave()  # after a failed collective the group is of no use, nor worth tearing down
 
 
 def main() -> None:
     store, jobs = sys.argv[1], sys.argv[2:]
     for how in jobs:  # each in ranks of its own
-        mp.start_processes(_rank, args=(f"{store}-{how}", how), nprocs=WORLD, start_method="fork")
+        with contextlib.suppress(mp.ProcessExitedException):  # gloo aborted a rank
+            mp.start_processes(
+                _rank, args=(f"{store}-{how}", how), nprocs=WORLD, start_method="fork"
+            )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ wait on each other's all-gathers. tests/draws_probe.py runs the jobs.
 from __future__ import annotations
 
 import random
+from importlib.util import find_spec
 from random import uniform
 
 import models
@@ -246,8 +247,11 @@ def test_a_step_that_chooses_otherwise_fails_real_ddp_and_parts_fsdp2s_ranks(
     jobs = ["ddp-apart", "ddp-alike", "fsdp-apart", "fsdp-alike", "ddp-alike-watched"]
     jobs += ["pyddp-alike", "ownddp-alike", "moe-ddp", "moe-ddp-watched"]
     jobs += ["moe-fsdp", "moe-fsdp-watched"]
-    lines = run_probe("draws_probe.py", f"{tmp_path}/store", *jobs, timeout=150)
-    found = {(line["job"], line["rank"]): line for line in lines}
+    switch = ["switch-fsdp-watched"] if find_spec("transformers") else []
+    every = run_probe("draws_probe.py", f"{tmp_path}/store", *jobs, *switch, timeout=200)
+    after = [line for line in every if "after" in line]  # a line after step 1, then the end
+    ended = [line for line in every if line["job"] in switch and "after" not in line]
+    found = {(line["job"], line["rank"]): line for line in every if line["job"] in jobs}
     assert {job for job, _ in found} == set(jobs)
     for job in jobs[:5]:  # the first step runs every layer
         assert found[job, 0]["first"] == [0, 1, 2, 3]
@@ -287,6 +291,12 @@ def test_a_step_that_chooses_otherwise_fails_real_ddp_and_parts_fsdp2s_ranks(
         watched = found["moe-fsdp-watched", rank]
         assert watched["step"] == sharded[rank]["step"], (watched, sharded[rank])
         assert [w for w in watched["warned"] if "under FSDP2" in w and "router" in w], watched
+    if switch:  # transformers' own: each block a unit, ranks alike in step 1, apart after
+        assert sorted(line["rank"] for line in after) == [0, 1]
+        for line in after:  # the watch warned at step 1 (before: nothing)
+            assert [w for w in line["warned"] if "modeling_switch_transformers.py" in w], line
+        # It fails at step 2 (a rank gloo aborts outright writes no line of it).
+        assert all(line["step"] == 2 for line in ended), ended
 
 
 def test_a_batch_that_reaches_every_expert_is_not_proven_on_cpu_or_meta() -> None:
