@@ -366,3 +366,19 @@ def test_a_recorded_step_says_what_it_drew() -> None:
     assert [(a.op, a.count) for a in report.assumed(AssumptionKind.DRAWN)] == [("torch.rand", 4)]
     assert report.summary.params_unused == 0
     assert verdict(report).startswith("not proven:")
+
+
+class _Raises:
+    """A global no profiler should trip on: reading its class raises."""
+
+    @property
+    def __class__(self):  # type: ignore[override]
+        raise RuntimeError("not today")
+
+
+ODD_GLOBAL = _Raises()
+
+
+def test_an_odd_global_of_the_models_file_is_passed_over() -> None:
+    report = execorder.profile(HoldsAnUnusedGenerator, input_size=(2, 4)).report
+    assert not report.assumptions

@@ -204,10 +204,19 @@ def generators_of(modules: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for prefix, values in places.values():
         for attr, value in list(values.items()):
-            if isinstance(value, kinds) and id(value) not in seen and _readable(value):
+            if _is(value, kinds) and id(value) not in seen and _readable(value):
                 seen.add(id(value))
                 found[f"{prefix}{attr}"] = value
     return found
+
+
+def _is(value: Any, kinds: tuple[type, ...]) -> bool:
+    """``isinstance``, False for an object whose ``__class__`` raises (a global of the
+    model's file may be any object)."""
+    try:
+        return isinstance(value, kinds)
+    except Exception:
+        return False
 
 
 def _readable(generator: Any) -> bool:
