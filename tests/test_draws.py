@@ -147,6 +147,18 @@ def test_a_draw_from_a_generator_of_the_models_own_is_a_choice(mode: str) -> Non
     assert verdict(report).startswith("not proven:")
 
 
+def test_the_report_says_a_number_drawn_cannot_be_followed_and_a_tensor_drawn_can() -> None:
+    from execorder.output.terminal import plain_text, render_report
+
+    def said(model: type[nn.Module]) -> str:
+        report = execorder.profile(model, input_size=(2, 4)).report
+        return " ".join(plain_text(render_report(report), width=200).split())
+
+    assert "is a number that cannot be followed" in said(models.OwnRandomLayerDrop)
+    assert "is a number that cannot be followed" in said(models.PythonLayerDrop)
+    assert "is a number that cannot be followed" not in said(models.LayerDrop)
+
+
 class GlobalGeneratorDrop(nn.Module):
     """Skips its second layer when a NumPy ``Generator`` of its file's globals says so."""
 

@@ -38,6 +38,7 @@ choice.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 import threading
@@ -204,7 +205,7 @@ def generators_of(modules: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for prefix, values in places.values():
         for attr, value in list(values.items()):
-            if _is(value, kinds) and id(value) not in seen and _readable(value):
+            if _is(value, kinds) and id(value) not in seen:
                 seen.add(id(value))
                 found[f"{prefix}{attr}"] = value
     return found
@@ -217,15 +218,6 @@ def _is(value: Any, kinds: tuple[type, ...]) -> bool:
         return isinstance(value, kinds)
     except Exception:
         return False
-
-
-def _readable(generator: Any) -> bool:
-    """Whether its state can be read (``random.SystemRandom`` has none)."""
-    try:
-        _state(generator)
-    except (NotImplementedError, AttributeError, TypeError):
-        return False
-    return True
 
 
 @contextmanager
@@ -308,8 +300,10 @@ def watching_draws(
         for name in PYTHON_SOURCES if owner is random else NUMPY_SOURCES:
             drawing_number(owner, name)
     before = [_state(owner) for owner in numbers]
-    own = dict(generators or {})
-    own_before = {name: _state(generator) for name, generator in own.items()}
+    own, own_before = dict(generators or {}), {}
+    for name, generator in own.items():  # a random.SystemRandom has no state to read
+        with contextlib.suppress(NotImplementedError, AttributeError, TypeError):
+            own_before[name] = _state(generator)
     try:
         yield follow
         # A draw by a function bound before the run (from random import uniform) is seen
@@ -317,8 +311,8 @@ def watching_draws(
         for owner, state in zip(numbers, before, strict=True):
             if owner.__name__ not in told and _state(owner) != state:
                 on_choice(f"{owner.__name__}'s generator", MOVED)
-        for name, generator in own.items():
-            if _state(generator) != own_before[name]:
+        for name, state in own_before.items():
+            if _state(own[name]) != state:
                 on_choice(f"{name}'s generator", MOVED)
     finally:
         open_[0] = False

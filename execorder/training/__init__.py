@@ -399,22 +399,20 @@ class StepWatch:
                 if under_ddp
                 else _static_only(recording, inside),
             )
-        for kind, chosen, otherwise, fix in _CHOSEN:
-            made = report.assumed(kind)
-            if made and waits and not missing:
+        chosen = [(said, made) for kind, *said in _CHOSEN if (made := report.assumed(kind))]
+        for (how, otherwise, fix), made in chosen:
+            if waits and not missing:
                 log.warning(
                     "execorder: step %d: which modules run is %s (%s): every trainable "
                     "parameter got a gradient in this step, and %s fails DDP with "
                     "find_unused_parameters=False; pass find_unused_parameters=True%s",
                     step,
-                    chosen,
+                    how,
                     ", ".join(assumption_places(made)),
                     otherwise,
                     fix,
                 )
-        choices = [(how, report.assumed(kind)) for kind, how, *_ in _CHOSEN]
-        choices = [(how, made) for how, made in choices if made]
-        if choices and recording.fsdp and _world() > 1:
+        if chosen and recording.fsdp and _world() > 1:
             log.warning(
                 "execorder: step %d: under FSDP2, which modules run is %s: a step in which "
                 "the ranks choose otherwise (each its own batch or draw) hangs in the "
@@ -422,7 +420,7 @@ class StepWatch:
                 "parameter with another's of another, with no error",
                 step,
                 " and ".join(
-                    f"{how} ({', '.join(assumption_places(made))})" for how, made in choices
+                    f"{said[0]} ({', '.join(assumption_places(made))})" for said, made in chosen
                 ),
             )
         if missing and recording.ddp_static_first:

@@ -699,7 +699,9 @@ def _assumptions(report: Report, *, max_rows: int | None, words: Words) -> tuple
     ]
     kept, left_out = cut_rows(rows, max_rows, "assumption", words)
     said = [why(words) for kind, why in _WHY_ASSUMED.items() if report.assumed(kind)]
-    if any(a.op.startswith(("random", "numpy")) for a in report.assumed(AssumptionKind.DRAWN)):
+    # Every draw but torch's (a tensor, followed) is a number: Python's, NumPy's, the model's own.
+    drawn = report.assumed(AssumptionKind.DRAWN)
+    if any(not a.op.startswith(("torch.", "Tensor.")) for a in drawn):
         said.append(
             "A draw from Python's or NumPy's generator is a number that cannot be followed: "
             "each counts as a choice, though it may decide values alone (wav2vec2's "
