@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
+import types
 import warnings
 from collections.abc import Callable
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -72,3 +75,21 @@ def run_probe(script: str, *args: object, timeout: int = 240) -> list[dict]:
         pytest.fail(f"{script} did not finish in {timeout} s (a hang across ranks?)")
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+class Later(types.ModuleType):
+    """A module imported where a test first reads it, not while every worker collects.
+
+    ``sample_models/hf.py`` imports a dozen transformers model classes: seconds a
+    worker, for the fast tier's few tests that build one.
+    """
+
+    def __getattr__(self, attr: str) -> object:
+        if attr.startswith("_"):  # what pytest asks of every name while it collects
+            raise AttributeError(attr)
+        return getattr(importlib.import_module(self.__name__), attr)
+
+
+def needs(package: str, reason: str) -> pytest.MarkDecorator:
+    """Skip where ``package`` is not installed, found without importing it."""
+    return pytest.mark.skipif(find_spec(package) is None, reason=reason)

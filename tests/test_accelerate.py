@@ -14,14 +14,14 @@ from __future__ import annotations
 from importlib.util import find_spec
 
 import pytest
-from conftest import run_probe
+from conftest import needs, run_probe
 
 # Found, not imported: importing accelerate takes seconds, and the probe does it.
 ACCELERATE = pytest.mark.skipif(
     find_spec("accelerate") is None, reason="accelerate is part of the dev install (with peft)"
 )
-pytestmark = [pytest.mark.processes, pytest.mark.transformers, ACCELERATE]
-pytest.importorskip("hf", reason="transformers is not installed (pip install execorder[hf])")
+TRANSFORMERS = needs("transformers", "transformers is not installed (pip install execorder[hf])")
+pytestmark = [pytest.mark.processes, pytest.mark.transformers, ACCELERATE, TRANSFORMERS]
 
 CASES = ["llama", "llama-tied", "gpt2", "mixtral", "llama4"]
 

@@ -11,6 +11,7 @@ import json
 import models
 import pytest
 import torch
+from conftest import Later, needs
 from encdec import EncoderDecoder
 from moe import MoE
 from seed import Model
@@ -30,7 +31,8 @@ from execorder.cli import app
 from execorder.errors import PlanMismatchError, SchemaError, UnitError
 from execorder.report import Report, Severity
 
-hf = pytest.importorskip("hf", reason="transformers is not installed (pip install execorder[hf])")
+hf = Later("hf")
+pytestmark = needs("transformers", "transformers is not installed (pip install execorder[hf])")
 IDS = "int64[1,16]@0:128"
 
 

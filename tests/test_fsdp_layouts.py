@@ -12,6 +12,7 @@ import json
 import models
 import pytest
 import torch
+from conftest import Later, needs
 from encdec import EncoderDecoder
 from torch import nn
 from typer.testing import CliRunner
@@ -24,7 +25,8 @@ from execorder.output.perfetto import timeline
 from execorder.output.terminal import draw, plain_text
 from execorder.output.views import fsdp_view, tree_view
 
-hf = pytest.importorskip("hf", reason="transformers is not installed (pip install execorder[hf])")
+hf = Later("hf")
+pytestmark = needs("transformers", "transformers is not installed (pip install execorder[hf])")
 IDS = "int64[1,16]@0:128"
 ENCDEC = {"input_size": "int64[2,16]@0:100"}
 

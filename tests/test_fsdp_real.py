@@ -16,16 +16,20 @@ from pathlib import Path
 
 import models
 import pytest
-from conftest import run_probe
+from conftest import Later, needs, run_probe
 from encdec import EncoderDecoder
 
 import execorder.fsdp
 from execorder.analysis.sharding import CheckKind
 
-pytestmark = [pytest.mark.processes, pytest.mark.transformers]
+pytestmark = [
+    pytest.mark.processes,
+    pytest.mark.transformers,
+    needs("transformers", "transformers is not installed (pip install execorder[hf])"),
+]
 
 pytest.importorskip("torch.distributed.fsdp")
-hf = pytest.importorskip("hf", reason="transformers is not installed (pip install execorder[hf])")
+hf = Later("hf")
 HERE = Path(__file__).resolve().parent
 PROBE = HERE / "fsdp_probe.py"
 
@@ -50,7 +54,7 @@ CASES = {
         {"input_size": "int64[1,16]@0:100", "layout": "torchtitan", "world_size": 2},
     ),
     # The blocks layout leaves BERT's embedding, tied to the head in the root, to the root.
-    "bert_lm": (hf.tiny_bert_lm, IDS),
+    "bert_lm": (lambda: hf.tiny_bert_lm(), IDS),
 }
 # Sharded over 4 ranks with bf16 parameters: bytes and flags only.
 WIDE = {

@@ -24,6 +24,7 @@ from typing import Any
 import models
 import pytest
 import torch
+from conftest import Later, needs
 from encdec import EncoderDecoder
 from moe import MoE
 from torch import nn
@@ -38,7 +39,8 @@ from execorder.errors import NeedsArgError
 from execorder.report import Report
 from execorder.report.memory import MemoryKind, Phase
 
-hf = pytest.importorskip("hf", reason="transformers is not installed (pip install execorder[hf])")
+hf = Later("hf")
+pytestmark = needs("transformers", "transformers is not installed (pip install execorder[hf])")
 TOLERANCE = 0.10
 
 

@@ -17,10 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-
-pytest.importorskip(
-    "transformers", reason="transformers is not installed (pip install execorder[hf])"
-)
+from conftest import needs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
@@ -30,7 +27,10 @@ import execorder
 from execorder.errors import MetaDeviceError
 from execorder.profiling import NoteKind
 
-pytestmark = pytest.mark.transformers
+pytestmark = [
+    pytest.mark.transformers,
+    needs("transformers", "transformers is not installed (pip install execorder[hf])"),
+]
 
 # (task, model type, class, what a plain forward on meta did before)
 CASES = [

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import Later, needs
 
 import execorder
 
-pytestmark = pytest.mark.transformers
-
-peft = pytest.importorskip("peft", reason="peft is part of the dev install (requirements-dev.txt)")
-hf = pytest.importorskip("hf", reason="needs transformers (the [hf] extra)")
+pytestmark = [
+    pytest.mark.transformers,
+    needs("peft", "peft is part of the dev install (requirements-dev.txt)"),
+    needs("transformers", "needs transformers (the [hf] extra)"),
+]
+peft = Later("peft")
+hf = Later("hf")
 
 
 def _lora_llama() -> torch.nn.Module:

@@ -13,7 +13,7 @@ import models
 import pytest
 import torch
 from compiled_steps import COMPILED, as_eager
-from hf import tiny_llama
+from conftest import Later
 from seed import Model
 from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
@@ -29,6 +29,8 @@ from execorder.errors import NoGradientError, RecordingError
 from execorder.output.views import ddp_verdict
 from execorder.recording import class_name, module_tree, unwrap
 from execorder.training import StepWatch
+
+hf = Later("hf")  # transformers' tiny Llama, imported where a test builds it
 
 
 def seed_step(model: nn.Module, call: Any = None) -> dict[str, Any]:
@@ -78,9 +80,9 @@ def _compiled(how: str, model: nn.Module, backend: Any) -> Any:
 @pytest.mark.parametrize("how", ["torch.compile", "model.compile", "per block"])
 def test_a_compiled_model_is_recorded_as_eager_and_compiles_nothing(how: str) -> None:
     torch._dynamo.reset()
-    plain = llama_step(built(lambda: tiny_llama(layers=2)))
+    plain = llama_step(built(lambda: hf.tiny_llama(layers=2)))
     counter = CompileCounterWithBackend("aot_eager")
-    model = built(lambda: tiny_llama(layers=2))
+    model = built(lambda: hf.tiny_llama(layers=2))
     compiled = _compiled(how, model, counter)
     ids = torch.arange(12).reshape(2, 6)
     for _ in range(2):
@@ -123,8 +125,8 @@ def test_the_compiled_wrapper_is_not_a_module_of_the_report() -> None:
 def test_checkpoint_wrapped_blocks_are_the_blocks_and_recompute_is_not_a_call(
     impl: CheckpointImpl,
 ) -> None:
-    plain = llama_step(built(lambda: tiny_llama(layers=2)))
-    model = built(lambda: tiny_llama(layers=2))
+    plain = llama_step(built(lambda: hf.tiny_llama(layers=2)))
+    model = built(lambda: hf.tiny_llama(layers=2))
     apply_activation_checkpointing(
         model,
         checkpoint_wrapper_fn=lambda m: checkpoint_wrapper(m, checkpoint_impl=impl),

@@ -7,20 +7,19 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import Later, needs
+from moe import MoE
 
-transformers = pytest.importorskip(
-    "transformers", reason="transformers is not installed (pip install execorder[hf])"
-)
+import execorder
+from execorder import eager
+from execorder.errors import TraceFailure
+from execorder.report import Mode, Report
 
-import hf  # noqa: E402
-from moe import MoE  # noqa: E402
-
-import execorder  # noqa: E402
-from execorder import eager  # noqa: E402
-from execorder.errors import TraceFailure  # noqa: E402
-from execorder.report import Mode, Report  # noqa: E402
-
-pytestmark = pytest.mark.transformers
+pytestmark = [
+    pytest.mark.transformers,
+    needs("transformers", "transformers is not installed (pip install execorder[hf])"),
+]
+hf = Later("hf")
 
 
 def _ids(device: str) -> torch.Tensor:
@@ -36,10 +35,10 @@ def _run(build, device: str) -> execorder.Report:  # type: ignore[no-untyped-def
     return eager.trace(model, kwargs={"input_ids": _ids(device)})
 
 
-@pytest.mark.parametrize("build", [hf.tiny_llama, hf.tiny_gpt2, hf.tiny_bert, hf.tiny_mixtral])
-def test_torch_fx_cannot_trace_them(build) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("build", ["tiny_llama", "tiny_gpt2", "tiny_bert", "tiny_mixtral"])
+def test_torch_fx_cannot_trace_them(build: str) -> None:
     with pytest.raises(TraceFailure):
-        execorder.trace(build())
+        execorder.trace(getattr(hf, build)())
 
 
 def test_llama_calls_and_tied_head() -> None:
