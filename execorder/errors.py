@@ -1448,14 +1448,16 @@ def user_frame(exc: BaseException) -> str:
 
 
 def user_site() -> str:
-    """``file.py:line`` of the innermost frame of the user's code running now, or ``""``."""
+    """``file.py:line`` of the innermost frame of the user's code running now, or ``""``
+    (not torch's, execorder's or Python's ``random``, whose methods draw for the user)."""
+    import random
     import sys
     from pathlib import Path
 
     frame = sys._getframe(1)
     while frame is not None:
         name = frame.f_code.co_filename
-        if "/torch/" not in name and "/execorder/" not in name:
+        if "/torch/" not in name and "/execorder/" not in name and name != random.__file__:
             return f"{Path(name).name}:{frame.f_lineno}"
         frame = frame.f_back  # type: ignore[assignment]
     return ""

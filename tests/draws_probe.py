@@ -24,7 +24,8 @@ JOB:
   seeding Python's ``random`` alike, its first step running every layer;
 - ``ownddp-alike``: :class:`models.OwnRandomLayerDrop` (drawn from a
   ``random.Random(5)`` of its own) under DDP, its first step running every
-  layer;
+  layer; ``helperddp-alike-watched``: the same draws from a generator a helper
+  object holds (:class:`models.HelperRandomLayerDrop`), its first step watched;
 - ``moe-ddp``: ``sample_models/moe.py``'s MoE (8 experts, top-1) under DDP,
   24 tokens a rank and step, from data whose first batch reaches every
   expert on both ranks (``first`` names the experts); ``moe-ddp-watched``:
@@ -82,6 +83,8 @@ def _build(how: str) -> tuple[nn.Module, list[nn.Module]]:
         return model, list(model.experts)
     if how.startswith("own"):
         model = models.OwnRandomLayerDrop()
+    elif how.startswith("helper"):
+        model = models.HelperRandomLayerDrop()
     else:
         model = models.PythonLayerDrop() if how.startswith("py") else models.LayerDrop()
     return model, list(model.layers)

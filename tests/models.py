@@ -1106,6 +1106,32 @@ class OwnRandomLayerDrop(nn.Module):
         return x
 
 
+class DropSchedule:
+    """Which layers a step keeps, drawn from a ``random.Random`` of its own."""
+
+    def __init__(self, layerdrop: float, seed: int) -> None:
+        self.layerdrop, self.rng = layerdrop, random.Random(seed)
+
+    def keeps(self) -> bool:
+        return self.rng.uniform(0, 1) >= self.layerdrop
+
+
+class HelperRandomLayerDrop(nn.Module):
+    """:class:`OwnRandomLayerDrop`, its generator held by a helper object: no module holds
+    it. The same draws: the first four keep every layer, the second four skip two."""
+
+    def __init__(self, width: int = 4, layerdrop: float = 0.5, seed: int = 5) -> None:
+        super().__init__()
+        self.schedule = DropSchedule(layerdrop, seed)
+        self.layers = nn.ModuleList(Unit(width) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            if not self.training or self.schedule.keeps():
+                x = layer(x)
+        return x
+
+
 class WithDropout(nn.Module):
     """Random dropout, which decides values but never which modules run."""
 

@@ -10,7 +10,9 @@ wait on each other's all-gathers. tests/draws_probe.py runs the jobs.
 from __future__ import annotations
 
 import random
+import tempfile
 from importlib.util import find_spec
+from random import random as bound_random
 from random import uniform
 
 import models
@@ -86,28 +88,39 @@ def test_a_draw_from_pythons_random_is_a_choice_and_seeded(mode: str) -> None:
 
 
 class BoundDrop(nn.Module):
-    """LayerDrop by a function bound before the run: only the generator's state tells."""
+    """LayerDrop by a function of ``random`` bound before the run (``from random import``):
+    ``uniform`` is seen where it is called, as its generator's ``random`` method draws;
+    ``random`` itself (``bound=True``) only as the generator's state moving."""
 
-    def __init__(self) -> None:
+    def __init__(self, bound: bool = False) -> None:
         super().__init__()
+        self.bound = bound
         self.layers = nn.ModuleList(models.Unit(4) for _ in range(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
-            if uniform(0, 1) >= 0.5:
+            if (bound_random() if self.bound else uniform(0, 1)) >= 0.5:
                 x = layer(x)
         return x
 
 
 @pytest.mark.parametrize("mode", ["eager", "fx"])
-def test_a_draw_by_a_function_bound_before_the_run_is_one_choice_of_forward(mode: str) -> None:
+def test_a_draw_by_a_function_bound_before_the_run_is_a_choice(mode: str) -> None:
     size = {"input_size": (2, 4)} if mode == "eager" else {}
-    report = execorder.profile(BoundDrop, mode=mode, seed=5, **size).report  # keeps every layer
-    assert report.summary.params_used == 8
-    drawn = report.assumed(AssumptionKind.DRAWN)
-    assert [(a.op, a.where, a.module) for a in drawn] == [("random's generator", "", "")]
-    assert report.summary.params_on_assumption == 8
-    assert verdict(report).startswith("not proven:")
+    line = f"test_draws.py:{BoundDrop.forward.__code__.co_firstlineno + 2}"
+    for bound, seen in (
+        (False, [("random.uniform", line, 4)]),
+        (True, [("random's generator", "", 1)]),
+    ):
+        report = execorder.profile(
+            BoundDrop, mode=mode, seed=5, init_kwargs={"bound": bound}, **size
+        ).report
+        assert report.summary.params_used == 8  # seed 5 keeps every layer
+        drawn = report.assumed(AssumptionKind.DRAWN)
+        assert [(a.op, a.where, a.count) for a in drawn] == seen
+        assert not any(a.own_generator for a in drawn)  # the seed sets random's generator
+        assert report.summary.params_on_assumption == 8
+        assert verdict(report).startswith("not proven:")
 
 
 class NumpyDrop(nn.Module):
@@ -142,9 +155,113 @@ def test_a_draw_from_a_generator_of_the_models_own_is_a_choice(mode: str) -> Non
     report = execorder.profile(models.OwnRandomLayerDrop, mode=mode, **size).report
     assert report.summary.params_used == report.summary.params_total == 8
     drawn = report.assumed(AssumptionKind.DRAWN)
-    assert [(a.op, a.where, a.module) for a in drawn] == [("rng's generator", "", "")]
+    line = models.OwnRandomLayerDrop.forward.__code__.co_firstlineno + 2
+    assert [(a.op, a.where, a.module, a.count) for a in drawn] == [
+        ("rng.uniform", f"models.py:{line}", "", 4)
+    ]
+    assert drawn[0].own_generator and drawn[0].to_dict()["own_generator"] is True
     assert report.summary.params_on_assumption == 8
     assert verdict(report).startswith("not proven:")
+
+
+class Schedule:
+    """A helper of the model's file holding its generator: no module of the model holds it."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def keeps(self) -> bool:
+        return self.rng.random() >= 0.5
+
+
+def closure_draw(seed: int):  # type: ignore[no-untyped-def]
+    rng = random.Random(seed)
+    return lambda: rng.random() >= 0.5
+
+
+class HeldElsewhereDrop(nn.Module):
+    """LayerDrop from a generator held by a helper object, a closure or the class."""
+
+    shared = random.Random(5)
+
+    def __init__(self, held: str = "helper") -> None:
+        super().__init__()
+        self.held = held
+        self.schedule, self.keeps = Schedule(5), closure_draw(5)
+        self.layers = nn.ModuleList(models.Unit(4) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            if self.held == "helper":
+                keep = self.schedule.keeps()
+            elif self.held == "closure":
+                keep = self.keeps()
+            else:
+                keep = self.shared.random() >= 0.5
+            x = layer(x) if keep else x
+        return x
+
+
+@pytest.mark.parametrize("mode", ["eager", "fx"])
+@pytest.mark.parametrize("held", ["helper", "closure", "class"])
+def test_a_generator_held_anywhere_by_the_models_code_is_seen(mode: str, held: str) -> None:
+    """Before, only one a module or the file's globals held was seen: 'DDP check ok'."""
+    size = {"input_size": (2, 4)} if mode == "eager" else {}
+    report = execorder.profile(
+        HeldElsewhereDrop, mode=mode, init_kwargs={"held": held}, **size
+    ).report
+    drawn = report.assumed(AssumptionKind.DRAWN)
+    assert [a.count for a in drawn] == [4] and drawn[0].own_generator
+    assert drawn[0].op.endswith(".random") and drawn[0].where.startswith("test_draws.py:")
+    assert not verdict(report).startswith("ok")  # the class's generator moves on each run
+
+
+class DrawsThroughALibrary(nn.Module):
+    """Forward calls library code that draws from the library's own generator (tempfile's
+    names): not the model's choice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        next(tempfile._get_candidate_names())  # type: ignore[attr-defined]
+        return self.layer(x)
+
+
+def test_a_librarys_own_generator_is_not_the_models() -> None:
+    report = execorder.profile(DrawsThroughALibrary, input_size=(2, 4)).report
+    assert not report.assumptions and verdict(report).startswith("ok")
+    assert "random" not in vars(random.Random) and "uniform" in vars(random.Random)
+
+
+class TorchGeneratorDrop(nn.Module):
+    """LayerDrop drawn with ``generator=``: the model's own torch.Generator, or torch's."""
+
+    def __init__(self, own: bool) -> None:
+        super().__init__()
+        self.generator = torch.Generator().manual_seed(5) if own else torch.default_generator
+        self.layers = nn.ModuleList(models.Unit(4) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            if torch.rand((), generator=self.generator) >= 0.5:
+                x = layer(x)
+        return x
+
+
+@pytest.mark.parametrize("own", [True, False])
+def test_a_torch_generator_of_the_models_own_is_not_set_by_the_seed(own: bool) -> None:
+    from execorder.output.terminal import plain_text, render_report
+
+    report = execorder.profile(
+        TorchGeneratorDrop, input_size=(2, 4), init_kwargs={"own": own}
+    ).report
+    drawn = report.assumed(AssumptionKind.DRAWN)
+    assert [a.op for a in drawn] == ["torch.rand"] and drawn[0].own_generator is own
+    said = " ".join(plain_text(render_report(report), width=200).split())
+    assert ("of seed 0" in said) is not own
+    assert ("the model's own generator, which the seed does not set" in said) is own
 
 
 def test_the_report_says_a_number_drawn_cannot_be_followed_and_a_tensor_drawn_can() -> None:
@@ -257,7 +374,7 @@ def test_a_step_that_chooses_otherwise_fails_real_ddp_and_parts_fsdp2s_ranks(
     tmp_path: object,
 ) -> None:
     jobs = ["ddp-apart", "ddp-alike", "fsdp-apart", "fsdp-alike", "ddp-alike-watched"]
-    jobs += ["pyddp-alike", "ownddp-alike", "moe-ddp", "moe-ddp-watched"]
+    jobs += ["pyddp-alike", "ownddp-alike", "helperddp-alike-watched", "moe-ddp", "moe-ddp-watched"]
     jobs += ["moe-fsdp", "moe-fsdp-watched"]
     switch = ["switch-fsdp-watched"] if find_spec("transformers") else []
     every = run_probe("draws_probe.py", f"{tmp_path}/store", *jobs, *switch, timeout=200)
@@ -267,8 +384,9 @@ def test_a_step_that_chooses_otherwise_fails_real_ddp_and_parts_fsdp2s_ranks(
     assert {job for job, _ in found} == set(jobs)
     for job in jobs[:5]:  # the first step runs every layer
         assert found[job, 0]["first"] == [0, 1, 2, 3]
-    assert found["pyddp-alike", 0]["first"] == found["ownddp-alike", 0]["first"] == [0, 1, 2, 3]
-    for job in ("ddp-apart", "ddp-alike", "pyddp-alike", "ownddp-alike"):  # once a step skips
+    for job in ("pyddp-alike", "ownddp-alike", "helperddp-alike-watched"):
+        assert found[job, 0]["first"] == [0, 1, 2, 3]
+    for job in ("ddp-apart", "ddp-alike", "pyddp-alike", "ownddp-alike", "helperddp-alike-watched"):
         failed = found[job, 0]
         assert failed["step"] > 1 and "Expected to have finished reduction" in failed["error"]
     parted = found["fsdp-apart", 0]  # a collective one rank never makes: timed out
@@ -282,6 +400,9 @@ def test_a_step_that_chooses_otherwise_fails_real_ddp_and_parts_fsdp2s_ranks(
     )
     assert any("drawn at random (torch.rand at models.py:" in w for w in watched["warned"])
     assert not found["ddp-alike", 0]["warned"]
+    # A generator a helper object holds: the watch names where it drew (before: nothing).
+    helper = found["helperddp-alike-watched", 0]["warned"]
+    assert any("drawn at random (random.Random.uniform at models.py:" in w for w in helper)
     # A router: every expert in the first step, and DDP fails once a batch leaves one idle.
     routed = [line for (job, _), line in found.items() if job == "moe-ddp"]
     assert all(line["first"] == list(range(8)) and line["step"] > 1 for line in routed)
@@ -394,3 +515,40 @@ ODD_GLOBAL = _Raises()
 def test_an_odd_global_of_the_models_file_is_passed_over() -> None:
     report = execorder.profile(HoldsAnUnusedGenerator, input_size=(2, 4)).report
     assert not report.assumptions
+
+
+class NumpySchedule:
+    def __init__(self, np: object) -> None:
+        self.rng = np.random.default_rng(5)  # type: ignore[attr-defined]
+
+
+class NumpyHeldElsewhereDrop(nn.Module):
+    """LayerDrop from a NumPy generator held by a helper object, or by the class."""
+
+    CLASS_RNG: object = None
+
+    def __init__(self, held: str) -> None:
+        super().__init__()
+        import numpy as np
+
+        self.held, self.schedule = held, NumpySchedule(np)
+        self.layers = nn.ModuleList(models.Unit(4) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rng = self.schedule.rng if self.held == "helper" else type(self).CLASS_RNG
+        for layer in self.layers:
+            x = layer(x) if rng.random() >= 0.0 else x  # type: ignore[attr-defined]
+        return x
+
+
+@pytest.mark.parametrize("held", ["helper", "class"])
+def test_a_numpy_generator_a_helper_or_the_class_holds_is_seen(held: str) -> None:
+    np = pytest.importorskip("numpy")
+    NumpyHeldElsewhereDrop.CLASS_RNG = np.random.default_rng(5)
+    report = execorder.profile(
+        NumpyHeldElsewhereDrop, input_size=(2, 4), init_kwargs={"held": held}
+    ).report
+    drawn = report.assumed(AssumptionKind.DRAWN)
+    name = "schedule.rng" if held == "helper" else "NumpyHeldElsewhereDrop.CLASS_RNG"
+    assert [(a.op, a.own_generator) for a in drawn] == [(f"{name}'s generator", True)]
+    assert verdict(report).startswith("not proven:")

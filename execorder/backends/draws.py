@@ -18,13 +18,18 @@ draw. A draw from Python's ``random`` (transformers 4's LayerDrop drew
 ``random.uniform(0, 1)``) or NumPy's global generator is a plain number,
 which can be followed no further: each call is taken for a choice, told where
 forward calls the function as its module holds it (``random.uniform``,
-``np.random.rand``), and as one choice of forward's whole call where it was
-bound before the run (``from random import uniform``: only the generator's
-state moves; another thread's draw meanwhile is then taken for forward's). A
-generator of the model's own (a ``random.Random``, a NumPy ``Generator`` or
-``RandomState``) held by one of its modules or in the globals of a module
-defining their classes (:func:`generators_of`) is seen the same way, as its
-state moving; one held elsewhere is not.
+``np.random.rand``). So is a call of a method of any ``random.Random`` from
+the model's code (:func:`packages_of`), wherever the generator is held: the
+methods are wrapped on the class. Where nothing is called through a wrapper
+(``from random import random``, a function of C bound before the run), a
+draw is seen only as the generator's state moving, as one choice of
+forward's whole call (another thread's draw meanwhile is then taken for
+forward's); so is a draw of a NumPy ``Generator`` or ``RandomState`` of the
+model's own, held by one of its modules, an object one holds, its class, or
+the globals of a module defining their classes (:func:`generators_of`); one
+held elsewhere is not. A generator of the model's own (those, or a
+``torch.Generator`` passed as ``generator=``) is told as such: the run's seed
+does not set it.
 
 A router's choice is of the same kind: which experts get tokens is computed
 from the router's weights, and another batch, or the weights a step later,
@@ -89,9 +94,10 @@ PYTHON_SOURCES = (
     "random", "uniform", "randint", "randrange", "choice", "choices", "sample", "shuffle",
     "gauss", "normalvariate", "lognormvariate", "expovariate", "vonmisesvariate",
     "gammavariate", "betavariate", "paretovariate", "weibullvariate", "triangular",
-    "getrandbits", "binomialvariate",
+    "getrandbits", "binomialvariate", "randbytes",
 )  # fmt: skip
-"""Python's ``random`` functions (those of its module-level generator)."""
+"""Python's ``random`` functions (those of its module-level generator), and the methods of
+``random.Random`` that draw."""
 
 NUMPY_SOURCES = (
     "rand", "randn", "random", "random_sample", "ranf", "sample", "uniform", "randint",
@@ -112,20 +118,21 @@ class Draws(TorchFunctionMode):
     """Marks what is computed from drawn tensors, and tells of each choice made from one.
 
     Args:
-        on_choice: Told ``(source, read)`` at each choice: the random
-            function whose draw it reads (``torch.rand``) and how
-            (``Tensor.__bool__``).
+        on_choice: Told ``(source, read, own)`` at each choice: the random
+            function whose draw it reads (``torch.rand``), how
+            (``Tensor.__bool__``), and whether it drew from a generator of the
+            model's own (``generator=``), which the run's seed does not set.
     """
 
-    def __init__(self, on_choice: Callable[[str, str], None]) -> None:
+    def __init__(self, on_choice: Callable[[str, str, bool], None]) -> None:
         super().__init__()
         self.on_choice = on_choice
         self.drawn: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
         self.entered = False
 
-    def mark(self, value: Any, source: str) -> None:
+    def mark(self, value: Any, source: str, own: bool = False) -> None:
         for tensor in _tensors(value, []):
-            self.drawn[tensor] = source
+            self.drawn[tensor] = (source, own)
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
@@ -135,19 +142,20 @@ class Draws(TorchFunctionMode):
         drawn = self.drawn
         if not len(drawn):
             return out
-        source = None
+        found = None
         for tensor in _tensors(kwargs, _tensors(args, [])):
-            source = drawn.get(tensor)
-            if source is not None:
+            found = drawn.get(tensor)
+            if found is not None:
                 break
-        if source is None:
+        if found is None:
             return out
+        source, own = found
         read = _READS.get(func)
         if read is None and func in _INDEXING and _drawn_mask(args[1:2], self.drawn):
             read = "a boolean mask as an index"
         if read is not None:
-            self.on_choice(source, read)
-        self.mark(out, source)
+            self.on_choice(source, read, own)
+        self.mark(out, source, own)
         return out
 
 
@@ -196,12 +204,19 @@ def generators_of(modules: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     if numpy_random is not None:
         kinds += (numpy_random.Generator, numpy_random.RandomState)
         seen.add(id(numpy_random.mtrand._rand))
-    places: dict[int, tuple[str, dict[str, Any]]] = {}
+    places: dict[int, tuple[str, Mapping[str, Any]]] = {}
     for name, module in modules:
         places[id(module)] = (f"{name}." if name else "", vars(module))
+        for cls in type(module).__mro__:  # a generator the class holds
+            if not cls.__module__.startswith(("torch.", "builtins")):
+                places.setdefault(id(cls), (f"{cls.__qualname__}.", vars(cls)))
         defined = sys.modules.get(type(module).__module__)
         if defined is not None:
             places.setdefault(id(defined), (f"{defined.__name__}.", vars(defined)))
+    for prefix, values in list(places.values()):  # and one an object of those holds
+        for attr, value in list(values.items()):
+            if id(value) not in places and _plain_object(value):
+                places[id(value)] = (f"{prefix}{attr}.", vars(value))
     found: dict[str, Any] = {}
     for prefix, values in places.values():
         for attr, value in list(values.items()):
@@ -209,6 +224,36 @@ def generators_of(modules: Iterable[tuple[str, Any]]) -> dict[str, Any]:
                 seen.add(id(value))
                 found[f"{prefix}{attr}"] = value
     return found
+
+
+def _plain_object(value: Any) -> bool:
+    """Whether ``value`` is an object with attributes of its own, not a class, a Python
+    module, a tensor or an ``nn.Module`` (each scanned otherwise, or holding none)."""
+    try:
+        return isinstance(getattr(value, "__dict__", None), dict) and not isinstance(
+            value, (type, ModuleType, torch.nn.Module, torch.Tensor)
+        )
+    except Exception:  # an odd object of the model's file
+        return False
+
+
+def packages_of(modules: Iterable[tuple[str, Any]]) -> frozenset[str]:
+    """The top-level packages (or modules) defining the classes of ``modules`` (``(name,
+    module)`` pairs), torch's aside: the model's code, where a draw of a ``random.Random``
+    is the model's."""
+    return frozenset(type(module).__module__.split(".")[0] for _, module in modules) - {"torch"}
+
+
+def _drawing_site(method: str) -> tuple[str, str]:
+    """The ``random.Random`` method the code drawing called (``method``, or the one of
+    ``random``'s that called it: ``uniform`` calls ``random``), and that code's top-level
+    package."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename in (random.__file__, __file__):
+        if frame.f_code.co_filename == random.__file__:
+            method = frame.f_code.co_name
+        frame = frame.f_back  # type: ignore[assignment]
+    return method, "" if frame is None else str(frame.f_globals.get("__name__", "")).split(".")[0]
 
 
 def _is(value: Any, kinds: tuple[type, ...]) -> bool:
@@ -222,21 +267,26 @@ def _is(value: Any, kinds: tuple[type, ...]) -> bool:
 
 @contextmanager
 def watching_draws(
-    on_choice: Callable[[str, str], None],
+    on_choice: Callable[[str, str, bool], None],
     computed_from: Sequence[torch.Tensor] = (),
     generators: Mapping[str, Any] | None = None,
+    packages: frozenset[str] = frozenset(),
 ) -> Iterator[Callable[[Sequence[torch.Tensor]], None]]:
     """Meanwhile, tell ``on_choice`` of each choice made from a value torch drew at random,
     or (``computed_from``: parameters) computed from one of those tensors (its source
-    :data:`COMPUTED`), and of each draw from Python's or NumPy's global generator (read
-    :data:`PYTHON_READ`) or from one of ``generators`` (:func:`generators_of`; read
-    :data:`MOVED`).
+    :data:`COMPUTED`), and of each draw from Python's or NumPy's global generator or any
+    ``random.Random`` that code of ``packages`` (:func:`packages_of`: the model's) calls
+    (read :data:`PYTHON_READ`), or seen as the state of one of ``generators``
+    (:func:`generators_of`) moving (read :data:`MOVED`). Its third argument says
+    whether the generator was the model's own, which the run's seed does not set.
+    Another package's generator is its own (sympy draws from one as torch imports it).
 
-    torch's random functions are wrapped while it is open; the first draw
-    enters a :class:`Draws` mode, left as this ends (with ``computed_from``,
-    entered at once: every op then pays for it). It yields a function that
-    adds tensors to ``computed_from`` while it is open (the unsharded
-    parameters FSDP2 puts in a unit's place as the unit runs).
+    torch's random functions are wrapped while it is open, and the methods of
+    ``random.Random`` (every Python generator's); the first draw of torch's enters
+    a :class:`Draws` mode, left as this ends (with ``computed_from``, entered at
+    once: every op then pays for it). It yields a function that adds tensors to
+    ``computed_from`` while it is open (the unsharded parameters FSDP2 puts in a
+    unit's place as the unit runs).
     """
     mode = Draws(on_choice)
     saved: list[tuple[Any, str, Any]] = []
@@ -252,6 +302,7 @@ def watching_draws(
 
     if computed_from:
         follow(computed_from)
+    seeded = {id(torch.default_generator)} | {id(g) for g in torch.cuda.default_generators}
 
     def drawing(owner: Any, name: str) -> None:
         original = getattr(owner, name, None)
@@ -264,7 +315,8 @@ def watching_draws(
             if not mode.entered:
                 mode.__enter__()
                 mode.entered = True
-            mode.mark(out, source)
+            generator = kwargs.get("generator")
+            mode.mark(out, source, generator is not None and id(generator) not in seeded)
             return out
 
         saved.append((owner, name, original))
@@ -276,6 +328,26 @@ def watching_draws(
         numbers.append(numpy_random)
     told: set[str] = set()
     forward = threading.get_ident()
+    depth = [0]  # a draw that calls another (uniform calls random) is one
+    own = dict(generators or {})
+    names = {id(generator): name for name, generator in own.items()}
+    drew: set[int] = set()  # the generators of the model's own seen drawing
+
+    def drawn_by(call: Callable[..., Any], tell: Callable[[Any], None]) -> Callable[..., Any]:
+        """``call``, telling ``tell(args)`` of its draws in forward's thread (another's are
+        its own)."""
+
+        def draw(*args: Any, **kwargs: Any) -> Any:
+            if depth[0] or threading.get_ident() != forward:
+                return call(*args, **kwargs)
+            tell(args)
+            depth[0] += 1
+            try:
+                return call(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+
+        return draw
 
     def drawing_number(owner: Any, name: str) -> None:
         original = getattr(owner, name, None)
@@ -283,14 +355,33 @@ def watching_draws(
             return
         source = f"{owner.__name__}.{name}"
 
-        def draw(*args: Any, **kwargs: Any) -> Any:
-            if threading.get_ident() == forward:  # another thread's draw is its own
-                told.add(owner.__name__)
-                on_choice(source, PYTHON_READ)
-            return original(*args, **kwargs)
+        def tell(_: Any) -> None:
+            told.add(owner.__name__)
+            on_choice(source, PYTHON_READ, False)
 
         saved.append((owner, name, original))
-        setattr(owner, name, draw)
+        setattr(owner, name, drawn_by(original, tell))
+
+    methods: list[tuple[str, Any]] = []
+
+    def drawing_method(name: str) -> None:
+        """A method of ``random.Random``: a draw of any Python generator, wherever it is
+        held (a helper object, a closure, another file)."""
+        original = getattr(random.Random, name, None)
+        if not callable(original):
+            return
+
+        def tell(args: Any) -> None:
+            self, (called, package) = args[0], _drawing_site(name)
+            if self is getattr(random, "_inst", None):  # random's function, bound before
+                told.add("random")
+                on_choice(f"random.{called}", PYTHON_READ, False)
+            elif id(self) in names or package in packages:
+                drew.add(id(self))
+                on_choice(f"{names.get(id(self), 'random.Random')}.{called}", PYTHON_READ, True)
+
+        methods.append((name, vars(random.Random).get(name)))
+        setattr(random.Random, name, drawn_by(original, tell))
 
     for name in SOURCES:
         drawing(torch, name)
@@ -299,25 +390,32 @@ def watching_draws(
     for owner in numbers:
         for name in PYTHON_SOURCES if owner is random else NUMPY_SOURCES:
             drawing_number(owner, name)
+    for name in PYTHON_SOURCES:
+        drawing_method(name)
     before = [_state(owner) for owner in numbers]
-    own, own_before = dict(generators or {}), {}
+    own_before = {}
     for name, generator in own.items():  # a random.SystemRandom has no state to read
         with contextlib.suppress(NotImplementedError, AttributeError, TypeError):
             own_before[name] = _state(generator)
     try:
         yield follow
-        # A draw by a function bound before the run (from random import uniform) is seen
+        # A draw by a function bound before the run (from random import random) is seen
         # only as the generator's state moving: told as a draw of forward's call.
         for owner, state in zip(numbers, before, strict=True):
             if owner.__name__ not in told and _state(owner) != state:
-                on_choice(f"{owner.__name__}'s generator", MOVED)
+                on_choice(f"{owner.__name__}'s generator", MOVED, False)
         for name, state in own_before.items():
-            if _state(own[name]) != state:
-                on_choice(f"{name}'s generator", MOVED)
+            if id(own[name]) not in drew and _state(own[name]) != state:
+                on_choice(f"{name}'s generator", MOVED, True)
     finally:
         open_[0] = False
         for owner, name, original in reversed(saved):
             setattr(owner, name, original)
+        for name, method in reversed(methods):
+            if method is None:  # inherited from _random.Random
+                delattr(random.Random, name)
+            else:
+                setattr(random.Random, name, method)
         if mode.entered:
             mode.__exit__(None, None, None)
 

@@ -38,7 +38,14 @@ from execorder.backends.common import (
     owner,
     tensors,
 )
-from execorder.backends.draws import COMPUTED, LOGGED, MOVED, generators_of, watching_draws
+from execorder.backends.draws import (
+    COMPUTED,
+    LOGGED,
+    MOVED,
+    generators_of,
+    packages_of,
+    watching_draws,
+)
 from execorder.backends.eager_failures import (
     any_on_meta,
     describe_inputs,
@@ -244,7 +251,9 @@ class Recording:
             named = [(tree.module_names[id(m)][0], m) for m in tree.modules]
             with (
                 intercepting(self.model, tree, self._events, clock, self._swaps),
-                watching_draws(self._drew, computed, generators_of(named)) as follow,
+                watching_draws(
+                    self._drew, computed, generators_of(named), packages_of(named)
+                ) as follow,
             ):
                 if not on_meta:
                     self._swaps.on_add = lambda param: follow([param])
@@ -421,16 +430,16 @@ class Recording:
         elif self._calls:
             self._backward_assumed = True
 
-    def _drew(self, source: str, read: str) -> None:
-        """Forward made a choice (``read``) from a value ``source`` drew at random, or
-        computed from parameters (:mod:`.draws`)."""
+    def _drew(self, source: str, read: str, own: bool) -> None:
+        """Forward made a choice (``read``) from a value ``source`` drew at random (``own``:
+        from a generator of the model's own), or computed from parameters (:mod:`.draws`)."""
         if self._running:
             if source == COMPUTED:
                 if read not in LOGGED:
                     self._events.append(Assumed(read, user_site(), AssumptionKind.COMPUTED))
             else:
                 where = "" if read == MOVED else user_site()
-                self._events.append(Assumed(source, where, AssumptionKind.DRAWN))
+                self._events.append(Assumed(source, where, AssumptionKind.DRAWN, own))
 
     def _accumulated(self, param: nn.Parameter) -> None:
         """A gradient hook: ``param``'s gradient was accumulated, in the pass running now.

@@ -30,7 +30,7 @@ from execorder.backends.common import (
     gc_paused,
     owner,
 )
-from execorder.backends.draws import MOVED, generators_of, watching_draws
+from execorder.backends.draws import MOVED, generators_of, packages_of, watching_draws
 from execorder.backends.eager_liveness import live_params as eager_live_params
 from execorder.backends.fx_functions import functions_traced
 from execorder.backends.fx_liveness import (
@@ -500,9 +500,10 @@ def _regions(recorder: Recorder) -> Regions:
     return Regions(recorder.checkpointed, lambda: len(recorder.calls), recorder.recomputed_since)
 
 
-def _drew(recorder: Recorder, source: str, read: str) -> None:
+def _drew(recorder: Recorder, source: str, read: str, own: bool) -> None:
     """Forward made a choice from a value ``source`` drew at random (:mod:`.draws`)."""
-    recorder.assume(Assumed(source, "" if read == MOVED else user_site(), AssumptionKind.DRAWN))
+    where = "" if read == MOVED else user_site()
+    recorder.assume(Assumed(source, where, AssumptionKind.DRAWN, own))
 
 
 def _run_tracer(
@@ -522,7 +523,9 @@ def _run_tracer(
             record_tracer(tracer, model, recorder, regions=regions, writes=writes),
             user_code(f"tracing {owner(model)}"),
             watching_draws(
-                functools.partial(_drew, recorder), generators=generators_of(model.named_modules())
+                functools.partial(_drew, recorder),
+                generators=generators_of(model.named_modules()),
+                packages=packages_of(model.named_modules()),
             ),
         ):
             tracer.trace(model, args or None)

@@ -394,10 +394,10 @@ def _assumptions(
     backward when its forward read it unpassed and it is ``unreached``
     (trainable, and given no gradient by the walk).
     """
-    found: dict[tuple[int, str, str, AssumptionKind], int] = {}
+    found: dict[tuple[int, str, str, AssumptionKind, bool], int] = {}
     resting = set(recorder.after_assumption)
     for index, event in recorder.assumptions:
-        key = (index, event.op, event.where, event.kind)
+        key = (index, event.op, event.where, event.kind, event.own_generator)
         if key not in found:
             resting.update(map(id, recorder.params_of(recorder.calls[index].module)))
         found[key] = found.get(key, 0) + 1
@@ -405,11 +405,12 @@ def _assumptions(
         hidden = [id(p) for p in unseen.params if unreached(p)]
         if hidden:
             resting.update(hidden)
-            key = (index, f"{unseen.function}.backward", unseen.where, AssumptionKind.BACKWARD)
+            op = f"{unseen.function}.backward"
+            key = (index, op, unseen.where, AssumptionKind.BACKWARD, False)
             found[key] = found.get(key, 0) + 1
     made = tuple(
-        Assumption(op, calls[index].name, index, where, count, kind)
-        for (index, op, where, kind), count in found.items()
+        Assumption(op, calls[index].name, index, where, count, kind, own)
+        for (index, op, where, kind, own), count in found.items()
     )
     return made, resting
 

@@ -34,6 +34,8 @@ class Assumed(NamedTuple):
     op: str
     where: str = ""
     kind: AssumptionKind = AssumptionKind.SELECTION
+    own_generator: bool = False
+    """A draw from a generator of the model's own, which the run's seed does not set."""
 
 
 class Checkpointed(NamedTuple):

@@ -275,6 +275,11 @@ class Assumption:
         where: ``file.py:line`` of the model's code that made it, if known.
         count: How many times that call made it there.
         assumed: What was assumed.
+        own_generator: A choice from a draw (:attr:`AssumptionKind.DRAWN`) of a
+            generator of the model's own (a ``random.Random`` it holds, a
+            ``torch.Generator`` passed as ``generator=``), which the run's seed
+            does not set: another seed draws the same. In the JSON only when
+            true.
     """
 
     op: str
@@ -283,11 +288,12 @@ class Assumption:
     where: str = ""
     count: int = 1
     assumed: AssumptionKind = AssumptionKind.SELECTION
+    own_generator: bool = False
 
     ASSUMED = AssumptionKind.SELECTION.value
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "op": self.op,
             "module": self.module,
             "call": self.call,
@@ -295,6 +301,7 @@ class Assumption:
             "count": self.count,
             "assumed": self.assumed.value,
         }
+        return data | {"own_generator": True} if self.own_generator else data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "assumption") -> Assumption:
@@ -307,6 +314,7 @@ class Assumption:
             where=fields.get("where", str, default=""),
             count=fields.get("count", int, default=1),
             assumed=fields.word("assumed", AssumptionKind, default=AssumptionKind.SELECTION),
+            own_generator=fields.get("own_generator", bool, default=False),
         )
 
 

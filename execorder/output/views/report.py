@@ -496,8 +496,13 @@ def computed_fact(report: Report) -> Row:
 def drawn_fact(report: Report) -> Row:
     """The choices forward made from values it drew at random, where, and what rests on them."""
     count, shown = _made(report, AssumptionKind.DRAWN)
-    seed = "" if report.seed is None else f" of seed {report.seed}"
-    text = f"{plural(count, 'choice')} made from {shown}: this run is one draw{seed}"
+    drawn = report.assumed(AssumptionKind.DRAWN)
+    seeded = report.seed is not None and not all(a.own_generator for a in drawn)
+    text = f"{plural(count, 'choice')} made from {shown}: this run is one draw"
+    text += f" of seed {report.seed}" if seeded else ""
+    if any(a.own_generator for a in drawn):
+        text += " and" if seeded else ""
+        text += " of the model's own generator, which the seed does not set"
     text += _resting(report, AssumptionKind.DRAWN, "it")
     return fact("random choices", text, Severity.WARNING)
 
