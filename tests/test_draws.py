@@ -402,7 +402,7 @@ def test_a_step_that_chooses_otherwise_fails_real_ddp_and_parts_fsdp2s_ranks(
     assert not found["ddp-alike", 0]["warned"]
     # A generator a helper object holds: the watch names where it drew (before: nothing).
     helper = found["helperddp-alike-watched", 0]["warned"]
-    assert any("drawn at random (random.Random.uniform at models.py:" in w for w in helper)
+    assert any("drawn at random (schedule.rng.uniform at models.py:" in w for w in helper)
     # A router: every expert in the first step, and DDP fails once a batch leaves one idle.
     routed = [line for (job, _), line in found.items() if job == "moe-ddp"]
     assert all(line["first"] == list(range(8)) and line["step"] > 1 for line in routed)
