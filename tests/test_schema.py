@@ -144,6 +144,17 @@ def test_timed_reports_validate() -> None:
     _validate(json.loads(json.dumps(report.to_dict())), "report")
 
 
+def test_a_draw_of_the_models_own_generator_validates_and_reads_back() -> None:
+    from execorder.report import AssumptionKind, Report
+
+    report = execorder.profile(models.HelperRandomLayerDrop, input_size=(2, 4)).report
+    data = json.loads(json.dumps(report.to_dict()))
+    _validate(data, "report")
+    assert [a["own_generator"] for a in data["assumptions"]] == [True]
+    again = Report.from_dict(data)
+    assert again == report and again.assumed(AssumptionKind.DRAWN)[0].own_generator
+
+
 @pytest.mark.transformers
 def test_reports_and_plans_with_inputs_made_validate() -> None:
     import execorder.fsdp
