@@ -552,3 +552,39 @@ def test_a_numpy_generator_a_helper_or_the_class_holds_is_seen(held: str) -> Non
     name = "schedule.rng" if held == "helper" else "NumpyHeldElsewhereDrop.CLASS_RNG"
     assert [(a.op, a.own_generator) for a in drawn] == [(f"{name}'s generator", True)]
     assert verdict(report).startswith("not proven:")
+
+
+def numpy_keeper(np: object):  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(5)  # type: ignore[attr-defined]
+    return lambda: rng.random() >= 0.0
+
+
+class NumpyClosureDrop(nn.Module):
+    """LayerDrop from a NumPy generator a closure holds, or one forward makes each step."""
+
+    def __init__(self, made: bool) -> None:
+        super().__init__()
+        import numpy as np
+
+        self.np, self.made, self.keeps = np, made, numpy_keeper(np)
+        self.layers = nn.ModuleList(models.Unit(4) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rng = self.np.random.default_rng() if self.made else None
+        for layer in self.layers:
+            keep = rng.random() >= 0.0 if rng is not None else self.keeps()
+            x = layer(x) if keep else x
+        return x
+
+
+@pytest.mark.parametrize("made", [False, True])
+def test_a_numpy_generator_a_closure_holds_or_forward_makes_is_seen(made: bool) -> None:
+    np = pytest.importorskip("numpy")
+    report = execorder.profile(
+        NumpyClosureDrop, input_size=(2, 4), init_kwargs={"made": made}
+    ).report
+    drawn = report.assumed(AssumptionKind.DRAWN)
+    name = "numpy.random.default_rng()" if made else "keeps.rng"
+    assert [(a.op, a.own_generator) for a in drawn] == [(f"{name}'s generator", True)]
+    assert verdict(report).startswith("not proven:")
+    assert np.random.default_rng is np.random._generator.default_rng  # given back

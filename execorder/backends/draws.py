@@ -25,9 +25,10 @@ methods are wrapped on the class. Where nothing is called through a wrapper
 draw is seen only as the generator's state moving, as one choice of
 forward's whole call (another thread's draw meanwhile is then taken for
 forward's); so is a draw of a NumPy ``Generator`` or ``RandomState`` of the
-model's own, held by one of its modules, an object one holds, its class, or
-the globals of a module defining their classes (:func:`generators_of`); one
-held elsewhere is not. A generator of the model's own (those, or a
+model's own, held by one of its modules, an object or closure one holds, its
+class, or the globals of a module defining their classes
+(:func:`generators_of`), or made by ``np.random.default_rng`` while forward
+runs; one held elsewhere is not. A generator of the model's own (those, or a
 ``torch.Generator`` passed as ``generator=``) is told as such: the run's seed
 does not set it.
 
@@ -49,7 +50,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from types import ModuleType
+from types import FunctionType, ModuleType
 from typing import Any
 
 import torch
@@ -195,9 +196,10 @@ choices when the value is computed from parameters (a drawn value read so is one
 def generators_of(modules: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     """The generators of Python or NumPy the model may draw from, by name: each
     ``random.Random``, NumPy ``Generator`` or ``RandomState`` an attribute of one of
-    ``modules`` (``(name, module)`` pairs: ``layers.0.rng``), or a global of a Python
-    module defining one of their classes (``mymodel.RNG``); not the global ones, which
-    are watched as modules."""
+    ``modules`` (``(name, module)`` pairs: ``layers.0.rng``), of their classes, or a
+    global of a Python module defining one of their classes (``mymodel.RNG``), or held
+    by an object or a function's closure one of those holds (``schedule.rng``,
+    ``keep.rng``); not the global ones, which are watched as modules."""
     numpy_random = sys.modules.get("numpy.random")
     kinds: tuple[type, ...] = (random.Random,)
     seen = {id(random._inst)}  # what random's functions draw from
@@ -213,10 +215,10 @@ def generators_of(modules: Iterable[tuple[str, Any]]) -> dict[str, Any]:
         defined = sys.modules.get(type(module).__module__)
         if defined is not None:
             places.setdefault(id(defined), (f"{defined.__name__}.", vars(defined)))
-    for prefix, values in list(places.values()):  # and one an object of those holds
+    for prefix, values in list(places.values()):  # and one an object or closure of those holds
         for attr, value in list(values.items()):
-            if id(value) not in places and _plain_object(value):
-                places[id(value)] = (f"{prefix}{attr}.", vars(value))
+            if id(value) not in places and (held := _held_by(value)) is not None:
+                places[id(value)] = (f"{prefix}{attr}.", held)
     found: dict[str, Any] = {}
     for prefix, values in places.values():
         for attr, value in list(values.items()):
@@ -226,15 +228,23 @@ def generators_of(modules: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
-def _plain_object(value: Any) -> bool:
-    """Whether ``value`` is an object with attributes of its own, not a class, a Python
-    module, a tensor or an ``nn.Module`` (each scanned otherwise, or holding none)."""
+def _held_by(value: Any) -> Mapping[str, Any] | None:
+    """What ``value`` holds by name: a function's closure (by the names it reads), or an
+    object's attributes; None for a class, a Python module, a tensor or an ``nn.Module``
+    (each scanned otherwise, or holding none), or anything else."""
     try:
-        return isinstance(getattr(value, "__dict__", None), dict) and not isinstance(
-            value, (type, ModuleType, torch.nn.Module, torch.Tensor)
-        )
+        if type(value) is FunctionType:
+            closed: dict[str, Any] = {}
+            for name, cell in zip(value.__code__.co_freevars, value.__closure__ or (), strict=True):
+                with contextlib.suppress(ValueError):  # a cell not filled yet
+                    closed[name] = cell.cell_contents
+            return closed
+        if isinstance(value, (type, ModuleType, torch.nn.Module, torch.Tensor)):
+            return None
+        held = getattr(value, "__dict__", None)
+        return held if isinstance(held, dict) else None
     except Exception:  # an odd object of the model's file
-        return False
+        return None
 
 
 def packages_of(modules: Iterable[tuple[str, Any]]) -> frozenset[str]:
@@ -277,7 +287,8 @@ def watching_draws(
     :data:`COMPUTED`), and of each draw from Python's or NumPy's global generator or any
     ``random.Random`` that code of ``packages`` (:func:`packages_of`: the model's) calls
     (read :data:`PYTHON_READ`), or seen as the state of one of ``generators``
-    (:func:`generators_of`) moving (read :data:`MOVED`). Its third argument says
+    (:func:`generators_of`), or of a NumPy generator ``np.random.default_rng`` makes
+    meanwhile, moving (read :data:`MOVED`). Its third argument says
     whether the generator was the model's own, which the run's seed does not set.
     Another package's generator is its own (sympy draws from one as torch imports it).
 
@@ -392,6 +403,18 @@ def watching_draws(
             drawing_number(owner, name)
     for name in PYTHON_SOURCES:
         drawing_method(name)
+    made: list[tuple[Any, Any]] = []  # NumPy generators forward made, with their state then
+    if numpy_random is not None and callable(getattr(numpy_random, "default_rng", None)):
+        make = numpy_random.default_rng
+
+        def default_rng(*args: Any, **kwargs: Any) -> Any:
+            generator = make(*args, **kwargs)
+            if threading.get_ident() == forward:
+                made.append((generator, _state(generator)))
+            return generator
+
+        saved.append((numpy_random, "default_rng", make))
+        setattr(numpy_random, "default_rng", default_rng)  # noqa: B010 (a module's, typed)
     before = [_state(owner) for owner in numbers]
     own_before = {}
     for name, generator in own.items():  # a random.SystemRandom has no state to read
@@ -407,6 +430,9 @@ def watching_draws(
         for name, state in own_before.items():
             if id(own[name]) not in drew and _state(own[name]) != state:
                 on_choice(f"{name}'s generator", MOVED, True)
+        for generator, state in made:
+            if _state(generator) != state:
+                on_choice("numpy.random.default_rng()'s generator", MOVED, True)
     finally:
         open_[0] = False
         for owner, name, original in reversed(saved):
