@@ -352,3 +352,26 @@ def test_a_report_with_gradients_static_graph_left_unreduced_fails_the_ddp_check
         "they are never all-reduced and the ranks drift apart: wrap the model without "
         "static_graph=True"
     )
+
+
+def test_a_diff_says_what_ddp_would_do_otherwise_between_two_recorded_steps() -> None:
+    """A gradient now split across backward calls, and one static_graph's first step left
+    unreduced: both change what DDP does while every parameter still gets a gradient."""
+    import dataclasses
+
+    from execorder.analysis import diff_reports
+
+    summed, each = _recorded(models.TwoHeads(), "summed"), _recorded(models.TwoHeads(), "each")
+    split = {(c.name, str(c.what), c.old, c.new) for c in diff_reports(summed, each).params}
+    for name in ("body.weight", "body.bias"):
+        assert (name, "backward passes", "1", "2") in split
+        assert (name, "now split by backwards", "one pass", "several backward calls") in split
+    penalty = _recorded(models.TwoHeads(), "penalty")
+    late = dataclasses.replace(penalty, ddp_unreduced=("body.weight",))
+    changed = diff_reports(penalty, late)
+    assert [(c.name, str(c.what), c.old, c.new) for c in changed.params] == [
+        ("body.weight", "now unreduced by DDP", "reduced", "unreduced")
+    ]
+    assert not changed.equivalent
+    back = diff_reports(late, penalty).params
+    assert [(c.name, str(c.what)) for c in back] == [("body.weight", "no longer unreduced by DDP")]

@@ -647,8 +647,25 @@ def test_a_ddp_built_before_requires_grad_changed_is_what_the_report_says(
         with eager.record(ddp) as recording:
             ddp(torch.ones(2, 4)).sum().backward()
         report = recording.report()
+        fresh = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+        fresh[0].requires_grad_(False)
+        rebuilt = DistributedDataParallel(fresh)  # frozen before it was wrapped
+        with eager.record(rebuilt) as recording:
+            rebuilt(torch.ones(2, 4)).sum().backward()
+        trains = recording.report()
     finally:
         dist.destroy_process_group()
+    # The same parameters, frozen alike: only what the DDP was built for tells them apart.
+    from execorder.analysis import diff_reports
+    from execorder.output.terminal import draw, plain_text
+    from execorder.output.views import diff_view
+
+    changed = diff_reports(trains, report)
+    assert changed.params == () and changed.ddp_built == (None, report.ddp_built)
+    assert not changed.equivalent and diff_reports(report, report).equivalent
+    said = " ".join(plain_text(draw(diff_view(changed)), width=200).split())
+    assert "Changed: the recorded step's DDP" in said
+    assert "built for 4 parameters, 2 require grad now" in said
     built = report.ddp_built
     assert built is not None and (built.params, built.params_now) == (4, 2)
     assert (built.bytes, built.bytes_now) == (160, 80)
@@ -798,6 +815,7 @@ def test_a_report_says_which_ddp_had_not_finished_reducing_by_ddps_own_check(
     store = dist.FileStore(str(tmp_path / "store"), 1)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:
+        steps = {}
         for find_unused in (False, True):
             ddp = DistributedDataParallel(
                 built(models.TwoHeads), find_unused_parameters=find_unused
@@ -808,7 +826,7 @@ def test_a_report_says_which_ddp_had_not_finished_reducing_by_ddps_own_check(
             with eager.record(ddp) as recording:
                 policy, _ = ddp(torch.ones(2, 4))
                 policy.sum().backward()
-            report = recording.report()
+            report = steps[find_unused] = recording.report()
             assert report.ddp_waiting == (() if find_unused else ("",))
             data = json.loads(json.dumps(report.to_dict()))
             jsonschema.Draft202012Validator(schema).validate(data)
@@ -831,6 +849,18 @@ def test_a_report_says_which_ddp_had_not_finished_reducing_by_ddps_own_check(
                 ddp(torch.ones(2, 4))
     finally:
         dist.destroy_process_group()
+    # The same step and gradients: only whether DDP finished reducing tells them apart (a
+    # diff of the two said "No change" before).
+    from execorder.analysis import diff_reports
+
+    changed = diff_reports(steps[True], steps[False])
+    assert changed.params == () and not changed.equivalent
+    assert (changed.ddp_waiting_added, changed.ddp_waiting_removed) == (("",), ())
+    back = diff_reports(steps[False], steps[True])
+    assert (back.ddp_waiting_added, back.ddp_waiting_removed) == ((), ("",))
+    data = json.loads(json.dumps(changed.to_dict()))
+    jsonschema.Draft202012Validator(schema).validate(data)
+    assert data["ddp_waiting_added"] == [""] and data["equivalent"] is False
 
 
 def test_a_watch_does_not_stop_on_a_micro_batch_that_ddp_does_not_reduce(

@@ -10,6 +10,7 @@ from execorder.analysis.align import matches, opcodes
 from execorder.report import (
     SCHEMA_VERSION,
     Category,
+    DdpBuilt,
     ParamInfo,
     ParamStatus,
     Report,
@@ -51,6 +52,10 @@ class ChangeKind(Word):
     BACKWARD_MOVED = "moved in backward"  # its place in the recorded gradient order
     DDP_IGNORED = "now ignored by DDP"  # named in _ddp_params_and_buffers_to_ignore now
     DDP_WAITS = "no longer ignored by DDP"  # DDP numbers it, and waits for its gradient
+    ON_SPLIT_BY_BACKWARDS = "now split by backwards"  # parts from several backward calls
+    OFF_SPLIT_BY_BACKWARDS = "no longer split by backwards"
+    ON_DDP_UNREDUCED = "now unreduced by DDP"  # static_graph's first step all-reduced first
+    OFF_DDP_UNREDUCED = "no longer unreduced by DDP"
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +190,14 @@ class ReportDiff:
         external_removed: External uses gone from the new report.
         memory: The training step's peak, where both reports measured one
             and it changed; None otherwise.
+        ddp_waiting_added: The DDPs of a recorded step that had not finished
+            reducing (:attr:`Report.ddp_waiting`) in the new report only, by
+            name (``""``: the one around the model).
+        ddp_waiting_removed: Those in the old report only.
+        ddp_built: What the DDP of a recorded step registered when it was built,
+            where that was not what it would register now
+            (:attr:`Report.ddp_built`), in each report (old, new), where that
+            differs; None otherwise.
     """
 
     old_target: str
@@ -195,6 +208,14 @@ class ReportDiff:
     external_added: tuple[str, ...]
     external_removed: tuple[str, ...]
     memory: PeakChange | None = None
+    ddp_waiting_added: tuple[str, ...] = ()
+    ddp_waiting_removed: tuple[str, ...] = ()
+    ddp_built: tuple[DdpBuilt | None, DdpBuilt | None] | None = None
+
+    @property
+    def ddp_changed(self) -> bool:
+        """Whether what a recorded step's DDP did (beyond each parameter) changed."""
+        return bool(self.ddp_waiting_added or self.ddp_waiting_removed or self.ddp_built)
 
     @property
     def calls_changed(self) -> bool:
@@ -208,6 +229,7 @@ class ReportDiff:
             or self.external_added
             or self.external_removed
             or self.memory is not None
+            or self.ddp_changed
         )
 
     def counts(self) -> dict[str, int]:
@@ -235,7 +257,20 @@ class ReportDiff:
             "external_added": list(self.external_added),
             "external_removed": list(self.external_removed),
             "memory": None if self.memory is None else self.memory.to_dict(),
+            **self._ddp_dict(),
         }
+
+    def _ddp_dict(self) -> dict[str, Any]:
+        """The recorded steps' DDP changes, each only where there is one."""
+        data: dict[str, Any] = {}
+        if self.ddp_waiting_added:
+            data["ddp_waiting_added"] = list(self.ddp_waiting_added)
+        if self.ddp_waiting_removed:
+            data["ddp_waiting_removed"] = list(self.ddp_waiting_removed)
+        if self.ddp_built is not None:
+            old, new = (None if b is None else b.to_dict() for b in self.ddp_built)
+            data["ddp_built"] = {"old": old, "new": new}
+        return data
 
 
 def _became(old: ParamStatus, new: ParamStatus) -> ChangeKind:
@@ -304,6 +339,7 @@ def _param_changes(old: Report, new: Report) -> list[ParamChange]:
     news = {p.name: p for p in new.all_params()}
     sources = (_Sources.of(old), _Sources.of(new))
     ignored = (set(old.ddp_ignored), set(new.ddp_ignored))
+    unreduced = (set(old.ddp_unreduced), set(new.ddp_unreduced))
     changes: list[ParamChange] = []
     for name, param in olds.items():
         if name not in news:
@@ -339,6 +375,11 @@ def _param_changes(old: Report, new: Report) -> list[ParamChange]:
             kind = ChangeKind.DDP_IGNORED if now else ChangeKind.DDP_WAITS
             was = "ignored" if name in ignored[0] else "waited for"
             changes.append(ParamChange(name, kind, was, "ignored" if now else "waited for"))
+        if (name in unreduced[0]) != (now := name in unreduced[1]):
+            # static_graph's first step all-reduced before its gradient came: never reduced.
+            kind = ChangeKind.ON_DDP_UNREDUCED if now else ChangeKind.OFF_DDP_UNREDUCED
+            was = "unreduced" if name in unreduced[0] else "reduced"
+            changes.append(ParamChange(name, kind, was, "unreduced" if now else "reduced"))
     changes.extend(_order_changes([p.name for p in old.params], [p.name for p in new.params]))
     if old.backward is not None and new.backward is not None:
         changes.extend(_order_changes(old.backward, new.backward, ChangeKind.BACKWARD_MOVED))
@@ -354,6 +395,7 @@ class _Sources:
     """Where a report's parameters get their gradients from, by name, looked up once."""
 
     passes: Mapping[str, int]
+    by_backwards: frozenset[str]  # passes from several backward calls of the caller's own
     recompute_only: frozenset[str]
     elsewhere: frozenset[str]  # only through outputs other than the main one
     main: str | None  # the main output, when several carry a gradient
@@ -363,6 +405,7 @@ class _Sources:
         reach = report.output_reach
         return cls(
             report.split_gradients,
+            frozenset(report.split_by_backwards),
             frozenset(report.recompute_only),
             frozenset(report.findings(Category.OUTPUTS)),
             None if reach is None else reach.main,
@@ -370,6 +413,11 @@ class _Sources:
 
     def source(self, name: str) -> str:
         return "recompute only" if name in self.recompute_only else "backward"
+
+    def split(self, name: str) -> str:
+        if name in self.by_backwards:
+            return "several backward calls"
+        return "several passes" if self.passes.get(name, 1) > 1 else "one pass"
 
     def reach(self, name: str) -> str:
         if self.main is None:
@@ -385,6 +433,9 @@ def _gradient_changes(name: str, old: _Sources, new: _Sources) -> list[ParamChan
     passes = (old.passes.get(name, 1), new.passes.get(name, 1))
     if passes[0] != passes[1]:
         changes.append(ParamChange(name, ChangeKind.PASSES, str(passes[0]), str(passes[1])))
+    if (name in old.by_backwards) != (now := name in new.by_backwards):
+        kind = ChangeKind.ON_SPLIT_BY_BACKWARDS if now else ChangeKind.OFF_SPLIT_BY_BACKWARDS
+        changes.append(ParamChange(name, kind, old.split(name), new.split(name)))
     if (name in old.recompute_only) != (now := name in new.recompute_only):
         kind = ChangeKind.ON_RECOMPUTE_ONLY if now else ChangeKind.OFF_RECOMPUTE_ONLY
         changes.append(ParamChange(name, kind, old.source(name), new.source(name)))
@@ -454,6 +505,9 @@ def diff_reports(old: Report, new: Report, *, context: int = 2) -> ReportDiff:
         external_added=tuple(sorted(new_ext - old_ext)),
         external_removed=tuple(sorted(old_ext - new_ext)),
         memory=_peak_change(old, new),
+        ddp_waiting_added=tuple(n for n in new.ddp_waiting if n not in old.ddp_waiting),
+        ddp_waiting_removed=tuple(n for n in old.ddp_waiting if n not in new.ddp_waiting),
+        ddp_built=None if old.ddp_built == new.ddp_built else (old.ddp_built, new.ddp_built),
     )
 
 

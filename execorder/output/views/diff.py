@@ -34,8 +34,9 @@ from execorder.output.document import (
     plural,
 )
 from execorder.output.views.common import FIXED, NAME, NUMBER
+from execorder.report import DdpBuilt
 from execorder.report.memory import Memory, MemoryKind
-from execorder.spelling import args_text, size_text
+from execorder.spelling import args_text, ddps_named, size_text
 
 _COUNT_WORDS = {
     "calls_added": ("call added", "calls added"),
@@ -78,6 +79,8 @@ def diff_view(diff: ReportDiff) -> Document:
         if diff.memory is not None:
             old, new = diff.memory.old.peak_bytes, diff.memory.new.peak_bytes
             parts.append(f"peak memory {size_text(old)} -> {size_text(new)}")
+        if diff.ddp_changed:
+            parts.append("the recorded step's DDP")
         changed = ", ".join(parts)
         blocks.append(Message(cell(f"Changed: {changed}"), Severity.WARNING))
     blocks += [Message(cell(Span(f"note: {note_text(note)}", Tone.MUTED))) for note in diff.notes]
@@ -103,8 +106,40 @@ def diff_view(diff: ReportDiff) -> Document:
         blocks.append(Table("External uses", (Column("", FIXED), Column("use", NAME)), rows))
     if diff.memory is not None:
         blocks.append(_peak_table(diff.memory))
+    if diff.ddp_changed:
+        blocks.append(_ddp_table(diff))
     title = cell("execorder diff: ", code(diff.new_target))
     return Document(title, tuple(blocks))
+
+
+def _ddp_table(diff: ReportDiff) -> Table:
+    """What the recorded step's DDP did, where that changed: whether it finished reducing
+    (its own check), and what it registered when built."""
+    done, waiting = "finished reducing", "did not finish reducing"
+    rows = [
+        Row(
+            (
+                cell(ddps_named([name])),
+                cell(Span(done, Tone.MUTED)),
+                cell(Span(waiting, Tone.ERROR)),
+            )
+        )
+        for name in diff.ddp_waiting_added
+    ] + [
+        Row((cell(ddps_named([name])), cell(Span(waiting, Tone.ERROR)), cell(Span(done, Tone.OK))))
+        for name in diff.ddp_waiting_removed
+    ]
+    if diff.ddp_built is not None:
+        old, new = (_built(b) for b in diff.ddp_built)
+        rows.append(Row((cell("the model"), cell(old), cell(new))))
+    columns = (Column("DDP", NAME), Column("old", FIXED), Column("new", FIXED))
+    return Table("DDP of the recorded step", columns, tuple(rows))
+
+
+def _built(built: DdpBuilt | None) -> str:
+    if built is None:
+        return "built for the parameters that require grad"
+    return f"built for {built.params:,} parameters, {built.params_now:,} require grad now"
 
 
 def _peak_table(change: PeakChange) -> Table:
