@@ -26,6 +26,7 @@ from torch import nn
 
 from execorder.backends import eager, fx, memory
 from execorder.backends.common import owner
+from execorder.backends.draws import generators_kept
 from execorder.backends.memory import OPTIMIZERS
 from execorder.backends.meta import REAL_LIMIT
 from execorder.errors import (
@@ -288,7 +289,7 @@ class Profiler:
         try:
             self._progress(f"Tracing {self.target} with torch.fx")
             # Seeded too: a draw from Python's random decides the traced branch.
-            with nullcontext() if seed is None else seeded_rng(int(seed)):
+            with self._kept(seed):
                 return fx.trace(self.model, concrete_args=concrete, target=self.target)
         except TraceFailure as exc:
             if self.chosen_mode is Mode.FX:
@@ -301,7 +302,7 @@ class Profiler:
             # Seeded through forward too: a model that draws at random in forward
             # (dropout deciding nothing, LayerDrop deciding which layers run)
             # gives the same answer every run.
-            with nullcontext() if seed is None else seeded_rng(int(seed)):
+            with self._kept(seed):
                 args, kwargs = self.inputs.make(where)
                 args, kwargs, made = trainer_inputs(self.model, args, kwargs)
                 self._progress(f"Running {self.target} on {self.device}")
@@ -432,6 +433,13 @@ class Profiler:
 
     def _seeded(self) -> Any:
         return nullcontext() if self.seed is None else seeded_rng(self.seed)
+
+    @contextmanager
+    def _kept(self, seed: int | bool | None) -> Iterator[None]:
+        """A run seeded with ``seed`` (None: not at all); every generator it draws from, the
+        model's own too, as it was after it."""
+        with nullcontext() if seed is None else seeded_rng(int(seed)), generators_kept(self.model):
+            yield
 
 
 @contextmanager

@@ -588,3 +588,25 @@ def test_a_numpy_generator_a_closure_holds_or_forward_makes_is_seen(made: bool) 
     assert [(a.op, a.own_generator) for a in drawn] == [(f"{name}'s generator", True)]
     assert verdict(report).startswith("not proven:")
     assert np.random.default_rng is np.random._generator.default_rng  # given back
+
+
+def test_a_run_leaves_the_models_own_generators_as_it_found_them() -> None:
+    """Profiling a model of the caller's does not move its generators (its training then
+    draws as it would have), as the run's seed leaves torch's and the global ones; and a
+    second run draws as the first did."""
+    np = pytest.importorskip("numpy")
+    held = models.OwnRandomLayerDrop(), TorchGeneratorDrop(own=True)
+    numpy_held = NumpyHeldElsewhereDrop("helper")
+    states = (
+        held[0].rng.getstate(),
+        held[1].generator.get_state(),
+        numpy_held.schedule.rng.bit_generator.state,
+    )
+    for model in (*held, numpy_held):
+        first = execorder.profile(model, input_size=(2, 4)).report
+        again = execorder.profile(model, input_size=(2, 4)).report
+        assert first.assumed(AssumptionKind.DRAWN) and first.to_dict() == again.to_dict()
+    assert held[0].rng.getstate() == states[0]
+    assert torch.equal(held[1].generator.get_state(), states[1])
+    assert numpy_held.schedule.rng.bit_generator.state == states[2]
+    assert np.random.default_rng is np.random._generator.default_rng

@@ -48,6 +48,7 @@ import contextlib
 import random
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import FunctionType, ModuleType
@@ -57,6 +58,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import SUPPORTED_NODES, tree_leaves
 from torch.utils.weak import WeakTensorKeyDictionary
+
+from execorder.recording import module_tree
 
 SOURCES = (
     "rand", "rand_like", "randn", "randn_like", "randint", "randint_like", "randperm",
@@ -193,16 +196,18 @@ LOGGED = frozenset({"Tensor.item", "Tensor.__float__"})
 choices when the value is computed from parameters (a drawn value read so is one)."""
 
 
-def generators_of(modules: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+def generators_of(modules: Iterable[tuple[str, Any]], *, torch_too: bool = False) -> dict[str, Any]:
     """The generators of Python or NumPy the model may draw from, by name: each
     ``random.Random``, NumPy ``Generator`` or ``RandomState`` an attribute of one of
     ``modules`` (``(name, module)`` pairs: ``layers.0.rng``), of their classes, or a
     global of a Python module defining one of their classes (``mymodel.RNG``), or held
     by an object or a function's closure one of those holds (``schedule.rng``,
-    ``keep.rng``); not the global ones, which are watched as modules."""
+    ``keep.rng``); not the global ones, which are watched as modules. ``torch_too``: each
+    ``torch.Generator`` held so too, but torch's default ones."""
     numpy_random = sys.modules.get("numpy.random")
-    kinds: tuple[type, ...] = (random.Random,)
+    kinds: tuple[type, ...] = (random.Random, torch.Generator) if torch_too else (random.Random,)
     seen = {id(random._inst)}  # what random's functions draw from
+    seen |= {id(torch.default_generator)} | {id(g) for g in torch.cuda.default_generators}
     if numpy_random is not None:
         kinds += (numpy_random.Generator, numpy_random.RandomState)
         seen.add(id(numpy_random.mtrand._rand))
@@ -217,15 +222,25 @@ def generators_of(modules: Iterable[tuple[str, Any]]) -> dict[str, Any]:
             places.setdefault(id(defined), (f"{defined.__name__}.", vars(defined)))
     for prefix, values in list(places.values()):  # and one an object or closure of those holds
         for attr, value in list(values.items()):
-            if id(value) not in places and (held := _held_by(value)) is not None:
+            if type(value) in _HOLDS_NONE or id(value) in places:
+                continue
+            if (held := _held_by(value)) is not None:
                 places[id(value)] = (f"{prefix}{attr}.", held)
     found: dict[str, Any] = {}
     for prefix, values in places.values():
         for attr, value in list(values.items()):
-            if _is(value, kinds) and id(value) not in seen:
+            if type(value) not in _HOLDS_NONE and _is(value, kinds) and id(value) not in seen:
                 seen.add(id(value))
                 found[f"{prefix}{attr}"] = value
     return found
+
+
+_HOLDS_NONE = frozenset({
+    bool, int, float, str, bytes, type(None), dict, OrderedDict, list, tuple, set, frozenset,
+    torch.Tensor, torch.nn.Parameter, torch.dtype, torch.device, torch.Size,
+})  # fmt: skip
+"""Types an attribute of a module most often has, which are no generator and hold none
+by name: passed over at once (a model of a thousand modules has tens of thousands)."""
 
 
 def _held_by(value: Any) -> Mapping[str, Any] | None:
@@ -444,6 +459,44 @@ def watching_draws(
                 setattr(random.Random, name, method)
         if mode.entered:
             mode.__exit__(None, None, None)
+
+
+@contextmanager
+def generators_kept(model: torch.nn.Module) -> Iterator[None]:
+    """The model's own generators (:func:`generators_of`, torch's too) as they were, after
+    the block: a run of execorder's draws from them as the model's would, and leaves a
+    model of the caller's as it found it (each run of one model then draws alike, as
+    the run's seed makes torch's and the global ones)."""
+    tree = module_tree(model)  # a walk of its own: a model too deep for named_modules runs
+    named = [(tree.module_names[id(module)][0], module) for module in tree.modules]
+    kept = []
+    for generator in generators_of(named, torch_too=True).values():
+        with contextlib.suppress(Exception):  # a random.SystemRandom has no state
+            kept.append((generator, _saved(generator)))
+    try:
+        yield
+    finally:
+        for generator, state in kept:
+            _restore(generator, state)
+
+
+def _saved(generator: Any) -> Any:
+    if isinstance(generator, (random.Random, torch.Generator)):
+        return (
+            generator.getstate() if isinstance(generator, random.Random) else generator.get_state()
+        )
+    if hasattr(generator, "bit_generator"):  # a NumPy Generator
+        return generator.bit_generator.state
+    return generator.get_state()  # a NumPy RandomState
+
+
+def _restore(generator: Any, state: Any) -> None:
+    if isinstance(generator, random.Random):
+        generator.setstate(state)
+    elif isinstance(generator, torch.Generator) or not hasattr(generator, "bit_generator"):
+        generator.set_state(state)
+    else:
+        generator.bit_generator.state = state
 
 
 def _state(generator: Any) -> Any:
