@@ -180,7 +180,8 @@ def closure_draw(seed: int):  # type: ignore[no-untyped-def]
 
 
 class HeldElsewhereDrop(nn.Module):
-    """LayerDrop from a generator held by a helper object, a closure or the class."""
+    """LayerDrop from a generator held by a helper object, a closure, the class, or a dict
+    (which no scan reads: the draw is seen as the model's code calls it)."""
 
     shared = random.Random(5)
 
@@ -188,6 +189,7 @@ class HeldElsewhereDrop(nn.Module):
         super().__init__()
         self.held = held
         self.schedule, self.keeps = Schedule(5), closure_draw(5)
+        self.generators = {"drop": random.Random(5)}
         self.layers = nn.ModuleList(models.Unit(4) for _ in range(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,6 +198,8 @@ class HeldElsewhereDrop(nn.Module):
                 keep = self.schedule.keeps()
             elif self.held == "closure":
                 keep = self.keeps()
+            elif self.held == "dict":
+                keep = self.generators["drop"].random() >= 0.5
             else:
                 keep = self.shared.random() >= 0.5
             x = layer(x) if keep else x
@@ -203,17 +207,28 @@ class HeldElsewhereDrop(nn.Module):
 
 
 @pytest.mark.parametrize("mode", ["eager", "fx"])
-@pytest.mark.parametrize("held", ["helper", "closure", "class"])
-def test_a_generator_held_anywhere_by_the_models_code_is_seen(mode: str, held: str) -> None:
-    """Before, only one a module or the file's globals held was seen: 'DDP check ok'."""
+@pytest.mark.parametrize(
+    ("held", "name"),
+    [
+        ("helper", "schedule.rng"),
+        ("closure", "keeps.rng"),
+        ("class", "HeldElsewhereDrop.shared"),
+        ("dict", "random.Random"),
+    ],
+)
+def test_a_generator_held_anywhere_by_the_models_code_is_seen(
+    mode: str, held: str, name: str
+) -> None:
+    """Before, only one a module or the file's globals held was seen: 'DDP check ok'. Each
+    draw is seen where it is made, its generator named where the scan finds it."""
     size = {"input_size": (2, 4)} if mode == "eager" else {}
     report = execorder.profile(
         HeldElsewhereDrop, mode=mode, init_kwargs={"held": held}, **size
     ).report
     drawn = report.assumed(AssumptionKind.DRAWN)
-    assert [a.count for a in drawn] == [4] and drawn[0].own_generator
-    assert drawn[0].op.endswith(".random") and drawn[0].where.startswith("test_draws.py:")
-    assert not verdict(report).startswith("ok")  # the class's generator moves on each run
+    assert [(a.op, a.count, a.own_generator) for a in drawn] == [(f"{name}.random", 4, True)]
+    assert drawn[0].where.startswith("test_draws.py:")
+    assert verdict(report).startswith("not proven:")  # Random(5) keeps every layer
 
 
 class DrawsThroughALibrary(nn.Module):
