@@ -404,8 +404,13 @@ def test_a_step_that_chooses_otherwise_fails_real_ddp_and_parts_fsdp2s_ranks(
     for job in ("ddp-apart", "ddp-alike", "pyddp-alike", "ownddp-alike", "helperddp-alike-watched"):
         failed = found[job, 0]
         assert failed["step"] > 1 and "Expected to have finished reduction" in failed["error"]
-    parted = found["fsdp-apart", 0]  # a collective one rank never makes: timed out
-    assert parted["step"] > 1 and "Timed out" in parted["error"]
+    # A collective one rank never makes times out; the rank that times out first leaves,
+    # and the other may then see its connection closed instead.
+    parted = [found["fsdp-apart", rank] for rank in (0, 1) if ("fsdp-apart", rank) in found]
+    assert parted and all(line["step"] > 1 for line in parted), parted
+    assert any("Timed out" in line["error"] for line in parted), parted
+    closed = ("Timed out", "Connection closed by peer")
+    assert all(any(c in line["error"] for c in closed) for line in parted), parted
     assert [found["fsdp-alike", rank]["step"] for rank in (0, 1)] == [None, None]
     # Watched, the job fails as it did, and the watch said so at step 1.
     watched = found["ddp-alike-watched", 0]
