@@ -180,8 +180,8 @@ def closure_draw(seed: int):  # type: ignore[no-untyped-def]
 
 
 class HeldElsewhereDrop(nn.Module):
-    """LayerDrop from a generator held by a helper object, a closure, the class, or a dict
-    (which no scan reads: the draw is seen as the model's code calls it)."""
+    """LayerDrop from a generator held by a helper object, a closure, the class, a dict, or
+    made in forward (which no scan finds: the draw is seen as the model's code calls it)."""
 
     shared = random.Random(5)
 
@@ -200,6 +200,8 @@ class HeldElsewhereDrop(nn.Module):
                 keep = self.keeps()
             elif self.held == "dict":
                 keep = self.generators["drop"].random() >= 0.5
+            elif self.held == "made":
+                keep = random.Random(5).random() >= 0.5
             else:
                 keep = self.shared.random() >= 0.5
             x = layer(x) if keep else x
@@ -213,7 +215,8 @@ class HeldElsewhereDrop(nn.Module):
         ("helper", "schedule.rng"),
         ("closure", "keeps.rng"),
         ("class", "HeldElsewhereDrop.shared"),
-        ("dict", "random.Random"),
+        ("dict", "generators['drop']"),
+        ("made", "random.Random"),
     ],
 )
 def test_a_generator_held_anywhere_by_the_models_code_is_seen(
@@ -630,3 +633,32 @@ def test_a_run_leaves_the_models_own_generators_as_it_found_them() -> None:
     assert torch.equal(held[1].generator.get_state(), states[1])
     assert numpy_held.schedule.rng.bit_generator.state == states[2]
     assert np.random.default_rng is np.random._generator.default_rng
+
+
+class NumpyInAContainerDrop(nn.Module):
+    """LayerDrop from a NumPy generator a dict or a list of the module holds."""
+
+    def __init__(self, held: str) -> None:
+        super().__init__()
+        import numpy as np
+
+        self.held = held
+        self.rngs = {"drop": np.random.default_rng(5)}
+        self.streams = [np.random.default_rng(6)]
+        self.layers = nn.ModuleList(models.Unit(4) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rng = self.rngs["drop"] if self.held == "dict" else self.streams[0]
+        for layer in self.layers:
+            x = layer(x) if rng.random() >= 0.0 else x
+        return x
+
+
+@pytest.mark.parametrize(("held", "name"), [("dict", "rngs['drop']"), ("list", "streams[0]")])
+def test_a_numpy_generator_in_a_dict_or_a_list_is_seen(held: str, name: str) -> None:
+    pytest.importorskip("numpy")
+    model = NumpyInAContainerDrop(held)
+    report = execorder.profile(model, input_size=(2, 4)).report
+    drawn = report.assumed(AssumptionKind.DRAWN)
+    assert [(a.op, a.own_generator) for a in drawn] == [(f"{name}'s generator", True)]
+    assert verdict(report).startswith("not proven:")

@@ -25,8 +25,8 @@ methods are wrapped on the class. Where nothing is called through a wrapper
 draw is seen only as the generator's state moving, as one choice of
 forward's whole call (another thread's draw meanwhile is then taken for
 forward's); so is a draw of a NumPy ``Generator`` or ``RandomState`` of the
-model's own, held by one of its modules, an object or closure one holds, its
-class, or the globals of a module defining their classes
+model's own, held by one of its modules, an object, closure, dict or list one
+holds, its class, or the globals of a module defining their classes
 (:func:`generators_of`), or made by ``np.random.default_rng`` while forward
 runs; one held elsewhere is not. A generator of the model's own (those, or a
 ``torch.Generator`` passed as ``generator=``) is told as such: the run's seed
@@ -201,9 +201,10 @@ def generators_of(modules: Iterable[tuple[str, Any]], *, torch_too: bool = False
     ``random.Random``, NumPy ``Generator`` or ``RandomState`` an attribute of one of
     ``modules`` (``(name, module)`` pairs: ``layers.0.rng``), of their classes, or a
     global of a Python module defining one of their classes (``mymodel.RNG``), or held
-    by an object or a function's closure one of those holds (``schedule.rng``,
-    ``keep.rng``); not the global ones, which are watched as modules. ``torch_too``: each
-    ``torch.Generator`` held so too, but torch's default ones."""
+    by an object, a function's closure, a dict or a list one of those holds
+    (``schedule.rng``, ``keep.rng``, ``rngs['drop']``); not the global ones, which are
+    watched as modules. ``torch_too``: each ``torch.Generator`` held so too, but torch's
+    default ones."""
     numpy_random = sys.modules.get("numpy.random")
     kinds: tuple[type, ...] = (random.Random, torch.Generator) if torch_too else (random.Random,)
     seen = {id(random._inst)}  # what random's functions draw from
@@ -220,11 +221,14 @@ def generators_of(modules: Iterable[tuple[str, Any]], *, torch_too: bool = False
         defined = sys.modules.get(type(module).__module__)
         if defined is not None:
             places.setdefault(id(defined), (f"{defined.__name__}.", vars(defined)))
-    for prefix, values in list(places.values()):  # and one an object or closure of those holds
+    for prefix, values in list(places.values()):  # and one an object, closure or list holds
         for attr, value in list(values.items()):
-            if type(value) in _HOLDS_NONE or id(value) in places:
+            if id(value) in places or attr in _MODULE_STATE:
                 continue
-            if (held := _held_by(value)) is not None:
+            if type(value) in _CONTAINERS:  # rngs["drop"], rngs[0]
+                items = value.items() if isinstance(value, dict) else enumerate(value)
+                places[id(value)] = (f"{prefix}{attr}", {f"[{k!r}]": v for k, v in items})
+            elif type(value) not in _HOLDS_NONE and (held := _held_by(value)) is not None:
                 places[id(value)] = (f"{prefix}{attr}.", held)
     found: dict[str, Any] = {}
     for prefix, values in places.values():
@@ -234,6 +238,13 @@ def generators_of(modules: Iterable[tuple[str, Any]], *, torch_too: bool = False
                 found[f"{prefix}{attr}"] = value
     return found
 
+
+_CONTAINERS = frozenset({dict, OrderedDict, list, tuple})
+"""Containers whose items are scanned (one level, as an object's attributes are)."""
+
+_MODULE_STATE = frozenset(vars(torch.nn.Module()))
+"""What every ``nn.Module`` holds (its parameters, buffers, submodules, hooks): scanned
+otherwise, or holding no generator."""
 
 _HOLDS_NONE = frozenset({
     bool, int, float, str, bytes, type(None), dict, OrderedDict, list, tuple, set, frozenset,
