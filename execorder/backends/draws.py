@@ -207,8 +207,7 @@ def generators_of(modules: Iterable[tuple[str, Any]], *, torch_too: bool = False
     default ones."""
     numpy_random = sys.modules.get("numpy.random")
     kinds: tuple[type, ...] = (random.Random, torch.Generator) if torch_too else (random.Random,)
-    seen = {id(random._inst)}  # what random's functions draw from
-    seen |= {id(torch.default_generator)} | {id(g) for g in torch.cuda.default_generators}
+    seen = {id(random._inst)} | _torch_defaults()  # what the seed sets
     if numpy_random is not None:
         kinds += (numpy_random.Generator, numpy_random.RandomState)
         seen.add(id(numpy_random.mtrand._rand))
@@ -252,6 +251,12 @@ _HOLDS_NONE = frozenset({
 })  # fmt: skip
 """Types an attribute of a module most often has, which are no generator and hold none
 by name: passed over at once (a model of a thousand modules has tens of thousands)."""
+
+
+def _torch_defaults() -> set[int]:
+    """The ids of torch's default generators, which ``torch.manual_seed`` (the run's seed)
+    sets."""
+    return {id(torch.default_generator)} | {id(g) for g in torch.cuda.default_generators}
 
 
 def _held_by(value: Any) -> Mapping[str, Any] | None:
@@ -339,7 +344,7 @@ def watching_draws(
 
     if computed_from:
         follow(computed_from)
-    seeded = {id(torch.default_generator)} | {id(g) for g in torch.cuda.default_generators}
+    seeded = _torch_defaults()
 
     def drawing(owner: Any, name: str) -> None:
         original = getattr(owner, name, None)
@@ -492,37 +497,34 @@ def generators_kept(model: torch.nn.Module) -> Iterator[None]:
 
 
 def _saved(generator: Any) -> Any:
-    if isinstance(generator, (random.Random, torch.Generator)):
-        return (
-            generator.getstate() if isinstance(generator, random.Random) else generator.get_state()
-        )
-    if hasattr(generator, "bit_generator"):  # a NumPy Generator
-        return generator.bit_generator.state
-    return generator.get_state()  # a NumPy RandomState
-
-
-def _restore(generator: Any, state: Any) -> None:
-    if isinstance(generator, random.Random):
-        generator.setstate(state)
-    elif isinstance(generator, torch.Generator) or not hasattr(generator, "bit_generator"):
-        generator.set_state(state)
-    else:
-        generator.bit_generator.state = state
-
-
-def _state(generator: Any) -> Any:
-    """The state of Python's global generator, or of NumPy's (``generator``: its module),
-    or of a ``random.Random``, NumPy ``Generator`` or ``RandomState``, as a comparable value."""
+    """A generator's state as it gives it back: Python's (``random``, a ``random.Random``),
+    NumPy's (``numpy.random``, a ``Generator``, a ``RandomState``) or a ``torch.Generator``."""
     if generator is random or isinstance(generator, random.Random):
         return generator.getstate()
     if not isinstance(generator, ModuleType) and hasattr(generator, "bit_generator"):
-        return _comparable(generator.bit_generator.state)  # a NumPy Generator
-    _, key, position, has_gauss, gauss = generator.get_state()
-    return key.tobytes(), position, has_gauss, gauss
+        return generator.bit_generator.state  # a NumPy Generator
+    return generator.get_state()  # torch's, NumPy's module or a RandomState
+
+
+def _restore(generator: Any, state: Any) -> None:
+    """Set what :func:`_saved` gave back."""
+    if isinstance(generator, random.Random):
+        generator.setstate(state)
+    elif hasattr(generator, "bit_generator"):
+        generator.bit_generator.state = state
+    else:
+        generator.set_state(state)
+
+
+def _state(generator: Any) -> Any:
+    """A generator's state (:func:`_saved`) as a value ``==`` compares."""
+    return _comparable(_saved(generator))
 
 
 def _comparable(value: Any) -> Any:
     """``value`` with NumPy arrays (an MT19937 key) as bytes, so that ``==`` compares it."""
     if isinstance(value, dict):
         return {key: _comparable(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_comparable(item) for item in value)
     return value.tobytes() if hasattr(value, "tobytes") else value

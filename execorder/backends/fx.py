@@ -516,6 +516,7 @@ def _run_tracer(
     """
     writes: list[tuple[int, list[torch.fx.Node]]] = []
     try:
+        named = list(model.named_modules())
         with (
             _constants_taken_back(model),
             regions_traced(_regions(recorder)) as regions,
@@ -524,8 +525,8 @@ def _run_tracer(
             user_code(f"tracing {owner(model)}"),
             watching_draws(
                 functools.partial(_drew, recorder),
-                generators=generators_of(model.named_modules()),
-                packages=packages_of(model.named_modules()),
+                generators=generators_of(named),
+                packages=packages_of(named),
             ),
         ):
             tracer.trace(model, args or None)
